@@ -1,0 +1,9 @@
+"""The subcommands of `hps`: name -> (module, attribute). Modules load on first use.
+
+Only commands that work are registered here.
+"""
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "table": ("hps_cli.commands.table", "table_group"),
+    "validate-config": ("hps_cli.commands.validate_config", "validate_config_command"),
+}
