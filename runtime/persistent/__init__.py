@@ -1,0 +1,1 @@
+"""The persistent tier: RocksDB in HPS's layout (one column family per table)."""
