@@ -1,0 +1,42 @@
+"""Helpers of the benchmarks: run a step in a child process and measure its time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import time
+
+
+def run_measured(argv: list[str], **kwargs) -> dict:
+    """Run ``argv`` in a child process; return wall seconds and the child's peak RSS in MiB.
+
+    Each call runs in a fresh wrapper process, so RUSAGE_CHILDREN covers this step only.
+    """
+    wrapper = ("import json,resource,subprocess,sys,time\n"
+               "t=time.perf_counter(); r=subprocess.run(sys.argv[1:]); dt=time.perf_counter()-t\n"
+               "rss=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024\n"
+               "print(json.dumps({'rc':r.returncode,'seconds':dt,'peak_rss_mib':rss}))")
+    out = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True,
+                         **kwargs)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise RuntimeError(f"{argv} failed: {out.stderr[-2000:]}")
+    return result
+
+
+def python_step(code: str) -> list[str]:
+    return [sys.executable, "-c", code]
+
+
+def now() -> float:
+    return time.perf_counter()
+
+
+def peak_rss_self_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def dump(doc: dict) -> str:
+    return json.dumps(doc, indent=2)
