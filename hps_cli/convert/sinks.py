@@ -1,0 +1,88 @@
+"""Where converted rows go: HPS table folders, RocksDB column families, or .npz files.
+
+The HPS and .npz sinks write into a folder that is being built atomically by the caller; the
+RocksDB sink turns a stream into a ``BulkSource`` for the bulk loader.
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..formats.base import as_keys, as_vectors
+from ..runtime.persistent.rocksdb_bulk import BulkSource, stage_chunks
+from ..runtime.table.writer import TableSummary, TableWriter
+from .transforms import Stream
+
+Progress = Callable[[int], None]
+
+
+def write_hps(stream: Stream, dest: Path, source: dict, progress: Progress) -> TableSummary:
+    writer = TableWriter(dest, stream.dim, with_meta=stream.has_meta, source=source, atomic=False)
+    try:
+        for chunk in stream.chunks():
+            writer.append(chunk.keys, chunk.vectors, chunk.meta if stream.has_meta else None)
+            progress(chunk.keys.size * (8 + 4 * stream.dim))
+    except BaseException:
+        writer.abort()
+        raise
+    return writer.commit()
+
+
+def _npy_header(dtype: str, shape: tuple) -> bytes:
+    import io
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_2_0(buf, {"descr": dtype, "fortran_order": False,
+                                               "shape": shape})
+    return buf.getvalue()
+
+
+def write_npz(stream: Stream, dest: Path, tmp: Path, progress: Progress) -> tuple[int, int]:
+    """``keys`` (int64), ``vectors`` (float32) [and ``meta``] streamed into one .npz."""
+    n, dim = stream.num_rows, stream.dim
+    side_keys, side_meta = tmp / "keys.bin", tmp / "meta.bin"
+    rows = 0
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
+        with archive.open("vectors.npy", "w", force_zip64=True) as member, \
+                open(side_keys, "wb") as keys_out, \
+                open(side_meta, "wb") as meta_out:
+            member.write(_npy_header("<f4", (n, dim)))
+            for chunk in stream.chunks():
+                member.write(np.ascontiguousarray(chunk.vectors, "<f4").tobytes())
+                keys_out.write(np.ascontiguousarray(chunk.keys, "<i8").tobytes())
+                if stream.has_meta:
+                    meta_out.write(np.ascontiguousarray(chunk.meta, "<i8").tobytes())
+                rows += chunk.keys.size
+                progress(chunk.keys.size * (8 + 4 * dim))
+        for name, side in (("keys.npy", side_keys), ("meta.npy", side_meta)):
+            if name == "meta.npy" and not stream.has_meta:
+                continue
+            with archive.open(name, "w", force_zip64=True) as member, open(side, "rb") as src:
+                member.write(_npy_header("<i8", (n,)))
+                while block := src.read(16 << 20):
+                    member.write(block)
+    side_keys.unlink(missing_ok=True)
+    side_meta.unlink(missing_ok=True)
+    if rows != n:
+        raise RuntimeError(f"wrote {rows} rows, expected {n}")
+    return rows, dest.stat().st_size
+
+
+def bulk_source(stream: Stream, tag: str, checksum: str, tmp: Path) -> BulkSource:
+    """A BulkSource over the table's files when it can be read by row number, else staged."""
+    table = stream.table
+    access = table.random_access() if type(stream) is Stream else None
+    if access is not None:
+        keys_loc = str(access.keys.path)
+        vectors = access.vectors
+        return BulkSource(
+            tag, table.dim, table.num_rows,
+            lambda first, count: as_keys(access.keys.read(first, count), keys_loc, first),
+            lambda rows: as_vectors(vectors.mapped()[rows]), checksum, table.location,
+            access.release)
+    staged = stage_chunks(stream.chunks(), tmp, table.dim)
+    return BulkSource(tag, table.dim, staged.num_rows, staged.read_keys, staged.gather, checksum,
+                      table.location, staged.release)
