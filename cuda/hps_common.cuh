@@ -1,14 +1,23 @@
-// Shared definitions of the hps GPU kernels: key sentinels and the key hash.
+// Shared definitions of the hps GPU kernels: key sentinel, key hash, tiles and row copies.
 //
-// The NumPy reference (runtime/gpu/reference.py) implements the same hash bit for bit, so the
-// GPU and the CPU fallback place every key in the same cache set.
+// The NumPy reference (runtime/gpu/reference.py) implements the same hash, set placement and
+// digests bit for bit, so the GPU and the CPU fallback put every key in the same cache set.
 #pragma once
 
 #include <stdint.h>
+#include <cooperative_groups.h>
 
-// The empty-slot marker of the int64 key space; HPS's GPU cache uses the same value, so tables
-// must not contain it (`hps table verify` reports it).
-#define HPS_EMPTY_KEY ((int64_t)0x7FFFFFFFFFFFFFFFLL)
+namespace cg = cooperative_groups;
+
+// Constants come from the driver as -D flags (runtime/gpu/kernels.py `kernel_defines`), so the
+// Python side (placement.py) and the kernels cannot disagree:
+//   HPS_EMPTY_KEY  the empty-slot marker of the int64 key space (INT64_MAX, as in HPS's cache;
+//                  tables must not contain it, `hps table verify` reports it)
+//   HPS_WAYS       ways per set of the dynamic cache; one warp holds a set, so it must be 32
+#if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS)
+#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... (see runtime/gpu/kernels.py)"
+#endif
+static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
 namespace hps {
 
@@ -26,9 +35,92 @@ __device__ __forceinline__ uint64_t mix64(int64_t key) {
   return x ^ (x >> 28);
 }
 
-// Map a hash onto [0, n) with a multiply-shift (no 64-bit division on the GPU).
-__device__ __forceinline__ uint32_t fast_range(uint64_t hash, uint32_t n) {
-  return (uint32_t)(((hash >> 32) * (uint64_t)n) >> 32);
+// The set of a key: a multiply-shift of the hash's high half onto [0, num_sets) (no division).
+__device__ __forceinline__ uint32_t set_of(uint64_t hash, uint32_t num_sets) {
+  return (uint32_t)(((hash >> 32) * (uint64_t)num_sets) >> 32);
+}
+
+// The 1-byte digest of a key, never 0 (0 marks an empty way). Low hash bits: independent of the
+// set index, which uses the high ones.
+__device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
+  uint32_t d = (uint32_t)(hash & 0xFFu);
+  return d ? d : 1u;
+}
+
+// Bit i set when byte i of the 16 digests `v` equals `d` (replicated into every byte of `dd`).
+__device__ __forceinline__ uint32_t match16(uint4 v, uint32_t dd) {
+  uint32_t m = 0;
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    // __vcmpeq4 gives 0xFF in each equal byte; compress each byte's top bit into one nibble.
+    uint32_t eq = __vcmpeq4(w[i], dd) & 0x80808080u;
+    uint32_t nib = ((eq >> 7) & 1u) | ((eq >> 14) & 2u) | ((eq >> 21) & 4u) | ((eq >> 28) & 8u);
+    m |= nib << (4 * i);
+  }
+  return m;
+}
+
+// Copy one row of `dim` floats with the T lanes of a tile: 16-byte accesses when both rows are
+// 16-byte aligned (dim % 4 == 0 and aligned bases), 4-byte ones otherwise.
+template <int T>
+__device__ __forceinline__ void copy_row(const cg::thread_block_tile<T>& tile,
+                                         const float* __restrict__ src, float* __restrict__ dst,
+                                         int dim, bool vec4) {
+  const int lane = tile.thread_rank();
+  if (vec4) {
+    const float4* s = reinterpret_cast<const float4*>(src);
+    float4* d = reinterpret_cast<float4*>(dst);
+    for (int i = lane; i < (dim >> 2); i += T) d[i] = s[i];
+  } else {
+    for (int i = lane; i < dim; i += T) dst[i] = src[i];
+  }
+}
+
+template <int T>
+__device__ __forceinline__ void fill_row(const cg::thread_block_tile<T>& tile,
+                                         float* __restrict__ dst, int dim, float value,
+                                         bool vec4) {
+  const int lane = tile.thread_rank();
+  if (vec4) {
+    float4* d = reinterpret_cast<float4*>(dst);
+    const float4 v = make_float4(value, value, value, value);
+    for (int i = lane; i < (dim >> 2); i += T) d[i] = v;
+  } else {
+    for (int i = lane; i < dim; i += T) dst[i] = value;
+  }
+}
+
+// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lanes 0 and 1 read the
+// set's 32 digests (two 16-byte loads); only ways whose digest matches are compared by key.
+template <int T>
+__device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
+                                        const int64_t* __restrict__ cache_keys,
+                                        const uint8_t* __restrict__ digests, uint32_t set,
+                                        uint32_t digest, int64_t key) {
+  static_assert(T >= 2, "a tile needs at least two lanes to read the digests");
+  const int lane = tile.thread_rank();
+  const uint32_t dd = digest * 0x01010101u;
+  uint32_t part = 0;
+  if (lane < 2) {
+    const uint4 v = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS)[lane];
+    part = match16(v, dd) << (16 * lane);
+  }
+  uint32_t candidates = part | tile.shfl(part, 1);
+  candidates = tile.shfl(candidates, 0);
+  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
+  // Usually one candidate; lanes test up to T of them at once.
+  while (candidates) {
+    int way = -1;
+    uint32_t rest = candidates;
+    for (int i = 0; i < lane && rest; ++i) rest &= rest - 1;  // this lane's candidate
+    if (rest) way = __ffs(rest) - 1;
+    const bool hit = way >= 0 && set_keys[way] == key;
+    const uint32_t hits = tile.ballot(hit);
+    if (hits) return tile.shfl(way, __ffs(hits) - 1);
+    for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
+  }
+  return -1;
 }
 
 }  // namespace hps

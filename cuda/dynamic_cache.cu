@@ -1,0 +1,212 @@
+// The dynamic GPU embedding cache: a set-associative cache of HPS_WAYS ways per set.
+//
+// Layout (all arrays in device memory, num_sets × HPS_WAYS slots, slot = set * HPS_WAYS + way):
+//   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways
+//   digests     uint8[slots]        1-byte hash digest of the key, 0 in empty ways
+//   scores      uint32[slots]       LFU score with dynamic aging (LFU-DA)
+//   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
+//   values      float[slots * dim]  one row per slot
+//
+// Replacement is LFU with dynamic aging: a hit adds 1 to the slot's score; a new key takes an
+// empty way, else evicts the way with the smallest score (ties: lowest way), and starts at the
+// victim's score + 1, so long-idle popular keys eventually age out.
+//
+// Every entry point is `extern "C"` so the driver (runtime/gpu/kernels.py) can look it up by
+// name; tile widths T (lanes cooperating on one key) are instantiated explicitly.
+#include "hps_common.cuh"
+
+namespace hps {
+
+// Look up n keys: hits copy their row to out[i] and add weights[i] (1 when weights is null: a
+// de-duplicated batch passes each key's occurrence count) to the slot's score; misses write the
+// default value to out[i] and append (key, i) to the miss list. Read-only except scores, so
+// several queries may run at once; replace/update/invalidate must not run concurrently.
+template <int T>
+__device__ void query(const int64_t* __restrict__ keys, const unsigned* __restrict__ weights,
+                      int64_t n, const int64_t* __restrict__ cache_keys,
+                      const uint8_t* __restrict__ digests,
+                      unsigned* __restrict__ scores, const float* __restrict__ values,
+                      uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
+                      int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
+                      unsigned* __restrict__ miss_count) {
+  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
+  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
+  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
+  const bool vec4 = (dim & 3) == 0;
+  for (int64_t i = first; i < n; i += tiles) {
+    const int64_t key = keys[i];
+    const uint64_t h = mix64(key);
+    const uint32_t set = set_of(h, num_sets);
+    const int way = key == HPS_EMPTY_KEY ? -1
+        : find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
+    float* dst = out + i * (int64_t)dim;
+    if (way >= 0) {
+      const size_t slot = (size_t)set * HPS_WAYS + way;
+      copy_row<T>(tile, values + slot * dim, dst, dim, vec4);
+      if (tile.thread_rank() == 0) atomicAdd(scores + slot, weights ? weights[i] : 1u);
+    } else {
+      fill_row<T>(tile, dst, dim, default_value, vec4);
+      if (tile.thread_rank() == 0) {
+        const unsigned at = atomicAdd(miss_count, 1u);
+        miss_keys[at] = key;
+        miss_pos[at] = i;
+      }
+    }
+  }
+}
+
+// Overwrite the values of keys already cached (absent keys are ignored; scores unchanged).
+template <int T>
+__device__ void update(const int64_t* __restrict__ keys, const float* __restrict__ rows,
+                       int64_t n, const int64_t* __restrict__ cache_keys,
+                       const uint8_t* __restrict__ digests, float* __restrict__ values,
+                       uint32_t num_sets, int dim, unsigned* __restrict__ updated) {
+  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
+  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
+  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
+  const bool vec4 = (dim & 3) == 0;
+  for (int64_t i = first; i < n; i += tiles) {
+    const int64_t key = keys[i];
+    const uint64_t h = mix64(key);
+    const uint32_t set = set_of(h, num_sets);
+    const int way = find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
+    if (way >= 0) {
+      const size_t slot = (size_t)set * HPS_WAYS + way;
+      copy_row<T>(tile, rows + i * (int64_t)dim, values + slot * dim, dim, vec4);
+      if (tile.thread_rank() == 0) atomicAdd(updated, 1u);
+    }
+  }
+}
+
+// Remove keys from the cache (absent keys are ignored).
+template <int T>
+__device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
+                           int64_t* __restrict__ cache_keys, uint8_t* __restrict__ digests,
+                           unsigned* __restrict__ scores, uint32_t num_sets,
+                           unsigned* __restrict__ removed) {
+  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
+  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
+  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
+  for (int64_t i = first; i < n; i += tiles) {
+    const int64_t key = keys[i];
+    const uint64_t h = mix64(key);
+    const uint32_t set = set_of(h, num_sets);
+    const int way = find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
+    if (way >= 0 && tile.thread_rank() == 0) {
+      const size_t slot = (size_t)set * HPS_WAYS + way;
+      cache_keys[slot] = HPS_EMPTY_KEY;
+      digests[slot] = 0;
+      scores[slot] = 0;
+      atomicAdd(removed, 1u);
+    }
+  }
+}
+
+}  // namespace hps
+
+// Insert keys with their rows, evicting by LFU-DA when a set is full. Keys already cached only
+// gain 1 score (their value is not overwritten, as in HPS's Replace).
+//
+// The batch is grouped by set on the host: segment s holds the keys of set seg_sets[s] at
+// [seg_offsets[s], seg_offsets[s+1]) of seg_keys / seg_rows, in insertion order. One warp owns
+// one set and walks its keys in order, so the outcome is deterministic and needs no locks; the
+// NumPy reference reproduces it exactly. Lane l holds way l of the set in registers.
+extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
+                                      const float* __restrict__ seg_rows,
+                                      const uint32_t* __restrict__ seg_sets,
+                                      const int64_t* __restrict__ seg_offsets, int num_segments,
+                                      int64_t* __restrict__ cache_keys,
+                                      uint8_t* __restrict__ digests, unsigned* __restrict__ scores,
+                                      unsigned* __restrict__ floors, float* __restrict__ values,
+                                      int dim, unsigned* __restrict__ inserted) {
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const int segment = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  if (segment >= num_segments) return;
+  const int lane = warp.thread_rank();
+  const uint32_t set = seg_sets[segment];
+  const size_t base = (size_t)set * HPS_WAYS;
+  int64_t my_key = cache_keys[base + lane];
+  unsigned my_score = scores[base + lane];
+  unsigned floor_score = floors[set];
+  unsigned new_keys = 0;
+  const bool vec4 = (dim & 3) == 0;
+  for (int64_t j = seg_offsets[segment]; j < seg_offsets[segment + 1]; ++j) {
+    const int64_t key = seg_keys[j];
+    const uint32_t present = warp.ballot(my_key == key);
+    if (present) {
+      if (lane == __ffs(present) - 1) my_score += 1u;
+      continue;
+    }
+    int way;
+    const uint32_t empty = warp.ballot(my_key == HPS_EMPTY_KEY);
+    if (empty) {
+      way = __ffs(empty) - 1;
+    } else {
+      // Victim: the smallest score, ties to the lowest way (pack score and lane, take the min).
+      uint64_t packed = ((uint64_t)my_score << 5) | (uint64_t)lane;
+      for (int offset = 16; offset > 0; offset >>= 1) {
+        const uint64_t other = warp.shfl_xor(packed, offset);
+        packed = other < packed ? other : packed;
+      }
+      way = (int)(packed & 31u);
+      floor_score = (unsigned)(packed >> 5);
+    }
+    if (lane == way) {
+      my_key = key;
+      my_score = floor_score + 1u;
+      digests[base + way] = (uint8_t)hps::digest_of(hps::mix64(key));
+    }
+    hps::copy_row<32>(warp, seg_rows + j * (int64_t)dim, values + (base + way) * dim, dim, vec4);
+    ++new_keys;
+  }
+  cache_keys[base + lane] = my_key;
+  scores[base + lane] = my_score;
+  if (lane == 0) {
+    floors[set] = floor_score;
+    if (new_keys) atomicAdd(inserted, new_keys);
+  }
+}
+
+// Emit the keys of sets [set_begin, set_end): appended to out_keys in arbitrary order (the
+// driver sorts them); one warp per set.
+extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint32_t set_begin,
+                                   uint32_t set_end, int64_t* __restrict__ out_keys,
+                                   unsigned* __restrict__ count) {
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const int64_t set = set_begin + ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
+  if (set >= set_end) return;
+  const int lane = warp.thread_rank();
+  const int64_t key = cache_keys[(size_t)set * HPS_WAYS + lane];
+  const uint32_t used = warp.ballot(key != HPS_EMPTY_KEY);
+  if (!used) return;
+  unsigned at = 0;
+  if (lane == 0) at = atomicAdd(count, (unsigned)__popc(used));
+  at = warp.shfl(at, 0);
+  if (key != HPS_EMPTY_KEY) out_keys[at + __popc(used & ((1u << lane) - 1u))] = key;
+}
+
+#define HPS_TILED(T)                                                                            \
+  extern "C" __global__ void dc_query_t##T(                                                     \
+      const int64_t* keys, const unsigned* weights, int64_t n, const int64_t* cache_keys,       \
+      const uint8_t* digests, unsigned* scores, const float* values, uint32_t num_sets,         \
+      int dim, float default_value, float* out, int64_t* miss_keys, int64_t* miss_pos,          \
+      unsigned* miss_count) {                                                                   \
+    hps::query<T>(keys, weights, n, cache_keys, digests, scores, values, num_sets, dim,         \
+                  default_value, out, miss_keys, miss_pos, miss_count);                         \
+  }                                                                                             \
+  extern "C" __global__ void dc_update_t##T(                                                    \
+      const int64_t* keys, const float* rows, int64_t n, const int64_t* cache_keys,             \
+      const uint8_t* digests, float* values, uint32_t num_sets, int dim, unsigned* updated) {   \
+    hps::update<T>(keys, rows, n, cache_keys, digests, values, num_sets, dim, updated);         \
+  }                                                                                             \
+  extern "C" __global__ void dc_invalidate_t##T(                                                \
+      const int64_t* keys, int64_t n, int64_t* cache_keys, uint8_t* digests, unsigned* scores,  \
+      uint32_t num_sets, unsigned* removed) {                                                   \
+    hps::invalidate<T>(keys, n, cache_keys, digests, scores, num_sets, removed);                \
+  }
+
+HPS_TILED(2)
+HPS_TILED(4)
+HPS_TILED(8)
+HPS_TILED(16)
+HPS_TILED(32)

@@ -1,0 +1,262 @@
+"""HPS's embedding cache of one table on one device, in front of the CPU tiers.
+
+Semantics (hps_spec.md §4): a lookup queries the cache; for a dynamic cache with misses, the hit
+rate over the batch's unique keys decides, exactly as in HPS:
+
+- below ``hit_rate_threshold``: synchronous — the misses are fetched from the CPU tiers
+  (volatile → persistent → default), put into the result and inserted into the cache: exact;
+- at or above it: asynchronous — the misses keep the table's default value in this result and
+  are fetched and inserted in the background (so 1.0 is exact, above 1 never asynchronous).
+
+static and uvm caches hold the whole table and never consult the CPU tiers (absent keys get the
+default value). Start-up prefill fills the dynamic cache with the hottest rows (by ``meta``
+frequencies) or the first rows in file order, instead of HPS's lazy filling.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InvalidInputError
+from ..table.reader import TableReader
+from .workspace import WorkerPool
+
+Fetch = Callable[[np.ndarray], np.ndarray]  # keys → rows from the CPU tiers (exact)
+
+
+@dataclass
+class CacheCounters:
+    """Cumulative counters of one cache (key occurrences unless said otherwise)."""
+
+    lookups: int = 0
+    keys: int = 0
+    hits: int = 0
+    misses: int = 0
+    sync_batches: int = 0
+    async_batches: int = 0
+    inserted: int = 0
+    async_dropped: int = 0
+    seconds: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, **amounts) -> None:
+        with self._lock:
+            for name, value in amounts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+    def snapshot(self) -> dict:
+        with self._lock:
+            data = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        data["hit_rate"] = data["hits"] / data["keys"] if data["keys"] else None
+        return data
+
+
+class AsyncInserter:
+    """Background insertion of missed keys (HPS's thread pool), bounded: when ``max_pending``
+    batches are already queued, new ones are dropped (it is a cache; nothing is lost)."""
+
+    def __init__(self, threads: int, max_pending: int = 64):
+        self._pool = ThreadPoolExecutor(max_workers=max(1, threads),
+                                        thread_name_prefix="hps-cache-insert")
+        self._slots = threading.BoundedSemaphore(max_pending)
+        self._pending: set[Future] = set()
+        self._lock = threading.Lock()
+
+    def submit(self, task: Callable[[], None]) -> bool:
+        if not self._slots.acquire(blocking=False):
+            return False
+        future = self._pool.submit(task)
+        with self._lock:
+            self._pending.add(future)
+
+        def done(f: Future) -> None:
+            with self._lock:
+                self._pending.discard(f)
+            self._slots.release()
+
+        future.add_done_callback(done)
+        return True
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued insertion finished (errors are re-raised)."""
+        with self._lock:
+            pending = list(self._pending)
+        for future in pending:
+            future.result(timeout)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
+class EmbeddingCache:
+    """The cache of table ``table_id`` of a model on one device.
+
+    Args:
+        backend: a dynamic cache (GpuDynamicCache or RefDynamicBackend) or an indexed table
+            (GpuIndexedTable or RefIndexedBackend: the static and uvm types).
+        fetch: exact lookup in the CPU tiers for missed keys (dynamic caches only).
+        hit_rate_threshold: the model's ``hit_rate_threshold``.
+        default_value: the table's default value.
+        inserter: shared background inserter (for asynchronous insertion).
+    """
+
+    def __init__(self, backend, *, fetch: Fetch | None, hit_rate_threshold: float,
+                 default_value: float, inserter: AsyncInserter | None = None,
+                 pool: WorkerPool | None = None, name: str = ""):
+        self.backend = backend
+        self.pool = pool or WorkerPool(1, name=name)
+        self.fetch = fetch
+        self.threshold = float(hit_rate_threshold)
+        self.default_value = float(default_value)
+        self.inserter = inserter
+        self.name = name
+        self.counters = CacheCounters()
+        self.dynamic = backend.kind == "dynamic"
+        if self.dynamic and fetch is None:
+            raise ValueError("a dynamic cache needs the CPU tiers' fetch")
+
+    @property
+    def dim(self) -> int:
+        return self.backend.dim
+
+    def lookup(self, keys: np.ndarray, slot: int | None = None) -> np.ndarray:
+        """Rows of ``keys`` (int64, 1-D), per HPS's cache semantics.
+
+        ``slot`` is a worker buffer already taken from this cache's pool (a multi-table lookup
+        takes one for all its tables); without it, one is taken for this call.
+        """
+        if slot is None:
+            with self.pool.slot() as taken:
+                return self._lookup(keys, taken)
+        return self._lookup(keys, slot)
+
+    def _lookup(self, keys: np.ndarray, slot: int) -> np.ndarray:
+        started = time.perf_counter()
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if not self.dynamic:
+            out, hits = self.backend.query(keys, self.default_value, slot)
+            self.counters.add(lookups=1, keys=keys.size, hits=hits, misses=keys.size - hits,
+                              seconds=time.perf_counter() - started)
+            return out
+        pending = self.backend.query(keys, self.default_value, slot)
+        missed = pending.miss_keys
+        if not missed.size:
+            out = pending.finish(None)
+            self.counters.add(lookups=1, keys=keys.size, hits=keys.size,
+                              seconds=time.perf_counter() - started)
+            return out
+        if self._synchronous(keys, missed, pending, slot):
+            rows = self.fetch(missed)
+            out = pending.finish(rows)
+            inserted = self.backend.replace(missed, rows)
+            self.counters.add(sync_batches=1, inserted=inserted)
+        else:
+            out = pending.finish(None)
+            self._insert_later(missed)
+        occ = pending.miss_occurrences
+        self.counters.add(lookups=1, keys=keys.size, hits=keys.size - occ, misses=occ,
+                          seconds=time.perf_counter() - started)
+        return out
+
+    def _synchronous(self, keys: np.ndarray, missed: np.ndarray, pending, slot: int) -> bool:
+        if self.threshold > 1.0 or self.inserter is None:
+            return True
+        # Misses exist, so the hit rate is below 1: with a threshold of 1 no need to count.
+        if self.threshold >= 1.0:
+            return True
+        unique = pending.unique_total
+        if unique is None:
+            unique = self.backend.count_unique(keys, slot)
+        hit_rate = 1.0 - missed.size / unique if unique else 1.0
+        return hit_rate < self.threshold
+
+    def _insert_later(self, missed: np.ndarray) -> None:
+        keys = missed.copy()
+
+        def task() -> None:
+            rows = self.fetch(keys)
+            self.counters.add(inserted=self.backend.replace(keys, rows))
+
+        if self.inserter.submit(task):  # type: ignore[union-attr]
+            self.counters.add(async_batches=1)
+        else:
+            self.counters.add(async_dropped=1)
+
+    # -- maintenance --------------------------------------------------------------------------
+
+    def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
+        """Overwrite cached copies of keys whose value changed in the CPU tiers."""
+        if not self.dynamic:
+            raise InvalidInputError(
+                "static and uvm caches are read-only: they cannot take updates",
+                location=self.name, hint="use embedding_cache_type dynamic for online updates")
+        return self.backend.update(keys, rows)
+
+    def remove(self, keys: np.ndarray) -> int:
+        if not self.dynamic:
+            raise InvalidInputError("static and uvm caches are read-only: they cannot drop keys",
+                                    location=self.name,
+                                    hint="use embedding_cache_type dynamic for online updates")
+        return self.backend.invalidate(keys)
+
+    def prefill(self, reader: TableReader, limit: int | None = None,
+                chunk_rows: int = 1 << 18) -> int:
+        """Fill the dynamic cache at start-up: the hottest rows first when the table has
+        ``meta`` frequencies, else the first rows in file order. Returns keys inserted."""
+        if not self.dynamic:
+            return 0
+        limit = min(reader.num_keys, self.backend.capacity if limit is None else limit)
+        if limit <= 0:
+            return 0
+        inserted = 0
+        if reader.has_meta and limit < reader.num_keys:
+            rows_idx = _hottest_rows(reader, limit, chunk_rows)
+            keys_all, vecs_all = reader.keys(), reader.vectors()
+            for start in range(0, rows_idx.size, chunk_rows):
+                idx = rows_idx[start:start + chunk_rows]
+                inserted += self.backend.replace(np.asarray(keys_all[idx]),
+                                                 np.asarray(vecs_all[idx]))
+        else:
+            for chunk in reader.chunks(chunk_rows, stop=limit):
+                inserted += self.backend.replace(chunk.keys.copy(), chunk.vectors.copy())
+        self.counters.add(inserted=inserted)
+        return inserted
+
+    def refresh(self, sets_per_step: int = 4096) -> int:
+        """Reload every cached key's value from the CPU tiers (HPS's cache refresh)."""
+        if not self.dynamic:
+            return 0
+        refreshed = 0
+        for begin in range(0, self.backend.num_sets, sets_per_step):
+            keys = self.backend.dump(begin, begin + sets_per_step)
+            if keys.size:
+                refreshed += self.backend.update(keys, self.fetch(keys))
+        return refreshed
+
+    def stats(self) -> dict:
+        data = self.counters.snapshot()
+        data["type"] = "dynamic" if self.dynamic else "indexed"
+        if self.dynamic:
+            data["capacity"] = self.backend.capacity
+        return data
+
+
+def _hottest_rows(reader: TableReader, limit: int, chunk_rows: int) -> np.ndarray:
+    """Row indices of the ``limit`` largest ``meta`` counts (ties: file order), bounded memory."""
+    best_idx = np.empty(0, np.int64)
+    best_val = np.empty(0, np.int64)
+    for chunk in reader.chunks(chunk_rows):
+        idx = np.concatenate([best_idx, np.arange(chunk.start, chunk.start + chunk.keys.size)])
+        val = np.concatenate([best_val, np.asarray(chunk.meta, np.int64)])
+        if idx.size > limit:
+            order = np.lexsort((idx, -val))[:limit]  # by count descending, then file order
+            idx, val = idx[order], val[order]
+        best_idx, best_val = idx, val
+    order = np.lexsort((best_idx, -best_val))
+    return best_idx[order]

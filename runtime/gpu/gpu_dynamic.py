@@ -1,0 +1,534 @@
+"""The dynamic cache on a GPU: device arrays, prepared launches and transfers (PyCUDA).
+
+Every operation of one cache runs on the cache's own stream, so replace/update/invalidate never
+overlap a query on the device: stream order is the lock. Query buffers belong to a workspace
+slot (one per concurrent lookup, see workspace.py); replace/update/invalidate share a growable
+scratch under a host lock.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from .pending import PendingLookup
+from .pinned import PinnedPool
+from .placement import EMPTY_KEY, WAYS, set_and_digest, tile_width
+from .reference import group_by_set
+
+_BLOCK = 256
+_COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 16-byte aligned
+# Batches at least this large are de-duplicated on the GPU first (fewer rows queried, and the
+# misses come back unique); smaller ones query every key directly (fewer launches).
+DEDUP_MIN_KEYS = 65536
+
+
+class _Scratch:
+    """Device buffers that grow to the largest request seen."""
+
+    def __init__(self, device):
+        self.device = device
+        self._bufs: dict[str, tuple[int, object]] = {}
+        self._host: dict[str, np.ndarray] = {}
+
+    def get(self, name: str, nbytes: int):
+        size, buf = self._bufs.get(name, (0, None))
+        if size < nbytes:
+            size = max(nbytes, 2 * size, 4096)
+            buf = self.device.alloc(size)
+            self._bufs[name] = (size, buf)
+        return buf
+
+    def host(self, name: str, count: int, dtype) -> np.ndarray:
+        """A pinned host staging array of ``count`` items (grown on demand)."""
+        dtype = np.dtype(dtype)
+        buf = self._host.get(name)
+        if buf is None or buf.nbytes < count * dtype.itemsize:
+            nbytes = max(count * dtype.itemsize, 2 * (0 if buf is None else buf.nbytes), 4096)
+            buf = self._host[name] = self.device.drv.pagelocked_empty(nbytes, np.uint8)
+        return buf[: count * dtype.itemsize].view(dtype)
+
+    def upload(self, name: str, array: np.ndarray, stream):
+        """Copy a host array to this scratch's device buffer ``name`` through pinned staging."""
+        staging = self.host(name, array.size, array.dtype)
+        np.copyto(staging, array.reshape(-1))
+        buf = self.get(name, max(array.nbytes, 8))
+        if array.size:
+            self.device.drv.memcpy_htod_async(buf, staging, stream)
+        return buf
+
+
+class GpuDynamicCache:
+    """``num_sets`` × 32 slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu)."""
+
+    kind = "dynamic"
+
+    def __init__(self, device, num_sets: int, dim: int, tile: int | None = None):
+        self.device = device
+        self.num_sets = int(num_sets)
+        self.dim = int(dim)
+        self.tile = tile or tile_width(dim)
+        slots = self.num_sets * WAYS
+        drv = device.drv
+        with device.scope():
+            self.stream = drv.Stream()
+            self.d_keys = device.alloc(slots * 8)
+            self.d_digests = device.alloc(slots)
+            self.d_scores = device.alloc(slots * 4)
+            self.d_floors = device.alloc(self.num_sets * 4)
+            self.d_values = device.alloc(slots * self.dim * 4)
+            self._fill_i64(self.d_keys, slots, EMPTY_KEY)
+            drv.memset_d8_async(self.d_digests, 0, slots, self.stream)
+            drv.memset_d32_async(self.d_scores, 0, slots, self.stream)
+            drv.memset_d32_async(self.d_floors, 0, self.num_sets, self.stream)
+            drv.memset_d32_async(self.d_values, 0, slots * self.dim, self.stream)
+            self.stream.synchronize()
+        self._scratch = _Scratch(device)
+        self._lock = threading.Lock()
+        self._workspaces: dict[int, _Scratch] = {}
+
+    @property
+    def capacity(self) -> int:
+        return self.num_sets * WAYS
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _grid(
+        self, items: int, threads_per_item: int
+    ) -> tuple[tuple[int, int], tuple[int, int, int]]:
+        return (self.device.launch_grid(items, threads_per_item, _BLOCK), 1), (_BLOCK, 1, 1)
+
+    def _fill_i64(self, buf, count: int, value: int) -> None:
+        grid, block = self._grid(count, 1)
+        self.device.launch("fill_i64", "Pqq", grid, block, self.stream, buf, count, value)
+
+    def _workspace(self, slot: int) -> _Scratch:
+        ws = self._workspaces.get(slot)
+        if ws is None:
+            ws = self._workspaces[slot] = _Scratch(self.device)
+        return ws
+
+    def _dedup(self, ws: _Scratch, d_keys, n: int):
+        """Launch the GPU de-duplication of n device keys; returns device buffers."""
+        drv = self.device.drv
+        cap = 1 << max(4, (2 * n - 1).bit_length())
+        set_keys, set_ids = ws.get("set_keys", cap * 8), ws.get("set_ids", cap * 8)
+        set_counts = ws.get("set_counts", cap * 4)
+        slot_of, uniq = ws.get("slot_of", n * 8), ws.get("unique_keys", n * 8)
+        inverse, counts = ws.get("inverse", n * 8), ws.get("unique_counts", n * 4)
+        ucount = ws.get("unique_count", _COUNTER_BYTES)
+        self._fill_i64(set_keys, cap, EMPTY_KEY)
+        drv.memset_d32_async(set_counts, 0, cap, self.stream)
+        drv.memset_d32_async(ucount, 0, 1, self.stream)
+        grid, block = self._grid(n, 1)
+        self.device.launch(
+            "dedup_insert",
+            "PqPPPQPPP",
+            grid,
+            block,
+            self.stream,
+            d_keys,
+            n,
+            set_keys,
+            set_ids,
+            set_counts,
+            cap - 1,
+            slot_of,
+            uniq,
+            ucount,
+        )
+        self.device.launch(
+            "dedup_inverse",
+            "PqPPPP",
+            grid,
+            block,
+            self.stream,
+            slot_of,
+            n,
+            set_ids,
+            set_counts,
+            inverse,
+            counts,
+        )
+        return uniq, inverse, counts, ucount
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> PendingLookup:
+        """Launch a lookup of host keys; the returned PendingLookup waits when read."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if keys.size >= DEDUP_MIN_KEYS:
+            return self._query_dedup(keys, default_value, slot)
+        return self._query_direct(keys, default_value, slot)
+
+    def _query_direct(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
+        drv, n, dim = self.device.drv, keys.size, self.dim
+        ws = self._workspace(slot)
+        with self.device.scope():
+            d_keys = ws.upload("keys", keys, self.stream)
+            d_block = ws.get("out", _COUNTER_BYTES + n * dim * 4)
+            d_mkeys, d_mpos = ws.get("miss_keys", n * 8), ws.get("miss_pos", n * 8)
+            drv.memset_d32_async(d_block, 0, 1, self.stream)
+            if n:
+                grid, block = self._grid(n, self.tile)
+                self.device.launch(
+                    f"dc_query_t{self.tile}",
+                    "PPqPPPPIifPPPP",
+                    grid,
+                    block,
+                    self.stream,
+                    d_keys,
+                    0,
+                    n,
+                    self.d_keys,
+                    self.d_digests,
+                    self.d_scores,
+                    self.d_values,
+                    self.num_sets,
+                    dim,
+                    np.float32(default_value),
+                    int(d_block) + _COUNTER_BYTES,
+                    d_mkeys,
+                    d_mpos,
+                    d_block,
+                )
+            out, counter = self._download_rows(d_block, n)
+            misses = int(counter[0])
+            mkeys = np.empty(misses, np.int64)
+            mpos = np.empty(misses, np.int64)
+            if misses:
+                drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
+                drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
+                self.stream.synchronize()
+        return PendingLookup(out, mkeys, mpos)
+
+    def _download_rows(self, d_block, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy [counter | n rows] to the host in one transfer; wait; return (rows, counter)."""
+        drv = self.device.drv
+        out, pinned = self.device.pinned.array((n, self.dim), np.float32, offset=_COUNTER_BYTES)
+        if pinned:
+            block = PinnedPool.block_of(out)
+            drv.memcpy_dtoh_async(block[: _COUNTER_BYTES + out.nbytes], d_block, self.stream)
+            self.stream.synchronize()
+            counter = block[:4].view(np.uint32).copy()
+        else:  # pinned pool exhausted: pageable copies
+            counter = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(counter, d_block, self.stream)
+            self.stream.synchronize()
+            if n:
+                drv.memcpy_dtoh(out, int(d_block) + _COUNTER_BYTES)
+        return out, counter
+
+    def _query_dedup(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
+        """De-duplicate on the GPU, query unique keys (scores weighted by occurrences), and
+        expand to the batch once the misses are resolved (``finish``)."""
+        drv, n, dim = self.device.drv, keys.size, self.dim
+        ws = self._workspace(slot)
+        with self.device.scope():
+            d_keys = ws.upload("keys", keys, self.stream)
+            uniq, inverse, counts, ucount = self._dedup(ws, d_keys, n)
+            host_u = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(host_u, ucount, self.stream)
+            self.stream.synchronize()
+            u = int(host_u[0])
+            d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
+            d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
+            drv.memset_d32_async(d_rows, 0, 1, self.stream)
+            grid, block = self._grid(u, self.tile)
+            self.device.launch(
+                f"dc_query_t{self.tile}",
+                "PPqPPPPIifPPPP",
+                grid,
+                block,
+                self.stream,
+                uniq,
+                counts,
+                u,
+                self.d_keys,
+                self.d_digests,
+                self.d_scores,
+                self.d_values,
+                self.num_sets,
+                dim,
+                np.float32(default_value),
+                int(d_rows) + _COUNTER_BYTES,
+                d_mkeys,
+                d_mpos,
+                d_rows,
+            )
+            count = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(count, d_rows, self.stream)
+            self.stream.synchronize()
+            misses = int(count[0])
+            mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
+            occurrences = 0
+            if misses:
+                unique_counts = np.empty(u, np.uint32)
+                drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
+                drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
+                drv.memcpy_dtoh_async(unique_counts, counts, self.stream)
+                self.stream.synchronize()
+                occurrences = int(unique_counts[mpos].sum())
+        return _DevicePending(self, ws, d_rows, inverse, n, mkeys, mpos, u, occurrences)
+
+    def count_unique(self, keys: np.ndarray, slot: int = 0) -> int:
+        """Distinct keys in a batch (HPS's hit rate is over unique keys)."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if keys.size == 0:
+            return 0
+        ws = self._workspace(slot)
+        with self.device.scope():
+            d_keys = ws.upload("keys", keys, self.stream)
+            _, _, _, ucount = self._dedup(ws, d_keys, keys.size)
+            host = np.empty(4, np.uint32)
+            self.device.drv.memcpy_dtoh_async(host, ucount, self.stream)
+            self.stream.synchronize()
+        return int(host[0])
+
+    # -- mutations --------------------------------------------------------------------------
+
+    def replace(self, keys: np.ndarray, rows: np.ndarray) -> int:
+        """Insert keys with rows (LFU-DA eviction); returns how many were new."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(keys.size, self.dim)
+        keep = keys != EMPTY_KEY
+        keys, rows = keys[keep], rows[keep]
+        if not keys.size:
+            return 0
+        sets, _ = set_and_digest(keys, self.num_sets)
+        order, seg_sets, offsets = group_by_set(sets)
+        seg_keys = np.ascontiguousarray(keys[order])
+        seg_rows = np.ascontiguousarray(rows[order])
+        drv = self.device.drv
+        with self._lock, self.device.scope():
+            s = self._scratch
+            d_k, d_r = s.get("keys", seg_keys.nbytes), s.get("rows", seg_rows.nbytes)
+            d_s, d_o = s.get("sets", seg_sets.size * 4), s.get("offsets", offsets.nbytes)
+            d_c = s.get("count", _COUNTER_BYTES)
+            drv.memcpy_htod_async(d_k, seg_keys, self.stream)
+            drv.memcpy_htod_async(d_r, seg_rows, self.stream)
+            drv.memcpy_htod_async(d_s, seg_sets.astype(np.uint32), self.stream)
+            drv.memcpy_htod_async(d_o, offsets, self.stream)
+            drv.memset_d32_async(d_c, 0, 1, self.stream)
+            segments = int(seg_sets.size)
+            grid, block = (-(-segments * 32 // 128), 1), (128, 1, 1)
+            self.device.launch(
+                "dc_replace",
+                "PPPPiPPPPPiP",
+                grid,
+                block,
+                self.stream,
+                d_k,
+                d_r,
+                d_s,
+                d_o,
+                segments,
+                self.d_keys,
+                self.d_digests,
+                self.d_scores,
+                self.d_floors,
+                self.d_values,
+                self.dim,
+                d_c,
+            )
+            count = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(count, d_c, self.stream)
+            self.stream.synchronize()
+        return int(count[0])
+
+    def _per_key(self, name: str, keys: np.ndarray, rows: np.ndarray | None) -> int:
+        drv = self.device.drv
+        with self._lock, self.device.scope():
+            s = self._scratch
+            d_k, d_c = s.get("keys", keys.nbytes), s.get("count", _COUNTER_BYTES)
+            drv.memcpy_htod_async(d_k, keys, self.stream)
+            drv.memset_d32_async(d_c, 0, 1, self.stream)
+            grid, block = self._grid(keys.size, self.tile)
+            fn = f"{name}_t{self.tile}"
+            if rows is not None:
+                d_r = s.get("rows", rows.nbytes)
+                drv.memcpy_htod_async(d_r, rows, self.stream)
+                self.device.launch(
+                    fn,
+                    "PPqPPPIiP",
+                    grid,
+                    block,
+                    self.stream,
+                    d_k,
+                    d_r,
+                    keys.size,
+                    self.d_keys,
+                    self.d_digests,
+                    self.d_values,
+                    self.num_sets,
+                    self.dim,
+                    d_c,
+                )
+            else:
+                self.device.launch(
+                    fn,
+                    "PqPPPIP",
+                    grid,
+                    block,
+                    self.stream,
+                    d_k,
+                    keys.size,
+                    self.d_keys,
+                    self.d_digests,
+                    self.d_scores,
+                    self.num_sets,
+                    d_c,
+                )
+            count = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(count, d_c, self.stream)
+            self.stream.synchronize()
+        return int(count[0])
+
+    def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
+        """Overwrite cached copies (a repeated key: its last row wins); returns how many."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(keys.size, self.dim)
+        if not keys.size:
+            return 0
+        # Keep each key's last row, so the outcome does not depend on thread order.
+        _, first = np.unique(keys[::-1], return_index=True)
+        last = keys.size - 1 - first
+        return self._per_key(
+            "dc_update", np.ascontiguousarray(keys[last]), np.ascontiguousarray(rows[last])
+        )
+
+    def invalidate(self, keys: np.ndarray) -> int:
+        keys = np.unique(np.ascontiguousarray(keys, dtype=np.int64))
+        return self._per_key("dc_invalidate", keys, None) if keys.size else 0
+
+    def dump(self, set_begin: int = 0, set_end: int | None = None) -> np.ndarray:
+        """Cached keys of sets [set_begin, set_end), sorted."""
+        set_end = self.num_sets if set_end is None else min(set_end, self.num_sets)
+        sets = max(0, set_end - set_begin)
+        if not sets:
+            return np.empty(0, np.int64)
+        drv = self.device.drv
+        with self._lock, self.device.scope():
+            d_out, d_c = self._scratch.get("dump", sets * WAYS * 8), self._scratch.get("count", 16)
+            drv.memset_d32_async(d_c, 0, 1, self.stream)
+            grid, block = (-(-sets * 32 // 128), 1), (128, 1, 1)
+            self.device.launch(
+                "dc_dump",
+                "PIIPP",
+                grid,
+                block,
+                self.stream,
+                self.d_keys,
+                set_begin,
+                set_end,
+                d_out,
+                d_c,
+            )
+            count = np.empty(4, np.uint32)
+            drv.memcpy_dtoh_async(count, d_c, self.stream)
+            self.stream.synchronize()
+            out = np.empty(int(count[0]), np.int64)
+            if out.size:
+                drv.memcpy_dtoh(out, d_out)
+        return np.sort(out)
+
+    def snapshot(self) -> dict[str, np.ndarray]:
+        """All cache arrays copied to the host (for tests against the reference)."""
+        slots = self.capacity
+        arrays = {
+            "keys": np.empty(slots, np.int64),
+            "digests": np.empty(slots, np.uint8),
+            "scores": np.empty(slots, np.uint32),
+            "floors": np.empty(self.num_sets, np.uint32),
+            "values": np.empty(slots * self.dim, np.float32),
+        }
+        with self._lock, self.device.scope():
+            self.stream.synchronize()
+            for name, dev in (
+                ("keys", self.d_keys),
+                ("digests", self.d_digests),
+                ("scores", self.d_scores),
+                ("floors", self.d_floors),
+                ("values", self.d_values),
+            ):
+                self.device.drv.memcpy_dtoh(arrays[name], dev)
+        arrays["keys"] = arrays["keys"].reshape(self.num_sets, WAYS)
+        arrays["digests"] = arrays["digests"].reshape(self.num_sets, WAYS)
+        arrays["scores"] = arrays["scores"].reshape(self.num_sets, WAYS)
+        arrays["values"] = arrays["values"].reshape(self.num_sets, WAYS, self.dim)
+        return arrays
+
+    def occupancy(self) -> int:
+        return int(np.count_nonzero(self.snapshot()["keys"] != EMPTY_KEY))
+
+
+class _DevicePending(PendingLookup):
+    """A de-duplicated query: unique rows stay on the device until ``finish`` expands them."""
+
+    def __init__(
+        self,
+        cache: GpuDynamicCache,
+        ws: _Scratch,
+        d_rows,
+        d_inverse,
+        n: int,
+        mkeys: np.ndarray,
+        mpos: np.ndarray,
+        unique_total: int,
+        occurrences: int,
+    ):
+        super().__init__(np.empty((0, cache.dim), np.float32), mkeys, mpos, unique_total)
+        self.miss_occurrences = occurrences
+        self._cache, self._ws, self._d_rows, self._d_inverse, self._n = (
+            cache,
+            ws,
+            d_rows,
+            d_inverse,
+            n,
+        )
+        self._miss_pos = mpos  # positions among the unique keys
+
+    @property
+    def miss_keys(self) -> np.ndarray:
+        return self._raw_keys  # already unique (in arbitrary order)
+
+    def finish(self, rows: np.ndarray | None) -> np.ndarray:
+        cache, ws, drv = self._cache, self._ws, self._cache.device.drv
+        dim, n = cache.dim, self._n
+        with cache.device.scope():
+            rows_base = int(self._d_rows) + _COUNTER_BYTES
+            if rows is not None and self._raw_keys.size:
+                d_src = ws.upload("fetched", np.ascontiguousarray(rows, np.float32), cache.stream)
+                d_pos = ws.upload("fetched_pos", self._miss_pos, cache.stream)
+                grid, block = cache._grid(self._raw_keys.size, cache.tile)
+                cache.device.launch(
+                    f"scatter_rows_t{cache.tile}",
+                    "PPPqiP",
+                    grid,
+                    block,
+                    cache.stream,
+                    d_src,
+                    0,
+                    d_pos,
+                    self._raw_keys.size,
+                    dim,
+                    rows_base,
+                )
+            d_out = ws.get("out", _COUNTER_BYTES + n * dim * 4)
+            drv.memset_d32_async(d_out, 0, 1, cache.stream)
+            grid, block = cache._grid(n, cache.tile)
+            cache.device.launch(
+                f"gather_rows_t{cache.tile}",
+                "PPqiP",
+                grid,
+                block,
+                cache.stream,
+                rows_base,
+                self._d_inverse,
+                n,
+                dim,
+                int(d_out) + _COUNTER_BYTES,
+            )
+            out, _ = cache._download_rows(d_out, n)
+        return out

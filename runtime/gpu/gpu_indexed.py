@@ -1,0 +1,140 @@
+"""The static and uvm cache types on a GPU: a whole table behind an open-addressing index.
+
+``device_rows`` rows (file order) live in device memory, the rest in pinned host memory that
+the kernel reads over PCIe (mapped memory). static: all rows on the device (or all in host
+memory with enable_pagelock); uvm: the first gpucacheper of the file on the device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..table.reader import TableReader
+from .gpu_dynamic import _COUNTER_BYTES, _Scratch
+from .placement import EMPTY_KEY, tile_width
+
+_BLOCK = 256
+
+
+class GpuIndexedTable:
+    kind = "indexed"
+
+    def __init__(self, device, reader: TableReader, device_rows: int, chunk_rows: int = 1 << 20):
+        self.device = device
+        self.dim = reader.dim
+        self.rows = reader.num_keys
+        self.device_rows = int(min(max(device_rows, 0), self.rows))
+        self.tile = tile_width(self.dim)
+        self._workspaces: dict[int, _Scratch] = {}
+        self.capacity = 1 << max(4, (2 * max(self.rows, 1) - 1).bit_length())
+        drv = device.drv
+        host_rows = self.rows - self.device_rows
+        with device.scope():
+            self.stream = drv.Stream()
+            self.d_index_keys = device.alloc(self.capacity * 8)
+            self.d_index_rows = device.alloc(self.capacity * 8)
+            self.d_values = device.alloc(self.device_rows * self.dim * 4)
+            # Mapped pinned memory: the kernel reads these rows over PCIe.
+            self.h_values = drv.pagelocked_empty(
+                (max(host_rows, 1), self.dim), np.float32, mem_flags=drv.host_alloc_flags.DEVICEMAP
+            )
+            self.h_values_device_ptr = self.h_values.base.get_device_pointer()
+            grid = (device.launch_grid(self.capacity, 1, _BLOCK), 1)
+            device.launch(
+                "fill_i64",
+                "Pqq",
+                grid,
+                (_BLOCK, 1, 1),
+                self.stream,
+                self.d_index_keys,
+                self.capacity,
+                EMPTY_KEY,
+            )
+            staging = _Scratch(device)
+            for chunk in reader.chunks(chunk_rows):
+                n = chunk.keys.size
+                d_keys = staging.upload("keys", chunk.keys, self.stream)
+                grid = (device.launch_grid(n, 1, _BLOCK), 1)
+                device.launch(
+                    "it_build",
+                    "PqqPPQ",
+                    grid,
+                    (_BLOCK, 1, 1),
+                    self.stream,
+                    d_keys,
+                    n,
+                    chunk.start,
+                    self.d_index_keys,
+                    self.d_index_rows,
+                    self.capacity - 1,
+                )
+                self._place_rows(chunk.start, chunk.vectors, staging)
+                self.stream.synchronize()  # staging is reused by the next chunk
+
+    def _place_rows(self, start: int, vectors: np.ndarray, staging: _Scratch) -> None:
+        drv = self.device.drv
+        n = vectors.shape[0]
+        on_device = max(0, min(n, self.device_rows - start))
+        if on_device:
+            part = np.ascontiguousarray(vectors[:on_device])
+            pinned = staging.host("rows", part.size, np.float32)
+            np.copyto(pinned, part.reshape(-1))
+            drv.memcpy_htod_async(int(self.d_values) + start * self.dim * 4, pinned, self.stream)
+        if on_device < n:
+            first_host = start + on_device - self.device_rows
+            self.h_values[first_host : first_host + n - on_device] = vectors[on_device:]
+
+    def query(
+        self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0
+    ) -> tuple[np.ndarray, int]:
+        """(rows, hits) for host keys; absent keys get ``default_value``."""
+        from .pinned import PinnedPool
+
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        n, drv = keys.size, self.device.drv
+        ws = self._workspace(slot)
+        with self.device.scope():
+            d_keys = ws.upload("keys", keys, self.stream)
+            d_block = ws.get("out", _COUNTER_BYTES + n * self.dim * 4)
+            drv.memset_d32_async(d_block, 0, 1, self.stream)
+            if n:
+                grid = (self.device.launch_grid(n, self.tile, _BLOCK), 1)
+                self.device.launch(
+                    f"it_query_t{self.tile}",
+                    "PqPPQPqPifPP",
+                    grid,
+                    (_BLOCK, 1, 1),
+                    self.stream,
+                    d_keys,
+                    n,
+                    self.d_index_keys,
+                    self.d_index_rows,
+                    self.capacity - 1,
+                    self.d_values,
+                    self.device_rows,
+                    self.h_values_device_ptr,
+                    self.dim,
+                    np.float32(default_value),
+                    int(d_block) + _COUNTER_BYTES,
+                    d_block,
+                )
+            out, pinned = self.device.pinned.array((n, self.dim), np.float32, offset=_COUNTER_BYTES)
+            if pinned:
+                block = PinnedPool.block_of(out)
+                drv.memcpy_dtoh_async(block[: _COUNTER_BYTES + out.nbytes], d_block, self.stream)
+                self.stream.synchronize()
+                hits = int(block[:4].view(np.uint32)[0])
+            else:
+                count = np.empty(4, np.uint32)
+                drv.memcpy_dtoh_async(count, d_block, self.stream)
+                self.stream.synchronize()
+                if n:
+                    drv.memcpy_dtoh(out, int(d_block) + _COUNTER_BYTES)
+                hits = int(count[0])
+        return out, hits
+
+    def _workspace(self, slot: int) -> _Scratch:
+        ws = self._workspaces.get(slot)
+        if ws is None:
+            ws = self._workspaces[slot] = _Scratch(self.device)
+        return ws

@@ -1,0 +1,85 @@
+"""Compiling the kernels of cuda/ with PyCUDA, once per process and device, cached on disk.
+
+Flags and -D constants live here only (``kernel_defines``, ``nvcc_flags``); the compile-only CI
+test uses the same functions, so what CI checks is what runs. PyCUDA is imported lazily.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from ..errors import DependencyMissingError
+from ..resources import cuda_dir
+from .placement import EMPTY_KEY, WAYS
+
+SOURCES = ("dynamic_cache.cu", "batch_ops.cu", "indexed_table.cu")
+TILE_WIDTHS = (2, 4, 8, 16, 32)
+
+
+def kernel_defines() -> dict[str, str]:
+    return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS)}
+
+
+def nvcc_flags() -> list[str]:
+    return ["-std=c++17", "-O3", *(f"-D{k}={v}" for k, v in kernel_defines().items())]
+
+
+def cache_dir() -> str:
+    """PyCUDA's on-disk cubin cache (keyed by source, flags, arch and nvcc version)."""
+    base = os.environ.get("HPS_KERNEL_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hps", "kernels")
+    Path(base).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+def import_pycuda():
+    """``pycuda.driver`` or a DependencyMissingError naming the extra to install."""
+    try:
+        import pycuda.driver as drv
+    except ImportError as exc:
+        raise DependencyMissingError("pycuda", "gpu", "the GPU embedding cache") from exc
+    return drv
+
+
+class KernelModule:
+    """The compiled kernels of one device: functions by name, prepared on first use.
+
+    Must be created and used with the device's primary context current.
+    """
+
+    _lock = threading.Lock()
+
+    def __init__(self, arch: str):
+        from pycuda.compiler import SourceModule
+
+        include = str(cuda_dir().resolve())
+        self.arch = arch
+        self._modules = []
+        for name in SOURCES:
+            source = (cuda_dir() / name).read_text(encoding="utf-8")
+            # no_extern_c: entry points are written extern "C" themselves (templates inside).
+            self._modules.append(SourceModule(source, no_extern_c=True, include_dirs=[include],
+                                              options=nvcc_flags(), arch=arch,
+                                              cache_dir=cache_dir()))
+        self._prepared: dict[str, object] = {}
+
+    def function(self, name: str, arg_types: str):
+        """A prepared kernel (``arg_types`` in struct codes, e.g. ``"PqPi"``)."""
+        fn = self._prepared.get(name)
+        if fn is None:
+            with self._lock:
+                fn = self._prepared.get(name)
+                if fn is None:
+                    for module in self._modules:
+                        try:
+                            fn = module.get_function(name)
+                            break
+                        except Exception:  # pycuda.driver.LogicError: not in this module
+                            continue
+                    if fn is None:
+                        raise KeyError(f"kernel {name} not found")
+                    fn.prepare(arg_types)
+                    self._prepared[name] = fn
+        return fn

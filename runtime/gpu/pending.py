@@ -1,0 +1,42 @@
+"""The result of a cache query whose misses are not resolved yet.
+
+A backend's ``query`` launches the work and returns a ``PendingLookup``; the caller reads
+``miss_keys`` (unique keys the cache did not hold; reading it waits for the device), decides
+how to resolve them (HPS's hit_rate_threshold rule), and calls ``finish(rows)`` with the rows of
+``miss_keys`` (synchronous, exact) or ``finish(None)`` (the misses keep the default value).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class PendingLookup:
+    """Host-side pending result: ``out`` holds hits and defaults; misses filled by ``finish``."""
+
+    def __init__(self, out: np.ndarray, miss_keys: np.ndarray, miss_pos: np.ndarray,
+                 unique_total: int | None = None):
+        self._out = out
+        self._raw_keys = miss_keys
+        self._raw_pos = miss_pos
+        self._unique: np.ndarray | None = None
+        self._inverse: np.ndarray | None = None
+        self.unique_total = unique_total
+        self.miss_occurrences = int(miss_keys.size)  # missed key occurrences, repeats counted
+
+    def _split(self) -> None:
+        if self._unique is None:
+            self._unique, self._inverse = np.unique(self._raw_keys, return_inverse=True)
+
+    @property
+    def miss_keys(self) -> np.ndarray:
+        """The distinct missed keys, sorted."""
+        self._split()
+        return self._unique  # type: ignore[return-value]
+
+    def finish(self, rows: np.ndarray | None) -> np.ndarray:
+        """The lookup's rows; ``rows`` (one per ``miss_keys`` entry) fill the misses."""
+        if rows is not None and self._raw_keys.size:
+            self._split()
+            self._out[self._raw_pos] = rows[self._inverse]
+        return self._out

@@ -1,0 +1,40 @@
+"""Where a key lives in the dynamic cache, and how big a cache is: shared by GPU and reference.
+
+Bit for bit what cuda/hps_common.cuh computes: ``set = ((mix64(k) >> 32) * num_sets) >> 32`` and
+``digest = mix64(k) & 0xFF`` (0 replaced by 1; 0 marks an empty way).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..hashing import mix64
+
+WAYS = 32  # HPS_WAYS in cuda/hps_common.cuh: one warp holds a set
+EMPTY_KEY = np.iinfo(np.int64).max
+
+
+def set_and_digest(keys: np.ndarray, num_sets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(set index int64, digest uint8) of each key."""
+    h = mix64(keys)
+    sets = ((h >> np.uint64(32)) * np.uint64(num_sets)) >> np.uint64(32)
+    digest = (h & np.uint64(0xFF)).astype(np.uint8)
+    digest[digest == 0] = 1
+    return sets.astype(np.int64), digest
+
+
+def num_sets_for(table_rows: int, gpucacheper: float) -> int:
+    """Sets of a dynamic cache for a table of ``table_rows`` keys (HPS: at least 64 slots)."""
+    slots = max(64, int(math.floor(gpucacheper * table_rows)))
+    return max(1, math.ceil(slots / WAYS))
+
+
+def tile_width(dim: int) -> int:
+    """Lanes that cooperate on one key: enough 16-byte accesses to copy a row, 2 to 16."""
+    per_row = max(1, math.ceil(dim / 4))
+    width = 2
+    while width < per_row and width < 16:
+        width *= 2
+    return width

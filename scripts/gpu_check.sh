@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Run on the GPU machine (see docs/gpu.md): install the carried wheels, run the gpu-marked tests
+# with HPS_REQUIRE_GPU=1, then the GPU benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+  .devwheels/*.whl >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+export PYTHONPATH=/tmp/site
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+export PYTHONUNBUFFERED=1
+HPS_REQUIRE_GPU=1 python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+tests_rc=${PIPESTATUS[0]}
+python3 -m pytest -q tests/test_cache_reference.py tests/test_kernels_compile.py \
+  -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/gpu_tests.log"
+if [ "${SKIP_BENCH:-0}" != 1 ]; then
+  python3 benchmarks/bench_gpu_cache.py --out "$OUT/bench_gpu_cache.json" ${BENCH_ARGS:-} \
+    2>&1 | tee "$OUT/bench_gpu_cache.log" | tail -8
+fi
+echo "gpu tests exit code: $tests_rc"
+exit "$tests_rc"
