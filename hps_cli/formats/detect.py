@@ -58,8 +58,9 @@ def detect_format(path: Path) -> str:
                                     "tf_keras as .h5")
         raise InvalidInputError("cannot tell the format of this file (not .npy, .npz or HDF5)",
                                 location=str(path), hint="pass --from FORMAT")
-    for name, probe in (("rocksdb", rocksdb_format.looks_like), ("hps", hps_table.looks_like),
-                        ("hugectr", hugectr.looks_like), ("sok-v2", sok_v2.looks_like),
+    # HugeCTR before HPS: its sparse model folders are HPS tables too, plus slot_id
+    for name, probe in (("rocksdb", rocksdb_format.looks_like), ("hugectr", hugectr.looks_like),
+                        ("hps", hps_table.looks_like), ("sok-v2", sok_v2.looks_like),
                         ("sok-v1", sok_v1.looks_like)):
         if probe(path):
             return name

@@ -4,8 +4,8 @@ Both files are headerless: keys raw in the layer's key dtype (int64 by default, 
 possible), values raw float32, ``rows × dim``. SOK's own restore infers the key width from
 ``key_bytes / value_rows``, which needs the dim. Without ``--dim`` we try both widths: when
 only one gives a whole dim it is taken; when both do (any even int64 dim does), the keys decide:
-int64 keys below 2**32 have all-zero (or all-0xFFFFFFFF, for small negatives) high words, which
-unique uint32 keys cannot have. If that test is not conclusive, ``--dim`` is required.
+int64 keys within ±2**31 have high words that are just the sign of the low word (0 or
+0xFFFFFFFF), which pairs of unique uint32 keys practically never have. If that test is not conclusive, ``--dim`` is required.
 """
 
 from __future__ import annotations
@@ -62,10 +62,10 @@ def _key_width(keys_path: Path, key_bytes: int, value_bytes: int, dim: int | Non
         return width, found, "the only key width giving a whole dim"
     with open(keys_path, "rb") as handle:
         words = np.frombuffer(handle.read(min(key_bytes, _SAMPLE_WORDS * 4)), dtype="<u4")
-    high = words[1::2]
-    if high.size >= 2 and (np.all(high == 0) or np.all(high == 0xFFFFFFFF)):
+    low, high = words[0::2][:words.size // 2], words[1::2]
+    if high.size >= 2 and np.array_equal(high, (low >> 31) * np.uint32(0xFFFFFFFF)):
         width, found = candidates[0]
-        return width, found, "int64: the high 32 bits of the sampled keys are all zero"
+        return width, found, "int64: the sampled keys fit 32 bits (their high words are sign bits)"
     (w8, d8), (w4, d4) = candidates
     raise InvalidInputError(
         f"the key width is ambiguous: int64 keys with dim {d8} or uint32 keys with dim {d4}",
