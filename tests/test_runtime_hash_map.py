@@ -1,0 +1,261 @@
+"""The in-process volatile tier: the vectorized partitioned hash map against a dict model."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+from hps_cli.runtime.errors import InvalidInputError
+from hps_cli.runtime.hashing import mix64, partition_of
+from hps_cli.runtime.table.synthetic import synthetic_vectors
+from hps_cli.runtime.volatile.hash_map import POLICIES, HashMapTable, dedupe_last, mix64_inplace
+
+
+def test_mix64_inplace_is_hps_mixer(rng):
+    keys = np.concatenate([rng.integers(-2**63, 2**63 - 1, 5000, dtype=np.int64),
+                           np.array([0, 1, -1, 2**63 - 1, -2**63], dtype=np.int64)])
+    assert np.array_equal(mix64_inplace(keys), mix64(keys))
+
+
+@pytest.mark.parametrize("parts", [1, 3, 8, 16])
+def test_partition_is_hps_partition(rng, parts):
+    keys = rng.integers(-2**40, 2**40, 2000)
+    table = HashMapTable(2, num_partitions=parts)
+    assert np.array_equal(table.partition_of(keys), partition_of(keys, parts))
+
+
+def test_insert_lookup_remove_roundtrip(rng):
+    table = HashMapTable(8, num_partitions=5)
+    keys = rng.choice(np.arange(-10**12, 10**12, 7919), 20000, replace=False)
+    table.insert(keys, synthetic_vectors(keys, 8))
+    assert len(table) == keys.size
+    query = np.concatenate([keys[::3], keys[::5] + 1])
+    out = np.full((query.size, 8), 42.0, dtype=np.float32)
+    out, hit = table.lookup(query, out)
+    expected_hit = np.isin(query, keys)
+    assert np.array_equal(hit, expected_hit)
+    assert np.array_equal(out[hit], synthetic_vectors(query[hit], 8))
+    assert (out[~hit] == 42.0).all()  # miss rows are left for the next tier
+    assert table.remove(keys[:5000]) == 5000
+    assert table.remove(keys[:5000]) == 0
+    _, hit = table.lookup(keys)
+    assert not hit[:5000].any() and hit[5000:].all()
+    assert len(table) == keys.size - 5000
+
+
+def test_repeated_keys_in_one_batch_keep_the_last_vector():
+    table = HashMapTable(2, num_partitions=2)
+    keys = np.array([5, 6, 5, 5, 7], dtype=np.int64)
+    vectors = np.arange(10, dtype=np.float32).reshape(5, 2)
+    table.insert(keys, vectors)
+    out, hit = table.lookup(np.array([5, 6, 7]))
+    assert hit.all() and len(table) == 3
+    assert np.array_equal(out, vectors[[3, 1, 4]])
+    k, v = dedupe_last(keys, vectors)
+    assert k.tolist() == [6, 5, 7] and np.array_equal(v, vectors[[1, 3, 4]])
+
+
+def test_upsert_overwrites_and_growth_keeps_everything(rng):
+    table = HashMapTable(4, num_partitions=4)
+    keys = np.arange(50000, dtype=np.int64) * 3
+    for start in range(0, keys.size, 7000):  # many rebuilds on the way
+        chunk = keys[start:start + 7000]
+        table.insert(chunk, synthetic_vectors(chunk, 4))
+    table.insert(keys[:100], synthetic_vectors(keys[:100], 4, seed=9))
+    out, hit = table.lookup(keys)
+    assert hit.all()
+    assert np.array_equal(out[:100], synthetic_vectors(keys[:100], 4, seed=9))
+    assert np.array_equal(out[100:], synthetic_vectors(keys[100:], 4))
+
+
+def test_tombstones_are_reclaimed(rng):
+    table = HashMapTable(2, num_partitions=2)
+    for round_ in range(30):  # insert/remove churn must not grow the slots without bound
+        keys = rng.integers(0, 2**62, 3000) + round_
+        table.insert(keys, np.zeros((keys.size, 2), np.float32))
+        table.remove(keys)
+    assert len(table) == 0
+    assert table._slots.shape[0] < 64 * 3000
+
+
+@pytest.mark.parametrize("policy", POLICIES)
+def test_overflow_keeps_partitions_within_margin(policy, rng):
+    table = HashMapTable(2, num_partitions=4, overflow_margin=50, overflow_policy=policy,
+                         overflow_resolution_target=0.6)
+    held: set[int] = set()
+    for _ in range(20):
+        keys = np.unique(rng.integers(0, 10**6, 40))
+        evicted = table.insert(keys, synthetic_vectors(keys, 2))
+        held = (held | set(keys.tolist())) - set(evicted.tolist())
+        sizes = table.partition_sizes()
+        assert (sizes <= 50).all()
+        assert set(table.keys().tolist()) == held
+    assert table.evictions > 0 and len(table) <= table.capacity == 200
+
+
+def test_overflow_shrinks_to_the_resolution_target():
+    table = HashMapTable(1, num_partitions=1, overflow_margin=10, overflow_resolution_target=0.5)
+    table.insert(np.arange(10), np.zeros((10, 1), np.float32))
+    evicted = table.insert(np.array([100]), np.zeros((1, 1), np.float32))
+    # HPS: an overflowing partition shrinks to round(10 * 0.5) = 5, then takes the new key
+    assert evicted.size == 5 and len(table) == 6 and table.contains(np.array([100]))[0]
+
+
+def test_a_batch_larger_than_the_margin_keeps_its_last_keys():
+    table = HashMapTable(1, num_partitions=1, overflow_margin=4)
+    keys = np.arange(10)
+    evicted = table.insert(keys, keys[:, None].astype(np.float32))
+    assert sorted(table.keys().tolist()) == [6, 7, 8, 9]
+    assert sorted(evicted.tolist()) == [0, 1, 2, 3, 4, 5]
+
+
+def test_evict_least_used_keeps_the_keys_looked_up():
+    table = HashMapTable(1, num_partitions=1, overflow_margin=20, overflow_policy="evict_least_used",
+                         overflow_resolution_target=0.5)
+    table.insert(np.arange(20), np.zeros((20, 1), np.float32))
+    hot = np.arange(0, 20, 2)
+    for _ in range(3):
+        table.lookup(hot)
+    evicted = table.insert(np.array([99]), np.zeros((1, 1), np.float32))
+    assert set(evicted.tolist()) == set(range(1, 20, 2))  # the 10 never-used keys
+    assert table.contains(hot).all()
+
+
+def test_evict_oldest_drops_the_least_recently_touched():
+    table = HashMapTable(1, num_partitions=1, overflow_margin=10, overflow_policy="evict_oldest",
+                         overflow_resolution_target=0.5)
+    for k in range(10):
+        table.insert(np.array([k]), np.zeros((1, 1), np.float32))
+    table.lookup(np.array([0, 1]))  # now the most recent
+    evicted = table.insert(np.array([50]), np.zeros((1, 1), np.float32))
+    assert sorted(evicted.tolist()) == [2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("reserve", [True, False])
+def test_memory_stays_within_one_and_a_half_times_raw(reserve):
+    n, dim = 200_000, 128
+    keys = np.arange(n, dtype=np.int64) * 11
+    table = HashMapTable(dim, num_partitions=16, reserve=n if reserve else 0)
+    vectors = np.ones((20_000, dim), np.float32)
+    for start in range(0, n, 20_000):
+        table.insert(keys[start:start + 20_000], vectors)
+    raw = n * (8 + 4 * dim)
+    assert table.nbytes <= 1.5 * raw, table.nbytes / raw
+
+
+def test_bad_arguments_raise_typed_errors():
+    table = HashMapTable(4)
+    with pytest.raises(InvalidInputError, match="1-D"):
+        table.lookup(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(InvalidInputError, match="integers"):
+        table.lookup(np.array([1.5, 2.0]))
+    with pytest.raises(InvalidInputError, match="shape"):
+        table.insert(np.array([1, 2]), np.zeros((2, 3), np.float32))
+    with pytest.raises(InvalidInputError, match="overflow_policy"):
+        HashMapTable(4, overflow_policy="evict_everything")
+    with pytest.raises(InvalidInputError, match="dim"):
+        HashMapTable(0)
+
+
+def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector():
+    dim = 8
+    table = HashMapTable(dim, num_partitions=4, overflow_margin=3000, overflow_policy="evict_oldest")
+    universe = np.arange(40_000, dtype=np.int64)
+    table.insert(universe[:5000], synthetic_vectors(universe[:5000], dim))
+    errors: list[str] = []
+    stop = threading.Event()
+
+    def reader(seed: int) -> None:
+        local = np.random.default_rng(seed)
+        while not stop.is_set():
+            keys = local.choice(universe, 2000)
+            out, hit = table.lookup(keys)
+            if not np.array_equal(out[hit], synthetic_vectors(keys[hit], dim)):
+                errors.append("wrong vector")
+                return
+
+    threads = [threading.Thread(target=reader, args=(s,)) for s in range(3)]
+    for t in threads:
+        t.start()
+    local = np.random.default_rng(7)
+    for _ in range(40):
+        keys = local.choice(universe, 1500, replace=False)
+        table.insert(keys, synthetic_vectors(keys, dim))
+        table.remove(local.choice(universe, 300, replace=False))
+    stop.set()
+    for t in threads:
+        t.join()
+    assert not errors
+
+
+# ---------------------------------------------------------------------------------------------
+# Stateful: random insert / lookup / remove / overflow sequences against a dict model.
+
+KEYS = st.lists(st.integers(-40, 40), min_size=1, max_size=25)
+
+
+class HashMapMachine(RuleBasedStateMachine):
+    """The table must hold exactly the model's keys (inserted, minus removed, minus what insert
+    reported as evicted) with their latest vectors; partitions never exceed the margin."""
+
+    @initialize(policy=st.sampled_from(POLICIES), parts=st.integers(1, 4),
+                margin=st.one_of(st.none(), st.integers(0, 12)),
+                resolve=st.sampled_from([0.3, 0.5, 0.8, 1.0]))
+    def setup(self, policy, parts, margin, resolve):
+        self.dim = 3
+        self.margin = margin
+        self.table = HashMapTable(self.dim, num_partitions=parts, overflow_margin=margin,
+                                  overflow_policy=policy, overflow_resolution_target=resolve)
+        self.model: dict[int, np.ndarray] = {}
+        self.version = 0
+
+    @rule(keys=KEYS)
+    def insert(self, keys):
+        self.version += 1
+        keys = np.array(keys, dtype=np.int64)
+        vectors = synthetic_vectors(keys, self.dim, seed=self.version)
+        evicted = self.table.insert(keys, vectors)
+        for k, v in zip(keys.tolist(), vectors):
+            self.model[k] = v
+        batch = set(keys.tolist())
+        for k in evicted.tolist():
+            assert k in self.model, f"evicted key {k} was never held"
+            del self.model[k]
+        if self.margin is not None and len(batch) <= self.margin:
+            # keys of the batch are evicted last: a batch that fits is kept whole
+            assert not batch & set(evicted.tolist()) or self.margin == 0
+
+    @rule(keys=KEYS)
+    def remove(self, keys):
+        removed = self.table.remove(np.array(keys, dtype=np.int64))
+        present = {k for k in set(keys) if k in self.model}
+        assert removed == len(present)
+        for k in present:
+            del self.model[k]
+
+    @rule(keys=KEYS)
+    def lookup(self, keys):
+        keys = np.array(keys, dtype=np.int64)
+        out, hit = self.table.lookup(keys)
+        for k, h, row in zip(keys.tolist(), hit, out):
+            assert h == (k in self.model)
+            if h:
+                assert np.array_equal(row, self.model[k])
+
+    @invariant()
+    def sizes_match(self):
+        if not hasattr(self, "table"):
+            return
+        assert len(self.table) == len(self.model)
+        if self.margin is not None:
+            assert (self.table.partition_sizes() <= self.margin).all()
+
+
+TestHashMapMachine = HashMapMachine.TestCase
+TestHashMapMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
+                                       suppress_health_check=[HealthCheck.too_slow])
