@@ -40,15 +40,17 @@ def _events_median(device, launch, repeats: int) -> float:
 
 
 def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_slots: int,
-                     tile: int | None = None, rotations: int = 4, repeats: int = 50) -> dict:
-    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import WAYS, tile_width
+                     kernels=None, rotations: int = 4, repeats: int = 50,
+                     count_hits: int = 1) -> dict:
+    """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
+    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
+    from hps_cli.runtime.gpu.placement import WAYS
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
     drv = device.drv
-    t = tile or tile_width(dim)
-    cache = GpuDynamicCache(device, capacity_slots // WAYS, dim, tile=t)
+    kernels = kernels or device.kernels
+    cache = GpuDynamicCache(device, capacity_slots // WAYS, dim)
     keys = rng.choice(2**62, cached_keys, replace=False).astype(np.int64)
     for start in range(0, cached_keys, 1 << 20):
         part = keys[start:start + (1 << 20)]
@@ -63,18 +65,19 @@ def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_sl
             indices.append(device.to_device(idx))
         out = device.alloc(batch * dim * 4 + 16)
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
-        q = device.kernels.function(f"dc_query_t{t}", "PPqPPPPIifPPPP")
-        g = device.kernels.function(f"gather_rows_t{t}", "PPqiP")
-        grid = (device.launch_grid(batch, t), 1)
+        q = kernels.function("dc_query", QUERY_ARGS)
+        g = kernels.function("gather_rows", "PPqiP")
+        grid = (device.launch_grid(batch, 1), 1)
 
         def query(i):
-            q.prepared_async_call(grid, (256, 1, 1), None, batches[i % rotations], 0, batch,
-                                  cache.d_keys, cache.d_digests, cache.d_scores, cache.d_values,
-                                  cache.num_sets, dim, np.float32(0), out, mkeys, mpos, count)
+            q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
+                                  int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
+                                  int(cache.d_values), cache.num_sets, dim, np.float32(0),
+                                  int(out), int(mkeys), int(mpos), int(count), count_hits)
 
         def gather(i):
-            g.prepared_async_call(grid, (256, 1, 1), None, table, indices[i % rotations], batch,
-                                  dim, out)
+            g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
+                                  batch, dim, int(out))
 
         drv.memset_d32(count, 0, 1)
         ms_q = _events_median(device, query, repeats)
@@ -82,11 +85,63 @@ def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_sl
         drv.memcpy_dtoh(misses, count)
         ms_g = _events_median(device, gather, repeats)
         ms_q2 = _events_median(device, query, repeats)  # again: the spread of repeated runs
+        ms_g2 = _events_median(device, gather, repeats)
     return {"dim": dim, "batch": batch, "cached_keys": int(present.size),
-            "capacity_slots": cache.capacity, "tile": t, "misses": int(misses[0]),
-            "query_ms": ms_q, "query_ms_again": ms_q2, "gather_ms": ms_g,
+            "capacity_slots": cache.capacity, "count_hits": count_hits, "misses": int(misses[0]),
+            "query_ms": ms_q, "query_ms_again": ms_q2, "gather_ms": ms_g, "gather_ms_again": ms_g2,
             "query_gkeys_per_s": batch / ms_q / 1e6, "gather_gkeys_per_s": batch / ms_g / 1e6,
+            "gather_tb_per_s": batch * (8 + 8 * dim) / ms_g / 1e9,
             "throughput_ratio": ms_g / ms_q, "time_ratio": ms_q / ms_g}
+
+
+def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
+                       iterations: int = 2000) -> dict:
+    """Where the time of a small lookup goes: the raw CUDA sequence, step by step."""
+    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    drv = device.drv
+    rng = np.random.default_rng(4)
+    keys = rng.choice(10**12, 100_000, replace=False).astype(np.int64)
+    cache = GpuDynamicCache(device, 100_000 * 2 // 32, dim)
+    cache.replace(keys, synthetic_vectors(keys, dim))
+    cached = cache.dump()
+    batch = cached[:keys_per_lookup].copy()
+    n = batch.size
+    with device.scope():
+        stream = drv.Stream()
+        h_keys = drv.pagelocked_empty(n, np.int64)
+        h_out = drv.pagelocked_empty(16 + n * dim * 4, np.uint8)
+        d_keys, d_out = device.alloc(n * 8), device.alloc(16 + n * dim * 4)
+        d_mk, d_mp = device.alloc(n * 8), device.alloc(n * 8)
+        q = device.kernels.function("dc_query", QUERY_ARGS)
+        grid = (device.launch_grid(n, 1), 1)
+        steps = {"copyto_pinned": [], "htod": [], "memset": [], "launch": [], "dtoh": [],
+                 "sync": [], "total": []}
+        for it in range(iterations + 100):
+            t = [time.perf_counter()]
+            np.copyto(h_keys, batch)
+            t.append(time.perf_counter())
+            drv.memcpy_htod_async(d_keys, h_keys, stream)
+            t.append(time.perf_counter())
+            drv.memset_d32_async(d_out, 0, 1, stream)
+            t.append(time.perf_counter())
+            q.prepared_async_call(grid, (256, 1, 1), stream, int(d_keys), 0, n, int(cache.d_keys),
+                                  int(cache.d_digests), int(cache.d_scores), int(cache.d_values),
+                                  cache.num_sets, dim, np.float32(0), int(d_out) + 16, int(d_mk),
+                                  int(d_mp), int(d_out), 1)
+            t.append(time.perf_counter())
+            drv.memcpy_dtoh_async(h_out, d_out, stream)
+            t.append(time.perf_counter())
+            stream.synchronize()
+            t.append(time.perf_counter())
+            if it >= 100:
+                for name, a, b in zip(("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
+                                      t[:-1], t[1:]):
+                    steps[name].append((b - a) * 1e6)
+                steps["total"].append((t[-1] - t[0]) * 1e6)
+    return {name: float(np.median(v)) for name, v in steps.items()} | {
+        "total_p99": float(np.percentile(steps["total"], 99))}
 
 
 def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000) -> dict:
@@ -151,6 +206,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument("--variants", action="store_true",
+                    help="also time kernel variants (copy unroll, no hit counting)")
     args = ap.parse_args()
     from hps_cli.runtime.gpu.device import get_device
 
@@ -159,10 +216,23 @@ def main() -> None:
     big = 1 << 20
     cached = 1 << 20 if not args.quick else 1 << 16
     result["query_1M"] = [kernel_vs_gather(device, d, big, cached, 2 * cached) for d in (32, 128)]
-    result["query_1M_tile32_dim128"] = kernel_vs_gather(device, 128, big, cached, 2 * cached, tile=32)
+    if args.variants:
+        from hps_cli.runtime.gpu.kernels import KernelModule
+
+        result["variants"] = {}
+        for name, defines in (("unroll4", {"HPS_COPY_UNROLL": "4"}),
+                              ("unroll2", {"HPS_COPY_UNROLL": "2"}),
+                              ("unroll16", {"HPS_COPY_UNROLL": "16"})):
+            with device.scope():
+                module = KernelModule(device.arch, defines)
+            result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,
+                                                         kernels=module) for d in (32, 128)]
+        result["variants"]["no_hit_counting"] = [
+            kernel_vs_gather(device, d, big, cached, 2 * cached, count_hits=0) for d in (32, 128)]
     result["query_1M_large_cache_dim32"] = kernel_vs_gather(
         device, 32, big, 8 * cached, 16 * cached) if not args.quick else None
     result["query_16K"] = kernel_vs_gather(device, 128, 16384, cached, 2 * cached, repeats=200)
+    result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
     result["zipf"] = zipf_hit_rate(device, batches=400 if not args.quick else 60)
     text = json.dumps(result, indent=2)
@@ -175,8 +245,13 @@ def main() -> None:
     print(f"query 1M dim32:  {q32['throughput_ratio']:.2f}x gather ({q32['query_ms']:.3f} vs "
           f"{q32['gather_ms']:.3f} ms)", file=sys.stderr)
     print(f"query 1M dim128: {q128['throughput_ratio']:.2f}x gather ({q128['query_ms']:.3f} vs "
-          f"{q128['gather_ms']:.3f} ms); tile 32: "
-          f"{result['query_1M_tile32_dim128']['throughput_ratio']:.2f}x", file=sys.stderr)
+          f"{q128['gather_ms']:.3f} ms)", file=sys.stderr)
+    for name, rows in (result.get("variants") or {}).items():
+        print(f"  variant {name}: " + ", ".join(
+            f"dim{r['dim']} {r['throughput_ratio']:.2f}x ({r['query_ms']:.3f}/{r['gather_ms']:.3f})"
+            for r in rows), file=sys.stderr)
+    print("small lookup breakdown (us): " + ", ".join(
+        f"{k} {v:.1f}" for k, v in result["transfer_breakdown_2000"].items()), file=sys.stderr)
     q16 = result["query_16K"]
     print(f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms']*1e3:.1f} vs "
           f"{q16['gather_ms']*1e3:.1f} us)", file=sys.stderr)

@@ -3,20 +3,6 @@
 
 namespace hps {
 
-// out[i] = table[index[i]] for i < n. Used to expand per-unique rows back to the batch (index =
-// the inverse map of dedup), and as the physical floor the cache query is benchmarked against.
-template <int T>
-__device__ void gather_rows(const float* __restrict__ table, const int64_t* __restrict__ index,
-                            int64_t n, int dim, float* __restrict__ out) {
-  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
-  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
-  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
-  const bool vec4 = (dim & 3) == 0;
-  for (int64_t i = first; i < n; i += tiles) {
-    copy_row<T>(tile, table + index[i] * (int64_t)dim, out + i * (int64_t)dim, dim, vec4);
-  }
-}
-
 // out[dst_pos[j]] = src[src_index ? src_index[j] : j] for j < n: puts fetched rows into place.
 template <int T>
 __device__ void scatter_rows(const float* __restrict__ src, const int64_t* __restrict__ src_index,
@@ -33,6 +19,22 @@ __device__ void scatter_rows(const float* __restrict__ src, const int64_t* __res
 }
 
 }  // namespace hps
+
+// out[i] = table[index[i]] for i < n. Expands per-unique rows back to the batch (index = the
+// inverse map of dedup), and is the physical floor the cache query is benchmarked against: it
+// copies the same rows in the same way (warp_copy_rows), only without probing.
+extern "C" __global__ void HPS_COPY_BOUNDS gather_rows(const float* __restrict__ table,
+                                       const int64_t* __restrict__ index, int64_t n, int dim,
+                                       float* __restrict__ out) {
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
+       base += warps * 32) {
+    const int64_t i = base + warp.thread_rank();
+    const float* src = i < n ? table + index[i] * (int64_t)dim : nullptr;
+    hps::warp_copy_rows(warp, src, out + base * dim, (int)min((int64_t)32, n - base), dim, 0.0f);
+  }
+}
 
 // De-duplication, step 1: insert every key into an open-addressing set of `mask + 1` slots
 // (a power of two, at least 2n, keys pre-filled with HPS_EMPTY_KEY, counts with 0). The thread
@@ -91,10 +93,6 @@ extern "C" __global__ void fill_i64(int64_t* __restrict__ data, int64_t n, int64
 }
 
 #define HPS_TILED(T)                                                                          \
-  extern "C" __global__ void gather_rows_t##T(const float* table, const int64_t* index,       \
-                                              int64_t n, int dim, float* out) {               \
-    hps::gather_rows<T>(table, index, n, dim, out);                                           \
-  }                                                                                           \
   extern "C" __global__ void scatter_rows_t##T(const float* src, const int64_t* src_index,    \
                                                const int64_t* dst_pos, int64_t n, int dim,    \
                                                float* out) {                                  \

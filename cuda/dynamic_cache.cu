@@ -17,44 +17,6 @@
 
 namespace hps {
 
-// Look up n keys: hits copy their row to out[i] and add weights[i] (1 when weights is null: a
-// de-duplicated batch passes each key's occurrence count) to the slot's score; misses write the
-// default value to out[i] and append (key, i) to the miss list. Read-only except scores, so
-// several queries may run at once; replace/update/invalidate must not run concurrently.
-template <int T>
-__device__ void query(const int64_t* __restrict__ keys, const unsigned* __restrict__ weights,
-                      int64_t n, const int64_t* __restrict__ cache_keys,
-                      const uint8_t* __restrict__ digests,
-                      unsigned* __restrict__ scores, const float* __restrict__ values,
-                      uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
-                      int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
-                      unsigned* __restrict__ miss_count) {
-  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
-  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
-  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
-  const bool vec4 = (dim & 3) == 0;
-  for (int64_t i = first; i < n; i += tiles) {
-    const int64_t key = keys[i];
-    const uint64_t h = mix64(key);
-    const uint32_t set = set_of(h, num_sets);
-    const int way = key == HPS_EMPTY_KEY ? -1
-        : find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
-    float* dst = out + i * (int64_t)dim;
-    if (way >= 0) {
-      const size_t slot = (size_t)set * HPS_WAYS + way;
-      copy_row<T>(tile, values + slot * dim, dst, dim, vec4);
-      if (tile.thread_rank() == 0) atomicAdd(scores + slot, weights ? weights[i] : 1u);
-    } else {
-      fill_row<T>(tile, dst, dim, default_value, vec4);
-      if (tile.thread_rank() == 0) {
-        const unsigned at = atomicAdd(miss_count, 1u);
-        miss_keys[at] = key;
-        miss_pos[at] = i;
-      }
-    }
-  }
-}
-
 // Overwrite the values of keys already cached (absent keys are ignored; scores unchanged).
 template <int T>
 __device__ void update(const int64_t* __restrict__ keys, const float* __restrict__ rows,
@@ -103,6 +65,51 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 }
 
 }  // namespace hps
+
+// Look up n keys: hits copy their row to out[i] and add weights[i] (1 when weights is null: a
+// de-duplicated batch passes each key's occurrence count; nothing when count_hits is 0) to the
+// slot's score; misses write the default value to out[i] and append (key, i) to the miss list.
+// Read-only except scores, so several queries may run at once; replace/update/invalidate must
+// not run concurrently (one stream per cache orders them).
+//
+// One warp takes 32 consecutive keys: each lane probes its own key, so a warp has 32
+// independent probes in flight; then the warp copies the 32 rows together (warp_copy_rows).
+extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
+                                    const unsigned* __restrict__ weights, int64_t n,
+                                    const int64_t* __restrict__ cache_keys,
+                                    const uint8_t* __restrict__ digests,
+                                    unsigned* __restrict__ scores, const float* __restrict__ values,
+                                    uint32_t num_sets, int dim, float default_value,
+                                    float* __restrict__ out, int64_t* __restrict__ miss_keys,
+                                    int64_t* __restrict__ miss_pos,
+                                    unsigned* __restrict__ miss_count, int count_hits) {
+  auto warp = cg::tiled_partition<32>(cg::this_thread_block());
+  const int lane = warp.thread_rank();
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
+       base += warps * 32) {
+    const int64_t i = base + lane;
+    const float* src = nullptr;
+    int64_t key = HPS_EMPTY_KEY;
+    if (i < n) {
+      key = keys[i];
+      if (key != HPS_EMPTY_KEY) {
+        const uint64_t h = hps::mix64(key);
+        const uint32_t set = hps::set_of(h, num_sets);
+        const int way = hps::find_way_thread(cache_keys, digests, set, hps::digest_of(h), key);
+        if (way >= 0) {
+          const size_t slot = (size_t)set * HPS_WAYS + way;
+          src = values + slot * dim;
+          if (count_hits) atomicAdd(scores + slot, weights ? weights[i] : 1u);
+        }
+      }
+    }
+    hps::warp_append_misses(warp, i < n && src == nullptr, key, i, miss_keys, miss_pos,
+                            miss_count);
+    const int rows = (int)min((int64_t)32, n - base);
+    hps::warp_copy_rows(warp, src, out + base * dim, rows, dim, default_value);
+  }
+}
 
 // Insert keys with their rows, evicting by LFU-DA when a set is full. Keys already cached only
 // gain 1 score (their value is not overwritten, as in HPS's Replace).
@@ -186,14 +193,6 @@ extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint3
 }
 
 #define HPS_TILED(T)                                                                            \
-  extern "C" __global__ void dc_query_t##T(                                                     \
-      const int64_t* keys, const unsigned* weights, int64_t n, const int64_t* cache_keys,       \
-      const uint8_t* digests, unsigned* scores, const float* values, uint32_t num_sets,         \
-      int dim, float default_value, float* out, int64_t* miss_keys, int64_t* miss_pos,          \
-      unsigned* miss_count) {                                                                   \
-    hps::query<T>(keys, weights, n, cache_keys, digests, scores, values, num_sets, dim,         \
-                  default_value, out, miss_keys, miss_pos, miss_count);                         \
-  }                                                                                             \
   extern "C" __global__ void dc_update_t##T(                                                    \
       const int64_t* keys, const float* rows, int64_t n, const int64_t* cache_keys,             \
       const uint8_t* digests, float* values, uint32_t num_sets, int dim, unsigned* updated) {   \

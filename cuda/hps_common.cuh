@@ -19,6 +19,21 @@ namespace cg = cooperative_groups;
 #endif
 static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
+// Tuning knobs (defaults measured on an H100, see docs/benchmarks.md): loads each lane keeps in
+// flight when copying rows, and the blocks per SM the row-copying kernels are built for (0: no
+// register cap).
+#ifndef HPS_COPY_UNROLL
+#define HPS_COPY_UNROLL 8
+#endif
+#ifndef HPS_COPY_MIN_BLOCKS
+#define HPS_COPY_MIN_BLOCKS 0
+#endif
+#if HPS_COPY_MIN_BLOCKS > 0
+#define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
+#else
+#define HPS_COPY_BOUNDS
+#endif
+
 namespace hps {
 
 __device__ __forceinline__ uint64_t rotr64(uint64_t x, int r) {
@@ -121,6 +136,91 @@ __device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
     for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
   }
   return -1;
+}
+
+// Copy the rows of a warp's (up to) 32 keys: lane r < rows holds the source of output row r in
+// `src` (nullptr: fill with `fill`); the output rows are contiguous at `out` (rows × dim floats).
+// Lanes walk the output block flat — consecutive lanes write consecutive 16-byte words, so
+// stores are fully coalesced — and each lane issues U loads before its U stores, keeping many
+// independent loads in flight (the kernel is bound by memory latency, not arithmetic).
+template <int U = HPS_COPY_UNROLL>
+__device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& warp,
+                                               const float* src, float* __restrict__ out,
+                                               int rows, int dim, float fill) {
+  const int lane = warp.thread_rank();
+  if ((dim & 3) == 0) {
+    const int dpr = dim >> 2;  // 16-byte words per row
+    const int total = rows * dpr;
+    const float4 dv = make_float4(fill, fill, fill, fill);
+    float4* o = reinterpret_cast<float4*>(out);
+    for (int g0 = 0; g0 < total; g0 += 32 * U) {
+      float4 v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32 + lane;
+        const int row = min(g / dpr, 31);
+        const float* s = warp.shfl(src, row);  // every lane takes part in the shuffle
+        if (g < total) v[u] = s ? reinterpret_cast<const float4*>(s)[g - row * dpr] : dv;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32 + lane;
+        if (g < total) o[g] = v[u];
+      }
+    }
+  } else {
+    const int total = rows * dim;
+    for (int g0 = 0; g0 < total; g0 += 32 * U) {
+      float v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32 + lane;
+        const int row = min(g / dim, 31);
+        const float* s = warp.shfl(src, row);
+        if (g < total) v[u] = s ? s[g - row * dim] : fill;
+      }
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        const int g = g0 + u * 32 + lane;
+        if (g < total) out[g] = v[u];
+      }
+    }
+  }
+}
+
+// Find `key` in its set by one thread: two 16-byte digest loads, then a key compare for each
+// way whose digest matches (usually exactly one). Returns the way, or -1.
+__device__ __forceinline__ int find_way_thread(const int64_t* __restrict__ cache_keys,
+                                               const uint8_t* __restrict__ digests, uint32_t set,
+                                               uint32_t digest, int64_t key) {
+  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
+  const uint32_t dd = digest * 0x01010101u;
+  uint32_t candidates = match16(d[0], dd) | (match16(d[1], dd) << 16);
+  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
+  while (candidates) {
+    const int way = __ffs(candidates) - 1;
+    if (set_keys[way] == key) return way;
+    candidates &= candidates - 1;
+  }
+  return -1;
+}
+
+// Append the keys of lanes with `miss` to a list (one atomic per warp).
+__device__ __forceinline__ void warp_append_misses(const cg::thread_block_tile<32>& warp,
+                                                   bool miss, int64_t key, int64_t pos,
+                                                   int64_t* __restrict__ miss_keys,
+                                                   int64_t* __restrict__ miss_pos,
+                                                   unsigned* __restrict__ miss_count) {
+  const uint32_t mask = warp.ballot(miss);
+  if (!mask) return;
+  unsigned at = 0;
+  if (warp.thread_rank() == 0) at = atomicAdd(miss_count, (unsigned)__popc(mask));
+  at = warp.shfl(at, 0);
+  if (miss) {
+    const unsigned off = at + __popc(mask & ((1u << warp.thread_rank()) - 1u));
+    miss_keys[off] = key;
+    miss_pos[off] = pos;
+  }
 }
 
 }  // namespace hps

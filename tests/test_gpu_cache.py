@@ -129,19 +129,21 @@ def test_gather_and_scatter_kernels(device):
         with device.scope():
             d_table, d_index = device.to_device(table), device.to_device(index)
             d_out = device.alloc(index.size * dim * 4)
-            grid = (device.launch_grid(index.size, t), 1)
-            device.kernels.function(f"gather_rows_t{t}", "PPqiP").prepared_call(
-                grid, (256, 1, 1), d_table, d_index, index.size, dim, d_out)
+            grid = (device.launch_grid(index.size, 1), 1)
+            device.launch("gather_rows", "PPqiP", grid, (256, 1, 1), None, d_table, d_index,
+                          index.size, dim, d_out)
             out = np.empty((index.size, dim), np.float32)
+            drv.Context.synchronize()
             drv.memcpy_dtoh(out, d_out)
             np.testing.assert_array_equal(out, table[index])
             pos = rng.permutation(1000)[:300].astype(np.int64)
             src_index = rng.integers(0, 1000, 300).astype(np.int64)
             d_pos, d_src_index = device.to_device(pos), device.to_device(src_index)
             d_dst = device.to_device(np.zeros((1000, dim), np.float32))
-            device.kernels.function(f"scatter_rows_t{t}", "PPPqiP").prepared_call(
-                (4, 1), (256, 1, 1), d_table, d_src_index, d_pos, pos.size, dim, d_dst)
+            device.launch(f"scatter_rows_t{t}", "PPPqiP", (4, 1), (256, 1, 1), None, d_table,
+                          d_src_index, d_pos, pos.size, dim, d_dst)
             dst = np.empty((1000, dim), np.float32)
+            drv.Context.synchronize()
             drv.memcpy_dtoh(dst, d_dst)
             expected = np.zeros((1000, dim), np.float32)
             expected[pos] = table[src_index]

@@ -22,6 +22,8 @@ _COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 
 # Batches at least this large are de-duplicated on the GPU first (fewer rows queried, and the
 # misses come back unique); smaller ones query every key directly (fewer launches).
 DEDUP_MIN_KEYS = 65536
+# dc_query's arguments (see cuda/dynamic_cache.cu).
+QUERY_ARGS = "PPqPPPPIifPPPPi"
 
 
 class _Scratch:
@@ -171,10 +173,10 @@ class GpuDynamicCache:
             d_mkeys, d_mpos = ws.get("miss_keys", n * 8), ws.get("miss_pos", n * 8)
             drv.memset_d32_async(d_block, 0, 1, self.stream)
             if n:
-                grid, block = self._grid(n, self.tile)
+                grid, block = self._grid(n, 1)
                 self.device.launch(
-                    f"dc_query_t{self.tile}",
-                    "PPqPPPPIifPPPP",
+                    "dc_query",
+                    QUERY_ARGS,
                     grid,
                     block,
                     self.stream,
@@ -192,6 +194,7 @@ class GpuDynamicCache:
                     d_mkeys,
                     d_mpos,
                     d_block,
+                    1,
                 )
             out, counter = self._download_rows(d_block, n)
             misses = int(counter[0])
@@ -235,10 +238,10 @@ class GpuDynamicCache:
             d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
-            grid, block = self._grid(u, self.tile)
+            grid, block = self._grid(u, 1)
             self.device.launch(
-                f"dc_query_t{self.tile}",
-                "PPqPPPPIifPPPP",
+                "dc_query",
+                QUERY_ARGS,
                 grid,
                 block,
                 self.stream,
@@ -256,6 +259,7 @@ class GpuDynamicCache:
                 d_mkeys,
                 d_mpos,
                 d_rows,
+                1,
             )
             count = np.empty(4, np.uint32)
             drv.memcpy_dtoh_async(count, d_rows, self.stream)
@@ -517,9 +521,9 @@ class _DevicePending(PendingLookup):
                 )
             d_out = ws.get("out", _COUNTER_BYTES + n * dim * 4)
             drv.memset_d32_async(d_out, 0, 1, cache.stream)
-            grid, block = cache._grid(n, cache.tile)
+            grid, block = cache._grid(n, 1)
             cache.device.launch(
-                f"gather_rows_t{cache.tile}",
+                "gather_rows",
                 "PPqiP",
                 grid,
                 block,

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..table.reader import TableReader
 from .gpu_dynamic import _COUNTER_BYTES, _Scratch
-from .placement import EMPTY_KEY, tile_width
+from .placement import EMPTY_KEY
 
 _BLOCK = 256
 
@@ -24,7 +24,6 @@ class GpuIndexedTable:
         self.dim = reader.dim
         self.rows = reader.num_keys
         self.device_rows = int(min(max(device_rows, 0), self.rows))
-        self.tile = tile_width(self.dim)
         self._workspaces: dict[int, _Scratch] = {}
         self.capacity = 1 << max(4, (2 * max(self.rows, 1) - 1).bit_length())
         drv = device.drv
@@ -98,9 +97,9 @@ class GpuIndexedTable:
             d_block = ws.get("out", _COUNTER_BYTES + n * self.dim * 4)
             drv.memset_d32_async(d_block, 0, 1, self.stream)
             if n:
-                grid = (self.device.launch_grid(n, self.tile, _BLOCK), 1)
+                grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
                 self.device.launch(
-                    f"it_query_t{self.tile}",
+                    "it_query",
                     "PqPPQPqPifPP",
                     grid,
                     (_BLOCK, 1, 1),

@@ -22,8 +22,9 @@ def kernel_defines() -> dict[str, str]:
     return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS)}
 
 
-def nvcc_flags() -> list[str]:
-    return ["-std=c++17", "-O3", *(f"-D{k}={v}" for k, v in kernel_defines().items())]
+def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:
+    defines = {**kernel_defines(), **(extra_defines or {})}
+    return ["-std=c++17", "-O3", *(f"-D{k}={v}" for k, v in defines.items())]
 
 
 def cache_dir() -> str:
@@ -51,7 +52,7 @@ class KernelModule:
 
     _lock = threading.Lock()
 
-    def __init__(self, arch: str):
+    def __init__(self, arch: str, extra_defines: dict[str, str] | None = None):
         from pycuda.compiler import SourceModule
 
         include = str(cuda_dir().resolve())
@@ -61,7 +62,7 @@ class KernelModule:
             source = (cuda_dir() / name).read_text(encoding="utf-8")
             # no_extern_c: entry points are written extern "C" themselves (templates inside).
             self._modules.append(SourceModule(source, no_extern_c=True, include_dirs=[include],
-                                              options=nvcc_flags(), arch=arch,
+                                              options=nvcc_flags(extra_defines), arch=arch,
                                               cache_dir=cache_dir()))
         self._prepared: dict[str, object] = {}
 

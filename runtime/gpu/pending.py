@@ -26,7 +26,10 @@ class PendingLookup:
 
     def _split(self) -> None:
         if self._unique is None:
-            self._unique, self._inverse = np.unique(self._raw_keys, return_inverse=True)
+            if not self._raw_keys.size:  # the common all-hit case: skip np.unique's overhead
+                self._unique, self._inverse = self._raw_keys, self._raw_pos
+            else:
+                self._unique, self._inverse = np.unique(self._raw_keys, return_inverse=True)
 
     @property
     def miss_keys(self) -> np.ndarray:
