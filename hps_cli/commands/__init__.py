@@ -5,6 +5,7 @@ Only commands that work are registered here.
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("hps_cli.commands.convert", "convert_command"),
+    "dissect": ("hps_cli.commands.dissect", "dissect_command"),
     "table": ("hps_cli.commands.table", "table_group"),
     "validate-config": ("hps_cli.commands.validate_config", "validate_config_command"),
 }

@@ -1,0 +1,327 @@
+"""Keras model files: Keras 3 ``.keras`` archives and Keras ``.h5`` files (full models or weights).
+
+- ``.keras`` (Keras 3): a zip with ``metadata.json``, ``config.json`` and ``model.weights.h5``.
+  Inside the weights every layer has a ``vars`` group (datasets ``0``, ``1``, ...) under a path
+  built from snake-cased class names (``layers/embedding_1/vars/0``); Keras 3 writes the layer's
+  own name into the group's ``name`` attribute, which is how we recover ``item_emb/embeddings``.
+  Archives store their members uncompressed, so the weights are read in place through a window
+  on the zip file (no extraction, memory bounded by one slice).
+- ``.h5`` (Keras 2 / tf_keras): root attributes ``keras_version`` and ``model_config``; weights
+  under ``model_weights/<layer>/<weight name>`` listed by the ``layer_names`` and
+  ``weight_names`` attributes; ``optimizer_weights`` holds optimizer state. Weights-only files
+  (``save_weights``) put ``layer_names`` on the root. Keras 3 ``.weights.h5`` files use the
+  ``.keras`` layout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import struct
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..runtime.errors import InvalidInputError
+from .protowire import fields
+from .sources import BOOKKEEPING, H5, KERAS, MODEL, OPTIMIZER, Source, Variable, sanitize_name
+
+# Variable names of Keras layers by position in their ``vars`` group (Keras 3 layout).
+_WEIGHT_NAMES = {"Embedding": ("embeddings",), "Dense": ("kernel", "bias"),
+                 "EinsumDense": ("kernel", "bias")}
+_SNAKE_EMBEDDING = re.compile(r"^embedding(_\d+)?$")
+
+
+def layer_configs(config: dict | None) -> dict[str, dict]:
+    """Every layer config in a Keras model config, nested models included, by layer name."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            inner = node.get("config")
+            if isinstance(inner, dict) and "class_name" in node and isinstance(inner.get("name"), str):
+                found.setdefault(inner["name"], node)
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(config)
+    return found
+
+
+def _text(value) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _shape_dtype(dataset) -> tuple[tuple[int, ...], str]:
+    dtype = dataset.dtype
+    name = "string" if dtype.kind in "OSU" else str(dtype)
+    return tuple(int(d) for d in dataset.shape), name
+
+
+class _Window(io.RawIOBase):
+    """A read-only file object over ``size`` bytes at ``offset`` of another file."""
+
+    def __init__(self, path: Path, offset: int, size: int):
+        super().__init__()
+        self._file = open(path, "rb")
+        self._offset, self._size, self._pos = offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        base = {0: 0, 1: self._pos, 2: self._size}[whence]
+        self._pos = max(0, base + pos)
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self._size - self._pos))
+        if not count:
+            return 0
+        self._file.seek(self._offset + self._pos)
+        got = self._file.readinto(memoryview(buffer)[:count]) or 0
+        self._pos += got
+        return got
+
+    def close(self) -> None:
+        if not self.closed:
+            self._file.close()
+        super().close()
+
+
+class _H5Backed(Source):
+    """A source whose variables are HDF5 datasets; ``self._h5`` is the open h5py file."""
+
+    _h5 = None
+
+    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        dataset = self._h5[var.location]
+        rows = dataset.shape[0]
+        buffer = np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
+        for start in range(0, rows, rows_per_chunk):
+            count = min(rows, start + rows_per_chunk) - start
+            dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])
+            yield start, buffer[:count]
+
+
+class KerasArchiveSource(_H5Backed):
+    """A Keras 3 ``.keras`` archive."""
+
+    def __init__(self, path: Path):
+        location = str(path)
+        try:
+            archive = zipfile.ZipFile(path)
+        except zipfile.BadZipFile as exc:
+            raise InvalidInputError(f"not a readable zip archive: {exc}", location=location) from exc
+        with archive:
+            names = set(archive.namelist())
+            if "config.json" not in names or "model.weights.h5" not in names:
+                raise InvalidInputError(
+                    "not a Keras archive (config.json and model.weights.h5 expected in the zip)",
+                    location=location)
+            try:
+                config = json.loads(archive.read("config.json"))
+                metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise InvalidInputError(f"unreadable config.json/metadata.json: {exc}",
+                                        location=location) from exc
+            info = archive.getinfo("model.weights.h5")
+        self._tmpdir: str | None = None
+        self._window: _Window | None = None
+        self._h5 = self._open_weights(path, info)
+        name = (config.get("config") or {}).get("name") or path.stem
+        super().__init__(path, KERAS, [], flavour="keras3",
+                         keras_version=metadata.get("keras_version"),
+                         model_name=sanitize_name(str(name)), loadable=True, keras_config=config)
+        self.variables = keras3_variables(self._h5, layer_configs(config))
+
+    def _open_weights(self, path: Path, info: zipfile.ZipInfo):
+        import h5py
+
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as handle:
+                handle.seek(info.header_offset)
+                header = handle.read(30)
+            if len(header) < 30 or header[:4] != b"PK\x03\x04":
+                raise InvalidInputError("corrupt zip entry model.weights.h5", location=str(path))
+            name_len, extra_len = struct.unpack_from("<HH", header, 26)
+            offset = info.header_offset + 30 + name_len + extra_len
+            self._window = _Window(path, offset, info.file_size)
+            target = self._window
+        else:  # compressed archives (not written by Keras): extract to a temporary file
+            self._tmpdir = tempfile.mkdtemp(prefix="hps-dissect-")
+            target = Path(self._tmpdir) / "model.weights.h5"
+            with zipfile.ZipFile(path) as archive, archive.open(info) as src, open(target, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+        try:
+            return h5py.File(target, "r")
+        except OSError as exc:
+            self.close()
+            raise InvalidInputError(f"unreadable model.weights.h5: {exc}", location=str(path)) from exc
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()  # before the window it reads from
+            self._h5 = None
+        if self._window is not None:
+            self._window.close()
+            self._window = None
+        if self._tmpdir:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+            self._tmpdir = None
+
+
+def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
+    """Variables of a Keras 3 weights file, named ``<layer name>/<weight name>``."""
+    found: list[tuple] = []
+
+    def visit(path: str, obj) -> None:
+        if not path.endswith("vars") or not hasattr(obj, "keys"):
+            return
+        owner_path = path[:-len("/vars")] if path.endswith("/vars") else ""
+        layer = _text(obj.attrs.get("name", owner_path.rsplit("/", 1)[-1] or "model"))
+        cls = (layers.get(layer) or {}).get("class_name")
+        if cls is None and _SNAKE_EMBEDDING.match(owner_path.rsplit("/", 1)[-1]):
+            cls = "Embedding"
+        kind = _kind_of(path)
+        for key in sorted(obj.keys(), key=lambda k: (len(k), k)):
+            dataset = obj[key]
+            if not hasattr(dataset, "shape"):
+                continue
+            names = _WEIGHT_NAMES.get(cls or "", ())
+            weight = names[int(key)] if key.isdigit() and int(key) < len(names) else key
+            found.append((f"{layer}/{weight}", f"{path}/{key}", kind,
+                          layer if kind == MODEL else None, cls if kind == MODEL else None, dataset))
+
+    h5.visititems(visit)
+    counts: dict[str, int] = {}
+    for name, *_ in found:
+        counts[name] = counts.get(name, 0) + 1
+    result = []
+    for name, location, kind, layer, cls, dataset in found:
+        shape, dtype = _shape_dtype(dataset)
+        result.append(Variable(name if counts[name] == 1 else location, shape, dtype, kind,
+                               location, location, layer=layer, layer_class=cls))
+    return result
+
+
+def _kind_of(h5_path: str) -> str:
+    parts = h5_path.split("/")
+    if parts[0] == "optimizer":
+        return OPTIMIZER
+    return BOOKKEEPING if "metrics" in parts else MODEL
+
+
+class H5Source(_H5Backed):
+    """A Keras ``.h5`` file: a Keras 2 full model or weights, or Keras 3 ``.weights.h5``."""
+
+    def __init__(self, path: Path):
+        import h5py
+
+        try:
+            self._h5 = h5py.File(path, "r")
+        except OSError as exc:
+            raise InvalidInputError(f"unreadable HDF5 file: {exc}", location=str(path)) from exc
+        h5 = self._h5
+        config = None
+        raw = h5.attrs.get("model_config")
+        if raw is not None:
+            try:
+                config = json.loads(_text(raw))
+            except ValueError as exc:
+                self.close()
+                raise InvalidInputError(f"unreadable model_config attribute: {exc}",
+                                        location=str(path)) from exc
+        version = h5.attrs.get("keras_version")
+        version = _text(version) if version is not None else None
+        layers = layer_configs(config)
+        if "layers" in h5 and "layer_names" not in h5.attrs and "model_weights" not in h5:
+            variables = keras3_variables(h5, layers)  # Keras 3 .weights.h5 layout
+            flavour = "keras3"
+        elif "model_weights" in h5 or "layer_names" in h5.attrs:
+            variables = _keras2_variables(h5, layers)
+            flavour = "keras3" if version and version.startswith("3") else "tf_keras"
+        else:
+            self.close()
+            raise InvalidInputError("an HDF5 file, but not one Keras wrote (no model_weights, "
+                                    "layer_names or layers/ group)", location=str(path))
+        name = (config or {}).get("config", {}).get("name") if config else None
+        super().__init__(path, H5, variables, flavour=flavour, keras_version=version,
+                         model_name=sanitize_name(str(name or path.stem.split(".")[0])),
+                         loadable=config is not None, keras_config=config)
+        if config is None:
+            self.notes.append("weights-only HDF5 file: no model config, so tables only")
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+
+def _keras2_variables(h5, layers: dict[str, dict]) -> list[Variable]:
+    result: list[Variable] = []
+    root = h5["model_weights"] if "model_weights" in h5 else h5
+    for layer in root.attrs.get("layer_names", []):
+        layer = _text(layer)
+        group = root[layer]
+        cls = (layers.get(layer) or {}).get("class_name")
+        for weight in group.attrs.get("weight_names", []):
+            weight = _text(weight)
+            dataset = group[weight]
+            shape, dtype = _shape_dtype(dataset)
+            name = weight[:-2] if weight.endswith(":0") else weight
+            result.append(Variable(name, shape, dtype, MODEL, dataset.name.lstrip("/"),
+                                   dataset.name.lstrip("/"), layer=layer, layer_class=cls))
+    if "optimizer_weights" in h5:
+        group = h5["optimizer_weights"]
+        for weight in group.attrs.get("weight_names", []):
+            weight = _text(weight)
+            if weight not in group:
+                continue
+            shape, dtype = _shape_dtype(group[weight])
+            result.append(Variable(weight[:-2] if weight.endswith(":0") else weight, shape, dtype,
+                                   OPTIMIZER, group[weight].name.lstrip("/"),
+                                   group[weight].name.lstrip("/")))
+    return result
+
+
+def saved_model_keras_metadata(path: Path) -> dict | None:
+    """The root entry of a tf_keras SavedModel's ``keras_metadata.pb`` plus its layers.
+
+    ``keras_metadata.pb`` is a ``SavedMetadata`` message: repeated ``nodes`` (1), each with
+    ``node_path`` (3), ``identifier`` (4) and a JSON ``metadata`` string (5).
+    """
+    try:
+        data = path.read_bytes()
+        root, layers = None, {}
+        for number, _, node in fields(data):
+            if number != 1:
+                continue
+            parts = {n: v for n, _, v in fields(node)}
+            meta = json.loads(_text(parts.get(5, b"{}")) or "{}")
+            if _text(parts.get(3, b"")) == "root":
+                root = meta
+            elif isinstance(meta, dict) and meta.get("name") and meta.get("class_name"):
+                layers[meta["name"]] = {"class_name": meta["class_name"],
+                                        "config": meta.get("config") or {}}
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    if root is None:
+        return None
+    root = dict(root)
+    root["_layers"] = layers
+    return root

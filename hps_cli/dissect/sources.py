@@ -1,0 +1,206 @@
+"""Model sources dissect reads: format detection and a uniform view of their variables.
+
+Every source lists its variables (real name, shape, dtype, whether it is model or optimizer
+state, where its bytes are) and streams the rows of one in bounded chunks. Checkpoints and
+SavedModels are read with the pure-Python TensorBundle reader; Keras files (keras_files.py)
+with h5py. None of this imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import re
+import zipfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..runtime.errors import InvalidInputError, NotFoundError
+from .bundle import BundleReader, is_checkpoint, resolve_prefix
+from .object_graph import BOOKKEEPING, MODEL, OPTIMIZER, checkpoint_variables
+
+__all__ = ["BOOKKEEPING", "MODEL", "OPTIMIZER", "Variable", "Source", "CheckpointSource",
+           "SavedModelSource", "open_source", "sanitize_name"]
+
+CHECKPOINT, SAVED_MODEL, KERAS, H5 = "checkpoint", "saved_model", "keras", "h5"
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One variable of a model source."""
+
+    name: str                       # its real name, e.g. "user_emb/embeddings"
+    shape: tuple[int, ...]
+    dtype: str                      # numpy-style name: float32, int64, string, ...
+    kind: str                       # MODEL, OPTIMIZER or BOOKKEEPING
+    location: str                   # checkpoint key or HDF5 dataset path
+    path: str = ""                  # object path in the checkpoint, or the HDF5 path
+    aliases: tuple[str, ...] = ()
+    layer: str | None = None        # the Keras layer owning it, when known
+    layer_class: str | None = None  # that layer's class, when known
+    evidence: tuple[str, ...] = ()  # why it is taken for an embedding table (inspect.py)
+    crc32c: int | None = None       # TensorBundle's checksum of its bytes, when stored
+
+    @property
+    def rank(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        from .bundle import DTYPES
+        sizes = {v[0]: v[2] for v in DTYPES.values()}
+        return int(np.prod(self.shape, dtype=np.int64)) * sizes.get(self.dtype, 0)
+
+    def with_evidence(self, *items: str) -> "Variable":
+        return replace(self, evidence=tuple(dict.fromkeys(self.evidence + items)))
+
+
+@dataclass
+class Source:
+    """A model file or folder opened for dissecting."""
+
+    path: Path
+    format: str                     # CHECKPOINT, SAVED_MODEL, KERAS or H5
+    variables: list[Variable]
+    flavour: str = "unknown"        # keras3, tf_keras, tensorflow (no Keras), unknown
+    keras_version: str | None = None
+    model_name: str | None = None
+    loadable: bool = False          # a model can be loaded (for the dense part and the check)
+    keras_config: dict | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def variable(self, name: str) -> Variable:
+        for var in self.variables:
+            if name in (var.name, var.location, var.path) or name in var.aliases:
+                return var
+        raise NotFoundError(f"no variable named '{name}'", location=str(self.path),
+                            hint="list the variables with `hps dissect MODEL OUT --list`")
+
+    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "Source":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _from_checkpoint(reader: BundleReader) -> list[Variable]:
+    out = []
+    for var in checkpoint_variables(reader):
+        if var.tensor.dtype == "string" and var.kind == MODEL and not var.tensor.shape:
+            continue
+        out.append(Variable(var.name, tuple(var.tensor.shape), var.tensor.dtype, var.kind,
+                            var.checkpoint_key, var.path, var.aliases,
+                            crc32c=var.tensor.entry.crc32c))
+    return out
+
+
+class CheckpointSource(Source):
+    """A TF2 object-based checkpoint (``tf.train.Checkpoint``, ``save_weights``)."""
+
+    def __init__(self, path: Path, prefix: Path | None = None, format: str = CHECKPOINT):
+        self.reader = BundleReader(prefix or resolve_prefix(path))
+        variables = _from_checkpoint(self.reader)
+        flavour = _flavour_of_keys([v.location for v in variables])
+        super().__init__(Path(path), format, variables, flavour=flavour,
+                         model_name=_checkpoint_model_name(self.reader.prefix))
+
+    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+        yield from self.reader.iter_rows(var.location, rows_per_chunk)
+
+    @property
+    def data_files(self) -> list[Path]:
+        return [self.reader.data_path(i) for i in range(self.reader.header.num_shards)]
+
+
+def _checkpoint_model_name(prefix: Path) -> str:
+    """A model name from a checkpoint prefix: ``runs/dlrm/ckpt-3`` -> ``dlrm``."""
+    stem = re.sub(r"[-_.]?\d+$", "", prefix.name)
+    generic = {"", "ckpt", "checkpoint", "model", "variables", "weights", "cp"}
+    return sanitize_name(prefix.parent.name if stem.lower() in generic else stem)
+
+
+def _flavour_of_keys(keys: list[str]) -> str:
+    if any("/_operations/" in k or k.startswith("_operations/") for k in keys):
+        return "keras3"
+    if any(k.startswith("layer_with_weights-") or "/layer_with_weights-" in k for k in keys):
+        return "tf_keras"
+    return "unknown"
+
+
+class SavedModelSource(CheckpointSource):
+    """A SavedModel folder: ``saved_model.pb`` plus its ``variables/`` checkpoint."""
+
+    def __init__(self, path: Path):
+        prefix = path / "variables" / "variables"
+        if not prefix.with_name("variables.index").is_file():
+            raise InvalidInputError("SavedModel without variables (variables/variables.index)",
+                                    location=str(path))
+        super().__init__(path, prefix, SAVED_MODEL)
+        self.loadable = True
+        self.model_name = sanitize_name(path.name)
+        if (path / "keras_metadata.pb").is_file():
+            self.flavour = "tf_keras"
+            from .keras_files import saved_model_keras_metadata
+            root = saved_model_keras_metadata(path / "keras_metadata.pb")
+            if root:
+                self.keras_config = root
+                self.keras_version = root.get("keras_version")
+                name = root.get("name") or (root.get("config") or {}).get("name")
+                if name:
+                    self.model_name = sanitize_name(name)
+        elif any(key.startswith("_all_variables/") for var in self.variables
+                 for key in (var.location, *var.aliases)):
+            self.flavour = "keras3"  # keras.Model.export() tracks variables and _all_variables
+        else:
+            self.flavour = "tensorflow"
+
+
+def sanitize_name(text: str) -> str:
+    """A name valid in HPS configs (``[A-Za-z0-9_-]{1,120}``)."""
+    cleaned = re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "model"
+    return cleaned[:120]
+
+
+def open_source(path: Path | str) -> Source:
+    """Open a SavedModel folder, a .keras archive, an .h5 file or a TF checkpoint."""
+    path = Path(path)
+    if not path.exists() and not path.with_name(path.name + ".index").exists():
+        raise NotFoundError("no such file or folder", location=str(path))
+    try:
+        if path.is_dir() and (path / "saved_model.pb").is_file():
+            return SavedModelSource(path)
+        if path.is_file() and zipfile.is_zipfile(path):
+            from .keras_files import KerasArchiveSource
+            return KerasArchiveSource(path)
+        if path.is_file() and _is_hdf5(path):
+            from .keras_files import H5Source
+            return H5Source(path)
+        if is_checkpoint(path):
+            return CheckpointSource(path)
+    except PermissionError as exc:
+        raise InvalidInputError(f"cannot read: {exc.strerror}", location=exc.filename or str(path)) \
+            from exc
+    except IsADirectoryError as exc:
+        raise InvalidInputError("expected a file, found a folder", location=str(path)) from exc
+    if path.is_dir() and (path / "saved_model.pbtxt").is_file():
+        raise InvalidInputError("text SavedModels (saved_model.pbtxt) are not supported",
+                                location=str(path))
+    raise InvalidInputError(
+        "not a model: expected a SavedModel folder, a .keras archive, a Keras .h5 file or a "
+        "TensorFlow checkpoint (a prefix with .index and .data-* files)", location=str(path))
+
+
+def _is_hdf5(path: Path) -> bool:
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(8)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read: {exc.strerror}", location=str(path)) from exc
+    return head == b"\x89HDF\r\n\x1a\n"
