@@ -221,8 +221,9 @@ def main() -> None:
 
         result["variants"] = {}
         for name, defines in (("unroll4", {"HPS_COPY_UNROLL": "4"}),
-                              ("unroll2", {"HPS_COPY_UNROLL": "2"}),
-                              ("unroll16", {"HPS_COPY_UNROLL": "16"})):
+                              ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
+                              ("unroll4_no_streaming", {"HPS_COPY_UNROLL": "4",
+                                                        "HPS_COPY_STREAMING": "0"})):
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,

@@ -74,6 +74,9 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 //
 // One warp takes 32 consecutive keys: each lane probes its own key, so a warp has 32
 // independent probes in flight; then the warp copies the 32 rows together (warp_copy_rows).
+// The probe takes the first way whose digest matches and starts copying its row while the key
+// compare that confirms it is still in flight; a wrong guess (another key with the same digest
+// earlier in the set, a few percent of lookups) is found afterwards and its row rewritten.
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
@@ -89,25 +92,58 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
   for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
        base += warps * 32) {
     const int64_t i = base + lane;
+    int64_t key = HPS_EMPTY_KEY, guessed_key = HPS_EMPTY_KEY;
+    uint32_t set = 0, candidates = 0;
+    int way = -1;
     const float* src = nullptr;
-    int64_t key = HPS_EMPTY_KEY;
     if (i < n) {
       key = keys[i];
       if (key != HPS_EMPTY_KEY) {
         const uint64_t h = hps::mix64(key);
-        const uint32_t set = hps::set_of(h, num_sets);
-        const int way = hps::find_way_thread(cache_keys, digests, set, hps::digest_of(h), key);
-        if (way >= 0) {
-          const size_t slot = (size_t)set * HPS_WAYS + way;
-          src = values + slot * dim;
-          if (count_hits) atomicAdd(scores + slot, weights ? weights[i] : 1u);
+        set = hps::set_of(h, num_sets);
+        const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
+        const uint32_t dd = hps::digest_of(h) * 0x01010101u;
+        candidates = hps::match16(d[0], dd) | (hps::match16(d[1], dd) << 16);
+        if (candidates) {
+          way = __ffs(candidates) - 1;
+          guessed_key = cache_keys[(size_t)set * HPS_WAYS + way];  // checked after the copy
+          src = values + ((size_t)set * HPS_WAYS + way) * dim;
         }
       }
     }
-    hps::warp_append_misses(warp, i < n && src == nullptr, key, i, miss_keys, miss_pos,
-                            miss_count);
     const int rows = (int)min((int64_t)32, n - base);
-    hps::warp_copy_rows(warp, src, out + base * dim, rows, dim, default_value);
+    float* block_out = out + base * dim;
+    hps::warp_copy_rows(warp, src, block_out, rows, dim, default_value);
+    bool rewrite = false;
+    if (way >= 0 && guessed_key != key) {  // the guess was another key: look further
+      rewrite = true;
+      way = -1;
+      candidates &= candidates - 1;
+      const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
+      while (candidates) {
+        const int w = __ffs(candidates) - 1;
+        if (set_keys[w] == key) {
+          way = w;
+          break;
+        }
+        candidates &= candidates - 1;
+      }
+      src = way >= 0 ? values + ((size_t)set * HPS_WAYS + way) * dim : nullptr;
+    }
+    uint32_t fixes = warp.ballot(rewrite);
+    if (fixes) {
+      warp.sync();  // order the rewrites after every lane's first writes
+      while (fixes) {
+        const int r = __ffs(fixes) - 1;
+        fixes &= fixes - 1;
+        hps::warp_copy_one_row(warp, warp.shfl(src, r), block_out + (int64_t)r * dim, dim,
+                               default_value);
+      }
+    }
+    if (way >= 0 && count_hits) {
+      atomicAdd(scores + (size_t)set * HPS_WAYS + way, weights ? weights[i] : 1u);
+    }
+    hps::warp_append_misses(warp, i < n && way < 0, key, i, miss_keys, miss_pos, miss_count);
   }
 }
 

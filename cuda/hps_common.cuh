@@ -28,6 +28,11 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 #ifndef HPS_COPY_MIN_BLOCKS
 #define HPS_COPY_MIN_BLOCKS 0
 #endif
+// Streaming hints on row copies (evict-first loads and stores): the rows pass through once, so
+// they should not push the cache's probe metadata (digests, keys, scores) out of L2.
+#ifndef HPS_COPY_STREAMING
+#define HPS_COPY_STREAMING 1
+#endif
 #if HPS_COPY_MIN_BLOCKS > 0
 #define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
 #else
@@ -138,6 +143,29 @@ __device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
   return -1;
 }
 
+__device__ __forceinline__ float4 load_row4(const float4* p) {
+#if HPS_COPY_STREAMING
+  return __ldcs(p);
+#else
+  return *p;
+#endif
+}
+
+__device__ __forceinline__ void store_row4(float4* p, float4 v) {
+#if HPS_COPY_STREAMING
+  __stcs(p, v);
+#else
+  *p = v;
+#endif
+}
+
+// Rewrite output row `row` of a warp's block (used when a probe guessed wrong): all lanes copy.
+__device__ __forceinline__ void warp_copy_one_row(const cg::thread_block_tile<32>& warp,
+                                                  const float* src, float* __restrict__ out,
+                                                  int dim, float fill) {
+  for (int c = warp.thread_rank(); c < dim; c += 32) out[c] = src ? src[c] : fill;
+}
+
 // Copy the rows of a warp's (up to) 32 keys: lane r < rows holds the source of output row r in
 // `src` (nullptr: fill with `fill`); the output rows are contiguous at `out` (rows × dim floats).
 // Lanes walk the output block flat — consecutive lanes write consecutive 16-byte words, so
@@ -160,12 +188,12 @@ __device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& 
         const int g = g0 + u * 32 + lane;
         const int row = min(g / dpr, 31);
         const float* s = warp.shfl(src, row);  // every lane takes part in the shuffle
-        if (g < total) v[u] = s ? reinterpret_cast<const float4*>(s)[g - row * dpr] : dv;
+        if (g < total) v[u] = s ? load_row4(reinterpret_cast<const float4*>(s) + g - row * dpr) : dv;
       }
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32 + lane;
-        if (g < total) o[g] = v[u];
+        if (g < total) store_row4(o + g, v[u]);
       }
     }
   } else {
