@@ -278,7 +278,7 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
         for i, (table, name) in enumerate(pairs):
             started = time.perf_counter()
             tag = storage_tag(opts.model, name)
-            source = bulk_source(Stream(table), tag, _checksum(table), work / f"stage{i}")
+            source = bulk_source(Stream(table), tag, _checksum(table))
             built.append(build_family(source, work / f"sst{i}", dedupe=dedupe,
                                       budget_bytes=opts.budget_bytes, progress=progress))
             timings.append(time.perf_counter() - started)

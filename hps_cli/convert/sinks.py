@@ -12,8 +12,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..formats.base import as_keys, as_vectors
-from ..runtime.persistent.rocksdb_bulk import BulkSource, stage_chunks
+from ..formats.base import as_keys
+from ..runtime.persistent.rocksdb_bulk import BulkSource
 from ..runtime.table.writer import TableSummary, TableWriter
 from .transforms import Stream
 
@@ -71,18 +71,15 @@ def write_npz(stream: Stream, dest: Path, tmp: Path, progress: Progress) -> tupl
     return rows, dest.stat().st_size
 
 
-def bulk_source(stream: Stream, tag: str, checksum: str, tmp: Path) -> BulkSource:
-    """A BulkSource over the table's files when it can be read by row number, else staged."""
+def bulk_source(stream: Stream, tag: str, checksum: str) -> BulkSource:
+    """The stream as a BulkSource; keys are sampled from the input's key file when it has one."""
     table = stream.table
-    access = table.random_access() if type(stream) is Stream else None
+    access = table.random_access()
+    read_keys = None
     if access is not None:
         keys_loc = str(access.keys.path)
-        vectors = access.vectors
-        return BulkSource(
-            tag, table.dim, table.num_rows,
-            lambda first, count: as_keys(access.keys.read(first, count), keys_loc, first),
-            lambda rows: as_vectors(vectors.mapped()[rows]), checksum, table.location,
-            access.release)
-    staged = stage_chunks(stream.chunks(), tmp, table.dim)
-    return BulkSource(tag, table.dim, staged.num_rows, staged.read_keys, staged.gather, checksum,
-                      table.location, staged.release)
+        read_keys = lambda first, count: as_keys(access.keys.read(first, count),  # noqa: E731
+                                                 keys_loc, first)
+    return BulkSource(tag, table.dim, table.num_rows,
+                      lambda: ((c.keys, c.vectors) for c in stream.chunks()), checksum,
+                      table.location, read_keys)

@@ -68,7 +68,8 @@ class Deduplicated(Stream):
         self.inner = inner
         table = inner.table
         n = table.num_rows
-        source = BulkSource("", table.dim, n, _key_reader(table, tmp), None, "", table.location)
+        source = BulkSource("", table.dim, n, None, "", table.location,
+                            read_keys=_key_reader(table, tmp))
         parts = max(1, -(-n * 24 // budget_bytes))
         bounds = [None, *key_range_bounds(source, parts).tolist(), None]
         keep = np.zeros((n + 7) // 8, dtype=np.uint8)

@@ -3,13 +3,15 @@
 Loading (``bulk_load``) builds each table's column family as SST files in a hidden folder
 beside the database, then ingests them (``IngestExternalFile``, atomic per family):
 
-1. Sort in bounded memory. RocksDB's default comparator orders keys by their bytes, and HPS
-   stores keys as raw little-endian int64, so the sort key is the byte-swapped key
-   (``bytewise_order_key``). A sample of the keys splits them into key ranges of at most
-   ``budget_bytes`` of rows each; one pass over the keys per range selects its rows, sorts them,
-   resolves duplicates (``first``, ``last`` or ``error``: a family cannot hold a key twice) and
-   gathers their vectors by row number. Ranges come out in order, so the SST files never overlap.
-   Only the keys are read once per range; vectors are read once in all.
+1. Sort in bounded memory (an external MSD sort). RocksDB's default comparator orders keys by
+   their bytes, and HPS stores keys as raw little-endian int64, so the sort key is the
+   byte-swapped key (``bytewise_order_key``). A sample of the keys splits them into key ranges
+   of about ``budget_bytes`` of rows each. One sequential pass over the input appends each row
+   (sort key + vector) to its range's spill file in the work folder; then each range is read
+   back, sorted (rows of one key keep their input order), its duplicates resolved (``first``,
+   ``last`` or ``error``: a family cannot hold a key twice) and written out. Ranges come out in
+   order, so the SST files never overlap. A table that fits the budget is sorted in memory
+   without spilling. Memory stays at about one range plus one input chunk.
 2. SST files are written by ``sst_writer.SstFileBuilder`` (NumPy, no per-row Python call).
 3. Nothing touches the database until every table's files are built: a bad input fails before
    the database is opened for writing. Then per table: with ``overwrite`` the old family and
@@ -17,9 +19,9 @@ beside the database, then ingests them (``IngestExternalFile``, atomic per famil
    and the record ``{"checksum", "num_keys", "dim", "complete": true}`` is written last, so an
    interrupted load never looks complete.
 
-Inputs come as ``BulkSource`` s: a reader of key ranges and a gatherer of vectors by row
-number (memory maps of the input files). Inputs that cannot be read by row number are first
-staged into two raw files in the work folder (``stage_chunks``).
+Inputs come as ``BulkSource`` s: an iterator factory over (keys, vectors) chunks in input
+order, plus optionally a cheap reader of keys alone (used to sample the key ranges without
+reading the vectors).
 """
 
 from __future__ import annotations
@@ -47,19 +49,18 @@ DEDUPE_MODES = ("first", "last", "error")
 class BulkSource:
     """One table to load.
 
-    ``read_keys(first, count)`` returns int64 keys of rows ``[first, first + count)``;
-    ``gather(rows)`` returns float32 vectors (len(rows), dim) of ascending row numbers;
-    ``release()`` may drop mapped pages after each pass.
+    ``chunks()`` yields (int64 keys, float32 (n, dim) vectors) in input order, and may be
+    called more than once; ``read_keys(first, count)``, when given, returns the int64 keys of
+    rows ``[first, first + count)`` without reading vectors.
     """
 
     tag: str
     dim: int
     num_rows: int
-    read_keys: Callable[[int, int], np.ndarray]
-    gather: Callable[[np.ndarray], np.ndarray] | None
+    chunks: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]] | None
     checksum: str
     location: str = ""
-    release: Callable[[], None] = field(default=lambda: None)
+    read_keys: Callable[[int, int], np.ndarray] | None = None
 
 
 @dataclass
@@ -89,10 +90,17 @@ def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
         return np.empty(0, dtype=np.uint64)
     step = max(1, source.num_rows // _SAMPLE_TARGET)
     samples = []
-    for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
-        count = min(KEY_CHUNK_ROWS, source.num_rows - first)
-        offset = (-first) % step
-        samples.append(bytewise_order_key(source.read_keys(first, count))[offset::step])
+    if source.read_keys is not None:
+        for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
+            count = min(KEY_CHUNK_ROWS, source.num_rows - first)
+            samples.append(bytewise_order_key(source.read_keys(first, count))[(-first) % step::step])
+    else:
+        first = 0
+        for keys, _ in source.chunks():
+            samples.append(bytewise_order_key(keys)[(-first) % step::step])
+            first += len(keys)
+    if not samples:
+        return np.empty(0, dtype=np.uint64)
     sample = np.sort(np.concatenate(samples))
     picks = (np.arange(1, parts) * sample.size) // parts
     return np.unique(sample[picks])
@@ -131,8 +139,8 @@ def resolve_duplicates(okeys: np.ndarray, rows: np.ndarray, dedupe: str,
             at = int(np.argmax(same))
             key = int(okeys[at:at + 1].byteswap().view(np.int64)[0])
             raise InvalidInputError(
-                f"key {key} appears more than once (rows {int(rows[at])} and {int(rows[at + 1])}); "
-                f"{dups} duplicate row(s) in this key range", location=location,
+                f"key {key} appears more than once ({dups} duplicate row(s) found in its key "
+                "range)", location=location,
                 hint="pass --dedupe first or --dedupe last to keep one row per key")
         keep = np.ones(okeys.size, dtype=bool)
         if dedupe == "first":
@@ -143,6 +151,55 @@ def resolve_duplicates(okeys: np.ndarray, rows: np.ndarray, dedupe: str,
     return okeys, rows, dups
 
 
+def _spill(source: BulkSource, bounds: np.ndarray, work: Path,
+           progress: Callable[[int], None] | None) -> list[tuple[Path, Path]]:
+    """Append every row's sort key and vector to its key range's two files, in one sequential
+    pass; a helper thread writes while the next chunk is read and grouped."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [(work / f"range{i:05d}.key", work / f"range{i:05d}.vec")
+             for i in range(bounds.size + 1)]
+    handles = [(open(k, "wb"), open(v, "wb")) for k, v in paths]
+    rows = 0
+
+    def write(okeys: np.ndarray, vectors: np.ndarray, edges: np.ndarray) -> None:
+        for i, (keys_out, vectors_out) in enumerate(handles):
+            lo, hi = edges[i], edges[i + 1]
+            if hi > lo:
+                keys_out.write(okeys[lo:hi])
+                vectors_out.write(vectors[lo:hi])
+
+    pending = None
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="spill-write") as writer:
+            for keys, vectors in source.chunks():
+                # Sorting each chunk (not just grouping it by range) makes every range file a
+                # series of sorted runs: the final sort then merges runs, and gathering the
+                # vectors in key order reads a few sequential streams instead of random rows.
+                okeys = bytewise_order_key(keys)
+                order = np.argsort(okeys, kind="stable")
+                okeys = okeys[order]
+                edges = np.concatenate([[0], np.searchsorted(okeys, bounds, side="left"),
+                                        [okeys.size]])
+                grouped = (okeys, np.ascontiguousarray(vectors, dtype="<f4")[order], edges)
+                if pending is not None:
+                    pending.result()
+                pending = writer.submit(write, *grouped)
+                rows += okeys.size
+                if progress:
+                    progress(okeys.size * (8 + 4 * source.dim))
+            if pending is not None:
+                pending.result()
+    finally:
+        for keys_out, vectors_out in handles:
+            keys_out.close()
+            vectors_out.close()
+    if rows != source.num_rows:
+        raise InvalidInputError(f"read {rows} rows, expected {source.num_rows}",
+                                location=source.location)
+    return paths
+
+
 def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
                  budget_bytes: int = DEFAULT_BUDGET_BYTES, file_bytes: int = DEFAULT_FILE_BYTES,
                  progress: Callable[[int], None] | None = None) -> BuiltFamily:
@@ -150,35 +207,45 @@ def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
     if dedupe not in DEDUPE_MODES:
         raise ValueError(f"dedupe must be one of {DEDUPE_MODES}")
     work.mkdir(parents=True, exist_ok=True)
-    per_row = 24 + 8 * source.dim  # sort key, row number, order; vectors twice while permuting
-    parts = max(1, -(-source.num_rows * per_row // budget_bytes))
-    bounds = [None, *key_range_bounds(source, parts).tolist(), None]
+    row_bytes = 8 + 4 * source.dim
+    parts = max(1, -(-source.num_rows * row_bytes * 3 // budget_bytes))  # rows, sorted copy, block
+    bounds = key_range_bounds(source, parts)
     files: list[Path] = []
     builder: SstFileBuilder | None = None
     written = dups = 0
-    value_bytes = 4 * source.dim
+
+    def ranges():
+        if bounds.size == 0:  # one range: sort in memory, no spill
+            chunks = list(source.chunks())
+            okeys = np.concatenate([bytewise_order_key(k) for k, _ in chunks]) if chunks else \
+                np.empty(0, np.uint64)
+            vectors = np.concatenate([v for _, v in chunks]) if chunks else \
+                np.empty((0, source.dim), np.float32)
+            del chunks
+            if progress:
+                progress(okeys.size * row_bytes)
+            yield okeys, vectors
+            return
+        for key_path, vector_path in _spill(source, bounds, work, progress):
+            okeys = np.fromfile(key_path, dtype="<u8")
+            vectors = np.fromfile(vector_path, dtype="<f4").reshape(okeys.size, source.dim)
+            key_path.unlink()
+            vector_path.unlink()
+            yield okeys, vectors
+
     try:
-        for lo, hi in zip(bounds[:-1], bounds[1:]):
-            okeys, rows, extra = resolve_duplicates(*select_key_range(source, lo, hi), dedupe, source.location)
+        for okeys, vectors in ranges():
+            okeys, rows, extra = resolve_duplicates(okeys, np.arange(okeys.size), dedupe,
+                                                    source.location)
             dups += extra
             if not rows.size:
                 continue
-            by_row = np.argsort(rows)
-            gathered = source.gather(rows[by_row])
-            if gathered.shape != (rows.size, source.dim):
-                raise InvalidInputError(f"gathered vectors of shape {gathered.shape}, expected "
-                                        f"({rows.size}, {source.dim})", location=source.location)
-            vectors = np.empty_like(gathered)
-            vectors[by_row] = gathered
-            del gathered
-            source.release()
             if builder is None:
-                builder = SstFileBuilder(work / f"{len(files):05d}.sst", value_bytes)
+                builder = SstFileBuilder(work / f"{len(files):05d}.sst", 4 * source.dim)
                 files.append(builder.path)
-            builder.add(okeys.byteswap().view(np.int64), vectors)
+            builder.add(okeys.byteswap().view(np.int64), vectors, order=rows)
+            del vectors
             written += rows.size
-            if progress:
-                progress((rows.size + extra) * (8 + value_bytes))
             if builder.file_bytes >= file_bytes:
                 builder.finish()
                 builder = None
@@ -241,52 +308,6 @@ def bulk_load(db_path: Path | str, sources: list[BulkSource], *, overwrite: bool
         return built
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-
-# ---------------------------------------------------------------------------------------------
-# Staging rows that cannot be read by row number
-
-
-class StagedRows:
-    """Rows written to two raw files (int64 keys, float32 vectors) to be read by row number."""
-
-    def __init__(self, folder: Path, dim: int):
-        folder.mkdir(parents=True, exist_ok=True)
-        self.folder, self.dim, self.num_rows = folder, dim, 0
-        self._keys = open(folder / "key", "wb")
-        self._vectors = open(folder / "emb_vector", "wb")
-        self._kmap = self._vmap = None
-
-    def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        self._keys.write(np.ascontiguousarray(keys, dtype="<i8").tobytes())
-        self._vectors.write(np.ascontiguousarray(vectors, dtype="<f4").tobytes())
-        self.num_rows += len(keys)
-
-    def finish(self) -> None:
-        self._keys.close()
-        self._vectors.close()
-
-    def read_keys(self, first: int, count: int) -> np.ndarray:
-        return np.fromfile(self.folder / "key", dtype="<i8", count=count, offset=first * 8)
-
-    def gather(self, rows: np.ndarray) -> np.ndarray:
-        if self._vmap is None:
-            self._vmap = np.memmap(self.folder / "emb_vector", dtype="<f4", mode="r",
-                                   shape=(self.num_rows, self.dim))
-        return np.asarray(self._vmap[rows])
-
-    def release(self) -> None:
-        self._vmap = None  # dropping the map releases its pages
-
-
-def stage_chunks(chunks: Iterator, folder: Path, dim: int) -> StagedRows:
-    staged = StagedRows(folder, dim)
-    try:
-        for chunk in chunks:
-            staged.append(chunk.keys, chunk.vectors)
-    finally:
-        staged.finish()
-    return staged
 
 
 # ---------------------------------------------------------------------------------------------

@@ -154,23 +154,34 @@ class SstFileBuilder:
         tail = np.concatenate([restarts, np.array([restarts.size], dtype=np.uint32)])
         return tail.astype("<u4").view(np.uint8), rows * self.entry_bytes + tail.size * 4
 
-    def _write_blocks(self, keys: np.ndarray, values: np.ndarray, rows: int) -> None:
-        """Write ``keys.size / rows`` blocks of ``rows`` entries each."""
+    def _write_blocks(self, keys: np.ndarray, values: np.ndarray, rows: int,
+                      take: np.ndarray | None = None) -> None:
+        """Write ``keys.size / rows`` blocks of ``rows`` entries each; with ``take``, entry i's
+        value is ``values[take[i]]`` (gathered straight into the blocks, no extra copy)."""
         count = keys.size // rows
         if not count:
             return
         tail, payload = self._layout(rows)
         block = payload + 5
         buf = np.empty((count, block), dtype=np.uint8)
-        entries = buf[:, :rows * self.entry_bytes].reshape(count, rows, self.entry_bytes)
         lv = len(self._vlen)
-        entries[:, :, 0] = 0
-        entries[:, :, 1] = 16
-        entries[:, :, 2:2 + lv] = np.frombuffer(self._vlen, dtype=np.uint8)
         k0 = 2 + lv
-        entries[:, :, k0:k0 + 8] = keys.view(np.uint8).reshape(count, rows, 8)
-        entries[:, :, k0 + 8:k0 + 16] = np.frombuffer(struct.pack("<Q", VALUE_TRAILER), np.uint8)
-        entries[:, :, k0 + 16:] = values.reshape(count, rows, self.value_bytes)
+
+        def field(offset: int, width: int) -> np.ndarray:
+            # One void item per entry and field: NumPy copies whole fields, not single bytes.
+            return np.ndarray((count, rows), dtype=f"V{width}", buffer=buf, offset=offset,
+                              strides=(block, self.entry_bytes))
+
+        field(0, k0)[...] = np.frombuffer(b"\x00\x10" + self._vlen, dtype=f"V{k0}")[0]
+        field(k0, 8)[...] = keys.view("V8").reshape(count, rows)
+        field(k0 + 8, 8)[...] = np.frombuffer(struct.pack("<Q", VALUE_TRAILER), dtype="V8")[0]
+        if take is None:
+            field(k0 + 16, self.value_bytes)[...] = \
+                values.view(f"V{self.value_bytes}").reshape(count, rows)
+        else:  # gathered straight into the blocks; indices are checked by the caller, and
+            # mode="clip" avoids a buffered copy
+            np.take(values.view(f"V{self.value_bytes}").reshape(-1), take.reshape(count, rows),
+                    out=field(k0 + 16, self.value_bytes), mode="clip")
         buf[:, rows * self.entry_bytes:payload] = tail
         buf[:, payload] = 0  # no compression
         crc = self._crc
@@ -185,20 +196,33 @@ class SstFileBuilder:
         self.offset += count * block
         self.num_entries += count * rows
 
-    def add(self, keys: np.ndarray, values: np.ndarray) -> None:
+    def add(self, keys: np.ndarray, values: np.ndarray, order: np.ndarray | None = None) -> None:
         """Append rows; ``keys`` are int64 sorted by their little-endian bytes, ``values``
-        (n, value_bytes) uint8 or any C-contiguous array of that many bytes per row."""
+        (n, value_bytes) uint8 or any C-contiguous array of that many bytes per row. With
+        ``order``, the i-th key's value is ``values[order[i]]``."""
         keys = np.ascontiguousarray(keys, dtype="<i8")
-        values = np.ascontiguousarray(values).view(np.uint8).reshape(keys.size, self.value_bytes)
-        if self._pending_keys is not None:
-            keys = np.concatenate([self._pending_keys, keys])
-            values = np.concatenate([self._pending_values, values])
+        values = np.ascontiguousarray(values).view(np.uint8)
+        values = values.reshape(values.size // self.value_bytes, self.value_bytes)
+        if order is None:
+            order = np.arange(keys.size)
+        elif order.size != keys.size or (order.size and (order.min() < 0 or
+                                                          order.max() >= values.shape[0])):
+            raise ValueError("order must hold one valid row of values per key")
+        if self._pending_keys is not None:  # complete the pending block first
+            need = min(self.rows_per_block - self._pending_keys.size, keys.size)
+            head_keys = np.concatenate([self._pending_keys, keys[:need]])
+            head_values = np.concatenate([self._pending_values, values[order[:need]]])
             self._pending_keys = self._pending_values = None
+            keys, order = keys[need:], order[need:]
+            if head_keys.size < self.rows_per_block:
+                self._pending_keys, self._pending_values = head_keys, head_values
+                return
+            self._write_blocks(head_keys, head_values, self.rows_per_block)
         whole = keys.size - keys.size % self.rows_per_block
-        self._write_blocks(keys[:whole], values[:whole], self.rows_per_block)
+        self._write_blocks(keys[:whole], values, self.rows_per_block, take=order[:whole])
         if whole < keys.size:
             self._pending_keys = keys[whole:].copy()
-            self._pending_values = values[whole:].copy()
+            self._pending_values = values[order[whole:]]
 
     def _wait(self) -> None:
         if self._in_flight is not None:
