@@ -226,11 +226,24 @@ def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
                 progress(okeys.size * row_bytes)
             yield okeys, vectors
             return
-        for key_path, vector_path in _spill(source, bounds, work, progress):
-            okeys = np.fromfile(key_path, dtype="<u8")
-            vectors = np.fromfile(vector_path, dtype="<f4").reshape(okeys.size, source.dim)
-            key_path.unlink()
-            vector_path.unlink()
+        paths = _spill(source, bounds, work, progress)
+        most = max(p.stat().st_size for p, _ in paths) // 8
+        key_buf = np.empty(most, dtype="<u8")  # reused: fresh arrays would fault every page
+        vector_buf = np.empty((most, source.dim), dtype="<f4")
+        for key_path, vector_path in paths:
+            n = key_path.stat().st_size // 8
+            okeys, vectors = key_buf[:n], vector_buf[:n]
+            for path, out in ((key_path, okeys), (vector_path, vectors)):
+                with open(path, "rb", buffering=0) as handle:
+                    view = memoryview(out).cast("B")
+                    got = 0
+                    while got < len(view):
+                        step = handle.readinto(view[got:])
+                        if not step:
+                            raise InvalidInputError("a spill file is shorter than written",
+                                                    location=str(path))
+                        got += step
+                path.unlink()
             yield okeys, vectors
 
     try:

@@ -141,6 +141,8 @@ class SstFileBuilder:
         # the next batch overlaps writing this one; at most one write is in flight.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sst-write")
         self._in_flight: Future | None = None
+        self._buffers: list[np.ndarray | None] = [None, None]
+        self._turn = 0
         self.offset = 0
         self.num_entries = 0
         self._index_last_keys: list[np.ndarray] = []
@@ -163,7 +165,7 @@ class SstFileBuilder:
             return
         tail, payload = self._layout(rows)
         block = payload + 5
-        buf = np.empty((count, block), dtype=np.uint8)
+        buf = self._buffer(count * block).reshape(count, block)
         lv = len(self._vlen)
         k0 = 2 + lv
 
@@ -223,6 +225,15 @@ class SstFileBuilder:
         if whole < keys.size:
             self._pending_keys = keys[whole:].copy()
             self._pending_values = values[order[whole:]]
+
+    def _buffer(self, nbytes: int) -> np.ndarray:
+        """One of two reused block buffers (the other may be being written): fresh large
+        arrays would cost a page fault and a zeroed page per 4 KiB every time."""
+        self._turn ^= 1
+        current = self._buffers[self._turn]
+        if current is None or current.size < nbytes:
+            current = self._buffers[self._turn] = np.empty(nbytes, dtype=np.uint8)
+        return current[:nbytes]
 
     def _wait(self) -> None:
         if self._in_flight is not None:
