@@ -8,7 +8,19 @@ from .errors import (CapacityError, CheckFailedError, ConfigError, DependencyMis
                      ServiceUnavailableError)
 
 __all__ = [
+    "HPS", "TableTiers",
     "CapacityError", "CheckFailedError", "ConfigError", "DependencyMissingError", "ExitCode",
     "HpsError", "InvalidInputError", "NotFoundError", "OutputExistsError",
     "ServiceUnavailableError",
 ]
+
+
+def __getattr__(name: str):
+    # The lookup runtime loads on first use (it imports the config validator and table code).
+    if name == "HPS":
+        from .hps import HPS
+        return HPS
+    if name == "TableTiers":
+        from .cpu_tiers import TableTiers
+        return TableTiers
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

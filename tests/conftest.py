@@ -96,3 +96,18 @@ def run_hps(*args: str, cwd: Path | None = None, env: dict | None = None,
 @pytest.fixture
 def hps():
     return run_hps
+
+
+@pytest.fixture(scope="session")
+def redis_cluster():
+    """A real Redis Cluster (3 masters on free loopback ports) for the whole session.
+
+    Tests share it: use table tags of their own. A test that kills nodes starts its own
+    ``redis_cluster.LocalRedisCluster`` instead.
+    """
+    if not has_redis():
+        pytest.skip("redis-server or redis-py is not installed")
+    from redis_cluster import LocalRedisCluster
+    cluster = LocalRedisCluster(3).start()
+    yield cluster
+    cluster.stop()

@@ -6,14 +6,13 @@ import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-
 from hps_cli.runtime.errors import InvalidInputError
 from hps_cli.runtime.hashing import mix64, partition_of
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hps_cli.runtime.volatile.hash_map import POLICIES, HashMapTable, dedupe_last, mix64_inplace
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 
 def test_mix64_inplace_is_hps_mixer(rng):
