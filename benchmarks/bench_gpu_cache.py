@@ -44,7 +44,7 @@ def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_sl
                      count_hits: int = 1) -> dict:
     """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
     from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import WAYS
+    from hps_cli.runtime.gpu.placement import WAYS, query_seed
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
@@ -73,7 +73,8 @@ def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_sl
             q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
                                   int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
                                   int(cache.d_values), cache.num_sets, dim, np.float32(0),
-                                  int(out), int(mkeys), int(mpos), int(count), count_hits)
+                                  int(out), int(mkeys), int(mpos), int(count), count_hits,
+                                  query_seed(i))
 
         def gather(i):
             g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
@@ -129,7 +130,7 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
             q.prepared_async_call(grid, (256, 1, 1), stream, int(d_keys), 0, n, int(cache.d_keys),
                                   int(cache.d_digests), int(cache.d_scores), int(cache.d_values),
                                   cache.num_sets, dim, np.float32(0), int(d_out) + 16, int(d_mk),
-                                  int(d_mp), int(d_out), 1)
+                                  int(d_mp), int(d_out), 1, it)
             t.append(time.perf_counter())
             drv.memcpy_dtoh_async(h_out, d_out, stream)
             t.append(time.perf_counter())
@@ -221,9 +222,10 @@ def main() -> None:
 
         result["variants"] = {}
         for name, defines in (("unroll4", {"HPS_COPY_UNROLL": "4"}),
-                              ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
-                              ("unroll4_no_streaming", {"HPS_COPY_UNROLL": "4",
-                                                        "HPS_COPY_STREAMING": "0"})):
+                              ("meta_evict_last", {"HPS_META_EVICT_LAST": "1"}),
+                              ("unroll4_meta_evict_last", {"HPS_COPY_UNROLL": "4",
+                                                           "HPS_META_EVICT_LAST": "1"}),
+                              ("exact_hit_counting", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,

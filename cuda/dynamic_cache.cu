@@ -7,9 +7,11 @@
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
 //
-// Replacement is LFU with dynamic aging: a hit adds 1 to the slot's score; a new key takes an
-// empty way, else evicts the way with the smallest score (ties: lowest way), and starts at the
-// victim's score + 1, so long-idle popular keys eventually age out.
+// Replacement is LFU with dynamic aging in units of HPS_HIT_SAMPLE: a hit adds HPS_HIT_SAMPLE to
+// the slot's score when the key's sampling hash for this query picks it (1 time in
+// HPS_HIT_SAMPLE, so most hits write nothing); a new key takes an empty way, else evicts the way
+// with the smallest score (ties: lowest way), and starts at the victim's score + 1, so
+// long-idle popular keys eventually age out while a new key stays cheap to evict until hit.
 //
 // Every entry point is `extern "C"` so the driver (runtime/gpu/kernels.py) can look it up by
 // name; tile widths T (lanes cooperating on one key) are instantiated explicitly.
@@ -66,9 +68,10 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 
 }  // namespace hps
 
-// Look up n keys: hits copy their row to out[i] and add weights[i] (1 when weights is null: a
-// de-duplicated batch passes each key's occurrence count; nothing when count_hits is 0) to the
-// slot's score; misses write the default value to out[i] and append (key, i) to the miss list.
+// Look up n keys: hits copy their row to out[i] and, when sampled (seed: the query's sampling
+// seed), add HPS_HIT_SAMPLE × weights[i] (weights null: 1; a de-duplicated batch passes each
+// key's occurrence count; nothing when count_hits is 0) to the slot's score; misses write the
+// default value to out[i] and append (key, i) to the miss list.
 // Read-only except scores, so several queries may run at once; replace/update/invalidate must
 // not run concurrently (one stream per cache orders them).
 //
@@ -85,10 +88,12 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                     uint32_t num_sets, int dim, float default_value,
                                     float* __restrict__ out, int64_t* __restrict__ miss_keys,
                                     int64_t* __restrict__ miss_pos,
-                                    unsigned* __restrict__ miss_count, int count_hits) {
+                                    unsigned* __restrict__ miss_count, int count_hits,
+                                    int64_t seed) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
+  const uint64_t policy = hps::meta_policy();
   for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
        base += warps * 32) {
     const int64_t i = base + lane;
@@ -103,10 +108,12 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
         set = hps::set_of(h, num_sets);
         const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
         const uint32_t dd = hps::digest_of(h) * 0x01010101u;
-        candidates = hps::match16(d[0], dd) | (hps::match16(d[1], dd) << 16);
+        candidates = hps::match16(hps::load_meta16(d, policy), dd) |
+                     (hps::match16(hps::load_meta16(d + 1, policy), dd) << 16);
         if (candidates) {
           way = __ffs(candidates) - 1;
-          guessed_key = cache_keys[(size_t)set * HPS_WAYS + way];  // checked after the copy
+          // checked after the copy, so its latency hides behind the row loads
+          guessed_key = hps::load_meta8(cache_keys + (size_t)set * HPS_WAYS + way, policy);
           src = values + ((size_t)set * HPS_WAYS + way) * dim;
         }
       }
@@ -140,8 +147,9 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                default_value);
       }
     }
-    if (way >= 0 && count_hits) {
-      atomicAdd(scores + (size_t)set * HPS_WAYS + way, weights ? weights[i] : 1u);
+    if (way >= 0 && count_hits && (hps::mix64(key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0) {
+      atomicAdd(scores + (size_t)set * HPS_WAYS + way,
+                (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
     }
     hps::warp_append_misses(warp, i < n && way < 0, key, i, miss_keys, miss_pos, miss_count);
   }

@@ -14,9 +14,11 @@ namespace cg = cooperative_groups;
 //   HPS_EMPTY_KEY  the empty-slot marker of the int64 key space (INT64_MAX, as in HPS's cache;
 //                  tables must not contain it, `hps table verify` reports it)
 //   HPS_WAYS       ways per set of the dynamic cache; one warp holds a set, so it must be 32
-#if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS)
-#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... (see runtime/gpu/kernels.py)"
+//   HPS_HIT_SAMPLE_SHIFT  a hit counts in its slot's score 1 time in 2^shift (then adds 2^shift)
+#if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT)
+#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... (runtime/gpu/kernels.py)"
 #endif
+#define HPS_HIT_SAMPLE (1u << HPS_HIT_SAMPLE_SHIFT)
 static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
 // Tuning knobs (defaults measured on an H100, see docs/benchmarks.md): loads each lane keeps in
@@ -32,6 +34,11 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 // they should not push the cache's probe metadata (digests, keys, scores) out of L2.
 #ifndef HPS_COPY_STREAMING
 #define HPS_COPY_STREAMING 1
+#endif
+// Keep the probe metadata (digests, keys) in L2 against the stream of rows: loads with an
+// evict-last cache policy.
+#ifndef HPS_META_EVICT_LAST
+#define HPS_META_EVICT_LAST 0
 #endif
 #if HPS_COPY_MIN_BLOCKS > 0
 #define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
@@ -141,6 +148,35 @@ __device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
     for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
   }
   return -1;
+}
+
+__device__ __forceinline__ uint64_t meta_policy() {
+  uint64_t policy = 0;
+#if HPS_META_EVICT_LAST
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
+__device__ __forceinline__ uint4 load_meta16(const uint4* p, uint64_t policy) {
+#if HPS_META_EVICT_LAST
+  uint4 v;
+  asm("ld.global.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p), "l"(policy));
+  return v;
+#else
+  return *p;
+#endif
+}
+
+__device__ __forceinline__ int64_t load_meta8(const int64_t* p, uint64_t policy) {
+#if HPS_META_EVICT_LAST
+  int64_t v;
+  asm("ld.global.L2::cache_hint.s64 %0, [%1], %2;" : "=l"(v) : "l"(p), "l"(policy));
+  return v;
+#else
+  return *p;
+#endif
 }
 
 __device__ __forceinline__ float4 load_row4(const float4* p) {

@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from hps_cli.runtime.errors import CapacityError, InvalidInputError
 from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
-from hps_cli.runtime.gpu.placement import EMPTY_KEY, WAYS, num_sets_for, set_and_digest, tile_width
+from hps_cli.runtime.gpu.placement import (EMPTY_KEY, HIT_SAMPLE, WAYS, num_sets_for, query_seed,
+                                            sampled_hits, set_and_digest, tile_width)
 from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend, RefIndexedBackend
 from hps_cli.runtime.gpu.reference import (RefDynamicCache, group_by_set, ref_dedup, ref_gather,
                                            ref_scatter)
@@ -28,17 +29,21 @@ class SpecCache:
         self.scores = [[0] * WAYS for _ in range(num_sets)]
         self.floors = [0] * num_sets
         self.values = {}
+        self.queries = 0
 
     def _set(self, key: int) -> int:
         return int(set_and_digest(np.array([key]), self.num_sets)[0][0])
 
     def query(self, keys):
         out, misses = [], []
+        seed = query_seed(self.queries)
+        self.queries += 1
         for i, key in enumerate(keys):
             s = self._set(key)
             if key != EMPTY_KEY and key in self.keys[s]:
                 way = self.keys[s].index(key)
-                self.scores[s][way] += 1
+                if sampled_hits(np.array([key]), seed)[0]:  # 1 hit in HIT_SAMPLE counts
+                    self.scores[s][way] += HIT_SAMPLE
                 out.append(self.values[(s, way)])
             else:
                 out.append(None)

@@ -14,7 +14,7 @@ import numpy as np
 
 from .pending import PendingLookup
 from .pinned import PinnedPool
-from .placement import EMPTY_KEY, WAYS, set_and_digest, tile_width
+from .placement import EMPTY_KEY, WAYS, query_seed, set_and_digest, tile_width
 from .reference import group_by_set
 
 _BLOCK = 256
@@ -23,7 +23,7 @@ _COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 
 # misses come back unique); smaller ones query every key directly (fewer launches).
 DEDUP_MIN_KEYS = 65536
 # dc_query's arguments (see cuda/dynamic_cache.cu).
-QUERY_ARGS = "PPqPPPPIifPPPPi"
+QUERY_ARGS = "PPqPPPPIifPPPPiq"
 
 
 class _Scratch:
@@ -88,6 +88,8 @@ class GpuDynamicCache:
             self.stream.synchronize()
         self._scratch = _Scratch(device)
         self._lock = threading.Lock()
+        self._seed_lock = threading.Lock()
+        self.queries = 0
         self._workspaces: dict[int, _Scratch] = {}
 
     @property
@@ -104,6 +106,13 @@ class GpuDynamicCache:
     def _fill_i64(self, buf, count: int, value: int) -> None:
         grid, block = self._grid(count, 1)
         self.device.launch("fill_i64", "Pqq", grid, block, self.stream, buf, count, value)
+
+    def _next_seed(self) -> int:
+        """The sampling seed of this query; the reference counts its queries the same way."""
+        with self._seed_lock:
+            seed = query_seed(self.queries)
+            self.queries += 1
+        return seed
 
     def _workspace(self, slot: int) -> _Scratch:
         ws = self._workspaces.get(slot)
@@ -195,6 +204,7 @@ class GpuDynamicCache:
                     d_mpos,
                     d_block,
                     1,
+                    self._next_seed(),
                 )
             out, counter = self._download_rows(d_block, n)
             misses = int(counter[0])
@@ -260,6 +270,7 @@ class GpuDynamicCache:
                 d_mpos,
                 d_rows,
                 1,
+                self._next_seed(),
             )
             count = np.empty(4, np.uint32)
             drv.memcpy_dtoh_async(count, d_rows, self.stream)

@@ -12,14 +12,15 @@ from pathlib import Path
 
 from ..errors import DependencyMissingError
 from ..resources import cuda_dir
-from .placement import EMPTY_KEY, WAYS
+from .placement import EMPTY_KEY, HIT_SAMPLE_SHIFT, WAYS
 
 SOURCES = ("dynamic_cache.cu", "batch_ops.cu", "indexed_table.cu")
 TILE_WIDTHS = (2, 4, 8, 16, 32)
 
 
 def kernel_defines() -> dict[str, str]:
-    return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS)}
+    return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS),
+            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT)}
 
 
 def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:

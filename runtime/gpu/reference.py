@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .placement import EMPTY_KEY, WAYS, set_and_digest
+from .placement import EMPTY_KEY, HIT_SAMPLE, WAYS, query_seed, sampled_hits, set_and_digest
 
 
 def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,6 +39,7 @@ class RefDynamicCache:
         self.scores = np.zeros((self.num_sets, WAYS), dtype=np.uint32)
         self.floors = np.zeros(self.num_sets, dtype=np.uint32)
         self.values = np.zeros((self.num_sets, WAYS, self.dim), dtype=np.float32)
+        self.queries = 0  # query calls so far: the sampling seed of the next one
 
     @property
     def capacity(self) -> int:
@@ -60,9 +61,10 @@ class RefDynamicCache:
         hit = way >= 0
         out = np.full((keys.size, self.dim), default_value, dtype=np.float32)
         out[hit] = self.values[sets[hit], way[hit]]
-        add = np.ones(int(hit.sum()), np.uint32) if weights is None else \
-            np.asarray(weights, np.uint32)[hit]
-        np.add.at(self.scores, (sets[hit], way[hit]), add)
+        counted = hit & sampled_hits(keys, query_seed(self.queries))
+        self.queries += 1
+        add = np.ones(keys.size, np.uint32) if weights is None else np.asarray(weights, np.uint32)
+        np.add.at(self.scores, (sets[counted], way[counted]), add[counted] * np.uint32(HIT_SAMPLE))
         miss = np.flatnonzero(~hit)
         return out, keys[miss], miss.astype(np.int64)
 
