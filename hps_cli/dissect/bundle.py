@@ -111,11 +111,15 @@ class BundleReader:
                                     location=location) from exc
         self.header = BundleHeader()
         self.tensors: dict[str, TensorInfo] = {}
+        self._slices: dict[bytes, BundleEntry] = {}
         for raw_key, value in read_table(data, location):
-            key = raw_key.decode("utf-8", errors="replace")
-            if not key:
+            if not raw_key:
                 self.header = decode_header(value, location)
                 continue
+            if raw_key.startswith(b"\x00"):  # one slice of a partitioned tensor
+                self._slices[raw_key] = decode_entry(value, location)
+                continue
+            key = raw_key.decode("utf-8", errors="surrogateescape")
             entry = decode_entry(value, f"{location}: {key}")
             self.tensors[key] = TensorInfo(key, dtype_name(entry.dtype), entry.shape, entry)
         if not self.tensors:
@@ -132,12 +136,8 @@ class BundleReader:
             raise NotFoundError(f"no tensor '{key}' in the checkpoint",
                                 location=str(self.index_path)) from None
 
-    def _span(self, info: TensorInfo) -> tuple[Path, int, int]:
-        entry = info.entry
-        if entry.sliced:
-            raise InvalidInputError(
-                f"tensor '{info.key}' is stored in slices (a partitioned variable); dissect reads "
-                "whole tensors only", location=str(self.index_path))
+    def _span(self, info: TensorInfo, entry: BundleEntry | None = None) -> tuple[Path, int, int]:
+        entry = entry or info.entry
         path = self.data_path(entry.shard_id)
         if not path.is_file():
             raise NotFoundError(f"data file of tensor '{info.key}' is missing", location=str(path))
@@ -162,16 +162,54 @@ class BundleReader:
         return array.reshape(info.shape)
 
     def _layout(self, info: TensorInfo) -> tuple[np.dtype, int, int]:
-        """(numpy dtype, rows, items per row) of a numeric tensor, checked against its size."""
+        """(numpy dtype, rows, items per row) of a numeric tensor."""
         dtype = self._numpy_dtype(info)
         rows = info.shape[0] if info.shape else 1
         row_items = int(np.prod(info.shape[1:], dtype=np.int64)) if len(info.shape) > 1 else 1
-        if rows * row_items * dtype.itemsize != info.entry.size:
-            raise InvalidInputError(
-                f"tensor '{info.key}' has {info.entry.size} bytes, expected "
-                f"{rows * row_items * dtype.itemsize} for shape {list(info.shape)} {info.dtype}",
-                location=str(self.index_path))
         return dtype, rows, row_items
+
+    def _parts(self, info: TensorInfo) -> list[tuple[int, int, BundleEntry]]:
+        """(first row, rows, entry) of each stored piece of a tensor, in row order.
+
+        A whole tensor is one piece. A partitioned one (``ShardedVariable``, a
+        ``MaxShardSizePolicy`` checkpoint) is stored as slices along the first axis, each under
+        a key that encodes the tensor name and the slice (``EncodeTensorNameSlice``).
+        """
+        dtype, rows, row_items = self._layout(info)
+        row_bytes = row_items * dtype.itemsize
+        if not info.entry.sliced:
+            parts = [(0, rows, info.entry)]
+        else:
+            parts = []
+            for extents in info.entry.slices:
+                if any(ext != (0, -1) and ext != (0, dim) for ext, dim in
+                       zip(extents[1:], info.shape[1:])):
+                    raise InvalidInputError(
+                        f"tensor '{info.key}' is partitioned along an axis other than the first",
+                        location=str(self.index_path))
+                start, length = extents[0] if extents else (0, -1)
+                length = rows - start if length < 0 else length
+                entry = self._slices.get(slice_key(info.key, extents))
+                if entry is None:
+                    raise InvalidInputError(f"slice {start}:{start + length} of '{info.key}' is "
+                                            "missing from the index", location=str(self.index_path))
+                parts.append((start, length, entry))
+            parts.sort(key=lambda p: p[0])
+        expected = 0
+        for start, count, entry in parts:
+            if start != expected:
+                raise InvalidInputError(f"slices of '{info.key}' do not cover row {expected}",
+                                        location=str(self.index_path))
+            if count * row_bytes != entry.size:
+                raise InvalidInputError(
+                    f"tensor '{info.key}' rows {start}..{start + count} have {entry.size} bytes, "
+                    f"expected {count * row_bytes} for {info.dtype} rows of {row_items}",
+                    location=str(self.index_path))
+            expected = start + count
+        if expected != rows:
+            raise InvalidInputError(f"slices of '{info.key}' cover {expected} of {rows} rows",
+                                    location=str(self.index_path))
+        return parts
 
     def read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a numeric tensor (rank >= 1; a scalar counts as one row)."""
@@ -188,7 +226,6 @@ class BundleReader:
         """
         info = self.info(key)
         dtype, rows, row_items = self._layout(info)
-        path, offset, _ = self._span(info)
         stop = rows if stop is None else min(stop, rows)
         start = max(0, start)
         if stop <= start:
@@ -197,18 +234,23 @@ class BundleReader:
         buffer = np.empty(min(stop - start, rows_per_chunk) * row_items, dtype=dtype)
         raw = memoryview(buffer).cast("B")
         shape_tail = tuple(info.shape[1:])
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            if hasattr(os, "posix_fadvise"):
-                os.posix_fadvise(fd, offset, info.entry.size, os.POSIX_FADV_SEQUENTIAL)
-            for first in range(start, stop, rows_per_chunk):
-                count = min(stop, first + rows_per_chunk) - first
-                nbytes = count * row_bytes
-                _pread_exact(fd, raw[:nbytes], offset + first * row_bytes, path, info.key)
-                chunk = buffer[:count * row_items]
-                yield first, chunk.reshape((count,) + shape_tail) if info.shape else chunk
-        finally:
-            os.close(fd)
+        for part_start, part_rows, entry in self._parts(info):
+            first, last = max(start, part_start), min(stop, part_start + part_rows)
+            if first >= last:
+                continue
+            path, offset, _ = self._span(info, entry)
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                if hasattr(os, "posix_fadvise"):
+                    os.posix_fadvise(fd, offset, entry.size, os.POSIX_FADV_SEQUENTIAL)
+                for row in range(first, last, rows_per_chunk):
+                    count = min(last, row + rows_per_chunk) - row
+                    _pread_exact(fd, raw[:count * row_bytes],
+                                 offset + (row - part_start) * row_bytes, path, info.key)
+                    chunk = buffer[:count * row_items]
+                    yield row, chunk.reshape((count,) + shape_tail) if info.shape else chunk
+            finally:
+                os.close(fd)
 
     def read_strings(self, key: str) -> list[bytes]:
         """A string tensor: varint64 lengths, a 4-byte checksum of them, then the bytes."""
@@ -238,6 +280,54 @@ class BundleReader:
             raise InvalidInputError(f"string tensor '{key}' has {size} bytes, expected {pos}",
                                     location=str(path))
         return values
+
+
+_HEADER_BITS = [(0x00, 0x00), (0x80, 0x00), (0xC0, 0x00), (0xE0, 0x00), (0xF0, 0x00),
+                (0xF8, 0x00), (0xFC, 0x00), (0xFE, 0x00), (0xFF, 0x00), (0xFF, 0x80),
+                (0xFF, 0xC0)]
+_BITS_TO_LENGTH = [1] * 7 + [2] * 7 + [3] * 7 + [4] * 7 + [5] * 7 + [6] * 7 + [7] * 7 + \
+    [8] * 7 + [9] * 7 + [10]
+
+
+def _ordered_num(value: int) -> bytes:
+    """OrderedCode::WriteNumIncreasing: a length byte, then the value big-endian."""
+    body = value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
+    return bytes([len(body)]) + body
+
+
+def _ordered_signed(value: int) -> bytes:
+    """OrderedCode::WriteSignedNumIncreasing (tensorflow/core/lib/strings/ordered_code.cc)."""
+    x = ~value if value < 0 else value
+    if x < 64:
+        return bytes([(_HEADER_BITS[1][0] ^ value) & 0xFF])
+    length = _BITS_TO_LENGTH[x.bit_length()]
+    buf = bytearray((b"\xff\xff" if value < 0 else b"\x00\x00") +
+                    (value & (2 ** 64 - 1)).to_bytes(8, "big"))
+    begin = buf[len(buf) - length:]
+    begin[0] ^= _HEADER_BITS[length][0]
+    begin[1] ^= _HEADER_BITS[length][1]
+    return bytes(begin)
+
+
+def slice_key(name: str, extents) -> bytes:
+    """The index key of one slice of ``name`` (checkpoint::EncodeTensorNameSlice)."""
+    escaped = _escape(name.encode("utf-8", "surrogateescape"))
+    out = _ordered_num(0) + escaped + b"\x00\x01" + _ordered_num(len(extents))
+    for start, length in extents:
+        out += _ordered_signed(start) + _ordered_signed(length)
+    return out
+
+
+def _escape(raw: bytes) -> bytes:
+    out = bytearray()
+    for byte in raw:
+        if byte == 0x00:
+            out += b"\x00\xff"
+        elif byte == 0xFF:
+            out += b"\xff\x00"
+        else:
+            out.append(byte)
+    return bytes(out)
 
 
 def _pread_exact(fd: int, view: memoryview, offset: int, path: Path, key: str) -> None:

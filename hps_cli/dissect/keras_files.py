@@ -275,10 +275,13 @@ class H5Source(_H5Backed):
 def _keras2_variables(h5, layers: dict[str, dict]) -> list[Variable]:
     result: list[Variable] = []
     root = h5["model_weights"] if "model_weights" in h5 else h5
-    for layer in root.attrs.get("layer_names", []):
-        layer = _text(layer)
+    names = [_text(layer) for layer in root.attrs.get("layer_names", [])]
+    if "top_level_model_weights" in root and "top_level_model_weights" not in names:
+        names.append("top_level_model_weights")  # the model's own weights (e.g. a tf.Variable)
+    for layer in names:
         group = root[layer]
         cls = (layers.get(layer) or {}).get("class_name")
+        layer = None if layer == "top_level_model_weights" else layer
         for weight in group.attrs.get("weight_names", []):
             weight = _text(weight)
             dataset = group[weight]

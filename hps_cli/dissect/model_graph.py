@@ -139,7 +139,7 @@ class GraphPlan(ModelPlan):
             values, shape_part = kwargs.get(f"{name}_1"), kwargs.get(f"{name}_2")
             if values is not None and shape_part is not None and spec.dtype.name == "int64" \
                     and _dims(spec.shape) == [None, 2] and _dims(shape_part.shape) == [2]:
-                dense_shape = sparse_shapes.get(name, [None, None])
+                dense_shape = sparse_shapes.get(name) or self._sparse_fallback or [None, None]
                 self.inputs.append(ModelInput(name, values.dtype.name, dense_shape, "sparse",
                                               {"indices": name, "values": f"{name}_1",
                                                "dense_shape": f"{name}_2"}))
@@ -153,9 +153,15 @@ class GraphPlan(ModelPlan):
                 self.component_of[part] = spec.name
 
     def _sparse_specs(self) -> dict[str, list]:
-        """Dense shapes of SparseTensor arguments, from the restored functions' own signatures."""
+        """Dense shapes of SparseTensor inputs, from the restored functions' own signatures.
+
+        The flattened serving signature drops a SparseTensor's static shape; the functions the
+        object carries still have it. Matched by argument name, else (one sparse input) taken
+        when every SparseTensorSpec found agrees.
+        """
         tf = self.tf
-        shapes: dict[str, list] = {}
+        by_name: dict[str, list] = {}
+        seen: set[tuple] = set()
         for attr in dir(self.loaded):
             if attr.startswith("__") and attr != "__call__":
                 continue
@@ -165,14 +171,18 @@ class GraphPlan(ModelPlan):
                 continue
             for concrete in getattr(func, "concrete_functions", None) or []:
                 try:
-                    params = concrete.function_type.parameters.values()
-                except AttributeError:
+                    names = list(concrete.function_type.parameters)
+                    args, kwargs = concrete.structured_input_signature
+                except (AttributeError, TypeError, ValueError):
                     continue
-                for param in params:
-                    spec = param.type_constraint
-                    if isinstance(spec, tf.SparseTensorSpec):
-                        shapes.setdefault(param.name, _dims(spec.shape))
-        return shapes
+                for name, arg in list(zip(names, args)) + list(kwargs.items()):
+                    for spec in tf.nest.flatten(arg, expand_composites=False):
+                        if isinstance(spec, tf.SparseTensorSpec):
+                            if spec is arg:
+                                by_name.setdefault(name, _dims(spec.shape))
+                            seen.add(tuple(_dims(spec.shape)))
+        self._sparse_fallback = list(seen.pop()) if len(seen) == 1 else None
+        return by_name
 
     def _read_outputs(self) -> None:
         structured = self.fn.structured_outputs

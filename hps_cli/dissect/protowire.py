@@ -84,7 +84,11 @@ class BundleEntry:
     offset: int = 0
     size: int = 0
     crc32c: int = 0
-    sliced: bool = False
+    slices: tuple[tuple[tuple[int, int], ...], ...] = ()  # per slice: (start, length) per dim
+
+    @property
+    def sliced(self) -> bool:
+        return bool(self.slices)
 
 
 @dataclass(frozen=True)
@@ -171,8 +175,23 @@ def decode_entry(buf: bytes, location: str = "") -> BundleEntry:
             elif number == 6:
                 values["crc32c"] = value
             elif number == 7:
-                values["sliced"] = True
+                values["slices"] = values.get("slices", ()) + (_decode_slice(value),)
     return BundleEntry(**values)
+
+
+def _decode_slice(buf: bytes) -> tuple[tuple[int, int], ...]:
+    """``TensorSliceProto``: one Extent (start 1, length 2; no length = the full extent -1)."""
+    extents = []
+    for number, _, value in fields(buf):
+        if number == 1:
+            start, length = 0, -1
+            for n2, _, v2 in fields(value):
+                if n2 == 1:
+                    start = _signed64(v2)
+                elif n2 == 2:
+                    length = _signed64(v2)
+            extents.append((start, length))
+    return tuple(extents)
 
 
 def _text(value: bytes) -> str:

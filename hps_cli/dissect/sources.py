@@ -97,7 +97,7 @@ def _from_checkpoint(reader: BundleReader) -> list[Variable]:
             continue
         out.append(Variable(var.name, tuple(var.tensor.shape), var.tensor.dtype, var.kind,
                             var.checkpoint_key, var.path, var.aliases,
-                            crc32c=var.tensor.entry.crc32c))
+                            crc32c=None if var.tensor.entry.sliced else var.tensor.entry.crc32c))
     return out
 
 
@@ -107,7 +107,7 @@ class CheckpointSource(Source):
     def __init__(self, path: Path, prefix: Path | None = None, format: str = CHECKPOINT):
         self.reader = BundleReader(prefix or resolve_prefix(path))
         variables = _from_checkpoint(self.reader)
-        flavour = _flavour_of_keys([v.location for v in variables])
+        flavour = _flavour_of_keys([v.location for v in variables] + [v.path for v in variables])
         super().__init__(Path(path), format, variables, flavour=flavour,
                          model_name=_checkpoint_model_name(self.reader.prefix))
 
@@ -127,7 +127,8 @@ def _checkpoint_model_name(prefix: Path) -> str:
 
 
 def _flavour_of_keys(keys: list[str]) -> str:
-    if any("/_operations/" in k or k.startswith("_operations/") for k in keys):
+    if any("/_operations/" in k or k.startswith("_operations/") or "/_kernel/" in f"/{k}/"
+           or "/_embeddings/" in f"/{k}/" for k in keys):
         return "keras3"
     if any(k.startswith("layer_with_weights-") or "/layer_with_weights-" in k for k in keys):
         return "tf_keras"
