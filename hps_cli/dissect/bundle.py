@@ -139,8 +139,11 @@ class BundleReader:
     def _span(self, info: TensorInfo, entry: BundleEntry | None = None) -> tuple[Path, int, int]:
         entry = entry or info.entry
         path = self.data_path(entry.shard_id)
-        if not path.is_file():
+        if not path.exists():
             raise NotFoundError(f"data file of tensor '{info.key}' is missing", location=str(path))
+        if not path.is_file():
+            raise InvalidInputError("the checkpoint data file is not a regular file",
+                                    location=str(path))
         if entry.offset + entry.size > path.stat().st_size:
             raise InvalidInputError(
                 f"tensor '{info.key}' ends at byte {entry.offset + entry.size}, past the end of "
@@ -213,10 +216,12 @@ class BundleReader:
 
     def read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a numeric tensor (rank >= 1; a scalar counts as one row)."""
-        for _, rows in self.iter_rows(key, max(1, stop - start), start=start, stop=stop):
-            return rows.copy()
         info = self.info(key)
-        return np.empty((0,) + tuple(info.shape[1:]), dtype=self._numpy_dtype(info))
+        parts = [rows.copy() for _, rows in self.iter_rows(key, max(1, stop - start),
+                                                           start=start, stop=stop)]
+        if not parts:
+            return np.empty((0,) + tuple(info.shape[1:]), dtype=self._numpy_dtype(info))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def iter_rows(self, key: str, rows_per_chunk: int, *, start: int = 0,
                   stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
@@ -239,7 +244,7 @@ class BundleReader:
             if first >= last:
                 continue
             path, offset, _ = self._span(info, entry)
-            fd = os.open(path, os.O_RDONLY)
+            fd = _open_readable(path)
             try:
                 if hasattr(os, "posix_fadvise"):
                     os.posix_fadvise(fd, offset, entry.size, os.POSIX_FADV_SEQUENTIAL)
@@ -259,9 +264,13 @@ class BundleReader:
             raise InvalidInputError(f"tensor '{key}' is {info.dtype}, not a string",
                                     location=str(self.index_path))
         path, offset, size = self._span(info)
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read(size)
+        fd = _open_readable(path)
+        try:
+            data = bytearray(size)
+            _pread_exact(fd, memoryview(data), offset, path, key)
+            data = bytes(data)
+        finally:
+            os.close(fd)
         count = int(np.prod(info.shape, dtype=np.int64)) if info.shape else 1
         pos, lengths = 0, []
         try:
@@ -330,10 +339,21 @@ def _escape(raw: bytes) -> bytes:
     return bytes(out)
 
 
+def _open_readable(path: Path) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as exc:
+        raise InvalidInputError(f"cannot read: {exc.strerror}", location=str(path)) from exc
+
+
 def _pread_exact(fd: int, view: memoryview, offset: int, path: Path, key: str) -> None:
     done = 0
     while done < len(view):
-        got = os.preadv(fd, [view[done:]], offset + done)
+        try:
+            got = os.preadv(fd, [view[done:]], offset + done)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read '{key}': {exc.strerror}", location=str(path)) \
+                from exc
         if got <= 0:
             raise InvalidInputError(f"unexpected end of data reading '{key}'", location=str(path))
         done += got

@@ -114,7 +114,11 @@ class _H5Backed(Source):
         buffer = np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
         for start in range(0, rows, rows_per_chunk):
             count = min(rows, start + rows_per_chunk) - start
-            dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])
+            try:
+                dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])
+            except OSError as exc:
+                raise InvalidInputError(f"cannot read rows {start}..{start + count} of "
+                                        f"{var.location}: {exc}", location=str(self.path)) from exc
             yield start, buffer[:count]
 
 

@@ -185,11 +185,9 @@ def open_source(path: Path | str) -> Source:
             return H5Source(path)
         if is_checkpoint(path):
             return CheckpointSource(path)
-    except PermissionError as exc:
-        raise InvalidInputError(f"cannot read: {exc.strerror}", location=exc.filename or str(path)) \
-            from exc
-    except IsADirectoryError as exc:
-        raise InvalidInputError("expected a file, found a folder", location=str(path)) from exc
+    except OSError as exc:  # permissions, a folder where a file belongs, I/O errors
+        raise InvalidInputError(f"cannot read: {exc.strerror or exc}",
+                                location=exc.filename or str(path)) from exc
     if path.is_dir() and (path / "saved_model.pbtxt").is_file():
         raise InvalidInputError("text SavedModels (saved_model.pbtxt) are not supported",
                                 location=str(path))
