@@ -275,3 +275,26 @@ def test_npz_export_and_reimport(tmp_path, rng):
         assert data["vectors"].tobytes() == vectors.tobytes()
     convert(ConvertOptions(src=tmp_path / "npz" / "t.npz", dst=tmp_path / "back"))
     assert read_hps(tmp_path / "back" / "t")[1].tobytes() == vectors.tobytes()
+
+
+def test_table_json_of_converted_tables_is_current_and_correct(tmp_path, rng):
+    """The sidecar of a converted table describes its files (checksums computed independently),
+    counts duplicates and non-finite rows, and is identical whatever the input dtypes."""
+    from hps_cli.formats.hps_table import sidecar_checksum
+    from hps_cli.runtime.table import current_sidecar
+
+    keys = rng.integers(0, 4000, 5000).astype(np.int64)  # with duplicates
+    weights = rng.standard_normal((5000, 8)).astype(np.float32)
+    weights[7, 3] = np.nan
+    sok_v2_dump(tmp_path / "f32", {"t:0": (keys, weights)})
+    sok_v2_dump(tmp_path / "f64", {"t:0": (keys, weights.astype(np.float64))})
+    for name in ("f32", "f64"):
+        convert(ConvertOptions(src=tmp_path / name, dst=tmp_path / f"out_{name}"))
+    a, b = tmp_path / "out_f32" / "t_0", tmp_path / "out_f64" / "t_0"
+    for file in ("key", "emb_vector"):
+        assert (a / file).read_bytes() == (b / file).read_bytes()
+    side_a, side_b = current_sidecar(a), current_sidecar(b)
+    assert side_a is not None and side_a.checksum() == side_b.checksum() == sidecar_checksum(a, 8)
+    assert side_a.duplicates == len(keys) - len(np.unique(keys)) == \
+        verify_table(a).duplicates.extra_rows
+    assert side_a.non_finite == 1

@@ -101,10 +101,7 @@ def convert_command(src, dst, source_format, target, model, tables, dim, keys_fi
                              model=model, tables=tuple(tables), open_options=open_options,
                              dedupe=dedupe, hot_first=hot_first, overwrite=overwrite,
                              dry_run=dry_run)
-    state = {}
-
     def opened(inp, pairs):
-        state["total"] = sum(t.num_rows * (8 + 4 * t.dim) for t, _ in pairs)
         out.info(f"input {src}: {inp.format}{' (detected)' if inp.detected else ' (--from)'}, "
                  f"{len(pairs)} table(s)")
 
