@@ -221,11 +221,14 @@ def main() -> None:
         from hps_cli.runtime.gpu.kernels import KernelModule
 
         result["variants"] = {}
-        for name, defines in (("unroll4", {"HPS_COPY_UNROLL": "4"}),
-                              ("meta_evict_last", {"HPS_META_EVICT_LAST": "1"}),
-                              ("unroll4_meta_evict_last", {"HPS_COPY_UNROLL": "4",
-                                                           "HPS_META_EVICT_LAST": "1"}),
-                              ("exact_hit_counting", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
+        for name, defines in (("unroll4_evict_last", {"HPS_COPY_UNROLL": "4",
+                                                      "HPS_META_EVICT_LAST": "1"}),
+                              ("prefetch", {"HPS_QUERY_PREFETCH": "1"}),
+                              ("prefetch_unroll4", {"HPS_QUERY_PREFETCH": "1",
+                                                    "HPS_COPY_UNROLL": "4"}),
+                              ("prefetch_unroll4_evict_last", {"HPS_QUERY_PREFETCH": "1",
+                                                               "HPS_COPY_UNROLL": "4",
+                                                               "HPS_META_EVICT_LAST": "1"})):
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,

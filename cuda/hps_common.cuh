@@ -40,6 +40,11 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 #ifndef HPS_META_EVICT_LAST
 #define HPS_META_EVICT_LAST 0
 #endif
+// Load the next 32 keys (and their digests) of a warp before copying the current rows, so the
+// probe's memory latency overlaps the copy.
+#ifndef HPS_QUERY_PREFETCH
+#define HPS_QUERY_PREFETCH 0
+#endif
 #if HPS_COPY_MIN_BLOCKS > 0
 #define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
 #else
