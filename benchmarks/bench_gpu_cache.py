@@ -221,14 +221,11 @@ def main() -> None:
         from hps_cli.runtime.gpu.kernels import KernelModule
 
         result["variants"] = {}
-        for name, defines in (("unroll4_evict_last", {"HPS_COPY_UNROLL": "4",
-                                                      "HPS_META_EVICT_LAST": "1"}),
-                              ("prefetch", {"HPS_QUERY_PREFETCH": "1"}),
-                              ("prefetch_unroll4", {"HPS_QUERY_PREFETCH": "1",
-                                                    "HPS_COPY_UNROLL": "4"}),
-                              ("prefetch_unroll4_evict_last", {"HPS_QUERY_PREFETCH": "1",
-                                                               "HPS_COPY_UNROLL": "4",
-                                                               "HPS_META_EVICT_LAST": "1"})):
+        # Variants that were measured and lost (docs/benchmarks.md has the history).
+        for name, defines in (("unroll8", {"HPS_COPY_UNROLL": "8"}),
+                              ("no_evict_last", {"HPS_META_EVICT_LAST": "0"}),
+                              ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
+                              ("exact_hit_counting", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,

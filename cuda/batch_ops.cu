@@ -27,19 +27,12 @@ extern "C" __global__ void HPS_COPY_BOUNDS gather_rows(const float* __restrict__
                                        const int64_t* __restrict__ index, int64_t n, int dim,
                                        float* __restrict__ out) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
-  const int64_t stride = ((int64_t)gridDim.x * blockDim.x) / 32 * 32;
-  int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32;
-  const int lane = warp.thread_rank();
-  int64_t row = base + lane < n ? index[base + lane] : -1;
-  for (; base < n; base += stride) {
-    const float* src = row >= 0 ? table + row * (int64_t)dim : nullptr;
-#if HPS_QUERY_PREFETCH
-    row = base + stride + lane < n ? index[base + stride + lane] : -1;  // the next rows' indices
-#endif
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
+       base += warps * 32) {
+    const int64_t i = base + warp.thread_rank();
+    const float* src = i < n ? table + index[i] * (int64_t)dim : nullptr;
     hps::warp_copy_rows(warp, src, out + base * dim, (int)min((int64_t)32, n - base), dim, 0.0f);
-#if !HPS_QUERY_PREFETCH
-    row = base + stride + lane < n ? index[base + stride + lane] : -1;
-#endif
   }
 }
 

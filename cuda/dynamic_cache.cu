@@ -80,36 +80,6 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 // The probe takes the first way whose digest matches and starts copying its row while the key
 // compare that confirms it is still in flight; a wrong guess (another key with the same digest
 // earlier in the set, a few percent of lookups) is found afterwards and its row rewritten.
-namespace hps {
-
-// The first step of a probe: the key, its set, and the set's 32 digests (loads in flight).
-struct Probe {
-  int64_t key;
-  uint32_t set;
-  uint32_t digest4;  // the key's digest in all four bytes
-  uint4 d0, d1;
-};
-
-__device__ __forceinline__ Probe start_probe(const int64_t* __restrict__ keys, int64_t i,
-                                             int64_t n, const uint8_t* __restrict__ digests,
-                                             uint32_t num_sets, uint64_t policy) {
-  Probe p{HPS_EMPTY_KEY, 0, 0, make_uint4(0, 0, 0, 0), make_uint4(0, 0, 0, 0)};
-  if (i < n) {
-    p.key = keys[i];
-    if (p.key != HPS_EMPTY_KEY) {
-      const uint64_t h = mix64(p.key);
-      p.set = set_of(h, num_sets);
-      p.digest4 = digest_of(h) * 0x01010101u;
-      const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)p.set * HPS_WAYS);
-      p.d0 = load_meta16(d, policy);
-      p.d1 = load_meta16(d + 1, policy);
-    }
-  }
-  return p;
-}
-
-}  // namespace hps
-
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
@@ -122,35 +92,32 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                     int64_t seed) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
-  const int64_t stride = ((int64_t)gridDim.x * blockDim.x) / 32 * 32;
+  const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
   const uint64_t policy = hps::meta_policy();
-  int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32;
-  hps::Probe probe = hps::start_probe(keys, base + lane, n, digests, num_sets, policy);
-  for (; base < n; base += stride) {
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
+       base += warps * 32) {
     const int64_t i = base + lane;
-#if !HPS_QUERY_PREFETCH
-    if (base != (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32)
-      probe = hps::start_probe(keys, i, n, digests, num_sets, policy);
-#endif
-    const int64_t key = probe.key;
-    const uint32_t set = probe.set;
-    int64_t guessed_key = HPS_EMPTY_KEY;
-    uint32_t candidates = 0;
+    int64_t key = HPS_EMPTY_KEY, guessed_key = HPS_EMPTY_KEY;
+    uint32_t set = 0, candidates = 0;
     int way = -1;
     const float* src = nullptr;
-    if (key != HPS_EMPTY_KEY) {
-      candidates = hps::match16(probe.d0, probe.digest4) |
-                   (hps::match16(probe.d1, probe.digest4) << 16);
-      if (candidates) {
-        way = __ffs(candidates) - 1;
-        // checked after the copy, so its latency hides behind the row loads
-        guessed_key = hps::load_meta8(cache_keys + (size_t)set * HPS_WAYS + way, policy);
-        src = values + ((size_t)set * HPS_WAYS + way) * dim;
+    if (i < n) {
+      key = keys[i];
+      if (key != HPS_EMPTY_KEY) {
+        const uint64_t h = hps::mix64(key);
+        set = hps::set_of(h, num_sets);
+        const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
+        const uint32_t dd = hps::digest_of(h) * 0x01010101u;
+        candidates = hps::match16(hps::load_meta16(d, policy), dd) |
+                     (hps::match16(hps::load_meta16(d + 1, policy), dd) << 16);
+        if (candidates) {
+          way = __ffs(candidates) - 1;
+          // checked after the copy, so its latency hides behind the row loads
+          guessed_key = hps::load_meta8(cache_keys + (size_t)set * HPS_WAYS + way, policy);
+          src = values + ((size_t)set * HPS_WAYS + way) * dim;
+        }
       }
     }
-#if HPS_QUERY_PREFETCH
-    probe = hps::start_probe(keys, base + stride + lane, n, digests, num_sets, policy);
-#endif
     const int rows = (int)min((int64_t)32, n - base);
     float* block_out = out + base * dim;
     hps::warp_copy_rows(warp, src, block_out, rows, dim, default_value);

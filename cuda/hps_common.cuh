@@ -25,7 +25,7 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 // flight when copying rows, and the blocks per SM the row-copying kernels are built for (0: no
 // register cap).
 #ifndef HPS_COPY_UNROLL
-#define HPS_COPY_UNROLL 8
+#define HPS_COPY_UNROLL 4
 #endif
 #ifndef HPS_COPY_MIN_BLOCKS
 #define HPS_COPY_MIN_BLOCKS 0
@@ -38,12 +38,7 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 // Keep the probe metadata (digests, keys) in L2 against the stream of rows: loads with an
 // evict-last cache policy.
 #ifndef HPS_META_EVICT_LAST
-#define HPS_META_EVICT_LAST 0
-#endif
-// Load the next 32 keys (and their digests) of a warp before copying the current rows, so the
-// probe's memory latency overlaps the copy.
-#ifndef HPS_QUERY_PREFETCH
-#define HPS_QUERY_PREFETCH 0
+#define HPS_META_EVICT_LAST 1
 #endif
 #if HPS_COPY_MIN_BLOCKS > 0
 #define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
