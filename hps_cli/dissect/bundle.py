@@ -224,10 +224,12 @@ class BundleReader:
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def iter_rows(self, key: str, rows_per_chunk: int, *, start: int = 0,
-                  stop: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield (first row, rows) chunks of a numeric tensor, reading into one reused buffer.
+                  stop: int | None = None, buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield (first row, rows) chunks of a numeric tensor, reading into reused buffers.
 
-        Each yielded array is valid only until the next step (copy it to keep it).
+        Chunk ``i`` lives in buffer ``i % buffers``: it stays valid for ``buffers - 1`` more
+        steps (copy it to keep it longer). More than one buffer lets a prefetching consumer read
+        ahead while earlier chunks are still in use.
         """
         info = self.info(key)
         dtype, rows, row_items = self._layout(info)
@@ -236,9 +238,10 @@ class BundleReader:
         if stop <= start:
             return
         row_bytes = row_items * dtype.itemsize
-        buffer = np.empty(min(stop - start, rows_per_chunk) * row_items, dtype=dtype)
-        raw = memoryview(buffer).cast("B")
+        pool = [np.empty(min(stop - start, rows_per_chunk) * row_items, dtype=dtype)
+                for _ in range(max(1, buffers))]
         shape_tail = tuple(info.shape[1:])
+        step = 0
         for part_start, part_rows, entry in self._parts(info):
             first, last = max(start, part_start), min(stop, part_start + part_rows)
             if first >= last:
@@ -250,7 +253,9 @@ class BundleReader:
                     os.posix_fadvise(fd, offset, entry.size, os.POSIX_FADV_SEQUENTIAL)
                 for row in range(first, last, rows_per_chunk):
                     count = min(last, row + rows_per_chunk) - row
-                    _pread_exact(fd, raw[:count * row_bytes],
+                    buffer = pool[step % len(pool)]
+                    step += 1
+                    _pread_exact(fd, memoryview(buffer).cast("B")[:count * row_bytes],
                                  offset + (row - part_start) * row_bytes, path, info.key)
                     chunk = buffer[:count * row_items]
                     yield row, chunk.reshape((count,) + shape_tail) if info.shape else chunk

@@ -108,11 +108,14 @@ class _H5Backed(Source):
 
     _h5 = None
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(self, var: Variable, rows_per_chunk: int,
+                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
         dataset = self._h5[var.location]
         rows = dataset.shape[0]
-        buffer = np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
-        for start in range(0, rows, rows_per_chunk):
+        pool = [np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
+                for _ in range(max(1, buffers))]
+        for step, start in enumerate(range(0, rows, rows_per_chunk)):
+            buffer = pool[step % len(pool)]
             count = min(rows, start + rows_per_chunk) - start
             try:
                 dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])

@@ -77,7 +77,9 @@ class Source:
         raise NotFoundError(f"no variable named '{name}'", location=str(self.path),
                             hint="list the variables with `hps dissect MODEL OUT --list`")
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(self, var: Variable, rows_per_chunk: int,
+                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, rows) chunks; chunk ``i`` stays valid for ``buffers - 1`` more steps."""
         raise NotImplementedError
 
     def close(self) -> None:
@@ -111,8 +113,9 @@ class CheckpointSource(Source):
         super().__init__(Path(path), format, variables, flavour=flavour,
                          model_name=_checkpoint_model_name(self.reader.prefix))
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int) -> Iterator[tuple[int, np.ndarray]]:
-        yield from self.reader.iter_rows(var.location, rows_per_chunk)
+    def iter_rows(self, var: Variable, rows_per_chunk: int,
+                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+        yield from self.reader.iter_rows(var.location, rows_per_chunk, buffers=buffers)
 
     @property
     def data_files(self) -> list[Path]:

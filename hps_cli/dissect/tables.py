@@ -8,12 +8,16 @@ the table size. Keys are the row indices, or the ids of an IntegerLookup vocabul
 
 from __future__ import annotations
 
+import queue
+import threading
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
 from ..runtime.table import TableSummary, TableWriter
+from ..runtime.table.sidecar import read_sidecar, write_sidecar
 from .inspect import TableChoice
 from .plan import KeyMap
 from .sources import Source
@@ -28,9 +32,60 @@ def as_float32(rows: np.ndarray, dtype: str) -> np.ndarray:
     return rows
 
 
+def prefetched(chunks: Iterator, depth: int = 1) -> Iterator:
+    """Run ``chunks`` one step ahead in a thread, so reading overlaps the writer's work.
+
+    ``pread``, CRC32, NumPy and file writes release the GIL, so on two cores reading the next
+    slice and checksumming/writing this one proceed together. The producer must keep each item
+    valid for ``depth + 1`` further steps (iter_rows with ``buffers >= depth + 2``).
+    """
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in chunks:
+                while not stop.is_set():
+                    try:
+                        items.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            items.put(done)
+        except BaseException as exc:  # handed to the consumer, raised there
+            items.put(exc)
+
+    worker = threading.Thread(target=produce, name="hps-dissect-read", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item = items.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                pass
+            worker.join(timeout=0.05)
+
+
 def write_table(source: Source, choice: TableChoice, dest: Path, keys: KeyMap,
                 progress: Callable[[int], None] | None = None) -> TableSummary:
-    """Write ``choice.variable`` of ``source`` as the table folder ``dest`` (must not exist)."""
+    """Write ``choice.variable`` of ``source`` as the table folder ``dest`` (must not exist).
+
+    Reading, widening to float32 and the NaN/Inf scan run one slice ahead in a thread while
+    the writer checksums and writes the previous slice. Row-index keys are unique by
+    construction, so they are not sorted to count duplicates: table.json records 0.
+    """
     var = choice.variable
     rows, dim = var.shape
     item = max(1, var.nbytes // max(1, rows * dim))
@@ -43,23 +98,38 @@ def write_table(source: Source, choice: TableChoice, dest: Path, keys: KeyMap,
         has_key[keys.rows] = True
     described = {"model": str(source.path), "format": source.format, "variable": var.name,
                  "source_key": var.location, "keys": keys.source, "tool": "hps dissect"}
-    writer = TableWriter(dest, dim, atomic=False, source=described,
-                         count_duplicates=keys.source != "row_index")
-    try:
-        for start, chunk in source.iter_rows(var, per_chunk):
-            stop = start + len(chunk)
+    writer = TableWriter(dest, dim, atomic=False, source=described, scan_values=False,
+                         count_duplicates=row_keys is not None)
+    non_finite = 0
+
+    def slices():
+        for start, chunk in source.iter_rows(var, per_chunk, buffers=3):
             vectors = as_float32(chunk, var.dtype)
+            if row_keys is not None:
+                select = has_key[start:start + len(chunk)]
+                vectors = vectors if select.all() else vectors[select]
+            else:
+                select = None
+            bad = int(np.count_nonzero(~np.isfinite(vectors).all(axis=1))) if vectors.size else 0
+            yield start, len(chunk), vectors, select, bad
+
+    try:
+        for start, count, vectors, select, bad in prefetched(slices()):
+            stop = start + count
+            non_finite += bad
             if row_keys is None:
                 writer.append(np.arange(start, stop, dtype=np.int64), vectors)
-            else:
-                select = has_key[start:stop]
-                if select.all():
-                    writer.append(row_keys[start:stop], vectors)
-                elif select.any():
-                    writer.append(row_keys[start:stop][select], vectors[select])
+            elif len(vectors):
+                ids = row_keys[start:stop]
+                writer.append(ids if select.all() else ids[select], vectors)
             if progress:
-                progress(len(chunk) * dim * item)
-        return writer.commit()
+                progress(count * dim * item)
+        summary = writer.commit()
     except BaseException:
         writer.abort()
         raise
+    sidecar = read_sidecar(dest)
+    if sidecar is not None:  # what the threads above established, without rescanning
+        write_sidecar(dest, replace(sidecar, non_finite=non_finite,
+                                    duplicates=0 if row_keys is None else sidecar.duplicates))
+    return summary
