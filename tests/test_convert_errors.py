@@ -218,3 +218,18 @@ def test_collection_head_checker_fuzz(tmp_path_factory, raw, kind, table_id):
         return
     head = np.frombuffer(raw[:128], dtype="<i4")
     assert head[0] == kind and head[1] == table_id and not head[2:].any()
+
+
+def test_options_that_do_not_apply_are_errors(tmp_path, hps):
+    src = _sok(tmp_path, dim=4)
+    _fails(hps, tmp_path, src, ExitCode.INVALID, "--dataset", extra=("--dataset", "/x"))
+    _fails(hps, tmp_path, src, ExitCode.INVALID, "--dim 8", "dim 4", extra=("--dim", "8"))
+    np.save(tmp_path / "m.npy", np.ones((5, 3), np.float32))
+    _fails(hps, tmp_path, tmp_path / "m.npy", ExitCode.INVALID, "m.npy", "dim 3",
+           extra=("--dim", "2"))
+
+
+def test_npz_output_dedupe_error(tmp_path, hps):
+    write_table(tmp_path / "t", np.array([1, 2, 1]), np.ones((3, 2), np.float32))
+    _fails(hps, tmp_path, tmp_path / "t", ExitCode.INVALID, "duplicate",
+           extra=("--to", "npz", "--dedupe", "error"))

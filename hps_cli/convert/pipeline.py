@@ -139,6 +139,22 @@ def _check_names(pairs: list[tuple[SourceTable, str]], src: Path) -> None:
         seen.add(name)
 
 
+def _check_options(inp: Input, pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> None:
+    """Options that do not apply to this input are errors, not silently ignored."""
+    given = opts.open_options
+    if given.keys is not None and inp.format not in ("npy", "hdf5"):
+        raise InvalidInputError(f"--keys applies to .npy and HDF5 inputs, not {inp.format}",
+                                location=str(inp.path))
+    if given.dataset is not None and inp.format != "hdf5":
+        raise InvalidInputError(f"--dataset applies to HDF5 inputs, not {inp.format}",
+                                location=str(inp.path))
+    if given.dim is not None:
+        for table, _ in pairs:
+            if table.dim != given.dim:
+                raise InvalidInputError(f"--dim {given.dim} was given but the table has dim "
+                                        f"{table.dim}", location=table.location)
+
+
 def _checksum(table: SourceTable) -> str:
     """What the RocksDB record stores to recognise this input: the HPS sidecar checksum of an
     HPS table (computed if its sidecar is stale), else the input files' sizes and mtimes."""
@@ -192,6 +208,7 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
     try:
         pairs = _select(inp, opts.tables)
         _check_names(pairs, inp.path)
+        _check_options(inp, pairs, opts)
         if opts.dst is not None and Path(opts.dst).resolve() == Path(opts.src).resolve():
             raise InvalidInputError("the destination is the input", location=str(opts.dst))
         if opts.target == "rocksdb":
@@ -245,18 +262,16 @@ def _to_folder(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
                 stream = _stream(table, opts, tmp)
                 if opts.target == "hps":
                     summary = write_hps(stream, work.path / name, _source_info(table), progress)
-                    dups = summary.duplicates.extra_rows if summary.duplicates else 0
-                    if opts.dedupe == "error" and dups:
-                        examples = summary.duplicates.examples
-                        raise InvalidInputError(
-                            f"{dups} duplicate key row(s), e.g. key {examples[0] if examples else '?'}",
-                            location=table.location,
-                            hint="pass --dedupe first or --dedupe last to keep one row per key")
-                    rows, size = summary.num_keys, summary.bytes
-                    found = stream.duplicates if stream.duplicates is not None else dups
+                    rows, size, stats = summary.num_keys, summary.bytes, summary.duplicates
                 else:
-                    rows, size = write_npz(stream, work.path / f"{name}.npz", tmp, progress)
-                    found = stream.duplicates
+                    rows, size, stats = write_npz(stream, work.path / f"{name}.npz", tmp, progress)
+                dups = stats.extra_rows if stats else 0
+                if opts.dedupe == "error" and dups:
+                    raise InvalidInputError(
+                        f"{dups} duplicate key row(s), e.g. key "
+                        f"{stats.examples[0] if stats.examples else '?'}", location=table.location,
+                        hint="pass --dedupe first or --dedupe last to keep one row per key")
+                found = stream.duplicates if stream.duplicates is not None else dups
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             results.append(TableResult(name, table.location, table.num_rows, rows, table.dim, size,

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..formats.base import as_keys
 from ..runtime.persistent.rocksdb_bulk import BulkSource
+from ..runtime.table.duplicates import DuplicateCounter, DuplicateStats
 from ..runtime.table.writer import TableSummary, TableWriter
 from .transforms import Stream
 
@@ -40,11 +41,13 @@ def _npy_header(dtype: str, shape: tuple) -> bytes:
     return buf.getvalue()
 
 
-def write_npz(stream: Stream, dest: Path, tmp: Path, progress: Progress) -> tuple[int, int]:
+def write_npz(stream: Stream, dest: Path, tmp: Path,
+              progress: Progress) -> tuple[int, int, DuplicateStats]:
     """``keys`` (int64), ``vectors`` (float32) [and ``meta``] streamed into one .npz."""
     n, dim = stream.num_rows, stream.dim
     side_keys, side_meta = tmp / "keys.bin", tmp / "meta.bin"
     rows = 0
+    dups = DuplicateCounter(tmp_dir=tmp)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
         with archive.open("vectors.npy", "w", force_zip64=True) as member, \
                 open(side_keys, "wb") as keys_out, \
@@ -53,6 +56,7 @@ def write_npz(stream: Stream, dest: Path, tmp: Path, progress: Progress) -> tupl
             for chunk in stream.chunks():
                 member.write(np.ascontiguousarray(chunk.vectors, "<f4").tobytes())
                 keys_out.write(np.ascontiguousarray(chunk.keys, "<i8").tobytes())
+                dups.add(chunk.keys)
                 if stream.has_meta:
                     meta_out.write(np.ascontiguousarray(chunk.meta, "<i8").tobytes())
                 rows += chunk.keys.size
@@ -68,7 +72,7 @@ def write_npz(stream: Stream, dest: Path, tmp: Path, progress: Progress) -> tupl
     side_meta.unlink(missing_ok=True)
     if rows != n:
         raise RuntimeError(f"wrote {rows} rows, expected {n}")
-    return rows, dest.stat().st_size
+    return rows, dest.stat().st_size, dups.finish()
 
 
 def bulk_source(stream: Stream, tag: str, checksum: str) -> BulkSource:
