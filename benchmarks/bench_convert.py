@@ -63,27 +63,6 @@ db.flush(); del cf; db.close()
 """
 
 
-def median_of(make_step, before=None, repeat=1):  # medians of separate series
-    runs = []
-    for _ in range(repeat):
-        if before:
-            before()
-        subprocess.run(["sync"])  # no writeback of an earlier step may slow this one
-        runs.append(run_measured(make_step()))
-    runs.sort(key=lambda r: r["seconds"])
-    best = dict(runs[len(runs) // 2])
-    best["all_seconds"] = [round(r["seconds"], 3) for r in runs]
-    best["peak_rss_mib"] = max(r["peak_rss_mib"] for r in runs)
-    return best
-
-
-def fresh(*paths):
-    def clear():
-        for path in paths:
-            shutil.rmtree(path, ignore_errors=True)
-    return clear
-
-
 def bench_sok(work: Path, gib: float, dim: int, repeat: int) -> dict:
     rows = int(gib * (1 << 30) / (8 + 4 * dim))
     dump = work / "sok"
@@ -142,19 +121,32 @@ def bench_rocksdb(work: Path, rows: int, dim: int, repeat: int) -> dict:
                   "--keys", str(rows), "--dim", str(dim), "--shuffle"])
     run_measured(["bash", "-c", f"cat {table}/key {table}/emb_vector > /dev/null"])
     loop_db, conv_db = work / "loop_db", work / "conv_db"
-    loop = median_of(lambda: python_step(_PUT_LOOP) + [str(table), str(loop_db)], fresh(loop_db),
-                     repeat)
+    steps = {
+        "put_loop": lambda: python_step(_PUT_LOOP) + [str(table), str(loop_db)],
+        "convert": lambda: [sys.executable, "-m", "hps_cli", "-q", "convert", str(table),
+                            str(conv_db), "--to", "rocksdb", "--model", "m"],
+    }
+    runs: dict[str, list] = {name: [] for name in steps}
+    for _ in range(repeat):  # interleaved rounds, as in bench_sok
+        for name, make in steps.items():
+            shutil.rmtree(loop_db, ignore_errors=True)
+            shutil.rmtree(conv_db, ignore_errors=True)
+            subprocess.run(["sync"])
+            runs[name].append(run_measured(make()))
     shutil.rmtree(loop_db, ignore_errors=True)
-    conv = median_of(lambda: [sys.executable, "-m", "hps_cli", "-q", "convert", str(table),
-                              str(conv_db), "--to", "rocksdb", "--model", "m"], fresh(conv_db),
-                     repeat)
     shutil.rmtree(conv_db, ignore_errors=True)
     shutil.rmtree(table)
-    loop_rate, conv_rate = rows / loop["seconds"], rows / conv["seconds"]
-    return {"rows": rows, "dim": dim,
-            "put_loop": {**loop, "M_rows_per_s": loop_rate / 1e6},
-            "convert": {**conv, "M_rows_per_s": conv_rate / 1e6,
-                        "ratio_to_put_loop": conv_rate / loop_rate}}
+    median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+
+    def summary(name):
+        secs = [r["seconds"] for r in runs[name]]
+        return {"seconds": median(secs), "all_seconds": [round(x, 3) for x in secs],
+                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
+                "M_rows_per_s": rows / median(secs) / 1e6}
+    per_round = [l["seconds"] / c["seconds"] for l, c in zip(runs["put_loop"], runs["convert"])]
+    return {"rows": rows, "dim": dim, "put_loop": summary("put_loop"),
+            "convert": {**summary("convert"), "ratio_to_put_loop": median(per_round),
+                        "ratios_per_round": [round(x, 3) for x in per_round]}}
 
 
 def main() -> None:

@@ -88,8 +88,9 @@ class Deduplicated(Stream):
         out = 0
         for chunk in self.inner.chunks():
             n = chunk.keys.size
-            bits = np.unpackbits(self._keep, count=chunk.start + n, bitorder="little")[chunk.start:]
-            mask = bits.astype(bool)
+            first, skip = divmod(chunk.start, 8)
+            packed = self._keep[first:(chunk.start + n + 7) // 8]
+            mask = np.unpackbits(packed, bitorder="little")[skip:skip + n].astype(bool)
             if mask.all():
                 yield Chunk(out, chunk.keys, chunk.vectors, chunk.meta)
             else:

@@ -61,6 +61,12 @@ def _mask(crc: int) -> int:
     return ((((crc >> 15) | (crc << 17)) & 0xFFFFFFFF) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def _masked(crcs: np.ndarray) -> np.ndarray:
+    """``_mask`` of many CRCs at once (uint32 arithmetic wraps as RocksDB's does)."""
+    crcs = crcs.astype(np.uint32)
+    return ((crcs >> np.uint32(15)) | (crcs << np.uint32(17))) + np.uint32(_MASK_DELTA)
+
+
 def varint(value: int) -> bytes:
     out = bytearray()
     while True:
@@ -186,10 +192,10 @@ class SstFileBuilder:
                     out=field(k0 + 16, self.value_bytes), mode="clip")
         buf[:, rows * self.entry_bytes:payload] = tail
         buf[:, payload] = 0  # no compression
-        crc = self._crc
-        sums = np.fromiter((_mask(crc(buf[i, :payload + 1])) for i in range(count)),
+        crc, flat, span = self._crc, memoryview(buf.reshape(-1)), payload + 1
+        sums = np.fromiter((crc(flat[o:o + span]) for o in range(0, count * block, block)),
                            dtype=np.uint32, count=count)
-        buf[:, payload + 1:] = sums.astype("<u4").view(np.uint8).reshape(count, 4)
+        buf[:, payload + 1:] = _masked(sums).astype("<u4").view(np.uint8).reshape(count, 4)
         self._wait()
         self._in_flight = self._writer.submit(self._handle.write, memoryview(buf).cast("B"))
         self._index_last_keys.append(keys[rows - 1::rows].copy())
