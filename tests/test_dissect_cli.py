@@ -90,6 +90,20 @@ def test_list_as_text_and_optimizer_slots_are_skipped(models, hps):
     assert any("user_emb_embeddings_momentum" in v["name"] for v in slots)
 
 
+def test_list_and_no_dense_explain_integer_lookup_keys(models, tmp_path, hps):
+    for path in ("keras3/lookup.keras", "tf_keras/lookup.h5", "tf_keras/lookup_sm"):
+        res = hps("dissect", str(models / path), "--list")
+        assert res.returncode == 0, res.stderr
+        text = " ".join(res.stdout.split())
+        assert "IntegerLookup 'id_lookup'" in text and "default value in HPS" in text
+    out = tmp_path / "out"
+    res = hps("dissect", str(models / "keras3" / "lookup.keras"), str(out), "--no-dense")
+    assert res.returncode == 0, res.stderr
+    assert "keys are row indices, but the model maps raw ids" in " ".join(res.stderr.split())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["dense"] is None and manifest["tables"][0]["keys"]["source"] == "row_index"
+
+
 def test_dissect_json_and_overwrite(models, tmp_path, hps):
     out = tmp_path / "out"
     res = hps("dissect", str(models / "tf_keras" / "lookup.h5"), str(out), "--json",

@@ -27,6 +27,10 @@ EVIDENCE_TEXT = {
 }
 
 
+OOV_NOTE = ("out-of-vocabulary rows are not written, so an id outside the vocabulary gets the "
+            "table's default value in HPS, not the OOV vector")
+
+
 def describe_evidence(code: str) -> str:
     if code.startswith("graph:"):
         return f"looked up by {code[len('graph:'):]} in the graph"
@@ -66,7 +70,7 @@ class Inventory:
                 "name": v.name, "shape": list(v.shape), "dtype": v.dtype, "kind": v.kind,
                 "location": v.location, "object_path": v.path, "layer": v.layer,
                 "layer_class": v.layer_class, "embedding_candidate": eligible(v) and bool(v.evidence),
-                "evidence": list(v.evidence), "default_table_name":
+                "evidence": list(v.evidence), "id_lookup": v.id_lookup, "default_table_name":
                     default_table_name(v) if eligible(v) else None,
             } for v in self.variables],
             "notes": list(self.notes),
@@ -81,6 +85,8 @@ def inspect_source(source: Source) -> Inventory:
     if source.format == SAVED_MODEL:
         from .graph_usage import gathered_variables
         gathered = gathered_variables(source.path)
+    from .keras_files import inbound_layers, layer_configs
+    configs = layer_configs(source.keras_config) if source.keras_config else {}
     out = []
     for var in source.variables:
         if var.layer is None and "/" in var.name and var.name.split("/")[0] in layers:
@@ -89,6 +95,12 @@ def inspect_source(source: Source) -> Inventory:
         if eligible(var):
             if var.layer_class == "Embedding":
                 var = var.with_evidence("keras_embedding_layer")
+                feeders = [name for name in inbound_layers(configs.get(var.layer) or {})
+                           if (configs.get(name) or {}).get("class_name") == "IntegerLookup"]
+                if feeders:
+                    var = replace(var, id_lookup=feeders[0])
+                    notes.append(f"{var.name}: fed by IntegerLookup '{feeders[0]}', so its keys "
+                                 f"are that vocabulary (the raw ids); {OOV_NOTE}")
             for kind in sorted(gathered.get((var.name, var.shape), ())):
                 var = var.with_evidence(f"graph:{kind}")
             if not var.evidence and source.format != SAVED_MODEL \

@@ -56,6 +56,35 @@ def layer_configs(config: dict | None) -> dict[str, dict]:
     return found
 
 
+def inbound_layers(layer: dict) -> list[str]:
+    """Names of the layers feeding a layer, from its config's ``inbound_nodes``.
+
+    Keras 2 writes ``[[["id_lookup", 0, 0, {}]]]``; Keras 3 writes ``{"args": [{"class_name":
+    "__keras_tensor__", "config": {"keras_history": ["id_lookup", 0, 0]}}]}``.
+    """
+    names: list[str] = []
+
+    def walk(node) -> None:
+        if isinstance(node, dict):
+            history = (node.get("config") or {}).get("keras_history") \
+                if node.get("class_name") == "__keras_tensor__" else None
+            if history:
+                names.append(history[0])
+                return
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) \
+                    and isinstance(node[2], int):
+                names.append(node[0])
+                return
+            for value in node:
+                walk(value)
+
+    walk(layer.get("inbound_nodes", []))
+    return names
+
+
 def _text(value) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 

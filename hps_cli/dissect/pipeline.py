@@ -127,13 +127,21 @@ def dissect(path: Path | str, out_dir: Path | str, options: DissectOptions | Non
 def _build(folder: Path, source: Source, inventory: Inventory, choices: list[TableChoice],
            plan: ModelPlan | None, keys: dict[str, KeyMap], model_name: str,
            options: DissectOptions, feed, expected, progress) -> tuple[dict, list[str]]:
-    notes: list[str] = list(inventory.notes)
+    notes: list[str] = [n for n in inventory.notes if plan is not None or "IntegerLookup" not in n]
     warnings: list[str] = []
     ids_per_table: dict[str, int | None] = {}
     for lookup in plan.lookups if plan else []:
         known = ids_per_table.get(lookup.table_variable, 0)
         ids_per_table[lookup.table_variable] = None if lookup.ids_per_sample is None or known is None \
             else known + lookup.ids_per_sample
+    if plan is None:
+        for choice in choices:
+            if choice.variable.id_lookup:
+                text = (f"table '{choice.name}': keys are row indices, but the model maps raw ids "
+                        f"to rows with IntegerLookup '{choice.variable.id_lookup}'; clients must "
+                        "send row indices (dissect without --no-dense to key by vocabulary)")
+                notes.append(text)
+                warnings.append(text)
     tables, written = [], {}
     for table_id, choice in enumerate(choices):
         var = choice.variable

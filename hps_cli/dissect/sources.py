@@ -41,6 +41,7 @@ class Variable:
     layer_class: str | None = None  # that layer's class, when known
     evidence: tuple[str, ...] = ()  # why it is taken for an embedding table (inspect.py)
     crc32c: int | None = None       # TensorBundle's checksum of its bytes, when stored
+    id_lookup: str | None = None    # an IntegerLookup layer feeding its Embedding (from config)
 
     @property
     def rank(self) -> int:
