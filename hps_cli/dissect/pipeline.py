@@ -165,7 +165,7 @@ def _build(folder: Path, source: Source, inventory: Inventory, choices: list[Tab
             "table_id": table_id, "name": choice.name, "dir": choice.name, "variable": var.name,
             "source_key": var.location, "rows": var.shape[0], "dim": var.shape[1],
             "num_keys": summary.num_keys, "dtype": "float32", "source_dtype": var.dtype,
-            "keys": key_doc, "default_value": 0.0, "checksum": summary.checksum,
+            "key_dtype": "int64", "keys": key_doc, "default_value": 0.0, "checksum": summary.checksum,
             "source_crc32c": None if var.crc32c is None else f"{var.crc32c:08x}",
             "detected_by": list(var.evidence) or ["explicit"],
             "ids_per_sample": per_sample})
