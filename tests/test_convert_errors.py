@@ -136,6 +136,14 @@ def test_unreadable_input(tmp_path, hps):
     _fails(hps, tmp_path, src, ExitCode.INVALID, "t_0-weight", "permission")
 
 
+def test_input_file_that_cannot_be_read(tmp_path, hps):
+    """(Permission bits do not stop root, who runs CI: a folder where a file must be does.)"""
+    src = _sok(tmp_path)
+    (src / "t_0-weight").unlink()
+    (src / "t_0-weight").mkdir()
+    _fails(hps, tmp_path, src, ExitCode.INVALID, "t_0-weight", "cannot read")
+
+
 def test_existing_destination_without_overwrite(tmp_path, hps):
     src = _sok(tmp_path)
     (tmp_path / "out").mkdir()

@@ -125,6 +125,23 @@ def test_hugectr_embedding_collection(tmp_path, rng):
     assert np.array_equal(k, t1[0].astype(np.int64)) and v.tobytes() == t1[1].tobytes()
 
 
+def test_embedding_collection_of_a_table_subset(tmp_path, rng):
+    """Dumping tables [3, 7] writes key0/key1 whose headers carry the file index."""
+    tables = [(np.arange(20, dtype=np.int64), rng.random((20, 2), np.float32)),
+              (np.arange(30, dtype=np.int64) + 100, rng.random((30, 4), np.float32))]
+    path = embedding_collection(tmp_path / "ckpt", 1, tables, table_ids=[3, 7])
+    for t in range(2):  # as HugeCTR writes them: the index, not meta_data's id
+        for name in (f"key{t}", f"weight{t}"):
+            raw = bytearray((path / name).read_bytes())
+            raw[4:8] = np.int32(t).tobytes()
+            (path / name).write_bytes(bytes(raw))
+    result = _convert(tmp_path / "ckpt", tmp_path / "out")
+    assert sorted(t.name for t in result.tables) == ["embedding_collection_1_table3",
+                                                     "embedding_collection_1_table7"]
+    k, v, _ = read_hps(tmp_path / "out" / "embedding_collection_1_table7")
+    assert np.array_equal(k, tables[1][0]) and v.tobytes() == tables[1][1].tobytes()
+
+
 def test_npy_with_row_and_explicit_keys(tmp_path, rng):
     matrix = rng.standard_normal((1234, 5)).astype(np.float32)
     np.save(tmp_path / "emb.npy", matrix)

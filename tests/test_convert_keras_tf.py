@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -25,6 +26,7 @@ x = keras.layers.Concatenate()([keras.layers.Flatten()(eu), keras.layers.Flatten
 model = keras.Model([u, i], keras.layers.Dense(1, name="head")(x))
 model.compile("adam", "mse")
 model.save(sys.argv[1])
+model.save_weights(sys.argv[1][:-3] + "_weights.h5")  # Keras 2 layout (a .weights.h5 name gets Keras 3's)
 for name in ("user_emb", "item_emb"):
     np.save(sys.argv[1] + "." + name + ".npy", model.get_layer(name).get_weights()[0])
 """
@@ -42,3 +44,8 @@ def test_real_tf_keras_h5(tmp_path):
         keys, vectors, _ = read_hps(tmp_path / "out" / name)
         assert np.array_equal(keys, np.arange(len(expected)))
         assert vectors.tobytes() == expected.astype(np.float32).tobytes()
+    # save_weights puts layer_names on the root instead of under model_weights
+    result = convert(ConvertOptions(src=tmp_path / "model_weights.h5", dst=tmp_path / "w"))
+    assert sorted(t.name for t in result.tables) == ["item_emb", "user_emb"]
+    assert read_hps(tmp_path / "w" / "user_emb")[1].tobytes() == \
+        np.load(f"{h5}.user_emb.npy").tobytes()

@@ -6,7 +6,7 @@
 2. Embedding collections (HugeCTR embedding_storage/weight_io/parameter_IO.cpp):
    ``embedding_collection_<id>/meta_data`` then ``key<t>`` and ``weight<t>`` per table, each
    with a 128-byte header of 32 little-endian int32: ``[file type (1 key, 2 weight,
-   3 optimizer), table id, 0 × 30]``. ``meta_data`` is little-endian: int32 ``[table count,
+   3 optimizer), table id (the file's index t; HugeCTR writes that), 0 × 30]``. ``meta_data`` is little-endian: int32 ``[table count,
    key type (0 uint32, 1 int64), value type (0 float32, 1 float16), unused, max dim]``, then
    int32 table ids, uint64 key counts and int32 dims, one per table.
 
@@ -105,8 +105,11 @@ def parse_meta(raw: bytes, location: str) -> dict:
             "tables": [(int(i), int(r), int(d)) for i, r, d in zip(ids, rows, dims)]}
 
 
-def check_head(path: Path, expect_type: int, table_id: int) -> None:
-    """Check a key/weight file's 128-byte header."""
+def check_head(path: Path, expect_type: int, table_id: int, index: int | None = None) -> None:
+    """Check a key/weight file's 128-byte header. HugeCTR's dump writes the file's index
+    (``key<index>``) as the id, which equals ``meta_data``'s table id unless a subset of tables
+    was dumped; both are accepted."""
+    index = table_id if index is None else index
     size = file_size(path, "embedding collection file")
     if size < HEAD_BYTES:
         raise InvalidInputError(f"the file holds {size} bytes, less than its 128-byte header",
@@ -118,9 +121,9 @@ def check_head(path: Path, expect_type: int, table_id: int) -> None:
         raise InvalidInputError(f"the header's file type is {head[0]} "
                                 f"({kinds.get(int(head[0]), 'unknown')}); expected {expect_type} "
                                 f"({kinds[expect_type]})", location=str(path))
-    if head[1] != table_id:
-        raise InvalidInputError(f"the header names table id {head[1]}; meta_data says {table_id}",
-                                location=str(path))
+    if head[1] not in (table_id, index):
+        raise InvalidInputError(f"the header names table id {head[1]}; meta_data says {table_id} "
+                                f"(file index {index})", location=str(path))
     if head[2:].any():
         raise InvalidInputError("the header's reserved fields (ints 2..31) are not zero: not a "
                                 "HugeCTR embedding-collection file we know", location=str(path))
@@ -135,8 +138,8 @@ def _open_collection(path: Path) -> tuple[list[HugeCtrTable], list[SkippedFile]]
     for index, (table_id, rows, dim) in enumerate(meta["tables"]):
         key_path, weight_path = path / f"key{index}", path / f"weight{index}"
         used |= {key_path.name, weight_path.name}
-        check_head(key_path, 1, table_id)
-        check_head(weight_path, 2, table_id)
+        check_head(key_path, 1, table_id, index)
+        check_head(weight_path, 2, table_id, index)
         key_bytes = file_size(key_path) - HEAD_BYTES
         weight_bytes = file_size(weight_path) - HEAD_BYTES
         if key_bytes != rows * key_dtype.itemsize:
