@@ -134,7 +134,8 @@ def test_rocksdb_to_rocksdb_copy_between_models(tmp_path, rng):
     vectors = rng.standard_normal((500, 3)).astype(np.float32)
     write_table(tmp_path / "src" / "t", keys, vectors)
     convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "db1", target="rocksdb", model="a"))
-    convert(ConvertOptions(src=tmp_path / "db1", dst=tmp_path / "db2", target="rocksdb", model="b"))
+    convert(ConvertOptions(src=tmp_path / "db1", dst=tmp_path / "db2", target="rocksdb", model="b",
+                           budget_bytes=16 << 10))  # keys sampled from chunks, spilled ranges
     items, record = independent_read(tmp_path / "db2", "hps_et.b.t")
     assert len(items) == 500 and items[int(keys[3])].tobytes() == vectors[3].tobytes()
 
@@ -180,3 +181,19 @@ def test_varints_match_the_protobuf_encoding():
                 return bytes(out)
     for i, v in enumerate(values.tolist()):
         assert bytes(encoded[i, :lengths[i]]) == ref(v)
+
+
+def test_families_split_into_many_sst_files(tmp_path, rng):
+    """Rolling over to new SST files mid-table gives non-overlapping files RocksDB ingests."""
+    from hps_cli.runtime.persistent.rocksdb_bulk import BulkSource, build_family, ingest_families
+
+    keys = rng.choice(10**9, 30000, replace=False).astype(np.int64)
+    vectors = rng.standard_normal((30000, 16)).astype(np.float32)
+    chunks = lambda: ((keys[i:i + 4096], vectors[i:i + 4096]) for i in range(0, 30000, 4096))  # noqa: E731
+    source = BulkSource("hps_et.m.t", 16, 30000, chunks, "test", "memory")
+    built = build_family(source, tmp_path / "work", budget_bytes=256 << 10, file_bytes=128 << 10)
+    assert len(built.files) > 5 and built.num_keys == 30000
+    ingest_families(tmp_path / "db", [built], overwrite=False)
+    items, record = independent_read(tmp_path / "db", "hps_et.m.t")
+    assert record == {"checksum": "test", "num_keys": 30000, "dim": 16, "complete": True}
+    assert all(items[int(k)].tobytes() == vectors[i].tobytes() for i, k in enumerate(keys))
