@@ -143,7 +143,8 @@ def bench_rocksdb(work: Path, rows: int, dim: int, repeat: int) -> dict:
         return {"seconds": median(secs), "all_seconds": [round(x, 3) for x in secs],
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
                 "M_rows_per_s": rows / median(secs) / 1e6}
-    per_round = [l["seconds"] / c["seconds"] for l, c in zip(runs["put_loop"], runs["convert"])]
+    per_round = [loop["seconds"] / conv["seconds"]
+                 for loop, conv in zip(runs["put_loop"], runs["convert"])]
     return {"rows": rows, "dim": dim, "put_loop": summary("put_loop"),
             "convert": {**summary("convert"), "ratio_to_put_loop": median(per_round),
                         "ratios_per_round": [round(x, 3) for x in per_round]}}

@@ -8,15 +8,20 @@ import struct
 
 import numpy as np
 import pytest
+from convert_builders import (
+    embedding_collection,
+    leftovers,
+    sok_v1_dump,
+    sok_v2_dump,
+    sok_v2_header,
+)
+from hps_cli.runtime.errors import ExitCode, InvalidInputError
+from hps_cli.runtime.table import write_table
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convert_builders import (embedding_collection, leftovers, sok_v1_dump, sok_v2_dump,
-                              sok_v2_header)
 from hps_cli.formats.hugectr import check_head, parse_meta
 from hps_cli.formats.sok_v2 import HEADER_BYTES, SokHeader, parse_header
-from hps_cli.runtime.errors import ExitCode, InvalidInputError
-from hps_cli.runtime.table import write_table
 
 
 def _sok(tmp_path, rows=100, dim=4):
@@ -87,13 +92,15 @@ def test_sok_v2_shorter_than_header(tmp_path, hps):
 
 
 def test_sok_v1_dim_does_not_divide(tmp_path, hps):
-    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64), np.ones((10, 6), np.float32))})
+    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64),
+                                       np.ones((10, 6), np.float32))})
     _fails(hps, tmp_path, tmp_path / "d", ExitCode.INVALID, "v_values.file",
            "not a whole number of rows of dim 7", extra=("--dim", "7"))
 
 
 def test_sok_v1_missing_values_file(tmp_path, hps):
-    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32))})
+    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64),
+                                       np.ones((10, 2), np.float32))})
     (tmp_path / "d" / "v_values.file").unlink()
     _fails(hps, tmp_path, tmp_path / "d", ExitCode.INVALID, "v_keys.file", "missing")
 

@@ -6,13 +6,19 @@ import json
 
 import numpy as np
 import pytest
-
-from convert_builders import (embedding_collection, hugectr_snapshot, keras2_h5, read_hps,
-                              sok_v1_dump, sok_v2_dump)
-from hps_cli.convert import ConvertOptions, convert
-from hps_cli.formats import OpenOptions
+from convert_builders import (
+    embedding_collection,
+    hugectr_snapshot,
+    keras2_h5,
+    read_hps,
+    sok_v1_dump,
+    sok_v2_dump,
+)
 from hps_cli.runtime.errors import ExitCode
 from hps_cli.runtime.table import verify_table, write_table
+
+from hps_cli.convert import ConvertOptions, convert
+from hps_cli.formats import OpenOptions
 
 
 def _convert(src, dst, **kw):
@@ -92,8 +98,9 @@ def test_sok_v2_multi_variable_with_optimizer_slots(tmp_path, rng, hps):
 
 
 def test_sok_v2_select_and_rename_one_table(tmp_path, rng):
-    sok_v2_dump(tmp_path / "dump", {"a:0": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32)),
-                                    "b:0": (np.arange(5, dtype=np.int64), np.ones((5, 3), np.float32))})
+    sok_v2_dump(tmp_path / "dump",
+                {"a:0": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32)),
+                 "b:0": (np.arange(5, dtype=np.int64), np.ones((5, 3), np.float32))})
     result = _convert(tmp_path / "dump", tmp_path / "out", tables=("b_0",))
     assert [t.name for t in result.tables] == ["b_0"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b_0"]
@@ -257,7 +264,8 @@ def test_hps_table_hot_first_by_meta(tmp_path, rng, budget):
     meta = (rng.zipf(1.3, 5000) % 10_000).astype(np.int64)
     meta[:1500] = 7  # a heavy tie: ties keep input order
     write_table(tmp_path / "src", keys, vectors, meta)
-    result = convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "out", budget_bytes=budget))
+    result = convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "out",
+                                    budget_bytes=budget))
     assert result.tables[0].reordered
     order = np.argsort(-meta, kind="stable")
     k, v, m = read_hps(tmp_path / "out" / "src")
@@ -297,8 +305,9 @@ def test_npz_export_and_reimport(tmp_path, rng):
 def test_table_json_of_converted_tables_is_current_and_correct(tmp_path, rng):
     """The sidecar of a converted table describes its files (checksums computed independently),
     counts duplicates and non-finite rows, and is identical whatever the input dtypes."""
-    from hps_cli.formats.hps_table import sidecar_checksum
     from hps_cli.runtime.table import current_sidecar
+
+    from hps_cli.formats.hps_table import sidecar_checksum
 
     keys = rng.integers(0, 4000, 5000).astype(np.int64)  # with duplicates
     weights = rng.standard_normal((5000, 8)).astype(np.float32)

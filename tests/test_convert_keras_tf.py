@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-
 from convert_builders import read_hps
+
 from hps_cli.convert import ConvertOptions, convert
 
 pytestmark = pytest.mark.tf
@@ -26,7 +25,7 @@ x = keras.layers.Concatenate()([keras.layers.Flatten()(eu), keras.layers.Flatten
 model = keras.Model([u, i], keras.layers.Dense(1, name="head")(x))
 model.compile("adam", "mse")
 model.save(sys.argv[1])
-model.save_weights(sys.argv[1][:-3] + "_weights.h5")  # Keras 2 layout (a .weights.h5 name gets Keras 3's)
+model.save_weights(sys.argv[1][:-3] + "_weights.h5")  # Keras 2 layout (".weights.h5": Keras 3's)
 for name in ("user_emb", "item_emb"):
     np.save(sys.argv[1] + "." + name + ".npy", model.get_layer(name).get_weights()[0])
 """
@@ -38,7 +37,8 @@ def test_real_tf_keras_h5(tmp_path):
     subprocess.run([sys.executable, "-c", _SAVE, str(h5)], check=True, env=env, timeout=300,
                    capture_output=True)
     result = convert(ConvertOptions(src=h5, dst=tmp_path / "out"))
-    assert result.format == "hdf5" and sorted(t.name for t in result.tables) == ["item_emb", "user_emb"]
+    assert result.format == "hdf5"
+    assert sorted(t.name for t in result.tables) == ["item_emb", "user_emb"]
     for name in ("user_emb", "item_emb"):
         expected = np.load(f"{h5}.{name}.npy")
         keys, vectors, _ = read_hps(tmp_path / "out" / name)

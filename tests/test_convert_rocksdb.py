@@ -8,12 +8,12 @@ import struct
 
 import numpy as np
 import pytest
-
 from convert_builders import leftovers, read_hps, sok_v2_dump
-from hps_cli.convert import ConvertOptions, convert
 from hps_cli.runtime.errors import ExitCode
 from hps_cli.runtime.persistent.sst_writer import SstFileBuilder, bytewise_order_key, varints
 from hps_cli.runtime.table import current_sidecar, write_table
+
+from hps_cli.convert import ConvertOptions, convert
 
 
 def independent_read(db_path, family_name):

@@ -20,8 +20,13 @@ from ..formats import Input, OpenOptions, open_input
 from ..formats.base import SourceTable
 from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import InvalidInputError, NotFoundError
-from ..runtime.persistent.rocksdb_bulk import (DEFAULT_BUDGET_BYTES, build_family, check_families,
-                                               ingest_families, work_folder)
+from ..runtime.persistent.rocksdb_bulk import (
+    DEFAULT_BUDGET_BYTES,
+    build_family,
+    check_families,
+    ingest_families,
+    work_folder,
+)
 from ..runtime.storage_layout import NAME_PATTERN, storage_tag
 from .sinks import bulk_source, write_hps, write_npz
 from .transforms import Deduplicated, HotFirst, Stream
@@ -193,7 +198,8 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
     """Run one conversion (see the module doc). ``on_open`` sees the input and the selected
     tables before any row is read (the command uses it to size the progress bar)."""
     if opts.target not in TARGETS:
-        raise InvalidInputError(f"unknown target '{opts.target}'", hint="targets: " + ", ".join(TARGETS))
+        raise InvalidInputError(f"unknown target '{opts.target}'",
+                                hint="targets: " + ", ".join(TARGETS))
     if opts.dedupe is not None and opts.dedupe not in DEDUPE:
         raise InvalidInputError(f"unknown --dedupe mode '{opts.dedupe}'")
     if opts.target == "rocksdb" and not opts.model:
@@ -213,7 +219,8 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
             raise InvalidInputError("the destination is the input", location=str(opts.dst))
         if opts.target == "rocksdb":
             check_families(opts.dst, [storage_tag(opts.model, n) for _, n in pairs], opts.overwrite)
-            if opts.dst.exists() and not (opts.dst / "CURRENT").exists() and any(opts.dst.iterdir()):
+            dst = Path(opts.dst)
+            if dst.exists() and not (dst / "CURRENT").exists() and any(dst.iterdir()):
                 raise InvalidInputError("the destination is a non-empty folder that is not a "
                                         "RocksDB database", location=str(opts.dst))
         else:
@@ -221,11 +228,7 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
         if on_open:
             on_open(inp, pairs)
         if opts.dry_run:
-            results = [TableResult(name, table.location, table.num_rows, table.num_rows, table.dim,
-                                   table.num_rows * table.row_bytes, None, 0,
-                                   bool(table.has_meta if opts.hot_first is None else opts.hot_first)
-                                   and opts.target != "rocksdb", 0.0,
-                                   _output_path(opts, name), table.details) for table, name in pairs]
+            results = [_planned(table, name, opts) for table, name in pairs]
         elif opts.target == "rocksdb":
             results = _to_rocksdb(pairs, opts, progress)
         else:
@@ -236,6 +239,15 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
                              sum(t.input_bytes for t, _ in pairs))
     finally:
         inp.close()
+
+
+def _planned(table: SourceTable, name: str, opts: ConvertOptions) -> TableResult:
+    """What a dry run reports for one table."""
+    hot = table.has_meta if opts.hot_first is None else opts.hot_first
+    return TableResult(name, table.location, table.num_rows, table.num_rows, table.dim,
+                       table.num_rows * table.row_bytes, None, 0,
+                       bool(hot) and opts.target != "rocksdb", 0.0, _output_path(opts, name),
+                       table.details)
 
 
 def _output_path(opts: ConvertOptions, name: str) -> str:

@@ -24,8 +24,12 @@ from typing import Iterator
 import numpy as np
 
 from ..formats.base import Chunk, SourceTable, as_keys
-from ..runtime.persistent.rocksdb_bulk import (BulkSource, key_range_bounds, resolve_duplicates,
-                                               select_key_range)
+from ..runtime.persistent.rocksdb_bulk import (
+    BulkSource,
+    key_range_bounds,
+    resolve_duplicates,
+    select_key_range,
+)
 
 DEFAULT_BUDGET_BYTES = 128 << 20
 
@@ -63,7 +67,8 @@ def _key_reader(table: SourceTable, tmp: Path):
 
 
 class Deduplicated(Stream):
-    def __init__(self, inner: Stream, mode: str, tmp: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(self, inner: Stream, mode: str, tmp: Path,
+                 budget_bytes: int = DEFAULT_BUDGET_BYTES):
         super().__init__(inner.table)
         self.inner = inner
         table = inner.table
@@ -103,7 +108,8 @@ class HotFirst(Stream):
     def __init__(self, inner: Stream, tmp: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES):
         super().__init__(inner.table)
         self.inner, self.tmp, self.budget = inner, tmp, budget_bytes
-        self.num_rows, self.duplicates, self.dropped = inner.num_rows, inner.duplicates, inner.dropped
+        self.num_rows, self.duplicates = inner.num_rows, inner.duplicates
+        self.dropped = inner.dropped
         self.reordered = True
         self._record = np.dtype([("k", "<i8"), ("m", "<i8"), ("v", "<f4", (inner.dim,))])
 

@@ -15,9 +15,11 @@ from .options import OpenOptions
 FORMATS = {
     "hps": (hps_table.open_tables, "HPS table folder(s): key + emb_vector [+ meta]"),
     "rocksdb": (rocksdb_format.open_tables, "RocksDB in HPS's layout (hps_et.<model>.<table>)"),
-    "hugectr": (hugectr.open_tables, "HugeCTR *_sparse_*.model folders / embedding_collection_<id>"),
+    "hugectr": (hugectr.open_tables,
+                "HugeCTR *_sparse_*.model folders / embedding_collection_<id>"),
     "sok-v2": (sok_v2.open_tables, "SOK v2 sok.dump: <name>-key + <name>-weight, 296-byte headers"),
-    "sok-v1": (sok_v1.open_tables, "SOK v1 Saver.dump_to_file: <var>_keys.file + <var>_values.file"),
+    "sok-v1": (sok_v1.open_tables,
+               "SOK v1 Saver.dump_to_file: <var>_keys.file + <var>_values.file"),
     "npy": (numpy_format.open_npy, ".npy matrix (keys = row indices or --keys)"),
     "npz": (numpy_format.open_npz, ".npz with keys + values [+ meta]"),
     "hdf5": (hdf5_format.open_tables, "HDF5: --dataset /a/b, or a Keras 2 .h5's embedding layers"),
@@ -86,7 +88,8 @@ def open_input(path: Path | str, fmt: str | None = None,
     try:
         tables, skipped = opener(path, options)
     except PermissionError as exc:
-        raise InvalidInputError(f"cannot read: {exc.strerror}", location=exc.filename or str(path)) from None
+        raise InvalidInputError(f"cannot read: {exc.strerror}",
+                                location=exc.filename or str(path)) from None
     except (NotADirectoryError, IsADirectoryError) as exc:
         raise InvalidInputError(f"not a {fmt} input: {exc.strerror}", location=str(path)) from None
     if not tables:

@@ -109,8 +109,8 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
                 raise NotFoundError(f"no 2-D dataset '{name}' in the file", location=str(path),
                                     hint="2-D datasets: " + ", ".join(_matrices(handle)[:10]))
             keys = _keys_for(handle, path, options)
-            return [Hdf5Table(name.rstrip("/").split("/")[-1].split(":")[0], path, handle, name, keys,
-                              FORMAT, {})], []
+            short = name.rstrip("/").split("/")[-1].split(":")[0]
+            return [Hdf5Table(short, path, handle, name, keys, FORMAT, {})], []
         layers = keras_layers(handle)
         if layers is None:
             raise InvalidInputError(

@@ -6,9 +6,10 @@
 2. Embedding collections (HugeCTR embedding_storage/weight_io/parameter_IO.cpp):
    ``embedding_collection_<id>/meta_data`` then ``key<t>`` and ``weight<t>`` per table, each
    with a 128-byte header of 32 little-endian int32: ``[file type (1 key, 2 weight,
-   3 optimizer), table id (the file's index t; HugeCTR writes that), 0 × 30]``. ``meta_data`` is little-endian: int32 ``[table count,
-   key type (0 uint32, 1 int64), value type (0 float32, 1 float16), unused, max dim]``, then
-   int32 table ids, uint64 key counts and int32 dims, one per table.
+   3 optimizer), table id (the file's index t; HugeCTR writes that), 0 × 30]``.
+   ``meta_data`` is little-endian: int32 ``[table count, key type (0 uint32, 1 int64), value
+   type (0 float32, 1 float16), unused, max dim]``, then int32 table ids, uint64 key counts and
+   int32 dims, one per table.
 
    What we assume and check (conservatively, since HugeCTR does not): the header's type and
    table id match the file, its other 30 ints are zero, sizes match ``meta_data``'s counts
@@ -64,7 +65,8 @@ def _open_snapshot(path: Path, dim: int | None) -> tuple[HugeCtrTable, list[Skip
         size = file_size(slot, "slot_id file")
         if size != layout.num_keys * 8:
             raise InvalidInputError(f"'slot_id' holds {size} bytes; {layout.num_keys} keys need "
-                                    f"{layout.num_keys * 8} (one uint64 per key)", location=str(slot))
+                                    f"{layout.num_keys * 8} (one uint64 per key)",
+                                    location=str(slot))
         skipped.append(SkippedFile(str(slot), "slot ids (HPS ignores them)"))
     for extra in sorted(path.iterdir()):
         if extra.name not in ("key", "emb_vector", "slot_id"):
@@ -89,8 +91,8 @@ def parse_meta(raw: bytes, location: str) -> dict:
         raise InvalidInputError(f"meta_data says {count} tables, which needs {need} bytes, but it "
                                 f"holds {len(raw)}", location=location)
     if head[1] not in (0, 1):
-        raise InvalidInputError(f"meta_data key type is {head[1]}; expected 0 (uint32) or 1 (int64)",
-                                location=location)
+        raise InvalidInputError(f"meta_data key type is {head[1]}; expected 0 (uint32) or "
+                                "1 (int64)", location=location)
     if head[2] != 0:
         raise InvalidInputError(
             f"meta_data value type is {head[2]}" + (" (float16)" if head[2] == 1 else "") +
@@ -146,8 +148,8 @@ def _open_collection(path: Path) -> tuple[list[HugeCtrTable], list[SkippedFile]]
             raise InvalidInputError(f"holds {key_bytes} key bytes; meta_data says {rows} keys of "
                                     f"{key_dtype.itemsize} bytes", location=str(key_path))
         if weight_bytes != rows * dim * 4:
-            raise InvalidInputError(f"holds {weight_bytes} weight bytes; meta_data says {rows} rows "
-                                    f"× dim {dim} × 4", location=str(weight_path))
+            raise InvalidInputError(f"holds {weight_bytes} weight bytes; meta_data says "
+                                    f"{rows} rows × dim {dim} × 4", location=str(weight_path))
         if rows == 0:
             raise InvalidInputError("the table has no rows", location=str(key_path))
         tables.append(HugeCtrTable(

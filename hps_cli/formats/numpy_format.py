@@ -177,7 +177,8 @@ class NpzTable(SourceTable):
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise InvalidInputError(f"not a readable .npz archive: {exc}", location=str(path)) from None
+            raise InvalidInputError(f"not a readable .npz archive: {exc}",
+                                    location=str(path)) from None
         members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
         key_name = next((members[n] for n in KEY_NAMES if n in members), None)
         value_name = next((members[n] for n in VALUE_NAMES if n in members), None)

@@ -63,7 +63,8 @@ class RocksDbTable(SourceTable):
             start += len(keys)
         if start != self.num_rows:
             raise InvalidInputError(f"the family holds {start} rows, not the {self.num_rows} its "
-                                    "record says: it changed while being read", location=self.location)
+                                    "record says: it changed while being read",
+                                    location=self.location)
 
 
 def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], list[SkippedFile]]:
@@ -74,7 +75,8 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
             parsed = parse_storage_tag(tag)
             if parsed is None:
                 if tag != "default":
-                    skipped.append(SkippedFile(f"{path}:{tag}", "not an hps_et.<model>.<table> family"))
+                    skipped.append(SkippedFile(f"{path}:{tag}",
+                                               "not an hps_et.<model>.<table> family"))
                 continue
             model, table = parsed
             if options.model and model != options.model:

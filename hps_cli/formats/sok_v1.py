@@ -5,7 +5,8 @@ possible), values raw float32, ``rows × dim``. SOK's own restore infers the key
 ``key_bytes / value_rows``, which needs the dim. Without ``--dim`` we try both widths: when
 only one gives a whole dim it is taken; when both do (any even int64 dim does), the keys decide:
 int64 keys within ±2**31 have high words that are just the sign of the low word (0 or
-0xFFFFFFFF), which pairs of unique uint32 keys practically never have. If that test is not conclusive, ``--dim`` is required.
+0xFFFFFFFF), which pairs of unique uint32 keys practically never have. If that test is not
+conclusive, ``--dim`` is required.
 """
 
 from __future__ import annotations
@@ -32,14 +33,16 @@ class SokV1Table(RawRowsTable):
     format = FORMAT
 
 
-def _key_width(keys_path: Path, key_bytes: int, value_bytes: int, dim: int | None) -> tuple[int, int, str]:
+def _key_width(keys_path: Path, key_bytes: int, value_bytes: int,
+               dim: int | None) -> tuple[int, int, str]:
     """(key width in bytes, dim, how it was decided)."""
     floats = value_bytes // 4
     if dim is not None:
         if floats % dim:
             raise InvalidInputError(
                 f"{value_bytes} bytes of values are not a whole number of rows of dim {dim}",
-                location=str(keys_path.with_name(keys_path.name[:-len(KEYS_SUFFIX)] + VALUES_SUFFIX)))
+                location=str(keys_path.with_name(
+                    keys_path.name[:-len(KEYS_SUFFIX)] + VALUES_SUFFIX)))
         rows = floats // dim
         for width in (8, 4):
             if rows and key_bytes == rows * width:
@@ -86,7 +89,8 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[RawRowsTable], l
                                         "missing", location=str(full))
             value_bytes = file_size(values, "SOK v1 values file")
             if key_bytes == 0 or value_bytes == 0:
-                raise InvalidInputError("the file is empty", location=str(full if not key_bytes else values))
+                raise InvalidInputError("the file is empty",
+                                        location=str(full if not key_bytes else values))
             if value_bytes % 4:
                 raise InvalidInputError(f"{value_bytes} bytes are not whole float32 values "
                                         "(the file is truncated)", location=str(values))
@@ -94,7 +98,8 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[RawRowsTable], l
             rows = key_bytes // width
             dtype = np.dtype("<i8") if width == 8 else np.dtype("<u4")
             tables.append(SokV1Table(
-                var, str(path), RawArray(full, 0, dtype, rows), RawArray(values, 0, "<f4", rows, dim),
+                var, str(path), RawArray(full, 0, dtype, rows),
+                RawArray(values, 0, "<f4", rows, dim),
                 details={"key_dtype": "int64" if width == 8 else "uint32", "key_width": how,
                          "keys_file": str(full), "values_file": str(values)}))
         elif entry.endswith(VALUES_SUFFIX):

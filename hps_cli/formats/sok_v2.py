@@ -98,7 +98,8 @@ def read_header(path: Path) -> SokHeader:
         with open(path, "rb") as handle:
             raw = handle.read(HEADER_BYTES)
     except OSError as exc:
-        raise InvalidInputError(f"cannot read the file: {exc.strerror}", location=str(path)) from None
+        raise InvalidInputError(f"cannot read the file: {exc.strerror}",
+                                location=str(path)) from None
     return parse_header(raw, str(path))
 
 
@@ -118,10 +119,12 @@ def _open_pair(path: Path, name: str) -> SokV2Table:
     kh, wh = read_header(key_path), read_header(weight_path)
     if kh.file_type != 0:
         raise InvalidInputError(f"a key file's header must have file type 0 (key), this one has "
-                                f"{kh.file_type} ({FILE_TYPES[kh.file_type]})", location=str(key_path))
+                                f"{kh.file_type} ({FILE_TYPES[kh.file_type]})",
+                                location=str(key_path))
     if wh.file_type != 1:
         raise InvalidInputError(f"a weight file's header must have file type 1 (emb), this one has "
-                                f"{wh.file_type} ({FILE_TYPES[wh.file_type]})", location=str(weight_path))
+                                f"{wh.file_type} ({FILE_TYPES[wh.file_type]})",
+                                location=str(weight_path))
     if kh.dtype_index not in KEY_DTYPES:
         raise InvalidInputError(f"key dtype index {kh.dtype_index} ({kh.dtype}) is not an integer "
                                 "type", location=str(key_path))

@@ -27,7 +27,7 @@ reading the vectors).
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -35,8 +35,7 @@ import numpy as np
 
 from ..atomic import TMP_MARK, _sibling
 from ..errors import InvalidInputError, OutputExistsError
-from .rocksdb_layout import (delete_table_record, family, list_families, open_db,
-                             write_table_record)
+from .rocksdb_layout import delete_table_record, family, list_families, open_db, write_table_record
 from .sst_writer import DEFAULT_FILE_BYTES, SstFileBuilder, bytewise_order_key
 
 DEFAULT_BUDGET_BYTES = 128 << 20
@@ -93,7 +92,8 @@ def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
     if source.read_keys is not None:
         for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
             count = min(KEY_CHUNK_ROWS, source.num_rows - first)
-            samples.append(bytewise_order_key(source.read_keys(first, count))[(-first) % step::step])
+            okeys = bytewise_order_key(source.read_keys(first, count))
+            samples.append(okeys[(-first) % step::step])
     else:
         first = 0
         for keys, _ in source.chunks():
@@ -106,7 +106,8 @@ def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
     return np.unique(sample[picks])
 
 
-def select_key_range(source: BulkSource, lo: int | None, hi: int | None) -> tuple[np.ndarray, np.ndarray]:
+def select_key_range(source: BulkSource, lo: int | None,
+                     hi: int | None) -> tuple[np.ndarray, np.ndarray]:
     """(sort keys, row numbers) of the rows whose sort key is in [lo, hi)."""
     okeys, rows = [], []
     for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
