@@ -70,7 +70,7 @@ def convert_command(src, dst, source_format, target, model, tables, dim, keys_fi
     Streams in constant memory; outputs are atomic (nothing is left behind on error).
     Exit codes: 3 invalid input, 4 DST (or a family) exists without --overwrite.
     """
-    from ..convert import ConvertOptions, convert, list_tables
+    from ..convert import ConvertOptions, list_tables, prepare
     from ..formats import OpenOptions
 
     out = current_output()
@@ -101,12 +101,13 @@ def convert_command(src, dst, source_format, target, model, tables, dim, keys_fi
                              model=model, tables=tuple(tables), open_options=open_options,
                              dedupe=dedupe, hot_first=hot_first, overwrite=overwrite,
                              dry_run=dry_run)
-    def opened(inp, pairs):
+    with prepare(options) as plan:
+        inp = plan.input
         out.info(f"input {src}: {inp.format}{' (detected)' if inp.detected else ' (--from)'}, "
-                 f"{len(pairs)} table(s)")
-
-    with out.progress(None, f"converting {src}") as advance:
-        result = convert(options, progress=advance, on_open=opened)
+                 f"{len(plan.pairs)} table(s)")
+        with out.progress(None if options.dry_run else plan.total_bytes,
+                          f"converting {src}") as advance:
+            result = plan.run(advance)
     if out.json_mode:
         out.emit_json(result.to_dict())
         return

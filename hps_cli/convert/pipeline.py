@@ -193,10 +193,67 @@ def _stream(table: SourceTable, opts: ConvertOptions, tmp: Path) -> Stream:
     return stream
 
 
-def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
-            on_open: Callable[[Input, list], None] | None = None) -> ConvertResult:
-    """Run one conversion (see the module doc). ``on_open`` sees the input and the selected
-    tables before any row is read (the command uses it to size the progress bar)."""
+class Plan:
+    """An opened and checked conversion: the input's tables, their output names, the
+    destination checked. ``run`` converts; ``close`` releases the input (also a context
+    manager). Nothing is written before ``run``."""
+
+    def __init__(self, opts: ConvertOptions):
+        _check_arguments(opts)
+        self.opts = opts
+        self.started = time.perf_counter()
+        self.input = open_input(opts.src, opts.source_format, opts.open_options)
+        try:
+            self.pairs = _select(self.input, opts.tables)
+            _check_names(self.pairs, self.input.path)
+            _check_options(self.input, self.pairs, opts)
+            _check_destination(self.pairs, opts)
+        except BaseException:
+            self.input.close()
+            raise
+
+    @property
+    def total_bytes(self) -> int:
+        """Bytes of converted rows (int64 key + float32 vector) the progress counts."""
+        return sum(t.num_rows * (8 + 4 * t.dim) for t, _ in self.pairs)
+
+    def run(self, progress: Callable[[int], None] | None = None) -> ConvertResult:
+        opts, progress = self.opts, progress or (lambda n: None)
+        if opts.dry_run:
+            results = [_planned(table, name, opts) for table, name in self.pairs]
+        elif opts.target == "rocksdb":
+            results = _to_rocksdb(self.pairs, opts, progress)
+        else:
+            results = _to_folder(self.pairs, opts, progress)
+        inp = self.input
+        return ConvertResult(str(opts.src), str(opts.dst) if opts.dst else None, inp.format,
+                             inp.detected, opts.target, opts.dry_run, results,
+                             [s.to_dict() for s in inp.skipped],
+                             time.perf_counter() - self.started,
+                             sum(t.input_bytes for t, _ in self.pairs))
+
+    def close(self) -> None:
+        self.input.close()
+
+    def __enter__(self) -> "Plan":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def prepare(opts: ConvertOptions) -> Plan:
+    """Open the input and check everything that can be checked without reading rows."""
+    return Plan(opts)
+
+
+def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None) -> ConvertResult:
+    """Run one conversion (see the module doc)."""
+    with prepare(opts) as plan:
+        return plan.run(progress)
+
+
+def _check_arguments(opts: ConvertOptions) -> None:
     if opts.target not in TARGETS:
         raise InvalidInputError(f"unknown target '{opts.target}'",
                                 hint="targets: " + ", ".join(TARGETS))
@@ -208,37 +265,19 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None,
     if opts.model and not NAME_PATTERN.match(opts.model):
         raise InvalidInputError(f"model name '{opts.model}' is not valid for HPS "
                                 "([A-Za-z0-9_-], 1..120 characters)")
-    progress = progress or (lambda n: None)
-    started = time.perf_counter()
-    inp = open_input(opts.src, opts.source_format, opts.open_options)
-    try:
-        pairs = _select(inp, opts.tables)
-        _check_names(pairs, inp.path)
-        _check_options(inp, pairs, opts)
-        if opts.dst is not None and Path(opts.dst).resolve() == Path(opts.src).resolve():
-            raise InvalidInputError("the destination is the input", location=str(opts.dst))
-        if opts.target == "rocksdb":
-            check_families(opts.dst, [storage_tag(opts.model, n) for _, n in pairs], opts.overwrite)
-            dst = Path(opts.dst)
-            if dst.exists() and not (dst / "CURRENT").exists() and any(dst.iterdir()):
-                raise InvalidInputError("the destination is a non-empty folder that is not a "
-                                        "RocksDB database", location=str(opts.dst))
-        else:
-            check_destination(opts.dst, opts.overwrite)
-        if on_open:
-            on_open(inp, pairs)
-        if opts.dry_run:
-            results = [_planned(table, name, opts) for table, name in pairs]
-        elif opts.target == "rocksdb":
-            results = _to_rocksdb(pairs, opts, progress)
-        else:
-            results = _to_folder(pairs, opts, progress)
-        return ConvertResult(str(opts.src), str(opts.dst) if opts.dst else None, inp.format,
-                             inp.detected, opts.target, opts.dry_run, results,
-                             [s.to_dict() for s in inp.skipped], time.perf_counter() - started,
-                             sum(t.input_bytes for t, _ in pairs))
-    finally:
-        inp.close()
+
+
+def _check_destination(pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> None:
+    if opts.dst is not None and Path(opts.dst).resolve() == Path(opts.src).resolve():
+        raise InvalidInputError("the destination is the input", location=str(opts.dst))
+    if opts.target == "rocksdb":
+        check_families(opts.dst, [storage_tag(opts.model, n) for _, n in pairs], opts.overwrite)
+        dst = Path(opts.dst)
+        if dst.exists() and not (dst / "CURRENT").exists() and any(dst.iterdir()):
+            raise InvalidInputError("the destination is a non-empty folder that is not a "
+                                    "RocksDB database", location=str(opts.dst))
+    else:
+        check_destination(opts.dst, opts.overwrite)
 
 
 def _planned(table: SourceTable, name: str, opts: ConvertOptions) -> TableResult:
