@@ -3,13 +3,12 @@
 A ``SourceTable`` knows its name, row count and dim before reading any row (so bad sizes fail
 before anything is written), and yields ``Chunk`` s of int64 keys and float32 vectors in file
 order, reading one chunk at a time. Tables stored as raw arrays in files (SOK, HugeCTR, HPS,
-``.npy``) also offer random access through memory maps, which the RocksDB bulk loader uses to
-sort without spilling the vectors to disk.
+``.npy``) also offer random access to those arrays, so key-only passes (sampling key ranges,
+finding duplicates) read 8 bytes a row instead of whole rows.
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,7 +87,7 @@ class SourceTable:
         raise NotImplementedError
 
     def random_access(self) -> "RandomAccess | None":
-        """Memory-mapped access to the raw rows, or None when the input cannot offer it."""
+        """The raw arrays by row number, or None when the input cannot offer them."""
         return None
 
     def close(self) -> None:
@@ -114,7 +113,6 @@ class RawArray:
     rows: int
     width: int = 1
     _handle: object = field(default=None, repr=False)
-    _map: mmap.mmap | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.path = Path(self.path)
@@ -147,44 +145,19 @@ class RawArray:
         self._handle.seek(self.offset + first * self.row_bytes)
         return self._handle.readinto(view) or 0
 
-    def mapped(self) -> np.ndarray:
-        """All rows as a read-only memory-mapped array (pages load on access)."""
-        if self._map is None:
-            with open(self.path, "rb") as handle:
-                self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
-        arr = np.frombuffer(self._map, dtype=self.dtype, count=self.rows * self.width,
-                            offset=self.offset)
-        return arr if self.width == 1 else arr.reshape(self.rows, self.width)
-
-    def release(self) -> None:
-        """Drop the mapped pages from this process (they stay in the page cache)."""
-        if self._map is not None and hasattr(mmap, "MADV_DONTNEED"):
-            self._map.madvise(mmap.MADV_DONTNEED)
-
     def close(self) -> None:
         if self._handle is not None:
             self._handle.close()
             self._handle = None
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:
-                pass  # a view is still alive; the mapping closes with it
-            self._map = None
 
 
 @dataclass
 class RandomAccess:
-    """Memory-mapped raw arrays of a table; convert slices with ``as_keys``/``as_vectors``."""
+    """The raw arrays of a table; convert what they read with ``as_keys``/``as_vectors``."""
 
     keys: RawArray
     vectors: RawArray
     meta: RawArray | None = None
-
-    def release(self) -> None:
-        for arr in (self.keys, self.vectors, self.meta):
-            if arr is not None:
-                arr.release()
 
 
 def as_keys(raw: np.ndarray, location: str, first_row: int = 0) -> np.ndarray:
