@@ -85,8 +85,10 @@ def inspect_source(source: Source) -> Inventory:
     if source.format == SAVED_MODEL:
         from .graph_usage import gathered_variables
         gathered = gathered_variables(source.path)
-    from .keras_files import inbound_layers, layer_configs
-    configs = layer_configs(source.keras_config) if source.keras_config else {}
+    configs: dict = {}
+    if source.keras_config:
+        from .keras_files import layer_configs
+        configs = layer_configs(source.keras_config)
     out = []
     for var in source.variables:
         if var.layer is None and "/" in var.name and var.name.split("/")[0] in layers:
@@ -95,6 +97,7 @@ def inspect_source(source: Source) -> Inventory:
         if eligible(var):
             if var.layer_class == "Embedding":
                 var = var.with_evidence("keras_embedding_layer")
+                from .keras_files import inbound_layers
                 feeders = [name for name in inbound_layers(configs.get(var.layer) or {})
                            if (configs.get(name) or {}).get("class_name") == "IntegerLookup"]
                 if feeders:
