@@ -6,9 +6,9 @@ Targets (issue "hps dissect"): peak RSS under 1 GB, and throughput at least 50 %
 the checkpoint's data file. The checkpoint is written by TensorFlow itself
 (``tf.train.Checkpoint`` of a ``tf.Variable`` filled chunk by chunk), then every step runs in a
 child process after a ``sync``, with the page cache warmed equally for all, in interleaved
-rounds (cp, cp + fsync, dissect; repeated) so that the shared disk's drift hits all alike. `cp` is measured
-with and without an fsync of the copy, because dissect's table writer fsyncs before its atomic
-rename; the headline ratio uses plain `cp`.
+rounds (cp, cp + fsync, dissect; repeated) so that the shared disk's drift hits all alike.
+`cp` is measured with and without an fsync of the copy, because dissect's table writer fsyncs
+before its atomic rename; the headline ratio uses plain `cp`.
 """
 
 from __future__ import annotations
@@ -63,12 +63,24 @@ def main() -> None:
     run_measured(["bash", "-c", f"cat {data} > /dev/null"])  # warm the page cache for everyone
 
     copy, out = work / "copy", work / "out"
-    command = [sys.executable, "-m", "hps_cli", "-q", "dissect", str(prefix), str(out),
-               "--no-check", "--ids-per-sample", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "hps_cli",
+        "-q",
+        "dissect",
+        str(prefix),
+        str(out),
+        "--no-check",
+        "--ids-per-sample",
+        "1",
+    ]
     steps = {  # name -> (argv, clean-up before each run)
         "cp": (["cp", str(data), str(copy)], lambda: copy.unlink(missing_ok=True)),
-        "cp_fsync": (["bash", "-c", f"cp {data} {copy} && sync -f {copy}"],
-                     lambda: copy.unlink(missing_ok=True)),
+        "cp_fsync": (
+            ["bash", "-c", f"cp {data} {copy} && sync -f {copy}"],
+            lambda: copy.unlink(missing_ok=True),
+        ),
         "dissect": (command, lambda: shutil.rmtree(out, ignore_errors=True)),
     }
     runs: dict[str, list] = {name: [] for name in steps}
@@ -87,19 +99,36 @@ def main() -> None:
         return best
 
     cp, cp_sync, dissect = median("cp"), median("cp_fsync"), median("dissect")
-    verify = run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "verify",
-                           str(out / "items"), "--trust-sidecar"])
+    verify = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "verify",
+            str(out / "items"),
+            "--trust-sidecar",
+        ]
+    )
     manifest = json.loads((out / "manifest.json").read_text())
 
     gbs = lambda s: size / s / 1e9  # noqa: E731
     result = {
-        "date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-        "rows": rows, "dim": args.dim, "data_file_bytes": size, "build": build,
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "rows": rows,
+        "dim": args.dim,
+        "data_file_bytes": size,
+        "build": build,
         "cp": {**cp, "GB_per_s": gbs(cp["seconds"])},
         "cp_fsync": {**cp_sync, "GB_per_s": gbs(cp_sync["seconds"])},
-        "dissect": {**dissect, "GB_per_s": gbs(dissect["seconds"]),
-                    "ratio_to_cp": cp["seconds"] / dissect["seconds"],
-                    "ratio_to_cp_fsync": cp_sync["seconds"] / dissect["seconds"]},
+        "dissect": {
+            **dissect,
+            "GB_per_s": gbs(dissect["seconds"]),
+            "ratio_to_cp": cp["seconds"] / dissect["seconds"],
+            "ratio_to_cp_fsync": cp_sync["seconds"] / dissect["seconds"],
+        },
         "table": {k: manifest["tables"][0][k] for k in ("name", "variable", "num_keys", "dim")},
         "verify_written_table": verify,
         "command": " ".join(command[1:]),

@@ -25,10 +25,18 @@ FLAVOURS = ("keras3", "tf_keras", "plain")
 def trained_models() -> Path:
     base = Path(tempfile.mkdtemp(prefix="hps-dissect-models-"))
     atexit.register(shutil.rmtree, base, True)
-    procs = [(flavour, subprocess.Popen([sys.executable, str(HERE / "dissect_train.py"), flavour,
-                                         str(base / flavour)],
-                                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-             for flavour in FLAVOURS]
+    procs = [
+        (
+            flavour,
+            subprocess.Popen(
+                [sys.executable, str(HERE / "dissect_train.py"), flavour, str(base / flavour)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            ),
+        )
+        for flavour in FLAVOURS
+    ]
     for flavour, proc in procs:
         output, _ = proc.communicate(timeout=900)
         if proc.returncode != 0 or not (base / flavour / "DONE").is_file():

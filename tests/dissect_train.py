@@ -48,8 +48,11 @@ def save_expected(name: str, tables: dict, inputs: dict, outputs: dict) -> None:
 
 
 def dlrm_data(n):
-    return {"user": rng.integers(0, 100, (n, 1)), "items": rng.integers(0, 60, (n, 3)),
-            "dense": rng.normal(size=(n, 4)).astype("float32")}
+    return {
+        "user": rng.integers(0, 100, (n, 1)),
+        "items": rng.integers(0, 60, (n, 3)),
+        "dense": rng.normal(size=(n, 4)).astype("float32"),
+    }
 
 
 def dlrm() -> None:
@@ -67,16 +70,22 @@ def dlrm() -> None:
     model.compile(keras.optimizers.Adam(0.01), "binary_crossentropy")
     data = dlrm_data(ROWS)
     label = (data["dense"][:, :1] > 0).astype("float32")
-    model.fit([data["user"], data["items"], data["dense"]], label, epochs=1, batch_size=32, verbose=0)
+    model.fit(
+        [data["user"], data["items"], data["dense"]], label, epochs=1, batch_size=32, verbose=0
+    )
     sample = dlrm_data(16)
     pred = model([sample["user"], sample["items"], sample["dense"]], training=False)
-    tables = {"user_emb/embeddings": model.get_layer("user_emb").get_weights()[0],
-              "item_emb/embeddings": model.get_layer("item_emb").get_weights()[0]}
+    tables = {
+        "user_emb/embeddings": model.get_layer("user_emb").get_weights()[0],
+        "item_emb/embeddings": model.get_layer("item_emb").get_weights()[0],
+    }
     save_expected("dlrm", tables, sample, {"ctr": pred})
     if FLAVOUR == "keras3":
         model.save(OUT / "dlrm.keras")
         model.export(str(OUT / "dlrm_export"), verbose=False)
-        tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(OUT / "dlrm_ckpt" / "ckpt"))
+        tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(
+            str(OUT / "dlrm_ckpt" / "ckpt")
+        )
     else:
         model.save(OUT / "dlrm.h5")
         model.save(OUT / "dlrm_sm")
@@ -88,7 +97,9 @@ class NotebookModel(keras.Model):
 
     def __init__(self, vocab: int, dim: int, **kwargs):
         super().__init__(**kwargs)
-        self.params = tf.Variable(tf.random.uniform([vocab, dim], -0.1, 0.1, seed=SEED), name="params")
+        self.params = tf.Variable(
+            tf.random.uniform([vocab, dim], -0.1, 0.1, seed=SEED), name="params"
+        )
         self.fc_1 = keras.layers.Dense(16, activation="relu", name="fc_1")
         self.fc_2 = keras.layers.Dense(1, activation="sigmoid", name="fc_2")
 
@@ -97,7 +108,9 @@ class NotebookModel(keras.Model):
 
     def call(self, inputs):
         sp_ids, dense = inputs
-        vectors = tf.nn.embedding_lookup_sparse(self.params, sp_ids, sp_weights=None, combiner="mean")
+        vectors = tf.nn.embedding_lookup_sparse(
+            self.params, sp_ids, sp_weights=None, combiner="mean"
+        )
         return self.fc_2(self.fc_1(tf.concat([vectors, dense], axis=1)))
 
 
@@ -121,14 +134,24 @@ def notebook() -> None:
     for start in range(0, ROWS, 32):
         batch_ids = tf.sparse.slice(ids, [start, 0], [32, width])  # indices relative to start
         with tf.GradientTape() as tape:
-            pred = model([batch_ids, dense[start:start + 32]])
-            loss = tf.reduce_mean(keras.losses.binary_crossentropy(label[start:start + 32], pred))
+            pred = model([batch_ids, dense[start : start + 32]])
+            loss = tf.reduce_mean(keras.losses.binary_crossentropy(label[start : start + 32], pred))
         optimizer.apply_gradients(zip(tape.gradient(loss, trainable), trainable))
-    sample_ids, sample_dense = sparse_ids(16, vocab, width), rng.normal(size=(16, 4)).astype("float32")
+    sample_ids, sample_dense = (
+        sparse_ids(16, vocab, width),
+        rng.normal(size=(16, 4)).astype("float32"),
+    )
     pred = model([sample_ids, sample_dense])
-    save_expected("notebook", {"params": model.params.numpy()},
-                  {"ids": sample_ids, "dense": sample_dense}, {"score": pred})
-    spec = [tf.SparseTensorSpec([None, width], tf.int64), tf.TensorSpec([None, 4], tf.float32, name="dense")]
+    save_expected(
+        "notebook",
+        {"params": model.params.numpy()},
+        {"ids": sample_ids, "dense": sample_dense},
+        {"score": pred},
+    )
+    spec = [
+        tf.SparseTensorSpec([None, width], tf.int64),
+        tf.TensorSpec([None, 4], tf.float32, name="dense"),
+    ]
     if FLAVOUR == "keras3":
         module = tf.Module()
         module.params = model.params
@@ -140,8 +163,11 @@ def notebook() -> None:
 
         module.serve = serve
         tf.saved_model.save(module, str(OUT / "notebook_sm"), signatures={"serving_default": serve})
-        tf.train.Checkpoint(model=model, optimizer=optimizer).write(str(OUT / "notebook_ckpt" / "ckpt"))
+        tf.train.Checkpoint(model=model, optimizer=optimizer).write(
+            str(OUT / "notebook_ckpt" / "ckpt")
+        )
     else:
+
         @tf.function(input_signature=spec)
         def serve(ids, dense):
             return {"score": model([ids, dense])}
@@ -165,8 +191,12 @@ def lookup() -> None:
     layer = model.get_layer("id_lookup")
     rows = np.asarray(layer(VOCAB)).reshape(-1)
     np.save(OUT / "lookup_rows.npy", np.stack([VOCAB, rows]))
-    save_expected("lookup", {"id_emb/embeddings": model.get_layer("id_emb").get_weights()[0]},
-                  {"raw_ids": sample}, {"score": pred})
+    save_expected(
+        "lookup",
+        {"id_emb/embeddings": model.get_layer("id_emb").get_weights()[0]},
+        {"raw_ids": sample},
+        {"score": pred},
+    )
     if FLAVOUR == "keras3":
         model.save(OUT / "lookup.keras")
         model.export(str(OUT / "lookup_export"), verbose=False)
@@ -180,11 +210,13 @@ def plain() -> None:
     table = tf.Variable(rng.normal(size=(300, 16)).astype("float32"), name="item_table")
     kernel = tf.Variable(rng.normal(size=(16, 4)).astype("float32"), name="head_kernel")
     bias = tf.Variable(np.zeros(4, "float32"), name="head_bias")
-    tf.train.Checkpoint(item_table=table, head=tf.Module(), kernel=kernel, bias=bias) \
-        .write(str(OUT / "plain_ckpt" / "ckpt"))
+    tf.train.Checkpoint(item_table=table, head=tf.Module(), kernel=kernel, bias=bias).write(
+        str(OUT / "plain_ckpt" / "ckpt")
+    )
     save_expected("plain", {"item_table": table.numpy(), "head_kernel": kernel.numpy()}, {}, {})
     tf.train.Checkpoint(bias=bias, step=tf.Variable(3, dtype=tf.int64)).write(
-        str(OUT / "norank2_ckpt" / "ckpt"))
+        str(OUT / "norank2_ckpt" / "ckpt")
+    )
 
 
 if FLAVOUR == "plain":

@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from hps_cli.runtime.errors import InvalidInputError, NotFoundError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,7 +15,6 @@ from hps_cli.dissect.bundle import BundleReader, resolve_prefix
 from hps_cli.dissect.object_graph import MODEL, OPTIMIZER, checkpoint_variables
 from hps_cli.dissect.protowire import decode_entry, decode_object_graph
 from hps_cli.dissect.sstable import read_table
-from hps_cli.runtime.errors import InvalidInputError, NotFoundError
 
 pytestmark = pytest.mark.tf
 
@@ -23,6 +23,7 @@ pytestmark = pytest.mark.tf
 def tf():
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
+
     return tf
 
 
@@ -55,14 +56,16 @@ def test_every_dtype_and_the_object_graph_match_tensorflow(tf, tmp_path):
         "f16": tf.Variable(rng.normal(size=(9, 4)).astype("float16")),
         "bf16": tf.Variable(tf.cast(rng.normal(size=(6, 2)), tf.bfloat16)),
         "i32": tf.Variable(rng.integers(-9, 9, (4, 4)).astype("int32")),
-        "i64": tf.Variable(rng.integers(-2**40, 2**40, (3,))),
+        "i64": tf.Variable(rng.integers(-(2**40), 2**40, (3,))),
         "flag": tf.Variable([True, False]),
         "scalar": tf.Variable(2.5),
         "word": tf.Variable("héllo\x00wörld"),
     }
     module = tf.Module()
     module.inner = tf.Module()
-    module.inner.table = tf.Variable(rng.normal(size=(20, 4)).astype("float32"), name="user_emb/embeddings")
+    module.inner.table = tf.Variable(
+        rng.normal(size=(20, 4)).astype("float32"), name="user_emb/embeddings"
+    )
     prefix = tf.train.Checkpoint(net=module, **variables).write(str(tmp_path / "ckpt"))
     reader = _compare_with_tf(tf, prefix)
     assert reader.read_strings("word/.ATTRIBUTES/VARIABLE_VALUE") == ["héllo\x00wörld".encode()]
@@ -73,15 +76,22 @@ def test_every_dtype_and_the_object_graph_match_tensorflow(tf, tmp_path):
             continue
         ours, theirs = decode_entry(value), tensor_bundle_pb2.BundleEntryProto.FromString(value)
         assert (ours.dtype, ours.shard_id, ours.offset, ours.size, ours.crc32c) == (
-            theirs.dtype, theirs.shard_id, theirs.offset, theirs.size, theirs.crc32c)
+            theirs.dtype,
+            theirs.shard_id,
+            theirs.offset,
+            theirs.size,
+            theirs.crc32c,
+        )
         assert ours.shape == tuple(d.size for d in theirs.shape.dim)
     raw = reader.read_strings("_CHECKPOINTABLE_OBJECT_GRAPH")[0]
     ours = decode_object_graph(raw)
     theirs = trackable_object_graph_pb2.TrackableObjectGraph.FromString(raw)
-    assert [[(c.node_id, c.local_name) for c in n.children] for n in ours] == \
-        [[(c.node_id, c.local_name) for c in n.children] for n in theirs.nodes]
-    assert [[(a.full_name, a.checkpoint_key) for a in n.attributes] for n in ours] == \
-        [[(a.full_name, a.checkpoint_key) for a in n.attributes] for n in theirs.nodes]
+    assert [[(c.node_id, c.local_name) for c in n.children] for n in ours] == [
+        [(c.node_id, c.local_name) for c in n.children] for n in theirs.nodes
+    ]
+    assert [[(a.full_name, a.checkpoint_key) for a in n.attributes] for n in ours] == [
+        [(a.full_name, a.checkpoint_key) for a in n.attributes] for n in theirs.nodes
+    ]
     named = {v.name: v for v in checkpoint_variables(reader)}
     assert named["user_emb/embeddings"].path == "net/inner/table"
     assert named["user_emb/embeddings"].kind == MODEL
@@ -90,8 +100,14 @@ def test_every_dtype_and_the_object_graph_match_tensorflow(tf, tmp_path):
 def test_optimizer_slots_are_told_apart(tf, tmp_path):
     import keras
 
-    model = keras.Sequential([keras.Input((2,), dtype="int64"), keras.layers.Embedding(10, 3, name="emb"),
-                              keras.layers.Flatten(), keras.layers.Dense(1, name="head")])
+    model = keras.Sequential(
+        [
+            keras.Input((2,), dtype="int64"),
+            keras.layers.Embedding(10, 3, name="emb"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(1, name="head"),
+        ]
+    )
     model.compile(keras.optimizers.Adam(), "mse")
     model.fit(np.zeros((4, 2), "int64"), np.zeros((4, 1)), verbose=0)
     prefix = tf.train.Checkpoint(model=model, optimizer=model.optimizer).write(str(tmp_path / "c"))
@@ -107,7 +123,9 @@ def test_partitioned_tensors_are_read_slice_by_slice(tf, tmp_path):
     small = tf.Variable(rng.normal(size=(300, 5)).astype("float32"))
     policy = tf.train.experimental.MaxShardSizePolicy(max_shard_size=64 << 10)
     prefix = tf.train.Checkpoint(big=big, small=small).write(
-        str(tmp_path / "sharded"), options=tf.train.CheckpointOptions(experimental_sharding_callback=policy))
+        str(tmp_path / "sharded"),
+        options=tf.train.CheckpointOptions(experimental_sharding_callback=policy),
+    )
     assert len(list(tmp_path.glob("sharded.data-*"))) > 10
     reader = _compare_with_tf(tf, prefix)
     key = "big/.ATTRIBUTES/VARIABLE_VALUE"
@@ -118,9 +136,15 @@ def test_partitioned_tensors_are_read_slice_by_slice(tf, tmp_path):
     assert np.array_equal(reader.read_rows(key, 5000, 7000), big.numpy()[5000:7000])
 
 
-@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(rows=st.integers(1, 400), dim=st.integers(1, 40), chunk=st.integers(1, 500),
-       dtype=st.sampled_from(["float32", "float16", "float64"]))
+@settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    rows=st.integers(1, 400),
+    dim=st.integers(1, 40),
+    chunk=st.integers(1, 500),
+    dtype=st.sampled_from(["float32", "float16", "float64"]),
+)
 def test_row_chunks_reassemble_the_tensor(tf, tmp_path, rows, dim, chunk, dtype):
     folder = tmp_path / f"h{rows}-{dim}-{chunk}-{dtype}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -134,7 +158,12 @@ def test_row_chunks_reassemble_the_tensor(tf, tmp_path, rows, dim, chunk, dtype)
 
 def test_prefix_resolution(tf, tmp_path):
     prefix = tf.train.Checkpoint(v=tf.Variable([[1.0]])).write(str(tmp_path / "run" / "ckpt-3"))
-    for given_path in (prefix, prefix + ".index", prefix + ".data-00000-of-00001", tmp_path / "run"):
+    for given_path in (
+        prefix,
+        prefix + ".index",
+        prefix + ".data-00000-of-00001",
+        tmp_path / "run",
+    ):
         assert resolve_prefix(given_path) == tmp_path / "run" / "ckpt-3"
     with pytest.raises(NotFoundError):
         resolve_prefix(tmp_path / "nothing")
@@ -159,8 +188,8 @@ def test_damaged_checkpoints_give_clear_errors(tf, tmp_path):
     with pytest.raises(InvalidInputError, match="too short"):
         BundleReader(damaged("short", index[:20], data))
     with pytest.raises(InvalidInputError):
-        BundleReader(damaged("cut", index[:len(index) // 2] + index[-48:], data))
-    reader = BundleReader(damaged("truncated", index, data[:len(data) // 2]))
+        BundleReader(damaged("cut", index[: len(index) // 2] + index[-48:], data))
+    reader = BundleReader(damaged("truncated", index, data[: len(data) // 2]))
     with pytest.raises(InvalidInputError, match="past the end of the data file"):
         list(reader.iter_rows("v/.ATTRIBUTES/VARIABLE_VALUE", 10))
     reader = BundleReader(damaged("nodata", index, None))

@@ -15,31 +15,50 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dissect_models import trained_models
 from hps_cli.runtime.errors import ExitCode
 
 pytestmark = pytest.mark.tf
 
-SYNTHETIC_NAME = re.compile(r"(^|/)(_operations|_all_variables|variables|layer_with_weights-\d+|"
-                            r"_variables|_trainable_variables)(/|$)")
+SYNTHETIC_NAME = re.compile(
+    r"(^|/)(_operations|_all_variables|variables|layer_with_weights-\d+|"
+    r"_variables|_trainable_variables)(/|$)"
+)
 # path, real names that must be listed, names that must be table candidates
 LISTINGS = [
-    ("keras3/dlrm.keras", {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel", "ctr/bias"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
-    ("keras3/dlrm_export", {"user_emb/embeddings", "item_emb/embeddings", "bottom/kernel"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
-    ("keras3/dlrm_ckpt", {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
+    (
+        "keras3/dlrm.keras",
+        {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel", "ctr/bias"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
+    (
+        "keras3/dlrm_export",
+        {"user_emb/embeddings", "item_emb/embeddings", "bottom/kernel"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
+    (
+        "keras3/dlrm_ckpt",
+        {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
     ("keras3/notebook_sm", {"params", "notebook_dnn/fc_1/kernel"}, {"params"}),
     ("keras3/notebook_ckpt", {"params", "notebook_dnn/fc_1/kernel"}, set()),
     ("keras3/lookup.keras", {"id_emb/embeddings", "score/kernel"}, {"id_emb/embeddings"}),
-    ("tf_keras/dlrm.h5", {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
-    ("tf_keras/dlrm_sm", {"user_emb/embeddings", "item_emb/embeddings", "fc1/bias"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
-    ("tf_keras/dlrm_weights", {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
-     {"user_emb/embeddings", "item_emb/embeddings"}),
+    (
+        "tf_keras/dlrm.h5",
+        {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
+    (
+        "tf_keras/dlrm_sm",
+        {"user_emb/embeddings", "item_emb/embeddings", "fc1/bias"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
+    (
+        "tf_keras/dlrm_weights",
+        {"user_emb/embeddings", "item_emb/embeddings", "fc1/kernel"},
+        {"user_emb/embeddings", "item_emb/embeddings"},
+    ),
     ("tf_keras/notebook_sm", {"params", "notebook_dnn/fc_1/kernel"}, {"params"}),
     ("tf_keras/notebook_weights.h5", {"params", "notebook_dnn/fc_2/kernel"}, set()),
     ("tf_keras/lookup_sm", {"id_emb/embeddings", "score/kernel"}, {"id_emb/embeddings"}),
@@ -85,7 +104,9 @@ def test_list_as_text_and_optimizer_slots_are_skipped(models, hps):
     assert "user_emb/embeddings" in res.stdout and "100x8" in res.stdout
     assert "Keras Embedding" in res.stdout or "Embedding weight" in res.stdout
     assert "momentum" not in res.stdout and "optimizer variable(s)" in res.stdout
-    doc = json.loads(hps("dissect", str(models / "keras3" / "dlrm_ckpt"), "--list", "--json").stdout)
+    doc = json.loads(
+        hps("dissect", str(models / "keras3" / "dlrm_ckpt"), "--list", "--json").stdout
+    )
     slots = [v for v in doc["variables"] if v["kind"] == "optimizer"]
     assert any("user_emb_embeddings_momentum" in v["name"] for v in slots)
 
@@ -106,8 +127,14 @@ def test_list_and_no_dense_explain_integer_lookup_keys(models, tmp_path, hps):
 
 def test_dissect_json_and_overwrite(models, tmp_path, hps):
     out = tmp_path / "out"
-    res = hps("dissect", str(models / "tf_keras" / "lookup.h5"), str(out), "--json",
-              "--model-name", "ranker")
+    res = hps(
+        "dissect",
+        str(models / "tf_keras" / "lookup.h5"),
+        str(out),
+        "--json",
+        "--model-name",
+        "ranker",
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["ok"] and doc["manifest"]["model_name"] == "ranker"
@@ -132,10 +159,15 @@ def test_not_a_model(tmp_path, hps):
     with zipfile.ZipFile(archive, "w") as z:
         z.writestr("readme.txt", "no config here")
     import h5py
+
     with h5py.File(tmp_path / "data.h5", "w") as h5:
         h5["x"] = np.zeros((3, 3))
-    for bad, words in ((text, "not a model"), (empty, "not a model"),
-                       (archive, "not a Keras archive"), (tmp_path / "data.h5", "not one Keras wrote")):
+    for bad, words in (
+        (text, "not a model"),
+        (empty, "not a model"),
+        (archive, "not a Keras archive"),
+        (tmp_path / "data.h5", "not one Keras wrote"),
+    ):
         out = tmp_path / "out"
         res = hps("dissect", str(bad), str(out))
         assert_clean_failure(res, ExitCode.INVALID, out, str(bad), words)
@@ -205,8 +237,10 @@ def test_failed_self_check_exits_7_and_leaves_nothing(tmp_path, hps):
     class Noisy(tf.Module):
         def __init__(self):
             super().__init__()
-            self.table = tf.Variable(np.random.default_rng(0).normal(size=(50, 4)).astype("float32"),
-                                     name="emb/embeddings")
+            self.table = tf.Variable(
+                np.random.default_rng(0).normal(size=(50, 4)).astype("float32"),
+                name="emb/embeddings",
+            )
             self.head = tf.Variable(np.ones((4, 1), "float32"), name="head")
 
         @tf.function(input_signature=[tf.TensorSpec([None, 2], tf.int64, name="ids")])
@@ -240,8 +274,15 @@ def test_missing_tensorflow(models, tmp_path, hps):
     assert_clean_failure(res, ExitCode.DEPENDENCY, out, "tensorflow")
     assert "pip install 'hps-cli[tf]'" in res.stderr
     # Tables straight from a checkpoint need no TensorFlow at all.
-    res = hps("dissect", str(models / "plain" / "plain_ckpt"), str(out), "--table", "item_table",
-              "--no-check", env=env)
+    res = hps(
+        "dissect",
+        str(models / "plain" / "plain_ckpt"),
+        str(out),
+        "--table",
+        "item_table",
+        "--no-check",
+        env=env,
+    )
     assert res.returncode == 0, res.stderr
     expected = np.load(models / "plain" / "plain.npz")["table:item_table"]
     vectors = np.fromfile(out / "item_table" / "emb_vector", dtype="<f4").reshape(expected.shape)

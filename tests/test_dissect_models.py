@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from dissect_models import expected, trained_models
 from hps_cli.runtime.config import validate_config_file
 from hps_cli.runtime.resources import load_schema
@@ -30,24 +29,73 @@ CASES = [
     ("keras3-dlrm.keras", "keras3", "dlrm.keras", (), "dlrm", "keras_functional", DLRM_INPUTS),
     ("keras3-dlrm-export", "keras3", "dlrm_export", (), "dlrm", "graph", DLRM_INPUTS),
     ("keras3-dlrm-checkpoint", "keras3", "dlrm_ckpt", (), "dlrm", None, {}),
-    ("keras3-notebook-savedmodel", "keras3", "notebook_sm", (), "notebook", "graph",
-     {"ids": ("params", 5)}),
+    (
+        "keras3-notebook-savedmodel",
+        "keras3",
+        "notebook_sm",
+        (),
+        "notebook",
+        "graph",
+        {"ids": ("params", 5)},
+    ),
     ("keras3-notebook-checkpoint", "keras3", "notebook_ckpt", ("params",), "notebook", None, {}),
-    ("keras3-lookup.keras", "keras3", "lookup.keras", (), "lookup", "keras_functional",
-     {"raw_ids": ("id_emb", 2)}),
-    ("keras3-lookup-export", "keras3", "lookup_export", (), "lookup", "graph",
-     {"raw_ids": ("id_emb", 2)}),
+    (
+        "keras3-lookup.keras",
+        "keras3",
+        "lookup.keras",
+        (),
+        "lookup",
+        "keras_functional",
+        {"raw_ids": ("id_emb", 2)},
+    ),
+    (
+        "keras3-lookup-export",
+        "keras3",
+        "lookup_export",
+        (),
+        "lookup",
+        "graph",
+        {"raw_ids": ("id_emb", 2)},
+    ),
     ("tf_keras-dlrm.h5", "tf_keras", "dlrm.h5", (), "dlrm", "keras_functional", DLRM_INPUTS),
     ("tf_keras-dlrm-savedmodel", "tf_keras", "dlrm_sm", (), "dlrm", "graph", DLRM_INPUTS),
     ("tf_keras-dlrm-save_weights", "tf_keras", "dlrm_weights", (), "dlrm", None, {}),
-    ("tf_keras-notebook-savedmodel", "tf_keras", "notebook_sm", (), "notebook", "graph",
-     {"ids": ("params", 5)}),
-    ("tf_keras-notebook-weights.h5", "tf_keras", "notebook_weights.h5", ("params",), "notebook",
-     None, {}),
-    ("tf_keras-lookup.h5", "tf_keras", "lookup.h5", (), "lookup", "keras_functional",
-     {"raw_ids": ("id_emb", 2)}),
-    ("tf_keras-lookup-savedmodel", "tf_keras", "lookup_sm", (), "lookup", "graph",
-     {"raw_ids": ("id_emb", 2)}),
+    (
+        "tf_keras-notebook-savedmodel",
+        "tf_keras",
+        "notebook_sm",
+        (),
+        "notebook",
+        "graph",
+        {"ids": ("params", 5)},
+    ),
+    (
+        "tf_keras-notebook-weights.h5",
+        "tf_keras",
+        "notebook_weights.h5",
+        ("params",),
+        "notebook",
+        None,
+        {},
+    ),
+    (
+        "tf_keras-lookup.h5",
+        "tf_keras",
+        "lookup.h5",
+        (),
+        "lookup",
+        "keras_functional",
+        {"raw_ids": ("id_emb", 2)},
+    ),
+    (
+        "tf_keras-lookup-savedmodel",
+        "tf_keras",
+        "lookup_sm",
+        (),
+        "lookup",
+        "graph",
+        {"raw_ids": ("id_emb", 2)},
+    ),
     ("plain-checkpoint", "plain", "plain_ckpt", ("item_table=items",), "plain", None, {}),
 ]
 
@@ -72,6 +120,7 @@ def dissected(models, tmp_path_factory):
             result = dissect(models / case[1] / case[2], out, DissectOptions(tables=case[3]))
             done[case[0]] = (out, result)
         return done[case[0]]
+
     return run
 
 
@@ -103,14 +152,17 @@ def test_tables_equal_the_trained_weights(case, models, dissected):
             assert sorted(keys.tolist()) == sorted(rows)  # every raw id, nothing else
             assert np.array_equal(vectors, weights[[rows[int(k)] for k in keys]])
             assert table["keys"]["unwritten_rows"] == weights.shape[0] - len(rows)
-            assert table["keys"]["oov_rows"] == sorted(set(range(weights.shape[0])) - set(rows.values()))
+            assert table["keys"]["oov_rows"] == sorted(
+                set(range(weights.shape[0])) - set(rows.values())
+            )
 
 
 def _lookup(out: Path, manifest: dict, table: str, ids: np.ndarray) -> np.ndarray:
     keys, vectors = _table(out, manifest, table)
     index = {int(k): i for i, k in enumerate(keys)}
     return vectors[[index[int(i)] for i in np.asarray(ids).reshape(-1)]].reshape(
-        np.shape(ids) + (vectors.shape[1],))
+        np.shape(ids) + (vectors.shape[1],)
+    )
 
 
 def _dense_feed(out: Path, manifest: dict, data: dict) -> dict:
@@ -119,7 +171,10 @@ def _dense_feed(out: Path, manifest: dict, data: dict) -> dict:
     for spec in manifest["inputs"]:
         for lookup in spec.get("lookups", []):
             if spec["format"] == "sparse":
-                indices, values = data[f"in:{spec['name']}:indices"], data[f"in:{spec['name']}:values"]
+                indices, values = (
+                    data[f"in:{spec['name']}:indices"],
+                    data[f"in:{spec['name']}:values"],
+                )
                 batch = int(data[f"in:{spec['name']}:dense_shape"][0])
                 vectors = _lookup(out, manifest, lookup["table"], values)
                 rows = [vectors[indices[:, 0] == b] for b in range(batch)]
@@ -150,7 +205,7 @@ def test_dense_part_reproduces_the_predictions(case, models, dissected):
     assert not any("keras_tensor" in n for n in names)
     feed = _dense_feed(out, manifest, data)
     got = serve(**{k: tf.constant(v) for k, v in feed.items()})
-    wanted = {k[len("out:"):]: v for k, v in data.items() if k.startswith("out:")}
+    wanted = {k[len("out:") :]: v for k, v in data.items() if k.startswith("out:")}
     assert len(got) == len(wanted) == 1  # export() calls its output output_0, Keras the layer
     diff = np.max(np.abs(next(iter(got.values())).numpy() - next(iter(wanted.values()))))
     assert diff <= 1e-5
@@ -177,8 +232,10 @@ def test_manifest_and_ps_config_are_valid_and_complete(case, models, dissected):
         assert (out / path / "key").is_file() and path == table["dir"]
         assert table["checksum"] and table["ids_per_sample"] >= 1
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [t["dir"] for t in manifest["tables"]] + ["manifest.json", "ps.json"]
-        + (["dense"] if case[5] else []))
+        [t["dir"] for t in manifest["tables"]]
+        + ["manifest.json", "ps.json"]
+        + (["dense"] if case[5] else [])
+    )
     inputs = {i["name"]: i for i in manifest["inputs"]}
     for name, (table, per_sample) in case[6].items():
         lookup = inputs[name]["lookups"][0]
@@ -195,7 +252,7 @@ def test_manifest_and_ps_config_are_valid_and_complete(case, models, dissected):
 
 
 def test_notebook_pattern_is_cut_after_the_combiner(models, dissected):
-    out, result = dissected(CASE['keras3-notebook-savedmodel'])
+    out, result = dissected(CASE["keras3-notebook-savedmodel"])
     manifest = result.manifest
     ids = next(i for i in manifest["inputs"] if i["name"] == "ids")
     assert ids["format"] == "sparse"
@@ -207,8 +264,12 @@ def test_notebook_pattern_is_cut_after_the_combiner(models, dissected):
 
 
 def test_integer_lookup_keys_are_the_raw_ids_and_oov_is_documented(models, dissected):
-    for case in (CASE['keras3-lookup.keras'], CASE['tf_keras-lookup.h5'],
-                 CASE['keras3-lookup-export'], CASE['tf_keras-lookup-savedmodel']):
+    for case in (
+        CASE["keras3-lookup.keras"],
+        CASE["tf_keras-lookup.h5"],
+        CASE["keras3-lookup-export"],
+        CASE["tf_keras-lookup-savedmodel"],
+    ):
         out, result = dissected(case)
         keys = result.manifest["tables"][0]["keys"]
         assert keys["source"] == "integer_lookup_vocabulary"
@@ -218,8 +279,8 @@ def test_integer_lookup_keys_are_the_raw_ids_and_oov_is_documented(models, disse
 
 
 def test_dense_part_keeps_variables_for_keras_and_freezes_graph_cuts(models, dissected):
-    assert dissected(CASE['keras3-dlrm.keras'])[1].manifest["dense"]["variables"] == "kept"
-    assert dissected(CASE['keras3-dlrm-export'])[1].manifest["dense"]["variables"] == "frozen"
+    assert dissected(CASE["keras3-dlrm.keras"])[1].manifest["dense"]["variables"] == "kept"
+    assert dissected(CASE["keras3-dlrm-export"])[1].manifest["dense"]["variables"] == "frozen"
 
 
 def test_table_choice_leaves_other_embeddings_inside_the_dense_part(models, tmp_path):

@@ -15,29 +15,46 @@ def _print_listing(out, inventory) -> None:
     from ..dissect.inspect import describe_evidence, eligible
 
     src = inventory.source
-    out.line(f"{src.path}: {src.format}, written by {src.flavour}"
-             + (f" {src.keras_version}" if src.keras_version else "")
-             + f"; model name '{src.model_name}'"
-             + ("" if src.loadable else "; values only (no model to cut)"))
+    out.line(
+        f"{src.path}: {src.format}, written by {src.flavour}"
+        + (f" {src.keras_version}" if src.keras_version else "")
+        + f"; model name '{src.model_name}'"
+        + ("" if src.loadable else "; values only (no model to cut)")
+    )
     grid = Table(show_edge=False, title_justify="left")
-    for name, just in (("variable", "left"), ("shape", "left"), ("dtype", "left"),
-                       ("table", "left"), ("evidence", "left"), ("stored as", "left")):
+    for name, just in (
+        ("variable", "left"),
+        ("shape", "left"),
+        ("dtype", "left"),
+        ("table", "left"),
+        ("evidence", "left"),
+        ("stored as", "left"),
+    ):
         grid.add_column(name, justify=just, overflow="fold")
     from ..dissect.inspect import default_table_name
+
     for var in inventory.variables:
         if var.kind != "model":
             continue
         candidate = eligible(var) and bool(var.evidence)
-        grid.add_row(var.name, "x".join(map(str, var.shape)) or "scalar", var.dtype,
-                     default_table_name(var) if candidate else
-                     ("(rank 2: --table)" if eligible(var) else ""),
-                     "; ".join(describe_evidence(e) for e in var.evidence), var.location)
+        grid.add_row(
+            var.name,
+            "x".join(map(str, var.shape)) or "scalar",
+            var.dtype,
+            default_table_name(var)
+            if candidate
+            else ("(rank 2: --table)" if eligible(var) else ""),
+            "; ".join(describe_evidence(e) for e in var.evidence),
+            var.location,
+        )
     out.render(grid)
     others = [v for v in inventory.variables if v.kind != "model"]
     if others:
-        out.line(f"not listed: {sum(v.kind == 'optimizer' for v in others)} optimizer variable(s), "
-                 f"{sum(v.kind == 'bookkeeping' for v in others)} counter/metric variable(s) "
-                 "(all in --json)")
+        out.line(
+            f"not listed: {sum(v.kind == 'optimizer' for v in others)} optimizer variable(s), "
+            f"{sum(v.kind == 'bookkeeping' for v in others)} counter/metric variable(s) "
+            "(all in --json)"
+        )
     for note in inventory.notes:
         if "optimizer variable" not in note:
             out.line(f"note: {note}")
@@ -46,28 +63,66 @@ def _print_listing(out, inventory) -> None:
 @click.command("dissect")
 @click.argument("model_path", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path), required=False)
-@click.option("--list", "list_only", is_flag=True,
-              help="List the variables (real names, shapes, dtypes, table candidates) and stop.")
-@click.option("--table", "tables", multiple=True, metavar="VAR[=NAME]",
-              help="Write this variable as a table (named NAME); repeat. Default: every "
-                   "detected embedding table.")
+@click.option(
+    "--list",
+    "list_only",
+    is_flag=True,
+    help="List the variables (real names, shapes, dtypes, table candidates) and stop.",
+)
+@click.option(
+    "--table",
+    "tables",
+    multiple=True,
+    metavar="VAR[=NAME]",
+    help="Write this variable as a table (named NAME); repeat. Default: every "
+    "detected embedding table.",
+)
 @click.option("--model-name", help="Model name in ps.json (default: the model's own name).")
-@click.option("--check/--no-check", default=True, show_default=True,
-              help="Run the model and tables + dense part on sample inputs; fail if outputs "
-                   "differ by more than 1e-5.")
-@click.option("--dense/--no-dense", default=None,
-              help="Write the dense part (default: when the input is a loadable model).")
+@click.option(
+    "--check/--no-check",
+    default=True,
+    show_default=True,
+    help="Run the model and tables + dense part on sample inputs; fail if outputs "
+    "differ by more than 1e-5.",
+)
+@click.option(
+    "--dense/--no-dense",
+    default=None,
+    help="Write the dense part (default: when the input is a loadable model).",
+)
 @click.option("--signature", help="SavedModel signature to cut (default: serving_default).")
-@click.option("--max-batch-size", type=click.IntRange(min=1), default=1024, show_default=True,
-              help="max_batch_size in ps.json.")
-@click.option("--ids-per-sample", type=click.IntRange(min=1), default=None,
-              help="Ids per sample for tables where the model does not tell (tables only, "
-                   "variable-length inputs).")
+@click.option(
+    "--max-batch-size",
+    type=click.IntRange(min=1),
+    default=1024,
+    show_default=True,
+    help="max_batch_size in ps.json.",
+)
+@click.option(
+    "--ids-per-sample",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Ids per sample for tables where the model does not tell (tables only, "
+    "variable-length inputs).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
 @click.pass_context
-def dissect_command(ctx, model_path, out_dir, list_only, tables, model_name, check, dense,
-                    signature, max_batch_size, ids_per_sample, overwrite, json_output) -> None:
+def dissect_command(
+    ctx,
+    model_path,
+    out_dir,
+    list_only,
+    tables,
+    model_name,
+    check,
+    dense,
+    signature,
+    max_batch_size,
+    ids_per_sample,
+    overwrite,
+    json_output,
+) -> None:
     """Split a trained model into HPS tables, a dense SavedModel, ps.json and manifest.json.
 
     MODEL_PATH: a SavedModel folder, a Keras 3 .keras archive, a Keras .h5 file or a TF2
@@ -86,9 +141,16 @@ def dissect_command(ctx, model_path, out_dir, list_only, tables, model_name, che
         return
     if out_dir is None:
         raise click.UsageError("OUT_DIR is required (or pass --list)")
-    options = DissectOptions(tables=tuple(tables), model_name=model_name, check=check, dense=dense,
-                             overwrite=overwrite, max_batch_size=max_batch_size,
-                             ids_per_sample=ids_per_sample, signature=signature)
+    options = DissectOptions(
+        tables=tuple(tables),
+        model_name=model_name,
+        check=check,
+        dense=dense,
+        overwrite=overwrite,
+        max_batch_size=max_batch_size,
+        ids_per_sample=ids_per_sample,
+        signature=signature,
+    )
     with out.progress(None, f"dissecting {model_path}") as advance:
         result = dissect(model_path, out_dir, options, progress=advance)
     for warning in result.warnings:
@@ -98,8 +160,10 @@ def dissect_command(ctx, model_path, out_dir, list_only, tables, model_name, che
         return
     manifest = result.manifest
     for table in manifest["tables"]:
-        out.line(f"table {table['name']}: {table['num_keys']:,} keys x dim {table['dim']} "
-                 f"from {table['variable']} (keys: {table['keys']['source']})")
+        out.line(
+            f"table {table['name']}: {table['num_keys']:,} keys x dim {table['dim']} "
+            f"from {table['variable']} (keys: {table['keys']['source']})"
+        )
     if manifest["dense"]:
         dense_doc = manifest["dense"]
         ins = ", ".join(i["name"] for i in dense_doc["inputs"])
@@ -107,7 +171,9 @@ def dissect_command(ctx, model_path, out_dir, list_only, tables, model_name, che
         out.line(f"dense: {dense_doc['dir']}/ ({dense_doc['cut']} cut) inputs [{ins}] -> [{outs}]")
     check_doc = manifest["self_check"]
     diff = check_doc.get("max_abs_diff")
-    out.line(f"self-check: {check_doc['status']}"
-             + (f", max difference {diff:.3g}" if diff is not None else "")
-             + (f" ({check_doc['note']})" if check_doc.get("note") else ""))
+    out.line(
+        f"self-check: {check_doc['status']}"
+        + (f", max difference {diff:.3g}" if diff is not None else "")
+        + (f" ({check_doc['note']})" if check_doc.get("note") else "")
+    )
     out.line(f"wrote {result.out_dir} (ps.json, manifest.json) in {result.seconds:.1f} s")

@@ -23,10 +23,20 @@ from .sstable import read_table
 
 # tensorflow/core/framework/types.proto DataType → (name, numpy type code, item size)
 DTYPES: dict[int, tuple[str, str | None, int]] = {
-    1: ("float32", "f4", 4), 2: ("float64", "f8", 8), 3: ("int32", "i4", 4), 4: ("uint8", "u1", 1),
-    5: ("int16", "i2", 2), 6: ("int8", "i1", 1), 7: ("string", None, 0), 9: ("int64", "i8", 8),
-    10: ("bool", "b1", 1), 14: ("bfloat16", "u2", 2), 17: ("uint16", "u2", 2),
-    19: ("float16", "f2", 2), 22: ("uint32", "u4", 4), 23: ("uint64", "u8", 8),
+    1: ("float32", "f4", 4),
+    2: ("float64", "f8", 8),
+    3: ("int32", "i4", 4),
+    4: ("uint8", "u1", 1),
+    5: ("int16", "i2", 2),
+    6: ("int8", "i1", 1),
+    7: ("string", None, 0),
+    9: ("int64", "i8", 8),
+    10: ("bool", "b1", 1),
+    14: ("bfloat16", "u2", 2),
+    17: ("uint16", "u2", 2),
+    19: ("float16", "f2", 2),
+    22: ("uint32", "u4", 4),
+    23: ("uint64", "u8", 8),
 }
 FLOAT_DTYPES = {"float32", "float64", "float16", "bfloat16"}
 OBJECT_GRAPH_KEY = "_CHECKPOINTABLE_OBJECT_GRAPH"
@@ -59,7 +69,7 @@ def resolve_prefix(path: Path | str) -> Path:
     """
     path = Path(path)
     if path.name.endswith(".index") and path.is_file():
-        return path.with_name(path.name[:-len(".index")])
+        return path.with_name(path.name[: -len(".index")])
     match = re.match(r"^(.*)\.data-\d{5}-of-\d{5}$", path.name)
     if match and path.is_file():
         return path.with_name(match.group(1))
@@ -76,9 +86,10 @@ def resolve_prefix(path: Path | str) -> Path:
                     return prefix
         indexes = sorted(path.glob("*.index"))
         if len(indexes) == 1:
-            return indexes[0].with_name(indexes[0].name[:-len(".index")])
-    raise NotFoundError("no TensorFlow checkpoint here (expected a prefix with a .index file)",
-                        location=str(path))
+            return indexes[0].with_name(indexes[0].name[: -len(".index")])
+    raise NotFoundError(
+        "no TensorFlow checkpoint here (expected a prefix with a .index file)", location=str(path)
+    )
 
 
 def is_checkpoint(path: Path | str) -> bool:
@@ -107,8 +118,9 @@ class BundleReader:
         except FileNotFoundError as exc:
             raise NotFoundError("checkpoint index not found", location=location) from exc
         except OSError as exc:
-            raise InvalidInputError(f"cannot read the checkpoint index: {exc.strerror}",
-                                    location=location) from exc
+            raise InvalidInputError(
+                f"cannot read the checkpoint index: {exc.strerror}", location=location
+            ) from exc
         self.header = BundleHeader()
         self.tensors: dict[str, TensorInfo] = {}
         self._slices: dict[bytes, BundleEntry] = {}
@@ -127,14 +139,16 @@ class BundleReader:
 
     def data_path(self, shard: int) -> Path:
         return self.prefix.with_name(
-            f"{self.prefix.name}.data-{shard:05d}-of-{self.header.num_shards:05d}")
+            f"{self.prefix.name}.data-{shard:05d}-of-{self.header.num_shards:05d}"
+        )
 
     def info(self, key: str) -> TensorInfo:
         try:
             return self.tensors[key]
         except KeyError:
-            raise NotFoundError(f"no tensor '{key}' in the checkpoint",
-                                location=str(self.index_path)) from None
+            raise NotFoundError(
+                f"no tensor '{key}' in the checkpoint", location=str(self.index_path)
+            ) from None
 
     def _span(self, info: TensorInfo, entry: BundleEntry | None = None) -> tuple[Path, int, int]:
         entry = entry or info.entry
@@ -142,19 +156,24 @@ class BundleReader:
         if not path.exists():
             raise NotFoundError(f"data file of tensor '{info.key}' is missing", location=str(path))
         if not path.is_file():
-            raise InvalidInputError("the checkpoint data file is not a regular file",
-                                    location=str(path))
+            raise InvalidInputError(
+                "the checkpoint data file is not a regular file", location=str(path)
+            )
         if entry.offset + entry.size > path.stat().st_size:
             raise InvalidInputError(
                 f"tensor '{info.key}' ends at byte {entry.offset + entry.size}, past the end of "
-                "the data file (truncated checkpoint?)", location=str(path))
+                "the data file (truncated checkpoint?)",
+                location=str(path),
+            )
         return path, entry.offset, entry.size
 
     def _numpy_dtype(self, info: TensorInfo) -> np.dtype:
         code = DTYPES.get(info.entry.dtype, (None, None, 0))[1]
         if code is None:
-            raise InvalidInputError(f"tensor '{info.key}' has dtype {info.dtype}, not a number",
-                                    location=str(self.index_path))
+            raise InvalidInputError(
+                f"tensor '{info.key}' has dtype {info.dtype}, not a number",
+                location=str(self.index_path),
+            )
         return np.dtype((">" if self.header.big_endian else "<") + code)
 
     def read(self, key: str) -> np.ndarray:
@@ -185,46 +204,65 @@ class BundleReader:
         else:
             parts = []
             for extents in info.entry.slices:
-                if any(ext != (0, -1) and ext != (0, dim) for ext, dim in
-                       zip(extents[1:], info.shape[1:])):
+                if any(
+                    ext != (0, -1) and ext != (0, dim)
+                    for ext, dim in zip(extents[1:], info.shape[1:])
+                ):
                     raise InvalidInputError(
                         f"tensor '{info.key}' is partitioned along an axis other than the first",
-                        location=str(self.index_path))
+                        location=str(self.index_path),
+                    )
                 start, length = extents[0] if extents else (0, -1)
                 length = rows - start if length < 0 else length
                 entry = self._slices.get(slice_key(info.key, extents))
                 if entry is None:
-                    raise InvalidInputError(f"slice {start}:{start + length} of '{info.key}' is "
-                                            "missing from the index", location=str(self.index_path))
+                    raise InvalidInputError(
+                        f"slice {start}:{start + length} of '{info.key}' is missing from the index",
+                        location=str(self.index_path),
+                    )
                 parts.append((start, length, entry))
             parts.sort(key=lambda p: p[0])
         expected = 0
         for start, count, entry in parts:
             if start != expected:
-                raise InvalidInputError(f"slices of '{info.key}' do not cover row {expected}",
-                                        location=str(self.index_path))
+                raise InvalidInputError(
+                    f"slices of '{info.key}' do not cover row {expected}",
+                    location=str(self.index_path),
+                )
             if count * row_bytes != entry.size:
                 raise InvalidInputError(
                     f"tensor '{info.key}' rows {start}..{start + count} have {entry.size} bytes, "
                     f"expected {count * row_bytes} for {info.dtype} rows of {row_items}",
-                    location=str(self.index_path))
+                    location=str(self.index_path),
+                )
             expected = start + count
         if expected != rows:
-            raise InvalidInputError(f"slices of '{info.key}' cover {expected} of {rows} rows",
-                                    location=str(self.index_path))
+            raise InvalidInputError(
+                f"slices of '{info.key}' cover {expected} of {rows} rows",
+                location=str(self.index_path),
+            )
         return parts
 
     def read_rows(self, key: str, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` of a numeric tensor (rank >= 1; a scalar counts as one row)."""
         info = self.info(key)
-        parts = [rows.copy() for _, rows in self.iter_rows(key, max(1, stop - start),
-                                                           start=start, stop=stop)]
+        parts = [
+            rows.copy()
+            for _, rows in self.iter_rows(key, max(1, stop - start), start=start, stop=stop)
+        ]
         if not parts:
             return np.empty((0,) + tuple(info.shape[1:]), dtype=self._numpy_dtype(info))
         return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
-    def iter_rows(self, key: str, rows_per_chunk: int, *, start: int = 0,
-                  stop: int | None = None, buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(
+        self,
+        key: str,
+        rows_per_chunk: int,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        buffers: int = 1,
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row, rows) chunks of a numeric tensor, reading into reused buffers.
 
         Chunk ``i`` lives in buffer ``i % buffers``: it stays valid for ``buffers - 1`` more
@@ -238,8 +276,10 @@ class BundleReader:
         if stop <= start:
             return
         row_bytes = row_items * dtype.itemsize
-        pool = [np.empty(min(stop - start, rows_per_chunk) * row_items, dtype=dtype)
-                for _ in range(max(1, buffers))]
+        pool = [
+            np.empty(min(stop - start, rows_per_chunk) * row_items, dtype=dtype)
+            for _ in range(max(1, buffers))
+        ]
         shape_tail = tuple(info.shape[1:])
         step = 0
         for part_start, part_rows, entry in self._parts(info):
@@ -255,9 +295,14 @@ class BundleReader:
                     count = min(last, row + rows_per_chunk) - row
                     buffer = pool[step % len(pool)]
                     step += 1
-                    _pread_exact(fd, memoryview(buffer).cast("B")[:count * row_bytes],
-                                 offset + (row - part_start) * row_bytes, path, info.key)
-                    chunk = buffer[:count * row_items]
+                    _pread_exact(
+                        fd,
+                        memoryview(buffer).cast("B")[: count * row_bytes],
+                        offset + (row - part_start) * row_bytes,
+                        path,
+                        info.key,
+                    )
+                    chunk = buffer[: count * row_items]
                     yield row, chunk.reshape((count,) + shape_tail) if info.shape else chunk
             finally:
                 os.close(fd)
@@ -266,8 +311,9 @@ class BundleReader:
         """A string tensor: varint64 lengths, a 4-byte checksum of them, then the bytes."""
         info = self.info(key)
         if info.dtype != "string":
-            raise InvalidInputError(f"tensor '{key}' is {info.dtype}, not a string",
-                                    location=str(self.index_path))
+            raise InvalidInputError(
+                f"tensor '{key}' is {info.dtype}, not a string", location=str(self.index_path)
+            )
         path, offset, size = self._span(info)
         fd = _open_readable(path)
         try:
@@ -283,24 +329,37 @@ class BundleReader:
                 length, pos = read_varint(data, pos)
                 lengths.append(length)
         except ValueError as exc:
-            raise InvalidInputError(f"corrupt string tensor '{key}': {exc}",
-                                    location=str(path)) from exc
+            raise InvalidInputError(
+                f"corrupt string tensor '{key}': {exc}", location=str(path)
+            ) from exc
         pos += 4  # masked crc32c of the lengths
         values = []
         for length in lengths:
-            values.append(data[pos:pos + length])
+            values.append(data[pos : pos + length])
             pos += length
         if pos != size:
-            raise InvalidInputError(f"string tensor '{key}' has {size} bytes, expected {pos}",
-                                    location=str(path))
+            raise InvalidInputError(
+                f"string tensor '{key}' has {size} bytes, expected {pos}", location=str(path)
+            )
         return values
 
 
-_HEADER_BITS = [(0x00, 0x00), (0x80, 0x00), (0xC0, 0x00), (0xE0, 0x00), (0xF0, 0x00),
-                (0xF8, 0x00), (0xFC, 0x00), (0xFE, 0x00), (0xFF, 0x00), (0xFF, 0x80),
-                (0xFF, 0xC0)]
-_BITS_TO_LENGTH = [1] * 7 + [2] * 7 + [3] * 7 + [4] * 7 + [5] * 7 + [6] * 7 + [7] * 7 + \
-    [8] * 7 + [9] * 7 + [10]
+_HEADER_BITS = [
+    (0x00, 0x00),
+    (0x80, 0x00),
+    (0xC0, 0x00),
+    (0xE0, 0x00),
+    (0xF0, 0x00),
+    (0xF8, 0x00),
+    (0xFC, 0x00),
+    (0xFE, 0x00),
+    (0xFF, 0x00),
+    (0xFF, 0x80),
+    (0xFF, 0xC0),
+]
+_BITS_TO_LENGTH = (
+    [1] * 7 + [2] * 7 + [3] * 7 + [4] * 7 + [5] * 7 + [6] * 7 + [7] * 7 + [8] * 7 + [9] * 7 + [10]
+)
 
 
 def _ordered_num(value: int) -> bytes:
@@ -315,9 +374,10 @@ def _ordered_signed(value: int) -> bytes:
     if x < 64:
         return bytes([(_HEADER_BITS[1][0] ^ value) & 0xFF])
     length = _BITS_TO_LENGTH[x.bit_length()]
-    buf = bytearray((b"\xff\xff" if value < 0 else b"\x00\x00") +
-                    (value & (2 ** 64 - 1)).to_bytes(8, "big"))
-    begin = buf[len(buf) - length:]
+    buf = bytearray(
+        (b"\xff\xff" if value < 0 else b"\x00\x00") + (value & (2**64 - 1)).to_bytes(8, "big")
+    )
+    begin = buf[len(buf) - length :]
     begin[0] ^= _HEADER_BITS[length][0]
     begin[1] ^= _HEADER_BITS[length][1]
     return bytes(begin)
@@ -357,8 +417,9 @@ def _pread_exact(fd: int, view: memoryview, offset: int, path: Path, key: str) -
         try:
             got = os.preadv(fd, [view[done:]], offset + done)
         except OSError as exc:
-            raise InvalidInputError(f"cannot read '{key}': {exc.strerror}", location=str(path)) \
-                from exc
+            raise InvalidInputError(
+                f"cannot read '{key}': {exc.strerror}", location=str(path)
+            ) from exc
         if got <= 0:
             raise InvalidInputError(f"unexpected end of data reading '{key}'", location=str(path))
         done += got

@@ -18,8 +18,13 @@ from .tf_support import import_tensorflow
 SIGNATURE = "serving_default"
 
 
-def save_dense(dest: Path, call: Callable[[list], Sequence], inputs: list[TensorSig],
-               outputs: list[TensorSig], variables: Sequence = ()) -> None:
+def save_dense(
+    dest: Path,
+    call: Callable[[list], Sequence],
+    inputs: list[TensorSig],
+    outputs: list[TensorSig],
+    variables: Sequence = (),
+) -> None:
     """Save ``call(list of input tensors) -> output tensors`` as a SavedModel at ``dest``."""
     tf = import_tensorflow("saving the dense part")
     specs = [tf.TensorSpec(sig.shape, tf.as_dtype(sig.dtype), name=sig.name) for sig in inputs]

@@ -19,9 +19,14 @@ from .tf_support import import_tensorflow
 RESOURCE = 20  # DataType DT_RESOURCE
 PASS_THROUGH = {"Identity", "ReadVariableOp", "IdentityN"}
 GATHERS = {"GatherV2": 0, "ResourceGather": 0, "Gather": 0}
-COMBINERS = {"SparseSegmentSum": "sum", "SparseSegmentMean": "mean", "SparseSegmentSqrtN": "sqrtn",
-             "SparseSegmentSumWithNumSegments": "sum", "SparseSegmentMeanWithNumSegments": "mean",
-             "SparseSegmentSqrtNWithNumSegments": "sqrtn"}
+COMBINERS = {
+    "SparseSegmentSum": "sum",
+    "SparseSegmentMean": "mean",
+    "SparseSegmentSqrtN": "sqrtn",
+    "SparseSegmentSumWithNumSegments": "sum",
+    "SparseSegmentMeanWithNumSegments": "mean",
+    "SparseSegmentSqrtNWithNumSegments": "sqrtn",
+}
 CALLS = {"StatefulPartitionedCall", "PartitionedCall"}
 
 
@@ -98,8 +103,9 @@ def read_saved_model(path: Path):
     try:
         model.ParseFromString((path / "saved_model.pb").read_bytes())
     except Exception as exc:  # protobuf raises DecodeError, a bare Exception subclass
-        raise InvalidInputError(f"unreadable saved_model.pb: {exc}",
-                                location=str(path / "saved_model.pb")) from exc
+        raise InvalidInputError(
+            f"unreadable saved_model.pb: {exc}", location=str(path / "saved_model.pb")
+        ) from exc
     if not model.meta_graphs:
         raise InvalidInputError("saved_model.pb holds no MetaGraph", location=str(path))
     return model

@@ -27,13 +27,15 @@ EVIDENCE_TEXT = {
 }
 
 
-OOV_NOTE = ("out-of-vocabulary rows are not written, so an id outside the vocabulary gets the "
-            "table's default value in HPS, not the OOV vector")
+OOV_NOTE = (
+    "out-of-vocabulary rows are not written, so an id outside the vocabulary gets the "
+    "table's default value in HPS, not the OOV vector"
+)
 
 
 def describe_evidence(code: str) -> str:
     if code.startswith("graph:"):
-        return f"looked up by {code[len('graph:'):]} in the graph"
+        return f"looked up by {code[len('graph:') :]} in the graph"
     return EVIDENCE_TEXT.get(code, code)
 
 
@@ -63,16 +65,31 @@ class Inventory:
     def to_dict(self) -> dict:
         src = self.source
         return {
-            "source": {"path": str(src.path), "format": src.format, "keras": src.flavour,
-                       "keras_version": src.keras_version, "model_name": src.model_name,
-                       "loadable": src.loadable},
-            "variables": [{
-                "name": v.name, "shape": list(v.shape), "dtype": v.dtype, "kind": v.kind,
-                "location": v.location, "object_path": v.path, "layer": v.layer,
-                "layer_class": v.layer_class, "embedding_candidate": eligible(v) and bool(v.evidence),
-                "evidence": list(v.evidence), "id_lookup": v.id_lookup, "default_table_name":
-                    default_table_name(v) if eligible(v) else None,
-            } for v in self.variables],
+            "source": {
+                "path": str(src.path),
+                "format": src.format,
+                "keras": src.flavour,
+                "keras_version": src.keras_version,
+                "model_name": src.model_name,
+                "loadable": src.loadable,
+            },
+            "variables": [
+                {
+                    "name": v.name,
+                    "shape": list(v.shape),
+                    "dtype": v.dtype,
+                    "kind": v.kind,
+                    "location": v.location,
+                    "object_path": v.path,
+                    "layer": v.layer,
+                    "layer_class": v.layer_class,
+                    "embedding_candidate": eligible(v) and bool(v.evidence),
+                    "evidence": list(v.evidence),
+                    "id_lookup": v.id_lookup,
+                    "default_table_name": default_table_name(v) if eligible(v) else None,
+                }
+                for v in self.variables
+            ],
             "notes": list(self.notes),
         }
 
@@ -84,10 +101,12 @@ def inspect_source(source: Source) -> Inventory:
     gathered: dict = {}
     if source.format == SAVED_MODEL:
         from .graph_usage import gathered_variables
+
         gathered = gathered_variables(source.path)
     configs: dict = {}
     if source.keras_config:
         from .keras_files import layer_configs
+
         configs = layer_configs(source.keras_config)
     out = []
     for var in source.variables:
@@ -98,16 +117,26 @@ def inspect_source(source: Source) -> Inventory:
             if var.layer_class == "Embedding":
                 var = var.with_evidence("keras_embedding_layer")
                 from .keras_files import inbound_layers
-                feeders = [name for name in inbound_layers(configs.get(var.layer) or {})
-                           if (configs.get(name) or {}).get("class_name") == "IntegerLookup"]
+
+                feeders = [
+                    name
+                    for name in inbound_layers(configs.get(var.layer) or {})
+                    if (configs.get(name) or {}).get("class_name") == "IntegerLookup"
+                ]
                 if feeders:
                     var = replace(var, id_lookup=feeders[0])
-                    notes.append(f"{var.name}: fed by IntegerLookup '{feeders[0]}', so its keys "
-                                 f"are that vocabulary (the raw ids); {OOV_NOTE}")
+                    notes.append(
+                        f"{var.name}: fed by IntegerLookup '{feeders[0]}', so its keys "
+                        f"are that vocabulary (the raw ids); {OOV_NOTE}"
+                    )
             for kind in sorted(gathered.get((var.name, var.shape), ())):
                 var = var.with_evidence(f"graph:{kind}")
-            if not var.evidence and source.format != SAVED_MODEL \
-                    and var.layer_class is None and var.name.rsplit("/", 1)[-1] == "embeddings":
+            if (
+                not var.evidence
+                and source.format != SAVED_MODEL
+                and var.layer_class is None
+                and var.name.rsplit("/", 1)[-1] == "embeddings"
+            ):
                 var = var.with_evidence("name:embeddings")
         out.append(var)
     skipped = sum(v.kind == OPTIMIZER for v in out)
@@ -125,41 +154,58 @@ def default_table_name(var: Variable) -> str:
     return sanitize_name(var.name.replace("/", "_"))
 
 
-def select_tables(inventory: Inventory, specs: list[str] | tuple[str, ...] = ()) -> list[TableChoice]:
+def select_tables(
+    inventory: Inventory, specs: list[str] | tuple[str, ...] = ()
+) -> list[TableChoice]:
     """The tables to write: every candidate, or exactly those named by ``VAR[=NAME]`` specs."""
     src = inventory.source
     location = str(src.path)
     if not any(v.kind == MODEL and v.rank == 2 for v in inventory.variables):
-        raise InvalidInputError("no rank-2 variable in this model: it holds no embedding table",
-                                location=location)
+        raise InvalidInputError(
+            "no rank-2 variable in this model: it holds no embedding table", location=location
+        )
     choices: list[TableChoice] = []
     if specs:
         for spec in specs:
             var_name, _, table = spec.partition("=")
             try:
-                var = next(v for v in inventory.variables
-                           if var_name in (v.name, v.location, v.path) or var_name in v.aliases)
+                var = next(
+                    v
+                    for v in inventory.variables
+                    if var_name in (v.name, v.location, v.path) or var_name in v.aliases
+                )
             except StopIteration:
-                raise NotFoundError(f"--table {spec}: no variable named '{var_name}'",
-                                    location=location,
-                                    hint="see the names with `hps dissect MODEL OUT --list`") from None
+                raise NotFoundError(
+                    f"--table {spec}: no variable named '{var_name}'",
+                    location=location,
+                    hint="see the names with `hps dissect MODEL OUT --list`",
+                ) from None
             if not eligible(var):
-                why = "is optimizer state" if var.kind == OPTIMIZER else \
-                    f"has shape {list(var.shape)}, not [rows, dim]" if var.rank != 2 else \
-                    f"has dtype {var.dtype}, not a float type" if var.dtype not in FLOAT_DTYPES \
+                why = (
+                    "is optimizer state"
+                    if var.kind == OPTIMIZER
+                    else f"has shape {list(var.shape)}, not [rows, dim]"
+                    if var.rank != 2
+                    else f"has dtype {var.dtype}, not a float type"
+                    if var.dtype not in FLOAT_DTYPES
                     else "is not a model variable"
-                raise InvalidInputError(f"--table {spec}: variable '{var.name}' {why}",
-                                        location=location)
+                )
+                raise InvalidInputError(
+                    f"--table {spec}: variable '{var.name}' {why}", location=location
+                )
             choices.append(TableChoice(var, table or default_table_name(var), explicit=True))
     else:
         choices = [TableChoice(v, default_table_name(v)) for v in inventory.candidates]
         if not choices:
-            shown = ", ".join(f"{v.name} {list(v.shape)}" for v in inventory.variables
-                              if eligible(v))[:300]
+            shown = ", ".join(
+                f"{v.name} {list(v.shape)}" for v in inventory.variables if eligible(v)
+            )[:300]
             raise InvalidInputError(
                 f"no embedding table detected (no Embedding layer, no lookup in a graph); "
-                f"rank-2 variables: {shown}", location=location,
-                hint="choose tables explicitly with --table VAR[=NAME]")
+                f"rank-2 variables: {shown}",
+                location=location,
+                hint="choose tables explicitly with --table VAR[=NAME]",
+            )
     _check_names(choices, location)
     return choices
 
@@ -170,13 +216,19 @@ def _check_names(choices: list[TableChoice], location: str) -> None:
     for choice in choices:
         if not TABLE_NAME.match(choice.name):
             raise InvalidInputError(
-                f"table name '{choice.name}' is not valid in HPS configs (letters, digits, _ and -, "
-                "at most 120)", location=location)
+                f"table name '{choice.name}' is not valid in HPS configs "
+                "(letters, digits, _ and -, at most 120)",
+                location=location,
+            )
         if choice.variable.name in seen_vars:
-            raise InvalidInputError(f"variable '{choice.variable.name}' is selected twice",
-                                    location=location)
+            raise InvalidInputError(
+                f"variable '{choice.variable.name}' is selected twice", location=location
+            )
         if choice.name in seen_names:
-            raise InvalidInputError(f"two tables would be named '{choice.name}'", location=location,
-                                    hint="name them explicitly with --table VAR=NAME")
+            raise InvalidInputError(
+                f"two tables would be named '{choice.name}'",
+                location=location,
+                hint="name them explicitly with --table VAR=NAME",
+            )
         seen_vars[choice.variable.name] = choice.name
         seen_names.add(choice.name)

@@ -32,8 +32,11 @@ from .protowire import fields
 from .sources import BOOKKEEPING, H5, KERAS, MODEL, OPTIMIZER, Source, Variable, sanitize_name
 
 # Variable names of Keras layers by position in their ``vars`` group (Keras 3 layout).
-_WEIGHT_NAMES = {"Embedding": ("embeddings",), "Dense": ("kernel", "bias"),
-                 "EinsumDense": ("kernel", "bias")}
+_WEIGHT_NAMES = {
+    "Embedding": ("embeddings",),
+    "Dense": ("kernel", "bias"),
+    "EinsumDense": ("kernel", "bias"),
+}
 _SNAKE_EMBEDDING = re.compile(r"^embedding(_\d+)?$")
 
 
@@ -44,7 +47,11 @@ def layer_configs(config: dict | None) -> dict[str, dict]:
     def walk(node):
         if isinstance(node, dict):
             inner = node.get("config")
-            if isinstance(inner, dict) and "class_name" in node and isinstance(inner.get("name"), str):
+            if (
+                isinstance(inner, dict)
+                and "class_name" in node
+                and isinstance(inner.get("name"), str)
+            ):
                 found.setdefault(inner["name"], node)
             for value in node.values():
                 walk(value)
@@ -66,16 +73,23 @@ def inbound_layers(layer: dict) -> list[str]:
 
     def walk(node) -> None:
         if isinstance(node, dict):
-            history = (node.get("config") or {}).get("keras_history") \
-                if node.get("class_name") == "__keras_tensor__" else None
+            history = (
+                (node.get("config") or {}).get("keras_history")
+                if node.get("class_name") == "__keras_tensor__"
+                else None
+            )
             if history:
                 names.append(history[0])
                 return
             for value in node.values():
                 walk(value)
         elif isinstance(node, list):
-            if len(node) >= 3 and isinstance(node[0], str) and isinstance(node[1], int) \
-                    and isinstance(node[2], int):
+            if (
+                len(node) >= 3
+                and isinstance(node[0], str)
+                and isinstance(node[1], int)
+                and isinstance(node[2], int)
+            ):
                 names.append(node[0])
                 return
             for value in node:
@@ -137,20 +151,25 @@ class _H5Backed(Source):
 
     _h5 = None
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int,
-                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(
+        self, var: Variable, rows_per_chunk: int, buffers: int = 1
+    ) -> Iterator[tuple[int, np.ndarray]]:
         dataset = self._h5[var.location]
         rows = dataset.shape[0]
-        pool = [np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
-                for _ in range(max(1, buffers))]
+        pool = [
+            np.empty((min(rows, rows_per_chunk),) + dataset.shape[1:], dtype=dataset.dtype)
+            for _ in range(max(1, buffers))
+        ]
         for step, start in enumerate(range(0, rows, rows_per_chunk)):
             buffer = pool[step % len(pool)]
             count = min(rows, start + rows_per_chunk) - start
             try:
-                dataset.read_direct(buffer, np.s_[start:start + count], np.s_[0:count])
+                dataset.read_direct(buffer, np.s_[start : start + count], np.s_[0:count])
             except OSError as exc:
-                raise InvalidInputError(f"cannot read rows {start}..{start + count} of "
-                                        f"{var.location}: {exc}", location=str(self.path)) from exc
+                raise InvalidInputError(
+                    f"cannot read rows {start}..{start + count} of {var.location}: {exc}",
+                    location=str(self.path),
+                ) from exc
             yield start, buffer[:count]
 
 
@@ -162,27 +181,40 @@ class KerasArchiveSource(_H5Backed):
         try:
             archive = zipfile.ZipFile(path)
         except zipfile.BadZipFile as exc:
-            raise InvalidInputError(f"not a readable zip archive: {exc}", location=location) from exc
+            raise InvalidInputError(
+                f"not a readable zip archive: {exc}", location=location
+            ) from exc
         with archive:
             names = set(archive.namelist())
             if "config.json" not in names or "model.weights.h5" not in names:
                 raise InvalidInputError(
                     "not a Keras archive (config.json and model.weights.h5 expected in the zip)",
-                    location=location)
+                    location=location,
+                )
             try:
                 config = json.loads(archive.read("config.json"))
-                metadata = json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+                metadata = (
+                    json.loads(archive.read("metadata.json")) if "metadata.json" in names else {}
+                )
             except (ValueError, UnicodeDecodeError) as exc:
-                raise InvalidInputError(f"unreadable config.json/metadata.json: {exc}",
-                                        location=location) from exc
+                raise InvalidInputError(
+                    f"unreadable config.json/metadata.json: {exc}", location=location
+                ) from exc
             info = archive.getinfo("model.weights.h5")
         self._tmpdir: str | None = None
         self._window: _Window | None = None
         self._h5 = self._open_weights(path, info)
         name = (config.get("config") or {}).get("name") or path.stem
-        super().__init__(path, KERAS, [], flavour="keras3",
-                         keras_version=metadata.get("keras_version"),
-                         model_name=sanitize_name(str(name)), loadable=True, keras_config=config)
+        super().__init__(
+            path,
+            KERAS,
+            [],
+            flavour="keras3",
+            keras_version=metadata.get("keras_version"),
+            model_name=sanitize_name(str(name)),
+            loadable=True,
+            keras_config=config,
+        )
         self.variables = keras3_variables(self._h5, layer_configs(config))
 
     def _open_weights(self, path: Path, info: zipfile.ZipInfo):
@@ -201,13 +233,19 @@ class KerasArchiveSource(_H5Backed):
         else:  # compressed archives (not written by Keras): extract to a temporary file
             self._tmpdir = tempfile.mkdtemp(prefix="hps-dissect-")
             target = Path(self._tmpdir) / "model.weights.h5"
-            with zipfile.ZipFile(path) as archive, archive.open(info) as src, open(target, "wb") as dst:
+            with (
+                zipfile.ZipFile(path) as archive,
+                archive.open(info) as src,
+                open(target, "wb") as dst,
+            ):
                 shutil.copyfileobj(src, dst, 1 << 24)
         try:
             return h5py.File(target, "r")
         except OSError as exc:
             self.close()
-            raise InvalidInputError(f"unreadable model.weights.h5: {exc}", location=str(path)) from exc
+            raise InvalidInputError(
+                f"unreadable model.weights.h5: {exc}", location=str(path)
+            ) from exc
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -228,7 +266,7 @@ def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
     def visit(path: str, obj) -> None:
         if not path.endswith("vars") or not hasattr(obj, "keys"):
             return
-        owner_path = path[:-len("/vars")] if path.endswith("/vars") else ""
+        owner_path = path[: -len("/vars")] if path.endswith("/vars") else ""
         layer = _text(obj.attrs.get("name", owner_path.rsplit("/", 1)[-1] or "model"))
         cls = (layers.get(layer) or {}).get("class_name")
         if cls is None and _SNAKE_EMBEDDING.match(owner_path.rsplit("/", 1)[-1]):
@@ -240,8 +278,16 @@ def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
                 continue
             names = _WEIGHT_NAMES.get(cls or "", ())
             weight = names[int(key)] if key.isdigit() and int(key) < len(names) else key
-            found.append((f"{layer}/{weight}", f"{path}/{key}", kind,
-                          layer if kind == MODEL else None, cls if kind == MODEL else None, dataset))
+            found.append(
+                (
+                    f"{layer}/{weight}",
+                    f"{path}/{key}",
+                    kind,
+                    layer if kind == MODEL else None,
+                    cls if kind == MODEL else None,
+                    dataset,
+                )
+            )
 
     h5.visititems(visit)
     counts: dict[str, int] = {}
@@ -250,8 +296,18 @@ def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
     result = []
     for name, location, kind, layer, cls, dataset in found:
         shape, dtype = _shape_dtype(dataset)
-        result.append(Variable(name if counts[name] == 1 else location, shape, dtype, kind,
-                               location, location, layer=layer, layer_class=cls))
+        result.append(
+            Variable(
+                name if counts[name] == 1 else location,
+                shape,
+                dtype,
+                kind,
+                location,
+                location,
+                layer=layer,
+                layer_class=cls,
+            )
+        )
     return result
 
 
@@ -280,8 +336,9 @@ class H5Source(_H5Backed):
                 config = json.loads(_text(raw))
             except ValueError as exc:
                 self.close()
-                raise InvalidInputError(f"unreadable model_config attribute: {exc}",
-                                        location=str(path)) from exc
+                raise InvalidInputError(
+                    f"unreadable model_config attribute: {exc}", location=str(path)
+                ) from exc
         version = h5.attrs.get("keras_version")
         version = _text(version) if version is not None else None
         layers = layer_configs(config)
@@ -293,12 +350,22 @@ class H5Source(_H5Backed):
             flavour = "keras3" if version and version.startswith("3") else "tf_keras"
         else:
             self.close()
-            raise InvalidInputError("an HDF5 file, but not one Keras wrote (no model_weights, "
-                                    "layer_names or layers/ group)", location=str(path))
+            raise InvalidInputError(
+                "an HDF5 file, but not one Keras wrote (no model_weights, "
+                "layer_names or layers/ group)",
+                location=str(path),
+            )
         name = (config or {}).get("config", {}).get("name") if config else None
-        super().__init__(path, H5, variables, flavour=flavour, keras_version=version,
-                         model_name=sanitize_name(str(name or path.stem.split(".")[0])),
-                         loadable=config is not None, keras_config=config)
+        super().__init__(
+            path,
+            H5,
+            variables,
+            flavour=flavour,
+            keras_version=version,
+            model_name=sanitize_name(str(name or path.stem.split(".")[0])),
+            loadable=config is not None,
+            keras_config=config,
+        )
         if config is None:
             self.notes.append("weights-only HDF5 file: no model config, so tables only")
 
@@ -323,8 +390,18 @@ def _keras2_variables(h5, layers: dict[str, dict]) -> list[Variable]:
             dataset = group[weight]
             shape, dtype = _shape_dtype(dataset)
             name = weight[:-2] if weight.endswith(":0") else weight
-            result.append(Variable(name, shape, dtype, MODEL, dataset.name.lstrip("/"),
-                                   dataset.name.lstrip("/"), layer=layer, layer_class=cls))
+            result.append(
+                Variable(
+                    name,
+                    shape,
+                    dtype,
+                    MODEL,
+                    dataset.name.lstrip("/"),
+                    dataset.name.lstrip("/"),
+                    layer=layer,
+                    layer_class=cls,
+                )
+            )
     if "optimizer_weights" in h5:
         group = h5["optimizer_weights"]
         for weight in group.attrs.get("weight_names", []):
@@ -332,9 +409,16 @@ def _keras2_variables(h5, layers: dict[str, dict]) -> list[Variable]:
             if weight not in group:
                 continue
             shape, dtype = _shape_dtype(group[weight])
-            result.append(Variable(weight[:-2] if weight.endswith(":0") else weight, shape, dtype,
-                                   OPTIMIZER, group[weight].name.lstrip("/"),
-                                   group[weight].name.lstrip("/")))
+            result.append(
+                Variable(
+                    weight[:-2] if weight.endswith(":0") else weight,
+                    shape,
+                    dtype,
+                    OPTIMIZER,
+                    group[weight].name.lstrip("/"),
+                    group[weight].name.lstrip("/"),
+                )
+            )
     return result
 
 
@@ -355,8 +439,10 @@ def saved_model_keras_metadata(path: Path) -> dict | None:
             if _text(parts.get(3, b"")) == "root":
                 root = meta
             elif isinstance(meta, dict) and meta.get("name") and meta.get("class_name"):
-                layers[meta["name"]] = {"class_name": meta["class_name"],
-                                        "config": meta.get("config") or {}}
+                layers[meta["name"]] = {
+                    "class_name": meta["class_name"],
+                    "config": meta.get("config") or {},
+                }
     except (OSError, ValueError, UnicodeDecodeError):
         return None
     if root is None:

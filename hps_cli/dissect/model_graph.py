@@ -27,16 +27,28 @@ import numpy as np
 
 from ..runtime.errors import InvalidInputError
 from .inspect import TableChoice
-from .plan import (DirectInput, KeyMap, Lookup, ModelInput, ModelPlan, SparseIds, TensorSig,
-                   dense_input_names)
+from .plan import (
+    DirectInput,
+    KeyMap,
+    Lookup,
+    ModelInput,
+    ModelPlan,
+    TensorSig,
+    dense_input_names,
+)
 from .sources import Source
 from .tf_support import import_tensorflow
 
 PASS = {"Identity", "ReadVariableOp", "IdentityN"}
 GATHERS = {"GatherV2", "ResourceGather"}
-COMBINERS = {"SparseSegmentSum": "sum", "SparseSegmentMean": "mean", "SparseSegmentSqrtN": "sqrtn",
-             "SparseSegmentSumWithNumSegments": "sum", "SparseSegmentMeanWithNumSegments": "mean",
-             "SparseSegmentSqrtNWithNumSegments": "sqrtn"}
+COMBINERS = {
+    "SparseSegmentSum": "sum",
+    "SparseSegmentMean": "mean",
+    "SparseSegmentSqrtN": "sqrtn",
+    "SparseSegmentSumWithNumSegments": "sum",
+    "SparseSegmentMeanWithNumSegments": "mean",
+    "SparseSegmentSqrtNWithNumSegments": "sqrtn",
+}
 _NO_DENSE_HINT = "pass --no-dense to extract only the tables"
 
 
@@ -63,8 +75,11 @@ class GraphPlan(ModelPlan):
             self.loaded = tf.saved_model.load(self.location)
         except Exception as exc:  # TF raises many types here; all mean "cannot load"
             text = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-            raise InvalidInputError(f"TensorFlow cannot load this SavedModel: {text[:300]}",
-                                    location=self.location, hint=_NO_DENSE_HINT) from exc
+            raise InvalidInputError(
+                f"TensorFlow cannot load this SavedModel: {text[:300]}",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            ) from exc
         self.signature = self._pick_signature(signature)
         self.fn = self.loaded.signatures[self.signature]
         self._read_inputs()
@@ -81,14 +96,19 @@ class GraphPlan(ModelPlan):
         for placeholder, choice in tables.items():
             gathers = self._gathers(placeholder)
             if not gathers:
-                raise InvalidInputError(f"the serving graph never looks rows of '{choice.variable.name}'"
-                                        " up", location=self.location, hint=_NO_DENSE_HINT)
+                raise InvalidInputError(
+                    f"the serving graph never looks rows of '{choice.variable.name}' up",
+                    location=self.location,
+                    hint=_NO_DENSE_HINT,
+                )
             for gather in gathers:
                 cut, combiner = self._cut_after(gather)
                 model_input, table_node = self._trace_ids(gather, choice)
                 found.append((choice, gather, cut, combiner, model_input, table_node))
-        names = dense_input_names([(f[4], f[0].name) for f in found],
-                                  taken={i.name for i in self.inputs} | set(self.flat_inputs))
+        names = dense_input_names(
+            [(f[4], f[0].name) for f in found],
+            taken={i.name for i in self.inputs} | set(self.flat_inputs),
+        )
         self._cuts = []
         for (choice, gather, cut, combiner, model_input, table_node), name in zip(found, names):
             dim = choice.variable.shape[1]
@@ -101,18 +121,30 @@ class GraphPlan(ModelPlan):
             else:
                 shape = [None, dim]
             per_sample = spec.shape[1:]
-            ids_per_sample = int(np.prod(per_sample)) if per_sample and \
-                all(d is not None for d in per_sample) else (1 if not per_sample else None)
+            ids_per_sample = (
+                int(np.prod(per_sample))
+                if per_sample and all(d is not None for d in per_sample)
+                else (1 if not per_sample else None)
+            )
             keys = self._key_map(table_node, choice) if table_node is not None else KeyMap()
-            self.lookups.append(Lookup(choice.variable.name, model_input, combiner, ids_per_sample,
-                                       TensorSig(name, "float32", shape), keys))
+            self.lookups.append(
+                Lookup(
+                    choice.variable.name,
+                    model_input,
+                    combiner,
+                    ids_per_sample,
+                    TensorSig(name, "float32", shape),
+                    keys,
+                )
+            )
             self._cuts.append(f"{cut.name}:0")
         self._read_outputs()
-        self.direct_placeholders = self._dense_inputs({c.split(":")[0] for c in self._cuts},
-                                                      tables)
+        self.direct_placeholders = self._dense_inputs({c.split(":")[0] for c in self._cuts}, tables)
         for flat in self.direct_placeholders:
             spec = self.flat_inputs[flat]
-            self.direct.append(DirectInput(flat, TensorSig(flat, spec.dtype.name, _dims(spec.shape))))
+            self.direct.append(
+                DirectInput(flat, TensorSig(flat, spec.dtype.name, _dims(spec.shape)))
+            )
 
     # -- reading the signature ------------------------------------------------------------
 
@@ -120,15 +152,20 @@ class GraphPlan(ModelPlan):
         names = [n for n in self.loaded.signatures.keys() if not n.startswith("__")]
         if wanted:
             if wanted not in names:
-                raise InvalidInputError(f"no signature '{wanted}' (has: {', '.join(names) or 'none'})",
-                                        location=self.location)
+                raise InvalidInputError(
+                    f"no signature '{wanted}' (has: {', '.join(names) or 'none'})",
+                    location=self.location,
+                )
             return wanted
         if "serving_default" in names:
             return "serving_default"
         if len(names) == 1:
             return names[0]
-        raise InvalidInputError(f"no serving_default signature (has: {', '.join(names) or 'none'})",
-                                location=self.location, hint=_NO_DENSE_HINT)
+        raise InvalidInputError(
+            f"no serving_default signature (has: {', '.join(names) or 'none'})",
+            location=self.location,
+            hint=_NO_DENSE_HINT,
+        )
 
     def _read_inputs(self) -> None:
         kwargs = self.fn.structured_input_signature[1]
@@ -137,12 +174,23 @@ class GraphPlan(ModelPlan):
         grouped: set[str] = set()
         for name, spec in sorted(kwargs.items()):
             values, shape_part = kwargs.get(f"{name}_1"), kwargs.get(f"{name}_2")
-            if values is not None and shape_part is not None and spec.dtype.name == "int64" \
-                    and _dims(spec.shape) == [None, 2] and _dims(shape_part.shape) == [2]:
+            if (
+                values is not None
+                and shape_part is not None
+                and spec.dtype.name == "int64"
+                and _dims(spec.shape) == [None, 2]
+                and _dims(shape_part.shape) == [2]
+            ):
                 dense_shape = sparse_shapes.get(name) or self._sparse_fallback or [None, None]
-                self.inputs.append(ModelInput(name, values.dtype.name, dense_shape, "sparse",
-                                              {"indices": name, "values": f"{name}_1",
-                                               "dense_shape": f"{name}_2"}))
+                self.inputs.append(
+                    ModelInput(
+                        name,
+                        values.dtype.name,
+                        dense_shape,
+                        "sparse",
+                        {"indices": name, "values": f"{name}_1", "dense_shape": f"{name}_2"},
+                    )
+                )
                 grouped |= {name, f"{name}_1", f"{name}_2"}
         for name, spec in sorted(kwargs.items()):
             if name not in grouped:
@@ -209,12 +257,19 @@ class GraphPlan(ModelPlan):
         self.table_variables = {}
         for choice in choices:
             want = choice.variable
-            hits = [name for name, (kind, var) in captures.items() if kind == "variable"
-                    and var.name.split(":")[0] == want.name and tuple(var.shape) == want.shape]
+            hits = [
+                name
+                for name, (kind, var) in captures.items()
+                if kind == "variable"
+                and var.name.split(":")[0] == want.name
+                and tuple(var.shape) == want.shape
+            ]
             if not hits:
-                raise InvalidInputError(f"the '{self.signature}' signature does not use table "
-                                        f"'{want.name}'", location=self.location,
-                                        hint=_NO_DENSE_HINT)
+                raise InvalidInputError(
+                    f"the '{self.signature}' signature does not use table '{want.name}'",
+                    location=self.location,
+                    hint=_NO_DENSE_HINT,
+                )
             tables[hits[0]] = choice
             self.table_variables[want.name] = captures[hits[0]][1]
         self.captures = captures
@@ -225,12 +280,18 @@ class GraphPlan(ModelPlan):
 
         try:
             data = c2c._FunctionConverterDataInEager(
-                func=self.fn, lower_control_flow=False, aggressive_inlining=True,
-                variable_names_denylist=keep)
+                func=self.fn,
+                lower_control_flow=False,
+                aggressive_inlining=True,
+                variable_names_denylist=keep,
+            )
             graph_def, _ = c2c._replace_variables_by_constants(data)
         except Exception as exc:
-            raise InvalidInputError(f"cannot inline and freeze the serving graph: {exc}",
-                                    location=self.location, hint=_NO_DENSE_HINT) from exc
+            raise InvalidInputError(
+                f"cannot inline and freeze the serving graph: {exc}",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            ) from exc
         for node in graph_def.node:  # ordering-only edges would keep the tables alive
             kept = [name for name in node.input if not name.startswith("^")]
             del node.input[:]
@@ -259,8 +320,11 @@ class GraphPlan(ModelPlan):
                     stack.append(node.name)
                 elif node.op in GATHERS and index == 0:
                     if node.op == "GatherV2" and not self._axis_zero(node):
-                        raise InvalidInputError(f"'{node.name}' gathers along a non-zero axis",
-                                                location=self.location, hint=_NO_DENSE_HINT)
+                        raise InvalidInputError(
+                            f"'{node.name}' gathers along a non-zero axis",
+                            location=self.location,
+                            hint=_NO_DENSE_HINT,
+                        )
                     found.append(node)
         return found
 
@@ -284,12 +348,19 @@ class GraphPlan(ModelPlan):
         if combiners and len(users) == len(combiners) == 1:
             return combiners[0][0], COMBINERS[combiners[0][0].op]
         if combiners:
-            raise InvalidInputError(f"the rows gathered by '{gather.name}' are combined and also "
-                                    "used otherwise", location=self.location, hint=_NO_DENSE_HINT)
+            raise InvalidInputError(
+                f"the rows gathered by '{gather.name}' are combined and also used otherwise",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         if any(n.op in ("Mul", "SegmentSum", "UnsortedSegmentSum") for n, _ in users):
-            raise InvalidInputError(f"the rows gathered by '{gather.name}' are combined with "
-                                    "weights (embedding_lookup_sparse with sp_weights), which HPS "
-                                    "lookups do not do", location=self.location, hint=_NO_DENSE_HINT)
+            raise InvalidInputError(
+                f"the rows gathered by '{gather.name}' are combined with "
+                "weights (embedding_lookup_sparse with sp_weights), which HPS "
+                "lookups do not do",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         return gather, "none"
 
     def _trace_ids(self, gather, choice):
@@ -315,11 +386,16 @@ class GraphPlan(ModelPlan):
             raise InvalidInputError(
                 f"the ids looked up in '{choice.variable.name}' depend on "
                 f"{len(reached)} model inputs ({', '.join(sorted(reached)) or 'none'}); "
-                "expected exactly one", location=self.location, hint=_NO_DENSE_HINT)
+                "expected exactly one",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         if len(tables) > 1:
-            raise InvalidInputError(f"the ids of '{choice.variable.name}' pass through "
-                                    f"{len(tables)} lookup tables", location=self.location,
-                                    hint=_NO_DENSE_HINT)
+            raise InvalidInputError(
+                f"the ids of '{choice.variable.name}' pass through {len(tables)} lookup tables",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         return reached.pop(), (tables[0] if tables else None)
 
     def _key_map(self, table_node, choice) -> KeyMap:
@@ -329,29 +405,46 @@ class GraphPlan(ModelPlan):
             handle_name = _src(self.nodes[handle_name].input[0])
         kind, handle = self.captures.get(handle_name, (None, None))
         if kind != "resource":
-            raise InvalidInputError(f"cannot read the vocabulary of '{table_node.name}'",
-                                    location=self.location, hint=_NO_DENSE_HINT)
+            raise InvalidInputError(
+                f"cannot read the vocabulary of '{table_node.name}'",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         keys, rows = tf.raw_ops.LookupTableExportV2(
-            table_handle=handle, Tkeys=table_node.attr["Tin"].type,
-            Tvalues=table_node.attr["Tout"].type)
+            table_handle=handle,
+            Tkeys=table_node.attr["Tin"].type,
+            Tvalues=table_node.attr["Tout"].type,
+        )
         keys = np.asarray(keys).astype(np.int64)
         rows = np.asarray(rows).astype(np.int64)
         order = np.argsort(rows, kind="stable")
         keys, rows = keys[order], rows[order]
         total = choice.variable.shape[0]
-        if rows.size and (rows.min() < 0 or rows.max() >= total or np.unique(rows).size != rows.size):
-            raise InvalidInputError(f"the vocabulary of '{table_node.name}' does not map ids to "
-                                    f"distinct rows of the {total}-row table",
-                                    location=self.location, hint=_NO_DENSE_HINT)
+        if rows.size and (
+            rows.min() < 0 or rows.max() >= total or np.unique(rows).size != rows.size
+        ):
+            raise InvalidInputError(
+                f"the vocabulary of '{table_node.name}' does not map ids to "
+                f"distinct rows of the {total}-row table",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
         unmapped = np.setdiff1d(np.arange(total), rows)
         from .model_keras import OOV_POLICY
+
         layer = table_node.name.split("/")
-        details = {"layer": "/".join(layer[:-2]) if len(layer) > 2 else table_node.name,
-                   "vocabulary_size": int(keys.size), "num_oov_indices": None,
-                   "oov_rows": [int(r) for r in unmapped[:64]], "unwritten_rows": int(unmapped.size),
-                   "mask_token": None, "mask_row": None, "oov_policy": OOV_POLICY +
-                   "; a mask token, if the layer had one, is not recoverable from a graph and its "
-                   "row is not written either"}
+        details = {
+            "layer": "/".join(layer[:-2]) if len(layer) > 2 else table_node.name,
+            "vocabulary_size": int(keys.size),
+            "num_oov_indices": None,
+            "oov_rows": [int(r) for r in unmapped[:64]],
+            "unwritten_rows": int(unmapped.size),
+            "mask_token": None,
+            "mask_row": None,
+            "oov_policy": OOV_POLICY
+            + "; a mask token, if the layer had one, is not recoverable from a graph and its "
+            "row is not written either",
+        }
         return KeyMap("integer_lookup_vocabulary", keys, rows, details)
 
     def _dense_inputs(self, cut_nodes: set[str], tables: dict) -> list[str]:
@@ -372,11 +465,16 @@ class GraphPlan(ModelPlan):
                 elif name in tables:
                     raise InvalidInputError(
                         f"the model uses table '{tables[name].variable.name}' outside its lookups",
-                        location=self.location, hint=_NO_DENSE_HINT)
+                        location=self.location,
+                        hint=_NO_DENSE_HINT,
+                    )
                 elif self.captures.get(name, (None,))[0] == "resource":
-                    raise InvalidInputError("the dense part reads a resource (e.g. a lookup table) "
-                                            "dissect cannot carry over", location=self.location,
-                                            hint=_NO_DENSE_HINT)
+                    raise InvalidInputError(
+                        "the dense part reads a resource (e.g. a lookup table) "
+                        "dissect cannot carry over",
+                        location=self.location,
+                        hint=_NO_DENSE_HINT,
+                    )
                 continue
             stack.extend(_src(i) for i in node.input)
         return sorted(needed)
@@ -387,13 +485,18 @@ class GraphPlan(ModelPlan):
         from tensorflow.python.eager import wrap_function
 
         from .dense import save_dense
+
         feeds = self._cuts + [f"{name}:0" for name in self.direct_placeholders]
         try:
-            pruned = wrap_function.function_from_graph_def(self.graph_def, feeds,
-                                                           self.output_tensors)
+            pruned = wrap_function.function_from_graph_def(
+                self.graph_def, feeds, self.output_tensors
+            )
         except Exception as exc:
-            raise InvalidInputError(f"cannot separate the dense part: {str(exc)[:300]}",
-                                    location=self.location, hint=_NO_DENSE_HINT) from exc
+            raise InvalidInputError(
+                f"cannot separate the dense part: {str(exc)[:300]}",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            ) from exc
         save_dense(dest, lambda args: pruned(*args), self.dense_signature, self.outputs)
 
     def predict(self, feed: dict) -> dict:
@@ -424,4 +527,4 @@ def _dims(shape) -> list:
         return []
 
 
-__all__ = ["GraphPlan", "SparseIds"]
+__all__ = ["GraphPlan"]

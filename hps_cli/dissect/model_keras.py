@@ -16,12 +16,14 @@ from ..runtime.errors import InvalidInputError
 from .inspect import TableChoice
 from .plan import DirectInput, KeyMap, Lookup, ModelInput, ModelPlan, TensorSig, dense_input_names
 from .sources import H5, KERAS, Source
-from .tf_support import import_keras3, import_tf_keras, import_tensorflow
+from .tf_support import import_keras3, import_tensorflow, import_tf_keras
 
 _NO_DENSE_HINT = "pass --no-dense to extract only the tables"
-OOV_POLICY = ("rows of out-of-vocabulary buckets are not written: an id outside the vocabulary "
-              "gets the table's default value (default_value_for_each_table) in HPS, not the OOV "
-              "row's vector")
+OOV_POLICY = (
+    "rows of out-of-vocabulary buckets are not written: an id outside the vocabulary "
+    "gets the table's default value (default_value_for_each_table) in HPS, not the OOV "
+    "row's vector"
+)
 
 
 def _dtype_name(dtype) -> str:
@@ -43,10 +45,11 @@ def load_keras_model(source: Source):
             model = keras.saving.load_model(str(source.path), compile=False)
     except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InvalidInputError(f"Keras cannot load this model: {text[:300]}",
-                                location=str(source.path),
-                                hint="custom layers need their code registered; " + _NO_DENSE_HINT) \
-            from exc
+        raise InvalidInputError(
+            f"Keras cannot load this model: {text[:300]}",
+            location=str(source.path),
+            hint="custom layers need their code registered; " + _NO_DENSE_HINT,
+        ) from exc
     return model, keras
 
 
@@ -96,10 +99,13 @@ class KerasPlan(ModelPlan):
                 f"{type(model).__name__} is a subclassed Keras model: it has no layer graph to cut",
                 location=self.location,
                 hint="save it with model.export(DIR) or tf.saved_model.save and dissect the "
-                     "SavedModel, or " + _NO_DENSE_HINT)
+                "SavedModel, or " + _NO_DENSE_HINT,
+            )
         self.input_layers = [_history(t)[0] for t in model.inputs]
-        self.inputs = [ModelInput(layer.name, _dtype_name(t.dtype), _shape(t))
-                       for layer, t in zip(self.input_layers, model.inputs)]
+        self.inputs = [
+            ModelInput(layer.name, _dtype_name(t.dtype), _shape(t))
+            for layer, t in zip(self.input_layers, model.inputs)
+        ]
         layers = {id(layer): layer for layer in model.layers}
         by_variable = self._embedding_layers(choices, layers)
         used = self._walk(stop=set())
@@ -108,43 +114,71 @@ class KerasPlan(ModelPlan):
             layer = by_variable[choice.variable.name]
             nodes = sorted(ni for (lid, ni) in used if lid == id(layer))
             if not nodes:
-                raise InvalidInputError(f"Embedding layer '{layer.name}' is not used by the model's "
-                                        "outputs", location=self.location)
+                raise InvalidInputError(
+                    f"Embedding layer '{layer.name}' is not used by the model's outputs",
+                    location=self.location,
+                )
             for node_index in nodes:
                 lookups.append((choice, layer, node_index))
         stops = {(id(layer), ni) for _, layer, ni in lookups}
         needed = self._walk(stop=stops)
-        names = dense_input_names([(self._trace_ids(layer, ni)[0].name, choice.name)
-                                   for choice, layer, ni in lookups],
-                                  taken={i.name for i in self.inputs})
+        names = dense_input_names(
+            [(self._trace_ids(layer, ni)[0].name, choice.name) for choice, layer, ni in lookups],
+            taken={i.name for i in self.inputs},
+        )
         cut_tensors = []
         for (choice, layer, node_index), dense_name in zip(lookups, names):
             input_layer, lookup_layer = self._trace_ids(layer, node_index)
             out = _node_outputs(layer, node_index)[0]
             cut_tensors.append(out)
             model_input = self.input(input_layer.name)
-            ids_per_sample = int(np.prod(model_input.shape[1:])) \
-                if all(d is not None for d in model_input.shape[1:]) else None
-            keys = self._key_map(lookup_layer, choice.variable.shape[0]) if lookup_layer else KeyMap()
-            self.lookups.append(Lookup(choice.variable.name, input_layer.name, "none", ids_per_sample,
-                                       TensorSig(dense_name, _dtype_name(out.dtype), _shape(out)),
-                                       keys))
+            ids_per_sample = (
+                int(np.prod(model_input.shape[1:]))
+                if all(d is not None for d in model_input.shape[1:])
+                else None
+            )
+            keys = (
+                self._key_map(lookup_layer, choice.variable.shape[0]) if lookup_layer else KeyMap()
+            )
+            self.lookups.append(
+                Lookup(
+                    choice.variable.name,
+                    input_layer.name,
+                    "none",
+                    ids_per_sample,
+                    TensorSig(dense_name, _dtype_name(out.dtype), _shape(out)),
+                    keys,
+                )
+            )
         direct_layers = [layer for layer in self.input_layers if (id(layer), 0) in needed]
-        direct_tensors = [t for layer, t in zip(self.input_layers, model.inputs) if layer in direct_layers]
+        direct_tensors = [
+            t for layer, t in zip(self.input_layers, model.inputs) if layer in direct_layers
+        ]
         for layer, tensor in zip(direct_layers, direct_tensors):
-            self.direct.append(DirectInput(layer.name, TensorSig(layer.name, _dtype_name(tensor.dtype),
-                                                                 _shape(tensor))))
+            self.direct.append(
+                DirectInput(
+                    layer.name, TensorSig(layer.name, _dtype_name(tensor.dtype), _shape(tensor))
+                )
+            )
         output_names = list(getattr(model, "output_names", None) or [])
         if len(output_names) != len(model.outputs):
             output_names = [f"output_{i}" for i in range(len(model.outputs))]
-        self.outputs = [TensorSig(name, _dtype_name(t.dtype), _shape(t))
-                        for name, t in zip(output_names, model.outputs)]
+        self.outputs = [
+            TensorSig(name, _dtype_name(t.dtype), _shape(t))
+            for name, t in zip(output_names, model.outputs)
+        ]
         try:
-            self.dense_model = self.keras.Model(inputs=cut_tensors + direct_tensors,
-                                                outputs=model.outputs, name=f"{model.name}_dense")
+            self.dense_model = self.keras.Model(
+                inputs=cut_tensors + direct_tensors,
+                outputs=model.outputs,
+                name=f"{model.name}_dense",
+            )
         except ValueError as exc:
-            raise InvalidInputError(f"cannot cut the model at its embeddings: {exc}",
-                                    location=self.location, hint=_NO_DENSE_HINT) from exc
+            raise InvalidInputError(
+                f"cannot cut the model at its embeddings: {exc}",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            ) from exc
 
     def _embedding_layers(self, choices: list[TableChoice], layers: dict) -> dict:
         found = {}
@@ -152,19 +186,27 @@ class KerasPlan(ModelPlan):
             var = choice.variable
             match = None
             for layer in layers.values():
-                names = {w.path if hasattr(w, "path") else w.name.split(":")[0] for w in layer.weights}
+                names = {
+                    w.path if hasattr(w, "path") else w.name.split(":")[0] for w in layer.weights
+                }
                 if layer.name == var.layer or var.name in names:
                     match = layer
                     break
             if match is None:
                 raise InvalidInputError(
                     f"table variable '{var.name}' belongs to no top-level layer of the model "
-                    "(nested models are not cut)", location=self.location, hint=_NO_DENSE_HINT)
+                    "(nested models are not cut)",
+                    location=self.location,
+                    hint=_NO_DENSE_HINT,
+                )
             if type(match).__name__ != "Embedding":
                 raise InvalidInputError(
                     f"table variable '{var.name}' belongs to layer '{match.name}' "
                     f"({type(match).__name__}), not an Embedding: dissect cuts Keras models at "
-                    "Embedding outputs only", location=self.location, hint=_NO_DENSE_HINT)
+                    "Embedding outputs only",
+                    location=self.location,
+                    hint=_NO_DENSE_HINT,
+                )
             found[var.name] = match
         return found
 
@@ -189,8 +231,10 @@ class KerasPlan(ModelPlan):
         lookup = None
         while True:
             if len(inputs) != 1:
-                raise InvalidInputError(f"layer '{layer.name}' takes {len(inputs)} inputs; "
-                                        "expected the ids only", location=self.location)
+                raise InvalidInputError(
+                    f"layer '{layer.name}' takes {len(inputs)} inputs; expected the ids only",
+                    location=self.location,
+                )
             source, source_node = _history(inputs[0])
             kind = type(source).__name__
             if _is_input(source):
@@ -202,40 +246,62 @@ class KerasPlan(ModelPlan):
             raise InvalidInputError(
                 f"the ids of Embedding '{layer.name}' come from layer '{source.name}' ({kind}); "
                 "dissect maps ids to keys only for Input -> [IntegerLookup] -> Embedding",
-                location=self.location, hint=_NO_DENSE_HINT)
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
 
     def _key_map(self, lookup, table_rows: int) -> KeyMap:
         config = lookup.get_config()
         if config.get("invert") or config.get("output_mode", "int") != "int":
-            raise InvalidInputError(f"IntegerLookup '{lookup.name}' must have output_mode='int' "
-                                    "and invert=False to feed an Embedding", location=self.location)
+            raise InvalidInputError(
+                f"IntegerLookup '{lookup.name}' must have output_mode='int' "
+                "and invert=False to feed an Embedding",
+                location=self.location,
+            )
         vocab = np.asarray(lookup.get_vocabulary(include_special_tokens=False), dtype=np.int64)
         rows = np.asarray(lookup(vocab), dtype=np.int64).reshape(-1)
         keys = vocab
         mask_token, mask_row = config.get("mask_token"), None
         if mask_token is not None:
-            mask_row = int(np.asarray(lookup(np.asarray([mask_token], dtype=np.int64))).reshape(-1)[0])
+            mask_row = int(
+                np.asarray(lookup(np.asarray([mask_token], dtype=np.int64))).reshape(-1)[0]
+            )
             keys = np.concatenate([np.asarray([mask_token], dtype=np.int64), keys])
             rows = np.concatenate([np.asarray([mask_row], dtype=np.int64), rows])
         if rows.size and (rows.min() < 0 or rows.max() >= table_rows):
-            raise InvalidInputError(f"IntegerLookup '{lookup.name}' maps ids to rows outside the "
-                                    f"table's {table_rows} rows", location=self.location)
+            raise InvalidInputError(
+                f"IntegerLookup '{lookup.name}' maps ids to rows outside the "
+                f"table's {table_rows} rows",
+                location=self.location,
+            )
         if np.unique(rows).size != rows.size:
-            raise InvalidInputError(f"IntegerLookup '{lookup.name}' maps two ids to one row",
-                                    location=self.location)
+            raise InvalidInputError(
+                f"IntegerLookup '{lookup.name}' maps two ids to one row", location=self.location
+            )
         unmapped = np.setdiff1d(np.arange(table_rows), rows)
-        details = {"layer": lookup.name, "vocabulary_size": int(vocab.size),
-                   "num_oov_indices": int(config.get("num_oov_indices", 1)),
-                   "oov_rows": [int(r) for r in unmapped[:64]], "unwritten_rows": int(unmapped.size),
-                   "mask_token": None if mask_token is None else int(mask_token),
-                   "mask_row": mask_row, "oov_policy": OOV_POLICY}
+        details = {
+            "layer": lookup.name,
+            "vocabulary_size": int(vocab.size),
+            "num_oov_indices": int(config.get("num_oov_indices", 1)),
+            "oov_rows": [int(r) for r in unmapped[:64]],
+            "unwritten_rows": int(unmapped.size),
+            "mask_token": None if mask_token is None else int(mask_token),
+            "mask_row": mask_row,
+            "oov_policy": OOV_POLICY,
+        }
         return KeyMap("integer_lookup_vocabulary", keys, rows, details)
 
     def export_dense(self, dest) -> None:
         from .dense import save_dense
+
         model = self.dense_model
-        save_dense(dest, lambda args: model(args, training=False), self.dense_signature,
-                   self.outputs, model.variables)
+        save_dense(
+            dest,
+            lambda args: model(args, training=False),
+            self.dense_signature,
+            self.outputs,
+            model.variables,
+        )
 
     def predict(self, feed: dict) -> dict:
         tf = import_tensorflow()

@@ -27,11 +27,11 @@ MODEL, OPTIMIZER, BOOKKEEPING = "model", "optimizer", "bookkeeping"
 class CheckpointVariable:
     """A variable of a checkpoint with the name its creator gave it."""
 
-    name: str               # unique display name: full_name, or the object path if ambiguous
-    full_name: str          # the variable's own name (may repeat, e.g. "Variable")
-    path: str               # object path from the root, e.g. "model/_operations/1/_embeddings"
+    name: str  # unique display name: full_name, or the object path if ambiguous
+    full_name: str  # the variable's own name (may repeat, e.g. "Variable")
+    path: str  # object path from the root, e.g. "model/_operations/1/_embeddings"
     checkpoint_key: str
-    kind: str               # MODEL, OPTIMIZER or BOOKKEEPING
+    kind: str  # MODEL, OPTIMIZER or BOOKKEEPING
     tensor: TensorInfo
     aliases: tuple[str, ...] = ()  # other checkpoint keys holding the same variable
 
@@ -55,7 +55,9 @@ def _paths(nodes: list[TrackableNode], skip_optimizers: bool) -> dict[int, str]:
 
 
 def _is_optimizer(node: TrackableNode, local_name: str) -> bool:
-    return local_name == "optimizer" or any(c.local_name in _OPTIMIZER_MARKERS for c in node.children)
+    return local_name == "optimizer" or any(
+        c.local_name in _OPTIMIZER_MARKERS for c in node.children
+    )
 
 
 def checkpoint_variables(reader: BundleReader) -> list[CheckpointVariable]:
@@ -64,10 +66,13 @@ def checkpoint_variables(reader: BundleReader) -> list[CheckpointVariable]:
     Checkpoints without an object graph (TF1 name-based ones) use their keys as names.
     """
     if OBJECT_GRAPH_KEY not in reader.tensors:
-        return [CheckpointVariable(key, key, key, key, MODEL, info)
-                for key, info in sorted(reader.tensors.items())]
-    nodes = decode_object_graph(reader.read_strings(OBJECT_GRAPH_KEY)[0],
-                                f"{reader.index_path}: {OBJECT_GRAPH_KEY}")
+        return [
+            CheckpointVariable(key, key, key, key, MODEL, info)
+            for key, info in sorted(reader.tensors.items())
+        ]
+    nodes = decode_object_graph(
+        reader.read_strings(OBJECT_GRAPH_KEY)[0], f"{reader.index_path}: {OBJECT_GRAPH_KEY}"
+    )
     model_paths = _paths(nodes, skip_optimizers=True)
     model_nodes = set(model_paths)
     paths = {**_paths(nodes, skip_optimizers=False), **model_paths}
@@ -77,8 +82,14 @@ def checkpoint_variables(reader: BundleReader) -> list[CheckpointVariable]:
         for attr in node.attributes:
             if attr.name != "VARIABLE_VALUE" or attr.checkpoint_key not in reader.tensors:
                 continue
-            found.append((node_id, attr.full_name or attr.checkpoint_key, attr.checkpoint_key,
-                          reader.tensors[attr.checkpoint_key]))
+            found.append(
+                (
+                    node_id,
+                    attr.full_name or attr.checkpoint_key,
+                    attr.checkpoint_key,
+                    reader.tensors[attr.checkpoint_key],
+                )
+            )
     # The same variable saved twice (Keras 3 export: variables/<i> and _all_variables/<j>):
     # same name, shape, dtype and content checksum -> one entry with aliases.
     groups: dict[tuple, list[tuple[int, str, str, TensorInfo]]] = {}
@@ -95,7 +106,7 @@ def checkpoint_variables(reader: BundleReader) -> list[CheckpointVariable]:
         counts[full] = counts.get(full, 0) + 1
     result = []
     for (node_id, full, key, info), aliases in merged:
-        path = paths.get(node_id, key[:-len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key)
+        path = paths.get(node_id, key[: -len(VALUE_SUFFIX)] if key.endswith(VALUE_SUFFIX) else key)
         if node_id in slots or node_id not in model_nodes:
             kind = OPTIMIZER
         elif full in _BOOKKEEPING or path in _BOOKKEEPING or "/metrics/" in f"/{path}/":

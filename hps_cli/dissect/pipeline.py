@@ -29,14 +29,14 @@ DENSE_DIR = "dense"
 
 @dataclass
 class DissectOptions:
-    tables: tuple[str, ...] = ()          # VAR[=NAME] specs; empty: every detected table
+    tables: tuple[str, ...] = ()  # VAR[=NAME] specs; empty: every detected table
     model_name: str | None = None
     check: bool = True
-    dense: bool | None = None             # None: when the model can be loaded
+    dense: bool | None = None  # None: when the model can be loaded
     overwrite: bool = False
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
-    ids_per_sample: int | None = None     # for tables whose ids per sample are unknown
-    signature: str | None = None          # SavedModel signature to cut
+    ids_per_sample: int | None = None  # for tables whose ids per sample are unknown
+    signature: str | None = None  # SavedModel signature to cut
 
 
 @dataclass
@@ -47,8 +47,12 @@ class DissectResult:
     warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"out_dir": str(self.out_dir), "seconds": round(self.seconds, 3),
-                "warnings": self.warnings, "manifest": self.manifest}
+        return {
+            "out_dir": str(self.out_dir),
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+            "manifest": self.manifest,
+        }
 
 
 def list_model(path: Path | str) -> Inventory:
@@ -62,14 +66,18 @@ def _plan(source: Source, choices: list[TableChoice], options: DissectOptions) -
     if not want:
         return None
     if not source.loadable:
-        raise InvalidInputError(f"a {source.format} holds values only: there is no model to cut a "
-                                "dense part from", location=str(source.path),
-                                hint="drop --dense, or dissect the SavedModel/.keras/.h5 model")
+        raise InvalidInputError(
+            f"a {source.format} holds values only: there is no model to cut a dense part from",
+            location=str(source.path),
+            hint="drop --dense, or dissect the SavedModel/.keras/.h5 model",
+        )
     if source.format == SAVED_MODEL:
         from .model_graph import GraphPlan
+
         return GraphPlan(source, choices, options.signature)
     if source.format in (KERAS, H5):
         from .model_keras import KerasPlan
+
         return KerasPlan(source, choices)
     return None
 
@@ -78,16 +86,25 @@ def _key_maps(plan: ModelPlan | None, choices: list[TableChoice]) -> dict[str, K
     maps: dict[str, KeyMap] = {}
     for lookup in plan.lookups if plan else []:
         known = maps.get(lookup.table_variable)
-        if known is not None and (known.source != lookup.keys.source or (
-                known.keys is not None and not np.array_equal(known.keys, lookup.keys.keys))):
-            raise InvalidInputError(f"table '{lookup.table_variable}' is reached through different "
-                                    "id mappings by different inputs")
+        if known is not None and (
+            known.source != lookup.keys.source
+            or (known.keys is not None and not np.array_equal(known.keys, lookup.keys.keys))
+        ):
+            raise InvalidInputError(
+                f"table '{lookup.table_variable}' is reached through different "
+                "id mappings by different inputs"
+            )
         maps[lookup.table_variable] = lookup.keys
     return {c.variable.name: maps.get(c.variable.name, KeyMap()) for c in choices}
 
 
-def dissect(path: Path | str, out_dir: Path | str, options: DissectOptions | None = None, *,
-            progress: Callable[[int], None] | None = None) -> DissectResult:
+def dissect(
+    path: Path | str,
+    out_dir: Path | str,
+    options: DissectOptions | None = None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> DissectResult:
     """Split the model at ``path`` into HPS tables, a dense SavedModel, ps.json and a manifest."""
     options = options or DissectOptions()
     started = time.perf_counter()
@@ -98,23 +115,40 @@ def dissect(path: Path | str, out_dir: Path | str, options: DissectOptions | Non
         choices = select_tables(inventory, options.tables)
         model_name = options.model_name or source.model_name or "model"
         if not TABLE_NAME.match(model_name):
-            raise InvalidInputError(f"model name '{model_name}' is not valid in HPS configs "
-                                    "(letters, digits, _ and -, at most 120)",
-                                    location="--model-name")
+            raise InvalidInputError(
+                f"model name '{model_name}' is not valid in HPS configs "
+                "(letters, digits, _ and -, at most 120)",
+                location="--model-name",
+            )
         plan = _plan(source, choices, options)
         keys = _key_maps(plan, choices)
         feed = expected = None
         if options.check and plan is not None:
             from .selfcheck import sample_feed
-            table_keys = {c.variable.name: keys[c.variable.name].keys
-                          if keys[c.variable.name].keys is not None
-                          else np.arange(c.variable.shape[0]) for c in choices}
+
+            table_keys = {
+                c.variable.name: keys[c.variable.name].keys
+                if keys[c.variable.name].keys is not None
+                else np.arange(c.variable.shape[0])
+                for c in choices
+            }
             feed = sample_feed(plan, table_keys, np.random.default_rng(0))
             expected = plan.predict(feed)  # before anything is exported from the loaded model
         work = AtomicDirectory(out_dir, overwrite=options.overwrite)
         try:
-            manifest, warnings = _build(work.path, source, inventory, choices, plan, keys,
-                                        model_name, options, feed, expected, progress)
+            manifest, warnings = _build(
+                work.path,
+                source,
+                inventory,
+                choices,
+                plan,
+                keys,
+                model_name,
+                options,
+                feed,
+                expected,
+                progress,
+            )
             work.commit()
         except BaseException:
             work.abort()
@@ -124,22 +158,37 @@ def dissect(path: Path | str, out_dir: Path | str, options: DissectOptions | Non
     return DissectResult(out_dir, manifest_doc, time.perf_counter() - started, warnings)
 
 
-def _build(folder: Path, source: Source, inventory: Inventory, choices: list[TableChoice],
-           plan: ModelPlan | None, keys: dict[str, KeyMap], model_name: str,
-           options: DissectOptions, feed, expected, progress) -> tuple[dict, list[str]]:
+def _build(
+    folder: Path,
+    source: Source,
+    inventory: Inventory,
+    choices: list[TableChoice],
+    plan: ModelPlan | None,
+    keys: dict[str, KeyMap],
+    model_name: str,
+    options: DissectOptions,
+    feed,
+    expected,
+    progress,
+) -> tuple[dict, list[str]]:
     notes: list[str] = [n for n in inventory.notes if plan is not None or "IntegerLookup" not in n]
     warnings: list[str] = []
     ids_per_table: dict[str, int | None] = {}
     for lookup in plan.lookups if plan else []:
         known = ids_per_table.get(lookup.table_variable, 0)
-        ids_per_table[lookup.table_variable] = None if lookup.ids_per_sample is None or known is None \
+        ids_per_table[lookup.table_variable] = (
+            None
+            if lookup.ids_per_sample is None or known is None
             else known + lookup.ids_per_sample
+        )
     if plan is None:
         for choice in choices:
             if choice.variable.id_lookup:
-                text = (f"table '{choice.name}': keys are row indices, but the model maps raw ids "
-                        f"to rows with IntegerLookup '{choice.variable.id_lookup}'; clients must "
-                        "send row indices (dissect without --no-dense to key by vocabulary)")
+                text = (
+                    f"table '{choice.name}': keys are row indices, but the model maps raw ids "
+                    f"to rows with IntegerLookup '{choice.variable.id_lookup}'; clients must "
+                    "send row indices (dissect without --no-dense to key by vocabulary)"
+                )
                 notes.append(text)
                 warnings.append(text)
     tables, written = [], {}
@@ -150,40 +199,76 @@ def _build(folder: Path, source: Source, inventory: Inventory, choices: list[Tab
         per_sample = ids_per_table.get(var.name)
         if per_sample is None:
             per_sample = options.ids_per_sample or 1
-            text = (f"table '{choice.name}': ids per sample unknown "
-                    f"({'no model' if plan is None else 'variable-length input'}); "
-                    f"maxnum_catfeature_query_per_table_per_sample set to {per_sample}"
-                    + ("" if options.ids_per_sample else " (pass --ids-per-sample N)"))
+            text = (
+                f"table '{choice.name}': ids per sample unknown "
+                f"({'no model' if plan is None else 'variable-length input'}); "
+                f"maxnum_catfeature_query_per_table_per_sample set to {per_sample}"
+                + ("" if options.ids_per_sample else " (pass --ids-per-sample N)")
+            )
             notes.append(text)
             if not options.ids_per_sample:
                 warnings.append(text)
         key_doc = keys[var.name].to_dict()
         if keys[var.name].source != "row_index":
-            notes.append(f"table '{choice.name}': keys are the raw ids of IntegerLookup "
-                         f"'{key_doc.get('layer')}'; {key_doc['oov_policy']}")
-        tables.append({
-            "table_id": table_id, "name": choice.name, "dir": choice.name, "variable": var.name,
-            "source_key": var.location, "rows": var.shape[0], "dim": var.shape[1],
-            "num_keys": summary.num_keys, "dtype": "float32", "source_dtype": var.dtype,
-            "key_dtype": "int64", "keys": key_doc, "default_value": 0.0, "checksum": summary.checksum,
-            "source_crc32c": None if var.crc32c is None else f"{var.crc32c:08x}",
-            "detected_by": list(var.evidence) or ["explicit"],
-            "ids_per_sample": per_sample})
+            notes.append(
+                f"table '{choice.name}': keys are the raw ids of IntegerLookup "
+                f"'{key_doc.get('layer')}'; {key_doc['oov_policy']}"
+            )
+        tables.append(
+            {
+                "table_id": table_id,
+                "name": choice.name,
+                "dir": choice.name,
+                "variable": var.name,
+                "source_key": var.location,
+                "rows": var.shape[0],
+                "dim": var.shape[1],
+                "num_keys": summary.num_keys,
+                "dtype": "float32",
+                "source_dtype": var.dtype,
+                "key_dtype": "int64",
+                "keys": key_doc,
+                "default_value": 0.0,
+                "checksum": summary.checksum,
+                "source_crc32c": None if var.crc32c is None else f"{var.crc32c:08x}",
+                "detected_by": list(var.evidence) or ["explicit"],
+                "ids_per_sample": per_sample,
+            }
+        )
     dense_dir = None
     if plan is not None:
         dense_dir = folder / DENSE_DIR
         plan.export_dense(dense_dir)
-    ps_doc = build_ps_config(model_name, [{"name": t["name"], "dir": t["dir"], "dim": t["dim"],
-                                           "ids_per_sample": t["ids_per_sample"],
-                                           "default_value": t["default_value"]} for t in tables],
-                             options.max_batch_size)
+    ps_doc = build_ps_config(
+        model_name,
+        [
+            {
+                "name": t["name"],
+                "dir": t["dir"],
+                "dim": t["dim"],
+                "ids_per_sample": t["ids_per_sample"],
+                "default_value": t["default_value"],
+            }
+            for t in tables
+        ],
+        options.max_batch_size,
+    )
     check_ps_config(ps_doc, folder, PS_FILE)
     (folder / PS_FILE).write_text(json.dumps(ps_doc, indent=2) + "\n")
-    notes.append("ps.json lists sparse_files relative to its own folder (hps resolves them "
-                 "there); NVIDIA's HPS resolves them against its working directory")
+    notes.append(
+        "ps.json lists sparse_files relative to its own folder (hps resolves them "
+        "there); NVIDIA's HPS resolves them against its working directory"
+    )
     self_check = _self_check(source, plan, written, dense_dir, options, feed, expected)
-    manifest = build_manifest(source=source, plan=plan, model_name=model_name, tables=tables,
-                              dense_dir=dense_dir, self_check=self_check, notes=notes)
+    manifest = build_manifest(
+        source=source,
+        plan=plan,
+        model_name=model_name,
+        tables=tables,
+        dense_dir=dense_dir,
+        self_check=self_check,
+        notes=notes,
+    )
     check_manifest(manifest, str(folder / MANIFEST_FILE))
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest, warnings
@@ -193,17 +278,28 @@ def _self_check(source, plan, written, dense_dir, options, feed, expected) -> di
     if not options.check:
         return {"status": "skipped", "mode": "none", "note": "--no-check"}
     from .selfcheck import model_check, tables_check
+
     if plan is not None:
-        result = model_check(plan, feed, expected,
-                             {var: (path, keys) for var, (path, keys, _) in written.items()},
-                             dense_dir)
+        result = model_check(
+            plan,
+            feed,
+            expected,
+            {var: (path, keys) for var, (path, keys, _) in written.items()},
+            dense_dir,
+        )
     else:
         result = tables_check(source, written)
     if result["status"] == "failed":
         diff = result.get("max_abs_diff")
-        what = f"max difference {diff:.3g} > {result['tolerance']:g}" if diff is not None and \
-            diff > result["tolerance"] else result.get("note", "")
-        raise CheckFailedError(f"self-check failed: {what}", location=str(source.path),
-                               hint="nothing was written; rerun with --debug, or --no-check "
-                                    "to write the output anyway")
+        what = (
+            f"max difference {diff:.3g} > {result['tolerance']:g}"
+            if diff is not None and diff > result["tolerance"]
+            else result.get("note", "")
+        )
+        raise CheckFailedError(
+            f"self-check failed: {what}",
+            location=str(source.path),
+            hint="nothing was written; rerun with --debug, or --no-check "
+            "to write the output anyway",
+        )
     return result

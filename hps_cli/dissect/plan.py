@@ -44,7 +44,7 @@ class ModelInput:
     name: str
     dtype: str
     shape: list[int | None]
-    format: str = "dense"              # "dense" tensor or "sparse" (indices, values, dense_shape)
+    format: str = "dense"  # "dense" tensor or "sparse" (indices, values, dense_shape)
     components: dict[str, str] | None = None
 
 
@@ -81,8 +81,8 @@ class DirectInput:
 class ModelPlan:
     """Base of the Keras and graph plans."""
 
-    cut: str = ""                     # "keras_functional" or "graph"
-    variables_kept: bool = True       # dense weights stay variables (else frozen to constants)
+    cut: str = ""  # "keras_functional" or "graph"
+    variables_kept: bool = True  # dense weights stay variables (else frozen to constants)
     signature: str | None = None
 
     def __init__(self):
@@ -111,8 +111,8 @@ class ModelPlan:
 class SparseIds:
     """A batch of variable-length id lists in SparseTensor form (row-major, like tf.sparse)."""
 
-    indices: np.ndarray   # (nnz, 2) int64
-    values: np.ndarray    # (nnz,)
+    indices: np.ndarray  # (nnz, 2) int64
+    values: np.ndarray  # (nnz,)
     dense_shape: np.ndarray  # (2,) int64
 
     def rows(self) -> list[np.ndarray]:

@@ -48,7 +48,7 @@ def fields(buf: bytes | memoryview):
             size, pos = read_varint(buf, pos)
             if pos + size > end:
                 raise ValueError("truncated length-delimited field")
-            value = bytes(buf[pos:pos + size])
+            value = bytes(buf[pos : pos + size])
             pos += size
         elif wire == _FIXED32:
             value = struct.unpack_from("<I", buf, pos)[0]
@@ -129,6 +129,7 @@ def _guard(what: str, location: str):
             if exc_type in (ValueError, struct.error, UnicodeDecodeError, IndexError):
                 raise InvalidInputError(f"corrupt {what}: {exc}", location=location) from exc
             return False
+
     return _Guard()
 
 
@@ -212,11 +213,17 @@ def decode_object_graph(buf: bytes, location: str = "") -> list[TrackableNode]:
                     node.children.append(ObjectReference(parts.get(1, 0), _text(parts.get(2, b""))))
                 elif n2 == 2:
                     parts = {n: v for n, _, v in fields(value)}
-                    node.attributes.append(SerializedTensor(
-                        _text(parts.get(1, b"")), _text(parts.get(2, b"")), _text(parts.get(3, b""))))
+                    node.attributes.append(
+                        SerializedTensor(
+                            _text(parts.get(1, b"")),
+                            _text(parts.get(2, b"")),
+                            _text(parts.get(3, b"")),
+                        )
+                    )
                 elif n2 == 3:
                     parts = {n: v for n, _, v in fields(value)}
-                    node.slot_variables.append(SlotReference(
-                        parts.get(1, 0), _text(parts.get(2, b"")), parts.get(3, 0)))
+                    node.slot_variables.append(
+                        SlotReference(parts.get(1, 0), _text(parts.get(2, b"")), parts.get(3, 0))
+                    )
             nodes.append(node)
     return nodes

@@ -55,8 +55,12 @@ class TableLookup:
         self.reader.close()
 
 
-def sample_feed(plan: ModelPlan, table_keys: dict[str, np.ndarray], rng: np.random.Generator,
-                batch: int = SAMPLES) -> dict:
+def sample_feed(
+    plan: ModelPlan,
+    table_keys: dict[str, np.ndarray],
+    rng: np.random.Generator,
+    batch: int = SAMPLES,
+) -> dict:
     """Random inputs for the original model; ids come from ``table_keys[variable]``."""
     feed: dict = {}
     feeds_table = {lk.model_input: lk.table_variable for lk in plan.lookups}
@@ -66,7 +70,9 @@ def sample_feed(plan: ModelPlan, table_keys: dict[str, np.ndarray], rng: np.rand
             width = spec.shape[1] if len(spec.shape) > 1 and spec.shape[1] else 4
             keys = table_keys[table] if table else np.arange(2)
             counts = rng.integers(1, width + 1, size=batch)
-            indices = np.array([[b, j] for b in range(batch) for j in range(counts[b])], dtype=np.int64)
+            indices = np.array(
+                [[b, j] for b in range(batch) for j in range(counts[b])], dtype=np.int64
+            )
             values = rng.choice(keys, size=len(indices)).astype(spec.dtype)
             feed[spec.name] = SparseIds(indices, values, np.array([batch, width], dtype=np.int64))
             continue
@@ -88,12 +94,19 @@ def _combine(rows: list[np.ndarray], combiner: str, dim: int) -> np.ndarray:
         if not len(vectors):
             continue
         total = vectors.astype(np.float64).sum(axis=0)
-        out[b] = total if combiner == "sum" else total / len(vectors) if combiner == "mean" \
+        out[b] = (
+            total
+            if combiner == "sum"
+            else total / len(vectors)
+            if combiner == "mean"
             else total / np.sqrt(len(vectors))
+        )
     return out.astype(np.float32)
 
 
-def hps_outputs(plan: ModelPlan, feed: dict, lookups: dict[str, TableLookup], dense_dir: Path) -> dict:
+def hps_outputs(
+    plan: ModelPlan, feed: dict, lookups: dict[str, TableLookup], dense_dir: Path
+) -> dict:
     """The outputs of tables + dense SavedModel for ``feed``."""
     from .dense import load_dense
     from .tf_support import import_tensorflow
@@ -135,8 +148,10 @@ def compare_outputs(expected: dict, got: dict) -> float:
             raise CheckFailedError(f"the dense part has no output '{name}'")
         a, b = np.asarray(value, dtype=np.float64), np.asarray(got[name], dtype=np.float64)
         if a.shape != b.shape:
-            raise CheckFailedError(f"output '{name}' has shape {list(b.shape)} from tables + dense "
-                                   f"part but {list(a.shape)} from the model")
+            raise CheckFailedError(
+                f"output '{name}' has shape {list(b.shape)} from tables + dense "
+                f"part but {list(a.shape)} from the model"
+            )
         if a.size:
             worst = max(worst, float(np.max(np.abs(a - b))))
     return worst
@@ -152,12 +167,18 @@ def written_rows(keys: KeyMap, total_rows: int) -> np.ndarray:
 def tables_match(written: TableLookup, reference: np.ndarray, key_rows: np.ndarray) -> bool:
     """Written row i equals ``reference[key_rows[i]]`` for every row, exactly."""
     vectors = np.asarray(written.reader.vectors())
-    return vectors.shape[0] == key_rows.shape[0] and \
-        np.array_equal(vectors, np.asarray(reference, dtype=np.float32)[key_rows])
+    return vectors.shape[0] == key_rows.shape[0] and np.array_equal(
+        vectors, np.asarray(reference, dtype=np.float32)[key_rows]
+    )
 
 
-def model_check(plan: ModelPlan, feed: dict, expected: dict, tables: dict[str, tuple[Path, KeyMap]],
-                dense_dir: Path) -> dict:
+def model_check(
+    plan: ModelPlan,
+    feed: dict,
+    expected: dict,
+    tables: dict[str, tuple[Path, KeyMap]],
+    dense_dir: Path,
+) -> dict:
     """Compare tables with the model's variables and tables + dense part with the model."""
     lookups = {var: TableLookup(path) for var, (path, _) in tables.items()}
     try:
@@ -171,10 +192,16 @@ def model_check(plan: ModelPlan, feed: dict, expected: dict, tables: dict[str, t
         for lookup in lookups.values():
             lookup.close()
     passed = diff <= TOLERANCE and not exact
-    return {"status": "passed" if passed else "failed", "mode": "model", "samples": SAMPLES,
-            "max_abs_diff": diff, "tolerance": TOLERANCE, "tables_equal_model": not exact,
-            "note": "ids drawn from the written keys; dense features from N(0, 1)" +
-                    (f"; rows differ in: {', '.join(exact)}" if exact else "")}
+    return {
+        "status": "passed" if passed else "failed",
+        "mode": "model",
+        "samples": SAMPLES,
+        "max_abs_diff": diff,
+        "tolerance": TOLERANCE,
+        "tables_equal_model": not exact,
+        "note": "ids drawn from the written keys; dense features from N(0, 1)"
+        + (f"; rows differ in: {', '.join(exact)}" if exact else ""),
+    }
 
 
 def tables_check(source: Source, tables: dict[str, tuple[Path, KeyMap, object]]) -> dict:
@@ -195,18 +222,33 @@ def tables_check(source: Source, tables: dict[str, tuple[Path, KeyMap, object]])
         finally:
             lookup.close()
         (checked if ok else wrong).append(var_name)
-    status = "failed" if wrong else "passed" if checked and not skipped else \
-        "partial" if checked else "skipped"
-    note = "no model to run: written rows compared with TensorFlow's checkpoint reader" \
-        if source.format in (CHECKPOINT, SAVED_MODEL) else \
-        "no model to run: written rows compared with a whole-dataset h5py read"
+    status = (
+        "failed"
+        if wrong
+        else "passed"
+        if checked and not skipped
+        else "partial"
+        if checked
+        else "skipped"
+    )
+    note = (
+        "no model to run: written rows compared with TensorFlow's checkpoint reader"
+        if source.format in (CHECKPOINT, SAVED_MODEL)
+        else "no model to run: written rows compared with a whole-dataset h5py read"
+    )
     if skipped:
         note += "; not compared: " + ", ".join(skipped)
     if wrong:
         note += "; rows differ in: " + ", ".join(wrong)
-    return {"status": status, "mode": "tables", "samples": 0, "max_abs_diff": None,
-            "tolerance": TOLERANCE, "tables_equal_model": not wrong if checked else None,
-            "note": note}
+    return {
+        "status": status,
+        "mode": "tables",
+        "samples": 0,
+        "max_abs_diff": None,
+        "tolerance": TOLERANCE,
+        "tables_equal_model": not wrong if checked else None,
+        "note": note,
+    }
 
 
 def reference_tensor(source: Source, var) -> np.ndarray | None:
@@ -215,6 +257,7 @@ def reference_tensor(source: Source, var) -> np.ndarray | None:
         return None
     if source.format in (CHECKPOINT, SAVED_MODEL):
         from .tf_support import import_tensorflow
+
         tf = import_tensorflow("the table self-check")
         reader = tf.train.load_checkpoint(str(source.reader.prefix))
         value = reader.get_tensor(var.location)
@@ -223,5 +266,6 @@ def reference_tensor(source: Source, var) -> np.ndarray | None:
     value = dataset[()]
     if var.dtype == "bfloat16":
         from .tables import as_float32
+
         value = as_float32(value, var.dtype)
     return np.asarray(value, dtype=np.float32)

@@ -20,8 +20,17 @@ from ..runtime.errors import InvalidInputError, NotFoundError
 from .bundle import BundleReader, is_checkpoint, resolve_prefix
 from .object_graph import BOOKKEEPING, MODEL, OPTIMIZER, checkpoint_variables
 
-__all__ = ["BOOKKEEPING", "MODEL", "OPTIMIZER", "Variable", "Source", "CheckpointSource",
-           "SavedModelSource", "open_source", "sanitize_name"]
+__all__ = [
+    "BOOKKEEPING",
+    "MODEL",
+    "OPTIMIZER",
+    "Variable",
+    "Source",
+    "CheckpointSource",
+    "SavedModelSource",
+    "open_source",
+    "sanitize_name",
+]
 
 CHECKPOINT, SAVED_MODEL, KERAS, H5 = "checkpoint", "saved_model", "keras", "h5"
 
@@ -30,18 +39,18 @@ CHECKPOINT, SAVED_MODEL, KERAS, H5 = "checkpoint", "saved_model", "keras", "h5"
 class Variable:
     """One variable of a model source."""
 
-    name: str                       # its real name, e.g. "user_emb/embeddings"
+    name: str  # its real name, e.g. "user_emb/embeddings"
     shape: tuple[int, ...]
-    dtype: str                      # numpy-style name: float32, int64, string, ...
-    kind: str                       # MODEL, OPTIMIZER or BOOKKEEPING
-    location: str                   # checkpoint key or HDF5 dataset path
-    path: str = ""                  # object path in the checkpoint, or the HDF5 path
+    dtype: str  # numpy-style name: float32, int64, string, ...
+    kind: str  # MODEL, OPTIMIZER or BOOKKEEPING
+    location: str  # checkpoint key or HDF5 dataset path
+    path: str = ""  # object path in the checkpoint, or the HDF5 path
     aliases: tuple[str, ...] = ()
-    layer: str | None = None        # the Keras layer owning it, when known
+    layer: str | None = None  # the Keras layer owning it, when known
     layer_class: str | None = None  # that layer's class, when known
     evidence: tuple[str, ...] = ()  # why it is taken for an embedding table (inspect.py)
-    crc32c: int | None = None       # TensorBundle's checksum of its bytes, when stored
-    id_lookup: str | None = None    # an IntegerLookup layer feeding its Embedding (from config)
+    crc32c: int | None = None  # TensorBundle's checksum of its bytes, when stored
+    id_lookup: str | None = None  # an IntegerLookup layer feeding its Embedding (from config)
 
     @property
     def rank(self) -> int:
@@ -50,6 +59,7 @@ class Variable:
     @property
     def nbytes(self) -> int:
         from .bundle import DTYPES
+
         sizes = {v[0]: v[2] for v in DTYPES.values()}
         return int(np.prod(self.shape, dtype=np.int64)) * sizes.get(self.dtype, 0)
 
@@ -62,12 +72,12 @@ class Source:
     """A model file or folder opened for dissecting."""
 
     path: Path
-    format: str                     # CHECKPOINT, SAVED_MODEL, KERAS or H5
+    format: str  # CHECKPOINT, SAVED_MODEL, KERAS or H5
     variables: list[Variable]
-    flavour: str = "unknown"        # keras3, tf_keras, tensorflow (no Keras), unknown
+    flavour: str = "unknown"  # keras3, tf_keras, tensorflow (no Keras), unknown
     keras_version: str | None = None
     model_name: str | None = None
-    loadable: bool = False          # a model can be loaded (for the dense part and the check)
+    loadable: bool = False  # a model can be loaded (for the dense part and the check)
     keras_config: dict | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -75,11 +85,15 @@ class Source:
         for var in self.variables:
             if name in (var.name, var.location, var.path) or name in var.aliases:
                 return var
-        raise NotFoundError(f"no variable named '{name}'", location=str(self.path),
-                            hint="list the variables with `hps dissect MODEL OUT --list`")
+        raise NotFoundError(
+            f"no variable named '{name}'",
+            location=str(self.path),
+            hint="list the variables with `hps dissect MODEL OUT --list`",
+        )
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int,
-                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(
+        self, var: Variable, rows_per_chunk: int, buffers: int = 1
+    ) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, rows) chunks; chunk ``i`` stays valid for ``buffers - 1`` more steps."""
         raise NotImplementedError
 
@@ -98,9 +112,18 @@ def _from_checkpoint(reader: BundleReader) -> list[Variable]:
     for var in checkpoint_variables(reader):
         if var.tensor.dtype == "string" and var.kind == MODEL and not var.tensor.shape:
             continue
-        out.append(Variable(var.name, tuple(var.tensor.shape), var.tensor.dtype, var.kind,
-                            var.checkpoint_key, var.path, var.aliases,
-                            crc32c=None if var.tensor.entry.sliced else var.tensor.entry.crc32c))
+        out.append(
+            Variable(
+                var.name,
+                tuple(var.tensor.shape),
+                var.tensor.dtype,
+                var.kind,
+                var.checkpoint_key,
+                var.path,
+                var.aliases,
+                crc32c=None if var.tensor.entry.sliced else var.tensor.entry.crc32c,
+            )
+        )
     return out
 
 
@@ -111,11 +134,17 @@ class CheckpointSource(Source):
         self.reader = BundleReader(prefix or resolve_prefix(path))
         variables = _from_checkpoint(self.reader)
         flavour = _flavour_of_keys([v.location for v in variables] + [v.path for v in variables])
-        super().__init__(Path(path), format, variables, flavour=flavour,
-                         model_name=_checkpoint_model_name(self.reader.prefix))
+        super().__init__(
+            Path(path),
+            format,
+            variables,
+            flavour=flavour,
+            model_name=_checkpoint_model_name(self.reader.prefix),
+        )
 
-    def iter_rows(self, var: Variable, rows_per_chunk: int,
-                  buffers: int = 1) -> Iterator[tuple[int, np.ndarray]]:
+    def iter_rows(
+        self, var: Variable, rows_per_chunk: int, buffers: int = 1
+    ) -> Iterator[tuple[int, np.ndarray]]:
         yield from self.reader.iter_rows(var.location, rows_per_chunk, buffers=buffers)
 
     @property
@@ -131,8 +160,13 @@ def _checkpoint_model_name(prefix: Path) -> str:
 
 
 def _flavour_of_keys(keys: list[str]) -> str:
-    if any("/_operations/" in k or k.startswith("_operations/") or "/_kernel/" in f"/{k}/"
-           or "/_embeddings/" in f"/{k}/" for k in keys):
+    if any(
+        "/_operations/" in k
+        or k.startswith("_operations/")
+        or "/_kernel/" in f"/{k}/"
+        or "/_embeddings/" in f"/{k}/"
+        for k in keys
+    ):
         return "keras3"
     if any(k.startswith("layer_with_weights-") or "/layer_with_weights-" in k for k in keys):
         return "tf_keras"
@@ -145,14 +179,16 @@ class SavedModelSource(CheckpointSource):
     def __init__(self, path: Path):
         prefix = path / "variables" / "variables"
         if not prefix.with_name("variables.index").is_file():
-            raise InvalidInputError("SavedModel without variables (variables/variables.index)",
-                                    location=str(path))
+            raise InvalidInputError(
+                "SavedModel without variables (variables/variables.index)", location=str(path)
+            )
         super().__init__(path, prefix, SAVED_MODEL)
         self.loadable = True
         self.model_name = sanitize_name(path.name)
         if (path / "keras_metadata.pb").is_file():
             self.flavour = "tf_keras"
             from .keras_files import saved_model_keras_metadata
+
             root = saved_model_keras_metadata(path / "keras_metadata.pb")
             if root:
                 self.keras_config = root
@@ -160,8 +196,11 @@ class SavedModelSource(CheckpointSource):
                 name = root.get("name") or (root.get("config") or {}).get("name")
                 if name:
                     self.model_name = sanitize_name(name)
-        elif any(key.startswith("_all_variables/") for var in self.variables
-                 for key in (var.location, *var.aliases)):
+        elif any(
+            key.startswith("_all_variables/")
+            for var in self.variables
+            for key in (var.location, *var.aliases)
+        ):
             self.flavour = "keras3"  # keras.Model.export() tracks variables and _all_variables
         else:
             self.flavour = "tensorflow"
@@ -183,21 +222,27 @@ def open_source(path: Path | str) -> Source:
             return SavedModelSource(path)
         if path.is_file() and zipfile.is_zipfile(path):
             from .keras_files import KerasArchiveSource
+
             return KerasArchiveSource(path)
         if path.is_file() and _is_hdf5(path):
             from .keras_files import H5Source
+
             return H5Source(path)
         if is_checkpoint(path):
             return CheckpointSource(path)
     except OSError as exc:  # permissions, a folder where a file belongs, I/O errors
-        raise InvalidInputError(f"cannot read: {exc.strerror or exc}",
-                                location=exc.filename or str(path)) from exc
+        raise InvalidInputError(
+            f"cannot read: {exc.strerror or exc}", location=exc.filename or str(path)
+        ) from exc
     if path.is_dir() and (path / "saved_model.pbtxt").is_file():
-        raise InvalidInputError("text SavedModels (saved_model.pbtxt) are not supported",
-                                location=str(path))
+        raise InvalidInputError(
+            "text SavedModels (saved_model.pbtxt) are not supported", location=str(path)
+        )
     raise InvalidInputError(
         "not a model: expected a SavedModel folder, a .keras archive, a Keras .h5 file or a "
-        "TensorFlow checkpoint (a prefix with .index and .data-* files)", location=str(path))
+        "TensorFlow checkpoint (a prefix with .index and .data-* files)",
+        location=str(path),
+    )
 
 
 def _is_hdf5(path: Path) -> bool:

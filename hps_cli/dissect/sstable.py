@@ -36,13 +36,16 @@ def _handle(buf: bytes, pos: int) -> tuple[int, int, int]:
 def _block(data: bytes, offset: int, size: int, location: str) -> bytes:
     end = offset + size
     if offset < 0 or end + TRAILER_SIZE > len(data):
-        raise InvalidInputError(f"block at byte {offset} (size {size}) lies past the end of the file",
-                                location=location)
+        raise InvalidInputError(
+            f"block at byte {offset} (size {size}) lies past the end of the file", location=location
+        )
     kind = data[end]
     if kind != 0:
         raise InvalidInputError(
             f"block at byte {offset} is compressed (type {kind}); TensorFlow writes checkpoint "
-            "indexes uncompressed and dissect reads only those", location=location)
+            "indexes uncompressed and dissect reads only those",
+            location=location,
+        )
     return data[offset:end]
 
 
@@ -60,21 +63,23 @@ def _entries(block: bytes, location: str) -> Iterator[tuple[bytes, bytes]]:
         value_len, pos = read_varint(block, pos)
         if shared > len(key) or pos + non_shared + value_len > limit:
             raise InvalidInputError(f"corrupt block entry at byte {pos}", location=location)
-        key = key[:shared] + block[pos:pos + non_shared]
+        key = key[:shared] + block[pos : pos + non_shared]
         pos += non_shared
-        yield key, block[pos:pos + value_len]
+        yield key, block[pos : pos + value_len]
         pos += value_len
 
 
 def read_table(data: bytes, location: str = "") -> Iterator[tuple[bytes, bytes]]:
     """Yield every (key, value) of an SSTable held in ``data``, in key order."""
     if len(data) < FOOTER_SIZE:
-        raise InvalidInputError(f"{len(data)} bytes is too short for a checkpoint index",
-                                location=location)
+        raise InvalidInputError(
+            f"{len(data)} bytes is too short for a checkpoint index", location=location
+        )
     footer = data[-FOOTER_SIZE:]
     if struct.unpack_from("<Q", footer, 40)[0] != MAGIC:
-        raise InvalidInputError("not a TensorFlow checkpoint index (bad SSTable magic number)",
-                                location=location)
+        raise InvalidInputError(
+            "not a TensorFlow checkpoint index (bad SSTable magic number)", location=location
+        )
     try:
         _, _, pos = _handle(footer, 0)  # metaindex: empty in bundles, not needed
         index_offset, index_size, _ = _handle(footer, pos)

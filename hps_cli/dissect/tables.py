@@ -78,8 +78,13 @@ def prefetched(chunks: Iterator, depth: int = 1) -> Iterator:
             worker.join(timeout=0.05)
 
 
-def write_table(source: Source, choice: TableChoice, dest: Path, keys: KeyMap,
-                progress: Callable[[int], None] | None = None) -> TableSummary:
+def write_table(
+    source: Source,
+    choice: TableChoice,
+    dest: Path,
+    keys: KeyMap,
+    progress: Callable[[int], None] | None = None,
+) -> TableSummary:
     """Write ``choice.variable`` of ``source`` as the table folder ``dest`` (must not exist).
 
     Reading, widening to float32 and the NaN/Inf scan run one slice ahead in a thread while
@@ -96,17 +101,29 @@ def write_table(source: Source, choice: TableChoice, dest: Path, keys: KeyMap,
         has_key = np.zeros(rows, dtype=bool)
         row_keys[keys.rows] = keys.keys
         has_key[keys.rows] = True
-    described = {"model": str(source.path), "format": source.format, "variable": var.name,
-                 "source_key": var.location, "keys": keys.source, "tool": "hps dissect"}
-    writer = TableWriter(dest, dim, atomic=False, source=described, scan_values=False,
-                         count_duplicates=row_keys is not None)
+    described = {
+        "model": str(source.path),
+        "format": source.format,
+        "variable": var.name,
+        "source_key": var.location,
+        "keys": keys.source,
+        "tool": "hps dissect",
+    }
+    writer = TableWriter(
+        dest,
+        dim,
+        atomic=False,
+        source=described,
+        scan_values=False,
+        count_duplicates=row_keys is not None,
+    )
     non_finite = 0
 
     def slices():
         for start, chunk in source.iter_rows(var, per_chunk, buffers=3):
             vectors = as_float32(chunk, var.dtype)
             if row_keys is not None:
-                select = has_key[start:start + len(chunk)]
+                select = has_key[start : start + len(chunk)]
                 vectors = vectors if select.all() else vectors[select]
             else:
                 select = None
@@ -130,6 +147,12 @@ def write_table(source: Source, choice: TableChoice, dest: Path, keys: KeyMap,
         raise
     sidecar = read_sidecar(dest)
     if sidecar is not None:  # what the threads above established, without rescanning
-        write_sidecar(dest, replace(sidecar, non_finite=non_finite,
-                                    duplicates=0 if row_keys is None else sidecar.duplicates))
+        write_sidecar(
+            dest,
+            replace(
+                sidecar,
+                non_finite=non_finite,
+                duplicates=0 if row_keys is None else sidecar.duplicates,
+            ),
+        )
     return summary
