@@ -12,6 +12,7 @@ import os
 import shutil
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +49,7 @@ class TableSummary:
 
 
 _FADVISE = hasattr(os, "posix_fadvise")
+_ADVISE_BYTES = 8 << 20
 
 
 class _Sink:
@@ -58,18 +60,23 @@ class _Sink:
         self.handle = open(path, "wb", buffering=0)
         self.crc = 0
         self.bytes = 0
+        self._advised = 0  # bytes already handed to write-back
 
-    def write(self, array: np.ndarray) -> None:
-        view = memoryview(array).cast("B")
+    def update_crc(self, view: memoryview) -> None:
         self.crc = zlib.crc32(view, self.crc)
+
+    def write(self, view: memoryview) -> None:
         written = 0
         while written < len(view):  # raw writes may be partial
             written += self.handle.write(view[written:])
         self.bytes += len(view)
-        if _FADVISE:
+        if _FADVISE and self.bytes - self._advised >= _ADVISE_BYTES:
             # Start writing back what we wrote (asynchronously) instead of leaving it all to the
-            # final fsync, and keep our dirty pages from crowding the page cache.
-            os.posix_fadvise(self.handle.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+            # final fsync, and keep our dirty pages from crowding the page cache. Only the new
+            # range: advising the whole file each time would rescan it (quadratic).
+            os.posix_fadvise(self.handle.fileno(), self._advised, self.bytes - self._advised,
+                             os.POSIX_FADV_DONTNEED)
+            self._advised = self.bytes
 
     def close(self, sync: bool) -> FileRecord:
         if not self.handle.closed:
@@ -126,6 +133,7 @@ class TableWriter:
         self._meta = _Sink(folder / META_FILE) if with_meta else None
         self._dups = DuplicateCounter() if count_duplicates else None
         self._non_finite: int | None = 0 if scan_values else None
+        self._crc_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hps-table-crc")
         self.num_keys = 0
         self._closed = False
 
@@ -151,22 +159,32 @@ class TableWriter:
                                     location=str(self.dest))
         if not keys.size:
             return
-        if self._dups is not None:
-            self._dups.add(keys)
-        if self._non_finite is not None:
-            finite = np.isfinite(vectors)
-            if not finite.all():
-                self._non_finite += int(np.count_nonzero(~finite.all(axis=1)))
-        self._keys.write(keys)
-        self._vectors.write(vectors)
+        parts = [(self._keys, keys), (self._vectors, vectors)]
         if self._meta is not None and meta is not None:
-            self._meta.write(meta)
+            parts.append((self._meta, meta))
+        views = [(sink, memoryview(array).cast("B")) for sink, array in parts]
+        # CRC32 (which releases the GIL) runs on a helper thread while this one scans and
+        # writes the same chunk; both finish before append returns, so the caller may reuse
+        # its arrays right away.
+        checksums = self._crc_pool.submit(lambda: [sink.update_crc(v) for sink, v in views])
+        try:
+            if self._dups is not None:
+                self._dups.add(keys)
+            if self._non_finite is not None:
+                finite = np.isfinite(vectors)
+                if not finite.all():
+                    self._non_finite += int(np.count_nonzero(~finite.all(axis=1)))
+            for sink, view in views:
+                sink.write(view)
+        finally:
+            checksums.result()
         self.num_keys += keys.size
 
     def commit(self) -> TableSummary:
         """Finish the files, write ``table.json`` and move the table into place."""
         if self._closed:
             raise RuntimeError("TableWriter already closed")
+        self._crc_pool.shutdown(wait=True)
         try:
             if self.num_keys == 0:
                 raise InvalidInputError("no rows to write: HPS cannot load an empty table",
@@ -197,6 +215,7 @@ class TableWriter:
         if self._closed:
             return
         self._closed = True
+        self._crc_pool.shutdown(wait=True)
         for sink in (self._keys, self._vectors, self._meta):
             if sink is not None and not sink.handle.closed:
                 sink.handle.close()
