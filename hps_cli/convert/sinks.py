@@ -7,12 +7,13 @@ RocksDB sink turns a stream into a ``BulkSource`` for the bulk loader.
 from __future__ import annotations
 
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..formats.base import as_keys
+from ..formats.base import Chunk, as_keys
 from ..runtime.persistent.rocksdb_bulk import BulkSource
 from ..runtime.table.duplicates import DuplicateCounter, DuplicateStats
 from ..runtime.table.writer import TableSummary, TableWriter
@@ -21,10 +22,21 @@ from .transforms import Stream
 Progress = Callable[[int], None]
 
 
+def prefetched(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
+    """The same chunks, the next one read by a helper thread while this one is written (reads
+    release the GIL). Safe because no reader reuses a chunk's arrays for the next chunk."""
+    with ThreadPoolExecutor(1, thread_name_prefix="convert-read") as pool:
+        it = iter(chunks)
+        ahead = pool.submit(next, it, None)
+        while (chunk := ahead.result()) is not None:
+            ahead = pool.submit(next, it, None)
+            yield chunk
+
+
 def write_hps(stream: Stream, dest: Path, source: dict, progress: Progress) -> TableSummary:
     writer = TableWriter(dest, stream.dim, with_meta=stream.has_meta, source=source, atomic=False)
     try:
-        for chunk in stream.chunks():
+        for chunk in prefetched(stream.chunks()):
             writer.append(chunk.keys, chunk.vectors, chunk.meta if stream.has_meta else None)
             progress(chunk.keys.size * (8 + 4 * stream.dim))
     except BaseException:
@@ -53,7 +65,7 @@ def write_npz(stream: Stream, dest: Path, tmp: Path,
                 open(side_keys, "wb") as keys_out, \
                 open(side_meta, "wb") as meta_out:
             member.write(_npy_header("<f4", (n, dim)))
-            for chunk in stream.chunks():
+            for chunk in prefetched(stream.chunks()):
                 member.write(np.ascontiguousarray(chunk.vectors, "<f4").tobytes())
                 keys_out.write(np.ascontiguousarray(chunk.keys, "<i8").tobytes())
                 dups.add(chunk.keys)
@@ -85,5 +97,5 @@ def bulk_source(stream: Stream, tag: str, checksum: str) -> BulkSource:
         read_keys = lambda first, count: as_keys(access.keys.read(first, count),  # noqa: E731
                                                  keys_loc, first)
     return BulkSource(tag, table.dim, table.num_rows,
-                      lambda: ((c.keys, c.vectors) for c in stream.chunks()), checksum,
+                      lambda: ((c.keys, c.vectors) for c in prefetched(stream.chunks())), checksum,
                       table.location, read_keys)
