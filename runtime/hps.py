@@ -51,7 +51,8 @@ from .config.model import ModelConfig, PsConfig
 from .config.validate import load_config
 from .cpu_tiers import TableTiers
 from .errors import ConfigError, InvalidInputError, NotFoundError
-from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES, DEFAULT_ROW_CACHE_BYTES, RocksDbStore
+from .persistent.rocksdb_tier import (DEFAULT_BLOCK_CACHE_BYTES, RocksDbStore,
+                                      auto_row_cache_bytes)
 from .startup_load import load_volatile, table_checksum, volatile_rows
 from .stats import TableStats
 from .table.reader import TableReader
@@ -81,8 +82,10 @@ class HPS:
         config: a ps.json path, a parsed document, or a ``PsConfig``.
         cache_factory: builds front caches (see the module doc); None: lookups go straight to
             the CPU tiers.
-        rocksdb_block_cache_bytes / rocksdb_row_cache_bytes: RocksDB's caches (shared by all
-            tables; the row cache may be 0).
+        rocksdb_block_cache_bytes / rocksdb_row_cache_bytes: RocksDB's caches, shared by all
+            tables. The row cache (0: none) defaults to room for every row of the tables
+            (1.5x their raw bytes), at most 1/8 of the machine's memory; it fills only with
+            rows looked up in RocksDB.
         redis_options: extra keyword arguments of ``RedisClusterStore`` (timeouts,
             ``retry_interval_s``).
         progress: called with the number of table bytes loaded, for progress bars.
@@ -97,7 +100,7 @@ class HPS:
     def __init__(self, config: PsConfig | str | Path | dict, *,
                  cache_factory: CacheFactory | None = None,
                  rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
-                 rocksdb_row_cache_bytes: int = DEFAULT_ROW_CACHE_BYTES,
+                 rocksdb_row_cache_bytes: int | None = None,
                  redis_options: dict | None = None,
                  progress: Callable[[int], None] | None = None):
         self.config = _load_checked(config)
@@ -125,10 +128,13 @@ class HPS:
 
     # ------------------------------------------------------------------ start-up
 
-    def _open_tiers(self, plans: list[_TablePlan], block_cache: int, row_cache: int,
+    def _open_tiers(self, plans: list[_TablePlan], block_cache: int, row_cache: int | None,
                     redis_options: dict) -> None:
         pdb, vdb = self.config.persistent_db, self.config.volatile_db
         if pdb.enabled:
+            if row_cache is None:
+                row_cache = auto_row_cache_bytes(sum(
+                    p.reader.num_keys * (self.key_width // 8 + 4 * p.dim) for p in plans))
             self._rocksdb = RocksDbStore(
                 pdb.path, read_only=pdb.read_only, num_threads=pdb.num_threads,
                 max_batch_size=pdb.max_batch_size, key_width=self.key_width,
@@ -214,7 +220,9 @@ class HPS:
         record = {"checksum": checksum, "dim": plan.dim, "num_partitions": vdb.num_partitions,
                   "initial_cache_rate": vdb.initial_cache_rate,
                   "overflow_margin": vdb.overflow_margin, "complete": True}
-        if volatile.read_record() == record:
+        # Skip only with RocksDB behind it: if a node lost its data since, its keys still fall
+        # through to a full copy. Without one, reload as HPS does.
+        if self._rocksdb is not None and volatile.read_record() == record:
             log.info("Redis: %s already holds this table; not reloading", plan.tag)
             return
         volatile.clear()

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from hps_cli.runtime.errors import ConfigError, NotFoundError, OutputExistsError
 from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record, write_table_record
-from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore, key_list, order_key
+from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore
+from hps_cli.runtime.raw_keys import key_bytes, order_key
 from hps_cli.runtime.startup_load import table_checksum
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
@@ -28,7 +29,7 @@ def _load(store: RocksDbStore, table: Path, tag: str = TAG) -> None:
 def test_order_key_is_the_bytewise_order(rng):
     for width, keys in ((64, rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64)),
                         (32, rng.integers(0, 2**32 - 1, 500))):
-        by_bytes = sorted(range(keys.size), key=lambda i: key_list(keys[i:i + 1], width)[0])
+        by_bytes = sorted(range(keys.size), key=lambda i: key_bytes(keys[i:i + 1], width)[0])
         assert np.array_equal(np.argsort(order_key(keys, width), kind="stable"), by_bytes)
 
 

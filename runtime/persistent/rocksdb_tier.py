@@ -15,11 +15,13 @@ What differs from HPS:
   when all of them are built the old family is dropped, a new one is created, the files are
   ingested in one call and the record is written (``complete`` last). A failed build leaves the
   database untouched; an interrupted swap leaves an incomplete record, so the next start reloads.
-- Options for lookups (measured in benchmarks/bench_runtime_cpu.py): a shared LRU block cache,
-  bloom filters and a hashed data-block index in the files we write, no compression (float
-  vectors do not compress), mmap reads, and a row cache; keys are converted with one
-  ``tobytes()`` and sliced, values joined with one ``b"".join`` and one ``np.frombuffer``.
-  rocksdict holds the GIL during gets, so lookups are not spread over threads (measured: no gain).
+- Options for lookups (measured in benchmarks/bench_runtime_cpu.py): a row cache (what makes
+  the difference: a get that hits it costs about 1.5 µs through rocksdict, one that reads a
+  block about 4-6 µs), a shared LRU block cache, bloom filters and a hashed data-block index in
+  the files we write, no compression (float vectors do not compress), mmap reads; keys are
+  converted with one ``tobytes()`` and sliced, values joined with one ``b"".join`` and one
+  ``np.frombuffer``. rocksdict holds the GIL during gets, so lookups are not spread over
+  threads (measured: no gain).
 """
 
 from __future__ import annotations
@@ -34,14 +36,16 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import ConfigError, DependencyMissingError, InvalidInputError, NotFoundError, OutputExistsError
+from ..errors import (ConfigError, DependencyMissingError, InvalidInputError, NotFoundError,
+                      OutputExistsError)
+from ..raw_keys import key_bytes, order_key, split_bytes
 from ..table.reader import TableReader
 from .rocksdb_layout import list_families, read_table_record, write_table_record
 
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 
 DEFAULT_BLOCK_CACHE_BYTES = 256 << 20
-DEFAULT_ROW_CACHE_BYTES = 256 << 20
+MIN_ROW_CACHE_BYTES = 64 << 20
 _SST_FILE_BYTES = 256 << 20
 _LOAD_ROWS = 1 << 16
 
@@ -54,18 +58,15 @@ def _rocksdict():
     return rocksdict
 
 
-def order_key(keys: np.ndarray, key_width: int) -> np.ndarray:
-    """Unsigned integers whose numeric order is the bytewise order of the keys' raw bytes."""
-    if key_width == 64:
-        return np.ascontiguousarray(keys, dtype="<i8").view("<u8").byteswap()
-    return np.ascontiguousarray(keys, dtype="<u4").byteswap()
-
-
-def key_list(keys: np.ndarray, key_width: int) -> list[bytes]:
-    """Raw little-endian bytes of each key (one ``tobytes`` and slicing)."""
-    width = key_width // 8
-    raw = np.ascontiguousarray(keys, dtype="<i8" if key_width == 64 else "<u4").tobytes()
-    return [raw[i:i + width] for i in range(0, len(raw), width)]
+def auto_row_cache_bytes(table_bytes: int) -> int:
+    """The default row cache: room for every row of the tables (1.5x their raw bytes: an entry
+    carries its key, a handle and allocator overhead besides the value), at most
+    1/8 of the machine's memory. It fills only with rows actually looked up."""
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - non-POSIX
+        memory = 8 << 30
+    return int(max(MIN_ROW_CACHE_BYTES, min(1.5 * table_bytes, memory // 8)))
 
 
 class RocksDbStore:
@@ -88,7 +89,7 @@ class RocksDbStore:
     def __init__(self, path: Path | str, *, read_only: bool = False, num_threads: int = 16,
                  max_batch_size: int = 65536, key_width: int = 64,
                  block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
-                 row_cache_bytes: int = DEFAULT_ROW_CACHE_BYTES):
+                 row_cache_bytes: int = MIN_ROW_CACHE_BYTES):
         rd = _rocksdict()
         self.path = Path(path)
         self.read_only = read_only
@@ -206,15 +207,15 @@ class RocksDbStore:
         sizes = self.first_entry_sizes(tag)
         if sizes is None:
             return
-        key_bytes, value_bytes = sizes
-        if key_bytes != self.key_width // 8:
+        key_size, value_size = sizes
+        if key_size != self.key_width // 8:
             raise ConfigError(
-                f"column family '{tag}' stores {key_bytes}-byte keys, but the config uses "
+                f"column family '{tag}' stores {key_size}-byte keys, but the config uses "
                 f"{self.key_width // 8}-byte keys", location=str(self.path),
                 hint="supportlonglong must match the database (true: 8-byte keys, false: 4)")
-        if value_bytes != 4 * dim:
+        if value_size != 4 * dim:
             raise ConfigError(
-                f"column family '{tag}' stores vectors of {value_bytes // 4} floats, the config "
+                f"column family '{tag}' stores vectors of {value_size // 4} floats, the config "
                 f"says {dim}", location=str(self.path),
                 hint="fix embedding_vecsize_per_table, or point persistent_db.path elsewhere")
 
@@ -263,15 +264,16 @@ class RocksDbStore:
                 where = np.searchsorted(ascending, rows)
                 chunk_keys = np.take(keys, ascending)[where]
                 chunk_vectors = np.take(vectors, ascending, axis=0)[where]
-                kl = key_list(chunk_keys, self.key_width)
-                raw = np.ascontiguousarray(chunk_vectors, dtype="<f4").tobytes()
+                kl = key_bytes(chunk_keys, self.key_width)
+                values = split_bytes(np.ascontiguousarray(chunk_vectors, dtype="<f4").tobytes(),
+                                     value_bytes)
                 if writer is None:
                     writer = rd.SstFileWriter(self.family_options())
                     files.append(str(staging / f"{len(files):05d}.sst"))
                     writer.open(files[-1])
                     written = 0
-                for i, key in enumerate(kl):
-                    writer[key] = raw[i * value_bytes:(i + 1) * value_bytes]
+                for key, value in zip(kl, values):
+                    writer[key] = value
                 written += len(kl) * (value_bytes + len(kl[0]))
                 if progress:
                     progress(rows.size * (8 + value_bytes))
@@ -319,38 +321,51 @@ class RocksDbTable:
     def lookup(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
         n = keys.size
-        if out is None:
-            out = np.zeros((n, self.dim), dtype=np.float32)
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
         for first in range(0, n, step):
             part = keys[first:first + step]
-            values = self._get(key_list(part, self.key_width))
-            found = [i for i, v in enumerate(values) if v is not None]
-            if not found:
-                continue
-            data = b"".join([values[i] for i in found])
-            if len(data) != len(found) * 4 * self.dim:
+            values = self._get(key_bytes(part, self.key_width))
+            try:
+                data = bytearray().join(values)  # the common case: every key is there
+                index = slice(first, first + part.size)
+                count = part.size
+            except TypeError:  # some are None
+                found = [i for i, v in enumerate(values) if v is not None]
+                if not found:
+                    continue
+                data = bytearray().join([values[i] for i in found])
+                index = np.asarray(found, dtype=np.int64) + first
+                count = len(found)
+            if len(data) != count * 4 * self.dim:
                 raise InvalidInputError(
                     f"column family '{self.tag}' holds values that are not {self.dim} floats",
                     location=str(self.store.path),
                     hint="the database was written for another embedding_vecsize_per_table")
-            index = np.asarray(found, dtype=np.int64) + first
-            out[index] = np.frombuffer(data, dtype="<f4").reshape(len(found), self.dim)
+            rows = np.frombuffer(data, dtype="<f4").reshape(count, self.dim)
+            if out is None and count == n:  # one chunk, all found: the joined buffer is the result
+                out = rows
+            else:
+                if out is None:
+                    out = np.zeros((n, self.dim), dtype=np.float32)
+                out[index] = rows
             hit[index] = True
+        if out is None:
+            out = np.zeros((n, self.dim), dtype=np.float32)
         return out, hit
 
-    def _get(self, key_bytes: list[bytes]) -> list:
-        # Single gets use RocksDB's row cache; the batched MultiGet does not (measured ~2x).
-        get = self._cf.get
-        return [get(k) for k in key_bytes]
+    def _get(self, keys: tuple[bytes, ...]) -> list:
+        # Single gets use RocksDB's row cache; the batched MultiGet does not (measured: with a
+        # warm row cache single gets are 2.4-2.8x a MultiGet on default options, see
+        # docs/benchmarks.md; a big block cache alone gives 1.2-1.3x).
+        return list(map(self._cf.get, keys))
 
     def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         rd = _rocksdict()
         raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         value_bytes = 4 * self.dim
         step = self.store.max_batch_size
-        kl = key_list(keys, self.key_width)
+        kl = key_bytes(keys, self.key_width)
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
@@ -361,7 +376,7 @@ class RocksDbTable:
     def remove(self, keys: np.ndarray) -> None:
         rd = _rocksdict()
         step = self.store.max_batch_size
-        kl = key_list(keys, self.key_width)
+        kl = key_bytes(keys, self.key_width)
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)

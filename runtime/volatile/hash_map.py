@@ -188,6 +188,9 @@ class HashMapTable:
         keys = self._check_keys(keys)
         if out is None:
             out = np.zeros((keys.size, self.dim), dtype=np.float32)
+        elif out.shape != (keys.size, self.dim) or out.dtype != np.float32:
+            raise InvalidInputError(f"out must be float32 ({keys.size}, {self.dim}), got "
+                                    f"{out.dtype} {out.shape}", location="out")
         with self._lock.read():
             slots = self._find(keys)
             hit = slots >= 0

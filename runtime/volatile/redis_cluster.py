@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import ConfigError, DependencyMissingError, ServiceUnavailableError
 from ..hashing import partition_of
+from ..raw_keys import key_bytes
 from ..storage_layout import redis_hash_names
 from .hash_map import POLICIES, dedupe_last
 
@@ -283,10 +284,8 @@ class RedisTable:
 
     # ------------------------------------------------------------------ helpers
 
-    def _key_bytes(self, keys: np.ndarray) -> list[bytes]:
-        width = self.key_width // 8
-        raw = np.ascontiguousarray(keys, dtype="<i8" if self.key_width == 64 else "<u4").tobytes()
-        return [raw[i:i + width] for i in range(0, len(raw), width)]
+    def _key_bytes(self, keys: np.ndarray) -> tuple[bytes, ...]:
+        return key_bytes(keys, self.key_width)
 
     def _groups(self, keys: np.ndarray):
         """(partition, positions in ``keys``) for each partition present, chunked by batch size."""
