@@ -1,0 +1,68 @@
+"""The HPS TensorFlow plugin, name-compatible with NVIDIA's ``hierarchical_parameter_server``.
+
+    import hps_cli.tf as hps            # instead of: import hierarchical_parameter_server as hps
+
+    hps.Init(global_batch_size=1024, ps_config_file="ps.json")
+    emb = hps.LookupLayer(model_name="dlrm", table_id=0, emb_vec_size=16,
+                          emb_vec_dtype=tf.float32)(ids)                  # tf.nn.embedding_lookup
+    vec = hps.SparseLookupLayer("dlrm", 1, 16, tf.float32)(sp_ids, combiner="mean")
+    model = hps.load_model("package/")  # what `hps build-graph` wrote
+
+Lookups go through the process-wide ``hps_cli.runtime.HPS`` of the config (its embedding
+caches in front of the CPU tiers). ``LookupLayer``/``SparseLookupLayer``/``DenseSavedModel``
+are the classes for the Keras that ``tf.keras`` means in this process (Keras 3, or tf_keras
+with ``TF_USE_LEGACY_KERAS=1``); ``layers_for("tf_keras")`` / ``layers_for(keras_module)``
+gives (and registers) the other flavour's. Importing this module imports TensorFlow and that
+Keras; it prints nothing and changes no settings.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from types import ModuleType, SimpleNamespace
+
+from .dense_layer import dense_layer_class
+from .errors import LookupInputError
+from .flavour import default_flavour, flavour_of, keras_module
+from .layers import lookup_layer_classes
+from .lookup_ops import lookup, sparse_lookup
+from .package import load_model, read_package
+from .runtime_handle import shutdown as Shutdown
+
+
+def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 (HPS's name)
+    """Initialize HPS from ``ps_config_file`` once per process; returns "OK".
+
+    A later call with another file is ignored with a warning, as in HPS. ``global_batch_size``
+    must not exceed any model's ``max_batch_size`` (one replica).
+    """
+    from .runtime_handle import init
+
+    return init(global_batch_size, ps_config_file)
+
+
+@cache
+def _classes(flavour: str) -> SimpleNamespace:
+    keras = keras_module(flavour)
+    found = lookup_layer_classes(keras)
+    found.DenseSavedModel = dense_layer_class(keras)
+    found.keras = keras
+    return found
+
+
+def layers_for(keras: str | ModuleType) -> SimpleNamespace:
+    """The layer classes for a Keras flavour ("keras3", "tf_keras") or module, registered
+    under package "hps" in that Keras: ``.LookupLayer``, ``.SparseLookupLayer``,
+    ``.DenseSavedModel``, ``.keras``."""
+    return _classes(keras if isinstance(keras, str) else flavour_of(keras))
+
+
+_default = _classes(default_flavour())
+LookupLayer = _default.LookupLayer
+SparseLookupLayer = _default.SparseLookupLayer
+DenseSavedModel = _default.DenseSavedModel
+
+__all__ = [
+    "Init", "LookupLayer", "SparseLookupLayer", "DenseSavedModel", "load_model",
+    "read_package", "layers_for", "lookup", "sparse_lookup", "Shutdown", "LookupInputError",
+]
