@@ -118,8 +118,7 @@ def build_graph(source: Path | str, out_dir: Path | str,
     check_against_config(plan.manifest, plan.config, str(
         plan.source / "manifest.json" if plan.built_from == "dissect" else plan.source))
     flavour = _flavour(options.keras, plan)
-    for path in [plan.source if plan.source.is_dir() else plan.source.parent,
-                 plan.dense_source, *plan.table_sources]:
+    for path in [plan.source, plan.ps_path, plan.dense_source, *plan.table_sources]:
         if _overlaps(out_dir, path):
             raise InvalidInputError("OUT_DIR overlaps the source it is built from",
                                     location=str(out_dir), hint="write the package elsewhere")

@@ -169,6 +169,11 @@ def read_spec(spec_path: Path) -> BuildPlan:
         if lookups:
             doc["lookups"] = lookups
         inputs.append(doc)
+    fed = sorted(d["name"] for d in dense_inputs)
+    if fed != sorted(sig_inputs):
+        raise InvalidInputError(f"the inputs feed dense inputs {fed}, the dense part takes "
+                                f"{sorted(sig_inputs)}", location=f"{spec_path} $.inputs",
+                                hint="every dense input must be fed exactly once")
     outputs = []
     for name in loaded.outputs:
         spec_out = loaded.function.structured_outputs[name]

@@ -1,0 +1,257 @@
+"""`hps build-graph`: every dissect test model → dissect → build-graph → moved elsewhere → loaded
+in a fresh process with hps_cli.tf.load_model → predictions equal the trained model's (recorded
+at training time) within 1e-5, under Keras 3 and tf_keras; the package layout and manifest; a
+spec-built package; bad inputs (exit codes, nothing left behind).
+
+The models are the session-trained ones of the dissect tests (dissect_models.py). Packages are
+loaded by build_graph_load.py: one fresh process per Keras flavour (tf_keras with
+TF_USE_LEGACY_KERAS=1), both running at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from conftest import run_hps
+from dissect_models import trained_models
+
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
+
+HERE = Path(__file__).resolve().parent
+# id, flavour of the trained model, saved file, npz of the recorded samples, --keras
+CASES = [
+    ("keras3-dlrm.keras", "keras3", "dlrm.keras", "dlrm", "auto"),
+    ("keras3-dlrm-export", "keras3", "dlrm_export", "dlrm", "auto"),
+    ("keras3-notebook-savedmodel", "keras3", "notebook_sm", "notebook", "auto"),
+    ("keras3-lookup.keras", "keras3", "lookup.keras", "lookup", "auto"),
+    ("keras3-lookup-export", "keras3", "lookup_export", "lookup", "auto"),
+    ("tf_keras-dlrm.h5", "tf_keras", "dlrm.h5", "dlrm", "auto"),
+    ("tf_keras-dlrm-savedmodel", "tf_keras", "dlrm_sm", "dlrm", "auto"),
+    ("tf_keras-notebook-savedmodel", "tf_keras", "notebook_sm", "notebook", "auto"),
+    ("tf_keras-lookup.h5", "tf_keras", "lookup.h5", "lookup", "auto"),
+    ("tf_keras-lookup-savedmodel", "tf_keras", "lookup_sm", "lookup", "auto"),
+    # the other Keras than the one that trained the model
+    ("keras3-dlrm.keras-as-tf_keras", "keras3", "dlrm.keras", "dlrm", "tf_keras"),
+    ("tf_keras-notebook-savedmodel-as-keras3", "tf_keras", "notebook_sm", "notebook", "keras3"),
+]
+IDS = [c[0] for c in CASES]
+SPEC = "spec-notebook"  # built from the keras3 notebook dissect's dense part with a spec
+
+
+def _spec(dissected: Path) -> dict:
+    return {"dense": str(dissected / "dense"), "ps_config": str(dissected / "ps.json"),
+            "inputs": [{"name": "ids", "format": "sparse",
+                        "lookups": [{"table": 0, "combiner": "mean", "dense_input": "emb_ids"}]},
+                       {"name": "dense", "dense_input": "dense"}]}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """Dissect and build every case, move each package, load them all in fresh processes."""
+    from hps_cli.build_graph import BuildOptions, build_graph
+    from hps_cli.dissect.pipeline import DissectOptions, dissect
+
+    models = trained_models()
+    base = tmp_path_factory.mktemp("build_graph")
+    dissected, packages, npz = {}, {}, {}
+    for case_id, flavour, path, model, keras in CASES:
+        source = base / "dissect" / f"{flavour}-{path}"
+        if not source.exists():  # the cross-flavour cases reuse a dissect output
+            dissect(models / flavour / path, source, DissectOptions(check=False))
+        dissected[case_id] = source
+        built_at = base / "built" / case_id
+        build_graph(source, built_at, BuildOptions(keras=keras))
+        packages[case_id] = base / "moved" / case_id  # relocatable: nothing points back
+        packages[case_id].parent.mkdir(exist_ok=True)
+        shutil.move(str(built_at), packages[case_id])
+        npz[case_id] = models / flavour / f"{model}.npz"
+    spec_file = base / "spec.json"
+    spec_file.write_text(json.dumps(_spec(dissected["keras3-notebook-savedmodel"])))
+    packages[SPEC] = base / "moved" / SPEC
+    build_graph(spec_file, packages[SPEC])
+    npz[SPEC] = models / "keras3" / "notebook.npz"
+    groups: dict[str, list[str]] = {}
+    for case_id, package in packages.items():
+        keras = json.loads((package / "manifest.json").read_text())["inference"]["keras"]
+        groups.setdefault(keras, []).append(f"{package}={npz[case_id]}")
+    procs = {}
+    for keras, args in groups.items():
+        env = {**os.environ, "TF_USE_LEGACY_KERAS": "1" if keras == "tf_keras" else "0"}
+        procs[keras] = subprocess.Popen([sys.executable, str(HERE / "build_graph_load.py"), *args],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env, cwd=base)
+    loaded = {}
+    for proc in procs.values():
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-4000:]
+        for line in out.splitlines():
+            if line.startswith("{"):
+                doc = json.loads(line)
+                loaded[doc["package"]] = doc
+    return {"dissected": dissected, "packages": packages, "loaded": loaded, "base": base,
+            "spec_file": spec_file}
+
+
+@pytest.mark.parametrize("case", IDS + [SPEC])
+def test_loaded_package_predicts_like_the_trained_model(case, built):
+    result = built["loaded"][str(built["packages"][case])]
+    manifest = json.loads((built["packages"][case] / "manifest.json").read_text())
+    assert result["keras"] == ("tf_keras" if manifest["inference"]["keras"] == "tf_keras"
+                               else "keras")
+    assert result["shapes_equal"]
+    assert result["max_abs_diff"] <= 1e-5
+    lookups = [la["class"].split(">")[1] for la in manifest["inference"]["layers"]]
+    assert result["layers"] == sorted(lookups + ["DenseSavedModel"])
+
+
+@pytest.mark.parametrize("case", IDS + [SPEC])
+def test_package_layout_manifest_and_config(case, built):
+    from hps_cli.runtime.config import validate_config_file
+
+    from hps_cli.dissect.manifest import file_checksums, manifest_errors
+
+    package = built["packages"][case]
+    manifest = json.loads((package / "manifest.json").read_text())
+    assert manifest_errors(manifest) == []
+    tables = [t["dir"] for t in manifest["tables"]]
+    assert sorted(p.name for p in package.iterdir()) == sorted(
+        tables + ["dense", "manifest.json", "model.keras", "ps.json"])
+    config = validate_config_file(package / "ps.json")
+    assert config.ok, [i.one_line() for i in config.issues]
+    model = config.config.models[0]
+    assert list(model.sparse_files) == tables  # relative to the package
+    assert model.model == manifest["model_name"]
+    assert file_checksums(package / "dense") == manifest["dense"]["checksums"]  # hps serve
+    inference = manifest["inference"]
+    assert inference["model_file"] == "model.keras"
+    assert inference["built_from"] == ("spec" if case == SPEC else "dissect")
+    wanted = {c[0]: c for c in CASES}.get(case)
+    if wanted is not None:
+        flavour = wanted[4] if wanted[4] != "auto" else wanted[1]
+        assert inference["keras"] == flavour
+        original = json.loads((built["dissected"][case] / "manifest.json").read_text())
+        for mine, theirs in zip(manifest["tables"], original["tables"]):
+            same = (package / mine["dir"] / "emb_vector").stat()
+            src = (built["dissected"][case] / theirs["dir"] / "emb_vector").stat()
+            assert same.st_ino == src.st_ino  # hard-linked, not copied
+    names = [i["name"] for i in manifest["inputs"]]
+    assert [i["name"] for i in inference["inputs"]] == names
+    assert [o["name"] for o in inference["outputs"]] == [o["name"] for o in
+                                                         manifest["dense"]["outputs"]]
+
+
+@pytest.mark.parametrize("case", ["keras3-dlrm.keras", "tf_keras-notebook-savedmodel"])
+def test_model_file_holds_layer_configs_with_relative_paths(case, built):
+    package = built["packages"][case]
+    with zipfile.ZipFile(package / "model.keras") as archive:
+        names = set(archive.namelist())
+        config = archive.read("config.json").decode()
+    assert {"config.json", "metadata.json"} <= names
+    assert not any(n.endswith(".pb") for n in names)  # no traced graph
+    assert '"registered_name": "hps>DenseSavedModel"' in config
+    assert '"ps_config_file": "ps.json"' in config and '"saved_model": "dense"' in config
+    assert str(built["base"]) not in config  # nothing points at where it was built
+
+
+# ------------------------------------------------------------------ bad inputs
+
+
+def _nothing_left(out: Path) -> None:
+    assert not out.exists()
+    if out.parent.exists():
+        assert not [p.name for p in out.parent.iterdir() if ".hps-tmp-" in p.name]
+
+
+def test_missing_manifest_invalid_config_and_tables_only_exit_3(built, tmp_path):
+    source = built["dissected"]["keras3-dlrm.keras"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    done = run_hps("build-graph", str(empty), str(tmp_path / "out"))
+    assert done.returncode == 3 and "manifest.json is missing" in done.stderr
+    _nothing_left(tmp_path / "out")
+
+    broken = tmp_path / "broken"
+    shutil.copytree(source, broken)
+    doc = json.loads((broken / "ps.json").read_text())
+    doc["models"][0]["embedding_vecsize_per_table"][0] = 9  # the table has dim 8
+    (broken / "ps.json").write_text(json.dumps(doc))
+    done = run_hps("build-graph", str(broken), str(tmp_path / "out"))
+    assert done.returncode == 3, done.stderr
+    assert str(broken / "ps.json") in done.stderr and "embedding_vecsize_per_table" in done.stderr
+    _nothing_left(tmp_path / "out")
+
+    tables_only = tmp_path / "tables_only"
+    shutil.copytree(source, tables_only)
+    manifest = json.loads((tables_only / "manifest.json").read_text())
+    manifest.update(dense=None, inputs=[])
+    (tables_only / "manifest.json").write_text(json.dumps(manifest))
+    done = run_hps("build-graph", str(tables_only), str(tmp_path / "out"))
+    assert done.returncode == 3 and "tables only" in done.stderr
+    _nothing_left(tmp_path / "out")
+
+    tampered = tmp_path / "tampered"
+    shutil.copytree(source, tampered)
+    (tampered / "dense" / "saved_model.pb").write_bytes(b"not a graph")
+    done = run_hps("build-graph", str(tampered), str(tmp_path / "out"))
+    assert done.returncode == 3 and "changed since dissect wrote it" in done.stderr
+    _nothing_left(tmp_path / "out")
+
+
+def test_existing_out_dir_needs_overwrite(built, tmp_path):
+    source = built["dissected"]["keras3-lookup.keras"]
+    out = tmp_path / "pkg"
+    out.mkdir()
+    (out / "keep").write_text("mine")
+    done = run_hps("build-graph", str(source), str(out))
+    assert done.returncode == 4 and "--overwrite" in done.stderr
+    assert [p.name for p in out.iterdir()] == ["keep"]
+    assert not [p for p in tmp_path.iterdir() if ".hps-tmp-" in p.name]
+    done = run_hps("--json", "build-graph", str(source), str(out), "--overwrite")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["ok"] and report["layers"][0]["table"] == "id_emb"
+    assert (out / "model.keras").is_file() and not (out / "keep").exists()
+
+
+def test_out_dir_inside_the_source_is_refused(built):
+    from hps_cli.runtime.errors import InvalidInputError
+
+    from hps_cli.build_graph import BuildOptions, build_graph
+
+    source = built["dissected"]["keras3-lookup.keras"]
+    with pytest.raises(InvalidInputError, match="overlaps the source"):
+        build_graph(source, source / "pkg", BuildOptions())
+    with pytest.raises(InvalidInputError, match="overlaps the source"):
+        build_graph(source, source, BuildOptions(overwrite=True))
+    assert (source / "manifest.json").is_file() and not (source / "pkg").exists()
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda s: s["inputs"][0]["lookups"][0].update(table="nope"),
+     r"\$\.inputs\[0\]\.lookups\[0\]\.table: model '\S+' has no table 'nope'"),
+    (lambda s: s["inputs"].pop(), "the dense part takes"),
+    (lambda s: s["inputs"][0]["lookups"][0].update(dense_input="emb_x"),
+     "the dense signature has no input 'emb_x'"),
+    (lambda s: s["inputs"][0].update(format="dense"), "needs sparse ids"),
+    (lambda s: s.update(extra=1), r"invalid spec: \$: Additional properties"),
+], ids=["unknown-table", "unfed-dense-input", "unknown-dense-input", "combiner-on-dense-ids",
+        "schema"])
+def test_spec_errors_name_the_spec_field(built, tmp_path, change, message):
+    from hps_cli.runtime.errors import InvalidInputError
+
+    from hps_cli.build_graph import build_graph
+
+    spec = _spec(built["dissected"]["keras3-notebook-savedmodel"])
+    change(spec)
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(InvalidInputError, match=message):
+        build_graph(path, tmp_path / "out")
+    _nothing_left(tmp_path / "out")
