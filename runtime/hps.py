@@ -80,7 +80,10 @@ class HPS:
 
     Args:
         config: a ps.json path, a parsed document, or a ``PsConfig``.
-        cache_factory: builds front caches (see the module doc); None: lookups go straight to
+        cache_factory: builds front caches (see the module doc). "auto" (the default): the
+            embedding caches the config asks for (``gpucache``: on the GPU when PyCUDA and a
+            device are there, else the NumPy reference, runtime/gpu/cache_factory.py); None:
+            no caches, lookups go straight to
             the CPU tiers.
         rocksdb_block_cache_bytes / rocksdb_row_cache_bytes: RocksDB's caches, shared by all
             tables. The row cache (0: none) defaults to room for every row of the tables
@@ -98,13 +101,16 @@ class HPS:
     """
 
     def __init__(self, config: PsConfig | str | Path | dict, *,
-                 cache_factory: CacheFactory | None = None,
+                 cache_factory: CacheFactory | str | None = "auto",
                  rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
                  rocksdb_row_cache_bytes: int | None = None,
                  redis_options: dict | None = None,
                  progress: Callable[[int], None] | None = None):
         self.config = _load_checked(config)
         self.key_width = 64 if self.config.supportlonglong else 32
+        if cache_factory == "auto":
+            cache_factory = _default_cache_factory(self.config)
+        self._cache_factory = cache_factory
         _check_supported(self.config, cache_factory)
         self._rocksdb: RocksDbStore | None = None
         self._redis = None
@@ -296,6 +302,7 @@ class HPS:
         """Upsert ``keys`` → ``vectors`` in every tier (and tell the front caches)."""
         model_cfg, table_id = self._resolve(model, table)
         keys = self._check_keys(keys, model_cfg, table_id)
+        self._check_updatable(model_cfg, table_id)
         tiers = self._tables[(model_cfg.model, table_id)]
         tiers.insert(keys, vectors)
         for device in model_cfg.deployed_device_list:
@@ -307,11 +314,23 @@ class HPS:
         """Remove ``keys`` from every tier (and the front caches); they then get defaults."""
         model_cfg, table_id = self._resolve(model, table)
         keys = self._check_keys(keys, model_cfg, table_id)
+        self._check_updatable(model_cfg, table_id)
         self._tables[(model_cfg.model, table_id)].remove(keys)
         for device in model_cfg.deployed_device_list:
             front = self._fronts.get((model_cfg.model, table_id, device))
             if front is not None:
                 front.remove(keys)
+
+    def _check_updatable(self, model_cfg: ModelConfig, table_id: int) -> None:
+        """Refuse an update a read-only cache (static, uvm) could not follow, before any write."""
+        for device in model_cfg.deployed_device_list:
+            front = self._fronts.get((model_cfg.model, table_id, device))
+            if front is not None and getattr(front, "read_only", False):
+                raise InvalidInputError(
+                    f"table '{model_cfg.table_name(table_id)}' of model '{model_cfg.model}' has a "
+                    f"read-only {model_cfg.cache_type} cache: it cannot take updates",
+                    location=f"model '{model_cfg.model}' embedding_cache_type",
+                    hint="use embedding_cache_type dynamic for tables that change online")
 
     # ------------------------------------------------------------------ introspection
 
@@ -332,10 +351,15 @@ class HPS:
         return self.table_backend(model, table).counters
 
     def stats(self) -> dict:
-        """{model: {table: {"counters": {...}, "latency": {...}, "fetch_latency": {...}}}}."""
+        """{model: {table: {"counters": {...}, "latency": {...}, "fetch_latency": {...},
+        "cache": {device: {...}}}}}; ``cache`` holds the embedding caches' counters."""
         out: dict = {}
-        for (model, _), tiers in self._tables.items():
-            out.setdefault(model, {})[tiers.table] = tiers.stats.snapshot()
+        for (model, table_id), tiers in self._tables.items():
+            entry = out.setdefault(model, {})[tiers.table] = tiers.stats.snapshot()
+            caches = {device: front.stats() for (m, t, device), front in self._fronts.items()
+                      if m == model and t == table_id and hasattr(front, "stats")}
+            if caches:
+                entry["cache"] = caches
         return out
 
     def close(self) -> None:
@@ -344,6 +368,9 @@ class HPS:
             if close is not None:
                 close()
         self._fronts.clear()
+        close = getattr(self._cache_factory, "close", None)
+        if close is not None:
+            close()
         for tiers in self._tables.values():
             tiers.persistent = None
         if self._rocksdb is not None:
@@ -427,6 +454,14 @@ def _load_checked(config: PsConfig | str | Path | dict) -> PsConfig:
                           location=f"{config.source_path or '<config>'} {first.json_path}",
                           hint=first.hint)
     return config
+
+
+def _default_cache_factory(config: PsConfig):
+    """The embedding caches of the config (None when no model asks for one)."""
+    if not any(m.gpucache for m in config.models):
+        return None
+    from .gpu.cache_factory import EmbeddingCacheFactory
+    return EmbeddingCacheFactory()
 
 
 def _check_supported(config: PsConfig, cache_factory) -> None:

@@ -21,8 +21,12 @@ def make_tables(folder: Path, specs: dict[str, tuple[int, int]], *, with_meta: b
 def ps_config(tables: dict[str, Path], dims: dict[str, int], *, model: str = "m",
               volatile: dict | None = None, persistent: dict | None = None,
               defaults: dict[str, float] | None = None, supportlonglong: bool = True,
-              devices: tuple[int, ...] = (0,), **model_extra) -> dict:
-    """A ps.json document with one model over ``tables`` (absolute paths)."""
+              devices: tuple[int, ...] = (0,), gpucache: bool = False, **model_extra) -> dict:
+    """A ps.json document with one model over ``tables`` (absolute paths).
+
+    ``gpucache`` defaults to false here so that the CPU-tier tests see the tiers' own counters;
+    the cache tests (test_hps_cache.py) turn it on.
+    """
     names = list(tables)
     doc: dict = {
         "supportlonglong": supportlonglong,
@@ -35,6 +39,7 @@ def ps_config(tables: dict[str, Path], dims: dict[str, int], *, model: str = "m"
             "default_value_for_each_table": [(defaults or {}).get(n, 0.0) for n in names],
             "deployed_device_list": list(devices),
             "max_batch_size": 1024,
+            "gpucache": gpucache,
             **model_extra,
         }],
     }

@@ -15,6 +15,7 @@ frequencies) or the first rows in file order, instead of HPS's lazy filling.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,6 +43,7 @@ class CacheCounters:
     async_batches: int = 0
     inserted: int = 0
     async_dropped: int = 0
+    refreshed: int = 0
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -120,6 +122,13 @@ class EmbeddingCache:
         self.dynamic = backend.kind == "dynamic"
         if self.dynamic and fetch is None:
             raise ValueError("a dynamic cache needs the CPU tiers' fetch")
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    @property
+    def read_only(self) -> bool:
+        """static and uvm caches cannot take updates (as in HPS)."""
+        return not self.dynamic
 
     @property
     def dim(self) -> int:
@@ -238,6 +247,33 @@ class EmbeddingCache:
             if keys.size:
                 refreshed += self.backend.update(keys, self.fetch(keys))
         return refreshed
+
+    def start_refresh(self, delay: float, interval: float) -> None:
+        """Refresh every ``interval`` seconds after ``delay`` (HPS's refresh_delay/interval)."""
+        if not self.dynamic or interval <= 0 or self._refresher is not None:
+            return
+
+        def run() -> None:
+            if self._stop.wait(delay):
+                return
+            while not self._stop.is_set():
+                try:
+                    self.counters.add(refreshed=self.refresh())
+                except Exception:  # a failing tier must not kill the refresher; next round
+                    logging.getLogger("hps_cli.runtime").exception("cache refresh of %s failed",
+                                                                   self.name)
+                if self._stop.wait(interval):
+                    return
+
+        self._refresher = threading.Thread(target=run, name=f"hps-refresh-{self.name}",
+                                           daemon=True)
+        self._refresher.start()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._refresher is not None:
+            self._refresher.join(timeout=5)
+            self._refresher = None
 
     def stats(self) -> dict:
         data = self.counters.snapshot()

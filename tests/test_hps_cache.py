@@ -1,0 +1,274 @@
+"""The embedding cache inside the hierarchy: HPS(config) with caches built per the config.
+
+Every test runs with the NumPy reference cache (the CPU fallback: CI) and, marked ``gpu``, with
+the GPU cache (the GPU machine); both must behave the same.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from runtime_configs import make_tables
+from runtime_configs import ps_config as _ps_config
+
+from hps_cli.runtime import HPS
+from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
+from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
+from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+
+@pytest.fixture(params=["reference", pytest.param("gpu", marks=pytest.mark.gpu)])
+def backend(request, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", request.param)
+    return request.param
+
+
+def ps_config(*args, **kwargs):
+    kwargs.setdefault("gpucache", True)
+    return _ps_config(*args, **kwargs)
+
+
+def _hps(doc, **factory_options):
+    factory = EmbeddingCacheFactory(**factory_options)
+    return HPS(doc, cache_factory=factory), factory
+
+
+@pytest.fixture
+def tables(tmp_path):
+    return make_tables(tmp_path, {"users": (4000, 8), "items": (3000, 32)}, with_meta=True)
+
+
+DIMS = {"users": 8, "items": 32}
+
+
+def test_dynamic_cache_is_exact_and_prefilled(tmp_path, tables, backend):
+    doc = ps_config(tables, DIMS, persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+                    gpucacheper=0.25, hit_rate_threshold=1.0)
+    hps, factory = _hps(doc)
+    with hps:
+        front = hps.front_cache("m", "users")
+        assert front is not None and front.stats()["inserted"] > 0  # prefilled at start-up
+        rng = np.random.default_rng(0)
+        for _ in range(20):
+            keys = rng.integers(0, 4500, 700)  # some beyond the table: defaults
+            got = hps.lookup(keys, "m", "users")
+            expected = synthetic_vectors(keys, 8)
+            expected[keys >= 4000] = 0.0
+            np.testing.assert_array_equal(got, expected)
+        stats = front.stats()
+        assert stats["hits"] > 0 and stats["misses"] > 0
+        assert stats["capacity"] >= 1000
+        factory.close()
+
+
+def test_prefill_takes_the_hottest_rows(tmp_path, tables, backend):
+    doc = ps_config(tables, DIMS, gpucacheper=0.1, hit_rate_threshold=1.0)
+    hps, factory = _hps(doc)
+    with hps:
+        front = hps.front_cache("m", "users")
+        from hps_cli.runtime.table import TableReader
+        with TableReader(tables["users"]) as reader:
+            meta, keys = np.array(reader.meta()), np.array(reader.keys())
+        hottest = keys[np.argsort(-meta, kind="stable")[:300]]
+        before = front.stats()["misses"]
+        hps.lookup(hottest, "m", "users")
+        # set-associative placement may leave a few hot keys out, but nearly all are cached
+        assert front.stats()["misses"] - before < 30
+    factory.close()
+
+
+def test_hit_rate_threshold_async_returns_defaults_then_values(tmp_path, tables, backend):
+    doc = ps_config(tables, DIMS, gpucacheper=0.5, hit_rate_threshold=0.5,
+                    default_value_for_each_table=[-1.0, -1.0])
+    hps, factory = _hps(doc, prefill=False)
+    with hps:
+        warm = np.arange(100, dtype=np.int64)
+        hps.lookup(warm, "m", "users")  # nothing cached: hit rate 0 < 0.5, synchronous
+        keys = np.concatenate([warm, [3000, 3001]])  # 100 of 102 unique keys hit: asynchronous
+        first = hps.lookup(keys, "m", "users")
+        np.testing.assert_array_equal(first[:100], synthetic_vectors(warm, 8))
+        assert (first[100:] == -1.0).all()
+        factory.flush()
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
+    factory.close()
+
+
+def test_insert_and_remove_reach_cached_copies(tmp_path, tables, backend):
+    doc = ps_config(tables, DIMS, persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+                    gpucacheper=1.0, hit_rate_threshold=1.0)
+    hps, factory = _hps(doc)
+    with hps:
+        keys = np.array([5, 6, 7], dtype=np.int64)
+        hps.lookup(keys, "m", "items")  # cached now
+        new = np.full((2, 32), 9.5, np.float32)
+        hps.insert("m", "items", np.array([6, 90001]), new)
+        got = hps.lookup(np.array([5, 6, 90001]), "m", "items")
+        np.testing.assert_array_equal(got[0], synthetic_vectors(np.array([5]), 32)[0])
+        assert (got[1:] == 9.5).all()
+        hps.remove("m", "items", np.array([5]))
+        assert (hps.lookup(np.array([5]), "m", "items") == 0.0).all()
+    factory.close()
+
+
+@pytest.mark.parametrize("cache_type, extra", [("static", {}), ("uvm", {"gpucacheper": 0.3}),
+                                               ("static", {"enable_pagelock": True})])
+def test_static_and_uvm_caches_answer_from_the_whole_table(tmp_path, tables, backend,
+                                                           cache_type, extra):
+    doc = ps_config(tables, DIMS, embedding_cache_type=cache_type,
+                    default_value_for_each_table=[0.5, 0.5], **extra)
+    hps, factory = _hps(doc)
+    with hps:
+        keys = np.array([0, 3999, 17, 5000, 17])
+        got = hps.lookup(keys, "m", "users")
+        expected = synthetic_vectors(keys, 8)
+        expected[3] = 0.5
+        np.testing.assert_array_equal(got, expected)
+        assert hps.front_cache("m", "users").stats()["hits"] == 4
+        with pytest.raises(InvalidInputError, match="read-only"):
+            hps.insert("m", "users", np.array([1]), np.zeros((1, 8), np.float32))
+        with pytest.raises(InvalidInputError, match="read-only"):
+            hps.remove("m", "users", np.array([1]))
+        tiers = hps.table_backend("m", "users")  # nothing was written anywhere
+        np.testing.assert_array_equal(tiers.fetch(np.array([1])),
+                                      synthetic_vectors(np.array([1]), 8))
+    factory.close()
+
+
+def test_gpucache_false_uses_the_cpu_tiers_only(tmp_path, tables, backend):
+    hps, factory = _hps(ps_config(tables, DIMS, gpucache=False))
+    with hps:
+        assert hps.front_cache("m", "users") is None
+        np.testing.assert_array_equal(hps.lookup(np.array([1, 2]), "m", "users"),
+                                      synthetic_vectors(np.array([1, 2]), 8))
+    factory.close()
+
+
+def test_one_cache_per_device_and_lookups_routed_by_device(tmp_path, tables, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")  # two devices: the reference stands in
+    doc = ps_config(tables, DIMS, devices=(0, 1), hit_rate_threshold=1.0, gpucacheper=0.5)
+    hps, factory = _hps(doc, prefill=False)
+    with hps:
+        a, b = hps.front_cache("m", "users", 0), hps.front_cache("m", "users", 1)
+        assert a is not b
+        hps.lookup(np.arange(50), "m", "users", device_id=0)
+        assert a.stats()["keys"] == 50 and b.stats()["keys"] == 0
+        hps.lookup(np.arange(50), "m", "users")  # the last deployed device, as in HPS
+        assert b.stats()["keys"] == 50
+    factory.close()
+
+
+def test_worker_buffers_exhausted_wait_then_fail(tmp_path, tables, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
+    doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
+    hps, factory = _hps(doc, worker_timeout=0.2)
+    with hps:
+        front = hps.front_cache("m", "users")
+        taken = front.pool.acquire()  # another lookup holds the only buffer
+        with pytest.raises(CapacityError, match="worker buffer"):
+            hps.lookup(np.arange(5), "m", "users")
+        front.pool.release(taken)
+        assert hps.lookup(np.arange(5), "m", "users").shape == (5, 8)
+    factory.close()
+
+
+def test_fp8_quant_is_refused(tmp_path, tables):
+    with pytest.raises(ConfigError, match="fp8_quant"):
+        _hps(ps_config(tables, DIMS, embedding_cache_type="static", fp8_quant=True))
+
+
+def test_refresh_reloads_changed_values_periodically(tmp_path, tables, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
+    doc = ps_config(tables, DIMS, gpucacheper=1.0, hit_rate_threshold=1.0, refresh_interval=1)
+    hps, factory = _hps(doc)
+    with hps:
+        front = hps.front_cache("m", "users")
+        keys = np.array([1, 2], dtype=np.int64)
+        hps.lookup(keys, "m", "users")
+        front.update(keys, np.zeros((2, 8), np.float32))  # cached copies go stale
+        rounds = front.stats()["refreshed"]
+        deadline = time.monotonic() + 5
+        while front.stats()["refreshed"] == rounds and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert front.stats()["refreshed"] > rounds
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
+    factory.close()
+
+
+class CachedHierarchy(RuleBasedStateMachine):
+    """HPS with a small dynamic cache in front of hash map + RocksDB behaves like a dict."""
+
+    keys = st.integers(0, 400)
+
+    @initialize()
+    def start(self):
+        import tempfile
+        from pathlib import Path
+        self.tmp = Path(tempfile.mkdtemp(prefix="hps-cache-sm-"))
+        tables = make_tables(self.tmp, {"t": (300, 4)})
+        doc = ps_config(tables, {"t": 4}, gpucacheper=0.25, hit_rate_threshold=1.0,
+                        volatile={"type": "hash_map", "num_partitions": 2,
+                                  "overflow_margin": 60, "overflow_policy": "evict_oldest"},
+                        persistent={"type": "rocks_db", "path": str(self.tmp / "db")})
+        self.factory = EmbeddingCacheFactory()
+        self.hps = HPS(doc, cache_factory=self.factory)
+        keys = np.arange(300)
+        self.model = dict(zip(keys.tolist(), synthetic_vectors(keys, 4)))
+
+    @rule(keys=st.lists(keys, min_size=1, max_size=40))
+    def lookup(self, keys):
+        got = self.hps.lookup(np.array(keys, np.int64), "m", "t")
+        for row, key in zip(got, keys):
+            np.testing.assert_array_equal(row, self.model.get(key, np.zeros(4, np.float32)))
+
+    @rule(keys=st.lists(keys, min_size=1, max_size=10, unique=True), value=st.floats(-5, 5))
+    def insert(self, keys, value):
+        vectors = np.full((len(keys), 4), value, np.float32)
+        self.hps.insert("m", "t", np.array(keys, np.int64), vectors)
+        for key, row in zip(keys, vectors):
+            self.model[key] = row
+
+    @rule(keys=st.lists(keys, min_size=1, max_size=10))
+    def remove(self, keys):
+        self.hps.remove("m", "t", np.array(keys, np.int64))
+        for key in keys:
+            self.model.pop(key, None)
+
+    @invariant()
+    def cache_never_exceeds_capacity(self):
+        if hasattr(self, "hps"):
+            cache = self.hps.front_cache("m", "t")
+            assert cache.backend.occupancy() <= cache.backend.capacity
+
+    def teardown(self):
+        if hasattr(self, "hps"):
+            self.hps.close()
+            self.factory.close()
+            import shutil
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+CachedHierarchy.TestCase.settings = settings(
+    max_examples=25, stateful_step_count=25, deadline=None,
+    suppress_health_check=[HealthCheck.too_slow])
+
+
+@pytest.mark.parametrize("backend_name", ["reference", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_cached_hierarchy_behaves_like_a_dict(backend_name, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", backend_name)
+    CachedHierarchy.TestCase().runTest()
+
+
+def test_hps_builds_the_configured_caches_by_default(tmp_path, tables, monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
+    with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0)) as hps:
+        assert hps.front_cache("m", "users") is not None
+        hps.lookup(np.arange(10), "m", "users")
+        cache_stats = hps.stats()["m"]["users"]["cache"][0]
+        assert cache_stats["keys"] == 10 and cache_stats["type"] == "dynamic"
+    with HPS(ps_config(tables, DIMS, gpucache=False)) as hps:
+        assert hps.front_cache("m", "users") is None
