@@ -176,6 +176,46 @@ def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: 
             "misses": cache.stats()["misses"]}
 
 
+def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
+                   iterations: int = 3000) -> dict:
+    """The same through the public API: ``HPS(config).lookup`` with the config's GPU cache."""
+    import tempfile
+    from pathlib import Path
+
+    from hps_cli.runtime import HPS
+    from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
+
+    work = Path(tempfile.mkdtemp(prefix="hps-bench-e2e-"))
+    write_synthetic_table(work / "t", 200_000, dim, shuffle=True)
+    doc = {"supportlonglong": True,
+           "models": [{"model": "m", "sparse_files": [str(work / "t")], "deployed_device_list": [0],
+                       "max_batch_size": 2048, "default_value_for_each_table": [0.0],
+                       "maxnum_catfeature_query_per_table_per_sample": [1],
+                       "embedding_vecsize_per_table": [dim], "embedding_table_names": ["t"],
+                       "gpucache": True, "gpucacheper": 1.0, "hit_rate_threshold": 1.0,
+                       "num_of_worker_buffer_in_pool": 2}]}
+    with HPS(doc) as hps:
+        cache = hps.front_cache("m", "t")
+        cached = cache.backend.dump()  # prefilled at start-up
+        rng = np.random.default_rng(2)
+        batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
+        for i in range(200):
+            hps.lookup(batches[i % 64], "m", "t")
+        lat = []
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            out = hps.lookup(batches[i % 64], "m", "t")
+            lat.append((time.perf_counter() - t0) * 1e6)
+            del out
+        ok = np.array_equal(hps.lookup(batches[0], "m", "t"), synthetic_vectors(batches[0], dim))
+        stats = cache.stats()
+    lat = np.array(lat)
+    return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations, "exact": bool(ok),
+            "prefilled_keys": int(cached.size), "cache_misses": stats["misses"],
+            "p50_us": float(np.percentile(lat, 50)), "p90_us": float(np.percentile(lat, 90)),
+            "p99_us": float(np.percentile(lat, 99)), "max_us": float(lat.max())}
+
+
 def zipf_hit_rate(device, table_keys: int = 1_000_000, per: float = 0.2, alpha: float = 1.05,
                   batch: int = 16384, batches: int = 400) -> dict:
     from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
@@ -237,6 +277,8 @@ def main() -> None:
     result["query_16K"] = kernel_vs_gather(device, 128, 16384, cached, 2 * cached, repeats=200)
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
+    result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
+        device, iterations=3000 if not args.quick else 300)
     result["zipf"] = zipf_hit_rate(device, batches=400 if not args.quick else 60)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -261,6 +303,9 @@ def main() -> None:
     e2e = result["end_to_end_2000"]
     print(f"end to end 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us",
           file=sys.stderr)
+    e2e = result["end_to_end_hps_lookup_2000"]
+    print(f"HPS.lookup 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
+          f"(exact {e2e['exact']}, misses {e2e['cache_misses']})", file=sys.stderr)
     z = result["zipf"]
     print(f"zipf hit rate {z['steady_hit_rate']:.4f} vs ideal {z['ideal_hit_rate']:.4f} "
           f"({z['ratio_to_ideal']:.3f})", file=sys.stderr)
