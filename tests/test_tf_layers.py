@@ -297,3 +297,29 @@ def test_no_warning_for_the_same_file_twice(runtime):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert hps.Init(2, runtime["long"]) == "OK"
+
+
+def test_init_under_a_mirrored_strategy_checks_the_per_replica_batch(weights):
+    """HPS's init check with 2 replicas (2 logical CPUs): 16 = 2 x 8 fits, 18 does not, 15 does
+    not split evenly."""
+    probe = (
+        "import sys, tensorflow as tf\n"
+        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]"
+        " * 2)\n"
+        "import hps_cli.tf as hps\n"
+        "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+        "with strategy.scope():\n"
+        "    for batch in (15, 18, 16):\n"
+        "        try:\n"
+        "            print(batch, hps.Init(batch, sys.argv[1]))\n"
+        "        except Exception as exc:\n"
+        "            print(batch, exc.message)\n")
+    done = subprocess.run([sys.executable, "-c", probe, weights["long"]], capture_output=True,
+                          text=True, timeout=120, cwd=REPO)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert lines[0] == "15 global_batch_size 15 is not divisible by the 2 replicas in sync"
+    assert lines[1] == "18 global_batch_size 18 exceeds max_batch_size 8 of model 'demo' (9 per " \
+        "replica)"
+    assert lines[2] == "16 OK"

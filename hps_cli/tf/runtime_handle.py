@@ -68,13 +68,26 @@ class _Runtime:
 _STATE = _Runtime()
 
 
+def _replicas() -> int:
+    """Replicas of the distribution strategy in scope (1 outside any)."""
+    import tensorflow as tf
+
+    return int(tf.distribute.get_strategy().num_replicas_in_sync)
+
+
 def _check_batch(config: PsConfig, global_batch_size: int, path: Path) -> None:
-    """HPS's init check for one replica: global_batch_size <= every model's max_batch_size."""
+    """HPS's init check: global_batch_size splits evenly over the replicas and each replica's
+    share fits every model's max_batch_size."""
+    replicas = _replicas()
+    if global_batch_size % replicas:
+        raise InvalidInputError(f"global_batch_size {global_batch_size} is not divisible by the "
+                                f"{replicas} replicas in sync", location="global_batch_size")
     for i, model in enumerate(config.models):
-        if global_batch_size > model.max_batch_size:
+        if global_batch_size // replicas > model.max_batch_size:
             raise InvalidInputError(
                 f"global_batch_size {global_batch_size} exceeds max_batch_size "
-                f"{model.max_batch_size} of model '{model.model}'",
+                f"{model.max_batch_size} of model '{model.model}'"
+                + (f" ({global_batch_size // replicas} per replica)" if replicas > 1 else ""),
                 location=f"{path} $.models[{i}].max_batch_size",
                 hint="raise max_batch_size in the config or lower global_batch_size")
 
