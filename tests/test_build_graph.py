@@ -255,3 +255,19 @@ def test_spec_errors_name_the_spec_field(built, tmp_path, change, message):
     with pytest.raises(InvalidInputError, match=message):
         build_graph(path, tmp_path / "out")
     _nothing_left(tmp_path / "out")
+
+
+def test_load_model_refuses_what_is_not_a_package(built, tmp_path):
+    from hps_cli.runtime.errors import InvalidInputError, NotFoundError
+
+    import hps_cli.tf as hps
+
+    with pytest.raises(NotFoundError, match="manifest.json is missing"):
+        hps.load_model(tmp_path)
+    with pytest.raises(InvalidInputError, match="no inference section"):
+        hps.load_model(built["dissected"]["keras3-dlrm.keras"])
+    package = tmp_path / "pkg"
+    shutil.copytree(built["packages"]["keras3-lookup.keras"], package)
+    (package / "model.keras").unlink()
+    with pytest.raises(NotFoundError, match="the package's model file is missing"):
+        hps.load_model(package)
