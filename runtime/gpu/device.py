@@ -1,9 +1,10 @@
 """One GPU as the cache sees it: its primary context, compiled kernels and pinned-memory pool.
 
 The device's *primary* context is used (retain, push when needed), never ``pycuda.autoinit``,
-so the cache shares the GPU with TensorFlow or PyTorch in one process. A thread that has no
-current context gets ours pushed and keeps it; a thread with another context current gets ours
-pushed for the duration of the call only.
+so the cache shares the GPU with TensorFlow or PyTorch in one process. The main thread, when it
+has no current context, gets ours pushed and keeps it (popped at exit); any other thread gets it
+pushed for the duration of each call only, because PyCUDA aborts the process when a thread ends
+with a context still on its stack.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ class GpuDevice:
             yield
             return
         self.context.push()
-        if current is None:
-            self._local.pushed = True  # keep it for this thread: later calls pay nothing
+        if current is None and threading.current_thread() is threading.main_thread():
+            self._local.pushed = True  # keep it: later calls of the main thread pay nothing
             yield
             return
         try:
