@@ -7,6 +7,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-graph": ("hps_cli.commands.build_graph", "build_graph_command"),
     "convert": ("hps_cli.commands.convert", "convert_command"),
     "dissect": ("hps_cli.commands.dissect", "dissect_command"),
+    "serve": ("hps_cli.commands.serve", "serve_command"),
     "table": ("hps_cli.commands.table", "table_group"),
     "validate-config": ("hps_cli.commands.validate_config", "validate_config_command"),
 }

@@ -1,0 +1,8 @@
+"""`hps serve`: a KServe v2 (Triton-compatible) HTTP and gRPC server over the HPS runtime.
+
+Modules: ``protocol`` (request/response model, datatypes, validation), ``http_codec`` (JSON and
+binary tensor bodies), ``models`` (lookup models with the Triton HPS backend contract),
+``inference`` (packages: named inputs -> lookups -> dense SavedModel), ``batcher`` (dynamic
+batching), ``http_app`` (aiohttp), ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus),
+``admin`` (bearer-token endpoints), ``server`` (start-up, readiness, SIGTERM drain).
+"""

@@ -1,0 +1,400 @@
+"""The server's state, shared by the HTTP and gRPC front ends: options, runtimes, models and
+their batchers, readiness, in-flight requests, statistics, and the admin operations.
+
+Models:
+
+- one lookup model per model of the ps.json given with ``--config`` (models.py);
+- one inference model per package folder of ``--model-repository`` (a folder holding
+  ``manifest.json``; served under the folder's name, see inference.py). A folder name must be
+  a valid HPS name (``[A-Za-z0-9_-]{1,120}``) and must not be the name of a lookup model.
+
+Readiness: the server is ready once every table is loaded, the embedding caches are prefilled
+and every model answered one warm-up request; it stops being ready when it starts draining.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..runtime.errors import ConfigError, InvalidInputError, NotFoundError, ServiceUnavailableError
+from .batcher import Batcher
+from .logs import event
+from .metrics import Metrics
+from .models import VERSION, LookupModel, ServedModel
+from .protocol import InferRequest, InferResult, invalid
+from .runtime_handle import RuntimeHandle
+
+log = logging.getLogger("hps_cli.serve")
+
+NAME = re.compile(r"^[A-Za-z0-9_\-]{1,120}$")
+EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
+
+
+@dataclass
+class ServeOptions:
+    """Everything ``hps serve`` takes (see the command's help and docs/serve.md)."""
+
+    config: Path
+    model_repository: Path | None = None
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    max_queue_delay_us: int = 0
+    max_queue_size: int = 1024
+    instances: int = 2
+    max_request_bytes: int = 64 << 20
+    admin_token: str | None = None
+    shutdown_timeout_s: float = 30.0
+    worker_threads: int | None = None
+    redis_options: dict | None = None
+
+
+@dataclass
+class Entry:
+    model: ServedModel
+    batcher: Batcher
+    own_runtime: RuntimeHandle | None = None  # closed with the model
+
+
+class ServerCore:
+    """Models, batchers and readiness; every method is called on the event loop."""
+
+    def __init__(self, options: ServeOptions):
+        self.options = options
+        self.runtime: RuntimeHandle | None = None
+        self.entries: dict[str, Entry] = {}
+        self.ready = False
+        self.draining = False
+        self.metrics = Metrics(self.runtimes)
+        threads = options.worker_threads or max(4, 2 * options.instances)
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
+        self._inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._admin = asyncio.Lock()
+
+    # ------------------------------------------------------------------ start-up
+
+    def runtimes(self) -> list[RuntimeHandle]:
+        seen, out = set(), []
+        for handle in [self.runtime] + [e.own_runtime for e in list(self.entries.values())]:
+            if handle is not None and id(handle) not in seen:
+                seen.add(id(handle))
+                out.append(handle)
+        return out
+
+    async def load(self) -> None:
+        """Load the runtime and every model, warm them up, then become ready."""
+        loop = asyncio.get_running_loop()
+        lookups, packages = await loop.run_in_executor(self.executor, self._load_all)
+        for model in lookups:
+            self._add(model, None)
+        for model, own in packages:
+            self._add(model, own)
+        self.ready = True
+        self.metrics.ready.set(1)
+
+    def _load_all(self):
+        options = self.options
+        event(log, "loading", config=str(options.config))
+        self.runtime = RuntimeHandle(options.config, redis_options=options.redis_options)
+        lookups = []
+        for name in self.runtime.config.model_names:
+            model = LookupModel(name, self.runtime)
+            model.warm_up()
+            lookups.append(model)
+        packages = []
+        try:
+            for name in self._package_names():
+                if name in self.runtime.config.model_names:
+                    raise ConfigError(
+                        f"'{name}' is both a lookup model of {options.config} and a package "
+                        f"folder of the model repository",
+                        location=str(options.model_repository / name),
+                        hint="rename the package folder (it is the inference model's name)")
+                packages.append(self._build_package(name))
+        except BaseException:
+            for model, own in packages:
+                model.close()
+                if own is not None:
+                    own.close()
+            raise
+        return lookups, packages
+
+    def _package_names(self) -> list[str]:
+        repo = self.options.model_repository
+        if repo is None:
+            return []
+        if not repo.is_dir():
+            raise ConfigError("the model repository is not a folder", location=str(repo))
+        names = []
+        for folder in sorted(repo.iterdir()):
+            if not (folder / "manifest.json").is_file():
+                continue
+            if not NAME.match(folder.name):
+                event(log, "package_skipped", logging.WARNING, package=str(folder),
+                      reason="the folder name is not a valid model name ([A-Za-z0-9_-]{1,120})")
+                continue
+            names.append(folder.name)
+        return names
+
+    def _build_package(self, name: str):
+        """(InferenceModel, its own runtime or None), warmed up. Runs in a worker thread."""
+        from .inference import InferenceModel, read_manifest
+
+        folder = self.options.model_repository / name
+        manifest = read_manifest(folder)
+        own = None
+        runtime = self.runtime
+        if manifest["model_name"] not in self.runtime.config.model_names:
+            own = RuntimeHandle(folder / manifest["ps_config"],
+                                redis_options=self.options.redis_options)
+            runtime = own
+        try:
+            model = InferenceModel(name, folder, runtime, manifest)
+            model.warm_up()
+        except BaseException:
+            if own is not None:
+                own.close()
+            raise
+        event(log, "model_loaded", model=name, kind="inference", package=str(folder),
+              hps_model=model.hps_model, runtime=str(runtime.path),
+              shared_runtime=own is None)
+        return model, own
+
+    def _add(self, model: ServedModel, own: RuntimeHandle | None) -> None:
+        instances = self.options.instances
+        cfg = model.runtime.config.model(model.hps_model)
+        if cfg.gpucache:  # each concurrent lookup holds one of the model's worker buffers
+            instances = max(1, min(instances, cfg.num_of_worker_buffer_in_pool))
+        batcher = Batcher(model, self.executor,
+                          max_queue_delay_s=self.options.max_queue_delay_us / 1e6,
+                          instances=instances, max_queue_size=self.options.max_queue_size,
+                          on_batch=self.metrics.on_batch)
+        self.entries[model.name] = Entry(model, batcher, own)
+        self.metrics.track_queue(model.name, lambda b=batcher: b.depth)
+
+    def instances_of(self, entry: Entry) -> int:
+        return len(entry.batcher._tasks)
+
+    # ------------------------------------------------------------------ requests
+
+    def begin(self) -> None:
+        self._inflight += 1
+        self._idle.clear()
+
+    def end(self) -> None:
+        self._inflight -= 1
+        if self._inflight <= 0:
+            self._inflight = 0
+            self._idle.set()
+
+    def entry(self, name: str, version: str = "") -> Entry:
+        entry = self.entries.get(name)
+        if entry is None:
+            hint = ("models: " + ", ".join(sorted(self.entries))) if self.entries else \
+                "the server is still loading"
+            raise NotFoundError(f"unknown model '{name}'", location="model", hint=hint)
+        if version not in ("", VERSION):
+            raise NotFoundError(f"model '{name}' has no version '{version}' (versions: "
+                                f"{VERSION})", location="model_version")
+        return entry
+
+    def model_label(self, name: str) -> str:
+        """The metrics label of a model name (unknown names share one label)."""
+        return name if name in self.entries else "_unknown"
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        if not self.ready:
+            raise ServiceUnavailableError("the server is not ready (loading or shutting down)",
+                                          location="server")
+        entry = self.entry(request.model, request.version)
+        work = entry.model.prepare(request)
+        return await entry.batcher.submit(work)
+
+    def is_model_ready(self, name: str, version: str = "") -> bool:
+        try:
+            self.entry(name, version)
+        except NotFoundError:
+            return False
+        return self.ready
+
+    def server_metadata(self) -> dict:
+        return {"name": "hps", "version": __version__, "extensions": list(EXTENSIONS)}
+
+    def model_config(self, entry: Entry) -> dict:
+        return entry.model.config(max_queue_delay_us=self.options.max_queue_delay_us,
+                                  instances=self.instances_of(entry))
+
+    def statistics(self, name: str = "", version: str = "") -> dict:
+        entries = [self.entry(name, version)] if name else \
+            [self.entries[n] for n in sorted(self.entries)]
+        out = []
+        for entry in entries:
+            s = entry.batcher.stats
+
+            def duration(count, ns):
+                return {"count": count, "ns": ns}
+
+            out.append({
+                "name": entry.model.name, "version": VERSION,
+                "last_inference": s.last_inference_ms, "inference_count": s.inferences,
+                "execution_count": s.executions,
+                "inference_stats": {
+                    "success": duration(s.success, s.success_ns),
+                    "fail": duration(s.fail, s.fail_ns),
+                    "queue": duration(s.success + s.fail, s.queue_ns),
+                    "compute_input": duration(0, 0),
+                    "compute_infer": duration(s.success + s.fail, s.compute_ns),
+                    "compute_output": duration(0, 0),
+                    "cache_hit": duration(0, 0), "cache_miss": duration(0, 0)},
+                "batch_stats": []})
+        return {"model_stats": out}
+
+    # ------------------------------------------------------------------ admin
+
+    def _check_package_name(self, name: str) -> Path:
+        if not NAME.match(name):
+            raise invalid("a model name is 1 to 120 of [A-Za-z0-9_-]", "model")
+        if self.runtime is not None and name in self.runtime.config.model_names:
+            raise invalid(f"'{name}' is a lookup model of {self.options.config}; lookup models "
+                          "live as long as the server", "model")
+        if self.options.model_repository is None:
+            raise invalid("the server has no model repository (--model-repository)", "model")
+        folder = self.options.model_repository / name
+        if not (folder / "manifest.json").is_file():
+            raise NotFoundError(f"no package '{name}' (a folder with manifest.json) in the "
+                                f"model repository {self.options.model_repository}",
+                                location="model")
+        return folder
+
+    async def load_model(self, name: str) -> None:
+        """(Re)load a package of the repository. A loaded one is unloaded first (its
+        in-flight requests finish), so a package with its own RocksDB can reopen it."""
+        async with self._admin:
+            if not self.ready:
+                raise ServiceUnavailableError("the server is not ready", location="server")
+            self._check_package_name(name)
+            if name in self.entries:
+                await self._unload(name)
+            loop = asyncio.get_running_loop()
+            model, own = await loop.run_in_executor(self.executor, self._build_package, name)
+            self._add(model, own)
+
+    async def unload_model(self, name: str) -> None:
+        async with self._admin:
+            if self.runtime is not None and name in self.runtime.config.model_names:
+                raise invalid(f"'{name}' is a lookup model of {self.options.config}; lookup "
+                              "models live as long as the server", "model")
+            self.entry(name)
+            await self._unload(name)
+
+    async def _unload(self, name: str) -> None:
+        entry = self.entries.pop(name)
+        self.metrics.forget(name)
+        await entry.batcher.close()
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self.executor, self._close_entry, entry)
+        event(log, "model_unloaded", model=name)
+
+    @staticmethod
+    def _close_entry(entry: Entry) -> None:
+        entry.model.close()
+        if entry.own_runtime is not None:
+            entry.own_runtime.close()
+
+    def repository_index(self) -> list[dict]:
+        names = set(self.entries)
+        if self.options.model_repository is not None and self.options.model_repository.is_dir():
+            names |= {p.name for p in self.options.model_repository.iterdir()
+                      if (p / "manifest.json").is_file() and NAME.match(p.name)}
+        return [{"name": n, "version": VERSION,
+                 "state": "READY" if n in self.entries and self.ready else "UNAVAILABLE",
+                 "reason": "" if n in self.entries else "unloaded"} for n in sorted(names)]
+
+    async def update_table(self, name: str, table: str, operation: str, keys: np.ndarray,
+                           vectors: np.ndarray | None = None) -> int:
+        """Insert or remove rows of a table of a served model's runtime (every tier and the
+        cached copies); returns the number of keys."""
+        if not self.ready:
+            raise ServiceUnavailableError("the server is not ready", location="server")
+        entry = self.entry(name)
+        model = entry.model
+        cfg = model.runtime.config.model(model.hps_model)
+        names = list(cfg.embedding_table_names)
+        if table in names:
+            table_id = names.index(table)
+        elif table.isdigit() and int(table) < cfg.num_tables:
+            table_id = int(table)
+        else:
+            raise NotFoundError(f"model '{name}' (HPS model '{model.hps_model}') has no table "
+                                f"'{table}'", location="table", hint="tables: " + ", ".join(names))
+        if operation == "insert":
+            dim = cfg.embedding_vecsize_per_table[table_id]
+            if vectors is None or vectors.shape != (keys.size, dim):
+                raise invalid(f"VECTORS must have shape [{keys.size}, {dim}] (one row of dim "
+                              f"{dim} per key), got "
+                              f"{None if vectors is None else list(vectors.shape)}", "VECTORS")
+        hps = model.runtime.hps
+        loop = asyncio.get_running_loop()
+        if operation == "insert":
+            await loop.run_in_executor(self.executor, hps.insert, model.hps_model, table_id,
+                                       keys, vectors)
+        else:
+            await loop.run_in_executor(self.executor, hps.remove, model.hps_model, table_id,
+                                       keys)
+        event(log, "table_updated", model=name, hps_model=model.hps_model,
+              table=names[table_id], operation=operation, keys=int(keys.size))
+        return int(keys.size)
+
+    # ------------------------------------------------------------------ shutdown
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop being ready and wait for in-flight requests; False on timeout."""
+        self.ready = False
+        self.draining = True
+        self.metrics.ready.set(0)
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        for name in list(self.entries):
+            entry = self.entries.pop(name)
+            await entry.batcher.close()
+            await asyncio.get_running_loop().run_in_executor(self.executor, self._close_entry,
+                                                             entry)
+        if self.runtime is not None:
+            await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.close)
+        self.executor.shutdown(wait=True)
+
+
+def admin_token_from(path: Path | None) -> str | None:
+    """The admin token: the file's content (stripped) or $HPS_ADMIN_TOKEN; None disables."""
+    if path is not None:
+        try:
+            token = Path(path).read_text().strip()
+        except OSError as exc:
+            raise InvalidInputError(f"cannot read the admin token: {exc.strerror}",
+                                    location=str(path)) from None
+        if len(token) < 16:
+            raise InvalidInputError("the admin token must be at least 16 characters",
+                                    location=str(path))
+        return token
+    token = os.environ.get("HPS_ADMIN_TOKEN", "").strip()
+    if token and len(token) < 16:
+        raise InvalidInputError("the admin token must be at least 16 characters",
+                                location="HPS_ADMIN_TOKEN")
+    return token or None

@@ -1,0 +1,221 @@
+"""KServe v2 over gRPC: ``inference.GRPCInferenceService`` (grpc.aio), with the stubs that
+ship in the tritonclient wheel, as ``tritonclient.grpc`` speaks it.
+
+Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
+ModelStatistics, ModelInfer (``raw_input_contents`` or typed ``contents``; outputs always in
+``raw_output_contents``), and with the admin token (metadata ``authorization: Bearer ...``)
+RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload. Other RPCs answer UNIMPLEMENTED.
+Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...) with the same
+messages as over HTTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+from google.protobuf import json_format
+from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
+
+from .admin import check_token
+from .core import ServerCore
+from .logs import access
+from .protocol import (
+    InferRequest,
+    RequestedOutput,
+    check_datatype,
+    check_shape,
+    error_message,
+    grpc_status,
+    invalid,
+    select_outputs,
+    tensor_from_bytes,
+    tensor_from_values,
+)
+
+log = logging.getLogger("hps_cli.serve")
+
+# Typed contents field of each datatype (FP16 travels as raw bytes only).
+CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
+            "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
+            "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
+            "FP32": "fp32_contents", "FP64": "fp64_contents"}
+
+
+def parse_request(message: service_pb2.ModelInferRequest) -> InferRequest:
+    request = InferRequest(model=message.model_name, version=message.model_version,
+                           id=message.id)
+    raw = message.raw_input_contents
+    if not message.inputs:
+        raise invalid("must be a non-empty list of input tensors", "inputs")
+    if raw and len(raw) != len(message.inputs):
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} "
+                      "inputs (one per input, in order)", "raw_input_contents")
+    for i, spec in enumerate(message.inputs):
+        where = f"inputs[{i}]"
+        if not spec.name:
+            raise invalid("name must be a non-empty string", f"{where}.name")
+        if spec.name in request.inputs:
+            raise invalid(f"input '{spec.name}' is given twice", f"{where}.name")
+        check_datatype(spec.datatype, f"{where}.datatype")
+        shape = check_shape(list(spec.shape), f"{where}.shape")
+        if raw:
+            if spec.HasField("contents"):
+                raise invalid("typed contents and raw_input_contents cannot be mixed", where)
+            tensor = tensor_from_bytes(spec.name, spec.datatype, shape, raw[i], 0, len(raw[i]),
+                                       where)
+        else:
+            field = CONTENTS.get(spec.datatype)
+            if field is None:
+                raise invalid(f"{spec.datatype} needs raw_input_contents", where)
+            tensor = tensor_from_values(spec.name, spec.datatype, shape,
+                                        list(getattr(spec.contents, field)),
+                                        f"{where}.contents.{field}")
+        request.inputs[spec.name] = tensor
+    wanted, seen = [], set()
+    for i, out in enumerate(message.outputs):
+        if out.name in seen:
+            raise invalid(f"output '{out.name}' is requested twice", f"outputs[{i}].name")
+        seen.add(out.name)
+        wanted.append(RequestedOutput(out.name, True))
+    request.outputs = tuple(wanted) if wanted else None
+    return request
+
+
+def _parameter(target: service_pb2.InferParameter, value) -> None:
+    if isinstance(value, bool):
+        target.bool_param = value
+    elif isinstance(value, int):
+        target.int64_param = value
+    elif isinstance(value, float):
+        target.double_param = value
+    else:
+        target.string_param = str(value)
+
+
+class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: ServerCore):
+        self.core = core
+
+    async def _call(self, name: str, context, work, model: str = ""):
+        """Run ``work()``; errors become status codes; access log and metrics."""
+        started = time.perf_counter()
+        self.core.begin()
+        code = "OK"
+        try:
+            return await work()
+        except Exception as exc:  # noqa: BLE001 - every RPC gets an answer
+            code = grpc_status(exc)
+            if code == "INTERNAL":
+                log.exception("unexpected error in %s", name)
+            await context.abort(getattr(grpc.StatusCode, code), error_message(exc))
+        finally:
+            self.core.end()
+            seconds = time.perf_counter() - started
+            if name == "ModelInfer":
+                self.core.metrics.observe(self.core.model_label(model), "grpc", code, seconds)
+            access(protocol="grpc", method=name, model=model, status=code,
+                   ms=round(seconds * 1000, 3), peer=context.peer())
+
+    def _admin(self, context) -> None:
+        metadata = dict(context.invocation_metadata() or ())
+        check_token(self.core.options.admin_token, metadata.get("authorization"))
+
+    async def ServerLive(self, request, context):
+        async def work():
+            return service_pb2.ServerLiveResponse(live=True)
+        return await self._call("ServerLive", context, work)
+
+    async def ServerReady(self, request, context):
+        async def work():
+            return service_pb2.ServerReadyResponse(ready=self.core.ready)
+        return await self._call("ServerReady", context, work)
+
+    async def ModelReady(self, request, context):
+        async def work():
+            return service_pb2.ModelReadyResponse(
+                ready=self.core.is_model_ready(request.name, request.version))
+        return await self._call("ModelReady", context, work, request.name)
+
+    async def ServerMetadata(self, request, context):
+        async def work():
+            meta = self.core.server_metadata()
+            return service_pb2.ServerMetadataResponse(name=meta["name"], version=meta["version"],
+                                                      extensions=meta["extensions"])
+        return await self._call("ServerMetadata", context, work)
+
+    async def ModelMetadata(self, request, context):
+        async def work():
+            meta = self.core.entry(request.name, request.version).model.metadata()
+            response = service_pb2.ModelMetadataResponse(
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+            for key, target in (("inputs", response.inputs), ("outputs", response.outputs)):
+                for t in meta[key]:
+                    target.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+            return response
+        return await self._call("ModelMetadata", context, work, request.name)
+
+    async def ModelConfig(self, request, context):
+        async def work():
+            doc = self.core.model_config(self.core.entry(request.name, request.version))
+            config = json_format.ParseDict(doc, model_config_pb2.ModelConfig())
+            return service_pb2.ModelConfigResponse(config=config)
+        return await self._call("ModelConfig", context, work, request.name)
+
+    async def ModelStatistics(self, request, context):
+        async def work():
+            doc = self.core.statistics(request.name, request.version)
+            return json_format.ParseDict(doc, service_pb2.ModelStatisticsResponse())
+        return await self._call("ModelStatistics", context, work, request.name)
+
+    async def ModelInfer(self, request, context):
+        async def work():
+            parsed = parse_request(request)
+            result = await self.core.infer(parsed)
+            response = service_pb2.ModelInferResponse(model_name=parsed.model,
+                                                      model_version=parsed.version or "1",
+                                                      id=parsed.id)
+            for key, value in result.parameters.items():
+                _parameter(response.parameters[key], value)
+            for tensor, _ in select_outputs(result, parsed):
+                response.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                     shape=tensor.shape)
+                response.raw_output_contents.append(tensor.array.tobytes())
+            return response
+        return await self._call("ModelInfer", context, work, request.model_name)
+
+    async def RepositoryIndex(self, request, context):
+        async def work():
+            self._admin(context)
+            response = service_pb2.RepositoryIndexResponse()
+            for entry in self.core.repository_index():
+                response.models.add(**entry)
+            return response
+        return await self._call("RepositoryIndex", context, work)
+
+    async def RepositoryModelLoad(self, request, context):
+        async def work():
+            self._admin(context)
+            if request.parameters:
+                raise invalid("load parameters (config overrides, files) are not supported",
+                              "parameters")
+            await self.core.load_model(request.model_name)
+            return service_pb2.RepositoryModelLoadResponse()
+        return await self._call("RepositoryModelLoad", context, work, request.model_name)
+
+    async def RepositoryModelUnload(self, request, context):
+        async def work():
+            self._admin(context)
+            await self.core.unload_model(request.model_name)
+            return service_pb2.RepositoryModelUnloadResponse()
+        return await self._call("RepositoryModelUnload", context, work, request.model_name)
+
+
+def build_server(core: ServerCore) -> grpc.aio.Server:
+    limit = core.options.max_request_bytes
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
+                                      ("grpc.max_send_message_length", -1),
+                                      ("grpc.so_reuseport", 0)])
+    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(core), server)
+    return server

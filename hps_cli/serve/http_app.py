@@ -1,0 +1,205 @@
+"""KServe v2 over HTTP/REST (aiohttp), as Triton and tritonclient.http speak it.
+
+Endpoints (``[/versions/{v}]`` is optional; the only version is ``1``):
+
+- ``GET /v2``, ``/v2/health/live``, ``/v2/health/ready``;
+- ``GET /v2/models/{m}[/versions/{v}]`` (metadata), ``.../ready``, ``.../config``,
+  ``.../stats``; ``GET /v2/models/stats`` (every model);
+- ``POST /v2/models/{m}[/versions/{v}]/infer``: JSON tensors and the binary extension;
+- admin (bearer token): ``POST /v2/repository/index``,
+  ``POST /v2/repository/models/{m}/load|unload``,
+  ``POST /v2/admin/models/{m}/tables/{table}/insert|remove``.
+
+Every error is ``{"error": "<field>: <message>"}`` with Triton's status mapping (protocol.py);
+unknown paths are 404 and wrong methods 405, in the same form. Bodies above the size limit are
+refused with 413 before they are read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from aiohttp import web
+
+from .admin import check_token, update_tensors
+from .core import ServerCore
+from .http_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request, parse_json
+from .logs import access
+from .protocol import RequestTooLargeError, error_message, http_status, invalid
+
+log = logging.getLogger("hps_cli.serve")
+
+_JSON = "application/json"
+WRITE_SLICE = 1 << 20
+
+
+def _json(doc: object, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status,
+                        content_type=_JSON)
+
+
+def _error(status: int, message: str) -> web.Response:
+    response = _json({"error": message}, status)
+    if status == 401:
+        response.headers["WWW-Authenticate"] = 'Bearer realm="hps admin"'
+    return response
+
+
+def build_app(core: ServerCore) -> web.Application:
+    limit = core.options.max_request_bytes
+
+    @web.middleware
+    async def frame(request: web.Request, handler):
+        """Errors as {"error"}, in-flight tracking, access log and request metrics."""
+        started = time.perf_counter()
+        core.begin()
+        status, size_out = 500, 0
+        try:
+            try:
+                response = await handler(request)
+            except web.HTTPException as exc:  # routing: 404 / 405, or aiohttp's own limits
+                message = {404: f"no endpoint {request.method} {request.path}",
+                           405: f"method {request.method} is not allowed on {request.path}",
+                           413: f"the request body is larger than {limit} bytes"}.get(
+                    exc.status, exc.reason)
+                response = _error(exc.status, message)
+            except Exception as exc:  # noqa: BLE001 - the server answers every request
+                status = http_status(exc)
+                if status == 500:
+                    log.exception("unexpected error on %s %s", request.method, request.path)
+                response = _error(status, error_message(exc))
+            status = response.status
+            size_out = response.content_length or 0
+            return response
+        finally:
+            core.end()
+            seconds = time.perf_counter() - started
+            model = request.match_info.get("model", "")
+            if request.path.endswith("/infer"):
+                core.metrics.observe(core.model_label(model), "http", status, seconds)
+            access(protocol="http", method=request.method, path=request.path, model=model,
+                   status=status, ms=round(seconds * 1000, 3),
+                   bytes_in=request.content_length or 0, bytes_out=size_out,
+                   peer=request.remote)
+
+    async def read_body(request: web.Request) -> bytes:
+        if request.content_length is not None and request.content_length > limit:
+            raise RequestTooLargeError(f"the body is {request.content_length} bytes; the "
+                                       f"limit is {limit}", location="Content-Length",
+                                       hint="raise --max-request-bytes or split the request")
+        try:
+            return await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise RequestTooLargeError(f"the body is larger than the limit of {limit} bytes",
+                                       location="body") from None
+
+    def model_of(request: web.Request):
+        return core.entry(request.match_info["model"], request.match_info.get("version", ""))
+
+    async def server_metadata(request):
+        return _json(core.server_metadata())
+
+    async def live(request):
+        return web.Response(status=200)
+
+    async def ready(request):
+        return web.Response(status=200 if core.ready else 503)
+
+    async def model_metadata(request):
+        return _json(model_of(request).model.metadata())
+
+    async def model_ready(request):
+        entry = model_of(request)
+        return web.Response(status=200 if core.ready and entry else 503)
+
+    async def model_config(request):
+        return _json(core.model_config(model_of(request)))
+
+    async def model_stats(request):
+        return _json(core.statistics(request.match_info.get("model", ""),
+                                     request.match_info.get("version", "")))
+
+    async def infer(request):
+        body = await read_body(request)
+        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
+                                  request.match_info["model"],
+                                  request.match_info.get("version", ""))
+        result = await core.infer(req)
+        header, blobs = encode_infer_response(req.model, req.version, req, result)
+        if not blobs:
+            return web.Response(body=header, content_type=_JSON)
+        # Streamed from the output arrays in slices: no copy of the vectors in Python, and
+        # the transport never buffers more than one slice.
+        response = web.StreamResponse(headers={
+            HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream",
+            "Content-Length": str(len(header) + sum(b.nbytes for b in blobs))})
+        await response.prepare(request)
+        try:
+            await response.write(header)
+            for blob in blobs:
+                for at in range(0, blob.nbytes, WRITE_SLICE):
+                    await response.write(blob[at:at + WRITE_SLICE])
+            await response.write_eof()
+        except ConnectionError:  # the client went away mid-response: nothing to answer
+            log.debug("client %s disconnected during a response", request.remote)
+        return response
+
+    def admin(request):
+        check_token(core.options.admin_token, request.headers.get("Authorization"))
+
+    async def repository_index(request):
+        admin(request)
+        await read_body(request)
+        return _json(core.repository_index())
+
+    async def load(request):
+        admin(request)
+        body = await read_body(request)
+        if body.strip():
+            doc = parse_json(body)
+            if not isinstance(doc, dict):
+                raise invalid("the body must be a JSON object", "body")
+            if doc.get("parameters"):
+                raise invalid("load parameters (config overrides, files) are not supported",
+                              "parameters")
+        await core.load_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def unload(request):
+        admin(request)
+        await read_body(request)
+        await core.unload_model(request.match_info["model"])
+        return web.Response(status=200)
+
+    async def update(request):
+        admin(request)
+        operation = request.match_info["operation"]
+        body = await read_body(request)
+        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
+                                  request.match_info["model"])
+        keys, vectors = update_tensors(req, operation)
+        count = await core.update_table(request.match_info["model"],
+                                        request.match_info["table"], operation, keys, vectors)
+        return _json({"model": req.model, "table": request.match_info["table"],
+                      "operation": operation, "keys": count})
+
+    app = web.Application(middlewares=[frame], client_max_size=limit)
+    routes = [web.get("/v2", server_metadata),
+              web.get("/v2/health/live", live),
+              web.get("/v2/health/ready", ready),
+              web.get("/v2/models/stats", model_stats),
+              web.post("/v2/repository/index", repository_index),
+              web.post("/v2/repository/models/{model}/load", load),
+              web.post("/v2/repository/models/{model}/unload", unload),
+              web.post("/v2/admin/models/{model}/tables/{table}/{operation:insert|remove}",
+                       update)]
+    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
+        routes += [web.get(base, model_metadata),
+                   web.get(base + "/ready", model_ready),
+                   web.get(base + "/config", model_config),
+                   web.get(base + "/stats", model_stats),
+                   web.post(base + "/infer", infer)]
+    app.add_routes(routes)
+    return app

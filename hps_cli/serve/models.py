@@ -1,0 +1,253 @@
+"""Served models behind one interface, and the lookup models (Triton HPS backend contract).
+
+A served model validates a request (``prepare`` -> a ``Work`` with its size in samples, or an
+``InvalidInputError`` naming the field), runs a batch of works in one go (``execute``, called in
+a worker thread, never on the event loop), and describes itself (``metadata``, ``config``).
+
+Lookup model (one per model of ps.json), exactly the Triton HPS backend's contract:
+
+- ``KEYS`` INT64 ``[1, total]`` (or ``[total]``): the keys of table 0, then table 1, ...;
+- ``NUMKEYS`` INT32 ``[1, n_tables]`` (or ``[n_tables]``): how many keys belong to each table;
+- ``OUTPUT0`` FP32 ``[1, sum_t NUMKEYS[t] * dim_t]``: the vectors, table-major, in key order;
+  response parameters ``NumSample`` and ``DeviceID``.
+
+A request is ``ceil(total / sum(maxnum_catfeature_query_per_table_per_sample))`` samples (the
+backend's NumSample); more than ``max_batch_size`` samples is an error. Concurrent requests are
+coalesced (batcher.py) into one ``lookup_tables`` call per batch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..runtime.errors import NotFoundError
+from .protocol import CONFIG_TYPES, InferRequest, InferResult, Tensor, invalid
+
+VERSION = "1"
+UINT32_MAX = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """An input or output as metadata shows it; ``shape`` includes the batch dimension (-1)
+    when the model batches, ``dims`` (the config's) excludes it."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    batched: bool = True
+
+    @property
+    def dims(self) -> list[int]:
+        return list(self.shape[1:] if self.batched else self.shape)
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+
+    def config(self) -> dict:
+        return {"name": self.name, "data_type": CONFIG_TYPES[self.datatype], "dims": self.dims}
+
+
+@dataclass
+class Work:
+    """A validated request: ``size`` samples (what max_batch_size bounds)."""
+
+    size: int
+    request: InferRequest
+    data: dict = field(default_factory=dict)
+
+
+class ServedModel:
+    """Base of the served models.
+
+    Attributes:
+        name, kind ("lookup" or "inference"), platform, backend
+        max_batch_size: the most samples one execution takes (requests above: 400).
+        config_max_batch_size: what the model config reports (0 when the inputs have no
+            common batch dimension, as Triton requires).
+        runtime: the ``RuntimeHandle`` whose tables it reads; hps_model: the ps.json model.
+    """
+
+    kind = "model"
+    platform = ""
+    backend = ""
+    version = VERSION
+
+    def __init__(self, name: str, runtime, hps_model: str, max_batch_size: int):
+        self.name = name
+        self.runtime = runtime
+        self.hps_model = hps_model
+        self.max_batch_size = int(max_batch_size)
+        self.config_max_batch_size = self.max_batch_size
+        self.inputs: list[TensorSpec] = []
+        self.outputs: list[TensorSpec] = []
+
+    # -- description
+
+    def metadata(self) -> dict:
+        return {"name": self.name, "versions": [self.version], "platform": self.platform,
+                "inputs": [t.metadata() for t in self.inputs],
+                "outputs": [t.metadata() for t in self.outputs]}
+
+    def config(self, *, max_queue_delay_us: int, instances: int) -> dict:
+        """The Triton model configuration (config.pbtxt as JSON)."""
+        doc = {"name": self.name, "platform": self.platform, "backend": self.backend,
+               "max_batch_size": self.config_max_batch_size,
+               "input": [t.config() for t in self.inputs],
+               "output": [t.config() for t in self.outputs],
+               "instance_group": [{"name": f"{self.name}_0", "kind": "KIND_CPU",
+                                   "count": instances}],
+               "parameters": {k: {"string_value": str(v)}
+                              for k, v in self.parameters().items()}}
+        if self.config_max_batch_size > 0:
+            doc["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
+        return doc
+
+    def parameters(self) -> dict:
+        return {"hps_model": self.hps_model, "max_batch_size": self.max_batch_size}
+
+    # -- serving
+
+    def check_request(self, request: InferRequest) -> None:
+        """Input names (all present, nothing unknown) and requested output names."""
+        expected = {t.name for t in self.inputs}
+        for name in request.inputs:
+            if name not in expected:
+                raise invalid(f"model '{self.name}' has no input '{name}' (inputs: "
+                              f"{', '.join(sorted(expected))})", "inputs")
+        missing = [t.name for t in self.inputs if t.name not in request.inputs]
+        if missing:
+            raise invalid(f"missing input(s) {', '.join(missing)} of model '{self.name}'",
+                          "inputs")
+        if request.outputs is not None:
+            names = {t.name for t in self.outputs}
+            for out in request.outputs:
+                if out.name not in names:
+                    raise invalid(f"model '{self.name}' has no output '{out.name}' (outputs: "
+                                  f"{', '.join(sorted(names))})", "outputs")
+
+    def check_datatype(self, request: InferRequest, spec: TensorSpec) -> Tensor:
+        tensor = request.inputs[spec.name]
+        if tensor.datatype != spec.datatype:
+            raise invalid(f"expected datatype {spec.datatype}, got {tensor.datatype}",
+                          spec.name)
+        return tensor
+
+    def prepare(self, request: InferRequest) -> Work:
+        raise NotImplementedError
+
+    def execute(self, works: list[Work]) -> list[InferResult]:
+        raise NotImplementedError
+
+    def warm_up(self) -> None:
+        """Run one small request through the whole path before the model is ready."""
+
+    def close(self) -> None:
+        """Release what the model holds (not the shared runtime)."""
+
+
+class LookupModel(ServedModel):
+    """One HPS model of ps.json, served with the Triton HPS backend's tensors."""
+
+    kind = "lookup"
+    backend = "hps"
+
+    def __init__(self, name: str, runtime, hps_model: str | None = None):
+        hps_model = hps_model or name
+        try:
+            cfg = runtime.config.model(hps_model)
+        except KeyError:
+            raise NotFoundError(f"no model '{hps_model}' in {runtime.path}",
+                                location="model") from None
+        super().__init__(name, runtime, hps_model, cfg.max_batch_size)
+        self.model_config = cfg
+        self.num_tables = cfg.num_tables
+        self.dims = list(cfg.embedding_vecsize_per_table)
+        self.keys_per_sample = max(1, sum(cfg.maxnum_catfeature_query_per_table_per_sample))
+        self.device = cfg.deployed_device_list[-1]
+        self.uint32_keys = not runtime.config.supportlonglong
+        self.inputs = [TensorSpec("KEYS", "INT64", (-1, -1)),
+                       TensorSpec("NUMKEYS", "INT32", (-1, -1))]
+        self.outputs = [TensorSpec("OUTPUT0", "FP32", (-1, -1))]
+
+    def parameters(self) -> dict:
+        cfg = self.model_config
+        return {**super().parameters(),
+                "embedding_table_names": ",".join(cfg.embedding_table_names),
+                "embedding_vecsize_per_table": ",".join(map(str, self.dims)),
+                "maxnum_catfeature_query_per_table_per_sample":
+                    ",".join(map(str, cfg.maxnum_catfeature_query_per_table_per_sample))}
+
+    def prepare(self, request: InferRequest) -> Work:
+        self.check_request(request)
+        keys = self.check_datatype(request, self.inputs[0])
+        counts = self.check_datatype(request, self.inputs[1])
+        batched = _check_row(keys, "KEYS", "[1, total] or [total]")
+        _check_row(counts, "NUMKEYS", f"[1, {self.num_tables}] or [{self.num_tables}]")
+        num = counts.array.reshape(-1).astype(np.int64)
+        if num.size != self.num_tables:
+            raise invalid(f"holds {num.size} counts but model '{self.name}' has "
+                          f"{self.num_tables} table(s)", "NUMKEYS")
+        if num.size and num.min() < 0:
+            raise invalid(f"counts must be non-negative, got {num.tolist()}", "NUMKEYS")
+        flat = keys.array.reshape(-1)
+        if int(num.sum()) != flat.size:
+            raise invalid(f"counts sum to {int(num.sum())} but KEYS holds {flat.size} keys",
+                          "NUMKEYS")
+        if self.uint32_keys and flat.size and (flat.min() < 0 or flat.max() > UINT32_MAX):
+            raise invalid("keys must fit uint32 (supportlonglong is false in the config)",
+                          "KEYS")
+        samples = math.ceil(flat.size / self.keys_per_sample)
+        if samples > self.max_batch_size:
+            raise invalid(
+                f"{flat.size} keys are {samples} samples (at most {self.keys_per_sample} keys "
+                f"per sample: the sum of maxnum_catfeature_query_per_table_per_sample), above "
+                f"max_batch_size {self.max_batch_size} of model '{self.name}'", "KEYS")
+        flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
+        bounds = np.concatenate([[0], np.cumsum(num)])
+        parts = [flat[bounds[t]:bounds[t + 1]] for t in range(self.num_tables)]
+        return Work(max(1, samples), request,
+                    {"keys": parts, "batched": batched, "samples": samples})
+
+    def execute(self, works: list[Work]) -> list[InferResult]:
+        hps = self.runtime.hps
+        if len(works) == 1:
+            per_table = [hps.lookup_tables(works[0].data["keys"], self.hps_model, self.device)]
+        else:
+            merged = [np.concatenate([w.data["keys"][t] for w in works])
+                      for t in range(self.num_tables)]
+            vectors = hps.lookup_tables(merged, self.hps_model, self.device)
+            per_table = [[] for _ in works]
+            for t, table in enumerate(vectors):
+                at = 0
+                for i, work in enumerate(works):
+                    n = work.data["keys"][t].size
+                    per_table[i].append(table[at:at + n])
+                    at += n
+        results = []
+        for work, parts in zip(works, per_table):
+            flat = parts[0].reshape(-1) if len(parts) == 1 else \
+                np.concatenate([p.reshape(-1) for p in parts])
+            flat = np.ascontiguousarray(flat, dtype=np.float32)
+            out = flat.reshape(1, -1) if work.data["batched"] else flat
+            results.append(InferResult([Tensor("OUTPUT0", "FP32", out)],
+                                       {"NumSample": work.data["samples"],
+                                        "DeviceID": self.device}))
+        return results
+
+    def warm_up(self) -> None:
+        keys = [np.zeros(1, np.int64) for _ in range(self.num_tables)]
+        self.runtime.hps.lookup_tables(keys, self.hps_model, self.device)
+
+
+def _check_row(tensor: Tensor, name: str, expected: str) -> bool:
+    """A 1-D tensor, or a 2-D one with a batch dimension of 1; True for the latter."""
+    shape = tensor.array.shape
+    if len(shape) == 1:
+        return False
+    if len(shape) == 2 and shape[0] == 1:
+        return True
+    raise invalid(f"shape must be {expected}, got {list(shape)}", name)

@@ -1,0 +1,138 @@
+"""Start-up and shutdown of ``hps serve``.
+
+1. Validate the config (a bad ps.json fails here, before any port is bound).
+2. Bind HTTP, gRPC and metrics on ``host`` (loopback by default): liveness answers from now
+   on, readiness says 503 and inference answers 503 while loading.
+3. Load the runtime (tables, caches prefilled), build the lookup models and the repository's
+   inference models, run one warm-up request through each; then ready (the ``ready`` log event
+   carries the bound ports).
+4. SIGTERM / SIGINT: not ready any more, stop accepting connections, let in-flight requests
+   finish (up to ``shutdown_timeout_s``), run what the batchers hold, close the runtimes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import signal
+
+from ..runtime.errors import InvalidInputError
+from .core import ServeOptions, ServerCore
+from .logs import event
+
+log = logging.getLogger("hps_cli.serve")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
+    from ..runtime.config.validate import load_config
+
+    load_config(options.config, check_files=True)  # fail before binding anything
+    asyncio.run(_main(options))
+
+
+async def _bind_http(app, host: str, port: int, shutdown_timeout: float):
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror}",
+                                location="--http-port", hint="choose another port or host") \
+            from None
+    bound = runner.addresses[0][1] if runner.addresses else port
+    return runner, bound
+
+
+async def _main(options: ServeOptions) -> None:
+    from .grpc_server import build_server
+    from .http_app import build_app
+
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    if not is_loopback(options.host):
+        event(log, "non_loopback", logging.WARNING, host=options.host,
+              message="serving on a non-loopback address: reachable from other machines")
+    core = ServerCore(options)
+    runner = grpc_server = None
+    try:
+        runner, http_port = await _bind_http(build_app(core), options.host, options.http_port,
+                                             options.shutdown_timeout_s)
+        grpc_server = build_server(core)
+        try:
+            grpc_port = grpc_server.add_insecure_port(f"{_grpc_host(options.host)}:"
+                                                      f"{options.grpc_port}")
+        except RuntimeError as exc:
+            raise InvalidInputError(f"cannot listen on {options.host}:{options.grpc_port}: "
+                                    f"{exc}", location="--grpc-port",
+                                    hint="choose another port or host") from None
+        if grpc_port == 0:
+            raise InvalidInputError(f"cannot listen on {options.host}:{options.grpc_port}",
+                                    location="--grpc-port", hint="choose another port or host")
+        await grpc_server.start()
+        try:
+            metrics_port = core.metrics.start(options.host, options.metrics_port)
+        except OSError as exc:
+            raise InvalidInputError(f"cannot listen on {options.host}:{options.metrics_port}: "
+                                    f"{exc.strerror}", location="--metrics-port",
+                                    hint="choose another port or host") from None
+        event(log, "listening", host=options.host, http_port=http_port, grpc_port=grpc_port,
+              metrics_port=metrics_port, admin=options.admin_token is not None)
+        loading = loop.create_task(core.load())
+        waiter = loop.create_task(stop.wait())
+        await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if loading.done():
+            loading.result()  # a start-up error is raised here
+            event(log, "ready", host=options.host, http_port=http_port, grpc_port=grpc_port,
+                  metrics_port=metrics_port, models=sorted(core.entries))
+            await waiter
+        else:
+            event(log, "stopped_while_loading")
+            loading.cancel()
+        event(log, "draining", inflight=core._inflight)
+        await _shutdown(core, runner, grpc_server, options.shutdown_timeout_s)
+        runner = grpc_server = None
+        event(log, "stopped")
+    finally:
+        if runner is not None or grpc_server is not None:
+            await _shutdown(core, runner, grpc_server, 1.0)
+
+
+async def _shutdown(core: ServerCore, runner, grpc_server, timeout: float) -> None:
+    """Stop listening, let in-flight requests finish, then close everything."""
+    if runner is not None:
+        for site in list(runner.sites):
+            await site.stop()  # no new connections; open ones finish their requests
+    grpc_stop = None
+    if grpc_server is not None:
+        grpc_stop = asyncio.ensure_future(grpc_server.stop(timeout))
+    drained = await core.drain(timeout)
+    if not drained:
+        event(log, "drain_timeout", logging.WARNING, inflight=core._inflight)
+    if grpc_stop is not None:
+        await grpc_stop
+    if runner is not None:
+        await runner.cleanup()
+    await core.close()
+    core.metrics.stop()
+
+
+def _grpc_host(host: str) -> str:
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
