@@ -29,7 +29,7 @@ HEADER_LENGTH = "Inference-Header-Content-Length"
 
 def parse_json(data: bytes, where: str = "body") -> object:
     try:
-        return json.loads(data)
+        return json.loads(bytes(data).decode("utf-8"))  # KServe JSON is UTF-8 (no BOM sniffing)
     except UnicodeDecodeError:
         raise invalid("the JSON header is not UTF-8", where) from None
     except json.JSONDecodeError as exc:
