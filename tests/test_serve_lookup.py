@@ -11,13 +11,18 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from runtime_configs import make_tables, ps_config
-from serve_helpers import (ServerProcess, binary_lookup_body, binary_output, http_get,
-                           http_post, lookup_inputs, scrape)
-from tritonclient.utils import InferenceServerException
-
 from hps_cli.runtime import HPS
 from hps_cli.runtime.table.synthetic import synthetic_vectors
+from runtime_configs import make_tables, ps_config
+from serve_helpers import (
+    ServerProcess,
+    binary_output,
+    http_get,
+    http_post,
+    lookup_inputs,
+    scrape,
+)
+from tritonclient.utils import InferenceServerException
 
 DIMS = {"a": 8, "b": 16}
 TOKEN = "s3cret-admin-token-for-tests"

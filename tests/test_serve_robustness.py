@@ -11,12 +11,17 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from runtime_configs import make_tables, ps_config
-from serve_helpers import (ServerProcess, binary_lookup_body, binary_output, http_get,
-                           http_post, lookup_inputs)
-from tritonclient.grpc import service_pb2, service_pb2_grpc
-
 from hps_cli.runtime import HPS
+from runtime_configs import make_tables, ps_config
+from serve_helpers import (
+    ServerProcess,
+    binary_lookup_body,
+    binary_output,
+    http_get,
+    http_post,
+    lookup_inputs,
+)
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 LIMIT = 1 << 20  # --max-request-bytes
 
