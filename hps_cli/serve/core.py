@@ -79,6 +79,7 @@ class ServerCore:
         threads = options.worker_threads or max(4, 2 * options.instances)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
+        self.metrics.inflight.set_function(lambda: self._inflight)
         self._idle = asyncio.Event()
         self._idle.set()
         self._admin = asyncio.Lock()

@@ -7,7 +7,8 @@ Request side (updated by the HTTP and gRPC front ends and the batchers):
 - ``hps_request_duration_seconds{model, protocol}``: latency histogram, receipt to answer;
 - ``hps_queue_depth{model}``: requests waiting in the batcher;
 - ``hps_batch_requests{model}`` / ``hps_batch_samples{model}``: sizes of executed batches;
-- ``hps_ready``: 1 when the server is ready.
+- ``hps_ready``: 1 when the server is ready; ``hps_inflight_requests``: requests being
+  answered.
 
 Runtime side, read from the HPS runtimes at every scrape:
 
@@ -67,6 +68,8 @@ class Metrics:
         self.batch_samples = Histogram("hps_batch_samples", "Samples per executed batch",
                                        ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.ready = Gauge("hps_ready", "1 when the server is ready", registry=self.registry)
+        self.inflight = Gauge("hps_inflight_requests", "Requests being answered (HTTP and gRPC)",
+                              registry=self.registry)
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
 
