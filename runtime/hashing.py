@@ -13,19 +13,33 @@ _M1 = np.uint64(0xA24BAED4963EE407)
 _M2 = np.uint64(0x9FB21C651E98DF25)
 
 
-def _rotr(x: np.ndarray, r: int) -> np.ndarray:
-    return (x >> np.uint64(r)) | (x << np.uint64(64 - r))
-
-
 def mix64(keys: np.ndarray) -> np.ndarray:
-    """rrxmrrxmsx_0 of each key, as uint64 (keys are reinterpreted as unsigned 64-bit)."""
-    x = np.ascontiguousarray(keys).astype(np.int64, copy=False).view(np.uint64)
+    """rrxmrrxmsx_0 of each key, as uint64 (keys are reinterpreted as unsigned 64-bit).
+
+    Computed in place on one copy with two scratch arrays: this runs on every lookup batch.
+    """
+    x = np.array(keys, dtype=np.int64, copy=True).reshape(-1).view(np.uint64)
+    a = np.empty_like(x)
+    b = np.empty_like(x)
+
+    def xor_rotations(r1: int, r2: int) -> None:  # x ^= rotr(x, r1) ^ rotr(x, r2)
+        np.right_shift(x, np.uint64(r1), out=a)
+        np.left_shift(x, np.uint64(64 - r1), out=b)
+        np.bitwise_xor(a, b, out=a)
+        np.right_shift(x, np.uint64(r2), out=b)
+        np.bitwise_xor(a, b, out=a)
+        np.left_shift(x, np.uint64(64 - r2), out=b)
+        np.bitwise_xor(a, b, out=a)
+        np.bitwise_xor(x, a, out=x)
+
     with np.errstate(over="ignore"):
-        x = x ^ _rotr(x, 25) ^ _rotr(x, 50)
-        x = x * _M1
-        x = x ^ _rotr(x, 24) ^ _rotr(x, 49)
-        x = x * _M2
-        return x ^ (x >> np.uint64(28))
+        xor_rotations(25, 50)
+        np.multiply(x, _M1, out=x)
+        xor_rotations(24, 49)
+        np.multiply(x, _M2, out=x)
+    np.right_shift(x, np.uint64(28), out=a)
+    np.bitwise_xor(x, a, out=x)
+    return x.reshape(np.shape(keys))
 
 
 def partition_of(keys: np.ndarray, num_partitions: int) -> np.ndarray:

@@ -45,22 +45,37 @@ class RefDynamicCache:
     def capacity(self) -> int:
         return self.num_sets * WAYS
 
-    def _find(self, keys: np.ndarray, sets: np.ndarray) -> np.ndarray:
-        """The way of each key in its set, -1 when absent."""
-        match = self.keys[sets] == keys[:, None]
-        way = np.argmax(match, axis=1)
-        found = match[np.arange(keys.size), way] & (keys != EMPTY_KEY)
-        return np.where(found, way, -1)
+    def _find(self, keys: np.ndarray, sets: np.ndarray,
+              digests: np.ndarray | None = None) -> np.ndarray:
+        """The way of each key in its set, -1 when absent.
+
+        Like the kernel: compare 1-byte digests first (8x less data than the keys), confirm the
+        first digest match by key; only keys whose first match was another key compare all 32.
+        """
+        if digests is None:
+            digests = set_and_digest(keys, self.num_sets)[1]
+        rows = np.arange(keys.size)
+        dmatch = self.digests[sets] == digests[:, None]
+        first = np.argmax(dmatch, axis=1)
+        candidate = dmatch[rows, first]
+        way = np.where(candidate & (self.keys[sets, first] == keys) & (keys != EMPTY_KEY), first, -1)
+        retry = np.flatnonzero(candidate & (way < 0) & (keys != EMPTY_KEY))
+        if retry.size:
+            match = self.keys[sets[retry]] == keys[retry, None]
+            again = np.argmax(match, axis=1)
+            way[retry] = np.where(match[np.arange(retry.size), again], again, -1)
+        return way
 
     def query(self, keys: np.ndarray, default_value: float = 0.0,
               weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, miss_keys, miss_positions); misses get ``default_value``, in batch order."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        sets, _ = set_and_digest(keys, self.num_sets)
-        way = self._find(keys, sets)
+        sets, digests = set_and_digest(keys, self.num_sets)
+        way = self._find(keys, sets, digests)
         hit = way >= 0
-        out = np.full((keys.size, self.dim), default_value, dtype=np.float32)
-        out[hit] = self.values[sets[hit], way[hit]]
+        slots = sets * WAYS + np.maximum(way, 0)
+        out = self.values.reshape(-1, self.dim).take(slots, axis=0)  # one flat gather
+        out[~hit] = default_value
         counted = hit & sampled_hits(keys, query_seed(self.queries))
         self.queries += 1
         add = np.ones(keys.size, np.uint32) if weights is None else np.asarray(weights, np.uint32)

@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..hashing import mix64
 from ..rwlock import RWLock
 
 EMPTY = -1
@@ -42,35 +43,6 @@ _GROW_LOAD = 0.45  # load right after a rebuild
 _ROW_GROWTH = 1.25
 _MIN_SEGMENT = 8
 _UNLIMITED = 2**63 - 1
-
-_M1 = np.uint64(0xA24BAED4963EE407)
-_M2 = np.uint64(0x9FB21C651E98DF25)
-
-
-def mix64_inplace(keys: np.ndarray) -> np.ndarray:
-    """HPS's rrxmrrxmsx_0 of int64 keys as uint64: ``hashing.mix64`` with fewer temporaries."""
-    x = np.array(keys, dtype=np.int64, copy=True).view(np.uint64)
-    a = np.empty_like(x)
-    b = np.empty_like(x)
-
-    def xor_rotations(r1: int, r2: int) -> None:  # x ^= rotr(x, r1) ^ rotr(x, r2)
-        np.right_shift(x, np.uint64(r1), out=a)
-        np.left_shift(x, np.uint64(64 - r1), out=b)
-        np.bitwise_xor(a, b, out=a)
-        np.right_shift(x, np.uint64(r2), out=b)
-        np.bitwise_xor(a, b, out=a)
-        np.left_shift(x, np.uint64(64 - r2), out=b)
-        np.bitwise_xor(a, b, out=a)
-        np.bitwise_xor(x, a, out=x)
-
-    xor_rotations(25, 50)
-    np.multiply(x, _M1, out=x)
-    xor_rotations(24, 49)
-    np.multiply(x, _M2, out=x)
-    np.right_shift(x, np.uint64(28), out=a)
-    np.bitwise_xor(x, a, out=x)
-    return x
-
 
 def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     """Drop repeated keys, keeping each key's last occurrence (as HPS's upserts do), in order."""
@@ -262,7 +234,7 @@ class HashMapTable:
         return max(_MIN_SEGMENT, int(np.ceil(entries / _GROW_LOAD)))
 
     def _partition_and_home(self, keys: np.ndarray, segment: int) -> tuple[np.ndarray, np.ndarray]:
-        h = mix64_inplace(keys)
+        h = mix64(keys)
         parts = self.num_partitions
         if parts & (parts - 1) == 0:
             part = (h & np.uint64(parts - 1)).astype(np.int64)
