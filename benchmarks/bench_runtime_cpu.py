@@ -240,8 +240,7 @@ def step_rocksdb_small_cache(args) -> dict:
 
 
 def step_redis(args) -> dict:
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from redis_cluster import LocalRedisCluster
+    from hps_cli.devtools.redis_cluster import LocalRedisCluster
 
     from hps_cli.runtime.startup_load import load_volatile
     from hps_cli.runtime.table import TableReader

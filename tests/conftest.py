@@ -107,7 +107,7 @@ def redis_cluster():
     """
     if not has_redis():
         pytest.skip("redis-server or redis-py is not installed")
-    from redis_cluster import LocalRedisCluster
+    from hps_cli.devtools.redis_cluster import LocalRedisCluster
     cluster = LocalRedisCluster(3).start()
     yield cluster
     cluster.stop()

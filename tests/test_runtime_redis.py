@@ -124,7 +124,7 @@ def test_credentials(store, redis_cluster):
 
 def test_unreachable_cluster_and_bad_settings_at_start_up(tmp_path):
     from hps_cli.runtime.volatile.redis_cluster import RedisClusterStore
-    from redis_cluster import free_cluster_ports
+    from hps_cli.devtools.redis_cluster import free_cluster_ports
     port = free_cluster_ports(1)[0]
     with pytest.raises(ServiceUnavailableError, match="cannot reach the Redis Cluster"):
         RedisClusterStore(f"127.0.0.1:{port}")
@@ -137,7 +137,7 @@ def test_unreachable_cluster_and_bad_settings_at_start_up(tmp_path):
 
 def test_hps_start_up_with_an_unreachable_cluster_is_a_clear_error(tmp_path):
     from hps_cli.runtime import HPS
-    from redis_cluster import free_cluster_ports
+    from hps_cli.devtools.redis_cluster import free_cluster_ports
     tables = make_tables(tmp_path, {"t": (10, 4)})
     port = free_cluster_ports(1)[0]
     doc = ps_config(tables, {"t": 4}, volatile={"type": "redis_cluster",
@@ -174,7 +174,7 @@ def test_hps_over_redis_and_rocksdb_loads_and_skips_a_current_table(tmp_path, re
 
 def test_a_node_killed_while_serving_falls_through_to_rocksdb(tmp_path, caplog):
     from hps_cli.runtime import HPS
-    from redis_cluster import LocalRedisCluster
+    from hps_cli.devtools.redis_cluster import LocalRedisCluster
     tables = make_tables(tmp_path, {"t": (3000, 8)})
     doc = ps_config(tables, {"t": 8}, defaults={"t": -1.0},
                     volatile={"type": "redis_cluster", "num_partitions": 12,

@@ -1,0 +1,1 @@
+"""Development helpers shipped with hps: things examples, tests and benchmarks all need."""
