@@ -114,6 +114,13 @@ class GpuDynamicCache:
             self.queries += 1
         return seed
 
+    def _read_counter(self, d_counter) -> int:
+        """Wait for the stream and read back a device counter."""
+        host = np.empty(4, np.uint32)
+        self.device.drv.memcpy_dtoh_async(host, d_counter, self.stream)
+        self.stream.synchronize()
+        return int(host[0])
+
     def _workspace(self, slot: int) -> _Scratch:
         ws = self._workspaces.get(slot)
         if ws is None:
@@ -241,10 +248,7 @@ class GpuDynamicCache:
         with self.device.scope():
             d_keys = ws.upload("keys", keys, self.stream)
             uniq, inverse, counts, ucount = self._dedup(ws, d_keys, n)
-            host_u = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(host_u, ucount, self.stream)
-            self.stream.synchronize()
-            u = int(host_u[0])
+            u = self._read_counter(ucount)
             d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
@@ -272,10 +276,7 @@ class GpuDynamicCache:
                 1,
                 self._next_seed(),
             )
-            count = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(count, d_rows, self.stream)
-            self.stream.synchronize()
-            misses = int(count[0])
+            misses = self._read_counter(d_rows)
             mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
             occurrences = 0
             if misses:
@@ -296,10 +297,7 @@ class GpuDynamicCache:
         with self.device.scope():
             d_keys = ws.upload("keys", keys, self.stream)
             _, _, _, ucount = self._dedup(ws, d_keys, keys.size)
-            host = np.empty(4, np.uint32)
-            self.device.drv.memcpy_dtoh_async(host, ucount, self.stream)
-            self.stream.synchronize()
-        return int(host[0])
+            return self._read_counter(ucount)
 
     # -- mutations --------------------------------------------------------------------------
 
@@ -347,10 +345,8 @@ class GpuDynamicCache:
                 self.dim,
                 d_c,
             )
-            count = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(count, d_c, self.stream)
-            self.stream.synchronize()
-        return int(count[0])
+            count = self._read_counter(d_c)
+        return count
 
     def _per_key(self, name: str, keys: np.ndarray, rows: np.ndarray | None) -> int:
         drv = self.device.drv
@@ -395,10 +391,8 @@ class GpuDynamicCache:
                     self.num_sets,
                     d_c,
                 )
-            count = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(count, d_c, self.stream)
-            self.stream.synchronize()
-        return int(count[0])
+            count = self._read_counter(d_c)
+        return count
 
     def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
         """Overwrite cached copies (a repeated key: its last row wins); returns how many."""
@@ -440,10 +434,7 @@ class GpuDynamicCache:
                 d_out,
                 d_c,
             )
-            count = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(count, d_c, self.stream)
-            self.stream.synchronize()
-            out = np.empty(int(count[0]), np.int64)
+            out = np.empty(self._read_counter(d_c), np.int64)
             if out.size:
                 drv.memcpy_dtoh(out, d_out)
         return np.sort(out)
