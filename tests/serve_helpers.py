@@ -36,14 +36,21 @@ class ServerProcess:
         self.ports: dict[str, int] = {}
 
     def start(self) -> "ServerProcess":
+        return self.launch().wait_for("ready")
+
+    def launch(self) -> "ServerProcess":
         cmd = [sys.executable, "-m", "hps_cli", "serve", "--http-port", "0", "--grpc-port", "0",
                "--metrics-port", "0", *self.args]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def wait_for(self, event: str) -> "ServerProcess":
+        """Wait for a log event ("listening": ports bound; "ready") and read the ports."""
         deadline = time.monotonic() + self.timeout
         while time.monotonic() < deadline:
             for doc in self.log_events():
-                if doc.get("event") == "ready":
+                if doc.get("event") == event:
                     self.ports = {k: doc[f"{k}_port"] for k in ("http", "grpc", "metrics")}
                     return self
             if self.proc.poll() is not None:
@@ -51,7 +58,7 @@ class ServerProcess:
                                    f"{self.log_text()[-4000:]}")
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"hps serve was not ready in {self.timeout} s:\n"
+        raise RuntimeError(f"hps serve logged no '{event}' in {self.timeout} s:\n"
                            f"{self.log_text()[-4000:]}")
 
     @property

@@ -157,7 +157,7 @@ class ServerCore:
         manifest = read_manifest(folder)
         own = None
         runtime = self.runtime
-        if manifest["model_name"] not in self.runtime.config.model_names:
+        if not self._shares_tables(folder, manifest):
             own = RuntimeHandle(folder / manifest["ps_config"],
                                 redis_options=self.options.redis_options)
             runtime = own
@@ -172,6 +172,24 @@ class ServerCore:
               hps_model=model.hps_model, runtime=str(runtime.path),
               shared_runtime=own is None)
         return model, own
+
+    def _shares_tables(self, folder: Path, manifest: dict) -> bool:
+        """True when the server's runtime serves exactly the package's model: same model name,
+        and the same table folders (names, dims, files) in the same order. Then the package
+        uses it (one copy of the tables; admin updates reach both); otherwise it gets a runtime
+        of its own from its ps.json."""
+        from ..runtime.config.validate import load_config
+
+        name = manifest["model_name"]
+        if name not in self.runtime.config.model_names:
+            return False
+        ours = self.runtime.config.model(name)
+        theirs = load_config(folder / manifest["ps_config"], check_files=False).model(name)
+        return ours.num_tables == theirs.num_tables and all(
+            ours.table_name(t) == theirs.table_name(t)
+            and ours.embedding_vecsize_per_table[t] == theirs.embedding_vecsize_per_table[t]
+            and ours.table_path(t).resolve() == theirs.table_path(t).resolve()
+            for t in range(ours.num_tables))
 
     def _add(self, model: ServedModel, own: RuntimeHandle | None) -> None:
         instances = self.options.instances
@@ -215,10 +233,13 @@ class ServerCore:
         """The metrics label of a model name (unknown names share one label)."""
         return name if name in self.entries else "_unknown"
 
-    async def infer(self, request: InferRequest) -> InferResult:
+    def check_ready(self) -> None:
         if not self.ready:
             raise ServiceUnavailableError("the server is not ready (loading or shutting down)",
                                           location="server")
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        self.check_ready()
         entry = self.entry(request.model, request.version)
         work = entry.model.prepare(request)
         return await entry.batcher.submit(work)

@@ -171,6 +171,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request, context):
         async def work():
+            self.core.check_ready()
             parsed = parse_request(request)
             result = await self.core.infer(parsed)
             response = service_pb2.ModelInferResponse(model_name=parsed.model,

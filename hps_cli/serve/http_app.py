@@ -122,6 +122,7 @@ def build_app(core: ServerCore) -> web.Application:
                                      request.match_info.get("version", "")))
 
     async def infer(request):
+        core.check_ready()
         body = await read_body(request)
         req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
                                   request.match_info["model"],

@@ -8,10 +8,11 @@ original signature's names (manifest ``components``; ``<input>.indices``, ``<inp
 ``values`` ``[nnz]``, ``dense_shape`` INT64 ``[rank]``. For each lookup of the manifest, the ids
 are looked up in the HPS runtime (one call per table per batch), combined per sample
 (``none``: one vector per id; ``sum`` / ``mean`` / ``sqrtn`` over the ids of a sample, as HPS's
-SparseLookupLayer), and fed to the dense SavedModel's ``serving_default`` with the other inputs; its outputs are the model's.
+SparseLookupLayer), and fed to the dense SavedModel's ``serving_default`` with the other
+inputs; its outputs are the model's.
 
-The tables are those of the server's runtime when ps.json given to ``hps serve`` holds the
-package's model (same table names and dims), so admin updates reach both the lookup and the
+The tables are those of the server's runtime when the ps.json given to ``hps serve`` holds the
+package's model over the same table folders, so admin updates reach both the lookup and the
 inference model; otherwise the package's own ps.json is opened as a runtime of its own.
 
 TensorFlow is imported only here, when a package is loaded.
