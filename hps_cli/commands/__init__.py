@@ -4,6 +4,7 @@ Only commands that work are registered here.
 """
 
 COMMANDS: dict[str, tuple[str, str]] = {
+    "bench": ("hps_cli.commands.bench", "bench_group"),
     "build-graph": ("hps_cli.commands.build_graph", "build_graph_command"),
     "convert": ("hps_cli.commands.convert", "convert_command"),
     "dissect": ("hps_cli.commands.dissect", "dissect_command"),

@@ -1,0 +1,249 @@
+"""`hps bench cache-size`: the hit-rate curve against an independent exact model, the smallest
+gpucacheper, the memory formula, and the command's outputs.
+
+What "exact" means here: for a given key stream, batch size and warm-up, ``replay`` must count
+exactly (integer equality) the hits that the runtime's dynamic cache policy produces. The
+oracle is ``PlainLfuDa`` below, written from the policy's description in plain Python (per key,
+dicts and lists, its own 64-bit mixer on Python ints), sharing no code with the NumPy
+reference: 32-way sets chosen by the mixed key's high bits; a batch is first queried against
+the state before it (a hit adds 4 to its slot's score when the key's sampling hash, seeded by
+the query number, is 0 mod 4); then its distinct missed keys, in ascending order, are inserted
+set by set: into the first empty way, else over the first way of lowest score, whose score
+becomes the set's aging floor; a new key scores floor + 1.
+A second, closed-form check holds when no set ever overflows: a key occurrence hits exactly
+when the key appeared in an earlier batch (the trace's own bound, reached by any cache that
+never evicts).
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from hps_cli.runtime.gpu.placement import num_sets_for
+from hps_cli.runtime.resources import load_schema
+from jsonschema import Draft202012Validator
+
+from hps_cli.bench.cache_size import (
+    CacheSizeSpec,
+    cache_memory_bytes,
+    gpucacheper_for_sets,
+    replay,
+    run_cache_size,
+)
+
+MASK = (1 << 64) - 1
+
+
+def _rotr(x: int, r: int) -> int:
+    return ((x >> r) | (x << (64 - r))) & MASK
+
+
+def plain_mix64(key: int) -> int:
+    """rrxmrrxmsx_0 on Python ints."""
+    x = key & MASK
+    x ^= _rotr(x, 25) ^ _rotr(x, 50)
+    x = (x * 0xA24BAED4963EE407) & MASK
+    x ^= _rotr(x, 24) ^ _rotr(x, 49)
+    x = (x * 0x9FB21C651E98DF25) & MASK
+    return x ^ (x >> 28)
+
+
+class PlainLfuDa:
+    WAYS, SAMPLE = 32, 4
+
+    def __init__(self, num_sets: int):
+        self.num_sets = num_sets
+        self.ways = [[None] * self.WAYS for _ in range(num_sets)]   # key or None
+        self.score = [[0] * self.WAYS for _ in range(num_sets)]
+        self.floor = [0] * num_sets
+        self.queries = 0
+
+    def set_of(self, key: int) -> int:
+        return ((plain_mix64(key) >> 32) * self.num_sets) >> 32
+
+    def batch(self, keys: list[int]) -> int:
+        """Query then insert one batch; returns its hits."""
+        seed = (self.queries * 0x9E3779B97F4A7C15) & MASK
+        self.queries += 1
+        hits, missed = 0, set()
+        bumps = []
+        for key in keys:
+            s = self.set_of(key)
+            if key in self.ways[s]:
+                hits += 1
+                if plain_mix64((key & MASK) ^ seed) % self.SAMPLE == 0:
+                    bumps.append((s, self.ways[s].index(key)))
+            else:
+                missed.add(key)
+        for s, w in bumps:
+            self.score[s][w] += self.SAMPLE
+        for key in sorted(missed):
+            s = self.set_of(key)
+            ways, score = self.ways[s], self.score[s]
+            if None in ways:
+                w = ways.index(None)
+            else:
+                w = min(range(self.WAYS), key=lambda i: (score[i], i))
+                self.floor[s] = score[w]
+            ways[w] = key
+            score[w] = self.floor[s] + 1
+        return hits
+
+
+def plain_replay(stream, num_sets: int, batch_size: int, warmup_batches: int) -> tuple[int, int]:
+    cache = PlainLfuDa(num_sets)
+    hits = counted = 0
+    keys = [int(k) for k in stream]
+    for index, start in enumerate(range(0, len(keys), batch_size)):
+        batch = keys[start:start + batch_size]
+        h = cache.batch(batch)
+        if index >= warmup_batches:
+            hits, counted = hits + h, counted + len(batch)
+    return hits, counted
+
+
+def _skewed_stream(rng, n: int, universe: int) -> np.ndarray:
+    ranks = np.minimum(rng.zipf(1.3, n) - 1, universe - 1)
+    perm = rng.permutation(universe).astype(np.int64) * 7919 - 40_000  # negative keys too
+    return perm[ranks]
+
+
+@pytest.mark.parametrize("num_sets, batch_size, warmup", [
+    (2, 1, 0), (2, 64, 3), (3, 7, 10), (5, 64, 0), (8, 200, 2), (40, 50, 5),
+])
+def test_replay_equals_the_plain_lfu_da_model(rng, num_sets, batch_size, warmup):
+    stream = _skewed_stream(rng, 4000, 1500)
+    fast = replay(stream, num_sets, batch_size, warmup)
+    assert (fast.hits, fast.keys) == plain_replay(stream, num_sets, batch_size, warmup)
+    assert 0 < fast.hits < fast.keys
+
+
+def test_replay_without_evictions_equals_the_trace_bound(rng):
+    stream = _skewed_stream(rng, 3000, 300)
+    num_sets = 64  # 2048 slots for 300 distinct keys
+    sets = [((plain_mix64(int(k)) >> 32) * num_sets) >> 32 for k in np.unique(stream)]
+    assert max(np.bincount(sets)) <= 32, "a set overflows: pick another seed"
+    batch, warmup = 16, 4
+    seen, hits, counted = set(), 0, 0
+    for index, start in enumerate(range(0, stream.size, batch)):
+        keys = stream[start:start + batch].tolist()
+        if index >= warmup:
+            hits += sum(k in seen for k in keys)
+            counted += len(keys)
+        seen.update(keys)
+    r = replay(stream, num_sets, batch, warmup)
+    assert (r.hits, r.keys) == (hits, counted)
+
+
+def test_gpucacheper_for_sets_is_the_smallest_giving_those_sets():
+    for rows in (100, 3200, 99_991, 1_000_000, 123_456_789):
+        for sets in {2, 3, 17, num_sets_for(rows, 0.2), num_sets_for(rows, 1.0)}:
+            p = gpucacheper_for_sets(sets, rows)
+            assert num_sets_for(rows, p) == sets
+            if sets > 2:  # the first slot of the set: one slot less is one set less
+                first = 32 * (sets - 1) + 1
+                assert first / rows <= p <= first / rows + 1e-6
+                assert num_sets_for(rows, (first - 1) / rows) == sets - 1
+
+
+def test_memory_formula():
+    # 10 sets = 320 slots of dim 64: keys 8, digests 1, scores 4 bytes per slot, the rows,
+    # and one 4-byte aging floor per set.
+    assert cache_memory_bytes(10, 64) == 320 * 8 + 320 * 1 + 320 * 4 + 320 * 64 * 4 + 10 * 4
+    assert cache_memory_bytes(10, 64) == 86_120
+    assert cache_memory_bytes(3125, 128) == 100_000 * (13 + 512) + 12_500
+
+
+def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):
+    rows = 3200  # at most 100 sets: the bisection resolves to one set
+    stream = _skewed_stream(rng, 20_000, rows)
+    path = tmp_path / "trace.npy"
+    np.save(path, stream)
+    spec = CacheSizeSpec(keys_from=path, rows=rows, dim=16, batch_size=128, warmup=0.1,
+                         fractions=(0.05, 0.25, 1.0), target_hit_rate=0.92)
+    report = run_cache_size(spec)
+    best = report["smallest"]
+    assert best is not None and best["hit_rate"] >= 0.92 and best["resolution_sets"] == 1
+    warm = report["warmup_batches"]
+    scan = {s: replay(stream, s, 128, warm).hit_rate for s in range(2, 101)}
+    assert scan[best["num_sets"]] == best["hit_rate"]
+    assert scan[best["num_sets"] - 1] < 0.92
+    lower = max(p["num_sets"] for p in report["curve"] if p["hit_rate"] < 0.92)
+    assert best["num_sets"] == min(s for s in scan if s > lower and scan[s] >= 0.92)
+    assert best["num_sets"] - lower > 2  # the bisection had work to do
+    assert num_sets_for(rows, best["gpucacheper"]) == best["num_sets"]
+    assert best["memory_bytes_per_gpu"] == cache_memory_bytes(best["num_sets"], 16)
+    for point in report["curve"]:  # the curve's own points equal the scan
+        assert point["hit_rate"] == scan[point["num_sets"]]
+        assert point["num_sets"] == num_sets_for(rows, point["gpucacheper"])
+        assert 0 <= point["hit_rate"] <= 1 and point["hits"] <= point["keys"]
+
+
+def test_unreachable_target_says_why(tmp_path):
+    path = tmp_path / "once.txt"
+    path.write_text("\n".join(str(k) for k in range(5000)))  # every key once: no hit ever
+    report = run_cache_size(CacheSizeSpec(keys_from=path, dim=4, fractions=(0.5, 1.0)))
+    assert report["smallest"] is None and "never hit" in report["smallest_reason"]
+    assert all(p["hit_rate"] == 0 for p in report["curve"])
+
+
+@pytest.fixture(scope="module")
+def small_config(tmp_path_factory):
+    from runtime_configs import make_tables, ps_config
+
+    tmp = tmp_path_factory.mktemp("bench-cache-size")
+    tables = make_tables(tmp, {"t": (20_000, 32)})
+    doc = ps_config(tables, {"t": 32}, devices=(0, 1), gpucache=True)
+    path = tmp / "ps.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_cli_json_csv_and_plot(small_config, tmp_path, hps):
+    csv_path, png = tmp_path / "curve.csv", tmp_path / "curve.png"
+    res = hps("bench", "cache-size", "--config", str(small_config), "--distribution",
+              "zipf:1.1", "--num-keys", "100000", "--fractions", "0.02,0.1,0.3",
+              "--target-hit-rate", "0.8", "--csv", str(csv_path), "--plot", str(png),
+              "--json")
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    Draft202012Validator(load_schema("bench_report.schema.json")).validate(doc)
+    assert doc["kind"] == "cache-size" and doc["rows"] == 20_000 and doc["dim"] == 32
+    assert doc["devices"] == 2 and doc["keys"]["stream_keys"] == 100_000
+    best = doc["smallest"]
+    assert best["memory_bytes_total"] == 2 * best["memory_bytes_per_gpu"]
+    rates = [p["hit_rate"] for p in doc["curve"]]
+    assert rates == sorted(rates)
+    assert all(p["hit_rate"] <= p["ideal_hit_rate"] + 0.02 for p in doc["curve"])
+    lines = csv_path.read_text().splitlines()
+    assert lines[0] == "gpucacheper,Slots,Sets,Hit Rate,Ideal Hit Rate,Memory Bytes per GPU"
+    assert len(lines) == 4
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # existing outputs are kept unless --overwrite
+    res = hps("bench", "cache-size", "--config", str(small_config), "--csv", str(csv_path))
+    assert res.returncode == 4 and "exists" in res.stderr
+
+
+def test_cli_table_output(small_config, hps):
+    res = hps("bench", "cache-size", "--config", str(small_config), "--num-keys", "50000",
+              "--fractions", "0.1,0.5", "--target-hit-rate", "0.5")
+    assert res.returncode == 0, res.stderr
+    assert "hit rate" in res.stdout and "smallest gpucacheper reaching a hit rate of 0.5" \
+        in res.stdout and "per GPU" in res.stdout
+
+
+def test_plot_without_matplotlib_is_exit_5(small_config, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from hps_cli.cli import main\n"
+            f"main(['bench', 'cache-size', '--config', {str(small_config)!r}, "
+            f"'--plot', {str(tmp_path / 'x.png')!r}])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 5
+    assert "matplotlib" in res.stderr and "hps-cli[dev]" in res.stderr
+    assert not (tmp_path / "x.png").exists()
