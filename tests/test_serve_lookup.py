@@ -46,7 +46,8 @@ def setup(tmp_path_factory):
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
     server = ServerProcess(["--config", str(path), "--max-queue-delay-us", "2000",
-                            "--access-log", str(tmp / "access.log")]).start()
+                            "--access-log", str(tmp / "access.log"),
+                            "--allow-shared-memory"]).start()
     runtime = HPS(path)
     yield server, runtime, tmp
     runtime.close()
@@ -316,3 +317,81 @@ def test_admin_errors(admin_server):
     assert [(m["name"], m["state"]) for m in index] == [("m", "READY"), ("wide", "READY")]
     status, _ = http_get(server.http, "/v2/health/ready")
     assert status == 200
+
+
+@pytest.mark.parametrize("module", [thttp, tgrpc], ids=["http", "grpc"])
+def test_system_shared_memory_inputs_and_outputs(setup, module, rng):
+    """Triton's system shared memory extension through tritonclient's own helpers: KEYS read
+    from a region, OUTPUT0 written into one; the response carries no vector bytes."""
+    import tritonclient.utils.shared_memory as shm
+
+    server, runtime, _ = setup
+    client = module.InferenceServerClient(server.grpc if module is tgrpc else server.http)
+    keys, counts = _keys(rng, 40, 30)
+    out_bytes = (40 * 8 + 30 * 16) * 4
+    name = f"hps_test_{module.__name__.split('.')[-1]}"
+    handle = shm.create_shared_memory_region(name, "/" + name, 4096 + out_bytes)
+    try:
+        shm.set_shared_memory_region(handle, [keys], offset=4096)
+        client.register_system_shared_memory(name, "/" + name, 4096 + out_bytes)
+        status = client.get_system_shared_memory_status()
+        names = [r["name"] for r in status] if module is thttp else list(status.regions)
+        assert name in names
+        a = module.InferInput("KEYS", [1, keys.size], "INT64")
+        a.set_shared_memory(name, keys.nbytes, offset=4096)
+        b = module.InferInput("NUMKEYS", [1, 2], "INT32")
+        b.set_data_from_numpy(counts.reshape(1, -1))
+        out = module.InferRequestedOutput("OUTPUT0")
+        out.set_shared_memory(name, out_bytes)
+        result = client.infer("m", [a, b], outputs=[out])
+        got = shm.get_contents_as_numpy(handle, np.float32, [1, out_bytes // 4])
+        np.testing.assert_array_equal(got.reshape(-1),
+                                      runtime.lookup_concatenated(keys, counts, "m"))
+        meta = result.get_output("OUTPUT0")
+        params = meta["parameters"] if module is thttp else \
+            {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in meta.parameters.items()}
+        assert params["shared_memory_region"] == name
+        assert params["shared_memory_byte_size"] == out_bytes
+        small = module.InferRequestedOutput("OUTPUT0")
+        small.set_shared_memory(name, out_bytes - 4)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("m", [a, b], outputs=[small])
+        assert "region gives" in err.value.message()
+        client.unregister_system_shared_memory(name)
+        with pytest.raises(InferenceServerException) as err:
+            client.infer("m", [a, b], outputs=[out])
+        assert "no shared memory region" in err.value.message()
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(handle)
+
+
+def test_shared_memory_registration_errors(setup, tmp_path):
+    server, _, _ = setup
+    client = thttp.InferenceServerClient(server.http)
+    for key, text in (("/no_such_region_hps", "cannot open"), ("/../etc/passwd", "must name"),
+                      ("a/b", "must name")):
+        with pytest.raises(InferenceServerException) as err:
+            client.register_system_shared_memory("r", key, 8)
+        assert text in err.value.message(), err.value.message()
+    import tritonclient.utils.shared_memory as shm
+    handle = shm.create_shared_memory_region("hps_small", "/hps_small", 64)
+    try:
+        with pytest.raises(InferenceServerException) as err:
+            client.register_system_shared_memory("r", "/hps_small", 128)
+        assert err.value.status() == "400" and "exceeds" in err.value.message()
+        client.register_system_shared_memory("r", "/hps_small", 64)
+        with pytest.raises(InferenceServerException) as err:
+            client.register_system_shared_memory("r", "/hps_small", 64)
+        assert "already registered" in err.value.message()
+    finally:
+        client.unregister_system_shared_memory()
+        shm.destroy_shared_memory_region(handle)
+
+
+def test_shared_memory_is_off_by_default(admin_server):
+    client = thttp.InferenceServerClient(admin_server.http)
+    with pytest.raises(InferenceServerException) as err:
+        client.register_system_shared_memory("r", "/x", 8)
+    assert err.value.status() == "403" and "--allow-shared-memory" in err.value.message()
+    assert "system_shared_memory" not in client.get_server_metadata()["extensions"]

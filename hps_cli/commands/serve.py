@@ -36,6 +36,9 @@ import click
 @click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
               help="File holding the bearer token of the admin endpoints (else "
               "$HPS_ADMIN_TOKEN; without a token they are disabled).")
+@click.option("--allow-shared-memory", is_flag=True,
+              help="Enable Triton's system shared memory extension (inputs and outputs in "
+              "/dev/shm regions of the server's user; loopback hosts only).")
 @click.option("--shutdown-timeout", default=30.0, show_default=True,
               type=click.FloatRange(0), help="Seconds SIGTERM waits for in-flight requests.")
 @click.option("--access-log", default="-", show_default=True,
@@ -44,7 +47,8 @@ import click
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve_command(config, model_repository, host, http_port, grpc_port, metrics_port,
                   max_queue_delay_us, max_queue_size, instances, max_request_bytes,
-                  admin_token_file, shutdown_timeout, access_log, log_level) -> None:
+                  admin_token_file, allow_shared_memory, shutdown_timeout, access_log,
+                  log_level) -> None:
     """Serve the tables of a ps.json, and inference packages, over KServe v2.
 
     Speaks what tritonclient (HTTP and gRPC) and perf_analyzer speak: health, metadata,
@@ -78,5 +82,5 @@ def serve_command(config, model_repository, host, http_port, grpc_port, metrics_
         grpc_port=grpc_port, metrics_port=metrics_port, max_queue_delay_us=max_queue_delay_us,
         max_queue_size=max_queue_size, instances=instances,
         max_request_bytes=max_request_bytes, admin_token=admin_token_from(admin_token_file),
-        shutdown_timeout_s=shutdown_timeout)
+        shutdown_timeout_s=shutdown_timeout, allow_shared_memory=allow_shared_memory)
     serve(options)

@@ -30,8 +30,9 @@ from .batcher import Batcher
 from .logs import event
 from .metrics import Metrics
 from .models import VERSION, LookupModel, ServedModel
-from .protocol import InferRequest, InferResult, invalid
+from .protocol import InferRequest, InferResult, invalid, select_outputs
 from .runtime_handle import RuntimeHandle
+from .shared_memory import SharedMemoryRegions
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -57,6 +58,7 @@ class ServeOptions:
     shutdown_timeout_s: float = 30.0
     worker_threads: int | None = None
     redis_options: dict | None = None
+    allow_shared_memory: bool = False
 
 
 @dataclass
@@ -76,6 +78,7 @@ class ServerCore:
         self.ready = False
         self.draining = False
         self.metrics = Metrics(self.runtimes)
+        self.shared_memory = SharedMemoryRegions(options.allow_shared_memory)
         threads = options.worker_threads or max(4, 2 * options.instances)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
@@ -252,7 +255,23 @@ class ServerCore:
         return self.ready
 
     def server_metadata(self) -> dict:
-        return {"name": "hps", "version": __version__, "extensions": list(EXTENSIONS)}
+        extensions = list(EXTENSIONS)
+        if self.shared_memory.enabled:
+            extensions.append("system_shared_memory")
+        return {"name": "hps", "version": __version__, "extensions": extensions}
+
+    async def write_shared(self, request: InferRequest, result: InferResult) -> None:
+        """Write the outputs the request placed in shared memory into their regions."""
+        targets = [(tensor, ref) for tensor, _, ref in select_outputs(result, request)
+                   if ref is not None]
+        if not targets:
+            return
+
+        def write() -> None:
+            for tensor, ref in targets:
+                self.shared_memory.write(ref, tensor.array, f"outputs[{tensor.name}]")
+
+        await asyncio.get_running_loop().run_in_executor(self.executor, write)
 
     def model_config(self, entry: Entry) -> dict:
         return entry.model.config(max_queue_delay_us=self.options.max_queue_delay_us,
@@ -401,6 +420,7 @@ class ServerCore:
         if self.runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.close)
         self.executor.shutdown(wait=True)
+        self.shared_memory.close()
 
 
 def admin_token_from(path: Path | None) -> str | None:

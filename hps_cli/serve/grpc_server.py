@@ -4,7 +4,8 @@ ship in the tritonclient wheel, as ``tritonclient.grpc`` speaks it.
 Implemented: ServerLive, ServerReady, ModelReady, ServerMetadata, ModelMetadata, ModelConfig,
 ModelStatistics, ModelInfer (``raw_input_contents`` or typed ``contents``; outputs always in
 ``raw_output_contents``), and with the admin token (metadata ``authorization: Bearer ...``)
-RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload. Other RPCs answer UNIMPLEMENTED.
+RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload; with ``--allow-shared-memory``
+SystemSharedMemoryStatus/Register/Unregister. Other RPCs answer UNIMPLEMENTED.
 Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...) with the same
 messages as over HTTP.
 """
@@ -30,9 +31,11 @@ from .protocol import (
     grpc_status,
     invalid,
     select_outputs,
+    shm_ref,
     tensor_from_bytes,
     tensor_from_values,
 )
+from .shared_memory import enabled
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -43,15 +46,30 @@ CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_conte
             "FP32": "fp32_contents", "FP64": "fp64_contents"}
 
 
-def parse_request(message: service_pb2.ModelInferRequest) -> InferRequest:
+def parameters_of(params) -> dict:
+    """A protobuf map of InferParameter as plain values."""
+    out = {}
+    for key, value in params.items():
+        kind = value.WhichOneof("parameter_choice")
+        out[key] = getattr(value, kind) if kind else None
+    return out
+
+
+def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) -> InferRequest:
+    """Decode a ModelInfer request. As tritonclient sends them, ``raw_input_contents`` holds
+    one entry per input that is neither in shared memory nor given as typed contents."""
     request = InferRequest(model=message.model_name, version=message.model_version,
                            id=message.id)
     raw = message.raw_input_contents
     if not message.inputs:
         raise invalid("must be a non-empty list of input tensors", "inputs")
-    if raw and len(raw) != len(message.inputs):
-        raise invalid(f"raw_input_contents has {len(raw)} entries for {len(message.inputs)} "
-                      "inputs (one per input, in order)", "raw_input_contents")
+    refs = [shm_ref(parameters_of(spec.parameters), f"inputs[{i}].parameters")
+            for i, spec in enumerate(message.inputs)]
+    wants_raw = sum(ref is None for ref in refs)
+    if raw and len(raw) != wants_raw:
+        raise invalid(f"raw_input_contents has {len(raw)} entries for {wants_raw} inputs (one "
+                      "per input not in shared memory, in order)", "raw_input_contents")
+    next_raw = 0
     for i, spec in enumerate(message.inputs):
         where = f"inputs[{i}]"
         if not spec.name:
@@ -60,10 +78,17 @@ def parse_request(message: service_pb2.ModelInferRequest) -> InferRequest:
             raise invalid(f"input '{spec.name}' is given twice", f"{where}.name")
         check_datatype(spec.datatype, f"{where}.datatype")
         shape = check_shape(list(spec.shape), f"{where}.shape")
-        if raw:
+        if refs[i] is not None:
+            if spec.HasField("contents"):
+                raise invalid("typed contents and shared memory cannot be mixed", where)
+            tensor = enabled(shared_memory).read(spec.name, spec.datatype, shape, refs[i],
+                                                 where)
+        elif raw:
             if spec.HasField("contents"):
                 raise invalid("typed contents and raw_input_contents cannot be mixed", where)
-            tensor = tensor_from_bytes(spec.name, spec.datatype, shape, raw[i], 0, len(raw[i]),
+            blob = raw[next_raw]
+            next_raw += 1
+            tensor = tensor_from_bytes(spec.name, spec.datatype, shape, blob, 0, len(blob),
                                        where)
         else:
             field = CONTENTS.get(spec.datatype)
@@ -78,9 +103,13 @@ def parse_request(message: service_pb2.ModelInferRequest) -> InferRequest:
         if out.name in seen:
             raise invalid(f"output '{out.name}' is requested twice", f"outputs[{i}].name")
         seen.add(out.name)
-        wanted.append(RequestedOutput(out.name, True))
+        ref = shm_ref(parameters_of(out.parameters), f"outputs[{i}].parameters")
+        if ref is not None:
+            enabled(shared_memory)
+        wanted.append(RequestedOutput(out.name, True, ref))
     request.outputs = tuple(wanted) if wanted else None
     return request
+
 
 
 def _parameter(target: service_pb2.InferParameter, value) -> None:
@@ -172,17 +201,31 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request, context):
         async def work():
             self.core.check_ready()
-            parsed = parse_request(request)
+            parsed = parse_request(request, self.core.shared_memory)
             result = await self.core.infer(parsed)
+            await self.core.write_shared(parsed, result)
             response = service_pb2.ModelInferResponse(model_name=parsed.model,
                                                       model_version=parsed.version or "1",
                                                       id=parsed.id)
             for key, value in result.parameters.items():
                 _parameter(response.parameters[key], value)
-            for tensor, _ in select_outputs(result, parsed):
-                response.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                                     shape=tensor.shape)
-                response.raw_output_contents.append(tensor.array.tobytes())
+            selected = select_outputs(result, parsed)
+            # tritonclient finds an output's raw contents by the output's position: an output
+            # in shared memory holds an empty place when raw outputs follow it.
+            last_raw = max((i for i, (_, _, ref) in enumerate(selected) if ref is None),
+                           default=-1)
+            for i, (tensor, _, ref) in enumerate(selected):
+                output = response.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                              shape=tensor.shape)
+                if ref is not None:
+                    _parameter(output.parameters["shared_memory_region"], ref.region)
+                    _parameter(output.parameters["shared_memory_offset"], ref.offset)
+                    _parameter(output.parameters["shared_memory_byte_size"],
+                               tensor.array.nbytes)
+                    if i < last_raw:
+                        response.raw_output_contents.append(b"")
+                else:
+                    response.raw_output_contents.append(tensor.array.tobytes())
             return response
         return await self._call("ModelInfer", context, work, request.model_name)
 
@@ -211,6 +254,29 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self.core.unload_model(request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
         return await self._call("RepositoryModelUnload", context, work, request.model_name)
+
+
+    async def SystemSharedMemoryStatus(self, request, context):
+        async def work():
+            response = service_pb2.SystemSharedMemoryStatusResponse()
+            for region in self.core.shared_memory.status(request.name or None):
+                response.regions[region["name"]].CopyFrom(
+                    service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+            return response
+        return await self._call("SystemSharedMemoryStatus", context, work)
+
+    async def SystemSharedMemoryRegister(self, request, context):
+        async def work():
+            self.core.shared_memory.register(request.name, request.key, request.offset,
+                                             request.byte_size)
+            return service_pb2.SystemSharedMemoryRegisterResponse()
+        return await self._call("SystemSharedMemoryRegister", context, work)
+
+    async def SystemSharedMemoryUnregister(self, request, context):
+        async def work():
+            self.core.shared_memory.unregister(request.name or None)
+            return service_pb2.SystemSharedMemoryUnregisterResponse()
+        return await self._call("SystemSharedMemoryUnregister", context, work)
 
 
 def build_server(core: ServerCore) -> grpc.aio.Server:

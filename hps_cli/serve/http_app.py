@@ -6,6 +6,9 @@ Endpoints (``[/versions/{v}]`` is optional; the only version is ``1``):
 - ``GET /v2/models/{m}[/versions/{v}]`` (metadata), ``.../ready``, ``.../config``,
   ``.../stats``; ``GET /v2/models/stats`` (every model);
 - ``POST /v2/models/{m}[/versions/{v}]/infer``: JSON tensors and the binary extension;
+- system shared memory (with ``--allow-shared-memory``): ``GET /v2/systemsharedmemory[/region/
+  {name}]/status``, ``POST .../region/{name}/register`` ``{key, offset, byte_size}``,
+  ``POST /v2/systemsharedmemory[/region/{name}]/unregister``;
 - admin (bearer token): ``POST /v2/repository/index``,
   ``POST /v2/repository/models/{m}/load|unload``,
   ``POST /v2/admin/models/{m}/tables/{table}/insert|remove``.
@@ -126,8 +129,9 @@ def build_app(core: ServerCore) -> web.Application:
         body = await read_body(request)
         req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
                                   request.match_info["model"],
-                                  request.match_info.get("version", ""))
+                                  request.match_info.get("version", ""), core.shared_memory)
         result = await core.infer(req)
+        await core.write_shared(req, result)
         header, blobs = encode_infer_response(req.model, req.version, req, result)
         if not blobs:
             return web.Response(body=header, content_type=_JSON)
@@ -186,6 +190,22 @@ def build_app(core: ServerCore) -> web.Application:
         return _json({"model": req.model, "table": request.match_info["table"],
                       "operation": operation, "keys": count})
 
+    async def shm_status(request):
+        return _json(core.shared_memory.status(request.match_info.get("name")))
+
+    async def shm_register(request):
+        doc = parse_json(await read_body(request))
+        if not isinstance(doc, dict):
+            raise invalid("the body must be a JSON object {key, offset, byte_size}", "body")
+        core.shared_memory.register(request.match_info["name"], doc.get("key"),
+                                    doc.get("offset", 0), doc.get("byte_size"))
+        return web.Response(status=200)
+
+    async def shm_unregister(request):
+        await read_body(request)
+        core.shared_memory.unregister(request.match_info.get("name"))
+        return web.Response(status=200)
+
     app = web.Application(middlewares=[frame], client_max_size=limit)
     routes = [web.get("/v2", server_metadata),
               web.get("/v2/health/live", live),
@@ -195,7 +215,12 @@ def build_app(core: ServerCore) -> web.Application:
               web.post("/v2/repository/models/{model}/load", load),
               web.post("/v2/repository/models/{model}/unload", unload),
               web.post("/v2/admin/models/{model}/tables/{table}/{operation:insert|remove}",
-                       update)]
+                       update),
+              web.get("/v2/systemsharedmemory/status", shm_status),
+              web.get("/v2/systemsharedmemory/region/{name}/status", shm_status),
+              web.post("/v2/systemsharedmemory/region/{name}/register", shm_register),
+              web.post("/v2/systemsharedmemory/unregister", shm_unregister),
+              web.post("/v2/systemsharedmemory/region/{name}/unregister", shm_unregister)]
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
         routes += [web.get(base, model_metadata),
                    web.get(base + "/ready", model_ready),

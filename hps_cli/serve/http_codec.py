@@ -20,9 +20,11 @@ from .protocol import (
     check_shape,
     invalid,
     select_outputs,
+    shm_ref,
     tensor_from_bytes,
     tensor_from_values,
 )
+from .shared_memory import enabled
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
@@ -40,8 +42,9 @@ def parse_json(data: bytes, where: str = "body") -> object:
 
 
 def parse_infer_request(body: bytes, header_length: str | None, model: str,
-                        version: str = "") -> InferRequest:
-    """Decode an infer request body (binary input data is not copied)."""
+                        version: str = "", shared_memory=None) -> InferRequest:
+    """Decode an infer request body (binary input data is not copied). ``shared_memory``: the
+    server's ``SharedMemoryRegions`` for inputs and outputs in shared memory."""
     if header_length is None:
         json_end = len(body)
     else:
@@ -83,7 +86,13 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
         shape = check_shape(spec.get("shape"), f"{where}.shape")
         tparams = _parameters(spec.get("parameters"), f"{where}.parameters")
         size = tparams.get("binary_data_size")
-        if size is not None:
+        ref = shm_ref(tparams, f"{where}.parameters")
+        if ref is not None:
+            if size is not None or "data" in spec:
+                raise invalid("give one of data, binary_data_size or shared_memory_region",
+                              where)
+            tensor = enabled(shared_memory).read(name, datatype, shape, ref, where)
+        elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
                 raise invalid("binary_data_size must be a non-negative integer",
                               f"{where}.parameters.binary_data_size")
@@ -109,11 +118,12 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
     if offset != len(body):
         raise invalid(f"{len(body) - offset} bytes of binary data after the last binary input",
                       "body")
-    request.outputs = _requested_outputs(doc.get("outputs"))
+    request.outputs = _requested_outputs(doc.get("outputs"), shared_memory)
     return request
 
 
-def _requested_outputs(outputs: object) -> tuple[RequestedOutput, ...] | None:
+def _requested_outputs(outputs: object,
+                       shared_memory=None) -> tuple[RequestedOutput, ...] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -128,9 +138,13 @@ def _requested_outputs(outputs: object) -> tuple[RequestedOutput, ...] | None:
         seen.add(spec["name"])
         params = _parameters(spec.get("parameters"), f"{where}.parameters")
         binary = params.get("binary_data")
+        ref = shm_ref(params, f"{where}.parameters")
+        if ref is not None:
+            enabled(shared_memory)
         wanted.append(RequestedOutput(spec["name"], None if binary is None else
-                                      _bool(binary, f"{where}.parameters.binary_data")))
+                                      _bool(binary, f"{where}.parameters.binary_data"), ref))
     return tuple(wanted)
+
 
 
 def _request_id(value: object) -> str:
@@ -161,9 +175,13 @@ def encode_infer_response(model: str, version: str, request: InferRequest,
     copy). Without blobs the header is the whole body; with blobs it is sent first and its
     length goes in the ``Inference-Header-Content-Length`` header."""
     outputs, blobs = [], []
-    for tensor, binary in select_outputs(result, request):
+    for tensor, binary, ref in select_outputs(result, request):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
-        if binary:
+        if ref is not None:  # written into the region already (ServerCore.write_shared)
+            entry["parameters"] = {"shared_memory_region": ref.region,
+                                   "shared_memory_offset": ref.offset,
+                                   "shared_memory_byte_size": tensor.array.nbytes}
+        elif binary:
             blob = memoryview(tensor.array.reshape(-1)).cast("B") if tensor.array.size \
                 else memoryview(b"")
             entry["parameters"] = {"binary_data_size": blob.nbytes}

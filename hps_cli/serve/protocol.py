@@ -117,10 +117,42 @@ class Tensor:
         return list(self.array.shape)
 
 
+SHM_PARAMS = ("shared_memory_region", "shared_memory_offset", "shared_memory_byte_size")
+
+
+@dataclass(frozen=True)
+class ShmRef:
+    """Where a tensor lives: a region, an offset in it and a byte size."""
+
+    region: str
+    offset: int
+    byte_size: int
+
+
+def shm_ref(params: dict, where: str) -> ShmRef | None:
+    """The shared-memory parameters of an input or output (None when there are none)."""
+    if "shared_memory_region" not in params:
+        for name in SHM_PARAMS[1:]:
+            if name in params:
+                raise invalid(f"{name} needs shared_memory_region", f"{where}.{name}")
+        return None
+    region = params["shared_memory_region"]
+    if not isinstance(region, str) or not region:
+        raise invalid("must be a region name", f"{where}.shared_memory_region")
+    values = []
+    for name in SHM_PARAMS[1:]:
+        value = params.get(name, 0 if name == "shared_memory_offset" else None)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise invalid("must be a non-negative integer", f"{where}.{name}")
+        values.append(value)
+    return ShmRef(region, values[0], values[1])
+
+
 @dataclass(frozen=True)
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request's default
+    shm: ShmRef | None = None   # written into a shared memory region instead
 
 
 @dataclass
@@ -144,12 +176,13 @@ class InferResult:
     parameters: dict = field(default_factory=dict)
 
 
-def select_outputs(result: InferResult, request: InferRequest) -> list[tuple[Tensor, bool]]:
-    """The outputs to send, each with whether it goes in binary (models checked the names)."""
+def select_outputs(result: InferResult,
+                   request: InferRequest) -> list[tuple[Tensor, bool, ShmRef | None]]:
+    """The outputs to send: (tensor, in binary, shared memory target) (names were checked)."""
     if request.outputs is None:
-        return [(t, request.binary_output) for t in result.outputs]
+        return [(t, request.binary_output, None) for t in result.outputs]
     by_name = {t.name: t for t in result.outputs}
-    return [(by_name[o.name], request.binary_output if o.binary is None else o.binary)
+    return [(by_name[o.name], request.binary_output if o.binary is None else o.binary, o.shm)
             for o in request.outputs]
 
 
