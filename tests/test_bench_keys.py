@@ -229,16 +229,18 @@ def test_stability_rule_last_three_windows_within_percentage():
 
 
 def test_windows_count_errors_apart_from_latencies():
-    records = [_Record(0.5, 100, 10, 5, True), _Record(0.7, 999, 0, 0, False),
+    records = [_Record(0.1, 5, 1, 1, True),  # recorded before the first bound: warm-up
+               _Record(0.5, 100, 10, 5, True), _Record(0.7, 999, 0, 0, False),
                _Record(1.2, 200, 20, 5, True), _Record(1.9, 300, 30, 5, True),
                _Record(2.5, 1, 1, 1, True)]  # after the last bound: not counted
     stats = [{f: (0, 0) for f in ("queue", "compute_input", "compute_infer", "compute_output")},
              {f: (2, 2000) for f in ("queue", "compute_input", "compute_infer",
                                      "compute_output")}, None]
-    w = _windows(records, [0.0, 1.0, 2.0], stats)
+    w = _windows(records, [0.0, 1.0, 2.0], [1, 3, 5], stats)
     assert [x.completed for x in w] == [1, 2] and [x.errors for x in w] == [1, 0]
     assert w[0].latencies_us == [100] and w[1].latencies_us == [200, 300]
     assert w[0].server["queue"] == (2, 2000) and w[1].server is None
+    assert w[1].send_us == 50 and w[1].recv_us == 10 and w[0].seconds == 1.0
 
 
 @pytest.mark.parametrize("text, levels", [

@@ -48,8 +48,8 @@ def check_level(level: dict, spec: dict) -> None:
     used = windows[-3:]
     assert level["requests"] == sum(w["requests"] for w in used)
     assert level["seconds"] == pytest.approx(sum(w["seconds"] for w in used))
-    for w in windows:
-        assert w["seconds"] == pytest.approx(spec["measurement_interval_ms"] / 1000, rel=0.5)
+    for w in windows:  # never shorter than asked; longer only by scheduling delays
+        assert spec["measurement_interval_ms"] / 1000 * 0.999 <= w["seconds"] < 5
     if level["stable"]:  # the rule, recomputed from the reported windows
         assert len(windows) >= 3
         for key in ("throughput_infer_per_sec", "avg_latency_us"):

@@ -4,11 +4,11 @@ For each concurrency level C, C threads (one tritonclient each, HTTP or gRPC) se
 back to back with the Triton HPS backend's tensors (``KEYS`` INT64 ``[1, total]``, ``NUMKEYS``
 INT32 ``[1, n_tables]`` -> ``OUTPUT0`` FP32). After ``warmup_requests`` requests, time is cut
 into windows of ``measurement_interval_ms``; a request belongs to the window in which it
-completed. The level is stable when the last 3 windows' throughputs, and their average
-latencies, are each within ±``stability_percentage`` % of their mean (perf_analyzer's rule); it
-stops when stable or after ``max_trials`` windows, and is reported over its last 3 windows (all
-of them when fewer). Failed requests (any error, or an ``OUTPUT0`` of the wrong size) are
-counted as errors and left out of throughput and latency.
+completed (was recorded). The level is stable when the last 3 windows' throughputs, and their
+average latencies, are each within ±``stability_percentage`` % of their mean (perf_analyzer's
+rule); it stops when stable or after ``max_trials`` windows, and is reported over its last 3
+windows (all of them when fewer). Failed requests (any error, or an ``OUTPUT0`` of the wrong
+size) are counted as errors and left out of throughput and latency.
 
 Per request: ``send`` is building the input tensors (serialization), the latency runs from the
 start of ``send`` to the decoded ``OUTPUT0`` (``recv`` = decoding it). Keys are drawn before the
@@ -279,6 +279,10 @@ class _Level:
         with self._lock:
             return list(self.records)
 
+    def recorded(self) -> int:
+        with self._lock:
+            return len(self.records)
+
     def _work(self, index: int) -> None:
         proto, spec = self.proto, self.spec
         try:
@@ -328,16 +332,15 @@ class _Level:
                 self.first_error = message
 
 
-def _windows(records: list[_Record], bounds: list[float], server: list[dict | None]) -> \
-        list[Window]:
-    ends = np.array([r.end for r in records]) if records else np.empty(0)
+def _windows(records: list[_Record], bounds: list[float], marks: list[int],
+             server: list[dict | None]) -> list[Window]:
+    """Window i spans [bounds[i], bounds[i+1]) and holds the requests recorded in it:
+    ``records[marks[i]:marks[i+1]]`` (marks: how many were recorded at each bound), so the
+    windows the stability decision saw are exactly the windows reported."""
     out = []
     for i in range(len(bounds) - 1):
-        lo, hi = bounds[i], bounds[i + 1]
-        sel = np.flatnonzero((ends >= lo) & (ends < hi)) if ends.size else []
-        w = Window(lo, hi)
-        for j in sel:
-            r = records[j]
+        w = Window(bounds[i], bounds[i + 1])
+        for r in records[marks[i]:marks[i + 1]]:
             if r.ok:
                 w.latencies_us.append(r.latency_us)
                 w.send_us += r.send_us
@@ -357,25 +360,26 @@ def _run_level(proto: _Protocol, stats_client, spec: ServeBenchSpec, sources: li
     level.start()
     try:
         deadline = time.perf_counter() + max(30.0, spec.request_timeout_s)
-        while len(level.snapshot()) < spec.warmup_requests:
+        while level.recorded() < spec.warmup_requests:
             if time.perf_counter() > deadline:
                 break
             time.sleep(0.005)
         interval = spec.measurement_interval_ms / 1000.0
         bounds = [time.perf_counter()]
+        marks = [level.recorded()]
         server = [proto.statistics(stats_client, spec.model)]
         windows: list[Window] = []
         while len(windows) < spec.max_trials:
             time.sleep(max(0.0, bounds[-1] + interval - time.perf_counter()))
             bounds.append(time.perf_counter())
+            marks.append(level.recorded())
             server.append(proto.statistics(stats_client, spec.model))
-            windows = _windows(level.snapshot(), bounds, server)
+            windows = _windows(level.snapshot(), bounds, marks, server)
             if is_stable(windows, spec.stability_percentage):
                 break
     finally:
         level.stop()
     records = level.snapshot()
-    windows = _windows(records, bounds, server)  # again, with requests recorded late
     stable = is_stable(windows, spec.stability_percentage)
     used = windows[-3:]
     errors_total = sum(1 for r in records if not r.ok)
