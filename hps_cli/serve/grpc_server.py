@@ -12,6 +12,7 @@ messages as over HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -123,6 +124,31 @@ def _parameter(target: service_pb2.InferParameter, value) -> None:
         target.string_param = str(value)
 
 
+def encode_response(request: InferRequest, result) -> bytes:
+    """The serialized ModelInferResponse (outputs in ``raw_output_contents``)."""
+    response = service_pb2.ModelInferResponse(model_name=request.model,
+                                              model_version=request.version or "1",
+                                              id=request.id)
+    for key, value in result.parameters.items():
+        _parameter(response.parameters[key], value)
+    selected = select_outputs(result, request)
+    # tritonclient finds an output's raw contents by the output's position: an output in
+    # shared memory holds an empty place when raw outputs follow it.
+    last_raw = max((i for i, (_, _, ref) in enumerate(selected) if ref is None), default=-1)
+    for i, (tensor, _, ref) in enumerate(selected):
+        output = response.outputs.add(name=tensor.name, datatype=tensor.datatype,
+                                      shape=tensor.shape)
+        if ref is not None:
+            _parameter(output.parameters["shared_memory_region"], ref.region)
+            _parameter(output.parameters["shared_memory_offset"], ref.offset)
+            _parameter(output.parameters["shared_memory_byte_size"], tensor.array.nbytes)
+            if i < last_raw:
+                response.raw_output_contents.append(b"")
+        else:
+            response.raw_output_contents.append(tensor.array.tobytes())
+    return response.SerializeToString()
+
+
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: ServerCore):
         self.core = core
@@ -204,29 +230,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             parsed = parse_request(request, self.core.shared_memory)
             result = await self.core.infer(parsed)
             await self.core.write_shared(parsed, result)
-            response = service_pb2.ModelInferResponse(model_name=parsed.model,
-                                                      model_version=parsed.version or "1",
-                                                      id=parsed.id)
-            for key, value in result.parameters.items():
-                _parameter(response.parameters[key], value)
-            selected = select_outputs(result, parsed)
-            # tritonclient finds an output's raw contents by the output's position: an output
-            # in shared memory holds an empty place when raw outputs follow it.
-            last_raw = max((i for i, (_, _, ref) in enumerate(selected) if ref is None),
-                           default=-1)
-            for i, (tensor, _, ref) in enumerate(selected):
-                output = response.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                                              shape=tensor.shape)
-                if ref is not None:
-                    _parameter(output.parameters["shared_memory_region"], ref.region)
-                    _parameter(output.parameters["shared_memory_offset"], ref.offset)
-                    _parameter(output.parameters["shared_memory_byte_size"],
-                               tensor.array.nbytes)
-                    if i < last_raw:
-                        response.raw_output_contents.append(b"")
-                else:
-                    response.raw_output_contents.append(tensor.array.tobytes())
-            return response
+            # Built and serialized in a worker thread: 8 MiB of vectors never stall the loop.
+            return await asyncio.get_running_loop().run_in_executor(
+                self.core.executor, encode_response, parsed, result)
         return await self._call("ModelInfer", context, work, request.model_name)
 
     async def RepositoryIndex(self, request, context):
@@ -279,10 +285,30 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         return await self._call("SystemSharedMemoryUnregister", context, work)
 
 
+def _serialized(response) -> bytes:
+    return response if isinstance(response, bytes) else response.SerializeToString()
+
+
 def build_server(core: ServerCore) -> grpc.aio.Server:
+    """The service's unary RPCs that ``Servicer`` implements (the others answer UNIMPLEMENTED);
+    ModelInfer answers with bytes serialized off the event loop."""
     limit = core.options.max_request_bytes
     server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
                                       ("grpc.max_send_message_length", -1),
                                       ("grpc.so_reuseport", 0)])
-    service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(core), server)
+    servicer = Servicer(core)
+    service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
+    handlers = {}
+    for method in service.methods:
+        if method.client_streaming or method.server_streaming or \
+                method.name not in Servicer.__dict__:
+            continue
+        request_type = getattr(service_pb2, method.input_type.name)
+        response_type = getattr(service_pb2, method.output_type.name)
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            getattr(servicer, method.name), request_deserializer=request_type.FromString,
+            response_serializer=_serialized if method.name == "ModelInfer"
+            else response_type.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
+                                                                          handlers),))
     return server
