@@ -242,9 +242,9 @@ def plot(report: dict, dest, overwrite: bool = False) -> None:
         twin = ax.twinx()
         twin.plot(xs, throughput, "k--", alpha=0.6, label=rate_label)
         twin.set_ylabel(rate_label)
-        twin.legend(loc="lower right")
+        twin.legend(loc="upper center")
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper left")
+    ax.legend(loc="lower right" if kind == "cache-size" else "upper left")
     fig.tight_layout()
     with atomic_file(dest, overwrite=overwrite) as handle:
         fig.savefig(handle, format="png")
