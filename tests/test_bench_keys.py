@@ -182,6 +182,12 @@ def test_cli_trace_error_is_one_line_exit_3(tmp_path, hps):
     assert "Traceback" not in res.stderr
 
 
+@pytest.mark.parametrize("sub", ["lookup", "serve", "cache-size"])
+def test_subcommands_have_help(hps, sub):
+    res = hps("bench", sub, "--help")
+    assert res.returncode == 0 and f"Usage: hps bench {sub}" in res.stdout
+
+
 def test_cli_usage_errors(hps):
     res = hps("bench", "cache-size", "--dim", "8")
     assert res.returncode == ExitCode.USAGE and "--config, --keys-from or --rows" in res.stderr

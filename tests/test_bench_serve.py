@@ -101,6 +101,8 @@ def test_grpc_and_json_data(server, hps):
     report = json.loads(res.stdout)
     Draft202012Validator(load_schema("bench_report.schema.json")).validate(report)
     assert report["protocol"] == "grpc" and report["keys"]["key_space"] == 5000
+    # without --config, tables and dims come from the model's config over gRPC
+    assert report["tables"] == [{"name": "a", "dim": 8}, {"name": "b", "dim": 16}]
     check_level(report["levels"][0], report)
     res = hps("bench", "serve", "--url", proc.http, "--model", "m", "--json-data",
               "--keys-per-request", "4", *WINDOW_ARGS, "--csv", "-", "--verbose-csv",
