@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# On the GPU machine (after scripts/gpu_check.sh installed the wheels): `hps bench lookup` on a
+# GPU-cached config, for docs/benchmarks.md. Output (text and JSON) goes to $OUT (or ./gpu-out).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+WORK=$(mktemp -d)
+python3 -m hps_cli -q table generate "$WORK/items" --keys 2000000 --dim 128 --shuffle --meta
+cat > "$WORK/ps.json" <<JSON
+{"supportlonglong": true,
+ "volatile_db": {"type": "parallel_hash_map", "num_partitions": 8},
+ "models": [{"model": "bench", "sparse_files": ["items"], "embedding_table_names": ["items"],
+   "embedding_vecsize_per_table": [128], "maxnum_catfeature_query_per_table_per_sample": [64],
+   "default_value_for_each_table": [0.0], "deployed_device_list": [0], "max_batch_size": 1024,
+   "gpucache": true, "gpucacheper": 0.2, "hit_rate_threshold": 1.0}]}
+JSON
+for fmt in text json; do
+  flag=""; [ "$fmt" = json ] && flag="--json"
+  python3 -m hps_cli $flag bench lookup --config "$WORK/ps.json" --batch-size 2048,16384,65536 \
+    --distribution zipf:1.05 --warmup 100 --iterations 300 > "$OUT/bench_lookup_gpu.$fmt" \
+    2> "$OUT/bench_lookup_gpu.$fmt.err"
+done
+cat "$OUT/bench_lookup_gpu.text"
