@@ -4,5 +4,7 @@ Modules: ``protocol`` (request/response model, datatypes, validation), ``http_co
 binary tensor bodies), ``models`` (lookup models with the Triton HPS backend contract),
 ``inference`` (packages: named inputs -> lookups -> dense SavedModel), ``batcher`` (dynamic
 batching), ``http_app`` (aiohttp), ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus),
-``admin`` (bearer-token endpoints), ``server`` (start-up, readiness, SIGTERM drain).
+``admin`` (bearer-token endpoints), ``shared_memory`` (Triton's system shared memory
+extension), ``core`` (models, readiness, admin operations), ``runtime_handle`` (an HPS runtime),
+``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
 """

@@ -80,6 +80,10 @@ class Batcher:
                        for i in range(max(1, int(instances)))]
 
     @property
+    def instances(self) -> int:
+        return len(self._tasks)
+
+    @property
     def depth(self) -> int:
         return len(self._queue)
 

@@ -206,9 +206,6 @@ class ServerCore:
         self.entries[model.name] = Entry(model, batcher, own)
         self.metrics.track_queue(model.name, lambda b=batcher: b.depth)
 
-    def instances_of(self, entry: Entry) -> int:
-        return len(entry.batcher._tasks)
-
     # ------------------------------------------------------------------ requests
 
     def begin(self) -> None:
@@ -275,7 +272,7 @@ class ServerCore:
 
     def model_config(self, entry: Entry) -> dict:
         return entry.model.config(max_queue_delay_us=self.options.max_queue_delay_us,
-                                  instances=self.instances_of(entry))
+                                  instances=entry.batcher.instances)
 
     def statistics(self, name: str = "", version: str = "") -> dict:
         entries = [self.entry(name, version)] if name else \
