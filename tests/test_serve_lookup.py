@@ -134,6 +134,22 @@ def test_flat_shapes_and_json_inputs_with_binary_output(setup):
                                   runtime.lookup_concatenated(keys, counts, "m"))
 
 
+def test_compressed_requests_and_responses(setup, rng):
+    server, runtime, _ = setup
+    keys, counts = _keys(rng, 20, 20)
+    expected = runtime.lookup_concatenated(keys, counts, "m")
+    client = thttp.InferenceServerClient(server.http)
+    for request, response in (("gzip", None), ("deflate", None), (None, "gzip")):
+        result = client.infer("m", lookup_inputs(thttp, keys, counts),
+                              request_compression_algorithm=request,
+                              response_compression_algorithm=response)
+        np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(-1), expected)
+    grpc_client = tgrpc.InferenceServerClient(server.grpc)
+    result = grpc_client.infer("m", lookup_inputs(tgrpc, keys, counts),
+                               compression_algorithm="gzip")
+    np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(-1), expected)
+
+
 def test_dim_128_model(setup, rng):
     server, runtime, _ = setup
     client = tgrpc.InferenceServerClient(server.grpc)

@@ -4,6 +4,7 @@ answered with a 4xx (or the gRPC equivalent) naming the problem, the server heal
 
 from __future__ import annotations
 
+import gzip
 import json
 import threading
 
@@ -143,6 +144,8 @@ HTTP_CASES = [
     ("unknown-version", "/v2/models/m/versions/7/infer", _doc(), {}, 404, "no version '7'"),
     ("unknown-path", "/v2/nothing", _doc(), {}, 404, "no endpoint"),
     ("too-large", INFER, b"{" + b" " * (LIMIT + 10) + b"}", {}, 413, "limit"),
+    ("gzip-bomb", INFER, gzip.compress(b"{" + b" " * (4 * LIMIT) + b"}"),
+     {"Content-Encoding": "gzip"}, 413, "limit"),
 ]
 
 
