@@ -19,7 +19,7 @@ pytestmark = pytest.mark.redis
 
 
 def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
-    from redis_cluster import LocalRedisCluster
+    from hps_cli.devtools.redis_cluster import LocalRedisCluster
 
     tables = make_tables(tmp_path, {"t": (4000, 16)})
     with LocalRedisCluster(3) as cluster:

@@ -169,6 +169,5 @@ class _RuntimeCollector:
                     cache_rate.add_metric(labels, stats.get("hit_rate") or 0.0)
                     if "capacity" in stats:
                         capacity.add_metric(labels, stats["capacity"])
-                    used = getattr(getattr(front, "backend", None), "occupancy", None)
-                    if callable(used):
-                        occupancy.add_metric(labels, used())
+                    if "occupancy" in stats:
+                        occupancy.add_metric(labels, stats["occupancy"])

@@ -280,6 +280,7 @@ class EmbeddingCache:
         data["type"] = "dynamic" if self.dynamic else "indexed"
         if self.dynamic:
             data["capacity"] = self.backend.capacity
+            data["occupancy"] = self.backend.occupancy()
         return data
 
 

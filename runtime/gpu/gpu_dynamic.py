@@ -466,7 +466,12 @@ class GpuDynamicCache:
         return arrays
 
     def occupancy(self) -> int:
-        return int(np.count_nonzero(self.snapshot()["keys"] != EMPTY_KEY))
+        """Slots in use (copies only the keys array back: cheap enough for a metrics scrape)."""
+        keys = np.empty(self.capacity, np.int64)
+        with self._lock, self.device.scope():
+            self.stream.synchronize()
+            self.device.drv.memcpy_dtoh(keys, self.d_keys)
+        return int(np.count_nonzero(keys != EMPTY_KEY))
 
 
 class _DevicePending(PendingLookup):
