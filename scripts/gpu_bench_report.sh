@@ -16,10 +16,8 @@ cat > "$WORK/ps.json" <<JSON
    "default_value_for_each_table": [0.0], "deployed_device_list": [0], "max_batch_size": 1024,
    "gpucache": true, "gpucacheper": 0.2, "hit_rate_threshold": 1.0}]}
 JSON
-for fmt in text json; do
-  flag=""; [ "$fmt" = json ] && flag="--json"
-  python3 -m hps_cli $flag bench lookup --config "$WORK/ps.json" --batch-size 2048,16384,65536 \
-    --distribution zipf:1.05 --warmup 100 --iterations 300 > "$OUT/bench_lookup_gpu.$fmt" \
-    2> "$OUT/bench_lookup_gpu.$fmt.err"
-done
-cat "$OUT/bench_lookup_gpu.text"
+python3 -m hps_cli bench lookup --config "$WORK/ps.json" --batch-size 2048,16384 \
+  --distribution zipf:1.05 --warmup 100 --iterations 200 --csv "$OUT/bench_lookup_gpu.csv" \
+  > "$OUT/bench_lookup_gpu.txt" 2> "$OUT/bench_lookup_gpu.err"
+echo "bench exit code: $?"
+cat "$OUT/bench_lookup_gpu.txt"; tail -5 "$OUT/bench_lookup_gpu.err"
