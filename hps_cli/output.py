@@ -75,8 +75,14 @@ class Output:
         if self.settings.quiet or self.settings.json or not sys.stderr.isatty():
             yield lambda amount: None
             return
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
-                                   TimeRemainingColumn, TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
         columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                    TransferSpeedColumn(), TimeRemainingColumn()]
         with Progress(*columns, console=self.err, transient=True) as bar:
@@ -97,6 +103,16 @@ def current_output() -> Output:
     if local is not None and local.params.get("json_output"):
         settings = Settings(settings.debug, settings.quiet, True)
     return Output(settings)
+
+
+def human_bytes(count: int) -> str:
+    """``1536`` → ``1.5 KiB`` (binary units, one decimal)."""
+    size = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return str(count)
 
 
 def json_option(func):

@@ -9,6 +9,8 @@ from __future__ import annotations
 import csv
 import io
 
+from ..output import human_bytes
+
 PERF_ANALYZER_COLUMNS = (
     "Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
     "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
@@ -40,13 +42,6 @@ def _rate(value: float) -> str:
     return f"{value:,.1f}"
 
 
-def _bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(count)
 
 
 def _grid(title: str, columns: list[tuple[str, str]]):
@@ -105,12 +100,12 @@ def cache_size_table(report: dict):
     for i, point in enumerate(rows):
         grid.add_row(f"{point['gpucacheper']:g}", f"{point['slots']:,}",
                      _pct(point["hit_rate"]), _pct(point["ideal_hit_rate"]),
-                     _bytes(point["memory_bytes_per_gpu"]), "",
+                     human_bytes(point["memory_bytes_per_gpu"]), "",
                      end_section=smallest is not None and i == len(rows) - 1)
     if smallest is not None:
         grid.add_row(f"{smallest['gpucacheper']:g}", f"{smallest['slots']:,}",
                      _pct(smallest["hit_rate"]), _pct(smallest["ideal_hit_rate"]),
-                     _bytes(smallest["memory_bytes_per_gpu"]),
+                     human_bytes(smallest["memory_bytes_per_gpu"]),
                      f"smallest for {report['target_hit_rate']:g}", style="bold")
     return grid
 
@@ -124,8 +119,8 @@ def smallest_line(report: dict) -> str:
     devices = report.get("devices", 1)
     return (f"smallest gpucacheper reaching a hit rate of {target:g}: "
             f"{smallest['gpucacheper']:g} ({smallest['slots']:,} slots, hit rate "
-            f"{smallest['hit_rate']:.4f}); cache memory {_bytes(smallest['memory_bytes_per_gpu'])}"
-            f" per GPU" + (f", {_bytes(smallest['memory_bytes_total'])} on {devices} GPUs"
+            f"{smallest['hit_rate']:.4f}); cache memory {human_bytes(smallest['memory_bytes_per_gpu'])}"
+            f" per GPU" + (f", {human_bytes(smallest['memory_bytes_total'])} on {devices} GPUs"
                            if devices > 1 else ""))
 
 

@@ -6,21 +6,12 @@ from pathlib import Path
 
 import click
 
-from ..output import current_output, json_option
+from ..output import current_output, human_bytes, json_option
 
 
 @click.group("table")
 def table_group() -> None:
     """Inspect, verify and generate HPS tables (folders with `key` and `emb_vector`)."""
-
-
-def _human_bytes(count: int) -> str:
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(count)
 
 
 def _dups_text(report) -> str:
@@ -44,7 +35,7 @@ def _report_table(reports, title: str):
     for report in reports:
         status = "ok" if report.ok else ", ".join(sorted({d.code for d in report.defects}))
         grid.add_row(str(report.path), f"{report.num_keys:,}",
-                     str(report.dim) if report.dim else "?", _human_bytes(report.layout.total_bytes),
+                     str(report.dim) if report.dim else "?", human_bytes(report.layout.total_bytes),
                      "yes" if report.layout.meta_bytes is not None else "no", _dups_text(report),
                      "?" if report.sentinel_keys is None else str(report.sentinel_keys),
                      status if report.ok else f"[red]{status}[/red]")
@@ -161,4 +152,4 @@ def generate_command(dest, num_keys, dim, first_key, shuffle, with_meta, seed, o
         out.emit_json(summary.to_dict())
     else:
         out.line(f"wrote {summary.path}: {summary.num_keys:,} keys x dim {summary.dim} "
-                 f"({_human_bytes(summary.bytes)}) in {summary.seconds:.2f} s")
+                 f"({human_bytes(summary.bytes)}) in {summary.seconds:.2f} s")
