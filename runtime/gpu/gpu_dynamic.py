@@ -189,30 +189,7 @@ class GpuDynamicCache:
             d_mkeys, d_mpos = ws.get("miss_keys", n * 8), ws.get("miss_pos", n * 8)
             drv.memset_d32_async(d_block, 0, 1, self.stream)
             if n:
-                grid, block = self._grid(n, 1)
-                self.device.launch(
-                    "dc_query",
-                    QUERY_ARGS,
-                    grid,
-                    block,
-                    self.stream,
-                    d_keys,
-                    0,
-                    n,
-                    self.d_keys,
-                    self.d_digests,
-                    self.d_scores,
-                    self.d_values,
-                    self.num_sets,
-                    dim,
-                    np.float32(default_value),
-                    int(d_block) + _COUNTER_BYTES,
-                    d_mkeys,
-                    d_mpos,
-                    d_block,
-                    1,
-                    self._next_seed(),
-                )
+                self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos)
             out, counter = self._download_rows(d_block, n)
             misses = int(counter[0])
             mkeys = np.empty(misses, np.int64)
@@ -222,6 +199,17 @@ class GpuDynamicCache:
                 drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
                 self.stream.synchronize()
         return PendingLookup(out, mkeys, mpos)
+
+    def _launch_query(self, d_keys, d_weights, n: int, default_value: float, d_block, d_mkeys,
+                      d_mpos) -> None:
+        """dc_query over n device keys: rows after the counter at the head of ``d_block``, the
+        miss count added to that counter (the caller resets it)."""
+        grid, block = self._grid(n, 1)
+        self.device.launch("dc_query", QUERY_ARGS, grid, block, self.stream, d_keys, d_weights,
+                           n, self.d_keys, self.d_digests, self.d_scores, self.d_values,
+                           self.num_sets, self.dim, np.float32(default_value),
+                           int(d_block) + _COUNTER_BYTES, d_mkeys, d_mpos, d_block, 1,
+                           self._next_seed())
 
     def _download_rows(self, d_block, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy [counter | n rows] to the host in one transfer; wait; return (rows, counter)."""
@@ -252,30 +240,7 @@ class GpuDynamicCache:
             d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
-            grid, block = self._grid(u, 1)
-            self.device.launch(
-                "dc_query",
-                QUERY_ARGS,
-                grid,
-                block,
-                self.stream,
-                uniq,
-                counts,
-                u,
-                self.d_keys,
-                self.d_digests,
-                self.d_scores,
-                self.d_values,
-                self.num_sets,
-                dim,
-                np.float32(default_value),
-                int(d_rows) + _COUNTER_BYTES,
-                d_mkeys,
-                d_mpos,
-                d_rows,
-                1,
-                self._next_seed(),
-            )
+            self._launch_query(uniq, counts, u, default_value, d_rows, d_mkeys, d_mpos)
             misses = self._read_counter(d_rows)
             mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
             occurrences = 0
