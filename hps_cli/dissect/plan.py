@@ -8,6 +8,7 @@ outputs are, and can run the original model for the self-check.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,7 +79,7 @@ class DirectInput:
     dense_input: TensorSig
 
 
-class ModelPlan:
+class ModelPlan(ABC):
     """Base of the Keras and graph plans."""
 
     cut: str = ""  # "keras_functional" or "graph"
@@ -99,12 +100,14 @@ class ModelPlan:
     def input(self, name: str) -> ModelInput:
         return next(i for i in self.inputs if i.name == name)
 
+    @abstractmethod
     def export_dense(self, dest: Path) -> None:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def predict(self, feed: dict[str, object]) -> dict[str, np.ndarray]:
         """Outputs of the original model for ``feed`` (model input name -> array or SparseIds)."""
-        raise NotImplementedError
+        ...
 
 
 @dataclass

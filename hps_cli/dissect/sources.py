@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
@@ -68,7 +69,7 @@ class Variable:
 
 
 @dataclass
-class Source:
+class Source(ABC):
     """A model file or folder opened for dissecting."""
 
     path: Path
@@ -91,11 +92,12 @@ class Source:
             hint="list the variables with `hps dissect MODEL OUT --list`",
         )
 
+    @abstractmethod
     def iter_rows(
         self, var: Variable, rows_per_chunk: int, buffers: int = 1
     ) -> Iterator[tuple[int, np.ndarray]]:
         """(first row, rows) chunks; chunk ``i`` stays valid for ``buffers - 1`` more steps."""
-        raise NotImplementedError
+        ...
 
     def close(self) -> None:
         pass

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -42,7 +43,7 @@ class SkippedFile:
         return {"path": self.path, "reason": self.reason}
 
 
-class SourceTable:
+class SourceTable(ABC):
     """One table of an input. Subclasses implement ``_read(first, count)``.
 
     Attributes:
@@ -84,8 +85,9 @@ class SourceTable:
             keys, vectors, meta = self._read(first, count)
             yield Chunk(first, keys, vectors, meta)
 
+    @abstractmethod
     def _read(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        raise NotImplementedError
+        ...
 
     def random_access(self) -> "RandomAccess | None":
         """The raw arrays by row number, or None when the input cannot offer them."""

@@ -19,6 +19,7 @@ coalesced (batcher.py) into one ``lookup_tables`` call per batch.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -60,7 +61,7 @@ class Work:
     data: dict = field(default_factory=dict)
 
 
-class ServedModel:
+class ServedModel(ABC):
     """Base of the served models.
 
     Attributes:
@@ -136,11 +137,13 @@ class ServedModel:
                           spec.name)
         return tensor
 
+    @abstractmethod
     def prepare(self, request: InferRequest) -> Work:
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def execute(self, works: list[Work]) -> list[InferResult]:
-        raise NotImplementedError
+        ...
 
     def warm_up(self) -> None:
         """Run one small request through the whole path before the model is ready."""
