@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -43,8 +42,9 @@ class SkippedFile:
         return {"path": self.path, "reason": self.reason}
 
 
-class SourceTable(ABC):
-    """One table of an input. Subclasses implement ``_read(first, count)``.
+class SourceTable:
+    """One table of an input. Subclasses implement ``_read(first, count)`` (rows by number), or
+    override ``chunks`` when their input can only be streamed (RocksDB families).
 
     Attributes:
         name: the output table name (SOK variable, HDF5 layer or dataset, HPS folder name).
@@ -85,9 +85,9 @@ class SourceTable(ABC):
             keys, vectors, meta = self._read(first, count)
             yield Chunk(first, keys, vectors, meta)
 
-    @abstractmethod
     def _read(self, first: int, count: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        ...
+        """Keys, vectors and meta of rows ``[first, first + count)``."""
+        raise TypeError(f"{type(self).__name__} streams its rows: use chunks(), not row ranges")
 
     def random_access(self) -> "RandomAccess | None":
         """The raw arrays by row number, or None when the input cannot offer them."""
