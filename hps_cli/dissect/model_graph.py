@@ -26,6 +26,7 @@ from collections import defaultdict, deque
 import numpy as np
 
 from ..runtime.errors import InvalidInputError
+from .graph_usage import COMBINERS, GATHERS, PASS_THROUGH
 from .inspect import TableChoice
 from .plan import (
     DirectInput,
@@ -39,16 +40,9 @@ from .plan import (
 from .sources import Source
 from .tf_support import import_tensorflow
 
-PASS = {"Identity", "ReadVariableOp", "IdentityN"}
-GATHERS = {"GatherV2", "ResourceGather"}
-COMBINERS = {
-    "SparseSegmentSum": "sum",
-    "SparseSegmentMean": "mean",
-    "SparseSegmentSqrtN": "sqrtn",
-    "SparseSegmentSumWithNumSegments": "sum",
-    "SparseSegmentMeanWithNumSegments": "mean",
-    "SparseSegmentSqrtNWithNumSegments": "sqrtn",
-}
+# The graph ops that pass a variable through, gather from it, or combine gathered rows: the
+# same vocabulary graph_usage.py scans saved_model.pb with.
+PASS = PASS_THROUGH
 _NO_DENSE_HINT = "pass --no-dense to extract only the tables"
 
 
