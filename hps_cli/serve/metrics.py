@@ -169,5 +169,6 @@ class _RuntimeCollector:
                     cache_rate.add_metric(labels, stats.get("hit_rate") or 0.0)
                     if "capacity" in stats:
                         capacity.add_metric(labels, stats["capacity"])
-                    if "occupancy" in stats:
-                        occupancy.add_metric(labels, stats["occupancy"])
+                    used = front.occupancy() if hasattr(front, "occupancy") else None
+                    if used is not None:
+                        occupancy.add_metric(labels, used)

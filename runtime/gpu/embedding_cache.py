@@ -275,12 +275,16 @@ class EmbeddingCache:
             self._refresher.join(timeout=5)
             self._refresher = None
 
+    def occupancy(self) -> int | None:
+        """Slots in use (dynamic caches; None otherwise). Not part of ``stats``: on a GPU it
+        copies the cache's keys back, too much for the per-lookup counter snapshots."""
+        return self.backend.occupancy() if self.dynamic else None
+
     def stats(self) -> dict:
         data = self.counters.snapshot()
         data["type"] = "dynamic" if self.dynamic else "indexed"
         if self.dynamic:
             data["capacity"] = self.backend.capacity
-            data["occupancy"] = self.backend.occupancy()
         return data
 
 
