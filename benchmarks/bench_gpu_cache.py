@@ -25,16 +25,16 @@ from datetime import date
 import numpy as np
 
 
-def _events_median(device, launch, repeats: int) -> float:
+def _events_median(device, launch, repeats: int, warmup: int = 5) -> float:
     drv = device.drv
     times = []
-    for i in range(repeats + 5):
+    for i in range(repeats + warmup):
         start, end = drv.Event(), drv.Event()
         start.record()
         launch(i)
         end.record()
         end.synchronize()
-        if i >= 5:  # warm-up
+        if i >= warmup:
             times.append(end.time_since(start))
     return statistics.median(times)
 
@@ -43,56 +43,119 @@ def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_sl
                      kernels=None, rotations: int = 4, repeats: int = 50,
                      count_hits: int = 1) -> dict:
     """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
+    return kernel_variants(device, dim, batch, cached_keys, capacity_slots,
+                           {"default": (kernels or device.kernels, count_hits)},
+                           rotations, repeats)["default"]
+
+
+def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slots: int,
+                    variants: dict, rotations: int = 4, repeats: int = 50, warmup: int = 5,
+                    check: bool = True) -> dict:
+    """kernel_vs_gather for several compiled variants over one cache: {name: (module,
+    count_hits)} -> {name: result}. Each variant's query runs against its own gather (the same
+    -D flags build both)."""
     from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
     from hps_cli.runtime.gpu.placement import WAYS, query_seed
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
     drv = device.drv
-    kernels = kernels or device.kernels
     cache = GpuDynamicCache(device, capacity_slots // WAYS, dim)
     keys = rng.choice(2**62, cached_keys, replace=False).astype(np.int64)
     for start in range(0, cached_keys, 1 << 20):
         part = keys[start:start + (1 << 20)]
         cache.replace(part, synthetic_vectors(part, dim))
     present = np.sort(cache.dump())
-    batches, indices = [], []
+    # The slot of every cached key: a second baseline gathers the cache's own rows in place.
+    slot_keys = np.empty(cache.capacity, np.int64)
+    with device.scope():
+        drv.memcpy_dtoh(slot_keys, cache.d_keys)
+    occupied = np.flatnonzero(slot_keys != np.iinfo(np.int64).max)
+    order = np.argsort(slot_keys[occupied])
+    slot_of_present = occupied[order]  # present is sorted, so aligned with the sorted keys
+    assert np.array_equal(slot_keys[slot_of_present], present)
+    batches, indices, slot_indices = [], [], []
+    expected = None
     with device.scope():
         table = device.to_device(synthetic_vectors(present, dim))  # the same rows, dense
-        for _ in range(rotations):
+        for r in range(rotations):
             idx = rng.integers(0, present.size, batch).astype(np.int64)
+            if r == 0 and check:
+                expected = synthetic_vectors(present[idx], dim)
             batches.append(device.to_device(present[idx]))
             indices.append(device.to_device(idx))
+            slot_indices.append(device.to_device(slot_of_present[idx].astype(np.int64)))
         out = device.alloc(batch * dim * 4 + 16)
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
-        q = kernels.function("dc_query", QUERY_ARGS)
-        g = kernels.function("gather_rows", "PPqiP")
         grid = (device.launch_grid(batch, 1), 1)
+        results = {}
+        for name, (kernels, count_hits, *options) in variants.items():
+            if options and options[0] == "resident":
+                # one wave: as many blocks as fit on the device at once, by register count
+                regs = -(-kernels.function("dc_query", QUERY_ARGS).num_regs // 8) * 8
+                grid = (device.sm_count * max(1, min(8, 65536 // (regs * 256))), 1)
+            else:
+                grid = (device.launch_grid(batch, 1), 1)
+            results[name] = _time_query_and_gathers(
+                device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
+                mkeys, mpos, count, grid, batch, dim, repeats, warmup,
+                expected if not callable(check) or check(name) else None, query_seed,
+                QUERY_ARGS)
+            results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
+                                  "capacity_slots": cache.capacity})
+    return results
 
-        def query(i):
-            q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
-                                  int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
-                                  int(cache.d_values), cache.num_sets, dim, np.float32(0),
-                                  int(out), int(mkeys), int(mpos), int(count), count_hits,
-                                  query_seed(i))
 
-        def gather(i):
-            g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
-                                  batch, dim, int(out))
+def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
+                            table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
+                            expected, query_seed, query_args) -> dict:
+    drv = device.drv
+    rotations = len(batches)
+    q = kernels.function("dc_query", query_args)
+    g = kernels.function("gather_rows", "PPqiP")
 
-        drv.memset_d32(count, 0, 1)
-        ms_q = _events_median(device, query, repeats)
-        misses = np.empty(1, np.uint32)
-        drv.memcpy_dtoh(misses, count)
-        ms_g = _events_median(device, gather, repeats)
-        ms_q2 = _events_median(device, query, repeats)  # again: the spread of repeated runs
-        ms_g2 = _events_median(device, gather, repeats)
-    return {"dim": dim, "batch": batch, "cached_keys": int(present.size),
-            "capacity_slots": cache.capacity, "count_hits": count_hits, "misses": int(misses[0]),
+    def query(i):
+        q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
+                              int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
+                              int(cache.d_values), cache.num_sets, dim, np.float32(0),
+                              int(out), int(mkeys), int(mpos), int(count), count_hits,
+                              query_seed(i))
+
+    def gather(i):
+        g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
+                              batch, dim, int(out))
+
+    def gather_in_place(i):
+        g.prepared_async_call(grid, (256, 1, 1), None, int(cache.d_values),
+                              int(slot_indices[i % rotations]), batch, dim, int(out))
+
+    if expected is not None:  # every variant must return the right rows before it is timed
+        got = np.full((batch, dim), np.nan, np.float32)
+        for launch in (query, gather, gather_in_place):
+            drv.memset_d32(out, 0x7FC00000, batch * dim)  # poison with NaN
+            launch(0)
+            drv.Context.synchronize()
+            drv.memcpy_dtoh(got, out)
+            if not np.array_equal(got, expected):
+                raise AssertionError(f"{launch.__name__} returned wrong rows (dim {dim})")
+    drv.memset_d32(count, 0, 1)
+    ms_q = _events_median(device, query, repeats, warmup)
+    misses = np.empty(1, np.uint32)
+    drv.memcpy_dtoh(misses, count)
+    ms_g = _events_median(device, gather, repeats, warmup)
+    ms_s = _events_median(device, gather_in_place, repeats, warmup)
+    ms_q2 = _events_median(device, query, repeats, warmup)  # again: the spread of repeated runs
+    ms_g2 = _events_median(device, gather, repeats, warmup)
+    ms_s2 = _events_median(device, gather_in_place, repeats, warmup)
+    # Means of the two rounds each, so one noisy round moves a ratio less.
+    q_ms, gd, gs = (ms_q + ms_q2) / 2, (ms_g + ms_g2) / 2, (ms_s + ms_s2) / 2
+    return {"count_hits": count_hits, "misses": int(misses[0]),
             "query_ms": ms_q, "query_ms_again": ms_q2, "gather_ms": ms_g, "gather_ms_again": ms_g2,
-            "query_gkeys_per_s": batch / ms_q / 1e6, "gather_gkeys_per_s": batch / ms_g / 1e6,
-            "gather_tb_per_s": batch * (8 + 8 * dim) / ms_g / 1e9,
-            "throughput_ratio": ms_g / ms_q, "time_ratio": ms_q / ms_g}
+            "gather_in_place_ms": ms_s, "gather_in_place_ms_again": ms_s2,
+            "query_gkeys_per_s": batch / q_ms / 1e6, "gather_gkeys_per_s": batch / gd / 1e6,
+            "gather_tb_per_s": batch * (8 + 8 * dim) / gd / 1e9,
+            "throughput_ratio": gd / q_ms, "time_ratio": q_ms / gd,
+            "throughput_ratio_in_place": gs / q_ms}
 
 
 def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,

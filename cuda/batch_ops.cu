@@ -22,17 +22,24 @@ __device__ void scatter_rows(const float* __restrict__ src, const int64_t* __res
 
 // out[i] = table[index[i]] for i < n. Expands per-unique rows back to the batch (index = the
 // inverse map of dedup), and is the physical floor the cache query is benchmarked against: it
-// copies the same rows in the same way (warp_copy_rows), only without probing.
+// copies the same rows in the same way (32·K rows per warp block, warp_copy_rows_k), only
+// without probing.
 extern "C" __global__ void HPS_COPY_BOUNDS gather_rows(const float* __restrict__ table,
                                        const int64_t* __restrict__ index, int64_t n, int dim,
                                        float* __restrict__ out) {
+  constexpr int K = HPS_KEYS_PER_LANE;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
-  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
-       base += warps * 32) {
-    const int64_t i = base + warp.thread_rank();
-    const float* src = i < n ? table + index[i] * (int64_t)dim : nullptr;
-    hps::warp_copy_rows(warp, src, out + base * dim, (int)min((int64_t)32, n - base), dim, 0.0f);
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * (32 * K);
+       base < n; base += warps * (32 * K)) {
+    const float* src[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = base + k * 32 + warp.thread_rank();
+      src[k] = i < n ? table + index[i] * (int64_t)dim : nullptr;
+    }
+    hps::warp_copy_rows_k<K>(warp, src, out + base * dim, (int)min((int64_t)(32 * K), n - base),
+                             dim, 0.0f);
   }
 }
 

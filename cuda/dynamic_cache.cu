@@ -17,6 +17,13 @@
 // name; tile widths T (lanes cooperating on one key) are instantiated explicitly.
 #include "hps_common.cuh"
 
+// Measurement only (benchmarks/gpu_query_variants.py): take the first digest match as the hit
+// without comparing keys, to measure what the compare costs. Wrong on digest collisions; never
+// set by the driver.
+#ifndef HPS_STUDY_TRUST_DIGEST
+#define HPS_STUDY_TRUST_DIGEST 0
+#endif
+
 namespace hps {
 
 // Overwrite the values of keys already cached (absent keys are ignored; scores unchanged).
@@ -68,6 +75,61 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 
 }  // namespace hps
 
+namespace hps {
+
+// The probe of one key: its set, digest candidates and the guessed way (the first candidate),
+// whose key is loaded but not yet compared.
+struct Probe {
+  int64_t key = HPS_EMPTY_KEY, guessed_key = HPS_EMPTY_KEY;
+  uint32_t set = 0, candidates = 0;
+  int way = -1;
+  const float* src = nullptr;
+};
+
+__device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict__ cache_keys,
+                                            const uint8_t* __restrict__ digests,
+                                            const float* __restrict__ values, uint32_t num_sets,
+                                            int dim, uint64_t policy) {
+  if (p.key == HPS_EMPTY_KEY) return;
+  const uint64_t h = mix64(p.key);
+  p.set = set_of(h, num_sets);
+  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)p.set * HPS_WAYS);
+  const uint32_t dd = digest_of(h) * 0x01010101u;
+  p.candidates = match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
+  if (p.candidates) {
+    p.way = __ffs(p.candidates) - 1;
+    // checked after the copy, so its latency hides behind the row loads
+#if HPS_STUDY_TRUST_DIGEST  // measurement only: what the key compare costs (wrong on collisions)
+    p.guessed_key = p.key;
+#else
+    p.guessed_key = load_meta8(cache_keys + (size_t)p.set * HPS_WAYS + p.way, policy);
+#endif
+    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
+  }
+}
+
+// After the copy: confirm the guessed way; if it held another key, look at the other candidates.
+// Returns whether the row that was copied is wrong and must be rewritten from p.src.
+__device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict__ cache_keys,
+                                             const float* __restrict__ values, int dim) {
+  if (p.way < 0 || p.guessed_key == p.key) return false;
+  p.way = -1;
+  uint32_t candidates = p.candidates & (p.candidates - 1);
+  const int64_t* set_keys = cache_keys + (size_t)p.set * HPS_WAYS;
+  while (candidates) {
+    const int w = __ffs(candidates) - 1;
+    if (set_keys[w] == p.key) {
+      p.way = w;
+      break;
+    }
+    candidates &= candidates - 1;
+  }
+  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * dim : nullptr;
+  return true;
+}
+
+}  // namespace hps
+
 // Look up n keys: hits copy their row to out[i] and, when sampled (seed: the query's sampling
 // seed), add HPS_HIT_SAMPLE × weights[i] (weights null: 1; a de-duplicated batch passes each
 // key's occurrence count; nothing when count_hits is 0) to the slot's score; misses write the
@@ -75,11 +137,12 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 // Read-only except scores, so several queries may run at once; replace/update/invalidate must
 // not run concurrently (one stream per cache orders them).
 //
-// One warp takes 32 consecutive keys: each lane probes its own key, so a warp has 32
-// independent probes in flight; then the warp copies the 32 rows together (warp_copy_rows).
-// The probe takes the first way whose digest matches and starts copying its row while the key
-// compare that confirms it is still in flight; a wrong guess (another key with the same digest
-// earlier in the set, a few percent of lookups) is found afterwards and its row rewritten.
+// One warp takes 32·K consecutive keys (K = HPS_KEYS_PER_LANE): each lane probes its K keys,
+// so a warp has 32·K independent probes in flight; then the warp copies the rows together
+// (warp_copy_rows_k). The probe takes the first way whose digest matches and starts copying its
+// row while the key compare that confirms it is still in flight; a wrong guess (another key with
+// the same digest earlier in the set, a few percent of lookups) is found afterwards and its row
+// rewritten.
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
@@ -90,68 +153,49 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                     int64_t* __restrict__ miss_pos,
                                     unsigned* __restrict__ miss_count, int count_hits,
                                     int64_t seed) {
+  constexpr int K = HPS_KEYS_PER_LANE;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
   const uint64_t policy = hps::meta_policy();
-  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
-       base += warps * 32) {
-    const int64_t i = base + lane;
-    int64_t key = HPS_EMPTY_KEY, guessed_key = HPS_EMPTY_KEY;
-    uint32_t set = 0, candidates = 0;
-    int way = -1;
-    const float* src = nullptr;
-    if (i < n) {
-      key = keys[i];
-      if (key != HPS_EMPTY_KEY) {
-        const uint64_t h = hps::mix64(key);
-        set = hps::set_of(h, num_sets);
-        const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
-        const uint32_t dd = hps::digest_of(h) * 0x01010101u;
-        candidates = hps::match16(hps::load_meta16(d, policy), dd) |
-                     (hps::match16(hps::load_meta16(d + 1, policy), dd) << 16);
-        if (candidates) {
-          way = __ffs(candidates) - 1;
-          // checked after the copy, so its latency hides behind the row loads
-          guessed_key = hps::load_meta8(cache_keys + (size_t)set * HPS_WAYS + way, policy);
-          src = values + ((size_t)set * HPS_WAYS + way) * dim;
-        }
-      }
+  for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * (32 * K);
+       base < n; base += warps * (32 * K)) {
+    hps::Probe p[K];
+    const float* src[K];
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = base + k * 32 + lane;
+      if (i < n) p[k].key = keys[i];
     }
-    const int rows = (int)min((int64_t)32, n - base);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      hps::probe_start(p[k], cache_keys, digests, values, num_sets, dim, policy);
+      src[k] = p[k].src;
+    }
+    const int rows = (int)min((int64_t)(32 * K), n - base);
     float* block_out = out + base * dim;
-    hps::warp_copy_rows(warp, src, block_out, rows, dim, default_value);
-    bool rewrite = false;
-    if (way >= 0 && guessed_key != key) {  // the guess was another key: look further
-      rewrite = true;
-      way = -1;
-      candidates &= candidates - 1;
-      const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
-      while (candidates) {
-        const int w = __ffs(candidates) - 1;
-        if (set_keys[w] == key) {
-          way = w;
-          break;
+    hps::warp_copy_rows_k<K>(warp, src, block_out, rows, dim, default_value);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const int64_t i = base + k * 32 + lane;
+      uint32_t fixes = warp.ballot(hps::probe_finish(p[k], cache_keys, values, dim));
+      if (fixes) {
+        warp.sync();  // order the rewrites after every lane's first writes
+        while (fixes) {
+          const int r = __ffs(fixes) - 1;
+          fixes &= fixes - 1;
+          hps::warp_copy_one_row(warp, warp.shfl(p[k].src, r),
+                                 block_out + (int64_t)(k * 32 + r) * dim, dim, default_value);
         }
-        candidates &= candidates - 1;
       }
-      src = way >= 0 ? values + ((size_t)set * HPS_WAYS + way) * dim : nullptr;
-    }
-    uint32_t fixes = warp.ballot(rewrite);
-    if (fixes) {
-      warp.sync();  // order the rewrites after every lane's first writes
-      while (fixes) {
-        const int r = __ffs(fixes) - 1;
-        fixes &= fixes - 1;
-        hps::warp_copy_one_row(warp, warp.shfl(src, r), block_out + (int64_t)r * dim, dim,
-                               default_value);
+      const bool sampled = (hps::mix64(p[k].key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
+      if (p[k].way >= 0 && count_hits && sampled) {
+        atomicAdd(scores + (size_t)p[k].set * HPS_WAYS + p[k].way,
+                  (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
       }
+      hps::warp_append_misses(warp, i < n && p[k].way < 0, p[k].key, i, miss_keys, miss_pos,
+                              miss_count);
     }
-    if (way >= 0 && count_hits && (hps::mix64(key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0) {
-      atomicAdd(scores + (size_t)set * HPS_WAYS + way,
-                (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
-    }
-    hps::warp_append_misses(warp, i < n && way < 0, key, i, miss_keys, miss_pos, miss_count);
   }
 }
 

@@ -40,6 +40,16 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 #ifndef HPS_META_EVICT_LAST
 #define HPS_META_EVICT_LAST 1
 #endif
+// Compute a row number by shift instead of division when the 16-byte words per row are a power
+// of two.
+#ifndef HPS_COPY_POW2
+#define HPS_COPY_POW2 1
+#endif
+// Keys each lane of a query (and of the gather it is measured against) takes per block: a warp
+// probes and copies 32·K keys at a time, so the probe's latency is paid once per 32·K rows.
+#ifndef HPS_KEYS_PER_LANE
+#define HPS_KEYS_PER_LANE 1
+#endif
 #if HPS_COPY_MIN_BLOCKS > 0
 #define HPS_COPY_BOUNDS __launch_bounds__(256, HPS_COPY_MIN_BLOCKS)
 #else
@@ -202,28 +212,41 @@ __device__ __forceinline__ void warp_copy_one_row(const cg::thread_block_tile<32
   for (int c = warp.thread_rank(); c < dim; c += 32) out[c] = src ? src[c] : fill;
 }
 
-// Copy the rows of a warp's (up to) 32 keys: lane r < rows holds the source of output row r in
-// `src` (nullptr: fill with `fill`); the output rows are contiguous at `out` (rows × dim floats).
+// Copy the rows of a warp's block of (up to) 32·K keys: row r comes from src[r / 32] of lane
+// r % 32 (nullptr: fill with `fill`); the output rows are contiguous at `out` (rows × dim floats).
 // Lanes walk the output block flat — consecutive lanes write consecutive 16-byte words, so
 // stores are fully coalesced — and each lane issues U loads before its U stores, keeping many
 // independent loads in flight (the kernel is bound by memory latency, not arithmetic).
-template <int U = HPS_COPY_UNROLL>
-__device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& warp,
-                                               const float* src, float* __restrict__ out,
-                                               int rows, int dim, float fill) {
+template <int K, int U = HPS_COPY_UNROLL>
+__device__ __forceinline__ void warp_copy_rows_k(const cg::thread_block_tile<32>& warp,
+                                                 const float* const (&src)[K],
+                                                 float* __restrict__ out, int rows, int dim,
+                                                 float fill) {
   const int lane = warp.thread_rank();
+  // The source of row `row`: every lane takes part in every shuffle.
+  auto source = [&](int row) {
+    const float* s = warp.shfl(src[0], row & 31);
+#pragma unroll
+    for (int k = 1; k < K; ++k) {
+      const float* t = warp.shfl(src[k], row & 31);
+      if ((row >> 5) == k) s = t;
+    }
+    return s;
+  };
   if ((dim & 3) == 0) {
     const int dpr = dim >> 2;  // 16-byte words per row
     const int total = rows * dpr;
     const float4 dv = make_float4(fill, fill, fill, fill);
     float4* o = reinterpret_cast<float4*>(out);
+    // Row of word g: a shift when dpr is a power of two (the usual dims), else a division.
+    const int shift = HPS_COPY_POW2 && (dpr & (dpr - 1)) == 0 ? __ffs(dpr) - 1 : -1;
     for (int g0 = 0; g0 < total; g0 += 32 * U) {
       float4 v[U];
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32 + lane;
-        const int row = min(g / dpr, 31);
-        const float* s = warp.shfl(src, row);  // every lane takes part in the shuffle
+        const int row = min(shift >= 0 ? g >> shift : g / dpr, 32 * K - 1);
+        const float* s = source(row);
         if (g < total) v[u] = s ? load_row4(reinterpret_cast<const float4*>(s) + g - row * dpr) : dv;
       }
 #pragma unroll
@@ -239,8 +262,8 @@ __device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& 
 #pragma unroll
       for (int u = 0; u < U; ++u) {
         const int g = g0 + u * 32 + lane;
-        const int row = min(g / dim, 31);
-        const float* s = warp.shfl(src, row);
+        const int row = min(g / dim, 32 * K - 1);
+        const float* s = source(row);
         if (g < total) v[u] = s ? s[g - row * dim] : fill;
       }
 #pragma unroll
@@ -250,6 +273,14 @@ __device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& 
       }
     }
   }
+}
+
+// The rows of a warp's 32 keys: lane r holds the source of output row r.
+__device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& warp,
+                                               const float* src, float* __restrict__ out,
+                                               int rows, int dim, float fill) {
+  const float* const sources[1] = {src};
+  warp_copy_rows_k<1>(warp, sources, out, rows, dim, fill);
 }
 
 // Find `key` in its set by one thread: two 16-byte digest loads, then a key compare for each

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run on the GPU machine: the query-kernel tuning study (benchmarks/gpu_query_variants.py), then
+# an ncu profile of the default query and gather at dim 32. Logs and JSON go to $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-gpu-out}
+mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+  .devwheels/*.whl >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
+export PYTHONPATH=/tmp/site:$PWD/benchmarks
+python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 \
+  || { cat "$OUT/install.log"; exit 1; }
+export PYTHONUNBUFFERED=1
+python3 benchmarks/gpu_query_variants.py --out "$OUT/variants.json" ${STUDY_ARGS:-} \
+  >"$OUT/variants.log" 2>&1
+tail -20 "$OUT/variants.log"
+for mb in ${PERSIST_MB:-}; do
+  HPS_STUDY_L2_PERSIST_MB=$mb python3 benchmarks/gpu_query_variants.py \
+    --out "$OUT/variants_persist$mb.json" ${STUDY_ARGS:-} >"$OUT/variants_persist$mb.log" 2>&1
+  tail -8 "$OUT/variants_persist$mb.log"
+done
+if [ "${PROFILE:-1}" = 1 ]; then
+  ncu --query-metrics >"$OUT/ncu_metrics.txt" 2>&1
+  metrics=dram__bytes_read.sum,dram__bytes_write.sum,lts__t_sectors_op_read.sum,lts__t_sectors_op_read_lookup_miss.sum,lts__t_sectors_op_red.sum,lts__t_sectors_op_red_lookup_miss.sum,lts__t_sectors_op_write.sum,lts__t_sectors_op_write_lookup_miss.sum,gpu__time_duration.sum
+  for hits in 1 0; do
+    ncu --clock-control none --cache-control none --kernel-name regex:'dc_query|gather_rows' \
+      --launch-count 3 --metrics "$metrics" \
+      python3 benchmarks/gpu_query_variants.py --profile --dims 32 --hits $hits \
+      >"$OUT/ncu_hits$hits.txt" 2>&1
+    grep -E "dc_query|gather_rows|dram__|lts__|gpu__time|ERR|rror" "$OUT/ncu_hits$hits.txt" | head -40
+  done
+fi
