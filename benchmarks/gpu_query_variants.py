@@ -4,6 +4,7 @@ flags, over one cache per dim.
 
     python benchmarks/gpu_query_variants.py --out variants.json
     python benchmarks/gpu_query_variants.py --profile [--define HPS_KEYS_PER_LANE=2]
+    HPS_DIGEST_BITS=16 python benchmarks/gpu_query_variants.py   # 16-bit digests throughout
 
 `--profile` runs one query, one gather and one in-place gather per dim (for `ncu`). Each
 variant's output is checked against the rows it must return before it is timed.

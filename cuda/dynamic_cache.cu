@@ -2,7 +2,7 @@
 //
 // Layout (all arrays in device memory, num_sets × HPS_WAYS slots, slot = set * HPS_WAYS + way):
 //   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways
-//   digests     uint8[slots]        1-byte hash digest of the key, 0 in empty ways
+//   digests     digest_t[slots]     HPS_DIGEST_BITS-bit hash digest of the key, 0 in empty ways
 //   scores      uint32[slots]       LFU score with dynamic aging (LFU-DA)
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
@@ -30,7 +30,7 @@ namespace hps {
 template <int T>
 __device__ void update(const int64_t* __restrict__ keys, const float* __restrict__ rows,
                        int64_t n, const int64_t* __restrict__ cache_keys,
-                       const uint8_t* __restrict__ digests, float* __restrict__ values,
+                       const digest_t* __restrict__ digests, float* __restrict__ values,
                        uint32_t num_sets, int dim, unsigned* __restrict__ updated) {
   auto tile = cg::tiled_partition<T>(cg::this_thread_block());
   const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
@@ -52,7 +52,7 @@ __device__ void update(const int64_t* __restrict__ keys, const float* __restrict
 // Remove keys from the cache (absent keys are ignored).
 template <int T>
 __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
-                           int64_t* __restrict__ cache_keys, uint8_t* __restrict__ digests,
+                           int64_t* __restrict__ cache_keys, digest_t* __restrict__ digests,
                            unsigned* __restrict__ scores, uint32_t num_sets,
                            unsigned* __restrict__ removed) {
   auto tile = cg::tiled_partition<T>(cg::this_thread_block());
@@ -87,15 +87,13 @@ struct Probe {
 };
 
 __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict__ cache_keys,
-                                            const uint8_t* __restrict__ digests,
+                                            const digest_t* __restrict__ digests,
                                             const float* __restrict__ values, uint32_t num_sets,
                                             int dim, uint64_t policy) {
   if (p.key == HPS_EMPTY_KEY) return;
   const uint64_t h = mix64(p.key);
   p.set = set_of(h, num_sets);
-  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)p.set * HPS_WAYS);
-  const uint32_t dd = digest_of(h) * 0x01010101u;
-  p.candidates = match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
+  p.candidates = match_set(digests, p.set, digest_of(h), policy);
   if (p.candidates) {
     p.way = __ffs(p.candidates) - 1;
     // checked after the copy, so its latency hides behind the row loads
@@ -146,7 +144,7 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
-                                    const uint8_t* __restrict__ digests,
+                                    const hps::digest_t* __restrict__ digests,
                                     unsigned* __restrict__ scores, const float* __restrict__ values,
                                     uint32_t num_sets, int dim, float default_value,
                                     float* __restrict__ out, int64_t* __restrict__ miss_keys,
@@ -211,7 +209,7 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
                                       const uint32_t* __restrict__ seg_sets,
                                       const int64_t* __restrict__ seg_offsets, int num_segments,
                                       int64_t* __restrict__ cache_keys,
-                                      uint8_t* __restrict__ digests, unsigned* __restrict__ scores,
+                                      hps::digest_t* __restrict__ digests, unsigned* __restrict__ scores,
                                       unsigned* __restrict__ floors, float* __restrict__ values,
                                       int dim, unsigned* __restrict__ inserted) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
@@ -249,7 +247,7 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
     if (lane == way) {
       my_key = key;
       my_score = floor_score + 1u;
-      digests[base + way] = (uint8_t)hps::digest_of(hps::mix64(key));
+      digests[base + way] = (hps::digest_t)hps::digest_of(hps::mix64(key));
     }
     hps::copy_row<32>(warp, seg_rows + j * (int64_t)dim, values + (base + way) * dim, dim, vec4);
     ++new_keys;
@@ -283,12 +281,13 @@ extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint3
 #define HPS_TILED(T)                                                                            \
   extern "C" __global__ void dc_update_t##T(                                                    \
       const int64_t* keys, const float* rows, int64_t n, const int64_t* cache_keys,             \
-      const uint8_t* digests, float* values, uint32_t num_sets, int dim, unsigned* updated) {   \
+      const hps::digest_t* digests, float* values, uint32_t num_sets, int dim,                  \
+      unsigned* updated) {                                                                      \
     hps::update<T>(keys, rows, n, cache_keys, digests, values, num_sets, dim, updated);         \
   }                                                                                             \
   extern "C" __global__ void dc_invalidate_t##T(                                                \
-      const int64_t* keys, int64_t n, int64_t* cache_keys, uint8_t* digests, unsigned* scores,  \
-      uint32_t num_sets, unsigned* removed) {                                                   \
+      const int64_t* keys, int64_t n, int64_t* cache_keys, hps::digest_t* digests,              \
+      unsigned* scores, uint32_t num_sets, unsigned* removed) {                                 \
     hps::invalidate<T>(keys, n, cache_keys, digests, scores, num_sets, removed);                \
   }
 

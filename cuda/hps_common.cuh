@@ -15,9 +15,12 @@ namespace cg = cooperative_groups;
 //                  tables must not contain it, `hps table verify` reports it)
 //   HPS_WAYS       ways per set of the dynamic cache; one warp holds a set, so it must be 32
 //   HPS_HIT_SAMPLE_SHIFT  a hit counts in its slot's score 1 time in 2^shift (then adds 2^shift)
-#if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT)
-#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... (runtime/gpu/kernels.py)"
+//   HPS_DIGEST_BITS  bits of a way's digest, 8 or 16 (placement.py DIGEST_BITS)
+#if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT) || \
+    !defined(HPS_DIGEST_BITS)
+#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... -DHPS_DIGEST_BITS=... (runtime/gpu/kernels.py)"
 #endif
+static_assert(HPS_DIGEST_BITS == 8 || HPS_DIGEST_BITS == 16, "HPS_DIGEST_BITS is 8 or 16");
 #define HPS_HIT_SAMPLE (1u << HPS_HIT_SAMPLE_SHIFT)
 static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
@@ -58,6 +61,12 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
 namespace hps {
 
+#if HPS_DIGEST_BITS == 8
+typedef uint8_t digest_t;
+#else
+typedef uint16_t digest_t;
+#endif
+
 __device__ __forceinline__ uint64_t rotr64(uint64_t x, int r) {
   return (x >> r) | (x << (64 - r));
 }
@@ -77,10 +86,10 @@ __device__ __forceinline__ uint32_t set_of(uint64_t hash, uint32_t num_sets) {
   return (uint32_t)(((hash >> 32) * (uint64_t)num_sets) >> 32);
 }
 
-// The 1-byte digest of a key, never 0 (0 marks an empty way). Low hash bits: independent of the
-// set index, which uses the high ones.
+// The digest of a key (the low HPS_DIGEST_BITS of its hash), never 0 (0 marks an empty way).
+// Low hash bits: independent of the set index, which uses the high ones.
 __device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
-  uint32_t d = (uint32_t)(hash & 0xFFu);
+  uint32_t d = (uint32_t)(hash & ((1u << HPS_DIGEST_BITS) - 1u));
   return d ? d : 1u;
 }
 
@@ -96,6 +105,42 @@ __device__ __forceinline__ uint32_t match16(uint4 v, uint32_t dd) {
     m |= nib << (4 * i);
   }
   return m;
+}
+
+// Bit i set when 16-bit half i of the 8 digests `v` equals `d` (replicated into both halves of
+// `dd`).
+__device__ __forceinline__ uint32_t match8(uint4 v, uint32_t dd) {
+  uint32_t m = 0;
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t eq = __vcmpeq2(w[i], dd);  // 0xFFFF in each equal half
+    m |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
+  }
+  return m;
+}
+
+__device__ __forceinline__ uint64_t meta_policy();
+__device__ __forceinline__ uint4 load_meta16(const uint4* p, uint64_t policy);
+
+// The ways of a set whose digest equals `digest` (bit w for way w), read with 16-byte loads: two
+// for 8-bit digests (one 32-byte sector), four for 16-bit ones (two sectors).
+__device__ __forceinline__ uint32_t match_set(const digest_t* __restrict__ digests, uint32_t set,
+                                              uint32_t digest, uint64_t policy) {
+  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
+#if HPS_DIGEST_BITS == 8
+  const uint32_t dd = digest * 0x01010101u;
+  return match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
+#else
+  const uint32_t dd = digest * 0x00010001u;
+  uint4 v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) v[q] = load_meta16(d + q, policy);  // all four loads in flight
+  uint32_t m = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) m |= match8(v[q], dd) << (8 * q);
+  return m;
+#endif
 }
 
 // Copy one row of `dim` floats with the T lanes of a tile: 16-byte accesses when both rows are
@@ -128,22 +173,16 @@ __device__ __forceinline__ void fill_row(const cg::thread_block_tile<T>& tile,
   }
 }
 
-// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lanes 0 and 1 read the
-// set's 32 digests (two 16-byte loads); only ways whose digest matches are compared by key.
+// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lane 0 reads the set's
+// digests; only ways whose digest matches are compared by key, up to T of them at once.
 template <int T>
 __device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
                                         const int64_t* __restrict__ cache_keys,
-                                        const uint8_t* __restrict__ digests, uint32_t set,
+                                        const digest_t* __restrict__ digests, uint32_t set,
                                         uint32_t digest, int64_t key) {
-  static_assert(T >= 2, "a tile needs at least two lanes to read the digests");
   const int lane = tile.thread_rank();
-  const uint32_t dd = digest * 0x01010101u;
-  uint32_t part = 0;
-  if (lane < 2) {
-    const uint4 v = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS)[lane];
-    part = match16(v, dd) << (16 * lane);
-  }
-  uint32_t candidates = part | tile.shfl(part, 1);
+  uint32_t candidates = 0;
+  if (lane == 0) candidates = match_set(digests, set, digest, meta_policy());
   candidates = tile.shfl(candidates, 0);
   const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
   // Usually one candidate; lanes test up to T of them at once.
@@ -281,23 +320,6 @@ __device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& 
                                                int rows, int dim, float fill) {
   const float* const sources[1] = {src};
   warp_copy_rows_k<1>(warp, sources, out, rows, dim, fill);
-}
-
-// Find `key` in its set by one thread: two 16-byte digest loads, then a key compare for each
-// way whose digest matches (usually exactly one). Returns the way, or -1.
-__device__ __forceinline__ int find_way_thread(const int64_t* __restrict__ cache_keys,
-                                               const uint8_t* __restrict__ digests, uint32_t set,
-                                               uint32_t digest, int64_t key) {
-  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
-  const uint32_t dd = digest * 0x01010101u;
-  uint32_t candidates = match16(d[0], dd) | (match16(d[1], dd) << 16);
-  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
-  while (candidates) {
-    const int way = __ffs(candidates) - 1;
-    if (set_keys[way] == key) return way;
-    candidates &= candidates - 1;
-  }
-  return -1;
 }
 
 // Append the keys of lanes with `miss` to a list (one atomic per warp).

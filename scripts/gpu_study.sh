@@ -11,9 +11,12 @@ export PYTHONPATH=/tmp/site:$PWD/benchmarks
 python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 \
   || { cat "$OUT/install.log"; exit 1; }
 export PYTHONUNBUFFERED=1
-python3 benchmarks/gpu_query_variants.py --out "$OUT/variants.json" ${STUDY_ARGS:-} \
-  >"$OUT/variants.log" 2>&1
-tail -20 "$OUT/variants.log"
+for bits in ${DIGEST_BITS_LIST:-8}; do
+  echo "== digests of $bits bits"
+  HPS_DIGEST_BITS=$bits python3 benchmarks/gpu_query_variants.py \
+    --out "$OUT/variants_digest$bits.json" ${STUDY_ARGS:-} >"$OUT/variants_digest$bits.log" 2>&1
+  tail -12 "$OUT/variants_digest$bits.log"
+done
 for mb in ${PERSIST_MB:-}; do
   HPS_STUDY_L2_PERSIST_MB=$mb python3 benchmarks/gpu_query_variants.py \
     --out "$OUT/variants_persist$mb.json" ${STUDY_ARGS:-} >"$OUT/variants_persist$mb.log" 2>&1

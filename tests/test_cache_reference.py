@@ -300,3 +300,44 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
         cache.lookup(keys_of_rank[ranks])
     steady = cache.stats()["hit_rate"]
     assert steady >= 0.95 * ideal, (steady, ideal)
+
+
+def _run_with_digest_bits(bits: str, code: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HPS_DIGEST_BITS": bits}
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_sixteen_bit_digests_switch_placement_reference_and_kernel_flags_together():
+    code = """
+import numpy as np
+from hps_cli.runtime.gpu.kernels import kernel_defines
+from hps_cli.runtime.gpu.placement import set_and_digest
+from hps_cli.runtime.gpu.reference import RefDynamicCache
+from hps_cli.runtime.hashing import mix64
+keys = np.arange(1, 5001, dtype=np.int64) * 7919
+_, d = set_and_digest(keys, 64)
+expect = (mix64(keys) & np.uint64(0xFFFF)).astype(np.uint16)
+expect[expect == 0] = 1
+assert d.dtype == np.uint16 and np.array_equal(d, expect)
+assert kernel_defines()["HPS_DIGEST_BITS"] == "16"
+c = RefDynamicCache(8, 4)
+rows = np.random.default_rng(0).random((256, 4), dtype=np.float32)
+c.replace(keys[:256], rows)
+out, miss_pos = c.query(keys[:256], 0.0)[:2]
+assert c.digests.dtype == np.uint16
+present = np.isin(keys[:256], c.dump())
+assert present.sum() == 256 - len(miss_pos)
+assert np.array_equal(out[present], rows[present])
+print("ok")
+"""
+    res = _run_with_digest_bits("16", code)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+
+
+def test_unsupported_digest_width_is_refused():
+    res = _run_with_digest_bits("12", "import hps_cli.runtime.gpu.placement")
+    assert res.returncode != 0 and "HPS_DIGEST_BITS must be 8 or 16" in res.stderr

@@ -14,7 +14,7 @@ import numpy as np
 
 from .pending import PendingLookup
 from .pinned import PinnedPool
-from .placement import EMPTY_KEY, WAYS, query_seed, set_and_digest, tile_width
+from .placement import DIGEST_DTYPE, EMPTY_KEY, WAYS, query_seed, set_and_digest, tile_width
 from .reference import group_by_set
 
 _BLOCK = 256
@@ -76,12 +76,13 @@ class GpuDynamicCache:
         with device.scope():
             self.stream = drv.Stream()
             self.d_keys = device.alloc(slots * 8)
-            self.d_digests = device.alloc(slots)
+            digest_bytes = slots * np.dtype(DIGEST_DTYPE).itemsize
+            self.d_digests = device.alloc(digest_bytes)
             self.d_scores = device.alloc(slots * 4)
             self.d_floors = device.alloc(self.num_sets * 4)
             self.d_values = device.alloc(slots * self.dim * 4)
             self._fill_i64(self.d_keys, slots, EMPTY_KEY)
-            drv.memset_d8_async(self.d_digests, 0, slots, self.stream)
+            drv.memset_d8_async(self.d_digests, 0, digest_bytes, self.stream)
             drv.memset_d32_async(self.d_scores, 0, slots, self.stream)
             drv.memset_d32_async(self.d_floors, 0, self.num_sets, self.stream)
             drv.memset_d32_async(self.d_values, 0, slots * self.dim, self.stream)
@@ -409,7 +410,7 @@ class GpuDynamicCache:
         slots = self.capacity
         arrays = {
             "keys": np.empty(slots, np.int64),
-            "digests": np.empty(slots, np.uint8),
+            "digests": np.empty(slots, DIGEST_DTYPE),
             "scores": np.empty(slots, np.uint32),
             "floors": np.empty(self.num_sets, np.uint32),
             "values": np.empty(slots * self.dim, np.float32),

@@ -1,18 +1,26 @@
 """Where a key lives in the dynamic cache, and how big a cache is: shared by GPU and reference.
 
 Bit for bit what cuda/hps_common.cuh computes: ``set = ((mix64(k) >> 32) * num_sets) >> 32`` and
-``digest = mix64(k) & 0xFF`` (0 replaced by 1; 0 marks an empty way).
+``digest = mix64(k) & (2**DIGEST_BITS - 1)`` (0 replaced by 1; 0 marks an empty way).
 """
 
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 
 from ..hashing import mix64
 
 WAYS = 32  # HPS_WAYS in cuda/hps_common.cuh: one warp holds a set
+# Bits of a way's digest (HPS_DIGEST_BITS): a probe compares the set's digests first and then
+# the key of the first match. HPS_DIGEST_BITS in the environment overrides it (for the kernel
+# study in benchmarks/gpu_query_variants.py).
+DIGEST_BITS = int(os.environ.get("HPS_DIGEST_BITS", "8"))
+if DIGEST_BITS not in (8, 16):
+    raise ValueError(f"HPS_DIGEST_BITS must be 8 or 16, not {DIGEST_BITS}")
+DIGEST_DTYPE = np.uint8 if DIGEST_BITS == 8 else np.uint16
 EMPTY_KEY = np.iinfo(np.int64).max
 # A hit adds to its slot's score only when the key's sampling hash picks it (1 in HIT_SAMPLE;
 # then it adds HIT_SAMPLE), so most hits cost no atomic write. HPS_HIT_SAMPLE_SHIFT in the
@@ -34,10 +42,10 @@ def sampled_hits(keys: np.ndarray, seed: int) -> np.ndarray:
 
 
 def set_and_digest(keys: np.ndarray, num_sets: int) -> tuple[np.ndarray, np.ndarray]:
-    """(set index int64, digest uint8) of each key."""
+    """(set index int64, digest DIGEST_DTYPE) of each key."""
     h = mix64(keys)
     sets = ((h >> np.uint64(32)) * np.uint64(num_sets)) >> np.uint64(32)
-    digest = (h & np.uint64(0xFF)).astype(np.uint8)
+    digest = (h & np.uint64((1 << DIGEST_BITS) - 1)).astype(DIGEST_DTYPE)
     digest[digest == 0] = 1
     return sets.astype(np.int64), digest
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .placement import EMPTY_KEY, HIT_SAMPLE, WAYS, query_seed, sampled_hits, set_and_digest
+from .placement import (DIGEST_DTYPE, EMPTY_KEY, HIT_SAMPLE, WAYS, query_seed, sampled_hits,
+                        set_and_digest)
 
 
 def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -35,7 +36,7 @@ class RefDynamicCache:
         self.num_sets = int(num_sets)
         self.dim = int(dim)
         self.keys = np.full((self.num_sets, WAYS), EMPTY_KEY, dtype=np.int64)
-        self.digests = np.zeros((self.num_sets, WAYS), dtype=np.uint8)
+        self.digests = np.zeros((self.num_sets, WAYS), dtype=DIGEST_DTYPE)
         self.scores = np.zeros((self.num_sets, WAYS), dtype=np.uint32)
         self.floors = np.zeros(self.num_sets, dtype=np.uint32)
         self.values = np.zeros((self.num_sets, WAYS, self.dim), dtype=np.float32)
@@ -49,7 +50,7 @@ class RefDynamicCache:
               digests: np.ndarray | None = None) -> np.ndarray:
         """The way of each key in its set, -1 when absent.
 
-        Like the kernel: compare 1-byte digests first (8x less data than the keys), confirm the
+        Like the kernel: compare digests first (4-8x less data than the keys), confirm the
         first digest match by key; only keys whose first match was another key compare all 32.
         """
         if digests is None:
