@@ -19,6 +19,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
 from datetime import date
 from pathlib import Path
 
@@ -63,7 +64,7 @@ db.flush(); del cf; db.close()
 """
 
 
-def bench_sok(work: Path, gib: float, dim: int, repeat: int) -> dict:
+def bench_sok(work: Path, gib: float, dim: int, repeat: int, settle: float = 1.0) -> dict:
     rows = int(gib * (1 << 30) / (8 + 4 * dim))
     dump = work / "sok"
     dump.mkdir()
@@ -79,15 +80,20 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int) -> dict:
         "convert": lambda: [sys.executable, "-m", "hps_cli", "-q", "convert", str(dump), str(out)],
     }
     # Rounds interleave the three steps, so each round's ratios compare runs made under the same
-    # load and write-back state (both vary a lot on a shared VM); medians are over rounds.
+    # load and write-back state (both vary a lot on a shared VM); medians are over rounds. The
+    # order rotates from round to round: deleting the previous step's 2 GB output (a synced
+    # one makes ext4 discard its blocks) slows whichever step comes next, so no step may always
+    # follow the same one. A pause after the sync lets that settle.
     runs: dict[str, list] = {name: [] for name in steps}
-    for _ in range(repeat):
-        for name, make in steps.items():
+    names = list(steps)
+    for round_no in range(repeat):
+        for name in names[round_no % len(names):] + names[:round_no % len(names)]:
             shutil.rmtree(copy, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             copy.mkdir()
             subprocess.run(["sync"])  # no writeback of an earlier step may slow this one
-            runs[name].append(run_measured(make()))
+            time.sleep(settle)
+            runs[name].append(run_measured(steps[name]()))
     shutil.rmtree(copy, ignore_errors=True)
 
     def summary(name):
@@ -99,6 +105,8 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int) -> dict:
     per_round = [{"cp": c["seconds"] / v["seconds"], "cp_sync": s["seconds"] / v["seconds"]}
                  for c, s, v in zip(runs["cp"], runs["cp_sync"], runs["convert"])]
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
+    if not out.exists():  # the last round did not end with convert: make its output again
+        run_measured(steps["convert"]())
     check = run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "verify",
                           str(out / "emb"), "--trust-sidecar"])
     shutil.rmtree(out)
@@ -112,7 +120,8 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int) -> dict:
                         "ratio_to_cp_sync": median([r["cp_sync"] for r in per_round]),
                         "ratios_per_round": [{k: round(v, 3) for k, v in r.items()}
                                              for r in per_round]},
-            "verify_output": check["rc"] == 0}
+            "verify_output": check["rc"] == 0, "settle_seconds": settle,
+            "order": "rotating per round"}
 
 
 def bench_rocksdb(work: Path, rows: int, dim: int, repeat: int) -> dict:

@@ -13,11 +13,11 @@
 
 from __future__ import annotations
 
-import zlib
 from typing import Callable
 
 import numpy as np
 
+from .checksum import crc32
 from .hashing import partition_of
 from .table.layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.reader import TableReader
@@ -36,7 +36,7 @@ def table_checksum(reader: TableReader) -> str:
         crc, size = 0, 0
         with open(reader.path / name, "rb") as handle:
             while block := handle.read(_CRC_BLOCK):
-                crc = zlib.crc32(block, crc)
+                crc = crc32(block, crc)
                 size += len(block)
         parts.append(f"{name}:{size}:{crc:08x}")
     return f"dim={reader.dim};" + ";".join(parts)

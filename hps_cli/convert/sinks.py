@@ -34,7 +34,8 @@ def prefetched(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
 
 
 def write_hps(stream: Stream, dest: Path, source: dict, progress: Progress) -> TableSummary:
-    writer = TableWriter(dest, stream.dim, with_meta=stream.has_meta, source=source, atomic=False)
+    writer = TableWriter(dest, stream.dim, with_meta=stream.has_meta, source=source, atomic=False,
+                         expected_rows=stream.num_rows)
     try:
         for chunk in prefetched(stream.chunks()):
             writer.append(chunk.keys, chunk.vectors, chunk.meta if stream.has_meta else None)

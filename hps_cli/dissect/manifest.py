@@ -6,11 +6,11 @@ is validated against it before the output is committed.
 
 from __future__ import annotations
 
-import zlib
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..runtime.checksum import crc32
 from ..runtime.errors import CheckFailedError
 from ..runtime.resources import load_schema
 from .plan import ModelPlan
@@ -28,7 +28,7 @@ def file_checksums(folder: Path) -> dict[str, str]:
         crc = 0
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
-                crc = zlib.crc32(block, crc)
+                crc = crc32(block, crc)
         sums[path.relative_to(folder).as_posix()] = f"{crc:08x}"
     return sums
 

@@ -75,7 +75,10 @@ class SourceTable:
         return 8 + 4 * self.dim + (8 if self.has_meta else 0)
 
     def rows_per_chunk(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-        return max(1, chunk_bytes // self.row_bytes)
+        rows = max(1, chunk_bytes // self.row_bytes)
+        # A multiple of 1024 rows keeps every chunk's vectors a whole number of 4 KiB pages, so
+        # the table writer can hand them to the disk directly (O_DIRECT) without restaging.
+        return rows // 1024 * 1024 if rows >= 1024 else rows
 
     def chunks(self, rows: int | None = None) -> Iterator[Chunk]:
         """Consecutive chunks of converted rows, in the input's order."""
@@ -108,6 +111,12 @@ class SourceTable:
 _BUFFER_POOL = 4  # read buffers kept per file: the chunk being written, the one being read
 
 
+def _page_aligned_view(owner: np.ndarray, nbytes: int) -> np.ndarray:
+    """``nbytes`` of ``owner`` (which has 4 KiB to spare) starting on a 4 KiB boundary."""
+    start = -owner.ctypes.data % 4096
+    return owner[start:start + nbytes]
+
+
 @dataclass
 class RawArray:
     """``rows`` (× ``width``) items of ``dtype`` stored raw in ``path`` from byte ``offset``."""
@@ -136,13 +145,16 @@ class RawArray:
         this loop and getrefcount refer to it: any array handed out (or a view of it, or a
         memoryview a writer holds) keeps it busy, so nothing a caller still holds is reused.
         """
-        for buf in self._pool:
-            if buf.nbytes >= nbytes and sys.getrefcount(buf) <= 3:
-                return buf
-        buf = np.empty(nbytes, dtype=np.uint8)
+        # The pool holds each buffer's owning array: NumPy points every view (and view of a
+        # view) at the owner, so the owner's reference count sees all of them. Slices start on
+        # a 4 KiB boundary, for O_DIRECT writes of the rows read into them.
+        for owner in self._pool:
+            if owner.nbytes - 4096 >= nbytes and sys.getrefcount(owner) <= 3:
+                return _page_aligned_view(owner, nbytes)
+        owner = np.empty(nbytes + 4096, dtype=np.uint8)
         if len(self._pool) < _BUFFER_POOL:
-            self._pool.append(buf)
-        return buf
+            self._pool.append(owner)
+        return _page_aligned_view(owner, nbytes)
 
     def read(self, first: int, count: int) -> np.ndarray:
         """Rows ``[first, first + count)`` read from the file (a buffer no one else holds)."""

@@ -66,7 +66,10 @@ class DuplicateCounter:
         if not keys.size:
             return
         if self._spill_dir is None:
-            self._held.append(keys.copy())
+            # Held as a sorted copy: finish() then merges sorted runs (a stable sort exploits
+            # them: about 2x faster than sorting shuffled keys), and this part of the work
+            # happens while the keys stream in.
+            self._held.append(np.sort(keys))
             self._held_count += keys.size
             if self._held_count > self.budget_keys:
                 self._start_spilling()
@@ -95,7 +98,7 @@ class DuplicateCounter:
         extra_total, repeating, examples = 0, 0, []
         try:
             for block in self._blocks():
-                block.sort()
+                block.sort(kind="stable")  # runs of sorted keys: merged, not re-sorted
                 extra, dup_keys = _duplicates_in(block)
                 extra_total += extra
                 repeating += dup_keys.size

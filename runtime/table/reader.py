@@ -104,7 +104,10 @@ class TableReader:
             (META_DTYPE.itemsize if self.has_meta else 0)
 
     def rows_per_chunk(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-        return max(1, chunk_bytes // self.row_bytes)
+        rows = max(1, chunk_bytes // self.row_bytes)
+        # Multiples of 1024 rows: every chunk's vectors then start on a page of the mapped file
+        # and span whole 4 KiB pages, which a TableWriter passes straight to O_DIRECT.
+        return rows // 1024 * 1024 if rows >= 1024 else rows
 
     def keys(self) -> np.ndarray:
         """All keys as one read-only memory-mapped view (pages load on access)."""

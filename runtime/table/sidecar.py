@@ -20,7 +20,7 @@ VERSION = 1
 @dataclass(frozen=True)
 class FileRecord:
     bytes: int
-    crc32: str  # 8 hex digits of zlib.crc32 over the whole file
+    crc32: str  # 8 hex digits of the CRC-32 (zlib's) over the whole file
     mtime_ns: int = 0
 
 

@@ -42,7 +42,7 @@ def write_synthetic_table(dest: Path | str, num_keys: int, dim: int, *, first_ke
     if shuffle:
         np.random.default_rng(seed).shuffle(keys)
     rows = max(1, _CHUNK_ROWS_BYTES // (8 + 4 * dim))
-    writer = TableWriter(dest, dim, overwrite=overwrite, with_meta=with_meta,
+    writer = TableWriter(dest, dim, overwrite=overwrite, with_meta=with_meta, expected_rows=num_keys,
                          source={"generator": "synthetic", "seed": seed, "first_key": first_key,
                                  "shuffle": shuffle}, **writer_options)
     try:

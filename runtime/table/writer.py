@@ -8,10 +8,10 @@ on the way, so nothing is read twice.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import AtomicDirectory, check_destination
-from ..errors import InvalidInputError
+from ..checksum import crc32
+from ..errors import HpsError, InvalidInputError
 from .duplicates import DuplicateCounter, DuplicateStats
 from .layout import (EMPTY_KEY_INT64, KEY_DTYPE, KEY_FILE, META_DTYPE, META_FILE, VECTOR_DTYPE,
                      VECTOR_FILE)
@@ -50,22 +51,68 @@ class TableSummary:
 
 _FADVISE = hasattr(os, "posix_fadvise")
 _ADVISE_BYTES = 8 << 20
+_DIRECT_MIN_BYTES = 64 << 20  # files at least this big (when announced) bypass the page cache
+_ALIGN = 4096  # O_DIRECT: buffer address, length and file offset in whole 4 KiB blocks
+_STAGE_BYTES = 8 << 20
 
 
 class _Sink:
-    """One output file with a running CRC32."""
+    """One output file with a running CRC32.
 
-    def __init__(self, path: Path):
+    Files announced as large are written with O_DIRECT where the file system allows it: the
+    rows go from our buffers straight to the disk, with no page-cache pages to allocate (on a
+    VM that allocation dominated a conversion and varied 5x between runs) and nothing left
+    dirty for the final fsync. Page-aligned whole blocks are written as they come; anything
+    else is copied through an aligned staging buffer, and the last partial block is padded,
+    written and cut off with ftruncate. ``HPS_DIRECT_IO=0`` in the environment turns it off
+    (buffered writes, as for small files).
+    """
+
+    def __init__(self, path: Path, expected_bytes: int = 0):
         self.path = path
         self.handle = open(path, "wb", buffering=0)
         self.crc = 0
         self.bytes = 0
         self._advised = 0  # bytes already handed to write-back
+        self._allocated = 0
+        self._direct: int | None = None  # an O_DIRECT descriptor of the same file
+        self._stage: np.ndarray | None = None
+        self._staged = 0
+        self.bytes_on_disk = 0  # bytes written through the O_DIRECT descriptor so far
+        if expected_bytes > 0:
+            self._preallocate(expected_bytes)
+        if expected_bytes >= _DIRECT_MIN_BYTES and hasattr(os, "O_DIRECT") and \
+                os.environ.get("HPS_DIRECT_IO", "1") != "0":
+            try:
+                self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
+            except OSError:  # e.g. tmpfs: buffered writes
+                self._direct = None
+
+    def _preallocate(self, size: int) -> None:
+        """Reserve the file's blocks up front: a full disk fails now, before any copying, and
+        buffered writes into reserved blocks skip the file system's per-page block reservation
+        (measured on ext4: 2-7x faster writes of a 2 GiB table)."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(self.handle.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                self.handle.close()
+                raise HpsError(f"not enough free space for {size:,} bytes",
+                               location=str(self.path),
+                               hint="free space or write somewhere else") from exc
+            return  # the file system cannot reserve (EOPNOTSUPP, EINVAL): write as usual
+        self._allocated = size
 
     def update_crc(self, view: memoryview) -> None:
-        self.crc = zlib.crc32(view, self.crc)
+        self.crc = crc32(view, self.crc)
 
     def write(self, view: memoryview) -> None:
+        if self._direct is not None:
+            self._write_direct(view)
+            self.bytes += len(view)
+            return
         written = 0
         while written < len(view):  # raw writes may be partial
             written += self.handle.write(view[written:])
@@ -78,12 +125,74 @@ class _Sink:
                              os.POSIX_FADV_DONTNEED)
             self._advised = self.bytes
 
+    # -- O_DIRECT ------------------------------------------------------------------------------
+
+    def _write_direct(self, view: memoryview) -> None:
+        data = np.frombuffer(view, dtype=np.uint8)
+        if self._staged:  # top up the staged block run first, so file offsets stay aligned
+            data = data[self._stage_in(data):]
+        if not self._staged:
+            whole = data.size // _ALIGN * _ALIGN
+            if whole and data.ctypes.data % _ALIGN == 0:  # straight from the caller's buffer
+                self._pwrite(data[:whole])
+                data = data[whole:]
+        while data.size:
+            data = data[self._stage_in(data):]
+
+    def _stage_in(self, data: np.ndarray) -> int:
+        """Copy what fits of ``data`` into the staging buffer (flushing it when full)."""
+        if self._stage is None:
+            owner = np.empty(_STAGE_BYTES + _ALIGN, dtype=np.uint8)
+            start = -owner.ctypes.data % _ALIGN
+            self._stage = owner[start:start + _STAGE_BYTES]
+        take = min(data.size, _STAGE_BYTES - self._staged)
+        self._stage[self._staged:self._staged + take] = data[:take]
+        self._staged += take
+        if self._staged == _STAGE_BYTES:
+            self._pwrite(self._stage)
+            self._staged = 0
+        return take
+
+    def _pwrite(self, data: np.ndarray) -> None:
+        offset = self.bytes_on_disk
+        done = 0
+        view = memoryview(data)
+        while done < data.size:
+            done += os.pwrite(self._direct, view[done:], offset + done)
+        self.bytes_on_disk = offset + done
+
+    def _finish_direct(self) -> None:
+        if self._staged:  # the last partial block: padded to a whole one, then cut off
+            padded = -(-self._staged // _ALIGN) * _ALIGN
+            self._stage[self._staged:padded] = 0
+            self._pwrite(self._stage[:padded])
+            self._staged = 0
+        os.ftruncate(self._direct, self.bytes)
+
     def close(self, sync: bool) -> FileRecord:
+        if self._direct is not None:
+            try:
+                self._finish_direct()
+                if sync:
+                    os.fsync(self._direct)
+            finally:
+                os.close(self._direct)
+                self._direct = None
         if not self.handle.closed:
+            if self._allocated > self.bytes:  # fewer rows than announced (e.g. de-duplicated)
+                os.ftruncate(self.handle.fileno(), self.bytes)
             if sync:
                 os.fsync(self.handle.fileno())
             self.handle.close()
         return FileRecord(self.bytes, f"{self.crc:08x}", os.stat(self.path).st_mtime_ns)
+
+    def discard(self) -> None:
+        """Close without finishing (the file is about to be deleted)."""
+        if self._direct is not None:
+            os.close(self._direct)
+            self._direct = None
+        if not self.handle.closed:
+            self.handle.close()
 
 
 class TableWriter:
@@ -100,6 +209,9 @@ class TableWriter:
             already inside a folder that is itself being built atomically.
         count_duplicates / scan_values: gather these statistics for the sidecar.
         sync: fsync the files at commit.
+        expected_rows: how many rows will be appended, when known: the files are allocated up
+            front (faster writes; a full disk fails before copying) and trimmed at commit if
+            fewer came.
 
     Example:
         >>> with TableWriter("out/users", dim=16) as w:   # doctest: +SKIP
@@ -109,7 +221,7 @@ class TableWriter:
     def __init__(self, dest: Path | str, dim: int, *, overwrite: bool = False,
                  with_meta: bool = False, sidecar: bool = True, source: dict | None = None,
                  atomic: bool = True, count_duplicates: bool = True, scan_values: bool = True,
-                 sync: bool = True):
+                 sync: bool = True, expected_rows: int | None = None):
         if int(dim) <= 0:
             raise InvalidInputError(f"dim must be positive, got {dim}", location=str(dest))
         self.dest = Path(dest)
@@ -128,9 +240,23 @@ class TableWriter:
             self.dest.mkdir(parents=True)
             folder = self.dest
         self.folder = folder
-        self._keys = _Sink(folder / KEY_FILE)
-        self._vectors = _Sink(folder / VECTOR_FILE)
-        self._meta = _Sink(folder / META_FILE) if with_meta else None
+        rows = max(0, int(expected_rows or 0))
+        opened: list[_Sink] = []
+        try:
+            for name, nbytes in ((KEY_FILE, rows * 8), (VECTOR_FILE, rows * 4 * self.dim),
+                                 (META_FILE, rows * 8)):
+                if name != META_FILE or with_meta:
+                    opened.append(_Sink(folder / name, nbytes))
+        except BaseException:  # e.g. no space for the announced rows: leave nothing behind
+            for sink in opened:
+                sink.discard()
+            if self._work is not None:
+                self._work.abort()
+            else:
+                shutil.rmtree(self.dest, ignore_errors=True)
+            raise
+        self._keys, self._vectors = opened[0], opened[1]
+        self._meta = opened[2] if with_meta else None
         self._dups = DuplicateCounter() if count_duplicates else None
         self._non_finite: int | None = 0 if scan_values else None
         self._crc_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hps-table-crc")
@@ -163,21 +289,29 @@ class TableWriter:
         if self._meta is not None and meta is not None:
             parts.append((self._meta, meta))
         views = [(sink, memoryview(array).cast("B")) for sink, array in parts]
-        # CRC32 (which releases the GIL) runs on a helper thread while this one scans and
-        # writes the same chunk; both finish before append returns, so the caller may reuse
-        # its arrays right away.
-        checksums = self._crc_pool.submit(lambda: [sink.update_crc(v) for sink, v in views])
+        # The checks (CRC32, duplicate count, NaN/Inf scan; all release the GIL) run on a
+        # helper thread while this one writes the same chunk, so the disk never waits for them;
+        # both finish before append returns, so the caller may reuse its arrays right away.
+        dups, scan = self._dups, self._non_finite is not None
+
+        def helper() -> int:
+            for sink, view in views:
+                sink.update_crc(view)
+            if dups is not None:
+                dups.add(keys)
+            if not scan:
+                return 0
+            finite = np.isfinite(vectors)
+            return 0 if finite.all() else int(np.count_nonzero(~finite.all(axis=1)))
+
+        checks = self._crc_pool.submit(helper)
         try:
-            if self._dups is not None:
-                self._dups.add(keys)
-            if self._non_finite is not None:
-                finite = np.isfinite(vectors)
-                if not finite.all():
-                    self._non_finite += int(np.count_nonzero(~finite.all(axis=1)))
             for sink, view in views:
                 sink.write(view)
         finally:
-            checksums.result()
+            bad_rows = checks.result()
+        if scan:
+            self._non_finite += bad_rows
         self.num_keys += keys.size
 
     def commit(self) -> TableSummary:
@@ -217,8 +351,8 @@ class TableWriter:
         self._closed = True
         self._crc_pool.shutdown(wait=True)
         for sink in (self._keys, self._vectors, self._meta):
-            if sink is not None and not sink.handle.closed:
-                sink.handle.close()
+            if sink is not None:
+                sink.discard()
         if self._dups is not None:
             self._dups.finish()
         if self._work is not None:
@@ -261,6 +395,7 @@ def write_table(dest: Path | str, keys: np.ndarray, vectors: np.ndarray,
     """Write a whole table from in-memory arrays (convenience for small tables and tests)."""
     vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0
+    options.setdefault("expected_rows", len(np.asarray(keys).reshape(-1)))
     writer = TableWriter(dest, dim, with_meta=meta is not None, **options)
     try:
         writer.append(keys, vectors, meta)
