@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import hps_cli.runtime.direct_io as direct_io
 import hps_cli.runtime.table.writer as writer_module
 from hps_cli.runtime.errors import HpsError
 from hps_cli.runtime.table import TableReader, TableWriter, read_sidecar
@@ -59,7 +60,7 @@ def _unaligned_copy(array: np.ndarray, shift: int) -> np.ndarray:
 @pytest.mark.parametrize("dim", [1, 3, 16, 129])
 def test_direct_writes_are_bit_exact_for_any_chunking_and_alignment(direct_dir, monkeypatch, dim):
     monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)  # every file goes O_DIRECT
-    monkeypatch.setattr(writer_module, "_STAGE_BYTES", 64 << 10)  # small: exercise its flushes
+    monkeypatch.setattr(direct_io, "STAGE_BYTES", 64 << 10)  # small: exercise its flushes
     rng = np.random.default_rng(dim)
     n = 9_000
     keys = rng.permutation(n).astype(np.int64) * 7 + 1
@@ -67,7 +68,7 @@ def test_direct_writes_are_bit_exact_for_any_chunking_and_alignment(direct_dir, 
     sizes = [1, 1024, 1000, 4096, 7, 2048]
     dest = direct_dir / "t"
     with TableWriter(dest, dim, expected_rows=n + 500) as w:  # more announced than written
-        assert w._vectors._direct is not None
+        assert w._vectors.file.is_direct
         first, i = 0, 0
         while first < n:
             count = min(sizes[i % len(sizes)], n - first)
@@ -90,8 +91,8 @@ def test_page_aligned_whole_blocks_skip_the_staging_copy(direct_dir, monkeypatch
     vectors = _unaligned_copy(np.arange(n * dim, dtype=np.float32).reshape(n, dim), 0)
     with TableWriter(direct_dir / "t", dim, expected_rows=n) as w:
         w.append(np.arange(n, dtype=np.int64), vectors)
-        assert w._vectors._stage is None  # never needed
-        assert w._vectors.bytes_on_disk == vectors.nbytes
+        assert not w._vectors.file.staged  # never needed
+        assert w._vectors.file.bytes_on_disk == vectors.nbytes
 
 
 def test_buffered_fallback_where_o_direct_is_refused(tmp_path, monkeypatch):
@@ -103,10 +104,10 @@ def test_buffered_fallback_where_o_direct_is_refused(tmp_path, monkeypatch):
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
-    monkeypatch.setattr(writer_module.os, "open", refuse_direct)
+    monkeypatch.setattr(direct_io.os, "open", refuse_direct)
     vectors = np.ones((100, 5), np.float32)
     with TableWriter(tmp_path / "t", 5, expected_rows=100) as w:
-        assert w._vectors._direct is None
+        assert not w._vectors.file.is_direct
         w.append(np.arange(100), vectors)
     with TableReader(tmp_path / "t") as r:
         assert r.num_keys == 100
@@ -116,7 +117,7 @@ def test_a_full_disk_fails_before_copying_and_leaves_nothing(tmp_path, monkeypat
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(writer_module.os, "posix_fallocate", no_space)
+    monkeypatch.setattr(direct_io.os, "posix_fallocate", no_space)
     with pytest.raises(HpsError, match="not enough free space"):
         TableWriter(tmp_path / "t", 4, expected_rows=1000)
     assert list(tmp_path.iterdir()) == []
@@ -126,7 +127,7 @@ def test_unreservable_file_systems_still_get_the_table(tmp_path, monkeypatch):
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
-    monkeypatch.setattr(writer_module.os, "posix_fallocate", unsupported)
+    monkeypatch.setattr(direct_io.os, "posix_fallocate", unsupported)
     with TableWriter(tmp_path / "t", 4, expected_rows=10) as w:
         w.append(np.arange(10), np.zeros((10, 4), np.float32))
     assert (tmp_path / "t" / "emb_vector").stat().st_size == 160
@@ -135,8 +136,16 @@ def test_unreservable_file_systems_still_get_the_table(tmp_path, monkeypatch):
 def test_aborting_a_direct_write_leaves_nothing(direct_dir, monkeypatch):
     monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
     w = TableWriter(direct_dir / "t", 4, expected_rows=10_000)
-    assert w._vectors._direct is not None
+    assert w._vectors.file.is_direct
     w.append(np.arange(3), np.zeros((3, 4), np.float32))
     w.abort()
     assert not Path(direct_dir / "t").exists()
     assert [p.name for p in direct_dir.iterdir()] == []
+
+
+def test_direct_io_can_be_turned_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
+    monkeypatch.setenv("HPS_DIRECT_IO", "0")
+    with TableWriter(tmp_path / "t", 4, expected_rows=10) as w:
+        assert not w._vectors.file.is_direct
+        w.append(np.arange(10), np.zeros((10, 4), np.float32))

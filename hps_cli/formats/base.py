@@ -114,7 +114,7 @@ _BUFFER_POOL = 4  # read buffers kept per file: the chunk being written, the one
 def _page_aligned_view(owner: np.ndarray, nbytes: int) -> np.ndarray:
     """``nbytes`` of ``owner`` (which has 4 KiB to spare) starting on a 4 KiB boundary."""
     start = -owner.ctypes.data % 4096
-    return owner[start:start + nbytes]
+    return owner[start:start + nbytes]  # a view: its base is ``owner`` (the pool counts on it)
 
 
 @dataclass

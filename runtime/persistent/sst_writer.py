@@ -29,7 +29,6 @@ Keys must arrive sorted by their bytes (RocksDB's default bytewise comparator) a
 
 from __future__ import annotations
 
-import os
 import secrets
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -37,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..direct_io import DirectFile, aligned_empty
 from ..errors import DependencyMissingError
 
 MAGIC = 0x88E241B785F4CFF7  # kBlockBasedTableMagicNumber
@@ -142,12 +142,14 @@ class SstFileBuilder:
         self._vlen = varint(self.value_bytes)
         self.entry_bytes = 2 + len(self._vlen) + 16 + self.value_bytes
         self.rows_per_block = max(1, block_bytes // self.entry_bytes)
-        self._handle = open(self.path, "wb")
-        # Data blocks are written by a helper thread (file writes release the GIL), so building
+        # Straight to the disk (runtime/direct_io.py): RocksDB moves the file in and syncs it, so
+        # page-cache copies would only cost. Data blocks are written by a helper thread (file
+        # writes release the GIL), so building
         # the next batch overlaps writing this one; at most one write is in flight.
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="sst-write")
         self._in_flight: Future | None = None
         self._buffers: list[np.ndarray | None] = [None, None]
+        self._handle = DirectFile(self.path)
         self._turn = 0
         self.offset = 0
         self.num_entries = 0
@@ -238,7 +240,7 @@ class SstFileBuilder:
         self._turn ^= 1
         current = self._buffers[self._turn]
         if current is None or current.size < nbytes:
-            current = self._buffers[self._turn] = np.empty(nbytes, dtype=np.uint8)
+            current = self._buffers[self._turn] = aligned_empty(nbytes)
         return current[:nbytes]
 
     def _wait(self) -> None:
@@ -259,7 +261,7 @@ class SstFileBuilder:
         self._wait()
         self._writer.shutdown()
         if not self.num_entries:
-            self._handle.close()
+            self._handle.discard()
             raise ValueError("an SST file needs at least one entry")
         data_size = self.offset
         index = self._index_block()
@@ -271,10 +273,7 @@ class SstFileBuilder:
         footer = bytes([CHECKSUM_CRC32C]) + (meta_handle + index_handle).ljust(40, b"\0") + \
             struct.pack("<IQ", FORMAT_VERSION, MAGIC)
         self._handle.write(footer)
-        self._handle.flush()
-        if self.sync:
-            os.fsync(self._handle.fileno())
-        self._handle.close()
+        self._handle.close(sync=self.sync)
         return self.num_entries
 
     def abort(self) -> None:
@@ -283,8 +282,7 @@ class SstFileBuilder:
         except OSError:
             pass
         self._writer.shutdown()
-        if not self._handle.closed:
-            self._handle.close()
+        self._handle.discard()
         self.path.unlink(missing_ok=True)
 
     def _append_block(self, body: bytes) -> bytes:

@@ -8,7 +8,6 @@ on the way, so nothing is read twice.
 
 from __future__ import annotations
 
-import errno
 import os
 import shutil
 import time
@@ -20,7 +19,8 @@ import numpy as np
 
 from ..atomic import AtomicDirectory, check_destination
 from ..checksum import crc32
-from ..errors import HpsError, InvalidInputError
+from ..direct_io import DirectFile
+from ..errors import InvalidInputError
 from .duplicates import DuplicateCounter, DuplicateStats
 from .layout import (EMPTY_KEY_INT64, KEY_DTYPE, KEY_FILE, META_DTYPE, META_FILE, VECTOR_DTYPE,
                      VECTOR_FILE)
@@ -49,150 +49,34 @@ class TableSummary:
         }
 
 
-_FADVISE = hasattr(os, "posix_fadvise")
-_ADVISE_BYTES = 8 << 20
 _DIRECT_MIN_BYTES = 64 << 20  # files at least this big (when announced) bypass the page cache
-_ALIGN = 4096  # O_DIRECT: buffer address, length and file offset in whole 4 KiB blocks
-_STAGE_BYTES = 8 << 20
 
 
 class _Sink:
-    """One output file with a running CRC32.
-
-    Files announced as large are written with O_DIRECT where the file system allows it: the
-    rows go from our buffers straight to the disk, with no page-cache pages to allocate (on a
-    VM that allocation dominated a conversion and varied 5x between runs) and nothing left
-    dirty for the final fsync. Page-aligned whole blocks are written as they come; anything
-    else is copied through an aligned staging buffer, and the last partial block is padded,
-    written and cut off with ftruncate. ``HPS_DIRECT_IO=0`` in the environment turns it off
-    (buffered writes, as for small files).
-    """
+    """One output file with a running CRC32 (runtime/direct_io.py says how it is written)."""
 
     def __init__(self, path: Path, expected_bytes: int = 0):
         self.path = path
-        self.handle = open(path, "wb", buffering=0)
+        self.file = DirectFile(path, expected_bytes=expected_bytes,
+                               direct=expected_bytes >= _DIRECT_MIN_BYTES)
         self.crc = 0
-        self.bytes = 0
-        self._advised = 0  # bytes already handed to write-back
-        self._allocated = 0
-        self._direct: int | None = None  # an O_DIRECT descriptor of the same file
-        self._stage: np.ndarray | None = None
-        self._staged = 0
-        self.bytes_on_disk = 0  # bytes written through the O_DIRECT descriptor so far
-        if expected_bytes > 0:
-            self._preallocate(expected_bytes)
-        if expected_bytes >= _DIRECT_MIN_BYTES and hasattr(os, "O_DIRECT") and \
-                os.environ.get("HPS_DIRECT_IO", "1") != "0":
-            try:
-                self._direct = os.open(path, os.O_WRONLY | os.O_DIRECT)
-            except OSError:  # e.g. tmpfs: buffered writes
-                self._direct = None
 
-    def _preallocate(self, size: int) -> None:
-        """Reserve the file's blocks up front: a full disk fails now, before any copying, and
-        buffered writes into reserved blocks skip the file system's per-page block reservation
-        (measured on ext4: 2-7x faster writes of a 2 GiB table)."""
-        if not hasattr(os, "posix_fallocate"):
-            return
-        try:
-            os.posix_fallocate(self.handle.fileno(), 0, size)
-        except OSError as exc:
-            if exc.errno == errno.ENOSPC:
-                self.handle.close()
-                raise HpsError(f"not enough free space for {size:,} bytes",
-                               location=str(self.path),
-                               hint="free space or write somewhere else") from exc
-            return  # the file system cannot reserve (EOPNOTSUPP, EINVAL): write as usual
-        self._allocated = size
+    @property
+    def bytes(self) -> int:
+        return self.file.bytes
 
     def update_crc(self, view: memoryview) -> None:
         self.crc = crc32(view, self.crc)
 
     def write(self, view: memoryview) -> None:
-        if self._direct is not None:
-            self._write_direct(view)
-            self.bytes += len(view)
-            return
-        written = 0
-        while written < len(view):  # raw writes may be partial
-            written += self.handle.write(view[written:])
-        self.bytes += len(view)
-        if _FADVISE and self.bytes - self._advised >= _ADVISE_BYTES:
-            # Start writing back what we wrote (asynchronously) instead of leaving it all to the
-            # final fsync, and keep our dirty pages from crowding the page cache. Only the new
-            # range: advising the whole file each time would rescan it (quadratic).
-            os.posix_fadvise(self.handle.fileno(), self._advised, self.bytes - self._advised,
-                             os.POSIX_FADV_DONTNEED)
-            self._advised = self.bytes
-
-    # -- O_DIRECT ------------------------------------------------------------------------------
-
-    def _write_direct(self, view: memoryview) -> None:
-        data = np.frombuffer(view, dtype=np.uint8)
-        if self._staged:  # top up the staged block run first, so file offsets stay aligned
-            data = data[self._stage_in(data):]
-        if not self._staged:
-            whole = data.size // _ALIGN * _ALIGN
-            if whole and data.ctypes.data % _ALIGN == 0:  # straight from the caller's buffer
-                self._pwrite(data[:whole])
-                data = data[whole:]
-        while data.size:
-            data = data[self._stage_in(data):]
-
-    def _stage_in(self, data: np.ndarray) -> int:
-        """Copy what fits of ``data`` into the staging buffer (flushing it when full)."""
-        if self._stage is None:
-            owner = np.empty(_STAGE_BYTES + _ALIGN, dtype=np.uint8)
-            start = -owner.ctypes.data % _ALIGN
-            self._stage = owner[start:start + _STAGE_BYTES]
-        take = min(data.size, _STAGE_BYTES - self._staged)
-        self._stage[self._staged:self._staged + take] = data[:take]
-        self._staged += take
-        if self._staged == _STAGE_BYTES:
-            self._pwrite(self._stage)
-            self._staged = 0
-        return take
-
-    def _pwrite(self, data: np.ndarray) -> None:
-        offset = self.bytes_on_disk
-        done = 0
-        view = memoryview(data)
-        while done < data.size:
-            done += os.pwrite(self._direct, view[done:], offset + done)
-        self.bytes_on_disk = offset + done
-
-    def _finish_direct(self) -> None:
-        if self._staged:  # the last partial block: padded to a whole one, then cut off
-            padded = -(-self._staged // _ALIGN) * _ALIGN
-            self._stage[self._staged:padded] = 0
-            self._pwrite(self._stage[:padded])
-            self._staged = 0
-        os.ftruncate(self._direct, self.bytes)
+        self.file.write(view)
 
     def close(self, sync: bool) -> FileRecord:
-        if self._direct is not None:
-            try:
-                self._finish_direct()
-                if sync:
-                    os.fsync(self._direct)
-            finally:
-                os.close(self._direct)
-                self._direct = None
-        if not self.handle.closed:
-            if self._allocated > self.bytes:  # fewer rows than announced (e.g. de-duplicated)
-                os.ftruncate(self.handle.fileno(), self.bytes)
-            if sync:
-                os.fsync(self.handle.fileno())
-            self.handle.close()
+        self.file.close(sync)
         return FileRecord(self.bytes, f"{self.crc:08x}", os.stat(self.path).st_mtime_ns)
 
     def discard(self) -> None:
-        """Close without finishing (the file is about to be deleted)."""
-        if self._direct is not None:
-            os.close(self._direct)
-            self._direct = None
-        if not self.handle.closed:
-            self.handle.close()
+        self.file.discard()
 
 
 class TableWriter:
