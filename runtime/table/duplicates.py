@@ -74,7 +74,7 @@ class DuplicateCounter:
             if self._held_count > self.budget_keys:
                 self._start_spilling()
         else:
-            self._spill(keys)
+            self._spill(np.sort(keys))  # sorted runs in every partition file, as in memory
 
     def _start_spilling(self) -> None:
         self._spill_dir = Path(tempfile.mkdtemp(prefix="hps-dups-", dir=self.tmp_dir))
