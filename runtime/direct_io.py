@@ -95,7 +95,14 @@ class DirectFile:
         """Append ``data`` (bytes, a memoryview or a contiguous array)."""
         view = memoryview(data).cast("B")
         if self._direct is not None:
-            self._write_direct(np.frombuffer(view, dtype=np.uint8))
+            try:
+                self._write_direct(np.frombuffer(view, dtype=np.uint8))
+            except OSError as exc:
+                # A file system that opened O_DIRECT but refuses its writes (some FUSE and
+                # network ones): nothing has reached the disk yet, so go buffered from here.
+                if exc.errno != errno.EINVAL or self.bytes_on_disk:
+                    raise
+                self._fall_back_to_buffered(view)
         else:
             written = 0
             while written < len(view):  # raw writes may be partial
@@ -109,6 +116,18 @@ class DirectFile:
                                  os.POSIX_FADV_DONTNEED)
                 self._advised = end
         self.bytes += len(view)
+
+    def _fall_back_to_buffered(self, view: memoryview) -> None:
+        """Rewrite everything so far (still all in the staging buffer) and ``view`` buffered."""
+        earlier = memoryview(self._stage[:self.bytes]) if self._stage is not None else \
+            memoryview(b"")
+        for part, offset in ((earlier, 0), (view, self.bytes)):
+            written = 0
+            while written < len(part):
+                written += os.pwrite(self._fd, part[written:], offset + written)
+        os.lseek(self._fd, self.bytes + len(view), os.SEEK_SET)
+        os.close(self._direct)
+        self._direct, self._stage, self._staged = None, None, 0
 
     def _write_direct(self, data: np.ndarray) -> None:
         if self._staged:  # top up the staged blocks first, so file offsets stay aligned

@@ -149,3 +149,29 @@ def test_direct_io_can_be_turned_off(tmp_path, monkeypatch):
     with TableWriter(tmp_path / "t", 4, expected_rows=10) as w:
         assert not w._vectors.file.is_direct
         w.append(np.arange(10), np.zeros((10, 4), np.float32))
+
+
+def test_o_direct_writes_refused_after_open_fall_back_to_buffered(direct_dir, monkeypatch):
+    """Some file systems open O_DIRECT but refuse the writes: nothing is lost."""
+    monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
+    monkeypatch.setattr(direct_io, "STAGE_BYTES", 8192)
+    real_pwrite = os.pwrite
+    refused = []
+
+    def refuse_first(fd, data, offset):
+        if not refused:
+            refused.append(offset)
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(direct_io.os, "pwrite", refuse_first)
+    rng = np.random.default_rng(5)
+    keys = np.arange(3000, dtype=np.int64)
+    vectors = rng.standard_normal((3000, 3), dtype=np.float32)
+    with TableWriter(direct_dir / "t", 3, expected_rows=3000) as w:
+        for start in range(0, 3000, 700):  # 8400-byte chunks: the stage fills mid-chunk
+            w.append(keys[start:start + 700], vectors[start:start + 700])
+        assert not w._vectors.file.is_direct
+    assert refused
+    with TableReader(direct_dir / "t") as r:
+        assert np.array_equal(r.keys(), keys) and np.array_equal(r.vectors(), vectors)
