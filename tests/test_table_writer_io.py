@@ -113,24 +113,35 @@ def test_buffered_fallback_where_o_direct_is_refused(tmp_path, monkeypatch):
         assert r.num_keys == 100
 
 
-def test_a_full_disk_fails_before_copying_and_leaves_nothing(tmp_path, monkeypatch):
+def test_a_full_disk_fails_before_copying_and_leaves_nothing(direct_dir, monkeypatch):
     def no_space(fd, offset, length):
         raise OSError(errno.ENOSPC, "No space left on device")
 
+    monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
     monkeypatch.setattr(direct_io.os, "posix_fallocate", no_space)
     with pytest.raises(HpsError, match="not enough free space"):
-        TableWriter(tmp_path / "t", 4, expected_rows=1000)
-    assert list(tmp_path.iterdir()) == []
+        TableWriter(direct_dir / "t", 4, expected_rows=1000)
+    assert list(direct_dir.iterdir()) == []
 
 
-def test_unreservable_file_systems_still_get_the_table(tmp_path, monkeypatch):
+def test_unreservable_file_systems_still_get_the_table(direct_dir, monkeypatch):
     def unsupported(fd, offset, length):
         raise OSError(errno.EOPNOTSUPP, "Operation not supported")
 
+    monkeypatch.setattr(writer_module, "_DIRECT_MIN_BYTES", 1)
     monkeypatch.setattr(direct_io.os, "posix_fallocate", unsupported)
-    with TableWriter(tmp_path / "t", 4, expected_rows=10) as w:
+    with TableWriter(direct_dir / "t", 4, expected_rows=10) as w:
         w.append(np.arange(10), np.zeros((10, 4), np.float32))
-    assert (tmp_path / "t" / "emb_vector").stat().st_size == 160
+    assert (direct_dir / "t" / "emb_vector").stat().st_size == 160
+
+
+def test_buffered_files_are_not_reserved(tmp_path, monkeypatch):
+    """Small or buffered files skip posix_fallocate (on tmpfs it zero-fills memory first)."""
+    calls = []
+    monkeypatch.setattr(direct_io.os, "posix_fallocate", lambda *a: calls.append(a))
+    with TableWriter(tmp_path / "t", 4, expected_rows=10) as w:  # far below the O_DIRECT size
+        w.append(np.arange(10), np.zeros((10, 4), np.float32))
+    assert calls == []
 
 
 def test_aborting_a_direct_write_leaves_nothing(direct_dir, monkeypatch):
