@@ -5,8 +5,10 @@ and evict someone else's cached data; on the shared VMs this project runs on, th
 dominated conversions and varied 5x between runs (docs/benchmarks.md), while O_DIRECT writes ran
 at the disk's 3 GB/s every time. Page-aligned whole blocks are written from the caller's buffer
 as they come; anything else is copied through an aligned staging buffer; the last partial block
-is padded, written and cut off with ftruncate. File systems that refuse O_DIRECT (tmpfs, some
-network file systems) and small files get buffered writes; ``HPS_DIRECT_IO=0`` forces those.
+is padded, written and cut off with ftruncate. File systems that refuse O_DIRECT, at open
+(tmpfs) or at the first write (some FUSE and network ones), get buffered writes, as do files
+opened with ``direct=False`` (the table writer's choice below 64 MiB); ``HPS_DIRECT_IO=0``
+forces buffered writes everywhere.
 """
 
 from __future__ import annotations
@@ -168,7 +170,12 @@ class DirectFile:
             if self._direct is not None and self._staged:  # padded to a whole block
                 padded = -(-self._staged // ALIGN) * ALIGN
                 self._stage[self._staged:padded] = 0
-                self._pwrite(self._stage[:padded])
+                try:
+                    self._pwrite(self._stage[:padded])
+                except OSError as exc:  # the first O_DIRECT write of the file, refused
+                    if exc.errno != errno.EINVAL or self.bytes_on_disk:
+                        raise
+                    self._fall_back_to_buffered(memoryview(b""))
                 self._staged = 0
             if self._direct is not None or self._allocated > self.bytes:
                 os.ftruncate(self._fd, self.bytes)
@@ -179,10 +186,14 @@ class DirectFile:
 
     def discard(self) -> None:
         """Close without finishing (the file is about to be deleted)."""
-        for fd in (self._direct, self._fd):
-            if fd is not None and fd >= 0:
-                os.close(fd)
+        direct, fd = self._direct, self._fd
         self._direct, self._fd = None, -1
+        try:
+            if direct is not None:
+                os.close(direct)
+        finally:
+            if fd >= 0:
+                os.close(fd)
 
     @property
     def closed(self) -> bool:

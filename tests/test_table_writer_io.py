@@ -186,3 +186,24 @@ def test_o_direct_writes_refused_after_open_fall_back_to_buffered(direct_dir, mo
     assert refused
     with TableReader(direct_dir / "t") as r:
         assert np.array_equal(r.keys(), keys) and np.array_equal(r.vectors(), vectors)
+
+
+def test_refused_o_direct_writes_at_close_fall_back_too(direct_dir, monkeypatch):
+    """Everything still staged when the file closes: the padded last write is the first one."""
+    real_pwrite = os.pwrite
+    direct_fds = []
+
+    def refuse_direct(fd, data, offset):
+        if fd in direct_fds:
+            raise OSError(errno.EINVAL, "Invalid argument")
+        return real_pwrite(fd, data, offset)
+
+    monkeypatch.setattr(direct_io.os, "pwrite", refuse_direct)
+    f = direct_io.DirectFile(direct_dir / "f", expected_bytes=20000)
+    assert f.is_direct
+    direct_fds.append(f._direct)
+    payload = bytes(range(256)) * 39 + b"tail"
+    f.write(payload)
+    f.write(payload)
+    f.close(sync=True)
+    assert (direct_dir / "f").read_bytes() == payload * 2

@@ -22,7 +22,8 @@ def rewrite_table(src: Path | str, dest: Path | str, *, dim: int | None = None,
         source = {"rewritten_from": str(Path(src).resolve())}
         source.update(writer_options.pop("source", {}) or {})
         writer = TableWriter(dest, reader.dim, overwrite=overwrite, with_meta=reader.has_meta,
-                             source=source, expected_rows=reader.num_keys, **writer_options)
+                             source=source,
+                             **{"expected_rows": reader.num_keys, **writer_options})
         try:
             for chunk in reader.chunks(reader.rows_per_chunk(chunk_bytes)):
                 writer.append(chunk.keys, chunk.vectors, chunk.meta)
