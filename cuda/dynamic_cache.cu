@@ -73,10 +73,6 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
   }
 }
 
-}  // namespace hps
-
-namespace hps {
-
 // The probe of one key: its set, digest candidates and the guessed way (the first candidate),
 // whose key is loaded but not yet compared.
 struct Probe {

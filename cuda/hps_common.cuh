@@ -43,11 +43,6 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 #ifndef HPS_META_EVICT_LAST
 #define HPS_META_EVICT_LAST 1
 #endif
-// Compute a row number by shift instead of division when the 16-byte words per row are a power
-// of two.
-#ifndef HPS_COPY_POW2
-#define HPS_COPY_POW2 1
-#endif
 // Keys each lane of a query (and of the gather it is measured against) takes per block: a warp
 // probes and copies 32·K keys at a time, so the probe's latency is paid once per 32·K rows.
 #ifndef HPS_KEYS_PER_LANE
@@ -107,42 +102,6 @@ __device__ __forceinline__ uint32_t match16(uint4 v, uint32_t dd) {
   return m;
 }
 
-// Bit i set when 16-bit half i of the 8 digests `v` equals `d` (replicated into both halves of
-// `dd`).
-__device__ __forceinline__ uint32_t match8(uint4 v, uint32_t dd) {
-  uint32_t m = 0;
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t eq = __vcmpeq2(w[i], dd);  // 0xFFFF in each equal half
-    m |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
-  }
-  return m;
-}
-
-__device__ __forceinline__ uint64_t meta_policy();
-__device__ __forceinline__ uint4 load_meta16(const uint4* p, uint64_t policy);
-
-// The ways of a set whose digest equals `digest` (bit w for way w), read with 16-byte loads: two
-// for 8-bit digests (one 32-byte sector), four for 16-bit ones (two sectors).
-__device__ __forceinline__ uint32_t match_set(const digest_t* __restrict__ digests, uint32_t set,
-                                              uint32_t digest, uint64_t policy) {
-  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
-#if HPS_DIGEST_BITS == 8
-  const uint32_t dd = digest * 0x01010101u;
-  return match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
-#else
-  const uint32_t dd = digest * 0x00010001u;
-  uint4 v[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) v[q] = load_meta16(d + q, policy);  // all four loads in flight
-  uint32_t m = 0;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) m |= match8(v[q], dd) << (8 * q);
-  return m;
-#endif
-}
-
 // Copy one row of `dim` floats with the T lanes of a tile: 16-byte accesses when both rows are
 // 16-byte aligned (dim % 4 == 0 and aligned bases), 4-byte ones otherwise.
 template <int T>
@@ -173,32 +132,6 @@ __device__ __forceinline__ void fill_row(const cg::thread_block_tile<T>& tile,
   }
 }
 
-// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lane 0 reads the set's
-// digests; only ways whose digest matches are compared by key, up to T of them at once.
-template <int T>
-__device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
-                                        const int64_t* __restrict__ cache_keys,
-                                        const digest_t* __restrict__ digests, uint32_t set,
-                                        uint32_t digest, int64_t key) {
-  const int lane = tile.thread_rank();
-  uint32_t candidates = 0;
-  if (lane == 0) candidates = match_set(digests, set, digest, meta_policy());
-  candidates = tile.shfl(candidates, 0);
-  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
-  // Usually one candidate; lanes test up to T of them at once.
-  while (candidates) {
-    int way = -1;
-    uint32_t rest = candidates;
-    for (int i = 0; i < lane && rest; ++i) rest &= rest - 1;  // this lane's candidate
-    if (rest) way = __ffs(rest) - 1;
-    const bool hit = way >= 0 && set_keys[way] == key;
-    const uint32_t hits = tile.ballot(hit);
-    if (hits) return tile.shfl(way, __ffs(hits) - 1);
-    for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
-  }
-  return -1;
-}
-
 __device__ __forceinline__ uint64_t meta_policy() {
   uint64_t policy = 0;
 #if HPS_META_EVICT_LAST
@@ -226,6 +159,65 @@ __device__ __forceinline__ int64_t load_meta8(const int64_t* p, uint64_t policy)
 #else
   return *p;
 #endif
+}
+
+// Bit i set when 16-bit half i of the 8 digests `v` equals `d` (replicated into both halves of
+// `dd`).
+__device__ __forceinline__ uint32_t match8(uint4 v, uint32_t dd) {
+  uint32_t m = 0;
+  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t eq = __vcmpeq2(w[i], dd);  // 0xFFFF in each equal half
+    m |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
+  }
+  return m;
+}
+
+// The ways of a set whose digest equals `digest` (bit w for way w), read with 16-byte loads: two
+// for 8-bit digests (one 32-byte sector), four for 16-bit ones (two sectors).
+__device__ __forceinline__ uint32_t match_set(const digest_t* __restrict__ digests, uint32_t set,
+                                              uint32_t digest, uint64_t policy) {
+  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
+#if HPS_DIGEST_BITS == 8
+  const uint32_t dd = digest * 0x01010101u;
+  return match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
+#else
+  const uint32_t dd = digest * 0x00010001u;
+  uint4 v[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) v[q] = load_meta16(d + q, policy);  // all four loads in flight
+  uint32_t m = 0;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) m |= match8(v[q], dd) << (8 * q);
+  return m;
+#endif
+}
+
+// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lane 0 reads the set's
+// digests; only ways whose digest matches are compared by key, up to T of them at once.
+template <int T>
+__device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
+                                        const int64_t* __restrict__ cache_keys,
+                                        const digest_t* __restrict__ digests, uint32_t set,
+                                        uint32_t digest, int64_t key) {
+  const int lane = tile.thread_rank();
+  uint32_t candidates = 0;
+  if (lane == 0) candidates = match_set(digests, set, digest, meta_policy());
+  candidates = tile.shfl(candidates, 0);
+  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
+  // Usually one candidate; lanes test up to T of them at once.
+  while (candidates) {
+    int way = -1;
+    uint32_t rest = candidates;
+    for (int i = 0; i < lane && rest; ++i) rest &= rest - 1;  // this lane's candidate
+    if (rest) way = __ffs(rest) - 1;
+    const bool hit = way >= 0 && set_keys[way] == key;
+    const uint32_t hits = tile.ballot(hit);
+    if (hits) return tile.shfl(way, __ffs(hits) - 1);
+    for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
+  }
+  return -1;
 }
 
 __device__ __forceinline__ float4 load_row4(const float4* p) {
@@ -278,7 +270,7 @@ __device__ __forceinline__ void warp_copy_rows_k(const cg::thread_block_tile<32>
     const float4 dv = make_float4(fill, fill, fill, fill);
     float4* o = reinterpret_cast<float4*>(out);
     // Row of word g: a shift when dpr is a power of two (the usual dims), else a division.
-    const int shift = HPS_COPY_POW2 && (dpr & (dpr - 1)) == 0 ? __ffs(dpr) - 1 : -1;
+    const int shift = (dpr & (dpr - 1)) == 0 ? __ffs(dpr) - 1 : -1;
     for (int g0 = 0; g0 < total; g0 += 32 * U) {
       float4 v[U];
 #pragma unroll
