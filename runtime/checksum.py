@@ -13,4 +13,16 @@ try:
 except ImportError:  # pragma: no cover - zlib-ng is a core dependency
     from zlib import crc32
 
-__all__ = ["crc32"]
+__all__ = ["crc32", "file_crc32"]
+
+_BLOCK = 16 << 20
+
+
+def file_crc32(path) -> tuple[int, int]:
+    """(CRC-32, size in bytes) of a whole file, read in 16 MiB blocks."""
+    crc, size = 0, 0
+    with open(path, "rb") as handle:
+        while block := handle.read(_BLOCK):
+            crc = crc32(block, crc)
+            size += len(block)
+    return crc, size

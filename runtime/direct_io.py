@@ -31,11 +31,22 @@ def direct_io_enabled() -> bool:
     return hasattr(os, "O_DIRECT") and os.environ.get("HPS_DIRECT_IO", "1") != "0"
 
 
-def aligned_empty(nbytes: int) -> np.ndarray:
-    """An uninitialized byte array that starts on a 4 KiB boundary."""
-    owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
+def aligned_view(owner: np.ndarray, nbytes: int) -> np.ndarray:
+    """``nbytes`` of byte array ``owner`` (which has ALIGN bytes to spare) starting on a 4 KiB
+    boundary; a view, so its base is ``owner``."""
     start = -owner.ctypes.data % ALIGN
     return owner[start:start + nbytes]
+
+
+def aligned_empty(nbytes: int) -> np.ndarray:
+    """An uninitialized byte array that starts on a 4 KiB boundary."""
+    return aligned_view(np.empty(nbytes + ALIGN, dtype=np.uint8), nbytes)
+
+
+def whole_page_rows(rows: int) -> int:
+    """``rows`` rounded down to a multiple of 1024 (when at least 1024): chunks of that many
+    rows of float32 vectors span whole 4 KiB pages, which DirectFile writes without staging."""
+    return rows // 1024 * 1024 if rows >= 1024 else rows
 
 
 class DirectFile:
@@ -194,7 +205,3 @@ class DirectFile:
         finally:
             if fd >= 0:
                 os.close(fd)
-
-    @property
-    def closed(self) -> bool:
-        return self._fd < 0

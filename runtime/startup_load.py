@@ -17,13 +17,12 @@ from typing import Callable
 
 import numpy as np
 
-from .checksum import crc32
+from .checksum import file_crc32
 from .hashing import partition_of
 from .table.layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.reader import TableReader
 
 LOAD_ROWS = 1 << 16
-_CRC_BLOCK = 16 << 20
 
 
 def table_checksum(reader: TableReader) -> str:
@@ -33,11 +32,7 @@ def table_checksum(reader: TableReader) -> str:
     names = [KEY_FILE, VECTOR_FILE] + ([META_FILE] if reader.has_meta else [])
     parts = []
     for name in sorted(names):
-        crc, size = 0, 0
-        with open(reader.path / name, "rb") as handle:
-            while block := handle.read(_CRC_BLOCK):
-                crc = crc32(block, crc)
-                size += len(block)
+        crc, size = file_crc32(reader.path / name)
         parts.append(f"{name}:{size}:{crc:08x}")
     return f"dim={reader.dim};" + ";".join(parts)
 

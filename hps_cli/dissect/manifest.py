@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
-from ..runtime.checksum import crc32
+from ..runtime.checksum import file_crc32
 from ..runtime.errors import CheckFailedError
 from ..runtime.resources import load_schema
 from .plan import ModelPlan
@@ -25,11 +25,7 @@ def file_checksums(folder: Path) -> dict[str, str]:
     """CRC32 (hex) of every file under ``folder``, by relative path."""
     sums = {}
     for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        crc = 0
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                crc = crc32(block, crc)
-        sums[path.relative_to(folder).as_posix()] = f"{crc:08x}"
+        sums[path.relative_to(folder).as_posix()] = f"{file_crc32(path)[0]:08x}"
     return sums
 
 

@@ -16,6 +16,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from ..runtime.direct_io import whole_page_rows
 from ..runtime.table import TableSummary, TableWriter
 from ..runtime.table.sidecar import read_sidecar, write_sidecar
 from .inspect import TableChoice
@@ -94,9 +95,7 @@ def write_table(
     var = choice.variable
     rows, dim = var.shape
     item = max(1, var.nbytes // max(1, rows * dim))
-    per_chunk = max(1, CHUNK_BYTES // (dim * item))
-    if per_chunk >= 1024:  # whole 4 KiB pages of float32 rows: the writer's O_DIRECT fast path
-        per_chunk = per_chunk // 1024 * 1024
+    per_chunk = whole_page_rows(max(1, CHUNK_BYTES // (dim * item)))
     row_keys = has_key = None
     if keys.source != "row_index":
         row_keys = np.zeros(rows, dtype=np.int64)

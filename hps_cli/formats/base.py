@@ -17,6 +17,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..runtime.direct_io import ALIGN, aligned_view, whole_page_rows
 from ..runtime.errors import InvalidInputError
 
 DEFAULT_CHUNK_BYTES = 32 << 20
@@ -75,10 +76,7 @@ class SourceTable:
         return 8 + 4 * self.dim + (8 if self.has_meta else 0)
 
     def rows_per_chunk(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-        rows = max(1, chunk_bytes // self.row_bytes)
-        # A multiple of 1024 rows keeps every chunk's vectors a whole number of 4 KiB pages, so
-        # the table writer can hand them to the disk directly (O_DIRECT) without restaging.
-        return rows // 1024 * 1024 if rows >= 1024 else rows
+        return whole_page_rows(max(1, chunk_bytes // self.row_bytes))
 
     def chunks(self, rows: int | None = None) -> Iterator[Chunk]:
         """Consecutive chunks of converted rows, in the input's order."""
@@ -109,12 +107,6 @@ class SourceTable:
 # Raw arrays in files (SOK v1/v2, HugeCTR, HPS tables, .npy)
 
 _BUFFER_POOL = 4  # read buffers kept per file: the chunk being written, the one being read
-
-
-def _page_aligned_view(owner: np.ndarray, nbytes: int) -> np.ndarray:
-    """``nbytes`` of ``owner`` (which has 4 KiB to spare) starting on a 4 KiB boundary."""
-    start = -owner.ctypes.data % 4096
-    return owner[start:start + nbytes]  # a view: its base is ``owner`` (the pool counts on it)
 
 
 @dataclass
@@ -149,12 +141,12 @@ class RawArray:
         # view) at the owner, so the owner's reference count sees all of them. Slices start on
         # a 4 KiB boundary, for O_DIRECT writes of the rows read into them.
         for owner in self._pool:
-            if owner.nbytes - 4096 >= nbytes and sys.getrefcount(owner) <= 3:
-                return _page_aligned_view(owner, nbytes)
-        owner = np.empty(nbytes + 4096, dtype=np.uint8)
+            if owner.nbytes - ALIGN >= nbytes and sys.getrefcount(owner) <= 3:
+                return aligned_view(owner, nbytes)
+        owner = np.empty(nbytes + ALIGN, dtype=np.uint8)
         if len(self._pool) < _BUFFER_POOL:
             self._pool.append(owner)
-        return _page_aligned_view(owner, nbytes)
+        return aligned_view(owner, nbytes)
 
     def read(self, first: int, count: int) -> np.ndarray:
         """Rows ``[first, first + count)`` read from the file (a buffer no one else holds)."""

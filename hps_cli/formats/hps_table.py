@@ -63,7 +63,7 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[HpsTable], list[
 def sidecar_checksum(path: Path, dim: int) -> str:
     """``Sidecar.checksum()`` of a table whose sidecar is missing or stale, by reading its files
     (the same string a fresh ``table.json`` would give)."""
-    from ..runtime.checksum import crc32
+    from ..runtime.checksum import file_crc32
     from ..runtime.table.sidecar import FileRecord, Sidecar
 
     records = {}
@@ -71,10 +71,6 @@ def sidecar_checksum(path: Path, dim: int) -> str:
         file = path / name
         if not file.exists():
             continue
-        crc, size = 0, 0
-        with open(file, "rb") as handle:
-            while block := handle.read(16 << 20):
-                crc = crc32(block, crc)
-                size += len(block)
+        crc, size = file_crc32(file)
         records[name] = FileRecord(size, f"{crc:08x}")
     return Sidecar(dim=dim, num_keys=records[KEY_FILE].bytes // 8, files=records).checksum()

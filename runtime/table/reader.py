@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 
+from ..direct_io import whole_page_rows
 from ..errors import InvalidInputError
 from .layout import (KEY_DTYPE, KEY_FILE, META_DTYPE, META_FILE, VECTOR_DTYPE, VECTOR_FILE,
                      TableLayout, inspect_layout)
@@ -104,10 +105,8 @@ class TableReader:
             (META_DTYPE.itemsize if self.has_meta else 0)
 
     def rows_per_chunk(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
-        rows = max(1, chunk_bytes // self.row_bytes)
-        # Multiples of 1024 rows: every chunk's vectors then start on a page of the mapped file
-        # and span whole 4 KiB pages, which a TableWriter passes straight to O_DIRECT.
-        return rows // 1024 * 1024 if rows >= 1024 else rows
+        # Chunks then start on a page of the mapped file and span whole pages: O_DIRECT-ready.
+        return whole_page_rows(max(1, chunk_bytes // self.row_bytes))
 
     def keys(self) -> np.ndarray:
         """All keys as one read-only memory-mapped view (pages load on access)."""
