@@ -32,6 +32,11 @@ VARIANTS = {
     "k4": ({"HPS_KEYS_PER_LANE": "4"}, 1),
     "k1_trust_digest (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 1),
     "k1_trust_digest_no_hits (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 0),
+    # hits counted into a byte per slot (an L2-resident array) instead of the 32-bit scores
+    "counters": ({"HPS_STUDY_COUNTERS": "1"}, 1),
+    "counters_all_hits": ({"HPS_STUDY_COUNTERS": "1", "HPS_HIT_SAMPLE_SHIFT": "0"}, 1),
+    "counters_key4 (wrong)": ({"HPS_STUDY_COUNTERS": "1", "HPS_STUDY_KEY_BYTES": "4"}, 1),
+    "counters_trust (wrong)": ({"HPS_STUDY_COUNTERS": "1", "HPS_STUDY_TRUST_DIGEST": "1"}, 1),
 }
 
 
@@ -68,6 +73,20 @@ def main() -> None:
         print(f"persisting L2 set-aside: asked {persist_mb} MiB, rc {rc}, now "
               f"{got.value / 2**20:.1f} MiB (max {max_persist.value / 2**20:.1f} MiB)",
               file=sys.stderr)
+    fetch = int(os.environ.get("HPS_STUDY_L2_FETCH_BYTES", "0"))
+    if fetch:
+        # CU_LIMIT_MAX_L2_FETCH_GRANULARITY: how many bytes an L2 miss brings from DRAM (a hint)
+        import ctypes
+
+        cuda = ctypes.CDLL("libcuda.so.1")
+        with device.scope():
+            before = ctypes.c_size_t()
+            cuda.cuCtxGetLimit(ctypes.byref(before), 5)
+            rc = cuda.cuCtxSetLimit(5, ctypes.c_size_t(fetch))
+            got = ctypes.c_size_t()
+            cuda.cuCtxGetLimit(ctypes.byref(got), 5)
+        print(f"L2 fetch granularity: was {before.value} B, asked {fetch} B, rc {rc}, now "
+              f"{got.value} B", file=sys.stderr)
     dims = [int(d) for d in args.dims.split(",")]
     big = 1 << 20
     if args.profile:
@@ -78,7 +97,9 @@ def main() -> None:
             kernel_variants(device, dim, big, big, 2 * big, {"p": (module, args.hits)}, repeats=1,
                             warmup=0, check=False)
         return
-    chosen = {k: v for k, v in VARIANTS.items() if not args.only or k in args.only}
+    # a name matches with or without its " (wrong)" suffix
+    chosen = {k: v for k, v in VARIANTS.items()
+              if not args.only or k in args.only or k.split(" ")[0] in args.only}
     modules = {}
     for name, (defines, hits, *options) in chosen.items():
         with device.scope():

@@ -23,6 +23,17 @@
 #ifndef HPS_STUDY_TRUST_DIGEST
 #define HPS_STUDY_TRUST_DIGEST 0
 #endif
+// Measurement only: load a 4-byte word where the key would be and take the first digest match
+// as the hit (wrong on collisions): what a 4-byte key tag would cost.
+#ifndef HPS_STUDY_KEY_BYTES
+#define HPS_STUDY_KEY_BYTES 8
+#endif
+// Measurement only: sampled hits add their weight (at most 31) to a byte counter per slot (four
+// to a word, at the head of the scores array) instead of to the 32-bit score: what counting into
+// a small L2-resident array would cost.
+#ifndef HPS_STUDY_COUNTERS
+#define HPS_STUDY_COUNTERS 0
+#endif
 
 namespace hps {
 
@@ -95,6 +106,14 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
     // checked after the copy, so its latency hides behind the row loads
 #if HPS_STUDY_TRUST_DIGEST  // measurement only: what the key compare costs (wrong on collisions)
     p.guessed_key = p.key;
+#elif HPS_STUDY_KEY_BYTES == 4  // measurement only: a 4-byte load, then trust the digest
+    {
+      const uint32_t* tags = reinterpret_cast<const uint32_t*>(cache_keys);
+      uint32_t tag;
+      asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;"
+          : "=r"(tag) : "l"(tags + (size_t)p.set * HPS_WAYS + p.way), "l"(policy));
+      p.guessed_key = tag == 0xDEADBEEFu ? HPS_EMPTY_KEY : p.key;
+    }
 #else
     p.guessed_key = load_meta8(cache_keys + (size_t)p.set * HPS_WAYS + p.way, policy);
 #endif
@@ -184,8 +203,13 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
       }
       const bool sampled = (hps::mix64(p[k].key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
       if (p[k].way >= 0 && count_hits && sampled) {
+#if HPS_STUDY_COUNTERS
+        const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
+        atomicAdd(scores + (slot >> 2), min(weights ? weights[i] : 1u, 31u) << ((slot & 3) * 8));
+#else
         atomicAdd(scores + (size_t)p[k].set * HPS_WAYS + p[k].way,
                   (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
+#endif
       }
       hps::warp_append_misses(warp, i < n && p[k].way < 0, p[k].key, i, miss_keys, miss_pos,
                               miss_count);

@@ -17,6 +17,13 @@ for bits in ${DIGEST_BITS_LIST:-8}; do
     --out "$OUT/variants_digest$bits.json" ${STUDY_ARGS:-} >"$OUT/variants_digest$bits.log" 2>&1
   tail -12 "$OUT/variants_digest$bits.log"
 done
+for bytes in ${FETCH_BYTES:-}; do
+  echo "== L2 fetch granularity $bytes B, digests of ${FETCH_DIGEST_BITS:-8} bits"
+  HPS_DIGEST_BITS=${FETCH_DIGEST_BITS:-8} HPS_STUDY_L2_FETCH_BYTES=$bytes \
+    python3 benchmarks/gpu_query_variants.py --out "$OUT/variants_fetch$bytes.json" \
+    ${STUDY_ARGS:-} >"$OUT/variants_fetch$bytes.log" 2>&1
+  tail -12 "$OUT/variants_fetch$bytes.log"
+done
 for mb in ${PERSIST_MB:-}; do
   HPS_STUDY_L2_PERSIST_MB=$mb python3 benchmarks/gpu_query_variants.py \
     --out "$OUT/variants_persist$mb.json" ${STUDY_ARGS:-} >"$OUT/variants_persist$mb.log" 2>&1
@@ -28,7 +35,7 @@ if [ "${PROFILE:-1}" = 1 ]; then
   for hits in 1 0; do
     ncu --clock-control none --cache-control none --kernel-name regex:'dc_query|gather_rows' \
       --launch-count 3 --metrics "$metrics" \
-      python3 benchmarks/gpu_query_variants.py --profile --dims 32 --hits $hits \
+      python3 benchmarks/gpu_query_variants.py --profile --dims 32 --hits $hits ${PROFILE_ARGS:-} \
       >"$OUT/ncu_hits$hits.txt" 2>&1
     grep -E "dc_query|gather_rows|dram__|lts__|gpu__time|ERR|rror" "$OUT/ncu_hits$hits.txt" | head -40
   done
