@@ -89,7 +89,20 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
         grid = (device.launch_grid(batch, 1), 1)
         results = {}
+        inline_values = None
         for name, (kernels, count_hits, *options) in variants.items():
+            values = cache.d_values
+            if options and options[0] == "inline":
+                # study: the same cache in the header-in-front layout (dc_study_build_inline)
+                if inline_values is not None:
+                    inline_values.free()
+                inline_values = device.alloc(cache.capacity * (dim + 4) * 4)
+                kernels.function("dc_study_build_inline", "PPqiP").prepared_call(
+                    (device.launch_grid(cache.capacity * (dim + 4), 1), 1), (256, 1, 1),
+                    int(cache.d_keys), int(cache.d_values), cache.capacity, dim,
+                    int(inline_values))
+                drv.Context.synchronize()
+                values = inline_values
             if options and options[0] == "resident":
                 # one wave: as many blocks as fit on the device at once, by register count
                 regs = -(-kernels.function("dc_query", QUERY_ARGS).num_regs // 8) * 8
@@ -100,7 +113,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                 device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
                 mkeys, mpos, count, grid, batch, dim, repeats, warmup,
                 expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS)
+                QUERY_ARGS, values)
             results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
                                   "capacity_slots": cache.capacity})
     return results
@@ -108,7 +121,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
 
 def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
                             table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                            expected, query_seed, query_args) -> dict:
+                            expected, query_seed, query_args, values=None) -> dict:
     drv = device.drv
     rotations = len(batches)
     q = kernels.function("dc_query", query_args)
@@ -117,9 +130,9 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
     def query(i):
         q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
                               int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
-                              int(cache.d_values), cache.num_sets, dim, np.float32(0),
-                              int(out), int(mkeys), int(mpos), int(count), count_hits,
-                              query_seed(i))
+                              int(cache.d_values if values is None else values), cache.num_sets,
+                              dim, np.float32(0), int(out), int(mkeys), int(mpos), int(count),
+                              count_hits, query_seed(i))
 
     def gather(i):
         g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),

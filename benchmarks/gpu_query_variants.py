@@ -37,6 +37,10 @@ VARIANTS = {
     "counters_all_hits": ({"HPS_STUDY_COUNTERS": "1", "HPS_HIT_SAMPLE_SHIFT": "0"}, 1),
     "counters_key4 (wrong)": ({"HPS_STUDY_COUNTERS": "1", "HPS_STUDY_KEY_BYTES": "4"}, 1),
     "counters_trust (wrong)": ({"HPS_STUDY_COUNTERS": "1", "HPS_STUDY_TRUST_DIGEST": "1"}, 1),
+    # key and score in a 16-byte header in front of each row (one run of sectors per hit)
+    "inline": ({"HPS_STUDY_INLINE_KEY": "1"}, 1, "inline"),
+    "inline_no_hit_counting": ({"HPS_STUDY_INLINE_KEY": "1"}, 0, "inline"),
+    "inline_sample8": ({"HPS_STUDY_INLINE_KEY": "1", "HPS_HIT_SAMPLE_SHIFT": "3"}, 1, "inline"),
 }
 
 

@@ -34,6 +34,15 @@
 #ifndef HPS_STUDY_COUNTERS
 #define HPS_STUDY_COUNTERS 0
 #endif
+// Measurement only: the query reads a value array whose slots carry a 16-byte header in front of
+// the row ([int64 key | uint32 score | pad], pitch dim + 4 floats, built by
+// dc_study_build_inline): the key compare reads the row's own first sector and hits are counted
+// in the header, so a hit touches one contiguous run of sectors besides the digests.
+#ifndef HPS_STUDY_INLINE_KEY
+#define HPS_STUDY_INLINE_KEY 0
+#endif
+#define HPS_STUDY_PITCH(dim) (HPS_STUDY_INLINE_KEY ? (dim) + 4 : (dim))
+#define HPS_STUDY_ROW(dim) (HPS_STUDY_INLINE_KEY ? 4 : 0)
 
 namespace hps {
 
@@ -106,6 +115,11 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
     // checked after the copy, so its latency hides behind the row loads
 #if HPS_STUDY_TRUST_DIGEST  // measurement only: what the key compare costs (wrong on collisions)
     p.guessed_key = p.key;
+#elif HPS_STUDY_INLINE_KEY
+    p.guessed_key = load_meta8(
+        reinterpret_cast<const int64_t*>(
+            values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim)),
+        policy);
 #elif HPS_STUDY_KEY_BYTES == 4  // measurement only: a 4-byte load, then trust the digest
     {
       const uint32_t* tags = reinterpret_cast<const uint32_t*>(cache_keys);
@@ -117,7 +131,8 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
 #else
     p.guessed_key = load_meta8(cache_keys + (size_t)p.set * HPS_WAYS + p.way, policy);
 #endif
-    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
+    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim) +
+            HPS_STUDY_ROW(dim);
   }
 }
 
@@ -137,7 +152,9 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
     }
     candidates &= candidates - 1;
   }
-  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * dim : nullptr;
+  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim) +
+                           HPS_STUDY_ROW(dim)
+                     : nullptr;
   return true;
 }
 
@@ -203,7 +220,12 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
       }
       const bool sampled = (hps::mix64(p[k].key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
       if (p[k].way >= 0 && count_hits && sampled) {
-#if HPS_STUDY_COUNTERS
+#if HPS_STUDY_INLINE_KEY
+        const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
+        atomicAdd(reinterpret_cast<unsigned*>(const_cast<float*>(values) +
+                                              slot * HPS_STUDY_PITCH(dim)) + 2,
+                  (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
+#elif HPS_STUDY_COUNTERS
         const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
         atomicAdd(scores + (slot >> 2), min(weights ? weights[i] : 1u, 31u) << ((slot & 3) * 8));
 #else
@@ -316,3 +338,25 @@ HPS_TILED(4)
 HPS_TILED(8)
 HPS_TILED(16)
 HPS_TILED(32)
+
+#if HPS_STUDY_INLINE_KEY
+// Measurement only: copy the cache into the header-in-front layout (key, score 0, pad, row).
+extern "C" __global__ void dc_study_build_inline(const int64_t* __restrict__ cache_keys,
+                                                 const float* __restrict__ values, int64_t slots,
+                                                 int dim, float* __restrict__ out) {
+  const int pitch = dim + 4;
+  const int64_t total = slots * pitch;
+  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t slot = i / pitch;
+    const int c = (int)(i - slot * pitch);
+    const uint64_t key = (uint64_t)cache_keys[slot];
+    float v;
+    if (c == 0) v = __uint_as_float((uint32_t)key);
+    else if (c == 1) v = __uint_as_float((uint32_t)(key >> 32));
+    else if (c < 4) v = 0.0f;
+    else v = values[slot * dim + c - 4];
+    out[i] = v;
+  }
+}
+#endif
