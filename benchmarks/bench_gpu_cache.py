@@ -3,7 +3,10 @@
     python benchmarks/bench_gpu_cache.py --out results.json
 
 1. Cache query of 1M keys, 100 % hits, uniform keys, dim 32 and 128, vs a plain gather kernel
-   that copies the same rows by known index (the physical floor): throughput ratio.
+   that copies the same rows by known index (the physical floor): throughput ratio. The query
+   runs as a 1 M-key lookup runs it (unique keys with their occurrence counts, hits into the hit
+   bytes); the fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is
+   timed too and its share added in ``throughput_ratio_with_fold``.
 2. 16K keys, dim 128: query time vs gather time.
 3. End to end from Python: 2,000 host keys -> host vectors, dim 128, all hits (the cache API a
    lookup uses): p50 / p99 latency.
@@ -41,7 +44,7 @@ def _events_median(device, launch, repeats: int, warmup: int = 5) -> float:
 
 def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_slots: int,
                      kernels=None, rotations: int = 4, repeats: int = 50,
-                     count_hits: int = 1) -> dict:
+                     count_hits: int = 2) -> dict:
     """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
     return kernel_variants(device, dim, batch, cached_keys, capacity_slots,
                            {"default": (kernels or device.kernels, count_hits)},
@@ -53,7 +56,8 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                     check: bool = True) -> dict:
     """kernel_vs_gather for several compiled variants over one cache: {name: (module,
     count_hits)} -> {name: result}. Each variant's query runs against its own gather (the same
-    -D flags build both)."""
+    -D flags build both). count_hits: 2 into the hit bytes with occurrence counts (here all 1,
+    the keys being unique, as a de-duplicated lookup passes them), 1 into the scores, 0 none."""
     from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
     from hps_cli.runtime.gpu.placement import WAYS, query_seed
     from hps_cli.runtime.table.synthetic import synthetic_vectors
@@ -85,24 +89,12 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
             batches.append(device.to_device(present[idx]))
             indices.append(device.to_device(idx))
             slot_indices.append(device.to_device(slot_of_present[idx].astype(np.int64)))
+        weights = device.to_device(np.ones(batch, np.uint32))
         out = device.alloc(batch * dim * 4 + 16)
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
         grid = (device.launch_grid(batch, 1), 1)
         results = {}
-        inline_values = None
         for name, (kernels, count_hits, *options) in variants.items():
-            values = cache.d_values
-            if options and options[0] == "inline":
-                # study: the same cache in the header-in-front layout (dc_study_build_inline)
-                if inline_values is not None:
-                    inline_values.free()
-                inline_values = device.alloc(cache.capacity * (dim + 4) * 4)
-                kernels.function("dc_study_build_inline", "PPqiP").prepared_call(
-                    (device.launch_grid(cache.capacity * (dim + 4), 1), 1), (256, 1, 1),
-                    int(cache.d_keys), int(cache.d_values), cache.capacity, dim,
-                    int(inline_values))
-                drv.Context.synchronize()
-                values = inline_values
             if options and options[0] == "resident":
                 # one wave: as many blocks as fit on the device at once, by register count
                 regs = -(-kernels.function("dc_query", QUERY_ARGS).num_regs // 8) * 8
@@ -113,7 +105,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                 device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
                 mkeys, mpos, count, grid, batch, dim, repeats, warmup,
                 expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS, values)
+                QUERY_ARGS, weights)
             results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
                                   "capacity_slots": cache.capacity})
     return results
@@ -121,18 +113,27 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
 
 def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
                             table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                            expected, query_seed, query_args, values=None) -> dict:
+                            expected, query_seed, query_args, weights) -> dict:
+    from hps_cli.runtime.gpu.placement import HIT_FOLD_EVERY
+
     drv = device.drv
     rotations = len(batches)
     q = kernels.function("dc_query", query_args)
     g = kernels.function("gather_rows", "PPqiP")
+    fold = kernels.function("dc_fold_hits", "PPq")
+    with_weights = int(weights) if count_hits == 2 else 0
 
     def query(i):
-        q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]), 0, batch,
-                              int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
-                              int(cache.d_values if values is None else values), cache.num_sets,
-                              dim, np.float32(0), int(out), int(mkeys), int(mpos), int(count),
-                              count_hits, query_seed(i))
+        q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),
+                              with_weights, batch, int(cache.d_keys), int(cache.d_digests),
+                              int(cache.d_scores), int(cache.d_hits), int(cache.d_values),
+                              cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
+                              int(mpos), int(count), count_hits, query_seed(i))
+
+    def fold_hits(i):
+        groups = cache.capacity // 16
+        fold.prepared_async_call((device.launch_grid(groups, 1), 1), (256, 1, 1), None,
+                                 int(cache.d_hits), int(cache.d_scores), groups)
 
     def gather(i):
         g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
@@ -152,14 +153,29 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
             if not np.array_equal(got, expected):
                 raise AssertionError(f"{launch.__name__} returned wrong rows (dim {dim})")
     drv.memset_d32(count, 0, 1)
+    fold_hits(0)  # no byte may hold more than 255: each launch adds at most 1 per slot
     ms_q = _events_median(device, query, repeats, warmup)
     misses = np.empty(1, np.uint32)
     drv.memcpy_dtoh(misses, count)
     ms_g = _events_median(device, gather, repeats, warmup)
     ms_s = _events_median(device, gather_in_place, repeats, warmup)
+    fold_hits(0)
     ms_q2 = _events_median(device, query, repeats, warmup)  # again: the spread of repeated runs
     ms_g2 = _events_median(device, gather, repeats, warmup)
     ms_s2 = _events_median(device, gather_in_place, repeats, warmup)
+    # The fold after HIT_FOLD_EVERY queries' hits (the driver's schedule), each timed alone.
+    fold_times = []
+    for r in range(8 if count_hits == 2 else 0):
+        for j in range(HIT_FOLD_EVERY):
+            query(r * HIT_FOLD_EVERY + j)
+        start, end = drv.Event(), drv.Event()
+        start.record()
+        fold_hits(r)
+        end.record()
+        end.synchronize()
+        fold_times.append(end.time_since(start))
+    fold_hits(0)
+    fold_ms = statistics.median(fold_times) if fold_times else 0.0
     # Means of the two rounds each, so one noisy round moves a ratio less.
     q_ms, gd, gs = (ms_q + ms_q2) / 2, (ms_g + ms_g2) / 2, (ms_s + ms_s2) / 2
     return {"count_hits": count_hits, "misses": int(misses[0]),
@@ -168,7 +184,9 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
             "query_gkeys_per_s": batch / q_ms / 1e6, "gather_gkeys_per_s": batch / gd / 1e6,
             "gather_tb_per_s": batch * (8 + 8 * dim) / gd / 1e9,
             "throughput_ratio": gd / q_ms, "time_ratio": q_ms / gd,
-            "throughput_ratio_in_place": gs / q_ms}
+            "throughput_ratio_in_place": gs / q_ms, "fold_ms": fold_ms,
+            "fold_every": HIT_FOLD_EVERY if count_hits == 2 else None,
+            "throughput_ratio_with_fold": gd / (q_ms + fold_ms / HIT_FOLD_EVERY)}
 
 
 def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
@@ -204,9 +222,9 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
             drv.memset_d32_async(d_out, 0, 1, stream)
             t.append(time.perf_counter())
             q.prepared_async_call(grid, (256, 1, 1), stream, int(d_keys), 0, n, int(cache.d_keys),
-                                  int(cache.d_digests), int(cache.d_scores), int(cache.d_values),
-                                  cache.num_sets, dim, np.float32(0), int(d_out) + 16, int(d_mk),
-                                  int(d_mp), int(d_out), 1, it)
+                                  int(cache.d_digests), int(cache.d_scores), int(cache.d_hits),
+                                  int(cache.d_values), cache.num_sets, dim, np.float32(0),
+                                  int(d_out) + 16, int(d_mk), int(d_mp), int(d_out), 1, it)
             t.append(time.perf_counter())
             drv.memcpy_dtoh_async(h_out, d_out, stream)
             t.append(time.perf_counter())
@@ -341,7 +359,7 @@ def main() -> None:
         for name, defines in (("unroll8", {"HPS_COPY_UNROLL": "8"}),
                               ("no_evict_last", {"HPS_META_EVICT_LAST": "0"}),
                               ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
-                              ("exact_hit_counting", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
+                              ("every_hit_counted", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,
@@ -350,7 +368,12 @@ def main() -> None:
             kernel_vs_gather(device, d, big, cached, 2 * cached, count_hits=0) for d in (32, 128)]
     result["query_1M_large_cache_dim32"] = kernel_vs_gather(
         device, 32, big, 8 * cached, 16 * cached) if not args.quick else None
-    result["query_16K"] = kernel_vs_gather(device, 128, 16384, cached, 2 * cached, repeats=200)
+    # 16 K keys: a lookup of that size queries directly, counting hits into the scores
+    result["query_16K"] = kernel_vs_gather(device, 128, 16384, cached, 2 * cached, repeats=200,
+                                           count_hits=1)
+    # A full cache (the steady state of a serving cache): 1 M keys inserted into 1 M slots
+    result["query_1M_full_cache"] = [kernel_vs_gather(device, d, big, cached, cached)
+                                     for d in (32, 128)] if not args.quick else None
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
     result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
@@ -361,12 +384,16 @@ def main() -> None:
         with open(args.out, "w") as handle:
             handle.write(text)
     print(text)
-    q32, q128 = result["query_1M"]
     print("\nsummary (card: %s)" % device.name, file=sys.stderr)
-    print(f"query 1M dim32:  {q32['throughput_ratio']:.2f}x gather ({q32['query_ms']:.3f} vs "
-          f"{q32['gather_ms']:.3f} ms)", file=sys.stderr)
-    print(f"query 1M dim128: {q128['throughput_ratio']:.2f}x gather ({q128['query_ms']:.3f} vs "
-          f"{q128['gather_ms']:.3f} ms)", file=sys.stderr)
+    for label, rows in (("", result["query_1M"]),
+                        (" full cache", result.get("query_1M_full_cache") or [])):
+        for r in rows:
+            print(f"query 1M{label} dim{r['dim']}: {r['throughput_ratio']:.3f}x gather "
+                  f"({r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
+                  f"{r['throughput_ratio_in_place']:.3f}x; with the fold "
+                  f"{r['throughput_ratio_with_fold']:.3f}x, fold {r['fold_ms'] * 1e3:.1f} us "
+                  f"per {r['fold_every']} queries; {r['cached_keys']} keys in "
+                  f"{r['capacity_slots']} slots)", file=sys.stderr)
     for name, rows in (result.get("variants") or {}).items():
         print(f"  variant {name}: " + ", ".join(
             f"dim{r['dim']} {r['throughput_ratio']:.2f}x ({r['query_ms']:.3f}/{r['gather_ms']:.3f})"

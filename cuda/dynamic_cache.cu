@@ -4,6 +4,8 @@
 //   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways
 //   digests     digest_t[slots]     HPS_DIGEST_BITS-bit hash digest of the key, 0 in empty ways
 //   scores      uint32[slots]       LFU score with dynamic aging (LFU-DA)
+//   hits        uint8[slots]        sampled hits of large queries not yet added to the scores
+//                                   (read and written as uint32 words of 4 slots)
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
 //
@@ -12,6 +14,13 @@
 // HPS_HIT_SAMPLE, so most hits write nothing); a new key takes an empty way, else evicts the way
 // with the smallest score (ties: lowest way), and starts at the victim's score + 1, so
 // long-idle popular keys eventually age out while a new key stays cheap to evict until hit.
+//
+// Where a hit is counted: small queries add to the 32-bit score directly. Large (de-duplicated)
+// queries add the key's occurrences, capped at HPS_HIT_WEIGHT_CAP, to the slot's hit byte
+// instead: a 1-byte-per-slot array is small enough to stay in L2, so these atomics never go to
+// DRAM, whereas score atomics missed L2 and cost about 5 % of a 1 M-key query (benchmarks.md).
+// dc_fold_hits adds the bytes into the scores (× HPS_HIT_SAMPLE) and clears them; the driver runs
+// it before anything reads or rewrites scores, and often enough that no byte can overflow.
 //
 // Every entry point is `extern "C"` so the driver (runtime/gpu/kernels.py) can look it up by
 // name; tile widths T (lanes cooperating on one key) are instantiated explicitly.
@@ -23,26 +32,6 @@
 #ifndef HPS_STUDY_TRUST_DIGEST
 #define HPS_STUDY_TRUST_DIGEST 0
 #endif
-// Measurement only: load a 4-byte word where the key would be and take the first digest match
-// as the hit (wrong on collisions): what a 4-byte key tag would cost.
-#ifndef HPS_STUDY_KEY_BYTES
-#define HPS_STUDY_KEY_BYTES 8
-#endif
-// Measurement only: sampled hits add their weight (at most 31) to a byte counter per slot (four
-// to a word, at the head of the scores array) instead of to the 32-bit score: what counting into
-// a small L2-resident array would cost.
-#ifndef HPS_STUDY_COUNTERS
-#define HPS_STUDY_COUNTERS 0
-#endif
-// Measurement only: the query reads a value array whose slots carry a 16-byte header in front of
-// the row ([int64 key | uint32 score | pad], pitch dim + 4 floats, built by
-// dc_study_build_inline): the key compare reads the row's own first sector and hits are counted
-// in the header, so a hit touches one contiguous run of sectors besides the digests.
-#ifndef HPS_STUDY_INLINE_KEY
-#define HPS_STUDY_INLINE_KEY 0
-#endif
-#define HPS_STUDY_PITCH(dim) (HPS_STUDY_INLINE_KEY ? (dim) + 4 : (dim))
-#define HPS_STUDY_ROW(dim) (HPS_STUDY_INLINE_KEY ? 4 : 0)
 
 namespace hps {
 
@@ -73,8 +62,8 @@ __device__ void update(const int64_t* __restrict__ keys, const float* __restrict
 template <int T>
 __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
                            int64_t* __restrict__ cache_keys, digest_t* __restrict__ digests,
-                           unsigned* __restrict__ scores, uint32_t num_sets,
-                           unsigned* __restrict__ removed) {
+                           unsigned* __restrict__ scores, uint8_t* __restrict__ hits,
+                           uint32_t num_sets, unsigned* __restrict__ removed) {
   auto tile = cg::tiled_partition<T>(cg::this_thread_block());
   const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
@@ -88,6 +77,7 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
       cache_keys[slot] = HPS_EMPTY_KEY;
       digests[slot] = 0;
       scores[slot] = 0;
+      hits[slot] = 0;  // uncounted hits of the old key must not reach a later one
       atomicAdd(removed, 1u);
     }
   }
@@ -115,24 +105,10 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
     // checked after the copy, so its latency hides behind the row loads
 #if HPS_STUDY_TRUST_DIGEST  // measurement only: what the key compare costs (wrong on collisions)
     p.guessed_key = p.key;
-#elif HPS_STUDY_INLINE_KEY
-    p.guessed_key = load_meta8(
-        reinterpret_cast<const int64_t*>(
-            values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim)),
-        policy);
-#elif HPS_STUDY_KEY_BYTES == 4  // measurement only: a 4-byte load, then trust the digest
-    {
-      const uint32_t* tags = reinterpret_cast<const uint32_t*>(cache_keys);
-      uint32_t tag;
-      asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;"
-          : "=r"(tag) : "l"(tags + (size_t)p.set * HPS_WAYS + p.way), "l"(policy));
-      p.guessed_key = tag == 0xDEADBEEFu ? HPS_EMPTY_KEY : p.key;
-    }
 #else
     p.guessed_key = load_meta8(cache_keys + (size_t)p.set * HPS_WAYS + p.way, policy);
 #endif
-    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim) +
-            HPS_STUDY_ROW(dim);
+    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
   }
 }
 
@@ -152,20 +128,19 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
     }
     candidates &= candidates - 1;
   }
-  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * HPS_STUDY_PITCH(dim) +
-                           HPS_STUDY_ROW(dim)
-                     : nullptr;
+  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * dim : nullptr;
   return true;
 }
 
 }  // namespace hps
 
 // Look up n keys: hits copy their row to out[i] and, when sampled (seed: the query's sampling
-// seed), add HPS_HIT_SAMPLE × weights[i] (weights null: 1; a de-duplicated batch passes each
-// key's occurrence count; nothing when count_hits is 0) to the slot's score; misses write the
-// default value to out[i] and append (key, i) to the miss list.
-// Read-only except scores, so several queries may run at once; replace/update/invalidate must
-// not run concurrently (one stream per cache orders them).
+// seed), count weights[i] hits (weights null: 1; a de-duplicated batch passes each key's
+// occurrence count): count_hits 0 counts nothing, 1 adds HPS_HIT_SAMPLE × weight to the slot's
+// score, 2 adds min(weight, HPS_HIT_WEIGHT_CAP) to the slot's hit byte. Misses write the default
+// value to out[i] and append (key, i) to the miss list.
+// Read-only except scores and hits, so several queries may run at once; replace/update/
+// invalidate must not run concurrently (one stream per cache orders them).
 //
 // One warp takes 32·K consecutive keys (K = HPS_KEYS_PER_LANE): each lane probes its K keys,
 // so a warp has 32·K independent probes in flight; then the warp copies the rows together
@@ -177,7 +152,8 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
                                     const hps::digest_t* __restrict__ digests,
-                                    unsigned* __restrict__ scores, const float* __restrict__ values,
+                                    unsigned* __restrict__ scores, unsigned* __restrict__ hits,
+                                    const float* __restrict__ values,
                                     uint32_t num_sets, int dim, float default_value,
                                     float* __restrict__ out, int64_t* __restrict__ miss_keys,
                                     int64_t* __restrict__ miss_pos,
@@ -220,18 +196,14 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
       }
       const bool sampled = (hps::mix64(p[k].key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
       if (p[k].way >= 0 && count_hits && sampled) {
-#if HPS_STUDY_INLINE_KEY
         const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
-        atomicAdd(reinterpret_cast<unsigned*>(const_cast<float*>(values) +
-                                              slot * HPS_STUDY_PITCH(dim)) + 2,
-                  (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
-#elif HPS_STUDY_COUNTERS
-        const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
-        atomicAdd(scores + (slot >> 2), min(weights ? weights[i] : 1u, 31u) << ((slot & 3) * 8));
-#else
-        atomicAdd(scores + (size_t)p[k].set * HPS_WAYS + p[k].way,
-                  (weights ? weights[i] : 1u) << HPS_HIT_SAMPLE_SHIFT);
-#endif
+        const unsigned weight = weights ? weights[i] : 1u;
+        if (count_hits == 2) {  // byte (slot & 3) of word slot / 4 (little-endian)
+          atomicAdd(hits + (slot >> 2), min(weight, (unsigned)HPS_HIT_WEIGHT_CAP)
+                                            << ((slot & 3) * 8));
+        } else {
+          atomicAdd(scores + slot, weight << HPS_HIT_SAMPLE_SHIFT);
+        }
       }
       hps::warp_append_misses(warp, i < n && p[k].way < 0, p[k].key, i, miss_keys, miss_pos,
                               miss_count);
@@ -252,8 +224,9 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
                                       const int64_t* __restrict__ seg_offsets, int num_segments,
                                       int64_t* __restrict__ cache_keys,
                                       hps::digest_t* __restrict__ digests, unsigned* __restrict__ scores,
-                                      unsigned* __restrict__ floors, float* __restrict__ values,
-                                      int dim, unsigned* __restrict__ inserted) {
+                                      uint8_t* __restrict__ hits, unsigned* __restrict__ floors,
+                                      float* __restrict__ values, int dim,
+                                      unsigned* __restrict__ inserted) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int segment = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
   if (segment >= num_segments) return;
@@ -290,6 +263,7 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
       my_key = key;
       my_score = floor_score + 1u;
       digests[base + way] = (hps::digest_t)hps::digest_of(hps::mix64(key));
+      hits[base + way] = 0;  // hits still uncounted belonged to the evicted key
     }
     hps::copy_row<32>(warp, seg_rows + j * (int64_t)dim, values + (base + way) * dim, dim, vec4);
     ++new_keys;
@@ -299,6 +273,28 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
   if (lane == 0) {
     floors[set] = floor_score;
     if (new_keys) atomicAdd(inserted, new_keys);
+  }
+}
+
+// Add the hit bytes into the scores and clear them: thread t takes slots [16t, 16t + 16) (the
+// slot count is a multiple of 32). Only words with hits are written back.
+extern "C" __global__ void dc_fold_hits(uint4* __restrict__ hits, unsigned* __restrict__ scores,
+                                        int64_t groups) {
+  for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
+       g += (int64_t)gridDim.x * blockDim.x) {
+    const uint4 h = hits[g];
+    if (!(h.x | h.y | h.z | h.w)) continue;
+    const uint32_t w[4] = {h.x, h.y, h.z, h.w};
+    unsigned* s = scores + g * 16;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        const unsigned count = (w[q] >> (8 * b)) & 0xFFu;
+        if (count) s[4 * q + b] += count << HPS_HIT_SAMPLE_SHIFT;
+      }
+    }
+    hits[g] = make_uint4(0, 0, 0, 0);
   }
 }
 
@@ -329,8 +325,8 @@ extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint3
   }                                                                                             \
   extern "C" __global__ void dc_invalidate_t##T(                                                \
       const int64_t* keys, int64_t n, int64_t* cache_keys, hps::digest_t* digests,              \
-      unsigned* scores, uint32_t num_sets, unsigned* removed) {                                 \
-    hps::invalidate<T>(keys, n, cache_keys, digests, scores, num_sets, removed);                \
+      unsigned* scores, uint8_t* hits, uint32_t num_sets, unsigned* removed) {                  \
+    hps::invalidate<T>(keys, n, cache_keys, digests, scores, hits, num_sets, removed);          \
   }
 
 HPS_TILED(2)
@@ -338,25 +334,3 @@ HPS_TILED(4)
 HPS_TILED(8)
 HPS_TILED(16)
 HPS_TILED(32)
-
-#if HPS_STUDY_INLINE_KEY
-// Measurement only: copy the cache into the header-in-front layout (key, score 0, pad, row).
-extern "C" __global__ void dc_study_build_inline(const int64_t* __restrict__ cache_keys,
-                                                 const float* __restrict__ values, int64_t slots,
-                                                 int dim, float* __restrict__ out) {
-  const int pitch = dim + 4;
-  const int64_t total = slots * pitch;
-  for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += (int64_t)gridDim.x * blockDim.x) {
-    const int64_t slot = i / pitch;
-    const int c = (int)(i - slot * pitch);
-    const uint64_t key = (uint64_t)cache_keys[slot];
-    float v;
-    if (c == 0) v = __uint_as_float((uint32_t)key);
-    else if (c == 1) v = __uint_as_float((uint32_t)(key >> 32));
-    else if (c < 4) v = 0.0f;
-    else v = values[slot * dim + c - 4];
-    out[i] = v;
-  }
-}
-#endif

@@ -16,10 +16,12 @@ namespace cg = cooperative_groups;
 //   HPS_WAYS       ways per set of the dynamic cache; one warp holds a set, so it must be 32
 //   HPS_HIT_SAMPLE_SHIFT  a hit counts in its slot's score 1 time in 2^shift (then adds 2^shift)
 //   HPS_DIGEST_BITS  bits of a way's digest, 8 or 16 (placement.py DIGEST_BITS)
+//   HPS_HIT_WEIGHT_CAP  most hits one key adds to its slot's hit byte in one query
 #if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT) || \
-    !defined(HPS_DIGEST_BITS)
-#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... -DHPS_DIGEST_BITS=... (runtime/gpu/kernels.py)"
+    !defined(HPS_DIGEST_BITS) || !defined(HPS_HIT_WEIGHT_CAP)
+#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... -DHPS_DIGEST_BITS=... -DHPS_HIT_WEIGHT_CAP=... (runtime/gpu/kernels.py)"
 #endif
+static_assert(HPS_HIT_WEIGHT_CAP >= 1 && HPS_HIT_WEIGHT_CAP <= 255, "a hit byte holds 0..255");
 static_assert(HPS_DIGEST_BITS == 8 || HPS_DIGEST_BITS == 16, "HPS_DIGEST_BITS is 8 or 16");
 #define HPS_HIT_SAMPLE (1u << HPS_HIT_SAMPLE_SHIFT)
 static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");

@@ -20,7 +20,7 @@ python3 -m pytest -q tests/test_cache_reference.py tests/test_kernels_compile.py
   -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/gpu_tests.log"
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/bench_gpu_cache.py --out "$OUT/bench_gpu_cache.json" ${BENCH_ARGS:-} \
-    2>&1 | tee "$OUT/bench_gpu_cache.log" | tail -8
+    2>&1 | tee "$OUT/bench_gpu_cache.log" | tail -14
 fi
 echo "gpu tests exit code: $tests_rc"
 exit "$tests_rc"

@@ -149,11 +149,11 @@ def test_gpucacheper_for_sets_is_the_smallest_giving_those_sets():
 
 
 def test_memory_formula():
-    # 10 sets = 320 slots of dim 64: keys 8, digests 1, scores 4 bytes per slot, the rows,
-    # and one 4-byte aging floor per set.
-    assert cache_memory_bytes(10, 64) == 320 * 8 + 320 * 1 + 320 * 4 + 320 * 64 * 4 + 10 * 4
-    assert cache_memory_bytes(10, 64) == 86_120
-    assert cache_memory_bytes(3125, 128) == 100_000 * (13 + 512) + 12_500
+    # 10 sets = 320 slots of dim 64: keys 8, digests 2, scores 4, hit bytes 1 per slot, the
+    # rows, and one 4-byte aging floor per set.
+    assert cache_memory_bytes(10, 64) == 320 * 8 + 320 * 2 + 320 * 4 + 320 + 320 * 64 * 4 + 10 * 4
+    assert cache_memory_bytes(10, 64) == 86_760
+    assert cache_memory_bytes(3125, 128) == 100_000 * (15 + 512) + 12_500
 
 
 def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):

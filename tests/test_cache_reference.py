@@ -108,6 +108,37 @@ def test_reference_matches_the_specification(num_sets, operations):
         assert ref.floors.tolist() == spec.floors
 
 
+def test_hits_of_a_deduplicated_batch_are_capped_per_key():
+    """A batch of DEDUP_MIN_KEYS keys or more counts a key's sampled hits at most
+    HIT_WEIGHT_CAP times (the GPU's hit byte); a smaller batch counts every occurrence."""
+    from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS, HIT_WEIGHT_CAP
+
+    cache = RefDynamicCache(64, 2)
+    keys = np.arange(1, 1001, dtype=np.int64) * 7919
+    cache.replace(keys, synthetic_vectors(keys, 2))
+    before = cache.scores.copy()
+    seed = query_seed(cache.queries)
+    hot = keys[sampled_hits(keys, seed)][:2]  # two cached keys this query samples
+    cold = keys[~sampled_hits(keys, seed)][0]
+    absent = np.arange(10**12, 10**12 + DEDUP_MIN_KEYS, dtype=np.int64)  # misses
+    batch = np.concatenate([np.repeat(hot[0], 100), np.repeat(hot[1], 5), np.repeat(cold, 50),
+                            absent])
+    cache.query(batch)
+    gained = dict(zip(keys.tolist(), (cache.scores - before)[
+        np.nonzero(cache.keys == keys[:, None, None])[1:]].tolist()))
+    assert gained[int(hot[0])] == HIT_WEIGHT_CAP * HIT_SAMPLE
+    assert gained[int(hot[1])] == 5 * HIT_SAMPLE
+    assert gained[int(cold)] == 0
+    assert sum(gained.values()) == (HIT_WEIGHT_CAP + 5) * HIT_SAMPLE
+
+    small = RefDynamicCache(64, 2)
+    small.replace(keys, synthetic_vectors(keys, 2))
+    seed = query_seed(small.queries)
+    hot = keys[sampled_hits(keys, seed)][0]
+    small.query(np.repeat(hot, 100))  # queried directly: every occurrence counts
+    assert small.scores.sum() - before.sum() == 100 * HIT_SAMPLE
+
+
 def test_placement_matches_the_kernel_formulas():
     keys = np.array([0, 1, -1, 2**62, 123456789], dtype=np.int64)
     sets, digests = set_and_digest(keys, 1000)

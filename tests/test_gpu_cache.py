@@ -69,6 +69,23 @@ def test_dynamic_cache_matches_reference(device, dim):
     np.testing.assert_array_equal(gpu.dump(2, 5), ref.dump(2, 5))
 
 
+def _check_dedup_query(gpu, ref, keys):
+    """A de-duplicated GPU query against the reference; returns (reference lookup, the rows
+    given to its misses)."""
+    pg = gpu.query(keys, 0.0)
+    assert pg.unique_total == np.unique(keys).size
+    pr = ref.query(keys, 0.0)
+    np.testing.assert_array_equal(np.sort(pg.miss_keys), pr.miss_keys)
+    assert pg.miss_occurrences == pr.miss_occurrences
+    rows = np.random.default_rng(2).standard_normal((pr.miss_keys.size, gpu.dim)).astype(
+        np.float32)
+    by_key = dict(zip(pr.miss_keys.tolist(), rows))
+    out_g = pg.finish(np.array([by_key[k] for k in pg.miss_keys.tolist()], np.float32).reshape(
+        -1, gpu.dim))
+    np.testing.assert_array_equal(out_g, pr.finish(rows))
+    return pr, rows
+
+
 def test_dedup_path_matches_reference(device):
     from hps_cli.runtime.gpu.gpu_dynamic import DEDUP_MIN_KEYS
 
@@ -76,18 +93,32 @@ def test_dedup_path_matches_reference(device):
     gpu, ref = _pair(device, 512, 16)
     for _ in range(4):
         keys = rng.zipf(1.2, DEDUP_MIN_KEYS + 12345).astype(np.int64)
-        pg = gpu.query(keys, 0.0)
-        assert pg.unique_total == np.unique(keys).size
-        pr = ref.query(keys, 0.0)
-        np.testing.assert_array_equal(np.sort(pg.miss_keys), pr.miss_keys)
-        assert pg.miss_occurrences == pr.miss_occurrences
-        rows = np.random.default_rng(2).standard_normal((pr.miss_keys.size, 16)).astype(np.float32)
-        by_key = dict(zip(pr.miss_keys.tolist(), rows))
-        out_g = pg.finish(np.array([by_key[k] for k in pg.miss_keys.tolist()], np.float32))
-        np.testing.assert_array_equal(out_g, pr.finish(rows))
+        pr, rows = _check_dedup_query(gpu, ref, keys)
         gpu.replace(pr.miss_keys, rows)
         ref.replace(pr.miss_keys, rows)
         _same_state(gpu, ref)
+
+
+def test_hit_bytes_fold_into_the_scores_exactly(device):
+    """De-duplicated queries count hits into the hit bytes: many of them in a row (each key
+    far above the per-query cap, so unfolded bytes would overflow), an invalidation and a
+    re-insert in between, end in the reference's scores."""
+    from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS, HIT_FOLD_EVERY
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    rng = np.random.default_rng(11)
+    gpu, ref = _pair(device, 64, 8)  # 2048 slots
+    keys = rng.choice(10**9, 1500, replace=False).astype(np.int64)
+    rows = synthetic_vectors(keys, 8)
+    assert gpu.replace(keys, rows) == ref.replace(keys, rows)
+    for q in range(3 * HIT_FOLD_EVERY):
+        batch = np.concatenate([np.repeat(keys[:40], 60), rng.choice(keys, DEDUP_MIN_KEYS)])
+        _check_dedup_query(gpu, ref, batch)  # misses (the invalidated keys) stay out
+        if q == HIT_FOLD_EVERY + 2:
+            gone = keys[:10]
+            assert gpu.invalidate(gone) == ref.invalidate(gone) == 10
+            assert gpu.replace(gone[:5], rows[:5]) == ref.replace(gone[:5], rows[:5]) == 5
+    _same_state(gpu, ref)
 
 
 def test_count_unique(device):

@@ -19,8 +19,9 @@ with the size in that interval), to within 1 % of the sets (at least one set). I
 as the smallest ``gpucacheper`` that gives that many sets, rounded up to 6 decimals.
 
 Memory per GPU (what the runtime allocates for one table's dynamic cache on each device of
-``deployed_device_list``): ``slots × (8 key + 1 digest + 4 score) + slots × dim × 4 (rows) +
-num_sets × 4 (aging floors)``, with ``slots = num_sets × 32``. Not included: per-lookup
+``deployed_device_list``): ``slots × (8 key + 2 digest + 4 score + 1 hit byte) + slots × dim ×
+4 (rows) + num_sets × 4 (aging floors)``, with ``slots = num_sets × 32`` (a digest is 1 byte
+with ``HPS_DIGEST_BITS=8``). Not included: per-lookup
 workspaces (proportional to the batch), the pinned host pool, the CUDA context.
 """
 
@@ -36,19 +37,20 @@ import numpy as np
 
 from .. import __version__
 from ..runtime.errors import InvalidInputError
-from ..runtime.gpu.placement import WAYS, num_sets_for
+from ..runtime.gpu.placement import DIGEST_DTYPE, WAYS, num_sets_for
 from ..runtime.gpu.reference import RefDynamicCache
 from .keys import DistributionKeys, load_trace, parse_distribution
 from .lookup_bench import machine
 
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
-KEY_BYTES, DIGEST_BYTES, SCORE_BYTES, FLOOR_BYTES = 8, 1, 4, 4
+KEY_BYTES, SCORE_BYTES, HIT_BYTES, FLOOR_BYTES = 8, 4, 1, 4
+DIGEST_BYTES = np.dtype(DIGEST_DTYPE).itemsize
 
 
 def cache_memory_bytes(num_sets: int, dim: int) -> int:
     """Device bytes of one dynamic cache of ``num_sets`` sets of ``dim`` floats per row."""
     slots = num_sets * WAYS
-    return slots * (KEY_BYTES + DIGEST_BYTES + SCORE_BYTES) + slots * dim * 4 + \
+    return slots * (KEY_BYTES + DIGEST_BYTES + SCORE_BYTES + HIT_BYTES) + slots * dim * 4 + \
         num_sets * FLOOR_BYTES
 
 

@@ -5,7 +5,9 @@ For a batch of the benchmark's keys, ``dc_query`` runs on the live dynamic cache
 ``gather_rows`` copies the same number of rows of the same dim from a dense device table by
 known index (no hashing, no probing: the memory-bound floor of any lookup). Both are timed with
 CUDA events, median over repeated launches; the batch rotates among a few key sets so repeats
-do not just hit the L2 cache.
+do not just hit the L2 cache. A batch large enough to be de-duplicated in a lookup
+(``DEDUP_MIN_KEYS``) is de-duplicated here too and counts its hits into the cache's hit bytes, as
+the lookup's query does; afterwards those hits are folded into the scores.
 
 ``kernel_share_of_gather_floor`` = gather time / query time: the fraction of the floor's
 throughput the cache kernel reaches (1.0 = as fast as a plain gather).
@@ -62,12 +64,23 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
     """Time ``dc_query`` of the cache behind ``front`` on ``batches`` (equal sizes, rotated)
     against ``gather_rows`` of as many rows of the same dim. Waits for the cache's stream
     first, so nothing else runs on the cache meanwhile."""
-    from ..runtime.gpu.gpu_dynamic import QUERY_ARGS
+    from ..runtime.gpu.gpu_dynamic import (
+        COUNT_INTO_HIT_BYTES,
+        COUNT_INTO_SCORES,
+        DEDUP_MIN_KEYS,
+        QUERY_ARGS,
+    )
     from ..runtime.gpu.placement import query_seed
 
     cache = front.backend
     device, drv, dim = cache.device, cache.device.drv, cache.dim
     batches = [np.ascontiguousarray(b, dtype=np.int64) for b in batches[:_ROTATIONS]]
+    count_mode = COUNT_INTO_SCORES
+    if batches[0].size >= DEDUP_MIN_KEYS:  # what the lookup's query kernel gets: unique keys
+        batches = [np.unique(b) for b in batches]
+        n = min(b.size for b in batches)
+        batches = [b[:n] for b in batches]
+        count_mode = COUNT_INTO_HIT_BYTES
     n = int(batches[0].size)
     rng = np.random.default_rng(n)
     with device.scope():
@@ -93,15 +106,19 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
         def launch_query(i: int) -> None:
             query.prepared_async_call(grid, block, None, int(d_keys[i % k]), 0, n,
                                       int(cache.d_keys), int(cache.d_digests),
-                                      int(cache.d_scores), int(cache.d_values), cache.num_sets,
-                                      dim, np.float32(front.default_value), int(out),
-                                      int(mkeys), int(mpos), int(count), 1, query_seed(i))
+                                      int(cache.d_scores), int(cache.d_hits),
+                                      int(cache.d_values), cache.num_sets, dim,
+                                      np.float32(front.default_value), int(out), int(mkeys),
+                                      int(mpos), int(count), count_mode, query_seed(i))
 
         def launch_gather(i: int) -> None:
             gather.prepared_async_call(grid, block, None, int(table), int(d_index[i % k]), n,
                                        dim, int(out))
 
+        assert repeats + _WARMUP <= 255  # hits per slot in the hit bytes (one per launch)
         ms_query = _events_median(drv, launch_query, repeats, reset_misses)
+        if count_mode == COUNT_INTO_HIT_BYTES:
+            cache.note_unfolded_hits()  # the launches above counted into the hit bytes
         ms_gather = _events_median(drv, launch_gather, repeats)
         for buf in (table, out, mkeys, mpos, count, *d_keys, *d_index):
             buf.free()

@@ -14,16 +14,26 @@ import numpy as np
 
 from .pending import PendingLookup
 from .pinned import PinnedPool
-from .placement import DIGEST_DTYPE, EMPTY_KEY, WAYS, query_seed, set_and_digest, tile_width
+from .placement import (
+    DEDUP_MIN_KEYS,
+    DIGEST_DTYPE,
+    EMPTY_KEY,
+    HIT_FOLD_EVERY,
+    WAYS,
+    query_seed,
+    set_and_digest,
+    tile_width,
+)
 from .reference import group_by_set
+
+__all__ = ["DEDUP_MIN_KEYS", "GpuDynamicCache", "QUERY_ARGS", "COUNT_INTO_SCORES",
+           "COUNT_INTO_HIT_BYTES"]
 
 _BLOCK = 256
 _COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 16-byte aligned
-# Batches at least this large are de-duplicated on the GPU first (fewer rows queried, and the
-# misses come back unique); smaller ones query every key directly (fewer launches).
-DEDUP_MIN_KEYS = 65536
-# dc_query's arguments (see cuda/dynamic_cache.cu).
-QUERY_ARGS = "PPqPPPPIifPPPPiq"
+# dc_query's arguments (see cuda/dynamic_cache.cu) and its count_hits modes.
+QUERY_ARGS = "PPqPPPPPIifPPPPiq"
+COUNT_INTO_SCORES, COUNT_INTO_HIT_BYTES = 1, 2
 
 
 class _Scratch:
@@ -79,11 +89,13 @@ class GpuDynamicCache:
             digest_bytes = slots * np.dtype(DIGEST_DTYPE).itemsize
             self.d_digests = device.alloc(digest_bytes)
             self.d_scores = device.alloc(slots * 4)
+            self.d_hits = device.alloc(slots)  # one byte per slot (slots: a multiple of 32)
             self.d_floors = device.alloc(self.num_sets * 4)
             self.d_values = device.alloc(slots * self.dim * 4)
             self._fill_i64(self.d_keys, slots, EMPTY_KEY)
             drv.memset_d8_async(self.d_digests, 0, digest_bytes, self.stream)
             drv.memset_d32_async(self.d_scores, 0, slots, self.stream)
+            drv.memset_d32_async(self.d_hits, 0, slots // 4, self.stream)
             drv.memset_d32_async(self.d_floors, 0, self.num_sets, self.stream)
             drv.memset_d32_async(self.d_values, 0, slots * self.dim, self.stream)
             self.stream.synchronize()
@@ -91,6 +103,10 @@ class GpuDynamicCache:
         self._lock = threading.Lock()
         self._seed_lock = threading.Lock()
         self.queries = 0
+        # De-duplicated queries whose hits sit in the hit bytes, not yet in the scores; the lock
+        # keeps "fold when due, then launch" in stream order across threads.
+        self._hits_lock = threading.Lock()
+        self._unfolded = 0
         self._workspaces: dict[int, _Scratch] = {}
 
     @property
@@ -114,6 +130,27 @@ class GpuDynamicCache:
             seed = query_seed(self.queries)
             self.queries += 1
         return seed
+
+    def _fold_hits(self) -> None:
+        """Add the hit bytes into the scores (on the stream) if any query counted into them."""
+        with self._hits_lock:
+            self._launch_fold()
+
+    def note_unfolded_hits(self) -> None:
+        """Fold now hits that a launch outside this class (a kernel benchmark) counted into
+        the hit bytes."""
+        with self._hits_lock:
+            self._unfolded = max(self._unfolded, 1)
+            self._launch_fold()
+
+    def _launch_fold(self) -> None:
+        if not self._unfolded:
+            return
+        groups = self.capacity // 16
+        grid, block = self._grid(groups, 1)
+        self.device.launch("dc_fold_hits", "PPq", grid, block, self.stream, self.d_hits,
+                           self.d_scores, groups)
+        self._unfolded = 0
 
     def _read_counter(self, d_counter) -> int:
         """Wait for the stream and read back a device counter."""
@@ -190,7 +227,8 @@ class GpuDynamicCache:
             d_mkeys, d_mpos = ws.get("miss_keys", n * 8), ws.get("miss_pos", n * 8)
             drv.memset_d32_async(d_block, 0, 1, self.stream)
             if n:
-                self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos)
+                self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos,
+                                   COUNT_INTO_SCORES)
             out, counter = self._download_rows(d_block, n)
             misses = int(counter[0])
             mkeys = np.empty(misses, np.int64)
@@ -202,15 +240,21 @@ class GpuDynamicCache:
         return PendingLookup(out, mkeys, mpos)
 
     def _launch_query(self, d_keys, d_weights, n: int, default_value: float, d_block, d_mkeys,
-                      d_mpos) -> None:
+                      d_mpos, count_mode: int) -> None:
         """dc_query over n device keys: rows after the counter at the head of ``d_block``, the
-        miss count added to that counter (the caller resets it)."""
+        miss count added to that counter (the caller resets it). ``count_mode``: where hits
+        count (COUNT_INTO_SCORES or, for de-duplicated keys, COUNT_INTO_HIT_BYTES)."""
         grid, block = self._grid(n, 1)
-        self.device.launch("dc_query", QUERY_ARGS, grid, block, self.stream, d_keys, d_weights,
-                           n, self.d_keys, self.d_digests, self.d_scores, self.d_values,
-                           self.num_sets, self.dim, np.float32(default_value),
-                           int(d_block) + _COUNTER_BYTES, d_mkeys, d_mpos, d_block, 1,
-                           self._next_seed())
+        with self._hits_lock:
+            if count_mode == COUNT_INTO_HIT_BYTES:
+                if self._unfolded >= HIT_FOLD_EVERY:  # a byte could overflow in this query
+                    self._launch_fold()
+                self._unfolded += 1
+            self.device.launch("dc_query", QUERY_ARGS, grid, block, self.stream, d_keys,
+                               d_weights, n, self.d_keys, self.d_digests, self.d_scores,
+                               self.d_hits, self.d_values, self.num_sets, self.dim,
+                               np.float32(default_value), int(d_block) + _COUNTER_BYTES, d_mkeys,
+                               d_mpos, d_block, count_mode, self._next_seed())
 
     def _download_rows(self, d_block, n: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy [counter | n rows] to the host in one transfer; wait; return (rows, counter)."""
@@ -241,7 +285,8 @@ class GpuDynamicCache:
             d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
-            self._launch_query(uniq, counts, u, default_value, d_rows, d_mkeys, d_mpos)
+            self._launch_query(uniq, counts, u, default_value, d_rows, d_mkeys, d_mpos,
+                               COUNT_INTO_HIT_BYTES)
             misses = self._read_counter(d_rows)
             mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
             occurrences = 0
@@ -281,6 +326,7 @@ class GpuDynamicCache:
         seg_rows = np.ascontiguousarray(rows[order])
         drv = self.device.drv
         with self._lock, self.device.scope():
+            self._fold_hits()  # victims are chosen by score
             s = self._scratch
             d_k, d_r = s.get("keys", seg_keys.nbytes), s.get("rows", seg_rows.nbytes)
             d_s, d_o = s.get("sets", seg_sets.size * 4), s.get("offsets", offsets.nbytes)
@@ -294,7 +340,7 @@ class GpuDynamicCache:
             grid, block = (-(-segments * 32 // 128), 1), (128, 1, 1)
             self.device.launch(
                 "dc_replace",
-                "PPPPiPPPPPiP",
+                "PPPPiPPPPPPiP",
                 grid,
                 block,
                 self.stream,
@@ -306,6 +352,7 @@ class GpuDynamicCache:
                 self.d_keys,
                 self.d_digests,
                 self.d_scores,
+                self.d_hits,
                 self.d_floors,
                 self.d_values,
                 self.dim,
@@ -343,9 +390,10 @@ class GpuDynamicCache:
                     d_c,
                 )
             else:
+                self._fold_hits()  # the removed keys' hits must not stay in their bytes
                 self.device.launch(
                     fn,
-                    "PqPPPIP",
+                    "PqPPPPIP",
                     grid,
                     block,
                     self.stream,
@@ -354,6 +402,7 @@ class GpuDynamicCache:
                     self.d_keys,
                     self.d_digests,
                     self.d_scores,
+                    self.d_hits,
                     self.num_sets,
                     d_c,
                 )
@@ -416,6 +465,7 @@ class GpuDynamicCache:
             "values": np.empty(slots * self.dim, np.float32),
         }
         with self._lock, self.device.scope():
+            self._fold_hits()  # scores as the reference has them
             self.stream.synchronize()
             for name, dev in (
                 ("keys", self.d_keys),

@@ -15,9 +15,12 @@ from ..hashing import mix64
 
 WAYS = 32  # HPS_WAYS in cuda/hps_common.cuh: one warp holds a set
 # Bits of a way's digest (HPS_DIGEST_BITS): a probe compares the set's digests first and then
-# the key of the first match. HPS_DIGEST_BITS in the environment overrides it (for the kernel
-# study in benchmarks/gpu_query_variants.py).
-DIGEST_BITS = int(os.environ.get("HPS_DIGEST_BITS", "8"))
+# the key of the first match. 16 bits: another key with the same digest earlier in the set (the
+# probe's wrong guess, whose row must be copied again) is rare (≈ 0.02 % of hits instead of ≈ 5 %
+# with 8 bits); measured faster at dim 128, even at dim 32 (docs/benchmarks.md).
+# HPS_DIGEST_BITS in the environment overrides it (for the kernel study in
+# benchmarks/gpu_query_variants.py).
+DIGEST_BITS = int(os.environ.get("HPS_DIGEST_BITS", "16"))
 if DIGEST_BITS not in (8, 16):
     raise ValueError(f"HPS_DIGEST_BITS must be 8 or 16, not {DIGEST_BITS}")
 DIGEST_DTYPE = np.uint8 if DIGEST_BITS == 8 else np.uint16
@@ -27,6 +30,16 @@ EMPTY_KEY = np.iinfo(np.int64).max
 # kernels. Measured: 1 in 4 keeps the Zipf hit rate within 1 % of exact counting.
 HIT_SAMPLE_SHIFT = 2
 HIT_SAMPLE = 1 << HIT_SAMPLE_SHIFT
+# Batches of this many keys or more are de-duplicated on the GPU before the query (fewer rows
+# queried, unique misses); smaller ones query every key directly.
+DEDUP_MIN_KEYS = 65536
+# A de-duplicated query counts a key's sampled hits (its occurrences) in a one-byte-per-slot
+# array that stays in L2, capped at HIT_WEIGHT_CAP per query; the bytes are added into the
+# scores (× HIT_SAMPLE) at the latest every HIT_FOLD_EVERY such queries, so a byte never
+# overflows, and before anything reads or rewrites the scores. HPS_HIT_WEIGHT_CAP in the kernels.
+HIT_WEIGHT_CAP = 31
+HIT_FOLD_EVERY = 8
+assert HIT_WEIGHT_CAP * HIT_FOLD_EVERY <= 255
 _GOLDEN = 0x9E3779B97F4A7C15
 
 
@@ -39,6 +52,19 @@ def query_seed(query_number: int) -> int:
 def sampled_hits(keys: np.ndarray, seed: int) -> np.ndarray:
     """Which keys' hits count in the query with this seed (the kernel's rule)."""
     return (mix64(np.asarray(keys, np.int64) ^ np.int64(seed)) & np.uint64(HIT_SAMPLE - 1)) == 0
+
+
+def counted_hits(keys: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The hits a query of ``keys`` counts, as (key positions, weights): every sampled occurrence
+    once in a batch queried directly; in a de-duplicated batch (DEDUP_MIN_KEYS keys or more),
+    each sampled distinct key once (its first position) with its occurrences capped at
+    HIT_WEIGHT_CAP. Each weight adds HIT_SAMPLE to the key's score."""
+    keys = np.asarray(keys, np.int64)
+    sampled = np.flatnonzero(sampled_hits(keys, seed))
+    if keys.size < DEDUP_MIN_KEYS:
+        return sampled, np.ones(sampled.size, np.int64)
+    _, first, counts = np.unique(keys[sampled], return_index=True, return_counts=True)
+    return sampled[first], np.minimum(counts, HIT_WEIGHT_CAP)
 
 
 def set_and_digest(keys: np.ndarray, num_sets: int) -> tuple[np.ndarray, np.ndarray]:

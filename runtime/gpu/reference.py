@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .placement import (DIGEST_DTYPE, EMPTY_KEY, HIT_SAMPLE, WAYS, query_seed, sampled_hits,
+from .placement import (DIGEST_DTYPE, EMPTY_KEY, HIT_SAMPLE, WAYS, counted_hits, query_seed,
                         set_and_digest)
 
 
@@ -67,9 +67,14 @@ class RefDynamicCache:
             way[retry] = np.where(match[np.arange(retry.size), again], again, -1)
         return way
 
-    def query(self, keys: np.ndarray, default_value: float = 0.0,
-              weights: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rows, miss_keys, miss_positions); misses get ``default_value``, in batch order."""
+    def query(self, keys: np.ndarray,
+              default_value: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(rows, miss_keys, miss_positions); misses get ``default_value``, in batch order.
+
+        Sampled hits add HIT_SAMPLE each to their slot's score, as placement.counted_hits says
+        (in a batch large enough to be de-duplicated on the GPU, a key's hits are capped). The
+        GPU adds some of them later (its hit bytes, folded before scores are read): the same
+        sums wherever scores are observed."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         sets, digests = set_and_digest(keys, self.num_sets)
         way = self._find(keys, sets, digests)
@@ -77,10 +82,11 @@ class RefDynamicCache:
         slots = sets * WAYS + np.maximum(way, 0)
         out = self.values.reshape(-1, self.dim).take(slots, axis=0)  # one flat gather
         out[~hit] = default_value
-        counted = hit & sampled_hits(keys, query_seed(self.queries))
+        at, weight = counted_hits(keys, query_seed(self.queries))
         self.queries += 1
-        add = np.ones(keys.size, np.uint32) if weights is None else np.asarray(weights, np.uint32)
-        np.add.at(self.scores, (sets[counted], way[counted]), add[counted] * np.uint32(HIT_SAMPLE))
+        counted = hit[at]
+        at, weight = at[counted], weight[counted]
+        np.add.at(self.scores, (sets[at], way[at]), (weight * HIT_SAMPLE).astype(np.uint32))
         miss = np.flatnonzero(~hit)
         return out, keys[miss], miss.astype(np.int64)
 
