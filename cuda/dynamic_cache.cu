@@ -277,22 +277,24 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
 }
 
 // Add the hit bytes into the scores and clear them: thread t takes slots [16t, 16t + 16) (the
-// slot count is a multiple of 32). Only words with hits are written back.
-extern "C" __global__ void dc_fold_hits(uint4* __restrict__ hits, unsigned* __restrict__ scores,
+// slot count is a multiple of 32) with 16-byte loads and stores. Only words with hits are
+// written back.
+extern "C" __global__ void dc_fold_hits(uint4* __restrict__ hits, uint4* __restrict__ scores,
                                         int64_t groups) {
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;
        g += (int64_t)gridDim.x * blockDim.x) {
     const uint4 h = hits[g];
     if (!(h.x | h.y | h.z | h.w)) continue;
     const uint32_t w[4] = {h.x, h.y, h.z, h.w};
-    unsigned* s = scores + g * 16;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-#pragma unroll
-      for (int b = 0; b < 4; ++b) {
-        const unsigned count = (w[q] >> (8 * b)) & 0xFFu;
-        if (count) s[4 * q + b] += count << HPS_HIT_SAMPLE_SHIFT;
-      }
+    for (int q = 0; q < 4; ++q) {  // scores of slots 16g + 4q .. 16g + 4q + 3
+      if (!w[q]) continue;
+      uint4 s = scores[g * 4 + q];
+      s.x += (w[q] & 0xFFu) << HPS_HIT_SAMPLE_SHIFT;
+      s.y += ((w[q] >> 8) & 0xFFu) << HPS_HIT_SAMPLE_SHIFT;
+      s.z += ((w[q] >> 16) & 0xFFu) << HPS_HIT_SAMPLE_SHIFT;
+      s.w += (w[q] >> 24) << HPS_HIT_SAMPLE_SHIFT;
+      scores[g * 4 + q] = s;
     }
     hits[g] = make_uint4(0, 0, 0, 0);
   }

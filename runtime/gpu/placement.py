@@ -37,8 +37,8 @@ DEDUP_MIN_KEYS = 65536
 # array that stays in L2, capped at HIT_WEIGHT_CAP per query; the bytes are added into the
 # scores (× HIT_SAMPLE) at the latest every HIT_FOLD_EVERY such queries, so a byte never
 # overflows, and before anything reads or rewrites the scores. HPS_HIT_WEIGHT_CAP in the kernels.
-HIT_WEIGHT_CAP = 31
-HIT_FOLD_EVERY = 8
+HIT_WEIGHT_CAP = 15
+HIT_FOLD_EVERY = 17
 assert HIT_WEIGHT_CAP * HIT_FOLD_EVERY <= 255
 _GOLDEN = 0x9E3779B97F4A7C15
 
