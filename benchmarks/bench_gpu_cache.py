@@ -105,7 +105,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                 device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
                 mkeys, mpos, count, grid, batch, dim, repeats, warmup,
                 expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS, weights)
+                QUERY_ARGS, weights if "no_weights" not in options else None)
             results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
                                   "capacity_slots": cache.capacity})
     return results
@@ -121,7 +121,7 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
     q = kernels.function("dc_query", query_args)
     g = kernels.function("gather_rows", "PPqiP")
     fold = kernels.function("dc_fold_hits", "PPq")
-    with_weights = int(weights) if count_hits == 2 else 0
+    with_weights = int(weights) if count_hits == 2 and weights is not None else 0
 
     def query(i):
         q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),

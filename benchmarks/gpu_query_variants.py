@@ -26,6 +26,7 @@ VARIANTS = {
     "k1": ({}, 2),
     "k1_scores": ({}, 1),
     "k1_no_hit_counting": ({}, 0),
+    "k1_no_weights": ({}, 2, "no_weights"),  # hit bytes without reading occurrence counts
     "k1_sample8": ({"HPS_HIT_SAMPLE_SHIFT": "3"}, 2),
     "k1_minblocks6": ({"HPS_COPY_MIN_BLOCKS": "6"}, 2),
     "k1_unroll2": ({"HPS_COPY_UNROLL": "2"}, 2),
