@@ -146,8 +146,8 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
 // so a warp has 32·K independent probes in flight; then the warp copies the rows together
 // (warp_copy_rows_k). The probe takes the first way whose digest matches and starts copying its
 // row while the key compare that confirms it is still in flight; a wrong guess (another key with
-// the same digest earlier in the set, a few percent of lookups) is found afterwards and its row
-// rewritten.
+// the same digest earlier in the set: ≈ 0.02 % of hits with 16-bit digests, ≈ 5 % with 8-bit)
+// is found afterwards and its row rewritten.
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
                                     const unsigned* __restrict__ weights, int64_t n,
                                     const int64_t* __restrict__ cache_keys,
