@@ -94,7 +94,19 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
         grid = (device.launch_grid(batch, 1), 1)
         results = {}
+        lines = None
         for name, (kernels, count_hits, *options) in variants.items():
+            digests = None
+            if "lines" in options:
+                # study (HPS_STUDY_LINE): the same cache as one 128-byte line per half set
+                if lines is None:
+                    lines = device.alloc(cache.capacity * 8)
+                halves = cache.capacity // 16
+                kernels.function("dc_study_build_lines", "PPqP").prepared_call(
+                    (device.launch_grid(halves, 1), 1), (256, 1, 1), int(cache.d_keys),
+                    int(cache.d_digests), halves, int(lines))
+                drv.Context.synchronize()
+                digests = lines
             if options and options[0] == "resident":
                 # one wave: as many blocks as fit on the device at once, by register count
                 regs = -(-kernels.function("dc_query", QUERY_ARGS).num_regs // 8) * 8
@@ -105,15 +117,17 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                 device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
                 mkeys, mpos, count, grid, batch, dim, repeats, warmup,
                 expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS, weights if "no_weights" not in options else None)
+                QUERY_ARGS, weights if "no_weights" not in options else None, digests)
             results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
                                   "capacity_slots": cache.capacity})
+        if lines is not None:
+            lines.free()
     return results
 
 
 def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
                             table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                            expected, query_seed, query_args, weights) -> dict:
+                            expected, query_seed, query_args, weights, digests=None) -> dict:
     from hps_cli.runtime.gpu.placement import HIT_FOLD_EVERY
 
     drv = device.drv
@@ -125,7 +139,8 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
 
     def query(i):
         q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),
-                              with_weights, batch, int(cache.d_keys), int(cache.d_digests),
+                              with_weights, batch, int(cache.d_keys),
+                              int(cache.d_digests if digests is None else digests),
                               int(cache.d_scores), int(cache.d_hits), int(cache.d_values),
                               cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
                               int(mpos), int(count), count_hits, query_seed(i))

@@ -34,6 +34,9 @@ VARIANTS = {
     "k2": ({"HPS_KEYS_PER_LANE": "2"}, 2),
     "k4": ({"HPS_KEYS_PER_LANE": "4"}, 2),
     "k1_trust_digest (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 2),
+    # 16 digests, 32-bit key tags and hit bytes of a half set in one 128-byte line
+    "line": ({"HPS_STUDY_LINE": "1"}, 2, "lines"),
+    "line_no_hit_counting": ({"HPS_STUDY_LINE": "1"}, 0, "lines"),
     "k1_trust_digest_no_hits (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 0),
 }
 

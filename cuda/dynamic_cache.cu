@@ -32,6 +32,17 @@
 #ifndef HPS_STUDY_TRUST_DIGEST
 #define HPS_STUDY_TRUST_DIGEST 0
 #endif
+// Measurement only (16-bit digests): the probe reads a 128-byte line per half set (built by
+// dc_study_build_lines; passed as `digests`): 16 digests, the low 32 bits of the 16 keys, 16 hit
+// bytes. The first half is read, the second only when the first has no digest match; the guess
+// is confirmed by the 32-bit tag in the same line (then by the full key on a mismatch), and hits
+// count into the line's bytes: what a 16-way set in one line with 32-bit tags would cost.
+#ifndef HPS_STUDY_LINE
+#define HPS_STUDY_LINE 0
+#endif
+#if HPS_STUDY_LINE && HPS_DIGEST_BITS != 16
+#error "HPS_STUDY_LINE needs 16-bit digests"
+#endif
 
 namespace hps {
 
@@ -99,6 +110,32 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
   if (p.key == HPS_EMPTY_KEY) return;
   const uint64_t h = mix64(p.key);
   p.set = set_of(h, num_sets);
+#if HPS_STUDY_LINE
+  {
+    const uint8_t* lines = reinterpret_cast<const uint8_t*>(digests);
+    const uint32_t dd = digest_of(h) * 0x00010001u;
+    const uint4* l0 = reinterpret_cast<const uint4*>(lines + (size_t)p.set * 256);
+    p.candidates = match8(load_meta16(l0, policy), dd) |
+                   (match8(load_meta16(l0 + 1, policy), dd) << 8);
+    if (!p.candidates) {
+      const uint4* l1 = reinterpret_cast<const uint4*>(lines + (size_t)p.set * 256 + 128);
+      p.candidates = (match8(load_meta16(l1, policy), dd) |
+                      (match8(load_meta16(l1 + 1, policy), dd) << 8)) << 16;
+    }
+    if (p.candidates) {
+      p.way = __ffs(p.candidates) - 1;
+      const uint32_t* tag = reinterpret_cast<const uint32_t*>(
+          lines + (size_t)p.set * 256 + (p.way >> 4) * 128 + 32 + 4 * (p.way & 15));
+      uint32_t t;
+      asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(t) : "l"(tag), "l"(policy));
+      p.guessed_key = t == (uint32_t)p.key ? p.key : HPS_EMPTY_KEY;
+      p.candidates = 0xFFFFFFFFu;  // a mismatch compares every other way by key
+      p.candidates &= ~0u << p.way;
+      p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
+    }
+    return;
+  }
+#endif
   p.candidates = match_set(digests, p.set, digest_of(h), policy);
   if (p.candidates) {
     p.way = __ffs(p.candidates) - 1;
@@ -198,6 +235,15 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
       if (p[k].way >= 0 && count_hits && sampled) {
         const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
         const unsigned weight = weights ? weights[i] : 1u;
+#if HPS_STUDY_LINE
+        if (count_hits == 2) {
+          unsigned* line_hits = reinterpret_cast<unsigned*>(
+              const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(digests)) +
+              (size_t)p[k].set * 256 + (p[k].way >> 4) * 128 + 96);
+          atomicAdd(line_hits + ((p[k].way & 15) >> 2),
+                    min(weight, (unsigned)HPS_HIT_WEIGHT_CAP) << ((p[k].way & 3) * 8));
+        } else
+#endif
         if (count_hits == 2) {  // byte (slot & 3) of word slot / 4 (little-endian)
           atomicAdd(hits + (slot >> 2), min(weight, (unsigned)HPS_HIT_WEIGHT_CAP)
                                             << ((slot & 3) * 8));
@@ -336,3 +382,21 @@ HPS_TILED(4)
 HPS_TILED(8)
 HPS_TILED(16)
 HPS_TILED(32)
+
+#if HPS_STUDY_LINE
+// Measurement only: the half-set lines of HPS_STUDY_LINE from the cache's keys and digests.
+extern "C" __global__ void dc_study_build_lines(const int64_t* __restrict__ cache_keys,
+                                                const uint16_t* __restrict__ digests,
+                                                int64_t halves, uint8_t* __restrict__ lines) {
+  for (int64_t h = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; h < halves;
+       h += (int64_t)gridDim.x * blockDim.x) {
+    uint8_t* line = lines + h * 128;
+    for (int w = 0; w < 16; ++w) {
+      reinterpret_cast<uint16_t*>(line)[w] = digests[h * 16 + w];
+      reinterpret_cast<uint32_t*>(line + 32)[w] = (uint32_t)cache_keys[h * 16 + w];
+      line[96 + w] = 0;
+    }
+    for (int b = 112; b < 128; ++b) line[b] = 0;
+  }
+}
+#endif
