@@ -38,7 +38,8 @@ class LazyGroup(click.Group):
                                                "max_content_width": 100})
 @click.version_option(__version__, "-V", "--version", prog_name="hps")
 @click.option("--debug", is_flag=True, envvar="HPS_DEBUG",
-              help="Show full tracebacks on errors (also HPS_DEBUG=1).")
+              help="Show full tracebacks on errors, and TensorFlow's load-time log lines "
+                   "(also HPS_DEBUG=1).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or status messages.")
 @click.option("--json", "json_mode", is_flag=True,
               help="Machine-readable output: one JSON document on stdout.")
@@ -51,6 +52,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, json_mode: bool) -> None:
     dependency, 6 service unavailable, 7 a check of the result failed.
     """
     ctx.obj = Settings(debug=debug, quiet=quiet, json=json_mode)
+    if debug:  # read where TensorFlow is imported (dissect/tf_support.py)
+        os.environ["HPS_DEBUG"] = "1"
 
 
 def _debug_requested(argv: list[str]) -> bool:

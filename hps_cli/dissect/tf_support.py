@@ -3,9 +3,57 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import tempfile
+from contextlib import contextmanager
 
 from ..runtime.errors import DependencyMissingError
+
+# What TensorFlow's native libraries print while they load, before absl logging is set up (so
+# TF_CPP_MIN_LOG_LEVEL cannot hide it): absl's preamble and info-level lines ("I0000 00:00:…
+# port.cc:153] oneDNN custom operations are on…", "cudart_stub.cc:31] Could not find cuda
+# drivers…").
+_ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
+_ABSL_INFO = re.compile(r"I\d{4} \d+:\d+:\d+\.\d+\s+\d+ [^\s\]]+:\d+\] ")
+
+
+def is_native_load_noise(line: str) -> bool:
+    """Whether a stderr line is one of TensorFlow's load-time info lines (not a warning or an
+    error, which are kept)."""
+    return line.startswith(_ABSL_PREAMBLE) or _ABSL_INFO.match(line) is not None
+
+
+@contextmanager
+def quiet_native_stderr():
+    """Capture file descriptor 2 meanwhile and write back everything but TensorFlow's load-time
+    info lines. Other output of the window (another thread's log line, a native warning) comes
+    back in order when the window closes. HPS_DEBUG=1 shows everything as it happens."""
+    if os.environ.get("HPS_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    try:
+        fd = sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):  # stderr is no file (captured in process)
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(fd)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, fd)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read().decode("utf-8", errors="replace")
+            kept = [line for line in text.splitlines(keepends=True)
+                    if not is_native_load_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
 
 
 def import_tensorflow(purpose: str = "hps dissect"):
@@ -16,16 +64,22 @@ def import_tensorflow(purpose: str = "hps dissect"):
     """
     fresh = "tensorflow" not in sys.modules
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    try:
-        import tensorflow as tf
-    except ImportError as exc:
-        raise DependencyMissingError("tensorflow", "tf", purpose) from exc
-    if fresh:
+    with quiet_native_stderr() if fresh else _nothing():
         try:
-            tf.config.set_visible_devices([], "GPU")
-        except (RuntimeError, ValueError):
-            pass  # devices already initialized by the caller: leave them as they are
+            import tensorflow as tf
+        except ImportError as exc:
+            raise DependencyMissingError("tensorflow", "tf", purpose) from exc
+        if fresh:
+            try:
+                tf.config.set_visible_devices([], "GPU")
+            except (RuntimeError, ValueError):
+                pass  # devices already initialized by the caller: leave them as they are
     return tf
+
+
+@contextmanager
+def _nothing():
+    yield
 
 
 def import_keras3(purpose: str = "hps dissect"):

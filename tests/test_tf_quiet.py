@@ -1,0 +1,74 @@
+"""TensorFlow's load-time info lines stay off stderr; everything else written meanwhile stays."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from hps_cli.dissect.tf_support import is_native_load_noise
+
+# Lines TensorFlow 2.21 prints while loading on a machine without a GPU (copied from a run).
+_NOISE = [
+    "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n",
+    "I0000 00:00:1795839531.514604    8748 port.cc:153] oneDNN custom operations are on. You may "
+    "see slightly different numerical results\n",
+    "I0000 00:00:1795839531.514990    8748 cudart_stub.cc:31] Could not find cuda drivers on your "
+    "machine, GPU will not be used.\n",
+    "I1127 13:05:59.123456 140245 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n",
+]
+_KEPT = [
+    "W0000 00:00:1795839531.5 8748 tf_logging.cc:1] a warning stays\n",
+    "E0000 00:00:1795839532.0 8748 cuda_platform.cc:52] failed call to cuInit\n",
+    "{\"level\": \"info\", \"event\": \"listening\"}\n",
+    "Traceback (most recent call last):\n",
+    "I0000 is not a log line without its source location\n",
+]
+
+
+def test_only_load_time_info_lines_are_noise():
+    assert all(is_native_load_noise(line) for line in _NOISE)
+    assert not any(is_native_load_noise(line) for line in _KEPT)
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("HPS_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
+    return subprocess.run([sys.executable, "-c", code], env={**environ, **env},
+                          capture_output=True, text=True, timeout=300)
+
+
+_WINDOW = """
+import os, sys
+from hps_cli.dissect.tf_support import quiet_native_stderr
+print("before", file=sys.stderr, flush=True)
+with quiet_native_stderr():
+    os.write(2, {noise!r}.encode())
+    os.write(2, b"native warning\\n")
+    print("python line", file=sys.stderr)
+    os.write(2, {noise!r}.encode())
+print("after", file=sys.stderr, flush=True)
+""".format(noise="".join(_NOISE))
+
+
+def test_the_window_drops_the_noise_and_keeps_the_rest_in_order():
+    res = _run(_WINDOW)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "before\nnative warning\npython line\nafter\n"
+
+
+def test_hps_debug_shows_everything():
+    res = _run(_WINDOW, HPS_DEBUG="1")
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("oneDNN") == 2 and "native warning" in res.stderr
+
+
+@pytest.mark.tf
+def test_importing_tensorflow_prints_nothing():
+    pytest.importorskip("tensorflow")
+    res = _run("from hps_cli.dissect.tf_support import import_tensorflow\n"
+               "tf = import_tensorflow()\nprint(tf.__version__)")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() and res.stderr == ""
