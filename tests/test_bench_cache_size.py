@@ -7,7 +7,8 @@ oracle is ``PlainLfuDa`` below, written from the policy's description in plain P
 dicts and lists, its own 64-bit mixer on Python ints), sharing no code with the NumPy
 reference: 32-way sets chosen by the mixed key's high bits; a batch is first queried against
 the state before it (a hit adds 4 to its slot's score when the key's sampling hash, seeded by
-the query number, is 0 mod 4); then its distinct missed keys, in ascending order, are inserted
+the query number, is 0 mod 4; in a batch of 65,536 keys or more, which the GPU de-duplicates, a
+key's hits add at most 15 × 4); then its distinct missed keys, in ascending order, are inserted
 set by set: into the first empty way, else over the first way of lowest score, whose score
 becomes the set's aging floor; a new key scores floor + 1.
 A second, closed-form check holds when no set ever overflows: a key occurrence hits exactly
@@ -21,7 +22,7 @@ import json
 
 import numpy as np
 import pytest
-from hps_cli.runtime.gpu.placement import num_sets_for
+from hps_cli.runtime.gpu.placement import EMPTY_KEY, num_sets_for
 from hps_cli.runtime.resources import load_schema
 from jsonschema import Draft202012Validator
 
@@ -52,6 +53,7 @@ def plain_mix64(key: int) -> int:
 
 class PlainLfuDa:
     WAYS, SAMPLE = 32, 4
+    LARGE_BATCH, CAP = 65536, 15  # a large batch counts a key's hits at most CAP times
 
     def __init__(self, num_sets: int):
         self.num_sets = num_sets
@@ -77,6 +79,11 @@ class PlainLfuDa:
                     bumps.append((s, self.ways[s].index(key)))
             else:
                 missed.add(key)
+        if len(keys) >= self.LARGE_BATCH:
+            counts = {}
+            for slot in bumps:
+                counts[slot] = counts.get(slot, 0) + 1
+            bumps = [slot for slot, n in counts.items() for _ in range(min(n, self.CAP))]
         for s, w in bumps:
             self.score[s][w] += self.SAMPLE
         for key in sorted(missed):
@@ -117,6 +124,31 @@ def test_replay_equals_the_plain_lfu_da_model(rng, num_sets, batch_size, warmup)
     stream = _skewed_stream(rng, 4000, 1500)
     fast = replay(stream, num_sets, batch_size, warmup)
     assert (fast.hits, fast.keys) == plain_replay(stream, num_sets, batch_size, warmup)
+    assert 0 < fast.hits < fast.keys
+
+
+def test_large_batches_cap_counted_hits_in_both_models(rng):
+    """Batches large enough to be de-duplicated count a key's hits at most 15 times: the
+    reference and the plain model end with the same scores (and the cap mattered)."""
+    from hps_cli.runtime.gpu.reference import RefDynamicCache
+
+    stream = _skewed_stream(rng, 3 * 70_000, 3000)
+    ref, plain, uncapped = RefDynamicCache(120, 1), PlainLfuDa(120), PlainLfuDa(120)
+    uncapped.CAP = 10**9
+    for start in range(0, stream.size, 70_000):
+        batch = stream[start:start + 70_000]
+        _, missed, _ = ref.query(batch)
+        if missed.size:
+            unique = np.unique(missed)
+            ref.replace(unique, np.zeros((unique.size, 1), np.float32))
+        plain.batch(batch.tolist())
+        uncapped.batch(batch.tolist())
+    assert ref.scores.tolist() == plain.score
+    assert [[None if k == EMPTY_KEY else k for k in ways] for ways in ref.keys.tolist()] == \
+        plain.ways
+    assert uncapped.score != plain.score  # hot keys repeat thousands of times: the cap mattered
+    fast = replay(stream, 120, 70_000, 1)
+    assert (fast.hits, fast.keys) == plain_replay(stream, 120, 70_000, 1)
     assert 0 < fast.hits < fast.keys
 
 

@@ -3,7 +3,8 @@ or a distribution, and the smallest ``gpucacheper`` that reaches a target hit ra
 
 Method: the key stream is replayed, in batches of ``batch_size`` keys, through
 ``RefDynamicCache`` — the runtime's reference of the GPU cache, bit-exact with the kernels
-(32-way sets, LFU with dynamic aging, hits counted on a 1-in-4 sample) — sized as the runtime
+(32-way sets, LFU with dynamic aging, hits counted on a 1-in-4 sample, at most 15 per key in
+batches of 64 K keys or more) — sized as the runtime
 sizes it for each ``gpucacheper`` (``num_sets_for``). Each batch is handled as a synchronous
 lookup (``hit_rate_threshold`` >= 1): query; the distinct missed keys are inserted in sorted
 order, as ``EmbeddingCache`` does. The cache starts empty (no start-up prefill); the first
