@@ -140,6 +140,20 @@ def test_evict_least_used_keeps_the_keys_looked_up():
     assert table.contains(hot).all()
 
 
+@pytest.mark.parametrize("policy", POLICIES)
+def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(policy):
+    # Found by the state machine below: 3 of the batch's 6 keys are held, 3 are new; the
+    # resolution target (round(6 × 0.3) = 2) must not evict held keys the batch just updated.
+    table = HashMapTable(1, num_partitions=1, overflow_margin=6, overflow_policy=policy,
+                         overflow_resolution_target=0.3)
+    table.insert(np.array([0, 1, -1, -2]), np.zeros((4, 1), np.float32))
+    batch = np.array([0, 1, -1, 2, 3, -3])
+    evicted = table.insert(batch, np.ones((6, 1), np.float32))
+    assert evicted.tolist() == [-2]
+    out, hit = table.lookup(batch)
+    assert hit.all() and (out == 1).all()
+
+
 def test_evict_oldest_drops_the_least_recently_touched():
     table = HashMapTable(1, num_partitions=1, overflow_margin=10, overflow_policy="evict_oldest",
                          overflow_resolution_target=0.5)

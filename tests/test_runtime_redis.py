@@ -100,6 +100,20 @@ def test_overflow_evicts_to_the_target(store, policy):
     table.clear()
 
 
+def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(store):
+    # As in the hash map: 3 of the batch's 6 keys are held, 3 are new; the resolution target
+    # (round(6 × 0.3) = 2) must not evict the held keys the batch just updated.
+    table = store.table(_tag(), 1, num_partitions=1, overflow_margin=6,
+                        overflow_policy="evict_random", overflow_resolution_target=0.3)
+    table.insert(np.array([0, 1, -1, -2]), np.zeros((4, 1), np.float32))
+    batch = np.array([0, 1, -1, 2, 3, -3])
+    evicted = table.insert(batch, np.ones((6, 1), np.float32))
+    assert evicted.tolist() == [-2]
+    out, hit, failed = table.lookup(batch)
+    assert hit.all() and not failed.any() and (out == 1).all()
+    table.clear()
+
+
 def test_evict_least_used_keeps_looked_up_keys(store):
     table = store.table(_tag(), 1, num_partitions=1, overflow_margin=10,
                         overflow_policy="evict_least_used", overflow_resolution_target=0.5)
@@ -245,6 +259,9 @@ class RedisMachine(RuleBasedStateMachine):
             self.model[k] = v
         for k in evicted.tolist():
             del self.model[k]
+        batch = set(keys.tolist())
+        if self.margin is not None and len(batch) <= self.margin:
+            assert not batch & set(evicted.tolist())  # a batch that fits is kept whole
 
     @rule(keys=st.lists(st.integers(-20, 20), min_size=1, max_size=12))
     def remove(self, keys):

@@ -17,7 +17,8 @@ Layout (one instance per embedding table):
 
 Overflow (HPS semantics, made a hard cap): before new keys go into a partition that would exceed
 ``overflow_margin``, entries are evicted from it by ``overflow_policy`` until it holds
-``round(margin × overflow_resolution_target)`` (or fewer, when the incoming keys need it):
+``round(margin × overflow_resolution_target)`` (fewer when the incoming keys need the room,
+more when the batch's keys already held would not fit otherwise):
 ``evict_random``; ``evict_least_used`` (lowest access count: lookups count +1, an insert resets
 to 0, as in HPS); ``evict_oldest`` (least recently inserted or looked up, by a logical clock).
 Keys of the same insert batch are evicted last. ``insert`` returns the keys that are no longer
@@ -418,6 +419,10 @@ class HashMapTable:
         """Evict (and drop new keys) so that no partition ends above the margin."""
         margin = self.overflow_margin
         incoming = np.bincount(part, minlength=self.num_partitions)
+        # Keys of this batch already held (just updated) in each partition: the resolution
+        # target must not push them out, or their new values would be lost.
+        held = np.bincount(protected_slots // self._segment, minlength=self.num_partitions) \
+            if protected_slots.size else np.zeros(self.num_partitions, dtype=np.int64)
         keep_new = np.ones(new.size, dtype=bool)
         for p in np.flatnonzero(self._live + incoming > margin):
             arriving = int(incoming[p])
@@ -427,7 +432,7 @@ class HashMapTable:
                 keep_new[lost] = False
                 dropped.append(keys[new[lost]])
                 arriving = margin
-            survivors = max(0, min(self._resolve_to, margin - arriving))
+            survivors = max(0, min(max(self._resolve_to, int(held[p])), margin - arriving))
             count = int(self._live[p]) - survivors
             if count > 0:
                 evicted.append(self._evict(int(p), count, protected_slots))

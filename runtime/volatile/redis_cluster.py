@@ -13,8 +13,9 @@ Metadata updates of lookups (LFU/LRU) are queued to a background thread, as HPS 
 
 Overflow (as HPS: ``HLEN`` after the write): a partition above ``overflow_margin`` loses entries
 by policy until its older entries number ``round(margin × overflow_resolution_target)`` (fewer
-when the batch's new keys need the room); keys of the same batch go last, so as in the hash
-map a partition ends at most at the margin. ``insert`` returns the evicted keys.
+when the batch's new keys need the room, more when the batch's keys already held would not fit
+otherwise); keys of the same batch go last, so as in the hash map a partition ends at most at
+the margin. ``insert`` returns the evicted keys.
 
 Failures: a cluster unreachable at start-up raises ServiceUnavailableError. While serving, a
 failed command (a dead node, CLUSTERDOWN, a timeout) makes ``lookup`` report those keys as
@@ -391,15 +392,19 @@ class RedisTable:
             return np.empty(0, dtype=np.int64)
         sizes: dict[int, int] = {}
         added: dict[int, int] = {}
-        for (p, _), new, size in zip(groups, results[0::3], results[2::3]):
+        batch: dict[int, int] = {}
+        for (p, pos), new, size in zip(groups, results[0::3], results[2::3]):
             sizes[p] = int(size)  # the last chunk of a partition reports its final size
             added[p] = added.get(p, 0) + int(new)  # HSET counts the fields it created
+            batch[p] = batch.get(p, 0) + len(pos)  # keys are unique (dedupe_last)
         margin = self.overflow_margin
         evicted = []
         for p, size in sizes.items():
             if size > margin:  # as the hash map: old entries shrink to the target, then the new
                 new = min(added[p], margin)
-                keep = min(self._resolve_to, margin - new) + new
+                # ... but not below the batch's keys that were already held (just updated)
+                held = batch[p] - added[p]
+                keep = min(max(self._resolve_to, held), margin - new) + new
                 evicted.append(self._evict(p, size - keep, set(kb)))
         evicted = [e for e in evicted if e.size]
         return np.concatenate(evicted) if evicted else np.empty(0, dtype=np.int64)
