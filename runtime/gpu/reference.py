@@ -10,8 +10,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .placement import (DIGEST_DTYPE, EMPTY_KEY, HIT_SAMPLE, WAYS, counted_hits, query_seed,
-                        set_and_digest)
+from .placement import (
+    DIGEST_DTYPE,
+    EMPTY_KEY,
+    HIT_SAMPLE,
+    WAYS,
+    counted_hits,
+    query_seed,
+    set_and_digest,
+)
 
 
 def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,7 +66,8 @@ class RefDynamicCache:
         dmatch = self.digests[sets] == digests[:, None]
         first = np.argmax(dmatch, axis=1)
         candidate = dmatch[rows, first]
-        way = np.where(candidate & (self.keys[sets, first] == keys) & (keys != EMPTY_KEY), first, -1)
+        confirmed = candidate & (self.keys[sets, first] == keys) & (keys != EMPTY_KEY)
+        way = np.where(confirmed, first, -1)
         retry = np.flatnonzero(candidate & (way < 0) & (keys != EMPTY_KEY))
         if retry.size:
             match = self.keys[sets[retry]] == keys[retry, None]
