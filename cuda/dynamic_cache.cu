@@ -129,8 +129,7 @@ __device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict_
       uint32_t t;
       asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(t) : "l"(tag), "l"(policy));
       p.guessed_key = t == (uint32_t)p.key ? p.key : HPS_EMPTY_KEY;
-      p.candidates = 0xFFFFFFFFu;  // a mismatch compares every other way by key
-      p.candidates &= ~0u << p.way;
+      p.candidates = ~0u << p.way;  // a mismatch compares every later way by key
       p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
     }
     return;

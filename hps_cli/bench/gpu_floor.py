@@ -64,13 +64,8 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
     """Time ``dc_query`` of the cache behind ``front`` on ``batches`` (equal sizes, rotated)
     against ``gather_rows`` of as many rows of the same dim. Waits for the cache's stream
     first, so nothing else runs on the cache meanwhile."""
-    from ..runtime.gpu.gpu_dynamic import (
-        COUNT_INTO_HIT_BYTES,
-        COUNT_INTO_SCORES,
-        DEDUP_MIN_KEYS,
-        QUERY_ARGS,
-    )
-    from ..runtime.gpu.placement import query_seed
+    from ..runtime.gpu.gpu_dynamic import COUNT_INTO_HIT_BYTES, COUNT_INTO_SCORES, QUERY_ARGS
+    from ..runtime.gpu.placement import DEDUP_MIN_KEYS, query_seed
 
     cache = front.backend
     device, drv, dim = cache.device, cache.device.drv, cache.dim

@@ -6,7 +6,7 @@ import os
 import re
 import sys
 import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from ..runtime.errors import DependencyMissingError
 
@@ -64,7 +64,7 @@ def import_tensorflow(purpose: str = "hps dissect"):
     """
     fresh = "tensorflow" not in sys.modules
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    with quiet_native_stderr() if fresh else _nothing():
+    with quiet_native_stderr() if fresh else nullcontext():
         try:
             import tensorflow as tf
         except ImportError as exc:
@@ -75,11 +75,6 @@ def import_tensorflow(purpose: str = "hps dissect"):
             except (RuntimeError, ValueError):
                 pass  # devices already initialized by the caller: leave them as they are
     return tf
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def import_keras3(purpose: str = "hps dissect"):

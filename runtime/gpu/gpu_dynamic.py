@@ -26,9 +26,6 @@ from .placement import (
 )
 from .reference import group_by_set
 
-__all__ = ["DEDUP_MIN_KEYS", "GpuDynamicCache", "QUERY_ARGS", "COUNT_INTO_SCORES",
-           "COUNT_INTO_HIT_BYTES"]
-
 _BLOCK = 256
 _COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 16-byte aligned
 # dc_query's arguments (see cuda/dynamic_cache.cu) and its count_hits modes.
@@ -131,17 +128,17 @@ class GpuDynamicCache:
             self.queries += 1
         return seed
 
-    def _fold_hits(self) -> None:
-        """Add the hit bytes into the scores (on the stream) if any query counted into them."""
+    def _fold_hits(self, counted_elsewhere: bool = False) -> None:
+        """Add the hit bytes into the scores (on the stream) if any query counted into them;
+        ``counted_elsewhere``: a launch outside this class (a kernel benchmark) did."""
         with self._hits_lock:
+            if counted_elsewhere:
+                self._unfolded = max(self._unfolded, 1)
             self._launch_fold()
 
     def note_unfolded_hits(self) -> None:
-        """Fold now hits that a launch outside this class (a kernel benchmark) counted into
-        the hit bytes."""
-        with self._hits_lock:
-            self._unfolded = max(self._unfolded, 1)
-            self._launch_fold()
+        """Fold now the hits that a launch outside this class counted into the hit bytes."""
+        self._fold_hits(counted_elsewhere=True)
 
     def _launch_fold(self) -> None:
         if not self._unfolded:
