@@ -2,16 +2,8 @@
 # Run on the GPU machine (see docs/gpu.md): install the carried wheels, run the gpu-marked tests
 # with HPS_REQUIRE_GPU=1, then the GPU benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .devwheels/*.whl >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 \
-  || { cat "$OUT/install.log"; exit 1; }
+source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-export PYTHONUNBUFFERED=1
 # Only the modules that hold gpu tests: the others may import what this machine lacks.
 GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)
 HPS_REQUIRE_GPU=1 python3 -m pytest -q -m gpu $GPU_TESTS -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"

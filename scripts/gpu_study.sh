@@ -2,16 +2,9 @@
 # Run on the GPU machine: the query-kernel tuning study (benchmarks/gpu_query_variants.py), then
 # an ncu profile of the default query and gather at dim 32. Logs and JSON go to $OUT.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
-  .devwheels/*.whl >"$OUT/install.log" 2>&1 || { cat "$OUT/install.log"; exit 1; }
-export PYTHONPATH=/tmp/site:$PWD/benchmarks
-python3 -m pip install -q --no-index --no-deps --no-build-isolation -e . >>"$OUT/install.log" 2>&1 \
-  || { cat "$OUT/install.log"; exit 1; }
-export PYTHONUNBUFFERED=1
-for bits in ${DIGEST_BITS_LIST:-8}; do
+source "$(dirname "$0")/gpu_setup.sh"
+export PYTHONPATH=$PYTHONPATH:$PWD/benchmarks
+for bits in ${DIGEST_BITS_LIST:-16}; do
   echo "== digests of $bits bits"
   HPS_DIGEST_BITS=$bits python3 benchmarks/gpu_query_variants.py \
     --out "$OUT/variants_digest$bits.json" ${STUDY_ARGS:-} >"$OUT/variants_digest$bits.log" 2>&1
