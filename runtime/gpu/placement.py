@@ -17,7 +17,7 @@ WAYS = 32  # HPS_WAYS in cuda/hps_common.cuh: one warp holds a set
 # Bits of a way's digest (HPS_DIGEST_BITS): a probe compares the set's digests first and then
 # the key of the first match. 16 bits: another key with the same digest earlier in the set (the
 # probe's wrong guess, whose row must be copied again) is rare (≈ 0.02 % of hits instead of ≈ 5 %
-# with 8 bits); measured faster at dim 128, even at dim 32 (docs/benchmarks.md).
+# with 8 bits); measured faster at dim 128 and no slower at dim 32 (docs/benchmarks.md).
 # HPS_DIGEST_BITS in the environment overrides it (for the kernel study in
 # benchmarks/gpu_query_variants.py).
 DIGEST_BITS = int(os.environ.get("HPS_DIGEST_BITS", "16"))
