@@ -174,7 +174,9 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
 // seed), count weights[i] hits (weights null: 1; a de-duplicated batch passes each key's
 // occurrence count): count_hits 0 counts nothing, 1 adds HPS_HIT_SAMPLE × weight to the slot's
 // score, 2 adds min(weight, HPS_HIT_WEIGHT_CAP) to the slot's hit byte. Misses write the default
-// value to out[i] and append (key, i) to the miss list.
+// value to out[i] and append (key, i) to the miss list; with `publish`, the miss count is
+// published there and the counter reset for the next launch (hps::publish_total). `keys` and
+// `out` may be host-mapped memory: a small lookup then needs no copy before or after it.
 // Read-only except scores and hits, so several queries may run at once; replace/update/
 // invalidate must not run concurrently (one stream per cache orders them).
 //
@@ -194,7 +196,8 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                                     float* __restrict__ out, int64_t* __restrict__ miss_keys,
                                     int64_t* __restrict__ miss_pos,
                                     unsigned* __restrict__ miss_count, int count_hits,
-                                    int64_t seed) {
+                                    int64_t seed, unsigned* __restrict__ ticket,
+                                    unsigned* __restrict__ publish) {
   constexpr int K = HPS_KEYS_PER_LANE;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
@@ -254,6 +257,7 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                               miss_count);
     }
   }
+  hps::publish_total(miss_count, ticket, publish);
 }
 
 // Insert keys with their rows, evicting by LFU-DA when a set is full. Keys already cached only

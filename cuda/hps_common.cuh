@@ -316,6 +316,27 @@ __device__ __forceinline__ void warp_copy_rows(const cg::thread_block_tile<32>& 
   warp_copy_rows_k<1>(warp, sources, out, rows, dim, fill);
 }
 
+// Hand a grid-wide counter to the host without a memset before the launch or a copy after it:
+// the last block to finish writes the total to `publish` (host-mapped or device memory) and
+// zeroes the counter and the arrival ticket, so the next launch starts from 0. With `publish`
+// null the counter is left as it is (the caller resets and reads it). Every thread of the block
+// must call it: it synchronizes the block. (The threadFenceReduction pattern: each block fences
+// its counter atomics before taking a ticket, the last ticket sees them all.)
+__device__ __forceinline__ void publish_total(unsigned* __restrict__ counter,
+                                              unsigned* __restrict__ ticket,
+                                              unsigned* __restrict__ publish) {
+  if (publish == nullptr) return;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    if (atomicAdd(ticket, 1u) == gridDim.x - 1) {
+      __threadfence();
+      *publish = atomicExch(counter, 0u);
+      *ticket = 0u;
+    }
+  }
+}
+
 // Append the keys of lanes with `miss` to a list (one atomic per warp).
 __device__ __forceinline__ void warp_append_misses(const cg::thread_block_tile<32>& warp,
                                                    bool miss, int64_t key, int64_t pos,

@@ -30,7 +30,7 @@ extern "C" __global__ void it_build(const int64_t* __restrict__ keys, int64_t n,
 }
 
 // Look up n keys: found keys copy their row (from device or host memory), others get the
-// default value; hit_count counts the found ones. Each lane probes its own key (linear probing
+// default value; hit_count counts the found ones (published and reset as dc_query's miss count). Each lane probes its own key (linear probing
 // from mix64(key)); the warp then copies its 32 rows together.
 extern "C" __global__ void HPS_COPY_BOUNDS it_query(const int64_t* __restrict__ keys, int64_t n,
                                     const int64_t* __restrict__ index_keys,
@@ -38,7 +38,9 @@ extern "C" __global__ void HPS_COPY_BOUNDS it_query(const int64_t* __restrict__ 
                                     const float* __restrict__ device_values, int64_t device_rows,
                                     const float* __restrict__ host_values, int dim,
                                     float default_value, float* __restrict__ out,
-                                    unsigned* __restrict__ hit_count) {
+                                    unsigned* __restrict__ hit_count,
+                                    unsigned* __restrict__ ticket,
+                                    unsigned* __restrict__ publish) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
   for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * 32; base < n;
@@ -67,4 +69,5 @@ extern "C" __global__ void HPS_COPY_BOUNDS it_query(const int64_t* __restrict__ 
     hps::warp_copy_rows(warp, src, out + base * dim, (int)min((int64_t)32, n - base), dim,
                         default_value);
   }
+  hps::publish_total(hit_count, ticket, publish);
 }

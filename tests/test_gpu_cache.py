@@ -19,6 +19,21 @@ def device():
     return get_device(0)
 
 
+@pytest.fixture(params=["mapped", "copied", "pageable"])
+def route(request, device, monkeypatch):
+    """How lookup rows reach the host (runtime/gpu/transfers.py): written by the kernel into
+    mapped pinned memory, copied from device memory into a pinned block, or copied into a
+    pageable array because the pinned pool is full."""
+    from hps_cli.runtime.gpu import transfers
+    from hps_cli.runtime.gpu.pinned import PinnedPool
+
+    limit = 1 << 62 if request.param == "mapped" else -1
+    monkeypatch.setattr(transfers, "MAPPED_RESULT_MAX_BYTES", limit)
+    if request.param == "pageable":
+        monkeypatch.setattr(device, "pinned", PinnedPool(device, max_bytes=0))
+    return request.param
+
+
 def _pair(device, num_sets, dim):
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
     from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend
@@ -46,7 +61,7 @@ def _check_query(gpu, ref, keys, default=-3.0):
 
 
 @pytest.mark.parametrize("dim", [1, 3, 8, 32, 128])
-def test_dynamic_cache_matches_reference(device, dim):
+def test_dynamic_cache_matches_reference(device, dim, route):
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
@@ -128,7 +143,7 @@ def test_count_unique(device):
 
 
 @pytest.mark.parametrize("device_rows_share", [1.0, 0.3, 0.0])
-def test_indexed_table_matches_reference(device, tmp_path, device_rows_share):
+def test_indexed_table_matches_reference(device, tmp_path, device_rows_share, route):
     from hps_cli.runtime.gpu.gpu_indexed import GpuIndexedTable
     from hps_cli.runtime.gpu.ref_backends import RefIndexedBackend
     from hps_cli.runtime.table import TableReader, write_table
@@ -142,10 +157,11 @@ def test_indexed_table_matches_reference(device, tmp_path, device_rows_share):
         gpu = GpuIndexedTable(device, reader, rows, chunk_rows=4096)
         ref = RefIndexedBackend(reader, rows)
     query = np.concatenate([rng.choice(keys, 30_000), rng.integers(0, 10**9, 5000)])
-    out_g, hits_g = gpu.query(query, 0.25)
-    out_r, hits_r = ref.query(query, 0.25)
-    assert hits_g == hits_r
-    np.testing.assert_array_equal(out_g, out_r)
+    for batch in (query, query[:777], query[:0], query[5:]):  # the hit count restarts
+        out_g, hits_g = gpu.query(batch, 0.25)
+        out_r, hits_r = ref.query(batch, 0.25)
+        assert hits_g == hits_r
+        np.testing.assert_array_equal(out_g, out_r)
 
 
 def test_gather_and_scatter_kernels(device):
@@ -210,10 +226,63 @@ def test_results_are_pinned_and_recycled(device):
     gpu, _ = _pair(device, 4, 16)
     first = gpu.query(np.arange(100), 0.0).finish(None)
     block = PinnedPool.block_of(first)
-    address = block.ctypes.data
+    address = block.address
+    assert first.ctypes.data == address + 16  # the rows follow the 16-byte head
     del first, block
     second = gpu.query(np.arange(100), 0.0).finish(None)
-    assert PinnedPool.block_of(second).ctypes.data == address  # the block came back
+    assert PinnedPool.block_of(second).address == address  # the block came back
+
+
+def test_miss_count_restarts_at_every_launch(device):
+    """The kernels publish their count and reset the counter themselves (no memset between
+    lookups): direct lookups on both routes, de-duplicated ones and empty ones in any order
+    each report exactly their own misses."""
+    from hps_cli.runtime.gpu import transfers
+    from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    rng = np.random.default_rng(21)
+    gpu, _ = _pair(device, 256, 32)  # 8192 slots
+    cached = rng.choice(10**9, 4000, replace=False).astype(np.int64)
+    gpu.replace(cached, synthetic_vectors(cached, 32))
+    cached = gpu.dump()
+    absent = np.arange(10**9, 10**9 + DEDUP_MIN_KEYS, dtype=np.int64)  # never inserted
+    saved = transfers.MAPPED_RESULT_MAX_BYTES
+    try:
+        for step in range(60):
+            transfers.MAPPED_RESULT_MAX_BYTES = (1 << 62, -1)[step % 2]
+            size = (0, 1, 300, 5000, DEDUP_MIN_KEYS + 10)[step % 5]
+            n_absent = int(rng.integers(0, min(size, 2000) + 1))
+            keys = rng.permutation(np.concatenate([
+                rng.choice(cached, size - n_absent),
+                rng.choice(absent[:2000], n_absent, replace=False)]))
+            pending = gpu.query(keys, -1.0)
+            assert pending.miss_keys.size == n_absent, (step, size)
+            hit = np.isin(keys, cached)[:, None]
+            np.testing.assert_array_equal(
+                pending.finish(None), np.where(hit, synthetic_vectors(keys, 32), -1.0))
+    finally:
+        transfers.MAPPED_RESULT_MAX_BYTES = saved
+
+
+def test_launcher_packs_arguments_as_pycuda_does(device):
+    """The lean launcher's argument buffer is byte for byte what prepared_async_call packs."""
+    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS
+    from hps_cli.runtime.gpu.kernels import Launcher
+    from pycuda._pvt_struct import pack
+
+    class Recorder:
+        def _launch_kernel(self, grid, block, buffer, shared, stream):
+            self.buffer = bytes(buffer)
+
+    values = {"P": 0x7F0012345670, "q": -(1 << 40) - 3, "Q": (1 << 63) + 5, "i": -7, "I": 9,
+              "f": 0.25}
+    for fmt in (QUERY_ARGS, "PqPPQPqPifPPPP"):
+        args = [values[c] for c in fmt]
+        recorder = Recorder()
+        Launcher(recorder, fmt)((1, 1), (32, 1, 1), None, *args)
+        assert recorder.buffer == pack(fmt, *[np.float32(a) if isinstance(a, float) else a
+                                              for a in args])
 
 
 def test_two_devices_hold_independent_caches():

@@ -105,6 +105,11 @@ class GpuDevice:
         self.kernels.function(name, arg_types).prepared_async_call(
             grid, block, stream, *(int(a) if hasattr(a, "free") else a for a in args))
 
+    def launcher(self, name: str, arg_types: str):
+        """A lean launcher (kernels.Launcher): arguments already ints and floats, no checks."""
+        with self.scope():
+            return self.kernels.launcher(name, arg_types)
+
     def alloc(self, nbytes: int):
         return self.drv.mem_alloc(max(int(nbytes), 16))
 

@@ -13,7 +13,6 @@ import threading
 import numpy as np
 
 from .pending import PendingLookup
-from .pinned import PinnedPool
 from .placement import (
     DEDUP_MIN_KEYS,
     DIGEST_DTYPE,
@@ -25,47 +24,12 @@ from .placement import (
     tile_width,
 )
 from .reference import group_by_set
+from .transfers import HEAD_BYTES, Scratch, download_rows, lookup_rows
 
 _BLOCK = 256
-_COUNTER_BYTES = 16  # room for a counter in front of a row block, keeping rows 16-byte aligned
 # dc_query's arguments (see cuda/dynamic_cache.cu) and its count_hits modes.
-QUERY_ARGS = "PPqPPPPPIifPPPPiq"
+QUERY_ARGS = "PPqPPPPPIifPPPPiqPP"
 COUNT_INTO_SCORES, COUNT_INTO_HIT_BYTES = 1, 2
-
-
-class _Scratch:
-    """Device buffers that grow to the largest request seen."""
-
-    def __init__(self, device):
-        self.device = device
-        self._bufs: dict[str, tuple[int, object]] = {}
-        self._host: dict[str, np.ndarray] = {}
-
-    def get(self, name: str, nbytes: int):
-        size, buf = self._bufs.get(name, (0, None))
-        if size < nbytes:
-            size = max(nbytes, 2 * size, 4096)
-            buf = self.device.alloc(size)
-            self._bufs[name] = (size, buf)
-        return buf
-
-    def host(self, name: str, count: int, dtype) -> np.ndarray:
-        """A pinned host staging array of ``count`` items (grown on demand)."""
-        dtype = np.dtype(dtype)
-        buf = self._host.get(name)
-        if buf is None or buf.nbytes < count * dtype.itemsize:
-            nbytes = max(count * dtype.itemsize, 2 * (0 if buf is None else buf.nbytes), 4096)
-            buf = self._host[name] = self.device.drv.pagelocked_empty(nbytes, np.uint8)
-        return buf[: count * dtype.itemsize].view(dtype)
-
-    def upload(self, name: str, array: np.ndarray, stream):
-        """Copy a host array to this scratch's device buffer ``name`` through pinned staging."""
-        staging = self.host(name, array.size, array.dtype)
-        np.copyto(staging, array.reshape(-1))
-        buf = self.get(name, max(array.nbytes, 8))
-        if array.size:
-            self.device.drv.memcpy_htod_async(buf, staging, stream)
-        return buf
 
 
 class GpuDynamicCache:
@@ -88,15 +52,20 @@ class GpuDynamicCache:
             self.d_scores = device.alloc(slots * 4)
             self.d_hits = device.alloc(slots)  # one byte per slot (slots: a multiple of 32)
             self.d_floors = device.alloc(self.num_sets * 4)
+            # The miss counter and arrival ticket of publishing dc_query launches: each one
+            # publishes the count and resets both (hps::publish_total), so they stay zero
+            # between launches.
+            self.d_query_counter = device.alloc(HEAD_BYTES)
             self.d_values = device.alloc(slots * self.dim * 4)
             self._fill_i64(self.d_keys, slots, EMPTY_KEY)
             drv.memset_d8_async(self.d_digests, 0, digest_bytes, self.stream)
             drv.memset_d32_async(self.d_scores, 0, slots, self.stream)
             drv.memset_d32_async(self.d_hits, 0, slots // 4, self.stream)
             drv.memset_d32_async(self.d_floors, 0, self.num_sets, self.stream)
+            drv.memset_d32_async(self.d_query_counter, 0, HEAD_BYTES // 4, self.stream)
             drv.memset_d32_async(self.d_values, 0, slots * self.dim, self.stream)
             self.stream.synchronize()
-        self._scratch = _Scratch(device)
+        self._scratch = Scratch(device)
         self._lock = threading.Lock()
         self._seed_lock = threading.Lock()
         self.queries = 0
@@ -104,7 +73,13 @@ class GpuDynamicCache:
         # keeps "fold when due, then launch" in stream order across threads.
         self._hits_lock = threading.Lock()
         self._unfolded = 0
-        self._workspaces: dict[int, _Scratch] = {}
+        self._workspaces: dict[int, Scratch] = {}
+        # The hot path's launch: every cache argument as a plain int, packed once per call.
+        self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
+        self._cache_args = (int(self.d_keys), int(self.d_digests), int(self.d_scores),
+                            int(self.d_hits), int(self.d_values), self.num_sets, self.dim)
+        counter = int(self.d_query_counter)
+        self._counter_args = (counter, counter + 4)  # (miss count, ticket)
 
     @property
     def capacity(self) -> int:
@@ -156,13 +131,13 @@ class GpuDynamicCache:
         self.stream.synchronize()
         return int(host[0])
 
-    def _workspace(self, slot: int) -> _Scratch:
+    def _workspace(self, slot: int) -> Scratch:
         ws = self._workspaces.get(slot)
         if ws is None:
-            ws = self._workspaces[slot] = _Scratch(self.device)
+            ws = self._workspaces[slot] = Scratch(self.device)
         return ws
 
-    def _dedup(self, ws: _Scratch, d_keys, n: int):
+    def _dedup(self, ws: Scratch, d_keys, n: int):
         """Launch the GPU de-duplication of n device keys; returns device buffers."""
         drv = self.device.drv
         cap = 1 << max(4, (2 * n - 1).bit_length())
@@ -170,7 +145,7 @@ class GpuDynamicCache:
         set_counts = ws.get("set_counts", cap * 4)
         slot_of, uniq = ws.get("slot_of", n * 8), ws.get("unique_keys", n * 8)
         inverse, counts = ws.get("inverse", n * 8), ws.get("unique_counts", n * 4)
-        ucount = ws.get("unique_count", _COUNTER_BYTES)
+        ucount = ws.get("unique_count", HEAD_BYTES)
         self._fill_i64(set_keys, cap, EMPTY_KEY)
         drv.memset_d32_async(set_counts, 0, cap, self.stream)
         drv.memset_d32_async(ucount, 0, 1, self.stream)
@@ -216,59 +191,45 @@ class GpuDynamicCache:
         return self._query_direct(keys, default_value, slot)
 
     def _query_direct(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
-        drv, n, dim = self.device.drv, keys.size, self.dim
+        n = keys.size
         ws = self._workspace(slot)
         with self.device.scope():
-            d_keys = ws.upload("keys", keys, self.stream)
-            d_block = ws.get("out", _COUNTER_BYTES + n * dim * 4)
-            d_mkeys, d_mpos = ws.get("miss_keys", n * 8), ws.get("miss_pos", n * 8)
-            drv.memset_d32_async(d_block, 0, 1, self.stream)
-            if n:
+            d_mkeys, d_mpos = ws.ptr("miss_keys", n * 8), ws.ptr("miss_pos", n * 8)
+
+            def launch(d_keys: int, d_block: int, publish: bool) -> None:
                 self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos,
-                                   COUNT_INTO_SCORES)
-            out, counter = self._download_rows(d_block, n)
-            misses = int(counter[0])
+                                   COUNT_INTO_SCORES, publish)
+
+            out, misses = lookup_rows(self.device, self.stream, ws, keys, self.dim, launch)
             mkeys = np.empty(misses, np.int64)
             mpos = np.empty(misses, np.int64)
             if misses:
+                drv = self.device.drv
                 drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
                 drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
                 self.stream.synchronize()
         return PendingLookup(out, mkeys, mpos)
 
-    def _launch_query(self, d_keys, d_weights, n: int, default_value: float, d_block, d_mkeys,
-                      d_mpos, count_mode: int) -> None:
-        """dc_query over n device keys: rows after the counter at the head of ``d_block``, the
-        miss count added to that counter (the caller resets it). ``count_mode``: where hits
-        count (COUNT_INTO_SCORES or, for de-duplicated keys, COUNT_INTO_HIT_BYTES)."""
-        grid, block = self._grid(n, 1)
+    def _launch_query(self, d_keys: int, d_weights: int, n: int, default_value: float,
+                      d_block: int, d_mkeys: int, d_mpos: int, count_mode: int,
+                      publish: bool) -> None:
+        """dc_query over n keys: rows written after the 16-byte head of ``d_block`` (device or
+        mapped memory), the miss count in its first word: published from the cache's
+        self-resetting counter when ``publish``, else counted there directly (the caller zeroes
+        it). A large launch counts directly: the publishing tail, one ticket per block on one
+        address, would cost a 1 M-key query about 2 %. ``count_mode``: where hits count
+        (COUNT_INTO_SCORES or, for de-duplicated keys, COUNT_INTO_HIT_BYTES)."""
+        grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
+        counter, ticket = self._counter_args if publish else (d_block, 0)
         with self._hits_lock:
             if count_mode == COUNT_INTO_HIT_BYTES:
                 if self._unfolded >= HIT_FOLD_EVERY:  # a byte could overflow in this query
                     self._launch_fold()
                 self._unfolded += 1
-            self.device.launch("dc_query", QUERY_ARGS, grid, block, self.stream, d_keys,
-                               d_weights, n, self.d_keys, self.d_digests, self.d_scores,
-                               self.d_hits, self.d_values, self.num_sets, self.dim,
-                               np.float32(default_value), int(d_block) + _COUNTER_BYTES, d_mkeys,
-                               d_mpos, d_block, count_mode, self._next_seed())
-
-    def _download_rows(self, d_block, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """Copy [counter | n rows] to the host in one transfer; wait; return (rows, counter)."""
-        drv = self.device.drv
-        out, pinned = self.device.pinned.array((n, self.dim), np.float32, offset=_COUNTER_BYTES)
-        if pinned:
-            block = PinnedPool.block_of(out)
-            drv.memcpy_dtoh_async(block[: _COUNTER_BYTES + out.nbytes], d_block, self.stream)
-            self.stream.synchronize()
-            counter = block[:4].view(np.uint32).copy()
-        else:  # pinned pool exhausted: pageable copies
-            counter = np.empty(4, np.uint32)
-            drv.memcpy_dtoh_async(counter, d_block, self.stream)
-            self.stream.synchronize()
-            if n:
-                drv.memcpy_dtoh(out, int(d_block) + _COUNTER_BYTES)
-        return out, counter
+            self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n,
+                               *self._cache_args, default_value, d_block + HEAD_BYTES,
+                               d_mkeys, d_mpos, counter, count_mode, self._next_seed(),
+                               ticket, d_block if publish else 0)
 
     def _query_dedup(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
         """De-duplicate on the GPU, query unique keys (scores weighted by occurrences), and
@@ -279,11 +240,11 @@ class GpuDynamicCache:
             d_keys = ws.upload("keys", keys, self.stream)
             uniq, inverse, counts, ucount = self._dedup(ws, d_keys, n)
             u = self._read_counter(ucount)
-            d_rows = ws.get("unique_rows", _COUNTER_BYTES + u * dim * 4)
+            d_rows = ws.get("unique_rows", HEAD_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
-            self._launch_query(uniq, counts, u, default_value, d_rows, d_mkeys, d_mpos,
-                               COUNT_INTO_HIT_BYTES)
+            self._launch_query(int(uniq), int(counts), u, default_value, int(d_rows),
+                               int(d_mkeys), int(d_mpos), COUNT_INTO_HIT_BYTES, False)
             misses = self._read_counter(d_rows)
             mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
             occurrences = 0
@@ -327,7 +288,7 @@ class GpuDynamicCache:
             s = self._scratch
             d_k, d_r = s.get("keys", seg_keys.nbytes), s.get("rows", seg_rows.nbytes)
             d_s, d_o = s.get("sets", seg_sets.size * 4), s.get("offsets", offsets.nbytes)
-            d_c = s.get("count", _COUNTER_BYTES)
+            d_c = s.get("count", HEAD_BYTES)
             drv.memcpy_htod_async(d_k, seg_keys, self.stream)
             drv.memcpy_htod_async(d_r, seg_rows, self.stream)
             drv.memcpy_htod_async(d_s, seg_sets.astype(np.uint32), self.stream)
@@ -362,7 +323,7 @@ class GpuDynamicCache:
         drv = self.device.drv
         with self._lock, self.device.scope():
             s = self._scratch
-            d_k, d_c = s.get("keys", keys.nbytes), s.get("count", _COUNTER_BYTES)
+            d_k, d_c = s.get("keys", keys.nbytes), s.get("count", HEAD_BYTES)
             drv.memcpy_htod_async(d_k, keys, self.stream)
             drv.memset_d32_async(d_c, 0, 1, self.stream)
             grid, block = self._grid(keys.size, self.tile)
@@ -493,7 +454,7 @@ class _DevicePending(PendingLookup):
     def __init__(
         self,
         cache: GpuDynamicCache,
-        ws: _Scratch,
+        ws: Scratch,
         d_rows,
         d_inverse,
         n: int,
@@ -518,10 +479,10 @@ class _DevicePending(PendingLookup):
         return self._raw_keys  # already unique (in arbitrary order)
 
     def finish(self, rows: np.ndarray | None) -> np.ndarray:
-        cache, ws, drv = self._cache, self._ws, self._cache.device.drv
+        cache, ws = self._cache, self._ws
         dim, n = cache.dim, self._n
         with cache.device.scope():
-            rows_base = int(self._d_rows) + _COUNTER_BYTES
+            rows_base = int(self._d_rows) + HEAD_BYTES
             if rows is not None and self._raw_keys.size:
                 d_src = ws.upload("fetched", np.ascontiguousarray(rows, np.float32), cache.stream)
                 d_pos = ws.upload("fetched_pos", self._miss_pos, cache.stream)
@@ -539,8 +500,7 @@ class _DevicePending(PendingLookup):
                     dim,
                     rows_base,
                 )
-            d_out = ws.get("out", _COUNTER_BYTES + n * dim * 4)
-            drv.memset_d32_async(d_out, 0, 1, cache.stream)
+            d_out = ws.ptr("out", HEAD_BYTES + n * dim * 4)
             grid, block = cache._grid(n, 1)
             cache.device.launch(
                 "gather_rows",
@@ -552,7 +512,8 @@ class _DevicePending(PendingLookup):
                 self._d_inverse,
                 n,
                 dim,
-                int(d_out) + _COUNTER_BYTES,
+                d_out + HEAD_BYTES,
             )
-            out, _ = cache._download_rows(d_out, n)
+            out, pinned = cache.device.pinned.array((n, dim), np.float32, offset=HEAD_BYTES)
+            download_rows(cache.device, cache.stream, d_out, out, pinned)  # (head unused)
         return out

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..table.reader import TableReader
-from .gpu_dynamic import _COUNTER_BYTES, _Scratch
 from .placement import EMPTY_KEY
+from .transfers import HEAD_BYTES, Scratch, lookup_rows
 
 _BLOCK = 256
 
@@ -24,7 +24,7 @@ class GpuIndexedTable:
         self.dim = reader.dim
         self.rows = reader.num_keys
         self.device_rows = int(min(max(device_rows, 0), self.rows))
-        self._workspaces: dict[int, _Scratch] = {}
+        self._workspaces: dict[int, Scratch] = {}
         self.capacity = 1 << max(4, (2 * max(self.rows, 1) - 1).bit_length())
         drv = device.drv
         host_rows = self.rows - self.device_rows
@@ -38,6 +38,9 @@ class GpuIndexedTable:
                 (max(host_rows, 1), self.dim), np.float32, mem_flags=drv.host_alloc_flags.DEVICEMAP
             )
             self.h_values_device_ptr = self.h_values.base.get_device_pointer()
+            # it_query's hit counter and arrival ticket (published and reset by each launch).
+            self.d_query_counter = device.alloc(HEAD_BYTES)
+            drv.memset_d32_async(self.d_query_counter, 0, HEAD_BYTES // 4, self.stream)
             grid = (device.launch_grid(self.capacity, 1, _BLOCK), 1)
             device.launch(
                 "fill_i64",
@@ -49,7 +52,7 @@ class GpuIndexedTable:
                 self.capacity,
                 EMPTY_KEY,
             )
-            staging = _Scratch(device)
+            staging = Scratch(device)
             for chunk in reader.chunks(chunk_rows):
                 n = chunk.keys.size
                 d_keys = staging.upload("keys", chunk.keys, self.stream)
@@ -69,8 +72,14 @@ class GpuIndexedTable:
                 )
                 self._place_rows(chunk.start, chunk.vectors, staging)
                 self.stream.synchronize()  # staging is reused by the next chunk
+        self._query_kernel = device.launcher("it_query", "PqPPQPqPifPPPP")
+        self._index_args = (int(self.d_index_keys), int(self.d_index_rows), self.capacity - 1,
+                            int(self.d_values), self.device_rows, int(self.h_values_device_ptr),
+                            self.dim)
+        counter = int(self.d_query_counter)
+        self._counter_args = (counter, counter + 4)  # (hit count, ticket)
 
-    def _place_rows(self, start: int, vectors: np.ndarray, staging: _Scratch) -> None:
+    def _place_rows(self, start: int, vectors: np.ndarray, staging: Scratch) -> None:
         drv = self.device.drv
         n = vectors.shape[0]
         on_device = max(0, min(n, self.device_rows - start))
@@ -87,53 +96,22 @@ class GpuIndexedTable:
         self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0
     ) -> tuple[np.ndarray, int]:
         """(rows, hits) for host keys; absent keys get ``default_value``."""
-        from .pinned import PinnedPool
-
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        n, drv = keys.size, self.device.drv
-        ws = self._workspace(slot)
-        with self.device.scope():
-            d_keys = ws.upload("keys", keys, self.stream)
-            d_block = ws.get("out", _COUNTER_BYTES + n * self.dim * 4)
-            drv.memset_d32_async(d_block, 0, 1, self.stream)
-            if n:
-                grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
-                self.device.launch(
-                    "it_query",
-                    "PqPPQPqPifPP",
-                    grid,
-                    (_BLOCK, 1, 1),
-                    self.stream,
-                    d_keys,
-                    n,
-                    self.d_index_keys,
-                    self.d_index_rows,
-                    self.capacity - 1,
-                    self.d_values,
-                    self.device_rows,
-                    self.h_values_device_ptr,
-                    self.dim,
-                    np.float32(default_value),
-                    int(d_block) + _COUNTER_BYTES,
-                    d_block,
-                )
-            out, pinned = self.device.pinned.array((n, self.dim), np.float32, offset=_COUNTER_BYTES)
-            if pinned:
-                block = PinnedPool.block_of(out)
-                drv.memcpy_dtoh_async(block[: _COUNTER_BYTES + out.nbytes], d_block, self.stream)
-                self.stream.synchronize()
-                hits = int(block[:4].view(np.uint32)[0])
-            else:
-                count = np.empty(4, np.uint32)
-                drv.memcpy_dtoh_async(count, d_block, self.stream)
-                self.stream.synchronize()
-                if n:
-                    drv.memcpy_dtoh(out, int(d_block) + _COUNTER_BYTES)
-                hits = int(count[0])
-        return out, hits
+        n = keys.size
+        grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
+        counter, ticket = self._counter_args
 
-    def _workspace(self, slot: int) -> _Scratch:
+        def launch(d_keys: int, d_block: int, publish: bool) -> None:
+            count = (counter, ticket, d_block) if publish else (d_block, 0, 0)
+            self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, n, *self._index_args,
+                               float(default_value), d_block + HEAD_BYTES, *count)
+
+        with self.device.scope():
+            return lookup_rows(self.device, self.stream, self._workspace(slot), keys, self.dim,
+                               launch)
+
+    def _workspace(self, slot: int) -> Scratch:
         ws = self._workspaces.get(slot)
         if ws is None:
-            ws = self._workspaces[slot] = _Scratch(self.device)
+            ws = self._workspaces[slot] = Scratch(self.device)
         return ws

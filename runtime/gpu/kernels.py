@@ -7,6 +7,7 @@ test uses the same functions, so what CI checks is what runs. PyCUDA is imported
 from __future__ import annotations
 
 import os
+import struct
 import threading
 from pathlib import Path
 
@@ -44,6 +45,26 @@ def import_pycuda():
     except ImportError as exc:
         raise DependencyMissingError("pycuda", "gpu", "the GPU embedding cache") from exc
     return drv
+
+
+class Launcher:
+    """One kernel, launched with as little Python as possible: the arguments (ints, floats,
+    already device addresses) packed by a precompiled struct, then PyCUDA's launch call.
+
+    ``prepared_async_call`` does the same work plus an import, a texture-reference loop and
+    argument checks on every call; on the hot path of a small lookup those cost as much as the
+    driver's launch itself. The packing is C's, as CUDA lays kernel parameters out (each at its
+    natural alignment), which is also what PyCUDA's own packer produces.
+    """
+
+    __slots__ = ("_launch", "_pack")
+
+    def __init__(self, function, arg_types: str):
+        self._launch = function._launch_kernel
+        self._pack = struct.Struct(arg_types).pack
+
+    def __call__(self, grid: tuple, block: tuple, stream, *args) -> None:
+        self._launch(grid, block, self._pack(*args), 0, stream)
 
 
 class KernelModule:
@@ -86,3 +107,7 @@ class KernelModule:
                     fn.prepare(arg_types)
                     self._prepared[name] = fn
         return fn
+
+    def launcher(self, name: str, arg_types: str) -> Launcher:
+        """A lean launcher of a kernel (see Launcher); its arguments must be plain numbers."""
+        return Launcher(self.function(name, arg_types), arg_types)

@@ -1,0 +1,117 @@
+"""Moving a lookup's keys to a kernel and its rows back: staging buffers and the two routes.
+
+A lookup kernel reads n keys and writes ``[count | n rows]``: a 16-byte head whose first word
+receives the count the kernel publishes (misses or hits), then the rows. ``lookup_rows`` picks
+the route by the result's size:
+
+- mapped (small results, the latency path): the keys are copied into mapped pinned staging and
+  the kernel reads them there; it writes the head and rows straight into the result's pinned
+  block, and its last block publishes the count there (hps::publish_total). One launch and one
+  wait, nothing else queued: a 2,000-key lookup spends its time on the bus, not on driver calls.
+- copied (large results, or the pinned pool full): keys copied in, head and rows written to
+  device memory, then copied out in one copy-engine transfer, which moves big results faster
+  than SM stores over the bus and frees the SMs sooner.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .pinned import PinnedBlock, mapped_empty
+
+HEAD_BYTES = 16  # room for a count in front of the rows, keeping the rows 16-byte aligned
+# Results up to this size take the mapped route. Measured on an H100 (docs/benchmarks.md,
+# "Fourth session"), one lookup at a time, dim 128: mapped/copied latency 0.75 at 2,000 keys,
+# 0.96 at 16 K (8 MiB), 0.99 at 64 K (32 MiB). Past 8 MiB the gain is within noise while the
+# kernel holds its SMs for the whole bus transfer, which concurrent lookups would feel.
+MAPPED_RESULT_MAX_BYTES = 8 << 20
+
+
+class Scratch:
+    """Device buffers and mapped pinned host buffers that grow to the largest request seen."""
+
+    def __init__(self, device):
+        self.device = device
+        self._bufs: dict[str, tuple[int, object]] = {}
+        self._host: dict[str, tuple[np.ndarray, int]] = {}
+
+    def get(self, name: str, nbytes: int):
+        size, buf = self._bufs.get(name, (0, None))
+        if buf is None or size < nbytes:
+            size = max(nbytes, 2 * size, 4096)
+            buf = self.device.alloc(size)
+            self._bufs[name] = (size, buf)
+        return buf
+
+    def ptr(self, name: str, nbytes: int) -> int:
+        """The device address of buffer ``name`` (as ``get``)."""
+        return int(self.get(name, nbytes))
+
+    def mapped(self, name: str, count: int, dtype) -> tuple[np.ndarray, int]:
+        """A pinned host array of ``count`` items (grown on demand) and its device address:
+        kernels may read it directly."""
+        dtype = np.dtype(dtype)
+        buf, device_ptr = self._host.get(name, (None, 0))
+        if buf is None or buf.nbytes < count * dtype.itemsize:
+            nbytes = max(count * dtype.itemsize, 2 * (0 if buf is None else buf.nbytes), 4096)
+            buf, device_ptr = self._host[name] = mapped_empty(self.device.drv, nbytes)
+        return buf[: count * dtype.itemsize].view(dtype), device_ptr
+
+    def host(self, name: str, count: int, dtype) -> np.ndarray:
+        """A pinned host staging array of ``count`` items (grown on demand)."""
+        return self.mapped(name, count, dtype)[0]
+
+    def upload(self, name: str, array: np.ndarray, stream):
+        """Copy a host array to this scratch's device buffer ``name`` through pinned staging."""
+        staging = self.host(name, array.size, array.dtype)
+        np.copyto(staging, array.reshape(-1))
+        buf = self.get(name, max(array.nbytes, 8))
+        if array.size:
+            self.device.drv.memcpy_htod_async(buf, staging, stream)
+        return buf
+
+
+def lookup_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
+                launch: Callable[[int, int], None]) -> tuple[np.ndarray, int]:
+    """(rows, count) of a lookup kernel over host int64 ``keys``.
+
+    ``launch(d_keys, d_block, publish)`` queues on ``stream`` a kernel that reads the keys at
+    ``d_keys`` and writes the rows after the head at ``d_block``, and the count into the head's
+    first word: published there from the kernel's own self-resetting counter when ``publish``
+    (the mapped route), else counted there directly (zeroed here first). The rows come back in a
+    leased pinned array when the pool has room (module doc for the routes).
+    """
+    n = keys.size
+    out, block = device.pinned.array((n, dim), np.float32, offset=HEAD_BYTES)
+    if not n:
+        return out, 0
+    if block is not None and out.nbytes <= MAPPED_RESULT_MAX_BYTES:
+        staged, d_keys = ws.mapped("keys", n, np.int64)
+        np.copyto(staged, keys)
+        launch(d_keys, block.device_ptr, True)
+        stream.synchronize()
+        return out, int(block.head[0])
+    d_keys = int(ws.upload("keys", keys, stream))
+    d_block = ws.ptr("out", HEAD_BYTES + out.nbytes)
+    device.drv.memset_d32_async(d_block, 0, 1, stream)
+    launch(d_keys, d_block, False)
+    return out, download_rows(device, stream, d_block, out, block)
+
+
+def download_rows(device, stream, d_block: int, out: np.ndarray,
+                  block: PinnedBlock | None) -> int:
+    """Copy ``[count | rows]`` from device memory at ``d_block`` into ``out`` (leased from
+    ``block``, or a pageable array when ``block`` is None); wait; return the count."""
+    drv = device.drv
+    if block is not None:
+        drv.memcpy_dtoh_async(block.host[: HEAD_BYTES + out.nbytes], d_block, stream)
+        stream.synchronize()
+        return int(block.head[0])
+    head = np.empty(4, np.uint32)
+    drv.memcpy_dtoh_async(head, d_block, stream)
+    stream.synchronize()
+    if out.size:
+        drv.memcpy_dtoh(out, d_block + HEAD_BYTES)
+    return int(head[0])
