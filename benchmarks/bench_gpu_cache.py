@@ -31,7 +31,6 @@ from datetime import date
 
 import numpy as np
 
-
 WARMUP_LOOKUPS = 1000  # before the latency of 2,000-key lookups is measured
 
 
@@ -150,7 +149,7 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
                               int(cache.d_digests if digests is None else digests),
                               int(cache.d_scores), int(cache.d_hits), int(cache.d_values),
                               cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
-                              int(mpos), int(count), count_hits, query_seed(i))
+                              int(mpos), int(count), count_hits, query_seed(i), 0, 0)
 
     def fold_hits(i):
         groups = cache.capacity // 16
@@ -213,8 +212,13 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
 
 def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
                        iterations: int = 2000) -> dict:
-    """Where the time of a small lookup goes: the raw CUDA sequence, step by step."""
+    """Where the time of a small lookup goes: the raw CUDA sequence of each route, step by
+    step, with the runtime's lean launcher and no other Python. ``copied``: keys copied in,
+    rows copied out (the route of large results); ``mapped``: the kernel reads the keys from
+    and writes the rows into mapped pinned memory (the route of small results). The two run in
+    alternating iterations, so host drift hits both alike."""
     from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
+    from hps_cli.runtime.gpu.pinned import mapped_empty
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     drv = device.drv
@@ -224,41 +228,93 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
     cache.replace(keys, synthetic_vectors(keys, dim))
     cached = cache.dump()
     batch = cached[:keys_per_lookup].copy()
+    expected = synthetic_vectors(batch, dim)
     n = batch.size
     with device.scope():
         stream = drv.Stream()
-        h_keys = drv.pagelocked_empty(n, np.int64)
-        h_out = drv.pagelocked_empty(16 + n * dim * 4, np.uint8)
+        h_keys, m_keys = mapped_empty(drv, n * 8)
+        h_out, m_out = mapped_empty(drv, 16 + n * dim * 4)
+        h_keys, h_rows = h_keys.view(np.int64), h_out[16:].view(np.float32).reshape(n, dim)
         d_keys, d_out = device.alloc(n * 8), device.alloc(16 + n * dim * 4)
-        d_mk, d_mp = device.alloc(n * 8), device.alloc(n * 8)
-        q = device.kernels.function("dc_query", QUERY_ARGS)
+        d_mk, d_mp, d_count = device.alloc(n * 8), device.alloc(n * 8), device.alloc(16)
+        drv.memset_d32(d_count, 0, 4)
+        q = device.launcher("dc_query", QUERY_ARGS)
         grid = (device.launch_grid(n, 1), 1)
-        steps = {"copyto_pinned": [], "htod": [], "memset": [], "launch": [], "dtoh": [],
-                 "sync": [], "total": []}
-        for it in range(iterations + 100):
+        cache_args = (int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
+                      int(cache.d_hits), int(cache.d_values), cache.num_sets, dim)
+        names = {"copied": ("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
+                 "mapped": ("copyto_pinned", "launch", "sync")}
+        steps = {route: {name: [] for name in (*names[route], "total")} for route in names}
+        for it in range(2 * iterations + 200):
+            route = "copied" if it % 2 else "mapped"
+            keys_ptr, out_ptr = (int(d_keys), int(d_out)) if route == "copied" else (m_keys, m_out)
             t = [time.perf_counter()]
             np.copyto(h_keys, batch)
             t.append(time.perf_counter())
-            drv.memcpy_htod_async(d_keys, h_keys, stream)
+            if route == "copied":  # as transfers.lookup_rows runs each route
+                drv.memcpy_htod_async(d_keys, h_keys, stream)
+                t.append(time.perf_counter())
+                drv.memset_d32_async(d_out, 0, 1, stream)
+                t.append(time.perf_counter())
+                count = (int(d_out), 0, 0)  # counted in the head, not published
+            else:
+                count = (int(d_count), int(d_count) + 4, out_ptr)  # counter, ticket, publish
+            q(grid, (256, 1, 1), stream, keys_ptr, 0, n, *cache_args, 0.0, out_ptr + 16,
+              int(d_mk), int(d_mp), count[0], 1, it, *count[1:])
             t.append(time.perf_counter())
-            drv.memset_d32_async(d_out, 0, 1, stream)
-            t.append(time.perf_counter())
-            q.prepared_async_call(grid, (256, 1, 1), stream, int(d_keys), 0, n, int(cache.d_keys),
-                                  int(cache.d_digests), int(cache.d_scores), int(cache.d_hits),
-                                  int(cache.d_values), cache.num_sets, dim, np.float32(0),
-                                  int(d_out) + 16, int(d_mk), int(d_mp), int(d_out), 1, it)
-            t.append(time.perf_counter())
-            drv.memcpy_dtoh_async(h_out, d_out, stream)
-            t.append(time.perf_counter())
+            if route == "copied":
+                drv.memcpy_dtoh_async(h_out, d_out, stream)
+                t.append(time.perf_counter())
             stream.synchronize()
             t.append(time.perf_counter())
-            if it >= 100:
-                for name, a, b in zip(("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
-                                      t[:-1], t[1:]):
-                    steps[name].append((b - a) * 1e6)
-                steps["total"].append((t[-1] - t[0]) * 1e6)
-    return {name: float(np.median(v)) for name, v in steps.items()} | {
-        "total_p99": float(np.percentile(steps["total"], 99))}
+            if it < 4:  # each route must return the right rows before it is timed
+                if not np.array_equal(h_rows, expected):
+                    raise AssertionError(f"the {route} route returned wrong rows")
+                h_rows.fill(np.nan)
+            if it >= 200:
+                for name, a, b in zip(names[route], t[:-1], t[1:]):
+                    steps[route][name].append((b - a) * 1e6)
+                steps[route]["total"].append((t[-1] - t[0]) * 1e6)
+    return {route: {name: float(np.median(v)) for name, v in by_step.items()}
+            | {"total_p99": float(np.percentile(by_step["total"], 99))}
+            for route, by_step in steps.items()}
+
+
+def route_by_size(device, dim: int = 128, sizes=(2000, 8192, 16384, 32768, 65535),
+                  rounds: int = 6, per_round: int = 100) -> list[dict]:
+    """The latency of ``GpuDynamicCache.query`` (all hits) by batch size on each route, to place
+    MAPPED_RESULT_MAX_BYTES: the routes alternate round by round in one process."""
+    from hps_cli.runtime.gpu import transfers
+    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    rng = np.random.default_rng(5)
+    keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
+    cache = GpuDynamicCache(device, 200_000 * 2 // 32, dim)
+    cache.replace(keys, synthetic_vectors(keys, dim))
+    cached = cache.dump()
+    saved = transfers.MAPPED_RESULT_MAX_BYTES
+    results = []
+    try:
+        for n in sizes:
+            batches = [cached[rng.integers(0, cached.size, n)] for _ in range(8)]
+            times = {"mapped": [], "copied": []}
+            for r in range(2 * rounds + 2):
+                route = "mapped" if r % 2 else "copied"
+                transfers.MAPPED_RESULT_MAX_BYTES = 1 << 62 if route == "mapped" else -1
+                for i in range(per_round):
+                    t0 = time.perf_counter()
+                    out = cache.query(batches[i % 8]).finish(None)
+                    elapsed = (time.perf_counter() - t0) * 1e6
+                    del out
+                    if r >= 2:
+                        times[route].append(elapsed)
+            m, c = float(np.median(times["mapped"])), float(np.median(times["copied"]))
+            results.append({"keys": n, "dim": dim, "result_bytes": n * dim * 4,
+                            "mapped_p50_us": m, "copied_p50_us": c, "mapped_over_copied": m / c})
+    finally:
+        transfers.MAPPED_RESULT_MAX_BYTES = saved
+    return results
 
 
 def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000) -> dict:
@@ -375,6 +431,7 @@ def main() -> None:
     # Latency first, so that nothing before it in this process can be blamed for it (measured:
     # the order makes no difference; the host does: see docs/benchmarks.md).
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
+    result["route_by_size"] = route_by_size(device) if not args.quick else None
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
     result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
         device, iterations=3000 if not args.quick else 300)
@@ -422,8 +479,13 @@ def main() -> None:
         print(f"  variant {name}: " + ", ".join(
             f"dim{r['dim']} {r['throughput_ratio']:.2f}x ({r['query_ms']:.3f}/{r['gather_ms']:.3f})"
             for r in rows), file=sys.stderr)
-    print("small lookup breakdown (us): " + ", ".join(
-        f"{k} {v:.1f}" for k, v in result["transfer_breakdown_2000"].items()), file=sys.stderr)
+    for route, steps in result["transfer_breakdown_2000"].items():
+        print(f"small lookup, {route} route (us): " + ", ".join(
+            f"{k} {v:.1f}" for k, v in steps.items()), file=sys.stderr)
+    for r in result["route_by_size"] or []:
+        print(f"query {r['keys']} keys dim{r['dim']}: mapped {r['mapped_p50_us']:.0f} us, "
+              f"copied {r['copied_p50_us']:.0f} us ({r['mapped_over_copied']:.2f})",
+              file=sys.stderr)
     q16 = result["query_16K"]
     print(f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms']*1e3:.1f} vs "
           f"{q16['gather_ms']*1e3:.1f} us)", file=sys.stderr)
