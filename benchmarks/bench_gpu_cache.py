@@ -149,7 +149,7 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
                               int(cache.d_digests if digests is None else digests),
                               int(cache.d_scores), int(cache.d_hits), int(cache.d_values),
                               cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
-                              int(mpos), int(count), count_hits, query_seed(i), 0, 0)
+                              int(mpos), int(count), count_hits, query_seed(i))
 
     def fold_hits(i):
         groups = cache.capacity // 16
@@ -217,7 +217,11 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
     rows copied out (the route of large results); ``mapped``: the kernel reads the keys from
     and writes the rows into mapped pinned memory (the route of small results). The two run in
     alternating iterations, so host drift hits both alike."""
-    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
+    from hps_cli.runtime.gpu.gpu_dynamic import (
+        PUBLISHED_QUERY_ARGS,
+        QUERY_ARGS,
+        GpuDynamicCache,
+    )
     from hps_cli.runtime.gpu.pinned import mapped_empty
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
@@ -238,7 +242,8 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
         d_keys, d_out = device.alloc(n * 8), device.alloc(16 + n * dim * 4)
         d_mk, d_mp, d_count = device.alloc(n * 8), device.alloc(n * 8), device.alloc(16)
         drv.memset_d32(d_count, 0, 4)
-        q = device.launcher("dc_query", QUERY_ARGS)
+        kernels = {"copied": device.launcher("dc_query", QUERY_ARGS),
+                   "mapped": device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS)}
         grid = (device.launch_grid(n, 1), 1)
         cache_args = (int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
                       int(cache.d_hits), int(cache.d_values), cache.num_sets, dim)
@@ -256,11 +261,11 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
                 t.append(time.perf_counter())
                 drv.memset_d32_async(d_out, 0, 1, stream)
                 t.append(time.perf_counter())
-                count = (int(d_out), 0, 0)  # counted in the head, not published
+                count = (int(d_out),)  # counted in the head, not published
             else:
                 count = (int(d_count), int(d_count) + 4, out_ptr)  # counter, ticket, publish
-            q(grid, (256, 1, 1), stream, keys_ptr, 0, n, *cache_args, 0.0, out_ptr + 16,
-              int(d_mk), int(d_mp), count[0], 1, it, *count[1:])
+            kernels[route](grid, (256, 1, 1), stream, keys_ptr, 0, n, *cache_args, 0.0,
+                           out_ptr + 16, int(d_mk), int(d_mp), count[0], 1, it, *count[1:])
             t.append(time.perf_counter())
             if route == "copied":
                 drv.memcpy_dtoh_async(h_out, d_out, stream)
@@ -390,6 +395,61 @@ def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
             "p99_us": float(np.percentile(lat, 99)), "max_us": float(lat.max())}
 
 
+def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2000,
+                rounds: int = 10, per_round: int = 100) -> dict:
+    """``HPS.lookup_tables`` over several GPU-cached tables (every table's query queued before
+    any is waited for) against the same lookups one table at a time (``HPS.lookup`` per
+    table), alternating round by round in one process: p50 / p99 of a whole call."""
+    import tempfile
+    from pathlib import Path
+
+    from hps_cli.runtime import HPS
+    from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
+
+    work = Path(tempfile.mkdtemp(prefix="hps-bench-tables-"))
+    rows = 100_000
+    names = [f"t{i}" for i in range(tables)]
+    for i, name in enumerate(names):
+        write_synthetic_table(work / name, rows, dim, first_key=i * rows, shuffle=True, seed=i)
+    doc = {"supportlonglong": True,
+           "models": [{"model": "m", "sparse_files": [str(work / n) for n in names],
+                       "deployed_device_list": [device.id], "max_batch_size": 2048,
+                       "default_value_for_each_table": [0.0] * tables,
+                       "maxnum_catfeature_query_per_table_per_sample": [1] * tables,
+                       "embedding_vecsize_per_table": [dim] * tables,
+                       "embedding_table_names": names, "gpucache": True, "gpucacheper": 1.0,
+                       "hit_rate_threshold": 1.0, "num_of_worker_buffer_in_pool": 2}]}
+    with HPS(doc) as hps:
+        cached = [hps.front_cache("m", n).backend.dump() for n in names]
+        rng = np.random.default_rng(6)
+        batches = [[c[rng.integers(0, c.size, keys_per_table)] for c in cached]
+                   for _ in range(16)]
+        calls = {"overlapped": lambda b: hps.lookup_tables(b, "m"),
+                 "one_by_one": lambda b: [hps.lookup(k, "m", n) for k, n in zip(b, names)]}
+        for call in calls.values():  # warm-up, and both must give the same exact rows
+            got = call(batches[0])
+            for seed, (k, r) in enumerate(zip(batches[0], got)):  # table i was written with seed i
+                assert np.array_equal(r, synthetic_vectors(k, dim, seed)), "wrong rows"
+            for i in range(300):
+                call(batches[i % 16])
+        times = {name: [] for name in calls}
+        for r in range(2 * rounds):
+            name = ("overlapped", "one_by_one")[r % 2]
+            for i in range(per_round):
+                t0 = time.perf_counter()
+                out = calls[name](batches[i % 16])
+                times[name].append((time.perf_counter() - t0) * 1e6)
+                del out
+        misses = sum(hps.front_cache("m", n).stats()["misses"] for n in names)
+    result = {"tables": tables, "dim": dim, "keys_per_table": keys_per_table,
+              "cache_misses": misses}
+    for name, values in times.items():
+        result[f"{name}_p50_us"] = float(np.percentile(values, 50))
+        result[f"{name}_p99_us"] = float(np.percentile(values, 99))
+    result["p50_ratio"] = result["overlapped_p50_us"] / result["one_by_one_p50_us"]
+    return result
+
+
 def zipf_hit_rate(device, table_keys: int = 1_000_000, per: float = 0.2, alpha: float = 1.05,
                   batch: int = 16384, batches: int = 400) -> dict:
     from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
@@ -432,6 +492,7 @@ def main() -> None:
     # the order makes no difference; the host does: see docs/benchmarks.md).
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["route_by_size"] = route_by_size(device) if not args.quick else None
+    result["multi_table"] = multi_table(device, rounds=10 if not args.quick else 2)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
     result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
         device, iterations=3000 if not args.quick else 300)
@@ -486,6 +547,11 @@ def main() -> None:
         print(f"query {r['keys']} keys dim{r['dim']}: mapped {r['mapped_p50_us']:.0f} us, "
               f"copied {r['copied_p50_us']:.0f} us ({r['mapped_over_copied']:.2f})",
               file=sys.stderr)
+    mt = result["multi_table"]
+    print(f"HPS.lookup_tables, {mt['tables']} tables x {mt['keys_per_table']} keys dim{mt['dim']}: "
+          f"p50 {mt['overlapped_p50_us']:.0f} us (p99 {mt['overlapped_p99_us']:.0f}) vs one "
+          f"table at a time {mt['one_by_one_p50_us']:.0f} us (p99 {mt['one_by_one_p99_us']:.0f}): "
+          f"{mt['p50_ratio']:.2f}", file=sys.stderr)
     q16 = result["query_16K"]
     print(f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms']*1e3:.1f} vs "
           f"{q16['gather_ms']*1e3:.1f} us)", file=sys.stderr)

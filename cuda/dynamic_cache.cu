@@ -186,18 +186,20 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
 // row while the key compare that confirms it is still in flight; a wrong guess (another key with
 // the same digest earlier in the set: ≈ 0.02 % of hits with 16-bit digests, ≈ 5 % with 8-bit)
 // is found afterwards and its row rewritten.
-extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ keys,
-                                    const unsigned* __restrict__ weights, int64_t n,
-                                    const int64_t* __restrict__ cache_keys,
-                                    const hps::digest_t* __restrict__ digests,
-                                    unsigned* __restrict__ scores, unsigned* __restrict__ hits,
-                                    const float* __restrict__ values,
-                                    uint32_t num_sets, int dim, float default_value,
-                                    float* __restrict__ out, int64_t* __restrict__ miss_keys,
-                                    int64_t* __restrict__ miss_pos,
-                                    unsigned* __restrict__ miss_count, int count_hits,
-                                    int64_t seed, unsigned* __restrict__ ticket,
-                                    unsigned* __restrict__ publish) {
+namespace hps {
+template <bool kPublish>
+__device__ __forceinline__ void query(const int64_t* __restrict__ keys,
+                                      const unsigned* __restrict__ weights, int64_t n,
+                                      const int64_t* __restrict__ cache_keys,
+                                      const digest_t* __restrict__ digests,
+                                      unsigned* __restrict__ scores, unsigned* __restrict__ hits,
+                                      const float* __restrict__ values, uint32_t num_sets,
+                                      int dim, float default_value, float* __restrict__ out,
+                                      int64_t* __restrict__ miss_keys,
+                                      int64_t* __restrict__ miss_pos,
+                                      unsigned* __restrict__ miss_count, int count_hits,
+                                      int64_t seed, unsigned* __restrict__ ticket,
+                                      unsigned* __restrict__ publish) {
   constexpr int K = HPS_KEYS_PER_LANE;
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
@@ -257,7 +259,37 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(const int64_t* __restrict__ 
                               miss_count);
     }
   }
-  hps::publish_total(miss_count, ticket, publish);
+  if (kPublish) hps::publish_total(miss_count, ticket, publish);
+}
+}  // namespace hps
+
+// Large lookups: the count stays in miss_count (the caller zeroes and reads it).
+extern "C" __global__ void HPS_COPY_BOUNDS dc_query(
+    const int64_t* __restrict__ keys, const unsigned* __restrict__ weights, int64_t n,
+    const int64_t* __restrict__ cache_keys, const hps::digest_t* __restrict__ digests,
+    unsigned* __restrict__ scores, unsigned* __restrict__ hits, const float* __restrict__ values,
+    uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
+    int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
+    unsigned* __restrict__ miss_count, int count_hits, int64_t seed) {
+  hps::query<false>(keys, weights, n, cache_keys, digests, scores, hits, values, num_sets, dim,
+                    default_value, out, miss_keys, miss_pos, miss_count, count_hits, seed,
+                    nullptr, nullptr);
+}
+
+// Small lookups (the mapped route): the count is published to `publish` and the counter and
+// `ticket` reset by the last block (hps::publish_total). A kernel of its own, so that the
+// large lookups' code carries neither the barrier nor the registers it adds.
+extern "C" __global__ void HPS_COPY_BOUNDS dc_query_published(
+    const int64_t* __restrict__ keys, const unsigned* __restrict__ weights, int64_t n,
+    const int64_t* __restrict__ cache_keys, const hps::digest_t* __restrict__ digests,
+    unsigned* __restrict__ scores, unsigned* __restrict__ hits, const float* __restrict__ values,
+    uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
+    int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
+    unsigned* __restrict__ miss_count, int count_hits, int64_t seed,
+    unsigned* __restrict__ ticket, unsigned* __restrict__ publish) {
+  hps::query<true>(keys, weights, n, cache_keys, digests, scores, hits, values, num_sets, dim,
+                   default_value, out, miss_keys, miss_pos, miss_count, count_hits, seed, ticket,
+                   publish);
 }
 
 // Insert keys with their rows, evicting by LFU-DA when a set is full. Keys already cached only

@@ -59,6 +59,18 @@ from .table.reader import TableReader
 
 log = logging.getLogger("hps_cli.runtime")
 
+
+def _resolve_all(started: list) -> None:
+    """Wait for every started front-cache lookup still pending, ignoring their errors (the
+    caller is already raising one)."""
+    for lookup in started:
+        if lookup is not None:
+            try:
+                lookup.result()
+            except Exception:  # noqa: BLE001 - the first error is the one reported
+                log.debug("a table's lookup failed while another error was raised",
+                          exc_info=True)
+
 UINT32_MAX = 2**32 - 1
 CacheFactory = Callable[[ModelConfig, int, int, TableTiers], object]
 
@@ -265,7 +277,12 @@ class HPS:
 
     def lookup_tables(self, keys_per_table: Sequence[np.ndarray], model: str,
                       device_id: int | None = None) -> list[np.ndarray]:
-        """Every table of a model in one call: one key array per table, in table order."""
+        """Every table of a model in one call: one key array per table, in table order.
+
+        The tables' GPU lookups overlap: every table's query is queued on its cache's stream
+        before any is waited for (front caches with ``start``); tables without a front cache
+        are fetched from the CPU tiers, in table order, while those run. Each table's latency
+        counts from the start of the call."""
         model_cfg, _ = self._resolve(model, 0)
         device = self._device(model_cfg, device_id)
         if len(keys_per_table) != model_cfg.num_tables:
@@ -273,7 +290,33 @@ class HPS:
                 f"model '{model}' has {model_cfg.num_tables} tables, got "
                 f"{len(keys_per_table)} key arrays", location="keys")
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
-        return [self._lookup_one(k, model_cfg, t, device) for t, k in enumerate(checked)]
+        started = time.perf_counter()
+        pending: list = []
+        slots: dict[int, tuple] = {}  # one worker buffer per pool for the whole call, as HPS
+        try:
+            for t, keys in enumerate(checked):
+                front = self._fronts.get((model_cfg.model, t, device))
+                if not hasattr(front, "start"):
+                    pending.append(None)
+                    continue
+                pool = front.pool
+                if id(pool) not in slots:
+                    slots[id(pool)] = (pool, pool.acquire())
+                pending.append(front.start(keys, slots[id(pool)][1]))
+            results: list[np.ndarray] = []
+            for t, keys in enumerate(checked):
+                lookup, pending[t] = pending[t], None
+                if lookup is None:
+                    results.append(self._lookup_one(keys, model_cfg, t, device))
+                    continue
+                results.append(lookup.result())
+                stats = self._tables[(model_cfg.model, t)].stats
+                stats.latency.record(time.perf_counter() - started)
+            return results
+        finally:
+            _resolve_all(pending)  # what was queued must finish before its buffers are reused
+            for pool, slot in slots.values():
+                pool.release(slot)
 
     def lookup_concatenated(self, keys: np.ndarray, num_keys: Sequence[int] | np.ndarray,
                             model: str, device_id: int | None = None) -> np.ndarray:

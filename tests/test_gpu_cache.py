@@ -267,7 +267,7 @@ def test_miss_count_restarts_at_every_launch(device):
 
 def test_launcher_packs_arguments_as_pycuda_does(device):
     """The lean launcher's argument buffer is byte for byte what prepared_async_call packs."""
-    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS
+    from hps_cli.runtime.gpu.gpu_dynamic import PUBLISHED_QUERY_ARGS, QUERY_ARGS
     from hps_cli.runtime.gpu.kernels import Launcher
     from pycuda._pvt_struct import pack
 
@@ -277,7 +277,7 @@ def test_launcher_packs_arguments_as_pycuda_does(device):
 
     values = {"P": 0x7F0012345670, "q": -(1 << 40) - 3, "Q": (1 << 63) + 5, "i": -7, "I": 9,
               "f": 0.25}
-    for fmt in (QUERY_ARGS, "PqPPQPqPifPPPP"):
+    for fmt in (QUERY_ARGS, PUBLISHED_QUERY_ARGS, "PqPPQPqPifPPPP"):
         args = [values[c] for c in fmt]
         recorder = Recorder()
         Launcher(recorder, fmt)((1, 1), (32, 1, 1), None, *args)

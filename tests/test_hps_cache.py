@@ -176,6 +176,56 @@ def test_worker_buffers_exhausted_wait_then_fail(tmp_path, tables, monkeypatch):
     factory.close()
 
 
+@pytest.mark.parametrize("cache_type", ["dynamic", "uvm"])
+def test_lookup_tables_overlaps_and_matches_single_lookups(tmp_path, tables, backend, cache_type):
+    """Every table's query is queued before any is waited for; the rows, misses (resolved
+    exactly) and counters are those of one lookup per table."""
+    doc = ps_config(tables, DIMS, gpucacheper=0.3, hit_rate_threshold=1.0,
+                    embedding_cache_type=cache_type)
+    hps, factory = _hps(doc, prefill=False)
+    with hps:
+        rng = np.random.default_rng(4)
+        for _ in range(6):
+            keys = [rng.integers(0, 4500, 900), rng.integers(0, 3300, 1700)]
+            got = hps.lookup_tables(keys, "m")
+            for k, rows, (dim, table_rows) in zip(keys, got, ((8, 4000), (32, 3000))):
+                in_table = (k < table_rows)[:, None]  # keys past the table: default 0
+                np.testing.assert_array_equal(rows, np.where(in_table, synthetic_vectors(k, dim),
+                                                             np.float32(0)))
+        for name, keys_per_call in (("users", 900), ("items", 1700)):
+            stats = hps.front_cache("m", name).stats()
+            assert stats["lookups"] == 6 and stats["keys"] == 6 * keys_per_call
+            assert hps.front_cache("m", name).pool.waits == 0  # one buffer for both tables
+        assert hps.stats()["m"]["users"]["latency"]["count"] == 6
+    factory.close()
+
+
+def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, backend):
+    """When one table's lookup fails (its CPU tier is down), the call raises that error after
+    the other tables' queued lookups finished, and the worker buffer goes back."""
+    failing = EmbeddingCacheFactory(prefill=False)
+
+    def factory(model, table_id, device_id, tiers):
+        cache = failing(model, table_id, device_id, tiers)
+        if table_id == 0:
+            def down(keys):
+                raise ConnectionError("volatile tier unreachable")
+            cache.fetch = down
+        return cache
+
+    doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
+    with HPS(doc, cache_factory=factory) as hps:
+        items = hps.front_cache("m", "items")
+        with pytest.raises(ConnectionError, match="unreachable"):
+            hps.lookup_tables([np.arange(5), np.arange(7)], "m")  # both miss: both fetch
+        assert items.stats()["lookups"] == 1  # queued after table 0, waited for anyway
+        assert items.pool.waits == 0
+        np.testing.assert_array_equal(hps.lookup(np.arange(7), "m", "items"),
+                                      synthetic_vectors(np.arange(7), 32))
+        assert items.pool.waits == 0  # the only buffer had come back
+    failing.close()
+
+
 def test_fp8_quant_is_refused(tmp_path, tables):
     with pytest.raises(ConfigError, match="fp8_quant"):
         _hps(ps_config(tables, DIMS, embedding_cache_type="static", fp8_quant=True))

@@ -104,8 +104,7 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
                                       int(cache.d_scores), int(cache.d_hits),
                                       int(cache.d_values), cache.num_sets, dim,
                                       np.float32(front.default_value), int(out), int(mkeys),
-                                      int(mpos), int(count), count_mode, query_seed(i),
-                                      0, 0)  # no publishing: the count stays in `count`
+                                      int(mpos), int(count), count_mode, query_seed(i))
 
         def launch_gather(i: int) -> None:
             gather.prepared_async_call(grid, block, None, int(table), int(d_index[i % k]), n,

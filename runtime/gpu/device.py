@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import atexit
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from functools import cache
 
 import numpy as np
@@ -21,6 +21,7 @@ from .kernels import KernelModule, import_pycuda
 
 _lock = threading.Lock()
 _devices: dict[int, "GpuDevice"] = {}
+_ALREADY_CURRENT = nullcontext()  # reusable: nullcontext keeps no state
 
 
 @cache
@@ -69,14 +70,16 @@ class GpuDevice:
         self.pinned = PinnedPool(self)
         atexit.register(self._release_main_thread)
 
-    @contextmanager
     def scope(self):
         """Make this device's primary context current for the block."""
-        drv = self.drv
-        current = drv.Context.get_current()
+        current = self.drv.Context.get_current()
         if current is not None and current == self.context:
-            yield
-            return
+            return _ALREADY_CURRENT  # the common case, on every lookup: no generator
+        return self._pushed_scope(current)
+
+    @contextmanager
+    def _pushed_scope(self, current):
+        drv = self.drv
         self.context.push()
         if current is None and threading.current_thread() is threading.main_thread():
             self._local.pushed = True  # keep it: later calls of the main thread pay nothing

@@ -137,23 +137,36 @@ class EmbeddingCache:
     def lookup(self, keys: np.ndarray, slot: int | None = None) -> np.ndarray:
         """Rows of ``keys`` (int64, 1-D), per HPS's cache semantics.
 
-        ``slot`` is a worker buffer already taken from this cache's pool (a multi-table lookup
-        takes one for all its tables); without it, one is taken for this call.
+        ``slot`` is a worker buffer already taken from this cache's pool; without it, one is
+        taken for this call.
         """
-        if slot is None:
-            with self.pool.slot() as taken:
-                return self._lookup(keys, taken)
-        return self._lookup(keys, slot)
+        return self.start(keys, slot).result()
 
-    def _lookup(self, keys: np.ndarray, slot: int) -> np.ndarray:
-        started = time.perf_counter()
-        keys = np.ascontiguousarray(keys, dtype=np.int64)
+    def start(self, keys: np.ndarray, slot: int | None = None) -> "StartedLookup":
+        """Queue the lookup on the device and return at once; ``result()`` waits, resolves the
+        misses and returns the rows. Lookups of several tables started before any result is
+        read run at the same time. Every started lookup must be resolved with ``result()``: it
+        holds a worker buffer, and the device may still be writing its pinned rows."""
+        own = slot is None
+        if own:
+            slot = self.pool.acquire()
+        try:
+            started = time.perf_counter()
+            keys = np.ascontiguousarray(keys, dtype=np.int64)
+            launched = self.backend.launch_query(keys, self.default_value, slot)
+        except BaseException:
+            if own:
+                self.pool.release(slot)
+            raise
+        return StartedLookup(self, keys, slot, own, launched, started)
+
+    def _resolve(self, keys: np.ndarray, slot: int, launched, started: float) -> np.ndarray:
         if not self.dynamic:
-            out, hits = self.backend.query(keys, self.default_value, slot)
+            out, hits = launched.wait()
             self.counters.add(lookups=1, keys=keys.size, hits=hits, misses=keys.size - hits,
                               seconds=time.perf_counter() - started)
             return out
-        pending = self.backend.query(keys, self.default_value, slot)
+        pending = launched.wait()
         missed = pending.miss_keys
         if not missed.size:
             out = pending.finish(None)
@@ -286,6 +299,25 @@ class EmbeddingCache:
         if self.dynamic:
             data["capacity"] = self.backend.capacity
         return data
+
+
+class StartedLookup:
+    """A lookup queued by ``EmbeddingCache.start``; ``result()`` (once) gives its rows."""
+
+    __slots__ = ("_cache", "_keys", "_slot", "_own", "_launched", "_started")
+
+    def __init__(self, cache: EmbeddingCache, keys: np.ndarray, slot: int, own: bool, launched,
+                 started: float):
+        self._cache, self._keys, self._slot, self._own = cache, keys, slot, own
+        self._launched, self._started = launched, started
+
+    def result(self) -> np.ndarray:
+        try:
+            return self._cache._resolve(self._keys, self._slot, self._launched, self._started)
+        finally:
+            if self._own:  # the worker buffer start() took goes back
+                self._own = False
+                self._cache.pool.release(self._slot)
 
 
 def _hottest_rows(reader: TableReader, limit: int, chunk_rows: int) -> np.ndarray:

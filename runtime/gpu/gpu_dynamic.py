@@ -12,7 +12,7 @@ import threading
 
 import numpy as np
 
-from .pending import PendingLookup
+from .pending import Launched, PendingLookup
 from .placement import (
     DEDUP_MIN_KEYS,
     DIGEST_DTYPE,
@@ -24,11 +24,13 @@ from .placement import (
     tile_width,
 )
 from .reference import group_by_set
-from .transfers import HEAD_BYTES, Scratch, download_rows, lookup_rows
+from .transfers import HEAD_BYTES, Scratch, download_rows, start_rows
 
 _BLOCK = 256
-# dc_query's arguments (see cuda/dynamic_cache.cu) and its count_hits modes.
-QUERY_ARGS = "PPqPPPPPIifPPPPiqPP"
+# dc_query's arguments (see cuda/dynamic_cache.cu), dc_query_published's (+ ticket, publish),
+# and their count_hits modes.
+QUERY_ARGS = "PPqPPPPPIifPPPPiq"
+PUBLISHED_QUERY_ARGS = QUERY_ARGS + "PP"
 COUNT_INTO_SCORES, COUNT_INTO_HIT_BYTES = 1, 2
 
 
@@ -76,6 +78,8 @@ class GpuDynamicCache:
         self._workspaces: dict[int, Scratch] = {}
         # The hot path's launch: every cache argument as a plain int, packed once per call.
         self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
+        self._published_query_kernel = device.launcher("dc_query_published",
+                                                       PUBLISHED_QUERY_ARGS)
         self._cache_args = (int(self.d_keys), int(self.d_digests), int(self.d_scores),
                             int(self.d_hits), int(self.d_values), self.num_sets, self.dim)
         counter = int(self.d_query_counter)
@@ -184,13 +188,20 @@ class GpuDynamicCache:
     # -- queries ----------------------------------------------------------------------------
 
     def query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> PendingLookup:
-        """Launch a lookup of host keys; the returned PendingLookup waits when read."""
+        """A lookup of host keys, waited for (``launch_query`` without the overlap)."""
+        return self.launch_query(keys, default_value, slot).wait()
+
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
+                     slot: int = 0) -> Launched:
+        """Queue a lookup of host keys and return at once; ``wait()`` gives its PendingLookup.
+        Workspace ``slot`` stays in use until then. (A de-duplicated lookup is waited for
+        here: it needs the unique count before it can launch the query.)"""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.size >= DEDUP_MIN_KEYS:
-            return self._query_dedup(keys, default_value, slot)
-        return self._query_direct(keys, default_value, slot)
+            return Launched.done(self._query_dedup(keys, default_value, slot))
+        return self._launch_direct(keys, default_value, slot)
 
-    def _query_direct(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
+    def _launch_direct(self, keys: np.ndarray, default_value: float, slot: int) -> Launched:
         n = keys.size
         ws = self._workspace(slot)
         with self.device.scope():
@@ -200,36 +211,48 @@ class GpuDynamicCache:
                 self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos,
                                    COUNT_INTO_SCORES, publish)
 
-            out, misses = lookup_rows(self.device, self.stream, ws, keys, self.dim, launch)
-            mkeys = np.empty(misses, np.int64)
-            mpos = np.empty(misses, np.int64)
-            if misses:
-                drv = self.device.drv
-                drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
-                drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
-                self.stream.synchronize()
-        return PendingLookup(out, mkeys, mpos)
+            out, rows_done = start_rows(self.device, self.stream, ws, keys, self.dim, launch)
+
+        def wait() -> PendingLookup:
+            with self.device.scope():
+                misses = rows_done()
+                mkeys = np.empty(misses, np.int64)
+                mpos = np.empty(misses, np.int64)
+                if misses:
+                    drv = self.device.drv
+                    drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
+                    drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
+                    self.stream.synchronize()
+            return PendingLookup(out, mkeys, mpos)
+
+        return Launched(wait)
 
     def _launch_query(self, d_keys: int, d_weights: int, n: int, default_value: float,
                       d_block: int, d_mkeys: int, d_mpos: int, count_mode: int,
                       publish: bool) -> None:
         """dc_query over n keys: rows written after the 16-byte head of ``d_block`` (device or
         mapped memory), the miss count in its first word: published from the cache's
-        self-resetting counter when ``publish``, else counted there directly (the caller zeroes
-        it). A large launch counts directly: the publishing tail, one ticket per block on one
-        address, would cost a 1 M-key query about 2 %. ``count_mode``: where hits count
-        (COUNT_INTO_SCORES or, for de-duplicated keys, COUNT_INTO_HIT_BYTES)."""
+        self-resetting counter when ``publish`` (dc_query_published), else counted there
+        directly (dc_query; the caller zeroes it). A large launch counts directly: the
+        publishing tail, one ticket per block on one address, cost a 1 M-key query about 3 %.
+        ``count_mode``: where hits count (COUNT_INTO_SCORES or, for de-duplicated keys,
+        COUNT_INTO_HIT_BYTES)."""
         grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
-        counter, ticket = self._counter_args if publish else (d_block, 0)
         with self._hits_lock:
             if count_mode == COUNT_INTO_HIT_BYTES:
                 if self._unfolded >= HIT_FOLD_EVERY:  # a byte could overflow in this query
                     self._launch_fold()
                 self._unfolded += 1
-            self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n,
-                               *self._cache_args, default_value, d_block + HEAD_BYTES,
-                               d_mkeys, d_mpos, counter, count_mode, self._next_seed(),
-                               ticket, d_block if publish else 0)
+            if publish:
+                counter, ticket = self._counter_args
+                self._published_query_kernel(
+                    grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n, *self._cache_args,
+                    default_value, d_block + HEAD_BYTES, d_mkeys, d_mpos, counter, count_mode,
+                    self._next_seed(), ticket, d_block)
+            else:
+                self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n,
+                                   *self._cache_args, default_value, d_block + HEAD_BYTES,
+                                   d_mkeys, d_mpos, d_block, count_mode, self._next_seed())
 
     def _query_dedup(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
         """De-duplicate on the GPU, query unique keys (scores weighted by occurrences), and

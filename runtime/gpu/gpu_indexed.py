@@ -10,8 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..table.reader import TableReader
+from .pending import Launched
 from .placement import EMPTY_KEY
-from .transfers import HEAD_BYTES, Scratch, lookup_rows
+from .transfers import HEAD_BYTES, Scratch, start_rows
 
 _BLOCK = 256
 
@@ -96,6 +97,11 @@ class GpuIndexedTable:
         self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0
     ) -> tuple[np.ndarray, int]:
         """(rows, hits) for host keys; absent keys get ``default_value``."""
+        return self.launch_query(keys, default_value, slot).wait()
+
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
+                     slot: int = 0) -> Launched:
+        """Queue ``query`` and return at once; ``wait()`` gives (rows, hits)."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         n = keys.size
         grid = (self.device.launch_grid(n, 1, _BLOCK), 1)
@@ -107,8 +113,14 @@ class GpuIndexedTable:
                                float(default_value), d_block + HEAD_BYTES, *count)
 
         with self.device.scope():
-            return lookup_rows(self.device, self.stream, self._workspace(slot), keys, self.dim,
-                               launch)
+            out, rows_done = start_rows(self.device, self.stream, self._workspace(slot), keys,
+                                        self.dim, launch)
+
+        def wait() -> tuple[np.ndarray, int]:
+            with self.device.scope():
+                return out, rows_done()
+
+        return Launched(wait)
 
     def _workspace(self, slot: int) -> Scratch:
         ws = self._workspaces.get(slot)

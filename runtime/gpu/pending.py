@@ -1,12 +1,15 @@
-"""The result of a cache query whose misses are not resolved yet.
+"""The result of a cache query whose misses are not resolved yet, and of work still queued.
 
-A backend's ``query`` launches the work and returns a ``PendingLookup``; the caller reads
-``miss_keys`` (unique keys the cache did not hold; reading it waits for the device), decides
-how to resolve them (HPS's hit_rate_threshold rule), and calls ``finish(rows)`` with the rows of
+A backend's ``launch_query`` queues the work and returns a ``Launched`` at once, so lookups of
+several tables overlap on their devices; its ``wait()`` gives a ``PendingLookup`` (``query`` does
+both). The caller reads ``miss_keys`` (unique keys the cache did not hold), decides how to
+resolve them (HPS's hit_rate_threshold rule), and calls ``finish(rows)`` with the rows of
 ``miss_keys`` (synchronous, exact) or ``finish(None)`` (the misses keep the default value).
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import numpy as np
 
@@ -43,3 +46,27 @@ class PendingLookup:
             self._split()
             self._out[self._raw_pos] = rows[self._inverse]
         return self._out
+
+
+class Launched:
+    """Work queued on a device: ``wait()`` blocks until it is done and returns its result (the
+    same object on every call). Whoever launches must wait: until then the device may still be
+    reading the launch's staging buffers and writing its pinned result."""
+
+    __slots__ = ("_wait", "_result")
+
+    def __init__(self, wait: Callable[[], object]):
+        self._wait: Callable[[], object] | None = wait
+        self._result: object = None
+
+    @classmethod
+    def done(cls, result: object) -> "Launched":
+        """Already finished (a synchronous backend)."""
+        launched = cls(lambda: result)
+        launched.wait()
+        return launched
+
+    def wait(self):
+        if self._wait is not None:
+            self._result, self._wait = self._wait(), None
+        return self._result

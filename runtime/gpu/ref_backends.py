@@ -10,7 +10,7 @@ import threading
 import numpy as np
 
 from ..table.reader import TableReader
-from .pending import PendingLookup
+from .pending import Launched, PendingLookup
 from .reference import RefDynamicCache, RefIndexedTable
 
 
@@ -30,6 +30,10 @@ class RefDynamicBackend:
         with self._lock:
             out, miss_keys, miss_pos = self.cache.query(keys, default_value)
         return PendingLookup(out, miss_keys, miss_pos)
+
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
+                     slot: int = 0) -> Launched:
+        return Launched.done(self.query(keys, default_value, slot))
 
     def count_unique(self, keys: np.ndarray, slot: int = 0) -> int:
         return int(np.unique(np.asarray(keys, np.int64)).size)
@@ -77,3 +81,7 @@ class RefIndexedBackend:
     def query(self, keys: np.ndarray, default_value: float = 0.0,
               slot: int = 0) -> tuple[np.ndarray, int]:
         return self.table.query(keys, default_value)
+
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
+                     slot: int = 0) -> Launched:
+        return Launched.done(self.query(keys, default_value, slot))

@@ -1,7 +1,7 @@
 """Moving a lookup's keys to a kernel and its rows back: staging buffers and the two routes.
 
 A lookup kernel reads n keys and writes ``[count | n rows]``: a 16-byte head whose first word
-receives the count the kernel publishes (misses or hits), then the rows. ``lookup_rows`` picks
+receives the count the kernel publishes (misses or hits), then the rows. ``start_rows`` picks
 the route by the result's size:
 
 - mapped (small results, the latency path): the keys are copied into mapped pinned staging and
@@ -9,8 +9,9 @@ the route by the result's size:
   block, and its last block publishes the count there (hps::publish_total). One launch and one
   wait, nothing else queued: a 2,000-key lookup spends its time on the bus, not on driver calls.
 - copied (large results, or the pinned pool full): keys copied in, head and rows written to
-  device memory, then copied out in one copy-engine transfer, which moves big results faster
-  than SM stores over the bus and frees the SMs sooner.
+  device memory, then copied out in one copy-engine transfer. The kernel frees its SMs as soon
+  as it is done instead of holding them for the whole bus transfer; for large results that costs
+  no latency (``MAPPED_RESULT_MAX_BYTES``).
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ class Scratch:
         return buf
 
 
-def lookup_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
-                launch: Callable[[int, int], None]) -> tuple[np.ndarray, int]:
-    """(rows, count) of a lookup kernel over host int64 ``keys``.
+def start_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
+               launch: Callable[[int, int, bool], None]) -> tuple[np.ndarray, Callable[[], int]]:
+    """Queue a lookup kernel over host int64 ``keys``; returns (rows, wait): ``rows`` is filled
+    once ``wait()`` (which returns the count) has returned.
 
     ``launch(d_keys, d_block, publish)`` queues on ``stream`` a kernel that reads the keys at
     ``d_keys`` and writes the rows after the head at ``d_block``, and the count into the head's
@@ -86,18 +88,29 @@ def lookup_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
     n = keys.size
     out, block = device.pinned.array((n, dim), np.float32, offset=HEAD_BYTES)
     if not n:
-        return out, 0
+        return out, _zero
     if block is not None and out.nbytes <= MAPPED_RESULT_MAX_BYTES:
         staged, d_keys = ws.mapped("keys", n, np.int64)
         np.copyto(staged, keys)
         launch(d_keys, block.device_ptr, True)
+    else:
+        d_keys = int(ws.upload("keys", keys, stream))
+        d_block = ws.ptr("out", HEAD_BYTES + out.nbytes)
+        device.drv.memset_d32_async(d_block, 0, 1, stream)
+        launch(d_keys, d_block, False)
+        if block is None:  # pageable rows: a synchronous copy, after the kernel
+            return out, lambda: download_rows(device, stream, d_block, out, None)
+        device.drv.memcpy_dtoh_async(block.host[: HEAD_BYTES + out.nbytes], d_block, stream)
+
+    def wait() -> int:
         stream.synchronize()
-        return out, int(block.head[0])
-    d_keys = int(ws.upload("keys", keys, stream))
-    d_block = ws.ptr("out", HEAD_BYTES + out.nbytes)
-    device.drv.memset_d32_async(d_block, 0, 1, stream)
-    launch(d_keys, d_block, False)
-    return out, download_rows(device, stream, d_block, out, block)
+        return int(block.head[0])
+
+    return out, wait
+
+
+def _zero() -> int:
+    return 0
 
 
 def download_rows(device, stream, d_block: int, out: np.ndarray,
