@@ -60,16 +60,19 @@ from .table.reader import TableReader
 log = logging.getLogger("hps_cli.runtime")
 
 
-def _resolve_all(started: list) -> None:
-    """Wait for every started front-cache lookup still pending, ignoring their errors (the
-    caller is already raising one)."""
+def _abandon_all(started: list) -> None:
+    """Wait for the device work of every started front-cache lookup still pending, so that no
+    buffer is reused under it; an interrupt while waiting is re-raised after the rest."""
+    interrupt: BaseException | None = None
     for lookup in started:
-        if lookup is not None:
-            try:
-                lookup.result()
-            except Exception:  # noqa: BLE001 - the first error is the one reported
-                log.debug("a table's lookup failed while another error was raised",
-                          exc_info=True)
+        if lookup is None:
+            continue
+        try:
+            lookup.abandon()
+        except BaseException as exc:  # noqa: BLE001 - e.g. KeyboardInterrupt: finish first
+            interrupt = interrupt or exc
+    if interrupt is not None:
+        raise interrupt
 
 UINT32_MAX = 2**32 - 1
 CacheFactory = Callable[[ModelConfig, int, int, TableTiers], object]
@@ -282,7 +285,10 @@ class HPS:
         The tables' GPU lookups overlap: every table's query is queued on its cache's stream
         before any is waited for (front caches with ``start``); tables without a front cache
         are fetched from the CPU tiers, in table order, while those run. Each table's latency
-        counts from the start of the call."""
+        counts from the start of the call. The call holds one worker buffer of the model's pool
+        until every table is done, CPU-tier fetches of misses included (HPS: one per lookup
+        session call). If a table fails, the tables still queued are waited for (their rows
+        dropped) before the error is raised."""
         model_cfg, _ = self._resolve(model, 0)
         device = self._device(model_cfg, device_id)
         if len(keys_per_table) != model_cfg.num_tables:
@@ -314,9 +320,11 @@ class HPS:
                 stats.latency.record(time.perf_counter() - started)
             return results
         finally:
-            _resolve_all(pending)  # what was queued must finish before its buffers are reused
-            for pool, slot in slots.values():
-                pool.release(slot)
+            try:
+                _abandon_all(pending)  # queued work must finish before its buffers are reused
+            finally:
+                for pool, slot in slots.values():
+                    pool.release(slot)
 
     def lookup_concatenated(self, keys: np.ndarray, num_keys: Sequence[int] | np.ndarray,
                             model: str, device_id: int | None = None) -> np.ndarray:

@@ -265,24 +265,40 @@ def test_miss_count_restarts_at_every_launch(device):
         transfers.MAPPED_RESULT_MAX_BYTES = saved
 
 
-def test_launcher_packs_arguments_as_pycuda_does(device):
-    """The lean launcher's argument buffer is byte for byte what prepared_async_call packs."""
-    from hps_cli.runtime.gpu.gpu_dynamic import PUBLISHED_QUERY_ARGS, QUERY_ARGS
-    from hps_cli.runtime.gpu.kernels import Launcher
-    from pycuda._pvt_struct import pack
+def test_concurrent_lookups_on_one_cache_each_get_their_own_count(device):
+    """Threads with their own workspace slots share the cache's stream and its publishing
+    counter: every lookup reports exactly its own misses and rows."""
+    import threading
 
-    class Recorder:
-        def _launch_kernel(self, grid, block, buffer, shared, stream):
-            self.buffer = bytes(buffer)
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
 
-    values = {"P": 0x7F0012345670, "q": -(1 << 40) - 3, "Q": (1 << 63) + 5, "i": -7, "I": 9,
-              "f": 0.25}
-    for fmt in (QUERY_ARGS, PUBLISHED_QUERY_ARGS, "PqPPQPqPifPPPP"):
-        args = [values[c] for c in fmt]
-        recorder = Recorder()
-        Launcher(recorder, fmt)((1, 1), (32, 1, 1), None, *args)
-        assert recorder.buffer == pack(fmt, *[np.float32(a) if isinstance(a, float) else a
-                                              for a in args])
+    gpu, _ = _pair(device, 128, 16)
+    cached = np.arange(3000, dtype=np.int64)
+    gpu.replace(cached, synthetic_vectors(cached, 16))
+    cached = gpu.dump()
+    errors: list = []
+
+    def worker(slot: int) -> None:
+        rng = np.random.default_rng(slot)
+        try:
+            for step in range(40):
+                n_absent = (slot * 7 + step) % 50
+                keys = rng.permutation(np.concatenate([
+                    rng.choice(cached, 500), 10**9 + slot * 1000 + np.arange(n_absent)]))
+                pending = gpu.query(keys, -2.0, slot)
+                assert pending.miss_keys.size == n_absent, (slot, step)
+                hit = np.isin(keys, cached)[:, None]
+                np.testing.assert_array_equal(
+                    pending.finish(None), np.where(hit, synthetic_vectors(keys, 16), -2.0))
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(slot,)) for slot in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
 
 
 def test_two_devices_hold_independent_caches():

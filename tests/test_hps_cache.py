@@ -218,12 +218,79 @@ def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, back
         items = hps.front_cache("m", "items")
         with pytest.raises(ConnectionError, match="unreachable"):
             hps.lookup_tables([np.arange(5), np.arange(7)], "m")  # both miss: both fetch
-        assert items.stats()["lookups"] == 1  # queued after table 0, waited for anyway
+        assert items.stats()["lookups"] == 0  # queued after table 0: waited for, rows dropped
         assert items.pool.waits == 0
         np.testing.assert_array_equal(hps.lookup(np.arange(7), "m", "items"),
                                       synthetic_vectors(np.arange(7), 32))
         assert items.pool.waits == 0  # the only buffer had come back
     failing.close()
+
+
+class _RecordingBackend:
+    """A real cache backend whose launches and waits are logged in one shared list."""
+
+    def __init__(self, backend, name, log):
+        self._backend, self._name, self._log = backend, name, log
+
+    def __getattr__(self, attr):
+        return getattr(self._backend, attr)
+
+    def launch_query(self, keys, default_value=0.0, slot=0):
+        from hps_cli.runtime.gpu.pending import Launched
+
+        launched = self._backend.launch_query(keys, default_value, slot)
+        self._log.append(("launch", self._name, slot))
+
+        def wait():
+            self._log.append(("wait", self._name, slot))
+            return launched.wait()
+
+        return Launched(wait)
+
+
+def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backend):
+    """The overlap itself: every table's query is launched before the first wait, all with
+    the call's one worker buffer."""
+    log: list = []
+    base = EmbeddingCacheFactory(prefill=False)
+
+    def factory(model, table_id, device_id, tiers):
+        cache = base(model, table_id, device_id, tiers)
+        cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id],
+                                          log)
+        return cache
+
+    with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0), cache_factory=factory) as hps:
+        for _ in range(3):
+            log.clear()
+            keys = [np.arange(100), np.arange(50, 250)]
+            got = hps.lookup_tables(keys, "m")
+            assert [(event, name) for event, name, _ in log] == [
+                ("launch", "users"), ("launch", "items"), ("wait", "users"), ("wait", "items")]
+            assert len({slot for _, _, slot in log}) == 1
+            np.testing.assert_array_equal(got[1], synthetic_vectors(keys[1], 32))
+    base.close()
+
+
+def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(tmp_path, tables,
+                                                                             monkeypatch):
+    monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
+    doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
+    hps, factory = _hps(doc, worker_timeout=0.2, prefill=False)
+    with hps:
+        front = hps.front_cache("m", "users")
+        started = front.start(np.arange(10))
+        first = started.result()
+        assert started.result() is first  # no second resolution
+        assert front.stats()["lookups"] == 1
+        front.start(np.arange(10)).abandon()  # waited for, nothing counted, buffer back
+        assert front.stats()["lookups"] == 1
+        dropped = front.start(np.arange(10))
+        del dropped  # collected without result(): still gives its buffer back
+        np.testing.assert_array_equal(front.lookup(np.arange(3)), synthetic_vectors(
+            np.arange(3), 8))
+        assert front.pool.waits == 0
+    factory.close()
 
 
 def test_fp8_quant_is_refused(tmp_path, tables):

@@ -302,22 +302,60 @@ class EmbeddingCache:
 
 
 class StartedLookup:
-    """A lookup queued by ``EmbeddingCache.start``; ``result()`` (once) gives its rows."""
+    """A lookup queued by ``EmbeddingCache.start``.
 
-    __slots__ = ("_cache", "_keys", "_slot", "_own", "_launched", "_started")
+    ``result()`` waits, resolves the misses and gives the rows (later calls give the same rows,
+    or raise the same error). ``abandon()`` only waits for the device and gives the worker
+    buffer back (the rows are dropped, nothing is counted). One of them must run before the
+    buffers are reused; a lookup dropped without either waits when it is collected.
+    """
+
+    __slots__ = ("_cache", "_keys", "_slot", "_own", "_launched", "_started", "_outcome")
 
     def __init__(self, cache: EmbeddingCache, keys: np.ndarray, slot: int, own: bool, launched,
                  started: float):
         self._cache, self._keys, self._slot, self._own = cache, keys, slot, own
         self._launched, self._started = launched, started
+        self._outcome: tuple[bool, object] | None = None  # (ok, rows or exception)
 
     def result(self) -> np.ndarray:
+        if self._outcome is None:
+            try:
+                rows = self._cache._resolve(self._keys, self._slot, self._launched,
+                                            self._started)
+                self._outcome = (True, rows)
+            except BaseException as exc:
+                self._outcome = (False, exc)
+                raise
+            finally:
+                self._release()
+        ok, value = self._outcome
+        if not ok:
+            raise value  # type: ignore[misc]
+        return value  # type: ignore[return-value]
+
+    def abandon(self) -> None:
+        """Wait for the device work of this lookup (ignoring its errors); give the buffer back."""
+        if self._outcome is not None:
+            return
+        self._outcome = (False, RuntimeError("the lookup was abandoned"))
         try:
-            return self._cache._resolve(self._keys, self._slot, self._launched, self._started)
+            self._launched.wait()
+        except Exception:  # noqa: BLE001 - abandoning: its error is not the one to report
+            pass
         finally:
-            if self._own:  # the worker buffer start() took goes back
-                self._own = False
-                self._cache.pool.release(self._slot)
+            self._release()
+
+    def _release(self) -> None:
+        if self._own:  # the worker buffer start() took goes back
+            self._own = False
+            self._cache.pool.release(self._slot)
+
+    def __del__(self) -> None:
+        # The device may still be writing this lookup's pinned rows and reading its staging:
+        # neither may be handed out again before it is done.
+        if self._outcome is None:
+            self.abandon()
 
 
 def _hottest_rows(reader: TableReader, limit: int, chunk_rows: int) -> np.ndarray:

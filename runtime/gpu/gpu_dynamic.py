@@ -83,7 +83,10 @@ class GpuDynamicCache:
         self._cache_args = (int(self.d_keys), int(self.d_digests), int(self.d_scores),
                             int(self.d_hits), int(self.d_values), self.num_sets, self.dim)
         counter = int(self.d_query_counter)
-        self._counter_args = (counter, counter + 4)  # (miss count, ticket)
+        # (miss count, ticket): one pair per cache is enough because every launch of this
+        # cache goes on its one stream, which runs them one after another. Per-slot streams
+        # would need a pair per slot.
+        self._counter_args = (counter, counter + 4)
 
     @property
     def capacity(self) -> int:

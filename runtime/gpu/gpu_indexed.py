@@ -15,6 +15,8 @@ from .placement import EMPTY_KEY
 from .transfers import HEAD_BYTES, Scratch, start_rows
 
 _BLOCK = 256
+# it_query's arguments (see cuda/indexed_table.cu)
+INDEXED_QUERY_ARGS = "PqPPQPqPifPPPP"
 
 
 class GpuIndexedTable:
@@ -73,7 +75,7 @@ class GpuIndexedTable:
                 )
                 self._place_rows(chunk.start, chunk.vectors, staging)
                 self.stream.synchronize()  # staging is reused by the next chunk
-        self._query_kernel = device.launcher("it_query", "PqPPQPqPifPPPP")
+        self._query_kernel = device.launcher("it_query", INDEXED_QUERY_ARGS)
         self._index_args = (int(self.d_index_keys), int(self.d_index_rows), self.capacity - 1,
                             int(self.d_values), self.device_rows, int(self.h_values_device_ptr),
                             self.dim)

@@ -73,7 +73,9 @@ class PinnedPool:
         self.max_bytes = max_bytes
         self._free: dict[int, list[PinnedBlock]] = {}
         self._in_use = 0
-        self._lock = threading.Lock()
+        # Reentrant: a collection triggered by an allocation under the lock may run a lease's
+        # __del__, which gives its block back on the same thread.
+        self._lock = threading.RLock()
 
     def _take(self, nbytes: int) -> PinnedBlock | None:
         size = _size_class(nbytes)
