@@ -256,7 +256,7 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
             t = [time.perf_counter()]
             np.copyto(h_keys, batch)
             t.append(time.perf_counter())
-            if route == "copied":  # as transfers.lookup_rows runs each route
+            if route == "copied":  # as transfers.start_rows runs each route
                 drv.memcpy_htod_async(d_keys, h_keys, stream)
                 t.append(time.perf_counter())
                 drv.memset_d32_async(d_out, 0, 1, stream)

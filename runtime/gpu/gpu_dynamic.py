@@ -24,7 +24,7 @@ from .placement import (
     tile_width,
 )
 from .reference import group_by_set
-from .transfers import HEAD_BYTES, Scratch, download_rows, start_rows
+from .transfers import HEAD_BYTES, Scratch, queue_download, start_rows
 
 _BLOCK = 256
 # dc_query's arguments (see cuda/dynamic_cache.cu), dc_query_published's (+ ticket, publish),
@@ -541,5 +541,5 @@ class _DevicePending(PendingLookup):
                 d_out + HEAD_BYTES,
             )
             out, pinned = cache.device.pinned.array((n, dim), np.float32, offset=HEAD_BYTES)
-            download_rows(cache.device, cache.stream, d_out, out, pinned)  # (head unused)
+            queue_download(cache.device, cache.stream, d_out, out, pinned)()  # head unused
         return out

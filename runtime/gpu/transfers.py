@@ -93,38 +93,42 @@ def start_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
         staged, d_keys = ws.mapped("keys", n, np.int64)
         np.copyto(staged, keys)
         launch(d_keys, block.device_ptr, True)
-    else:
-        d_keys = int(ws.upload("keys", keys, stream))
-        d_block = ws.ptr("out", HEAD_BYTES + out.nbytes)
-        device.drv.memset_d32_async(d_block, 0, 1, stream)
-        launch(d_keys, d_block, False)
-        if block is None:  # pageable rows: a synchronous copy, after the kernel
-            return out, lambda: download_rows(device, stream, d_block, out, None)
-        device.drv.memcpy_dtoh_async(block.host[: HEAD_BYTES + out.nbytes], d_block, stream)
-
-    def wait() -> int:
-        stream.synchronize()
-        return int(block.head[0])
-
-    return out, wait
+        return out, _head_after(stream, block)
+    d_keys = int(ws.upload("keys", keys, stream))
+    d_block = ws.ptr("out", HEAD_BYTES + out.nbytes)
+    device.drv.memset_d32_async(d_block, 0, 1, stream)
+    launch(d_keys, d_block, False)
+    return out, queue_download(device, stream, d_block, out, block)
 
 
 def _zero() -> int:
     return 0
 
 
-def download_rows(device, stream, d_block: int, out: np.ndarray,
-                  block: PinnedBlock | None) -> int:
-    """Copy ``[count | rows]`` from device memory at ``d_block`` into ``out`` (leased from
-    ``block``, or a pageable array when ``block`` is None); wait; return the count."""
-    drv = device.drv
-    if block is not None:
-        drv.memcpy_dtoh_async(block.host[: HEAD_BYTES + out.nbytes], d_block, stream)
+def _head_after(stream, block: PinnedBlock) -> Callable[[], int]:
+    """A wait for ``stream`` that then reads the count in ``block``'s head."""
+    def wait() -> int:
         stream.synchronize()
         return int(block.head[0])
-    head = np.empty(4, np.uint32)
-    drv.memcpy_dtoh_async(head, d_block, stream)
-    stream.synchronize()
-    if out.size:
-        drv.memcpy_dtoh(out, d_block + HEAD_BYTES)
-    return int(head[0])
+
+    return wait
+
+
+def queue_download(device, stream, d_block: int, out: np.ndarray,
+                   block: PinnedBlock | None) -> Callable[[], int]:
+    """Queue the copy of ``[count | rows]`` from device memory at ``d_block`` into ``out``
+    (leased from ``block``, or a pageable array when ``block`` is None); returns the wait,
+    which gives the count."""
+    if block is not None:
+        device.drv.memcpy_dtoh_async(block.host[: HEAD_BYTES + out.nbytes], d_block, stream)
+        return _head_after(stream, block)
+
+    def pageable() -> int:  # synchronous copies, after the stream's work
+        head = np.empty(4, np.uint32)
+        device.drv.memcpy_dtoh_async(head, d_block, stream)
+        stream.synchronize()
+        if out.size:
+            device.drv.memcpy_dtoh(out, d_block + HEAD_BYTES)
+        return int(head[0])
+
+    return pageable
