@@ -5,7 +5,8 @@
 1. Cache query of 1M keys, 100 % hits, uniform keys, dim 32 and 128, vs a plain gather kernel
    that copies the same rows by known index (the physical floor): throughput ratio. The cache
    is full, as a serving cache is once warm and as HPS sizes it (gpucacheper ≤ 1: slots ≤ table
-   rows): 1 M keys inserted into 1 M slots, of which the sets keep about 975 K; the query draws
+   rows): 1 M keys inserted into 1 M slots, of which the 8-way sets keep about 900 K (a key
+   whose set is full evicts another); the query draws
    its 1 M keys uniformly from the cached ones. ``query_1M_half_full`` repeats it with 1 M keys
    in 2 M slots (the protocol of the first two GPU sessions). The query
    runs as a 1 M-key lookup runs it (unique keys with their occurrence counts, hits into the hit
@@ -100,19 +101,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
         grid = (device.launch_grid(batch, 1), 1)
         results = {}
-        lines = None
         for name, (kernels, count_hits, *options) in variants.items():
-            digests = None
-            if "lines" in options:
-                # study (HPS_STUDY_LINE): the same cache as one 128-byte line per half set
-                if lines is None:
-                    lines = device.alloc(cache.capacity * 8)
-                halves = cache.capacity // 16
-                kernels.function("dc_study_build_lines", "PPqP").prepared_call(
-                    (device.launch_grid(halves, 1), 1), (256, 1, 1), int(cache.d_keys),
-                    int(cache.d_digests), halves, int(lines))
-                drv.Context.synchronize()
-                digests = lines
             if options and options[0] == "resident":
                 # one wave: as many blocks as fit on the device at once, by register count
                 regs = -(-kernels.function("dc_query", QUERY_ARGS).num_regs // 8) * 8
@@ -123,18 +112,16 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
                 device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
                 mkeys, mpos, count, grid, batch, dim, repeats, warmup,
                 expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS, weights if "no_weights" not in options else None, digests)
+                QUERY_ARGS, weights if "no_weights" not in options else None)
             results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
                                   "capacity_slots": cache.capacity})
-        if lines is not None:
-            lines.free()
     return results
 
 
 def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
                             table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                            expected, query_seed, query_args, weights, digests=None) -> dict:
-    from hps_cli.runtime.gpu.placement import HIT_FOLD_EVERY
+                            expected, query_seed, query_args, weights) -> dict:
+    from hps_cli.runtime.gpu.placement import FOLD_GROUP_SLOTS, HIT_FOLD_EVERY, padded_slots
 
     drv = device.drv
     rotations = len(batches)
@@ -145,14 +132,12 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
 
     def query(i):
         q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),
-                              with_weights, batch, int(cache.d_keys),
-                              int(cache.d_digests if digests is None else digests),
-                              int(cache.d_scores), int(cache.d_hits), int(cache.d_values),
-                              cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
+                              with_weights, batch, int(cache.d_keys), int(cache.d_scores),
+                              int(cache.d_hits), int(cache.d_values), cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
                               int(mpos), int(count), count_hits, query_seed(i))
 
     def fold_hits(i):
-        groups = cache.capacity // 16
+        groups = padded_slots(cache.capacity) // FOLD_GROUP_SLOTS
         fold.prepared_async_call((device.launch_grid(groups, 1), 1), (256, 1, 1), None,
                                  int(cache.d_hits), int(cache.d_scores), groups)
 
@@ -245,8 +230,8 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
         kernels = {"copied": device.launcher("dc_query", QUERY_ARGS),
                    "mapped": device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS)}
         grid = (device.launch_grid(n, 1), 1)
-        cache_args = (int(cache.d_keys), int(cache.d_digests), int(cache.d_scores),
-                      int(cache.d_hits), int(cache.d_values), cache.num_sets, dim)
+        cache_args = (int(cache.d_keys), int(cache.d_scores), int(cache.d_hits),
+                      int(cache.d_values), cache.num_sets, dim)
         names = {"copied": ("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
                  "mapped": ("copyto_pinned", "launch", "sync")}
         steps = {route: {name: [] for name in (*names[route], "total")} for route in names}

@@ -4,7 +4,7 @@ flags, over one cache per dim.
 
     python benchmarks/gpu_query_variants.py --out variants.json
     python benchmarks/gpu_query_variants.py --profile [--define HPS_KEYS_PER_LANE=2]
-    HPS_DIGEST_BITS=16 python benchmarks/gpu_query_variants.py   # 16-bit digests throughout
+    HPS_WAYS=4 python benchmarks/gpu_query_variants.py   # 4-way sets throughout (GPU and reference)
 
 `--profile` runs one query, one gather and one in-place gather per dim (for `ncu`). Each
 variant's output is checked against the rows it must return before it is timed.
@@ -33,11 +33,6 @@ VARIANTS = {
     "k1_resident_grid": ({}, 2, "resident"),
     "k2": ({"HPS_KEYS_PER_LANE": "2"}, 2),
     "k4": ({"HPS_KEYS_PER_LANE": "4"}, 2),
-    "k1_trust_digest (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 2),
-    # 16 digests, 32-bit key tags and hit bytes of a half set in one 128-byte line
-    "line": ({"HPS_STUDY_LINE": "1"}, 2, "lines"),
-    "line_no_hit_counting": ({"HPS_STUDY_LINE": "1"}, 0, "lines"),
-    "k1_trust_digest_no_hits (wrong)": ({"HPS_STUDY_TRUST_DIGEST": "1"}, 0),
 }
 
 

@@ -1,13 +1,21 @@
 // The dynamic GPU embedding cache: a set-associative cache of HPS_WAYS ways per set.
 //
 // Layout (all arrays in device memory, num_sets × HPS_WAYS slots, slot = set * HPS_WAYS + way):
-//   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways
-//   digests     digest_t[slots]     HPS_DIGEST_BITS-bit hash digest of the key, 0 in empty ways
+//   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways. A set's keys are contiguous
+//                                   and are the probe's only metadata: a lookup reads its set's
+//                                   keys at once (8 ways: 64 bytes, one L2 fetch) and compares
+//                                   them, so the read that finds a key also proves the hit.
 //   scores      uint32[slots]       LFU score with dynamic aging (LFU-DA)
 //   hits        uint8[slots]        sampled hits of large queries not yet added to the scores
-//                                   (read and written as uint32 words of 4 slots)
+//                                   (read and written as uint32 words of 4 slots; the driver
+//                                   pads the array to a multiple of 16 slots for dc_fold_hits)
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
+//
+// Why no digests: with 32-way sets a probe read the set's 32 digests (two sectors), then the
+// key of the first digest match (a third sector, rarely in L2) to prove the hit, and rewrote
+// the row when the guess was wrong. Sets small enough that their keys fit one L2 fetch need one
+// read, and lose almost nothing in hit rate (docs/benchmarks.md, fifth session).
 //
 // Replacement is LFU with dynamic aging in units of HPS_HIT_SAMPLE: a hit adds HPS_HIT_SAMPLE to
 // the slot's score when the key's sampling hash for this query picks it (1 time in
@@ -26,41 +34,22 @@
 // name; tile widths T (lanes cooperating on one key) are instantiated explicitly.
 #include "hps_common.cuh"
 
-// Measurement only (benchmarks/gpu_query_variants.py): take the first digest match as the hit
-// without comparing keys, to measure what the compare costs. Wrong on digest collisions; never
-// set by the driver.
-#ifndef HPS_STUDY_TRUST_DIGEST
-#define HPS_STUDY_TRUST_DIGEST 0
-#endif
-// Measurement only (16-bit digests): the probe reads a 128-byte line per half set (built by
-// dc_study_build_lines; passed as `digests`): 16 digests, the low 32 bits of the 16 keys, 16 hit
-// bytes. The first half is read, the second only when the first has no digest match; the guess
-// is confirmed by the 32-bit tag in the same line (then by the full key on a mismatch), and hits
-// count into the line's bytes: what a 16-way set in one line with 32-bit tags would cost.
-#ifndef HPS_STUDY_LINE
-#define HPS_STUDY_LINE 0
-#endif
-#if HPS_STUDY_LINE && HPS_DIGEST_BITS != 16
-#error "HPS_STUDY_LINE needs 16-bit digests"
-#endif
-
 namespace hps {
 
 // Overwrite the values of keys already cached (absent keys are ignored; scores unchanged).
 template <int T>
 __device__ void update(const int64_t* __restrict__ keys, const float* __restrict__ rows,
                        int64_t n, const int64_t* __restrict__ cache_keys,
-                       const digest_t* __restrict__ digests, float* __restrict__ values,
-                       uint32_t num_sets, int dim, unsigned* __restrict__ updated) {
+                       float* __restrict__ values, uint32_t num_sets, int dim,
+                       unsigned* __restrict__ updated) {
   auto tile = cg::tiled_partition<T>(cg::this_thread_block());
   const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
   const bool vec4 = (dim & 3) == 0;
   for (int64_t i = first; i < n; i += tiles) {
     const int64_t key = keys[i];
-    const uint64_t h = mix64(key);
-    const uint32_t set = set_of(h, num_sets);
-    const int way = find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
+    const uint32_t set = set_of(mix64(key), num_sets);
+    const int way = find_way<T>(tile, cache_keys, set, key);
     if (way >= 0) {
       const size_t slot = (size_t)set * HPS_WAYS + way;
       copy_row<T>(tile, rows + i * (int64_t)dim, values + slot * dim, dim, vec4);
@@ -72,100 +61,24 @@ __device__ void update(const int64_t* __restrict__ keys, const float* __restrict
 // Remove keys from the cache (absent keys are ignored).
 template <int T>
 __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
-                           int64_t* __restrict__ cache_keys, digest_t* __restrict__ digests,
-                           unsigned* __restrict__ scores, uint8_t* __restrict__ hits,
-                           uint32_t num_sets, unsigned* __restrict__ removed) {
+                           int64_t* __restrict__ cache_keys, unsigned* __restrict__ scores,
+                           uint8_t* __restrict__ hits, uint32_t num_sets,
+                           unsigned* __restrict__ removed) {
   auto tile = cg::tiled_partition<T>(cg::this_thread_block());
   const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
   for (int64_t i = first; i < n; i += tiles) {
     const int64_t key = keys[i];
-    const uint64_t h = mix64(key);
-    const uint32_t set = set_of(h, num_sets);
-    const int way = find_way<T>(tile, cache_keys, digests, set, digest_of(h), key);
+    const uint32_t set = set_of(mix64(key), num_sets);
+    const int way = find_way<T>(tile, cache_keys, set, key);
     if (way >= 0 && tile.thread_rank() == 0) {
       const size_t slot = (size_t)set * HPS_WAYS + way;
       cache_keys[slot] = HPS_EMPTY_KEY;
-      digests[slot] = 0;
       scores[slot] = 0;
       hits[slot] = 0;  // uncounted hits of the old key must not reach a later one
       atomicAdd(removed, 1u);
     }
   }
-}
-
-// The probe of one key: its set, digest candidates and the guessed way (the first candidate),
-// whose key is loaded but not yet compared.
-struct Probe {
-  int64_t key = HPS_EMPTY_KEY, guessed_key = HPS_EMPTY_KEY;
-  uint32_t set = 0, candidates = 0;
-  int way = -1;
-  const float* src = nullptr;
-};
-
-__device__ __forceinline__ void probe_start(Probe& p, const int64_t* __restrict__ cache_keys,
-                                            const digest_t* __restrict__ digests,
-                                            const float* __restrict__ values, uint32_t num_sets,
-                                            int dim, uint64_t policy) {
-  if (p.key == HPS_EMPTY_KEY) return;
-  const uint64_t h = mix64(p.key);
-  p.set = set_of(h, num_sets);
-#if HPS_STUDY_LINE
-  {
-    const uint8_t* lines = reinterpret_cast<const uint8_t*>(digests);
-    const uint32_t dd = digest_of(h) * 0x00010001u;
-    const uint4* l0 = reinterpret_cast<const uint4*>(lines + (size_t)p.set * 256);
-    p.candidates = match8(load_meta16(l0, policy), dd) |
-                   (match8(load_meta16(l0 + 1, policy), dd) << 8);
-    if (!p.candidates) {
-      const uint4* l1 = reinterpret_cast<const uint4*>(lines + (size_t)p.set * 256 + 128);
-      p.candidates = (match8(load_meta16(l1, policy), dd) |
-                      (match8(load_meta16(l1 + 1, policy), dd) << 8)) << 16;
-    }
-    if (p.candidates) {
-      p.way = __ffs(p.candidates) - 1;
-      const uint32_t* tag = reinterpret_cast<const uint32_t*>(
-          lines + (size_t)p.set * 256 + (p.way >> 4) * 128 + 32 + 4 * (p.way & 15));
-      uint32_t t;
-      asm("ld.global.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(t) : "l"(tag), "l"(policy));
-      p.guessed_key = t == (uint32_t)p.key ? p.key : HPS_EMPTY_KEY;
-      p.candidates = ~0u << p.way;  // a mismatch compares every later way by key
-      p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
-    }
-    return;
-  }
-#endif
-  p.candidates = match_set(digests, p.set, digest_of(h), policy);
-  if (p.candidates) {
-    p.way = __ffs(p.candidates) - 1;
-    // checked after the copy, so its latency hides behind the row loads
-#if HPS_STUDY_TRUST_DIGEST  // measurement only: what the key compare costs (wrong on collisions)
-    p.guessed_key = p.key;
-#else
-    p.guessed_key = load_meta8(cache_keys + (size_t)p.set * HPS_WAYS + p.way, policy);
-#endif
-    p.src = values + ((size_t)p.set * HPS_WAYS + p.way) * dim;
-  }
-}
-
-// After the copy: confirm the guessed way; if it held another key, look at the other candidates.
-// Returns whether the row that was copied is wrong and must be rewritten from p.src.
-__device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict__ cache_keys,
-                                             const float* __restrict__ values, int dim) {
-  if (p.way < 0 || p.guessed_key == p.key) return false;
-  p.way = -1;
-  uint32_t candidates = p.candidates & (p.candidates - 1);
-  const int64_t* set_keys = cache_keys + (size_t)p.set * HPS_WAYS;
-  while (candidates) {
-    const int w = __ffs(candidates) - 1;
-    if (set_keys[w] == p.key) {
-      p.way = w;
-      break;
-    }
-    candidates &= candidates - 1;
-  }
-  p.src = p.way >= 0 ? values + ((size_t)p.set * HPS_WAYS + p.way) * dim : nullptr;
-  return true;
 }
 
 }  // namespace hps
@@ -182,16 +95,13 @@ __device__ __forceinline__ bool probe_finish(Probe& p, const int64_t* __restrict
 //
 // One warp takes 32·K consecutive keys (K = HPS_KEYS_PER_LANE): each lane probes its K keys,
 // so a warp has 32·K independent probes in flight; then the warp copies the rows together
-// (warp_copy_rows_k). The probe takes the first way whose digest matches and starts copying its
-// row while the key compare that confirms it is still in flight; a wrong guess (another key with
-// the same digest earlier in the set: ≈ 0.02 % of hits with 16-bit digests, ≈ 5 % with 8-bit)
-// is found afterwards and its row rewritten.
+// (warp_copy_rows_k). A probe is one read of the set's keys (find_in_set), so the row's address
+// is known, and exact, as soon as that read returns.
 namespace hps {
 template <bool kPublish>
 __device__ __forceinline__ void query(const int64_t* __restrict__ keys,
                                       const unsigned* __restrict__ weights, int64_t n,
                                       const int64_t* __restrict__ cache_keys,
-                                      const digest_t* __restrict__ digests,
                                       unsigned* __restrict__ scores, unsigned* __restrict__ hits,
                                       const float* __restrict__ values, uint32_t num_sets,
                                       int dim, float default_value, float* __restrict__ out,
@@ -204,74 +114,61 @@ __device__ __forceinline__ void query(const int64_t* __restrict__ keys,
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int lane = warp.thread_rank();
   const int64_t warps = ((int64_t)gridDim.x * blockDim.x) / 32;
-  const uint64_t policy = hps::meta_policy();
+  const uint64_t policy = meta_policy();
   for (int64_t base = (((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32) * (32 * K);
        base < n; base += warps * (32 * K)) {
-    hps::Probe p[K];
+    int64_t key[K];
+    size_t slot[K];
+    int way[K];
     const float* src[K];
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t i = base + k * 32 + lane;
-      if (i < n) p[k].key = keys[i];
+      key[k] = i < n ? keys[i] : HPS_EMPTY_KEY;
     }
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      hps::probe_start(p[k], cache_keys, digests, values, num_sets, dim, policy);
-      src[k] = p[k].src;
+      way[k] = -1;
+      slot[k] = 0;
+      if (key[k] != HPS_EMPTY_KEY) {
+        const uint32_t set = set_of(mix64(key[k]), num_sets);
+        way[k] = find_in_set(cache_keys + (size_t)set * HPS_WAYS, key[k], policy);
+        slot[k] = (size_t)set * HPS_WAYS + way[k];
+      }
+      src[k] = way[k] >= 0 ? values + slot[k] * dim : nullptr;
     }
     const int rows = (int)min((int64_t)(32 * K), n - base);
-    float* block_out = out + base * dim;
-    hps::warp_copy_rows_k<K>(warp, src, block_out, rows, dim, default_value);
+    warp_copy_rows_k<K>(warp, src, out + base * dim, rows, dim, default_value);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       const int64_t i = base + k * 32 + lane;
-      uint32_t fixes = warp.ballot(hps::probe_finish(p[k], cache_keys, values, dim));
-      if (fixes) {
-        warp.sync();  // order the rewrites after every lane's first writes
-        while (fixes) {
-          const int r = __ffs(fixes) - 1;
-          fixes &= fixes - 1;
-          hps::warp_copy_one_row(warp, warp.shfl(p[k].src, r),
-                                 block_out + (int64_t)(k * 32 + r) * dim, dim, default_value);
-        }
-      }
-      const bool sampled = (hps::mix64(p[k].key ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
-      if (p[k].way >= 0 && count_hits && sampled) {
-        const size_t slot = (size_t)p[k].set * HPS_WAYS + p[k].way;
+      const bool sampled = (mix64(key[k] ^ seed) & (HPS_HIT_SAMPLE - 1)) == 0;
+      if (way[k] >= 0 && count_hits && sampled) {
         const unsigned weight = weights ? weights[i] : 1u;
-#if HPS_STUDY_LINE
-        if (count_hits == 2) {
-          unsigned* line_hits = reinterpret_cast<unsigned*>(
-              const_cast<uint8_t*>(reinterpret_cast<const uint8_t*>(digests)) +
-              (size_t)p[k].set * 256 + (p[k].way >> 4) * 128 + 96);
-          atomicAdd(line_hits + ((p[k].way & 15) >> 2),
-                    min(weight, (unsigned)HPS_HIT_WEIGHT_CAP) << ((p[k].way & 3) * 8));
-        } else
-#endif
         if (count_hits == 2) {  // byte (slot & 3) of word slot / 4 (little-endian)
-          atomicAdd(hits + (slot >> 2), min(weight, (unsigned)HPS_HIT_WEIGHT_CAP)
-                                            << ((slot & 3) * 8));
+          atomicAdd(hits + (slot[k] >> 2), min(weight, (unsigned)HPS_HIT_WEIGHT_CAP)
+                                               << ((slot[k] & 3) * 8));
         } else {
-          atomicAdd(scores + slot, weight << HPS_HIT_SAMPLE_SHIFT);
+          atomicAdd(scores + slot[k], weight << HPS_HIT_SAMPLE_SHIFT);
         }
       }
-      hps::warp_append_misses(warp, i < n && p[k].way < 0, p[k].key, i, miss_keys, miss_pos,
-                              miss_count);
+      warp_append_misses(warp, i < n && way[k] < 0, key[k], i, miss_keys, miss_pos,
+                         miss_count);
     }
   }
-  if (kPublish) hps::publish_total(miss_count, ticket, publish);
+  if (kPublish) publish_total(miss_count, ticket, publish);
 }
 }  // namespace hps
 
 // Large lookups: the count stays in miss_count (the caller zeroes and reads it).
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query(
     const int64_t* __restrict__ keys, const unsigned* __restrict__ weights, int64_t n,
-    const int64_t* __restrict__ cache_keys, const hps::digest_t* __restrict__ digests,
-    unsigned* __restrict__ scores, unsigned* __restrict__ hits, const float* __restrict__ values,
-    uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
-    int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
-    unsigned* __restrict__ miss_count, int count_hits, int64_t seed) {
-  hps::query<false>(keys, weights, n, cache_keys, digests, scores, hits, values, num_sets, dim,
+    const int64_t* __restrict__ cache_keys, unsigned* __restrict__ scores,
+    unsigned* __restrict__ hits, const float* __restrict__ values, uint32_t num_sets, int dim,
+    float default_value, float* __restrict__ out, int64_t* __restrict__ miss_keys,
+    int64_t* __restrict__ miss_pos, unsigned* __restrict__ miss_count, int count_hits,
+    int64_t seed) {
+  hps::query<false>(keys, weights, n, cache_keys, scores, hits, values, num_sets, dim,
                     default_value, out, miss_keys, miss_pos, miss_count, count_hits, seed,
                     nullptr, nullptr);
 }
@@ -281,13 +178,12 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query(
 // large lookups' code carries neither the barrier nor the registers it adds.
 extern "C" __global__ void HPS_COPY_BOUNDS dc_query_published(
     const int64_t* __restrict__ keys, const unsigned* __restrict__ weights, int64_t n,
-    const int64_t* __restrict__ cache_keys, const hps::digest_t* __restrict__ digests,
-    unsigned* __restrict__ scores, unsigned* __restrict__ hits, const float* __restrict__ values,
-    uint32_t num_sets, int dim, float default_value, float* __restrict__ out,
-    int64_t* __restrict__ miss_keys, int64_t* __restrict__ miss_pos,
-    unsigned* __restrict__ miss_count, int count_hits, int64_t seed,
-    unsigned* __restrict__ ticket, unsigned* __restrict__ publish) {
-  hps::query<true>(keys, weights, n, cache_keys, digests, scores, hits, values, num_sets, dim,
+    const int64_t* __restrict__ cache_keys, unsigned* __restrict__ scores,
+    unsigned* __restrict__ hits, const float* __restrict__ values, uint32_t num_sets, int dim,
+    float default_value, float* __restrict__ out, int64_t* __restrict__ miss_keys,
+    int64_t* __restrict__ miss_pos, unsigned* __restrict__ miss_count, int count_hits,
+    int64_t seed, unsigned* __restrict__ ticket, unsigned* __restrict__ publish) {
+  hps::query<true>(keys, weights, n, cache_keys, scores, hits, values, num_sets, dim,
                    default_value, out, miss_keys, miss_pos, miss_count, count_hits, seed, ticket,
                    publish);
 }
@@ -298,41 +194,43 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query_published(
 // The batch is grouped by set on the host: segment s holds the keys of set seg_sets[s] at
 // [seg_offsets[s], seg_offsets[s+1]) of seg_keys / seg_rows, in insertion order. One warp owns
 // one set and walks its keys in order, so the outcome is deterministic and needs no locks; the
-// NumPy reference reproduces it exactly. Lane l holds way l of the set in registers.
+// NumPy reference reproduces it exactly. Lane l < HPS_WAYS holds way l of the set in registers;
+// every lane of the warp copies the rows.
 extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
                                       const float* __restrict__ seg_rows,
                                       const uint32_t* __restrict__ seg_sets,
                                       const int64_t* __restrict__ seg_offsets, int num_segments,
                                       int64_t* __restrict__ cache_keys,
-                                      hps::digest_t* __restrict__ digests, unsigned* __restrict__ scores,
-                                      uint8_t* __restrict__ hits, unsigned* __restrict__ floors,
-                                      float* __restrict__ values, int dim,
-                                      unsigned* __restrict__ inserted) {
+                                      unsigned* __restrict__ scores, uint8_t* __restrict__ hits,
+                                      unsigned* __restrict__ floors, float* __restrict__ values,
+                                      int dim, unsigned* __restrict__ inserted) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
   const int segment = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
   if (segment >= num_segments) return;
   const int lane = warp.thread_rank();
+  const bool holds_way = lane < HPS_WAYS;
   const uint32_t set = seg_sets[segment];
   const size_t base = (size_t)set * HPS_WAYS;
-  int64_t my_key = cache_keys[base + lane];
-  unsigned my_score = scores[base + lane];
+  int64_t my_key = holds_way ? cache_keys[base + lane] : HPS_EMPTY_KEY;
+  unsigned my_score = holds_way ? scores[base + lane] : 0u;
   unsigned floor_score = floors[set];
   unsigned new_keys = 0;
   const bool vec4 = (dim & 3) == 0;
   for (int64_t j = seg_offsets[segment]; j < seg_offsets[segment + 1]; ++j) {
     const int64_t key = seg_keys[j];
-    const uint32_t present = warp.ballot(my_key == key);
+    const uint32_t present = warp.ballot(holds_way && my_key == key);
     if (present) {
       if (lane == __ffs(present) - 1) my_score += 1u;
       continue;
     }
     int way;
-    const uint32_t empty = warp.ballot(my_key == HPS_EMPTY_KEY);
+    const uint32_t empty = warp.ballot(holds_way && my_key == HPS_EMPTY_KEY);
     if (empty) {
       way = __ffs(empty) - 1;
     } else {
-      // Victim: the smallest score, ties to the lowest way (pack score and lane, take the min).
-      uint64_t packed = ((uint64_t)my_score << 5) | (uint64_t)lane;
+      // Victim: the smallest score, ties to the lowest way (pack score and lane, take the min;
+      // lanes without a way never win).
+      uint64_t packed = holds_way ? ((uint64_t)my_score << 5) | (uint64_t)lane : ~0ull;
       for (int offset = 16; offset > 0; offset >>= 1) {
         const uint64_t other = warp.shfl_xor(packed, offset);
         packed = other < packed ? other : packed;
@@ -343,14 +241,15 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
     if (lane == way) {
       my_key = key;
       my_score = floor_score + 1u;
-      digests[base + way] = (hps::digest_t)hps::digest_of(hps::mix64(key));
       hits[base + way] = 0;  // hits still uncounted belonged to the evicted key
     }
     hps::copy_row<32>(warp, seg_rows + j * (int64_t)dim, values + (base + way) * dim, dim, vec4);
     ++new_keys;
   }
-  cache_keys[base + lane] = my_key;
-  scores[base + lane] = my_score;
+  if (holds_way) {
+    cache_keys[base + lane] = my_key;
+    scores[base + lane] = my_score;
+  }
   if (lane == 0) {
     floors[set] = floor_score;
     if (new_keys) atomicAdd(inserted, new_keys);
@@ -382,15 +281,15 @@ extern "C" __global__ void dc_fold_hits(uint4* __restrict__ hits, uint4* __restr
 }
 
 // Emit the keys of sets [set_begin, set_end): appended to out_keys in arbitrary order (the
-// driver sorts them); one warp per set.
+// driver sorts them); one thread per slot, one atomic per warp.
 extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint32_t set_begin,
                                    uint32_t set_end, int64_t* __restrict__ out_keys,
                                    unsigned* __restrict__ count) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
-  const int64_t set = set_begin + ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32;
-  if (set >= set_end) return;
+  const int64_t first = (int64_t)set_begin * HPS_WAYS, end = (int64_t)set_end * HPS_WAYS;
+  const int64_t slot = first + (int64_t)blockIdx.x * blockDim.x + threadIdx.x;
   const int lane = warp.thread_rank();
-  const int64_t key = cache_keys[(size_t)set * HPS_WAYS + lane];
+  const int64_t key = slot < end ? cache_keys[slot] : HPS_EMPTY_KEY;
   const uint32_t used = warp.ballot(key != HPS_EMPTY_KEY);
   if (!used) return;
   unsigned at = 0;
@@ -400,16 +299,16 @@ extern "C" __global__ void dc_dump(const int64_t* __restrict__ cache_keys, uint3
 }
 
 #define HPS_TILED(T)                                                                            \
-  extern "C" __global__ void dc_update_t##T(                                                    \
-      const int64_t* keys, const float* rows, int64_t n, const int64_t* cache_keys,             \
-      const hps::digest_t* digests, float* values, uint32_t num_sets, int dim,                  \
-      unsigned* updated) {                                                                      \
-    hps::update<T>(keys, rows, n, cache_keys, digests, values, num_sets, dim, updated);         \
+  extern "C" __global__ void dc_update_t##T(const int64_t* keys, const float* rows, int64_t n,  \
+                                            const int64_t* cache_keys, float* values,           \
+                                            uint32_t num_sets, int dim, unsigned* updated) {    \
+    hps::update<T>(keys, rows, n, cache_keys, values, num_sets, dim, updated);                  \
   }                                                                                             \
-  extern "C" __global__ void dc_invalidate_t##T(                                                \
-      const int64_t* keys, int64_t n, int64_t* cache_keys, hps::digest_t* digests,              \
-      unsigned* scores, uint8_t* hits, uint32_t num_sets, unsigned* removed) {                  \
-    hps::invalidate<T>(keys, n, cache_keys, digests, scores, hits, num_sets, removed);          \
+  extern "C" __global__ void dc_invalidate_t##T(const int64_t* keys, int64_t n,                 \
+                                                int64_t* cache_keys, unsigned* scores,          \
+                                                uint8_t* hits, uint32_t num_sets,               \
+                                                unsigned* removed) {                            \
+    hps::invalidate<T>(keys, n, cache_keys, scores, hits, num_sets, removed);                   \
   }
 
 HPS_TILED(2)
@@ -417,21 +316,3 @@ HPS_TILED(4)
 HPS_TILED(8)
 HPS_TILED(16)
 HPS_TILED(32)
-
-#if HPS_STUDY_LINE
-// Measurement only: the half-set lines of HPS_STUDY_LINE from the cache's keys and digests.
-extern "C" __global__ void dc_study_build_lines(const int64_t* __restrict__ cache_keys,
-                                                const uint16_t* __restrict__ digests,
-                                                int64_t halves, uint8_t* __restrict__ lines) {
-  for (int64_t h = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; h < halves;
-       h += (int64_t)gridDim.x * blockDim.x) {
-    uint8_t* line = lines + h * 128;
-    for (int w = 0; w < 16; ++w) {
-      reinterpret_cast<uint16_t*>(line)[w] = digests[h * 16 + w];
-      reinterpret_cast<uint32_t*>(line + 32)[w] = (uint32_t)cache_keys[h * 16 + w];
-      line[96 + w] = 0;
-    }
-    for (int b = 112; b < 128; ++b) line[b] = 0;
-  }
-}
-#endif

@@ -1,7 +1,7 @@
 // Shared definitions of the hps GPU kernels: key sentinel, key hash, tiles and row copies.
 //
-// The NumPy reference (runtime/gpu/reference.py) implements the same hash, set placement and
-// digests bit for bit, so the GPU and the CPU fallback put every key in the same cache set.
+// The NumPy reference (runtime/gpu/reference.py) implements the same hash and set placement bit
+// for bit, so the GPU and the CPU fallback put every key in the same cache set.
 #pragma once
 
 #include <stdint.h>
@@ -13,18 +13,19 @@ namespace cg = cooperative_groups;
 // Python side (placement.py) and the kernels cannot disagree:
 //   HPS_EMPTY_KEY  the empty-slot marker of the int64 key space (INT64_MAX, as in HPS's cache;
 //                  tables must not contain it, `hps table verify` reports it)
-//   HPS_WAYS       ways per set of the dynamic cache; one warp holds a set, so it must be 32
+//   HPS_WAYS       ways per set of the dynamic cache (placement.py WAYS): 4, 8, 16 or 32; a
+//                  set's keys are contiguous and a probe reads them all
 //   HPS_HIT_SAMPLE_SHIFT  a hit counts in its slot's score 1 time in 2^shift (then adds 2^shift)
-//   HPS_DIGEST_BITS  bits of a way's digest, 8 or 16 (placement.py DIGEST_BITS)
 //   HPS_HIT_WEIGHT_CAP  most hits one key adds to its slot's hit byte in one query
 #if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT) || \
-    !defined(HPS_DIGEST_BITS) || !defined(HPS_HIT_WEIGHT_CAP)
-#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... -DHPS_DIGEST_BITS=... -DHPS_HIT_WEIGHT_CAP=... (runtime/gpu/kernels.py)"
+    !defined(HPS_HIT_WEIGHT_CAP)
+#error "compile with -DHPS_EMPTY_KEY=... -DHPS_WAYS=... -DHPS_HIT_SAMPLE_SHIFT=... -DHPS_HIT_WEIGHT_CAP=... (runtime/gpu/kernels.py)"
 #endif
 static_assert(HPS_HIT_WEIGHT_CAP >= 1 && HPS_HIT_WEIGHT_CAP <= 255, "a hit byte holds 0..255");
-static_assert(HPS_DIGEST_BITS == 8 || HPS_DIGEST_BITS == 16, "HPS_DIGEST_BITS is 8 or 16");
 #define HPS_HIT_SAMPLE (1u << HPS_HIT_SAMPLE_SHIFT)
-static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
+static_assert(HPS_WAYS == 4 || HPS_WAYS == 8 || HPS_WAYS == 16 || HPS_WAYS == 32,
+              "HPS_WAYS is 4, 8, 16 or 32 (a set's keys are read with 16-byte loads, and the "
+              "warp that inserts into a set holds one way per lane)");
 
 // Tuning knobs (defaults measured on an H100, see docs/benchmarks.md): loads each lane keeps in
 // flight when copying rows, and the blocks per SM the row-copying kernels are built for (0: no
@@ -36,11 +37,11 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 #define HPS_COPY_MIN_BLOCKS 0
 #endif
 // Streaming hints on row copies (evict-first loads and stores): the rows pass through once, so
-// they should not push the cache's probe metadata (digests, keys, scores) out of L2.
+// they should not push the cache's probe metadata (the sets' keys, scores, hit bytes) out of L2.
 #ifndef HPS_COPY_STREAMING
 #define HPS_COPY_STREAMING 1
 #endif
-// Keep the probe metadata (digests, keys) in L2 against the stream of rows: loads with an
+// Keep the probe metadata (the sets' keys) in L2 against the stream of rows: loads with an
 // evict-last cache policy.
 #ifndef HPS_META_EVICT_LAST
 #define HPS_META_EVICT_LAST 1
@@ -58,17 +59,11 @@ static_assert(HPS_WAYS == 32, "one warp holds one set: HPS_WAYS must be 32");
 
 namespace hps {
 
-#if HPS_DIGEST_BITS == 8
-typedef uint8_t digest_t;
-#else
-typedef uint16_t digest_t;
-#endif
-
 __device__ __forceinline__ uint64_t rotr64(uint64_t x, int r) {
   return (x >> r) | (x << (64 - r));
 }
 
-// rrxmrrxmsx_0 (Pelle Evensen): HPS's partition mixer, also a good set/digest hash.
+// rrxmrrxmsx_0 (Pelle Evensen): HPS's partition mixer, also a good set hash.
 __device__ __forceinline__ uint64_t mix64(int64_t key) {
   uint64_t x = (uint64_t)key;
   x ^= rotr64(x, 25) ^ rotr64(x, 50);
@@ -81,27 +76,6 @@ __device__ __forceinline__ uint64_t mix64(int64_t key) {
 // The set of a key: a multiply-shift of the hash's high half onto [0, num_sets) (no division).
 __device__ __forceinline__ uint32_t set_of(uint64_t hash, uint32_t num_sets) {
   return (uint32_t)(((hash >> 32) * (uint64_t)num_sets) >> 32);
-}
-
-// The digest of a key (the low HPS_DIGEST_BITS of its hash), never 0 (0 marks an empty way).
-// Low hash bits: independent of the set index, which uses the high ones.
-__device__ __forceinline__ uint32_t digest_of(uint64_t hash) {
-  uint32_t d = (uint32_t)(hash & ((1u << HPS_DIGEST_BITS) - 1u));
-  return d ? d : 1u;
-}
-
-// Bit i set when byte i of the 16 digests `v` equals `d` (replicated into every byte of `dd`).
-__device__ __forceinline__ uint32_t match16(uint4 v, uint32_t dd) {
-  uint32_t m = 0;
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    // __vcmpeq4 gives 0xFF in each equal byte; compress each byte's top bit into one nibble.
-    uint32_t eq = __vcmpeq4(w[i], dd) & 0x80808080u;
-    uint32_t nib = ((eq >> 7) & 1u) | ((eq >> 14) & 2u) | ((eq >> 21) & 4u) | ((eq >> 28) & 8u);
-    m |= nib << (4 * i);
-  }
-  return m;
 }
 
 // Copy one row of `dim` floats with the T lanes of a tile: 16-byte accesses when both rows are
@@ -153,73 +127,34 @@ __device__ __forceinline__ uint4 load_meta16(const uint4* p, uint64_t policy) {
 #endif
 }
 
-__device__ __forceinline__ int64_t load_meta8(const int64_t* p, uint64_t policy) {
-#if HPS_META_EVICT_LAST
-  int64_t v;
-  asm("ld.global.L2::cache_hint.s64 %0, [%1], %2;" : "=l"(v) : "l"(p), "l"(policy));
-  return v;
-#else
-  return *p;
-#endif
-}
-
-// Bit i set when 16-bit half i of the 8 digests `v` equals `d` (replicated into both halves of
-// `dd`).
-__device__ __forceinline__ uint32_t match8(uint4 v, uint32_t dd) {
-  uint32_t m = 0;
-  const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+// The way of `key` among the HPS_WAYS keys of a set (`set_keys`, 16-byte aligned), or -1: every
+// key of the set is read at once (8 ways: 64 bytes, one L2 fetch) and compared, so one read proves
+// the hit. A key is in at most one way of its set.
+__device__ __forceinline__ int find_in_set(const int64_t* __restrict__ set_keys, int64_t key,
+                                           uint64_t policy) {
+  constexpr int kLoads = HPS_WAYS / 2;  // two keys per 16-byte load
+  const uint4* q = reinterpret_cast<const uint4*>(set_keys);
+  uint4 v[kLoads];
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const uint32_t eq = __vcmpeq2(w[i], dd);  // 0xFFFF in each equal half
-    m |= ((eq & 1u) | ((eq >> 15) & 2u)) << (2 * i);
+  for (int s = 0; s < kLoads; ++s) v[s] = load_meta16(q + s, policy);  // all in flight
+  int way = -1;
+#pragma unroll
+  for (int s = 0; s < kLoads; ++s) {
+    if ((int64_t)(((uint64_t)v[s].y << 32) | v[s].x) == key) way = 2 * s;
+    if ((int64_t)(((uint64_t)v[s].w << 32) | v[s].z) == key) way = 2 * s + 1;
   }
-  return m;
+  return way;
 }
 
-// The ways of a set whose digest equals `digest` (bit w for way w), read with 16-byte loads: two
-// for 8-bit digests (one 32-byte sector), four for 16-bit ones (two sectors).
-__device__ __forceinline__ uint32_t match_set(const digest_t* __restrict__ digests, uint32_t set,
-                                              uint32_t digest, uint64_t policy) {
-  const uint4* d = reinterpret_cast<const uint4*>(digests + (size_t)set * HPS_WAYS);
-#if HPS_DIGEST_BITS == 8
-  const uint32_t dd = digest * 0x01010101u;
-  return match16(load_meta16(d, policy), dd) | (match16(load_meta16(d + 1, policy), dd) << 16);
-#else
-  const uint32_t dd = digest * 0x00010001u;
-  uint4 v[4];
-#pragma unroll
-  for (int q = 0; q < 4; ++q) v[q] = load_meta16(d + q, policy);  // all four loads in flight
-  uint32_t m = 0;
-#pragma unroll
-  for (int q = 0; q < 4; ++q) m |= match8(v[q], dd) << (8 * q);
-  return m;
-#endif
-}
-
-// Find `key` in its set with the lanes of a tile: returns the way, or -1. Lane 0 reads the set's
-// digests; only ways whose digest matches are compared by key, up to T of them at once.
+// The way of `key` in its set for the T lanes of a tile (lane 0 probes, every lane learns it).
 template <int T>
 __device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
-                                        const int64_t* __restrict__ cache_keys,
-                                        const digest_t* __restrict__ digests, uint32_t set,
-                                        uint32_t digest, int64_t key) {
-  const int lane = tile.thread_rank();
-  uint32_t candidates = 0;
-  if (lane == 0) candidates = match_set(digests, set, digest, meta_policy());
-  candidates = tile.shfl(candidates, 0);
-  const int64_t* set_keys = cache_keys + (size_t)set * HPS_WAYS;
-  // Usually one candidate; lanes test up to T of them at once.
-  while (candidates) {
-    int way = -1;
-    uint32_t rest = candidates;
-    for (int i = 0; i < lane && rest; ++i) rest &= rest - 1;  // this lane's candidate
-    if (rest) way = __ffs(rest) - 1;
-    const bool hit = way >= 0 && set_keys[way] == key;
-    const uint32_t hits = tile.ballot(hit);
-    if (hits) return tile.shfl(way, __ffs(hits) - 1);
-    for (int i = 0; i < T && candidates; ++i) candidates &= candidates - 1;
-  }
-  return -1;
+                                        const int64_t* __restrict__ cache_keys, uint32_t set,
+                                        int64_t key) {
+  int way = -1;
+  if (tile.thread_rank() == 0 && key != HPS_EMPTY_KEY)
+    way = find_in_set(cache_keys + (size_t)set * HPS_WAYS, key, meta_policy());
+  return tile.shfl(way, 0);
 }
 
 __device__ __forceinline__ float4 load_row4(const float4* p) {

@@ -4,17 +4,16 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 export PYTHONPATH=$PYTHONPATH:$PWD/benchmarks
-for bits in ${DIGEST_BITS_LIST:-16}; do
-  echo "== digests of $bits bits"
-  HPS_DIGEST_BITS=$bits python3 benchmarks/gpu_query_variants.py \
-    --out "$OUT/variants_digest$bits.json" ${STUDY_ARGS:-} >"$OUT/variants_digest$bits.log" 2>&1
-  tail -12 "$OUT/variants_digest$bits.log"
+for ways in ${WAYS_LIST:-8}; do
+  echo "== sets of $ways ways"
+  HPS_WAYS=$ways python3 benchmarks/gpu_query_variants.py \
+    --out "$OUT/variants_ways$ways.json" ${STUDY_ARGS:-} >"$OUT/variants_ways$ways.log" 2>&1
+  tail -12 "$OUT/variants_ways$ways.log"
 done
 for bytes in ${FETCH_BYTES:-}; do
-  echo "== L2 fetch granularity $bytes B, digests of ${FETCH_DIGEST_BITS:-8} bits"
-  HPS_DIGEST_BITS=${FETCH_DIGEST_BITS:-8} HPS_STUDY_L2_FETCH_BYTES=$bytes \
-    python3 benchmarks/gpu_query_variants.py --out "$OUT/variants_fetch$bytes.json" \
-    ${STUDY_ARGS:-} >"$OUT/variants_fetch$bytes.log" 2>&1
+  echo "== L2 fetch granularity $bytes B"
+  HPS_STUDY_L2_FETCH_BYTES=$bytes python3 benchmarks/gpu_query_variants.py \
+    --out "$OUT/variants_fetch$bytes.json" ${STUDY_ARGS:-} >"$OUT/variants_fetch$bytes.log" 2>&1
   tail -12 "$OUT/variants_fetch$bytes.log"
 done
 for mb in ${PERSIST_MB:-}; do

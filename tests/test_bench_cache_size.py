@@ -5,7 +5,7 @@ What "exact" means here: for a given key stream, batch size and warm-up, ``repla
 exactly (integer equality) the hits that the runtime's dynamic cache policy produces. The
 oracle is ``PlainLfuDa`` below, written from the policy's description in plain Python (per key,
 dicts and lists, its own 64-bit mixer on Python ints), sharing no code with the NumPy
-reference: 32-way sets chosen by the mixed key's high bits; a batch is first queried against
+reference: 8-way sets chosen by the mixed key's high bits; a batch is first queried against
 the state before it (a hit adds 4 to its slot's score when the key's sampling hash, seeded by
 the query number, is 0 mod 4; in a batch of 65,536 keys or more, which the GPU de-duplicates, a
 key's hits add at most 15 × 4); then its distinct missed keys, in ascending order, are inserted
@@ -52,7 +52,7 @@ def plain_mix64(key: int) -> int:
 
 
 class PlainLfuDa:
-    WAYS, SAMPLE = 32, 4
+    WAYS, SAMPLE = 8, 4
     LARGE_BATCH, CAP = 65536, 15  # a large batch counts a key's hits at most CAP times
 
     def __init__(self, num_sets: int):
@@ -154,9 +154,9 @@ def test_large_batches_cap_counted_hits_in_both_models(rng):
 
 def test_replay_without_evictions_equals_the_trace_bound(rng):
     stream = _skewed_stream(rng, 3000, 300)
-    num_sets = 64  # 2048 slots for 300 distinct keys
+    num_sets = 256  # 2048 slots for 300 distinct keys
     sets = [((plain_mix64(int(k)) >> 32) * num_sets) >> 32 for k in np.unique(stream)]
-    assert max(np.bincount(sets)) <= 32, "a set overflows: pick another seed"
+    assert max(np.bincount(sets)) <= 8, "a set overflows: pick another seed"
     batch, warmup = 16, 4
     seen, hits, counted = set(), 0, 0
     for index, start in enumerate(range(0, stream.size, batch)):
@@ -171,39 +171,43 @@ def test_replay_without_evictions_equals_the_trace_bound(rng):
 
 def test_gpucacheper_for_sets_is_the_smallest_giving_those_sets():
     for rows in (100, 3200, 99_991, 1_000_000, 123_456_789):
-        for sets in {2, 3, 17, num_sets_for(rows, 0.2), num_sets_for(rows, 1.0)}:
+        fewest = num_sets_for(rows, 0.0)  # the minimum cache: 64 slots
+        for sets in {fewest, fewest + 1, 17, num_sets_for(rows, 0.2), num_sets_for(rows, 1.0)}:
             p = gpucacheper_for_sets(sets, rows)
             assert num_sets_for(rows, p) == sets
-            if sets > 2:  # the first slot of the set: one slot less is one set less
-                first = 32 * (sets - 1) + 1
+            if sets > fewest:  # the first slot of the set: one slot less is one set less
+                first = 8 * (sets - 1) + 1
                 assert first / rows <= p <= first / rows + 1e-6
                 assert num_sets_for(rows, (first - 1) / rows) == sets - 1
 
 
 def test_memory_formula():
-    # 10 sets = 320 slots of dim 64: keys 8, digests 2, scores 4, hit bytes 1 per slot, the
-    # rows, and one 4-byte aging floor per set.
-    assert cache_memory_bytes(10, 64) == 320 * 8 + 320 * 2 + 320 * 4 + 320 + 320 * 64 * 4 + 10 * 4
-    assert cache_memory_bytes(10, 64) == 86_760
-    assert cache_memory_bytes(3125, 128) == 100_000 * (15 + 512) + 12_500
+    # 10 sets = 80 slots of dim 64: keys 8 per slot; scores 4 and hit bytes 1 per slot, both
+    # allocated in groups of 16 slots; the rows; one 4-byte aging floor per set.
+    assert cache_memory_bytes(10, 64) == 80 * 8 + 80 * 4 + 80 + 80 * 64 * 4 + 10 * 4
+    assert cache_memory_bytes(10, 64) == 21_560
+    # 11 sets = 88 slots: scores and hit bytes for 96
+    assert cache_memory_bytes(11, 64) == 88 * 8 + 96 * 5 + 88 * 64 * 4 + 11 * 4 == 23_756
+    assert cache_memory_bytes(12_500, 128) == 100_000 * (13 + 512) + 50_000
 
 
 def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):
-    rows = 3200  # at most 100 sets: the bisection resolves to one set
+    rows = 800  # at most 100 sets: the bisection resolves to one set
     stream = _skewed_stream(rng, 20_000, rows)
     path = tmp_path / "trace.npy"
     np.save(path, stream)
     spec = CacheSizeSpec(keys_from=path, rows=rows, dim=16, batch_size=128, warmup=0.1,
-                         fractions=(0.05, 0.25, 1.0), target_hit_rate=0.92)
+                         fractions=(0.05, 0.25, 1.0), target_hit_rate=0.925)
     report = run_cache_size(spec)
     best = report["smallest"]
-    assert best is not None and best["hit_rate"] >= 0.92 and best["resolution_sets"] == 1
+    assert best is not None and best["hit_rate"] >= 0.925 and best["resolution_sets"] == 1
     warm = report["warmup_batches"]
-    scan = {s: replay(stream, s, 128, warm).hit_rate for s in range(2, 101)}
+    scan = {s: replay(stream, s, 128, warm).hit_rate
+            for s in range(num_sets_for(rows, 0.0), num_sets_for(rows, 1.0) + 1)}
     assert scan[best["num_sets"]] == best["hit_rate"]
-    assert scan[best["num_sets"] - 1] < 0.92
-    lower = max(p["num_sets"] for p in report["curve"] if p["hit_rate"] < 0.92)
-    assert best["num_sets"] == min(s for s in scan if s > lower and scan[s] >= 0.92)
+    assert scan[best["num_sets"] - 1] < 0.925
+    lower = max(p["num_sets"] for p in report["curve"] if p["hit_rate"] < 0.925)
+    assert best["num_sets"] == min(s for s in scan if s > lower and scan[s] >= 0.925)
     assert best["num_sets"] - lower > 2  # the bisection had work to do
     assert num_sets_for(rows, best["gpucacheper"]) == best["num_sets"]
     assert best["memory_bytes_per_gpu"] == cache_memory_bytes(best["num_sets"], 16)

@@ -84,7 +84,7 @@ def test_cached_lookup_report(cached_config):
     check_consistent(report, tables=2)
     assert [r["batch_size"] for r in report["rows"]] == [32, 512]
     assert [t["cache"]["backend"] for t in report["tables"]] in (["reference"] * 2, ["gpu"] * 2)
-    assert report["tables"][0]["cache"]["capacity"] == 2016  # 0.1 x 20,000 -> 63 sets
+    assert report["tables"][0]["cache"]["capacity"] == 2000  # 0.1 x 20,000 -> 250 sets of 8
     for row in report["rows"]:
         c = row["counts"]
         # with a cache every key is a hit or a miss, and misses are answered by the tiers

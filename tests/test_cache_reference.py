@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from hps_cli.runtime.errors import CapacityError, InvalidInputError
 from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
 from hps_cli.runtime.gpu.placement import (EMPTY_KEY, HIT_SAMPLE, WAYS, num_sets_for, query_seed,
-                                            sampled_hits, set_and_digest, tile_width)
+                                            sampled_hits, set_of, tile_width)
 from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend, RefIndexedBackend
+from hps_cli.runtime.hashing import mix64
 from hps_cli.runtime.gpu.reference import (RefDynamicCache, group_by_set, ref_dedup, ref_gather,
                                            ref_scatter)
 from hps_cli.runtime.gpu.workspace import WorkerPool
@@ -32,7 +33,7 @@ class SpecCache:
         self.queries = 0
 
     def _set(self, key: int) -> int:
-        return int(set_and_digest(np.array([key]), self.num_sets)[0][0])
+        return int(set_of(np.array([key]), self.num_sets)[0])
 
     def query(self, keys):
         out, misses = [], []
@@ -113,9 +114,11 @@ def test_hits_of_a_deduplicated_batch_are_capped_per_key():
     HIT_WEIGHT_CAP times (the GPU's hit byte); a smaller batch counts every occurrence."""
     from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS, HIT_WEIGHT_CAP
 
-    cache = RefDynamicCache(64, 2)
+    cache = RefDynamicCache(4096 // WAYS, 2)
     keys = np.arange(1, 1001, dtype=np.int64) * 7919
     cache.replace(keys, synthetic_vectors(keys, 2))
+    keys = cache.dump()  # the ones that found a way
+    assert keys.size > 900
     before = cache.scores.copy()
     seed = query_seed(cache.queries)
     hot = keys[sampled_hits(keys, seed)][:2]  # two cached keys this query samples
@@ -131,8 +134,9 @@ def test_hits_of_a_deduplicated_batch_are_capped_per_key():
     assert gained[int(cold)] == 0
     assert sum(gained.values()) == (HIT_WEIGHT_CAP + 5) * HIT_SAMPLE
 
-    small = RefDynamicCache(64, 2)
+    small = RefDynamicCache(4096 // WAYS, 2)
     small.replace(keys, synthetic_vectors(keys, 2))
+    before = small.scores.copy()
     seed = query_seed(small.queries)
     hot = keys[sampled_hits(keys, seed)][0]
     small.query(np.repeat(hot, 100))  # queried directly: every occurrence counts
@@ -141,10 +145,12 @@ def test_hits_of_a_deduplicated_batch_are_capped_per_key():
 
 def test_placement_matches_the_kernel_formulas():
     keys = np.array([0, 1, -1, 2**62, 123456789], dtype=np.int64)
-    sets, digests = set_and_digest(keys, 1000)
+    sets = set_of(keys, 1000)
     assert ((sets >= 0) & (sets < 1000)).all()
-    assert (digests > 0).all()
-    assert num_sets_for(1000, 0.2) == 7 and num_sets_for(10, 0.5) == 2  # at least 64 slots
+    hashed = [int(h) for h in mix64(keys)]
+    assert sets.tolist() == [((h >> 32) * 1000) >> 32 for h in hashed]  # hps_common.cuh set_of
+    assert WAYS == 8
+    assert num_sets_for(1000, 0.2) == 25 and num_sets_for(10, 0.5) == 8  # at least 64 slots
     assert [tile_width(d) for d in (1, 8, 16, 32, 64, 128)] == [2, 2, 4, 8, 16, 16]
 
 
@@ -247,12 +253,12 @@ def test_update_and_remove_reach_cached_copies(tiers):
 
 
 def test_eviction_keeps_results_exact(tiers):
-    cache = _cache(tiers, 1.0, sets=1)  # 32 slots
+    cache = _cache(tiers, 1.0, sets=1)  # WAYS slots
     rng = np.random.default_rng(3)
     for _ in range(30):
         keys = rng.integers(0, 500, 100)
         np.testing.assert_array_equal(cache.lookup(keys), synthetic_vectors(keys, 8))
-    assert cache.backend.occupancy() == 32
+    assert cache.backend.occupancy() == WAYS
 
 
 def test_refresh_reloads_values(tiers):
@@ -269,19 +275,24 @@ def test_prefill_hottest_first_by_meta(tmp_path, tiers):
     keys = np.arange(1000, 1400, dtype=np.int64)
     meta = np.arange(400, dtype=np.int64)  # hottest rows last in the file
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8), meta)
-    cache = _cache(tiers, 1.0, sets=2)  # 64 slots
+    cache = _cache(tiers, 1.0, sets=64 // WAYS)  # 64 slots
     with TableReader(tmp_path / "t") as reader:
         assert cache.prefill(reader) > 0
-    cached = set(cache.backend.dump().tolist())
-    hottest = set(keys[-64:].tolist())
-    assert len(cached & hottest) >= 56  # set imbalance may leave a few out
-    assert not cached & set(keys[:200].tolist())
+    cached = cache.backend.dump()
+    hottest = keys[-64:]  # the 64 rows prefill takes
+    assert set(cached.tolist()) <= set(hottest.tolist())
+    # a set that more of them share than it has ways keeps its hottest ones
+    sets = set_of(hottest, cache.backend.num_sets)
+    for s in range(cache.backend.num_sets):
+        expected = np.sort(hottest[sets == s])[-WAYS:]  # larger key, larger meta here
+        np.testing.assert_array_equal(np.sort(cached[set_of(cached, cache.backend.num_sets) == s]),
+                                      expected)
 
 
 def test_prefill_in_file_order_without_meta(tmp_path, tiers):
     keys = np.arange(500, dtype=np.int64)
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8))
-    cache = _cache(tiers, 1.0, sets=2)
+    cache = _cache(tiers, 1.0, sets=64 // WAYS)  # 64 slots
     with TableReader(tmp_path / "t") as reader:
         cache.prefill(reader)
     assert set(cache.backend.dump().tolist()) <= set(range(64))
@@ -313,7 +324,7 @@ def test_worker_pool_waits_boundedly():
 
 
 def test_zipf_hit_rate_reaches_95_percent_of_ideal():
-    """LFU-DA in 32-way sets keeps the hot set: steady hit rate ≥ 0.95 × the top-20 % share."""
+    """LFU-DA in 8-way sets keeps the hot set: steady hit rate ≥ 0.95 × the top-20 % share."""
     n, per, alpha = 50_000, 0.2, 1.05
     rng = np.random.default_rng(0)
     p = np.arange(1, n + 1, dtype=np.float64) ** -alpha
@@ -333,42 +344,39 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
     assert steady >= 0.95 * ideal, (steady, ideal)
 
 
-def _run_with_digest_bits(bits: str, code: str):
+def _run_with_ways(ways: str, code: str):
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "HPS_DIGEST_BITS": bits}
+    env = {**os.environ, "HPS_WAYS": ways}
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
 
 
-def test_sixteen_bit_digests_switch_placement_reference_and_kernel_flags_together():
+def test_ways_switch_placement_reference_and_kernel_flags_together():
     code = """
 import numpy as np
 from hps_cli.runtime.gpu.kernels import kernel_defines
-from hps_cli.runtime.gpu.placement import set_and_digest
+from hps_cli.runtime.gpu.placement import WAYS, num_sets_for
 from hps_cli.runtime.gpu.reference import RefDynamicCache
-from hps_cli.runtime.hashing import mix64
-keys = np.arange(1, 5001, dtype=np.int64) * 7919
-_, d = set_and_digest(keys, 64)
-expect = (mix64(keys) & np.uint64(0xFFFF)).astype(np.uint16)
-expect[expect == 0] = 1
-assert d.dtype == np.uint16 and np.array_equal(d, expect)
-assert kernel_defines()["HPS_DIGEST_BITS"] == "16"
+assert WAYS == 4 and kernel_defines()["HPS_WAYS"] == "4"
+assert num_sets_for(1000, 0.2) == 50
 c = RefDynamicCache(8, 4)
+assert c.keys.shape == (8, 4) and c.capacity == 32
+keys = np.arange(1, 257, dtype=np.int64) * 7919
 rows = np.random.default_rng(0).random((256, 4), dtype=np.float32)
-c.replace(keys[:256], rows)
-out, miss_pos = c.query(keys[:256], 0.0)[:2]
-assert c.digests.dtype == np.uint16
-present = np.isin(keys[:256], c.dump())
-assert present.sum() == 256 - len(miss_pos)
+assert c.replace(keys, rows) == 256
+assert c.occupancy() == 32  # every way of every set taken, the rest evicted
+out, _, miss_pos = c.query(keys, 0.0)
+present = np.isin(keys, c.dump())
+assert present.sum() == 32 == 256 - len(miss_pos)
 assert np.array_equal(out[present], rows[present])
 print("ok")
 """
-    res = _run_with_digest_bits("16", code)
+    res = _run_with_ways("4", code)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
-def test_unsupported_digest_width_is_refused():
-    res = _run_with_digest_bits("12", "import hps_cli.runtime.gpu.placement")
-    assert res.returncode != 0 and "HPS_DIGEST_BITS must be 8 or 16" in res.stderr
+def test_unsupported_ways_are_refused():
+    res = _run_with_ways("12", "import hps_cli.runtime.gpu.placement")
+    assert res.returncode != 0 and "HPS_WAYS must be 4, 8, 16 or 32" in res.stderr

@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from hps_cli.runtime.gpu.placement import WAYS
+
 pytestmark = pytest.mark.gpu
 
 
@@ -42,7 +44,7 @@ def _pair(device, num_sets, dim):
 
 def _same_state(gpu, ref):
     a, b = gpu.snapshot(), ref.snapshot()
-    for name in ("keys", "digests", "scores", "floors"):
+    for name in ("keys", "scores", "floors"):
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     np.testing.assert_array_equal(a["values"].view(np.uint32), b["values"].view(np.uint32))
 
@@ -65,7 +67,7 @@ def test_dynamic_cache_matches_reference(device, dim, route):
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
-    gpu, ref = _pair(device, 8, dim)  # 256 slots
+    gpu, ref = _pair(device, 256 // WAYS, dim)  # 256 slots
     for step in range(40):
         keys = rng.integers(0, 2000, rng.integers(1, 3000)).astype(np.int64)
         if step % 7 == 3:
@@ -105,7 +107,7 @@ def test_dedup_path_matches_reference(device):
     from hps_cli.runtime.gpu.gpu_dynamic import DEDUP_MIN_KEYS
 
     rng = np.random.default_rng(7)
-    gpu, ref = _pair(device, 512, 16)
+    gpu, ref = _pair(device, 16384 // WAYS, 16)
     for _ in range(4):
         keys = rng.zipf(1.2, DEDUP_MIN_KEYS + 12345).astype(np.int64)
         pr, rows = _check_dedup_query(gpu, ref, keys)
@@ -114,18 +116,22 @@ def test_dedup_path_matches_reference(device):
         _same_state(gpu, ref)
 
 
-def test_hit_bytes_fold_into_the_scores_exactly(device):
+@pytest.mark.parametrize("extra_sets", [0, 1])
+def test_hit_bytes_fold_into_the_scores_exactly(device, extra_sets):
     """De-duplicated queries count hits into the hit bytes: many of them in a row (each key
     far above the per-query cap, so unfolded bytes would overflow), an invalidation and a
-    re-insert in between, end in the reference's scores."""
+    re-insert in between, end in the reference's scores. With an odd number of sets the slots
+    are no multiple of the fold's 16: the padded tail must be folded too."""
     from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS, HIT_FOLD_EVERY
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(11)
-    gpu, ref = _pair(device, 64, 8)  # 2048 slots
+    gpu, ref = _pair(device, 2048 // WAYS + extra_sets, 8)  # 2048 slots (+ one set)
     keys = rng.choice(10**9, 1500, replace=False).astype(np.int64)
     rows = synthetic_vectors(keys, 8)
     assert gpu.replace(keys, rows) == ref.replace(keys, rows)
+    cached = np.isin(keys, ref.dump())  # not those whose set was full
+    keys, rows = keys[cached], rows[cached]
     for q in range(3 * HIT_FOLD_EVERY):
         batch = np.concatenate([np.repeat(keys[:40], 60), rng.choice(keys, DEDUP_MIN_KEYS)])
         _check_dedup_query(gpu, ref, batch)  # misses (the invalidated keys) stay out
@@ -202,7 +208,7 @@ def test_embedding_cache_on_gpu_matches_reference_cache(device):
     from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
-    gpu_b, ref_b = _pair(device, 16, 32)
+    gpu_b, ref_b = _pair(device, 512 // WAYS, 32)
     fetch = lambda k: synthetic_vectors(k, 32)  # noqa: E731
     for threshold in (1.0, 0.5):
         inserter = AsyncInserter(1)
@@ -242,7 +248,7 @@ def test_miss_count_restarts_at_every_launch(device):
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(21)
-    gpu, _ = _pair(device, 256, 32)  # 8192 slots
+    gpu, _ = _pair(device, 8192 // WAYS, 32)  # 8192 slots
     cached = rng.choice(10**9, 4000, replace=False).astype(np.int64)
     gpu.replace(cached, synthetic_vectors(cached, 32))
     cached = gpu.dump()
@@ -272,7 +278,7 @@ def test_concurrent_lookups_on_one_cache_each_get_their_own_count(device):
 
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
-    gpu, _ = _pair(device, 128, 16)
+    gpu, _ = _pair(device, 4096 // WAYS, 16)
     cached = np.arange(3000, dtype=np.int64)
     gpu.replace(cached, synthetic_vectors(cached, 16))
     cached = gpu.dump()

@@ -3,7 +3,7 @@ or a distribution, and the smallest ``gpucacheper`` that reaches a target hit ra
 
 Method: the key stream is replayed, in batches of ``batch_size`` keys, through
 ``RefDynamicCache`` — the runtime's reference of the GPU cache, bit-exact with the kernels
-(32-way sets, LFU with dynamic aging, hits counted on a 1-in-4 sample, at most 15 per key in
+(8-way sets, LFU with dynamic aging, hits counted on a 1-in-4 sample, at most 15 per key in
 batches of 64 K keys or more) — sized as the runtime
 sizes it for each ``gpucacheper`` (``num_sets_for``). Each batch is handled as a synchronous
 lookup (``hit_rate_threshold`` >= 1): query; the distinct missed keys are inserted in sorted
@@ -20,10 +20,10 @@ with the size in that interval), to within 1 % of the sets (at least one set). I
 as the smallest ``gpucacheper`` that gives that many sets, rounded up to 6 decimals.
 
 Memory per GPU (what the runtime allocates for one table's dynamic cache on each device of
-``deployed_device_list``): ``slots × (8 key + 2 digest + 4 score + 1 hit byte) + slots × dim ×
-4 (rows) + num_sets × 4 (aging floors)``, with ``slots = num_sets × 32`` (a digest is 1 byte
-with ``HPS_DIGEST_BITS=8``). Not included: per-lookup
-workspaces (proportional to the batch), the pinned host pool, the CUDA context.
+``deployed_device_list``): ``slots × 8 (keys) + padded × (4 score + 1 hit byte) + slots × dim ×
+4 (rows) + num_sets × 4 (aging floors)``, with ``slots = num_sets × 8`` and ``padded`` the slots
+rounded up to a multiple of 16. Not included: per-lookup workspaces (proportional to the batch),
+the pinned host pool, the CUDA context.
 """
 
 from __future__ import annotations
@@ -38,26 +38,25 @@ import numpy as np
 
 from .. import __version__
 from ..runtime.errors import InvalidInputError
-from ..runtime.gpu.placement import DIGEST_DTYPE, WAYS, num_sets_for
+from ..runtime.gpu.placement import WAYS, num_sets_for, padded_slots
 from ..runtime.gpu.reference import RefDynamicCache
 from .keys import DistributionKeys, load_trace, parse_distribution
 from .lookup_bench import machine
 
 DEFAULT_FRACTIONS = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0)
 KEY_BYTES, SCORE_BYTES, HIT_BYTES, FLOOR_BYTES = 8, 4, 1, 4
-DIGEST_BYTES = np.dtype(DIGEST_DTYPE).itemsize
 
 
 def cache_memory_bytes(num_sets: int, dim: int) -> int:
     """Device bytes of one dynamic cache of ``num_sets`` sets of ``dim`` floats per row."""
     slots = num_sets * WAYS
-    return slots * (KEY_BYTES + DIGEST_BYTES + SCORE_BYTES + HIT_BYTES) + slots * dim * 4 + \
+    return slots * KEY_BYTES + padded_slots(slots) * (SCORE_BYTES + HIT_BYTES) + slots * dim * 4 + \
         num_sets * FLOOR_BYTES
 
 
 def gpucacheper_for_sets(num_sets: int, rows: int) -> float:
     """A ``gpucacheper`` whose cache has ``num_sets`` sets for a table of ``rows``: the exact
-    smallest, ``(32 × (num_sets - 1) + 1) / rows``, rounded up to 6 decimals (more when 6 would
+    smallest, ``(WAYS × (num_sets - 1) + 1) / rows``, rounded up to 6 decimals (more when 6 would
     reach the next set). The minimum cache (64 slots) takes any value up to 64 / rows: that."""
     if num_sets <= num_sets_for(rows, 0.0):
         exact = min(1.0, 64 / rows)

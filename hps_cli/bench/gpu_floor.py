@@ -100,8 +100,8 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
 
         def launch_query(i: int) -> None:
             query.prepared_async_call(grid, block, None, int(d_keys[i % k]), 0, n,
-                                      int(cache.d_keys), int(cache.d_digests),
-                                      int(cache.d_scores), int(cache.d_hits),
+                                      int(cache.d_keys), int(cache.d_scores),
+                                      int(cache.d_hits),
                                       int(cache.d_values), cache.num_sets, dim,
                                       np.float32(front.default_value), int(out), int(mkeys),
                                       int(mpos), int(count), count_mode, query_seed(i))

@@ -238,7 +238,10 @@ class EmbeddingCache:
             return 0
         inserted = 0
         if reader.has_meta and limit < reader.num_keys:
-            rows_idx = _hottest_rows(reader, limit, chunk_rows)
+            # Coldest first: where more of these rows share a set than it has ways, each later
+            # key evicts an earlier one (every prefilled key has the same score), so the
+            # hottest must come last to be the ones that stay.
+            rows_idx = _hottest_rows(reader, limit, chunk_rows)[::-1]
             keys_all, vecs_all = reader.keys(), reader.vectors()
             for start in range(0, rows_idx.size, chunk_rows):
                 idx = rows_idx[start:start + chunk_rows]

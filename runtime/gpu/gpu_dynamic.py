@@ -15,27 +15,33 @@ import numpy as np
 from .pending import Launched, PendingLookup
 from .placement import (
     DEDUP_MIN_KEYS,
-    DIGEST_DTYPE,
     EMPTY_KEY,
+    FOLD_GROUP_SLOTS,
     HIT_FOLD_EVERY,
     WAYS,
+    padded_slots,
     query_seed,
-    set_and_digest,
+    set_of,
     tile_width,
 )
 from .reference import group_by_set
 from .transfers import HEAD_BYTES, Scratch, queue_download, start_rows
 
 _BLOCK = 256
-# dc_query's arguments (see cuda/dynamic_cache.cu), dc_query_published's (+ ticket, publish),
-# and their count_hits modes.
-QUERY_ARGS = "PPqPPPPPIifPPPPiq"
+# The kernels' arguments as struct codes (cuda/dynamic_cache.cu; tests/test_kernel_signatures.py
+# checks them against the sources): dc_query's, dc_query_published's (+ ticket, publish) and
+# their count_hits modes, then the mutations' and the dump's.
+QUERY_ARGS = "PPqPPPPIifPPPPiq"
 PUBLISHED_QUERY_ARGS = QUERY_ARGS + "PP"
 COUNT_INTO_SCORES, COUNT_INTO_HIT_BYTES = 1, 2
+REPLACE_ARGS = "PPPPiPPPPPiP"
+UPDATE_ARGS = "PPqPPIiP"
+INVALIDATE_ARGS = "PqPPPIP"
+DUMP_ARGS = "PIIPP"
 
 
 class GpuDynamicCache:
-    """``num_sets`` × 32 slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu)."""
+    """``num_sets`` × WAYS slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu)."""
 
     kind = "dynamic"
 
@@ -45,14 +51,13 @@ class GpuDynamicCache:
         self.dim = int(dim)
         self.tile = tile or tile_width(dim)
         slots = self.num_sets * WAYS
+        self._padded_slots = padded_slots(slots)  # of the scores and hit bytes
         drv = device.drv
         with device.scope():
             self.stream = drv.Stream()
             self.d_keys = device.alloc(slots * 8)
-            digest_bytes = slots * np.dtype(DIGEST_DTYPE).itemsize
-            self.d_digests = device.alloc(digest_bytes)
-            self.d_scores = device.alloc(slots * 4)
-            self.d_hits = device.alloc(slots)  # one byte per slot (slots: a multiple of 32)
+            self.d_scores = device.alloc(self._padded_slots * 4)
+            self.d_hits = device.alloc(self._padded_slots)  # one byte per slot
             self.d_floors = device.alloc(self.num_sets * 4)
             # The miss counter and arrival ticket of publishing dc_query launches: each one
             # publishes the count and resets both (hps::publish_total), so they stay zero
@@ -60,9 +65,8 @@ class GpuDynamicCache:
             self.d_query_counter = device.alloc(HEAD_BYTES)
             self.d_values = device.alloc(slots * self.dim * 4)
             self._fill_i64(self.d_keys, slots, EMPTY_KEY)
-            drv.memset_d8_async(self.d_digests, 0, digest_bytes, self.stream)
-            drv.memset_d32_async(self.d_scores, 0, slots, self.stream)
-            drv.memset_d32_async(self.d_hits, 0, slots // 4, self.stream)
+            drv.memset_d32_async(self.d_scores, 0, self._padded_slots, self.stream)
+            drv.memset_d32_async(self.d_hits, 0, self._padded_slots // 4, self.stream)
             drv.memset_d32_async(self.d_floors, 0, self.num_sets, self.stream)
             drv.memset_d32_async(self.d_query_counter, 0, HEAD_BYTES // 4, self.stream)
             drv.memset_d32_async(self.d_values, 0, slots * self.dim, self.stream)
@@ -80,8 +84,8 @@ class GpuDynamicCache:
         self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
         self._published_query_kernel = device.launcher("dc_query_published",
                                                        PUBLISHED_QUERY_ARGS)
-        self._cache_args = (int(self.d_keys), int(self.d_digests), int(self.d_scores),
-                            int(self.d_hits), int(self.d_values), self.num_sets, self.dim)
+        self._cache_args = (int(self.d_keys), int(self.d_scores), int(self.d_hits),
+                            int(self.d_values), self.num_sets, self.dim)
         counter = int(self.d_query_counter)
         # (miss count, ticket): one pair per cache is enough because every launch of this
         # cache goes on its one stream, which runs them one after another. Per-slot streams
@@ -125,7 +129,7 @@ class GpuDynamicCache:
     def _launch_fold(self) -> None:
         if not self._unfolded:
             return
-        groups = self.capacity // 16
+        groups = self._padded_slots // FOLD_GROUP_SLOTS
         grid, block = self._grid(groups, 1)
         self.device.launch("dc_fold_hits", "PPq", grid, block, self.stream, self.d_hits,
                            self.d_scores, groups)
@@ -304,7 +308,7 @@ class GpuDynamicCache:
         keys, rows = keys[keep], rows[keep]
         if not keys.size:
             return 0
-        sets, _ = set_and_digest(keys, self.num_sets)
+        sets = set_of(keys, self.num_sets)
         order, seg_sets, offsets = group_by_set(sets)
         seg_keys = np.ascontiguousarray(keys[order])
         seg_rows = np.ascontiguousarray(rows[order])
@@ -324,7 +328,7 @@ class GpuDynamicCache:
             grid, block = (-(-segments * 32 // 128), 1), (128, 1, 1)
             self.device.launch(
                 "dc_replace",
-                "PPPPiPPPPPPiP",
+                REPLACE_ARGS,
                 grid,
                 block,
                 self.stream,
@@ -334,7 +338,6 @@ class GpuDynamicCache:
                 d_o,
                 segments,
                 self.d_keys,
-                self.d_digests,
                 self.d_scores,
                 self.d_hits,
                 self.d_floors,
@@ -359,7 +362,7 @@ class GpuDynamicCache:
                 drv.memcpy_htod_async(d_r, rows, self.stream)
                 self.device.launch(
                     fn,
-                    "PPqPPPIiP",
+                    UPDATE_ARGS,
                     grid,
                     block,
                     self.stream,
@@ -367,7 +370,6 @@ class GpuDynamicCache:
                     d_r,
                     keys.size,
                     self.d_keys,
-                    self.d_digests,
                     self.d_values,
                     self.num_sets,
                     self.dim,
@@ -377,14 +379,13 @@ class GpuDynamicCache:
                 self._fold_hits()  # the removed keys' hits must not stay in their bytes
                 self.device.launch(
                     fn,
-                    "PqPPPPIP",
+                    INVALIDATE_ARGS,
                     grid,
                     block,
                     self.stream,
                     d_k,
                     keys.size,
                     self.d_keys,
-                    self.d_digests,
                     self.d_scores,
                     self.d_hits,
                     self.num_sets,
@@ -420,10 +421,10 @@ class GpuDynamicCache:
         with self._lock, self.device.scope():
             d_out, d_c = self._scratch.get("dump", sets * WAYS * 8), self._scratch.get("count", 16)
             drv.memset_d32_async(d_c, 0, 1, self.stream)
-            grid, block = (-(-sets * 32 // 128), 1), (128, 1, 1)
+            grid, block = (-(-sets * WAYS // 128), 1), (128, 1, 1)  # a thread per slot
             self.device.launch(
                 "dc_dump",
-                "PIIPP",
+                DUMP_ARGS,
                 grid,
                 block,
                 self.stream,
@@ -443,7 +444,6 @@ class GpuDynamicCache:
         slots = self.capacity
         arrays = {
             "keys": np.empty(slots, np.int64),
-            "digests": np.empty(slots, DIGEST_DTYPE),
             "scores": np.empty(slots, np.uint32),
             "floors": np.empty(self.num_sets, np.uint32),
             "values": np.empty(slots * self.dim, np.float32),
@@ -453,14 +453,12 @@ class GpuDynamicCache:
             self.stream.synchronize()
             for name, dev in (
                 ("keys", self.d_keys),
-                ("digests", self.d_digests),
                 ("scores", self.d_scores),
                 ("floors", self.d_floors),
                 ("values", self.d_values),
             ):
                 self.device.drv.memcpy_dtoh(arrays[name], dev)
         arrays["keys"] = arrays["keys"].reshape(self.num_sets, WAYS)
-        arrays["digests"] = arrays["digests"].reshape(self.num_sets, WAYS)
         arrays["scores"] = arrays["scores"].reshape(self.num_sets, WAYS)
         arrays["values"] = arrays["values"].reshape(self.num_sets, WAYS, self.dim)
         return arrays

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import DependencyMissingError
 from ..resources import cuda_dir
-from .placement import DIGEST_BITS, EMPTY_KEY, HIT_SAMPLE_SHIFT, HIT_WEIGHT_CAP, WAYS
+from .placement import EMPTY_KEY, HIT_SAMPLE_SHIFT, HIT_WEIGHT_CAP, WAYS
 
 SOURCES = ("dynamic_cache.cu", "batch_ops.cu", "indexed_table.cu")
 TILE_WIDTHS = (2, 4, 8, 16, 32)
@@ -21,8 +21,7 @@ TILE_WIDTHS = (2, 4, 8, 16, 32)
 
 def kernel_defines() -> dict[str, str]:
     return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS),
-            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT), "HPS_DIGEST_BITS": str(DIGEST_BITS),
-            "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP)}
+            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT), "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP)}
 
 
 def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:

@@ -1,7 +1,6 @@
 """Where a key lives in the dynamic cache, and how big a cache is: shared by GPU and reference.
 
-Bit for bit what cuda/hps_common.cuh computes: ``set = ((mix64(k) >> 32) * num_sets) >> 32`` and
-``digest = mix64(k) & (2**DIGEST_BITS - 1)`` (0 replaced by 1; 0 marks an empty way).
+Bit for bit what cuda/hps_common.cuh computes: ``set = ((mix64(k) >> 32) * num_sets) >> 32``.
 """
 
 from __future__ import annotations
@@ -13,17 +12,15 @@ import numpy as np
 
 from ..hashing import mix64
 
-WAYS = 32  # HPS_WAYS in cuda/hps_common.cuh: one warp holds a set
-# Bits of a way's digest (HPS_DIGEST_BITS): a probe compares the set's digests first and then
-# the key of the first match. 16 bits: another key with the same digest earlier in the set (the
-# probe's wrong guess, whose row must be copied again) is rare (≈ 0.02 % of hits instead of ≈ 5 %
-# with 8 bits); measured faster at dim 128 and no slower at dim 32 (docs/benchmarks.md).
-# HPS_DIGEST_BITS in the environment overrides it (for the kernel study in
-# benchmarks/gpu_query_variants.py).
-DIGEST_BITS = int(os.environ.get("HPS_DIGEST_BITS", "16"))
-if DIGEST_BITS not in (8, 16):
-    raise ValueError(f"HPS_DIGEST_BITS must be 8 or 16, not {DIGEST_BITS}")
-DIGEST_DTYPE = np.uint8 if DIGEST_BITS == 8 else np.uint16
+# Ways per set (HPS_WAYS in the kernels). A set's keys are contiguous, so a probe reads them
+# all at once (8 keys: 64 bytes, one L2 fetch) and compares them: the hit is proven by that one
+# read, with no digests and no second read. Measured on an H100 (docs/benchmarks.md, fifth
+# session): 8 ways took the 1 M-key query at dim 32 from 0.90 to 0.96 of the gather; the Zipf
+# hit rate of 8-way sets is within 0.3 % of 32-way ones. HPS_WAYS in the environment overrides
+# it (4, 8, 16 or 32; for kernel studies, GPU and reference alike).
+WAYS = int(os.environ.get("HPS_WAYS", "8"))
+if WAYS not in (4, 8, 16, 32):
+    raise ValueError(f"HPS_WAYS must be 4, 8, 16 or 32, not {WAYS}")
 EMPTY_KEY = np.iinfo(np.int64).max
 # A hit adds to its slot's score only when the key's sampling hash picks it (1 in HIT_SAMPLE;
 # then it adds HIT_SAMPLE), so most hits cost no atomic write. HPS_HIT_SAMPLE_SHIFT in the
@@ -67,13 +64,20 @@ def counted_hits(keys: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
     return sampled[first], np.minimum(counts, HIT_WEIGHT_CAP)
 
 
-def set_and_digest(keys: np.ndarray, num_sets: int) -> tuple[np.ndarray, np.ndarray]:
-    """(set index int64, digest DIGEST_DTYPE) of each key."""
+def set_of(keys: np.ndarray, num_sets: int) -> np.ndarray:
+    """The set index (int64) of each key."""
     h = mix64(keys)
-    sets = ((h >> np.uint64(32)) * np.uint64(num_sets)) >> np.uint64(32)
-    digest = (h & np.uint64((1 << DIGEST_BITS) - 1)).astype(DIGEST_DTYPE)
-    digest[digest == 0] = 1
-    return sets.astype(np.int64), digest
+    return (((h >> np.uint64(32)) * np.uint64(num_sets)) >> np.uint64(32)).astype(np.int64)
+
+
+# dc_fold_hits reads the hit bytes and scores 16 slots at a time (16-byte loads), so both arrays
+# are allocated padded to a multiple of 16 slots; padding slots never hold a key and stay 0.
+FOLD_GROUP_SLOTS = 16
+
+
+def padded_slots(slots: int) -> int:
+    """Slots of the score and hit-byte arrays of a cache with ``slots`` slots."""
+    return -(-slots // FOLD_GROUP_SLOTS) * FOLD_GROUP_SLOTS
 
 
 def num_sets_for(table_rows: int, gpucacheper: float) -> int:

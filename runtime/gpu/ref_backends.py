@@ -61,7 +61,7 @@ class RefDynamicBackend:
     def snapshot(self) -> dict[str, np.ndarray]:
         with self._lock:
             c = self.cache
-            return {"keys": c.keys.copy(), "digests": c.digests.copy(), "scores": c.scores.copy(),
+            return {"keys": c.keys.copy(), "scores": c.scores.copy(),
                     "floors": c.floors.copy(), "values": c.values.copy()}
 
     def occupancy(self) -> int:

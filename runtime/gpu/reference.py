@@ -10,15 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .placement import (
-    DIGEST_DTYPE,
-    EMPTY_KEY,
-    HIT_SAMPLE,
-    WAYS,
-    counted_hits,
-    query_seed,
-    set_and_digest,
-)
+from .placement import EMPTY_KEY, HIT_SAMPLE, WAYS, counted_hits, query_seed, set_of
 
 
 def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -37,13 +29,12 @@ def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 class RefDynamicCache:
-    """The dynamic cache (cuda/dynamic_cache.cu) in NumPy: ``num_sets`` sets of 32 ways."""
+    """The dynamic cache (cuda/dynamic_cache.cu) in NumPy: ``num_sets`` sets of WAYS ways."""
 
     def __init__(self, num_sets: int, dim: int):
         self.num_sets = int(num_sets)
         self.dim = int(dim)
         self.keys = np.full((self.num_sets, WAYS), EMPTY_KEY, dtype=np.int64)
-        self.digests = np.zeros((self.num_sets, WAYS), dtype=DIGEST_DTYPE)
         self.scores = np.zeros((self.num_sets, WAYS), dtype=np.uint32)
         self.floors = np.zeros(self.num_sets, dtype=np.uint32)
         self.values = np.zeros((self.num_sets, WAYS, self.dim), dtype=np.float32)
@@ -53,27 +44,12 @@ class RefDynamicCache:
     def capacity(self) -> int:
         return self.num_sets * WAYS
 
-    def _find(self, keys: np.ndarray, sets: np.ndarray,
-              digests: np.ndarray | None = None) -> np.ndarray:
-        """The way of each key in its set, -1 when absent.
-
-        Like the kernel: compare digests first (4-8x less data than the keys), confirm the
-        first digest match by key; only keys whose first match was another key compare all 32.
-        """
-        if digests is None:
-            digests = set_and_digest(keys, self.num_sets)[1]
-        rows = np.arange(keys.size)
-        dmatch = self.digests[sets] == digests[:, None]
-        first = np.argmax(dmatch, axis=1)
-        candidate = dmatch[rows, first]
-        confirmed = candidate & (self.keys[sets, first] == keys) & (keys != EMPTY_KEY)
-        way = np.where(confirmed, first, -1)
-        retry = np.flatnonzero(candidate & (way < 0) & (keys != EMPTY_KEY))
-        if retry.size:
-            match = self.keys[sets[retry]] == keys[retry, None]
-            again = np.argmax(match, axis=1)
-            way[retry] = np.where(match[np.arange(retry.size), again], again, -1)
-        return way
+    def _find(self, keys: np.ndarray, sets: np.ndarray) -> np.ndarray:
+        """The way of each key in its set, -1 when absent: like the kernel, every way's key is
+        compared (a key is in at most one way)."""
+        match = (self.keys[sets] == keys[:, None]) & (keys != EMPTY_KEY)[:, None]
+        way = np.argmax(match, axis=1)
+        return np.where(match[np.arange(keys.size), way], way, -1)
 
     def query(self, keys: np.ndarray,
               default_value: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,8 +60,8 @@ class RefDynamicCache:
         GPU adds some of them later (its hit bytes, folded before scores are read): the same
         sums wherever scores are observed."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
-        sets, digests = set_and_digest(keys, self.num_sets)
-        way = self._find(keys, sets, digests)
+        sets = set_of(keys, self.num_sets)
+        way = self._find(keys, sets)
         hit = way >= 0
         slots = sets * WAYS + np.maximum(way, 0)
         out = self.values.reshape(-1, self.dim).take(slots, axis=0)  # one flat gather
@@ -104,7 +80,7 @@ class RefDynamicCache:
         rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(keys.size, self.dim)
         keep = keys != EMPTY_KEY
         keys, rows = keys[keep], rows[keep]
-        sets, digests = set_and_digest(keys, self.num_sets)
+        sets = set_of(keys, self.num_sets)
         order, seg_sets, offsets = group_by_set(sets)
         lengths = np.diff(offsets)
         inserted = 0
@@ -128,7 +104,6 @@ class RefDynamicCache:
             evicting = ~has_empty
             self.floors[s[evicting]] = self.scores[s[evicting], way[evicting]]
             self.keys[s, way] = k
-            self.digests[s, way] = digests[pos]
             self.scores[s, way] = self.floors[s] + np.uint32(1)
             self.values[s, way] = rows[pos]
             inserted += int(new.sum())
@@ -138,7 +113,7 @@ class RefDynamicCache:
         """Overwrite the rows of cached keys (absent keys ignored); returns how many."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(keys.size, self.dim)
-        sets, _ = set_and_digest(keys, self.num_sets)
+        sets = set_of(keys, self.num_sets)
         way = self._find(keys, sets)
         hit = way >= 0
         self.values[sets[hit], way[hit]] = rows[hit]
@@ -147,12 +122,11 @@ class RefDynamicCache:
     def invalidate(self, keys: np.ndarray) -> int:
         """Remove keys (absent keys ignored); returns how many were cached."""
         keys = np.unique(np.ascontiguousarray(keys, dtype=np.int64))
-        sets, _ = set_and_digest(keys, self.num_sets)
+        sets = set_of(keys, self.num_sets)
         way = self._find(keys, sets)
         hit = way >= 0
         s, w = sets[hit], way[hit]
         self.keys[s, w] = EMPTY_KEY
-        self.digests[s, w] = 0
         self.scores[s, w] = 0
         return int(hit.sum())
 
