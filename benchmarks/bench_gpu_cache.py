@@ -18,7 +18,10 @@
 4. Zipf(1.05) key stream with gpucacheper 0.2: steady hit rate vs the ideal (the share of the
    traffic that the top 20 % keys carry).
 Kernel times come from CUDA events (median of many launches, inputs rotated among several
-batches so that repeated runs do not just measure the L2 cache).
+batches so that repeated runs do not just measure the L2 cache), in ROUNDS rounds that alternate
+the kernel and its baseline; a ratio is the median of the rounds' ratios (min and max kept).
+Latencies are ROUNDS rounds of 3,000 lookups; the lookups slower than SLOW_US are listed by
+when they happened, so a burst of host noise shows as such.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from datetime import date
 import numpy as np
 
 WARMUP_LOOKUPS = 1000  # before the latency of 2,000-key lookups is measured
+ROUNDS = 5  # of each kernel timing (median of CUDA-event medians) and of each latency run
+SLOW_US = 200.0  # a lookup slower than this is listed by when it happened (latency runs)
 
 
 def _events_median(device, launch, repeats: int, warmup: int = 5) -> float:
@@ -133,8 +138,9 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
     def query(i):
         q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),
                               with_weights, batch, int(cache.d_keys), int(cache.d_scores),
-                              int(cache.d_hits), int(cache.d_values), cache.num_sets, dim, np.float32(0), int(out), int(mkeys),
-                              int(mpos), int(count), count_hits, query_seed(i))
+                              int(cache.d_hits), int(cache.d_values), cache.num_sets, dim,
+                              np.float32(0), int(out), int(mkeys), int(mpos), int(count),
+                              count_hits, query_seed(i))
 
     def fold_hits(i):
         groups = padded_slots(cache.capacity) // FOLD_GROUP_SLOTS
@@ -160,15 +166,17 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
                 raise AssertionError(f"{launch.__name__} returned wrong rows (dim {dim})")
     drv.memset_d32(count, 0, 1)
     fold_hits(0)  # no byte may hold more than 255: each launch adds at most 1 per slot
-    ms_q = _events_median(device, query, repeats, warmup)
+    # Rounds alternate query, gather and in-place gather; the ratio is the median of the rounds'
+    # ratios, so one round slowed by the host or the card moves it less than a mean would.
+    rounds = {"query": [], "gather": [], "gather_in_place": []}
     misses = np.empty(1, np.uint32)
-    drv.memcpy_dtoh(misses, count)
-    ms_g = _events_median(device, gather, repeats, warmup)
-    ms_s = _events_median(device, gather_in_place, repeats, warmup)
-    fold_hits(0)
-    ms_q2 = _events_median(device, query, repeats, warmup)  # again: the spread of repeated runs
-    ms_g2 = _events_median(device, gather, repeats, warmup)
-    ms_s2 = _events_median(device, gather_in_place, repeats, warmup)
+    for r in range(ROUNDS):
+        rounds["query"].append(_events_median(device, query, repeats, warmup))
+        if r == 0:
+            drv.memcpy_dtoh(misses, count)
+        fold_hits(0)
+        rounds["gather"].append(_events_median(device, gather, repeats, warmup))
+        rounds["gather_in_place"].append(_events_median(device, gather_in_place, repeats, warmup))
     # The fold after HIT_FOLD_EVERY queries' hits (the driver's schedule), each timed alone.
     fold_times = []
     for r in range(8 if count_hits == 2 else 0):
@@ -182,17 +190,21 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
         fold_times.append(end.time_since(start))
     fold_hits(0)
     fold_ms = statistics.median(fold_times) if fold_times else 0.0
-    # Means of the two rounds each, so one noisy round moves a ratio less.
-    q_ms, gd, gs = (ms_q + ms_q2) / 2, (ms_g + ms_g2) / 2, (ms_s + ms_s2) / 2
-    return {"count_hits": count_hits, "misses": int(misses[0]),
-            "query_ms": ms_q, "query_ms_again": ms_q2, "gather_ms": ms_g, "gather_ms_again": ms_g2,
-            "gather_in_place_ms": ms_s, "gather_in_place_ms_again": ms_s2,
+    ratios = [g / q for g, q in zip(rounds["gather"], rounds["query"])]
+    ratios_in_place = [g / q for g, q in zip(rounds["gather_in_place"], rounds["query"])]
+    q_ms, gd = statistics.median(rounds["query"]), statistics.median(rounds["gather"])
+    ratio = statistics.median(ratios)
+    return {"count_hits": count_hits, "misses": int(misses[0]), "rounds": ROUNDS,
+            "query_ms": q_ms, "gather_ms": gd,
+            "gather_in_place_ms": statistics.median(rounds["gather_in_place"]),
+            "round_ms": rounds, "round_ratios": ratios,
             "query_gkeys_per_s": batch / q_ms / 1e6, "gather_gkeys_per_s": batch / gd / 1e6,
             "gather_tb_per_s": batch * (8 + 8 * dim) / gd / 1e9,
-            "throughput_ratio": gd / q_ms, "time_ratio": q_ms / gd,
-            "throughput_ratio_in_place": gs / q_ms, "fold_ms": fold_ms,
+            "throughput_ratio": ratio, "time_ratio": 1 / ratio,
+            "throughput_ratio_min": min(ratios), "throughput_ratio_max": max(ratios),
+            "throughput_ratio_in_place": statistics.median(ratios_in_place), "fold_ms": fold_ms,
             "fold_every": HIT_FOLD_EVERY if count_hits == 2 else None,
-            "throughput_ratio_with_fold": gd / (q_ms + fold_ms / HIT_FOLD_EVERY)}
+            "throughput_ratio_with_fold": 1 / (1 / ratio + fold_ms / HIT_FOLD_EVERY / gd)}
 
 
 def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
@@ -322,22 +334,45 @@ def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: 
     batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
     # warm-up: compile, allocate, fill the pinned pool, and let the host and the card settle
     # into a steady state (the first thousand lookups of a fresh process vary by ±30 µs)
-    for i in range(WARMUP_LOOKUPS):
-        cache.lookup(batches[i % 64])
-    lat = []
-    for i in range(iterations):
-        keys = batches[i % 64]
-        t0 = time.perf_counter()
-        out = cache.lookup(keys)
-        lat.append((time.perf_counter() - t0) * 1e6)
-        del out
+    timing = _latency_rounds(cache.lookup, batches, iterations)
     check = cache.lookup(batches[0])
     assert np.array_equal(check, synthetic_vectors(batches[0], dim)), "wrong vectors"
-    lat = np.array(lat)
-    return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations,
-            "p50_us": float(np.percentile(lat, 50)), "p90_us": float(np.percentile(lat, 90)),
-            "p99_us": float(np.percentile(lat, 99)), "max_us": float(lat.max()),
+    return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations, **timing,
             "misses": cache.stats()["misses"]}
+
+
+def _latency_rounds(call, batches, iterations: int, rounds: int = ROUNDS) -> dict:
+    """Latency of ``call(batch)`` after WARMUP_LOOKUPS: ``rounds`` rounds of ``iterations``
+    calls, percentiles per round and over all, and when the lookups over SLOW_US happened (ms
+    from the start), so a burst (the host busy for a while) can be told from a steady tail."""
+    import gc
+
+    for i in range(WARMUP_LOOKUPS):
+        call(batches[i % len(batches)])
+    gen2_before = gc.get_stats()[2]["collections"]
+    start = time.perf_counter()
+    per_round, runs, slow = [], [], []
+    for _ in range(rounds):
+        lat = np.empty(iterations)
+        for i in range(iterations):
+            t0 = time.perf_counter()
+            out = call(batches[i % len(batches)])
+            lat[i] = (time.perf_counter() - t0) * 1e6
+            del out
+            if lat[i] > SLOW_US:
+                slow.append(round((t0 - start) * 1e3, 1))
+        runs.append(lat)
+        per_round.append({q: float(np.percentile(lat, v)) for q, v in
+                          (("p50_us", 50), ("p90_us", 90), ("p99_us", 99))}
+                         | {"max_us": float(lat.max())})
+    lat = np.concatenate(runs)
+    return {"rounds": rounds, "p50_us": float(np.percentile(lat, 50)),
+            "p90_us": float(np.percentile(lat, 90)), "p99_us": float(np.percentile(lat, 99)),
+            "max_us": float(lat.max()), "per_round": per_round,
+            "round_p99_us": [r["p99_us"] for r in per_round],
+            "slow_lookups": len(slow), "slow_at_ms": slow[:300],
+            "wall_ms": (time.perf_counter() - start) * 1e3,
+            "gen2_collections": gc.get_stats()[2]["collections"] - gen2_before}
 
 
 def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
@@ -363,21 +398,11 @@ def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
         cached = cache.backend.dump()  # prefilled at start-up
         rng = np.random.default_rng(2)
         batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
-        for i in range(WARMUP_LOOKUPS):
-            hps.lookup(batches[i % 64], "m", "t")
-        lat = []
-        for i in range(iterations):
-            t0 = time.perf_counter()
-            out = hps.lookup(batches[i % 64], "m", "t")
-            lat.append((time.perf_counter() - t0) * 1e6)
-            del out
+        timing = _latency_rounds(lambda keys: hps.lookup(keys, "m", "t"), batches, iterations)
         ok = np.array_equal(hps.lookup(batches[0], "m", "t"), synthetic_vectors(batches[0], dim))
         stats = cache.stats()
-    lat = np.array(lat)
     return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations, "exact": bool(ok),
-            "prefilled_keys": int(cached.size), "cache_misses": stats["misses"],
-            "p50_us": float(np.percentile(lat, 50)), "p90_us": float(np.percentile(lat, 90)),
-            "p99_us": float(np.percentile(lat, 99)), "max_us": float(lat.max())}
+            "prefilled_keys": int(cached.size), "cache_misses": stats["misses"], **timing}
 
 
 def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2000,
@@ -516,7 +541,8 @@ def main() -> None:
     for label, rows in (("", result["query_1M"]), (" half full", result["query_1M_half_full"])):
         for r in rows:
             print(f"query 1M{label} dim{r['dim']}: {r['throughput_ratio']:.3f}x gather "
-                  f"({r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
+                  f"(rounds {r['throughput_ratio_min']:.3f}-{r['throughput_ratio_max']:.3f}; "
+                  f"{r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
                   f"{r['throughput_ratio_in_place']:.3f}x; with the fold "
                   f"{r['throughput_ratio_with_fold']:.3f}x, fold {r['fold_ms'] * 1e3:.1f} us "
                   f"per {r['fold_every']} queries; {r['cached_keys']} keys in "
@@ -540,12 +566,16 @@ def main() -> None:
     q16 = result["query_16K"]
     print(f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms']*1e3:.1f} vs "
           f"{q16['gather_ms']*1e3:.1f} us)", file=sys.stderr)
-    e2e = result["end_to_end_2000"]
-    print(f"end to end 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us",
-          file=sys.stderr)
-    e2e = result["end_to_end_hps_lookup_2000"]
-    print(f"HPS.lookup 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
-          f"(exact {e2e['exact']}, misses {e2e['cache_misses']})", file=sys.stderr)
+    for key, label in (("end_to_end_2000", "EmbeddingCache.lookup"),
+                       ("end_to_end_hps_lookup_2000", "HPS.lookup")):
+        e2e = result[key]
+        rounds = ", ".join(f"{p:.0f}" for p in e2e["round_p99_us"])
+        print(f"{label} 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
+              f"(p99 by round: {rounds}; {e2e['slow_lookups']} over {SLOW_US:.0f} us"
+              + (f", first at {e2e['slow_at_ms'][0]:.0f} ms, last at {e2e['slow_at_ms'][-1]:.0f}"
+                 f" ms of {e2e['wall_ms']:.0f}" if e2e["slow_lookups"] else "")
+              + (f"; exact {e2e['exact']}, misses {e2e['cache_misses']}" if "exact" in e2e else "")
+              + ")", file=sys.stderr)
     z = result["zipf"]
     print(f"zipf hit rate {z['steady_hit_rate']:.4f} vs ideal {z['ideal_hit_rate']:.4f} "
           f"({z['ratio_to_ideal']:.3f})", file=sys.stderr)

@@ -60,10 +60,9 @@ def build_state(ways: int, num_sets: int, cached: int, dim: int, rng):
 
 
 def compile_variant(device, ways: int, count: int, sequential: int):
-    from pycuda.compiler import SourceModule
-
     from hps_cli.runtime.gpu.kernels import cache_dir, nvcc_flags
     from hps_cli.runtime.resources import cuda_dir
+    from pycuda.compiler import SourceModule
 
     defines = {"STUDY_WAYS": str(ways), "STUDY_COUNT": str(count),
                "STUDY_SEQUENTIAL": str(sequential)}
@@ -155,7 +154,7 @@ def main() -> None:
                 prod = kernel_vs_gather(device, dim, big, big, slots)
                 row = {"dim": dim, "fill": fill, "production_32way": prod["throughput_ratio"]}
                 states = {}
-                for name, (ways, count, seq) in chosen.items():
+                for name, (ways, _count, _sequential) in chosen.items():
                     rng = np.random.default_rng(dim * 7 + ways)
                     if ways not in states:
                         states.clear()

@@ -5,20 +5,32 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
-
 from hps_cli.runtime.errors import CapacityError, InvalidInputError
 from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
-from hps_cli.runtime.gpu.placement import (EMPTY_KEY, HIT_SAMPLE, WAYS, num_sets_for, query_seed,
-                                            sampled_hits, set_of, tile_width)
+from hps_cli.runtime.gpu.placement import (
+    EMPTY_KEY,
+    HIT_SAMPLE,
+    WAYS,
+    num_sets_for,
+    query_seed,
+    sampled_hits,
+    set_of,
+    tile_width,
+)
 from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend, RefIndexedBackend
-from hps_cli.runtime.hashing import mix64
-from hps_cli.runtime.gpu.reference import (RefDynamicCache, group_by_set, ref_dedup, ref_gather,
-                                           ref_scatter)
+from hps_cli.runtime.gpu.reference import (
+    RefDynamicCache,
+    group_by_set,
+    ref_dedup,
+    ref_gather,
+    ref_scatter,
+)
 from hps_cli.runtime.gpu.workspace import WorkerPool
+from hps_cli.runtime.hashing import mix64
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 
 class SpecCache:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from hps_cli.runtime.gpu.placement import WAYS
 
 pytestmark = pytest.mark.gpu

@@ -11,12 +11,16 @@ import re
 import struct
 
 import pytest
-
-from hps_cli.runtime.gpu.gpu_dynamic import (DUMP_ARGS, INVALIDATE_ARGS, PUBLISHED_QUERY_ARGS,
-                                             QUERY_ARGS, REPLACE_ARGS, UPDATE_ARGS)
-from hps_cli.runtime.gpu.kernels import TILE_WIDTHS
+from hps_cli.runtime.gpu.gpu_dynamic import (
+    DUMP_ARGS,
+    INVALIDATE_ARGS,
+    PUBLISHED_QUERY_ARGS,
+    QUERY_ARGS,
+    REPLACE_ARGS,
+    UPDATE_ARGS,
+)
 from hps_cli.runtime.gpu.gpu_indexed import INDEXED_QUERY_ARGS
-from hps_cli.runtime.gpu.kernels import Launcher
+from hps_cli.runtime.gpu.kernels import TILE_WIDTHS, Launcher
 from hps_cli.runtime.resources import cuda_dir
 
 # C parameter types of the kernels -> struct codes (pointers are "P" whatever they point to)

@@ -21,7 +21,8 @@ TILE_WIDTHS = (2, 4, 8, 16, 32)
 
 def kernel_defines() -> dict[str, str]:
     return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS),
-            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT), "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP)}
+            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT),
+            "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP)}
 
 
 def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:
