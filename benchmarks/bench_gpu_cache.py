@@ -6,11 +6,11 @@
    that copies the same rows by known index (the physical floor): throughput ratio. The cache
    is full, as a serving cache is once warm and as HPS sizes it (gpucacheper ≤ 1: slots ≤ table
    rows): 1 M keys inserted into 1 M slots, of which the 8-way sets keep about 900 K (a key
-   whose set is full evicts another); the query draws
-   its 1 M keys uniformly from the cached ones. ``query_1M_half_full`` repeats it with 1 M keys
-   in 2 M slots (the protocol of the first two GPU sessions). The query
-   runs as a 1 M-key lookup runs it (unique keys with their occurrence counts, hits into the hit
-   bytes); the fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is
+   whose set is full evicts another); the query's 1 M keys are a shuffled pass over the cached
+   ones, continued to 1 M (each key at most twice; until the fifth session they were drawn with
+   replacement). ``query_1M_half_full`` repeats it with 1 M keys in 2 M slots (the protocol of
+   the first two GPU sessions). The query runs as a 1 M-key lookup runs it (occurrence counts
+   passed as weights, here 1, hits into the hit bytes); the fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is
    timed too and its share added in ``throughput_ratio_with_fold``.
 2. 16K keys, dim 128: query time vs gather time.
 3. End to end from Python: 2,000 host keys -> host vectors, dim 128, all hits (the cache API a
@@ -94,8 +94,14 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
     expected = None
     with device.scope():
         table = device.to_device(synthetic_vectors(present, dim))  # the same rows, dense
+        # No hit byte may pass 255 between folds (one per timing round): a launch adds at most
+        # a key's occurrences in its batch (weights are 1, hits counted into the hit bytes).
+        assert (repeats + warmup) * -(-batch // present.size) <= 255, "hit bytes would overflow"
         for r in range(rotations):
-            idx = rng.integers(0, present.size, batch).astype(np.int64)
+            # Uniform over the cached keys, each at most ceil(batch / cached) times (a shuffled
+            # pass over them, continued): close to the unique keys a de-duplicated lookup passes,
+            # and a bound on what one launch adds to a hit byte.
+            idx = rng.permutation(np.resize(rng.permutation(present.size), batch)).astype(np.int64)
             if r == 0 and check:
                 expected = synthetic_vectors(present[idx], dim)
             batches.append(device.to_device(present[idx]))
@@ -165,7 +171,7 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
             if not np.array_equal(got, expected):
                 raise AssertionError(f"{launch.__name__} returned wrong rows (dim {dim})")
     drv.memset_d32(count, 0, 1)
-    fold_hits(0)  # no byte may hold more than 255: each launch adds at most 1 per slot
+    fold_hits(0)  # a fold after every query round: see kernel_variants for the bound
     # Rounds alternate query, gather and in-place gather; the ratio is the median of the rounds'
     # ratios, so one round slowed by the host or the card moves it less than a mean would.
     rounds = {"query": [], "gather": [], "gather_in_place": []}
@@ -220,12 +226,13 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
         GpuDynamicCache,
     )
     from hps_cli.runtime.gpu.pinned import mapped_empty
+    from hps_cli.runtime.gpu.placement import WAYS
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     drv = device.drv
     rng = np.random.default_rng(4)
     keys = rng.choice(10**12, 100_000, replace=False).astype(np.int64)
-    cache = GpuDynamicCache(device, 100_000 * 2 // 32, dim)
+    cache = GpuDynamicCache(device, 100_000 * 2 // WAYS, dim)
     cache.replace(keys, synthetic_vectors(keys, dim))
     cached = cache.dump()
     batch = cached[:keys_per_lookup].copy()
@@ -288,11 +295,12 @@ def route_by_size(device, dim: int = 128, sizes=(2000, 8192, 16384, 32768, 65535
     MAPPED_RESULT_MAX_BYTES: the routes alternate round by round in one process."""
     from hps_cli.runtime.gpu import transfers
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
+    from hps_cli.runtime.gpu.placement import WAYS
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(5)
     keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
-    cache = GpuDynamicCache(device, 200_000 * 2 // 32, dim)
+    cache = GpuDynamicCache(device, 200_000 * 2 // WAYS, dim)
     cache.replace(keys, synthetic_vectors(keys, dim))
     cached = cache.dump()
     saved = transfers.MAPPED_RESULT_MAX_BYTES
@@ -322,11 +330,12 @@ def route_by_size(device, dim: int = 128, sizes=(2000, 8192, 16384, 32768, 65535
 def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000) -> dict:
     from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
+    from hps_cli.runtime.gpu.placement import WAYS
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(0)
     table_keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
-    cache = EmbeddingCache(GpuDynamicCache(device, 200_000 * 2 // 32, dim),
+    cache = EmbeddingCache(GpuDynamicCache(device, 200_000 * 2 // WAYS, dim),
                            fetch=lambda k: synthetic_vectors(k, dim), hit_rate_threshold=1.0,
                            default_value=0.0)
     cache.backend.replace(table_keys, synthetic_vectors(table_keys, dim))
@@ -366,11 +375,12 @@ def _latency_rounds(call, batches, iterations: int, rounds: int = ROUNDS) -> dic
                           (("p50_us", 50), ("p90_us", 90), ("p99_us", 99))}
                          | {"max_us": float(lat.max())})
     lat = np.concatenate(runs)
-    return {"rounds": rounds, "p50_us": float(np.percentile(lat, 50)),
+    return {"rounds": rounds, "lookups": int(lat.size), "p50_us": float(np.percentile(lat, 50)),
             "p90_us": float(np.percentile(lat, 90)), "p99_us": float(np.percentile(lat, 99)),
             "max_us": float(lat.max()), "per_round": per_round,
             "round_p99_us": [r["p99_us"] for r in per_round],
-            "slow_lookups": len(slow), "slow_at_ms": slow[:300],
+            "slow_lookups": len(slow),
+            "slow_at_ms": slow if len(slow) <= 300 else slow[:150] + slow[-150:],
             "wall_ms": (time.perf_counter() - start) * 1e3,
             "gen2_collections": gc.get_stats()[2]["collections"] - gen2_before}
 

@@ -4,7 +4,8 @@ the 1 M-key query to >= 0.9x the gather at dim 32 on a half-full cache?
 Builds the cache state on the host (keys placed into sets of STUDY_WAYS ways in batch order; a
 key whose set is full is dropped, as an eviction would), times `study_query`
 (benchmarks/study_key_sets.cu) against `gather_rows` over the same rows in the same process,
-and, for reference, the production `dc_query` on its own 32-way cache (bench_gpu_cache).
+and, for reference, the production `dc_query` on its own cache (bench_gpu_cache; 32-way sets
+with digests when this study ran, placement.WAYS ways since).
 
     python benchmarks/study_key_sets.py --out study.json
 """
@@ -152,7 +153,7 @@ def main() -> None:
         for dim in (int(d) for d in args.dims.split(",")):
             for fill, slots in (("full", big), ("half", 2 * big)):
                 prod = kernel_vs_gather(device, dim, big, big, slots)
-                row = {"dim": dim, "fill": fill, "production_32way": prod["throughput_ratio"]}
+                row = {"dim": dim, "fill": fill, "production": prod["throughput_ratio"]}
                 states = {}
                 for name, (ways, _count, _sequential) in chosen.items():
                     rng = np.random.default_rng(dim * 7 + ways)
@@ -163,7 +164,7 @@ def main() -> None:
                                      big, rng)
                     row[name] = r
                     print(f"dim {dim} {fill:4s} {name:16s} ratio {r['throughput_ratio']:.3f} "
-                          f"(cached {r['cached_keys']}, regs {r['regs']}; production 32-way "
+                          f"(cached {r['cached_keys']}, regs {r['regs']}; production "
                           f"{prod['throughput_ratio']:.3f})", file=sys.stderr)
                 result["rows"].append(row)
     if args.out:

@@ -256,9 +256,9 @@ extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
   }
 }
 
-// Add the hit bytes into the scores and clear them: thread t takes slots [16t, 16t + 16) (the
-// slot count is a multiple of 32) with 16-byte loads and stores. Only words with hits are
-// written back.
+// Add the hit bytes into the scores and clear them: thread t takes slots [16t, 16t + 16) (both
+// arrays are padded to a multiple of 16 slots) with 16-byte loads and stores. Only words with
+// hits are written back.
 extern "C" __global__ void dc_fold_hits(uint4* __restrict__ hits, uint4* __restrict__ scores,
                                         int64_t groups) {
   for (int64_t g = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; g < groups;

@@ -173,13 +173,6 @@ __device__ __forceinline__ void store_row4(float4* p, float4 v) {
 #endif
 }
 
-// Rewrite output row `row` of a warp's block (used when a probe guessed wrong): all lanes copy.
-__device__ __forceinline__ void warp_copy_one_row(const cg::thread_block_tile<32>& warp,
-                                                  const float* src, float* __restrict__ out,
-                                                  int dim, float fill) {
-  for (int c = warp.thread_rank(); c < dim; c += 32) out[c] = src ? src[c] : fill;
-}
-
 // Copy the rows of a warp's block of (up to) 32·K keys: row r comes from src[r / 32] of lane
 // r % 32 (nullptr: fill with `fill`); the output rows are contiguous at `out` (rows × dim floats).
 // Lanes walk the output block flat — consecutive lanes write consecutive 16-byte words, so

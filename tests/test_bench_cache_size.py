@@ -22,7 +22,7 @@ import json
 
 import numpy as np
 import pytest
-from hps_cli.runtime.gpu.placement import EMPTY_KEY, num_sets_for
+from hps_cli.runtime.gpu.placement import EMPTY_KEY, WAYS, num_sets_for
 from hps_cli.runtime.resources import load_schema
 from jsonschema import Draft202012Validator
 
@@ -52,7 +52,7 @@ def plain_mix64(key: int) -> int:
 
 
 class PlainLfuDa:
-    WAYS, SAMPLE = 8, 4
+    WAYS, SAMPLE = WAYS, 4  # the runtime's ways (8 unless HPS_WAYS says otherwise)
     LARGE_BATCH, CAP = 65536, 15  # a large batch counts a key's hits at most CAP times
 
     def __init__(self, num_sets: int):
@@ -154,9 +154,9 @@ def test_large_batches_cap_counted_hits_in_both_models(rng):
 
 def test_replay_without_evictions_equals_the_trace_bound(rng):
     stream = _skewed_stream(rng, 3000, 300)
-    num_sets = 256  # 2048 slots for 300 distinct keys
+    num_sets = 2048 // WAYS  # 2048 slots for 300 distinct keys
     sets = [((plain_mix64(int(k)) >> 32) * num_sets) >> 32 for k in np.unique(stream)]
-    assert max(np.bincount(sets)) <= 8, "a set overflows: pick another seed"
+    assert max(np.bincount(sets)) <= WAYS, "a set overflows: pick another seed"
     batch, warmup = 16, 4
     seen, hits, counted = set(), 0, 0
     for index, start in enumerate(range(0, stream.size, batch)):
@@ -176,21 +176,26 @@ def test_gpucacheper_for_sets_is_the_smallest_giving_those_sets():
             p = gpucacheper_for_sets(sets, rows)
             assert num_sets_for(rows, p) == sets
             if sets > fewest:  # the first slot of the set: one slot less is one set less
-                first = 8 * (sets - 1) + 1
+                first = WAYS * (sets - 1) + 1
                 assert first / rows <= p <= first / rows + 1e-6
                 assert num_sets_for(rows, (first - 1) / rows) == sets - 1
 
 
 def test_memory_formula():
-    # 10 sets = 80 slots of dim 64: keys 8 per slot; scores 4 and hit bytes 1 per slot, both
+    # sets × WAYS slots of dim 64: keys 8 per slot; scores 4 and hit bytes 1 per slot, both
     # allocated in groups of 16 slots; the rows; one 4-byte aging floor per set.
-    assert cache_memory_bytes(10, 64) == 80 * 8 + 80 * 4 + 80 + 80 * 64 * 4 + 10 * 4
-    assert cache_memory_bytes(10, 64) == 21_560
-    # 11 sets = 88 slots: scores and hit bytes for 96
-    assert cache_memory_bytes(11, 64) == 88 * 8 + 96 * 5 + 88 * 64 * 4 + 11 * 4 == 23_756
-    assert cache_memory_bytes(12_500, 128) == 100_000 * (13 + 512) + 50_000
+    for sets in (10, 11, 12_500):
+        slots = sets * WAYS
+        padded = -(-slots // 16) * 16
+        assert cache_memory_bytes(sets, 64) == slots * 8 + padded * 5 + slots * 64 * 4 + sets * 4
+    if WAYS == 8:  # the default, written out
+        assert cache_memory_bytes(10, 64) == 80 * 8 + 80 * 4 + 80 + 80 * 64 * 4 + 10 * 4 == 21_560
+        # 11 sets = 88 slots: scores and hit bytes for 96
+        assert cache_memory_bytes(11, 64) == 88 * 8 + 96 * 5 + 88 * 64 * 4 + 11 * 4 == 23_756
+        assert cache_memory_bytes(12_500, 128) == 100_000 * (13 + 512) + 50_000
 
 
+@pytest.mark.skipif(WAYS != 8, reason="stream and target chosen for 8-way sets (HPS_WAYS)")
 def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):
     rows = 800  # at most 100 sets: the bisection resolves to one set
     stream = _skewed_stream(rng, 20_000, rows)

@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 from hps_cli.runtime.errors import ExitCode, InvalidInputError
+from hps_cli.runtime.gpu.placement import WAYS, num_sets_for
 from hps_cli.runtime.resources import load_schema
 from jsonschema import Draft202012Validator
 from runtime_configs import make_tables, ps_config
@@ -84,7 +85,10 @@ def test_cached_lookup_report(cached_config):
     check_consistent(report, tables=2)
     assert [r["batch_size"] for r in report["rows"]] == [32, 512]
     assert [t["cache"]["backend"] for t in report["tables"]] in (["reference"] * 2, ["gpu"] * 2)
-    assert report["tables"][0]["cache"]["capacity"] == 2000  # 0.1 x 20,000 -> 250 sets of 8
+    # 0.1 x 20,000 = 2,000 slots, in whole sets (250 of 8 ways by default)
+    capacity = report["tables"][0]["cache"]["capacity"]
+    assert capacity == num_sets_for(20_000, 0.1) * WAYS
+    assert capacity == 2000 or WAYS != 8
     for row in report["rows"]:
         c = row["counts"]
         # with a cache every key is a hit or a miss, and misses are answered by the tiers

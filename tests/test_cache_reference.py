@@ -161,8 +161,8 @@ def test_placement_matches_the_kernel_formulas():
     assert ((sets >= 0) & (sets < 1000)).all()
     hashed = [int(h) for h in mix64(keys)]
     assert sets.tolist() == [((h >> 32) * 1000) >> 32 for h in hashed]  # hps_common.cuh set_of
-    assert WAYS == 8
-    assert num_sets_for(1000, 0.2) == 25 and num_sets_for(10, 0.5) == 8  # at least 64 slots
+    # 200 slots; at least 64 slots
+    assert num_sets_for(1000, 0.2) == -(-200 // WAYS) and num_sets_for(10, 0.5) == 64 // WAYS
     assert [tile_width(d) for d in (1, 8, 16, 32, 64, 128)] == [2, 2, 4, 8, 16, 16]
 
 
@@ -301,6 +301,23 @@ def test_prefill_hottest_first_by_meta(tmp_path, tiers):
                                       expected)
 
 
+def test_prefill_keeps_the_hottest_of_a_full_set_when_every_row_fits(tmp_path, tiers):
+    """As many slots as rows: sets still overflow, and each keeps its hottest rows."""
+    keys = np.arange(5000, 5000 + 16 * WAYS, dtype=np.int64)
+    meta = np.random.default_rng(4).permutation(keys.size).astype(np.int64)
+    write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8), meta)
+    cache = _cache(tiers, 1.0, sets=16)  # 16 × WAYS slots: every row "fits"
+    with TableReader(tmp_path / "t") as reader:
+        cache.prefill(reader)
+    cached = cache.backend.dump()
+    sets = set_of(keys, 16)
+    assert np.bincount(sets, minlength=16).max() > WAYS  # some set overflows
+    for s in range(16):
+        in_set = np.flatnonzero(sets == s)
+        hottest = keys[in_set[np.argsort(meta[in_set])][-WAYS:]]
+        np.testing.assert_array_equal(np.sort(cached[set_of(cached, 16) == s]), np.sort(hottest))
+
+
 def test_prefill_in_file_order_without_meta(tmp_path, tiers):
     keys = np.arange(500, dtype=np.int64)
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8))
@@ -356,13 +373,26 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
     assert steady >= 0.95 * ideal, (steady, ideal)
 
 
-def _run_with_ways(ways: str, code: str):
+def _run_with_ways(ways: str | None, code: str):
     import os
     import subprocess
     import sys
 
-    env = {**os.environ, "HPS_WAYS": ways}
+    env = {k: v for k, v in os.environ.items() if k != "HPS_WAYS"}
+    if ways is not None:
+        env["HPS_WAYS"] = ways
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+
+
+def test_sets_have_eight_ways_by_default():
+    code = """
+from hps_cli.runtime.gpu.kernels import kernel_defines
+from hps_cli.runtime.gpu.placement import WAYS
+assert WAYS == 8 and kernel_defines()["HPS_WAYS"] == "8"
+print("ok")
+"""
+    res = _run_with_ways(None, code)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
 def test_ways_switch_placement_reference_and_kernel_flags_together():

@@ -229,15 +229,17 @@ class EmbeddingCache:
 
     def prefill(self, reader: TableReader, limit: int | None = None,
                 chunk_rows: int = 1 << 18) -> int:
-        """Fill the dynamic cache at start-up: the hottest rows first when the table has
-        ``meta`` frequencies, else the first rows in file order. Returns keys inserted."""
+        """Fill the dynamic cache at start-up: the hottest rows when the table has ``meta``
+        frequencies, else the first rows in file order. Returns keys inserted."""
         if not self.dynamic:
             return 0
         limit = min(reader.num_keys, self.backend.capacity if limit is None else limit)
         if limit <= 0:
             return 0
         inserted = 0
-        if reader.has_meta and limit < reader.num_keys:
+        # With meta even when every row fits: sets are small, so some overflow, and the order
+        # decides which of their rows stay.
+        if reader.has_meta:
             # Coldest first: where more of these rows share a set than it has ways, each later
             # key evicts an earlier one (every prefilled key has the same score), so the
             # hottest must come last to be the ones that stay.
