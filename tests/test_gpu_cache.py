@@ -141,6 +141,26 @@ def test_hit_bytes_fold_into_the_scores_exactly(device, extra_sets):
     _same_state(gpu, ref)
 
 
+def test_close_frees_the_device_memory_at_once_and_later_use_raises(device):
+    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
+
+    drv = device.drv
+    with device.scope():
+        drv.Context.synchronize()
+        before = drv.mem_get_info()[0]
+        cache = GpuDynamicCache(device, (1 << 20) // WAYS, 64)  # 256 MiB of rows
+        cache.replace(np.arange(1000), np.ones((1000, 64), np.float32))
+        cache.query(np.arange(2000), 0.0).finish(None)
+        assert drv.mem_get_info()[0] < before - (200 << 20)
+        cache.close()
+        cache.close()  # idempotent
+        assert drv.mem_get_info()[0] > before - (16 << 20)  # back, before any collection
+    for call in (lambda: cache.query(np.arange(3)), lambda: cache.replace(np.arange(3), np.ones(
+            (3, 64), np.float32)), lambda: cache.dump(), lambda: cache.invalidate(np.arange(3))):
+        with pytest.raises(RuntimeError, match="closed"):
+            call()
+
+
 def test_count_unique(device):
     gpu, _ = _pair(device, 4, 4)
     keys = np.random.default_rng(3).integers(0, 10_000, 50_000)

@@ -272,6 +272,45 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
     base.close()
 
 
+class _ClosingBackend(_RecordingBackend):
+    """Logs inserts (slowly, so background ones are still queued at shutdown) and close."""
+
+    def replace(self, keys, rows):
+        import time
+
+        time.sleep(0.02)
+        self._log.append(("replace", self._name))
+        return self._backend.replace(keys, rows)
+
+    def close(self):
+        self._log.append(("close", self._name))
+        close = getattr(self._backend, "close", None)
+        if close is not None:
+            close()
+
+
+def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path, tables, backend):
+    """HPS.close: refreshes stop, queued background inserts run into open caches, and only then
+    each cache's device memory is freed (once)."""
+    log: list = []
+    base = EmbeddingCacheFactory(prefill=False)
+
+    def factory(model, table_id, device_id, tiers):
+        cache = base(model, table_id, device_id, tiers)
+        cache.backend = _ClosingBackend(cache.backend, model.embedding_table_names[table_id], log)
+        return cache
+
+    factory.close = base.close  # HPS closes the factory it was given
+    doc = ps_config(tables, DIMS, hit_rate_threshold=0.0)  # misses inserted in the background
+    with HPS(doc, cache_factory=factory) as hps:
+        for start in range(0, 400, 50):
+            hps.lookup(np.arange(start, start + 50), "m", "users")
+    closes = [i for i, event in enumerate(log) if event[0] == "close"]
+    inserts = [i for i, event in enumerate(log) if event[0] == "replace"]
+    assert len(inserts) == 8 and len(closes) == 2  # every insert ran; each table closed once
+    assert max(inserts) < min(closes)
+
+
 def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(tmp_path, tables,
                                                                              monkeypatch):
     monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")

@@ -99,8 +99,14 @@ class EmbeddingCacheFactory:
             self._inserter.flush()
 
     def close(self) -> None:
+        """Stop refreshes, finish the background insertions, then free every cache's device
+        memory (in that order: an insertion still queued needs its cache)."""
         for cache in self.caches:
             cache.close()
         if self._inserter is not None:
             self._inserter.close()
             self._inserter = None
+        for cache in self.caches:
+            release = getattr(cache.backend, "close", None)
+            if release is not None:
+                release()

@@ -80,6 +80,7 @@ class GpuDynamicCache:
         self._hits_lock = threading.Lock()
         self._unfolded = 0
         self._workspaces: dict[int, Scratch] = {}
+        self._closed = False
         # The hot path's launch: every cache argument as a plain int, packed once per call.
         self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
         self._published_query_kernel = device.launcher("dc_query_published",
@@ -95,6 +96,29 @@ class GpuDynamicCache:
     @property
     def capacity(self) -> int:
         return self.num_sets * WAYS
+
+    def close(self) -> None:
+        """Free the device and pinned memory now (idempotent; any later operation raises).
+        Left to the garbage collector, it could be freed on a thread without the device's
+        context, where PyCUDA can only warn and leak it."""
+        with self._lock, self._hits_lock, self.device.scope():
+            if self._closed:
+                return
+            self._closed = True
+            self.stream.synchronize()
+            for buf in (self.d_keys, self.d_scores, self.d_hits, self.d_floors,
+                        self.d_query_counter, self.d_values):
+                buf.free()
+            self._scratch.free()
+            for ws in self._workspaces.values():
+                ws.free()
+            self._workspaces.clear()
+            self.stream = None  # destroyed here, where the context is current
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError(f"this GPU cache ({self.num_sets} sets of dim {self.dim}) was "
+                               "closed")
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -203,6 +227,7 @@ class GpuDynamicCache:
         """Queue a lookup of host keys and return at once; ``wait()`` gives its PendingLookup.
         Workspace ``slot`` stays in use until then. (A de-duplicated lookup is waited for
         here: it needs the unique count before it can launch the query.)"""
+        self._check_open()
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.size >= DEDUP_MIN_KEYS:
             return Launched.done(self._query_dedup(keys, default_value, slot))
@@ -289,6 +314,7 @@ class GpuDynamicCache:
 
     def count_unique(self, keys: np.ndarray, slot: int = 0) -> int:
         """Distinct keys in a batch (HPS's hit rate is over unique keys)."""
+        self._check_open()
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.size == 0:
             return 0
@@ -314,6 +340,7 @@ class GpuDynamicCache:
         seg_rows = np.ascontiguousarray(rows[order])
         drv = self.device.drv
         with self._lock, self.device.scope():
+            self._check_open()
             self._fold_hits()  # victims are chosen by score
             s = self._scratch
             d_k, d_r = s.get("keys", seg_keys.nbytes), s.get("rows", seg_rows.nbytes)
@@ -351,6 +378,7 @@ class GpuDynamicCache:
     def _per_key(self, name: str, keys: np.ndarray, rows: np.ndarray | None) -> int:
         drv = self.device.drv
         with self._lock, self.device.scope():
+            self._check_open()
             s = self._scratch
             d_k, d_c = s.get("keys", keys.nbytes), s.get("count", HEAD_BYTES)
             drv.memcpy_htod_async(d_k, keys, self.stream)
@@ -419,6 +447,7 @@ class GpuDynamicCache:
             return np.empty(0, np.int64)
         drv = self.device.drv
         with self._lock, self.device.scope():
+            self._check_open()
             d_out, d_c = self._scratch.get("dump", sets * WAYS * 8), self._scratch.get("count", 16)
             drv.memset_d32_async(d_c, 0, 1, self.stream)
             grid, block = (-(-sets * WAYS // 128), 1), (128, 1, 1)  # a thread per slot
@@ -449,6 +478,7 @@ class GpuDynamicCache:
             "values": np.empty(slots * self.dim, np.float32),
         }
         with self._lock, self.device.scope():
+            self._check_open()
             self._fold_hits()  # scores as the reference has them
             self.stream.synchronize()
             for name, dev in (
@@ -467,6 +497,7 @@ class GpuDynamicCache:
         """Slots in use (copies only the keys array back: cheap enough for a metrics scrape)."""
         keys = np.empty(self.capacity, np.int64)
         with self._lock, self.device.scope():
+            self._check_open()
             self.stream.synchronize()
             self.device.drv.memcpy_dtoh(keys, self.d_keys)
         return int(np.count_nonzero(keys != EMPTY_KEY))

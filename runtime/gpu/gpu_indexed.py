@@ -28,6 +28,7 @@ class GpuIndexedTable:
         self.rows = reader.num_keys
         self.device_rows = int(min(max(device_rows, 0), self.rows))
         self._workspaces: dict[int, Scratch] = {}
+        self._closed = False
         self.capacity = 1 << max(4, (2 * max(self.rows, 1) - 1).bit_length())
         drv = device.drv
         host_rows = self.rows - self.device_rows
@@ -75,12 +76,30 @@ class GpuIndexedTable:
                 )
                 self._place_rows(chunk.start, chunk.vectors, staging)
                 self.stream.synchronize()  # staging is reused by the next chunk
+            staging.free()  # now, while the context is current (see close)
         self._query_kernel = device.launcher("it_query", INDEXED_QUERY_ARGS)
         self._index_args = (int(self.d_index_keys), int(self.d_index_rows), self.capacity - 1,
                             int(self.d_values), self.device_rows, int(self.h_values_device_ptr),
                             self.dim)
         counter = int(self.d_query_counter)
         self._counter_args = (counter, counter + 4)  # (hit count, ticket)
+
+    def close(self) -> None:
+        """Free the device and pinned memory now (idempotent; a later query raises): left to
+        the garbage collector, it could be freed on a thread without the device's context."""
+        with self.device.scope():
+            if self._closed:
+                return
+            self._closed = True
+            self.stream.synchronize()
+            for buf in (self.d_index_keys, self.d_index_rows, self.d_values,
+                        self.d_query_counter):
+                buf.free()
+            self.h_values.base.free()
+            for ws in self._workspaces.values():
+                ws.free()
+            self._workspaces.clear()
+            self.stream = None  # destroyed here, where the context is current
 
     def _place_rows(self, start: int, vectors: np.ndarray, staging: Scratch) -> None:
         drv = self.device.drv
@@ -104,6 +123,8 @@ class GpuIndexedTable:
     def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
                      slot: int = 0) -> Launched:
         """Queue ``query`` and return at once; ``wait()`` gives (rows, hits)."""
+        if self._closed:
+            raise RuntimeError(f"this GPU table ({self.rows} rows of dim {self.dim}) was closed")
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         n = keys.size
         grid = (self.device.launch_grid(n, 1, _BLOCK), 1)

@@ -64,6 +64,17 @@ class Scratch:
         """A pinned host staging array of ``count`` items (grown on demand)."""
         return self.mapped(name, count, dtype)[0]
 
+    def free(self) -> None:
+        """Give every buffer back now, device and pinned host memory alike (usable again
+        afterwards). The caller holds the device's context and has waited for every kernel and
+        copy that uses these buffers."""
+        for _, buf in self._bufs.values():
+            buf.free()
+        for host, _ in self._host.values():
+            host.base.free()
+        self._bufs.clear()
+        self._host.clear()
+
     def upload(self, name: str, array: np.ndarray, stream):
         """Copy a host array to this scratch's device buffer ``name`` through pinned staging."""
         staging = self.host(name, array.size, array.dtype)
