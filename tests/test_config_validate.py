@@ -99,6 +99,26 @@ def test_warnings_and_strict(mutate, path, rule):
     assert not strict.ok and (path, rule) in [(i.json_path, i.rule) for i in strict.errors]
 
 
+@pytest.mark.parametrize("threads, warned", [(2, True), (4, True), (5, False), (64, False)])
+def test_redis_without_num_partitions_warns_where_hps_default_is_too_small(monkeypatch, threads,
+                                                                           warned):
+    """HPS's default partition count is min(16, hardware threads): below num_node_connections
+    (5 by default) HPS's Redis backend refuses the config on that host."""
+    import os
+
+    monkeypatch.setattr(os, "cpu_count", lambda: threads)
+    doc = _doc()
+    doc["volatile_db"] = {"type": "redis_cluster", "address": "127.0.0.1:7000"}
+    result = validate_document(doc, check_files=False)
+    found = [i for i in result.warnings if (i.json_path, i.rule) == ("$.volatile_db", "redis")]
+    assert bool(found) == warned
+    if warned:
+        assert f"= {threads}" in found[0].message and "num_node_connections (5)" in \
+            found[0].message
+    doc["volatile_db"]["num_partitions"] = 8  # set explicitly: nothing to warn about
+    assert not [i for i in validate_document(doc, check_files=False).issues if i.rule == "redis"]
+
+
 def test_unknown_key_suggests_the_right_one():
     doc = _doc(gpucahce=True)
     issue = validate_document(doc, check_files=False).warnings[0]

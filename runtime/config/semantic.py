@@ -6,8 +6,11 @@ the schema check has already reported.
 
 from __future__ import annotations
 
+import os
+
 from .aliases import CACHE_TYPES, PERSISTENT_TYPES, VOLATILE_TYPES
 from .issues import ERROR, WARNING, ConfigIssue, json_path
+from .model import default_num_partitions
 
 _PER_TABLE = ("embedding_vecsize_per_table", "maxnum_catfeature_query_per_table_per_sample",
               "embedding_table_names")
@@ -127,6 +130,16 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
                 ERROR, json_path("volatile_db", "num_partitions"),
                 f"{parts} is below num_node_connections ({conns}); HPS's Redis backend refuses it",
                 "redis", "use at least as many partitions as connections per node"))
+        elif parts is None and isinstance(conns, int) and default_num_partitions() < conns:
+            # HPS's default, min(16, hardware threads), depends on the host: the same file
+            # starts on a large server and is refused on a small one
+            issues.append(ConfigIssue(
+                WARNING, json_path("volatile_db"),
+                f"num_partitions is not set: HPS's default on this host, min(16, "
+                f"{os.cpu_count() or 1} hardware threads) = {default_num_partitions()}, is below "
+                f"num_node_connections ({conns}), which HPS's Redis backend refuses",
+                "redis", f"set num_partitions (at least {conns}); it must not change once data "
+                "is written"))
         batch = vdb.get("max_batch_size", 65536)
         if isinstance(batch, int) and batch > _REDIS_BATCH_LIMIT:
             issues.append(ConfigIssue(
