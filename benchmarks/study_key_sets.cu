@@ -20,16 +20,20 @@
 #ifndef STUDY_SEQUENTIAL
 #define STUDY_SEQUENTIAL 0
 #endif
+#if HPS_WAYS != STUDY_WAYS
+#error "compile with HPS_WAYS = STUDY_WAYS (benchmarks/study_key_sets.py does)"
+#endif
 
 namespace {
 
-// The way of `key` among the STUDY_WAYS keys at `set_keys` (16-byte aligned), or -1.
+// The way of `key` among the STUDY_WAYS keys at `set_keys`, or -1: all at once, the production
+// probe (hps::find_in_set; the driver compiles this file with HPS_WAYS = STUDY_WAYS), or one
+// 32-byte sector at a time.
 __device__ __forceinline__ int find_in_set(const int64_t* set_keys, int64_t key,
                                            uint64_t policy) {
-  const uint4* q = reinterpret_cast<const uint4*>(set_keys);
-  constexpr int kQuads = STUDY_WAYS / 2;  // two keys per 16-byte load
 #if STUDY_SEQUENTIAL
-  for (int s = 0; s < kQuads; s += 2) {  // one 32-byte sector (4 keys) at a time
+  const uint4* q = reinterpret_cast<const uint4*>(set_keys);
+  for (int s = 0; s < STUDY_WAYS / 2; s += 2) {  // two 16-byte loads: four keys
     const uint4 a = hps::load_meta16(q + s, policy), b = hps::load_meta16(q + s + 1, policy);
     const int64_t k[4] = {(int64_t)(((uint64_t)a.y << 32) | a.x),
                           (int64_t)(((uint64_t)a.w << 32) | a.z),
@@ -45,16 +49,7 @@ __device__ __forceinline__ int find_in_set(const int64_t* set_keys, int64_t key,
   }
   return -1;
 #else
-  uint4 v[kQuads];
-#pragma unroll
-  for (int s = 0; s < kQuads; ++s) v[s] = hps::load_meta16(q + s, policy);  // all in flight
-  int way = -1;
-#pragma unroll
-  for (int s = 0; s < kQuads; ++s) {
-    if ((int64_t)(((uint64_t)v[s].y << 32) | v[s].x) == key) way = 2 * s;
-    if ((int64_t)(((uint64_t)v[s].w << 32) | v[s].z) == key) way = 2 * s + 1;
-  }
-  return way;
+  return hps::find_in_set(set_keys, key, policy);
 #endif
 }
 

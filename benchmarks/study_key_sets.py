@@ -65,7 +65,7 @@ def compile_variant(device, ways: int, count: int, sequential: int):
     from hps_cli.runtime.resources import cuda_dir
     from pycuda.compiler import SourceModule
 
-    defines = {"STUDY_WAYS": str(ways), "STUDY_COUNT": str(count),
+    defines = {"STUDY_WAYS": str(ways), "HPS_WAYS": str(ways), "STUDY_COUNT": str(count),
                "STUDY_SEQUENTIAL": str(sequential)}
     module = SourceModule((HERE / "study_key_sets.cu").read_text(), no_extern_c=True,
                           include_dirs=[str(cuda_dir().resolve())], options=nvcc_flags(defines),

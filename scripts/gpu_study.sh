@@ -4,22 +4,23 @@
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 export PYTHONPATH=$PYTHONPATH:$PWD/benchmarks
+# variants NAME [VAR=VALUE ...]: the study with those environment settings, logs as NAME
+variants() {
+  local name=$1; shift
+  env "$@" python3 benchmarks/gpu_query_variants.py --out "$OUT/variants_$name.json" \
+    ${STUDY_ARGS:-} >"$OUT/variants_$name.log" 2>&1
+  tail -12 "$OUT/variants_$name.log"
+}
 for ways in ${WAYS_LIST:-8}; do
   echo "== sets of $ways ways"
-  HPS_WAYS=$ways python3 benchmarks/gpu_query_variants.py \
-    --out "$OUT/variants_ways$ways.json" ${STUDY_ARGS:-} >"$OUT/variants_ways$ways.log" 2>&1
-  tail -12 "$OUT/variants_ways$ways.log"
+  variants "ways$ways" HPS_WAYS="$ways"
 done
 for bytes in ${FETCH_BYTES:-}; do
   echo "== L2 fetch granularity $bytes B"
-  HPS_STUDY_L2_FETCH_BYTES=$bytes python3 benchmarks/gpu_query_variants.py \
-    --out "$OUT/variants_fetch$bytes.json" ${STUDY_ARGS:-} >"$OUT/variants_fetch$bytes.log" 2>&1
-  tail -12 "$OUT/variants_fetch$bytes.log"
+  variants "fetch$bytes" HPS_STUDY_L2_FETCH_BYTES="$bytes"
 done
 for mb in ${PERSIST_MB:-}; do
-  HPS_STUDY_L2_PERSIST_MB=$mb python3 benchmarks/gpu_query_variants.py \
-    --out "$OUT/variants_persist$mb.json" ${STUDY_ARGS:-} >"$OUT/variants_persist$mb.log" 2>&1
-  tail -8 "$OUT/variants_persist$mb.log"
+  variants "persist$mb" HPS_STUDY_L2_PERSIST_MB="$mb"
 done
 if [ "${PROFILE:-1}" = 1 ]; then
   ncu --query-metrics >"$OUT/ncu_metrics.txt" 2>&1

@@ -25,7 +25,7 @@ from .placement import (
     tile_width,
 )
 from .reference import group_by_set
-from .transfers import HEAD_BYTES, Scratch, queue_download, start_rows
+from .transfers import HEAD_BYTES, Scratch, free_device_state, queue_download, start_rows
 
 _BLOCK = 256
 # The kernels' arguments as struct codes (cuda/dynamic_cache.cu; tests/test_kernel_signatures.py
@@ -98,22 +98,17 @@ class GpuDynamicCache:
         return self.num_sets * WAYS
 
     def close(self) -> None:
-        """Free the device and pinned memory now (idempotent; any later operation raises).
-        Left to the garbage collector, it could be freed on a thread without the device's
-        context, where PyCUDA can only warn and leak it."""
+        """Free the device and pinned memory now (idempotent; any later operation raises; see
+        transfers.free_device_state)."""
         with self._lock, self._hits_lock, self.device.scope():
             if self._closed:
                 return
             self._closed = True
-            self.stream.synchronize()
-            for buf in (self.d_keys, self.d_scores, self.d_hits, self.d_floors,
-                        self.d_query_counter, self.d_values):
-                buf.free()
-            self._scratch.free()
-            for ws in self._workspaces.values():
-                ws.free()
+            free_device_state(self.stream, (self.d_keys, self.d_scores, self.d_hits,
+                                            self.d_floors, self.d_query_counter, self.d_values),
+                              (self._scratch, *self._workspaces.values()))
             self._workspaces.clear()
-            self.stream = None  # destroyed here, where the context is current
+            self.stream = None
 
     def _check_open(self) -> None:
         if self._closed:

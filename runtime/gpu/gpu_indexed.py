@@ -12,7 +12,7 @@ import numpy as np
 from ..table.reader import TableReader
 from .pending import Launched
 from .placement import EMPTY_KEY
-from .transfers import HEAD_BYTES, Scratch, start_rows
+from .transfers import HEAD_BYTES, Scratch, free_device_state, start_rows
 
 _BLOCK = 256
 # it_query's arguments (see cuda/indexed_table.cu)
@@ -85,21 +85,17 @@ class GpuIndexedTable:
         self._counter_args = (counter, counter + 4)  # (hit count, ticket)
 
     def close(self) -> None:
-        """Free the device and pinned memory now (idempotent; a later query raises): left to
-        the garbage collector, it could be freed on a thread without the device's context."""
+        """Free the device and pinned memory now (idempotent; a later query raises; see
+        transfers.free_device_state)."""
         with self.device.scope():
             if self._closed:
                 return
             self._closed = True
-            self.stream.synchronize()
-            for buf in (self.d_index_keys, self.d_index_rows, self.d_values,
-                        self.d_query_counter):
-                buf.free()
-            self.h_values.base.free()
-            for ws in self._workspaces.values():
-                ws.free()
+            free_device_state(self.stream, (self.d_index_keys, self.d_index_rows, self.d_values,
+                                            self.d_query_counter, self.h_values.base),
+                              self._workspaces.values())
             self._workspaces.clear()
-            self.stream = None  # destroyed here, where the context is current
+            self.stream = None
 
     def _place_rows(self, start: int, vectors: np.ndarray, staging: Scratch) -> None:
         drv = self.device.drv

@@ -85,6 +85,19 @@ class Scratch:
         return buf
 
 
+def free_device_state(stream, buffers, scratches) -> None:
+    """Free a backend's memory now, on the calling thread (the device's context current): wait
+    for its stream, free its device ``buffers`` and ``scratches``. Left to the garbage
+    collector, it could be freed on a thread without the context, where PyCUDA can only warn
+    and leak it. The caller drops its reference to the stream afterwards, while the context is
+    still current."""
+    stream.synchronize()
+    for buf in buffers:
+        buf.free()
+    for scratch in scratches:
+        scratch.free()
+
+
 def start_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
                launch: Callable[[int, int, bool], None]) -> tuple[np.ndarray, Callable[[], int]]:
     """Queue a lookup kernel over host int64 ``keys``; returns (rows, wait): ``rows`` is filled
