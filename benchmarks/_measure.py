@@ -14,12 +14,15 @@ def run_measured(argv: list[str], **kwargs) -> dict:
 
     Each call runs in a fresh wrapper process, so RUSAGE_CHILDREN covers this step only.
     """
-    wrapper = ("import json,resource,subprocess,sys,time\n"
-               "t=time.perf_counter(); r=subprocess.run(sys.argv[1:]); dt=time.perf_counter()-t\n"
-               "rss=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024\n"
-               "print(json.dumps({'rc':r.returncode,'seconds':dt,'peak_rss_mib':rss}))")
-    out = subprocess.run([sys.executable, "-c", wrapper, *argv], capture_output=True, text=True,
-                         **kwargs)
+    wrapper = (
+        "import json,resource,subprocess,sys,time\n"
+        "t=time.perf_counter(); r=subprocess.run(sys.argv[1:]); dt=time.perf_counter()-t\n"
+        "rss=resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss/1024\n"
+        "print(json.dumps({'rc':r.returncode,'seconds':dt,'peak_rss_mib':rss}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", wrapper, *argv], capture_output=True, text=True, **kwargs
+    )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     if result["rc"] != 0:
         raise RuntimeError(f"{argv} failed: {out.stderr[-2000:]}")

@@ -116,19 +116,40 @@ def main() -> None:
     model = args.work / "model.keras"
     hps = [sys.executable, "-m", "hps_cli", "-q"]
     _run([sys.executable, "-c", BUILD, str(model)])
-    _run(hps + ["dissect", str(model), str(args.work / "dissected"),
-                "--max-batch-size", str(args.batch)])
+    _run(
+        hps
+        + ["dissect", str(model), str(args.work / "dissected"), "--max-batch-size", str(args.batch)]
+    )
     _run(hps + ["build-graph", str(args.work / "dissected"), str(args.work / "package")])
-    out = _run([sys.executable, "-c", TIME, str(model), str(args.work / "package"),
-                str(args.batch), str(args.rounds), str(args.calls)])
+    out = _run(
+        [
+            sys.executable,
+            "-c",
+            TIME,
+            str(model),
+            str(args.work / "package"),
+            str(args.batch),
+            str(args.rounds),
+            str(args.calls),
+        ]
+    )
     result = json.loads(out.strip().splitlines()[-1])
     ms = result["ms"]
     doc = {
         "date": date.today().isoformat(),
         "machine": f"{platform.node()} ({platform.machine()}, {platform.python_version()})",
-        "command": " ".join(["python", "benchmarks/bench_build_graph.py", "--batch",
-                             str(args.batch), "--rounds", str(args.rounds), "--calls",
-                             str(args.calls)]),
+        "command": " ".join(
+            [
+                "python",
+                "benchmarks/bench_build_graph.py",
+                "--batch",
+                str(args.batch),
+                "--rounds",
+                str(args.rounds),
+                "--calls",
+                str(args.calls),
+            ]
+        ),
         "batch": args.batch,
         "max_abs_diff": result["max_abs_diff"],
         "front_caches": result["front_caches"],

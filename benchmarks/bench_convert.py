@@ -75,8 +75,11 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int, settle: float = 1.0
     copy, out = work / "cp", work / "hps"
     steps = {
         "cp": lambda: ["cp", *map(str, files), str(copy)],
-        "cp_sync": lambda: ["bash", "-c", f"cp {files[0]} {files[1]} {copy} && "
-                                          f"sync -f {copy}/emb-key {copy}/emb-weight"],
+        "cp_sync": lambda: [
+            "bash",
+            "-c",
+            f"cp {files[0]} {files[1]} {copy} && sync -f {copy}/emb-key {copy}/emb-weight",
+        ],
         "convert": lambda: [sys.executable, "-m", "hps_cli", "-q", "convert", str(dump), str(out)],
     }
     # Rounds interleave the three steps, so each round's ratios compare runs made under the same
@@ -87,7 +90,7 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int, settle: float = 1.0
     runs: dict[str, list] = {name: [] for name in steps}
     names = list(steps)
     for round_no in range(repeat):
-        for name in names[round_no % len(names):] + names[:round_no % len(names)]:
+        for name in names[round_no % len(names) :] + names[: round_no % len(names)]:
             shutil.rmtree(copy, ignore_errors=True)
             shutil.rmtree(out, ignore_errors=True)
             copy.mkdir()
@@ -98,42 +101,89 @@ def bench_sok(work: Path, gib: float, dim: int, repeat: int, settle: float = 1.0
 
     def summary(name):
         secs = sorted(r["seconds"] for r in runs[name])
-        return {"seconds": secs[len(secs) // 2], "all_seconds": [round(r["seconds"], 3)
-                                                                 for r in runs[name]],
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name])}
+        return {
+            "seconds": secs[len(secs) // 2],
+            "all_seconds": [round(r["seconds"], 3) for r in runs[name]],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
+        }
+
     cp, cp_sync, conv = summary("cp"), summary("cp_sync"), summary("convert")
-    per_round = [{"cp": c["seconds"] / v["seconds"], "cp_sync": s["seconds"] / v["seconds"]}
-                 for c, s, v in zip(runs["cp"], runs["cp_sync"], runs["convert"])]
+    per_round = [
+        {"cp": c["seconds"] / v["seconds"], "cp_sync": s["seconds"] / v["seconds"]}
+        for c, s, v in zip(runs["cp"], runs["cp_sync"], runs["convert"])
+    ]
     median = lambda xs: sorted(xs)[len(xs) // 2]  # noqa: E731
     if not out.exists():  # the last round did not end with convert: make its output again
         run_measured(steps["convert"]())
-    check = run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "verify",
-                          str(out / "emb"), "--trust-sidecar"])
+    check = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "verify",
+            str(out / "emb"),
+            "--trust-sidecar",
+        ]
+    )
     shutil.rmtree(out)
     shutil.rmtree(dump)
     gbs = lambda s: size / s / 1e9  # noqa: E731
-    return {"rows": rows, "dim": dim, "bytes": size,
-            "cp": {**cp, "GB_per_s": gbs(cp["seconds"])},
-            "cp_sync": {**cp_sync, "GB_per_s": gbs(cp_sync["seconds"])},
-            "convert": {**conv, "GB_per_s": gbs(conv["seconds"]),
-                        "ratio_to_cp": median([r["cp"] for r in per_round]),
-                        "ratio_to_cp_sync": median([r["cp_sync"] for r in per_round]),
-                        "ratios_per_round": [{k: round(v, 3) for k, v in r.items()}
-                                             for r in per_round]},
-            "verify_output": check["rc"] == 0, "settle_seconds": settle,
-            "order": "rotating per round"}
+    return {
+        "rows": rows,
+        "dim": dim,
+        "bytes": size,
+        "cp": {**cp, "GB_per_s": gbs(cp["seconds"])},
+        "cp_sync": {**cp_sync, "GB_per_s": gbs(cp_sync["seconds"])},
+        "convert": {
+            **conv,
+            "GB_per_s": gbs(conv["seconds"]),
+            "ratio_to_cp": median([r["cp"] for r in per_round]),
+            "ratio_to_cp_sync": median([r["cp_sync"] for r in per_round]),
+            "ratios_per_round": [{k: round(v, 3) for k, v in r.items()} for r in per_round],
+        },
+        "verify_output": check["rc"] == 0,
+        "settle_seconds": settle,
+        "order": "rotating per round",
+    }
 
 
 def bench_rocksdb(work: Path, rows: int, dim: int, repeat: int) -> dict:
     table = work / "table"
-    run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "generate", str(table),
-                  "--keys", str(rows), "--dim", str(dim), "--shuffle"])
+    run_measured(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "generate",
+            str(table),
+            "--keys",
+            str(rows),
+            "--dim",
+            str(dim),
+            "--shuffle",
+        ]
+    )
     run_measured(["bash", "-c", f"cat {table}/key {table}/emb_vector > /dev/null"])
     loop_db, conv_db = work / "loop_db", work / "conv_db"
     steps = {
         "put_loop": lambda: python_step(_PUT_LOOP) + [str(table), str(loop_db)],
-        "convert": lambda: [sys.executable, "-m", "hps_cli", "-q", "convert", str(table),
-                            str(conv_db), "--to", "rocksdb", "--model", "m"],
+        "convert": lambda: [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "convert",
+            str(table),
+            str(conv_db),
+            "--to",
+            "rocksdb",
+            "--model",
+            "m",
+        ],
     }
     runs: dict[str, list] = {name: [] for name in steps}
     for _ in range(repeat):  # interleaved rounds, as in bench_sok
@@ -149,14 +199,26 @@ def bench_rocksdb(work: Path, rows: int, dim: int, repeat: int) -> dict:
 
     def summary(name):
         secs = [r["seconds"] for r in runs[name]]
-        return {"seconds": median(secs), "all_seconds": [round(x, 3) for x in secs],
-                "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
-                "M_rows_per_s": rows / median(secs) / 1e6}
-    per_round = [loop["seconds"] / conv["seconds"]
-                 for loop, conv in zip(runs["put_loop"], runs["convert"])]
-    return {"rows": rows, "dim": dim, "put_loop": summary("put_loop"),
-            "convert": {**summary("convert"), "ratio_to_put_loop": median(per_round),
-                        "ratios_per_round": [round(x, 3) for x in per_round]}}
+        return {
+            "seconds": median(secs),
+            "all_seconds": [round(x, 3) for x in secs],
+            "peak_rss_mib": max(r["peak_rss_mib"] for r in runs[name]),
+            "M_rows_per_s": rows / median(secs) / 1e6,
+        }
+
+    per_round = [
+        loop["seconds"] / conv["seconds"] for loop, conv in zip(runs["put_loop"], runs["convert"])
+    ]
+    return {
+        "rows": rows,
+        "dim": dim,
+        "put_loop": summary("put_loop"),
+        "convert": {
+            **summary("convert"),
+            "ratio_to_put_loop": median(per_round),
+            "ratios_per_round": [round(x, 3) for x in per_round],
+        },
+    }
 
 
 def main() -> None:
@@ -171,8 +233,7 @@ def main() -> None:
     args = ap.parse_args()
     shutil.rmtree(args.work, ignore_errors=True)
     args.work.mkdir(parents=True)
-    result = {"date": date.today().isoformat(),
-              "cpu": platform.processor() or platform.machine()}
+    result = {"date": date.today().isoformat(), "cpu": platform.processor() or platform.machine()}
     try:
         if args.only != "rocksdb":
             result["sok_v2_to_hps"] = bench_sok(args.work, args.gib, args.dim, args.repeat)

@@ -10,7 +10,8 @@
    ones, continued to 1 M (each key at most twice; until the fifth session they were drawn with
    replacement). ``query_1M_half_full`` repeats it with 1 M keys in 2 M slots (the protocol of
    the first two GPU sessions). The query runs as a 1 M-key lookup runs it (occurrence counts
-   passed as weights, here 1, hits into the hit bytes); the fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is
+   passed as weights, here 1, hits into the hit bytes); the fold of the hit bytes into the
+   scores, due every HIT_FOLD_EVERY such queries, is
    timed too and its share added in ``throughput_ratio_with_fold``.
 2. 16K keys, dim 128: query time vs gather time.
 3. End to end from Python: 2,000 host keys -> host vectors, dim 128, all hits (the cache API a
@@ -54,18 +55,42 @@ def _events_median(device, launch, repeats: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
-def kernel_vs_gather(device, dim: int, batch: int, cached_keys: int, capacity_slots: int,
-                     kernels=None, rotations: int = 4, repeats: int = 50,
-                     count_hits: int = 2) -> dict:
+def kernel_vs_gather(
+    device,
+    dim: int,
+    batch: int,
+    cached_keys: int,
+    capacity_slots: int,
+    kernels=None,
+    rotations: int = 4,
+    repeats: int = 50,
+    count_hits: int = 2,
+) -> dict:
     """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
-    return kernel_variants(device, dim, batch, cached_keys, capacity_slots,
-                           {"default": (kernels or device.kernels, count_hits)},
-                           rotations, repeats)["default"]
+    return kernel_variants(
+        device,
+        dim,
+        batch,
+        cached_keys,
+        capacity_slots,
+        {"default": (kernels or device.kernels, count_hits)},
+        rotations,
+        repeats,
+    )["default"]
 
 
-def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slots: int,
-                    variants: dict, rotations: int = 4, repeats: int = 50, warmup: int = 5,
-                    check: bool = True) -> dict:
+def kernel_variants(
+    device,
+    dim: int,
+    batch: int,
+    cached_keys: int,
+    capacity_slots: int,
+    variants: dict,
+    rotations: int = 4,
+    repeats: int = 50,
+    warmup: int = 5,
+    check: bool = True,
+) -> dict:
     """kernel_vs_gather for several compiled variants over one cache: {name: (module,
     count_hits)} -> {name: result}. Each variant's query runs against its own gather (the same
     -D flags build both). count_hits: 2 into the hit bytes with occurrence counts (here all 1,
@@ -79,7 +104,7 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
     cache = GpuDynamicCache(device, capacity_slots // WAYS, dim)
     keys = rng.choice(2**62, cached_keys, replace=False).astype(np.int64)
     for start in range(0, cached_keys, 1 << 20):
-        part = keys[start:start + (1 << 20)]
+        part = keys[start : start + (1 << 20)]
         cache.replace(part, synthetic_vectors(part, dim))
     present = np.sort(cache.dump())
     # The slot of every cached key: a second baseline gathers the cache's own rows in place.
@@ -120,18 +145,62 @@ def kernel_variants(device, dim: int, batch: int, cached_keys: int, capacity_slo
             else:
                 grid = (device.launch_grid(batch, 1), 1)
             results[name] = _time_query_and_gathers(
-                device, kernels, count_hits, cache, batches, indices, slot_indices, table, out,
-                mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                expected if not callable(check) or check(name) else None, query_seed,
-                QUERY_ARGS, weights if "no_weights" not in options else None)
-            results[name].update({"dim": dim, "batch": batch, "cached_keys": int(present.size),
-                                  "capacity_slots": cache.capacity})
+                device,
+                kernels,
+                count_hits,
+                cache,
+                batches,
+                indices,
+                slot_indices,
+                table,
+                out,
+                mkeys,
+                mpos,
+                count,
+                grid,
+                batch,
+                dim,
+                repeats,
+                warmup,
+                expected if not callable(check) or check(name) else None,
+                query_seed,
+                QUERY_ARGS,
+                weights if "no_weights" not in options else None,
+            )
+            results[name].update(
+                {
+                    "dim": dim,
+                    "batch": batch,
+                    "cached_keys": int(present.size),
+                    "capacity_slots": cache.capacity,
+                }
+            )
     return results
 
 
-def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices, slot_indices,
-                            table, out, mkeys, mpos, count, grid, batch, dim, repeats, warmup,
-                            expected, query_seed, query_args, weights) -> dict:
+def _time_query_and_gathers(
+    device,
+    kernels,
+    count_hits,
+    cache,
+    batches,
+    indices,
+    slot_indices,
+    table,
+    out,
+    mkeys,
+    mpos,
+    count,
+    grid,
+    batch,
+    dim,
+    repeats,
+    warmup,
+    expected,
+    query_seed,
+    query_args,
+    weights,
+) -> dict:
     from hps_cli.runtime.gpu.placement import FOLD_GROUP_SLOTS, HIT_FOLD_EVERY, padded_slots
 
     drv = device.drv
@@ -142,24 +211,55 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
     with_weights = int(weights) if count_hits == 2 and weights is not None else 0
 
     def query(i):
-        q.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % rotations]),
-                              with_weights, batch, int(cache.d_keys), int(cache.d_scores),
-                              int(cache.d_hits), int(cache.d_values), cache.num_sets, dim,
-                              np.float32(0), int(out), int(mkeys), int(mpos), int(count),
-                              count_hits, query_seed(i))
+        q.prepared_async_call(
+            grid,
+            (256, 1, 1),
+            None,
+            int(batches[i % rotations]),
+            with_weights,
+            batch,
+            int(cache.d_keys),
+            int(cache.d_scores),
+            int(cache.d_hits),
+            int(cache.d_values),
+            cache.num_sets,
+            dim,
+            np.float32(0),
+            int(out),
+            int(mkeys),
+            int(mpos),
+            int(count),
+            count_hits,
+            query_seed(i),
+        )
 
     def fold_hits(i):
         groups = padded_slots(cache.capacity) // FOLD_GROUP_SLOTS
-        fold.prepared_async_call((device.launch_grid(groups, 1), 1), (256, 1, 1), None,
-                                 int(cache.d_hits), int(cache.d_scores), groups)
+        fold.prepared_async_call(
+            (device.launch_grid(groups, 1), 1),
+            (256, 1, 1),
+            None,
+            int(cache.d_hits),
+            int(cache.d_scores),
+            groups,
+        )
 
     def gather(i):
-        g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % rotations]),
-                              batch, dim, int(out))
+        g.prepared_async_call(
+            grid, (256, 1, 1), None, int(table), int(indices[i % rotations]), batch, dim, int(out)
+        )
 
     def gather_in_place(i):
-        g.prepared_async_call(grid, (256, 1, 1), None, int(cache.d_values),
-                              int(slot_indices[i % rotations]), batch, dim, int(out))
+        g.prepared_async_call(
+            grid,
+            (256, 1, 1),
+            None,
+            int(cache.d_values),
+            int(slot_indices[i % rotations]),
+            batch,
+            dim,
+            int(out),
+        )
 
     if expected is not None:  # every variant must return the right rows before it is timed
         got = np.full((batch, dim), np.nan, np.float32)
@@ -200,21 +300,32 @@ def _time_query_and_gathers(device, kernels, count_hits, cache, batches, indices
     ratios_in_place = [g / q for g, q in zip(rounds["gather_in_place"], rounds["query"])]
     q_ms, gd = statistics.median(rounds["query"]), statistics.median(rounds["gather"])
     ratio = statistics.median(ratios)
-    return {"count_hits": count_hits, "misses": int(misses[0]), "rounds": ROUNDS,
-            "query_ms": q_ms, "gather_ms": gd,
-            "gather_in_place_ms": statistics.median(rounds["gather_in_place"]),
-            "round_ms": rounds, "round_ratios": ratios,
-            "query_gkeys_per_s": batch / q_ms / 1e6, "gather_gkeys_per_s": batch / gd / 1e6,
-            "gather_tb_per_s": batch * (8 + 8 * dim) / gd / 1e9,
-            "throughput_ratio": ratio, "time_ratio": 1 / ratio,
-            "throughput_ratio_min": min(ratios), "throughput_ratio_max": max(ratios),
-            "throughput_ratio_in_place": statistics.median(ratios_in_place), "fold_ms": fold_ms,
-            "fold_every": HIT_FOLD_EVERY if count_hits == 2 else None,
-            "throughput_ratio_with_fold": 1 / (1 / ratio + fold_ms / HIT_FOLD_EVERY / gd)}
+    return {
+        "count_hits": count_hits,
+        "misses": int(misses[0]),
+        "rounds": ROUNDS,
+        "query_ms": q_ms,
+        "gather_ms": gd,
+        "gather_in_place_ms": statistics.median(rounds["gather_in_place"]),
+        "round_ms": rounds,
+        "round_ratios": ratios,
+        "query_gkeys_per_s": batch / q_ms / 1e6,
+        "gather_gkeys_per_s": batch / gd / 1e6,
+        "gather_tb_per_s": batch * (8 + 8 * dim) / gd / 1e9,
+        "throughput_ratio": ratio,
+        "time_ratio": 1 / ratio,
+        "throughput_ratio_min": min(ratios),
+        "throughput_ratio_max": max(ratios),
+        "throughput_ratio_in_place": statistics.median(ratios_in_place),
+        "fold_ms": fold_ms,
+        "fold_every": HIT_FOLD_EVERY if count_hits == 2 else None,
+        "throughput_ratio_with_fold": 1 / (1 / ratio + fold_ms / HIT_FOLD_EVERY / gd),
+    }
 
 
-def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
-                       iterations: int = 2000) -> dict:
+def transfer_breakdown(
+    device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 2000
+) -> dict:
     """Where the time of a small lookup goes: the raw CUDA sequence of each route, step by
     step, with the runtime's lean launcher and no other Python. ``copied``: keys copied in,
     rows copied out (the route of large results); ``mapped``: the kernel reads the keys from
@@ -246,13 +357,23 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
         d_keys, d_out = device.alloc(n * 8), device.alloc(16 + n * dim * 4)
         d_mk, d_mp, d_count = device.alloc(n * 8), device.alloc(n * 8), device.alloc(16)
         drv.memset_d32(d_count, 0, 4)
-        kernels = {"copied": device.launcher("dc_query", QUERY_ARGS),
-                   "mapped": device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS)}
+        kernels = {
+            "copied": device.launcher("dc_query", QUERY_ARGS),
+            "mapped": device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS),
+        }
         grid = (device.launch_grid(n, 1), 1)
-        cache_args = (int(cache.d_keys), int(cache.d_scores), int(cache.d_hits),
-                      int(cache.d_values), cache.num_sets, dim)
-        names = {"copied": ("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
-                 "mapped": ("copyto_pinned", "launch", "sync")}
+        cache_args = (
+            int(cache.d_keys),
+            int(cache.d_scores),
+            int(cache.d_hits),
+            int(cache.d_values),
+            cache.num_sets,
+            dim,
+        )
+        names = {
+            "copied": ("copyto_pinned", "htod", "memset", "launch", "dtoh", "sync"),
+            "mapped": ("copyto_pinned", "launch", "sync"),
+        }
         steps = {route: {name: [] for name in (*names[route], "total")} for route in names}
         for it in range(2 * iterations + 200):
             route = "copied" if it % 2 else "mapped"
@@ -268,8 +389,23 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
                 count = (int(d_out),)  # counted in the head, not published
             else:
                 count = (int(d_count), int(d_count) + 4, out_ptr)  # counter, ticket, publish
-            kernels[route](grid, (256, 1, 1), stream, keys_ptr, 0, n, *cache_args, 0.0,
-                           out_ptr + 16, int(d_mk), int(d_mp), count[0], 1, it, *count[1:])
+            kernels[route](
+                grid,
+                (256, 1, 1),
+                stream,
+                keys_ptr,
+                0,
+                n,
+                *cache_args,
+                0.0,
+                out_ptr + 16,
+                int(d_mk),
+                int(d_mp),
+                count[0],
+                1,
+                it,
+                *count[1:],
+            )
             t.append(time.perf_counter())
             if route == "copied":
                 drv.memcpy_dtoh_async(h_out, d_out, stream)
@@ -284,13 +420,20 @@ def transfer_breakdown(device, dim: int = 128, keys_per_lookup: int = 2000,
                 for name, a, b in zip(names[route], t[:-1], t[1:]):
                     steps[route][name].append((b - a) * 1e6)
                 steps[route]["total"].append((t[-1] - t[0]) * 1e6)
-    return {route: {name: float(np.median(v)) for name, v in by_step.items()}
-            | {"total_p99": float(np.percentile(by_step["total"], 99))}
-            for route, by_step in steps.items()}
+    return {
+        route: {name: float(np.median(v)) for name, v in by_step.items()}
+        | {"total_p99": float(np.percentile(by_step["total"], 99))}
+        for route, by_step in steps.items()
+    }
 
 
-def route_by_size(device, dim: int = 128, sizes=(2000, 8192, 16384, 32768, 65535),
-                  rounds: int = 6, per_round: int = 100) -> list[dict]:
+def route_by_size(
+    device,
+    dim: int = 128,
+    sizes=(2000, 8192, 16384, 32768, 65535),
+    rounds: int = 6,
+    per_round: int = 100,
+) -> list[dict]:
     """The latency of ``GpuDynamicCache.query`` (all hits) by batch size on each route, to place
     MAPPED_RESULT_MAX_BYTES: the routes alternate round by round in one process."""
     from hps_cli.runtime.gpu import transfers
@@ -320,8 +463,16 @@ def route_by_size(device, dim: int = 128, sizes=(2000, 8192, 16384, 32768, 65535
                     if r >= 2:
                         times[route].append(elapsed)
             m, c = float(np.median(times["mapped"])), float(np.median(times["copied"]))
-            results.append({"keys": n, "dim": dim, "result_bytes": n * dim * 4,
-                            "mapped_p50_us": m, "copied_p50_us": c, "mapped_over_copied": m / c})
+            results.append(
+                {
+                    "keys": n,
+                    "dim": dim,
+                    "result_bytes": n * dim * 4,
+                    "mapped_p50_us": m,
+                    "copied_p50_us": c,
+                    "mapped_over_copied": m / c,
+                }
+            )
     finally:
         transfers.MAPPED_RESULT_MAX_BYTES = saved
     return results
@@ -335,9 +486,12 @@ def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: 
 
     rng = np.random.default_rng(0)
     table_keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
-    cache = EmbeddingCache(GpuDynamicCache(device, 200_000 * 2 // WAYS, dim),
-                           fetch=lambda k: synthetic_vectors(k, dim), hit_rate_threshold=1.0,
-                           default_value=0.0)
+    cache = EmbeddingCache(
+        GpuDynamicCache(device, 200_000 * 2 // WAYS, dim),
+        fetch=lambda k: synthetic_vectors(k, dim),
+        hit_rate_threshold=1.0,
+        default_value=0.0,
+    )
     cache.backend.replace(table_keys, synthetic_vectors(table_keys, dim))
     cached = cache.backend.dump()
     batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
@@ -346,8 +500,13 @@ def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: 
     timing = _latency_rounds(cache.lookup, batches, iterations)
     check = cache.lookup(batches[0])
     assert np.array_equal(check, synthetic_vectors(batches[0], dim)), "wrong vectors"
-    return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations, **timing,
-            "misses": cache.stats()["misses"]}
+    return {
+        "dim": dim,
+        "keys": keys_per_lookup,
+        "iterations": iterations,
+        **timing,
+        "misses": cache.stats()["misses"],
+    }
 
 
 def _latency_rounds(call, batches, iterations: int, rounds: int = ROUNDS) -> dict:
@@ -371,22 +530,33 @@ def _latency_rounds(call, batches, iterations: int, rounds: int = ROUNDS) -> dic
             if lat[i] > SLOW_US:
                 slow.append(round((t0 - start) * 1e3, 1))
         runs.append(lat)
-        per_round.append({q: float(np.percentile(lat, v)) for q, v in
-                          (("p50_us", 50), ("p90_us", 90), ("p99_us", 99))}
-                         | {"max_us": float(lat.max())})
+        per_round.append(
+            {
+                q: float(np.percentile(lat, v))
+                for q, v in (("p50_us", 50), ("p90_us", 90), ("p99_us", 99))
+            }
+            | {"max_us": float(lat.max())}
+        )
     lat = np.concatenate(runs)
-    return {"rounds": rounds, "lookups": int(lat.size), "p50_us": float(np.percentile(lat, 50)),
-            "p90_us": float(np.percentile(lat, 90)), "p99_us": float(np.percentile(lat, 99)),
-            "max_us": float(lat.max()), "per_round": per_round,
-            "round_p99_us": [r["p99_us"] for r in per_round],
-            "slow_lookups": len(slow),
-            "slow_at_ms": slow if len(slow) <= 300 else slow[:150] + slow[-150:],
-            "wall_ms": (time.perf_counter() - start) * 1e3,
-            "gen2_collections": gc.get_stats()[2]["collections"] - gen2_before}
+    return {
+        "rounds": rounds,
+        "lookups": int(lat.size),
+        "p50_us": float(np.percentile(lat, 50)),
+        "p90_us": float(np.percentile(lat, 90)),
+        "p99_us": float(np.percentile(lat, 99)),
+        "max_us": float(lat.max()),
+        "per_round": per_round,
+        "round_p99_us": [r["p99_us"] for r in per_round],
+        "slow_lookups": len(slow),
+        "slow_at_ms": slow if len(slow) <= 300 else slow[:150] + slow[-150:],
+        "wall_ms": (time.perf_counter() - start) * 1e3,
+        "gen2_collections": gc.get_stats()[2]["collections"] - gen2_before,
+    }
 
 
-def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
-                   iterations: int = 3000) -> dict:
+def end_to_end_hps(
+    device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000
+) -> dict:
     """The same through the public API: ``HPS(config).lookup`` with the config's GPU cache."""
     import tempfile
     from pathlib import Path
@@ -396,13 +566,25 @@ def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
 
     work = Path(tempfile.mkdtemp(prefix="hps-bench-e2e-"))
     write_synthetic_table(work / "t", 200_000, dim, shuffle=True)
-    doc = {"supportlonglong": True,
-           "models": [{"model": "m", "sparse_files": [str(work / "t")], "deployed_device_list": [0],
-                       "max_batch_size": 2048, "default_value_for_each_table": [0.0],
-                       "maxnum_catfeature_query_per_table_per_sample": [1],
-                       "embedding_vecsize_per_table": [dim], "embedding_table_names": ["t"],
-                       "gpucache": True, "gpucacheper": 1.0, "hit_rate_threshold": 1.0,
-                       "num_of_worker_buffer_in_pool": 2}]}
+    doc = {
+        "supportlonglong": True,
+        "models": [
+            {
+                "model": "m",
+                "sparse_files": [str(work / "t")],
+                "deployed_device_list": [0],
+                "max_batch_size": 2048,
+                "default_value_for_each_table": [0.0],
+                "maxnum_catfeature_query_per_table_per_sample": [1],
+                "embedding_vecsize_per_table": [dim],
+                "embedding_table_names": ["t"],
+                "gpucache": True,
+                "gpucacheper": 1.0,
+                "hit_rate_threshold": 1.0,
+                "num_of_worker_buffer_in_pool": 2,
+            }
+        ],
+    }
     with HPS(doc) as hps:
         cache = hps.front_cache("m", "t")
         cached = cache.backend.dump()  # prefilled at start-up
@@ -411,12 +593,25 @@ def end_to_end_hps(device, dim: int = 128, keys_per_lookup: int = 2000,
         timing = _latency_rounds(lambda keys: hps.lookup(keys, "m", "t"), batches, iterations)
         ok = np.array_equal(hps.lookup(batches[0], "m", "t"), synthetic_vectors(batches[0], dim))
         stats = cache.stats()
-    return {"dim": dim, "keys": keys_per_lookup, "iterations": iterations, "exact": bool(ok),
-            "prefilled_keys": int(cached.size), "cache_misses": stats["misses"], **timing}
+    return {
+        "dim": dim,
+        "keys": keys_per_lookup,
+        "iterations": iterations,
+        "exact": bool(ok),
+        "prefilled_keys": int(cached.size),
+        "cache_misses": stats["misses"],
+        **timing,
+    }
 
 
-def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2000,
-                rounds: int = 10, per_round: int = 100) -> dict:
+def multi_table(
+    device,
+    tables: int = 8,
+    dim: int = 128,
+    keys_per_table: int = 2000,
+    rounds: int = 10,
+    per_round: int = 100,
+) -> dict:
     """``HPS.lookup_tables`` over several GPU-cached tables (every table's query queued before
     any is waited for) against the same lookups one table at a time (``HPS.lookup`` per
     table), alternating round by round in one process: p50 / p99 of a whole call."""
@@ -431,21 +626,33 @@ def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2
     names = [f"t{i}" for i in range(tables)]
     for i, name in enumerate(names):
         write_synthetic_table(work / name, rows, dim, first_key=i * rows, shuffle=True, seed=i)
-    doc = {"supportlonglong": True,
-           "models": [{"model": "m", "sparse_files": [str(work / n) for n in names],
-                       "deployed_device_list": [device.id], "max_batch_size": 2048,
-                       "default_value_for_each_table": [0.0] * tables,
-                       "maxnum_catfeature_query_per_table_per_sample": [1] * tables,
-                       "embedding_vecsize_per_table": [dim] * tables,
-                       "embedding_table_names": names, "gpucache": True, "gpucacheper": 1.0,
-                       "hit_rate_threshold": 1.0, "num_of_worker_buffer_in_pool": 2}]}
+    doc = {
+        "supportlonglong": True,
+        "models": [
+            {
+                "model": "m",
+                "sparse_files": [str(work / n) for n in names],
+                "deployed_device_list": [device.id],
+                "max_batch_size": 2048,
+                "default_value_for_each_table": [0.0] * tables,
+                "maxnum_catfeature_query_per_table_per_sample": [1] * tables,
+                "embedding_vecsize_per_table": [dim] * tables,
+                "embedding_table_names": names,
+                "gpucache": True,
+                "gpucacheper": 1.0,
+                "hit_rate_threshold": 1.0,
+                "num_of_worker_buffer_in_pool": 2,
+            }
+        ],
+    }
     with HPS(doc) as hps:
         cached = [hps.front_cache("m", n).backend.dump() for n in names]
         rng = np.random.default_rng(6)
-        batches = [[c[rng.integers(0, c.size, keys_per_table)] for c in cached]
-                   for _ in range(16)]
-        calls = {"overlapped": lambda b: hps.lookup_tables(b, "m"),
-                 "one_by_one": lambda b: [hps.lookup(k, "m", n) for k, n in zip(b, names)]}
+        batches = [[c[rng.integers(0, c.size, keys_per_table)] for c in cached] for _ in range(16)]
+        calls = {
+            "overlapped": lambda b: hps.lookup_tables(b, "m"),
+            "one_by_one": lambda b: [hps.lookup(k, "m", n) for k, n in zip(b, names)],
+        }
         for call in calls.values():  # warm-up, and both must give the same exact rows
             got = call(batches[0])
             for seed, (k, r) in enumerate(zip(batches[0], got)):  # table i was written with seed i
@@ -461,8 +668,12 @@ def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2
                 times[name].append((time.perf_counter() - t0) * 1e6)
                 del out
         misses = sum(hps.front_cache("m", n).stats()["misses"] for n in names)
-    result = {"tables": tables, "dim": dim, "keys_per_table": keys_per_table,
-              "cache_misses": misses}
+    result = {
+        "tables": tables,
+        "dim": dim,
+        "keys_per_table": keys_per_table,
+        "cache_misses": misses,
+    }
     for name, values in times.items():
         result[f"{name}_p50_us"] = float(np.percentile(values, 50))
         result[f"{name}_p99_us"] = float(np.percentile(values, 99))
@@ -470,8 +681,14 @@ def multi_table(device, tables: int = 8, dim: int = 128, keys_per_table: int = 2
     return result
 
 
-def zipf_hit_rate(device, table_keys: int = 1_000_000, per: float = 0.2, alpha: float = 1.05,
-                  batch: int = 16384, batches: int = 400) -> dict:
+def zipf_hit_rate(
+    device,
+    table_keys: int = 1_000_000,
+    per: float = 0.2,
+    alpha: float = 1.05,
+    batch: int = 16384,
+    batches: int = 400,
+) -> dict:
     from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
     from hps_cli.runtime.gpu.placement import num_sets_for
@@ -483,26 +700,40 @@ def zipf_hit_rate(device, table_keys: int = 1_000_000, per: float = 0.2, alpha: 
     cdf = np.cumsum(p)
     key_of_rank = rng.permutation(table_keys).astype(np.int64) * 7919 + 13
     dim = 16
-    cache = EmbeddingCache(GpuDynamicCache(device, num_sets_for(table_keys, per), dim),
-                           fetch=lambda k: np.zeros((k.size, dim), np.float32),
-                           hit_rate_threshold=1.0, default_value=0.0)
+    cache = EmbeddingCache(
+        GpuDynamicCache(device, num_sets_for(table_keys, per), dim),
+        fetch=lambda k: np.zeros((k.size, dim), np.float32),
+        hit_rate_threshold=1.0,
+        default_value=0.0,
+    )
     for i in range(batches):
         if i == batches // 2:
             cache.counters = type(cache.counters)()
         ranks = np.minimum(np.searchsorted(cdf, rng.random(batch)), table_keys - 1)
         cache.lookup(key_of_rank[ranks])
     steady = cache.stats()["hit_rate"]
-    return {"table_keys": table_keys, "gpucacheper": per, "alpha": alpha, "batch": batch,
-            "batches": batches, "ideal_hit_rate": ideal, "steady_hit_rate": steady,
-            "ratio_to_ideal": steady / ideal, "capacity": cache.backend.capacity}
+    return {
+        "table_keys": table_keys,
+        "gpucacheper": per,
+        "alpha": alpha,
+        "batch": batch,
+        "batches": batches,
+        "ideal_hit_rate": ideal,
+        "steady_hit_rate": steady,
+        "ratio_to_ideal": steady / ideal,
+        "capacity": cache.backend.capacity,
+    }
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
-    ap.add_argument("--variants", action="store_true",
-                    help="also time kernel variants (copy unroll, no hit counting)")
+    ap.add_argument(
+        "--variants",
+        action="store_true",
+        help="also time kernel variants (copy unroll, no hit counting)",
+    )
     args = ap.parse_args()
     from hps_cli.runtime.gpu.device import get_device
 
@@ -515,32 +746,41 @@ def main() -> None:
     result["multi_table"] = multi_table(device, rounds=10 if not args.quick else 2)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
     result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
-        device, iterations=3000 if not args.quick else 300)
+        device, iterations=3000 if not args.quick else 300
+    )
     big = 1 << 20
     cached = 1 << 20 if not args.quick else 1 << 16
     result["query_1M"] = [kernel_vs_gather(device, d, big, cached, cached) for d in (32, 128)]
-    result["query_1M_half_full"] = [kernel_vs_gather(device, d, big, cached, 2 * cached)
-                                    for d in (32, 128)]
+    result["query_1M_half_full"] = [
+        kernel_vs_gather(device, d, big, cached, 2 * cached) for d in (32, 128)
+    ]
     if args.variants:
         from hps_cli.runtime.gpu.kernels import KernelModule
 
         result["variants"] = {}
         # Variants that were measured and lost (docs/benchmarks.md has the history).
-        for name, defines in (("unroll8", {"HPS_COPY_UNROLL": "8"}),
-                              ("no_evict_last", {"HPS_META_EVICT_LAST": "0"}),
-                              ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
-                              ("every_hit_counted", {"HPS_HIT_SAMPLE_SHIFT": "0"})):
+        for name, defines in (
+            ("unroll8", {"HPS_COPY_UNROLL": "8"}),
+            ("no_evict_last", {"HPS_META_EVICT_LAST": "0"}),
+            ("no_streaming_hints", {"HPS_COPY_STREAMING": "0"}),
+            ("every_hit_counted", {"HPS_HIT_SAMPLE_SHIFT": "0"}),
+        ):
             with device.scope():
                 module = KernelModule(device.arch, defines)
-            result["variants"][name] = [kernel_vs_gather(device, d, big, cached, 2 * cached,
-                                                         kernels=module) for d in (32, 128)]
+            result["variants"][name] = [
+                kernel_vs_gather(device, d, big, cached, 2 * cached, kernels=module)
+                for d in (32, 128)
+            ]
         result["variants"]["no_hit_counting"] = [
-            kernel_vs_gather(device, d, big, cached, 2 * cached, count_hits=0) for d in (32, 128)]
-    result["query_1M_large_cache_dim32"] = kernel_vs_gather(
-        device, 32, big, 8 * cached, 16 * cached) if not args.quick else None
+            kernel_vs_gather(device, d, big, cached, 2 * cached, count_hits=0) for d in (32, 128)
+        ]
+    result["query_1M_large_cache_dim32"] = (
+        kernel_vs_gather(device, 32, big, 8 * cached, 16 * cached) if not args.quick else None
+    )
     # 16 K keys: a lookup of that size queries directly, counting hits into the scores
-    result["query_16K"] = kernel_vs_gather(device, 128, 16384, cached, 2 * cached, repeats=200,
-                                           count_hits=1)
+    result["query_16K"] = kernel_vs_gather(
+        device, 128, 16384, cached, 2 * cached, repeats=200, count_hits=1
+    )
     result["zipf"] = zipf_hit_rate(device, batches=400 if not args.quick else 60)
     text = json.dumps(result, indent=2)
     if args.out:
@@ -550,45 +790,77 @@ def main() -> None:
     print("\nsummary (card: %s)" % device.name, file=sys.stderr)
     for label, rows in (("", result["query_1M"]), (" half full", result["query_1M_half_full"])):
         for r in rows:
-            print(f"query 1M{label} dim{r['dim']}: {r['throughput_ratio']:.3f}x gather "
-                  f"(rounds {r['throughput_ratio_min']:.3f}-{r['throughput_ratio_max']:.3f}; "
-                  f"{r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
-                  f"{r['throughput_ratio_in_place']:.3f}x; with the fold "
-                  f"{r['throughput_ratio_with_fold']:.3f}x, fold {r['fold_ms'] * 1e3:.1f} us "
-                  f"per {r['fold_every']} queries; {r['cached_keys']} keys in "
-                  f"{r['capacity_slots']} slots)", file=sys.stderr)
+            print(
+                f"query 1M{label} dim{r['dim']}: {r['throughput_ratio']:.3f}x gather "
+                f"(rounds {r['throughput_ratio_min']:.3f}-{r['throughput_ratio_max']:.3f}; "
+                f"{r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
+                f"{r['throughput_ratio_in_place']:.3f}x; with the fold "
+                f"{r['throughput_ratio_with_fold']:.3f}x, fold {r['fold_ms'] * 1e3:.1f} us "
+                f"per {r['fold_every']} queries; {r['cached_keys']} keys in "
+                f"{r['capacity_slots']} slots)",
+                file=sys.stderr,
+            )
     for name, rows in (result.get("variants") or {}).items():
-        print(f"  variant {name}: " + ", ".join(
-            f"dim{r['dim']} {r['throughput_ratio']:.2f}x ({r['query_ms']:.3f}/{r['gather_ms']:.3f})"
-            for r in rows), file=sys.stderr)
+        print(
+            f"  variant {name}: "
+            + ", ".join(
+                f"dim{r['dim']} {r['throughput_ratio']:.2f}x "
+                f"({r['query_ms']:.3f}/{r['gather_ms']:.3f})"
+                for r in rows
+            ),
+            file=sys.stderr,
+        )
     for route, steps in result["transfer_breakdown_2000"].items():
-        print(f"small lookup, {route} route (us): " + ", ".join(
-            f"{k} {v:.1f}" for k, v in steps.items()), file=sys.stderr)
+        print(
+            f"small lookup, {route} route (us): "
+            + ", ".join(f"{k} {v:.1f}" for k, v in steps.items()),
+            file=sys.stderr,
+        )
     for r in result["route_by_size"] or []:
-        print(f"query {r['keys']} keys dim{r['dim']}: mapped {r['mapped_p50_us']:.0f} us, "
-              f"copied {r['copied_p50_us']:.0f} us ({r['mapped_over_copied']:.2f})",
-              file=sys.stderr)
+        print(
+            f"query {r['keys']} keys dim{r['dim']}: mapped {r['mapped_p50_us']:.0f} us, "
+            f"copied {r['copied_p50_us']:.0f} us ({r['mapped_over_copied']:.2f})",
+            file=sys.stderr,
+        )
     mt = result["multi_table"]
-    print(f"HPS.lookup_tables, {mt['tables']} tables x {mt['keys_per_table']} keys dim{mt['dim']}: "
-          f"p50 {mt['overlapped_p50_us']:.0f} us (p99 {mt['overlapped_p99_us']:.0f}) vs one "
-          f"table at a time {mt['one_by_one_p50_us']:.0f} us (p99 {mt['one_by_one_p99_us']:.0f}): "
-          f"{mt['p50_ratio']:.2f}", file=sys.stderr)
+    print(
+        f"HPS.lookup_tables, {mt['tables']} tables x {mt['keys_per_table']} keys dim{mt['dim']}: "
+        f"p50 {mt['overlapped_p50_us']:.0f} us (p99 {mt['overlapped_p99_us']:.0f}) vs one "
+        f"table at a time {mt['one_by_one_p50_us']:.0f} us (p99 {mt['one_by_one_p99_us']:.0f}): "
+        f"{mt['p50_ratio']:.2f}",
+        file=sys.stderr,
+    )
     q16 = result["query_16K"]
-    print(f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms']*1e3:.1f} vs "
-          f"{q16['gather_ms']*1e3:.1f} us)", file=sys.stderr)
-    for key, label in (("end_to_end_2000", "EmbeddingCache.lookup"),
-                       ("end_to_end_hps_lookup_2000", "HPS.lookup")):
+    print(
+        f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms'] * 1e3:.1f} vs "
+        f"{q16['gather_ms'] * 1e3:.1f} us)",
+        file=sys.stderr,
+    )
+    for key, label in (
+        ("end_to_end_2000", "EmbeddingCache.lookup"),
+        ("end_to_end_hps_lookup_2000", "HPS.lookup"),
+    ):
         e2e = result[key]
         rounds = ", ".join(f"{p:.0f}" for p in e2e["round_p99_us"])
-        print(f"{label} 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
-              f"(p99 by round: {rounds}; {e2e['slow_lookups']} over {SLOW_US:.0f} us"
-              + (f", first at {e2e['slow_at_ms'][0]:.0f} ms, last at {e2e['slow_at_ms'][-1]:.0f}"
-                 f" ms of {e2e['wall_ms']:.0f}" if e2e["slow_lookups"] else "")
-              + (f"; exact {e2e['exact']}, misses {e2e['cache_misses']}" if "exact" in e2e else "")
-              + ")", file=sys.stderr)
+        print(
+            f"{label} 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
+            f"(p99 by round: {rounds}; {e2e['slow_lookups']} over {SLOW_US:.0f} us"
+            + (
+                f", first at {e2e['slow_at_ms'][0]:.0f} ms, last at {e2e['slow_at_ms'][-1]:.0f}"
+                f" ms of {e2e['wall_ms']:.0f}"
+                if e2e["slow_lookups"]
+                else ""
+            )
+            + (f"; exact {e2e['exact']}, misses {e2e['cache_misses']}" if "exact" in e2e else "")
+            + ")",
+            file=sys.stderr,
+        )
     z = result["zipf"]
-    print(f"zipf hit rate {z['steady_hit_rate']:.4f} vs ideal {z['ideal_hit_rate']:.4f} "
-          f"({z['ratio_to_ideal']:.3f})", file=sys.stderr)
+    print(
+        f"zipf hit rate {z['steady_hit_rate']:.4f} vs ideal {z['ideal_hit_rate']:.4f} "
+        f"({z['ratio_to_ideal']:.3f})",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ TAG = "hps_et.bench.t"
 
 def _rss() -> int:
     import psutil
+
     return psutil.Process().memory_info().rss
 
 
@@ -51,13 +52,16 @@ def _peak() -> int:
 
 def _batches(args, seed: int) -> list[np.ndarray]:
     rng = np.random.default_rng(seed)
-    return [rng.integers(0, args.keys, args.batch, dtype=np.int64)
-            for _ in range(args.warmup + args.batches)]
+    return [
+        rng.integers(0, args.keys, args.batch, dtype=np.int64)
+        for _ in range(args.warmup + args.batches)
+    ]
 
 
 def _positions(table: Path, keys: int) -> np.ndarray:
     """Row of each key in the (shuffled) table file: keys are 0 .. keys-1."""
     from hps_cli.runtime.table import TableReader
+
     with TableReader(table) as reader:
         pos = np.empty(keys, dtype=np.int64)
         pos[np.array(reader.keys())] = np.arange(keys)
@@ -87,10 +91,12 @@ def _alternate(args, batches, first, second) -> tuple[float, float]:
 # ---------------------------------------------------------------------------------------------
 # steps (each runs in a child process)
 
+
 def step_hash_map(args) -> dict:
     from hps_cli.runtime.startup_load import load_volatile
     from hps_cli.runtime.table import TableReader
     from hps_cli.runtime.volatile.hash_map import HashMapTable
+
     table_dir = args.work / "table"
     raw = args.keys * (8 + 4 * args.dim)
     gc.collect()
@@ -107,8 +113,7 @@ def step_hash_map(args) -> dict:
         vectors = np.array(reader.vectors())
     pos = _positions(table_dir, args.keys)
     batches = _batches(args, 1)
-    t_fancy, t_tier = _alternate(args, batches, lambda k: vectors[pos[k]],
-                                 lambda k: tier.lookup(k))
+    t_fancy, t_tier = _alternate(args, batches, lambda k: vectors[pos[k]], lambda k: tier.lookup(k))
     out, hit = tier.lookup(batches[-1])
     assert hit.all() and np.array_equal(out, vectors[pos[batches[-1]]])
     timed = args.batches * args.batch
@@ -124,14 +129,17 @@ def step_hash_map(args) -> dict:
         "ratio": round(t_fancy / t_tier, 3),
         "median_pair_ratio": _alternate.median,
         "note": "fancy = vectors[rows] on an in-memory (keys, dim) array; tier = "
-                "HashMapTable.lookup (hash, probe, gather)",
+        "HashMapTable.lookup (hash, probe, gather)",
     }
 
 
 def _default_family(path: Path):
     import rocksdict as rd
-    families = {name: rd.Options(raw_mode=True) for name in
-                rd.Rdict.list_cf(str(path), rd.Options(raw_mode=True))}
+
+    families = {
+        name: rd.Options(raw_mode=True)
+        for name in rd.Rdict.list_cf(str(path), rd.Options(raw_mode=True))
+    }
     db = rd.Rdict(str(path), rd.Options(raw_mode=True), column_families=families)
     return db, db.get_column_family(TAG)
 
@@ -141,6 +149,7 @@ def _naive_db(args) -> Path:
     import rocksdict as rd
     from hps_cli.runtime.raw_keys import key_bytes
     from hps_cli.runtime.table import TableReader
+
     path = args.work / "naive_db"
     if (path / "CURRENT").exists():
         return path
@@ -156,7 +165,7 @@ def _naive_db(args) -> Path:
             raw = np.ascontiguousarray(chunk.vectors).tobytes()
             size = 4 * args.dim
             for i, key in enumerate(key_bytes(chunk.keys, 64)):
-                batch.put(key, raw[i * size:(i + 1) * size])
+                batch.put(key, raw[i * size : (i + 1) * size])
             db.write(batch)
     db.flush()
     del cf, handle
@@ -169,7 +178,7 @@ def _warm_all(args, fn) -> float:
     order = np.random.default_rng(4).permutation(args.keys)
     started = time.perf_counter()
     for first in range(0, args.keys, args.batch):
-        fn(order[first:first + args.batch])
+        fn(order[first : first + args.batch])
     return time.perf_counter() - started
 
 
@@ -178,6 +187,7 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
     from hps_cli.runtime.raw_keys import key_bytes
     from hps_cli.runtime.startup_load import table_checksum
     from hps_cli.runtime.table import TableReader
+
     db_path = args.work / "db"
     started = time.perf_counter()
     if not (db_path / "CURRENT").exists():
@@ -190,39 +200,62 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
     naive_path = _naive_db(args)
     naive_write_s = time.perf_counter() - started
 
-    store = RocksDbStore(db_path, read_only=True, row_cache_bytes=row_cache_mib << 20,
-                         block_cache_bytes=block_cache_mib << 20)
+    store = RocksDbStore(
+        db_path,
+        read_only=True,
+        row_cache_bytes=row_cache_mib << 20,
+        block_cache_bytes=block_cache_mib << 20,
+    )
     tier = store.table(TAG, args.dim)
-    results = {"load_s": round(load_s, 2), "naive_write_s": round(naive_write_s, 2),
-               "row_cache_mib": row_cache_mib, "block_cache_mib": block_cache_mib}
+    results = {
+        "load_s": round(load_s, 2),
+        "naive_write_s": round(naive_write_s, 2),
+        "row_cache_mib": row_cache_mib,
+        "block_cache_mib": block_cache_mib,
+    }
     timed = args.batches * args.batch
     for name, path in (("same_files_default_options", db_path), ("naive_db", naive_path)):
         base_db, base_cf = _default_family(path)
         batches = _batches(args, 2)
-        cold_base, cold_tier = _alternate(args, batches, lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
-                                          lambda k: tier.lookup(k))
-        entry = {"cold": {"baseline_keys_per_s": round(timed / cold_base),
-                          "tier_keys_per_s": round(timed / cold_tier),
-                          "ratio": round(cold_base / cold_tier, 3),
-                          "median_pair_ratio": _alternate.median}}
+        cold_base, cold_tier = _alternate(
+            args,
+            batches,
+            lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
+            lambda k: tier.lookup(k),
+        )
+        entry = {
+            "cold": {
+                "baseline_keys_per_s": round(timed / cold_base),
+                "tier_keys_per_s": round(timed / cold_tier),
+                "ratio": round(cold_base / cold_tier, 3),
+                "median_pair_ratio": _alternate.median,
+            }
+        }
         if args.warm_all:
             _warm_all(args, lambda k, cf=base_cf: cf[list(key_bytes(k, 64))])
             _warm_all(args, tier.lookup)
             batches = _batches(args, 5)
-            t_base, t_tier = _alternate(args, batches, lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
-                                        lambda k: tier.lookup(k))
-            entry["warm"] = {"baseline_keys_per_s": round(timed / t_base),
-                             "tier_keys_per_s": round(timed / t_tier),
-                             "ratio": round(t_base / t_tier, 3),
-                             "median_pair_ratio": _alternate.median}
+            t_base, t_tier = _alternate(
+                args,
+                batches,
+                lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
+                lambda k: tier.lookup(k),
+            )
+            entry["warm"] = {
+                "baseline_keys_per_s": round(timed / t_base),
+                "tier_keys_per_s": round(timed / t_tier),
+                "ratio": round(t_base / t_tier, 3),
+                "median_pair_ratio": _alternate.median,
+            }
         results[name] = entry
         del base_cf
         base_db.close()
     out, hit = tier.lookup(batches[-1])
     assert hit.all()
     phase = "warm" if args.warm_all else "cold"
-    results["ratio_vs_faster_baseline"] = min(results["same_files_default_options"][phase]["ratio"],
-                                              results["naive_db"][phase]["ratio"])
+    results["ratio_vs_faster_baseline"] = min(
+        results["same_files_default_options"][phase]["ratio"], results["naive_db"][phase]["ratio"]
+    )
     store.close()
     return results
 
@@ -230,6 +263,7 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
 def step_rocksdb_default(args) -> dict:
     """The tier as HPS opens it by default: the row cache has room for the table's rows."""
     from hps_cli.runtime.persistent.rocksdb_tier import auto_row_cache_bytes
+
     raw = args.keys * (8 + 4 * args.dim)
     return _rocksdb(args, auto_row_cache_bytes(raw) >> 20, 256)
 
@@ -240,11 +274,12 @@ def step_rocksdb_small_cache(args) -> dict:
 
 
 def step_redis(args) -> dict:
-    from hps_cli.devtools.redis_cluster import LocalRedisCluster
-
     from hps_cli.runtime.startup_load import load_volatile
     from hps_cli.runtime.table import TableReader
     from hps_cli.runtime.volatile.redis_cluster import RedisClusterStore
+
+    from hps_cli.devtools.redis_cluster import LocalRedisCluster
+
     with LocalRedisCluster(3, workdir=args.work / "redis") as cluster:
         store = RedisClusterStore(cluster.address, num_node_connections=4)
         tier = store.table(TAG, args.dim, num_partitions=12)
@@ -261,13 +296,21 @@ def step_redis(args) -> dict:
                 elapsed += time.perf_counter() - a
         assert hit.all() and not failed.any()
         store.close()
-    return {"masters": 3, "partitions": 12, "load_s": round(load_s, 1),
-            "load_keys_per_s": round(args.keys / load_s),
-            "tier_keys_per_s": round(args.batches * args.batch / elapsed)}
+    return {
+        "masters": 3,
+        "partitions": 12,
+        "load_s": round(load_s, 1),
+        "load_keys_per_s": round(args.keys / load_s),
+        "tier_keys_per_s": round(args.batches * args.batch / elapsed),
+    }
 
 
-STEPS = {"hash_map": step_hash_map, "rocksdb_default": step_rocksdb_default,
-         "rocksdb_small_cache": step_rocksdb_small_cache, "redis": step_redis}
+STEPS = {
+    "hash_map": step_hash_map,
+    "rocksdb_default": step_rocksdb_default,
+    "rocksdb_small_cache": step_rocksdb_small_cache,
+    "redis": step_redis,
+}
 
 
 def main() -> None:
@@ -277,8 +320,12 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=65536)
     ap.add_argument("--batches", type=int, default=20, help="timed batches per measurement")
     ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--warm-all", action=argparse.BooleanOptionalAction, default=True,
-                    help="before the warm RocksDB measurement, look every key up once")
+    ap.add_argument(
+        "--warm-all",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="before the warm RocksDB measurement, look every key up once",
+    )
     ap.add_argument("--work", type=Path, default=Path("/tmp/hps-bench-runtime"))
     ap.add_argument("--steps", default="hash_map,rocksdb_default,rocksdb_small_cache,redis")
     ap.add_argument("--step", choices=sorted(STEPS), help=argparse.SUPPRESS)
@@ -289,6 +336,7 @@ def main() -> None:
 
     from hps_cli.runtime.table import TableReader
     from hps_cli.runtime.table.synthetic import write_synthetic_table
+
     table = args.work / "table"
     try:
         with TableReader(table) as reader:
@@ -300,15 +348,28 @@ def main() -> None:
         args.work.mkdir(parents=True)
         write_synthetic_table(table, args.keys, args.dim, shuffle=True)
     subprocess.run(["bash", "-c", f"cat {table}/key {table}/emb_vector > /dev/null"], check=True)
-    result = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-              "keys": args.keys, "dim": args.dim, "batch": args.batch, "batches": args.batches,
-              "command": " ".join(sys.argv)}
-    passthrough = [f"--keys={args.keys}", f"--dim={args.dim}", f"--batch={args.batch}",
-                   f"--batches={args.batches}", f"--warmup={args.warmup}",
-                   "--warm-all" if args.warm_all else "--no-warm-all", f"--work={args.work}"]
+    result = {
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "keys": args.keys,
+        "dim": args.dim,
+        "batch": args.batch,
+        "batches": args.batches,
+        "command": " ".join(sys.argv),
+    }
+    passthrough = [
+        f"--keys={args.keys}",
+        f"--dim={args.dim}",
+        f"--batch={args.batch}",
+        f"--batches={args.batches}",
+        f"--warmup={args.warmup}",
+        "--warm-all" if args.warm_all else "--no-warm-all",
+        f"--work={args.work}",
+    ]
     for name in args.steps.split(","):
-        out = subprocess.run([sys.executable, __file__, "--step", name, *passthrough],
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, __file__, "--step", name, *passthrough], capture_output=True, text=True
+        )
         if out.returncode != 0:
             result[name] = {"error": out.stderr[-2000:]}
         else:

@@ -47,20 +47,31 @@ MODEL = "emb"
 
 # ---------------------------------------------------------------------------------- set-up
 
+
 def make_config(work: Path, keys: int, dim: int, db: str) -> Path:
     from hps_cli.runtime.table.synthetic import write_synthetic_table
 
     table = work / "table"
     if not (table / "key").is_file():
         write_synthetic_table(table, keys, dim, shuffle=True)
-    doc = {"supportlonglong": True,
-           "volatile_db": {"type": "parallel_hash_map", "num_partitions": 16},
-           "persistent_db": {"type": "rocks_db", "path": str(work / db)},
-           "models": [{"model": MODEL, "sparse_files": [str(table)],
-                       "embedding_table_names": ["t"], "embedding_vecsize_per_table": [dim],
-                       "maxnum_catfeature_query_per_table_per_sample": [1],
-                       "default_value_for_each_table": [0.0], "deployed_device_list": [0],
-                       "max_batch_size": 65536, "gpucache": False}]}
+    doc = {
+        "supportlonglong": True,
+        "volatile_db": {"type": "parallel_hash_map", "num_partitions": 16},
+        "persistent_db": {"type": "rocks_db", "path": str(work / db)},
+        "models": [
+            {
+                "model": MODEL,
+                "sparse_files": [str(table)],
+                "embedding_table_names": ["t"],
+                "embedding_vecsize_per_table": [dim],
+                "maxnum_catfeature_query_per_table_per_sample": [1],
+                "default_value_for_each_table": [0.0],
+                "deployed_device_list": [0],
+                "max_batch_size": 65536,
+                "gpucache": False,
+            }
+        ],
+    }
     path = work / f"ps_{db}.json"
     path.write_text(json.dumps(doc, indent=1))
     return path
@@ -71,9 +82,23 @@ class Server:
 
     def __init__(self, config: Path, work: Path, extra: list[str]):
         self.log = work / "server.log"
-        cmd = [sys.executable, "-m", "hps_cli", "serve", "--config", str(config),
-               "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
-               "--access-log", "off", *extra]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "serve",
+            "--config",
+            str(config),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--access-log",
+            "off",
+            *extra,
+        ]
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 600
@@ -101,8 +126,17 @@ def key_sets(keys: int, per_request: int, count: int, seed: int) -> list[np.ndar
 
 # ---------------------------------------------------------------------------------- clients
 
-def _client_process(url: str, transport: str, threads: int, keys: list, dim: int,
-                    start_at: float, seconds: float, queue) -> None:
+
+def _client_process(
+    url: str,
+    transport: str,
+    threads: int,
+    keys: list,
+    dim: int,
+    start_at: float,
+    seconds: float,
+    queue,
+) -> None:
     """``threads`` tritonclient clients, each a loop of synchronous requests in the window.
 
     ``transport``: http or grpc (binary tensors), or http-shm / grpc-shm (the output written by
@@ -113,6 +147,7 @@ def _client_process(url: str, transport: str, threads: int, keys: list, dim: int
     else:
         import tritonclient.grpc as module
     from hps_cli.runtime.table.synthetic import synthetic_vectors
+
     counts = [0] * threads
     errors: list[str] = []
 
@@ -124,6 +159,7 @@ def _client_process(url: str, transport: str, threads: int, keys: list, dim: int
             outputs = None
             if transport.endswith("shm"):
                 import tritonclient.utils.shared_memory as shm
+
                 region = f"hps_bench_{os.getpid()}_{index}"
                 handle = shm.create_shared_memory_region(region, "/" + region, out_bytes)
                 client.register_system_shared_memory(region, "/" + region, out_bytes)
@@ -152,8 +188,7 @@ def _client_process(url: str, transport: str, threads: int, keys: list, dim: int
             end, i = start_at + seconds, index
             while time.time() < end:
                 k = keys[i % len(keys)]
-                got = result(client.infer(MODEL, requests[i % len(requests)], outputs=outputs),
-                             k)
+                got = result(client.infer(MODEL, requests[i % len(requests)], outputs=outputs), k)
                 if got.size != k.size * dim:
                     raise RuntimeError("wrong output size")
                 if time.time() <= end:
@@ -175,18 +210,21 @@ def _client_process(url: str, transport: str, threads: int, keys: list, dim: int
     queue.put({"requests": sum(counts), "errors": errors})
 
 
-def served(url: str, transport: str, concurrency: int, keys: list, seconds: float,
-           dim: int) -> dict:
+def served(
+    url: str, transport: str, concurrency: int, keys: list, seconds: float, dim: int
+) -> dict:
     """Requests/s and keys/s at ``concurrency`` (threads over up to 4 client processes)."""
     ctx = mp.get_context("fork")
     procs_n = min(concurrency, 4)
-    per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0)
-           for i in range(procs_n)]
+    per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
     queue = ctx.Queue()
     start_at = time.time() + 3.0 + 0.2 * concurrency  # time for clients to connect, warm up
-    procs = [ctx.Process(target=_client_process,
-                         args=(url, transport, n, keys, dim, start_at, seconds, queue))
-             for n in per]
+    procs = [
+        ctx.Process(
+            target=_client_process, args=(url, transport, n, keys, dim, start_at, seconds, queue)
+        )
+        for n in per
+    ]
     for p in procs:
         p.start()
     results = [queue.get(timeout=seconds + 300) for _ in procs]
@@ -194,10 +232,14 @@ def served(url: str, transport: str, concurrency: int, keys: list, seconds: floa
         p.join()
     errors = [e for r in results for e in r["errors"]]
     requests = sum(r["requests"] for r in results)
-    return {"protocol": transport, "concurrency": concurrency,
-            "requests_per_s": round(requests / seconds, 1),
-            "keys_per_s": round(requests * keys[0].size / seconds),
-            "errors": len(errors), "first_error": errors[0] if errors else None}
+    return {
+        "protocol": transport,
+        "concurrency": concurrency,
+        "requests_per_s": round(requests / seconds, 1),
+        "keys_per_s": round(requests * keys[0].size / seconds),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
 
 
 def in_process(config: Path, keys: list, seconds: float, threads: int = 1) -> dict:
@@ -228,16 +270,25 @@ print(json.dumps({{"requests": sum(counts)}}))
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump([k.tolist() for k in keys], f)
     try:
-        out = subprocess.run([sys.executable, "-c", code, f.name, str(config)],
-                             capture_output=True, text=True, check=True, timeout=900)
+        out = subprocess.run(
+            [sys.executable, "-c", code, f.name, str(config)],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=900,
+        )
     finally:
         os.unlink(f.name)
     requests = json.loads(out.stdout.strip().splitlines()[-1])["requests"]
-    return {"threads": threads, "requests_per_s": round(requests / seconds, 1),
-            "keys_per_s": round(requests * keys[0].size / seconds)}
+    return {
+        "threads": threads,
+        "requests_per_s": round(requests / seconds, 1),
+        "keys_per_s": round(requests * keys[0].size / seconds),
+    }
 
 
 # ---------------------------------------------------------------------------------- main
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -250,8 +301,11 @@ def main() -> None:
     ap.add_argument("--sweep", default="1,2,4,8,16", help="concurrency levels of the sweep")
     ap.add_argument("--big-concurrency", default="1,2,4", help="concurrency levels, part 2")
     ap.add_argument("--protocols", default="http,grpc", help="of the sweep")
-    ap.add_argument("--big-transports", default="http,grpc,http-shm,grpc-shm",
-                    help="of the 16 K comparison (-shm: output in system shared memory)")
+    ap.add_argument(
+        "--big-transports",
+        default="http,grpc,http-shm,grpc-shm",
+        help="of the 16 K comparison (-shm: output in system shared memory)",
+    )
     ap.add_argument("--server-args", default="", help="extra hps serve options")
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, help="also write the JSON result here")
@@ -270,8 +324,9 @@ def main() -> None:
             sweep = []
             for protocol in protocols:
                 for c in [int(x) for x in args.sweep.split(",")]:
-                    level = served(getattr(server, protocol), protocol, c, small, args.seconds,
-                                   args.dim)
+                    level = served(
+                        getattr(server, protocol), protocol, c, small, args.seconds, args.dim
+                    )
                     sweep.append(level)
                     print(json.dumps(level), file=sys.stderr, flush=True)
             big = key_sets(args.keys, args.big_keys, 8, 2)
@@ -284,9 +339,14 @@ def main() -> None:
                     for c in [int(x) for x in args.big_concurrency.split(",")]:
                         levels.append(served(url, transport, c, big, args.seconds, args.dim))
                 best = max(levels, key=lambda x: x["keys_per_s"])
-                rounds.append({"in_process": base, "served": levels,
-                               "best_ratio": round(best["keys_per_s"] / base["keys_per_s"], 3),
-                               "best": f"{best['protocol']} c={best['concurrency']}"})
+                rounds.append(
+                    {
+                        "in_process": base,
+                        "served": levels,
+                        "best_ratio": round(best["keys_per_s"] / base["keys_per_s"], 3),
+                        "best": f"{best['protocol']} c={best['concurrency']}",
+                    }
+                )
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
         finally:
             code = server.stop()
@@ -299,23 +359,36 @@ def main() -> None:
             for level in r["served"]:
                 key = f"{level['protocol']} c={level['concurrency']}"
                 per_level.setdefault(key, []).append(
-                    level["keys_per_s"] / r["in_process"]["keys_per_s"])
+                    level["keys_per_s"] / r["in_process"]["keys_per_s"]
+                )
         result = {
-            "benchmark": "hps serve", "date": date.today().isoformat(),
+            "benchmark": "hps serve",
+            "date": date.today().isoformat(),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
-            "table": {"keys": args.keys, "dim": args.dim,
-                      "tiers": "parallel_hash_map (all rows) + rocks_db; no cache"},
-            "sweep_small_requests": {"keys_per_request": args.small_keys, "levels": sweep,
-                                     "c16_over_c1": {p: round(v[16] / v[1], 2)
-                                                     for p, v in by.items() if 1 in v and 16 in v}},
-            "big_requests": {"keys_per_request": args.big_keys, "rounds": rounds,
-                             "median_best_ratio": float(np.median(ratios)),
-                             "median_ratio_per_level": {k: round(float(np.median(v)), 3)
-                                                        for k, v in per_level.items()}},
+            "table": {
+                "keys": args.keys,
+                "dim": args.dim,
+                "tiers": "parallel_hash_map (all rows) + rocks_db; no cache",
+            },
+            "sweep_small_requests": {
+                "keys_per_request": args.small_keys,
+                "levels": sweep,
+                "c16_over_c1": {
+                    p: round(v[16] / v[1], 2) for p, v in by.items() if 1 in v and 16 in v
+                },
+            },
+            "big_requests": {
+                "keys_per_request": args.big_keys,
+                "rounds": rounds,
+                "median_best_ratio": float(np.median(ratios)),
+                "median_ratio_per_level": {
+                    k: round(float(np.median(v)), 3) for k, v in per_level.items()
+                },
+            },
             "server_exit_code": code,
-            "errors": sum(level["errors"] for level in sweep) + sum(
-                level["errors"] for r in rounds for level in r["served"]),
+            "errors": sum(level["errors"] for level in sweep)
+            + sum(level["errors"] for r in rounds for level in r["served"]),
         }
         text = json.dumps(result, indent=2)
         print(text)

@@ -36,8 +36,22 @@ def main() -> None:
     work.mkdir(parents=True)
     rows = int(args.gib * (1 << 30) / (8 + 4 * args.dim))
     src = work / "src"
-    gen = run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "generate", str(src),
-                        "--keys", str(rows), "--dim", str(args.dim), "--shuffle"])
+    gen = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "generate",
+            str(src),
+            "--keys",
+            str(rows),
+            "--dim",
+            str(args.dim),
+            "--shuffle",
+        ]
+    )
     size = sum(p.stat().st_size for p in src.iterdir() if p.name in ("key", "emb_vector"))
 
     # Warm the page cache equally for everyone: read the source once.
@@ -59,44 +73,96 @@ def main() -> None:
     def fresh(path):
         def clear():
             shutil.rmtree(path, ignore_errors=True)
+
         return clear
 
     def fresh_dir(path):
         def clear():
             shutil.rmtree(path, ignore_errors=True)
             path.mkdir()
+
         return clear
 
-    cp = median_of(lambda: ["cp", str(src / "key"), str(src / "emb_vector"), str(work / "cp")],
-                   fresh_dir(work / "cp"))
-    cp_sync = median_of(lambda: ["bash", "-c", f"cp {src}/key {src}/emb_vector {work}/cp && "
-                                 f"sync -f {work}/cp/key {work}/cp/emb_vector"], fresh_dir(work / "cp"))
+    cp = median_of(
+        lambda: ["cp", str(src / "key"), str(src / "emb_vector"), str(work / "cp")],
+        fresh_dir(work / "cp"),
+    )
+    cp_sync = median_of(
+        lambda: [
+            "bash",
+            "-c",
+            f"cp {src}/key {src}/emb_vector {work}/cp && "
+            f"sync -f {work}/cp/key {work}/cp/emb_vector",
+        ],
+        fresh_dir(work / "cp"),
+    )
     shutil.rmtree(work / "cp")
-    verify = median_of(lambda: [sys.executable, "-m", "hps_cli", "-q", "table", "verify", str(src),
-                                "--dim", str(args.dim), "--values"])
-    rewrite = median_of(lambda: python_step(
-        "from hps_cli.runtime.table.rewrite import rewrite_table;"
-        f"rewrite_table({str(src)!r}, {str(work / 'out')!r})"), fresh(work / "out"))
-    check = run_measured([sys.executable, "-m", "hps_cli", "-q", "table", "verify",
-                          str(work / "out"), "--dim", str(args.dim), "--trust-sidecar"])
+    verify = median_of(
+        lambda: [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "verify",
+            str(src),
+            "--dim",
+            str(args.dim),
+            "--values",
+        ]
+    )
+    rewrite = median_of(
+        lambda: python_step(
+            "from hps_cli.runtime.table.rewrite import rewrite_table;"
+            f"rewrite_table({str(src)!r}, {str(work / 'out')!r})"
+        ),
+        fresh(work / "out"),
+    )
+    check = run_measured(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "-q",
+            "table",
+            "verify",
+            str(work / "out"),
+            "--dim",
+            str(args.dim),
+            "--trust-sidecar",
+        ]
+    )
 
     gbs = lambda s: size / s / 1e9  # noqa: E731
     result = {
-        "date": date.today().isoformat(), "cpu": platform.processor() or platform.machine(),
-        "rows": rows, "dim": args.dim, "bytes": size,
+        "date": date.today().isoformat(),
+        "cpu": platform.processor() or platform.machine(),
+        "rows": rows,
+        "dim": args.dim,
+        "bytes": size,
         "generate": gen,
         "cp": {**cp, "GB_per_s": gbs(cp["seconds"])},
         "cp_fsync": {**cp_sync, "GB_per_s": gbs(cp_sync["seconds"])},
-        "verify": {**verify, "GB_per_s": gbs(verify["seconds"]),
-                   "ratio_to_cp": cp["seconds"] / verify["seconds"]},
-        "rewrite": {**rewrite, "GB_per_s": gbs(rewrite["seconds"]),
-                    "ratio_to_cp_fsync": cp_sync["seconds"] / rewrite["seconds"],
-                    "ratio_to_cp": cp["seconds"] / rewrite["seconds"]},
+        "verify": {
+            **verify,
+            "GB_per_s": gbs(verify["seconds"]),
+            "ratio_to_cp": cp["seconds"] / verify["seconds"],
+        },
+        "rewrite": {
+            **rewrite,
+            "GB_per_s": gbs(rewrite["seconds"]),
+            "ratio_to_cp_fsync": cp_sync["seconds"] / rewrite["seconds"],
+            "ratio_to_cp": cp["seconds"] / rewrite["seconds"],
+        },
         "verify_rewritten_with_sidecar": check,
     }
     print(json.dumps(result, indent=2))
-    ok = (verify["peak_rss_mib"] < 300 and rewrite["peak_rss_mib"] < 300
-          and result["verify"]["ratio_to_cp"] >= 0.5 and result["rewrite"]["ratio_to_cp_fsync"] >= 0.5)
+    ok = (
+        verify["peak_rss_mib"] < 300
+        and rewrite["peak_rss_mib"] < 300
+        and result["verify"]["ratio_to_cp"] >= 0.5
+        and result["rewrite"]["ratio_to_cp_fsync"] >= 0.5
+    )
     print("targets met" if ok else "TARGETS MISSED", file=sys.stderr)
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -66,9 +66,11 @@ def main() -> None:
             rc = cuda.cuCtxSetLimit(6, ctypes.c_size_t(int(persist_mb * 2**20)))
             got = ctypes.c_size_t()
             cuda.cuCtxGetLimit(ctypes.byref(got), 6)
-        print(f"persisting L2 set-aside: asked {persist_mb} MiB, rc {rc}, now "
-              f"{got.value / 2**20:.1f} MiB (max {max_persist.value / 2**20:.1f} MiB)",
-              file=sys.stderr)
+        print(
+            f"persisting L2 set-aside: asked {persist_mb} MiB, rc {rc}, now "
+            f"{got.value / 2**20:.1f} MiB (max {max_persist.value / 2**20:.1f} MiB)",
+            file=sys.stderr,
+        )
     fetch = int(os.environ.get("HPS_STUDY_L2_FETCH_BYTES", "0"))
     if fetch:
         # CU_LIMIT_MAX_L2_FETCH_GRANULARITY: how many bytes an L2 miss brings from DRAM (a hint)
@@ -81,8 +83,11 @@ def main() -> None:
             rc = cuda.cuCtxSetLimit(5, ctypes.c_size_t(fetch))
             got = ctypes.c_size_t()
             cuda.cuCtxGetLimit(ctypes.byref(got), 5)
-        print(f"L2 fetch granularity: was {before.value} B, asked {fetch} B, rc {rc}, now "
-              f"{got.value} B", file=sys.stderr)
+        print(
+            f"L2 fetch granularity: was {before.value} B, asked {fetch} B, rc {rc}, now "
+            f"{got.value} B",
+            file=sys.stderr,
+        )
     dims = [int(d) for d in args.dims.split(",")]
     big = 1 << 20
     if args.profile:
@@ -90,12 +95,24 @@ def main() -> None:
         with device.scope():
             module = KernelModule(device.arch, defines)
         for dim in dims:
-            kernel_variants(device, dim, big, big, 2 * big, {"p": (module, args.hits)}, repeats=1,
-                            warmup=0, check=False)
+            kernel_variants(
+                device,
+                dim,
+                big,
+                big,
+                2 * big,
+                {"p": (module, args.hits)},
+                repeats=1,
+                warmup=0,
+                check=False,
+            )
         return
     # a name matches with or without its " (wrong)" suffix
-    chosen = {k: v for k, v in VARIANTS.items()
-              if not args.only or k in args.only or k.split(" ")[0] in args.only}
+    chosen = {
+        k: v
+        for k, v in VARIANTS.items()
+        if not args.only or k in args.only or k.split(" ")[0] in args.only
+    }
     modules = {}
     for name, (defines, hits, *options) in chosen.items():
         with device.scope():
@@ -106,24 +123,31 @@ def main() -> None:
         for name, row in rows.items():
             result["variants"].setdefault(name, []).append(row)
     for name, (module, *_) in modules.items():
-        result["variants"][name].append({
-            "regs_query": module.function("dc_query", "P").num_regs,
-            "regs_gather": module.function("gather_rows", "P").num_regs})
+        result["variants"][name].append(
+            {
+                "regs_query": module.function("dc_query", "P").num_regs,
+                "regs_gather": module.function("gather_rows", "P").num_regs,
+            }
+        )
     if args.out:
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)
     print(f"card: {device.name}", file=sys.stderr)
-    print(f"{'variant':28s} {'regs q/g':>9s} " + " ".join(
-        f"{'d' + str(d) + ' q/g ms':>16s} {'ratio':>6s} {'inplace':>7s}" for d in dims),
-        file=sys.stderr)
+    print(
+        f"{'variant':28s} {'regs q/g':>9s} "
+        + " ".join(f"{'d' + str(d) + ' q/g ms':>16s} {'ratio':>6s} {'inplace':>7s}" for d in dims),
+        file=sys.stderr,
+    )
     for name, rows in result["variants"].items():
         regs = rows[-1]
         cells = " ".join(
             f"{r['query_ms']:.3f}/{r['gather_ms']:.3f}".rjust(16)
             + f" {r['throughput_ratio']:6.3f} {r['throughput_ratio_in_place']:7.3f}"
-            for r in rows[:-1])
-        print(f"{name:28s} {regs['regs_query']:4d}/{regs['regs_gather']:<4d} {cells}",
-              file=sys.stderr)
+            for r in rows[:-1]
+        )
+        print(
+            f"{name:28s} {regs['regs_query']:4d}/{regs['regs_gather']:<4d} {cells}", file=sys.stderr
+        )
 
 
 if __name__ == "__main__":

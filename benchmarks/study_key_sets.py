@@ -65,11 +65,20 @@ def compile_variant(device, ways: int, count: int, sequential: int):
     from hps_cli.runtime.resources import cuda_dir
     from pycuda.compiler import SourceModule
 
-    defines = {"STUDY_WAYS": str(ways), "HPS_WAYS": str(ways), "STUDY_COUNT": str(count),
-               "STUDY_SEQUENTIAL": str(sequential)}
-    module = SourceModule((HERE / "study_key_sets.cu").read_text(), no_extern_c=True,
-                          include_dirs=[str(cuda_dir().resolve())], options=nvcc_flags(defines),
-                          arch=device.arch, cache_dir=cache_dir())
+    defines = {
+        "STUDY_WAYS": str(ways),
+        "HPS_WAYS": str(ways),
+        "STUDY_COUNT": str(count),
+        "STUDY_SEQUENTIAL": str(sequential),
+    }
+    module = SourceModule(
+        (HERE / "study_key_sets.cu").read_text(),
+        no_extern_c=True,
+        include_dirs=[str(cuda_dir().resolve())],
+        options=nvcc_flags(defines),
+        arch=device.arch,
+        cache_dir=cache_dir(),
+    )
     fn = module.get_function("study_query")
     fn.prepare("PqPPPPIifPPPPq")
     return fn
@@ -100,14 +109,30 @@ def time_variant(device, fn, ways, num_sets, state, dim, batch, rng, repeats=50)
     g = device.kernels.function("gather_rows", "PPqiP")
 
     def query(i):
-        fn.prepared_async_call(grid, (256, 1, 1), None, int(batches[i % 4]), batch, int(d_keys),
-                               int(d_scores), int(d_hits), int(d_values), num_sets, dim,
-                               np.float32(0), int(out), int(mkeys), int(mpos), int(count),
-                               query_seed(i))
+        fn.prepared_async_call(
+            grid,
+            (256, 1, 1),
+            None,
+            int(batches[i % 4]),
+            batch,
+            int(d_keys),
+            int(d_scores),
+            int(d_hits),
+            int(d_values),
+            num_sets,
+            dim,
+            np.float32(0),
+            int(out),
+            int(mkeys),
+            int(mpos),
+            int(count),
+            query_seed(i),
+        )
 
     def gather(i):
-        g.prepared_async_call(grid, (256, 1, 1), None, int(table), int(indices[i % 4]), batch,
-                              dim, int(out))
+        g.prepared_async_call(
+            grid, (256, 1, 1), None, int(table), int(indices[i % 4]), batch, dim, int(out)
+        )
 
     got = np.empty((batch, dim), np.float32)
     for launch in (query, gather):
@@ -124,16 +149,33 @@ def time_variant(device, fn, ways, num_sets, state, dim, batch, rng, repeats=50)
     rounds = []
     for _ in range(2):
         drv.memset_d8(d_hits, 0, slots + 16)  # no hit byte may wrap within a round
-        rounds.append((_events_median(device, query, repeats), _events_median(device, gather,
-                                                                              repeats)))
+        rounds.append(
+            (_events_median(device, query, repeats), _events_median(device, gather, repeats))
+        )
     q = statistics.mean(r[0] for r in rounds)
     gt = statistics.mean(r[1] for r in rounds)
-    for buf in (d_keys, d_values, d_scores, d_hits, table, out, mkeys, mpos, count, *batches,
-                *indices):
+    for buf in (
+        d_keys,
+        d_values,
+        d_scores,
+        d_hits,
+        table,
+        out,
+        mkeys,
+        mpos,
+        count,
+        *batches,
+        *indices,
+    ):
         buf.free()
-    return {"query_ms": [r[0] for r in rounds], "gather_ms": [r[1] for r in rounds],
-            "throughput_ratio": gt / q, "cached_keys": int(present.size), "slots": slots,
-            "regs": fn.num_regs}
+    return {
+        "query_ms": [r[0] for r in rounds],
+        "gather_ms": [r[1] for r in rounds],
+        "throughput_ratio": gt / q,
+        "cached_keys": int(present.size),
+        "slots": slots,
+        "regs": fn.num_regs,
+    }
 
 
 def main() -> None:
@@ -160,12 +202,16 @@ def main() -> None:
                     if ways not in states:
                         states.clear()
                         states[ways] = build_state(ways, slots // ways, big, dim, rng)
-                    r = time_variant(device, fns[name], ways, slots // ways, states[ways], dim,
-                                     big, rng)
+                    r = time_variant(
+                        device, fns[name], ways, slots // ways, states[ways], dim, big, rng
+                    )
                     row[name] = r
-                    print(f"dim {dim} {fill:4s} {name:16s} ratio {r['throughput_ratio']:.3f} "
-                          f"(cached {r['cached_keys']}, regs {r['regs']}; production "
-                          f"{prod['throughput_ratio']:.3f})", file=sys.stderr)
+                    print(
+                        f"dim {dim} {fill:4s} {name:16s} ratio {r['throughput_ratio']:.3f} "
+                        f"(cached {r['cached_keys']}, regs {r['regs']}; production "
+                        f"{prod['throughput_ratio']:.3f})",
+                        file=sys.stderr,
+                    )
                 result["rows"].append(row)
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))

@@ -34,15 +34,24 @@ class LazyGroup(click.Group):
         return getattr(module, attr)
 
 
-@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"],
-                                               "max_content_width": 100})
+@click.group(
+    cls=LazyGroup,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
 @click.version_option(__version__, "-V", "--version", prog_name="hps")
-@click.option("--debug", is_flag=True, envvar="HPS_DEBUG",
-              help="Show full tracebacks on errors, and TensorFlow's load-time log lines "
-                   "(also HPS_DEBUG=1).")
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="HPS_DEBUG",
+    help="Show full tracebacks on errors, and TensorFlow's load-time log lines (also HPS_DEBUG=1).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars or status messages.")
-@click.option("--json", "json_mode", is_flag=True,
-              help="Machine-readable output: one JSON document on stdout.")
+@click.option(
+    "--json",
+    "json_mode",
+    is_flag=True,
+    help="Machine-readable output: one JSON document on stdout.",
+)
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, quiet: bool, json_mode: bool) -> None:
     """Deploy large embedding tables with NVIDIA HPS-compatible files and configs.

@@ -1,4 +1,5 @@
-"""Where the CLI's output goes: data to stdout, messages and progress to stderr, or one JSON document.
+"""Where the CLI's output goes: data to stdout, messages and progress to stderr, or one JSON
+document.
 
 Commands never print directly; they ask the Output of the current invocation, which knows the
 global --quiet and --json settings and whether stderr is a terminal (no progress bars otherwise).
@@ -36,6 +37,7 @@ class Output:
     def err(self):
         if self._err is None:
             from rich.console import Console
+
             self._err = Console(stderr=True, highlight=False, soft_wrap=True)
         return self._err
 
@@ -43,6 +45,7 @@ class Output:
     def out(self):
         if self._out is None:
             from rich.console import Console
+
             # Piped output gets a wide fixed width, so tables of long paths do not fold.
             width = None if sys.stdout.isatty() else 160
             self._out = Console(highlight=False, soft_wrap=True, width=width)
@@ -83,8 +86,14 @@ class Output:
             TimeRemainingColumn,
             TransferSpeedColumn,
         )
-        columns = [TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
-                   TransferSpeedColumn(), TimeRemainingColumn()]
+
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+        ]
         with Progress(*columns, console=self.err, transient=True) as bar:
             task = bar.add_task(description, total=total)
             yield lambda amount: bar.advance(task, amount)
@@ -117,5 +126,9 @@ def human_bytes(count: int) -> str:
 
 def json_option(func):
     """``--json``: one machine-readable document on stdout (same as the global ``hps --json``)."""
-    return click.option("--json", "json_output", is_flag=True,
-                        help="Print one JSON document on stdout instead of text.")(func)
+    return click.option(
+        "--json",
+        "json_output",
+        is_flag=True,
+        help="Print one JSON document on stdout instead of text.",
+    )(func)

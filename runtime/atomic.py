@@ -45,8 +45,11 @@ def check_destination(dest: Path | str, overwrite: bool) -> Path:
     """Raise OutputExistsError when ``dest`` exists and ``overwrite`` is false."""
     dest = Path(dest)
     if (dest.exists() or dest.is_symlink()) and not overwrite:
-        raise OutputExistsError("the destination already exists", location=str(dest),
-                                hint="pass --overwrite to replace it, or choose another path")
+        raise OutputExistsError(
+            "the destination already exists",
+            location=str(dest),
+            hint="pass --overwrite to replace it, or choose another path",
+        )
     return dest
 
 

@@ -50,9 +50,19 @@ class TableTiers:
         stats: ``TableStats``: counters (``stats.counters()``) and latency histograms.
     """
 
-    def __init__(self, model: str, table: str, dim: int, default_value: float = 0.0, *,
-                 volatile=None, persistent=None, cache_missed_embeddings: bool = False,
-                 writable_persistent: bool = True, stats: TableStats | None = None):
+    def __init__(
+        self,
+        model: str,
+        table: str,
+        dim: int,
+        default_value: float = 0.0,
+        *,
+        volatile=None,
+        persistent=None,
+        cache_missed_embeddings: bool = False,
+        writable_persistent: bool = True,
+        stats: TableStats | None = None,
+    ):
         self.model = model
         self.table = table
         self.dim = int(dim)
@@ -60,8 +70,9 @@ class TableTiers:
         self.default_vector = np.full(self.dim, self.default_value, dtype=np.float32)
         self.volatile = volatile
         self.persistent = persistent
-        self.cache_missed_embeddings = bool(cache_missed_embeddings and volatile is not None
-                                            and persistent is not None)
+        self.cache_missed_embeddings = bool(
+            cache_missed_embeddings and volatile is not None and persistent is not None
+        )
         self.writable_persistent = writable_persistent
         self.stats = stats or TableStats()
         self._lock = RWLock()
@@ -77,8 +88,10 @@ class TableTiers:
         """Vectors of int64 ``keys`` as float32 ``(n, dim)``: volatile → persistent → default."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.ndim != 1:
-            raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}",
-                                    location=f"keys ({self.model}.{self.table})")
+            raise InvalidInputError(
+                f"keys must be 1-D, got shape {keys.shape}",
+                location=f"keys ({self.model}.{self.table})",
+            )
         started = time.perf_counter()
         n = keys.size
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -86,8 +99,9 @@ class TableTiers:
         with self._lock.read():
             missing, volatile_failed = self._from_volatile(keys, out, counts)
             if missing.size and self.persistent is not None:
-                missing = self._from_persistent(keys, missing, out, counts,
-                                                write_back=not volatile_failed)
+                missing = self._from_persistent(
+                    keys, missing, out, counts, write_back=not volatile_failed
+                )
         if missing.size:
             out[missing] = self.default_vector
         counts["defaults"] = missing.size
@@ -95,8 +109,9 @@ class TableTiers:
         self.stats.fetch_latency.record(time.perf_counter() - started)
         return out
 
-    def _from_volatile(self, keys: np.ndarray, out: np.ndarray,
-                       counts: dict) -> tuple[np.ndarray, bool]:
+    def _from_volatile(
+        self, keys: np.ndarray, out: np.ndarray, counts: dict
+    ) -> tuple[np.ndarray, bool]:
         if self.volatile is None:
             return np.arange(keys.size), False
         result = self.volatile.lookup(keys, out)
@@ -104,13 +119,22 @@ class TableTiers:
         failed = int(result[2].sum()) if len(result) == 3 else 0  # Redis reports failures
         if failed:
             counts["volatile_failures"] = failed
-            self._warn(f"volatile tier failed for {failed} key(s) of {self.model}.{self.table}; "
-                       "answering from the next tier")
+            self._warn(
+                f"volatile tier failed for {failed} key(s) of {self.model}.{self.table}; "
+                "answering from the next tier"
+            )
         counts["volatile_hits"] = int(np.count_nonzero(hit))
         return np.flatnonzero(~hit), bool(failed)
 
-    def _from_persistent(self, keys: np.ndarray, missing: np.ndarray, out: np.ndarray,
-                         counts: dict, *, write_back: bool) -> np.ndarray:
+    def _from_persistent(
+        self,
+        keys: np.ndarray,
+        missing: np.ndarray,
+        out: np.ndarray,
+        counts: dict,
+        *,
+        write_back: bool,
+    ) -> np.ndarray:
         asked = keys[missing]
         try:
             found, hit = self.persistent.lookup(asked)
@@ -168,16 +192,20 @@ class TableTiers:
             raise InvalidInputError(
                 f"cannot change {self.model}.{self.table}: the persistent tier is read-only",
                 location="persistent_db.read_only",
-                hint="updates must reach every tier; open the database read-write")
+                hint="updates must reach every tier; open the database read-write",
+            )
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         if vectors is not None:
             vectors = np.asarray(vectors)
             if vectors.shape != (keys.size, self.dim):
                 raise InvalidInputError(
                     f"vectors must have shape ({keys.size}, {self.dim}), got {vectors.shape}",
-                    location=f"vectors ({self.model}.{self.table})")
+                    location=f"vectors ({self.model}.{self.table})",
+                )
             if not np.issubdtype(vectors.dtype, np.floating):
-                raise InvalidInputError(f"vectors must be floats, got {vectors.dtype}",
-                                        location=f"vectors ({self.model}.{self.table})")
+                raise InvalidInputError(
+                    f"vectors must be floats, got {vectors.dtype}",
+                    location=f"vectors ({self.model}.{self.table})",
+                )
             vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return keys, vectors

@@ -35,7 +35,7 @@ def aligned_view(owner: np.ndarray, nbytes: int) -> np.ndarray:
     """``nbytes`` of byte array ``owner`` (which has ALIGN bytes to spare) starting on a 4 KiB
     boundary; a view, so its base is ``owner``."""
     start = -owner.ctypes.data % ALIGN
-    return owner[start:start + nbytes]
+    return owner[start : start + nbytes]
 
 
 def aligned_empty(nbytes: int) -> np.ndarray:
@@ -100,9 +100,11 @@ class DirectFile:
             os.posix_fallocate(self._fd, 0, size)
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
-                raise HpsError(f"not enough free space for {size:,} bytes",
-                               location=str(self.path),
-                               hint="free space or write somewhere else") from exc
+                raise HpsError(
+                    f"not enough free space for {size:,} bytes",
+                    location=str(self.path),
+                    hint="free space or write somewhere else",
+                ) from exc
             return  # the file system cannot reserve (EOPNOTSUPP, EINVAL): write as usual
         self._allocated = size
 
@@ -127,15 +129,17 @@ class DirectFile:
                 # to the final fsync. Only the new range: advising the whole file each time
                 # would rescan it (quadratic).
                 end = self.bytes + len(view)
-                os.posix_fadvise(self._fd, self._advised, end - self._advised,
-                                 os.POSIX_FADV_DONTNEED)
+                os.posix_fadvise(
+                    self._fd, self._advised, end - self._advised, os.POSIX_FADV_DONTNEED
+                )
                 self._advised = end
         self.bytes += len(view)
 
     def _fall_back_to_buffered(self, view: memoryview) -> None:
         """Rewrite everything so far (still all in the staging buffer) and ``view`` buffered."""
-        earlier = memoryview(self._stage[:self.bytes]) if self._stage is not None else \
-            memoryview(b"")
+        earlier = (
+            memoryview(self._stage[: self.bytes]) if self._stage is not None else memoryview(b"")
+        )
         for part, offset in ((earlier, 0), (view, self.bytes)):
             written = 0
             while written < len(part):
@@ -146,21 +150,21 @@ class DirectFile:
 
     def _write_direct(self, data: np.ndarray) -> None:
         if self._staged:  # top up the staged blocks first, so file offsets stay aligned
-            data = data[self._stage_in(data):]
+            data = data[self._stage_in(data) :]
         if not self._staged:
             whole = data.size // ALIGN * ALIGN
             if whole and data.ctypes.data % ALIGN == 0:  # straight from the caller's buffer
                 self._pwrite(data[:whole])
                 data = data[whole:]
         while data.size:
-            data = data[self._stage_in(data):]
+            data = data[self._stage_in(data) :]
 
     def _stage_in(self, data: np.ndarray) -> int:
         """Copy what fits of ``data`` into the staging buffer (written out when full)."""
         if self._stage is None:
             self._stage = aligned_empty(STAGE_BYTES)
         take = min(data.size, self._stage.size - self._staged)
-        self._stage[self._staged:self._staged + take] = data[:take]
+        self._stage[self._staged : self._staged + take] = data[:take]
         self._staged += take
         if self._staged == self._stage.size:
             self._pwrite(self._stage)
@@ -180,7 +184,7 @@ class DirectFile:
         try:
             if self._direct is not None and self._staged:  # padded to a whole block
                 padded = -(-self._staged // ALIGN) * ALIGN
-                self._stage[self._staged:padded] = 0
+                self._stage[self._staged : padded] = 0
                 try:
                     self._pwrite(self._stage[:padded])
                 except OSError as exc:  # the first O_DIRECT write of the file, refused

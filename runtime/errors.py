@@ -63,8 +63,14 @@ class InvalidInputError(HpsError):
 class ConfigError(InvalidInputError):
     """An HPS parameter-server config is invalid; ``issues`` holds every problem found."""
 
-    def __init__(self, message: str, *, issues: tuple = (), location: str | None = None,
-                 hint: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        issues: tuple = (),
+        location: str | None = None,
+        hint: str | None = None,
+    ):
         super().__init__(message, location=location, hint=hint)
         self.issues = tuple(issues)
 

@@ -51,8 +51,7 @@ from .config.model import ModelConfig, PsConfig
 from .config.validate import load_config
 from .cpu_tiers import TableTiers
 from .errors import ConfigError, InvalidInputError, NotFoundError
-from .persistent.rocksdb_tier import (DEFAULT_BLOCK_CACHE_BYTES, RocksDbStore,
-                                      auto_row_cache_bytes)
+from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES, RocksDbStore, auto_row_cache_bytes
 from .startup_load import load_volatile, table_checksum, volatile_rows
 from .stats import TableStats
 from .table.reader import TableReader
@@ -73,6 +72,7 @@ def _abandon_all(started: list) -> None:
             interrupt = interrupt or exc
     if interrupt is not None:
         raise interrupt
+
 
 UINT32_MAX = 2**32 - 1
 CacheFactory = Callable[[ModelConfig, int, int, TableTiers], object]
@@ -115,12 +115,16 @@ class HPS:
         ServiceUnavailableError: the Redis Cluster cannot be reached.
     """
 
-    def __init__(self, config: PsConfig | str | Path | dict, *,
-                 cache_factory: CacheFactory | str | None = "auto",
-                 rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
-                 rocksdb_row_cache_bytes: int | None = None,
-                 redis_options: dict | None = None,
-                 progress: Callable[[int], None] | None = None):
+    def __init__(
+        self,
+        config: PsConfig | str | Path | dict,
+        *,
+        cache_factory: CacheFactory | str | None = "auto",
+        rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
+        rocksdb_row_cache_bytes: int | None = None,
+        redis_options: dict | None = None,
+        progress: Callable[[int], None] | None = None,
+    ):
         self.config = _load_checked(config)
         self.key_width = 64 if self.config.supportlonglong else 32
         if cache_factory == "auto":
@@ -131,12 +135,22 @@ class HPS:
         self._redis = None
         self._tables: dict[tuple[str, int], TableTiers] = {}
         self._fronts: dict[tuple[str, int, int], object] = {}
-        plans = [_TablePlan(m, t, m.table_name(t), m.tag(t), m.embedding_vecsize_per_table[t],
-                            TableReader(m.table_path(t), m.embedding_vecsize_per_table[t]))
-                 for m in self.config.models for t in range(m.num_tables)]
+        plans = [
+            _TablePlan(
+                m,
+                t,
+                m.table_name(t),
+                m.tag(t),
+                m.embedding_vecsize_per_table[t],
+                TableReader(m.table_path(t), m.embedding_vecsize_per_table[t]),
+            )
+            for m in self.config.models
+            for t in range(m.num_tables)
+        ]
         try:
-            self._open_tiers(plans, rocksdb_block_cache_bytes, rocksdb_row_cache_bytes,
-                             redis_options or {})
+            self._open_tiers(
+                plans, rocksdb_block_cache_bytes, rocksdb_row_cache_bytes, redis_options or {}
+            )
             self._load(plans, progress)
             if cache_factory is not None:
                 self._make_fronts(cache_factory)
@@ -149,60 +163,89 @@ class HPS:
 
     # ------------------------------------------------------------------ start-up
 
-    def _open_tiers(self, plans: list[_TablePlan], block_cache: int, row_cache: int | None,
-                    redis_options: dict) -> None:
+    def _open_tiers(
+        self, plans: list[_TablePlan], block_cache: int, row_cache: int | None, redis_options: dict
+    ) -> None:
         pdb, vdb = self.config.persistent_db, self.config.volatile_db
         if pdb.enabled:
             if row_cache is None:
-                row_cache = auto_row_cache_bytes(sum(
-                    p.reader.num_keys * (self.key_width // 8 + 4 * p.dim) for p in plans))
+                row_cache = auto_row_cache_bytes(
+                    sum(p.reader.num_keys * (self.key_width // 8 + 4 * p.dim) for p in plans)
+                )
             self._rocksdb = RocksDbStore(
-                pdb.path, read_only=pdb.read_only, num_threads=pdb.num_threads,
-                max_batch_size=pdb.max_batch_size, key_width=self.key_width,
-                block_cache_bytes=block_cache, row_cache_bytes=row_cache)
+                pdb.path,
+                read_only=pdb.read_only,
+                num_threads=pdb.num_threads,
+                max_batch_size=pdb.max_batch_size,
+                key_width=self.key_width,
+                block_cache_bytes=block_cache,
+                row_cache_bytes=row_cache,
+            )
             families = set(self._rocksdb.families())
             for plan in plans:
                 plan.checksum = table_checksum(plan.reader)
                 if plan.tag in families:
-                    plan.persistent_current = self._rocksdb.is_current(plan.tag, plan.checksum,
-                                                                       plan.dim)
+                    plan.persistent_current = self._rocksdb.is_current(
+                        plan.tag, plan.checksum, plan.dim
+                    )
                     if plan.persistent_current or pdb.read_only:
                         self._rocksdb.check_table(plan.tag, plan.dim)
                 elif pdb.read_only:
                     raise NotFoundError(
                         f"the read-only RocksDB database has no column family '{plan.tag}' "
                         f"(table '{plan.name}' of model '{plan.model.model}')",
-                        location=pdb.path, hint="load the table with 'hps convert' first, or "
-                        "open the database read-write")
+                        location=pdb.path,
+                        hint="load the table with 'hps convert' first, or "
+                        "open the database read-write",
+                    )
                 if pdb.read_only and not plan.persistent_current:
-                    log.warning("read-only RocksDB: family %s does not match %s (by our "
-                                "record); serving the database as it is", plan.tag,
-                                plan.reader.path)
+                    log.warning(
+                        "read-only RocksDB: family %s does not match %s (by our "
+                        "record); serving the database as it is",
+                        plan.tag,
+                        plan.reader.path,
+                    )
         if vdb.type == "redis_cluster":
             from .volatile.redis_cluster import RedisClusterStore
+
             self._redis = RedisClusterStore(
-                vdb.address, user_name=vdb.user_name, password=vdb.password,
-                enable_tls=vdb.enable_tls, tls_ca_certificate=vdb.tls_ca_certificate,
+                vdb.address,
+                user_name=vdb.user_name,
+                password=vdb.password,
+                enable_tls=vdb.enable_tls,
+                tls_ca_certificate=vdb.tls_ca_certificate,
                 tls_client_certificate=vdb.tls_client_certificate,
                 tls_client_key=vdb.tls_client_key,
                 tls_server_name_identification=vdb.tls_server_name_identification,
                 num_node_connections=vdb.num_node_connections,
-                max_batch_size=vdb.max_batch_size, **redis_options)
+                max_batch_size=vdb.max_batch_size,
+                **redis_options,
+            )
 
     def _volatile_table(self, plan: _TablePlan, reserve: int):
         vdb = self.config.volatile_db
         margin = vdb.overflow_margin if vdb.has_overflow_limit else None
         if vdb.type in ("hash_map", "parallel_hash_map"):
             from .volatile.hash_map import HashMapTable
-            return HashMapTable(plan.dim, num_partitions=vdb.num_partitions,
-                                overflow_margin=margin, overflow_policy=vdb.overflow_policy,
-                                overflow_resolution_target=vdb.overflow_resolution_target,
-                                reserve=reserve)
+
+            return HashMapTable(
+                plan.dim,
+                num_partitions=vdb.num_partitions,
+                overflow_margin=margin,
+                overflow_policy=vdb.overflow_policy,
+                overflow_resolution_target=vdb.overflow_resolution_target,
+                reserve=reserve,
+            )
         if vdb.type == "redis_cluster":
-            return self._redis.table(plan.tag, plan.dim, num_partitions=vdb.num_partitions,
-                                     key_width=self.key_width, overflow_margin=margin,
-                                     overflow_policy=vdb.overflow_policy,
-                                     overflow_resolution_target=vdb.overflow_resolution_target)
+            return self._redis.table(
+                plan.tag,
+                plan.dim,
+                num_partitions=vdb.num_partitions,
+                key_width=self.key_width,
+                overflow_margin=margin,
+                overflow_policy=vdb.overflow_policy,
+                overflow_resolution_target=vdb.overflow_resolution_target,
+            )
         return None
 
     def _load(self, plans: list[_TablePlan], progress) -> None:
@@ -212,25 +255,38 @@ class HPS:
             if self._rocksdb is not None:
                 if not plan.persistent_current and not pdb.read_only:
                     started = time.perf_counter()
-                    self._rocksdb.load_table(plan.tag, plan.reader, plan.checksum,
-                                             progress=progress)
-                    log.info("RocksDB: loaded %s (%d keys) in %.1f s", plan.tag,
-                             plan.reader.num_keys, time.perf_counter() - started)
+                    self._rocksdb.load_table(
+                        plan.tag, plan.reader, plan.checksum, progress=progress
+                    )
+                    log.info(
+                        "RocksDB: loaded %s (%d keys) in %.1f s",
+                        plan.tag,
+                        plan.reader.num_keys,
+                        time.perf_counter() - started,
+                    )
                 persistent = self._rocksdb.table(plan.tag, plan.dim)
             volatile = None
             if vdb.enabled:
-                rows = volatile_rows(plan.reader, vdb.initial_cache_rate,
-                                     num_partitions=vdb.num_partitions,
-                                     overflow_margin=vdb.overflow_margin
-                                     if vdb.has_overflow_limit else None)
+                rows = volatile_rows(
+                    plan.reader,
+                    vdb.initial_cache_rate,
+                    num_partitions=vdb.num_partitions,
+                    overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+                )
                 count = plan.reader.num_keys if rows is None else rows.size
                 volatile = self._volatile_table(plan, count)
                 self._fill_volatile(plan, volatile, rows, progress)
             self._tables[(plan.model.model, plan.table_id)] = TableTiers(
-                plan.model.model, plan.name, plan.dim, plan.model.default_value(plan.table_id),
-                volatile=volatile, persistent=persistent,
+                plan.model.model,
+                plan.name,
+                plan.dim,
+                plan.model.default_value(plan.table_id),
+                volatile=volatile,
+                persistent=persistent,
                 cache_missed_embeddings=vdb.cache_missed_embeddings,
-                writable_persistent=not pdb.read_only, stats=TableStats())
+                writable_persistent=not pdb.read_only,
+                stats=TableStats(),
+            )
 
     def _fill_volatile(self, plan: _TablePlan, volatile, rows, progress) -> None:
         vdb = self.config.volatile_db
@@ -238,9 +294,14 @@ class HPS:
             load_volatile(volatile, plan.reader, rows, progress=progress)
             return
         checksum = plan.checksum or table_checksum(plan.reader)
-        record = {"checksum": checksum, "dim": plan.dim, "num_partitions": vdb.num_partitions,
-                  "initial_cache_rate": vdb.initial_cache_rate,
-                  "overflow_margin": vdb.overflow_margin, "complete": True}
+        record = {
+            "checksum": checksum,
+            "dim": plan.dim,
+            "num_partitions": vdb.num_partitions,
+            "initial_cache_rate": vdb.initial_cache_rate,
+            "overflow_margin": vdb.overflow_margin,
+            "complete": True,
+        }
         # Skip only with RocksDB behind it: if a node lost its data since, its keys still fall
         # through to a full copy. Without one, reload as HPS does.
         if self._rocksdb is not None and volatile.read_record() == record:
@@ -260,8 +321,9 @@ class HPS:
 
     # ------------------------------------------------------------------ lookups
 
-    def lookup(self, keys: np.ndarray, model: str, table: str | int = 0,
-               device_id: int | None = None) -> np.ndarray:
+    def lookup(
+        self, keys: np.ndarray, model: str, table: str | int = 0, device_id: int | None = None
+    ) -> np.ndarray:
         """Vectors of ``keys`` in one table: float32 ``(len(keys), dim)``; missing keys get the
         table's default vector."""
         model_cfg, table_id = self._resolve(model, table)
@@ -269,8 +331,9 @@ class HPS:
         keys = self._check_keys(keys, model_cfg, table_id)
         return self._lookup_one(keys, model_cfg, table_id, device)
 
-    def _lookup_one(self, keys: np.ndarray, model_cfg: ModelConfig, table_id: int,
-                    device: int) -> np.ndarray:
+    def _lookup_one(
+        self, keys: np.ndarray, model_cfg: ModelConfig, table_id: int, device: int
+    ) -> np.ndarray:
         started = time.perf_counter()
         tiers = self._tables[(model_cfg.model, table_id)]
         front = self._fronts.get((model_cfg.model, table_id, device))
@@ -278,8 +341,9 @@ class HPS:
         tiers.stats.latency.record(time.perf_counter() - started)
         return out
 
-    def lookup_tables(self, keys_per_table: Sequence[np.ndarray], model: str,
-                      device_id: int | None = None) -> list[np.ndarray]:
+    def lookup_tables(
+        self, keys_per_table: Sequence[np.ndarray], model: str, device_id: int | None = None
+    ) -> list[np.ndarray]:
         """Every table of a model in one call: one key array per table, in table order.
 
         The tables' GPU lookups overlap: every table's query is queued on its cache's stream
@@ -294,7 +358,9 @@ class HPS:
         if len(keys_per_table) != model_cfg.num_tables:
             raise InvalidInputError(
                 f"model '{model}' has {model_cfg.num_tables} tables, got "
-                f"{len(keys_per_table)} key arrays", location="keys")
+                f"{len(keys_per_table)} key arrays",
+                location="keys",
+            )
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
         started = time.perf_counter()
         pending: list = []
@@ -326,25 +392,38 @@ class HPS:
                 for pool, slot in slots.values():
                     pool.release(slot)
 
-    def lookup_concatenated(self, keys: np.ndarray, num_keys: Sequence[int] | np.ndarray,
-                            model: str, device_id: int | None = None) -> np.ndarray:
+    def lookup_concatenated(
+        self,
+        keys: np.ndarray,
+        num_keys: Sequence[int] | np.ndarray,
+        model: str,
+        device_id: int | None = None,
+    ) -> np.ndarray:
         """The Triton HPS backend's call: ``keys`` of table 0, then table 1, ... concatenated,
         ``num_keys[t]`` keys per table; returns the flat float32 vectors, table-major."""
         model_cfg, _ = self._resolve(model, 0)
         counts = np.asarray(num_keys).reshape(-1)
-        if counts.size != model_cfg.num_tables or not np.issubdtype(counts.dtype, np.integer) \
-                or (counts < 0).any():
+        if (
+            counts.size != model_cfg.num_tables
+            or not np.issubdtype(counts.dtype, np.integer)
+            or (counts < 0).any()
+        ):
             raise InvalidInputError(
                 f"num_keys must hold {model_cfg.num_tables} non-negative counts (one per table "
-                f"of '{model}'), got {counts.tolist()}", location="num_keys")
+                f"of '{model}'), got {counts.tolist()}",
+                location="num_keys",
+            )
         keys = np.asarray(keys)
         if keys.ndim != 1 or keys.size != int(counts.sum()):
             raise InvalidInputError(
                 f"keys must be 1-D with sum(num_keys) = {int(counts.sum())} entries, got shape "
-                f"{keys.shape}", location="keys")
+                f"{keys.shape}",
+                location="keys",
+            )
         bounds = np.concatenate([[0], np.cumsum(counts)])
-        parts = self.lookup_tables([keys[bounds[t]:bounds[t + 1]] for t in range(counts.size)],
-                                   model, device_id)
+        parts = self.lookup_tables(
+            [keys[bounds[t] : bounds[t + 1]] for t in range(counts.size)], model, device_id
+        )
         return np.concatenate([p.reshape(-1) for p in parts])
 
     # ------------------------------------------------------------------ updates
@@ -381,7 +460,8 @@ class HPS:
                     f"table '{model_cfg.table_name(table_id)}' of model '{model_cfg.model}' has a "
                     f"read-only {model_cfg.cache_type} cache: it cannot take updates",
                     location=f"model '{model_cfg.model}' embedding_cache_type",
-                    hint="use embedding_cache_type dynamic for tables that change online")
+                    hint="use embedding_cache_type dynamic for tables that change online",
+                )
 
     # ------------------------------------------------------------------ introspection
 
@@ -407,8 +487,11 @@ class HPS:
         out: dict = {}
         for (model, table_id), tiers in self._tables.items():
             entry = out.setdefault(model, {})[tiers.table] = tiers.stats.snapshot()
-            caches = {device: front.stats() for (m, t, device), front in self._fronts.items()
-                      if m == model and t == table_id and hasattr(front, "stats")}
+            caches = {
+                device: front.stats()
+                for (m, t, device), front in self._fronts.items()
+                if m == model and t == table_id and hasattr(front, "stats")
+            }
             if caches:
                 entry["cache"] = caches
         return out
@@ -443,18 +526,26 @@ class HPS:
         try:
             model_cfg = self.config.model(model)
         except KeyError:
-            raise NotFoundError(f"no model '{model}'", location="model",
-                                hint="models: " + ", ".join(self.config.model_names)) from None
+            raise NotFoundError(
+                f"no model '{model}'",
+                location="model",
+                hint="models: " + ", ".join(self.config.model_names),
+            ) from None
         names = model_cfg.embedding_table_names
         if isinstance(table, (int, np.integer)) and not isinstance(table, bool):
             if not 0 <= int(table) < model_cfg.num_tables:
-                raise NotFoundError(f"model '{model}' has no table {int(table)} (it has "
-                                    f"{model_cfg.num_tables})", location="table",
-                                    hint="tables: " + ", ".join(names))
+                raise NotFoundError(
+                    f"model '{model}' has no table {int(table)} (it has {model_cfg.num_tables})",
+                    location="table",
+                    hint="tables: " + ", ".join(names),
+                )
             return model_cfg, int(table)
         if table not in names:
-            raise NotFoundError(f"model '{model}' has no table '{table}'", location="table",
-                                hint="tables: " + ", ".join(names))
+            raise NotFoundError(
+                f"model '{model}' has no table '{table}'",
+                location="table",
+                hint="tables: " + ", ".join(names),
+            )
         return model_cfg, names.index(table)
 
     @staticmethod
@@ -464,34 +555,43 @@ class HPS:
         if device_id not in model_cfg.deployed_device_list:
             raise InvalidInputError(
                 f"device {device_id} is not in model '{model_cfg.model}''s deployed_device_list "
-                f"{list(model_cfg.deployed_device_list)}", location="device_id")
+                f"{list(model_cfg.deployed_device_list)}",
+                location="device_id",
+            )
         return int(device_id)
 
     def _check_keys(self, keys, model_cfg: ModelConfig, table_id: int) -> np.ndarray:
         where = f"keys (model '{model_cfg.model}', table '{model_cfg.table_name(table_id)}')"
         keys = np.asarray(keys)
         if keys.ndim != 1:
-            raise InvalidInputError(f"keys must be a 1-D array, got shape {keys.shape}",
-                                    location=where, hint="flatten the keys of one table")
+            raise InvalidInputError(
+                f"keys must be a 1-D array, got shape {keys.shape}",
+                location=where,
+                hint="flatten the keys of one table",
+            )
         if self.config.supportlonglong:
             if keys.dtype == np.int64:
                 return keys
             if keys.size == 0 and keys.dtype == np.float64:  # np.asarray([])
                 return keys.astype(np.int64)
-            raise InvalidInputError(f"keys must be int64 (supportlonglong is true), got "
-                                    f"{keys.dtype}", location=where)
+            raise InvalidInputError(
+                f"keys must be int64 (supportlonglong is true), got {keys.dtype}", location=where
+            )
         if keys.dtype == np.uint32:
             return keys.astype(np.int64)
         if keys.dtype == np.int64:
             if keys.size and (int(keys.min()) < 0 or int(keys.max()) > UINT32_MAX):
                 raise InvalidInputError(
                     "keys must fit uint32 (supportlonglong is false), got values in "
-                    f"[{int(keys.min())}, {int(keys.max())}]", location=where)
+                    f"[{int(keys.min())}, {int(keys.max())}]",
+                    location=where,
+                )
             return keys
         if keys.size == 0 and keys.dtype == np.float64:
             return keys.astype(np.int64)
-        raise InvalidInputError(f"keys must be uint32 (supportlonglong is false), got "
-                                f"{keys.dtype}", location=where)
+        raise InvalidInputError(
+            f"keys must be uint32 (supportlonglong is false), got {keys.dtype}", location=where
+        )
 
 
 def _load_checked(config: PsConfig | str | Path | dict) -> PsConfig:
@@ -501,9 +601,12 @@ def _load_checked(config: PsConfig | str | Path | dict) -> PsConfig:
     issues = file_issues(config)
     if issues:
         first = issues[0]
-        raise ConfigError(first.message, issues=tuple(issues),
-                          location=f"{config.source_path or '<config>'} {first.json_path}",
-                          hint=first.hint)
+        raise ConfigError(
+            first.message,
+            issues=tuple(issues),
+            location=f"{config.source_path or '<config>'} {first.json_path}",
+            hint=first.hint,
+        )
     return config
 
 
@@ -512,6 +615,7 @@ def _default_cache_factory(config: PsConfig):
     if not any(m.gpucache for m in config.models):
         return None
     from .gpu.cache_factory import EmbeddingCacheFactory
+
     return EmbeddingCacheFactory()
 
 
@@ -519,19 +623,28 @@ def _check_supported(config: PsConfig, cache_factory) -> None:
     """ConfigError for settings this runtime cannot honour (rather than ignoring them)."""
     vdb, pdb = config.volatile_db, config.persistent_db
     if vdb.type == "multi_process_hash_map":
-        raise ConfigError("volatile_db type 'multi_process_hash_map' (a shared-memory map) is "
-                          "not supported", location="$.volatile_db.type",
-                          hint="use parallel_hash_map (in process) or redis_cluster (shared)")
+        raise ConfigError(
+            "volatile_db type 'multi_process_hash_map' (a shared-memory map) is not supported",
+            location="$.volatile_db.type",
+            hint="use parallel_hash_map (in process) or redis_cluster (shared)",
+        )
     if config.update_source.type != "null":
-        raise ConfigError(f"update_source '{config.update_source.type}' is not supported yet",
-                          location="$.update_source.type",
-                          hint="remove the block; apply updates with HPS.insert / HPS.remove")
+        raise ConfigError(
+            f"update_source '{config.update_source.type}' is not supported yet",
+            location="$.update_source.type",
+            hint="remove the block; apply updates with HPS.insert / HPS.remove",
+        )
     for i, model in enumerate(config.models):
         if model.fuse_embedding_table:
-            raise ConfigError("table fusion (fuse_embedding_table) is not supported by the CPU "
-                              "runtime", location=f"$.models[{i}].fuse_embedding_table",
-                              hint="set fuse_embedding_table to false")
+            raise ConfigError(
+                "table fusion (fuse_embedding_table) is not supported by the CPU runtime",
+                location=f"$.models[{i}].fuse_embedding_table",
+                hint="set fuse_embedding_table to false",
+            )
     if not vdb.enabled and not pdb.enabled and cache_factory is None:
-        raise ConfigError("both volatile_db and persistent_db are disabled: every lookup would "
-                          "return default vectors", location="$.volatile_db",
-                          hint="enable a volatile_db (e.g. parallel_hash_map) or a persistent_db")
+        raise ConfigError(
+            "both volatile_db and persistent_db are disabled: every lookup would "
+            "return default vectors",
+            location="$.volatile_db",
+            hint="enable a volatile_db (e.g. parallel_hash_map) or a persistent_db",
+        )

@@ -47,7 +47,8 @@ def _find_dir(name: str) -> Path:
     path = _PACKAGE_PARENT / name
     if not path.is_dir():
         raise NotFoundError(
-            f"the package's '{name}' folder is missing", location=str(path),
+            f"the package's '{name}' folder is missing",
+            location=str(path),
             hint="reinstall hps-cli; the wheel or checkout is incomplete",
         )
     return path

@@ -37,8 +37,9 @@ def table_checksum(reader: TableReader) -> str:
     return f"dim={reader.dim};" + ";".join(parts)
 
 
-def volatile_rows(reader: TableReader, rate: float, *, num_partitions: int,
-                  overflow_margin: int | None) -> np.ndarray | None:
+def volatile_rows(
+    reader: TableReader, rate: float, *, num_partitions: int, overflow_margin: int | None
+) -> np.ndarray | None:
     """Row numbers to load, in load order; None means every row in file order."""
     n = reader.num_keys
     count = min(n, int(round(max(0.0, min(1.0, rate)) * n)))
@@ -60,8 +61,13 @@ def volatile_rows(reader: TableReader, rate: float, *, num_partitions: int,
     return order
 
 
-def load_volatile(tier, reader: TableReader, rows: np.ndarray | None, *,
-                  progress: Callable[[int], None] | None = None) -> int:
+def load_volatile(
+    tier,
+    reader: TableReader,
+    rows: np.ndarray | None,
+    *,
+    progress: Callable[[int], None] | None = None,
+) -> int:
     """Insert ``rows`` of the table (all when None) into a volatile tier; returns rows sent."""
     row_bytes = 8 + 4 * reader.dim
     sent = 0
@@ -74,7 +80,7 @@ def load_volatile(tier, reader: TableReader, rows: np.ndarray | None, *,
         return sent
     keys, vectors = reader.keys(), reader.vectors()
     for first in range(0, rows.size, LOAD_ROWS):
-        part = rows[first:first + LOAD_ROWS]
+        part = rows[first : first + LOAD_ROWS]
         ascending = np.sort(part)  # read in file order, insert in load order
         where = np.searchsorted(ascending, part)
         tier.insert(np.take(keys, ascending)[where], np.take(vectors, ascending, axis=0)[where])

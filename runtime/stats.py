@@ -14,20 +14,23 @@ import threading
 
 _PER_DECADE = 8
 _LOW, _HIGH = 1e-6, 100.0
-_EDGES = tuple(_LOW * 10 ** (i / _PER_DECADE)
-               for i in range(int(round(math.log10(_HIGH / _LOW) * _PER_DECADE)) + 1))
+_EDGES = tuple(
+    _LOW * 10 ** (i / _PER_DECADE)
+    for i in range(int(round(math.log10(_HIGH / _LOW) * _PER_DECADE)) + 1)
+)
 
 COUNTER_NAMES = (
-    "lookups",            # fetch calls that reached this table's CPU tiers
-    "keys",               # keys looked up in the CPU tiers
-    "volatile_hits",      # keys answered by the volatile tier (hash map or Redis)
-    "persistent_hits",    # keys answered by RocksDB
-    "defaults",           # keys no tier held: they got the table's default vector
-    "volatile_failures",  # keys that fell through because the volatile tier failed (e.g. a dead node)
+    "lookups",  # fetch calls that reached this table's CPU tiers
+    "keys",  # keys looked up in the CPU tiers
+    "volatile_hits",  # keys answered by the volatile tier (hash map or Redis)
+    "persistent_hits",  # keys answered by RocksDB
+    "defaults",  # keys no tier held: they got the table's default vector
+    # keys that fell through because the volatile tier failed (e.g. a dead node)
+    "volatile_failures",
     "persistent_failures",
-    "writebacks",         # persistent hits written back into the volatile tier
-    "inserted",           # keys inserted by insert()
-    "removed",            # keys removed by remove()
+    "writebacks",  # persistent hits written back into the volatile tier
+    "inserted",  # keys inserted by insert()
+    "removed",  # keys removed by remove()
 )
 
 
@@ -107,5 +110,8 @@ class TableStats:
             return dict(self._counts)
 
     def snapshot(self) -> dict:
-        return {"counters": self.counters(), "latency": self.latency.snapshot(),
-                "fetch_latency": self.fetch_latency.snapshot()}
+        return {
+            "counters": self.counters(),
+            "latency": self.latency.snapshot(),
+            "fetch_latency": self.fetch_latency.snapshot(),
+        }

@@ -10,5 +10,8 @@ if ! command -v redis-server >/dev/null 2>&1; then
     $SUDO apt-get update -qq && $SUDO apt-get install -y -qq redis-server >/dev/null
   fi
 fi
+# Lint and format first: a style finding fails the run as a test would.
+.venv/bin/python -m ruff check --quiet .
+.venv/bin/python -m ruff format --check --quiet .
 # The Redis Cluster the tests need is started (and stopped) by the tests' own fixture.
 exec .venv/bin/python -m pytest -m "not gpu" "$@"

@@ -32,21 +32,33 @@ for arg in sys.argv[1:]:
         for spec in inference["inputs"]:
             name = spec["name"]
             if spec["format"] == "sparse":
-                feed.append(tf.SparseTensor(data[f"in:{name}:indices"],
-                                            data[f"in:{name}:values"],
-                                            data[f"in:{name}:dense_shape"]))
+                feed.append(
+                    tf.SparseTensor(
+                        data[f"in:{name}:indices"],
+                        data[f"in:{name}:values"],
+                        data[f"in:{name}:dense_shape"],
+                    )
+                )
             else:
                 feed.append(tf.constant(data[f"in:{name}"]))
         wanted = [data[k] for k in data.files if k.startswith("out:")]
     got = model.predict(feed, batch_size=len(wanted[0]), verbose=0)
     got = got if isinstance(got, list) else [got]
-    print(json.dumps({
-        "package": package,
-        "keras": type(model).__module__.split(".")[0],
-        "max_abs_diff": max(float(np.max(np.abs(g - w))) for g, w in zip(got, wanted)),
-        "shapes_equal": all(g.shape == w.shape for g, w in zip(got, wanted)),
-        "layers": sorted(type(layer).__name__ for layer in model.layers
-                         if type(layer).__name__ in ("LookupLayer", "SparseLookupLayer",
-                                                     "DenseSavedModel")),
-    }), flush=True)
+    print(
+        json.dumps(
+            {
+                "package": package,
+                "keras": type(model).__module__.split(".")[0],
+                "max_abs_diff": max(float(np.max(np.abs(g - w))) for g, w in zip(got, wanted)),
+                "shapes_equal": all(g.shape == w.shape for g, w in zip(got, wanted)),
+                "layers": sorted(
+                    type(layer).__name__
+                    for layer in model.layers
+                    if type(layer).__name__
+                    in ("LookupLayer", "SparseLookupLayer", "DenseSavedModel")
+                ),
+            }
+        ),
+        flush=True,
+    )
     hps.Shutdown()

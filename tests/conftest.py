@@ -27,6 +27,7 @@ EXAMPLES = REPO / "examples"
 def has_gpu() -> bool:
     try:
         import pycuda.driver as drv  # noqa: F401
+
         drv.init()
         return drv.Device.count() > 0
     except Exception:
@@ -40,8 +41,9 @@ def has_tf() -> bool:
 
 @cache
 def has_redis() -> bool:
-    return shutil.which("redis-server") is not None and \
-        importlib.util.find_spec("redis") is not None
+    return (
+        shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
+    )
 
 
 @cache
@@ -49,10 +51,12 @@ def has_nvcc() -> bool:
     return shutil.which("nvcc") is not None
 
 
-_PROBES = {"gpu": (has_gpu, "no CUDA device, driver or pycuda"),
-           "tf": (has_tf, "TensorFlow is not installed"),
-           "redis": (has_redis, "redis-server or redis-py is not installed"),
-           "nvcc": (has_nvcc, "nvcc is not on PATH")}
+_PROBES = {
+    "gpu": (has_gpu, "no CUDA device, driver or pycuda"),
+    "tf": (has_tf, "TensorFlow is not installed"),
+    "redis": (has_redis, "redis-server or redis-py is not installed"),
+    "nvcc": (has_nvcc, "nvcc is not on PATH"),
+}
 
 
 def _require_gpu() -> bool:
@@ -81,16 +85,24 @@ def rng() -> np.random.Generator:
 @pytest.fixture
 def runner():
     from click.testing import CliRunner
+
     return CliRunner()
 
 
-def run_hps(*args: str, cwd: Path | None = None, env: dict | None = None,
-            timeout: float = 120) -> subprocess.CompletedProcess:
+def run_hps(
+    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess:
     """Run the real `hps` entry point in a subprocess (exit codes exactly as users see them)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "hps_cli", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hps_cli", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -108,6 +120,7 @@ def redis_cluster():
     if not has_redis():
         pytest.skip("redis-server or redis-py is not installed")
     from hps_cli.devtools.redis_cluster import LocalRedisCluster
+
     cluster = LocalRedisCluster(3).start()
     yield cluster
     cluster.stop()

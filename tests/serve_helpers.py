@@ -39,8 +39,19 @@ class ServerProcess:
         return self.launch().wait_for("ready")
 
     def launch(self) -> "ServerProcess":
-        cmd = [sys.executable, "-m", "hps_cli", "serve", "--http-port", "0", "--grpc-port", "0",
-               "--metrics-port", "0", *self.args]
+        cmd = [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "serve",
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            *self.args,
+        ]
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env)
         return self
@@ -54,12 +65,14 @@ class ServerProcess:
                     self.ports = {k: doc[f"{k}_port"] for k in ("http", "grpc", "metrics")}
                     return self
             if self.proc.poll() is not None:
-                raise RuntimeError(f"hps serve exited with {self.proc.returncode}:\n"
-                                   f"{self.log_text()[-4000:]}")
+                raise RuntimeError(
+                    f"hps serve exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}"
+                )
             time.sleep(0.05)
         self.kill()
-        raise RuntimeError(f"hps serve logged no '{event}' in {self.timeout} s:\n"
-                           f"{self.log_text()[-4000:]}")
+        raise RuntimeError(
+            f"hps serve logged no '{event}' in {self.timeout} s:\n{self.log_text()[-4000:]}"
+        )
 
     @property
     def http(self) -> str:
@@ -113,6 +126,7 @@ class ServerProcess:
 
 def http_get(url: str, path: str, headers: dict | None = None) -> tuple[int, bytes]:
     import http.client
+
     host, port = url.split(":")
     conn = http.client.HTTPConnection(host, int(port), timeout=30)
     try:
@@ -123,10 +137,12 @@ def http_get(url: str, path: str, headers: dict | None = None) -> tuple[int, byt
         conn.close()
 
 
-def http_post(url: str, path: str, body: bytes, headers: dict | None = None,
-              conn=None) -> tuple[int, dict, bytes]:
+def http_post(
+    url: str, path: str, body: bytes, headers: dict | None = None, conn=None
+) -> tuple[int, dict, bytes]:
     """POST and return (status, headers, body); reuses ``conn`` when given."""
     import http.client
+
     own = conn is None
     if own:
         host, port = url.split(":")
@@ -144,12 +160,25 @@ def binary_lookup_body(keys: np.ndarray, counts: np.ndarray) -> tuple[bytes, dic
     """An HPS-backend request (KEYS binary, NUMKEYS JSON, binary output) as tritonclient
     sends it; returns (body, headers)."""
     keys = np.ascontiguousarray(keys, dtype=np.int64)
-    header = json.dumps({
-        "inputs": [{"name": "KEYS", "shape": [1, keys.size], "datatype": "INT64",
-                    "parameters": {"binary_data_size": keys.nbytes}},
-                   {"name": "NUMKEYS", "shape": [1, len(counts)], "datatype": "INT32",
-                    "data": [int(c) for c in counts]}],
-        "parameters": {"binary_data_output": True}}).encode()
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "KEYS",
+                    "shape": [1, keys.size],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": keys.nbytes},
+                },
+                {
+                    "name": "NUMKEYS",
+                    "shape": [1, len(counts)],
+                    "datatype": "INT32",
+                    "data": [int(c) for c in counts],
+                },
+            ],
+            "parameters": {"binary_data_output": True},
+        }
+    ).encode()
     return header + keys.tobytes(), {"Inference-Header-Content-Length": str(len(header))}
 
 
@@ -172,6 +201,7 @@ def lookup_inputs(module, keys: np.ndarray, counts: np.ndarray, *, binary: bool 
 def scrape(url: str) -> dict[str, float]:
     """Prometheus text -> {'name{labels}': value} (samples only)."""
     import urllib.request
+
     with urllib.request.urlopen(url, timeout=30) as response:
         text = response.read().decode()
     out = {}

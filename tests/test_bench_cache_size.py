@@ -57,7 +57,7 @@ class PlainLfuDa:
 
     def __init__(self, num_sets: int):
         self.num_sets = num_sets
-        self.ways = [[None] * self.WAYS for _ in range(num_sets)]   # key or None
+        self.ways = [[None] * self.WAYS for _ in range(num_sets)]  # key or None
         self.score = [[0] * self.WAYS for _ in range(num_sets)]
         self.floor = [0] * num_sets
         self.queries = 0
@@ -104,7 +104,7 @@ def plain_replay(stream, num_sets: int, batch_size: int, warmup_batches: int) ->
     hits = counted = 0
     keys = [int(k) for k in stream]
     for index, start in enumerate(range(0, len(keys), batch_size)):
-        batch = keys[start:start + batch_size]
+        batch = keys[start : start + batch_size]
         h = cache.batch(batch)
         if index >= warmup_batches:
             hits, counted = hits + h, counted + len(batch)
@@ -117,9 +117,17 @@ def _skewed_stream(rng, n: int, universe: int) -> np.ndarray:
     return perm[ranks]
 
 
-@pytest.mark.parametrize("num_sets, batch_size, warmup", [
-    (2, 1, 0), (2, 64, 3), (3, 7, 10), (5, 64, 0), (8, 200, 2), (40, 50, 5),
-])
+@pytest.mark.parametrize(
+    "num_sets, batch_size, warmup",
+    [
+        (2, 1, 0),
+        (2, 64, 3),
+        (3, 7, 10),
+        (5, 64, 0),
+        (8, 200, 2),
+        (40, 50, 5),
+    ],
+)
 def test_replay_equals_the_plain_lfu_da_model(rng, num_sets, batch_size, warmup):
     stream = _skewed_stream(rng, 4000, 1500)
     fast = replay(stream, num_sets, batch_size, warmup)
@@ -136,7 +144,7 @@ def test_large_batches_cap_counted_hits_in_both_models(rng):
     ref, plain, uncapped = RefDynamicCache(120, 1), PlainLfuDa(120), PlainLfuDa(120)
     uncapped.CAP = 10**9
     for start in range(0, stream.size, 70_000):
-        batch = stream[start:start + 70_000]
+        batch = stream[start : start + 70_000]
         _, missed, _ = ref.query(batch)
         if missed.size:
             unique = np.unique(missed)
@@ -144,8 +152,9 @@ def test_large_batches_cap_counted_hits_in_both_models(rng):
         plain.batch(batch.tolist())
         uncapped.batch(batch.tolist())
     assert ref.scores.tolist() == plain.score
-    assert [[None if k == EMPTY_KEY else k for k in ways] for ways in ref.keys.tolist()] == \
-        plain.ways
+    assert [
+        [None if k == EMPTY_KEY else k for k in ways] for ways in ref.keys.tolist()
+    ] == plain.ways
     assert uncapped.score != plain.score  # hot keys repeat thousands of times: the cap mattered
     fast = replay(stream, 120, 70_000, 1)
     assert (fast.hits, fast.keys) == plain_replay(stream, 120, 70_000, 1)
@@ -160,7 +169,7 @@ def test_replay_without_evictions_equals_the_trace_bound(rng):
     batch, warmup = 16, 4
     seen, hits, counted = set(), 0, 0
     for index, start in enumerate(range(0, stream.size, batch)):
-        keys = stream[start:start + batch].tolist()
+        keys = stream[start : start + batch].tolist()
         if index >= warmup:
             hits += sum(k in seen for k in keys)
             counted += len(keys)
@@ -201,14 +210,23 @@ def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):
     stream = _skewed_stream(rng, 20_000, rows)
     path = tmp_path / "trace.npy"
     np.save(path, stream)
-    spec = CacheSizeSpec(keys_from=path, rows=rows, dim=16, batch_size=128, warmup=0.1,
-                         fractions=(0.05, 0.25, 1.0), target_hit_rate=0.925)
+    spec = CacheSizeSpec(
+        keys_from=path,
+        rows=rows,
+        dim=16,
+        batch_size=128,
+        warmup=0.1,
+        fractions=(0.05, 0.25, 1.0),
+        target_hit_rate=0.925,
+    )
     report = run_cache_size(spec)
     best = report["smallest"]
     assert best is not None and best["hit_rate"] >= 0.925 and best["resolution_sets"] == 1
     warm = report["warmup_batches"]
-    scan = {s: replay(stream, s, 128, warm).hit_rate
-            for s in range(num_sets_for(rows, 0.0), num_sets_for(rows, 1.0) + 1)}
+    scan = {
+        s: replay(stream, s, 128, warm).hit_rate
+        for s in range(num_sets_for(rows, 0.0), num_sets_for(rows, 1.0) + 1)
+    }
     assert scan[best["num_sets"]] == best["hit_rate"]
     assert scan[best["num_sets"] - 1] < 0.925
     lower = max(p["num_sets"] for p in report["curve"] if p["hit_rate"] < 0.925)
@@ -244,10 +262,25 @@ def small_config(tmp_path_factory):
 
 def test_cli_json_csv_and_plot(small_config, tmp_path, hps):
     csv_path, png = tmp_path / "curve.csv", tmp_path / "curve.png"
-    res = hps("bench", "cache-size", "--config", str(small_config), "--distribution",
-              "zipf:1.1", "--num-keys", "100000", "--fractions", "0.02,0.1,0.3",
-              "--target-hit-rate", "0.8", "--csv", str(csv_path), "--plot", str(png),
-              "--json")
+    res = hps(
+        "bench",
+        "cache-size",
+        "--config",
+        str(small_config),
+        "--distribution",
+        "zipf:1.1",
+        "--num-keys",
+        "100000",
+        "--fractions",
+        "0.02,0.1,0.3",
+        "--target-hit-rate",
+        "0.8",
+        "--csv",
+        str(csv_path),
+        "--plot",
+        str(png),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     Draft202012Validator(load_schema("bench_report.schema.json")).validate(doc)
@@ -268,23 +301,37 @@ def test_cli_json_csv_and_plot(small_config, tmp_path, hps):
 
 
 def test_cli_table_output(small_config, hps):
-    res = hps("bench", "cache-size", "--config", str(small_config), "--num-keys", "50000",
-              "--fractions", "0.1,0.5", "--target-hit-rate", "0.5")
+    res = hps(
+        "bench",
+        "cache-size",
+        "--config",
+        str(small_config),
+        "--num-keys",
+        "50000",
+        "--fractions",
+        "0.1,0.5",
+        "--target-hit-rate",
+        "0.5",
+    )
     assert res.returncode == 0, res.stderr
-    assert "hit rate" in res.stdout and "smallest gpucacheper reaching a hit rate of 0.5" \
-        in res.stdout and "per GPU" in res.stdout
+    assert (
+        "hit rate" in res.stdout
+        and "smallest gpucacheper reaching a hit rate of 0.5" in res.stdout
+        and "per GPU" in res.stdout
+    )
 
 
 def test_plot_without_matplotlib_is_exit_5(small_config, tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from hps_cli.cli import main\n"
-            f"main(['bench', 'cache-size', '--config', {str(small_config)!r}, "
-            f"'--plot', {str(tmp_path / 'x.png')!r}])")
-    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=60)
+    code = (
+        "import sys; sys.modules['matplotlib'] = None\n"
+        "from hps_cli.cli import main\n"
+        f"main(['bench', 'cache-size', '--config', {str(small_config)!r}, "
+        f"'--plot', {str(tmp_path / 'x.png')!r}])"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 5
     assert "matplotlib" in res.stderr and "hps-cli[dev]" in res.stderr
     assert not (tmp_path / "x.png").exists()

@@ -20,14 +20,17 @@ from hps_cli.bench.stats import Window, is_stable, latency_summary, nearest_rank
 # ------------------------------------------------------------------------------ distributions
 
 
-@pytest.mark.parametrize("spec, expected", [
-    ("uniform", ("uniform", 0, 0, 0)),
-    ("zipf:1.05", ("zipf", 1.05, 0, 0)),
-    ("ZIPF:2", ("zipf", 2.0, 0, 0)),
-    ("hotkey:0.2:0.8", ("hotkey", 0, 0.2, 0.8)),
-    ("hotkey:20%:80%", ("hotkey", 0, 0.2, 0.8)),
-    ("hotkey:1:1", ("hotkey", 0, 1.0, 1.0)),
-])
+@pytest.mark.parametrize(
+    "spec, expected",
+    [
+        ("uniform", ("uniform", 0, 0, 0)),
+        ("zipf:1.05", ("zipf", 1.05, 0, 0)),
+        ("ZIPF:2", ("zipf", 2.0, 0, 0)),
+        ("hotkey:0.2:0.8", ("hotkey", 0, 0.2, 0.8)),
+        ("hotkey:20%:80%", ("hotkey", 0, 0.2, 0.8)),
+        ("hotkey:1:1", ("hotkey", 0, 1.0, 1.0)),
+    ],
+)
 def test_distribution_specs(spec, expected):
     d = parse_distribution(spec)
     kind, alpha, hot, coverage = expected
@@ -36,9 +39,22 @@ def test_distribution_specs(spec, expected):
     assert parse_distribution(d.spec) == d  # the spec round-trips
 
 
-@pytest.mark.parametrize("spec", ["zipf", "zipf:0", "zipf:-1", "zipf:x", "hotkey:0.2",
-                                  "hotkey:0:0.8", "hotkey:0.2:1.5", "hotkey:120%:80%",
-                                  "normal", "uniform:3", ""])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "zipf",
+        "zipf:0",
+        "zipf:-1",
+        "zipf:x",
+        "hotkey:0.2",
+        "hotkey:0:0.8",
+        "hotkey:0.2:1.5",
+        "hotkey:120%:80%",
+        "normal",
+        "uniform:3",
+        "",
+    ],
+)
 def test_bad_distribution_specs(spec):
     with pytest.raises(InvalidInputError) as info:
         parse_distribution(spec)
@@ -77,7 +93,7 @@ def test_zipf_follows_its_ranks_and_hot_keys_are_spread():
     alpha = 1.1
     gen, batch = _draw(f"zipf:{alpha}")
     ranks = np.arange(1, 10_001, dtype=np.float64)
-    p = ranks ** -alpha / (ranks ** -alpha).sum()
+    p = ranks**-alpha / (ranks**-alpha).sum()
     counts = np.bincount(np.searchsorted(np.sort(gen.keys), batch), minlength=10_000)
     by_rank = counts[np.searchsorted(np.sort(gen.keys), gen.keys)]  # counts in rank order
     for r in (0, 1, 9, 99):
@@ -104,6 +120,7 @@ def test_spawned_streams_share_keys_but_differ():
     assert a.keys is gen.keys and b.keys is gen.keys
     assert not np.array_equal(a.next_batch(100), b.next_batch(100))
 
+
 # -------------------------------------------------------------------------------------- traces
 
 
@@ -126,12 +143,15 @@ def test_trace_replay_is_in_order_and_wraps(tmp_path):
     assert replay.describe()["distinct_keys"] == 10
 
 
-@pytest.mark.parametrize("content, where, words", [
-    ("1\n2\nabc\n", ":3", "not an integer key: 'abc'"),
-    ("1\n\n1.5\n", ":3", "not an integer key"),
-    ("7\n99999999999999999999\n", ":2", "does not fit int64"),
-    ("# only a comment\n\n", "", "holds no keys"),
-])
+@pytest.mark.parametrize(
+    "content, where, words",
+    [
+        ("1\n2\nabc\n", ":3", "not an integer key: 'abc'"),
+        ("1\n\n1.5\n", ":3", "not an integer key"),
+        ("7\n99999999999999999999\n", ":2", "does not fit int64"),
+        ("# only a comment\n\n", "", "holds no keys"),
+    ],
+)
 def test_text_trace_errors_name_the_line(tmp_path, content, where, words):
     path = tmp_path / "t.txt"
     path.write_text(content)
@@ -141,12 +161,15 @@ def test_text_trace_errors_name_the_line(tmp_path, content, where, words):
     assert words in info.value.message
 
 
-@pytest.mark.parametrize("array, words", [
-    (np.zeros((3, 2), np.int64), "1-D"),
-    (np.array([1.0, 2.0]), "integers"),
-    (np.array([2**63], np.uint64), "does not fit int64"),
-    (np.empty(0, np.int64), "holds no keys"),
-])
+@pytest.mark.parametrize(
+    "array, words",
+    [
+        (np.zeros((3, 2), np.int64), "1-D"),
+        (np.array([1.0, 2.0]), "integers"),
+        (np.array([2**63], np.uint64), "does not fit int64"),
+        (np.empty(0, np.int64), "holds no keys"),
+    ],
+)
 def test_npy_trace_errors(tmp_path, array, words):
     path = tmp_path / "t.npy"
     np.save(path, array)
@@ -191,11 +214,22 @@ def test_subcommands_have_help(hps, sub):
 def test_cli_usage_errors(hps):
     res = hps("bench", "cache-size", "--dim", "8")
     assert res.returncode == ExitCode.USAGE and "--config, --keys-from or --rows" in res.stderr
-    res = hps("bench", "cache-size", "--rows", "100", "--dim", "8", "--distribution", "zipf:1",
-              "--keys-from", "x.txt")
+    res = hps(
+        "bench",
+        "cache-size",
+        "--rows",
+        "100",
+        "--dim",
+        "8",
+        "--distribution",
+        "zipf:1",
+        "--keys-from",
+        "x.txt",
+    )
     assert res.returncode == ExitCode.USAGE and "not both" in res.stderr
     res = hps("bench", "cache-size", "--rows", "100", "--dim", "8", "--distribution", "zipf")
     assert res.returncode == ExitCode.INVALID and "zipf:1.05" in res.stderr
+
 
 # ---------------------------------------------------------------------------------- statistics
 
@@ -224,10 +258,15 @@ def _window(throughput: float, latency: float) -> Window:
 
 
 def test_stability_rule_last_three_windows_within_percentage():
-    steady = [_window(100, 50), _window(1000, 10), _window(100, 50), _window(105, 52),
-              _window(96, 49)]
+    steady = [
+        _window(100, 50),
+        _window(1000, 10),
+        _window(100, 50),
+        _window(105, 52),
+        _window(96, 49),
+    ]
     assert is_stable(steady, 10)
-    assert not is_stable(steady[:2], 10)                      # fewer than 3 windows
+    assert not is_stable(steady[:2], 10)  # fewer than 3 windows
     assert not is_stable(steady[:4] + [_window(120, 50)], 10)  # throughput off by > 10 %
     assert not is_stable(steady[:4] + [_window(100, 60)], 10)  # latency off by > 10 %
     assert is_stable(steady[:4] + [_window(120, 50)], 20)
@@ -235,13 +274,19 @@ def test_stability_rule_last_three_windows_within_percentage():
 
 
 def test_windows_count_errors_apart_from_latencies():
-    records = [_Record(0.1, 5, 1, 1, True),  # recorded before the first bound: warm-up
-               _Record(0.5, 100, 10, 5, True), _Record(0.7, 999, 0, 0, False),
-               _Record(1.2, 200, 20, 5, True), _Record(1.9, 300, 30, 5, True),
-               _Record(2.5, 1, 1, 1, True)]  # after the last bound: not counted
-    stats = [{f: (0, 0) for f in ("queue", "compute_input", "compute_infer", "compute_output")},
-             {f: (2, 2000) for f in ("queue", "compute_input", "compute_infer",
-                                     "compute_output")}, None]
+    records = [
+        _Record(0.1, 5, 1, 1, True),  # recorded before the first bound: warm-up
+        _Record(0.5, 100, 10, 5, True),
+        _Record(0.7, 999, 0, 0, False),
+        _Record(1.2, 200, 20, 5, True),
+        _Record(1.9, 300, 30, 5, True),
+        _Record(2.5, 1, 1, 1, True),
+    ]  # after the last bound: not counted
+    stats = [
+        {f: (0, 0) for f in ("queue", "compute_input", "compute_infer", "compute_output")},
+        {f: (2, 2000) for f in ("queue", "compute_input", "compute_infer", "compute_output")},
+        None,
+    ]
     w = _windows(records, [0.0, 1.0, 2.0], [1, 3, 5], stats)
     assert [x.completed for x in w] == [1, 2] and [x.errors for x in w] == [1, 0]
     assert w[0].latencies_us == [100] and w[1].latencies_us == [200, 300]
@@ -249,10 +294,16 @@ def test_windows_count_errors_apart_from_latencies():
     assert w[1].send_us == 50 and w[1].recv_us == 10 and w[0].seconds == 1.0
 
 
-@pytest.mark.parametrize("text, levels", [
-    ("1", (1,)), ("1:16", (1, 2, 4, 8, 16)), ("3:20", (3, 6, 12, 20)), ("2:8:3", (2, 5, 8)),
-    ("4:4", (4,)),
-])
+@pytest.mark.parametrize(
+    "text, levels",
+    [
+        ("1", (1,)),
+        ("1:16", (1, 2, 4, 8, 16)),
+        ("3:20", (3, 6, 12, 20)),
+        ("2:8:3", (2, 5, 8)),
+        ("4:4", (4,)),
+    ],
+)
 def test_concurrency_range(text, levels):
     assert parse_concurrency_range(text) == levels
 

@@ -36,18 +36,35 @@ def _write(tmp, name: str, doc: dict):
 def cached_config(tables):
     """Hash map with half the rows, RocksDB with all, the cache (CPU reference here)."""
     tmp, paths = tables
-    return _write(tmp, "cached", ps_config(
-        paths, DIMS, volatile={"type": "parallel_hash_map", "initial_cache_rate": 0.5},
-        persistent={"type": "rocks_db", "path": str(tmp / "rdb-cached")}, gpucache=True,
-        gpucacheper=0.1, hit_rate_threshold=1.0))
+    return _write(
+        tmp,
+        "cached",
+        ps_config(
+            paths,
+            DIMS,
+            volatile={"type": "parallel_hash_map", "initial_cache_rate": 0.5},
+            persistent={"type": "rocks_db", "path": str(tmp / "rdb-cached")},
+            gpucache=True,
+            gpucacheper=0.1,
+            hit_rate_threshold=1.0,
+        ),
+    )
 
 
 @pytest.fixture(scope="module")
 def rocksdb_only_config(tables):
     tmp, paths = tables
-    return _write(tmp, "rocks", ps_config(
-        {"a": paths["a"]}, DIMS, volatile={"type": "disabled"},
-        persistent={"type": "rocks_db", "path": str(tmp / "rdb-only")}, gpucache=False))
+    return _write(
+        tmp,
+        "rocks",
+        ps_config(
+            {"a": paths["a"]},
+            DIMS,
+            volatile={"type": "disabled"},
+            persistent={"type": "rocks_db", "path": str(tmp / "rdb-only")},
+            gpucache=False,
+        ),
+    )
 
 
 def check_consistent(report: dict, tables: int) -> None:
@@ -55,15 +72,13 @@ def check_consistent(report: dict, tables: int) -> None:
     Draft202012Validator(load_schema("bench_report.schema.json")).validate(report)
     for row in report["rows"]:
         lat = row["latency_us"]
-        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] \
-            <= lat["max"]
+        assert 0 < lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
         assert lat["min"] <= lat["mean"] <= lat["max"] and lat["count"] == row["lookups"]
         assert row["keys_per_lookup"] == row["batch_size"] * tables
         assert row["keys"] == row["lookups"] * row["keys_per_lookup"]
         assert row["seconds"] == pytest.approx(lat["mean"] * lat["count"] / 1e6, rel=1e-6)
         assert row["throughput"]["keys_per_s"] == pytest.approx(row["keys"] / row["seconds"])
-        assert row["throughput"]["lookups_per_s"] == \
-            pytest.approx(row["lookups"] / row["seconds"])
+        assert row["throughput"]["lookups_per_s"] == pytest.approx(row["lookups"] / row["seconds"])
         assert len(row["per_table"]) == tables
         for part in [row] + row["per_table"]:
             counts, rates = part["counts"], part["hit_rate"]
@@ -80,8 +95,15 @@ def check_consistent(report: dict, tables: int) -> None:
 
 
 def test_cached_lookup_report(cached_config):
-    report = run_lookup_bench(LookupBenchSpec(config=cached_config, batch_sizes=(32, 512),
-                                              distribution="zipf:1.1", warmup=5, iterations=40))
+    report = run_lookup_bench(
+        LookupBenchSpec(
+            config=cached_config,
+            batch_sizes=(32, 512),
+            distribution="zipf:1.1",
+            warmup=5,
+            iterations=40,
+        )
+    )
     check_consistent(report, tables=2)
     assert [r["batch_size"] for r in report["rows"]] == [32, 512]
     assert [t["cache"]["backend"] for t in report["tables"]] in (["reference"] * 2, ["gpu"] * 2)
@@ -104,12 +126,19 @@ def test_cached_lookup_report(cached_config):
 def test_tiers_are_exact_without_a_cache(rocksdb_only_config, tmp_path):
     """RocksDB holds every table key; keys outside the table get the default: known counts."""
     rng = np.random.default_rng(7)
-    trace = np.where(rng.random(3000) < 0.3, -rng.integers(1, 10**6, 3000),
-                     rng.integers(0, 20_000, 3000)).astype(np.int64)
+    trace = np.where(
+        rng.random(3000) < 0.3, -rng.integers(1, 10**6, 3000), rng.integers(0, 20_000, 3000)
+    ).astype(np.int64)
     np.save(tmp_path / "trace.npy", trace)
-    report = run_lookup_bench(LookupBenchSpec(config=rocksdb_only_config, batch_sizes=(100,),
-                                              keys_from=tmp_path / "trace.npy", warmup=3,
-                                              iterations=30))
+    report = run_lookup_bench(
+        LookupBenchSpec(
+            config=rocksdb_only_config,
+            batch_sizes=(100,),
+            keys_from=tmp_path / "trace.npy",
+            warmup=3,
+            iterations=30,
+        )
+    )
     check_consistent(report, tables=1)
     measured = np.concatenate([trace[300:], trace[:300]])  # after 3 warm-up lookups of 100
     row = report["rows"][0]
@@ -124,12 +153,28 @@ def test_tiers_are_exact_without_a_cache(rocksdb_only_config, tmp_path):
 
 def test_asynchronous_misses_count_as_defaults(tables):
     tmp, paths = tables
-    config = _write(tmp, "async", ps_config(
-        {"a": paths["a"]}, DIMS, volatile={"type": "parallel_hash_map"}, gpucache=True,
-        gpucacheper=0.05, hit_rate_threshold=0.01, init_ec=False))
-    report = run_lookup_bench(LookupBenchSpec(config=config, batch_sizes=(256,),
-                                              distribution="hotkey:0.02:0.9", warmup=0,
-                                              iterations=40))
+    config = _write(
+        tmp,
+        "async",
+        ps_config(
+            {"a": paths["a"]},
+            DIMS,
+            volatile={"type": "parallel_hash_map"},
+            gpucache=True,
+            gpucacheper=0.05,
+            hit_rate_threshold=0.01,
+            init_ec=False,
+        ),
+    )
+    report = run_lookup_bench(
+        LookupBenchSpec(
+            config=config,
+            batch_sizes=(256,),
+            distribution="hotkey:0.02:0.9",
+            warmup=0,
+            iterations=40,
+        )
+    )
     check_consistent(report, tables=1)
     c = report["rows"][0]["counts"]
     # an empty cache: the first lookup hits nothing (0 < threshold: synchronous), later ones
@@ -140,9 +185,16 @@ def test_asynchronous_misses_count_as_defaults(tables):
 
 
 def test_duration_mode_and_a_subset_of_tables(cached_config):
-    report = run_lookup_bench(LookupBenchSpec(config=cached_config, batch_sizes=(64,),
-                                              tables=("b",), warmup=2, iterations=None,
-                                              duration_s=0.3))
+    report = run_lookup_bench(
+        LookupBenchSpec(
+            config=cached_config,
+            batch_sizes=(64,),
+            tables=("b",),
+            warmup=2,
+            iterations=None,
+            duration_s=0.3,
+        )
+    )
     check_consistent(report, tables=1)
     assert report["rows"][0]["lookups"] >= 1 and report["duration_s"] == 0.3
     assert [t["name"] for t in report["tables"]] == ["b"]
@@ -179,9 +231,25 @@ def test_apportion():
 
 def test_cli_json_csv_plot(cached_config, tmp_path, hps):
     csv_path, png = tmp_path / "lookup.csv", tmp_path / "lookup.png"
-    res = hps("bench", "lookup", "--config", str(cached_config), "--batch-size", "16,128",
-              "--distribution", "hotkey:20%:80%", "--iterations", "20", "--warmup", "2",
-              "--csv", str(csv_path), "--plot", str(png), "--json")
+    res = hps(
+        "bench",
+        "lookup",
+        "--config",
+        str(cached_config),
+        "--batch-size",
+        "16,128",
+        "--distribution",
+        "hotkey:20%:80%",
+        "--iterations",
+        "20",
+        "--warmup",
+        "2",
+        "--csv",
+        str(csv_path),
+        "--plot",
+        str(png),
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     check_consistent(report, tables=2)
@@ -200,8 +268,9 @@ def test_cli_table_and_trace_error(cached_config, tmp_path, hps):
     assert "GPU cache" in res.stdout and "p99 us" in res.stdout
     bad = tmp_path / "keys.txt"
     bad.write_text("1\n2\n0x10\n")
-    res = hps("bench", "lookup", "--config", str(cached_config), "--table", "a",
-              "--keys-from", str(bad))
+    res = hps(
+        "bench", "lookup", "--config", str(cached_config), "--table", "a", "--keys-from", str(bad)
+    )
     assert res.returncode == ExitCode.INVALID
     assert res.stderr.splitlines()[0] == f"error: {bad}:3: not an integer key: '0x10'"
 
@@ -209,14 +278,20 @@ def test_cli_table_and_trace_error(cached_config, tmp_path, hps):
 @pytest.mark.gpu
 def test_kernel_share_of_the_gather_floor_on_a_gpu(tables):
     tmp, paths = tables
-    config = _write(tmp, "gpu", ps_config(paths, DIMS, gpucache=True, gpucacheper=0.5,
-                                          hit_rate_threshold=1.0))
+    config = _write(
+        tmp, "gpu", ps_config(paths, DIMS, gpucache=True, gpucacheper=0.5, hit_rate_threshold=1.0)
+    )
     from hps_cli.runtime.gpu.placement import DEDUP_MIN_KEYS
 
-    report = run_lookup_bench(LookupBenchSpec(config=config,
-                                              batch_sizes=(1024, 16384, DEDUP_MIN_KEYS),
-                                              distribution="zipf:1.05", warmup=5,
-                                              iterations=30))
+    report = run_lookup_bench(
+        LookupBenchSpec(
+            config=config,
+            batch_sizes=(1024, 16384, DEDUP_MIN_KEYS),
+            distribution="zipf:1.05",
+            warmup=5,
+            iterations=30,
+        )
+    )
     check_consistent(report, tables=2)
     assert [t["cache"]["backend"] for t in report["tables"]] == ["gpu", "gpu"]
     for row in report["rows"]:
@@ -227,6 +302,7 @@ def test_kernel_share_of_the_gather_floor_on_a_gpu(tables):
         else:  # timed as the lookup queries it: its distinct keys (a Zipf batch repeats many)
             assert 0 < kernel["keys"] < row["batch_size"]
         assert kernel["query_us"] > 0 and kernel["gather_us"] > 0
-        assert kernel["kernel_share_of_gather_floor"] == \
-            pytest.approx(kernel["gather_us"] / kernel["query_us"])
+        assert kernel["kernel_share_of_gather_floor"] == pytest.approx(
+            kernel["gather_us"] / kernel["query_us"]
+        )
         assert 0.05 < kernel["kernel_share_of_gather_floor"] < 5

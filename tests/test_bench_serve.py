@@ -15,10 +15,12 @@ from runtime_configs import make_tables, ps_config
 from serve_helpers import ServerProcess
 
 # perf_analyzer's CSV header (-f FILE), as its documentation gives it
-PERF_ANALYZER_HEADER = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,"
-                        "Server Queue,Server Compute Input,Server Compute Infer,"
-                        "Server Compute Output,Client Recv,p50 latency,p90 latency,"
-                        "p95 latency,p99 latency")
+PERF_ANALYZER_HEADER = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,"
+    "Server Queue,Server Compute Input,Server Compute Infer,"
+    "Server Compute Output,Client Recv,p50 latency,p90 latency,"
+    "p95 latency,p99 latency"
+)
 WINDOW_ARGS = ("--measurement-interval", "250", "--max-trials", "6", "--warmup-requests", "5")
 
 
@@ -26,8 +28,14 @@ WINDOW_ARGS = ("--measurement-interval", "250", "--max-trials", "6", "--warmup-r
 def server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench-serve")
     tables = make_tables(tmp, {"a": (4000, 8), "b": (2000, 16)})
-    doc = ps_config(tables, {"a": 8, "b": 16}, gpucache=True, gpucacheper=0.3,
-                    hit_rate_threshold=1.0, max_batch_size=256)
+    doc = ps_config(
+        tables,
+        {"a": 8, "b": 16},
+        gpucache=True,
+        gpucacheper=0.3,
+        hit_rate_threshold=1.0,
+        max_batch_size=256,
+    )
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
     with ServerProcess(["--config", str(path), "--access-log", "off"]) as proc:
@@ -39,10 +47,10 @@ def check_level(level: dict, spec: dict) -> None:
     assert level["errors"] == 0 and level["errors_total"] == 0 and level["requests"] > 0
     assert lat["count"] == level["requests"]
     assert lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p95"] <= lat["p99"] <= lat["max"]
-    assert level["throughput_infer_per_sec"] == pytest.approx(level["requests"] /
-                                                              level["seconds"])
-    assert level["throughput_keys_per_sec"] == \
-        pytest.approx(level["throughput_infer_per_sec"] * level["keys_per_request"])
+    assert level["throughput_infer_per_sec"] == pytest.approx(level["requests"] / level["seconds"])
+    assert level["throughput_keys_per_sec"] == pytest.approx(
+        level["throughput_infer_per_sec"] * level["keys_per_request"]
+    )
     windows = level["windows"]
     assert level["trials"] == len(windows) <= spec["max_trials"]
     used = windows[-3:]
@@ -66,10 +74,29 @@ def check_level(level: dict, spec: dict) -> None:
 def test_http_sweep(server, tmp_path, hps):
     proc, config = server
     csv_path, png = tmp_path / "serve.csv", tmp_path / "serve.png"
-    res = hps("bench", "serve", "--url", proc.http, "--model", "m", "--config", str(config),
-              "--distribution", "zipf:1.05", "--keys-per-request", "16",
-              "--concurrency-range", "1:2", *WINDOW_ARGS, "--csv", str(csv_path),
-              "--plot", str(png), "--json", timeout=180)
+    res = hps(
+        "bench",
+        "serve",
+        "--url",
+        proc.http,
+        "--model",
+        "m",
+        "--config",
+        str(config),
+        "--distribution",
+        "zipf:1.05",
+        "--keys-per-request",
+        "16",
+        "--concurrency-range",
+        "1:2",
+        *WINDOW_ARGS,
+        "--csv",
+        str(csv_path),
+        "--plot",
+        str(png),
+        "--json",
+        timeout=180,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     Draft202012Validator(load_schema("bench_report.schema.json")).validate(report)
@@ -94,9 +121,23 @@ def test_http_sweep(server, tmp_path, hps):
 
 def test_grpc_and_json_data(server, hps):
     proc, _ = server
-    res = hps("bench", "serve", "--url", proc.grpc, "--protocol", "grpc", "--model", "m",
-              "--key-space", "5000", "--keys-per-request", "8", *WINDOW_ARGS, "--json",
-              timeout=120)
+    res = hps(
+        "bench",
+        "serve",
+        "--url",
+        proc.grpc,
+        "--protocol",
+        "grpc",
+        "--model",
+        "m",
+        "--key-space",
+        "5000",
+        "--keys-per-request",
+        "8",
+        *WINDOW_ARGS,
+        "--json",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)
     Draft202012Validator(load_schema("bench_report.schema.json")).validate(report)
@@ -104,9 +145,22 @@ def test_grpc_and_json_data(server, hps):
     # without --config, tables and dims come from the model's config over gRPC
     assert report["tables"] == [{"name": "a", "dim": 8}, {"name": "b", "dim": 16}]
     check_level(report["levels"][0], report)
-    res = hps("bench", "serve", "--url", proc.http, "--model", "m", "--json-data",
-              "--keys-per-request", "4", *WINDOW_ARGS, "--csv", "-", "--verbose-csv",
-              timeout=120)
+    res = hps(
+        "bench",
+        "serve",
+        "--url",
+        proc.http,
+        "--model",
+        "m",
+        "--json-data",
+        "--keys-per-request",
+        "4",
+        *WINDOW_ARGS,
+        "--csv",
+        "-",
+        "--verbose-csv",
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     header, row = res.stdout.strip().splitlines()
     assert header == PERF_ANALYZER_HEADER + ",Keys/Second,Avg latency,Max latency,Errors,Stable"
@@ -118,8 +172,21 @@ def test_unusable_requests_and_models(server, hps):
     res = hps("bench", "serve", "--url", proc.http, "--model", "nope")
     assert res.returncode == ExitCode.INVALID and "no ready model 'nope'" in res.stderr
     # 600 keys per table: 1200 samples, above max_batch_size 256: every request fails
-    res = hps("bench", "serve", "--url", proc.http, "--model", "m", "--keys-per-request", "600",
-              "--measurement-interval", "100", "--max-trials", "3", timeout=120)
+    res = hps(
+        "bench",
+        "serve",
+        "--url",
+        proc.http,
+        "--model",
+        "m",
+        "--keys-per-request",
+        "600",
+        "--measurement-interval",
+        "100",
+        "--max-trials",
+        "3",
+        timeout=120,
+    )
     assert res.returncode == ExitCode.INVALID
     assert "every request failed" in res.stderr and "max_batch_size" in res.stderr
 
@@ -133,10 +200,10 @@ def _free_port() -> int:
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 def test_unreachable_server_is_exit_6(hps, protocol):
     url = f"127.0.0.1:{_free_port()}"
-    res = hps("bench", "serve", "--url", url, "--protocol", protocol, "--model", "m",
-              timeout=60)
+    res = hps("bench", "serve", "--url", url, "--protocol", protocol, "--model", "m", timeout=60)
     assert res.returncode == ExitCode.UNAVAILABLE
     lines = res.stderr.strip().splitlines()
-    assert lines[0].startswith(f"error: {url}: cannot reach a KServe v2 {protocol.upper()} "
-                               f"server at {url}")
+    assert lines[0].startswith(
+        f"error: {url}: cannot reach a KServe v2 {protocol.upper()} server at {url}"
+    )
     assert lines[1].startswith("hint:") and len(lines) == 2

@@ -46,10 +46,18 @@ SPEC = "spec-notebook"  # built from the keras3 notebook dissect's dense part wi
 
 
 def _spec(dissected: Path) -> dict:
-    return {"dense": str(dissected / "dense"), "ps_config": str(dissected / "ps.json"),
-            "inputs": [{"name": "ids", "format": "sparse",
-                        "lookups": [{"table": 0, "combiner": "mean", "dense_input": "emb_ids"}]},
-                       {"name": "dense", "dense_input": "dense"}]}
+    return {
+        "dense": str(dissected / "dense"),
+        "ps_config": str(dissected / "ps.json"),
+        "inputs": [
+            {
+                "name": "ids",
+                "format": "sparse",
+                "lookups": [{"table": 0, "combiner": "mean", "dense_input": "emb_ids"}],
+            },
+            {"name": "dense", "dense_input": "dense"},
+        ],
+    }
 
 
 @pytest.fixture(scope="module")
@@ -84,9 +92,14 @@ def built(tmp_path_factory):
     procs = {}
     for keras, args in groups.items():
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1" if keras == "tf_keras" else "0"}
-        procs[keras] = subprocess.Popen([sys.executable, str(HERE / "build_graph_load.py"), *args],
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                        text=True, env=env, cwd=base)
+        procs[keras] = subprocess.Popen(
+            [sys.executable, str(HERE / "build_graph_load.py"), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+            cwd=base,
+        )
     loaded = {}
     for proc in procs.values():
         out, err = proc.communicate(timeout=600)
@@ -95,16 +108,22 @@ def built(tmp_path_factory):
             if line.startswith("{"):
                 doc = json.loads(line)
                 loaded[doc["package"]] = doc
-    return {"dissected": dissected, "packages": packages, "loaded": loaded, "base": base,
-            "spec_file": spec_file}
+    return {
+        "dissected": dissected,
+        "packages": packages,
+        "loaded": loaded,
+        "base": base,
+        "spec_file": spec_file,
+    }
 
 
 @pytest.mark.parametrize("case", IDS + [SPEC])
 def test_loaded_package_predicts_like_the_trained_model(case, built):
     result = built["loaded"][str(built["packages"][case])]
     manifest = json.loads((built["packages"][case] / "manifest.json").read_text())
-    assert result["keras"] == ("tf_keras" if manifest["inference"]["keras"] == "tf_keras"
-                               else "keras")
+    assert result["keras"] == (
+        "tf_keras" if manifest["inference"]["keras"] == "tf_keras" else "keras"
+    )
     assert result["shapes_equal"]
     assert result["max_abs_diff"] <= 1e-5
     lookups = [la["class"].split(">")[1] for la in manifest["inference"]["layers"]]
@@ -122,7 +141,8 @@ def test_package_layout_manifest_and_config(case, built):
     assert manifest_errors(manifest) == []
     tables = [t["dir"] for t in manifest["tables"]]
     assert sorted(p.name for p in package.iterdir()) == sorted(
-        tables + ["dense", "manifest.json", "model.keras", "ps.json"])
+        tables + ["dense", "manifest.json", "model.keras", "ps.json"]
+    )
     config = validate_config_file(package / "ps.json")
     assert config.ok, [i.one_line() for i in config.issues]
     model = config.config.models[0]
@@ -143,8 +163,9 @@ def test_package_layout_manifest_and_config(case, built):
             assert same.st_ino == src.st_ino  # hard-linked, not copied
     names = [i["name"] for i in manifest["inputs"]]
     assert [i["name"] for i in inference["inputs"]] == names
-    assert [o["name"] for o in inference["outputs"]] == [o["name"] for o in
-                                                         manifest["dense"]["outputs"]]
+    assert [o["name"] for o in inference["outputs"]] == [
+        o["name"] for o in manifest["dense"]["outputs"]
+    ]
 
 
 @pytest.mark.parametrize("case", ["keras3-dlrm.keras", "tf_keras-notebook-savedmodel"])
@@ -233,16 +254,29 @@ def test_out_dir_inside_the_source_is_refused(built):
     assert (source / "manifest.json").is_file() and not (source / "pkg").exists()
 
 
-@pytest.mark.parametrize("change,message", [
-    (lambda s: s["inputs"][0]["lookups"][0].update(table="nope"),
-     r"\$\.inputs\[0\]\.lookups\[0\]\.table: model '\S+' has no table 'nope'"),
-    (lambda s: s["inputs"].pop(), "the dense part takes"),
-    (lambda s: s["inputs"][0]["lookups"][0].update(dense_input="emb_x"),
-     "the dense signature has no input 'emb_x'"),
-    (lambda s: s["inputs"][0].update(format="dense"), "needs sparse ids"),
-    (lambda s: s.update(extra=1), r"invalid spec: \$: Additional properties"),
-], ids=["unknown-table", "unfed-dense-input", "unknown-dense-input", "combiner-on-dense-ids",
-        "schema"])
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        (
+            lambda s: s["inputs"][0]["lookups"][0].update(table="nope"),
+            r"\$\.inputs\[0\]\.lookups\[0\]\.table: model '\S+' has no table 'nope'",
+        ),
+        (lambda s: s["inputs"].pop(), "the dense part takes"),
+        (
+            lambda s: s["inputs"][0]["lookups"][0].update(dense_input="emb_x"),
+            "the dense signature has no input 'emb_x'",
+        ),
+        (lambda s: s["inputs"][0].update(format="dense"), "needs sparse ids"),
+        (lambda s: s.update(extra=1), r"invalid spec: \$: Additional properties"),
+    ],
+    ids=[
+        "unknown-table",
+        "unfed-dense-input",
+        "unknown-dense-input",
+        "combiner-on-dense-ids",
+        "schema",
+    ],
+)
 def test_spec_errors_name_the_spec_field(built, tmp_path, change, message):
     from hps_cli.runtime.errors import InvalidInputError
 

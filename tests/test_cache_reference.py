@@ -88,9 +88,14 @@ class SpecCache:
                 self.scores[s][way] = 0
 
 
-ops = st.lists(st.tuples(st.sampled_from(["query", "replace", "invalidate"]),
-                         st.lists(st.integers(0, 150), min_size=1, max_size=60)),
-               min_size=1, max_size=25)
+ops = st.lists(
+    st.tuples(
+        st.sampled_from(["query", "replace", "invalidate"]),
+        st.lists(st.integers(0, 150), min_size=1, max_size=60),
+    ),
+    min_size=1,
+    max_size=25,
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -136,11 +141,16 @@ def test_hits_of_a_deduplicated_batch_are_capped_per_key():
     hot = keys[sampled_hits(keys, seed)][:2]  # two cached keys this query samples
     cold = keys[~sampled_hits(keys, seed)][0]
     absent = np.arange(10**12, 10**12 + DEDUP_MIN_KEYS, dtype=np.int64)  # misses
-    batch = np.concatenate([np.repeat(hot[0], 100), np.repeat(hot[1], 5), np.repeat(cold, 50),
-                            absent])
+    batch = np.concatenate(
+        [np.repeat(hot[0], 100), np.repeat(hot[1], 5), np.repeat(cold, 50), absent]
+    )
     cache.query(batch)
-    gained = dict(zip(keys.tolist(), (cache.scores - before)[
-        np.nonzero(cache.keys == keys[:, None, None])[1:]].tolist()))
+    gained = dict(
+        zip(
+            keys.tolist(),
+            (cache.scores - before)[np.nonzero(cache.keys == keys[:, None, None])[1:]].tolist(),
+        )
+    )
     assert gained[int(hot[0])] == HIT_WEIGHT_CAP * HIT_SAMPLE
     assert gained[int(hot[1])] == 5 * HIT_SAMPLE
     assert gained[int(cold)] == 0
@@ -187,6 +197,7 @@ def test_batch_ops_reference():
 
 # --- the cache semantics through the reference backend -----------------------------------
 
+
 @pytest.fixture
 def tiers():
     """A stand-in for the CPU tiers that is exact and counts its calls."""
@@ -201,8 +212,14 @@ def tiers():
 
 
 def _cache(fetch, threshold, sets=4, inserter=None):
-    return EmbeddingCache(RefDynamicBackend(sets, 8), fetch=fetch, hit_rate_threshold=threshold,
-                          default_value=-2.0, inserter=inserter, name="m.t")
+    return EmbeddingCache(
+        RefDynamicBackend(sets, 8),
+        fetch=fetch,
+        hit_rate_threshold=threshold,
+        default_value=-2.0,
+        inserter=inserter,
+        name="m.t",
+    )
 
 
 def test_synchronous_lookups_are_exact(tiers):
@@ -279,8 +296,9 @@ def test_refresh_reloads_values(tiers):
     stale = np.zeros((2, 8), np.float32)
     cache.update(np.array([1, 2]), stale)
     assert cache.refresh() == 2
-    np.testing.assert_array_equal(cache.lookup(np.array([1, 2])),
-                                  synthetic_vectors(np.array([1, 2]), 8))
+    np.testing.assert_array_equal(
+        cache.lookup(np.array([1, 2])), synthetic_vectors(np.array([1, 2]), 8)
+    )
 
 
 def test_prefill_hottest_first_by_meta(tmp_path, tiers):
@@ -297,8 +315,9 @@ def test_prefill_hottest_first_by_meta(tmp_path, tiers):
     sets = set_of(hottest, cache.backend.num_sets)
     for s in range(cache.backend.num_sets):
         expected = np.sort(hottest[sets == s])[-WAYS:]  # larger key, larger meta here
-        np.testing.assert_array_equal(np.sort(cached[set_of(cached, cache.backend.num_sets) == s]),
-                                      expected)
+        np.testing.assert_array_equal(
+            np.sort(cached[set_of(cached, cache.backend.num_sets) == s]), expected
+        )
 
 
 def test_prefill_keeps_the_hottest_of_a_full_set_when_every_row_fits(tmp_path, tiers):
@@ -360,9 +379,12 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
     p /= p.sum()
     ideal = p[: int(per * n)].sum()
     keys_of_rank = rng.permutation(n).astype(np.int64) * 7919 + 13
-    cache = EmbeddingCache(RefDynamicBackend(num_sets_for(n, per), 2),
-                           fetch=lambda k: np.zeros((k.size, 2), np.float32),
-                           hit_rate_threshold=1.0, default_value=0.0)
+    cache = EmbeddingCache(
+        RefDynamicBackend(num_sets_for(n, per), 2),
+        fetch=lambda k: np.zeros((k.size, 2), np.float32),
+        hit_rate_threshold=1.0,
+        default_value=0.0,
+    )
     cdf = np.cumsum(p)
     for batch in range(160):
         ranks = np.minimum(np.searchsorted(cdf, rng.random(4096)), n - 1)

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from hps_cli.runtime.errors import ExitCode
 
 from hps_cli.commands import COMMANDS
-from hps_cli.runtime.errors import ExitCode
 
 
 def _loaded_after(code: str) -> set[str]:
@@ -27,8 +27,10 @@ def test_importing_the_runtime_loads_no_cli_and_no_heavy_dependency():
 
 
 def test_help_loads_no_tensorflow_nor_pycuda():
-    code = ("import sys\nfrom hps_cli.cli import main\nsys.argv=['hps','--help']\n"
-            "try:\n    main()\nexcept SystemExit:\n    pass\n")
+    code = (
+        "import sys\nfrom hps_cli.cli import main\nsys.argv=['hps','--help']\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    )
     mods = _loaded_after(code)
     assert not {m for m in mods if m.split(".")[0] in HEAVY}
 
@@ -69,5 +71,6 @@ def test_debug_shows_traceback_for_typed_errors(tmp_path, hps):
     res = hps("--json", "table", "generate", str(tmp_path / "x"), "--keys", "1", "--dim", "1")
     assert res.returncode == ExitCode.CONFLICT
     import json
+
     doc = json.loads(res.stdout)
     assert doc["ok"] is False and doc["error"] == "OutputExistsError" and doc["exit_code"] == 4

@@ -1,17 +1,21 @@
-"""validate-config: the invalid corpus, the valid HPS examples, warnings, --strict and exit codes."""
+"""validate-config: the invalid corpus, the valid HPS examples, warnings, --strict, exit codes."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import fields
-from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, REPO
-from hps_cli.runtime.config import (ModelConfig, PersistentDbConfig, UpdateSourceConfig,
-                                    VolatileDbConfig, load_config, validate_config_file,
-                                    validate_document)
+from hps_cli.runtime.config import (
+    ModelConfig,
+    PersistentDbConfig,
+    UpdateSourceConfig,
+    VolatileDbConfig,
+    load_config,
+    validate_config_file,
+    validate_document,
+)
 from hps_cli.runtime.errors import ConfigError
 from hps_cli.runtime.resources import load_schema
 
@@ -56,7 +60,9 @@ def test_hps_reference_examples_are_valid(path):
     assert result.ok, [i.one_line() for i in result.errors]
 
 
-@pytest.mark.parametrize("path", sorted((EXAMPLES / "configs").glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize(
+    "path", sorted((EXAMPLES / "configs").glob("*.json")), ids=lambda p: p.stem
+)
 def test_examples_validate_with_file_checks_and_strict(path):
     result = validate_config_file(path, strict=True)
     assert result.ok, [i.one_line() for i in result.issues]
@@ -64,31 +70,65 @@ def test_examples_validate_with_file_checks_and_strict(path):
 
 
 def _doc(**model_overrides):
-    model = {"model": "m", "sparse_files": ["a"], "deployed_device_list": [0],
-             "default_value_for_each_table": [0.0], "embedding_vecsize_per_table": [4],
-             "maxnum_catfeature_query_per_table_per_sample": [1], "hit_rate_threshold": 1.0}
+    model = {
+        "model": "m",
+        "sparse_files": ["a"],
+        "deployed_device_list": [0],
+        "default_value_for_each_table": [0.0],
+        "embedding_vecsize_per_table": [4],
+        "maxnum_catfeature_query_per_table_per_sample": [1],
+        "hit_rate_threshold": 1.0,
+    }
     model.update(model_overrides)
     return {"supportlonglong": True, "models": [model]}
 
 
-@pytest.mark.parametrize("mutate, path, rule", [
-    (lambda d: d["models"][0].update(gpucahce=True), "$.models[0].gpucahce", "unknown_key"),
-    (lambda d: d.update(volatile_db={"type": "parallel_hash_map", "max_get_batch_size": 5}),
-     "$.volatile_db.max_get_batch_size", "unknown_key"),
-    (lambda d: d["models"][0].update(embedding_cache_type="dynamc"),
-     "$.models[0].embedding_cache_type", "unknown_enum"),
-    (lambda d: d.update(volatile_db={"type": "redis_clustr"}), "$.volatile_db.type", "unknown_enum"),
-    (lambda d: d["models"][0].update(hit_rate_threshold=0.5), "$.models[0].hit_rate_threshold",
-     "non_exact"),
-    (lambda d: d["models"][0].pop("hit_rate_threshold"), "$.models[0].hit_rate_threshold",
-     "non_exact"),
-    (lambda d: d.update(volatile_db={"num_partitions": 4}), "$.volatile_db", "disabled_tier"),
-    (lambda d: d["models"][0].update(sparse_files=["a", "b"], embedding_vecsize_per_table=[4, 4],
-                                     maxnum_catfeature_query_per_table_per_sample=[1, 1]),
-     "$.models[0].default_value_for_each_table", "array_lengths"),
-    (lambda d: d["models"][0].update(embedding_cache_type="stochastic"),
-     "$.models[0].embedding_cache_type", "unsupported"),
-])
+@pytest.mark.parametrize(
+    "mutate, path, rule",
+    [
+        (lambda d: d["models"][0].update(gpucahce=True), "$.models[0].gpucahce", "unknown_key"),
+        (
+            lambda d: d.update(volatile_db={"type": "parallel_hash_map", "max_get_batch_size": 5}),
+            "$.volatile_db.max_get_batch_size",
+            "unknown_key",
+        ),
+        (
+            lambda d: d["models"][0].update(embedding_cache_type="dynamc"),
+            "$.models[0].embedding_cache_type",
+            "unknown_enum",
+        ),
+        (
+            lambda d: d.update(volatile_db={"type": "redis_clustr"}),
+            "$.volatile_db.type",
+            "unknown_enum",
+        ),
+        (
+            lambda d: d["models"][0].update(hit_rate_threshold=0.5),
+            "$.models[0].hit_rate_threshold",
+            "non_exact",
+        ),
+        (
+            lambda d: d["models"][0].pop("hit_rate_threshold"),
+            "$.models[0].hit_rate_threshold",
+            "non_exact",
+        ),
+        (lambda d: d.update(volatile_db={"num_partitions": 4}), "$.volatile_db", "disabled_tier"),
+        (
+            lambda d: d["models"][0].update(
+                sparse_files=["a", "b"],
+                embedding_vecsize_per_table=[4, 4],
+                maxnum_catfeature_query_per_table_per_sample=[1, 1],
+            ),
+            "$.models[0].default_value_for_each_table",
+            "array_lengths",
+        ),
+        (
+            lambda d: d["models"][0].update(embedding_cache_type="stochastic"),
+            "$.models[0].embedding_cache_type",
+            "unsupported",
+        ),
+    ],
+)
 def test_warnings_and_strict(mutate, path, rule):
     doc = _doc()
     mutate(doc)
@@ -100,8 +140,9 @@ def test_warnings_and_strict(mutate, path, rule):
 
 
 @pytest.mark.parametrize("threads, warned", [(2, True), (4, True), (5, False), (64, False)])
-def test_redis_without_num_partitions_warns_where_hps_default_is_too_small(monkeypatch, threads,
-                                                                           warned):
+def test_redis_without_num_partitions_warns_where_hps_default_is_too_small(
+    monkeypatch, threads, warned
+):
     """HPS's default partition count is min(16, hardware threads): below num_node_connections
     (5 by default) HPS's Redis backend refuses the config on that host."""
     import os
@@ -113,8 +154,7 @@ def test_redis_without_num_partitions_warns_where_hps_default_is_too_small(monke
     found = [i for i in result.warnings if (i.json_path, i.rule) == ("$.volatile_db", "redis")]
     assert bool(found) == warned
     if warned:
-        assert f"= {threads}" in found[0].message and "num_node_connections (5)" in \
-            found[0].message
+        assert f"= {threads}" in found[0].message and "num_node_connections (5)" in found[0].message
     doc["volatile_db"]["num_partitions"] = 8  # set explicitly: nothing to warn about
     assert not [i for i in validate_document(doc, check_files=False).issues if i.rule == "redis"]
 
@@ -134,8 +174,12 @@ def test_strict_flag_on_the_cli(tmp_path, hps):
 
 
 def test_cli_json_and_usage_codes(hps):
-    res = hps("validate-config", "--json", str(INVALID / "vecsize_zero.json"),
-              str(EXAMPLES / "configs" / "minimal.json"))
+    res = hps(
+        "validate-config",
+        "--json",
+        str(INVALID / "vecsize_zero.json"),
+        str(EXAMPLES / "configs" / "minimal.json"),
+    )
     assert res.returncode == 3
     doc = json.loads(res.stdout)
     assert doc["valid"] is False and [c["valid"] for c in doc["configs"]] == [False, True]
@@ -153,15 +197,21 @@ def test_print_schema(hps):
 
 # --- the typed config ------------------------------------------------------------------------
 
+
 def _schema_defaults(defname: str) -> dict:
     props = load_schema("ps_config.schema.json")["$defs"][defname]["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
-@pytest.mark.parametrize("cls, defname", [(ModelConfig, "model"),
-                                          (VolatileDbConfig, "volatile_db"),
-                                          (PersistentDbConfig, "persistent_db"),
-                                          (UpdateSourceConfig, "update_source")])
+@pytest.mark.parametrize(
+    "cls, defname",
+    [
+        (ModelConfig, "model"),
+        (VolatileDbConfig, "volatile_db"),
+        (PersistentDbConfig, "persistent_db"),
+        (UpdateSourceConfig, "update_source"),
+    ],
+)
 def test_dataclass_defaults_equal_schema_defaults(cls, defname):
     defaults = _schema_defaults(defname)
     by_name = {f.name: f for f in fields(cls)}
@@ -182,7 +232,10 @@ def test_hps_defaults_and_aliases_are_applied(tmp_path):
     doc["persistent_db"] = {"type": "rocksdb"}
     cfg = load_config(doc, base_dir=tmp_path)
     model = cfg.models[0]
-    assert cfg.volatile_db.type == "redis_cluster" and cfg.volatile_db.overflow_policy == "evict_oldest"
+    assert (
+        cfg.volatile_db.type == "redis_cluster"
+        and cfg.volatile_db.overflow_policy == "evict_oldest"
+    )
     assert cfg.persistent_db.type == "rocks_db" and cfg.persistent_db.path == "/tmp/rocksdb"
     assert model.embedding_table_names == ("sparse_embedding0",)
     assert model.max_batch_size == 64 and model.gpucacheper == 0.2
@@ -211,8 +264,9 @@ def test_generated_docs_match_the_schema():
     from hps_cli.runtime.config.docs import render_markdown
 
     committed = (REPO / "docs" / "config.md").read_text(encoding="utf-8")
-    assert committed == render_markdown(), \
+    assert committed == render_markdown(), (
         "docs/config.md is stale: run python -m hps_cli.runtime.config.docs docs/config.md"
+    )
 
 
 def test_schema_is_valid_draft_2020_12():

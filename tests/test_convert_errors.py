@@ -25,8 +25,10 @@ from hps_cli.formats.sok_v2 import HEADER_BYTES, SokHeader, parse_header
 
 
 def _sok(tmp_path, rows=100, dim=4):
-    sok_v2_dump(tmp_path / "dump", {"t:0": (np.arange(rows, dtype=np.int64),
-                                            np.ones((rows, dim), np.float32))})
+    sok_v2_dump(
+        tmp_path / "dump",
+        {"t:0": (np.arange(rows, dtype=np.int64), np.ones((rows, dim), np.float32))},
+    )
     return tmp_path / "dump"
 
 
@@ -92,15 +94,24 @@ def test_sok_v2_shorter_than_header(tmp_path, hps):
 
 
 def test_sok_v1_dim_does_not_divide(tmp_path, hps):
-    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64),
-                                       np.ones((10, 6), np.float32))})
-    _fails(hps, tmp_path, tmp_path / "d", ExitCode.INVALID, "v_values.file",
-           "not a whole number of rows of dim 7", extra=("--dim", "7"))
+    sok_v1_dump(
+        tmp_path / "d", {"v": (np.arange(10, dtype=np.int64), np.ones((10, 6), np.float32))}
+    )
+    _fails(
+        hps,
+        tmp_path,
+        tmp_path / "d",
+        ExitCode.INVALID,
+        "v_values.file",
+        "not a whole number of rows of dim 7",
+        extra=("--dim", "7"),
+    )
 
 
 def test_sok_v1_missing_values_file(tmp_path, hps):
-    sok_v1_dump(tmp_path / "d", {"v": (np.arange(10, dtype=np.int64),
-                                       np.ones((10, 2), np.float32))})
+    sok_v1_dump(
+        tmp_path / "d", {"v": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32))}
+    )
     (tmp_path / "d" / "v_values.file").unlink()
     _fails(hps, tmp_path, tmp_path / "d", ExitCode.INVALID, "v_keys.file", "missing")
 
@@ -120,8 +131,15 @@ def test_embedding_collection_bad_header(tmp_path, hps):
 def test_npy_keys_count_mismatch(tmp_path, hps):
     np.save(tmp_path / "m.npy", np.ones((10, 3), np.float32))
     np.save(tmp_path / "k.npy", np.arange(9))
-    _fails(hps, tmp_path, tmp_path / "m.npy", ExitCode.INVALID, "k.npy", "disagree",
-           extra=("--keys", str(tmp_path / "k.npy")))
+    _fails(
+        hps,
+        tmp_path,
+        tmp_path / "m.npy",
+        ExitCode.INVALID,
+        "k.npy",
+        "disagree",
+        extra=("--keys", str(tmp_path / "k.npy")),
+    )
 
 
 def test_corrupt_npz(tmp_path, hps):
@@ -190,8 +208,12 @@ def test_sok_header_parser_fuzz(raw):
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
-       st.integers(0, 2), st.text(alphabet="abcdefgh_", max_size=20), st.integers(0, 6))
+@given(
+    st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=126), max_size=40),
+    st.integers(0, 2),
+    st.text(alphabet="abcdefgh_", max_size=20),
+    st.integers(0, 6),
+)
 def test_sok_header_round_trip(name, file_type, slot, dtype_index):
     raw = sok_v2_header(file_type, dtype_index, name, slot)
     assert len(raw) == HEADER_BYTES
@@ -240,11 +262,18 @@ def test_options_that_do_not_apply_are_errors(tmp_path, hps):
     _fails(hps, tmp_path, src, ExitCode.INVALID, "--dataset", extra=("--dataset", "/x"))
     _fails(hps, tmp_path, src, ExitCode.INVALID, "--dim 8", "dim 4", extra=("--dim", "8"))
     np.save(tmp_path / "m.npy", np.ones((5, 3), np.float32))
-    _fails(hps, tmp_path, tmp_path / "m.npy", ExitCode.INVALID, "m.npy", "dim 3",
-           extra=("--dim", "2"))
+    _fails(
+        hps, tmp_path, tmp_path / "m.npy", ExitCode.INVALID, "m.npy", "dim 3", extra=("--dim", "2")
+    )
 
 
 def test_npz_output_dedupe_error(tmp_path, hps):
     write_table(tmp_path / "t", np.array([1, 2, 1]), np.ones((3, 2), np.float32))
-    _fails(hps, tmp_path, tmp_path / "t", ExitCode.INVALID, "duplicate",
-           extra=("--to", "npz", "--dedupe", "error"))
+    _fails(
+        hps,
+        tmp_path,
+        tmp_path / "t",
+        ExitCode.INVALID,
+        "duplicate",
+        extra=("--to", "npz", "--dedupe", "error"),
+    )

@@ -22,8 +22,9 @@ from hps_cli.formats import OpenOptions
 
 
 def _convert(src, dst, **kw):
-    opts = kw.pop("open_options", None) or OpenOptions(**{k: kw.pop(k) for k in
-                                                          ("dim", "keys", "dataset") if k in kw})
+    opts = kw.pop("open_options", None) or OpenOptions(
+        **{k: kw.pop(k) for k in ("dim", "keys", "dataset") if k in kw}
+    )
     return convert(ConvertOptions(src=src, dst=dst, open_options=opts, **kw))
 
 
@@ -76,10 +77,14 @@ def test_sok_v2_multi_variable_with_optimizer_slots(tmp_path, rng, hps):
     w0 = rng.standard_normal((4000, 16)).astype(np.float32)
     k1 = np.arange(300, dtype=np.uint64)  # a localized variable's keys (dtype index 3)
     w1 = rng.standard_normal((300, 4)).astype(np.float64)  # cast to float32
-    k2 = (np.arange(50, dtype=np.int32) * 3)
+    k2 = np.arange(50, dtype=np.int32) * 3
     w2 = rng.standard_normal((50, 2)).astype(np.float16)
-    sok_v2_dump(tmp_path / "dump", {"table0:0": (k0, w0), "user/emb:0": (k1, w1),
-                                    "small:0": (k2, w2)}, optimizer="Adam", slots=("m", "v"))
+    sok_v2_dump(
+        tmp_path / "dump",
+        {"table0:0": (k0, w0), "user/emb:0": (k1, w1), "small:0": (k2, w2)},
+        optimizer="Adam",
+        slots=("m", "v"),
+    )
     res = hps("convert", str(tmp_path / "dump"), str(tmp_path / "out"), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
@@ -93,14 +98,21 @@ def test_sok_v2_multi_variable_with_optimizer_slots(tmp_path, rng, hps):
     assert np.array_equal(k, k1.astype(np.int64)) and w.tobytes() == w1.astype(np.float32).tobytes()
     k, w, _ = read_hps(tmp_path / "out" / "small_0")
     assert np.array_equal(k, k2) and w.tobytes() == w2.astype(np.float32).tobytes()
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["small_0", "table0_0",
-                                                                    "user_emb_0"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "small_0",
+        "table0_0",
+        "user_emb_0",
+    ]
 
 
 def test_sok_v2_select_and_rename_one_table(tmp_path, rng):
-    sok_v2_dump(tmp_path / "dump",
-                {"a:0": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32)),
-                 "b:0": (np.arange(5, dtype=np.int64), np.ones((5, 3), np.float32))})
+    sok_v2_dump(
+        tmp_path / "dump",
+        {
+            "a:0": (np.arange(10, dtype=np.int64), np.ones((10, 2), np.float32)),
+            "b:0": (np.arange(5, dtype=np.int64), np.ones((5, 3), np.float32)),
+        },
+    )
     result = _convert(tmp_path / "dump", tmp_path / "out", tables=("b_0",))
     assert [t.name for t in result.tables] == ["b_0"]
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["b_0"]
@@ -124,8 +136,10 @@ def test_hugectr_embedding_collection(tmp_path, rng):
     t1 = (np.arange(90, dtype=np.uint32), rng.random((90, 4), np.float32))
     embedding_collection(tmp_path / "ckpt", 0, [t0, t1], key_dtype=np.uint32)
     result = _convert(tmp_path / "ckpt", tmp_path / "out")
-    assert sorted(t.name for t in result.tables) == ["embedding_collection_0_table0",
-                                                     "embedding_collection_0_table1"]
+    assert sorted(t.name for t in result.tables) == [
+        "embedding_collection_0_table0",
+        "embedding_collection_0_table1",
+    ]
     k, v, _ = read_hps(tmp_path / "out" / "embedding_collection_0_table0")
     assert np.array_equal(k, t0[0].astype(np.int64)) and v.tobytes() == t0[1].tobytes()
     k, v, _ = read_hps(tmp_path / "out" / "embedding_collection_0_table1")
@@ -134,8 +148,10 @@ def test_hugectr_embedding_collection(tmp_path, rng):
 
 def test_embedding_collection_of_a_table_subset(tmp_path, rng):
     """Dumping tables [3, 7] writes key0/key1 whose headers carry the file index."""
-    tables = [(np.arange(20, dtype=np.int64), rng.random((20, 2), np.float32)),
-              (np.arange(30, dtype=np.int64) + 100, rng.random((30, 4), np.float32))]
+    tables = [
+        (np.arange(20, dtype=np.int64), rng.random((20, 2), np.float32)),
+        (np.arange(30, dtype=np.int64) + 100, rng.random((30, 4), np.float32)),
+    ]
     path = embedding_collection(tmp_path / "ckpt", 1, tables, table_ids=[3, 7])
     for t in range(2):  # as HugeCTR writes them: the index, not meta_data's id
         for name in (f"key{t}", f"weight{t}"):
@@ -143,8 +159,10 @@ def test_embedding_collection_of_a_table_subset(tmp_path, rng):
             raw[4:8] = np.int32(t).tobytes()
             (path / name).write_bytes(bytes(raw))
     result = _convert(tmp_path / "ckpt", tmp_path / "out")
-    assert sorted(t.name for t in result.tables) == ["embedding_collection_1_table3",
-                                                     "embedding_collection_1_table7"]
+    assert sorted(t.name for t in result.tables) == [
+        "embedding_collection_1_table3",
+        "embedding_collection_1_table7",
+    ]
     k, v, _ = read_hps(tmp_path / "out" / "embedding_collection_1_table7")
     assert np.array_equal(k, tables[1][0]) and v.tobytes() == tables[1][1].tobytes()
 
@@ -178,6 +196,7 @@ def test_npz_keys_values_meta(tmp_path, rng):
 
 def test_hdf5_dataset(tmp_path, rng):
     import h5py
+
     matrix = rng.standard_normal((600, 12)).astype(np.float32)
     with h5py.File(tmp_path / "w.h5", "w") as f:
         f.create_dataset("a/b/item_table", data=matrix, chunks=(64, 12), compression="gzip")
@@ -190,13 +209,18 @@ def test_hdf5_dataset(tmp_path, rng):
 def test_keras2_h5_two_embedding_layers(tmp_path, rng, hps):
     user = rng.standard_normal((1000, 8)).astype(np.float32)
     item = rng.standard_normal((250, 16)).astype(np.float32)
-    keras2_h5(tmp_path / "model.h5", {"user_emb": user, "item_emb": item},
-              {"dense": rng.standard_normal((24, 1)).astype(np.float32)})
+    keras2_h5(
+        tmp_path / "model.h5",
+        {"user_emb": user, "item_emb": item},
+        {"dense": rng.standard_normal((24, 1)).astype(np.float32)},
+    )
     res = hps("convert", str(tmp_path / "model.h5"), "--list", "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert [(t["name"], t["rows"], t["dim"]) for t in doc["tables"]] == \
-        [("user_emb", 1000, 8), ("item_emb", 250, 16)]
+    assert [(t["name"], t["rows"], t["dim"]) for t in doc["tables"]] == [
+        ("user_emb", 1000, 8),
+        ("item_emb", 250, 16),
+    ]
     assert any("dense" in s["path"] for s in doc["skipped"])
     res = hps("convert", str(tmp_path / "model.h5"), str(tmp_path / "one"), "--table", "item_emb")
     assert res.returncode == 0, res.stderr
@@ -231,8 +255,15 @@ def _expected_dedupe(keys, mode):
 @pytest.mark.parametrize("budget", [1 << 30, 4096])  # one key range, or many
 def test_hps_table_dedupe_keeps_input_order(tmp_path, rng, mode, budget):
     keys, vectors, meta = _table_with_dups(tmp_path / "src", rng)
-    result = convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "out", dedupe=mode,
-                                    hot_first=False, budget_bytes=budget))
+    result = convert(
+        ConvertOptions(
+            src=tmp_path / "src",
+            dst=tmp_path / "out",
+            dedupe=mode,
+            hot_first=False,
+            budget_bytes=budget,
+        )
+    )
     rows = _expected_dedupe(keys, mode)
     k, v, m = read_hps(tmp_path / "out" / "src")
     assert np.array_equal(k, keys[rows]) and v.tobytes() == vectors[rows].tobytes()
@@ -264,8 +295,9 @@ def test_hps_table_hot_first_by_meta(tmp_path, rng, budget):
     meta = (rng.zipf(1.3, 5000) % 10_000).astype(np.int64)
     meta[:1500] = 7  # a heavy tie: ties keep input order
     write_table(tmp_path / "src", keys, vectors, meta)
-    result = convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "out",
-                                    budget_bytes=budget))
+    result = convert(
+        ConvertOptions(src=tmp_path / "src", dst=tmp_path / "out", budget_bytes=budget)
+    )
     assert result.tables[0].reordered
     order = np.argsort(-meta, kind="stable")
     k, v, m = read_hps(tmp_path / "out" / "src")
@@ -277,8 +309,11 @@ def test_hps_table_hot_first_by_meta(tmp_path, rng, budget):
 
 def test_hps_tables_folder_rechunk_and_dry_run(tmp_path, rng, hps):
     for name in ("a", "b"):
-        write_table(tmp_path / "src" / name, np.arange(100) + (0 if name == "a" else 1000),
-                    rng.standard_normal((100, 2)).astype(np.float32))
+        write_table(
+            tmp_path / "src" / name,
+            np.arange(100) + (0 if name == "a" else 1000),
+            rng.standard_normal((100, 2)).astype(np.float32),
+        )
     res = hps("convert", str(tmp_path / "src"), str(tmp_path / "out"), "--dry-run", "--json")
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout)["dry_run"] is True and not (tmp_path / "out").exists()
@@ -286,8 +321,10 @@ def test_hps_tables_folder_rechunk_and_dry_run(tmp_path, rng, hps):
     assert res.returncode == 0 and "wrote 2 table(s), 200 rows" in res.stdout
     assert "hps (detected)" in res.stdout
     for name in ("a", "b"):
-        assert read_hps(tmp_path / "out" / name)[0].tobytes() == \
-            read_hps(tmp_path / "src" / name)[0].tobytes()
+        assert (
+            read_hps(tmp_path / "out" / name)[0].tobytes()
+            == read_hps(tmp_path / "src" / name)[0].tobytes()
+        )
 
 
 def test_npz_export_and_reimport(tmp_path, rng):
@@ -321,6 +358,9 @@ def test_table_json_of_converted_tables_is_current_and_correct(tmp_path, rng):
         assert (a / file).read_bytes() == (b / file).read_bytes()
     side_a, side_b = current_sidecar(a), current_sidecar(b)
     assert side_a is not None and side_a.checksum() == side_b.checksum() == sidecar_checksum(a, 8)
-    assert side_a.duplicates == len(keys) - len(np.unique(keys)) == \
-        verify_table(a).duplicates.extra_rows
+    assert (
+        side_a.duplicates
+        == len(keys) - len(np.unique(keys))
+        == verify_table(a).duplicates.extra_rows
+    )
     assert side_a.non_finite == 1

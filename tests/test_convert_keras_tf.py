@@ -34,8 +34,13 @@ for name in ("user_emb", "item_emb"):
 def test_real_tf_keras_h5(tmp_path):
     h5 = tmp_path / "model.h5"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-    subprocess.run([sys.executable, "-c", _SAVE, str(h5)], check=True, env=env, timeout=300,
-                   capture_output=True)
+    subprocess.run(
+        [sys.executable, "-c", _SAVE, str(h5)],
+        check=True,
+        env=env,
+        timeout=300,
+        capture_output=True,
+    )
     result = convert(ConvertOptions(src=h5, dst=tmp_path / "out"))
     assert result.format == "hdf5"
     assert sorted(t.name for t in result.tables) == ["item_emb", "user_emb"]
@@ -47,5 +52,7 @@ def test_real_tf_keras_h5(tmp_path):
     # save_weights puts layer_names on the root instead of under model_weights
     result = convert(ConvertOptions(src=tmp_path / "model_weights.h5", dst=tmp_path / "w"))
     assert sorted(t.name for t in result.tables) == ["item_emb", "user_emb"]
-    assert read_hps(tmp_path / "w" / "user_emb")[1].tobytes() == \
-        np.load(f"{h5}.user_emb.npy").tobytes()
+    assert (
+        read_hps(tmp_path / "w" / "user_emb")[1].tobytes()
+        == np.load(f"{h5}.user_emb.npy").tobytes()
+    )

@@ -19,16 +19,21 @@ from hps_cli.convert import ConvertOptions, convert
 def independent_read(db_path, family_name):
     """Only HPS's layout: column family by name; key = 8 raw LE bytes; value = raw float32."""
     import rocksdict
+
     opts = rocksdict.Options(raw_mode=True)
     names = rocksdict.Rdict.list_cf(str(db_path), opts)
     assert family_name in names
-    db = rocksdict.Rdict(str(db_path), opts, column_families={n: rocksdict.Options(raw_mode=True)
-                                                              for n in names if n != "default"},
-                         access_type=rocksdict.AccessType.read_only())
+    db = rocksdict.Rdict(
+        str(db_path),
+        opts,
+        column_families={n: rocksdict.Options(raw_mode=True) for n in names if n != "default"},
+        access_type=rocksdict.AccessType.read_only(),
+    )
     try:
         cf = db.get_column_family(family_name)
-        items = {struct.unpack("<q", k)[0]: np.frombuffer(v, dtype="<f4").copy()
-                 for k, v in cf.items()}
+        items = {
+            struct.unpack("<q", k)[0]: np.frombuffer(v, dtype="<f4").copy() for k, v in cf.items()
+        }
         record = db.get(b"hps_cli/table/" + family_name.encode())
         del cf
     finally:
@@ -37,11 +42,19 @@ def independent_read(db_path, family_name):
 
 
 def test_bulk_load_read_back_by_layout_only(tmp_path, rng, hps):
-    keys = rng.choice(np.arange(-10**12, 10**12, 7919), 20000, replace=False).astype(np.int64)
+    keys = rng.choice(np.arange(-(10**12), 10**12, 7919), 20000, replace=False).astype(np.int64)
     vectors = rng.standard_normal((20000, 64)).astype(np.float32)
     write_table(tmp_path / "src" / "users", keys, vectors)
-    res = hps("convert", str(tmp_path / "src"), str(tmp_path / "db"), "--to", "rocksdb",
-              "--model", "rec", "--json")
+    res = hps(
+        "convert",
+        str(tmp_path / "src"),
+        str(tmp_path / "db"),
+        "--to",
+        "rocksdb",
+        "--model",
+        "rec",
+        "--json",
+    )
     assert res.returncode == 0, res.stderr
     items, record = independent_read(tmp_path / "db", "hps_et.rec.users")
     assert len(items) == 20000
@@ -49,8 +62,12 @@ def test_bulk_load_read_back_by_layout_only(tmp_path, rng, hps):
         assert items[int(keys[i])].tobytes() == vectors[i].tobytes()
     # The bookkeeping record lets the runtime skip an unchanged table.
     sidecar = current_sidecar(tmp_path / "src" / "users")
-    assert record == {"checksum": sidecar.checksum(), "num_keys": 20000, "dim": 64,
-                      "complete": True}
+    assert record == {
+        "checksum": sidecar.checksum(),
+        "num_keys": 20000,
+        "dim": 64,
+        "complete": True,
+    }
     assert not leftovers(tmp_path)
 
 
@@ -58,8 +75,16 @@ def test_many_key_ranges_and_files_with_duplicates(tmp_path, rng):
     keys = rng.integers(0, 30000, 40000).astype(np.int64) * 256  # low byte 0: skewed first byte
     vectors = rng.standard_normal((40000, 8)).astype(np.float32)
     write_table(tmp_path / "t", keys, vectors)
-    result = convert(ConvertOptions(src=tmp_path / "t", dst=tmp_path / "db", target="rocksdb",
-                                    model="m", dedupe="first", budget_bytes=64 << 10))
+    result = convert(
+        ConvertOptions(
+            src=tmp_path / "t",
+            dst=tmp_path / "db",
+            target="rocksdb",
+            model="m",
+            dedupe="first",
+            budget_bytes=64 << 10,
+        )
+    )
     items, record = independent_read(tmp_path / "db", "hps_et.m.t")
     first = {}
     for i, k in enumerate(keys):
@@ -89,15 +114,25 @@ def test_existing_family_needs_overwrite(tmp_path, rng, hps):
 
 def test_dedupe_error_in_rocksdb_leaves_no_family(tmp_path, hps):
     write_table(tmp_path / "src" / "t", np.array([5, 6, 5]), np.ones((3, 2), np.float32))
-    res = hps("convert", str(tmp_path / "src"), str(tmp_path / "db"), "--to", "rocksdb",
-              "--model", "m", "--dedupe", "error")
+    res = hps(
+        "convert",
+        str(tmp_path / "src"),
+        str(tmp_path / "db"),
+        "--to",
+        "rocksdb",
+        "--model",
+        "m",
+        "--dedupe",
+        "error",
+    )
     assert res.returncode == ExitCode.INVALID and "key 5 appears more than once" in res.stderr
     assert not (tmp_path / "db").exists() and not leftovers(tmp_path)
 
 
 def test_default_rocksdb_dedupe_keeps_last(tmp_path):
-    write_table(tmp_path / "src" / "t", np.array([5, 6, 5]),
-                np.array([[1, 1], [2, 2], [3, 3]], np.float32))
+    write_table(
+        tmp_path / "src" / "t", np.array([5, 6, 5]), np.array([[1, 1], [2, 2], [3, 3]], np.float32)
+    )
     convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "db", target="rocksdb", model="m"))
     items, _ = independent_read(tmp_path / "db", "hps_et.m.t")
     assert items[5].tolist() == [3, 3] and items[6].tolist() == [2, 2]
@@ -109,8 +144,9 @@ def test_sok_dump_to_rocksdb_and_back_out(tmp_path, rng):
     k1 = np.arange(100, dtype=np.int64)
     w1 = rng.standard_normal((100, 4)).astype(np.float32)
     sok_v2_dump(tmp_path / "dump", {"a:0": (k0, w0), "b:0": (k1, w1)}, "SGD", ("accum",))
-    convert(ConvertOptions(src=tmp_path / "dump", dst=tmp_path / "db", target="rocksdb",
-                           model="ctr"))
+    convert(
+        ConvertOptions(src=tmp_path / "dump", dst=tmp_path / "db", target="rocksdb", model="ctr")
+    )
     items, record = independent_read(tmp_path / "db", "hps_et.ctr.a_0")
     assert len(items) == 3000 and record["complete"] is True
     assert items[int(k0[17])].tobytes() == w0[17].astype(np.float32).tobytes()
@@ -121,8 +157,9 @@ def test_sok_dump_to_rocksdb_and_back_out(tmp_path, rng):
     order = np.argsort(bytewise_order_key(k0.astype(np.int64)))
     assert np.array_equal(k, k0.astype(np.int64)[order])
     assert v.tobytes() == w0.astype(np.float32)[order].tobytes()
-    convert(ConvertOptions(src=tmp_path / "db", dst=tmp_path / "npz", target="npz",
-                           tables=("b_0",)))
+    convert(
+        ConvertOptions(src=tmp_path / "db", dst=tmp_path / "npz", target="npz", tables=("b_0",))
+    )
     with np.load(tmp_path / "npz" / "b_0.npz") as data:
         order = np.argsort(bytewise_order_key(k1))
         assert np.array_equal(data["keys"], k1[order])
@@ -134,8 +171,15 @@ def test_rocksdb_to_rocksdb_copy_between_models(tmp_path, rng):
     vectors = rng.standard_normal((500, 3)).astype(np.float32)
     write_table(tmp_path / "src" / "t", keys, vectors)
     convert(ConvertOptions(src=tmp_path / "src", dst=tmp_path / "db1", target="rocksdb", model="a"))
-    convert(ConvertOptions(src=tmp_path / "db1", dst=tmp_path / "db2", target="rocksdb", model="b",
-                           budget_bytes=16 << 10))  # keys sampled from chunks, spilled ranges
+    convert(
+        ConvertOptions(
+            src=tmp_path / "db1",
+            dst=tmp_path / "db2",
+            target="rocksdb",
+            model="b",
+            budget_bytes=16 << 10,
+        )
+    )  # keys sampled from chunks, spilled ranges
     items, record = independent_read(tmp_path / "db2", "hps_et.b.t")
     assert len(items) == 500 and items[int(keys[3])].tobytes() == vectors[3].tobytes()
 
@@ -144,7 +188,8 @@ def test_rocksdb_to_rocksdb_copy_between_models(tmp_path, rng):
 def test_sst_files_survive_compaction_and_checksums(tmp_path, rng, rows, dim):
     """RocksDB itself rewrites our blocks during compaction: every checksum and entry is read."""
     import rocksdict
-    keys = rng.choice(np.arange(-10**6, 10**6), rows, replace=False).astype(np.int64)
+
+    keys = rng.choice(np.arange(-(10**6), 10**6), rows, replace=False).astype(np.int64)
     vectors = rng.standard_normal((rows, dim)).astype(np.float32)
     order = np.argsort(bytewise_order_key(keys))
     builder = SstFileBuilder(tmp_path / "x.sst", 4 * dim, block_bytes=512)
@@ -179,8 +224,9 @@ def test_varints_match_the_protobuf_encoding():
             out.append(b | (0x80 if v else 0))
             if not v:
                 return bytes(out)
+
     for i, v in enumerate(values.tolist()):
-        assert bytes(encoded[i, :lengths[i]]) == ref(v)
+        assert bytes(encoded[i, : lengths[i]]) == ref(v)
 
 
 def test_families_split_into_many_sst_files(tmp_path, rng):
@@ -189,7 +235,7 @@ def test_families_split_into_many_sst_files(tmp_path, rng):
 
     keys = rng.choice(10**9, 30000, replace=False).astype(np.int64)
     vectors = rng.standard_normal((30000, 16)).astype(np.float32)
-    chunks = lambda: ((keys[i:i + 4096], vectors[i:i + 4096]) for i in range(0, 30000, 4096))  # noqa: E731
+    chunks = lambda: ((keys[i : i + 4096], vectors[i : i + 4096]) for i in range(0, 30000, 4096))  # noqa: E731
     source = BulkSource("hps_et.m.t", 16, 30000, chunks, "test", "memory")
     built = build_family(source, tmp_path / "work", budget_bytes=256 << 10, file_bytes=128 << 10)
     assert len(built.files) > 5 and built.num_keys == 30000

@@ -17,6 +17,7 @@ pytestmark = pytest.mark.gpu
 @pytest.fixture(scope="module")
 def device():
     from hps_cli.runtime.gpu.device import get_device
+
     return get_device(0)
 
 
@@ -38,6 +39,7 @@ def route(request, device, monkeypatch):
 def _pair(device, num_sets, dim):
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
     from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend
+
     return GpuDynamicCache(device, num_sets, dim), RefDynamicBackend(num_sets, dim)
 
 
@@ -93,11 +95,11 @@ def _check_dedup_query(gpu, ref, keys):
     pr = ref.query(keys, 0.0)
     np.testing.assert_array_equal(np.sort(pg.miss_keys), pr.miss_keys)
     assert pg.miss_occurrences == pr.miss_occurrences
-    rows = np.random.default_rng(2).standard_normal((pr.miss_keys.size, gpu.dim)).astype(
-        np.float32)
+    rows = np.random.default_rng(2).standard_normal((pr.miss_keys.size, gpu.dim)).astype(np.float32)
     by_key = dict(zip(pr.miss_keys.tolist(), rows))
-    out_g = pg.finish(np.array([by_key[k] for k in pg.miss_keys.tolist()], np.float32).reshape(
-        -1, gpu.dim))
+    out_g = pg.finish(
+        np.array([by_key[k] for k in pg.miss_keys.tolist()], np.float32).reshape(-1, gpu.dim)
+    )
     np.testing.assert_array_equal(out_g, pr.finish(rows))
     return pr, rows
 
@@ -155,8 +157,12 @@ def test_close_frees_the_device_memory_at_once_and_later_use_raises(device):
         cache.close()
         cache.close()  # idempotent
         assert drv.mem_get_info()[0] > before - (16 << 20)  # back, before any collection
-    for call in (lambda: cache.query(np.arange(3)), lambda: cache.replace(np.arange(3), np.ones(
-            (3, 64), np.float32)), lambda: cache.dump(), lambda: cache.invalidate(np.arange(3))):
+    for call in (
+        lambda: cache.query(np.arange(3)),
+        lambda: cache.replace(np.arange(3), np.ones((3, 64), np.float32)),
+        lambda: cache.dump(),
+        lambda: cache.invalidate(np.arange(3)),
+    ):
         with pytest.raises(RuntimeError, match="closed"):
             call()
 
@@ -202,8 +208,18 @@ def test_gather_and_scatter_kernels(device):
             d_table, d_index = device.to_device(table), device.to_device(index)
             d_out = device.alloc(index.size * dim * 4)
             grid = (device.launch_grid(index.size, 1), 1)
-            device.launch("gather_rows", "PPqiP", grid, (256, 1, 1), None, d_table, d_index,
-                          index.size, dim, d_out)
+            device.launch(
+                "gather_rows",
+                "PPqiP",
+                grid,
+                (256, 1, 1),
+                None,
+                d_table,
+                d_index,
+                index.size,
+                dim,
+                d_out,
+            )
             out = np.empty((index.size, dim), np.float32)
             drv.Context.synchronize()
             drv.memcpy_dtoh(out, d_out)
@@ -212,8 +228,19 @@ def test_gather_and_scatter_kernels(device):
             src_index = rng.integers(0, 1000, 300).astype(np.int64)
             d_pos, d_src_index = device.to_device(pos), device.to_device(src_index)
             d_dst = device.to_device(np.zeros((1000, dim), np.float32))
-            device.launch(f"scatter_rows_t{t}", "PPPqiP", (4, 1), (256, 1, 1), None, d_table,
-                          d_src_index, d_pos, pos.size, dim, d_dst)
+            device.launch(
+                f"scatter_rows_t{t}",
+                "PPPqiP",
+                (4, 1),
+                (256, 1, 1),
+                None,
+                d_table,
+                d_src_index,
+                d_pos,
+                pos.size,
+                dim,
+                d_dst,
+            )
             dst = np.empty((1000, dim), np.float32)
             drv.Context.synchronize()
             drv.memcpy_dtoh(dst, d_dst)
@@ -231,8 +258,12 @@ def test_embedding_cache_on_gpu_matches_reference_cache(device):
     fetch = lambda k: synthetic_vectors(k, 32)  # noqa: E731
     for threshold in (1.0, 0.5):
         inserter = AsyncInserter(1)
-        caches = [EmbeddingCache(b, fetch=fetch, hit_rate_threshold=threshold,
-                                 default_value=-1.0, inserter=inserter) for b in (gpu_b, ref_b)]
+        caches = [
+            EmbeddingCache(
+                b, fetch=fetch, hit_rate_threshold=threshold, default_value=-1.0, inserter=inserter
+            )
+            for b in (gpu_b, ref_b)
+        ]
         rng = np.random.default_rng(11)
         for _ in range(30):
             keys = rng.integers(0, 3000, 800)
@@ -278,14 +309,20 @@ def test_miss_count_restarts_at_every_launch(device):
             transfers.MAPPED_RESULT_MAX_BYTES = (1 << 62, -1)[step % 2]
             size = (0, 1, 300, 5000, DEDUP_MIN_KEYS + 10)[step % 5]
             n_absent = int(rng.integers(0, min(size, 2000) + 1))
-            keys = rng.permutation(np.concatenate([
-                rng.choice(cached, size - n_absent),
-                rng.choice(absent[:2000], n_absent, replace=False)]))
+            keys = rng.permutation(
+                np.concatenate(
+                    [
+                        rng.choice(cached, size - n_absent),
+                        rng.choice(absent[:2000], n_absent, replace=False),
+                    ]
+                )
+            )
             pending = gpu.query(keys, -1.0)
             assert pending.miss_keys.size == n_absent, (step, size)
             hit = np.isin(keys, cached)[:, None]
             np.testing.assert_array_equal(
-                pending.finish(None), np.where(hit, synthetic_vectors(keys, 32), -1.0))
+                pending.finish(None), np.where(hit, synthetic_vectors(keys, 32), -1.0)
+            )
     finally:
         transfers.MAPPED_RESULT_MAX_BYTES = saved
 
@@ -308,13 +345,17 @@ def test_concurrent_lookups_on_one_cache_each_get_their_own_count(device):
         try:
             for step in range(40):
                 n_absent = (slot * 7 + step) % 50
-                keys = rng.permutation(np.concatenate([
-                    rng.choice(cached, 500), 10**9 + slot * 1000 + np.arange(n_absent)]))
+                keys = rng.permutation(
+                    np.concatenate(
+                        [rng.choice(cached, 500), 10**9 + slot * 1000 + np.arange(n_absent)]
+                    )
+                )
                 pending = gpu.query(keys, -2.0, slot)
                 assert pending.miss_keys.size == n_absent, (slot, step)
                 hit = np.isin(keys, cached)[:, None]
                 np.testing.assert_array_equal(
-                    pending.finish(None), np.where(hit, synthetic_vectors(keys, 16), -2.0))
+                    pending.finish(None), np.where(hit, synthetic_vectors(keys, 16), -2.0)
+                )
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
 

@@ -10,16 +10,15 @@ import time
 
 import numpy as np
 import pytest
+from hps_cli.runtime import HPS
+from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
+from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
+from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 from runtime_configs import make_tables
 from runtime_configs import ps_config as _ps_config
-
-from hps_cli.runtime import HPS
-from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
-from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
-from hps_cli.runtime.table.synthetic import synthetic_vectors
 
 
 @pytest.fixture(params=["reference", pytest.param("gpu", marks=pytest.mark.gpu)])
@@ -47,8 +46,13 @@ DIMS = {"users": 8, "items": 32}
 
 
 def test_dynamic_cache_is_exact_and_prefilled(tmp_path, tables, backend):
-    doc = ps_config(tables, DIMS, persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
-                    gpucacheper=0.25, hit_rate_threshold=1.0)
+    doc = ps_config(
+        tables,
+        DIMS,
+        persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+        gpucacheper=0.25,
+        hit_rate_threshold=1.0,
+    )
     hps, factory = _hps(doc)
     with hps:
         front = hps.front_cache("m", "users")
@@ -72,6 +76,7 @@ def test_prefill_takes_the_hottest_rows(tmp_path, tables, backend):
     with hps:
         front = hps.front_cache("m", "users")
         from hps_cli.runtime.table import TableReader
+
         with TableReader(tables["users"]) as reader:
             meta, keys = np.array(reader.meta()), np.array(reader.keys())
         hottest = keys[np.argsort(-meta, kind="stable")[:300]]
@@ -83,8 +88,13 @@ def test_prefill_takes_the_hottest_rows(tmp_path, tables, backend):
 
 
 def test_hit_rate_threshold_async_returns_defaults_then_values(tmp_path, tables, backend):
-    doc = ps_config(tables, DIMS, gpucacheper=0.5, hit_rate_threshold=0.5,
-                    default_value_for_each_table=[-1.0, -1.0])
+    doc = ps_config(
+        tables,
+        DIMS,
+        gpucacheper=0.5,
+        hit_rate_threshold=0.5,
+        default_value_for_each_table=[-1.0, -1.0],
+    )
     hps, factory = _hps(doc, prefill=False)
     with hps:
         warm = np.arange(100, dtype=np.int64)
@@ -99,8 +109,13 @@ def test_hit_rate_threshold_async_returns_defaults_then_values(tmp_path, tables,
 
 
 def test_insert_and_remove_reach_cached_copies(tmp_path, tables, backend):
-    doc = ps_config(tables, DIMS, persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
-                    gpucacheper=1.0, hit_rate_threshold=1.0)
+    doc = ps_config(
+        tables,
+        DIMS,
+        persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+        gpucacheper=1.0,
+        hit_rate_threshold=1.0,
+    )
     hps, factory = _hps(doc)
     with hps:
         keys = np.array([5, 6, 7], dtype=np.int64)
@@ -115,12 +130,20 @@ def test_insert_and_remove_reach_cached_copies(tmp_path, tables, backend):
     factory.close()
 
 
-@pytest.mark.parametrize("cache_type, extra", [("static", {}), ("uvm", {"gpucacheper": 0.3}),
-                                               ("static", {"enable_pagelock": True})])
-def test_static_and_uvm_caches_answer_from_the_whole_table(tmp_path, tables, backend,
-                                                           cache_type, extra):
-    doc = ps_config(tables, DIMS, embedding_cache_type=cache_type,
-                    default_value_for_each_table=[0.5, 0.5], **extra)
+@pytest.mark.parametrize(
+    "cache_type, extra",
+    [("static", {}), ("uvm", {"gpucacheper": 0.3}), ("static", {"enable_pagelock": True})],
+)
+def test_static_and_uvm_caches_answer_from_the_whole_table(
+    tmp_path, tables, backend, cache_type, extra
+):
+    doc = ps_config(
+        tables,
+        DIMS,
+        embedding_cache_type=cache_type,
+        default_value_for_each_table=[0.5, 0.5],
+        **extra,
+    )
     hps, factory = _hps(doc)
     with hps:
         keys = np.array([0, 3999, 17, 5000, 17])
@@ -134,8 +157,9 @@ def test_static_and_uvm_caches_answer_from_the_whole_table(tmp_path, tables, bac
         with pytest.raises(InvalidInputError, match="read-only"):
             hps.remove("m", "users", np.array([1]))
         tiers = hps.table_backend("m", "users")  # nothing was written anywhere
-        np.testing.assert_array_equal(tiers.fetch(np.array([1])),
-                                      synthetic_vectors(np.array([1]), 8))
+        np.testing.assert_array_equal(
+            tiers.fetch(np.array([1])), synthetic_vectors(np.array([1]), 8)
+        )
     factory.close()
 
 
@@ -143,8 +167,9 @@ def test_gpucache_false_uses_the_cpu_tiers_only(tmp_path, tables, backend):
     hps, factory = _hps(ps_config(tables, DIMS, gpucache=False))
     with hps:
         assert hps.front_cache("m", "users") is None
-        np.testing.assert_array_equal(hps.lookup(np.array([1, 2]), "m", "users"),
-                                      synthetic_vectors(np.array([1, 2]), 8))
+        np.testing.assert_array_equal(
+            hps.lookup(np.array([1, 2]), "m", "users"), synthetic_vectors(np.array([1, 2]), 8)
+        )
     factory.close()
 
 
@@ -180,8 +205,9 @@ def test_worker_buffers_exhausted_wait_then_fail(tmp_path, tables, monkeypatch):
 def test_lookup_tables_overlaps_and_matches_single_lookups(tmp_path, tables, backend, cache_type):
     """Every table's query is queued before any is waited for; the rows, misses (resolved
     exactly) and counters are those of one lookup per table."""
-    doc = ps_config(tables, DIMS, gpucacheper=0.3, hit_rate_threshold=1.0,
-                    embedding_cache_type=cache_type)
+    doc = ps_config(
+        tables, DIMS, gpucacheper=0.3, hit_rate_threshold=1.0, embedding_cache_type=cache_type
+    )
     hps, factory = _hps(doc, prefill=False)
     with hps:
         rng = np.random.default_rng(4)
@@ -190,8 +216,9 @@ def test_lookup_tables_overlaps_and_matches_single_lookups(tmp_path, tables, bac
             got = hps.lookup_tables(keys, "m")
             for k, rows, (dim, table_rows) in zip(keys, got, ((8, 4000), (32, 3000))):
                 in_table = (k < table_rows)[:, None]  # keys past the table: default 0
-                np.testing.assert_array_equal(rows, np.where(in_table, synthetic_vectors(k, dim),
-                                                             np.float32(0)))
+                np.testing.assert_array_equal(
+                    rows, np.where(in_table, synthetic_vectors(k, dim), np.float32(0))
+                )
         for name, keys_per_call in (("users", 900), ("items", 1700)):
             stats = hps.front_cache("m", name).stats()
             assert stats["lookups"] == 6 and stats["keys"] == 6 * keys_per_call
@@ -208,8 +235,10 @@ def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, back
     def factory(model, table_id, device_id, tiers):
         cache = failing(model, table_id, device_id, tiers)
         if table_id == 0:
+
             def down(keys):
                 raise ConnectionError("volatile tier unreachable")
+
             cache.fetch = down
         return cache
 
@@ -220,8 +249,9 @@ def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, back
             hps.lookup_tables([np.arange(5), np.arange(7)], "m")  # both miss: both fetch
         assert items.stats()["lookups"] == 0  # queued after table 0: waited for, rows dropped
         assert items.pool.waits == 0
-        np.testing.assert_array_equal(hps.lookup(np.arange(7), "m", "items"),
-                                      synthetic_vectors(np.arange(7), 32))
+        np.testing.assert_array_equal(
+            hps.lookup(np.arange(7), "m", "items"), synthetic_vectors(np.arange(7), 32)
+        )
         assert items.pool.waits == 0  # the only buffer had come back
     failing.close()
 
@@ -256,8 +286,7 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
 
     def factory(model, table_id, device_id, tiers):
         cache = base(model, table_id, device_id, tiers)
-        cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id],
-                                          log)
+        cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id], log)
         return cache
 
     with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0), cache_factory=factory) as hps:
@@ -266,7 +295,11 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
             keys = [np.arange(100), np.arange(50, 250)]
             got = hps.lookup_tables(keys, "m")
             assert [(event, name) for event, name, _ in log] == [
-                ("launch", "users"), ("launch", "items"), ("wait", "users"), ("wait", "items")]
+                ("launch", "users"),
+                ("launch", "items"),
+                ("wait", "users"),
+                ("wait", "items"),
+            ]
             assert len({slot for _, _, slot in log}) == 1
             np.testing.assert_array_equal(got[1], synthetic_vectors(keys[1], 32))
     base.close()
@@ -311,8 +344,9 @@ def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path,
     assert max(inserts) < min(closes)
 
 
-def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(tmp_path, tables,
-                                                                             monkeypatch):
+def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(
+    tmp_path, tables, monkeypatch
+):
     monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
     doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
     hps, factory = _hps(doc, worker_timeout=0.2, prefill=False)
@@ -326,8 +360,9 @@ def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(tmp
         assert front.stats()["lookups"] == 1
         dropped = front.start(np.arange(10))
         del dropped  # collected without result(): still gives its buffer back
-        np.testing.assert_array_equal(front.lookup(np.arange(3)), synthetic_vectors(
-            np.arange(3), 8))
+        np.testing.assert_array_equal(
+            front.lookup(np.arange(3)), synthetic_vectors(np.arange(3), 8)
+        )
         assert front.pool.waits == 0
     factory.close()
 
@@ -364,12 +399,22 @@ class CachedHierarchy(RuleBasedStateMachine):
     def start(self):
         import tempfile
         from pathlib import Path
+
         self.tmp = Path(tempfile.mkdtemp(prefix="hps-cache-sm-"))
         tables = make_tables(self.tmp, {"t": (300, 4)})
-        doc = ps_config(tables, {"t": 4}, gpucacheper=0.25, hit_rate_threshold=1.0,
-                        volatile={"type": "hash_map", "num_partitions": 2,
-                                  "overflow_margin": 60, "overflow_policy": "evict_oldest"},
-                        persistent={"type": "rocks_db", "path": str(self.tmp / "db")})
+        doc = ps_config(
+            tables,
+            {"t": 4},
+            gpucacheper=0.25,
+            hit_rate_threshold=1.0,
+            volatile={
+                "type": "hash_map",
+                "num_partitions": 2,
+                "overflow_margin": 60,
+                "overflow_policy": "evict_oldest",
+            },
+            persistent={"type": "rocks_db", "path": str(self.tmp / "db")},
+        )
         self.factory = EmbeddingCacheFactory()
         self.hps = HPS(doc, cache_factory=self.factory)
         keys = np.arange(300)
@@ -405,12 +450,16 @@ class CachedHierarchy(RuleBasedStateMachine):
             self.hps.close()
             self.factory.close()
             import shutil
+
             shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 CachedHierarchy.TestCase.settings = settings(
-    max_examples=25, stateful_step_count=25, deadline=None,
-    suppress_health_check=[HealthCheck.too_slow])
+    max_examples=25,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @pytest.mark.parametrize("backend_name", ["reference", pytest.param("gpu", marks=pytest.mark.gpu)])

@@ -24,16 +24,23 @@ from hps_cli.runtime.gpu.kernels import TILE_WIDTHS, Launcher
 from hps_cli.runtime.resources import cuda_dir
 
 # C parameter types of the kernels -> struct codes (pointers are "P" whatever they point to)
-_SCALARS = {"int64_t": "q", "uint64_t": "Q", "int": "i", "uint32_t": "I", "unsigned": "I",
-            "float": "f"}
+_SCALARS = {
+    "int64_t": "q",
+    "uint64_t": "Q",
+    "int": "i",
+    "uint32_t": "I",
+    "unsigned": "I",
+    "float": "f",
+}
 
 
 def _parameter_codes(source: str, kernel: str) -> str:
     text = (cuda_dir() / source).read_text(encoding="utf-8")
     if kernel.endswith("_t##T"):  # the tile-width instances, written once in a macro
         text = text.replace("\\\n", "\n")
-    match = re.search(r'extern "C" __global__ void (?:\w+ )*' + re.escape(kernel) +
-                      r"\s*\(([^)]*)\)", text)
+    match = re.search(
+        r'extern "C" __global__ void (?:\w+ )*' + re.escape(kernel) + r"\s*\(([^)]*)\)", text
+    )
     assert match, f"kernel {kernel} not found in {source}"
     codes = ""
     for param in match.group(1).split(","):
@@ -46,15 +53,18 @@ def _parameter_codes(source: str, kernel: str) -> str:
     return codes
 
 
-@pytest.mark.parametrize("source,kernel,fmt,size", [
-    ("dynamic_cache.cu", "dc_query", QUERY_ARGS, 120),
-    ("dynamic_cache.cu", "dc_query_published", PUBLISHED_QUERY_ARGS, 136),
-    ("dynamic_cache.cu", "dc_replace", REPLACE_ARGS, 96),
-    ("dynamic_cache.cu", "dc_update_t##T", UPDATE_ARGS, 56),
-    ("dynamic_cache.cu", "dc_invalidate_t##T", INVALIDATE_ARGS, 56),
-    ("dynamic_cache.cu", "dc_dump", DUMP_ARGS, 32),
-    ("indexed_table.cu", "it_query", INDEXED_QUERY_ARGS, 104),
-])
+@pytest.mark.parametrize(
+    "source,kernel,fmt,size",
+    [
+        ("dynamic_cache.cu", "dc_query", QUERY_ARGS, 120),
+        ("dynamic_cache.cu", "dc_query_published", PUBLISHED_QUERY_ARGS, 136),
+        ("dynamic_cache.cu", "dc_replace", REPLACE_ARGS, 96),
+        ("dynamic_cache.cu", "dc_update_t##T", UPDATE_ARGS, 56),
+        ("dynamic_cache.cu", "dc_invalidate_t##T", INVALIDATE_ARGS, 56),
+        ("dynamic_cache.cu", "dc_dump", DUMP_ARGS, 32),
+        ("indexed_table.cu", "it_query", INDEXED_QUERY_ARGS, 104),
+    ],
+)
 def test_launch_format_matches_the_kernel(source, kernel, fmt, size):
     assert _parameter_codes(source, kernel) == fmt
     # CUDA lays parameters out at their natural alignment, as C and native struct do
@@ -63,8 +73,9 @@ def test_launch_format_matches_the_kernel(source, kernel, fmt, size):
 
 def test_every_tile_width_is_instantiated():
     text = (cuda_dir() / "dynamic_cache.cu").read_text(encoding="utf-8")
-    assert sorted(int(t) for t in re.findall(r"^HPS_TILED\((\d+)\)", text, re.M)) == \
-        sorted(TILE_WIDTHS)
+    assert sorted(int(t) for t in re.findall(r"^HPS_TILED\((\d+)\)", text, re.M)) == sorted(
+        TILE_WIDTHS
+    )
 
 
 def test_launcher_hands_the_packed_arguments_to_the_driver_call():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 
 import pytest
-
 from hps_cli.runtime.gpu.kernels import SOURCES, nvcc_flags
 from hps_cli.runtime.resources import cuda_dir
 
@@ -15,8 +14,19 @@ pytestmark = pytest.mark.nvcc
 @pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
 @pytest.mark.parametrize("source", SOURCES)
 def test_kernel_compiles(tmp_path, source, arch):
-    cmd = ["nvcc", "--cubin", f"-arch={arch}", *nvcc_flags(), "-I", str(cuda_dir()),
-           "-Xptxas", "-warn-spills", "-o", str(tmp_path / "k.cubin"), str(cuda_dir() / source)]
+    cmd = [
+        "nvcc",
+        "--cubin",
+        f"-arch={arch}",
+        *nvcc_flags(),
+        "-I",
+        str(cuda_dir()),
+        "-Xptxas",
+        "-warn-spills",
+        "-o",
+        str(tmp_path / "k.cubin"),
+        str(cuda_dir() / source),
+    ]
     res = subprocess.run(cmd, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     assert "spill" not in res.stderr.lower(), res.stderr
@@ -27,7 +37,18 @@ def test_sources_list_every_cu_file():
 
 
 def test_constants_are_required():
-    res = subprocess.run(["nvcc", "--cubin", "-arch=sm_90", "-I", str(cuda_dir()), "-o",
-                          "/dev/null", str(cuda_dir() / "batch_ops.cu")],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        [
+            "nvcc",
+            "--cubin",
+            "-arch=sm_90",
+            "-I",
+            str(cuda_dir()),
+            "-o",
+            "/dev/null",
+            str(cuda_dir() / "batch_ops.cu"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode != 0 and "HPS_EMPTY_KEY" in res.stderr

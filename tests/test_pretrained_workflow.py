@@ -25,8 +25,7 @@ def pretrained(tmp_path_factory):
     from hps_cli.dissect.pipeline import DissectOptions, dissect
 
     out = tmp_path_factory.mktemp("pretrained") / "dissected"
-    result = dissect(trained_models() / "keras3" / "notebook_sm", out,
-                     DissectOptions(check=False))
+    result = dissect(trained_models() / "keras3" / "notebook_sm", out, DissectOptions(check=False))
     hps.Shutdown()
     hps.Init(global_batch_size=BATCH, ps_config_file=str(out / "ps.json"))
     yield out, result.manifest
@@ -64,9 +63,13 @@ def test_frozen_sparse_lookup_feeds_dense_layers_trained_with_fit(pretrained, fl
     keras.utils.set_random_seed(5)
     table = manifest["tables"][0]
     ids = keras.Input(shape=(WIDTH,), sparse=True, dtype="int64", name="ids")
-    lookup = layers.SparseLookupLayer(model_name=manifest["model_name"], table_id=0,
-                                      emb_vec_size=table["dim"], emb_vec_dtype=tf.float32,
-                                      name="pretrained")
+    lookup = layers.SparseLookupLayer(
+        model_name=manifest["model_name"],
+        table_id=0,
+        emb_vec_size=table["dim"],
+        emb_vec_dtype=tf.float32,
+        name="pretrained",
+    )
     x = lookup(ids, combiner="mean")
     x = keras.layers.Dense(16, activation="relu", name="fc_1")(x)
     out_layer = keras.layers.Dense(1, activation="sigmoid", name="fc_2")(x)
@@ -84,5 +87,6 @@ def test_frozen_sparse_lookup_feeds_dense_layers_trained_with_fit(pretrained, fl
     assert checksum_after == checksum_before  # the table files are untouched
     assert np.array_equal(vectors_after, vectors)
     served = layers.LookupLayer(manifest["model_name"], 0, table["dim"], tf.float32)(
-        tf.constant(keys_before[:20]))
+        tf.constant(keys_before[:20])
+    )
     assert np.array_equal(served.numpy(), vectors[:20])  # and so is what HPS serves

@@ -31,21 +31,25 @@ def _rrxmrrxmsx_0(key: int) -> int:
 
 
 def test_mix64_is_hps_mixer(rng):
-    keys = np.concatenate([rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64),
-                           np.array([0, 1, -1, 2**63 - 1, -2**63], dtype=np.int64)])
+    keys = np.concatenate(
+        [
+            rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64),
+            np.array([0, 1, -1, 2**63 - 1, -(2**63)], dtype=np.int64),
+        ]
+    )
     assert mix64(keys).tolist() == [_rrxmrrxmsx_0(int(k)) for k in keys]
 
 
 @pytest.mark.parametrize("parts", [1, 3, 8, 16])
 def test_partition_is_hps_partition(rng, parts):
-    keys = rng.integers(-2**40, 2**40, 2000)
+    keys = rng.integers(-(2**40), 2**40, 2000)
     table = HashMapTable(2, num_partitions=parts)
     assert np.array_equal(table.partition_of(keys), partition_of(keys, parts))
 
 
 def test_insert_lookup_remove_roundtrip(rng):
     table = HashMapTable(8, num_partitions=5)
-    keys = rng.choice(np.arange(-10**12, 10**12, 7919), 20000, replace=False)
+    keys = rng.choice(np.arange(-(10**12), 10**12, 7919), 20000, replace=False)
     table.insert(keys, synthetic_vectors(keys, 8))
     assert len(table) == keys.size
     query = np.concatenate([keys[::3], keys[::5] + 1])
@@ -78,7 +82,7 @@ def test_upsert_overwrites_and_growth_keeps_everything(rng):
     table = HashMapTable(4, num_partitions=4)
     keys = np.arange(50000, dtype=np.int64) * 3
     for start in range(0, keys.size, 7000):  # many rebuilds on the way
-        chunk = keys[start:start + 7000]
+        chunk = keys[start : start + 7000]
         table.insert(chunk, synthetic_vectors(chunk, 4))
     table.insert(keys[:100], synthetic_vectors(keys[:100], 4, seed=9))
     out, hit = table.lookup(keys)
@@ -99,8 +103,13 @@ def test_tombstones_are_reclaimed(rng):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_overflow_keeps_partitions_within_margin(policy, rng):
-    table = HashMapTable(2, num_partitions=4, overflow_margin=50, overflow_policy=policy,
-                         overflow_resolution_target=0.6)
+    table = HashMapTable(
+        2,
+        num_partitions=4,
+        overflow_margin=50,
+        overflow_policy=policy,
+        overflow_resolution_target=0.6,
+    )
     held: set[int] = set()
     for _ in range(20):
         keys = np.unique(rng.integers(0, 10**6, 40))
@@ -129,8 +138,13 @@ def test_a_batch_larger_than_the_margin_keeps_its_last_keys():
 
 
 def test_evict_least_used_keeps_the_keys_looked_up():
-    table = HashMapTable(1, num_partitions=1, overflow_margin=20, overflow_policy="evict_least_used",
-                         overflow_resolution_target=0.5)
+    table = HashMapTable(
+        1,
+        num_partitions=1,
+        overflow_margin=20,
+        overflow_policy="evict_least_used",
+        overflow_resolution_target=0.5,
+    )
     table.insert(np.arange(20), np.zeros((20, 1), np.float32))
     hot = np.arange(0, 20, 2)
     for _ in range(3):
@@ -144,8 +158,13 @@ def test_evict_least_used_keeps_the_keys_looked_up():
 def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(policy):
     # Found by the state machine below: 3 of the batch's 6 keys are held, 3 are new; the
     # resolution target (round(6 × 0.3) = 2) must not evict held keys the batch just updated.
-    table = HashMapTable(1, num_partitions=1, overflow_margin=6, overflow_policy=policy,
-                         overflow_resolution_target=0.3)
+    table = HashMapTable(
+        1,
+        num_partitions=1,
+        overflow_margin=6,
+        overflow_policy=policy,
+        overflow_resolution_target=0.3,
+    )
     table.insert(np.array([0, 1, -1, -2]), np.zeros((4, 1), np.float32))
     batch = np.array([0, 1, -1, 2, 3, -3])
     evicted = table.insert(batch, np.ones((6, 1), np.float32))
@@ -155,8 +174,13 @@ def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(polic
 
 
 def test_evict_oldest_drops_the_least_recently_touched():
-    table = HashMapTable(1, num_partitions=1, overflow_margin=10, overflow_policy="evict_oldest",
-                         overflow_resolution_target=0.5)
+    table = HashMapTable(
+        1,
+        num_partitions=1,
+        overflow_margin=10,
+        overflow_policy="evict_oldest",
+        overflow_resolution_target=0.5,
+    )
     for k in range(10):
         table.insert(np.array([k]), np.zeros((1, 1), np.float32))
     table.lookup(np.array([0, 1]))  # now the most recent
@@ -171,7 +195,7 @@ def test_memory_stays_within_one_and_a_half_times_raw(reserve):
     table = HashMapTable(dim, num_partitions=16, reserve=n if reserve else 0)
     vectors = np.ones((20_000, dim), np.float32)
     for start in range(0, n, 20_000):
-        table.insert(keys[start:start + 20_000], vectors)
+        table.insert(keys[start : start + 20_000], vectors)
     raw = n * (8 + 4 * dim)
     assert table.nbytes <= 1.5 * raw, table.nbytes / raw
 
@@ -192,7 +216,9 @@ def test_bad_arguments_raise_typed_errors():
 
 def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector():
     dim = 8
-    table = HashMapTable(dim, num_partitions=4, overflow_margin=3000, overflow_policy="evict_oldest")
+    table = HashMapTable(
+        dim, num_partitions=4, overflow_margin=3000, overflow_policy="evict_oldest"
+    )
     universe = np.arange(40_000, dtype=np.int64)
     table.insert(universe[:5000], synthetic_vectors(universe[:5000], dim))
     errors: list[str] = []
@@ -231,14 +257,22 @@ class HashMapMachine(RuleBasedStateMachine):
     """The table must hold exactly the model's keys (inserted, minus removed, minus what insert
     reported as evicted) with their latest vectors; partitions never exceed the margin."""
 
-    @initialize(policy=st.sampled_from(POLICIES), parts=st.integers(1, 4),
-                margin=st.one_of(st.none(), st.integers(0, 12)),
-                resolve=st.sampled_from([0.3, 0.5, 0.8, 1.0]))
+    @initialize(
+        policy=st.sampled_from(POLICIES),
+        parts=st.integers(1, 4),
+        margin=st.one_of(st.none(), st.integers(0, 12)),
+        resolve=st.sampled_from([0.3, 0.5, 0.8, 1.0]),
+    )
     def setup(self, policy, parts, margin, resolve):
         self.dim = 3
         self.margin = margin
-        self.table = HashMapTable(self.dim, num_partitions=parts, overflow_margin=margin,
-                                  overflow_policy=policy, overflow_resolution_target=resolve)
+        self.table = HashMapTable(
+            self.dim,
+            num_partitions=parts,
+            overflow_margin=margin,
+            overflow_policy=policy,
+            overflow_resolution_target=resolve,
+        )
         self.model: dict[int, np.ndarray] = {}
         self.version = 0
 
@@ -285,5 +319,9 @@ class HashMapMachine(RuleBasedStateMachine):
 
 
 TestHashMapMachine = HashMapMachine.TestCase
-TestHashMapMachine.settings = settings(max_examples=60, stateful_step_count=30, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow])
+TestHashMapMachine.settings = settings(
+    max_examples=60,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

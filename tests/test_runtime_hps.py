@@ -35,9 +35,11 @@ def two_tables(tmp_path):
 
 
 def test_importing_the_runtime_loads_no_backend_client():
-    code = ("import hps_cli.runtime as r; r.HPS; r.TableTiers\n"
-            "import hps_cli.runtime.volatile.redis_cluster, hps_cli.runtime.persistent.rocksdb_tier\n"
-            "import sys; print(','.join(sorted(sys.modules)))")
+    code = (
+        "import hps_cli.runtime as r; r.HPS; r.TableTiers\n"
+        "import hps_cli.runtime.volatile.redis_cluster, hps_cli.runtime.persistent.rocksdb_tier\n"
+        "import sys; print(','.join(sorted(sys.modules)))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     roots = {m.split(".")[0] for m in out.stdout.strip().split(",")}
     assert not roots & {"rocksdict", "redis", "click", "rich", "tensorflow", "pycuda"}
@@ -45,8 +47,9 @@ def test_importing_the_runtime_loads_no_backend_client():
 
 def test_lookup_every_table_through_hash_map_and_rocksdb(two_tables):
     tmp, tables, dims = two_tables
-    doc = ps_config(tables, dims, defaults={"users": 0.5, "items": -2.0},
-                    persistent=_rocks(tmp / "db"))
+    doc = ps_config(
+        tables, dims, defaults={"users": 0.5, "items": -2.0}, persistent=_rocks(tmp / "db")
+    )
     with HPS(doc) as runtime:
         users = np.array([0, 499, 500, -3], dtype=np.int64)
         out = runtime.lookup(users, "m", "users")
@@ -69,8 +72,9 @@ def test_lookup_every_table_through_hash_map_and_rocksdb(two_tables):
 def test_each_tier_alone(two_tables):
     tmp, tables, dims = two_tables
     keys = np.array([1, 2, 10**6], dtype=np.int64)
-    rocks_only = ps_config(tables, dims, volatile={"type": "disabled"},
-                           persistent=_rocks(tmp / "db"))
+    rocks_only = ps_config(
+        tables, dims, volatile={"type": "disabled"}, persistent=_rocks(tmp / "db")
+    )
     with HPS(rocks_only) as runtime:
         assert runtime.table_backend("m", "users").volatile is None
         out = runtime.lookup(keys, "m", "users")
@@ -125,13 +129,16 @@ def test_bad_lookups_raise_typed_errors(two_tables):
             runtime.insert("m", "users", keys, np.zeros((2, 3), np.float32))
 
 
-@pytest.mark.parametrize("change, match", [
-    (lambda d: d["volatile_db"].update(type="multi_process_hash_map"), "multi_process"),
-    (lambda d: d.update(fuse_embedding_table=True), "fusion"),
-    (lambda d: d.update(update_source={"type": "kafka_message_queue"}), "update_source"),
-    (lambda d: d["volatile_db"].update(type="disabled"), "every lookup would return default"),
-    (lambda d: d["models"][0]["embedding_vecsize_per_table"].__setitem__(1, 5), "dim 5"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda d: d["volatile_db"].update(type="multi_process_hash_map"), "multi_process"),
+        (lambda d: d.update(fuse_embedding_table=True), "fusion"),
+        (lambda d: d.update(update_source={"type": "kafka_message_queue"}), "update_source"),
+        (lambda d: d["volatile_db"].update(type="disabled"), "every lookup would return default"),
+        (lambda d: d["models"][0]["embedding_vecsize_per_table"].__setitem__(1, 5), "dim 5"),
+    ],
+)
 def test_configs_the_runtime_cannot_honour_write_nothing(two_tables, change, match):
     tmp, tables, dims = two_tables
     doc = ps_config(tables, dims)
@@ -146,8 +153,9 @@ def test_configs_the_runtime_cannot_honour_write_nothing(two_tables, change, mat
 def test_uint32_config_with_keys_beyond_uint32_is_refused(tmp_path):
     keys = np.array([1, 2**33], dtype=np.int64)
     write_table(tmp_path / "t", keys, np.zeros((2, 2), np.float32))
-    doc = ps_config({"t": tmp_path / "t"}, {"t": 2}, supportlonglong=False,
-                    persistent=_rocks(tmp_path / "db"))
+    doc = ps_config(
+        {"t": tmp_path / "t"}, {"t": 2}, supportlonglong=False, persistent=_rocks(tmp_path / "db")
+    )
     with pytest.raises(ConfigError, match="uint32"):
         HPS(doc)
     assert not (tmp_path / "db").exists()
@@ -158,8 +166,7 @@ def test_read_only_database_errors(two_tables):
     doc = ps_config(tables, dims, persistent=_rocks(tmp / "db", read_only=True))
     with pytest.raises(NotFoundError, match="no RocksDB database"):
         HPS(doc)
-    only_users = ps_config({"users": tables["users"]}, {"users": 8},
-                           persistent=_rocks(tmp / "db"))
+    only_users = ps_config({"users": tables["users"]}, {"users": 8}, persistent=_rocks(tmp / "db"))
     HPS(only_users).close()
     with pytest.raises(NotFoundError, match="no column family 'hps_et.m.items'"):
         HPS(doc)
@@ -174,8 +181,17 @@ def test_read_only_database_errors(two_tables):
 def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):
     tables = make_tables(tmp_path, {"items": (2000, 16)}, with_meta=True)
     db = tmp_path / "db"
-    res = run_hps("convert", str(tables["items"]), str(db), "--to", "rocksdb",
-                  "--model", "m", "--table", "items")
+    res = run_hps(
+        "convert",
+        str(tables["items"]),
+        str(db),
+        "--to",
+        "rocksdb",
+        "--model",
+        "m",
+        "--table",
+        "items",
+    )
     assert res.returncode == 0, res.stderr
 
     def sst_files():
@@ -186,8 +202,12 @@ def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):
     expected = synthetic_vectors(keys, 16)
     expected[:5] = 0
     for read_only in (False, True):
-        doc = ps_config(tables, {"items": 16}, volatile={"type": "disabled"},
-                        persistent=_rocks(db, read_only=read_only))
+        doc = ps_config(
+            tables,
+            {"items": 16},
+            volatile={"type": "disabled"},
+            persistent=_rocks(db, read_only=read_only),
+        )
         with HPS(doc) as runtime:
             assert np.array_equal(runtime.lookup(keys, "m", "items"), expected)
             if read_only:
@@ -212,7 +232,9 @@ def test_restart_skips_an_unchanged_table_and_reloads_a_changed_one(tmp_path):
     shutil.copytree(tmp_path / "v2" / "t", tables["t"])
     with HPS(doc) as runtime:  # changed table: the family is replaced
         out = runtime.lookup(np.array([0, 10**6, 7000]), "m", "t")
-        assert (out[:2] == 0).all() and np.array_equal(out[2], synthetic_vectors(np.array([7000]), 4)[0])
+        assert (out[:2] == 0).all() and np.array_equal(
+            out[2], synthetic_vectors(np.array([7000]), 4)[0]
+        )
     db_handle = open_db(db, read_only=True)
     assert read_table_record(db_handle, "hps_et.m.t")["num_keys"] == 50
     db_handle.close()
@@ -222,13 +244,19 @@ def test_initial_cache_rate_loads_the_hottest_rows(tmp_path):
     tables = make_tables(tmp_path, {"hot": (1000, 4)}, with_meta=True)
     with TableReader(tables["hot"]) as reader:
         hottest = np.array(reader.keys())[np.argsort(-np.array(reader.meta()), kind="stable")][:300]
-    doc = ps_config(tables, {"hot": 4}, volatile={"type": "hash_map", "num_partitions": 4,
-                                                  "initial_cache_rate": 0.3})
+    doc = ps_config(
+        tables,
+        {"hot": 4},
+        volatile={"type": "hash_map", "num_partitions": 4, "initial_cache_rate": 0.3},
+    )
     with HPS(doc) as runtime:
         volatile = runtime.table_backend("m", "hot").volatile
         assert len(volatile) == 300 and volatile.contains(hottest).all()
-    capped = ps_config(tables, {"hot": 4}, volatile={"type": "hash_map", "num_partitions": 4,
-                                                     "overflow_margin": 20})
+    capped = ps_config(
+        tables,
+        {"hot": 4},
+        volatile={"type": "hash_map", "num_partitions": 4, "overflow_margin": 20},
+    )
     with HPS(capped) as runtime:  # the margin caps the load per partition, hottest first
         volatile = runtime.table_backend("m", "hot").volatile
         assert (volatile.partition_sizes() == 20).all() and volatile.evictions == 0
@@ -238,9 +266,12 @@ def test_initial_cache_rate_without_meta_takes_rows_in_file_order(tmp_path):
     tables = make_tables(tmp_path, {"t": (100, 4)})
     with TableReader(tables["t"]) as reader:
         first = np.array(reader.keys()[:25])
-    doc = ps_config(tables, {"t": 4}, volatile={"type": "hash_map", "num_partitions": 2,
-                                                "initial_cache_rate": 0.25},
-                    persistent=_rocks(tmp_path / "db"))
+    doc = ps_config(
+        tables,
+        {"t": 4},
+        volatile={"type": "hash_map", "num_partitions": 2, "initial_cache_rate": 0.25},
+        persistent=_rocks(tmp_path / "db"),
+    )
     with HPS(doc) as runtime:
         volatile = runtime.table_backend("m", "t").volatile
         assert sorted(volatile.keys().tolist()) == sorted(first.tolist())
@@ -252,9 +283,17 @@ def test_initial_cache_rate_without_meta_takes_rows_in_file_order(tmp_path):
 @pytest.mark.parametrize("write_back", [True, False])
 def test_cache_missed_embeddings_writes_persistent_hits_back(tmp_path, write_back):
     tables = make_tables(tmp_path, {"t": (100, 4)})
-    doc = ps_config(tables, {"t": 4}, persistent=_rocks(tmp_path / "db"),
-                    volatile={"type": "parallel_hash_map", "num_partitions": 2,
-                              "initial_cache_rate": 0.0, "cache_missed_embeddings": write_back})
+    doc = ps_config(
+        tables,
+        {"t": 4},
+        persistent=_rocks(tmp_path / "db"),
+        volatile={
+            "type": "parallel_hash_map",
+            "num_partitions": 2,
+            "initial_cache_rate": 0.0,
+            "cache_missed_embeddings": write_back,
+        },
+    )
     with HPS(doc) as runtime:
         keys = np.array([1, 2, 3, 5000], dtype=np.int64)
         first = runtime.lookup(keys, "m", "t")
@@ -298,8 +337,11 @@ class DictFrontCache:
             for k, v in zip(miss, self.backend.fetch(np.array(miss, dtype=np.int64))):
                 self.cached[k] = v
         self.asked += keys.size
-        return np.stack([self.cached[k] for k in keys.tolist()]) if keys.size else \
-            np.empty((0, self.backend.dim), np.float32)
+        return (
+            np.stack([self.cached[k] for k in keys.tolist()])
+            if keys.size
+            else np.empty((0, self.backend.dim), np.float32)
+        )
 
     def update(self, keys, vectors):
         for k, v in zip(keys.tolist(), vectors):
@@ -350,18 +392,30 @@ def test_stats_report_counters_and_latency_percentiles(two_tables):
         assert stats["counters"]["keys"] == 500 and stats["counters"]["volatile_hits"] == 500
         latency = stats["latency"]
         assert latency["count"] == 10 and 0 < latency["p50_s"] <= latency["p99_s"]
-        assert latency["p99_s"] <= latency["max_s"] + 1e-12 and stats["fetch_latency"]["count"] == 10
+        assert (
+            latency["p99_s"] <= latency["max_s"] + 1e-12 and stats["fetch_latency"]["count"] == 10
+        )
 
 
 def test_concurrent_lookups_and_updates_never_return_a_wrong_vector(tmp_path):
     tables = make_tables(tmp_path, {"t": (2000, 4)})
-    doc = ps_config(tables, {"t": 4}, persistent=_rocks(tmp_path / "db"),
-                    volatile={"type": "parallel_hash_map", "num_partitions": 4,
-                              "overflow_margin": 100, "initial_cache_rate": 0.2,
-                              "cache_missed_embeddings": True, "overflow_policy": "evict_oldest"})
+    doc = ps_config(
+        tables,
+        {"t": 4},
+        persistent=_rocks(tmp_path / "db"),
+        volatile={
+            "type": "parallel_hash_map",
+            "num_partitions": 4,
+            "overflow_margin": 100,
+            "initial_cache_rate": 0.2,
+            "cache_missed_embeddings": True,
+            "overflow_policy": "evict_oldest",
+        },
+    )
     errors: list[str] = []
     stop = threading.Event()
     with HPS(doc) as runtime:
+
         def reader(seed):
             rng = np.random.default_rng(seed)
             while not stop.is_set():
@@ -390,6 +444,7 @@ def test_concurrent_lookups_and_updates_never_return_a_wrong_vector(tmp_path):
 # ---------------------------------------------------------------------------------------------
 # Stateful: the whole hierarchy (hash map with eviction → RocksDB → default) against a dict.
 
+
 class HierarchyMachine(RuleBasedStateMachine):
     """Every lookup must return the latest vector of a key that was loaded or inserted and not
     removed, else the default — whatever the volatile tier evicted or wrote back."""
@@ -399,17 +454,32 @@ class HierarchyMachine(RuleBasedStateMachine):
     def volatile_block(self) -> dict:
         return {"type": "parallel_hash_map"}
 
-    @initialize(policy=st.sampled_from(["evict_random", "evict_least_used", "evict_oldest"]),
-                margin=st.integers(1, 6), rate=st.sampled_from([0.0, 0.5, 1.0]),
-                write_back=st.booleans())
+    @initialize(
+        policy=st.sampled_from(["evict_random", "evict_least_used", "evict_oldest"]),
+        margin=st.integers(1, 6),
+        rate=st.sampled_from([0.0, 0.5, 1.0]),
+        write_back=st.booleans(),
+    )
     def setup(self, policy, margin, rate, write_back):
         self.dir = Path(tempfile.mkdtemp(prefix="hps-hier-sm-"))
         tables = make_tables(self.dir, {"t": (30, 3)})
-        volatile = {**self.volatile_block(), "num_partitions": 2, "overflow_margin": margin,
-                    "overflow_policy": policy, "overflow_resolution_target": 0.5,
-                    "initial_cache_rate": rate, "cache_missed_embeddings": write_back}
-        doc = ps_config(tables, {"t": 3}, model=self.model_name, defaults={"t": -9.0},
-                        persistent=_rocks(self.dir / "db"), volatile=volatile)
+        volatile = {
+            **self.volatile_block(),
+            "num_partitions": 2,
+            "overflow_margin": margin,
+            "overflow_policy": policy,
+            "overflow_resolution_target": 0.5,
+            "initial_cache_rate": rate,
+            "cache_missed_embeddings": write_back,
+        }
+        doc = ps_config(
+            tables,
+            {"t": 3},
+            model=self.model_name,
+            defaults={"t": -9.0},
+            persistent=_rocks(self.dir / "db"),
+            volatile=volatile,
+        )
         self.runtime = HPS(doc)
         self.margin = margin
         keys = np.arange(30, dtype=np.int64)
@@ -450,5 +520,9 @@ class HierarchyMachine(RuleBasedStateMachine):
 
 
 TestHierarchyMachine = HierarchyMachine.TestCase
-TestHierarchyMachine.settings = settings(max_examples=15, stateful_step_count=20, deadline=None,
-                                         suppress_health_check=[HealthCheck.too_slow])
+TestHierarchyMachine.settings = settings(
+    max_examples=15,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

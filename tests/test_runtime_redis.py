@@ -32,6 +32,7 @@ def _tag() -> str:
 @pytest.fixture(scope="module")
 def store(redis_cluster):
     from hps_cli.runtime.volatile.redis_cluster import RedisClusterStore
+
     s = RedisClusterStore(redis_cluster.address, max_batch_size=50)
     yield s
     s.close()
@@ -39,6 +40,7 @@ def store(redis_cluster):
 
 def test_hps_key_layout(store, redis_cluster):
     import redis
+
     tag = _tag()
     table = store.table(tag, 4, num_partitions=6)
     keys = np.array([3, -7, 2**40, 12345], dtype=np.int64)
@@ -72,6 +74,7 @@ def test_lookup_insert_remove_in_small_batches(store):
 
 def test_uint32_keys_use_four_bytes(store, redis_cluster):
     import redis
+
     tag = _tag()
     table = store.table(tag, 2, num_partitions=3, key_width=32)
     keys = np.array([2**32 - 2, 5], dtype=np.int64)
@@ -86,8 +89,14 @@ def test_uint32_keys_use_four_bytes(store, redis_cluster):
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_overflow_evicts_to_the_target(store, policy):
-    table = store.table(_tag(), 2, num_partitions=2, overflow_margin=30, overflow_policy=policy,
-                        overflow_resolution_target=0.5)
+    table = store.table(
+        _tag(),
+        2,
+        num_partitions=2,
+        overflow_margin=30,
+        overflow_policy=policy,
+        overflow_resolution_target=0.5,
+    )
     held: set[int] = set()
     rng = np.random.default_rng(3)
     for _ in range(8):
@@ -103,8 +112,14 @@ def test_overflow_evicts_to_the_target(store, policy):
 def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(store):
     # As in the hash map: 3 of the batch's 6 keys are held, 3 are new; the resolution target
     # (round(6 × 0.3) = 2) must not evict the held keys the batch just updated.
-    table = store.table(_tag(), 1, num_partitions=1, overflow_margin=6,
-                        overflow_policy="evict_random", overflow_resolution_target=0.3)
+    table = store.table(
+        _tag(),
+        1,
+        num_partitions=1,
+        overflow_margin=6,
+        overflow_policy="evict_random",
+        overflow_resolution_target=0.3,
+    )
     table.insert(np.array([0, 1, -1, -2]), np.zeros((4, 1), np.float32))
     batch = np.array([0, 1, -1, 2, 3, -3])
     evicted = table.insert(batch, np.ones((6, 1), np.float32))
@@ -115,8 +130,14 @@ def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(store
 
 
 def test_evict_least_used_keeps_looked_up_keys(store):
-    table = store.table(_tag(), 1, num_partitions=1, overflow_margin=10,
-                        overflow_policy="evict_least_used", overflow_resolution_target=0.5)
+    table = store.table(
+        _tag(),
+        1,
+        num_partitions=1,
+        overflow_margin=10,
+        overflow_policy="evict_least_used",
+        overflow_resolution_target=0.5,
+    )
     table.insert(np.arange(10), np.zeros((10, 1), np.float32))
     for _ in range(2):
         table.lookup(np.arange(5))
@@ -128,6 +149,7 @@ def test_evict_least_used_keeps_looked_up_keys(store):
 
 def test_credentials(store, redis_cluster):
     from hps_cli.runtime.volatile.redis_cluster import RedisClusterStore
+
     for port in redis_cluster.ports:
         redis_cluster.cli(port, "acl", "setuser", "hps_reader", "on", ">s3cret", "~*", "+@all")
     ok = RedisClusterStore(redis_cluster.address, user_name="hps_reader", password="s3cret")
@@ -138,25 +160,32 @@ def test_credentials(store, redis_cluster):
 
 def test_unreachable_cluster_and_bad_settings_at_start_up(tmp_path):
     from hps_cli.runtime.volatile.redis_cluster import RedisClusterStore
+
     from hps_cli.devtools.redis_cluster import free_cluster_ports
+
     port = free_cluster_ports(1)[0]
     with pytest.raises(ServiceUnavailableError, match="cannot reach the Redis Cluster"):
         RedisClusterStore(f"127.0.0.1:{port}")
     with pytest.raises(ConfigError, match="host:port"):
         RedisClusterStore("127.0.0.1:notaport")
     with pytest.raises(ConfigError, match="not a file"):
-        RedisClusterStore(f"127.0.0.1:{port}", enable_tls=True,
-                          tls_ca_certificate=str(tmp_path / "missing.crt"))
+        RedisClusterStore(
+            f"127.0.0.1:{port}", enable_tls=True, tls_ca_certificate=str(tmp_path / "missing.crt")
+        )
 
 
 def test_hps_start_up_with_an_unreachable_cluster_is_a_clear_error(tmp_path):
     from hps_cli.runtime import HPS
+
     from hps_cli.devtools.redis_cluster import free_cluster_ports
+
     tables = make_tables(tmp_path, {"t": (10, 4)})
     port = free_cluster_ports(1)[0]
-    doc = ps_config(tables, {"t": 4}, volatile={"type": "redis_cluster",
-                                               "address": f"127.0.0.1:{port}",
-                                               "num_partitions": 8})
+    doc = ps_config(
+        tables,
+        {"t": 4},
+        volatile={"type": "redis_cluster", "address": f"127.0.0.1:{port}", "num_partitions": 8},
+    )
     with pytest.raises(ServiceUnavailableError) as err:
         HPS(doc)
     assert err.value.location == f"127.0.0.1:{port}"
@@ -164,13 +193,22 @@ def test_hps_start_up_with_an_unreachable_cluster_is_a_clear_error(tmp_path):
 
 def test_hps_over_redis_and_rocksdb_loads_and_skips_a_current_table(tmp_path, redis_cluster):
     from hps_cli.runtime import HPS
+
     tables = make_tables(tmp_path, {"a": (2000, 8), "b": (300, 4)}, with_meta=True)
     model = f"m{next(_tags)}"
-    doc = ps_config(tables, {"a": 8, "b": 4}, model=model,
-                    volatile={"type": "redis_cluster", "address": redis_cluster.address,
-                              "num_partitions": 8, "initial_cache_rate": 0.25,
-                              "cache_missed_embeddings": True},
-                    persistent={"type": "rocks_db", "path": str(tmp_path / "db")})
+    doc = ps_config(
+        tables,
+        {"a": 8, "b": 4},
+        model=model,
+        volatile={
+            "type": "redis_cluster",
+            "address": redis_cluster.address,
+            "num_partitions": 8,
+            "initial_cache_rate": 0.25,
+            "cache_missed_embeddings": True,
+        },
+        persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+    )
     with HPS(doc) as runtime:
         tiers = runtime.table_backend(model, "a")
         assert tiers.volatile.size() == 500  # initial_cache_rate honoured: the 500 hottest
@@ -188,12 +226,17 @@ def test_hps_over_redis_and_rocksdb_loads_and_skips_a_current_table(tmp_path, re
 
 def test_a_node_killed_while_serving_falls_through_to_rocksdb(tmp_path, caplog):
     from hps_cli.runtime import HPS
+
     from hps_cli.devtools.redis_cluster import LocalRedisCluster
+
     tables = make_tables(tmp_path, {"t": (3000, 8)})
-    doc = ps_config(tables, {"t": 8}, defaults={"t": -1.0},
-                    volatile={"type": "redis_cluster", "num_partitions": 12,
-                              "cache_missed_embeddings": True},
-                    persistent={"type": "rocks_db", "path": str(tmp_path / "db")})
+    doc = ps_config(
+        tables,
+        {"t": 8},
+        defaults={"t": -1.0},
+        volatile={"type": "redis_cluster", "num_partitions": 12, "cache_missed_embeddings": True},
+        persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+    )
     keys = np.arange(-200, 3000, dtype=np.int64)  # 200 keys no tier holds
     expected = synthetic_vectors(keys, 8)
     expected[:200] = -1.0
@@ -237,15 +280,25 @@ def test_a_node_killed_while_serving_falls_through_to_rocksdb(tmp_path, caplog):
 # ---------------------------------------------------------------------------------------------
 # Stateful: random insert / lookup / remove / overflow sequences against a dict model.
 
+
 class RedisMachine(RuleBasedStateMachine):
     store = None  # set by the test below (module-scoped store on the session cluster)
 
-    @initialize(policy=st.sampled_from(POLICIES), parts=st.integers(1, 3),
-                margin=st.one_of(st.none(), st.integers(1, 8)))
+    @initialize(
+        policy=st.sampled_from(POLICIES),
+        parts=st.integers(1, 3),
+        margin=st.one_of(st.none(), st.integers(1, 8)),
+    )
     def setup(self, policy, parts, margin):
         self.margin = margin
-        self.table = self.store.table(_tag(), 2, num_partitions=parts, overflow_margin=margin,
-                                      overflow_policy=policy, overflow_resolution_target=0.5)
+        self.table = self.store.table(
+            _tag(),
+            2,
+            num_partitions=parts,
+            overflow_margin=margin,
+            overflow_policy=policy,
+            overflow_resolution_target=0.5,
+        )
         self.model: dict[int, np.ndarray] = {}
         self.version = 0
 
@@ -265,8 +318,9 @@ class RedisMachine(RuleBasedStateMachine):
 
     @rule(keys=st.lists(st.integers(-20, 20), min_size=1, max_size=12))
     def remove(self, keys):
-        assert self.table.remove(np.array(keys, dtype=np.int64)) == \
-            len({k for k in keys if k in self.model})
+        assert self.table.remove(np.array(keys, dtype=np.int64)) == len(
+            {k for k in keys if k in self.model}
+        )
         for k in set(keys):
             self.model.pop(k, None)
 
@@ -294,9 +348,12 @@ class RedisMachine(RuleBasedStateMachine):
 def test_redis_tier_state_machine(store):
     RedisMachine.store = store
     case = RedisMachine.TestCase
-    case.settings = settings(max_examples=20, stateful_step_count=15, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow,
-                                                    HealthCheck.function_scoped_fixture])
+    case.settings = settings(
+        max_examples=20,
+        stateful_step_count=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     case().runTest()
 
 
@@ -313,19 +370,27 @@ class RedisHierarchyMachine(HierarchyMachine):
 def test_redis_hierarchy_state_machine(redis_cluster):
     RedisHierarchyMachine.address = redis_cluster.address
     case = RedisHierarchyMachine.TestCase
-    case.settings = settings(max_examples=10, stateful_step_count=15, deadline=None,
-                             suppress_health_check=[HealthCheck.too_slow,
-                                                    HealthCheck.function_scoped_fixture])
+    case.settings = settings(
+        max_examples=10,
+        stateful_step_count=15,
+        deadline=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    )
     case().runTest()
 
 
 def test_a_failed_load_writes_nothing_to_redis(tmp_path, redis_cluster):
     from hps_cli.runtime import HPS
+
     tables = make_tables(tmp_path, {"good": (50, 4), "bad": (50, 4)})
     model = f"nothing{next(_tags)}"
-    doc = ps_config(tables, {"good": 4, "bad": 6}, model=model,
-                    volatile={"type": "redis_cluster", "address": redis_cluster.address},
-                    persistent={"type": "rocks_db", "path": str(tmp_path / "db")})
+    doc = ps_config(
+        tables,
+        {"good": 4, "bad": 6},
+        model=model,
+        volatile={"type": "redis_cluster", "address": redis_cluster.address},
+        persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+    )
     with pytest.raises(ConfigError, match="dim 6"):
         HPS(doc)
     for port in redis_cluster.ports:

@@ -27,9 +27,11 @@ def _load(store: RocksDbStore, table: Path, tag: str = TAG) -> None:
 
 
 def test_order_key_is_the_bytewise_order(rng):
-    for width, keys in ((64, rng.integers(-2**63, 2**63 - 1, 500, dtype=np.int64)),
-                        (32, rng.integers(0, 2**32 - 1, 500))):
-        by_bytes = sorted(range(keys.size), key=lambda i: key_bytes(keys[i:i + 1], width)[0])
+    for width, keys in (
+        (64, rng.integers(-(2**63), 2**63 - 1, 500, dtype=np.int64)),
+        (32, rng.integers(0, 2**32 - 1, 500)),
+    ):
+        by_bytes = sorted(range(keys.size), key=lambda i: key_bytes(keys[i : i + 1], width)[0])
         assert np.array_equal(np.argsort(order_key(keys, width), kind="stable"), by_bytes)
 
 
@@ -164,22 +166,32 @@ def test_record_is_what_convert_writes(tmp_path):
     store = RocksDbStore(tmp_path / "db")
     _load(store, tmp_path / "t")
     assert read_table_record(store.db, TAG) == {
-        "checksum": store.record(TAG)["checksum"], "num_keys": 10, "dim": 4, "complete": True}
+        "checksum": store.record(TAG)["checksum"],
+        "num_keys": 10,
+        "dim": 4,
+        "complete": True,
+    }
     store.close()
 
 
 # ---------------------------------------------------------------------------------------------
 # Stateful: random insert / remove / lookup sequences against a dict model, on a real database.
 
-class RocksDbMachine(RuleBasedStateMachine):
 
+class RocksDbMachine(RuleBasedStateMachine):
     @initialize(width=st.sampled_from([32, 64]), batch=st.integers(1, 6))
     def setup(self, width, batch):
         import tempfile
+
         self.dir = Path(tempfile.mkdtemp(prefix="hps-rocks-sm-"))
         self.width = width
-        self.store = RocksDbStore(self.dir / "db", key_width=width, max_batch_size=batch,
-                                  block_cache_bytes=1 << 20, row_cache_bytes=1 << 20)
+        self.store = RocksDbStore(
+            self.dir / "db",
+            key_width=width,
+            max_batch_size=batch,
+            block_cache_bytes=1 << 20,
+            row_cache_bytes=1 << 20,
+        )
         self.store.db.create_column_family(TAG, self.store.family_options())
         self.table = self.store.table(TAG, 3)
         self.model: dict[int, np.ndarray] = {}
@@ -216,17 +228,27 @@ class RocksDbMachine(RuleBasedStateMachine):
     @rule()
     def reopen(self):
         self.store.close()
-        self.store = RocksDbStore(self.dir / "db", key_width=self.width, max_batch_size=3,
-                                  block_cache_bytes=1 << 20, row_cache_bytes=1 << 20)
+        self.store = RocksDbStore(
+            self.dir / "db",
+            key_width=self.width,
+            max_batch_size=3,
+            block_cache_bytes=1 << 20,
+            row_cache_bytes=1 << 20,
+        )
         self.table = self.store.table(TAG, 3)
 
     def teardown(self):
         if hasattr(self, "store"):
             import shutil
+
             self.store.close()
             shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TestRocksDbMachine = RocksDbMachine.TestCase
-TestRocksDbMachine.settings = settings(max_examples=25, stateful_step_count=20, deadline=None,
-                                       suppress_health_check=[HealthCheck.too_slow])
+TestRocksDbMachine.settings = settings(
+    max_examples=25,
+    stateful_step_count=20,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)

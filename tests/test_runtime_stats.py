@@ -6,7 +6,6 @@ import threading
 import time
 
 import pytest
-
 from hps_cli.runtime.rwlock import RWLock
 from hps_cli.runtime.stats import LatencyHistogram, TableStats
 

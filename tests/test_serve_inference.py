@@ -24,10 +24,10 @@ pytestmark = [pytest.mark.tf, pytest.mark.slow]
 TOKEN = "inference-admin-token-0123456789"
 # package name -> (flavour, model file, npz, --table specs)
 PACKAGES = {
-    "dlrm": ("keras3", "dlrm.keras", "dlrm"),             # Keras functional cut, shared runtime
-    "dlrm_sm": ("tf_keras", "dlrm_sm", "dlrm"),           # graph cut of a tf_keras SavedModel
-    "notebook": ("keras3", "notebook_sm", "notebook"),    # SparseTensor ids, mean combiner
-    "lookup": ("keras3", "lookup_export", "lookup"),      # IntegerLookup: raw ids are the keys
+    "dlrm": ("keras3", "dlrm.keras", "dlrm"),  # Keras functional cut, shared runtime
+    "dlrm_sm": ("tf_keras", "dlrm_sm", "dlrm"),  # graph cut of a tf_keras SavedModel
+    "notebook": ("keras3", "notebook_sm", "notebook"),  # SparseTensor ids, mean combiner
+    "lookup": ("keras3", "lookup_export", "lookup"),  # IntegerLookup: raw ids are the keys
 }
 DTYPES = {"INT64": np.int64, "INT32": np.int32, "FP32": np.float32}
 
@@ -43,9 +43,19 @@ def repo(tmp_path_factory):
     for name, (flavour, path, _) in PACKAGES.items():
         dissect(models / flavour / path, repository / name, DissectOptions())
     # an hps build-graph package (dissect output + model.keras + an inference section)
-    built = subprocess.run([sys.executable, "-m", "hps_cli", "build-graph",
-                            str(repository / "notebook"), str(repository / "notebook_pkg")],
-                           capture_output=True, text=True, timeout=600)
+    built = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hps_cli",
+            "build-graph",
+            str(repository / "notebook"),
+            str(repository / "notebook_pkg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert built.returncode == 0, built.stderr
     (repository / "not_a_package").mkdir()  # ignored: no manifest.json
     return models, repository
@@ -54,9 +64,18 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo):
     models, repository = repo
-    proc = ServerProcess(["--config", str(repository / "dlrm" / "ps.json"), "--model-repository",
-                          str(repository), "--max-queue-delay-us", "20000"],
-                         env={"HPS_ADMIN_TOKEN": TOKEN}, timeout=300).launch()
+    proc = ServerProcess(
+        [
+            "--config",
+            str(repository / "dlrm" / "ps.json"),
+            "--model-repository",
+            str(repository),
+            "--max-queue-delay-us",
+            "20000",
+        ],
+        env={"HPS_ADMIN_TOKEN": TOKEN},
+        timeout=300,
+    ).launch()
     proc.wait_for("listening")
     # While the packages load (TensorFlow takes seconds): alive, not ready, inference refused.
     seen_loading = False
@@ -93,8 +112,11 @@ def _feeds(name: str, models, repository) -> tuple[dict, np.ndarray]:
 
 
 def _inputs(module, metadata, feeds, binary=True):
-    specs = metadata["inputs"] if isinstance(metadata, dict) else \
-        [{"name": i.name, "datatype": i.datatype} for i in metadata.inputs]
+    specs = (
+        metadata["inputs"]
+        if isinstance(metadata, dict)
+        else [{"name": i.name, "datatype": i.datatype} for i in metadata.inputs]
+    )
     inputs = []
     for spec in specs:
         array = np.asarray(feeds[spec["name"]]).astype(DTYPES[spec["datatype"]])
@@ -121,8 +143,7 @@ def test_inference_models_reproduce_the_trained_predictions(server, protocol):
         feeds, wanted = _feeds(name, models, repository)
         binary = protocol != "http-json"
         outputs = None
-        out_name = metadata["outputs"][0]["name"] if module is thttp else \
-            metadata.outputs[0].name
+        out_name = metadata["outputs"][0]["name"] if module is thttp else metadata.outputs[0].name
         if module is thttp:
             outputs = [thttp.InferRequestedOutput(out_name, binary_data=binary)]
         result = client.infer(name, _inputs(module, metadata, feeds, binary), outputs=outputs)
@@ -136,15 +157,20 @@ def test_metadata_and_config(server):
     client = thttp.InferenceServerClient(proc.http)
     meta = client.get_model_metadata("dlrm")
     assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
-        ("user", "INT64", [-1, 1]), ("items", "INT64", [-1, 3]), ("dense", "FP32", [-1, 4])]
+        ("user", "INT64", [-1, 1]),
+        ("items", "INT64", [-1, 3]),
+        ("dense", "FP32", [-1, 4]),
+    ]
     config = client.get_model_config("dlrm")
     assert config["max_batch_size"] == 1024 and config["input"][1]["dims"] == [3]
     sparse = client.get_model_metadata("notebook")
     assert [i["name"] for i in sparse["inputs"]] == ["ids", "ids_1", "ids_2", "dense"]
     assert client.get_model_config("notebook")["max_batch_size"] == 0  # no common batch dim
     assert client.get_model_metadata("notebook_pkg")["platform"] == "hps_tensorflow"
-    index = {m["name"] for m in client.get_model_repository_index(
-        headers={"Authorization": f"Bearer {TOKEN}"})}
+    index = {
+        m["name"]
+        for m in client.get_model_repository_index(headers={"Authorization": f"Bearer {TOKEN}"})
+    }
     assert index == {"dlrm_like", *ALL}
 
 
@@ -176,10 +202,12 @@ def test_concurrent_requests_are_split_back_exactly(server):
         for lo, hi in bounds:
             assert np.max(np.abs(results[lo] - wanted[lo:hi])) <= 1e-5
     after = scrape(proc.metrics)
-    requests = after['hps_batch_requests_sum{model="dlrm"}'] - \
-        before.get('hps_batch_requests_sum{model="dlrm"}', 0)
-    batches = after['hps_batch_requests_count{model="dlrm"}'] - \
-        before.get('hps_batch_requests_count{model="dlrm"}', 0)
+    requests = after['hps_batch_requests_sum{model="dlrm"}'] - before.get(
+        'hps_batch_requests_sum{model="dlrm"}', 0
+    )
+    batches = after['hps_batch_requests_count{model="dlrm"}'] - before.get(
+        'hps_batch_requests_count{model="dlrm"}', 0
+    )
     assert requests == 12 and batches < requests
 
 
@@ -189,8 +217,8 @@ def test_inference_request_errors(server):
     meta = client.get_model_metadata("dlrm")
     feeds, _ = _feeds("dlrm", models, repository)
     cases = [
-        ({**feeds, "dense": feeds["dense"][:5]}, "differs"),           # batch sizes disagree
-        ({**feeds, "items": feeds["items"][:, :2]}, "items: shape"),   # fixed dim wrong
+        ({**feeds, "dense": feeds["dense"][:5]}, "differs"),  # batch sizes disagree
+        ({**feeds, "items": feeds["items"][:, :2]}, "items: shape"),  # fixed dim wrong
         ({k: np.repeat(v, 80, axis=0) for k, v in feeds.items()}, "max_batch_size 1024"),
     ]
     for feed, text in cases:
@@ -201,9 +229,11 @@ def test_inference_request_errors(server):
     feeds, _ = _feeds("notebook", models, repository)
     outside = feeds["ids"].copy()
     outside[0, 1] = 99  # column beyond dense_shape
-    for feed, text in (({**feeds, "ids": outside}, "inside dense_shape"),
-                       ({**feeds, "ids_2": np.array([16, 7])}, "dimension 1 is 7"),
-                       ({**feeds, "ids_1": feeds["ids_1"][:-1]}, "one index per value")):
+    for feed, text in (
+        ({**feeds, "ids": outside}, "inside dense_shape"),
+        ({**feeds, "ids_2": np.array([16, 7])}, "dimension 1 is 7"),
+        ({**feeds, "ids_1": feeds["ids_1"][:-1]}, "one index per value"),
+    ):
         with pytest.raises(InferenceServerException) as err:
             client.infer("notebook", _inputs(thttp, sparse_meta, feed))
         assert err.value.status() == "400" and text in err.value.message(), err.value.message()
@@ -218,17 +248,37 @@ def test_admin_update_of_a_shared_table_changes_the_inference(server):
     meta = client.get_model_metadata("dlrm")
     feeds, wanted = _feeds("dlrm", models, repository)
     users = np.unique(feeds["user"].reshape(-1))
-    original = client.infer("dlrm_like", _lookup_inputs(users, len(users))).as_numpy(
-        "OUTPUT0").reshape(len(users), 8)
+    original = (
+        client.infer("dlrm_like", _lookup_inputs(users, len(users)))
+        .as_numpy("OUTPUT0")
+        .reshape(len(users), 8)
+    )
 
     def update(vectors):
-        header = json.dumps({"inputs": [
-            {"name": "KEYS", "shape": [len(users)], "datatype": "INT64",
-             "data": users.tolist()},
-            {"name": "VECTORS", "shape": [len(users), 8], "datatype": "FP32",
-             "data": vectors.reshape(-1).tolist()}]}).encode()
-        status, _, body = http_post(proc.http, "/v2/admin/models/dlrm_like/tables/user_emb/"
-                                    "insert", header, {"Authorization": f"Bearer {TOKEN}"})
+        header = json.dumps(
+            {
+                "inputs": [
+                    {
+                        "name": "KEYS",
+                        "shape": [len(users)],
+                        "datatype": "INT64",
+                        "data": users.tolist(),
+                    },
+                    {
+                        "name": "VECTORS",
+                        "shape": [len(users), 8],
+                        "datatype": "FP32",
+                        "data": vectors.reshape(-1).tolist(),
+                    },
+                ]
+            }
+        ).encode()
+        status, _, body = http_post(
+            proc.http,
+            "/v2/admin/models/dlrm_like/tables/user_emb/insert",
+            header,
+            {"Authorization": f"Bearer {TOKEN}"},
+        )
         assert status == 200, body
 
     update(original + 1.0)
@@ -265,7 +315,8 @@ def test_unload_and_load_a_package(server):
     feeds, wanted = _feeds("lookup", models, repository)
     meta = http_client.get_model_metadata("lookup")
     got = http_client.infer("lookup", _inputs(thttp, meta, feeds)).as_numpy(
-        meta["outputs"][0]["name"])
+        meta["outputs"][0]["name"]
+    )
     assert np.max(np.abs(got - wanted)) <= 1e-5
     with pytest.raises(InferenceServerException) as err:
         client.load_model("not_a_package", headers=grpc_auth)
@@ -277,5 +328,6 @@ def test_unload_and_load_a_package(server):
     shutil.copytree(repository / "lookup", repository / "lookup2")
     http_client.load_model("lookup2", headers=auth)
     got = http_client.infer("lookup2", _inputs(thttp, meta, feeds)).as_numpy(
-        meta["outputs"][0]["name"])
+        meta["outputs"][0]["name"]
+    )
     assert np.max(np.abs(got - wanted)) <= 1e-5

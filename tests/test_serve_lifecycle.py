@@ -46,12 +46,17 @@ def test_sigterm_lets_in_flight_requests_finish(config):
     def send(i: int) -> None:
         try:
             if i % 2:
-                got = tgrpc.InferenceServerClient(server.grpc).infer(
-                    "m", lookup_inputs(tgrpc, keys[i], [5])).as_numpy("OUTPUT0").reshape(-1)
+                got = (
+                    tgrpc.InferenceServerClient(server.grpc)
+                    .infer("m", lookup_inputs(tgrpc, keys[i], [5]))
+                    .as_numpy("OUTPUT0")
+                    .reshape(-1)
+                )
             else:
                 body, headers = binary_lookup_body(keys[i], [5])
-                status, resp_headers, data = http_post(server.http, "/v2/models/m/infer", body,
-                                                       headers)
+                status, resp_headers, data = http_post(
+                    server.http, "/v2/models/m/infer", body, headers
+                )
                 assert status == 200, data
                 got = binary_output(resp_headers, data)
             results[i] = got
@@ -90,22 +95,54 @@ def test_a_lookup_only_server_does_not_load_tensorflow(config):
 def test_start_up_errors_are_one_line_with_exit_codes(config, tmp_path, hps):
     bad = tmp_path / "bad.json"
     bad.write_text('{"supportlonglong": true, "models": [{"model": "m"}]}')
-    res = hps("serve", "--config", str(bad), "--http-port", "0", "--grpc-port", "0",
-              "--metrics-port", "0", timeout=60)
+    res = hps(
+        "serve",
+        "--config",
+        str(bad),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        timeout=60,
+    )
     assert res.returncode == ExitCode.INVALID and "error:" in res.stderr
     assert "Traceback" not in res.stderr
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        res = hps("serve", "--config", str(config), "--http-port", str(port), "--grpc-port",
-                  "0", "--metrics-port", "0", timeout=60)
+        res = hps(
+            "serve",
+            "--config",
+            str(config),
+            "--http-port",
+            str(port),
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+            timeout=60,
+        )
     assert res.returncode == ExitCode.INVALID
     assert "--http-port" in res.stderr and "cannot listen" in res.stderr
     token = tmp_path / "token"
     token.write_text("short")
     res = hps("serve", "--config", str(config), "--admin-token-file", str(token), timeout=60)
     assert res.returncode == ExitCode.INVALID and "at least 16 characters" in res.stderr
-    res = hps("serve", "--config", str(config), "--model-repository", str(tmp_path / "nope"),
-              "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", timeout=60)
+    res = hps(
+        "serve",
+        "--config",
+        str(config),
+        "--model-repository",
+        str(tmp_path / "nope"),
+        "--http-port",
+        "0",
+        "--grpc-port",
+        "0",
+        "--metrics-port",
+        "0",
+        timeout=60,
+    )
     assert res.returncode == ExitCode.INVALID and "model repository" in res.stderr

@@ -30,12 +30,21 @@ TOKEN = "s3cret-admin-token-for-tests"
 
 def _config(tmp, **extra) -> dict:
     tables = make_tables(tmp, {"a": (2000, 8), "b": (1000, 16)}, with_meta=True)
-    doc = ps_config(tables, DIMS, defaults={"a": 0.0, "b": -1.0}, gpucache=True,
-                    gpucacheper=0.5, hit_rate_threshold=1.0, max_batch_size=64,
-                    maxnum_catfeature_query_per_table_per_sample=[1, 2], **extra)
+    doc = ps_config(
+        tables,
+        DIMS,
+        defaults={"a": 0.0, "b": -1.0},
+        gpucache=True,
+        gpucacheper=0.5,
+        hit_rate_threshold=1.0,
+        max_batch_size=64,
+        maxnum_catfeature_query_per_table_per_sample=[1, 2],
+        **extra,
+    )
     big = make_tables(tmp, {"c": (300, 128)})
-    doc["models"].append(ps_config(big, {"c": 128}, model="wide", gpucache=False,
-                                   max_batch_size=4096)["models"][0])
+    doc["models"].append(
+        ps_config(big, {"c": 128}, model="wide", gpucache=False, max_batch_size=4096)["models"][0]
+    )
     return doc
 
 
@@ -45,9 +54,17 @@ def setup(tmp_path_factory):
     doc = _config(tmp)
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
-    server = ServerProcess(["--config", str(path), "--max-queue-delay-us", "2000",
-                            "--access-log", str(tmp / "access.log"),
-                            "--allow-shared-memory"]).start()
+    server = ServerProcess(
+        [
+            "--config",
+            str(path),
+            "--max-queue-delay-us",
+            "2000",
+            "--access-log",
+            str(tmp / "access.log"),
+            "--allow-shared-memory",
+        ]
+    ).start()
     runtime = HPS(path)
     yield server, runtime, tmp
     runtime.close()
@@ -55,7 +72,7 @@ def setup(tmp_path_factory):
 
 
 def _keys(rng, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
-    a = rng.integers(-50, 2100, n_a)   # some unknown keys: defaults
+    a = rng.integers(-50, 2100, n_a)  # some unknown keys: defaults
     b = rng.integers(0, 1100, n_b)
     return np.concatenate([a, b]).astype(np.int64), np.array([n_a, n_b], np.int32)
 
@@ -76,13 +93,13 @@ def test_health_metadata_and_config_over_both_protocols(setup):
             assert config.config.max_batch_size == 64 and config.config.backend == "hps"
             assert list(config.config.input[0].dims) == [-1]
         else:
-            assert meta["inputs"] == [{"name": "KEYS", "datatype": "INT64", "shape": [-1, -1]},
-                                      {"name": "NUMKEYS", "datatype": "INT32",
-                                       "shape": [-1, -1]}]
+            assert meta["inputs"] == [
+                {"name": "KEYS", "datatype": "INT64", "shape": [-1, -1]},
+                {"name": "NUMKEYS", "datatype": "INT32", "shape": [-1, -1]},
+            ]
             assert meta["outputs"][0]["name"] == "OUTPUT0"
             assert config["max_batch_size"] == 64 and config["backend"] == "hps"
-            assert config["input"][0] == {"name": "KEYS", "data_type": "TYPE_INT64",
-                                          "dims": [-1]}
+            assert config["input"][0] == {"name": "KEYS", "data_type": "TYPE_INT64", "dims": [-1]}
             assert config["dynamic_batching"]["max_queue_delay_microseconds"] == 2000
         server_meta = client.get_server_metadata()
         extensions = server_meta["extensions"] if module is thttp else server_meta.extensions
@@ -97,10 +114,14 @@ def test_lookups_equal_the_in_process_runtime(setup, protocol, rng):
     binary = protocol != "http-json"
     for n_a, n_b in ((5, 7), (64, 0), (0, 128), (1, 1), (10, 100)):
         keys, counts = _keys(rng, n_a, n_b)
-        outputs = [module.InferRequestedOutput("OUTPUT0", binary_data=binary)] \
-            if module is thttp else None
-        result = client.infer("m", lookup_inputs(module, keys, counts, binary=binary),
-                              outputs=outputs)
+        outputs = (
+            [module.InferRequestedOutput("OUTPUT0", binary_data=binary)]
+            if module is thttp
+            else None
+        )
+        result = client.infer(
+            "m", lookup_inputs(module, keys, counts, binary=binary), outputs=outputs
+        )
         got = result.as_numpy("OUTPUT0")
         expected = runtime.lookup_concatenated(keys, counts, "m")
         assert got.shape == (1, expected.size)
@@ -110,10 +131,14 @@ def test_lookups_equal_the_in_process_runtime(setup, protocol, rng):
         a[(keys[:n_a] < 0) | (keys[:n_a] >= 2000)] = 0.0
         b = synthetic_vectors(keys[n_a:], 16)
         b[keys[n_a:] >= 1000] = -1.0
-        np.testing.assert_array_equal(got.reshape(-1),
-                                      np.concatenate([a.reshape(-1), b.reshape(-1)]))
-        params = result.get_response()["parameters"] if module is thttp else \
-            {k: v.int64_param for k, v in result.get_response().parameters.items()}
+        np.testing.assert_array_equal(
+            got.reshape(-1), np.concatenate([a.reshape(-1), b.reshape(-1)])
+        )
+        params = (
+            result.get_response()["parameters"]
+            if module is thttp
+            else {k: v.int64_param for k, v in result.get_response().parameters.items()}
+        )
         assert params["NumSample"] == -(-keys.size // 3) and params["DeviceID"] == 0
 
 
@@ -121,17 +146,23 @@ def test_flat_shapes_and_json_inputs_with_binary_output(setup):
     """[total] / [n_tables] (no batch dimension) are accepted; the output has none either."""
     server, runtime, _ = setup
     keys, counts = np.array([3, 4, 5], np.int64), np.array([2, 1], np.int32)
-    body = json.dumps({"inputs": [
-        {"name": "KEYS", "shape": [3], "datatype": "INT64", "data": keys.tolist()},
-        {"name": "NUMKEYS", "shape": [2], "datatype": "INT32", "data": counts.tolist()}],
-        "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
-        "id": "req-7"}).encode()
+    body = json.dumps(
+        {
+            "inputs": [
+                {"name": "KEYS", "shape": [3], "datatype": "INT64", "data": keys.tolist()},
+                {"name": "NUMKEYS", "shape": [2], "datatype": "INT32", "data": counts.tolist()},
+            ],
+            "outputs": [{"name": "OUTPUT0", "parameters": {"binary_data": True}}],
+            "id": "req-7",
+        }
+    ).encode()
     status, headers, data = http_post(server.http, "/v2/models/m/versions/1/infer", body)
     assert status == 200
-    header = json.loads(data[:int(headers["Inference-Header-Content-Length"])])
+    header = json.loads(data[: int(headers["Inference-Header-Content-Length"])])
     assert header["id"] == "req-7" and header["outputs"][0]["shape"] == [32]
-    np.testing.assert_array_equal(binary_output(headers, data),
-                                  runtime.lookup_concatenated(keys, counts, "m"))
+    np.testing.assert_array_equal(
+        binary_output(headers, data), runtime.lookup_concatenated(keys, counts, "m")
+    )
 
 
 def test_compressed_requests_and_responses(setup, rng):
@@ -140,13 +171,17 @@ def test_compressed_requests_and_responses(setup, rng):
     expected = runtime.lookup_concatenated(keys, counts, "m")
     client = thttp.InferenceServerClient(server.http)
     for request, response in (("gzip", None), ("deflate", None), (None, "gzip")):
-        result = client.infer("m", lookup_inputs(thttp, keys, counts),
-                              request_compression_algorithm=request,
-                              response_compression_algorithm=response)
+        result = client.infer(
+            "m",
+            lookup_inputs(thttp, keys, counts),
+            request_compression_algorithm=request,
+            response_compression_algorithm=response,
+        )
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(-1), expected)
     grpc_client = tgrpc.InferenceServerClient(server.grpc)
-    result = grpc_client.infer("m", lookup_inputs(tgrpc, keys, counts),
-                               compression_algorithm="gzip")
+    result = grpc_client.infer(
+        "m", lookup_inputs(tgrpc, keys, counts), compression_algorithm="gzip"
+    )
     np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(-1), expected)
 
 
@@ -155,8 +190,9 @@ def test_dim_128_model(setup, rng):
     client = tgrpc.InferenceServerClient(server.grpc)
     keys = rng.integers(0, 320, 1000).astype(np.int64)
     got = client.infer("wide", lookup_inputs(tgrpc, keys, [1000])).as_numpy("OUTPUT0")
-    np.testing.assert_array_equal(got.reshape(-1),
-                                  runtime.lookup_concatenated(keys, [1000], "wide"))
+    np.testing.assert_array_equal(
+        got.reshape(-1), runtime.lookup_concatenated(keys, [1000], "wide")
+    )
 
 
 def test_max_batch_size_is_enforced(setup):
@@ -177,15 +213,19 @@ def test_concurrent_requests_are_batched_and_exact(setup):
 
     def worker(seed: int) -> None:
         rng = np.random.default_rng(seed)
-        client = tgrpc.InferenceServerClient(server.grpc) if seed % 2 else \
-            thttp.InferenceServerClient(server.http)
+        client = (
+            tgrpc.InferenceServerClient(server.grpc)
+            if seed % 2
+            else thttp.InferenceServerClient(server.http)
+        )
         module = tgrpc if seed % 2 else thttp
         try:
             for _ in range(25):
                 keys, counts = _keys(rng, int(rng.integers(0, 40)), int(rng.integers(0, 40)))
                 got = client.infer("m", lookup_inputs(module, keys, counts)).as_numpy("OUTPUT0")
-                if not np.array_equal(got.reshape(-1),
-                                      runtime.lookup_concatenated(keys, counts, "m")):
+                if not np.array_equal(
+                    got.reshape(-1), runtime.lookup_concatenated(keys, counts, "m")
+                ):
                     wrong.append(seed)
         except Exception as exc:  # noqa: BLE001 - collected and asserted below
             errors.append(exc)
@@ -199,11 +239,14 @@ def test_concurrent_requests_are_batched_and_exact(setup):
     after = scrape(server.metrics)
     key = 'hps_batch_requests_count{model="m"}'
     batches = after[key] - before.get(key, 0)
-    requests = after['hps_batch_requests_sum{model="m"}'] - \
-        before.get('hps_batch_requests_sum{model="m"}', 0)
+    requests = after['hps_batch_requests_sum{model="m"}'] - before.get(
+        'hps_batch_requests_sum{model="m"}', 0
+    )
     assert requests == 200 and batches < requests  # some requests were coalesced
-    assert after['hps_batch_samples_bucket{le="64.0",model="m"}'] == \
-        after['hps_batch_samples_count{model="m"}']  # never beyond max_batch_size
+    assert (
+        after['hps_batch_samples_bucket{le="64.0",model="m"}']
+        == after['hps_batch_samples_count{model="m"}']
+    )  # never beyond max_batch_size
 
 
 def test_statistics_metrics_and_access_log(setup):
@@ -219,26 +262,42 @@ def test_statistics_metrics_and_access_log(setup):
     assert metrics['hps_requests_total{code="200",model="m",protocol="http"}'] >= 1
     assert metrics['hps_requests_total{code="OK",model="m",protocol="grpc"}'] >= 1
     assert metrics['hps_request_duration_seconds_count{model="m",protocol="http"}'] >= 1
-    assert metrics['hps_ready'] == 1.0
+    assert metrics["hps_ready"] == 1.0
     assert 'hps_queue_depth{model="m"}' in metrics
     hit = metrics['hps_table_hit_rate{model="m",table="a",tier="volatile"}']
     assert 0.0 < hit <= 1.0
     assert metrics['hps_table_keys_total{model="m",result="default",table="a"}'] > 0
     assert metrics['hps_cache_capacity{device="0",model="m",table="a"}'] >= 1000
-    assert 0 < metrics['hps_cache_occupancy{device="0",model="m",table="a"}'] <= \
-        metrics['hps_cache_capacity{device="0",model="m",table="a"}']
+    assert (
+        0
+        < metrics['hps_cache_occupancy{device="0",model="m",table="a"}']
+        <= metrics['hps_cache_capacity{device="0",model="m",table="a"}']
+    )
     assert 0.0 < metrics['hps_cache_hit_rate{device="0",model="m",table="a"}'] <= 1.0
     lines = [json.loads(x) for x in (tmp / "access.log").read_text().splitlines()]
     infer = [x for x in lines if x.get("path") == "/v2/models/m/infer"]
-    assert infer and {"ts", "protocol", "method", "status", "ms", "bytes_in", "bytes_out",
-                      "peer", "model"} <= set(infer[-1])
+    assert infer and {
+        "ts",
+        "protocol",
+        "method",
+        "status",
+        "ms",
+        "bytes_in",
+        "bytes_out",
+        "peer",
+        "model",
+    } <= set(infer[-1])
     assert any(x.get("protocol") == "grpc" and x.get("method") == "ModelInfer" for x in lines)
 
 
 def test_admin_endpoints_are_disabled_without_a_token(setup):
     server, _, _ = setup
-    status, _, body = http_post(server.http, "/v2/admin/models/m/tables/a/remove", b"{}",
-                                {"Authorization": f"Bearer {TOKEN}"})
+    status, _, body = http_post(
+        server.http,
+        "/v2/admin/models/m/tables/a/remove",
+        b"{}",
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
     assert status == 403 and "disabled" in json.loads(body)["error"]
     with pytest.raises(InferenceServerException) as err:
         tgrpc.InferenceServerClient(server.grpc).unload_model("m")
@@ -257,8 +316,9 @@ def admin_server(tmp_path_factory):
 
 def _update(server, table: str, op: str, keys, vectors=None, token=TOKEN, binary=True):
     keys = np.asarray(keys, np.int64)
-    inputs = [("KEYS", keys, "INT64")] + ([("VECTORS", vectors, "FP32")] if vectors is not None
-                                           else [])
+    inputs = [("KEYS", keys, "INT64")] + (
+        [("VECTORS", vectors, "FP32")] if vectors is not None else []
+    )
     doc, blobs = {"inputs": []}, []
     for name, array, dtype in inputs:
         entry = {"name": name, "shape": list(array.shape), "datatype": dtype}
@@ -272,18 +332,22 @@ def _update(server, table: str, op: str, keys, vectors=None, token=TOKEN, binary
     headers = {"Authorization": f"Bearer {token}"}
     if binary:
         headers["Inference-Header-Content-Length"] = str(len(header))
-    return http_post(server.http, f"/v2/admin/models/m/tables/{table}/{op}",
-                     header + b"".join(blobs), headers)
+    return http_post(
+        server.http, f"/v2/admin/models/m/tables/{table}/{op}", header + b"".join(blobs), headers
+    )
 
 
 def test_admin_insert_and_remove_reach_every_tier_and_the_cache(admin_server):
     server = admin_server
     grpc_client = tgrpc.InferenceServerClient(server.grpc)
-    keys = np.array([5, 6, 1500, 9999], np.int64)   # cached, cached, maybe not, new
+    keys = np.array([5, 6, 1500, 9999], np.int64)  # cached, cached, maybe not, new
 
     def look():
-        return grpc_client.infer("m", lookup_inputs(tgrpc, keys, [4, 0])).as_numpy(
-            "OUTPUT0").reshape(4, 8)
+        return (
+            grpc_client.infer("m", lookup_inputs(tgrpc, keys, [4, 0]))
+            .as_numpy("OUTPUT0")
+            .reshape(4, 8)
+        )
 
     before = look()
     np.testing.assert_array_equal(before[:3], synthetic_vectors(keys[:3], 8))
@@ -295,15 +359,18 @@ def test_admin_insert_and_remove_reach_every_tier_and_the_cache(admin_server):
     assert json.loads(body) == {"model": "m", "table": "a", "operation": "insert", "keys": 4}
     np.testing.assert_array_equal(look(), new)  # the cached copies were replaced too
     after = scrape(server.metrics)
-    assert after['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}'] > \
-        cache['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}']
+    assert (
+        after['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}']
+        > cache['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}']
+    )
     status, _, body = _update(server, "a", "remove", keys[:2], binary=False)
     assert status == 200, body
     got = look()
     assert (got[:2] == 0.0).all()  # the default of table a
     np.testing.assert_array_equal(got[2:], new[2:])
-    status, _, body = _update(server, "0", "insert", keys[:2], synthetic_vectors(keys[:2], 8),
-                              binary=False)  # table by index, JSON tensors
+    status, _, body = _update(
+        server, "0", "insert", keys[:2], synthetic_vectors(keys[:2], 8), binary=False
+    )  # table by index, JSON tensors
     assert status == 200, body
     np.testing.assert_array_equal(look()[:2], synthetic_vectors(keys[:2], 8))
 
@@ -361,11 +428,17 @@ def test_system_shared_memory_inputs_and_outputs(setup, module, rng):
         out.set_shared_memory(name, out_bytes)
         result = client.infer("m", [a, b], outputs=[out])
         got = shm.get_contents_as_numpy(handle, np.float32, [1, out_bytes // 4])
-        np.testing.assert_array_equal(got.reshape(-1),
-                                      runtime.lookup_concatenated(keys, counts, "m"))
+        np.testing.assert_array_equal(
+            got.reshape(-1), runtime.lookup_concatenated(keys, counts, "m")
+        )
         meta = result.get_output("OUTPUT0")
-        params = meta["parameters"] if module is thttp else \
-            {k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in meta.parameters.items()}
+        params = (
+            meta["parameters"]
+            if module is thttp
+            else {
+                k: getattr(v, v.WhichOneof("parameter_choice")) for k, v in meta.parameters.items()
+            }
+        )
         assert params["shared_memory_region"] == name
         assert params["shared_memory_byte_size"] == out_bytes
         small = module.InferRequestedOutput("OUTPUT0")
@@ -385,12 +458,16 @@ def test_system_shared_memory_inputs_and_outputs(setup, module, rng):
 def test_shared_memory_registration_errors(setup, tmp_path):
     server, _, _ = setup
     client = thttp.InferenceServerClient(server.http)
-    for key, text in (("/no_such_region_hps", "cannot open"), ("/../etc/passwd", "must name"),
-                      ("a/b", "must name")):
+    for key, text in (
+        ("/no_such_region_hps", "cannot open"),
+        ("/../etc/passwd", "must name"),
+        ("a/b", "must name"),
+    ):
         with pytest.raises(InferenceServerException) as err:
             client.register_system_shared_memory("r", key, 8)
         assert text in err.value.message(), err.value.message()
     import tritonclient.utils.shared_memory as shm
+
     handle = shm.create_shared_memory_region("hps_small", "/hps_small", 64)
     try:
         with pytest.raises(InferenceServerException) as err:

@@ -23,10 +23,13 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
 
     tables = make_tables(tmp_path, {"t": (4000, 16)})
     with LocalRedisCluster(3) as cluster:
-        doc = ps_config(tables, {"t": 16}, defaults={"t": -1.0},
-                        volatile={"type": "redis_cluster", "address": cluster.address,
-                                  "num_partitions": 12},
-                        persistent={"type": "rocks_db", "path": str(tmp_path / "db")})
+        doc = ps_config(
+            tables,
+            {"t": 16},
+            defaults={"t": -1.0},
+            volatile={"type": "redis_cluster", "address": cluster.address, "num_partitions": 12},
+            persistent={"type": "rocks_db", "path": str(tmp_path / "db")},
+        )
         path = tmp_path / "ps.json"
         path.write_text(json.dumps(doc))
         rng = np.random.default_rng(5)
@@ -53,8 +56,9 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
                         data = response.read()
                         if response.status != 200:
                             errors.append(f"HTTP {response.status}: {data[:200]!r}")
-                        elif not np.array_equal(binary_output(dict(response.getheaders()),
-                                                              data), expected):
+                        elif not np.array_equal(
+                            binary_output(dict(response.getheaders()), data), expected
+                        ):
                             errors.append("wrong vectors")
                         else:
                             answers[0] += 1
@@ -75,7 +79,8 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
             while time.monotonic() < deadline:  # until the tier has seen the dead node
                 metrics = scrape(server.metrics)
                 failures = metrics.get(
-                    'hps_table_keys_total{model="m",result="volatile_failure",table="t"}', 0)
+                    'hps_table_keys_total{model="m",result="volatile_failure",table="t"}', 0
+                )
                 if failures > 0 and time.monotonic() - killed_at > 2.0:
                     break
                 time.sleep(0.2)

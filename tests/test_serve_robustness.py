@@ -34,8 +34,9 @@ def setup(tmp_path_factory):
     doc = ps_config(tables, {"a": 8, "b": 4}, max_batch_size=256)
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
-    server = ServerProcess(["--config", str(path), "--max-request-bytes", str(LIMIT),
-                            "--access-log", "off"]).start()
+    server = ServerProcess(
+        ["--config", str(path), "--max-request-bytes", str(LIMIT), "--access-log", "off"]
+    ).start()
     runtime = HPS(path)
     yield server, runtime
     runtime.close()
@@ -62,8 +63,12 @@ def _binary(header: dict, payload: bytes, length: str | None = None) -> tuple[by
 
 
 KEYS24 = np.array([1, 2, 3], np.int64).tobytes()
-BIN_KEYS = {"name": "KEYS", "shape": [1, 3], "datatype": "INT64",
-            "parameters": {"binary_data_size": 24}}
+BIN_KEYS = {
+    "name": "KEYS",
+    "shape": [1, 3],
+    "datatype": "INT64",
+    "parameters": {"binary_data_size": 24},
+}
 INFER = "/v2/models/m/infer"
 
 # (id, path, body, headers, status, text the error must contain)
@@ -75,13 +80,31 @@ HTTP_CASES = [
     ("no-inputs", INFER, b"{}", {}, 400, "inputs"),
     ("inputs-not-list", INFER, b'{"inputs": 5}', {}, 400, "inputs"),
     ("input-not-object", INFER, _doc([1]), {}, 400, "inputs[0]"),
-    ("input-without-name", INFER, _doc([{"shape": [1], "datatype": "INT64", "data": [1]}]), {},
-     400, "inputs[0].name"),
+    (
+        "input-without-name",
+        INFER,
+        _doc([{"shape": [1], "datatype": "INT64", "data": [1]}]),
+        {},
+        400,
+        "inputs[0].name",
+    ),
     ("duplicate-input", INFER, _doc([_keys(), _keys()]), {}, 400, "given twice"),
-    ("unknown-datatype", INFER, _doc([_keys(datatype="INT65"), _nums()]), {}, 400,
-     "unknown datatype"),
-    ("bytes-datatype", INFER, _doc([_keys(datatype="BYTES", data=["a", "b", "c"]), _nums()]), {},
-     400, "not supported"),
+    (
+        "unknown-datatype",
+        INFER,
+        _doc([_keys(datatype="INT65"), _nums()]),
+        {},
+        400,
+        "unknown datatype",
+    ),
+    (
+        "bytes-datatype",
+        INFER,
+        _doc([_keys(datatype="BYTES", data=["a", "b", "c"]), _nums()]),
+        {},
+        400,
+        "not supported",
+    ),
     ("shape-not-list", INFER, _doc([_keys(shape="3"), _nums()]), {}, 400, "inputs[0].shape"),
     ("negative-dim", INFER, _doc([_keys(shape=[1, -3]), _nums()]), {}, 400, "dimension 1"),
     ("huge-dim", INFER, _doc([_keys(shape=[1, 2**40]), _nums()]), {}, 400, "must be in"),
@@ -90,62 +113,163 @@ HTTP_CASES = [
     ("count-mismatch", INFER, _doc([_keys(shape=[1, 4]), _nums()]), {}, 400, "needs 4"),
     ("string-data", INFER, _doc([_keys(data=["a", "b", "c"]), _nums()]), {}, 400, "numbers"),
     ("float-for-int", INFER, _doc([_keys(data=[1.5, 2, 3]), _nums()]), {}, 400, "integers"),
-    ("int32-out-of-range", INFER, _doc([_keys(), _nums(data=[2**40, 1])]), {}, 400,
-     "out of range"),
+    ("int32-out-of-range", INFER, _doc([_keys(), _nums(data=[2**40, 1])]), {}, 400, "out of range"),
     ("ragged-data", INFER, _doc([_keys(data=[[1, 2], [3]]), _nums()]), {}, 400, "nested"),
     ("data-not-array", INFER, _doc([_keys(data=5), _nums()]), {}, 400, "JSON array"),
     ("null-in-data", INFER, _doc([_keys(data=[1, None, 3]), _nums()]), {}, 400, "numbers"),
-    ("no-data", INFER, _doc([{"name": "KEYS", "shape": [1, 3], "datatype": "INT64"}, _nums()]),
-     {}, 400, "neither data nor"),
-    ("negative-binary-size", INFER,
-     *_binary({"inputs": [{**BIN_KEYS, "parameters": {"binary_data_size": -24}}, _nums()]},
-              KEYS24), 400, "binary_data_size"),
-    ("binary-without-header-length", INFER,
-     json.dumps({"inputs": [BIN_KEYS, _nums()]}).encode() + KEYS24, {}, 400, "invalid JSON"),
-    ("binary-size-without-header", INFER, _doc([BIN_KEYS, _nums()]), {}, 400,
-     "Inference-Header-Content-Length header"),
-    ("truncated-binary", INFER, *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24[:16]), 400,
-     "truncated"),
-    ("trailing-bytes", INFER, *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24 + b"xx"), 400,
-     "after the last binary input"),
-    ("wrong-binary-size", INFER,
-     *_binary({"inputs": [{**BIN_KEYS, "parameters": {"binary_data_size": 23}}, _nums()]},
-              KEYS24[:23]), 400, "23 bytes"),
-    ("header-length-too-big", INFER, *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24, "99999"),
-     400, "larger than the body"),
-    ("header-length-not-number", INFER, *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24, "ab"),
-     400, "Inference-Header-Content-Length"),
-    ("raw-binary-request", INFER, KEYS24, {"Inference-Header-Content-Length": "0"}, 400,
-     "raw binary"),
-    ("keys-int32", INFER, _doc([_keys(datatype="INT32"), _nums()]), {}, 400,
-     "expected datatype INT64"),
-    ("numkeys-fp32", INFER, _doc([_keys(), _nums(datatype="FP32", data=[2.0, 1.0])]), {}, 400,
-     "NUMKEYS: expected datatype INT32"),
+    (
+        "no-data",
+        INFER,
+        _doc([{"name": "KEYS", "shape": [1, 3], "datatype": "INT64"}, _nums()]),
+        {},
+        400,
+        "neither data nor",
+    ),
+    (
+        "negative-binary-size",
+        INFER,
+        *_binary(
+            {"inputs": [{**BIN_KEYS, "parameters": {"binary_data_size": -24}}, _nums()]}, KEYS24
+        ),
+        400,
+        "binary_data_size",
+    ),
+    (
+        "binary-without-header-length",
+        INFER,
+        json.dumps({"inputs": [BIN_KEYS, _nums()]}).encode() + KEYS24,
+        {},
+        400,
+        "invalid JSON",
+    ),
+    (
+        "binary-size-without-header",
+        INFER,
+        _doc([BIN_KEYS, _nums()]),
+        {},
+        400,
+        "Inference-Header-Content-Length header",
+    ),
+    (
+        "truncated-binary",
+        INFER,
+        *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24[:16]),
+        400,
+        "truncated",
+    ),
+    (
+        "trailing-bytes",
+        INFER,
+        *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24 + b"xx"),
+        400,
+        "after the last binary input",
+    ),
+    (
+        "wrong-binary-size",
+        INFER,
+        *_binary(
+            {"inputs": [{**BIN_KEYS, "parameters": {"binary_data_size": 23}}, _nums()]}, KEYS24[:23]
+        ),
+        400,
+        "23 bytes",
+    ),
+    (
+        "header-length-too-big",
+        INFER,
+        *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24, "99999"),
+        400,
+        "larger than the body",
+    ),
+    (
+        "header-length-not-number",
+        INFER,
+        *_binary({"inputs": [BIN_KEYS, _nums()]}, KEYS24, "ab"),
+        400,
+        "Inference-Header-Content-Length",
+    ),
+    (
+        "raw-binary-request",
+        INFER,
+        KEYS24,
+        {"Inference-Header-Content-Length": "0"},
+        400,
+        "raw binary",
+    ),
+    (
+        "keys-int32",
+        INFER,
+        _doc([_keys(datatype="INT32"), _nums()]),
+        {},
+        400,
+        "expected datatype INT64",
+    ),
+    (
+        "numkeys-fp32",
+        INFER,
+        _doc([_keys(), _nums(datatype="FP32", data=[2.0, 1.0])]),
+        {},
+        400,
+        "NUMKEYS: expected datatype INT32",
+    ),
     ("keys-batch-2", INFER, _doc([_keys(shape=[3, 1]), _nums()]), {}, 400, "KEYS: shape"),
-    ("numkeys-wrong-length", INFER, _doc([_keys(), _nums(shape=[1, 3], data=[1, 1, 1])]), {},
-     400, "2 table(s)"),
+    (
+        "numkeys-wrong-length",
+        INFER,
+        _doc([_keys(), _nums(shape=[1, 3], data=[1, 1, 1])]),
+        {},
+        400,
+        "2 table(s)",
+    ),
     ("numkeys-wrong-sum", INFER, _doc([_keys(), _nums(data=[1, 1])]), {}, 400, "sum to 2"),
     ("numkeys-negative", INFER, _doc([_keys(), _nums(data=[4, -1])]), {}, 400, "non-negative"),
     ("missing-numkeys", INFER, _doc([_keys()]), {}, 400, "missing input"),
-    ("unknown-input", INFER, _doc([_keys(), _nums(), {**_nums(), "name": "EXTRA"}]), {}, 400,
-     "no input 'EXTRA'"),
+    (
+        "unknown-input",
+        INFER,
+        _doc([_keys(), _nums(), {**_nums(), "name": "EXTRA"}]),
+        {},
+        400,
+        "no input 'EXTRA'",
+    ),
     ("unknown-output", INFER, _doc(outputs=[{"name": "OUTPUT9"}]), {}, 400, "no output"),
-    ("output-binary-not-bool", INFER,
-     _doc(outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": "yes"}}]), {}, 400,
-     "binary_data"),
-    ("binary-output-not-bool", INFER, _doc(parameters={"binary_data_output": 1}), {}, 400,
-     "binary_data_output"),
+    (
+        "output-binary-not-bool",
+        INFER,
+        _doc(outputs=[{"name": "OUTPUT0", "parameters": {"binary_data": "yes"}}]),
+        {},
+        400,
+        "binary_data",
+    ),
+    (
+        "binary-output-not-bool",
+        INFER,
+        _doc(parameters={"binary_data_output": 1}),
+        {},
+        400,
+        "binary_data_output",
+    ),
     ("id-not-string", INFER, _doc(id=7), {}, 400, "id"),
     ("parameters-not-object", INFER, _doc(parameters=[1]), {}, 400, "parameters"),
-    ("above-max-batch-size", INFER,
-     _doc([_keys(shape=[1, 513], data=list(range(513))), _nums(data=[300, 213])]), {}, 400,
-     "max_batch_size 256"),
+    (
+        "above-max-batch-size",
+        INFER,
+        _doc([_keys(shape=[1, 513], data=list(range(513))), _nums(data=[300, 213])]),
+        {},
+        400,
+        "max_batch_size 256",
+    ),
     ("unknown-model", "/v2/models/nope/infer", _doc(), {}, 404, "unknown model 'nope'"),
     ("unknown-version", "/v2/models/m/versions/7/infer", _doc(), {}, 404, "no version '7'"),
     ("unknown-path", "/v2/nothing", _doc(), {}, 404, "no endpoint"),
     ("too-large", INFER, b"{" + b" " * (LIMIT + 10) + b"}", {}, 413, "limit"),
-    ("gzip-bomb", INFER, gzip.compress(b"{" + b" " * (4 * LIMIT) + b"}"),
-     {"Content-Encoding": "gzip"}, 413, "limit"),
+    (
+        "gzip-bomb",
+        INFER,
+        gzip.compress(b"{" + b" " * (4 * LIMIT) + b"}"),
+        {"Content-Encoding": "gzip"},
+        413,
+        "limit",
+    ),
 ]
 
 
@@ -170,8 +294,9 @@ def test_wrong_method_is_405_in_json(setup):
     assert status == 405 and "not allowed" in json.loads(body)["error"]
 
 
-def _grpc_request(*inputs, raw=None, outputs=(), model="m", version="") -> \
-        service_pb2.ModelInferRequest:
+def _grpc_request(
+    *inputs, raw=None, outputs=(), model="m", version=""
+) -> service_pb2.ModelInferRequest:
     request = service_pb2.ModelInferRequest(model_name=model, model_version=version)
     for name, datatype, shape, contents in inputs:
         tensor = request.inputs.add(name=name, datatype=datatype, shape=shape)
@@ -193,63 +318,173 @@ GRPC_CASES = [
     ("unknown-model", _grpc_request(K, N, raw=RAW, model="nope"), "NOT_FOUND", "unknown model"),
     ("unknown-version", _grpc_request(K, N, raw=RAW, version="3"), "NOT_FOUND", "no version"),
     ("no-inputs", _grpc_request(), "INVALID_ARGUMENT", "non-empty"),
-    ("raw-count-mismatch", _grpc_request(K, N, raw=RAW[:1]), "INVALID_ARGUMENT",
-     "raw_input_contents has 1"),
-    ("unknown-datatype", _grpc_request(("KEYS", "INT65", [1, 3], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "unknown datatype"),
-    ("bytes-datatype", _grpc_request(("KEYS", "BYTES", [1, 3], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "not supported"),
-    ("negative-dim", _grpc_request(("KEYS", "INT64", [1, -3], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "dimension 1"),
-    ("huge-dim", _grpc_request(("KEYS", "INT64", [2**40, 2**40], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "must be in"),
-    ("too-many-dims", _grpc_request(("KEYS", "INT64", [1] * 17, None), N, raw=RAW),
-     "INVALID_ARGUMENT", "dimensions"),
-    ("raw-size-mismatch", _grpc_request(K, N, raw=[KEYS24[:20], RAW[1]]), "INVALID_ARGUMENT",
-     "20 bytes"),
-    ("typed-count-mismatch", _grpc_request(("KEYS", "INT64", [1, 3], {"int64_contents": [1]}),
-                                           ("NUMKEYS", "INT32", [1, 2], {"int_contents": [1, 0]})),
-     "INVALID_ARGUMENT", "needs 3"),
-    ("typed-wrong-field", _grpc_request(("KEYS", "INT64", [1, 3], {"fp32_contents": [1, 2, 3]}),
-                                        ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]})),
-     "INVALID_ARGUMENT", "int64_contents"),
-    ("mixed-raw-and-typed", _grpc_request(("KEYS", "INT64", [1, 3], {"int64_contents": [1, 2, 3]}),
-                                          N, raw=RAW), "INVALID_ARGUMENT", "mixed"),
-    ("duplicate-input", _grpc_request(K, K, raw=[KEYS24, KEYS24]), "INVALID_ARGUMENT",
-     "given twice"),
-    ("empty-name", _grpc_request(("", "INT64", [1, 3], None), N, raw=RAW), "INVALID_ARGUMENT",
-     "name"),
-    ("keys-int32", _grpc_request(("KEYS", "INT32", [1, 6], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "expected datatype INT64"),
-    ("numkeys-wrong-sum", _grpc_request(K, N, raw=[KEYS24, np.array([1, 1], np.int32).tobytes()]),
-     "INVALID_ARGUMENT", "sum to 2"),
-    ("numkeys-wrong-length", _grpc_request(K, ("NUMKEYS", "INT32", [1, 3], None),
-                                           raw=[KEYS24, np.array([1, 1, 1], np.int32).tobytes()]),
-     "INVALID_ARGUMENT", "2 table(s)"),
-    ("numkeys-negative", _grpc_request(K, N, raw=[KEYS24, np.array([4, -1], np.int32).tobytes()]),
-     "INVALID_ARGUMENT", "non-negative"),
+    (
+        "raw-count-mismatch",
+        _grpc_request(K, N, raw=RAW[:1]),
+        "INVALID_ARGUMENT",
+        "raw_input_contents has 1",
+    ),
+    (
+        "unknown-datatype",
+        _grpc_request(("KEYS", "INT65", [1, 3], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "unknown datatype",
+    ),
+    (
+        "bytes-datatype",
+        _grpc_request(("KEYS", "BYTES", [1, 3], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "not supported",
+    ),
+    (
+        "negative-dim",
+        _grpc_request(("KEYS", "INT64", [1, -3], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "dimension 1",
+    ),
+    (
+        "huge-dim",
+        _grpc_request(("KEYS", "INT64", [2**40, 2**40], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "must be in",
+    ),
+    (
+        "too-many-dims",
+        _grpc_request(("KEYS", "INT64", [1] * 17, None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "dimensions",
+    ),
+    (
+        "raw-size-mismatch",
+        _grpc_request(K, N, raw=[KEYS24[:20], RAW[1]]),
+        "INVALID_ARGUMENT",
+        "20 bytes",
+    ),
+    (
+        "typed-count-mismatch",
+        _grpc_request(
+            ("KEYS", "INT64", [1, 3], {"int64_contents": [1]}),
+            ("NUMKEYS", "INT32", [1, 2], {"int_contents": [1, 0]}),
+        ),
+        "INVALID_ARGUMENT",
+        "needs 3",
+    ),
+    (
+        "typed-wrong-field",
+        _grpc_request(
+            ("KEYS", "INT64", [1, 3], {"fp32_contents": [1, 2, 3]}),
+            ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]}),
+        ),
+        "INVALID_ARGUMENT",
+        "int64_contents",
+    ),
+    (
+        "mixed-raw-and-typed",
+        _grpc_request(("KEYS", "INT64", [1, 3], {"int64_contents": [1, 2, 3]}), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "mixed",
+    ),
+    (
+        "duplicate-input",
+        _grpc_request(K, K, raw=[KEYS24, KEYS24]),
+        "INVALID_ARGUMENT",
+        "given twice",
+    ),
+    (
+        "empty-name",
+        _grpc_request(("", "INT64", [1, 3], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "name",
+    ),
+    (
+        "keys-int32",
+        _grpc_request(("KEYS", "INT32", [1, 6], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "expected datatype INT64",
+    ),
+    (
+        "numkeys-wrong-sum",
+        _grpc_request(K, N, raw=[KEYS24, np.array([1, 1], np.int32).tobytes()]),
+        "INVALID_ARGUMENT",
+        "sum to 2",
+    ),
+    (
+        "numkeys-wrong-length",
+        _grpc_request(
+            K,
+            ("NUMKEYS", "INT32", [1, 3], None),
+            raw=[KEYS24, np.array([1, 1, 1], np.int32).tobytes()],
+        ),
+        "INVALID_ARGUMENT",
+        "2 table(s)",
+    ),
+    (
+        "numkeys-negative",
+        _grpc_request(K, N, raw=[KEYS24, np.array([4, -1], np.int32).tobytes()]),
+        "INVALID_ARGUMENT",
+        "non-negative",
+    ),
     ("missing-numkeys", _grpc_request(K, raw=RAW[:1]), "INVALID_ARGUMENT", "missing input"),
-    ("unknown-output", _grpc_request(K, N, raw=RAW, outputs=["OUT9"]), "INVALID_ARGUMENT",
-     "no output"),
-    ("duplicate-output", _grpc_request(K, N, raw=RAW, outputs=["OUTPUT0", "OUTPUT0"]),
-     "INVALID_ARGUMENT", "twice"),
-    ("above-max-batch-size", _grpc_request(("KEYS", "INT64", [1, 600], None),
-                                           N, raw=[np.arange(600).tobytes(),
-                                                   np.array([300, 300], np.int32).tobytes()]),
-     "INVALID_ARGUMENT", "max_batch_size 256"),
-    ("fp16-typed", _grpc_request(("KEYS", "FP16", [1, 3], {"fp32_contents": [1, 2, 3]}),
-                                 ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]})),
-     "INVALID_ARGUMENT", "needs raw_input_contents"),
-    ("int8-out-of-range", _grpc_request(("KEYS", "INT8", [1, 3], {"int_contents": [1, 300, 3]}),
-                                        ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]})),
-     "INVALID_ARGUMENT", "out of range"),
-    ("bool-raw-not-0-or-1", _grpc_request(("KEYS", "BOOL", [1, 3], None), N,
-                                          raw=[b"\x01\x02\x00", RAW[1]]),
-     "INVALID_ARGUMENT", "0 or 1"),
-    ("keys-batch-2", _grpc_request(("KEYS", "INT64", [3, 1], None), N, raw=RAW),
-     "INVALID_ARGUMENT", "KEYS: shape"),
-    ("too-large", _grpc_request(("KEYS", "INT64", [1, LIMIT // 8 + 8], None), N,
-                                raw=[bytes(LIMIT + 64), RAW[1]]), "RESOURCE_EXHAUSTED", ""),
+    (
+        "unknown-output",
+        _grpc_request(K, N, raw=RAW, outputs=["OUT9"]),
+        "INVALID_ARGUMENT",
+        "no output",
+    ),
+    (
+        "duplicate-output",
+        _grpc_request(K, N, raw=RAW, outputs=["OUTPUT0", "OUTPUT0"]),
+        "INVALID_ARGUMENT",
+        "twice",
+    ),
+    (
+        "above-max-batch-size",
+        _grpc_request(
+            ("KEYS", "INT64", [1, 600], None),
+            N,
+            raw=[np.arange(600).tobytes(), np.array([300, 300], np.int32).tobytes()],
+        ),
+        "INVALID_ARGUMENT",
+        "max_batch_size 256",
+    ),
+    (
+        "fp16-typed",
+        _grpc_request(
+            ("KEYS", "FP16", [1, 3], {"fp32_contents": [1, 2, 3]}),
+            ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]}),
+        ),
+        "INVALID_ARGUMENT",
+        "needs raw_input_contents",
+    ),
+    (
+        "int8-out-of-range",
+        _grpc_request(
+            ("KEYS", "INT8", [1, 3], {"int_contents": [1, 300, 3]}),
+            ("NUMKEYS", "INT32", [1, 2], {"int_contents": [2, 1]}),
+        ),
+        "INVALID_ARGUMENT",
+        "out of range",
+    ),
+    (
+        "bool-raw-not-0-or-1",
+        _grpc_request(("KEYS", "BOOL", [1, 3], None), N, raw=[b"\x01\x02\x00", RAW[1]]),
+        "INVALID_ARGUMENT",
+        "0 or 1",
+    ),
+    (
+        "keys-batch-2",
+        _grpc_request(("KEYS", "INT64", [3, 1], None), N, raw=RAW),
+        "INVALID_ARGUMENT",
+        "KEYS: shape",
+    ),
+    (
+        "too-large",
+        _grpc_request(
+            ("KEYS", "INT64", [1, LIMIT // 8 + 8], None), N, raw=[bytes(LIMIT + 64), RAW[1]]
+        ),
+        "RESOURCE_EXHAUSTED",
+        "",
+    ),
 ]
 
 
@@ -275,8 +510,10 @@ def test_malformed_grpc_requests_get_a_clear_status(stub, case):
 
 
 def test_grpc_unknown_model_metadata_and_config(stub):
-    for call, request in ((stub.ModelMetadata, service_pb2.ModelMetadataRequest(name="x")),
-                          (stub.ModelConfig, service_pb2.ModelConfigRequest(name="x"))):
+    for call, request in (
+        (stub.ModelMetadata, service_pb2.ModelMetadataRequest(name="x")),
+        (stub.ModelConfig, service_pb2.ModelConfigRequest(name="x")),
+    ):
         with pytest.raises(grpc.RpcError) as err:
             call(request, timeout=30)
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
@@ -302,6 +539,7 @@ def test_healthy_and_exact_after_the_corpus(setup, stub):
 def test_ten_thousand_requests_at_concurrency_16_without_errors(setup):
     """HTTP keep-alive connections (binary) and tritonclient.grpc clients, 16 at once."""
     import http.client
+
     server, runtime = setup
     rng = np.random.default_rng(3)
     cases = []
@@ -324,12 +562,16 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(setup):
             for i in range(index, total, threads_n):
                 keys, counts, expected = cases[i % len(cases)]
                 if use_grpc:
-                    got = client.infer("m", lookup_inputs(tgrpc, keys, counts)).as_numpy(
-                        "OUTPUT0").reshape(-1)
+                    got = (
+                        client.infer("m", lookup_inputs(tgrpc, keys, counts))
+                        .as_numpy("OUTPUT0")
+                        .reshape(-1)
+                    )
                 else:
                     body, headers = binary_lookup_body(keys, counts)
-                    status, resp_headers, data = http_post(server.http, INFER, body, headers,
-                                                           conn=conn)
+                    status, resp_headers, data = http_post(
+                        server.http, INFER, body, headers, conn=conn
+                    )
                     if status != 200:
                         errors.append(f"HTTP {status}: {data[:200]!r}")
                         continue

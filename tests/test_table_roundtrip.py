@@ -7,12 +7,18 @@ import zlib
 
 import numpy as np
 import pytest
+from hps_cli.runtime.table import (
+    KEY_FILE,
+    SIDECAR_FILE,
+    VECTOR_FILE,
+    TableReader,
+    TableWriter,
+    read_sidecar,
+    write_table,
+)
+from hps_cli.runtime.table.layout import EMPTY_KEY_INT64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from hps_cli.runtime.table import (KEY_FILE, SIDECAR_FILE, VECTOR_FILE, TableReader, TableWriter,
-                                   read_sidecar, write_table)
-from hps_cli.runtime.table.layout import EMPTY_KEY_INT64
 
 keys_strategy = st.integers(min_value=-(2**63), max_value=2**63 - 2)
 
@@ -25,14 +31,19 @@ def table_data(draw):
     raw = draw(st.binary(min_size=n * dim * 4, max_size=n * dim * 4))
     vectors = np.frombuffer(raw, dtype="<f4").reshape(n, dim)  # any bit pattern, NaNs included
     with_meta = draw(st.booleans())
-    meta = np.array(draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n)),
-                    dtype=np.int64) if with_meta else None
+    meta = (
+        np.array(draw(st.lists(st.integers(0, 2**40), min_size=n, max_size=n)), dtype=np.int64)
+        if with_meta
+        else None
+    )
     append_rows = draw(st.integers(min_value=1, max_value=n))
     read_rows = draw(st.integers(min_value=1, max_value=n + 5))
     return keys, vectors, meta, append_rows, read_rows
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(data=table_data())
 def test_round_trip_is_bit_exact(tmp_path_factory, data):
     keys, vectors, meta, append_rows, read_rows = data
@@ -40,8 +51,9 @@ def test_round_trip_is_bit_exact(tmp_path_factory, data):
     writer = TableWriter(dest, vectors.shape[1], with_meta=meta is not None)
     for start in range(0, keys.size, append_rows):
         stop = start + append_rows
-        writer.append(keys[start:stop], vectors[start:stop],
-                      None if meta is None else meta[start:stop])
+        writer.append(
+            keys[start:stop], vectors[start:stop], None if meta is None else meta[start:stop]
+        )
     summary = writer.commit()
     assert summary.num_keys == keys.size and summary.dim == vectors.shape[1]
 
@@ -58,8 +70,9 @@ def test_round_trip_is_bit_exact(tmp_path_factory, data):
             if chunk.meta is not None:
                 got_meta.append(chunk.meta.copy())
         np.testing.assert_array_equal(np.concatenate(got_keys), keys)
-        np.testing.assert_array_equal(np.concatenate(got_vecs).view(np.uint32),
-                                      vectors.view(np.uint32))
+        np.testing.assert_array_equal(
+            np.concatenate(got_vecs).view(np.uint32), vectors.view(np.uint32)
+        )
         if meta is not None:
             np.testing.assert_array_equal(np.concatenate(got_meta), meta)
         else:
@@ -92,19 +105,25 @@ def test_writer_converts_dtypes(tmp_path):
         np.testing.assert_array_equal(reader.vectors(), vectors.astype(np.float32))
 
 
-@pytest.mark.parametrize("bad_keys, message", [
-    (np.array([1, EMPTY_KEY_INT64]), "empty-slot marker"),
-    (np.array([1, 2**63 + 5], dtype=np.uint64), "does not fit int64"),
-    (np.array([[1, 2]]), "1-D"),
-    (np.array([1.0, 2.0]), "integers"),
-])
+@pytest.mark.parametrize(
+    "bad_keys, message",
+    [
+        (np.array([1, EMPTY_KEY_INT64]), "empty-slot marker"),
+        (np.array([1, 2**63 + 5], dtype=np.uint64), "does not fit int64"),
+        (np.array([[1, 2]]), "1-D"),
+        (np.array([1.0, 2.0]), "integers"),
+    ],
+)
 def test_writer_rejects_bad_keys_and_leaves_nothing(tmp_path, bad_keys, message):
     from hps_cli.runtime.errors import InvalidInputError
 
     dest = tmp_path / "t"
     with pytest.raises(InvalidInputError, match=message):
-        write_table(dest, bad_keys, np.zeros((bad_keys.shape[-1] if bad_keys.ndim == 2 else
-                                              bad_keys.size, 4), np.float32))
+        write_table(
+            dest,
+            bad_keys,
+            np.zeros((bad_keys.shape[-1] if bad_keys.ndim == 2 else bad_keys.size, 4), np.float32),
+        )
     assert not dest.exists()
     assert list(tmp_path.iterdir()) == []  # no hidden temporary folder either
 
@@ -159,9 +178,12 @@ def test_reader_chunks_release_pages_but_stay_correct(tmp_path, rng):
     with TableReader(tmp_path / "t") as reader:
         seen = 0
         for chunk in reader.chunks(777):
-            np.testing.assert_array_equal(chunk.keys, keys[chunk.start:chunk.start + chunk.keys.size])
-            np.testing.assert_array_equal(chunk.vectors,
-                                          vectors[chunk.start:chunk.start + chunk.keys.size])
+            np.testing.assert_array_equal(
+                chunk.keys, keys[chunk.start : chunk.start + chunk.keys.size]
+            )
+            np.testing.assert_array_equal(
+                chunk.vectors, vectors[chunk.start : chunk.start + chunk.keys.size]
+            )
             seen += chunk.keys.size
         assert seen == 50_000
         rows = reader.read_rows(49_990, 100)

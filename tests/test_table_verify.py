@@ -6,9 +6,13 @@ import json
 
 import numpy as np
 import pytest
-
-from hps_cli.runtime.table import (DuplicateCounter, TableReader, table_info, verify_table,
-                                   write_table)
+from hps_cli.runtime.table import (
+    DuplicateCounter,
+    TableReader,
+    table_info,
+    verify_table,
+    write_table,
+)
 from hps_cli.runtime.table.layout import EMPTY_KEY_INT64
 
 
@@ -31,7 +35,9 @@ def test_valid_table_passes(tmp_path):
     report = verify_table(t, 8, scan_values=True)
     assert report.ok, report.defects
     assert report.num_keys == 100 and report.dim == 8
-    assert report.duplicates.extra_rows == 0 and report.sentinel_keys == 0 and report.non_finite == 0
+    assert (
+        report.duplicates.extra_rows == 0 and report.sentinel_keys == 0 and report.non_finite == 0
+    )
 
 
 def test_dim_is_inferred_when_unambiguous(tmp_path):
@@ -42,7 +48,7 @@ def test_dim_is_inferred_when_unambiguous(tmp_path):
 def test_truncated_emb_vector(tmp_path):
     t = _raw_table(tmp_path / "t", np.arange(10), np.ones((10, 8)))
     data = (t / "emb_vector").read_bytes()
-    (t / "emb_vector").write_bytes(data[:-4 * 5])  # lose the last 5 floats
+    (t / "emb_vector").write_bytes(data[: -4 * 5])  # lose the last 5 floats
     report = verify_table(t, 8)
     assert _codes(report) == ["vector_size"]
     assert "10 keys × dim 8" in report.defects[0].message
@@ -173,6 +179,7 @@ def test_duplicate_counter_splits_oversized_partitions(tmp_path, rng):
 
 # --- the CLI on the same defects -------------------------------------------------------------
 
+
 def test_cli_verify_exit_codes_and_json(tmp_path, hps):
     good = _raw_table(tmp_path / "good", np.arange(10), np.ones((10, 4)))
     keys = np.arange(10)
@@ -201,7 +208,9 @@ def test_cli_info_json(tmp_path, hps):
 
 def test_cli_generate_then_verify(tmp_path, hps):
     dest = tmp_path / "g"
-    res = hps("table", "generate", str(dest), "--keys", "5000", "--dim", "12", "--meta", "--shuffle")
+    res = hps(
+        "table", "generate", str(dest), "--keys", "5000", "--dim", "12", "--meta", "--shuffle"
+    )
     assert res.returncode == 0, res.stderr
     assert hps("table", "verify", str(dest), "--dim", "12").returncode == 0
     again = hps("table", "generate", str(dest), "--keys", "5", "--dim", "2")

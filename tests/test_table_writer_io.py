@@ -9,11 +9,10 @@ import os
 import zlib
 from pathlib import Path
 
-import numpy as np
-import pytest
-
 import hps_cli.runtime.direct_io as direct_io
 import hps_cli.runtime.table.writer as writer_module
+import numpy as np
+import pytest
 from hps_cli.runtime.errors import HpsError
 from hps_cli.runtime.table import TableReader, TableWriter, read_sidecar
 
@@ -52,7 +51,7 @@ def _unaligned_copy(array: np.ndarray, shift: int) -> np.ndarray:
     """The same values in memory that starts `shift` bytes past a 4 KiB boundary."""
     raw = np.empty(array.nbytes + 8192, np.uint8)
     start = (-raw.ctypes.data % 4096) + shift
-    out = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    out = raw[start : start + array.nbytes].view(array.dtype).reshape(array.shape)
     out[...] = array
     return out
 
@@ -73,8 +72,10 @@ def test_direct_writes_are_bit_exact_for_any_chunking_and_alignment(direct_dir, 
         while first < n:
             count = min(sizes[i % len(sizes)], n - first)
             shift = (0, 8, 4, 3000)[i % 4]
-            w.append(_unaligned_copy(keys[first:first + count], shift),
-                     _unaligned_copy(vectors[first:first + count], shift))
+            w.append(
+                _unaligned_copy(keys[first : first + count], shift),
+                _unaligned_copy(vectors[first : first + count], shift),
+            )
             first, i = first + count, i + 1
     assert (dest / "emb_vector").stat().st_size == n * dim * 4  # trimmed to what was written
     with TableReader(dest) as r:
@@ -181,7 +182,7 @@ def test_o_direct_writes_refused_after_open_fall_back_to_buffered(direct_dir, mo
     vectors = rng.standard_normal((3000, 3), dtype=np.float32)
     with TableWriter(direct_dir / "t", 3, expected_rows=3000) as w:
         for start in range(0, 3000, 700):  # 8400-byte chunks: the stage fills mid-chunk
-            w.append(keys[start:start + 700], vectors[start:start + 700])
+            w.append(keys[start : start + 700], vectors[start : start + 700])
         assert not w._vectors.file.is_direct
     assert refused
     with TableReader(direct_dir / "t") as r:

@@ -32,13 +32,22 @@ FLAVOURS = ("keras3", "tf_keras")
 
 
 def _config(folder, name: str, supportlonglong: bool) -> str:
-    doc = {"supportlonglong": supportlonglong, "models": [{
-        "model": "demo", "sparse_files": ["big", "small"],
-        "embedding_table_names": ["big", "small"],
-        "embedding_vecsize_per_table": [DIM, SMALL_DIM],
-        "maxnum_catfeature_query_per_table_per_sample": list(PER_SAMPLE),
-        "default_value_for_each_table": [0.0, 0.5], "deployed_device_list": [0],
-        "max_batch_size": MAX_BATCH, "hit_rate_threshold": 1.0}]}
+    doc = {
+        "supportlonglong": supportlonglong,
+        "models": [
+            {
+                "model": "demo",
+                "sparse_files": ["big", "small"],
+                "embedding_table_names": ["big", "small"],
+                "embedding_vecsize_per_table": [DIM, SMALL_DIM],
+                "maxnum_catfeature_query_per_table_per_sample": list(PER_SAMPLE),
+                "default_value_for_each_table": [0.0, 0.5],
+                "deployed_device_list": [0],
+                "max_batch_size": MAX_BATCH,
+                "hit_rate_threshold": 1.0,
+            }
+        ],
+    }
     path = folder / name
     path.write_text(json.dumps(doc))
     return str(path)
@@ -52,8 +61,13 @@ def weights(tmp_path_factory):
     small = rng.normal(size=(SMALL_VOCAB, SMALL_DIM)).astype(np.float32)
     write_table(folder / "big", np.arange(VOCAB), big)
     write_table(folder / "small", np.arange(SMALL_VOCAB), small)
-    return {"big": big, "small": small, "long": _config(folder, "ps.json", True),
-            "short": _config(folder, "ps32.json", False), "folder": folder}
+    return {
+        "big": big,
+        "small": small,
+        "long": _config(folder, "ps.json", True),
+        "short": _config(folder, "ps32.json", False),
+        "folder": folder,
+    }
 
 
 @pytest.fixture
@@ -70,16 +84,18 @@ def _layers(flavour: str):
 
 
 def _lookup_layer(flavour, table_id=0, dim=DIM, **kwargs):
-    return _layers(flavour).LookupLayer(model_name="demo", table_id=table_id, emb_vec_size=dim,
-                                        emb_vec_dtype=tf.float32, **kwargs)
+    return _layers(flavour).LookupLayer(
+        model_name="demo", table_id=table_id, emb_vec_size=dim, emb_vec_dtype=tf.float32, **kwargs
+    )
 
 
 def _sparse(rows: list[list[int]], weights_of=None, width: int = 5):
     indices = [[r, j] for r, row in enumerate(rows) for j in range(len(row))]
     values = [v for row in rows for v in row]
     shape = [len(rows), width]
-    ids = tf.SparseTensor(tf.constant(indices, tf.int64, [len(indices), 2]),
-                          tf.constant(values, tf.int64), shape)
+    ids = tf.SparseTensor(
+        tf.constant(indices, tf.int64, [len(indices), 2]), tf.constant(values, tf.int64), shape
+    )
     if weights_of is None:
         return ids, None
     w = [weights_of(r, j) for r, row in enumerate(rows) for j in range(len(row))]
@@ -103,8 +119,9 @@ def test_lookup_equals_embedding_lookup(runtime, shape, max_norm):
     np.testing.assert_allclose(got.numpy(), want, rtol=0, atol=1e-7)
     graph = tf.function(lambda x: layer(x, max_norm=max_norm))
     np.testing.assert_allclose(graph(ids).numpy(), want, rtol=0, atol=1e-7)
-    assert graph.get_concrete_function(ids).structured_outputs.shape.as_list() == \
-        list(shape) + [DIM]  # static shape, last dim known
+    assert graph.get_concrete_function(ids).structured_outputs.shape.as_list() == list(shape) + [
+        DIM
+    ]  # static shape, last dim known
 
 
 @pytest.mark.parametrize("flavour", FLAVOURS)
@@ -135,8 +152,9 @@ ROWS = [[5, 7, 5], [], [199, 0], [3], [8, 8, 8, 1], []]  # duplicates, empty row
 @pytest.mark.parametrize("max_norm", [None, 0.9])
 def test_sparse_lookup_equals_embedding_lookup_sparse(runtime, combiner, weighted, max_norm):
     sp_ids, sp_weights = _sparse(ROWS, (lambda r, j: 0.5 + r - 0.25 * j) if weighted else None)
-    want = tf.nn.embedding_lookup_sparse(runtime["big"], sp_ids, sp_weights, combiner=combiner,
-                                         max_norm=max_norm).numpy()
+    want = tf.nn.embedding_lookup_sparse(
+        runtime["big"], sp_ids, sp_weights, combiner=combiner, max_norm=max_norm
+    ).numpy()
     assert want.shape == (5, DIM)  # TF drops the trailing empty row; so must we
     layer = _layers("keras3").SparseLookupLayer("demo", 0, DIM, tf.float32)
     got = layer(sp_ids, sp_weights, combiner=combiner, max_norm=max_norm).numpy()
@@ -180,11 +198,17 @@ def test_sparse_layer_rejects_bad_combiner_and_dense_input(runtime):
 # ------------------------------------------------------------------ checks and errors
 
 
-@pytest.mark.parametrize("args,message", [
-    ({"table_id": 2}, "table_id 2 is out of range: model 'demo' has 2 table"),
-    ({"emb_vec_size": 16}, r"emb_vec_size 16 does not match embedding_vecsize_per_table\[0\] = 8"),
-    ({"model_name": "other"}, "no model 'other'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ({"table_id": 2}, "table_id 2 is out of range: model 'demo' has 2 table"),
+        (
+            {"emb_vec_size": 16},
+            r"emb_vec_size 16 does not match embedding_vecsize_per_table\[0\] = 8",
+        ),
+        ({"model_name": "other"}, "no model 'other'"),
+    ],
+)
 def test_wrong_table_dim_or_model_is_a_clear_error(runtime, args, message):
     kwargs = {"model_name": "demo", "table_id": 0, "emb_vec_size": DIM, **args}
     layer = _layers("keras3").LookupLayer(emb_vec_dtype=tf.float32, **kwargs)
@@ -196,16 +220,19 @@ def test_vector_dtype_and_key_dtype_are_checked(runtime):
     with pytest.raises(ValueError, match="emb_vec_dtype must be float32"):
         _layers("keras3").LookupLayer("demo", 0, DIM, tf.float16)
     layer = _lookup_layer("keras3")
-    with pytest.raises(InvalidInputError, match="ids of dtype int32 do not match supportlonglong "
-                       "true"):
+    with pytest.raises(
+        InvalidInputError, match="ids of dtype int32 do not match supportlonglong true"
+    ):
         layer(tf.constant([1, 2], tf.int32))
 
 
 def test_batch_above_the_limit_is_refused_eagerly_and_in_graphs(runtime):
     layer = _lookup_layer("keras3", table_id=1, dim=SMALL_DIM)  # limit 8 x 3 = 24 keys
     layer(tf.zeros([MAX_BATCH, 3], tf.int64))  # exactly at the limit
-    message = "25 keys in one lookup exceed max_batch_size x " \
+    message = (
+        "25 keys in one lookup exceed max_batch_size x "
         r"maxnum_catfeature_query_per_table_per_sample\[1\] = 8 x 3 = 24"
+    )
     with pytest.raises(InvalidInputError, match=message):
         layer(tf.zeros([25], tf.int64))
     graph = tf.function(lambda x: layer(x))
@@ -220,8 +247,9 @@ def test_32_bit_keys_when_supportlonglong_is_false(weights):
         layer = _lookup_layer("keras3")
         got = layer(tf.constant([[3, 199]], tf.int32)).numpy()
         np.testing.assert_array_equal(got[0], weights["big"][[3, 199]])
-        with pytest.raises(InvalidInputError, match="ids of dtype int64 do not match "
-                           "supportlonglong false"):
+        with pytest.raises(
+            InvalidInputError, match="ids of dtype int64 do not match supportlonglong false"
+        ):
             layer(tf.constant([3], tf.int64))
     finally:
         hps.Shutdown()
@@ -252,8 +280,9 @@ def test_lazy_initialization_from_the_layers_config_file(weights):
             _lookup_layer("keras3")(tf.constant([1], tf.int64))
         layer = _lookup_layer("keras3", ps_config_file=weights["long"], global_batch_size=4)
         graph = tf.function(lambda x: layer(x))
-        np.testing.assert_array_equal(graph(tf.constant([9], tf.int64)).numpy()[0],
-                                      weights["big"][9])
+        np.testing.assert_array_equal(
+            graph(tf.constant([9], tf.int64)).numpy()[0], weights["big"][9]
+        )
         from hps_cli.tf import runtime_handle
 
         assert str(runtime_handle.active_path()) == weights["long"]
@@ -264,13 +293,34 @@ def test_lazy_initialization_from_the_layers_config_file(weights):
 @pytest.mark.parametrize("flavour", FLAVOURS)
 def test_config_is_json_and_registered_under_hps(weights, flavour):
     layers = _layers(flavour)
-    layer = layers.LookupLayer("demo", 1, SMALL_DIM, tf.float32, ps_config_file="rel/ps.json",
-                               global_batch_size=4, name="emb")
+    layer = layers.LookupLayer(
+        "demo",
+        1,
+        SMALL_DIM,
+        tf.float32,
+        ps_config_file="rel/ps.json",
+        global_batch_size=4,
+        name="emb",
+    )
     config = json.loads(json.dumps(layer.get_config()))
-    assert {k: config[k] for k in ("model_name", "table_id", "emb_vec_size", "emb_vec_dtype",
-                                   "ps_config_file", "global_batch_size")} == {
-        "model_name": "demo", "table_id": 1, "emb_vec_size": SMALL_DIM,
-        "emb_vec_dtype": "float32", "ps_config_file": "rel/ps.json", "global_batch_size": 4}
+    assert {
+        k: config[k]
+        for k in (
+            "model_name",
+            "table_id",
+            "emb_vec_size",
+            "emb_vec_dtype",
+            "ps_config_file",
+            "global_batch_size",
+        )
+    } == {
+        "model_name": "demo",
+        "table_id": 1,
+        "emb_vec_size": SMALL_DIM,
+        "emb_vec_dtype": "float32",
+        "ps_config_file": "rel/ps.json",
+        "global_batch_size": 4,
+    }
     clone = layers.LookupLayer.from_config(config)
     assert clone.get_config() == layer.get_config() and clone.trainable is False
     for cls in (layers.LookupLayer, layers.SparseLookupLayer, layers.DenseSavedModel):
@@ -280,15 +330,23 @@ def test_config_is_json_and_registered_under_hps(weights, flavour):
 
 
 def test_import_follows_tf_use_legacy_keras_and_prints_nothing():
-    probe = ("import os; before = dict(os.environ)\n"
-             "import hps_cli.tf as hps, tensorflow as tf\n"
-             "base = hps.LookupLayer.__mro__[2]\n"
-             "print(base.__module__.split('.')[0], issubclass(hps.LookupLayer, "
-             "tf.keras.layers.Layer), dict(os.environ) == before)")
+    probe = (
+        "import os; before = dict(os.environ)\n"
+        "import hps_cli.tf as hps, tensorflow as tf\n"
+        "base = hps.LookupLayer.__mro__[2]\n"
+        "print(base.__module__.split('.')[0], issubclass(hps.LookupLayer, "
+        "tf.keras.layers.Layer), dict(os.environ) == before)"
+    )
     for legacy, want in (("0", "keras"), ("1", "tf_keras")):
         env = {**os.environ, "TF_USE_LEGACY_KERAS": legacy}
-        done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
-                              env=env, timeout=120, cwd=REPO)
+        done = subprocess.run(
+            [sys.executable, "-c", probe],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=120,
+            cwd=REPO,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.split() == [want, "True", "True"], done.stdout  # nothing else
 
@@ -314,12 +372,20 @@ def test_init_under_a_mirrored_strategy_checks_the_per_replica_batch(weights):
         "        try:\n"
         "            print(batch, hps.Init(batch, sys.argv[1]))\n"
         "        except Exception as exc:\n"
-        "            print(batch, exc.message)\n")
-    done = subprocess.run([sys.executable, "-c", probe, weights["long"]], capture_output=True,
-                          text=True, timeout=120, cwd=REPO)
+        "            print(batch, exc.message)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe, weights["long"]],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     lines = done.stdout.splitlines()
     assert lines[0] == "15 global_batch_size 15 is not divisible by the 2 replicas in sync"
-    assert lines[1] == "18 global_batch_size 18 exceeds max_batch_size 8 of model 'demo' (9 per " \
+    assert (
+        lines[1] == "18 global_batch_size 18 exceeds max_batch_size 8 of model 'demo' (9 per "
         "replica)"
+    )
     assert lines[2] == "16 OK"

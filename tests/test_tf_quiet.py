@@ -22,7 +22,7 @@ _NOISE = [
 _KEPT = [
     "W0000 00:00:1795839531.5 8748 tf_logging.cc:1] a warning stays\n",
     "E0000 00:00:1795839532.0 8748 cuda_platform.cc:52] failed call to cuInit\n",
-    "{\"level\": \"info\", \"event\": \"listening\"}\n",
+    '{"level": "info", "event": "listening"}\n',
     "Traceback (most recent call last):\n",
     "I0000 is not a log line without its source location\n",
 ]
@@ -34,10 +34,16 @@ def test_only_load_time_info_lines_are_noise():
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:
-    environ = {k: v for k, v in os.environ.items()
-               if k not in ("HPS_DEBUG", "TF_CPP_MIN_LOG_LEVEL")}
-    return subprocess.run([sys.executable, "-c", code], env={**environ, **env},
-                          capture_output=True, text=True, timeout=300)
+    environ = {
+        k: v for k, v in os.environ.items() if k not in ("HPS_DEBUG", "TF_CPP_MIN_LOG_LEVEL")
+    }
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        env={**environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 _WINDOW = """
@@ -68,7 +74,9 @@ def test_hps_debug_shows_everything():
 @pytest.mark.tf
 def test_importing_tensorflow_prints_nothing():
     pytest.importorskip("tensorflow")
-    res = _run("from hps_cli.dissect.tf_support import import_tensorflow\n"
-               "tf = import_tensorflow()\nprint(tf.__version__)")
+    res = _run(
+        "from hps_cli.dissect.tf_support import import_tensorflow\n"
+        "tf = import_tensorflow()\nprint(tf.__version__)"
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() and res.stderr == ""

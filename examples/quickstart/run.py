@@ -45,8 +45,9 @@ def step(title: str) -> None:
 
 def hps(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
     print(f"$ hps {' '.join(shlex.quote(a) for a in args)}", flush=True)
-    return subprocess.run([sys.executable, "-m", "hps_cli", *args], check=True,
-                          capture_output=capture, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "hps_cli", *args], check=True, capture_output=capture, text=True
+    )
 
 
 def train(work: Path):
@@ -74,8 +75,7 @@ def train(work: Path):
     out = keras.layers.Dense(1, activation="sigmoid", name="click")(x)
     model = keras.Model([user_in, item_in, dense_in], out, name="dlrm")
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
-    model.fit([users[:, None], items[:, None], dense], clicks, batch_size=256, epochs=3,
-              verbose=2)
+    model.fit([users[:, None], items[:, None], dense], clicks, batch_size=256, epochs=3, verbose=2)
     path = work / "dlrm.keras"
     model.save(path)
     sample = {"user": users[:64, None], "item": items[:64, None], "dense": dense[:64]}
@@ -86,7 +86,6 @@ def train(work: Path):
 def query(http_url: str, sample: dict, expected, dissected: Path) -> None:
     import numpy as np
     import tritonclient.http as httpclient
-
     from hps_cli.runtime.table import TableReader
 
     client = httpclient.InferenceServerClient(url=http_url)
@@ -101,8 +100,11 @@ def query(http_url: str, sample: dict, expected, dissected: Path) -> None:
     output = result.get_response()["outputs"][0]["name"]
     served = result.as_numpy(output).reshape(expected.shape)
     diff = float(np.max(np.abs(served - expected)))
-    print(f"inference model 'ctr': {served.shape[0]} predictions, max |served - original| = "
-          f"{diff:.2e}", flush=True)
+    print(
+        f"inference model 'ctr': {served.shape[0]} predictions, max |served - original| = "
+        f"{diff:.2e}",
+        flush=True,
+    )
     if diff > 1e-5:
         raise SystemExit("FAILED: served predictions differ from the original model's")
 
@@ -115,8 +117,12 @@ def query(http_url: str, sample: dict, expected, dissected: Path) -> None:
     counts.set_data_from_numpy(np.array([[3, 2]], dtype=np.int32))
     vectors = client.infer("dlrm", [keys, counts]).as_numpy("OUTPUT0").reshape(-1)
     with TableReader(dissected / "user_emb") as users, TableReader(dissected / "item_emb") as items:
-        want = np.concatenate([np.asarray(users.vectors())[user_keys].reshape(-1),
-                               np.asarray(items.vectors())[item_keys].reshape(-1)])
+        want = np.concatenate(
+            [
+                np.asarray(users.vectors())[user_keys].reshape(-1),
+                np.asarray(items.vectors())[item_keys].reshape(-1),
+            ]
+        )
     if not np.array_equal(vectors, want):
         raise SystemExit("FAILED: the lookup model's vectors differ from the tables")
     print("lookup model 'dlrm': 5 keys over 2 tables equal the table rows", flush=True)
@@ -148,23 +154,41 @@ def main() -> None:
         # ("dlrm") is also served as a lookup model under its own name.
         hps("build-graph", str(dissected), str(repo / "ctr"))
 
-        step("5. a serving config on the embedded default tiers (hash map + RocksDB), "
-             "benchmarked in process, then served")
+        step(
+            "5. a serving config on the embedded default tiers (hash map + RocksDB), "
+            "benchmarked in process, then served"
+        )
         config = json.loads((repo / "ctr" / "ps.json").read_text())
         for i, path in enumerate(config["models"][0]["sparse_files"]):
             config["models"][0]["sparse_files"][i] = str((repo / "ctr" / path).resolve())
         config["volatile_db"] = {"type": "parallel_hash_map", "num_partitions": 4}
-        config["persistent_db"] = {"type": "rocks_db", "path": str(work / "rocksdb"),
-                                   "num_threads": 2}
+        config["persistent_db"] = {
+            "type": "rocks_db",
+            "path": str(work / "rocksdb"),
+            "num_threads": 2,
+        }
         serve_config = work / "serve_ps.json"
         serve_config.write_text(json.dumps(config, indent=2))
         hps("validate-config", str(serve_config))
         if not args.no_bench:
             # In process first: the server will hold the RocksDB database's lock.
-            hps("bench", "lookup", "--config", str(serve_config), "--batch-size", "1024",
-                "--iterations", "200", "--distribution", "zipf:1.05")
-        server = ServeProcess(serve_config, model_repository=repo,
-                              extra_args=("--access-log", str(work / "access.log"))).start()
+            hps(
+                "bench",
+                "lookup",
+                "--config",
+                str(serve_config),
+                "--batch-size",
+                "1024",
+                "--iterations",
+                "200",
+                "--distribution",
+                "zipf:1.05",
+            )
+        server = ServeProcess(
+            serve_config,
+            model_repository=repo,
+            extra_args=("--access-log", str(work / "access.log")),
+        ).start()
         http_url = server.http_url
 
         step("6. query it with the stock Triton client")
@@ -172,8 +196,18 @@ def main() -> None:
 
         if not args.no_bench:
             step("7. benchmark the lookup model through the server")
-            hps("bench", "serve", "--url", http_url, "--model", "dlrm",
-                "--concurrency-range", "1:4", "--measurement-interval", "1000")
+            hps(
+                "bench",
+                "serve",
+                "--url",
+                http_url,
+                "--model",
+                "dlrm",
+                "--concurrency-range",
+                "1:4",
+                "--measurement-interval",
+                "1000",
+            )
 
         step("8. shut the server down (SIGTERM)")
         code = server.stop()

@@ -62,30 +62,51 @@ def main() -> None:
             print(f"cluster at {cluster.address}", flush=True)
 
             print("\n=== 2. a table and its config", flush=True)
-            hps("table", "generate", str(work / "tables" / "items"), "--keys", "50000",
-                "--dim", str(DIM), "--shuffle")
+            hps(
+                "table",
+                "generate",
+                str(work / "tables" / "items"),
+                "--keys",
+                "50000",
+                "--dim",
+                str(DIM),
+                "--shuffle",
+            )
             config = {
                 "supportlonglong": True,
-                "volatile_db": {"type": "redis_cluster", "address": cluster.address,
-                                "num_partitions": 8, "num_node_connections": 2},
-                "persistent_db": {"type": "rocks_db", "path": str(work / "rocksdb"),
-                                  "num_threads": 2},
-                "models": [{
-                    "model": "redis_model", "sparse_files": ["tables/items"],
-                    "embedding_table_names": ["items"], "embedding_vecsize_per_table": [DIM],
-                    "maxnum_catfeature_query_per_table_per_sample": [16],
-                    "default_value_for_each_table": [0.0], "deployed_device_list": [0],
-                    "max_batch_size": 256, "hit_rate_threshold": 1.0,
-                    # no GPU cache in front, so every lookup reaches Redis (and shows the
-                    # fall-through when a node dies)
-                    "gpucache": False}],
+                "volatile_db": {
+                    "type": "redis_cluster",
+                    "address": cluster.address,
+                    "num_partitions": 8,
+                    "num_node_connections": 2,
+                },
+                "persistent_db": {
+                    "type": "rocks_db",
+                    "path": str(work / "rocksdb"),
+                    "num_threads": 2,
+                },
+                "models": [
+                    {
+                        "model": "redis_model",
+                        "sparse_files": ["tables/items"],
+                        "embedding_table_names": ["items"],
+                        "embedding_vecsize_per_table": [DIM],
+                        "maxnum_catfeature_query_per_table_per_sample": [16],
+                        "default_value_for_each_table": [0.0],
+                        "deployed_device_list": [0],
+                        "max_batch_size": 256,
+                        "hit_rate_threshold": 1.0,
+                        # no GPU cache in front, so every lookup reaches Redis (and shows the
+                        # fall-through when a node dies)
+                        "gpucache": False,
+                    }
+                ],
             }
             (work / "ps.json").write_text(json.dumps(config, indent=2))
             hps("validate-config", str(work / "ps.json"))
 
             print("\n=== 3. serve it", flush=True)
             import tritonclient.http as httpclient
-
             from hps_cli.runtime.table import TableReader
             from hps_cli.runtime.table.synthetic import synthetic_vectors
 
@@ -105,8 +126,11 @@ def main() -> None:
                     keys = rng.choice(table_keys, 200)
                     if not np.array_equal(lookup(client, keys), synthetic_vectors(keys, DIM)):
                         raise SystemExit("FAILED: wrong vectors after a node died")
-                print("20 more lookups after the kill: all answered, all exact (the dead "
-                      "node's keys came from RocksDB)", flush=True)
+                print(
+                    "20 more lookups after the kill: all answered, all exact (the dead "
+                    "node's keys came from RocksDB)",
+                    flush=True,
+                )
                 print("\n=== 5. shut down (SIGTERM) and stop the cluster", flush=True)
         print("\nredis_cluster passed", flush=True)
     finally:

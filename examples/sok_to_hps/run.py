@@ -43,18 +43,25 @@ def hps(*args: str) -> None:
 
 
 def sok_file(path: Path, table: str, file_type: int, array: np.ndarray, slot: str = "") -> None:
-    header = (table.rjust(256).encode("ascii") + file_type.to_bytes(4, "big") +
-              slot.rjust(32).encode("ascii") + DTYPE_INDEX[array.dtype].to_bytes(4, "big"))
+    header = (
+        table.rjust(256).encode("ascii")
+        + file_type.to_bytes(4, "big")
+        + slot.rjust(32).encode("ascii")
+        + DTYPE_INDEX[array.dtype].to_bytes(4, "big")
+    )
     assert len(header) == HEADER
-    path.write_bytes(header + np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<"))
-                     .tobytes())
+    path.write_bytes(
+        header + np.ascontiguousarray(array).astype(array.dtype.newbyteorder("<")).tobytes()
+    )
 
 
 def write_dump(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A sok.dump of two dynamic variables (real keys, sorted) with Adam's m and v slots."""
     rng = np.random.default_rng(3)
-    tables = {"user_table": (np.sort(rng.choice(10**9, 5000, replace=False)), 16),
-              "item_table": (np.sort(rng.choice(10**12, 8000, replace=False)), 32)}
+    tables = {
+        "user_table": (np.sort(rng.choice(10**9, 5000, replace=False)), 16),
+        "item_table": (np.sort(rng.choice(10**12, 8000, replace=False)), 32),
+    }
     folder.mkdir(parents=True)
     out = {}
     for name, (keys, dim) in tables.items():
@@ -64,8 +71,7 @@ def write_dump(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         sok_file(folder / f"{sok_name}-key", sok_name, 0, keys)
         sok_file(folder / f"{sok_name}-weight", sok_name, 1, weights)
         for slot in ("m", "v"):
-            sok_file(folder / f"{sok_name}-Adam-{slot}", sok_name, 2,
-                     np.zeros_like(weights), slot)
+            sok_file(folder / f"{sok_name}-Adam-{slot}", sok_name, 2, np.zeros_like(weights), slot)
         out[sok_name] = (keys, weights)
     return out
 
@@ -79,8 +85,10 @@ def main() -> None:
     try:
         print("\n=== 1. a SOK v2 dump (two tables, Adam slots)", flush=True)
         dump = write_dump(work / "sok_dump")
-        print(f"wrote {work / 'sok_dump'}: " + ", ".join(sorted(p.name for p in
-                                                               (work / "sok_dump").iterdir())))
+        print(
+            f"wrote {work / 'sok_dump'}: "
+            + ", ".join(sorted(p.name for p in (work / "sok_dump").iterdir()))
+        )
 
         print("\n=== 2. convert it into HPS tables", flush=True)
         hps("convert", "--list", str(work / "sok_dump"))
@@ -91,14 +99,20 @@ def main() -> None:
         config = {
             "supportlonglong": True,
             "volatile_db": {"type": "parallel_hash_map", "num_partitions": 4},
-            "models": [{
-                "model": "sok_model", "sparse_files": [f"tables/{n}" for n in names],
-                "embedding_table_names": names,
-                "embedding_vecsize_per_table": [dump[n][1].shape[1] for n in names],
-                "maxnum_catfeature_query_per_table_per_sample": [10] * len(names),
-                "default_value_for_each_table": [0.0] * len(names),
-                "deployed_device_list": [0], "max_batch_size": 256,
-                "hit_rate_threshold": 1.0, "gpucacheper": 0.5}],
+            "models": [
+                {
+                    "model": "sok_model",
+                    "sparse_files": [f"tables/{n}" for n in names],
+                    "embedding_table_names": names,
+                    "embedding_vecsize_per_table": [dump[n][1].shape[1] for n in names],
+                    "maxnum_catfeature_query_per_table_per_sample": [10] * len(names),
+                    "default_value_for_each_table": [0.0] * len(names),
+                    "deployed_device_list": [0],
+                    "max_batch_size": 256,
+                    "hit_rate_threshold": 1.0,
+                    "gpucacheper": 0.5,
+                }
+            ],
         }
         (work / "ps.json").write_text(json.dumps(config, indent=2))
         hps("validate-config", str(work / "ps.json"))
@@ -115,8 +129,12 @@ def main() -> None:
             counts = httpclient.InferInput("NUMKEYS", [1, 2], "INT32")
             counts.set_data_from_numpy(np.array([[6, 6]], dtype=np.int32))
             got = client.infer("sok_model", [keys, counts]).as_numpy("OUTPUT0").reshape(-1)
-            want = np.concatenate([dump[n][1][np.searchsorted(dump[n][0], k)].reshape(-1)
-                                   for n, k in zip(names, picks)])
+            want = np.concatenate(
+                [
+                    dump[n][1][np.searchsorted(dump[n][0], k)].reshape(-1)
+                    for n, k in zip(names, picks)
+                ]
+            )
             if not np.array_equal(got, want):
                 raise SystemExit("FAILED: served vectors differ from the SOK dump")
             print(f"12 keys over {len(names)} tables: served vectors equal the dump's weights")

@@ -50,8 +50,12 @@ KEY_BYTES, SCORE_BYTES, HIT_BYTES, FLOOR_BYTES = 8, 4, 1, 4
 def cache_memory_bytes(num_sets: int, dim: int) -> int:
     """Device bytes of one dynamic cache of ``num_sets`` sets of ``dim`` floats per row."""
     slots = num_sets * WAYS
-    return slots * KEY_BYTES + padded_slots(slots) * (SCORE_BYTES + HIT_BYTES) + slots * dim * 4 + \
-        num_sets * FLOOR_BYTES
+    return (
+        slots * KEY_BYTES
+        + padded_slots(slots) * (SCORE_BYTES + HIT_BYTES)
+        + slots * dim * 4
+        + num_sets * FLOOR_BYTES
+    )
 
 
 def gpucacheper_for_sets(num_sets: int, rows: int) -> float:
@@ -63,7 +67,7 @@ def gpucacheper_for_sets(num_sets: int, rows: int) -> float:
     else:
         exact = (WAYS * (num_sets - 1) + 1) / rows
     for digits in (6, 9, 12):  # a short decimal that still gives exactly num_sets
-        scale = 10 ** digits
+        scale = 10**digits
         value = math.ceil(exact * scale) / scale
         if num_sets_for(rows, value) == num_sets:
             return value
@@ -85,7 +89,7 @@ def replay(stream: np.ndarray, num_sets: int, batch_size: int, warmup_batches: i
     cache = RefDynamicCache(num_sets, 1)
     hits = counted = 0
     for index, start in enumerate(range(0, stream.size, batch_size)):
-        batch = stream[start:start + batch_size]
+        batch = stream[start : start + batch_size]
         _, missed, _ = cache.query(batch)
         if index >= warmup_batches:
             hits += batch.size - missed.size
@@ -108,11 +112,11 @@ class CacheSizeSpec:
     config: Path | None = None
     model: str | None = None
     table: str | None = None
-    rows: int | None = None            # table rows without a config (keys 0..rows-1)
+    rows: int | None = None  # table rows without a config (keys 0..rows-1)
     dim: int | None = None
     distribution: str = "zipf:1.05"
     keys_from: Path | None = None
-    num_keys: int = 1_000_000          # stream length for a distribution
+    num_keys: int = 1_000_000  # stream length for a distribution
     batch_size: int = 1024
     warmup: float = 0.2
     fractions: tuple[float, ...] = DEFAULT_FRACTIONS
@@ -135,12 +139,18 @@ def _source(spec: CacheSizeSpec) -> tuple[np.ndarray, dict, int, int, int]:
         try:
             model = cfg.model(name)
         except KeyError:
-            raise InvalidInputError(f"no model '{name}' in {spec.config}", location="--model",
-                                    hint="models: " + ", ".join(cfg.model_names)) from None
+            raise InvalidInputError(
+                f"no model '{name}' in {spec.config}",
+                location="--model",
+                hint="models: " + ", ".join(cfg.model_names),
+            ) from None
         table = spec.table or model.embedding_table_names[0]
         if table not in model.embedding_table_names:
-            raise InvalidInputError(f"model '{name}' has no table '{table}'", location="--table",
-                                    hint="tables: " + ", ".join(model.embedding_table_names))
+            raise InvalidInputError(
+                f"model '{name}' has no table '{table}'",
+                location="--table",
+                hint="tables: " + ", ".join(model.embedding_table_names),
+            )
         table_id = model.embedding_table_names.index(table)
         dim = model.embedding_vecsize_per_table[table_id]
         devices = len(model.deployed_device_list)
@@ -148,53 +158,70 @@ def _source(spec: CacheSizeSpec) -> tuple[np.ndarray, dict, int, int, int]:
             rows = reader.num_keys
             if spec.keys_from is None:
                 table_keys = np.array(reader.keys())
-        table_doc = {"config": str(spec.config), "model": name, "table": table,
-                     "deployed_devices": devices, "gpucacheper": model.gpucacheper}
+        table_doc = {
+            "config": str(spec.config),
+            "model": name,
+            "table": table,
+            "deployed_devices": devices,
+            "gpucacheper": model.gpucacheper,
+        }
     if spec.keys_from is not None:
         trace = load_trace(spec.keys_from)
         stream = trace.keys
         if rows is None:
             rows = int(np.unique(stream).size)
             table_doc["rows_from"] = "distinct keys of the trace"
-        keys_doc = {"source": "trace", "path": str(spec.keys_from), "trace_keys": int(stream.size),
-                    "distinct_keys": int(np.unique(stream).size)}
+        keys_doc = {
+            "source": "trace",
+            "path": str(spec.keys_from),
+            "trace_keys": int(stream.size),
+            "distinct_keys": int(np.unique(stream).size),
+        }
     else:
         if table_keys is None:
             if rows is None:
-                raise InvalidInputError("give --rows N (the table size) or --config",
-                                        location="--rows")
+                raise InvalidInputError(
+                    "give --rows N (the table size) or --config", location="--rows"
+                )
             table_keys = np.arange(rows, dtype=np.int64)
         gen = DistributionKeys(table_keys, parse_distribution(spec.distribution), spec.seed)
         stream = gen.next_batch(spec.num_keys)
-        keys_doc = {"source": "distribution", **gen.dist.to_dict(), "seed": spec.seed,
-                    "stream_keys": int(stream.size)}
+        keys_doc = {
+            "source": "distribution",
+            **gen.dist.to_dict(),
+            "seed": spec.seed,
+            "stream_keys": int(stream.size),
+        }
     if dim is None:
         raise InvalidInputError("give --dim D (floats per vector) or --config", location="--dim")
     return stream, {**keys_doc, **table_doc}, int(rows), int(dim), devices
 
 
-def run_cache_size(spec: CacheSizeSpec,
-                   status: Callable[[str], None] | None = None) -> dict:
+def run_cache_size(spec: CacheSizeSpec, status: Callable[[str], None] | None = None) -> dict:
     """The hit-rate curve and the smallest gpucacheper; the report document."""
     say = status or (lambda message: None)
     if not 0.0 <= spec.warmup < 1.0:
-        raise InvalidInputError(f"--warmup must be in [0, 1), got {spec.warmup}",
-                                location="--warmup")
+        raise InvalidInputError(
+            f"--warmup must be in [0, 1), got {spec.warmup}", location="--warmup"
+        )
     bad = [f for f in spec.fractions if not 0.0 < f <= 1.0]
     if bad or not spec.fractions:
-        raise InvalidInputError(f"cache fractions must be in (0, 1], got {bad or 'none'}",
-                                location="--fractions")
+        raise InvalidInputError(
+            f"cache fractions must be in (0, 1], got {bad or 'none'}", location="--fractions"
+        )
     if spec.target_hit_rate is not None and not 0.0 < spec.target_hit_rate <= 1.0:
-        raise InvalidInputError("--target-hit-rate must be in (0, 1]",
-                                location="--target-hit-rate")
+        raise InvalidInputError("--target-hit-rate must be in (0, 1]", location="--target-hit-rate")
     started_at = _dt.datetime.now(_dt.timezone.utc)
     stream, keys_doc, rows, dim, devices = _source(spec)
     n_batches = -(-stream.size // spec.batch_size)
     warmup_batches = int(round(spec.warmup * n_batches))
     if warmup_batches >= n_batches:
-        raise InvalidInputError(f"the warm-up takes every one of the {n_batches} batches",
-                                location="--warmup", hint="a longer trace, or a smaller --warmup")
-    measured = stream[warmup_batches * spec.batch_size:]
+        raise InvalidInputError(
+            f"the warm-up takes every one of the {n_batches} batches",
+            location="--warmup",
+            hint="a longer trace, or a smaller --warmup",
+        )
+    measured = stream[warmup_batches * spec.batch_size :]
     results: dict[int, Replay] = {}
 
     def hit_rate_at(num_sets: int) -> Replay:
@@ -206,11 +233,18 @@ def run_cache_size(spec: CacheSizeSpec,
         r = hit_rate_at(num_sets)
         slots = num_sets * WAYS
         ideal = trace_ideal(measured, slots)
-        return {"gpucacheper": fraction if fraction is not None
-                else gpucacheper_for_sets(num_sets, rows),
-                "num_sets": num_sets, "slots": slots, "hit_rate": r.hit_rate, "hits": r.hits,
-                "keys": r.keys, "ideal_hit_rate": ideal,
-                "memory_bytes_per_gpu": cache_memory_bytes(num_sets, dim)}
+        return {
+            "gpucacheper": fraction
+            if fraction is not None
+            else gpucacheper_for_sets(num_sets, rows),
+            "num_sets": num_sets,
+            "slots": slots,
+            "hit_rate": r.hit_rate,
+            "hits": r.hits,
+            "keys": r.keys,
+            "ideal_hit_rate": ideal,
+            "memory_bytes_per_gpu": cache_memory_bytes(num_sets, dim),
+        }
 
     curve = []
     for fraction in sorted(set(spec.fractions)):
@@ -222,20 +256,35 @@ def run_cache_size(spec: CacheSizeSpec,
         choice = _smallest(spec.target_hit_rate, curve, rows, hit_rate_at, point, say)
         if choice is not None:
             choice["memory_bytes_total"] = choice["memory_bytes_per_gpu"] * devices
-    return {"kind": "cache-size", "tool": "hps", "version": __version__,
-            "date": started_at.isoformat(timespec="seconds"), "machine": machine(),
-            "keys": keys_doc, "rows": rows, "dim": dim, "devices": devices,
-            "batch_size": spec.batch_size, "warmup": spec.warmup,
-            "warmup_batches": warmup_batches, "batches": n_batches,
-            "target_hit_rate": spec.target_hit_rate, "curve": curve, "smallest": choice,
-            "smallest_reason": None if choice is not None or spec.target_hit_rate is None
-            else _unreachable(spec.target_hit_rate, rows, hit_rate_at)}
+    return {
+        "kind": "cache-size",
+        "tool": "hps",
+        "version": __version__,
+        "date": started_at.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "keys": keys_doc,
+        "rows": rows,
+        "dim": dim,
+        "devices": devices,
+        "batch_size": spec.batch_size,
+        "warmup": spec.warmup,
+        "warmup_batches": warmup_batches,
+        "batches": n_batches,
+        "target_hit_rate": spec.target_hit_rate,
+        "curve": curve,
+        "smallest": choice,
+        "smallest_reason": None
+        if choice is not None or spec.target_hit_rate is None
+        else _unreachable(spec.target_hit_rate, rows, hit_rate_at),
+    }
 
 
 def _unreachable(target: float, rows: int, hit_rate_at) -> str:
     full = hit_rate_at(num_sets_for(rows, 1.0)).hit_rate
-    return (f"no cache size reaches a hit rate of {target:g}: gpucacheper 1.0 gives "
-            f"{full:.4f} (keys seen once can never hit)")
+    return (
+        f"no cache size reaches a hit rate of {target:g}: gpucacheper 1.0 gives "
+        f"{full:.4f} (keys seen once can never hit)"
+    )
 
 
 def _smallest(target: float, curve: list[dict], rows: int, hit_rate_at, point, say) -> dict | None:

@@ -28,8 +28,14 @@ _FLOOR_TABLE_BYTES = 1 << 30
 
 
 def unavailable(reason: str) -> dict:
-    return {"kernel_share_of_gather_floor": None, "query_us": None, "gather_us": None,
-            "keys": None, "device": None, "reason": reason}
+    return {
+        "kernel_share_of_gather_floor": None,
+        "query_us": None,
+        "gather_us": None,
+        "keys": None,
+        "device": None,
+        "reason": reason,
+    }
 
 
 def why_not_measurable(front) -> str | None:
@@ -90,8 +96,7 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
         table = device.alloc(rows * row_bytes)
         drv.memset_d32(table, 0, rows * dim)
         d_keys = [device.to_device(b) for b in batches]
-        d_index = [device.to_device(rng.integers(0, rows, n).astype(np.int64))
-                   for _ in batches]
+        d_index = [device.to_device(rng.integers(0, rows, n).astype(np.int64)) for _ in batches]
         out = device.alloc(n * row_bytes + 16)
         mkeys, mpos, count = device.alloc(n * 8), device.alloc(n * 8), device.alloc(16)
         query = device.kernels.function("dc_query", QUERY_ARGS)
@@ -103,16 +108,32 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
             drv.memset_d32(count, 0, 1)
 
         def launch_query(i: int) -> None:
-            query.prepared_async_call(grid, block, None, int(d_keys[i % k]), 0, n,
-                                      int(cache.d_keys), int(cache.d_scores),
-                                      int(cache.d_hits),
-                                      int(cache.d_values), cache.num_sets, dim,
-                                      np.float32(front.default_value), int(out), int(mkeys),
-                                      int(mpos), int(count), count_mode, query_seed(i))
+            query.prepared_async_call(
+                grid,
+                block,
+                None,
+                int(d_keys[i % k]),
+                0,
+                n,
+                int(cache.d_keys),
+                int(cache.d_scores),
+                int(cache.d_hits),
+                int(cache.d_values),
+                cache.num_sets,
+                dim,
+                np.float32(front.default_value),
+                int(out),
+                int(mkeys),
+                int(mpos),
+                int(count),
+                count_mode,
+                query_seed(i),
+            )
 
         def launch_gather(i: int) -> None:
-            gather.prepared_async_call(grid, block, None, int(table), int(d_index[i % k]), n,
-                                       dim, int(out))
+            gather.prepared_async_call(
+                grid, block, None, int(table), int(d_index[i % k]), n, dim, int(out)
+            )
 
         assert repeats + _WARMUP <= 255  # hits per slot in the hit bytes (one per launch)
         ms_query = _events_median(drv, launch_query, repeats, reset_misses)
@@ -121,5 +142,11 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
         ms_gather = _events_median(drv, launch_gather, repeats)
         for buf in (table, out, mkeys, mpos, count, *d_keys, *d_index):
             buf.free()
-    return {"kernel_share_of_gather_floor": ms_gather / ms_query, "query_us": ms_query * 1e3,
-            "gather_us": ms_gather * 1e3, "keys": n, "device": device.name, "reason": None}
+    return {
+        "kernel_share_of_gather_floor": ms_gather / ms_query,
+        "query_us": ms_query * 1e3,
+        "gather_us": ms_gather * 1e3,
+        "keys": n,
+        "device": device.name,
+        "reason": None,
+    }

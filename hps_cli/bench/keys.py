@@ -65,9 +65,12 @@ def _fraction(text: str, what: str, spec: str) -> float:
     if percent:
         value /= 100.0
     if not (0.0 < value <= 1.0):
-        raise InvalidInputError(f"the {what} of '{spec}' must be a fraction in (0, 1] or a "
-                                f"percentage in (0%, 100%], got '{text}'",
-                                location="--distribution", hint="e.g. hotkey:0.2:0.8")
+        raise InvalidInputError(
+            f"the {what} of '{spec}' must be a fraction in (0, 1] or a "
+            f"percentage in (0%, 100%], got '{text}'",
+            location="--distribution",
+            hint="e.g. hotkey:0.2:0.8",
+        )
     return value
 
 
@@ -84,14 +87,21 @@ def parse_distribution(spec: str) -> Distribution:
         except ValueError:
             alpha = math.nan
         if not (alpha > 0.0 and math.isfinite(alpha)):
-            raise InvalidInputError(f"the exponent of '{spec}' must be a number > 0",
-                                    location="--distribution", hint="e.g. zipf:1.05")
+            raise InvalidInputError(
+                f"the exponent of '{spec}' must be a number > 0",
+                location="--distribution",
+                hint="e.g. zipf:1.05",
+            )
         return Distribution("zipf", alpha=alpha)
     if kind == "hotkey" and len(parts) == 3:
-        return Distribution("hotkey", hot_fraction=_fraction(parts[1], "hot key share", spec),
-                            coverage=_fraction(parts[2], "coverage", spec))
-    raise InvalidInputError(f"unknown key distribution '{spec}'", location="--distribution",
-                            hint=hint)
+        return Distribution(
+            "hotkey",
+            hot_fraction=_fraction(parts[1], "hot key share", spec),
+            coverage=_fraction(parts[2], "coverage", spec),
+        )
+    raise InvalidInputError(
+        f"unknown key distribution '{spec}'", location="--distribution", hint=hint
+    )
 
 
 class DistributionKeys:
@@ -101,8 +111,9 @@ class DistributionKeys:
     over the same arrays (one per thread: a NumPy Generator is not thread-safe).
     """
 
-    def __init__(self, keys: np.ndarray, dist: Distribution, seed: int = 0, *,
-                 _shared: tuple | None = None):
+    def __init__(
+        self, keys: np.ndarray, dist: Distribution, seed: int = 0, *, _shared: tuple | None = None
+    ):
         self.dist = dist
         self.seed = seed
         self._rng = np.random.default_rng(seed)
@@ -130,8 +141,12 @@ class DistributionKeys:
         return int(self.keys.size)
 
     def spawn(self, stream: int) -> "DistributionKeys":
-        return DistributionKeys(self.keys, self.dist, self.seed + 1000003 * (stream + 1),
-                                _shared=(self.keys, self._cdf, self._hot))
+        return DistributionKeys(
+            self.keys,
+            self.dist,
+            self.seed + 1000003 * (stream + 1),
+            _shared=(self.keys, self._cdf, self._hot),
+        )
 
     def ranks(self, count: int) -> np.ndarray:
         """Ranks (indices into ``keys``) of the next ``count`` draws."""
@@ -171,8 +186,12 @@ class DistributionKeys:
         return cov + (1.0 - cov) * (slots - hot) / (n - hot)
 
     def describe(self) -> dict:
-        return {"source": "distribution", **self.dist.to_dict(), "table_keys": self.num_keys,
-                "seed": self.seed}
+        return {
+            "source": "distribution",
+            **self.dist.to_dict(),
+            "table_keys": self.num_keys,
+            "seed": self.seed,
+        }
 
 
 @dataclass
@@ -196,23 +215,29 @@ class Trace:
                 i = int(bad[0])
                 raise InvalidInputError(
                     f"key {int(self.keys[i])} does not fit uint32 (the config has "
-                    "supportlonglong: false)", location=self.where(i),
-                    hint="use a trace of 32-bit keys, or a config with supportlonglong: true")
+                    "supportlonglong: false)",
+                    location=self.where(i),
+                    hint="use a trace of 32-bit keys, or a config with supportlonglong: true",
+                )
 
 
 def load_trace(path: Path | str) -> Trace:
     """Read a key trace (``.npy`` of integers, or text with one key per line)."""
     path = Path(path)
     if not path.is_file():
-        raise InvalidInputError("the key trace does not exist (or is not a file)",
-                                location=str(path))
+        raise InvalidInputError(
+            "the key trace does not exist (or is not a file)", location=str(path)
+        )
     if path.suffix.lower() == ".npy":
         trace = _load_npy(path)
     else:
         trace = _load_text(path)
     if trace.keys.size == 0:
-        raise InvalidInputError("the key trace holds no keys", location=str(path),
-                                hint="one integer key per line, or a 1-D .npy of int64")
+        raise InvalidInputError(
+            "the key trace holds no keys",
+            location=str(path),
+            hint="one integer key per line, or a 1-D .npy of int64",
+        )
     return trace
 
 
@@ -220,21 +245,29 @@ def _load_npy(path: Path) -> Trace:
     try:
         array = np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
-        raise InvalidInputError(f"not a readable .npy array: {exc}", location=str(path),
-                                hint="save the trace with numpy.save(path, keys.astype('int64'))"
-                                ) from None
+        raise InvalidInputError(
+            f"not a readable .npy array: {exc}",
+            location=str(path),
+            hint="save the trace with numpy.save(path, keys.astype('int64'))",
+        ) from None
     if not isinstance(array, np.ndarray) or array.ndim != 1:
-        raise InvalidInputError(f"a key trace must be a 1-D array, got shape "
-                                f"{getattr(array, 'shape', '?')}", location=str(path),
-                                hint="flatten it: numpy.save(path, keys.reshape(-1))")
+        raise InvalidInputError(
+            f"a key trace must be a 1-D array, got shape {getattr(array, 'shape', '?')}",
+            location=str(path),
+            hint="flatten it: numpy.save(path, keys.reshape(-1))",
+        )
     if array.dtype.kind not in "iu":
-        raise InvalidInputError(f"a key trace must hold integers, got dtype {array.dtype}",
-                                location=str(path), hint="save keys as int64")
+        raise InvalidInputError(
+            f"a key trace must hold integers, got dtype {array.dtype}",
+            location=str(path),
+            hint="save keys as int64",
+        )
     if array.dtype == np.uint64 and array.size:
         big = np.flatnonzero(array > INT64_MAX)
         if big.size:
-            raise InvalidInputError(f"key {int(array[big[0]])} does not fit int64",
-                                    location=f"{path}[{int(big[0])}]")
+            raise InvalidInputError(
+                f"key {int(array[big[0]])} does not fit int64", location=f"{path}[{int(big[0])}]"
+            )
     return Trace(path, np.array(array, dtype=np.int64))
 
 
@@ -250,12 +283,15 @@ def _load_text(path: Path) -> Trace:
                 value = int(text.decode("ascii"))
             except (ValueError, UnicodeDecodeError):
                 shown = text[:40].decode("utf-8", "replace")
-                raise InvalidInputError(f"not an integer key: '{shown}'",
-                                        location=f"{path}:{number}",
-                                        hint="one decimal integer key per line") from None
+                raise InvalidInputError(
+                    f"not an integer key: '{shown}'",
+                    location=f"{path}:{number}",
+                    hint="one decimal integer key per line",
+                ) from None
             if not -INT64_MAX - 1 <= value <= INT64_MAX:
-                raise InvalidInputError(f"key {value} does not fit int64",
-                                        location=f"{path}:{number}")
+                raise InvalidInputError(
+                    f"key {value} does not fit int64", location=f"{path}:{number}"
+                )
             keys.append(value)
             lines.append(number)
     return Trace(path, np.array(keys, dtype=np.int64), np.array(lines, dtype=np.int64))
@@ -289,6 +325,9 @@ class TraceKeys:
         return out
 
     def describe(self) -> dict:
-        return {"source": "trace", "path": str(self.trace.path),
-                "trace_keys": int(self.trace.keys.size),
-                "distinct_keys": int(np.unique(self.trace.keys).size)}
+        return {
+            "source": "trace",
+            "path": str(self.trace.path),
+            "trace_keys": int(self.trace.keys.size),
+            "distinct_keys": int(np.unique(self.trace.keys).size),
+        }

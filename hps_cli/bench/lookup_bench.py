@@ -49,15 +49,15 @@ class LookupBenchSpec:
     config: Path
     batch_sizes: tuple[int, ...] = (1024,)
     model: str | None = None
-    tables: tuple[str, ...] = ()          # empty: every table of the model
+    tables: tuple[str, ...] = ()  # empty: every table of the model
     distribution: str = "uniform"
-    keys_from: Path | None = None         # a trace instead of the distribution
+    keys_from: Path | None = None  # a trace instead of the distribution
     warmup: int = 20
     iterations: int | None = 200
-    duration_s: float | None = None       # instead of iterations
+    duration_s: float | None = None  # instead of iterations
     seed: int = 0
     device_id: int | None = None
-    measure_kernel: bool = True           # the GPU kernel vs gather floor, when on a GPU
+    measure_kernel: bool = True  # the GPU kernel vs gather floor, when on a GPU
 
 
 @dataclass
@@ -70,7 +70,7 @@ class _Tally:
     persistent: int = 0
     default: int = 0
     cache_misses: int = 0
-    fetched_keys: int = 0   # distinct missed keys fetched from the CPU tiers (synchronously)
+    fetched_keys: int = 0  # distinct missed keys fetched from the CPU tiers (synchronously)
     async_misses: int = 0
     sync_lookups: int = 0
     async_lookups: int = 0
@@ -107,24 +107,33 @@ def apportion(total: int, weights: list[int]) -> list[int]:
     exact = [total * w / wsum for w in weights]
     out = [int(x) for x in exact]
     order = sorted(range(len(weights)), key=lambda i: (-(exact[i] - out[i]), i))
-    for i in order[:total - sum(out)]:
+    for i in order[: total - sum(out)]:
         out[i] += 1
     return out
 
 
 def _tier_delta(before: dict, after: dict) -> dict:
-    return {k: after[k] - before[k] for k in ("keys", "volatile_hits", "persistent_hits",
-                                              "defaults")}
+    return {
+        k: after[k] - before[k] for k in ("keys", "volatile_hits", "persistent_hits", "defaults")
+    }
 
 
-def account(keys: int, cache_before: dict | None, cache_after: dict | None,
-            tiers_before: dict, tiers_after: dict) -> _Tally:
+def account(
+    keys: int,
+    cache_before: dict | None,
+    cache_after: dict | None,
+    tiers_before: dict,
+    tiers_after: dict,
+) -> _Tally:
     """The tally of one lookup of one table from counter snapshots around it (module doc)."""
     t = _tier_delta(tiers_before, tiers_after)
     tally = _Tally(keys=keys)
     if cache_after is None:
-        tally.volatile, tally.persistent, tally.default = \
-            t["volatile_hits"], t["persistent_hits"], t["defaults"]
+        tally.volatile, tally.persistent, tally.default = (
+            t["volatile_hits"],
+            t["persistent_hits"],
+            t["defaults"],
+        )
         tally.fetched_keys = t["keys"]
         return tally
     hits = cache_after["hits"] - cache_before["hits"]
@@ -133,8 +142,9 @@ def account(keys: int, cache_before: dict | None, cache_after: dict | None,
     if cache_after.get("type") != "dynamic":
         tally.default = misses  # static / uvm: an absent key gets the default value
         return tally
-    went_async = (cache_after["async_batches"] - cache_before["async_batches"]) + \
-        (cache_after["async_dropped"] - cache_before["async_dropped"])
+    went_async = (cache_after["async_batches"] - cache_before["async_batches"]) + (
+        cache_after["async_dropped"] - cache_before["async_dropped"]
+    )
     if misses and went_async:
         tally.default = tally.async_misses = misses
         tally.async_lookups = 1
@@ -142,7 +152,8 @@ def account(keys: int, cache_before: dict | None, cache_after: dict | None,
     tally.sync_lookups = 1 if misses else 0
     tally.fetched_keys = t["keys"]
     tally.volatile, tally.persistent, tally.default = apportion(
-        misses, [t["volatile_hits"], t["persistent_hits"], t["defaults"]])
+        misses, [t["volatile_hits"], t["persistent_hits"], t["defaults"]]
+    )
     return tally
 
 
@@ -162,27 +173,35 @@ def _plan(cfg, spec: LookupBenchSpec) -> _Plan:
     try:
         model_cfg = cfg.model(model_name)
     except KeyError:
-        raise InvalidInputError(f"no model '{model_name}' in {spec.config}", location="--model",
-                                hint="models: " + ", ".join(cfg.model_names)) from None
-    device = spec.device_id if spec.device_id is not None else \
-        model_cfg.deployed_device_list[-1]
+        raise InvalidInputError(
+            f"no model '{model_name}' in {spec.config}",
+            location="--model",
+            hint="models: " + ", ".join(cfg.model_names),
+        ) from None
+    device = spec.device_id if spec.device_id is not None else model_cfg.deployed_device_list[-1]
     if device not in model_cfg.deployed_device_list:
         raise InvalidInputError(
             f"device {device} is not in model '{model_name}''s deployed_device_list "
-            f"{list(model_cfg.deployed_device_list)}", location="--device")
+            f"{list(model_cfg.deployed_device_list)}",
+            location="--device",
+        )
     names = list(spec.tables) or list(model_cfg.embedding_table_names)
     for name in names:
         if name not in model_cfg.embedding_table_names:
-            raise InvalidInputError(f"model '{model_name}' has no table '{name}'",
-                                    location="--table",
-                                    hint="tables: " + ", ".join(model_cfg.embedding_table_names))
+            raise InvalidInputError(
+                f"model '{model_name}' has no table '{name}'",
+                location="--table",
+                hint="tables: " + ", ".join(model_cfg.embedding_table_names),
+            )
     plan = _Plan(model_cfg, device, names)
     if spec.keys_from is not None:
         if len(names) != 1:
             raise InvalidInputError(
                 f"a key trace feeds one table, but model '{model_name}' has {len(names)} "
-                "tables to benchmark", location="--keys-from",
-                hint="pick the table with --table NAME")
+                "tables to benchmark",
+                location="--keys-from",
+                hint="pick the table with --table NAME",
+            )
         plan.trace = load_trace(spec.keys_from)
         plan.trace.check_range(uint32=not cfg.supportlonglong)
     else:
@@ -204,8 +223,16 @@ def _tables_of(hps, spec: LookupBenchSpec, plan: _Plan) -> list[_Table]:
                 source = TraceKeys(plan.trace)
             else:
                 source = DistributionKeys(np.array(reader.keys()), plan.dist, spec.seed + index)
-        out.append(_Table(name, table_id, rows, dim, source,
-                          hps.front_cache(model_cfg.model, table_id, plan.device)))
+        out.append(
+            _Table(
+                name,
+                table_id,
+                rows,
+                dim,
+                source,
+                hps.front_cache(model_cfg.model, table_id, plan.device),
+            )
+        )
     return out
 
 
@@ -214,44 +241,54 @@ def _cache_info(table: _Table, model_cfg) -> dict | None:
     if front is None:
         return None
     stats = front.stats()
-    return {"type": model_cfg.cache_type,
-            "backend": "gpu" if type(front.backend).__name__.startswith("Gpu") else "reference",
-            "capacity": stats.get("capacity", table.rows),
-            "gpucacheper": model_cfg.gpucacheper,
-            "hit_rate_threshold": model_cfg.hit_rate_threshold}
+    return {
+        "type": model_cfg.cache_type,
+        "backend": "gpu" if type(front.backend).__name__.startswith("Gpu") else "reference",
+        "capacity": stats.get("capacity", table.rows),
+        "gpucacheper": model_cfg.gpucacheper,
+        "hit_rate_threshold": model_cfg.hit_rate_threshold,
+    }
 
 
 def machine() -> dict:
-    return {"hostname": platform.node(), "platform": platform.platform(),
-            "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "python": platform.python_version()}
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+    }
 
 
-def run_lookup_bench(spec: LookupBenchSpec,
-                     status: Callable[[str], None] | None = None) -> dict:
+def run_lookup_bench(spec: LookupBenchSpec, status: Callable[[str], None] | None = None) -> dict:
     """Run the benchmark; returns the report document (schemas/bench_report.schema.json)."""
     from ..runtime import HPS
     from ..runtime.config.validate import load_config
 
     say = status or (lambda message: None)
     if spec.iterations is None and spec.duration_s is None:
-        raise InvalidInputError("give a number of iterations or a duration",
-                                location="--iterations")
+        raise InvalidInputError(
+            "give a number of iterations or a duration", location="--iterations"
+        )
     started_at = _dt.datetime.now(_dt.timezone.utc)
     cfg = load_config(spec.config, check_files=True)
     plan = _plan(cfg, spec)
     model_cfg = plan.model_cfg
-    spec = LookupBenchSpec(**{**spec.__dict__, "model": model_cfg.model,
-                              "device_id": plan.device})
+    spec = LookupBenchSpec(**{**spec.__dict__, "model": model_cfg.model, "device_id": plan.device})
     say(f"loading {spec.config}")
     with HPS(cfg) as hps:
         tables = _tables_of(hps, spec, plan)
         all_tables = [t.table_id for t in tables] == list(range(model_cfg.num_tables))
         rows, kernel_samples = [], []
         for batch in spec.batch_sizes:
-            say(f"batch size {batch}: {spec.warmup} warm-up lookups, then "
-                + (f"{spec.iterations} measured" if spec.duration_s is None
-                   else f"{spec.duration_s:g} s measured"))
+            say(
+                f"batch size {batch}: {spec.warmup} warm-up lookups, then "
+                + (
+                    f"{spec.iterations} measured"
+                    if spec.duration_s is None
+                    else f"{spec.duration_s:g} s measured"
+                )
+            )
             row, sample = _run_batch_size(hps, model_cfg, tables, batch, spec, all_tables)
             rows.append(row)
             kernel_samples.append(sample)
@@ -260,24 +297,38 @@ def run_lookup_bench(spec: LookupBenchSpec,
         for row, sample in zip(rows, kernel_samples):
             row["gpu_kernel"] = _kernel_row(tables, sample, spec.measure_kernel)
         report = {
-            "kind": "lookup", "tool": "hps", "version": __version__,
-            "date": started_at.isoformat(timespec="seconds"), "machine": machine(),
-            "config": str(spec.config), "model": model_cfg.model, "device_id": plan.device,
-            "tables": [{"name": t.name, "rows": t.rows, "dim": t.dim,
-                        "cache": _cache_info(t, model_cfg)} for t in tables],
-            "keys": tables[0].source.describe() if plan.trace is not None else
-            {**plan.dist.to_dict(), "source": "distribution", "seed": spec.seed},
-            "warmup": spec.warmup, "iterations": spec.iterations, "duration_s": spec.duration_s,
+            "kind": "lookup",
+            "tool": "hps",
+            "version": __version__,
+            "date": started_at.isoformat(timespec="seconds"),
+            "machine": machine(),
+            "config": str(spec.config),
+            "model": model_cfg.model,
+            "device_id": plan.device,
+            "tables": [
+                {"name": t.name, "rows": t.rows, "dim": t.dim, "cache": _cache_info(t, model_cfg)}
+                for t in tables
+            ],
+            "keys": tables[0].source.describe()
+            if plan.trace is not None
+            else {**plan.dist.to_dict(), "source": "distribution", "seed": spec.seed},
+            "warmup": spec.warmup,
+            "iterations": spec.iterations,
+            "duration_s": spec.duration_s,
             "rows": rows,
         }
     return report
 
 
-def _run_batch_size(hps, model_cfg, tables: list[_Table], batch: int, spec: LookupBenchSpec,
-                    all_tables: bool) -> tuple[dict, list[np.ndarray] | None]:
+def _run_batch_size(
+    hps, model_cfg, tables: list[_Table], batch: int, spec: LookupBenchSpec, all_tables: bool
+) -> tuple[dict, list[np.ndarray] | None]:
     model, device = model_cfg.model, spec.device_id
-    inserters = {id(t.front.inserter): t.front.inserter for t in tables
-                 if t.front is not None and getattr(t.front, "inserter", None) is not None}
+    inserters = {
+        id(t.front.inserter): t.front.inserter
+        for t in tables
+        if t.front is not None and getattr(t.front, "inserter", None) is not None
+    }
 
     def one_lookup(keys: list[np.ndarray]) -> float:
         started = time.perf_counter()
@@ -306,14 +357,19 @@ def _run_batch_size(hps, model_cfg, tables: list[_Table], batch: int, spec: Look
         elif time.perf_counter() >= deadline and latencies:
             break
         keys = [t.source.next_batch(batch) for t in tables]
-        before = [(t.front.stats() if t.front is not None else None,
-                   hps.counters(model, t.table_id)) for t in tables]
+        before = [
+            (t.front.stats() if t.front is not None else None, hps.counters(model, t.table_id))
+            for t in tables
+        ]
         latencies.append(one_lookup(keys))
         settle()
         for i, t in enumerate(tables):
             cache_after = t.front.stats() if t.front is not None else None
-            tallies[i].add(account(batch, before[i][0], cache_after, before[i][1],
-                                   hps.counters(model, t.table_id)))
+            tallies[i].add(
+                account(
+                    batch, before[i][0], cache_after, before[i][1], hps.counters(model, t.table_id)
+                )
+            )
         if len(sample_for_kernel) < 4:
             sample_for_kernel.append(keys[0])
     seconds = float(sum(latencies))
@@ -322,14 +378,20 @@ def _run_batch_size(hps, model_cfg, tables: list[_Table], batch: int, spec: Look
         total.add(tally)
     lookups = len(latencies)
     keys_done = lookups * batch * len(tables)
-    row = {"batch_size": batch, "keys_per_lookup": batch * len(tables), "lookups": lookups,
-           "keys": keys_done, "seconds": seconds,
-           "throughput": {"lookups_per_s": lookups / seconds if seconds else 0.0,
-                          "keys_per_s": keys_done / seconds if seconds else 0.0},
-           "latency_us": latency_summary(np.asarray(latencies) * 1e6),
-           **total.to_dict(),
-           "per_table": [{"table": t.name, **tally.to_dict()} for t, tally in zip(tables,
-                                                                                   tallies)]}
+    row = {
+        "batch_size": batch,
+        "keys_per_lookup": batch * len(tables),
+        "lookups": lookups,
+        "keys": keys_done,
+        "seconds": seconds,
+        "throughput": {
+            "lookups_per_s": lookups / seconds if seconds else 0.0,
+            "keys_per_s": keys_done / seconds if seconds else 0.0,
+        },
+        "latency_us": latency_summary(np.asarray(latencies) * 1e6),
+        **total.to_dict(),
+        "per_table": [{"table": t.name, **tally.to_dict()} for t, tally in zip(tables, tallies)],
+    }
     return row, sample_for_kernel
 
 

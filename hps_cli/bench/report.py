@@ -12,18 +12,44 @@ import io
 from ..output import human_bytes
 
 PERF_ANALYZER_COLUMNS = (
-    "Concurrency", "Inferences/Second", "Client Send", "Network+Server Send/Recv",
-    "Server Queue", "Server Compute Input", "Server Compute Infer", "Server Compute Output",
-    "Client Recv", "p50 latency", "p90 latency", "p95 latency", "p99 latency",
+    "Concurrency",
+    "Inferences/Second",
+    "Client Send",
+    "Network+Server Send/Recv",
+    "Server Queue",
+    "Server Compute Input",
+    "Server Compute Infer",
+    "Server Compute Output",
+    "Client Recv",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
 )
 SERVE_EXTRA_COLUMNS = ("Keys/Second", "Avg latency", "Max latency", "Errors", "Stable")
 LOOKUP_COLUMNS = (
-    "Batch Size", "Lookups/Second", "Keys/Second", "p50 latency", "p90 latency", "p95 latency",
-    "p99 latency", "Max latency", "GPU Cache Hit Rate", "Volatile Hit Rate",
-    "Persistent Hit Rate", "Default Rate", "Kernel Share of Gather Floor",
+    "Batch Size",
+    "Lookups/Second",
+    "Keys/Second",
+    "p50 latency",
+    "p90 latency",
+    "p95 latency",
+    "p99 latency",
+    "Max latency",
+    "GPU Cache Hit Rate",
+    "Volatile Hit Rate",
+    "Persistent Hit Rate",
+    "Default Rate",
+    "Kernel Share of Gather Floor",
 )
-CACHE_SIZE_COLUMNS = ("gpucacheper", "Slots", "Sets", "Hit Rate", "Ideal Hit Rate",
-                      "Memory Bytes per GPU")
+CACHE_SIZE_COLUMNS = (
+    "gpucacheper",
+    "Slots",
+    "Sets",
+    "Hit Rate",
+    "Ideal Hit Rate",
+    "Memory Bytes per GPU",
+)
 
 
 def _us(value) -> str:
@@ -42,8 +68,6 @@ def _rate(value: float) -> str:
     return f"{value:,.1f}"
 
 
-
-
 def _grid(title: str, columns: list[tuple[str, str]]):
     from rich.table import Table
 
@@ -55,58 +79,118 @@ def _grid(title: str, columns: list[tuple[str, str]]):
 
 def lookup_table(report: dict):
     tables = ", ".join(f"{t['name']} ({t['rows']:,} x {t['dim']})" for t in report["tables"])
-    grid = _grid(f"hps bench lookup: model {report['model']}, {tables}",
-                 [("batch", "right"), ("lookups/s", "right"), ("keys/s", "right"),
-                  ("p50 us", "right"), ("p90 us", "right"), ("p95 us", "right"),
-                  ("p99 us", "right"), ("max us", "right"), ("GPU cache", "right"),
-                  ("volatile", "right"), ("persistent", "right"), ("default", "right"),
-                  ("kernel/gather", "right")])
+    grid = _grid(
+        f"hps bench lookup: model {report['model']}, {tables}",
+        [
+            ("batch", "right"),
+            ("lookups/s", "right"),
+            ("keys/s", "right"),
+            ("p50 us", "right"),
+            ("p90 us", "right"),
+            ("p95 us", "right"),
+            ("p99 us", "right"),
+            ("max us", "right"),
+            ("GPU cache", "right"),
+            ("volatile", "right"),
+            ("persistent", "right"),
+            ("default", "right"),
+            ("kernel/gather", "right"),
+        ],
+    )
     for row in report["rows"]:
         lat, hit, kern = row["latency_us"], row["hit_rate"], row["gpu_kernel"]
         share = kern["kernel_share_of_gather_floor"]
-        grid.add_row(f"{row['batch_size']:,}", _rate(row["throughput"]["lookups_per_s"]),
-                     _rate(row["throughput"]["keys_per_s"]), _us(lat["p50"]), _us(lat["p90"]),
-                     _us(lat["p95"]), _us(lat["p99"]), _us(lat["max"]), _pct(hit["gpu_cache"]),
-                     _pct(hit["volatile"]), _pct(hit["persistent"]), _pct(hit["default"]),
-                     "-" if share is None else f"{share:.2f}")
+        grid.add_row(
+            f"{row['batch_size']:,}",
+            _rate(row["throughput"]["lookups_per_s"]),
+            _rate(row["throughput"]["keys_per_s"]),
+            _us(lat["p50"]),
+            _us(lat["p90"]),
+            _us(lat["p95"]),
+            _us(lat["p99"]),
+            _us(lat["max"]),
+            _pct(hit["gpu_cache"]),
+            _pct(hit["volatile"]),
+            _pct(hit["persistent"]),
+            _pct(hit["default"]),
+            "-" if share is None else f"{share:.2f}",
+        )
     return grid
 
 
 def serve_table(report: dict):
-    grid = _grid(f"hps bench serve: {report['protocol']} {report['url']}, model "
-                 f"{report['model']}, {report['keys_per_request']} keys per request",
-                 [("concurrency", "right"), ("infer/s", "right"), ("keys/s", "right"),
-                  ("avg us", "right"), ("p50 us", "right"), ("p90 us", "right"),
-                  ("p95 us", "right"), ("p99 us", "right"), ("errors", "right"),
-                  ("stable", "center"), ("windows", "right")])
+    grid = _grid(
+        f"hps bench serve: {report['protocol']} {report['url']}, model "
+        f"{report['model']}, {report['keys_per_request']} keys per request",
+        [
+            ("concurrency", "right"),
+            ("infer/s", "right"),
+            ("keys/s", "right"),
+            ("avg us", "right"),
+            ("p50 us", "right"),
+            ("p90 us", "right"),
+            ("p95 us", "right"),
+            ("p99 us", "right"),
+            ("errors", "right"),
+            ("stable", "center"),
+            ("windows", "right"),
+        ],
+    )
     for level in report["levels"]:
         lat = level["latency_us"]
-        grid.add_row(str(level["concurrency"]), _rate(level["throughput_infer_per_sec"]),
-                     _rate(level["throughput_keys_per_sec"]), _us(lat["mean"]), _us(lat["p50"]),
-                     _us(lat["p90"]), _us(lat["p95"]), _us(lat["p99"]), str(level["errors"]),
-                     "yes" if level["stable"] else "[yellow]no[/yellow]", str(level["trials"]))
+        grid.add_row(
+            str(level["concurrency"]),
+            _rate(level["throughput_infer_per_sec"]),
+            _rate(level["throughput_keys_per_sec"]),
+            _us(lat["mean"]),
+            _us(lat["p50"]),
+            _us(lat["p90"]),
+            _us(lat["p95"]),
+            _us(lat["p99"]),
+            str(level["errors"]),
+            "yes" if level["stable"] else "[yellow]no[/yellow]",
+            str(level["trials"]),
+        )
     return grid
 
 
 def cache_size_table(report: dict):
     keys = report["keys"]
     what = keys.get("path") or keys.get("spec")
-    grid = _grid(f"hps bench cache-size: {what}, table of {report['rows']:,} rows x dim "
-                 f"{report['dim']}, batches of {report['batch_size']}",
-                 [("gpucacheper", "right"), ("slots", "right"), ("hit rate", "right"),
-                  ("ideal", "right"), ("memory/GPU", "right"), ("", "left")])
+    grid = _grid(
+        f"hps bench cache-size: {what}, table of {report['rows']:,} rows x dim "
+        f"{report['dim']}, batches of {report['batch_size']}",
+        [
+            ("gpucacheper", "right"),
+            ("slots", "right"),
+            ("hit rate", "right"),
+            ("ideal", "right"),
+            ("memory/GPU", "right"),
+            ("", "left"),
+        ],
+    )
     rows = list(report["curve"])
     smallest = report.get("smallest")
     for i, point in enumerate(rows):
-        grid.add_row(f"{point['gpucacheper']:g}", f"{point['slots']:,}",
-                     _pct(point["hit_rate"]), _pct(point["ideal_hit_rate"]),
-                     human_bytes(point["memory_bytes_per_gpu"]), "",
-                     end_section=smallest is not None and i == len(rows) - 1)
+        grid.add_row(
+            f"{point['gpucacheper']:g}",
+            f"{point['slots']:,}",
+            _pct(point["hit_rate"]),
+            _pct(point["ideal_hit_rate"]),
+            human_bytes(point["memory_bytes_per_gpu"]),
+            "",
+            end_section=smallest is not None and i == len(rows) - 1,
+        )
     if smallest is not None:
-        grid.add_row(f"{smallest['gpucacheper']:g}", f"{smallest['slots']:,}",
-                     _pct(smallest["hit_rate"]), _pct(smallest["ideal_hit_rate"]),
-                     human_bytes(smallest["memory_bytes_per_gpu"]),
-                     f"smallest for {report['target_hit_rate']:g}", style="bold")
+        grid.add_row(
+            f"{smallest['gpucacheper']:g}",
+            f"{smallest['slots']:,}",
+            _pct(smallest["hit_rate"]),
+            _pct(smallest["ideal_hit_rate"]),
+            human_bytes(smallest["memory_bytes_per_gpu"]),
+            f"smallest for {report['target_hit_rate']:g}",
+            style="bold",
+        )
     return grid
 
 
@@ -117,19 +201,27 @@ def smallest_line(report: dict) -> str:
     if smallest is None:
         return f"target hit rate {target:g}: {report.get('smallest_reason')}"
     devices = report.get("devices", 1)
-    return (f"smallest gpucacheper reaching a hit rate of {target:g}: "
-            f"{smallest['gpucacheper']:g} ({smallest['slots']:,} slots, hit rate "
-            f"{smallest['hit_rate']:.4f}); cache memory {human_bytes(smallest['memory_bytes_per_gpu'])}"
-            f" per GPU" + (f", {human_bytes(smallest['memory_bytes_total'])} on {devices} GPUs"
-                           if devices > 1 else ""))
+    return (
+        f"smallest gpucacheper reaching a hit rate of {target:g}: "
+        f"{smallest['gpucacheper']:g} ({smallest['slots']:,} slots, hit rate "
+        f"{smallest['hit_rate']:.4f}); cache memory {human_bytes(smallest['memory_bytes_per_gpu'])}"
+        f" per GPU"
+        + (
+            f", {human_bytes(smallest['memory_bytes_total'])} on {devices} GPUs"
+            if devices > 1
+            else ""
+        )
+    )
 
 
 def table_for(report: dict):
-    return {"lookup": lookup_table, "serve": serve_table,
-            "cache-size": cache_size_table}[report["kind"]](report)
+    return {"lookup": lookup_table, "serve": serve_table, "cache-size": cache_size_table}[
+        report["kind"]
+    ](report)
 
 
 # ---------------------------------------------------------------------------------------- CSV
+
 
 def csv_rows(report: dict, verbose: bool = False) -> tuple[tuple[str, ...], list[list]]:
     kind = report["kind"]
@@ -139,15 +231,26 @@ def csv_rows(report: dict, verbose: bool = False) -> tuple[tuple[str, ...], list
         rows = []
         for lv in levels:
             lat, client, server = lv["latency_us"], lv["client"], lv["server"] or {}
-            row = [lv["concurrency"], round(lv["throughput_infer_per_sec"], 2),
-                   round(client["send_us"]), round(client["network_server_send_recv_us"]),
-                   round(server.get("queue_us", 0)), round(server.get("compute_input_us", 0)),
-                   round(server.get("compute_infer_us", 0)),
-                   round(server.get("compute_output_us", 0)), round(client["recv_us"]),
-                   *(round(lat[p] or 0) for p in ("p50", "p90", "p95", "p99"))]
+            row = [
+                lv["concurrency"],
+                round(lv["throughput_infer_per_sec"], 2),
+                round(client["send_us"]),
+                round(client["network_server_send_recv_us"]),
+                round(server.get("queue_us", 0)),
+                round(server.get("compute_input_us", 0)),
+                round(server.get("compute_infer_us", 0)),
+                round(server.get("compute_output_us", 0)),
+                round(client["recv_us"]),
+                *(round(lat[p] or 0) for p in ("p50", "p90", "p95", "p99")),
+            ]
             if verbose:
-                row += [round(lv["throughput_keys_per_sec"], 2), round(lat["mean"] or 0),
-                        round(lat["max"] or 0), lv["errors"], int(lv["stable"])]
+                row += [
+                    round(lv["throughput_keys_per_sec"], 2),
+                    round(lat["mean"] or 0),
+                    round(lat["max"] or 0),
+                    lv["errors"],
+                    int(lv["stable"]),
+                ]
             rows.append(row)
         return header, rows
     if kind == "lookup":
@@ -155,15 +258,28 @@ def csv_rows(report: dict, verbose: bool = False) -> tuple[tuple[str, ...], list
         for r in report["rows"]:
             lat, hit = r["latency_us"], r["hit_rate"]
             share = r["gpu_kernel"]["kernel_share_of_gather_floor"]
-            rows.append([r["batch_size"], round(r["throughput"]["lookups_per_s"], 2),
-                         round(r["throughput"]["keys_per_s"], 1),
-                         *(round(lat[p], 1) for p in ("p50", "p90", "p95", "p99", "max")),
-                         *(round(hit[t], 6) for t in ("gpu_cache", "volatile", "persistent",
-                                                      "default")),
-                         "" if share is None else round(share, 4)])
+            rows.append(
+                [
+                    r["batch_size"],
+                    round(r["throughput"]["lookups_per_s"], 2),
+                    round(r["throughput"]["keys_per_s"], 1),
+                    *(round(lat[p], 1) for p in ("p50", "p90", "p95", "p99", "max")),
+                    *(round(hit[t], 6) for t in ("gpu_cache", "volatile", "persistent", "default")),
+                    "" if share is None else round(share, 4),
+                ]
+            )
         return LOOKUP_COLUMNS, rows
-    rows = [[p["gpucacheper"], p["slots"], p["num_sets"], round(p["hit_rate"], 6),
-             round(p["ideal_hit_rate"], 6), p["memory_bytes_per_gpu"]] for p in report["curve"]]
+    rows = [
+        [
+            p["gpucacheper"],
+            p["slots"],
+            p["num_sets"],
+            round(p["hit_rate"], 6),
+            round(p["ideal_hit_rate"], 6),
+            p["memory_bytes_per_gpu"],
+        ]
+        for p in report["curve"]
+    ]
     return CACHE_SIZE_COLUMNS, rows
 
 
@@ -177,6 +293,7 @@ def csv_text(report: dict, verbose: bool = False) -> str:
 
 
 # -------------------------------------------------------------------------------------- plots
+
 
 def require_matplotlib() -> None:
     """DependencyMissingError unless matplotlib can be imported."""
@@ -195,6 +312,7 @@ def plot(report: dict, dest, overwrite: bool = False) -> None:
 
     require_matplotlib()
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -203,13 +321,23 @@ def plot(report: dict, dest, overwrite: bool = False) -> None:
     if kind == "cache-size":
         xs = [p["gpucacheper"] for p in report["curve"]]
         ax.plot(xs, [p["hit_rate"] for p in report["curve"]], "o-", label="hit rate (replay)")
-        ax.plot(xs, [p["ideal_hit_rate"] for p in report["curve"]], "--", color="grey",
-                label="ideal (most frequent keys)")
+        ax.plot(
+            xs,
+            [p["ideal_hit_rate"] for p in report["curve"]],
+            "--",
+            color="grey",
+            label="ideal (most frequent keys)",
+        )
         if report.get("smallest"):
             s = report["smallest"]
             ax.axhline(report["target_hit_rate"], color="red", lw=0.8, ls=":")
-            ax.plot([s["gpucacheper"]], [s["hit_rate"]], "r*", ms=12,
-                    label=f"smallest gpucacheper {s['gpucacheper']:g}")
+            ax.plot(
+                [s["gpucacheper"]],
+                [s["hit_rate"]],
+                "r*",
+                ms=12,
+                label=f"smallest gpucacheper {s['gpucacheper']:g}",
+            )
         ax.set_xlabel("cache fraction (gpucacheper)")
         ax.set_ylabel("hit rate")
         ax.set_ylim(0, 1.02)

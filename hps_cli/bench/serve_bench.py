@@ -47,11 +47,11 @@ class ServeBenchSpec:
     url: str
     model: str
     protocol: str = "http"
-    config: Path | None = None           # draw keys from the tables of this ps.json
+    config: Path | None = None  # draw keys from the tables of this ps.json
     distribution: str = "uniform"
     keys_from: Path | None = None
-    key_space: int = 1_000_000           # keys 0..N-1 when there is neither config nor trace
-    keys_per_request: int = 64           # per table
+    key_space: int = 1_000_000  # keys 0..N-1 when there is neither config nor trace
+    keys_per_request: int = 64  # per table
     concurrency: tuple[int, ...] = (1, 2, 4, 8, 16)
     measurement_interval_ms: int = 5000
     stability_percentage: float = 10.0
@@ -71,14 +71,17 @@ def parse_concurrency_range(text: str) -> tuple[int, ...]:
     except ValueError:
         values = []
     if not 1 <= len(values) <= 3 or any(v < 1 for v in values):
-        raise InvalidInputError(f"invalid concurrency range '{text}'",
-                                location="--concurrency-range",
-                                hint="START[:END[:STEP]] with positive integers, e.g. 1:16")
+        raise InvalidInputError(
+            f"invalid concurrency range '{text}'",
+            location="--concurrency-range",
+            hint="START[:END[:STEP]] with positive integers, e.g. 1:16",
+        )
     start = values[0]
     end = values[1] if len(values) > 1 else start
     if end < start:
-        raise InvalidInputError(f"the range '{text}' ends before it starts",
-                                location="--concurrency-range")
+        raise InvalidInputError(
+            f"the range '{text}' ends before it starts", location="--concurrency-range"
+        )
     if len(values) == 3:
         return tuple(range(start, end + 1, values[2]))
     out, level = [], start
@@ -108,8 +111,9 @@ class _Protocol:
     def client(self):
         if self.protocol == "grpc":
             return self.module.InferenceServerClient(self.url)
-        return self.module.InferenceServerClient(self.url, connection_timeout=self.timeout_s,
-                                                 network_timeout=self.timeout_s)
+        return self.module.InferenceServerClient(
+            self.url, connection_timeout=self.timeout_s, network_timeout=self.timeout_s
+        )
 
     def inputs(self, keys: np.ndarray, counts: np.ndarray, binary: bool):
         m = self.module
@@ -141,8 +145,10 @@ class _Protocol:
             else:
                 doc = client.get_inference_statistics(model)
             stats = doc["model_stats"][0]["inference_stats"]
-            return {f: (int(stats[f].get("count", 0)), int(stats[f].get("ns", 0)))
-                    for f in _SERVER_FIELDS}
+            return {
+                f: (int(stats[f].get("count", 0)), int(stats[f].get("ns", 0)))
+                for f in _SERVER_FIELDS
+            }
         except Exception:
             return None
 
@@ -155,20 +161,22 @@ def _connect(proto: _Protocol, model: str):
     except Exception as exc:
         raise ServiceUnavailableError(
             f"cannot reach a KServe v2 {proto.protocol.upper()} server at {proto.url} "
-            f"({_short(exc)})", location=proto.url,
-            hint="start it with 'hps serve --config ps.json', or check --url and --protocol"
+            f"({_short(exc)})",
+            location=proto.url,
+            hint="start it with 'hps serve --config ps.json', or check --url and --protocol",
         ) from None
     if not live:
-        raise ServiceUnavailableError(f"the server at {proto.url} is not live",
-                                      location=proto.url)
+        raise ServiceUnavailableError(f"the server at {proto.url} is not live", location=proto.url)
     try:
         ready = client.is_model_ready(model)
     except Exception:
         ready = False
     if not ready:
-        raise NotFoundError(f"the server at {proto.url} has no ready model '{model}'",
-                            location="--model", hint="see GET /v2/models/<name>/ready or the "
-                            "server's log for its models")
+        raise NotFoundError(
+            f"the server at {proto.url} has no ready model '{model}'",
+            location="--model",
+            hint="see GET /v2/models/<name>/ready or the server's log for its models",
+        )
     return client
 
 
@@ -180,17 +188,23 @@ def _short(exc: Exception) -> str:
 def _model_tables(proto: _Protocol, client, spec: ServeBenchSpec) -> tuple[list[str], list[int]]:
     """Table names and dims of a lookup model (from --config, else the model's config)."""
     try:
-        metadata = client.get_model_metadata(spec.model, as_json=True) \
-            if proto.protocol == "grpc" else client.get_model_metadata(spec.model)
+        metadata = (
+            client.get_model_metadata(spec.model, as_json=True)
+            if proto.protocol == "grpc"
+            else client.get_model_metadata(spec.model)
+        )
     except Exception as exc:
-        raise InvalidInputError(f"cannot read the metadata of model '{spec.model}': "
-                                f"{_short(exc)}", location="--model") from None
+        raise InvalidInputError(
+            f"cannot read the metadata of model '{spec.model}': {_short(exc)}", location="--model"
+        ) from None
     names = {i.get("name") for i in metadata.get("inputs", [])}
     if names != {"KEYS", "NUMKEYS"}:
         raise InvalidInputError(
             f"model '{spec.model}' is not a lookup model with the Triton HPS backend's inputs "
             f"KEYS and NUMKEYS (it has {', '.join(sorted(n for n in names if n)) or 'none'})",
-            location="--model", hint="benchmark a lookup model (one per model of ps.json)")
+            location="--model",
+            hint="benchmark a lookup model (one per model of ps.json)",
+        )
     try:
         params = proto.config(client, spec.model).get("parameters", {})
     except Exception:
@@ -214,17 +228,27 @@ def _sources(spec: ServeBenchSpec, tables: list[str]) -> tuple[list, dict, list[
     """One key source per table, the keys description, and the dims when --config gives them."""
     if spec.keys_from is not None:
         if len(tables) != 1:
-            raise InvalidInputError(f"a key trace feeds one table, but model '{spec.model}' has "
-                                    f"{len(tables)}", location="--keys-from",
-                                    hint="use --distribution with --config for such models")
+            raise InvalidInputError(
+                f"a key trace feeds one table, but model '{spec.model}' has {len(tables)}",
+                location="--keys-from",
+                hint="use --distribution with --config for such models",
+            )
         source = TraceKeys(load_trace(spec.keys_from))
         return [source], source.describe(), None
     dist = parse_distribution(spec.distribution)
     if spec.config is None:
         keys = np.arange(spec.key_space, dtype=np.int64)
         sources = [DistributionKeys(keys, dist, spec.seed + i) for i in range(len(tables))]
-        return sources, {"source": "distribution", **dist.to_dict(), "seed": spec.seed,
-                         "key_space": spec.key_space}, None
+        return (
+            sources,
+            {
+                "source": "distribution",
+                **dist.to_dict(),
+                "seed": spec.seed,
+                "key_space": spec.key_space,
+            },
+            None,
+        )
     from ..runtime.config.validate import load_config
     from ..runtime.table.reader import TableReader
 
@@ -232,14 +256,20 @@ def _sources(spec: ServeBenchSpec, tables: list[str]) -> tuple[list, dict, list[
     try:
         model = cfg.model(spec.model)
     except KeyError:
-        raise InvalidInputError(f"no model '{spec.model}' in {spec.config}", location="--model",
-                                hint="models: " + ", ".join(cfg.model_names)) from None
+        raise InvalidInputError(
+            f"no model '{spec.model}' in {spec.config}",
+            location="--model",
+            hint="models: " + ", ".join(cfg.model_names),
+        ) from None
     sources = []
     for t in range(model.num_tables):
         with TableReader(model.table_path(t), model.embedding_vecsize_per_table[t]) as reader:
             sources.append(DistributionKeys(np.array(reader.keys()), dist, spec.seed + t))
-    return sources, {"source": "distribution", **dist.to_dict(), "seed": spec.seed,
-                     "config": str(spec.config)}, list(model.embedding_vecsize_per_table)
+    return (
+        sources,
+        {"source": "distribution", **dist.to_dict(), "seed": spec.seed, "config": str(spec.config)},
+        list(model.embedding_vecsize_per_table),
+    )
 
 
 @dataclass
@@ -254,17 +284,26 @@ class _Record:
 class _Level:
     """The worker threads of one concurrency level and what they recorded."""
 
-    def __init__(self, proto: _Protocol, spec: ServeBenchSpec, sources: list, dims: list[int],
-                 concurrency: int):
+    def __init__(
+        self,
+        proto: _Protocol,
+        spec: ServeBenchSpec,
+        sources: list,
+        dims: list[int],
+        concurrency: int,
+    ):
         self.proto, self.spec, self.sources, self.dims = proto, spec, sources, dims
         self.concurrency = concurrency
         self.records: list[_Record] = []
         self.first_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._work, args=(i,), daemon=True,
-                                          name=f"hps-bench-{concurrency}-{i}")
-                         for i in range(concurrency)]
+        self._threads = [
+            threading.Thread(
+                target=self._work, args=(i,), daemon=True, name=f"hps-bench-{concurrency}-{i}"
+            )
+            for i in range(concurrency)
+        ]
 
     def start(self) -> None:
         for thread in self._threads:
@@ -307,15 +346,22 @@ class _Level:
                     recv_start = time.perf_counter()
                     out = result.as_numpy("OUTPUT0")
                     if out is None or (expected is not None and out.size != expected):
-                        raise ValueError(f"OUTPUT0 holds {None if out is None else out.size} "
-                                         f"values, expected {expected}")
+                        raise ValueError(
+                            f"OUTPUT0 holds {None if out is None else out.size} "
+                            f"values, expected {expected}"
+                        )
                 except Exception as exc:  # noqa: BLE001 - every failure counts as an error
                     ok = False
                     sent = started
                     self._failed(_short(exc))
                 end = time.perf_counter()
-                record = _Record(end, (end - started) * 1e6, (sent - started) * 1e6,
-                                 (end - recv_start) * 1e6 if ok else 0.0, ok)
+                record = _Record(
+                    end,
+                    (end - started) * 1e6,
+                    (sent - started) * 1e6,
+                    (end - recv_start) * 1e6 if ok else 0.0,
+                    ok,
+                )
                 with self._lock:
                     self.records.append(record)
         finally:
@@ -332,15 +378,16 @@ class _Level:
                 self.first_error = message
 
 
-def _windows(records: list[_Record], bounds: list[float], marks: list[int],
-             server: list[dict | None]) -> list[Window]:
+def _windows(
+    records: list[_Record], bounds: list[float], marks: list[int], server: list[dict | None]
+) -> list[Window]:
     """Window i spans [bounds[i], bounds[i+1]) and holds the requests recorded in it:
     ``records[marks[i]:marks[i+1]]`` (marks: how many were recorded at each bound), so the
     windows the stability decision saw are exactly the windows reported."""
     out = []
     for i in range(len(bounds) - 1):
         w = Window(bounds[i], bounds[i + 1])
-        for r in records[marks[i]:marks[i + 1]]:
+        for r in records[marks[i] : marks[i + 1]]:
             if r.ok:
                 w.latencies_us.append(r.latency_us)
                 w.send_us += r.send_us
@@ -348,14 +395,22 @@ def _windows(records: list[_Record], bounds: list[float], marks: list[int],
             else:
                 w.errors += 1
         if server[i] is not None and server[i + 1] is not None:
-            w.server = {f: (server[i + 1][f][0] - server[i][f][0],
-                            server[i + 1][f][1] - server[i][f][1]) for f in _SERVER_FIELDS}
+            w.server = {
+                f: (server[i + 1][f][0] - server[i][f][0], server[i + 1][f][1] - server[i][f][1])
+                for f in _SERVER_FIELDS
+            }
         out.append(w)
     return out
 
 
-def _run_level(proto: _Protocol, stats_client, spec: ServeBenchSpec, sources: list,
-               dims: list[int], concurrency: int) -> dict:
+def _run_level(
+    proto: _Protocol,
+    stats_client,
+    spec: ServeBenchSpec,
+    sources: list,
+    dims: list[int],
+    concurrency: int,
+) -> dict:
     level = _Level(proto, spec, sources, dims, concurrency)
     level.start()
     try:
@@ -389,18 +444,28 @@ def _run_level(proto: _Protocol, stats_client, spec: ServeBenchSpec, sources: li
         except Exception as exc:
             raise ServiceUnavailableError(
                 f"the server at {spec.url} went away during the benchmark ({_short(exc)})",
-                location=spec.url) from None
-        raise InvalidInputError(f"every request failed at concurrency {concurrency}: "
-                                f"{level.first_error}", location=f"--model {spec.model}",
-                                hint="check --keys-per-request against the model's "
-                                "max_batch_size, and the keys' range")
-    return _level_report(spec, concurrency, used, windows, stable, errors_total, len(sources),
-                         level.first_error)
+                location=spec.url,
+            ) from None
+        raise InvalidInputError(
+            f"every request failed at concurrency {concurrency}: {level.first_error}",
+            location=f"--model {spec.model}",
+            hint="check --keys-per-request against the model's max_batch_size, and the keys' range",
+        )
+    return _level_report(
+        spec, concurrency, used, windows, stable, errors_total, len(sources), level.first_error
+    )
 
 
-def _level_report(spec: ServeBenchSpec, concurrency: int, used: list[Window],
-                  windows: list[Window], stable: bool, errors_total: int, n_tables: int,
-                  first_error: str | None) -> dict:
+def _level_report(
+    spec: ServeBenchSpec,
+    concurrency: int,
+    used: list[Window],
+    windows: list[Window],
+    stable: bool,
+    errors_total: int,
+    n_tables: int,
+    first_error: str | None,
+) -> dict:
     seconds = sum(w.seconds for w in used)
     latencies = [lat for w in used for lat in w.latencies_us]
     requests = len(latencies)
@@ -417,27 +482,38 @@ def _level_report(spec: ServeBenchSpec, concurrency: int, used: list[Window],
             server[f"{f}_us"] = ns / count / 1e3 if count else 0.0
     mean = summary["mean"] or 0.0
     network = max(0.0, mean - send - recv - (sum(server.values()) if server else 0.0))
-    return {"concurrency": concurrency, "stable": stable, "trials": len(windows),
-            "windows": [w.to_dict() for w in windows],
-            "requests": requests, "errors": sum(w.errors for w in used),
-            "errors_total": errors_total, "first_error": first_error, "seconds": seconds,
-            "keys_per_request": per_request,
-            "throughput_infer_per_sec": requests / seconds if seconds else 0.0,
-            "throughput_keys_per_sec": requests * per_request / seconds if seconds else 0.0,
-            "latency_us": summary,
-            "client": {"send_us": send, "recv_us": recv, "network_server_send_recv_us": network},
-            "server": server}
+    return {
+        "concurrency": concurrency,
+        "stable": stable,
+        "trials": len(windows),
+        "windows": [w.to_dict() for w in windows],
+        "requests": requests,
+        "errors": sum(w.errors for w in used),
+        "errors_total": errors_total,
+        "first_error": first_error,
+        "seconds": seconds,
+        "keys_per_request": per_request,
+        "throughput_infer_per_sec": requests / seconds if seconds else 0.0,
+        "throughput_keys_per_sec": requests * per_request / seconds if seconds else 0.0,
+        "latency_us": summary,
+        "client": {"send_us": send, "recv_us": recv, "network_server_send_recv_us": network},
+        "server": server,
+    }
 
 
 def run_serve_bench(spec: ServeBenchSpec, status: Callable[[str], None] | None = None) -> dict:
     """The concurrency sweep; the report document (schemas/bench_report.schema.json)."""
     say = status or (lambda message: None)
     if spec.protocol not in ("http", "grpc"):
-        raise InvalidInputError(f"unknown protocol '{spec.protocol}'", location="--protocol",
-                                hint="http or grpc")
+        raise InvalidInputError(
+            f"unknown protocol '{spec.protocol}'", location="--protocol", hint="http or grpc"
+        )
     if "://" in spec.url:
-        raise InvalidInputError(f"give the server as HOST:PORT, not a URL with a scheme: "
-                                f"'{spec.url}'", location="--url", hint="e.g. 127.0.0.1:8000")
+        raise InvalidInputError(
+            f"give the server as HOST:PORT, not a URL with a scheme: '{spec.url}'",
+            location="--url",
+            hint="e.g. 127.0.0.1:8000",
+        )
     started_at = _dt.datetime.now(_dt.timezone.utc)
     proto = _Protocol(spec.protocol, spec.url, spec.request_timeout_s)
     client = _connect(proto, spec.model)
@@ -447,28 +523,43 @@ def run_serve_bench(spec: ServeBenchSpec, status: Callable[[str], None] | None =
         if len(config_dims) != len(tables) or (dims and dims != config_dims):
             raise InvalidInputError(
                 f"model '{spec.model}' of the server has tables {tables} with dims {dims}, "
-                f"but {spec.config} describes dims {config_dims}", location="--config")
+                f"but {spec.config} describes dims {config_dims}",
+                location="--config",
+            )
         dims = config_dims
     levels = []
     for concurrency in spec.concurrency:
-        say(f"concurrency {concurrency}: windows of {spec.measurement_interval_ms} ms, "
-            f"at most {spec.max_trials}")
+        say(
+            f"concurrency {concurrency}: windows of {spec.measurement_interval_ms} ms, "
+            f"at most {spec.max_trials}"
+        )
         level = _run_level(proto, client, spec, sources, dims, concurrency)
         levels.append(level)
-        say(f"concurrency {concurrency}: {level['throughput_infer_per_sec']:.1f} infer/s, "
+        say(
+            f"concurrency {concurrency}: {level['throughput_infer_per_sec']:.1f} infer/s, "
             f"p99 {level['latency_us']['p99'] or 0:.0f} us"
-            + ("" if level["stable"] else " (not stable)"))
+            + ("" if level["stable"] else " (not stable)")
+        )
         avg_ms = (level["latency_us"]["mean"] or 0.0) / 1e3
         if spec.latency_threshold_ms is not None and avg_ms > spec.latency_threshold_ms:
             say(f"average latency {avg_ms:.2f} ms is above the threshold: stopping the sweep")
             break
-    return {"kind": "serve", "tool": "hps", "version": __version__,
-            "date": started_at.isoformat(timespec="seconds"), "machine": machine(),
-            "url": spec.url, "protocol": spec.protocol, "model": spec.model,
-            "tables": [{"name": t, "dim": dims[i] if dims else None}
-                       for i, t in enumerate(tables)],
-            "keys": keys_doc, "keys_per_request": spec.keys_per_request * len(tables),
-            "binary": spec.binary if spec.protocol == "http" else True,
-            "measurement_interval_ms": spec.measurement_interval_ms,
-            "stability_percentage": spec.stability_percentage, "max_trials": spec.max_trials,
-            "warmup_requests": spec.warmup_requests, "levels": levels}
+    return {
+        "kind": "serve",
+        "tool": "hps",
+        "version": __version__,
+        "date": started_at.isoformat(timespec="seconds"),
+        "machine": machine(),
+        "url": spec.url,
+        "protocol": spec.protocol,
+        "model": spec.model,
+        "tables": [{"name": t, "dim": dims[i] if dims else None} for i, t in enumerate(tables)],
+        "keys": keys_doc,
+        "keys_per_request": spec.keys_per_request * len(tables),
+        "binary": spec.binary if spec.protocol == "http" else True,
+        "measurement_interval_ms": spec.measurement_interval_ms,
+        "stability_percentage": spec.stability_percentage,
+        "max_trials": spec.max_trials,
+        "warmup_requests": spec.warmup_requests,
+        "levels": levels,
+    }

@@ -28,12 +28,22 @@ def latency_summary(samples_us) -> dict:
     """{count, min, mean, std, p50, p90, p95, p99, max} of latencies in microseconds."""
     values = np.sort(np.asarray(samples_us, dtype=np.float64))
     if values.size == 0:
-        return {"count": 0, "min": None, "mean": None, "std": None,
-                **{f"p{q}": None for q in PERCENTILES}, "max": None}
-    return {"count": int(values.size), "min": float(values[0]), "mean": float(values.mean()),
-            "std": float(values.std()),
-            **{f"p{q}": nearest_rank(values, q) for q in PERCENTILES},
-            "max": float(values[-1])}
+        return {
+            "count": 0,
+            "min": None,
+            "mean": None,
+            "std": None,
+            **{f"p{q}": None for q in PERCENTILES},
+            "max": None,
+        }
+    return {
+        "count": int(values.size),
+        "min": float(values[0]),
+        "mean": float(values.mean()),
+        "std": float(values.std()),
+        **{f"p{q}": nearest_rank(values, q) for q in PERCENTILES},
+        "max": float(values[-1]),
+    }
 
 
 @dataclass
@@ -44,7 +54,7 @@ class Window:
     end: float
     latencies_us: list[float] = field(default_factory=list)
     errors: int = 0
-    send_us: float = 0.0   # summed over the window's successful requests
+    send_us: float = 0.0  # summed over the window's successful requests
     recv_us: float = 0.0
     server: dict | None = None  # deltas of the server's statistics over the window
 
@@ -65,9 +75,13 @@ class Window:
         return float(np.mean(self.latencies_us)) if self.latencies_us else 0.0
 
     def to_dict(self) -> dict:
-        return {"seconds": self.seconds, "requests": self.completed, "errors": self.errors,
-                "throughput_infer_per_sec": self.throughput,
-                "avg_latency_us": self.mean_latency_us}
+        return {
+            "seconds": self.seconds,
+            "requests": self.completed,
+            "errors": self.errors,
+            "throughput_infer_per_sec": self.throughput,
+            "avg_latency_us": self.mean_latency_us,
+        }
 
 
 def within(values: list[float], percent: float) -> bool:
@@ -87,5 +101,6 @@ def is_stable(windows: list[Window], percent: float, count: int = 3) -> bool:
     last = windows[-count:]
     if any(w.completed == 0 for w in last):
         return False
-    return within([w.throughput for w in last], percent) and \
-        within([w.mean_latency_us for w in last], percent)
+    return within([w.throughput for w in last], percent) and within(
+        [w.mean_latency_us for w in last], percent
+    )

@@ -21,8 +21,9 @@ def _unique(name: str, taken: set[str]) -> str:
     return candidate
 
 
-def build_model(manifest: dict, layers: SimpleNamespace, supportlonglong: bool,
-                ps_config_file: str = "ps.json"):
+def build_model(
+    manifest: dict, layers: SimpleNamespace, supportlonglong: bool, ps_config_file: str = "ps.json"
+):
     """(Keras model, inference ``inputs`` docs, ``layers`` docs) for ``manifest``.
 
     Call inside ``hps_cli.tf.runtime_handle.package_base(package)`` so the relative paths
@@ -40,30 +41,52 @@ def build_model(manifest: dict, layers: SimpleNamespace, supportlonglong: bool,
         shape = tuple(spec["shape"][1:])
         tensor = keras.Input(shape=shape, dtype=dtype, name=spec["name"], sparse=sparse)
         inputs.append(tensor)
-        input_docs.append({"name": spec["name"], "dtype": dtype, "shape": [None, *shape],
-                           "format": spec["format"]})
+        input_docs.append(
+            {
+                "name": spec["name"],
+                "dtype": dtype,
+                "shape": [None, *shape],
+                "format": spec["format"],
+            }
+        )
         for lookup in spec.get("lookups", []):
             table = manifest["tables"][lookup["table_id"]]
-            args = dict(model_name=model_name, table_id=lookup["table_id"],
-                        emb_vec_size=table["dim"], emb_vec_dtype="float32",
-                        ps_config_file=ps_config_file,
-                        name=_unique(f"hps_{lookup['dense_input']}", taken))
+            args = dict(
+                model_name=model_name,
+                table_id=lookup["table_id"],
+                emb_vec_size=table["dim"],
+                emb_vec_dtype="float32",
+                ps_config_file=ps_config_file,
+                name=_unique(f"hps_{lookup['dense_input']}", taken),
+            )
             if lookup["combiner"] == "none":
                 layer = layers.LookupLayer(**args)
                 feeds[lookup["dense_input"]] = layer(tensor)
             else:
                 layer = layers.SparseLookupLayer(**args)
                 feeds[lookup["dense_input"]] = layer(tensor, combiner=lookup["combiner"])
-            layer_docs.append({"layer": layer.name, "class": f"hps>{type(layer).__name__}",
-                               "model_input": spec["name"], "table": table["name"],
-                               "table_id": lookup["table_id"], "combiner": lookup["combiner"],
-                               "dense_input": lookup["dense_input"]})
+            layer_docs.append(
+                {
+                    "layer": layer.name,
+                    "class": f"hps>{type(layer).__name__}",
+                    "model_input": spec["name"],
+                    "table": table["name"],
+                    "table_id": lookup["table_id"],
+                    "combiner": lookup["combiner"],
+                    "dense_input": lookup["dense_input"],
+                }
+            )
         if "dense_input" in spec:
             feeds[spec["dense_input"]] = tensor
     names = [i["name"] for i in dense["inputs"]]
     outputs = [o["name"] for o in dense["outputs"]]
-    part = layers.DenseSavedModel(dense["dir"], signature=dense["signature"], input_names=names,
-                                  output_names=outputs, name=_unique("dense_part", taken))
+    part = layers.DenseSavedModel(
+        dense["dir"],
+        signature=dense["signature"],
+        input_names=names,
+        output_names=outputs,
+        name=_unique("dense_part", taken),
+    )
     result = part([feeds[name] for name in names])
     model = keras.Model(inputs, result, name=model_name)
     return model, input_docs, layer_docs

@@ -45,14 +45,21 @@ class BuildResult:
 
     def to_dict(self) -> dict:
         inference = self.manifest["inference"]
-        return {"out_dir": str(self.out_dir), "built_from": inference["built_from"],
-                "model_file": inference["model_file"], "keras": inference["keras"],
-                "model_name": self.manifest["model_name"],
-                "tables": [t["name"] for t in self.manifest["tables"]],
-                "inputs": inference["inputs"], "outputs": inference["outputs"],
-                "layers": inference["layers"], "linked_files": self.linked_files,
-                "copied_files": self.copied_files, "seconds": round(self.seconds, 3),
-                "warnings": self.warnings}
+        return {
+            "out_dir": str(self.out_dir),
+            "built_from": inference["built_from"],
+            "model_file": inference["model_file"],
+            "keras": inference["keras"],
+            "model_name": self.manifest["model_name"],
+            "tables": [t["name"] for t in self.manifest["tables"]],
+            "inputs": inference["inputs"],
+            "outputs": inference["outputs"],
+            "layers": inference["layers"],
+            "linked_files": self.linked_files,
+            "copied_files": self.copied_files,
+            "seconds": round(self.seconds, 3),
+            "warnings": self.warnings,
+        }
 
 
 def read_source(source: Path):
@@ -100,33 +107,46 @@ def _flavour(option: str, plan: BuildPlan) -> str:
     if option == "auto":
         return "tf_keras" if plan.keras_hint == "tf_keras" else "keras3"
     if option not in KERAS_CHOICES:
-        raise InvalidInputError(f"unknown Keras flavour '{option}'", location="--keras",
-                                hint="auto, keras3 or tf_keras")
+        raise InvalidInputError(
+            f"unknown Keras flavour '{option}'", location="--keras", hint="auto, keras3 or tf_keras"
+        )
     return option
 
 
-def build_graph(source: Path | str, out_dir: Path | str,
-                options: BuildOptions | None = None) -> BuildResult:
+def build_graph(
+    source: Path | str, out_dir: Path | str, options: BuildOptions | None = None
+) -> BuildResult:
     """Write the inference package of ``source`` (a dissect folder or a spec) to ``out_dir``."""
     options = options or BuildOptions()
     started = time.perf_counter()
     source, out_dir = Path(source), Path(out_dir)
     if not source.exists():
-        raise InvalidInputError("no such file or folder", location=str(source),
-                                hint="give an 'hps dissect' output folder or a spec file")
+        raise InvalidInputError(
+            "no such file or folder",
+            location=str(source),
+            hint="give an 'hps dissect' output folder or a spec file",
+        )
     plan = read_source(source)
-    check_against_config(plan.manifest, plan.config, str(
-        plan.source / "manifest.json" if plan.built_from == "dissect" else plan.source))
+    check_against_config(
+        plan.manifest,
+        plan.config,
+        str(plan.source / "manifest.json" if plan.built_from == "dissect" else plan.source),
+    )
     flavour = _flavour(options.keras, plan)
     for path in [plan.source, plan.ps_path, plan.dense_source, *plan.table_sources]:
         if _overlaps(out_dir, path):
-            raise InvalidInputError("OUT_DIR overlaps the source it is built from",
-                                    location=str(out_dir), hint="write the package elsewhere")
+            raise InvalidInputError(
+                "OUT_DIR overlaps the source it is built from",
+                location=str(out_dir),
+                hint="write the package elsewhere",
+            )
     check_destination(out_dir, options.overwrite)
     warnings = []
     if plan.config.models[plan.model_index].hit_rate_threshold < 1.0:
-        warnings.append("hit_rate_threshold is below 1: a lookup may answer missed keys with "
-                        "the default vector while they are inserted (set 1.0 for exact results)")
+        warnings.append(
+            "hit_rate_threshold is below 1: a lookup may answer missed keys with "
+            "the default vector while they are inserted (set 1.0 for exact results)"
+        )
 
     from ..dissect.tf_support import import_tensorflow
 
@@ -146,31 +166,43 @@ def build_graph(source: Path | str, out_dir: Path | str,
         ps_path.write_text(json.dumps(_package_config(plan), indent=2) + "\n")
         _, config = checked_config(ps_path)
         with package_base(work.path):
-            model, input_docs, layer_docs = build_model(plan.manifest, layers,
-                                                        config.supportlonglong)
+            model, input_docs, layer_docs = build_model(
+                plan.manifest, layers, config.supportlonglong
+            )
             model.save(str(work.path / "model.keras"))
         manifest = copy.deepcopy(plan.manifest)
         manifest["inference"] = {
-            "format": "hps-inference-package", "version": 1,
+            "format": "hps-inference-package",
+            "version": 1,
             "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-            "tool": {"name": "hps", "version": __version__, "tensorflow": tf.__version__,
-                     "keras": layers.keras.__version__},
-            "built_from": plan.built_from, "source": str(plan.source.resolve()),
-            "model_file": "model.keras", "keras": flavour,
+            "tool": {
+                "name": "hps",
+                "version": __version__,
+                "tensorflow": tf.__version__,
+                "keras": layers.keras.__version__,
+            },
+            "built_from": plan.built_from,
+            "source": str(plan.source.resolve()),
+            "model_file": "model.keras",
+            "keras": flavour,
             "keras_version": layers.keras.__version__,
             "inputs": input_docs,
-            "outputs": [{k: o[k] for k in ("name", "dtype", "shape")}
-                        for o in manifest["dense"]["outputs"]],
+            "outputs": [
+                {k: o[k] for k in ("name", "dtype", "shape")} for o in manifest["dense"]["outputs"]
+            ],
             "layers": layer_docs,
         }
         errors = manifest_errors(manifest)
         if errors:
-            raise CheckFailedError(f"the package manifest does not match its schema: "
-                                   f"{errors[0]}", location=str(work.path / "manifest.json"))
+            raise CheckFailedError(
+                f"the package manifest does not match its schema: {errors[0]}",
+                location=str(work.path / "manifest.json"),
+            )
         (work.path / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         work.commit()
     except BaseException:
         work.abort()
         raise
-    return BuildResult(out_dir, manifest, time.perf_counter() - started, counts[0], counts[1],
-                       warnings)
+    return BuildResult(
+        out_dir, manifest, time.perf_counter() - started, counts[0], counts[1], warnings
+    )

@@ -43,11 +43,13 @@ def read_json(path: Path, what: str) -> object:
     try:
         return json.loads(path.read_text())
     except UnicodeDecodeError as exc:
-        raise InvalidInputError(f"the {what} is not UTF-8 text: {exc}",
-                                location=str(path)) from None
+        raise InvalidInputError(
+            f"the {what} is not UTF-8 text: {exc}", location=str(path)
+        ) from None
     except json.JSONDecodeError as exc:
-        raise InvalidInputError(f"the {what} is not valid JSON: {exc.msg}",
-                                location=f"{path}:{exc.lineno}:{exc.colno}") from None
+        raise InvalidInputError(
+            f"the {what} is not valid JSON: {exc.msg}", location=f"{path}:{exc.lineno}:{exc.colno}"
+        ) from None
 
 
 def checked_config(path: Path) -> tuple[dict, PsConfig]:
@@ -57,10 +59,14 @@ def checked_config(path: Path) -> tuple[dict, PsConfig]:
     result = validate_config_file(path, check_files=True)
     if not result.ok or result.config is None:
         first = result.errors[0]
-        raise ConfigError(first.message, issues=result.issues,
-                          location=f"{path} {first.json_path}" if first.json_path != "$"
-                          else (first.location or str(path)),
-                          hint=first.hint or f"run 'hps validate-config {path}'")
+        raise ConfigError(
+            first.message,
+            issues=result.issues,
+            location=f"{path} {first.json_path}"
+            if first.json_path != "$"
+            else (first.location or str(path)),
+            hint=first.hint or f"run 'hps validate-config {path}'",
+        )
     return read_json(path, "HPS config"), result.config
 
 
@@ -68,12 +74,16 @@ def model_index(config: PsConfig, name: str | None, where: str) -> int:
     names = list(config.model_names)
     if name is None:
         if len(names) != 1:
-            raise InvalidInputError(f"the config has {len(names)} models: name one",
-                                    location=where, hint="models: " + ", ".join(names))
+            raise InvalidInputError(
+                f"the config has {len(names)} models: name one",
+                location=where,
+                hint="models: " + ", ".join(names),
+            )
         return 0
     if name not in names:
-        raise NotFoundError(f"no model '{name}' in the config", location=where,
-                            hint="models: " + ", ".join(names))
+        raise NotFoundError(
+            f"no model '{name}' in the config", location=where, hint="models: " + ", ".join(names)
+        )
     return names.index(name)
 
 
@@ -82,33 +92,43 @@ def check_against_config(manifest: dict, config: PsConfig, where: str) -> None:
     model = config.model(manifest["model_name"])
     tables = manifest["tables"]
     if len(tables) != model.num_tables:
-        raise InvalidInputError(f"the manifest lists {len(tables)} tables, the config's model "
-                                f"'{model.model}' has {model.num_tables}",
-                                location=f"{where} $.tables")
+        raise InvalidInputError(
+            f"the manifest lists {len(tables)} tables, the config's model "
+            f"'{model.model}' has {model.num_tables}",
+            location=f"{where} $.tables",
+        )
     for i, table in enumerate(tables):
         t = table["table_id"]
-        if t != i or model.table_name(t) != table["name"] \
-                or model.embedding_vecsize_per_table[t] != table["dim"]:
+        if (
+            t != i
+            or model.table_name(t) != table["name"]
+            or model.embedding_vecsize_per_table[t] != table["dim"]
+        ):
             raise InvalidInputError(
                 f"table '{table['name']}' (table_id {t}, dim {table['dim']}) does not match "
                 f"the config's table {i} '{model.table_name(i)}' (dim "
-                f"{model.embedding_vecsize_per_table[i]})", location=f"{where} $.tables[{i}]")
+                f"{model.embedding_vecsize_per_table[i]})",
+                location=f"{where} $.tables[{i}]",
+            )
     for i, spec in enumerate(manifest["inputs"]):
         for j, lookup in enumerate(spec.get("lookups", [])):
             t = lookup["table_id"]
             if not 0 <= t < model.num_tables or model.table_name(t) != lookup["table"]:
-                raise InvalidInputError(f"lookup of table '{lookup['table']}' (table_id {t}) "
-                                        "does not match the config",
-                                        location=f"{where} $.inputs[{i}].lookups[{j}]")
+                raise InvalidInputError(
+                    f"lookup of table '{lookup['table']}' (table_id {t}) does not match the config",
+                    location=f"{where} $.inputs[{i}].lookups[{j}]",
+                )
             if lookup["combiner"] != "none" and spec["format"] != "sparse":
                 raise InvalidInputError(
                     f"combiner '{lookup['combiner']}' needs sparse ids (a SparseTensor input); "
                     f"input '{spec['name']}' is dense",
-                    location=f"{where} $.inputs[{i}].lookups[{j}].combiner")
+                    location=f"{where} $.inputs[{i}].lookups[{j}].combiner",
+                )
             if lookup["combiner"] == "none" and spec["format"] == "sparse":
                 raise InvalidInputError(
                     f"sparse input '{spec['name']}' needs a combiner (sum, mean or sqrtn)",
-                    location=f"{where} $.inputs[{i}].lookups[{j}].combiner")
+                    location=f"{where} $.inputs[{i}].lookups[{j}].combiner",
+                )
     dense = manifest["dense"]
     fed = [lk["dense_input"] for s in manifest["inputs"] for lk in s.get("lookups", [])]
     fed += [s["dense_input"] for s in manifest["inputs"] if "dense_input" in s]
@@ -116,7 +136,9 @@ def check_against_config(manifest: dict, config: PsConfig, where: str) -> None:
     if sorted(fed) != sorted(wanted):
         raise InvalidInputError(
             f"the inputs feed dense inputs {sorted(fed)}, the dense part takes {sorted(wanted)}",
-            location=f"{where} $.inputs", hint="every dense input must be fed exactly once")
+            location=f"{where} $.inputs",
+            hint="every dense input must be fed exactly once",
+        )
 
 
 def table_dir_name(name: str) -> str:

@@ -12,10 +12,15 @@ from ..output import current_output, json_option
 @click.command("build-graph")
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--keras", "keras_flavour", type=click.Choice(["auto", "keras3", "tf_keras"]),
-              default="auto", show_default=True,
-              help="Keras that builds (and later loads) the model; auto: tf_keras when the "
-              "source model was written by tf_keras, else Keras 3.")
+@click.option(
+    "--keras",
+    "keras_flavour",
+    type=click.Choice(["auto", "keras3", "tf_keras"]),
+    default="auto",
+    show_default=True,
+    help="Keras that builds (and later loads) the model; auto: tf_keras when the "
+    "source model was written by tf_keras, else Keras 3.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
 @click.pass_context
@@ -34,8 +39,9 @@ def build_graph_command(ctx, source, out_dir, keras_flavour, overwrite, json_out
 
     out = current_output()
     with out.progress(None, f"building {out_dir}"):
-        result = build_graph(source, out_dir,
-                             BuildOptions(keras=keras_flavour, overwrite=overwrite))
+        result = build_graph(
+            source, out_dir, BuildOptions(keras=keras_flavour, overwrite=overwrite)
+        )
     for warning in result.warnings:
         out.warn(warning)
     if out.json_mode:
@@ -43,12 +49,18 @@ def build_graph_command(ctx, source, out_dir, keras_flavour, overwrite, json_out
         return
     inference = result.manifest["inference"]
     for layer in inference["layers"]:
-        out.line(f"{layer['class']} {layer['layer']}: {layer['model_input']} -> table "
-                 f"{layer['table']} (combiner {layer['combiner']}) -> {layer['dense_input']}")
+        out.line(
+            f"{layer['class']} {layer['layer']}: {layer['model_input']} -> table "
+            f"{layer['table']} (combiner {layer['combiner']}) -> {layer['dense_input']}"
+        )
     ins = ", ".join(i["name"] for i in inference["inputs"])
     outs = ", ".join(o["name"] for o in inference["outputs"])
-    out.line(f"model: {inference['model_file']} ({inference['keras']} "
-             f"{inference['keras_version']}) inputs [{ins}] -> [{outs}]")
-    out.line(f"wrote {result.out_dir} ({len(result.manifest['tables'])} table(s), "
-             f"{result.linked_files} file(s) linked, {result.copied_files} copied) in "
-             f"{result.seconds:.1f} s; load it with hps_cli.tf.load_model")
+    out.line(
+        f"model: {inference['model_file']} ({inference['keras']} "
+        f"{inference['keras_version']}) inputs [{ins}] -> [{outs}]"
+    )
+    out.line(
+        f"wrote {result.out_dir} ({len(result.manifest['tables'])} table(s), "
+        f"{result.linked_files} file(s) linked, {result.copied_files} copied) in "
+        f"{result.seconds:.1f} s; load it with hps_cli.tf.load_model"
+    )

@@ -8,47 +8,124 @@ import click
 
 
 @click.command("serve")
-@click.option("--config", "config", required=True,
-              type=click.Path(path_type=Path, dir_okay=False),
-              help="HPS ps.json: one lookup model per model (Triton HPS backend contract).")
-@click.option("--model-repository", type=click.Path(path_type=Path, file_okay=False),
-              help="Folder of packages (manifest.json + ps.json + dense/, from hps dissect or "
-              "hps build-graph): one inference model per package, named by its folder.")
-@click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind (loopback unless told otherwise; 0.0.0.0 for all).")
-@click.option("--http-port", default=8000, show_default=True, type=click.IntRange(0, 65535),
-              help="KServe v2 HTTP/REST port (0: any free port, see the 'ready' log line).")
-@click.option("--grpc-port", default=8001, show_default=True, type=click.IntRange(0, 65535),
-              help="KServe v2 gRPC port.")
-@click.option("--metrics-port", default=8002, show_default=True, type=click.IntRange(0, 65535),
-              help="Prometheus /metrics port.")
-@click.option("--max-queue-delay-us", default=0, show_default=True,
-              type=click.IntRange(0, 10_000_000),
-              help="Dynamic batching: how long the oldest queued request may wait for others "
-              "(0: batch only what is already queued).")
-@click.option("--max-queue-size", default=1024, show_default=True, type=click.IntRange(1),
-              help="Requests that may wait per model; more are refused with 503.")
-@click.option("--instances", default=2, show_default=True, type=click.IntRange(1, 64),
-              help="Concurrent executions per model (at most num_of_worker_buffer_in_pool "
-              "when the model has embedding caches).")
-@click.option("--max-request-bytes", default=64 << 20, show_default=True,
-              type=click.IntRange(1024), help="Largest request body (413 above).")
-@click.option("--admin-token-file", type=click.Path(path_type=Path, dir_okay=False),
-              help="File holding the bearer token of the admin endpoints (else "
-              "$HPS_ADMIN_TOKEN; without a token they are disabled).")
-@click.option("--allow-shared-memory", is_flag=True,
-              help="Enable Triton's system shared memory extension (inputs and outputs in "
-              "/dev/shm regions of the server's user; loopback hosts only).")
-@click.option("--shutdown-timeout", default=30.0, show_default=True,
-              type=click.FloatRange(0), help="Seconds SIGTERM waits for in-flight requests.")
-@click.option("--access-log", default="-", show_default=True,
-              help="Access log: '-' (stderr), a file path, or 'off'.")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve_command(config, model_repository, host, http_port, grpc_port, metrics_port,
-                  max_queue_delay_us, max_queue_size, instances, max_request_bytes,
-                  admin_token_file, allow_shared_memory, shutdown_timeout, access_log,
-                  log_level) -> None:
+@click.option(
+    "--config",
+    "config",
+    required=True,
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="HPS ps.json: one lookup model per model (Triton HPS backend contract).",
+)
+@click.option(
+    "--model-repository",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Folder of packages (manifest.json + ps.json + dense/, from hps dissect or "
+    "hps build-graph): one inference model per package, named by its folder.",
+)
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    help="Address to bind (loopback unless told otherwise; 0.0.0.0 for all).",
+)
+@click.option(
+    "--http-port",
+    default=8000,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="KServe v2 HTTP/REST port (0: any free port, see the 'ready' log line).",
+)
+@click.option(
+    "--grpc-port",
+    default=8001,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="KServe v2 gRPC port.",
+)
+@click.option(
+    "--metrics-port",
+    default=8002,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Prometheus /metrics port.",
+)
+@click.option(
+    "--max-queue-delay-us",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0, 10_000_000),
+    help="Dynamic batching: how long the oldest queued request may wait for others "
+    "(0: batch only what is already queued).",
+)
+@click.option(
+    "--max-queue-size",
+    default=1024,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Requests that may wait per model; more are refused with 503.",
+)
+@click.option(
+    "--instances",
+    default=2,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Concurrent executions per model (at most num_of_worker_buffer_in_pool "
+    "when the model has embedding caches).",
+)
+@click.option(
+    "--max-request-bytes",
+    default=64 << 20,
+    show_default=True,
+    type=click.IntRange(1024),
+    help="Largest request body (413 above).",
+)
+@click.option(
+    "--admin-token-file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    help="File holding the bearer token of the admin endpoints (else "
+    "$HPS_ADMIN_TOKEN; without a token they are disabled).",
+)
+@click.option(
+    "--allow-shared-memory",
+    is_flag=True,
+    help="Enable Triton's system shared memory extension (inputs and outputs in "
+    "/dev/shm regions of the server's user; loopback hosts only).",
+)
+@click.option(
+    "--shutdown-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0),
+    help="Seconds SIGTERM waits for in-flight requests.",
+)
+@click.option(
+    "--access-log",
+    default="-",
+    show_default=True,
+    help="Access log: '-' (stderr), a file path, or 'off'.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve_command(
+    config,
+    model_repository,
+    host,
+    http_port,
+    grpc_port,
+    metrics_port,
+    max_queue_delay_us,
+    max_queue_size,
+    instances,
+    max_request_bytes,
+    admin_token_file,
+    allow_shared_memory,
+    shutdown_timeout,
+    access_log,
+    log_level,
+) -> None:
     """Serve the tables of a ps.json, and inference packages, over KServe v2.
 
     Speaks what tritonclient (HTTP and gRPC) and perf_analyzer speak: health, metadata,
@@ -78,9 +155,18 @@ def serve_command(config, model_repository, host, http_port, grpc_port, metrics_
 
     configure_logging(log_level, None if access_log == "off" else access_log)
     options = ServeOptions(
-        config=config, model_repository=model_repository, host=host, http_port=http_port,
-        grpc_port=grpc_port, metrics_port=metrics_port, max_queue_delay_us=max_queue_delay_us,
-        max_queue_size=max_queue_size, instances=instances,
-        max_request_bytes=max_request_bytes, admin_token=admin_token_from(admin_token_file),
-        shutdown_timeout_s=shutdown_timeout, allow_shared_memory=allow_shared_memory)
+        config=config,
+        model_repository=model_repository,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_queue_delay_us=max_queue_delay_us,
+        max_queue_size=max_queue_size,
+        instances=instances,
+        max_request_bytes=max_request_bytes,
+        admin_token=admin_token_from(admin_token_file),
+        shutdown_timeout_s=shutdown_timeout,
+        allow_shared_memory=allow_shared_memory,
+    )
     serve(options)

@@ -28,17 +28,29 @@ def _report_table(reports, title: str):
     from rich.table import Table
 
     grid = Table(title=title, title_justify="left", show_edge=False)
-    for name, just in (("table", "left"), ("keys", "right"), ("dim", "right"),
-                       ("size", "right"), ("meta", "center"), ("duplicates", "right"),
-                       ("sentinel keys", "right"), ("status", "left")):
+    for name, just in (
+        ("table", "left"),
+        ("keys", "right"),
+        ("dim", "right"),
+        ("size", "right"),
+        ("meta", "center"),
+        ("duplicates", "right"),
+        ("sentinel keys", "right"),
+        ("status", "left"),
+    ):
         grid.add_column(name, justify=just, overflow="fold")
     for report in reports:
         status = "ok" if report.ok else ", ".join(sorted({d.code for d in report.defects}))
-        grid.add_row(str(report.path), f"{report.num_keys:,}",
-                     str(report.dim) if report.dim else "?", human_bytes(report.layout.total_bytes),
-                     "yes" if report.layout.meta_bytes is not None else "no", _dups_text(report),
-                     "?" if report.sentinel_keys is None else str(report.sentinel_keys),
-                     status if report.ok else f"[red]{status}[/red]")
+        grid.add_row(
+            str(report.path),
+            f"{report.num_keys:,}",
+            str(report.dim) if report.dim else "?",
+            human_bytes(report.layout.total_bytes),
+            "yes" if report.layout.meta_bytes is not None else "no",
+            _dups_text(report),
+            "?" if report.sentinel_keys is None else str(report.sentinel_keys),
+            status if report.ok else f"[red]{status}[/red]",
+        )
     return grid
 
 
@@ -53,20 +65,36 @@ def _examine_all(paths, dim, key_width, scan_values, verify: bool, use_sidecar: 
         total = layout.key_bytes + (layout.vector_bytes if scan_values else 0)
         with out.progress(total, f"{'verifying' if verify else 'reading'} {path}") as advance:
             if verify:
-                reports.append(verify_table(path, dim, key_width=key_width,
-                                            scan_values=scan_values, use_sidecar=use_sidecar,
-                                            progress=advance))
+                reports.append(
+                    verify_table(
+                        path,
+                        dim,
+                        key_width=key_width,
+                        scan_values=scan_values,
+                        use_sidecar=use_sidecar,
+                        progress=advance,
+                    )
+                )
             else:
                 reports.append(table_info(path, dim, key_width=key_width, progress=advance))
     return reports
 
 
-_paths = click.argument("paths", nargs=-1, required=True,
-                        type=click.Path(path_type=Path, file_okay=False))
-_dim = click.option("--dim", type=click.IntRange(min=1), default=None,
-                    help="Expected floats per vector (default: inferred, or from table.json).")
-_key_width = click.option("--uint32-keys", "uint32", is_flag=True,
-                          help="Check keys as HPS narrows them when supportlonglong is false.")
+_paths = click.argument(
+    "paths", nargs=-1, required=True, type=click.Path(path_type=Path, file_okay=False)
+)
+_dim = click.option(
+    "--dim",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Expected floats per vector (default: inferred, or from table.json).",
+)
+_key_width = click.option(
+    "--uint32-keys",
+    "uint32",
+    is_flag=True,
+    help="Check keys as HPS narrows them when supportlonglong is false.",
+)
 
 
 @table_group.command("info")
@@ -94,10 +122,18 @@ def info_command(paths, dim, uint32, json_output) -> None:
 @_paths
 @_dim
 @_key_width
-@click.option("--values/--no-values", "scan_values", default=True, show_default=True,
-              help="Also scan every vector for NaN and Inf.")
-@click.option("--trust-sidecar", is_flag=True,
-              help="Accept a current table.json's statistics instead of rescanning the keys.")
+@click.option(
+    "--values/--no-values",
+    "scan_values",
+    default=True,
+    show_default=True,
+    help="Also scan every vector for NaN and Inf.",
+)
+@click.option(
+    "--trust-sidecar",
+    is_flag=True,
+    help="Accept a current table.json's statistics instead of rescanning the keys.",
+)
 @json_option
 @click.pass_context
 def verify_command(ctx, paths, dim, uint32, scan_values, trust_sidecar, json_output) -> None:
@@ -110,8 +146,9 @@ def verify_command(ctx, paths, dim, uint32, scan_values, trust_sidecar, json_out
     from ..runtime.errors import ExitCode
 
     out = current_output()
-    reports = _examine_all(paths, dim, 32 if uint32 else 64, scan_values, verify=True,
-                           use_sidecar=trust_sidecar)
+    reports = _examine_all(
+        paths, dim, 32 if uint32 else 64, scan_values, verify=True, use_sidecar=trust_sidecar
+    )
     bad = [r for r in reports if not r.ok]
     if out.json_mode:
         out.emit_json({"ok": not bad, "tables": [r.to_dict() for r in reports]})
@@ -128,28 +165,44 @@ def verify_command(ctx, paths, dim, uint32, scan_values, trust_sidecar, json_out
 
 @table_group.command("generate")
 @click.argument("dest", type=click.Path(path_type=Path))
-@click.option("--keys", "num_keys", type=click.IntRange(min=1), required=True,
-              help="Number of rows.")
+@click.option(
+    "--keys", "num_keys", type=click.IntRange(min=1), required=True, help="Number of rows."
+)
 @click.option("--dim", type=click.IntRange(min=1), required=True, help="Floats per vector.")
 @click.option("--first-key", type=int, default=0, show_default=True, help="Smallest key.")
 @click.option("--shuffle", is_flag=True, help="Write the keys in random order.")
-@click.option("--meta", "with_meta", is_flag=True,
-              help="Also write `meta` with Zipf-like access counts, hottest rows first.")
+@click.option(
+    "--meta",
+    "with_meta",
+    is_flag=True,
+    help="Also write `meta` with Zipf-like access counts, hottest rows first.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Replace DEST if it exists.")
 @json_option
-def generate_command(dest, num_keys, dim, first_key, shuffle, with_meta, seed, overwrite,
-                     json_output) -> None:
+def generate_command(
+    dest, num_keys, dim, first_key, shuffle, with_meta, seed, overwrite, json_output
+) -> None:
     """Write a synthetic table of random vectors (like HPS's model_generator tool)."""
     from ..runtime.table.synthetic import write_synthetic_table
 
     out = current_output()
     with out.progress(num_keys * (8 + 4 * dim), f"writing {dest}") as advance:
-        summary = write_synthetic_table(dest, num_keys, dim, first_key=first_key, shuffle=shuffle,
-                                        with_meta=with_meta, seed=seed, overwrite=overwrite,
-                                        progress=advance)
+        summary = write_synthetic_table(
+            dest,
+            num_keys,
+            dim,
+            first_key=first_key,
+            shuffle=shuffle,
+            with_meta=with_meta,
+            seed=seed,
+            overwrite=overwrite,
+            progress=advance,
+        )
     if out.json_mode:
         out.emit_json(summary.to_dict())
     else:
-        out.line(f"wrote {summary.path}: {summary.num_keys:,} keys x dim {summary.dim} "
-                 f"({human_bytes(summary.bytes)}) in {summary.seconds:.2f} s")
+        out.line(
+            f"wrote {summary.path}: {summary.num_keys:,} keys x dim {summary.dim} "
+            f"({human_bytes(summary.bytes)}) in {summary.seconds:.2f} s"
+        )

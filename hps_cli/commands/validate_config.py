@@ -1,4 +1,4 @@
-"""`hps validate-config`: check HPS parameter-server configs against the schema, semantics and disk."""
+"""`hps validate-config`: check HPS parameter-server configs against schema, semantics and disk."""
 
 from __future__ import annotations
 
@@ -13,10 +13,13 @@ from ..output import current_output, json_option
 @click.command("validate-config")
 @click.argument("files", nargs=-1, type=click.Path(path_type=Path, dir_okay=False))
 @click.option("--strict", is_flag=True, help="Treat warnings as errors.")
-@click.option("--check-files/--no-check-files", default=True, show_default=True,
-              help="Verify that each sparse_files entry is a valid table of the configured dim.")
-@click.option("--print-schema", is_flag=True,
-              help="Print the JSON Schema (for editors) and exit.")
+@click.option(
+    "--check-files/--no-check-files",
+    default=True,
+    show_default=True,
+    help="Verify that each sparse_files entry is a valid table of the configured dim.",
+)
+@click.option("--print-schema", is_flag=True, help="Print the JSON Schema (for editors) and exit.")
 @json_option
 @click.pass_context
 def validate_config_command(ctx, files, strict, check_files, print_schema, json_output) -> None:
@@ -41,18 +44,25 @@ def validate_config_command(ctx, files, strict, check_files, print_schema, json_
         raise click.UsageError("give at least one config FILE (or --print-schema)")
     results = [validate_config_file(f, check_files=check_files, strict=strict) for f in files]
     if out.json_mode:
-        out.emit_json({"valid": all(r.ok for r in results), "configs": [r.to_dict() for r in results]})
+        out.emit_json(
+            {"valid": all(r.ok for r in results), "configs": [r.to_dict() for r in results]}
+        )
     else:
         for result in results:
             for issue in result.issues:
                 style = "red" if issue.is_error else "yellow"
                 out.err.print(issue.one_line(), style=style, markup=False, highlight=False)
             if result.ok:
-                note = f" ({len(result.warnings)} warning{'s' * (len(result.warnings) != 1)})" \
-                    if result.warnings else ""
+                note = (
+                    f" ({len(result.warnings)} warning{'s' * (len(result.warnings) != 1)})"
+                    if result.warnings
+                    else ""
+                )
                 out.line(f"{result.source}: valid{note}")
             else:
-                out.line(f"{result.source}: invalid: {len(result.errors)} error(s), "
-                         f"{len(result.warnings)} warning(s)")
+                out.line(
+                    f"{result.source}: invalid: {len(result.errors)} error(s), "
+                    f"{len(result.warnings)} warning(s)"
+                )
     if not all(r.ok for r in results):
         ctx.exit(int(ExitCode.INVALID))

@@ -67,11 +67,20 @@ class TableResult:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "source": self.source, "rows_in": self.rows_in,
-                "rows": self.rows_out, "dim": self.dim, "bytes": self.bytes,
-                "duplicates": self.duplicates, "dropped": self.dropped,
-                "reordered_hot_first": self.reordered, "seconds": round(self.seconds, 3),
-                "output": self.output, **({"details": self.details} if self.details else {})}
+        return {
+            "name": self.name,
+            "source": self.source,
+            "rows_in": self.rows_in,
+            "rows": self.rows_out,
+            "dim": self.dim,
+            "bytes": self.bytes,
+            "duplicates": self.duplicates,
+            "dropped": self.dropped,
+            "reordered_hot_first": self.reordered,
+            "seconds": round(self.seconds, 3),
+            "output": self.output,
+            **({"details": self.details} if self.details else {}),
+        }
 
 
 @dataclass
@@ -100,17 +109,31 @@ class ConvertResult:
         return self.input_bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict:
-        return {"ok": True, "src": self.src, "dst": self.dst, "format": self.format,
-                "format_detected": self.detected, "to": self.target, "dry_run": self.dry_run,
-                "tables": [t.to_dict() for t in self.tables], "skipped": self.skipped,
-                "totals": {"tables": len(self.tables), "rows": self.rows, "bytes": self.bytes,
-                           "input_bytes": self.input_bytes, "seconds": round(self.seconds, 3),
-                           "MB_per_s": round(self.mb_per_s, 1),
-                           "duplicates": sum(t.duplicates or 0 for t in self.tables)}}
+        return {
+            "ok": True,
+            "src": self.src,
+            "dst": self.dst,
+            "format": self.format,
+            "format_detected": self.detected,
+            "to": self.target,
+            "dry_run": self.dry_run,
+            "tables": [t.to_dict() for t in self.tables],
+            "skipped": self.skipped,
+            "totals": {
+                "tables": len(self.tables),
+                "rows": self.rows,
+                "bytes": self.bytes,
+                "input_bytes": self.input_bytes,
+                "seconds": round(self.seconds, 3),
+                "MB_per_s": round(self.mb_per_s, 1),
+                "duplicates": sum(t.duplicates or 0 for t in self.tables),
+            },
+        }
 
 
-def list_tables(src: Path, source_format: str | None = None,
-                open_options: OpenOptions | None = None) -> Input:
+def list_tables(
+    src: Path, source_format: str | None = None, open_options: OpenOptions | None = None
+) -> Input:
     """Open the input and return it (tables described, nothing converted). Close it after use."""
     return open_input(src, source_format, open_options)
 
@@ -125,9 +148,11 @@ def _select(inp: Input, names: tuple[str, ...]) -> list[tuple[SourceTable, str]]
         return [(tables[0], names[0])]
     missing = [n for n in names if n not in by_name]
     if missing:
-        raise NotFoundError(f"no table named {', '.join(repr(m) for m in missing)} in the input",
-                            location=str(inp.path),
-                            hint="tables: " + ", ".join(sorted(by_name)))
+        raise NotFoundError(
+            f"no table named {', '.join(repr(m) for m in missing)} in the input",
+            location=str(inp.path),
+            hint="tables: " + ", ".join(sorted(by_name)),
+        )
     return [(by_name[n], n) for n in dict.fromkeys(names)]
 
 
@@ -137,10 +162,15 @@ def _check_names(pairs: list[tuple[SourceTable, str]], src: Path) -> None:
         if not NAME_PATTERN.match(name):
             raise InvalidInputError(
                 f"table name '{name}' is not valid for HPS ([A-Za-z0-9_-], 1..120 characters)",
-                location=table.location, hint="rename it with --table NAME (one table at a time)")
+                location=table.location,
+                hint="rename it with --table NAME (one table at a time)",
+            )
         if name in seen:
-            raise InvalidInputError(f"two input tables are both named '{name}'", location=str(src),
-                                    hint="convert them one at a time with --table")
+            raise InvalidInputError(
+                f"two input tables are both named '{name}'",
+                location=str(src),
+                hint="convert them one at a time with --table",
+            )
         seen.add(name)
 
 
@@ -148,16 +178,20 @@ def _check_options(inp: Input, pairs: list[tuple[SourceTable, str]], opts: Conve
     """Options that do not apply to this input are errors, not silently ignored."""
     given = opts.open_options
     if given.keys is not None and inp.format not in ("npy", "hdf5"):
-        raise InvalidInputError(f"--keys applies to .npy and HDF5 inputs, not {inp.format}",
-                                location=str(inp.path))
+        raise InvalidInputError(
+            f"--keys applies to .npy and HDF5 inputs, not {inp.format}", location=str(inp.path)
+        )
     if given.dataset is not None and inp.format != "hdf5":
-        raise InvalidInputError(f"--dataset applies to HDF5 inputs, not {inp.format}",
-                                location=str(inp.path))
+        raise InvalidInputError(
+            f"--dataset applies to HDF5 inputs, not {inp.format}", location=str(inp.path)
+        )
     if given.dim is not None:
         for table, _ in pairs:
             if table.dim != given.dim:
-                raise InvalidInputError(f"--dim {given.dim} was given but the table has dim "
-                                        f"{table.dim}", location=table.location)
+                raise InvalidInputError(
+                    f"--dim {given.dim} was given but the table has dim {table.dim}",
+                    location=table.location,
+                )
 
 
 def _checksum(table: SourceTable) -> str:
@@ -167,6 +201,7 @@ def _checksum(table: SourceTable) -> str:
         return table.checksum
     if table.format == "hps":
         from ..formats.hps_table import sidecar_checksum
+
         return sidecar_checksum(Path(table.location), table.dim)
     parts = []
     for key in sorted(table.details):
@@ -187,8 +222,10 @@ def _stream(table: SourceTable, opts: ConvertOptions, tmp: Path) -> Stream:
     hot = table.has_meta if opts.hot_first is None else opts.hot_first
     if hot:
         if not table.has_meta:
-            raise InvalidInputError("--hot-first needs per-key access counts ('meta'), which this "
-                                    "input does not have", location=table.location)
+            raise InvalidInputError(
+                "--hot-first needs per-key access counts ('meta'), which this input does not have",
+                location=table.location,
+            )
         stream = HotFirst(stream, tmp, opts.budget_bytes)
     return stream
 
@@ -226,11 +263,18 @@ class Plan:
         else:
             results = _to_folder(self.pairs, opts, progress)
         inp = self.input
-        return ConvertResult(str(opts.src), str(opts.dst) if opts.dst else None, inp.format,
-                             inp.detected, opts.target, opts.dry_run, results,
-                             [s.to_dict() for s in inp.skipped],
-                             time.perf_counter() - self.started,
-                             sum(t.input_bytes for t, _ in self.pairs))
+        return ConvertResult(
+            str(opts.src),
+            str(opts.dst) if opts.dst else None,
+            inp.format,
+            inp.detected,
+            opts.target,
+            opts.dry_run,
+            results,
+            [s.to_dict() for s in inp.skipped],
+            time.perf_counter() - self.started,
+            sum(t.input_bytes for t, _ in self.pairs),
+        )
 
     def close(self) -> None:
         self.input.close()
@@ -255,16 +299,20 @@ def convert(opts: ConvertOptions, progress: Callable[[int], None] | None = None)
 
 def _check_arguments(opts: ConvertOptions) -> None:
     if opts.target not in TARGETS:
-        raise InvalidInputError(f"unknown target '{opts.target}'",
-                                hint="targets: " + ", ".join(TARGETS))
+        raise InvalidInputError(
+            f"unknown target '{opts.target}'", hint="targets: " + ", ".join(TARGETS)
+        )
     if opts.dedupe is not None and opts.dedupe not in DEDUPE:
         raise InvalidInputError(f"unknown --dedupe mode '{opts.dedupe}'")
     if opts.target == "rocksdb" and not opts.model:
-        raise InvalidInputError("--to rocksdb needs --model NAME: families are named "
-                                "hps_et.<model>.<table>", location=str(opts.dst))
+        raise InvalidInputError(
+            "--to rocksdb needs --model NAME: families are named hps_et.<model>.<table>",
+            location=str(opts.dst),
+        )
     if opts.model and not NAME_PATTERN.match(opts.model):
-        raise InvalidInputError(f"model name '{opts.model}' is not valid for HPS "
-                                "([A-Za-z0-9_-], 1..120 characters)")
+        raise InvalidInputError(
+            f"model name '{opts.model}' is not valid for HPS ([A-Za-z0-9_-], 1..120 characters)"
+        )
 
 
 def _check_destination(pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> None:
@@ -274,8 +322,10 @@ def _check_destination(pairs: list[tuple[SourceTable, str]], opts: ConvertOption
         check_families(opts.dst, [storage_tag(opts.model, n) for _, n in pairs], opts.overwrite)
         dst = Path(opts.dst)
         if dst.exists() and not (dst / "CURRENT").exists() and any(dst.iterdir()):
-            raise InvalidInputError("the destination is a non-empty folder that is not a "
-                                    "RocksDB database", location=str(opts.dst))
+            raise InvalidInputError(
+                "the destination is a non-empty folder that is not a RocksDB database",
+                location=str(opts.dst),
+            )
     else:
         check_destination(opts.dst, opts.overwrite)
 
@@ -283,10 +333,20 @@ def _check_destination(pairs: list[tuple[SourceTable, str]], opts: ConvertOption
 def _planned(table: SourceTable, name: str, opts: ConvertOptions) -> TableResult:
     """What a dry run reports for one table."""
     hot = table.has_meta if opts.hot_first is None else opts.hot_first
-    return TableResult(name, table.location, table.num_rows, table.num_rows, table.dim,
-                       table.num_rows * table.row_bytes, None, 0,
-                       bool(hot) and opts.target != "rocksdb", 0.0, _output_path(opts, name),
-                       table.details)
+    return TableResult(
+        name,
+        table.location,
+        table.num_rows,
+        table.num_rows,
+        table.dim,
+        table.num_rows * table.row_bytes,
+        None,
+        0,
+        bool(hot) and opts.target != "rocksdb",
+        0.0,
+        _output_path(opts, name),
+        table.details,
+    )
 
 
 def _output_path(opts: ConvertOptions, name: str) -> str:
@@ -298,8 +358,11 @@ def _output_path(opts: ConvertOptions, name: str) -> str:
 
 
 def _source_info(table: SourceTable) -> dict:
-    return {"converted_from": table.location, "format": table.format,
-            **{k: v for k, v in table.details.items() if isinstance(v, (str, int))}}
+    return {
+        "converted_from": table.location,
+        "format": table.format,
+        **{k: v for k, v in table.details.items() if isinstance(v, (str, int))},
+    }
 
 
 def _to_folder(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
@@ -320,15 +383,29 @@ def _to_folder(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
                 if opts.dedupe == "error" and dups:
                     raise InvalidInputError(
                         f"{dups} duplicate key row(s), e.g. key "
-                        f"{stats.examples[0] if stats.examples else '?'}", location=table.location,
-                        hint="pass --dedupe first or --dedupe last to keep one row per key")
+                        f"{stats.examples[0] if stats.examples else '?'}",
+                        location=table.location,
+                        hint="pass --dedupe first or --dedupe last to keep one row per key",
+                    )
                 found = stream.duplicates if stream.duplicates is not None else dups
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
-            results.append(TableResult(name, table.location, table.num_rows, rows, table.dim, size,
-                                       found, stream.dropped, stream.reordered,
-                                       time.perf_counter() - started, _output_path(opts, name),
-                                       table.details))
+            results.append(
+                TableResult(
+                    name,
+                    table.location,
+                    table.num_rows,
+                    rows,
+                    table.dim,
+                    size,
+                    found,
+                    stream.dropped,
+                    stream.reordered,
+                    time.perf_counter() - started,
+                    _output_path(opts, name),
+                    table.details,
+                )
+            )
         work.commit()
     except BaseException:
         work.abort()
@@ -345,15 +422,35 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
             started = time.perf_counter()
             tag = storage_tag(opts.model, name)
             source = bulk_source(Stream(table), tag, _checksum(table))
-            built.append(build_family(source, work / f"sst{i}", dedupe=dedupe,
-                                      budget_bytes=opts.budget_bytes, progress=progress))
+            built.append(
+                build_family(
+                    source,
+                    work / f"sst{i}",
+                    dedupe=dedupe,
+                    budget_bytes=opts.budget_bytes,
+                    progress=progress,
+                )
+            )
             timings.append(time.perf_counter() - started)
         started = time.perf_counter()
         ingest_families(opts.dst, built, overwrite=opts.overwrite)
         ingest = (time.perf_counter() - started) / max(1, len(built))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    return [TableResult(name, table.location, table.num_rows, b.num_keys, b.dim, b.bytes,
-                        b.duplicates, b.duplicates, False, t + ingest, _output_path(opts, name),
-                        table.details)
-            for (table, name), b, t in zip(pairs, built, timings)]
+    return [
+        TableResult(
+            name,
+            table.location,
+            table.num_rows,
+            b.num_keys,
+            b.dim,
+            b.bytes,
+            b.duplicates,
+            b.duplicates,
+            False,
+            t + ingest,
+            _output_path(opts, name),
+            table.details,
+        )
+        for (table, name), b, t in zip(pairs, built, timings)
+    ]

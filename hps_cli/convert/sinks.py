@@ -34,8 +34,14 @@ def prefetched(chunks: Iterable[Chunk]) -> Iterator[Chunk]:
 
 
 def write_hps(stream: Stream, dest: Path, source: dict, progress: Progress) -> TableSummary:
-    writer = TableWriter(dest, stream.dim, with_meta=stream.has_meta, source=source, atomic=False,
-                         expected_rows=stream.num_rows)
+    writer = TableWriter(
+        dest,
+        stream.dim,
+        with_meta=stream.has_meta,
+        source=source,
+        atomic=False,
+        expected_rows=stream.num_rows,
+    )
     try:
         for chunk in prefetched(stream.chunks()):
             writer.append(chunk.keys, chunk.vectors, chunk.meta if stream.has_meta else None)
@@ -48,23 +54,28 @@ def write_hps(stream: Stream, dest: Path, source: dict, progress: Progress) -> T
 
 def _npy_header(dtype: str, shape: tuple) -> bytes:
     import io
+
     buf = io.BytesIO()
-    np.lib.format.write_array_header_2_0(buf, {"descr": dtype, "fortran_order": False,
-                                               "shape": shape})
+    np.lib.format.write_array_header_2_0(
+        buf, {"descr": dtype, "fortran_order": False, "shape": shape}
+    )
     return buf.getvalue()
 
 
-def write_npz(stream: Stream, dest: Path, tmp: Path,
-              progress: Progress) -> tuple[int, int, DuplicateStats]:
+def write_npz(
+    stream: Stream, dest: Path, tmp: Path, progress: Progress
+) -> tuple[int, int, DuplicateStats]:
     """``keys`` (int64), ``vectors`` (float32) [and ``meta``] streamed into one .npz."""
     n, dim = stream.num_rows, stream.dim
     side_keys, side_meta = tmp / "keys.bin", tmp / "meta.bin"
     rows = 0
     dups = DuplicateCounter(tmp_dir=tmp)
     with zipfile.ZipFile(dest, "w", zipfile.ZIP_STORED, allowZip64=True) as archive:
-        with archive.open("vectors.npy", "w", force_zip64=True) as member, \
-                open(side_keys, "wb") as keys_out, \
-                open(side_meta, "wb") as meta_out:
+        with (
+            archive.open("vectors.npy", "w", force_zip64=True) as member,
+            open(side_keys, "wb") as keys_out,
+            open(side_meta, "wb") as meta_out,
+        ):
             member.write(_npy_header("<f4", (n, dim)))
             for chunk in prefetched(stream.chunks()):
                 member.write(np.ascontiguousarray(chunk.vectors, "<f4").tobytes())
@@ -95,8 +106,17 @@ def bulk_source(stream: Stream, tag: str, checksum: str) -> BulkSource:
     read_keys = None
     if access is not None:
         keys_loc = str(access.keys.path)
-        read_keys = lambda first, count: as_keys(access.keys.read(first, count),  # noqa: E731
-                                                 keys_loc, first)
-    return BulkSource(tag, table.dim, table.num_rows,
-                      lambda: ((c.keys, c.vectors) for c in prefetched(stream.chunks())), checksum,
-                      table.location, read_keys)
+        read_keys = lambda first, count: as_keys(
+            access.keys.read(first, count),  # noqa: E731
+            keys_loc,
+            first,
+        )
+    return BulkSource(
+        tag,
+        table.dim,
+        table.num_rows,
+        lambda: ((c.keys, c.vectors) for c in prefetched(stream.chunks())),
+        checksum,
+        table.location,
+        read_keys,
+    )

@@ -67,14 +67,16 @@ def _key_reader(table: SourceTable, tmp: Path):
 
 
 class Deduplicated(Stream):
-    def __init__(self, inner: Stream, mode: str, tmp: Path,
-                 budget_bytes: int = DEFAULT_BUDGET_BYTES):
+    def __init__(
+        self, inner: Stream, mode: str, tmp: Path, budget_bytes: int = DEFAULT_BUDGET_BYTES
+    ):
         super().__init__(inner.table)
         self.inner = inner
         table = inner.table
         n = table.num_rows
-        source = BulkSource("", table.dim, n, None, "", table.location,
-                            read_keys=_key_reader(table, tmp))
+        source = BulkSource(
+            "", table.dim, n, None, "", table.location, read_keys=_key_reader(table, tmp)
+        )
         parts = max(1, -(-n * 24 // budget_bytes))
         bounds = [None, *key_range_bounds(source, parts).tolist(), None]
         keep = np.zeros((n + 7) // 8, dtype=np.uint8)
@@ -94,13 +96,17 @@ class Deduplicated(Stream):
         for chunk in self.inner.chunks():
             n = chunk.keys.size
             first, skip = divmod(chunk.start, 8)
-            packed = self._keep[first:(chunk.start + n + 7) // 8]
-            mask = np.unpackbits(packed, bitorder="little")[skip:skip + n].astype(bool)
+            packed = self._keep[first : (chunk.start + n + 7) // 8]
+            mask = np.unpackbits(packed, bitorder="little")[skip : skip + n].astype(bool)
             if mask.all():
                 yield Chunk(out, chunk.keys, chunk.vectors, chunk.meta)
             else:
-                yield Chunk(out, chunk.keys[mask], chunk.vectors[mask],
-                            None if chunk.meta is None else chunk.meta[mask])
+                yield Chunk(
+                    out,
+                    chunk.keys[mask],
+                    chunk.vectors[mask],
+                    None if chunk.meta is None else chunk.meta[mask],
+                )
             out += int(mask.sum())
 
 
@@ -115,7 +121,7 @@ class HotFirst(Stream):
 
     def _bounds(self, parts: int) -> np.ndarray:
         step = max(1, self.num_rows // 65536)
-        sample = [(-chunk.meta[(-chunk.start) % step::step]) for chunk in self.inner.chunks()]
+        sample = [(-chunk.meta[(-chunk.start) % step :: step]) for chunk in self.inner.chunks()]
         sample = np.sort(np.concatenate(sample))
         picks = (np.arange(1, parts) * sample.size) // parts
         return np.unique(sample[picks])
@@ -157,7 +163,7 @@ class HotFirst(Stream):
                     rec = rec[order]
                     for b in range(bounds.size + 1):
                         if edges[b + 1] > edges[b]:
-                            files[b].write(rec[edges[b]:edges[b + 1]].tobytes())
+                            files[b].write(rec[edges[b] : edges[b + 1]].tobytes())
             finally:
                 for handle in files:
                     handle.close()

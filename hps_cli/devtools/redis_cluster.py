@@ -44,10 +44,13 @@ def free_cluster_ports(count: int) -> list[int]:
 class LocalRedisCluster:
     """Start ``masters`` redis-server processes as one cluster (no replicas)."""
 
-    def __init__(self, masters: int = 3, *, node_timeout_ms: int = 2000,
-                 workdir: Path | str | None = None):
+    def __init__(
+        self, masters: int = 3, *, node_timeout_ms: int = 2000, workdir: Path | str | None = None
+    ):
         if shutil.which("redis-server") is None or shutil.which("redis-cli") is None:
-            raise RuntimeError("redis-server and redis-cli are needed (apt-get install redis-server)")
+            raise RuntimeError(
+                "redis-server and redis-cli are needed (apt-get install redis-server)"
+            )
         self.masters = masters
         self.node_timeout_ms = node_timeout_ms
         self._own_dir = workdir is None
@@ -70,14 +73,28 @@ class LocalRedisCluster:
                 if attempt == 2:
                     raise
         nodes = [f"127.0.0.1:{p}" for p in self.ports]
-        create = subprocess.run(["redis-cli", "--cluster", "create", *nodes,
-                                 "--cluster-replicas", "0", "--cluster-yes"],
-                                capture_output=True, text=True, timeout=timeout)
+        create = subprocess.run(
+            [
+                "redis-cli",
+                "--cluster",
+                "create",
+                *nodes,
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if create.returncode != 0:
             self.stop()
             raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout}{create.stderr}")
-        self._wait(lambda p: "cluster_state:ok" in self.cli(p, "cluster", "info"), timeout,
-                   "cluster_state:ok")
+        self._wait(
+            lambda p: "cluster_state:ok" in self.cli(p, "cluster", "info"),
+            timeout,
+            "cluster_state:ok",
+        )
         return self
 
     def _start_nodes(self, timeout: float) -> None:
@@ -85,13 +102,35 @@ class LocalRedisCluster:
         for port in self.ports:
             folder = self.dir / str(port)
             folder.mkdir(parents=True, exist_ok=True)
-            self.procs.append(subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1",
-                 "--cluster-enabled", "yes", "--cluster-config-file", str(folder / "nodes.conf"),
-                 "--cluster-node-timeout", str(self.node_timeout_ms), "--save", "",
-                 "--appendonly", "no", "--daemonize", "no", "--dir", str(folder),
-                 "--logfile", str(folder / "redis.log")],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            self.procs.append(
+                subprocess.Popen(
+                    [
+                        "redis-server",
+                        "--port",
+                        str(port),
+                        "--bind",
+                        "127.0.0.1",
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-config-file",
+                        str(folder / "nodes.conf"),
+                        "--cluster-node-timeout",
+                        str(self.node_timeout_ms),
+                        "--save",
+                        "",
+                        "--appendonly",
+                        "no",
+                        "--daemonize",
+                        "no",
+                        "--dir",
+                        str(folder),
+                        "--logfile",
+                        str(folder / "redis.log"),
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         self._wait(lambda p: self.cli(p, "ping") == "PONG", timeout, "PONG")
 
     def _wait(self, ready, timeout: float, what: str) -> None:
@@ -108,8 +147,9 @@ class LocalRedisCluster:
 
     @staticmethod
     def cli(port: int, *args: str) -> str:
-        res = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True,
-                             text=True, timeout=10)
+        res = subprocess.run(
+            ["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10
+        )
         return res.stdout.strip()
 
     def kill(self, index: int) -> None:

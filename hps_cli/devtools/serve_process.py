@@ -1,9 +1,9 @@
 """Run `hps serve` in the background on free loopback ports (examples, benchmarks, notebooks).
 
-    with ServeProcess("ps.json", model_repository="repo") as server:
-        client = tritonclient.http.InferenceServerClient(url=server.http_url)
-        ...
-    # leaving the block sends SIGTERM and waits for a clean exit (exit code 0)
+with ServeProcess("ps.json", model_repository="repo") as server:
+    client = tritonclient.http.InferenceServerClient(url=server.http_url)
+    ...
+# leaving the block sends SIGTERM and waits for a clean exit (exit code 0)
 """
 
 from __future__ import annotations
@@ -27,13 +27,28 @@ def free_port() -> int:
 class ServeProcess:
     """`hps serve` as a child process; ``http_url``/``grpc_url`` are ``host:port`` strings."""
 
-    def __init__(self, config: Path | str, *, model_repository: Path | str | None = None,
-                 extra_args: tuple[str, ...] = (), ready_timeout: float = 180,
-                 echo: bool = True):
+    def __init__(
+        self,
+        config: Path | str,
+        *,
+        model_repository: Path | str | None = None,
+        extra_args: tuple[str, ...] = (),
+        ready_timeout: float = 180,
+        echo: bool = True,
+    ):
         self.http_port, self.grpc_port, self.metrics_port = free_port(), free_port(), free_port()
-        self.args = ["serve", "--config", str(config), "--http-port", str(self.http_port),
-                     "--grpc-port", str(self.grpc_port), "--metrics-port",
-                     str(self.metrics_port), *extra_args]
+        self.args = [
+            "serve",
+            "--config",
+            str(config),
+            "--http-port",
+            str(self.http_port),
+            "--grpc-port",
+            str(self.grpc_port),
+            "--metrics-port",
+            str(self.metrics_port),
+            *extra_args,
+        ]
         if model_repository is not None:
             self.args += ["--model-repository", str(model_repository)]
         self.ready_timeout = ready_timeout
@@ -55,11 +70,13 @@ class ServeProcess:
         deadline = time.monotonic() + self.ready_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"hps serve exited with code {self.process.returncode} "
-                                   "before it was ready")
+                raise RuntimeError(
+                    f"hps serve exited with code {self.process.returncode} before it was ready"
+                )
             try:
-                with urllib.request.urlopen(f"http://{self.http_url}/v2/health/ready",
-                                            timeout=1) as resp:
+                with urllib.request.urlopen(
+                    f"http://{self.http_url}/v2/health/ready", timeout=1
+                ) as resp:
                     if resp.status == 200:
                         return self
             except OSError:

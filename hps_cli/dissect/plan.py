@@ -101,8 +101,7 @@ class ModelPlan(ABC):
         return next(i for i in self.inputs if i.name == name)
 
     @abstractmethod
-    def export_dense(self, dest: Path) -> None:
-        ...
+    def export_dense(self, dest: Path) -> None: ...
 
     @abstractmethod
     def predict(self, feed: dict[str, object]) -> dict[str, np.ndarray]:

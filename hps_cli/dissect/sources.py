@@ -99,7 +99,7 @@ class Source(ABC):
         """(first row, rows) chunks; chunk ``i`` stays valid for ``buffers - 1`` more steps."""
         ...
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing
         pass
 
     def __enter__(self) -> "Source":

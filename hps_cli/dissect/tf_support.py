@@ -49,8 +49,9 @@ def quiet_native_stderr():
             os.close(saved)
             capture.seek(0)
             text = capture.read().decode("utf-8", errors="replace")
-            kept = [line for line in text.splitlines(keepends=True)
-                    if not is_native_load_noise(line)]
+            kept = [
+                line for line in text.splitlines(keepends=True) if not is_native_load_noise(line)
+            ]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()

@@ -7,5 +7,15 @@ and returns an ``Input``: its tables and the files it deliberately skipped.
 from .base import Chunk, RandomAccess, RawArray, SkippedFile, SourceTable
 from .detect import FORMATS, Input, OpenOptions, detect_format, open_input
 
-__all__ = ["Chunk", "RandomAccess", "RawArray", "SkippedFile", "SourceTable", "FORMATS",
-           "Input", "OpenOptions", "detect_format", "open_input"]
+__all__ = [
+    "Chunk",
+    "RandomAccess",
+    "RawArray",
+    "SkippedFile",
+    "SourceTable",
+    "FORMATS",
+    "Input",
+    "OpenOptions",
+    "detect_format",
+    "open_input",
+]

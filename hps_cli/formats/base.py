@@ -60,8 +60,17 @@ class SourceTable:
 
     format = "?"
 
-    def __init__(self, name: str, location: str, num_rows: int, dim: int, *,
-                 has_meta: bool = False, input_bytes: int = 0, details: dict | None = None):
+    def __init__(
+        self,
+        name: str,
+        location: str,
+        num_rows: int,
+        dim: int,
+        *,
+        has_meta: bool = False,
+        input_bytes: int = 0,
+        details: dict | None = None,
+    ):
         self.name = name
         self.location = str(location)
         self.num_rows = int(num_rows)
@@ -98,9 +107,15 @@ class SourceTable:
         """Release open files and mappings."""
 
     def describe(self) -> dict:
-        return {"name": self.name, "format": self.format, "location": self.location,
-                "rows": self.num_rows, "dim": self.dim, "meta": self.has_meta,
-                **({"details": self.details} if self.details else {})}
+        return {
+            "name": self.name,
+            "format": self.format,
+            "location": self.location,
+            "rows": self.num_rows,
+            "dim": self.dim,
+            "meta": self.has_meta,
+            **({"details": self.details} if self.details else {}),
+        }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,16 +170,22 @@ class RawArray:
         nbytes = count * self.width * self.dtype.itemsize
         out = self._buffer(nbytes)[:nbytes].view(self.dtype)
         view = memoryview(out).cast("B")
-        got = os.preadv(self._handle.fileno(), [view], self.offset + first * self.row_bytes) \
-            if hasattr(os, "preadv") else self._seek_read(first, view)
+        got = (
+            os.preadv(self._handle.fileno(), [view], self.offset + first * self.row_bytes)
+            if hasattr(os, "preadv")
+            else self._seek_read(first, view)
+        )
         while got < len(view):  # reads may be short; a zero-length read means the file shrank
-            more = os.pread(self._handle.fileno(), len(view) - got,
-                            self.offset + first * self.row_bytes + got)
+            more = os.pread(
+                self._handle.fileno(), len(view) - got, self.offset + first * self.row_bytes + got
+            )
             if not more:
                 raise InvalidInputError(
                     f"the file ended early: rows {first}..{first + count} are missing "
-                    "(it was truncated while being read)", location=str(self.path))
-            view[got:got + len(more)] = more
+                    "(it was truncated while being read)",
+                    location=str(self.path),
+                )
+            view[got : got + len(more)] = more
             got += len(more)
         return out if self.width == 1 else out.reshape(count, self.width)
 
@@ -198,7 +219,9 @@ def as_keys(raw: np.ndarray, location: str, first_row: int = 0) -> np.ndarray:
             row = int(np.argmax(too_big))
             raise InvalidInputError(
                 f"key {int(raw[row])} at row {first_row + row} does not fit int64 (HPS keys are "
-                "int64)", location=location)
+                "int64)",
+                location=location,
+            )
     return raw.astype(np.int64)
 
 
@@ -210,12 +233,26 @@ def as_vectors(raw: np.ndarray) -> np.ndarray:
 class RawRowsTable(SourceTable):
     """A table whose keys, vectors (and meta) are raw arrays in files."""
 
-    def __init__(self, name: str, location: str, keys: RawArray, vectors: RawArray,
-                 meta: RawArray | None = None, *, details: dict | None = None):
-        super().__init__(name, location, keys.rows, vectors.width, has_meta=meta is not None,
-                         input_bytes=keys.rows * (keys.row_bytes + vectors.row_bytes +
-                                                  (meta.row_bytes if meta else 0)),
-                         details=details)
+    def __init__(
+        self,
+        name: str,
+        location: str,
+        keys: RawArray,
+        vectors: RawArray,
+        meta: RawArray | None = None,
+        *,
+        details: dict | None = None,
+    ):
+        super().__init__(
+            name,
+            location,
+            keys.rows,
+            vectors.width,
+            has_meta=meta is not None,
+            input_bytes=keys.rows
+            * (keys.row_bytes + vectors.row_bytes + (meta.row_bytes if meta else 0)),
+            details=details,
+        )
         self._keys, self._vectors, self._meta = keys, vectors, meta
 
     def _read(self, first, count):
@@ -240,8 +277,9 @@ def file_size(path: Path, what: str = "file") -> int:
     except FileNotFoundError:
         raise InvalidInputError(f"the {what} does not exist", location=str(path)) from None
     except OSError as exc:
-        raise InvalidInputError(f"cannot read the {what}: {exc.strerror}",
-                                location=str(path)) from None
+        raise InvalidInputError(
+            f"cannot read the {what}: {exc.strerror}", location=str(path)
+        ) from None
     if not os.access(path, os.R_OK):
         raise InvalidInputError(f"cannot read the {what}: permission denied", location=str(path))
     return st.st_size
@@ -253,5 +291,7 @@ def rows_of(path: Path, payload: int, item: int, width: int, what: str) -> int:
     if payload % row:
         raise InvalidInputError(
             f"{payload} bytes of {what} are not a whole number of rows of {width} × {item} bytes "
-            "(the file is truncated, or the dim or dtype is wrong)", location=str(path))
+            "(the file is truncated, or the dim or dtype is wrong)",
+            location=str(path),
+        )
     return payload // row

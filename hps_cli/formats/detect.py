@@ -15,11 +15,15 @@ from .options import OpenOptions
 FORMATS = {
     "hps": (hps_table.open_tables, "HPS table folder(s): key + emb_vector [+ meta]"),
     "rocksdb": (rocksdb_format.open_tables, "RocksDB in HPS's layout (hps_et.<model>.<table>)"),
-    "hugectr": (hugectr.open_tables,
-                "HugeCTR *_sparse_*.model folders / embedding_collection_<id>"),
+    "hugectr": (
+        hugectr.open_tables,
+        "HugeCTR *_sparse_*.model folders / embedding_collection_<id>",
+    ),
     "sok-v2": (sok_v2.open_tables, "SOK v2 sok.dump: <name>-key + <name>-weight, 296-byte headers"),
-    "sok-v1": (sok_v1.open_tables,
-               "SOK v1 Saver.dump_to_file: <var>_keys.file + <var>_values.file"),
+    "sok-v1": (
+        sok_v1.open_tables,
+        "SOK v1 Saver.dump_to_file: <var>_keys.file + <var>_values.file",
+    ),
     "npy": (numpy_format.open_npy, ".npy matrix (keys = row indices or --keys)"),
     "npz": (numpy_format.open_npz, ".npz with keys + values [+ meta]"),
     "hdf5": (hdf5_format.open_tables, "HDF5: --dataset /a/b, or a Keras 2 .h5's embedding layers"),
@@ -55,41 +59,55 @@ def detect_format(path: Path) -> str:
         if magic == b"\x89HDF\r\n\x1a\n":
             return "hdf5"
         if magic.startswith(b"PK\x03\x04") and path.suffix == ".keras":
-            raise InvalidInputError("Keras 3 .keras files are not supported by convert",
-                                    location=str(path), hint="use 'hps dissect', or save with "
-                                    "tf_keras as .h5")
-        raise InvalidInputError("cannot tell the format of this file (not .npy, .npz or HDF5)",
-                                location=str(path), hint="pass --from FORMAT")
+            raise InvalidInputError(
+                "Keras 3 .keras files are not supported by convert",
+                location=str(path),
+                hint="use 'hps dissect', or save with tf_keras as .h5",
+            )
+        raise InvalidInputError(
+            "cannot tell the format of this file (not .npy, .npz or HDF5)",
+            location=str(path),
+            hint="pass --from FORMAT",
+        )
     # HugeCTR before HPS: its sparse model folders are HPS tables too, plus slot_id
-    for name, probe in (("rocksdb", rocksdb_format.looks_like), ("hugectr", hugectr.looks_like),
-                        ("hps", hps_table.looks_like), ("sok-v2", sok_v2.looks_like),
-                        ("sok-v1", sok_v1.looks_like)):
+    for name, probe in (
+        ("rocksdb", rocksdb_format.looks_like),
+        ("hugectr", hugectr.looks_like),
+        ("hps", hps_table.looks_like),
+        ("sok-v2", sok_v2.looks_like),
+        ("sok-v1", sok_v1.looks_like),
+    ):
         if probe(path):
             return name
     raise InvalidInputError(
         "cannot tell the format of this folder: no HPS table, RocksDB, HugeCTR snapshot, "
-        "SOK v2 (*-key) or SOK v1 (*_keys.file) files in it", location=str(path),
-        hint="pass --from FORMAT")
+        "SOK v2 (*-key) or SOK v1 (*_keys.file) files in it",
+        location=str(path),
+        hint="pass --from FORMAT",
+    )
 
 
-def open_input(path: Path | str, fmt: str | None = None,
-               options: OpenOptions | None = None) -> Input:
+def open_input(
+    path: Path | str, fmt: str | None = None, options: OpenOptions | None = None
+) -> Input:
     """Open every table of the input (headers and sizes checked, no rows read yet)."""
     path = Path(path)
     options = options or OpenOptions()
     detected = fmt is None
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
-        raise InvalidInputError(f"unknown format '{fmt}'", location=str(path),
-                                hint="formats: " + ", ".join(FORMATS))
+        raise InvalidInputError(
+            f"unknown format '{fmt}'", location=str(path), hint="formats: " + ", ".join(FORMATS)
+        )
     if not path.exists():
         raise NotFoundError("the input does not exist", location=str(path))
     opener = FORMATS[fmt][0]
     try:
         tables, skipped = opener(path, options)
     except PermissionError as exc:
-        raise InvalidInputError(f"cannot read: {exc.strerror}",
-                                location=exc.filename or str(path)) from None
+        raise InvalidInputError(
+            f"cannot read: {exc.strerror}", location=exc.filename or str(path)
+        ) from None
     except (NotADirectoryError, IsADirectoryError) as exc:
         raise InvalidInputError(f"not a {fmt} input: {exc.strerror}", location=str(path)) from None
     if not tables:

@@ -38,6 +38,7 @@ def _decode(items) -> list[str]:
 
 def _open_file(path: Path):
     import h5py
+
     file_size(path, "HDF5 file")
     try:
         return h5py.File(path, "r")
@@ -66,9 +67,15 @@ def keras_layers(handle) -> list[tuple[str, str]] | None:
 
 def _matrices(handle) -> list[str]:
     import h5py
+
     out = []
-    handle.visititems(lambda name, obj: out.append("/" + name)
-                      if isinstance(obj, h5py.Dataset) and len(obj.shape) == 2 else None)
+    handle.visititems(
+        lambda name, obj: (
+            out.append("/" + name)
+            if isinstance(obj, h5py.Dataset) and len(obj.shape) == 2
+            else None
+        )
+    )
     return out
 
 
@@ -78,9 +85,15 @@ class Hdf5Table(ArrayTable):
         rows, dim = _check_matrix(dataset.shape, dataset.dtype, f"{path}:{dataset_path}")
         if keys is not None:
             _check_keys(keys.shape, keys.dtype, rows, f"{path}:keys")
-        super().__init__(name, f"{path}:{dataset_path}", dataset, keys, format=fmt,
-                         details={"dataset": dataset_path, "dtype": dataset.dtype.name, **details},
-                         input_bytes=rows * dim * dataset.dtype.itemsize)
+        super().__init__(
+            name,
+            f"{path}:{dataset_path}",
+            dataset,
+            keys,
+            format=fmt,
+            details={"dataset": dataset_path, "dtype": dataset.dtype.name, **details},
+            input_bytes=rows * dim * dataset.dtype.itemsize,
+        )
         self._handle = handle
 
     def close(self) -> None:
@@ -106,26 +119,45 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
         if options.dataset:
             name = options.dataset if options.dataset.startswith("/") else "/" + options.dataset
             if name not in handle or len(getattr(handle[name], "shape", ())) != 2:
-                raise NotFoundError(f"no 2-D dataset '{name}' in the file", location=str(path),
-                                    hint="2-D datasets: " + ", ".join(_matrices(handle)[:10]))
+                raise NotFoundError(
+                    f"no 2-D dataset '{name}' in the file",
+                    location=str(path),
+                    hint="2-D datasets: " + ", ".join(_matrices(handle)[:10]),
+                )
             keys = _keys_for(handle, path, options)
             short = name.rstrip("/").split("/")[-1].split(":")[0]
             return [Hdf5Table(short, path, handle, name, keys, FORMAT, {})], []
         layers = keras_layers(handle)
         if layers is None:
             raise InvalidInputError(
-                "not a Keras 2 .h5 weight file (no layer_names attribute)", location=str(path),
-                hint="pass --dataset /path/to/matrix; 2-D datasets here: " +
-                     (", ".join(_matrices(handle)[:10]) or "none"))
+                "not a Keras 2 .h5 weight file (no layer_names attribute)",
+                location=str(path),
+                hint="pass --dataset /path/to/matrix; 2-D datasets here: "
+                + (", ".join(_matrices(handle)[:10]) or "none"),
+            )
         if not layers:
-            raise NotFoundError("the Keras file has no embedding layer (no 2-D "
-                                "'embeddings' weight)", location=str(path))
-        tables = [Hdf5Table(layer, path, handle, dataset, None, FORMAT_KERAS,
-                            {"layer": layer, "keys": "row indices"})
-                  for layer, dataset in layers]
+            raise NotFoundError(
+                "the Keras file has no embedding layer (no 2-D 'embeddings' weight)",
+                location=str(path),
+            )
+        tables = [
+            Hdf5Table(
+                layer,
+                path,
+                handle,
+                dataset,
+                None,
+                FORMAT_KERAS,
+                {"layer": layer, "keys": "row indices"},
+            )
+            for layer, dataset in layers
+        ]
         embedding = {d for _, d in layers}
-        skipped = [SkippedFile(f"{path}:{d}", "not an embedding layer weight")
-                   for d in _matrices(handle) if d not in embedding]
+        skipped = [
+            SkippedFile(f"{path}:{d}", "not an embedding layer weight")
+            for d in _matrices(handle)
+            if d not in embedding
+        ]
         return tables, skipped
     except BaseException:
         handle.close()

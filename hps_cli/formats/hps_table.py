@@ -34,13 +34,24 @@ def open_table(path: Path, dim: int | None = None) -> HpsTable:
     layout = inspect_layout(path, dim, sidecar_dim=sidecar.dim if sidecar else None)
     if not layout.ok:
         first = layout.defects[0]
-        raise InvalidInputError(first.message, location=first.location,
-                                hint=f"run 'hps table verify {path}' for every defect")
-    meta = RawArray(path / META_FILE, 0, "<i8", layout.num_keys) \
-        if layout.meta_bytes is not None else None
-    table = HpsTable(path.name, str(path), RawArray(path / KEY_FILE, 0, "<i8", layout.num_keys),
-                     RawArray(path / VECTOR_FILE, 0, "<f4", layout.num_keys, layout.dim), meta,
-                     details={"sidecar": "current" if sidecar else "absent or stale"})
+        raise InvalidInputError(
+            first.message,
+            location=first.location,
+            hint=f"run 'hps table verify {path}' for every defect",
+        )
+    meta = (
+        RawArray(path / META_FILE, 0, "<i8", layout.num_keys)
+        if layout.meta_bytes is not None
+        else None
+    )
+    table = HpsTable(
+        path.name,
+        str(path),
+        RawArray(path / KEY_FILE, 0, "<i8", layout.num_keys),
+        RawArray(path / VECTOR_FILE, 0, "<f4", layout.num_keys, layout.dim),
+        meta,
+        details={"sidecar": "current" if sidecar else "absent or stale"},
+    )
     if sidecar is not None:
         table.checksum = sidecar.checksum()
     return table
@@ -48,8 +59,11 @@ def open_table(path: Path, dim: int | None = None) -> HpsTable:
 
 def open_tables(path: Path, options: OpenOptions) -> tuple[list[HpsTable], list[SkippedFile]]:
     if is_table(path):
-        skipped = [SkippedFile(str(p), "not a table file") for p in sorted(path.iterdir())
-                   if p.name not in (KEY_FILE, VECTOR_FILE, META_FILE, SIDECAR_FILE)]
+        skipped = [
+            SkippedFile(str(p), "not a table file")
+            for p in sorted(path.iterdir())
+            if p.name not in (KEY_FILE, VECTOR_FILE, META_FILE, SIDECAR_FILE)
+        ]
         return [open_table(path, options.dim)], skipped
     tables, skipped = [], []
     for child in sorted(path.iterdir()):

@@ -64,47 +64,65 @@ def _open_snapshot(path: Path, dim: int | None) -> tuple[HugeCtrTable, list[Skip
     if slot.exists():
         size = file_size(slot, "slot_id file")
         if size != layout.num_keys * 8:
-            raise InvalidInputError(f"'slot_id' holds {size} bytes; {layout.num_keys} keys need "
-                                    f"{layout.num_keys * 8} (one uint64 per key)",
-                                    location=str(slot))
+            raise InvalidInputError(
+                f"'slot_id' holds {size} bytes; {layout.num_keys} keys need "
+                f"{layout.num_keys * 8} (one uint64 per key)",
+                location=str(slot),
+            )
         skipped.append(SkippedFile(str(slot), "slot ids (HPS ignores them)"))
     for extra in sorted(path.iterdir()):
         if extra.name not in ("key", "emb_vector", "slot_id"):
             skipped.append(SkippedFile(str(extra), "not part of a sparse model folder"))
-    name = path.name[:-len(".model")]
-    table = HugeCtrTable(name, str(path), RawArray(path / "key", 0, "<i8", layout.num_keys),
-                         RawArray(path / "emb_vector", 0, "<f4", layout.num_keys, layout.dim),
-                         details={"kind": "sparse model snapshot",
-                                  "slot_id": "dropped" if slot.exists() else "absent"})
+    name = path.name[: -len(".model")]
+    table = HugeCtrTable(
+        name,
+        str(path),
+        RawArray(path / "key", 0, "<i8", layout.num_keys),
+        RawArray(path / "emb_vector", 0, "<f4", layout.num_keys, layout.dim),
+        details={
+            "kind": "sparse model snapshot",
+            "slot_id": "dropped" if slot.exists() else "absent",
+        },
+    )
     return table, skipped
 
 
 def parse_meta(raw: bytes, location: str) -> dict:
     """``meta_data`` of an embedding collection (see the module doc)."""
     if len(raw) < 4 * META_HEAD_INTS:
-        raise InvalidInputError(f"meta_data holds {len(raw)} bytes, less than its 20-byte head",
-                                location=location)
+        raise InvalidInputError(
+            f"meta_data holds {len(raw)} bytes, less than its 20-byte head", location=location
+        )
     head = np.frombuffer(raw[:20], dtype="<i4")
     count = int(head[0])
     need = 20 + count * (4 + 8 + 4)
     if count <= 0 or len(raw) != need:
-        raise InvalidInputError(f"meta_data says {count} tables, which needs {need} bytes, but it "
-                                f"holds {len(raw)}", location=location)
+        raise InvalidInputError(
+            f"meta_data says {count} tables, which needs {need} bytes, but it holds {len(raw)}",
+            location=location,
+        )
     if head[1] not in (0, 1):
-        raise InvalidInputError(f"meta_data key type is {head[1]}; expected 0 (uint32) or "
-                                "1 (int64)", location=location)
+        raise InvalidInputError(
+            f"meta_data key type is {head[1]}; expected 0 (uint32) or 1 (int64)", location=location
+        )
     if head[2] != 0:
         raise InvalidInputError(
-            f"meta_data value type is {head[2]}" + (" (float16)" if head[2] == 1 else "") +
-            "; only float32 embedding collections (0) are supported", location=location)
+            f"meta_data value type is {head[2]}"
+            + (" (float16)" if head[2] == 1 else "")
+            + "; only float32 embedding collections (0) are supported",
+            location=location,
+        )
     ids = np.frombuffer(raw, dtype="<i4", count=count, offset=20)
     rows = np.frombuffer(raw, dtype="<u8", count=count, offset=20 + 4 * count)
     dims = np.frombuffer(raw, dtype="<i4", count=count, offset=20 + 12 * count)
     if (dims <= 0).any():
-        raise InvalidInputError(f"meta_data lists a non-positive dim: {dims.tolist()}",
-                                location=location)
-    return {"key_dtype": np.dtype("<u4") if head[1] == 0 else np.dtype("<i8"),
-            "tables": [(int(i), int(r), int(d)) for i, r, d in zip(ids, rows, dims)]}
+        raise InvalidInputError(
+            f"meta_data lists a non-positive dim: {dims.tolist()}", location=location
+        )
+    return {
+        "key_dtype": np.dtype("<u4") if head[1] == 0 else np.dtype("<i8"),
+        "tables": [(int(i), int(r), int(d)) for i, r, d in zip(ids, rows, dims)],
+    }
 
 
 def check_head(path: Path, expect_type: int, table_id: int, index: int | None = None) -> None:
@@ -114,21 +132,30 @@ def check_head(path: Path, expect_type: int, table_id: int, index: int | None = 
     index = table_id if index is None else index
     size = file_size(path, "embedding collection file")
     if size < HEAD_BYTES:
-        raise InvalidInputError(f"the file holds {size} bytes, less than its 128-byte header",
-                                location=str(path))
+        raise InvalidInputError(
+            f"the file holds {size} bytes, less than its 128-byte header", location=str(path)
+        )
     with open(path, "rb") as handle:
         head = np.frombuffer(handle.read(HEAD_BYTES), dtype="<i4")
     kinds = {1: "key", 2: "weight", 3: "optimizer"}
     if head[0] != expect_type:
-        raise InvalidInputError(f"the header's file type is {head[0]} "
-                                f"({kinds.get(int(head[0]), 'unknown')}); expected {expect_type} "
-                                f"({kinds[expect_type]})", location=str(path))
+        raise InvalidInputError(
+            f"the header's file type is {head[0]} "
+            f"({kinds.get(int(head[0]), 'unknown')}); expected {expect_type} "
+            f"({kinds[expect_type]})",
+            location=str(path),
+        )
     if head[1] not in (table_id, index):
-        raise InvalidInputError(f"the header names table id {head[1]}; meta_data says {table_id} "
-                                f"(file index {index})", location=str(path))
+        raise InvalidInputError(
+            f"the header names table id {head[1]}; meta_data says {table_id} (file index {index})",
+            location=str(path),
+        )
     if head[2:].any():
-        raise InvalidInputError("the header's reserved fields (ints 2..31) are not zero: not a "
-                                "HugeCTR embedding-collection file we know", location=str(path))
+        raise InvalidInputError(
+            "the header's reserved fields (ints 2..31) are not zero: not a "
+            "HugeCTR embedding-collection file we know",
+            location=str(path),
+        )
 
 
 def _open_collection(path: Path) -> tuple[list[HugeCtrTable], list[SkippedFile]]:
@@ -145,21 +172,36 @@ def _open_collection(path: Path) -> tuple[list[HugeCtrTable], list[SkippedFile]]
         key_bytes = file_size(key_path) - HEAD_BYTES
         weight_bytes = file_size(weight_path) - HEAD_BYTES
         if key_bytes != rows * key_dtype.itemsize:
-            raise InvalidInputError(f"holds {key_bytes} key bytes; meta_data says {rows} keys of "
-                                    f"{key_dtype.itemsize} bytes", location=str(key_path))
+            raise InvalidInputError(
+                f"holds {key_bytes} key bytes; meta_data says {rows} keys of "
+                f"{key_dtype.itemsize} bytes",
+                location=str(key_path),
+            )
         if weight_bytes != rows * dim * 4:
-            raise InvalidInputError(f"holds {weight_bytes} weight bytes; meta_data says "
-                                    f"{rows} rows × dim {dim} × 4", location=str(weight_path))
+            raise InvalidInputError(
+                f"holds {weight_bytes} weight bytes; meta_data says {rows} rows × dim {dim} × 4",
+                location=str(weight_path),
+            )
         if rows == 0:
             raise InvalidInputError("the table has no rows", location=str(key_path))
-        tables.append(HugeCtrTable(
-            f"{path.name}_table{table_id}", str(path),
-            RawArray(key_path, HEAD_BYTES, key_dtype, rows),
-            RawArray(weight_path, HEAD_BYTES, "<f4", rows, dim),
-            details={"kind": "embedding collection", "table_id": table_id,
-                     "key_dtype": key_dtype.name}))
-    skipped = [SkippedFile(str(p), "optimizer state or unknown file: HPS serves weights only")
-               for p in sorted(path.iterdir()) if p.name not in used]
+        tables.append(
+            HugeCtrTable(
+                f"{path.name}_table{table_id}",
+                str(path),
+                RawArray(key_path, HEAD_BYTES, key_dtype, rows),
+                RawArray(weight_path, HEAD_BYTES, "<f4", rows, dim),
+                details={
+                    "kind": "embedding collection",
+                    "table_id": table_id,
+                    "key_dtype": key_dtype.name,
+                },
+            )
+        )
+    skipped = [
+        SkippedFile(str(p), "optimizer state or unknown file: HPS serves weights only")
+        for p in sorted(path.iterdir())
+        if p.name not in used
+    ]
     return tables, skipped
 
 
@@ -180,6 +222,11 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[HugeCtrTable], l
             tables += found
             skipped += more
         else:
-            skipped.append(SkippedFile(str(child), "not a sparse model folder nor an embedding "
-                                                   "collection (dense weights, optimizer states)"))
+            skipped.append(
+                SkippedFile(
+                    str(child),
+                    "not a sparse model folder nor an embedding "
+                    "collection (dense weights, optimizer states)",
+                )
+            )
     return tables, skipped

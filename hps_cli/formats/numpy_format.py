@@ -35,8 +35,9 @@ def _header(handle, location: str) -> tuple[tuple, bool, np.dtype]:
 
 def _check_matrix(shape: tuple, dtype: np.dtype, location: str) -> tuple[int, int]:
     if len(shape) != 2 or shape[0] == 0 or shape[1] == 0:
-        raise InvalidInputError(f"expected a non-empty 2-D matrix (rows × dim), got shape {shape}",
-                                location=location)
+        raise InvalidInputError(
+            f"expected a non-empty 2-D matrix (rows × dim), got shape {shape}", location=location
+        )
     if dtype.kind not in "fiu":
         raise InvalidInputError(f"the matrix has dtype {dtype}, not numbers", location=location)
     return int(shape[0]), int(shape[1])
@@ -44,11 +45,14 @@ def _check_matrix(shape: tuple, dtype: np.dtype, location: str) -> tuple[int, in
 
 def _check_keys(shape: tuple, dtype: np.dtype, rows: int, location: str) -> None:
     if len(shape) != 1 or dtype.kind not in "iu":
-        raise InvalidInputError(f"keys must be a 1-D integer array, got shape {shape} of {dtype}",
-                                location=location)
+        raise InvalidInputError(
+            f"keys must be a 1-D integer array, got shape {shape} of {dtype}", location=location
+        )
     if shape[0] != rows:
-        raise InvalidInputError(f"{shape[0]} keys for {rows} vector rows: key and value row counts "
-                                "disagree", location=location)
+        raise InvalidInputError(
+            f"{shape[0]} keys for {rows} vector rows: key and value row counts disagree",
+            location=location,
+        )
 
 
 def open_npy_array(path: Path) -> tuple[tuple, np.dtype, RawArray | np.ndarray]:
@@ -61,33 +65,51 @@ def open_npy_array(path: Path) -> tuple[tuple, np.dtype, RawArray | np.ndarray]:
         raise InvalidInputError("object arrays cannot be converted", location=str(path))
     need = offset + int(np.prod(shape)) * dtype.itemsize
     if size < need:
-        raise InvalidInputError(f"the file holds {size} bytes but its header promises {need}: it "
-                                "is truncated", location=str(path))
+        raise InvalidInputError(
+            f"the file holds {size} bytes but its header promises {need}: it is truncated",
+            location=str(path),
+        )
     if fortran:
         return shape, dtype, np.load(path, mmap_mode="r")
     width = shape[1] if len(shape) == 2 else 1
-    return shape, dtype, RawArray(path, offset, dtype.newbyteorder("=") if dtype.byteorder == "|"
-                                  else dtype, shape[0] if shape else 0, width)
+    return (
+        shape,
+        dtype,
+        RawArray(
+            path,
+            offset,
+            dtype.newbyteorder("=") if dtype.byteorder == "|" else dtype,
+            shape[0] if shape else 0,
+            width,
+        ),
+    )
 
 
 class ArrayTable(SourceTable):
     """Rows sliced out of array-likes (memory maps, HDF5 datasets); keys default to row ids."""
 
-    def __init__(self, name, location, vectors, keys=None, *, format: str, details=None,
-                 input_bytes: int = 0):
-        super().__init__(name, location, vectors.shape[0], vectors.shape[1],
-                         input_bytes=input_bytes, details=details)
+    def __init__(
+        self, name, location, vectors, keys=None, *, format: str, details=None, input_bytes: int = 0
+    ):
+        super().__init__(
+            name,
+            location,
+            vectors.shape[0],
+            vectors.shape[1],
+            input_bytes=input_bytes,
+            details=details,
+        )
         self.format = format
         self._vectors, self._keys = vectors, keys
 
     def _read(self, first, count):
-        vectors = as_vectors(np.asarray(self._vectors[first:first + count]))
+        vectors = as_vectors(np.asarray(self._vectors[first : first + count]))
         if self._keys is None:
             keys = np.arange(first, first + count, dtype=np.int64)
         elif isinstance(self._keys, RawArray):
             keys = as_keys(self._keys.read(first, count), str(self._keys.path), first)
         else:
-            keys = as_keys(np.asarray(self._keys[first:first + count]), self.location, first)
+            keys = as_keys(np.asarray(self._keys[first : first + count]), self.location, first)
         return keys, vectors, None
 
 
@@ -101,8 +123,11 @@ class NpyTable(RawRowsTable):
     def _read(self, first, count):
         if not self._row_keys:
             return super()._read(first, count)
-        return (np.arange(first, first + count, dtype=np.int64),
-                as_vectors(self._vectors.read(first, count)), None)
+        return (
+            np.arange(first, first + count, dtype=np.int64),
+            as_vectors(self._vectors.read(first, count)),
+            None,
+        )
 
     def random_access(self):
         return None if self._row_keys else super().random_access()
@@ -126,8 +151,17 @@ def open_npy(path: Path, options: OpenOptions) -> tuple[list[SourceTable], list[
         table = NpyTable(path.stem, str(path), key_raw, raw, row_keys=keys is None, details=details)
         table.input_bytes = rows * dim * dtype.itemsize
         return [table], []
-    return [ArrayTable(path.stem, str(path), raw, keys, format=FORMAT_NPY, details=details,
-                       input_bytes=rows * dim * dtype.itemsize)], []
+    return [
+        ArrayTable(
+            path.stem,
+            str(path),
+            raw,
+            keys,
+            format=FORMAT_NPY,
+            details=details,
+            input_bytes=rows * dim * dtype.itemsize,
+        )
+    ], []
 
 
 class _Member:
@@ -138,9 +172,11 @@ class _Member:
         with archive.open(name) as handle:
             self.shape, self.fortran, self.dtype = _header(handle, f"{location}:{name}")
         if self.fortran and len(self.shape) == 2:
-            raise InvalidInputError("Fortran-order matrices inside .npz cannot be streamed",
-                                    location=f"{location}:{name}",
-                                    hint="save it with np.ascontiguousarray(...)")
+            raise InvalidInputError(
+                "Fortran-order matrices inside .npz cannot be streamed",
+                location=f"{location}:{name}",
+                hint="save it with np.ascontiguousarray(...)",
+            )
         self.row_items = int(np.prod(self.shape[1:])) if len(self.shape) > 1 else 1
         self._handle, self._row = None, 0
 
@@ -158,8 +194,9 @@ class _Member:
         nbytes = count * self.row_items * self.dtype.itemsize
         raw = self._handle.read(nbytes)
         if len(raw) != nbytes:
-            raise InvalidInputError(f"the member ended early at row {first}", location=
-                                    f"{self.location}:{self.name}")
+            raise InvalidInputError(
+                f"the member ended early at row {first}", location=f"{self.location}:{self.name}"
+            )
         self._row += count
         arr = np.frombuffer(raw, dtype=self.dtype)
         return arr if len(self.shape) == 1 else arr.reshape(count, *self.shape[1:])
@@ -177,15 +214,18 @@ class NpzTable(SourceTable):
         try:
             self._zip = zipfile.ZipFile(path)
         except (zipfile.BadZipFile, OSError) as exc:
-            raise InvalidInputError(f"not a readable .npz archive: {exc}",
-                                    location=str(path)) from None
+            raise InvalidInputError(
+                f"not a readable .npz archive: {exc}", location=str(path)
+            ) from None
         members = {n[:-4]: n for n in self._zip.namelist() if n.endswith(".npy")}
         key_name = next((members[n] for n in KEY_NAMES if n in members), None)
         value_name = next((members[n] for n in VALUE_NAMES if n in members), None)
         if key_name is None or value_name is None:
             raise InvalidInputError(
                 f"an .npz needs a keys array ({'/'.join(KEY_NAMES)}) and a values array "
-                f"({'/'.join(VALUE_NAMES)}); it holds {sorted(members)}", location=str(path))
+                f"({'/'.join(VALUE_NAMES)}); it holds {sorted(members)}",
+                location=str(path),
+            )
         self._values = _Member(self._zip, value_name, str(path))
         rows, dim = _check_matrix(self._values.shape, self._values.dtype, f"{path}:{value_name}")
         self._keys = _Member(self._zip, key_name, str(path))
@@ -194,13 +234,20 @@ class NpzTable(SourceTable):
         if "meta" in members:
             self._meta = _Member(self._zip, members["meta"], str(path))
             _check_keys(self._meta.shape, self._meta.dtype, rows, f"{path}:meta.npy")
-        super().__init__(path.stem, str(path), rows, dim, has_meta=self._meta is not None,
-                         input_bytes=rows * (self._keys.dtype.itemsize + dim *
-                                             self._values.dtype.itemsize),
-                         details={"keys": key_name, "values": value_name})
-        self.skipped = [SkippedFile(f"{path}:{n}", "not a keys, values or meta array")
-                        for n in self._zip.namelist()
-                        if n not in (key_name, value_name, members.get("meta"))]
+        super().__init__(
+            path.stem,
+            str(path),
+            rows,
+            dim,
+            has_meta=self._meta is not None,
+            input_bytes=rows * (self._keys.dtype.itemsize + dim * self._values.dtype.itemsize),
+            details={"keys": key_name, "values": value_name},
+        )
+        self.skipped = [
+            SkippedFile(f"{path}:{n}", "not a keys, values or meta array")
+            for n in self._zip.namelist()
+            if n not in (key_name, value_name, members.get("meta"))
+        ]
 
     def _read(self, first, count):
         keys = as_keys(self._keys.read(first, count), self.location, first)

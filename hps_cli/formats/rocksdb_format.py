@@ -23,8 +23,11 @@ FORMAT = "rocksdb"
 
 
 def looks_like(path: Path) -> bool:
-    return path.is_dir() and (path / "CURRENT").exists() and \
-        any(p.name.startswith("MANIFEST-") for p in path.iterdir())
+    return (
+        path.is_dir()
+        and (path / "CURRENT").exists()
+        and any(p.name.startswith("MANIFEST-") for p in path.iterdir())
+    )
 
 
 class RocksDbTable(SourceTable):
@@ -38,15 +41,22 @@ class RocksDbTable(SourceTable):
         if key_bytes not in (8, 4) or value_bytes % 4 or not value_bytes:
             raise InvalidInputError(
                 f"column family '{tag}' has {key_bytes}-byte keys and {value_bytes}-byte values: "
-                "not HPS's layout (8- or 4-byte keys, float32 vectors)", location=str(path))
+                "not HPS's layout (8- or 4-byte keys, float32 vectors)",
+                location=str(path),
+            )
         record = read_table_record(db, tag) or {}
         if record.get("complete") and isinstance(record.get("num_keys"), int):
             rows, counted = record["num_keys"], "from the bookkeeping record"
         else:
             rows, counted = family_rows(db, tag), "counted"
-        super().__init__(name, f"{path}:{tag}", rows, value_bytes // 4,
-                         input_bytes=rows * (key_bytes + value_bytes),
-                         details={"family": tag, "key_bytes": key_bytes, "rows": counted})
+        super().__init__(
+            name,
+            f"{path}:{tag}",
+            rows,
+            value_bytes // 4,
+            input_bytes=rows * (key_bytes + value_bytes),
+            details={"family": tag, "key_bytes": key_bytes, "rows": counted},
+        )
         self._db, self._tag, self._key_dtype = db, tag, "<i8" if key_bytes == 8 else "<u4"
         self.checksum = record.get("checksum") if record.get("complete") else None
 
@@ -57,14 +67,17 @@ class RocksDbTable(SourceTable):
             keys = raw_keys.reshape(-1).view(self._key_dtype).astype(np.int64)
             vectors = raw_values.reshape(-1).view("<f4").reshape(len(keys), self.dim).copy()
             if raw_values.shape[1] != 4 * self.dim:
-                raise InvalidInputError("value sizes differ within the family",
-                                        location=self.location)
+                raise InvalidInputError(
+                    "value sizes differ within the family", location=self.location
+                )
             yield Chunk(start, keys, vectors, None)
             start += len(keys)
         if start != self.num_rows:
-            raise InvalidInputError(f"the family holds {start} rows, not the {self.num_rows} its "
-                                    "record says: it changed while being read",
-                                    location=self.location)
+            raise InvalidInputError(
+                f"the family holds {start} rows, not the {self.num_rows} its "
+                "record says: it changed while being read",
+                location=self.location,
+            )
 
 
 def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], list[SkippedFile]]:
@@ -75,8 +88,9 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
             parsed = parse_storage_tag(tag)
             if parsed is None:
                 if tag != "default":
-                    skipped.append(SkippedFile(f"{path}:{tag}",
-                                               "not an hps_et.<model>.<table> family"))
+                    skipped.append(
+                        SkippedFile(f"{path}:{tag}", "not an hps_et.<model>.<table> family")
+                    )
                 continue
             model, table = parsed
             if options.model and model != options.model:
@@ -85,7 +99,9 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
             if table in models:
                 raise InvalidInputError(
                     f"table '{table}' exists for models '{models[table]}' and '{model}'",
-                    location=str(path), hint="pass --model to choose one model")
+                    location=str(path),
+                    hint="pass --model to choose one model",
+                )
             models[table] = model
             tables.append(RocksDbTable(db, tag, table, path))
     except BaseException:
@@ -93,8 +109,10 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
         raise
     if not tables:
         db.close()
-        raise NotFoundError("the database has no table in HPS's layout" +
-                            (f" for model '{options.model}'" if options.model else ""),
-                            location=str(path))
+        raise NotFoundError(
+            "the database has no table in HPS's layout"
+            + (f" for model '{options.model}'" if options.model else ""),
+            location=str(path),
+        )
     tables[-1].close = db.close  # closing the last table closes the shared read-only handle
     return tables, skipped

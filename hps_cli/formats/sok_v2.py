@@ -34,8 +34,15 @@ HEADER_BYTES = 296
 NAME_BYTES = 256
 SLOT_BYTES = 32
 FILE_TYPES = {0: "key", 1: "emb", 2: "opt_state"}
-DTYPES = {0: np.dtype("<i4"), 1: np.dtype("<i8"), 2: np.dtype("<u4"), 3: np.dtype("<u8"),
-          4: np.dtype("<f2"), 5: np.dtype("<f4"), 6: np.dtype("<f8")}
+DTYPES = {
+    0: np.dtype("<i4"),
+    1: np.dtype("<i8"),
+    2: np.dtype("<u4"),
+    3: np.dtype("<u8"),
+    4: np.dtype("<f2"),
+    5: np.dtype("<f4"),
+    6: np.dtype("<f8"),
+}
 KEY_DTYPES = (0, 1, 2, 3)
 WEIGHT_DTYPES = (4, 5, 6)
 OPTIMIZERS = ("SGD", "Adamax", "Adadelta", "Adagrad", "Ftrl", "Adam")
@@ -54,10 +61,12 @@ class SokHeader:
 
     def to_bytes(self) -> bytes:
         """The header as ``sok.dump`` writes it (used by tests and by tools that write dumps)."""
-        return (self.table_name.rjust(NAME_BYTES).encode("ascii")
-                + struct.pack(">I", self.file_type)
-                + self.slot_name.rjust(SLOT_BYTES).encode("ascii")
-                + struct.pack(">I", self.dtype_index))
+        return (
+            self.table_name.rjust(NAME_BYTES).encode("ascii")
+            + struct.pack(">I", self.file_type)
+            + self.slot_name.rjust(SLOT_BYTES).encode("ascii")
+            + struct.pack(">I", self.dtype_index)
+        )
 
 
 def sanitize(name: str) -> str:
@@ -70,25 +79,35 @@ def parse_header(raw: bytes, location: str = "") -> SokHeader:
     if len(raw) < HEADER_BYTES:
         raise InvalidInputError(
             f"the file holds {len(raw)} bytes, less than the {HEADER_BYTES}-byte SOK v2 header",
-            location=location)
+            location=location,
+        )
     try:
         name = raw[:NAME_BYTES].decode("ascii")
-        slot = raw[NAME_BYTES + 4:NAME_BYTES + 4 + SLOT_BYTES].decode("ascii")
+        slot = raw[NAME_BYTES + 4 : NAME_BYTES + 4 + SLOT_BYTES].decode("ascii")
     except UnicodeDecodeError:
-        raise InvalidInputError("the header's table or slot name is not ASCII text: not a SOK v2 "
-                                "dump file", location=location) from None
+        raise InvalidInputError(
+            "the header's table or slot name is not ASCII text: not a SOK v2 dump file",
+            location=location,
+        ) from None
     if not all(c.isprintable() for c in name + slot):
-        raise InvalidInputError("the header's table or slot name holds control characters: not "
-                                "a SOK v2 dump file", location=location)
-    (file_type,) = struct.unpack(">I", raw[NAME_BYTES:NAME_BYTES + 4])
-    (dtype_index,) = struct.unpack(">I", raw[HEADER_BYTES - 4:HEADER_BYTES])
+        raise InvalidInputError(
+            "the header's table or slot name holds control characters: not a SOK v2 dump file",
+            location=location,
+        )
+    (file_type,) = struct.unpack(">I", raw[NAME_BYTES : NAME_BYTES + 4])
+    (dtype_index,) = struct.unpack(">I", raw[HEADER_BYTES - 4 : HEADER_BYTES])
     if file_type not in FILE_TYPES:
-        raise InvalidInputError(f"the header's file type is {file_type}; SOK v2 uses 0 (key), "
-                                "1 (emb) or 2 (optimizer state)", location=location)
+        raise InvalidInputError(
+            f"the header's file type is {file_type}; SOK v2 uses 0 (key), "
+            "1 (emb) or 2 (optimizer state)",
+            location=location,
+        )
     if dtype_index not in DTYPES:
-        raise InvalidInputError(f"the header's dtype index is {dtype_index}; SOK v2 uses 0..6 "
-                                "(int32, int64, uint32, uint64, float16, float32, float64)",
-                                location=location)
+        raise InvalidInputError(
+            f"the header's dtype index is {dtype_index}; SOK v2 uses 0..6 "
+            "(int32, int64, uint32, uint64, float16, float32, float64)",
+            location=location,
+        )
     return SokHeader(name.strip(" "), file_type, slot.strip(" "), dtype_index)
 
 
@@ -98,8 +117,9 @@ def read_header(path: Path) -> SokHeader:
         with open(path, "rb") as handle:
             raw = handle.read(HEADER_BYTES)
     except OSError as exc:
-        raise InvalidInputError(f"cannot read the file: {exc.strerror}",
-                                location=str(path)) from None
+        raise InvalidInputError(
+            f"cannot read the file: {exc.strerror}", location=str(path)
+        ) from None
     return parse_header(raw, str(path))
 
 
@@ -114,26 +134,39 @@ class SokV2Table(RawRowsTable):
 def _open_pair(path: Path, name: str) -> SokV2Table:
     key_path, weight_path = path / f"{name}-key", path / f"{name}-weight"
     if not weight_path.exists():
-        raise InvalidInputError(f"the weight file {weight_path.name} of table '{name}' is missing",
-                                location=str(key_path))
+        raise InvalidInputError(
+            f"the weight file {weight_path.name} of table '{name}' is missing",
+            location=str(key_path),
+        )
     kh, wh = read_header(key_path), read_header(weight_path)
     if kh.file_type != 0:
-        raise InvalidInputError(f"a key file's header must have file type 0 (key), this one has "
-                                f"{kh.file_type} ({FILE_TYPES[kh.file_type]})",
-                                location=str(key_path))
+        raise InvalidInputError(
+            f"a key file's header must have file type 0 (key), this one has "
+            f"{kh.file_type} ({FILE_TYPES[kh.file_type]})",
+            location=str(key_path),
+        )
     if wh.file_type != 1:
-        raise InvalidInputError(f"a weight file's header must have file type 1 (emb), this one has "
-                                f"{wh.file_type} ({FILE_TYPES[wh.file_type]})",
-                                location=str(weight_path))
+        raise InvalidInputError(
+            f"a weight file's header must have file type 1 (emb), this one has "
+            f"{wh.file_type} ({FILE_TYPES[wh.file_type]})",
+            location=str(weight_path),
+        )
     if kh.dtype_index not in KEY_DTYPES:
-        raise InvalidInputError(f"key dtype index {kh.dtype_index} ({kh.dtype}) is not an integer "
-                                "type", location=str(key_path))
+        raise InvalidInputError(
+            f"key dtype index {kh.dtype_index} ({kh.dtype}) is not an integer type",
+            location=str(key_path),
+        )
     if wh.dtype_index not in WEIGHT_DTYPES:
-        raise InvalidInputError(f"weight dtype index {wh.dtype_index} ({wh.dtype}) is not a float "
-                                "type", location=str(weight_path))
+        raise InvalidInputError(
+            f"weight dtype index {wh.dtype_index} ({wh.dtype}) is not a float type",
+            location=str(weight_path),
+        )
     if kh.table_name != wh.table_name:
-        raise InvalidInputError(f"the key file names table '{kh.table_name}' but the weight file "
-                                f"names '{wh.table_name}'", location=str(weight_path))
+        raise InvalidInputError(
+            f"the key file names table '{kh.table_name}' but the weight file "
+            f"names '{wh.table_name}'",
+            location=str(weight_path),
+        )
     key_payload = file_size(key_path) - HEADER_BYTES
     weight_payload = file_size(weight_path) - HEADER_BYTES
     rows = rows_of(key_path, key_payload, kh.dtype.itemsize, 1, "keys")
@@ -143,20 +176,31 @@ def _open_pair(path: Path, name: str) -> SokV2Table:
     if values % rows:
         raise InvalidInputError(
             f"{values} weight values are not a whole number of rows for {rows} keys: key and "
-            "weight row counts disagree (or a file is truncated)", location=str(weight_path))
+            "weight row counts disagree (or a file is truncated)",
+            location=str(weight_path),
+        )
     dim = values // rows
-    details = {"key_dtype": str(kh.dtype.name), "weight_dtype": str(wh.dtype.name),
-               "header_table_name": kh.table_name, "key_file": str(key_path),
-               "weight_file": str(weight_path)}
+    details = {
+        "key_dtype": str(kh.dtype.name),
+        "weight_dtype": str(wh.dtype.name),
+        "header_table_name": kh.table_name,
+        "key_file": str(key_path),
+        "weight_file": str(weight_path),
+    }
     if kh.table_name and sanitize(kh.table_name) != name:
         details["note"] = f"header table name '{kh.table_name}' differs from the file name"
-    return SokV2Table(name, str(path), RawArray(key_path, HEADER_BYTES, kh.dtype, rows),
-                      RawArray(weight_path, HEADER_BYTES, wh.dtype, rows, dim), details=details)
+    return SokV2Table(
+        name,
+        str(path),
+        RawArray(key_path, HEADER_BYTES, kh.dtype, rows),
+        RawArray(weight_path, HEADER_BYTES, wh.dtype, rows, dim),
+        details=details,
+    )
 
 
 def open_tables(path: Path, options: OpenOptions) -> tuple[list[SokV2Table], list[SkippedFile]]:
     entries = sorted(p.name for p in path.iterdir())
-    names = [e[:-len("-key")] for e in entries if e.endswith("-key")]
+    names = [e[: -len("-key")] for e in entries if e.endswith("-key")]
     tables = [_open_pair(path, name) for name in names]
     skipped = []
     for entry in entries:
@@ -164,19 +208,24 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SokV2Table], lis
             continue
         full = path / entry
         if entry.endswith("-weight"):
-            raise InvalidInputError(f"the key file of table '{entry[:-7]}' is missing",
-                                    location=str(full))
+            raise InvalidInputError(
+                f"the key file of table '{entry[:-7]}' is missing", location=str(full)
+            )
         reason = "not a SOK v2 dump file"
         for name in names:
-            rest = entry[len(name) + 1:] if entry.startswith(name + "-") else ""
+            rest = entry[len(name) + 1 :] if entry.startswith(name + "-") else ""
             if rest.split("-")[0] in OPTIMIZERS and "-" in rest:
                 header = read_header(full)
                 if header.file_type != 2:
                     raise InvalidInputError(
                         f"an optimizer-state file's header must have file type 2, this one has "
-                        f"{header.file_type}", location=str(full))
-                reason = (f"optimizer state '{header.slot_name or rest.split('-', 1)[1]}' of "
-                          f"table '{name}' ({rest.split('-')[0]}): HPS serves weights only")
+                        f"{header.file_type}",
+                        location=str(full),
+                    )
+                reason = (
+                    f"optimizer state '{header.slot_name or rest.split('-', 1)[1]}' of "
+                    f"table '{name}' ({rest.split('-')[0]}): HPS serves weights only"
+                )
         if entry == "meta_info":
             reason = "SOK meta_info (not needed: the headers and sizes say everything)"
         skipped.append(SkippedFile(str(full), reason))

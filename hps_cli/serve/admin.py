@@ -20,12 +20,17 @@ from .protocol import ForbiddenError, InferRequest, UnauthorizedError, invalid
 
 def check_token(expected: str | None, authorization: str | None) -> None:
     if expected is None:
-        raise ForbiddenError("admin endpoints are disabled", location="Authorization",
-                             hint="start hps serve with --admin-token-file or HPS_ADMIN_TOKEN")
+        raise ForbiddenError(
+            "admin endpoints are disabled",
+            location="Authorization",
+            hint="start hps serve with --admin-token-file or HPS_ADMIN_TOKEN",
+        )
     if not authorization or not authorization.startswith("Bearer "):
-        raise UnauthorizedError("an admin call needs the header 'Authorization: Bearer <token>'",
-                                location="Authorization")
-    given = authorization[len("Bearer "):].strip().encode()
+        raise UnauthorizedError(
+            "an admin call needs the header 'Authorization: Bearer <token>'",
+            location="Authorization",
+        )
+    given = authorization[len("Bearer ") :].strip().encode()
     if not hmac.compare_digest(given, expected.encode()):
         raise UnauthorizedError("wrong bearer token", location="Authorization")
 
@@ -35,8 +40,10 @@ def update_tensors(request: InferRequest, operation: str) -> tuple[np.ndarray, n
     allowed = {"KEYS", "VECTORS"} if operation == "insert" else {"KEYS"}
     for name in request.inputs:
         if name not in allowed:
-            raise invalid(f"unexpected input '{name}' for {operation} (inputs: "
-                          f"{', '.join(sorted(allowed))})", "inputs")
+            raise invalid(
+                f"unexpected input '{name}' for {operation} (inputs: {', '.join(sorted(allowed))})",
+                "inputs",
+            )
     for name in sorted(allowed):
         if name not in request.inputs:
             raise invalid(f"missing input '{name}'", "inputs")
@@ -47,7 +54,8 @@ def update_tensors(request: InferRequest, operation: str) -> tuple[np.ndarray, n
     if operation == "insert":
         tensor = request.inputs["VECTORS"]
         if tensor.datatype != "FP32" or tensor.array.ndim != 2:
-            raise invalid(f"must be FP32 of shape [n, dim], got {tensor.datatype} "
-                          f"{tensor.shape}", "VECTORS")
+            raise invalid(
+                f"must be FP32 of shape [n, dim], got {tensor.datatype} {tensor.shape}", "VECTORS"
+            )
         vectors = np.ascontiguousarray(tensor.array, dtype=np.float32)
     return np.ascontiguousarray(keys.array, dtype=np.int64), vectors

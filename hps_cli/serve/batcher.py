@@ -34,10 +34,10 @@ class BatchStats:
 
     success: int = 0
     fail: int = 0
-    inferences: int = 0       # samples
-    executions: int = 0       # batches run
+    inferences: int = 0  # samples
+    executions: int = 0  # batches run
     queue_ns: int = 0
-    compute_ns: int = 0       # per request: the execution time of its batch
+    compute_ns: int = 0  # per request: the execution time of its batch
     success_ns: int = 0
     fail_ns: int = 0
     last_inference_ms: int = 0
@@ -64,8 +64,16 @@ class Batcher:
         on_batch: called with (model name, requests, samples) after each execution (metrics).
     """
 
-    def __init__(self, model: ServedModel, executor: Executor, *, max_queue_delay_s: float = 0.0,
-                 instances: int = 1, max_queue_size: int = 1024, on_batch=None):
+    def __init__(
+        self,
+        model: ServedModel,
+        executor: Executor,
+        *,
+        max_queue_delay_s: float = 0.0,
+        instances: int = 1,
+        max_queue_size: int = 1024,
+        on_batch=None,
+    ):
         self.model = model
         self.executor = executor
         self.delay = max(0.0, float(max_queue_delay_s))
@@ -75,9 +83,12 @@ class Batcher:
         self._queue: collections.deque[_Item] = collections.deque()
         self._arrived = asyncio.Event()
         self._closing = False
-        self._tasks = [asyncio.get_running_loop().create_task(self._schedule(),
-                                                               name=f"batcher-{model.name}-{i}")
-                       for i in range(max(1, int(instances)))]
+        self._tasks = [
+            asyncio.get_running_loop().create_task(
+                self._schedule(), name=f"batcher-{model.name}-{i}"
+            )
+            for i in range(max(1, int(instances)))
+        ]
 
     @property
     def instances(self) -> int:
@@ -89,12 +100,17 @@ class Batcher:
 
     async def submit(self, work: Work) -> InferResult:
         if self._closing:
-            raise ServiceUnavailableError(f"model '{self.model.name}' is being unloaded or the "
-                                          "server is shutting down", location="model")
+            raise ServiceUnavailableError(
+                f"model '{self.model.name}' is being unloaded or the server is shutting down",
+                location="model",
+            )
         if len(self._queue) >= self.max_queue_size:
             raise ServiceUnavailableError(
                 f"model '{self.model.name}' has {len(self._queue)} requests queued (the limit); "
-                "retry later", location="model", hint="raise --max-queue-size or add capacity")
+                "retry later",
+                location="model",
+                hint="raise --max-queue-size or add capacity",
+            )
         item = _Item(work, asyncio.get_running_loop().create_future())
         self._queue.append(item)
         self._arrived.set()
@@ -142,14 +158,20 @@ class Batcher:
             results, error = None, None
             try:
                 results = await loop.run_in_executor(
-                    self.executor, self.model.execute, [item.work for item in live])
+                    self.executor, self.model.execute, [item.work for item in live]
+                )
                 if len(results) != len(live):
                     raise RuntimeError(f"{len(results)} results for {len(live)} requests")
             except Exception as exc:  # every request of the batch gets the error
                 error = exc
                 if not isinstance(exc, ServiceUnavailableError):
-                    log.warning("model %s: a batch of %d request(s) failed: %s: %s",
-                                self.model.name, len(live), type(exc).__name__, exc)
+                    log.warning(
+                        "model %s: a batch of %d request(s) failed: %s: %s",
+                        self.model.name,
+                        len(live),
+                        type(exc).__name__,
+                        exc,
+                    )
             finally:
                 for i, item in enumerate(live):
                     if item.future.done():
@@ -157,8 +179,12 @@ class Batcher:
                     if error is None and results is not None:
                         item.future.set_result(results[i])
                     else:
-                        item.future.set_exception(error or ServiceUnavailableError(
-                            "the batch was interrupted", location="model"))
+                        item.future.set_exception(
+                            error
+                            or ServiceUnavailableError(
+                                "the batch was interrupted", location="model"
+                            )
+                        )
             try:
                 self._account(live, started, error is None)
             except Exception:  # statistics must never stop the scheduler

@@ -125,7 +125,8 @@ class ServerCore:
                         f"'{name}' is both a lookup model of {options.config} and a package "
                         f"folder of the model repository",
                         location=str(options.model_repository / name),
-                        hint="rename the package folder (it is the inference model's name)")
+                        hint="rename the package folder (it is the inference model's name)",
+                    )
                 packages.append(self._build_package(name))
         except BaseException:
             for model, own in packages:
@@ -146,8 +147,13 @@ class ServerCore:
             if not (folder / "manifest.json").is_file():
                 continue
             if not NAME.match(folder.name):
-                event(log, "package_skipped", logging.WARNING, package=str(folder),
-                      reason="the folder name is not a valid model name ([A-Za-z0-9_-]{1,120})")
+                event(
+                    log,
+                    "package_skipped",
+                    logging.WARNING,
+                    package=str(folder),
+                    reason="the folder name is not a valid model name ([A-Za-z0-9_-]{1,120})",
+                )
                 continue
             names.append(folder.name)
         return names
@@ -161,8 +167,9 @@ class ServerCore:
         own = None
         runtime = self.runtime
         if not self._shares_tables(folder, manifest):
-            own = RuntimeHandle(folder / manifest["ps_config"],
-                                redis_options=self.options.redis_options)
+            own = RuntimeHandle(
+                folder / manifest["ps_config"], redis_options=self.options.redis_options
+            )
             runtime = own
         try:
             model = InferenceModel(name, folder, runtime, manifest)
@@ -171,9 +178,16 @@ class ServerCore:
             if own is not None:
                 own.close()
             raise
-        event(log, "model_loaded", model=name, kind="inference", package=str(folder),
-              hps_model=model.hps_model, runtime=str(runtime.path),
-              shared_runtime=own is None)
+        event(
+            log,
+            "model_loaded",
+            model=name,
+            kind="inference",
+            package=str(folder),
+            hps_model=model.hps_model,
+            runtime=str(runtime.path),
+            shared_runtime=own is None,
+        )
         return model, own
 
     def _shares_tables(self, folder: Path, manifest: dict) -> bool:
@@ -192,17 +206,22 @@ class ServerCore:
             ours.table_name(t) == theirs.table_name(t)
             and ours.embedding_vecsize_per_table[t] == theirs.embedding_vecsize_per_table[t]
             and ours.table_path(t).resolve() == theirs.table_path(t).resolve()
-            for t in range(ours.num_tables))
+            for t in range(ours.num_tables)
+        )
 
     def _add(self, model: ServedModel, own: RuntimeHandle | None) -> None:
         instances = self.options.instances
         cfg = model.runtime.config.model(model.hps_model)
         if cfg.gpucache:  # each concurrent lookup holds one of the model's worker buffers
             instances = max(1, min(instances, cfg.num_of_worker_buffer_in_pool))
-        batcher = Batcher(model, self.executor,
-                          max_queue_delay_s=self.options.max_queue_delay_us / 1e6,
-                          instances=instances, max_queue_size=self.options.max_queue_size,
-                          on_batch=self.metrics.on_batch)
+        batcher = Batcher(
+            model,
+            self.executor,
+            max_queue_delay_s=self.options.max_queue_delay_us / 1e6,
+            instances=instances,
+            max_queue_size=self.options.max_queue_size,
+            on_batch=self.metrics.on_batch,
+        )
         self.entries[model.name] = Entry(model, batcher, own)
         self.metrics.track_queue(model.name, lambda b=batcher: b.depth)
 
@@ -221,12 +240,17 @@ class ServerCore:
     def entry(self, name: str, version: str = "") -> Entry:
         entry = self.entries.get(name)
         if entry is None:
-            hint = ("models: " + ", ".join(sorted(self.entries))) if self.entries else \
-                "the server is still loading"
+            hint = (
+                ("models: " + ", ".join(sorted(self.entries)))
+                if self.entries
+                else "the server is still loading"
+            )
             raise NotFoundError(f"unknown model '{name}'", location="model", hint=hint)
         if version not in ("", VERSION):
-            raise NotFoundError(f"model '{name}' has no version '{version}' (versions: "
-                                f"{VERSION})", location="model_version")
+            raise NotFoundError(
+                f"model '{name}' has no version '{version}' (versions: {VERSION})",
+                location="model_version",
+            )
         return entry
 
     def model_label(self, name: str) -> str:
@@ -235,8 +259,9 @@ class ServerCore:
 
     def check_ready(self) -> None:
         if not self.ready:
-            raise ServiceUnavailableError("the server is not ready (loading or shutting down)",
-                                          location="server")
+            raise ServiceUnavailableError(
+                "the server is not ready (loading or shutting down)", location="server"
+            )
 
     async def infer(self, request: InferRequest) -> InferResult:
         self.check_ready()
@@ -259,8 +284,9 @@ class ServerCore:
 
     async def write_shared(self, request: InferRequest, result: InferResult) -> None:
         """Write the outputs the request placed in shared memory into their regions."""
-        targets = [(tensor, ref) for tensor, _, ref in select_outputs(result, request)
-                   if ref is not None]
+        targets = [
+            (tensor, ref) for tensor, _, ref in select_outputs(result, request) if ref is not None
+        ]
         if not targets:
             return
 
@@ -271,12 +297,14 @@ class ServerCore:
         await asyncio.get_running_loop().run_in_executor(self.executor, write)
 
     def model_config(self, entry: Entry) -> dict:
-        return entry.model.config(max_queue_delay_us=self.options.max_queue_delay_us,
-                                  instances=entry.batcher.instances)
+        return entry.model.config(
+            max_queue_delay_us=self.options.max_queue_delay_us, instances=entry.batcher.instances
+        )
 
     def statistics(self, name: str = "", version: str = "") -> dict:
-        entries = [self.entry(name, version)] if name else \
-            [self.entries[n] for n in sorted(self.entries)]
+        entries = (
+            [self.entry(name, version)] if name else [self.entries[n] for n in sorted(self.entries)]
+        )
         out = []
         for entry in entries:
             s = entry.batcher.stats
@@ -284,19 +312,26 @@ class ServerCore:
             def duration(count, ns):
                 return {"count": count, "ns": ns}
 
-            out.append({
-                "name": entry.model.name, "version": VERSION,
-                "last_inference": s.last_inference_ms, "inference_count": s.inferences,
-                "execution_count": s.executions,
-                "inference_stats": {
-                    "success": duration(s.success, s.success_ns),
-                    "fail": duration(s.fail, s.fail_ns),
-                    "queue": duration(s.success + s.fail, s.queue_ns),
-                    "compute_input": duration(0, 0),
-                    "compute_infer": duration(s.success + s.fail, s.compute_ns),
-                    "compute_output": duration(0, 0),
-                    "cache_hit": duration(0, 0), "cache_miss": duration(0, 0)},
-                "batch_stats": []})
+            out.append(
+                {
+                    "name": entry.model.name,
+                    "version": VERSION,
+                    "last_inference": s.last_inference_ms,
+                    "inference_count": s.inferences,
+                    "execution_count": s.executions,
+                    "inference_stats": {
+                        "success": duration(s.success, s.success_ns),
+                        "fail": duration(s.fail, s.fail_ns),
+                        "queue": duration(s.success + s.fail, s.queue_ns),
+                        "compute_input": duration(0, 0),
+                        "compute_infer": duration(s.success + s.fail, s.compute_ns),
+                        "compute_output": duration(0, 0),
+                        "cache_hit": duration(0, 0),
+                        "cache_miss": duration(0, 0),
+                    },
+                    "batch_stats": [],
+                }
+            )
         return {"model_stats": out}
 
     # ------------------------------------------------------------------ admin
@@ -305,15 +340,20 @@ class ServerCore:
         if not NAME.match(name):
             raise invalid("a model name is 1 to 120 of [A-Za-z0-9_-]", "model")
         if self.runtime is not None and name in self.runtime.config.model_names:
-            raise invalid(f"'{name}' is a lookup model of {self.options.config}; lookup models "
-                          "live as long as the server", "model")
+            raise invalid(
+                f"'{name}' is a lookup model of {self.options.config}; lookup models "
+                "live as long as the server",
+                "model",
+            )
         if self.options.model_repository is None:
             raise invalid("the server has no model repository (--model-repository)", "model")
         folder = self.options.model_repository / name
         if not (folder / "manifest.json").is_file():
-            raise NotFoundError(f"no package '{name}' (a folder with manifest.json) in the "
-                                f"model repository {self.options.model_repository}",
-                                location="model")
+            raise NotFoundError(
+                f"no package '{name}' (a folder with manifest.json) in the "
+                f"model repository {self.options.model_repository}",
+                location="model",
+            )
         return folder
 
     async def load_model(self, name: str) -> None:
@@ -332,8 +372,11 @@ class ServerCore:
     async def unload_model(self, name: str) -> None:
         async with self._admin:
             if self.runtime is not None and name in self.runtime.config.model_names:
-                raise invalid(f"'{name}' is a lookup model of {self.options.config}; lookup "
-                              "models live as long as the server", "model")
+                raise invalid(
+                    f"'{name}' is a lookup model of {self.options.config}; lookup "
+                    "models live as long as the server",
+                    "model",
+                )
             self.entry(name)
             await self._unload(name)
 
@@ -354,14 +397,29 @@ class ServerCore:
     def repository_index(self) -> list[dict]:
         names = set(self.entries)
         if self.options.model_repository is not None and self.options.model_repository.is_dir():
-            names |= {p.name for p in self.options.model_repository.iterdir()
-                      if (p / "manifest.json").is_file() and NAME.match(p.name)}
-        return [{"name": n, "version": VERSION,
-                 "state": "READY" if n in self.entries and self.ready else "UNAVAILABLE",
-                 "reason": "" if n in self.entries else "unloaded"} for n in sorted(names)]
+            names |= {
+                p.name
+                for p in self.options.model_repository.iterdir()
+                if (p / "manifest.json").is_file() and NAME.match(p.name)
+            }
+        return [
+            {
+                "name": n,
+                "version": VERSION,
+                "state": "READY" if n in self.entries and self.ready else "UNAVAILABLE",
+                "reason": "" if n in self.entries else "unloaded",
+            }
+            for n in sorted(names)
+        ]
 
-    async def update_table(self, name: str, table: str, operation: str, keys: np.ndarray,
-                           vectors: np.ndarray | None = None) -> int:
+    async def update_table(
+        self,
+        name: str,
+        table: str,
+        operation: str,
+        keys: np.ndarray,
+        vectors: np.ndarray | None = None,
+    ) -> int:
         """Insert or remove rows of a table of a served model's runtime (every tier and the
         cached copies); returns the number of keys."""
         if not self.ready:
@@ -375,24 +433,37 @@ class ServerCore:
         elif table.isdigit() and int(table) < cfg.num_tables:
             table_id = int(table)
         else:
-            raise NotFoundError(f"model '{name}' (HPS model '{model.hps_model}') has no table "
-                                f"'{table}'", location="table", hint="tables: " + ", ".join(names))
+            raise NotFoundError(
+                f"model '{name}' (HPS model '{model.hps_model}') has no table '{table}'",
+                location="table",
+                hint="tables: " + ", ".join(names),
+            )
         if operation == "insert":
             dim = cfg.embedding_vecsize_per_table[table_id]
             if vectors is None or vectors.shape != (keys.size, dim):
-                raise invalid(f"VECTORS must have shape [{keys.size}, {dim}] (one row of dim "
-                              f"{dim} per key), got "
-                              f"{None if vectors is None else list(vectors.shape)}", "VECTORS")
+                raise invalid(
+                    f"VECTORS must have shape [{keys.size}, {dim}] (one row of dim "
+                    f"{dim} per key), got "
+                    f"{None if vectors is None else list(vectors.shape)}",
+                    "VECTORS",
+                )
         hps = model.runtime.hps
         loop = asyncio.get_running_loop()
         if operation == "insert":
-            await loop.run_in_executor(self.executor, hps.insert, model.hps_model, table_id,
-                                       keys, vectors)
+            await loop.run_in_executor(
+                self.executor, hps.insert, model.hps_model, table_id, keys, vectors
+            )
         else:
-            await loop.run_in_executor(self.executor, hps.remove, model.hps_model, table_id,
-                                       keys)
-        event(log, "table_updated", model=name, hps_model=model.hps_model,
-              table=names[table_id], operation=operation, keys=int(keys.size))
+            await loop.run_in_executor(self.executor, hps.remove, model.hps_model, table_id, keys)
+        event(
+            log,
+            "table_updated",
+            model=name,
+            hps_model=model.hps_model,
+            table=names[table_id],
+            operation=operation,
+            keys=int(keys.size),
+        )
         return int(keys.size)
 
     # ------------------------------------------------------------------ shutdown
@@ -412,8 +483,9 @@ class ServerCore:
         for name in list(self.entries):
             entry = self.entries.pop(name)
             await entry.batcher.close()
-            await asyncio.get_running_loop().run_in_executor(self.executor, self._close_entry,
-                                                             entry)
+            await asyncio.get_running_loop().run_in_executor(
+                self.executor, self._close_entry, entry
+            )
         if self.runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.close)
         self.executor.shutdown(wait=True)
@@ -426,14 +498,17 @@ def admin_token_from(path: Path | None) -> str | None:
         try:
             token = Path(path).read_text().strip()
         except OSError as exc:
-            raise InvalidInputError(f"cannot read the admin token: {exc.strerror}",
-                                    location=str(path)) from None
+            raise InvalidInputError(
+                f"cannot read the admin token: {exc.strerror}", location=str(path)
+            ) from None
         if len(token) < 16:
-            raise InvalidInputError("the admin token must be at least 16 characters",
-                                    location=str(path))
+            raise InvalidInputError(
+                "the admin token must be at least 16 characters", location=str(path)
+            )
         return token
     token = os.environ.get("HPS_ADMIN_TOKEN", "").strip()
     if token and len(token) < 16:
-        raise InvalidInputError("the admin token must be at least 16 characters",
-                                location="HPS_ADMIN_TOKEN")
+        raise InvalidInputError(
+            "the admin token must be at least 16 characters", location="HPS_ADMIN_TOKEN"
+        )
     return token or None

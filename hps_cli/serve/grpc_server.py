@@ -41,10 +41,19 @@ from .shared_memory import enabled
 log = logging.getLogger("hps_cli.serve")
 
 # Typed contents field of each datatype (FP16 travels as raw bytes only).
-CONTENTS = {"BOOL": "bool_contents", "INT8": "int_contents", "INT16": "int_contents",
-            "INT32": "int_contents", "INT64": "int64_contents", "UINT8": "uint_contents",
-            "UINT16": "uint_contents", "UINT32": "uint_contents", "UINT64": "uint64_contents",
-            "FP32": "fp32_contents", "FP64": "fp64_contents"}
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+}
 
 
 def parameters_of(params) -> dict:
@@ -59,17 +68,21 @@ def parameters_of(params) -> dict:
 def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) -> InferRequest:
     """Decode a ModelInfer request. As tritonclient sends them, ``raw_input_contents`` holds
     one entry per input that is neither in shared memory nor given as typed contents."""
-    request = InferRequest(model=message.model_name, version=message.model_version,
-                           id=message.id)
+    request = InferRequest(model=message.model_name, version=message.model_version, id=message.id)
     raw = message.raw_input_contents
     if not message.inputs:
         raise invalid("must be a non-empty list of input tensors", "inputs")
-    refs = [shm_ref(parameters_of(spec.parameters), f"inputs[{i}].parameters")
-            for i, spec in enumerate(message.inputs)]
+    refs = [
+        shm_ref(parameters_of(spec.parameters), f"inputs[{i}].parameters")
+        for i, spec in enumerate(message.inputs)
+    ]
     wants_raw = sum(ref is None for ref in refs)
     if raw and len(raw) != wants_raw:
-        raise invalid(f"raw_input_contents has {len(raw)} entries for {wants_raw} inputs (one "
-                      "per input not in shared memory, in order)", "raw_input_contents")
+        raise invalid(
+            f"raw_input_contents has {len(raw)} entries for {wants_raw} inputs (one "
+            "per input not in shared memory, in order)",
+            "raw_input_contents",
+        )
     next_raw = 0
     for i, spec in enumerate(message.inputs):
         where = f"inputs[{i}]"
@@ -82,22 +95,24 @@ def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) ->
         if refs[i] is not None:
             if spec.HasField("contents"):
                 raise invalid("typed contents and shared memory cannot be mixed", where)
-            tensor = enabled(shared_memory).read(spec.name, spec.datatype, shape, refs[i],
-                                                 where)
+            tensor = enabled(shared_memory).read(spec.name, spec.datatype, shape, refs[i], where)
         elif raw:
             if spec.HasField("contents"):
                 raise invalid("typed contents and raw_input_contents cannot be mixed", where)
             blob = raw[next_raw]
             next_raw += 1
-            tensor = tensor_from_bytes(spec.name, spec.datatype, shape, blob, 0, len(blob),
-                                       where)
+            tensor = tensor_from_bytes(spec.name, spec.datatype, shape, blob, 0, len(blob), where)
         else:
             field = CONTENTS.get(spec.datatype)
             if field is None:
                 raise invalid(f"{spec.datatype} needs raw_input_contents", where)
-            tensor = tensor_from_values(spec.name, spec.datatype, shape,
-                                        list(getattr(spec.contents, field)),
-                                        f"{where}.contents.{field}")
+            tensor = tensor_from_values(
+                spec.name,
+                spec.datatype,
+                shape,
+                list(getattr(spec.contents, field)),
+                f"{where}.contents.{field}",
+            )
         request.inputs[spec.name] = tensor
     wanted, seen = [], set()
     for i, out in enumerate(message.outputs):
@@ -110,7 +125,6 @@ def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) ->
         wanted.append(RequestedOutput(out.name, True, ref))
     request.outputs = tuple(wanted) if wanted else None
     return request
-
 
 
 def _parameter(target: service_pb2.InferParameter, value) -> None:
@@ -126,9 +140,9 @@ def _parameter(target: service_pb2.InferParameter, value) -> None:
 
 def encode_response(request: InferRequest, result) -> bytes:
     """The serialized ModelInferResponse (outputs in ``raw_output_contents``)."""
-    response = service_pb2.ModelInferResponse(model_name=request.model,
-                                              model_version=request.version or "1",
-                                              id=request.id)
+    response = service_pb2.ModelInferResponse(
+        model_name=request.model, model_version=request.version or "1", id=request.id
+    )
     for key, value in result.parameters.items():
         _parameter(response.parameters[key], value)
     selected = select_outputs(result, request)
@@ -136,8 +150,9 @@ def encode_response(request: InferRequest, result) -> bytes:
     # shared memory holds an empty place when raw outputs follow it.
     last_raw = max((i for i, (_, _, ref) in enumerate(selected) if ref is None), default=-1)
     for i, (tensor, _, ref) in enumerate(selected):
-        output = response.outputs.add(name=tensor.name, datatype=tensor.datatype,
-                                      shape=tensor.shape)
+        output = response.outputs.add(
+            name=tensor.name, datatype=tensor.datatype, shape=tensor.shape
+        )
         if ref is not None:
             _parameter(output.parameters["shared_memory_region"], ref.region)
             _parameter(output.parameters["shared_memory_offset"], ref.offset)
@@ -170,8 +185,14 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             seconds = time.perf_counter() - started
             if name == "ModelInfer":
                 self.core.metrics.observe(self.core.model_label(model), "grpc", code, seconds)
-            access(protocol="grpc", method=name, model=model, status=code,
-                   ms=round(seconds * 1000, 3), peer=context.peer())
+            access(
+                protocol="grpc",
+                method=name,
+                model=model,
+                status=code,
+                ms=round(seconds * 1000, 3),
+                peer=context.peer(),
+            )
 
     def _admin(self, context) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -180,35 +201,43 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerLive(self, request, context):
         async def work():
             return service_pb2.ServerLiveResponse(live=True)
+
         return await self._call("ServerLive", context, work)
 
     async def ServerReady(self, request, context):
         async def work():
             return service_pb2.ServerReadyResponse(ready=self.core.ready)
+
         return await self._call("ServerReady", context, work)
 
     async def ModelReady(self, request, context):
         async def work():
             return service_pb2.ModelReadyResponse(
-                ready=self.core.is_model_ready(request.name, request.version))
+                ready=self.core.is_model_ready(request.name, request.version)
+            )
+
         return await self._call("ModelReady", context, work, request.name)
 
     async def ServerMetadata(self, request, context):
         async def work():
             meta = self.core.server_metadata()
-            return service_pb2.ServerMetadataResponse(name=meta["name"], version=meta["version"],
-                                                      extensions=meta["extensions"])
+            return service_pb2.ServerMetadataResponse(
+                name=meta["name"], version=meta["version"], extensions=meta["extensions"]
+            )
+
         return await self._call("ServerMetadata", context, work)
 
     async def ModelMetadata(self, request, context):
         async def work():
             meta = self.core.entry(request.name, request.version).model.metadata()
             response = service_pb2.ModelMetadataResponse(
-                name=meta["name"], versions=meta["versions"], platform=meta["platform"])
+                name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+            )
             for key, target in (("inputs", response.inputs), ("outputs", response.outputs)):
                 for t in meta[key]:
                     target.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
             return response
+
         return await self._call("ModelMetadata", context, work, request.name)
 
     async def ModelConfig(self, request, context):
@@ -216,12 +245,14 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             doc = self.core.model_config(self.core.entry(request.name, request.version))
             config = json_format.ParseDict(doc, model_config_pb2.ModelConfig())
             return service_pb2.ModelConfigResponse(config=config)
+
         return await self._call("ModelConfig", context, work, request.name)
 
     async def ModelStatistics(self, request, context):
         async def work():
             doc = self.core.statistics(request.name, request.version)
             return json_format.ParseDict(doc, service_pb2.ModelStatisticsResponse())
+
         return await self._call("ModelStatistics", context, work, request.name)
 
     async def ModelInfer(self, request, context):
@@ -232,7 +263,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             await self.core.write_shared(parsed, result)
             # Built and serialized in a worker thread: 8 MiB of vectors never stall the loop.
             return await asyncio.get_running_loop().run_in_executor(
-                self.core.executor, encode_response, parsed, result)
+                self.core.executor, encode_response, parsed, result
+            )
+
         return await self._call("ModelInfer", context, work, request.model_name)
 
     async def RepositoryIndex(self, request, context):
@@ -242,16 +275,19 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             for entry in self.core.repository_index():
                 response.models.add(**entry)
             return response
+
         return await self._call("RepositoryIndex", context, work)
 
     async def RepositoryModelLoad(self, request, context):
         async def work():
             self._admin(context)
             if request.parameters:
-                raise invalid("load parameters (config overrides, files) are not supported",
-                              "parameters")
+                raise invalid(
+                    "load parameters (config overrides, files) are not supported", "parameters"
+                )
             await self.core.load_model(request.model_name)
             return service_pb2.RepositoryModelLoadResponse()
+
         return await self._call("RepositoryModelLoad", context, work, request.model_name)
 
     async def RepositoryModelUnload(self, request, context):
@@ -259,29 +295,34 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
             self._admin(context)
             await self.core.unload_model(request.model_name)
             return service_pb2.RepositoryModelUnloadResponse()
-        return await self._call("RepositoryModelUnload", context, work, request.model_name)
 
+        return await self._call("RepositoryModelUnload", context, work, request.model_name)
 
     async def SystemSharedMemoryStatus(self, request, context):
         async def work():
             response = service_pb2.SystemSharedMemoryStatusResponse()
             for region in self.core.shared_memory.status(request.name or None):
                 response.regions[region["name"]].CopyFrom(
-                    service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region))
+                    service_pb2.SystemSharedMemoryStatusResponse.RegionStatus(**region)
+                )
             return response
+
         return await self._call("SystemSharedMemoryStatus", context, work)
 
     async def SystemSharedMemoryRegister(self, request, context):
         async def work():
-            self.core.shared_memory.register(request.name, request.key, request.offset,
-                                             request.byte_size)
+            self.core.shared_memory.register(
+                request.name, request.key, request.offset, request.byte_size
+            )
             return service_pb2.SystemSharedMemoryRegisterResponse()
+
         return await self._call("SystemSharedMemoryRegister", context, work)
 
     async def SystemSharedMemoryUnregister(self, request, context):
         async def work():
             self.core.shared_memory.unregister(request.name or None)
             return service_pb2.SystemSharedMemoryUnregisterResponse()
+
         return await self._call("SystemSharedMemoryUnregister", context, work)
 
 
@@ -293,22 +334,33 @@ def build_server(core: ServerCore) -> grpc.aio.Server:
     """The service's unary RPCs that ``Servicer`` implements (the others answer UNIMPLEMENTED);
     ModelInfer answers with bytes serialized off the event loop."""
     limit = core.options.max_request_bytes
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", limit),
-                                      ("grpc.max_send_message_length", -1),
-                                      ("grpc.so_reuseport", 0)])
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", -1),
+            ("grpc.so_reuseport", 0),
+        ]
+    )
     servicer = Servicer(core)
     service = service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
     handlers = {}
     for method in service.methods:
-        if method.client_streaming or method.server_streaming or \
-                method.name not in Servicer.__dict__:
+        if (
+            method.client_streaming
+            or method.server_streaming
+            or method.name not in Servicer.__dict__
+        ):
             continue
         request_type = getattr(service_pb2, method.input_type.name)
         response_type = getattr(service_pb2, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            getattr(servicer, method.name), request_deserializer=request_type.FromString,
-            response_serializer=_serialized if method.name == "ModelInfer"
-            else response_type.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name,
-                                                                          handlers),))
+            getattr(servicer, method.name),
+            request_deserializer=request_type.FromString,
+            response_serializer=_serialized
+            if method.name == "ModelInfer"
+            else response_type.SerializeToString,
+        )
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(service.full_name, handlers),)
+    )
     return server

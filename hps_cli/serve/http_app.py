@@ -39,8 +39,9 @@ WRITE_SLICE = 1 << 20
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), status=status,
-                        content_type=_JSON)
+    return web.Response(
+        body=json.dumps(doc, separators=(",", ":")).encode(), status=status, content_type=_JSON
+    )
 
 
 def _error(status: int, message: str) -> web.Response:
@@ -63,10 +64,11 @@ def build_app(core: ServerCore) -> web.Application:
             try:
                 response = await handler(request)
             except web.HTTPException as exc:  # routing: 404 / 405, or aiohttp's own limits
-                message = {404: f"no endpoint {request.method} {request.path}",
-                           405: f"method {request.method} is not allowed on {request.path}",
-                           413: f"the request body is larger than {limit} bytes"}.get(
-                    exc.status, exc.reason)
+                message = {
+                    404: f"no endpoint {request.method} {request.path}",
+                    405: f"method {request.method} is not allowed on {request.path}",
+                    413: f"the request body is larger than {limit} bytes",
+                }.get(exc.status, exc.reason)
                 response = _error(exc.status, message)
             except Exception as exc:  # noqa: BLE001 - the server answers every request
                 status = http_status(exc)
@@ -82,21 +84,31 @@ def build_app(core: ServerCore) -> web.Application:
             model = request.match_info.get("model", "")
             if request.path.endswith("/infer"):
                 core.metrics.observe(core.model_label(model), "http", status, seconds)
-            access(protocol="http", method=request.method, path=request.path, model=model,
-                   status=status, ms=round(seconds * 1000, 3),
-                   bytes_in=request.content_length or 0, bytes_out=size_out,
-                   peer=request.remote)
+            access(
+                protocol="http",
+                method=request.method,
+                path=request.path,
+                model=model,
+                status=status,
+                ms=round(seconds * 1000, 3),
+                bytes_in=request.content_length or 0,
+                bytes_out=size_out,
+                peer=request.remote,
+            )
 
     async def read_body(request: web.Request) -> bytes:
         if request.content_length is not None and request.content_length > limit:
-            raise RequestTooLargeError(f"the body is {request.content_length} bytes; the "
-                                       f"limit is {limit}", location="Content-Length",
-                                       hint="raise --max-request-bytes or split the request")
+            raise RequestTooLargeError(
+                f"the body is {request.content_length} bytes; the limit is {limit}",
+                location="Content-Length",
+                hint="raise --max-request-bytes or split the request",
+            )
         try:
             return await request.read()
         except web.HTTPRequestEntityTooLarge:
-            raise RequestTooLargeError(f"the body is larger than the limit of {limit} bytes",
-                                       location="body") from None
+            raise RequestTooLargeError(
+                f"the body is larger than the limit of {limit} bytes", location="body"
+            ) from None
 
     def model_of(request: web.Request):
         return core.entry(request.match_info["model"], request.match_info.get("version", ""))
@@ -121,15 +133,22 @@ def build_app(core: ServerCore) -> web.Application:
         return _json(core.model_config(model_of(request)))
 
     async def model_stats(request):
-        return _json(core.statistics(request.match_info.get("model", ""),
-                                     request.match_info.get("version", "")))
+        return _json(
+            core.statistics(
+                request.match_info.get("model", ""), request.match_info.get("version", "")
+            )
+        )
 
     async def infer(request):
         core.check_ready()
         body = await read_body(request)
-        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
-                                  request.match_info["model"],
-                                  request.match_info.get("version", ""), core.shared_memory)
+        req = parse_infer_request(
+            body,
+            request.headers.get(HEADER_LENGTH),
+            request.match_info["model"],
+            request.match_info.get("version", ""),
+            core.shared_memory,
+        )
         result = await core.infer(req)
         await core.write_shared(req, result)
         header, blobs = encode_infer_response(req.model, req.version, req, result)
@@ -137,15 +156,19 @@ def build_app(core: ServerCore) -> web.Application:
             return web.Response(body=header, content_type=_JSON)
         # Streamed from the output arrays in slices: no copy of the vectors in Python, and
         # the transport never buffers more than one slice.
-        response = web.StreamResponse(headers={
-            HEADER_LENGTH: str(len(header)), "Content-Type": "application/octet-stream",
-            "Content-Length": str(len(header) + sum(b.nbytes for b in blobs))})
+        response = web.StreamResponse(
+            headers={
+                HEADER_LENGTH: str(len(header)),
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(len(header) + sum(b.nbytes for b in blobs)),
+            }
+        )
         await response.prepare(request)
         try:
             await response.write(header)
             for blob in blobs:
                 for at in range(0, blob.nbytes, WRITE_SLICE):
-                    await response.write(blob[at:at + WRITE_SLICE])
+                    await response.write(blob[at : at + WRITE_SLICE])
             await response.write_eof()
         except ConnectionError:  # the client went away mid-response: nothing to answer
             log.debug("client %s disconnected during a response", request.remote)
@@ -167,8 +190,9 @@ def build_app(core: ServerCore) -> web.Application:
             if not isinstance(doc, dict):
                 raise invalid("the body must be a JSON object", "body")
             if doc.get("parameters"):
-                raise invalid("load parameters (config overrides, files) are not supported",
-                              "parameters")
+                raise invalid(
+                    "load parameters (config overrides, files) are not supported", "parameters"
+                )
         await core.load_model(request.match_info["model"])
         return web.Response(status=200)
 
@@ -182,13 +206,21 @@ def build_app(core: ServerCore) -> web.Application:
         admin(request)
         operation = request.match_info["operation"]
         body = await read_body(request)
-        req = parse_infer_request(body, request.headers.get(HEADER_LENGTH),
-                                  request.match_info["model"])
+        req = parse_infer_request(
+            body, request.headers.get(HEADER_LENGTH), request.match_info["model"]
+        )
         keys, vectors = update_tensors(req, operation)
-        count = await core.update_table(request.match_info["model"],
-                                        request.match_info["table"], operation, keys, vectors)
-        return _json({"model": req.model, "table": request.match_info["table"],
-                      "operation": operation, "keys": count})
+        count = await core.update_table(
+            request.match_info["model"], request.match_info["table"], operation, keys, vectors
+        )
+        return _json(
+            {
+                "model": req.model,
+                "table": request.match_info["table"],
+                "operation": operation,
+                "keys": count,
+            }
+        )
 
     async def shm_status(request):
         return _json(core.shared_memory.status(request.match_info.get("name")))
@@ -197,8 +229,9 @@ def build_app(core: ServerCore) -> web.Application:
         doc = parse_json(await read_body(request))
         if not isinstance(doc, dict):
             raise invalid("the body must be a JSON object {key, offset, byte_size}", "body")
-        core.shared_memory.register(request.match_info["name"], doc.get("key"),
-                                    doc.get("offset", 0), doc.get("byte_size"))
+        core.shared_memory.register(
+            request.match_info["name"], doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
+        )
         return web.Response(status=200)
 
     async def shm_unregister(request):
@@ -207,25 +240,28 @@ def build_app(core: ServerCore) -> web.Application:
         return web.Response(status=200)
 
     app = web.Application(middlewares=[frame], client_max_size=limit)
-    routes = [web.get("/v2", server_metadata),
-              web.get("/v2/health/live", live),
-              web.get("/v2/health/ready", ready),
-              web.get("/v2/models/stats", model_stats),
-              web.post("/v2/repository/index", repository_index),
-              web.post("/v2/repository/models/{model}/load", load),
-              web.post("/v2/repository/models/{model}/unload", unload),
-              web.post("/v2/admin/models/{model}/tables/{table}/{operation:insert|remove}",
-                       update),
-              web.get("/v2/systemsharedmemory/status", shm_status),
-              web.get("/v2/systemsharedmemory/region/{name}/status", shm_status),
-              web.post("/v2/systemsharedmemory/region/{name}/register", shm_register),
-              web.post("/v2/systemsharedmemory/unregister", shm_unregister),
-              web.post("/v2/systemsharedmemory/region/{name}/unregister", shm_unregister)]
+    routes = [
+        web.get("/v2", server_metadata),
+        web.get("/v2/health/live", live),
+        web.get("/v2/health/ready", ready),
+        web.get("/v2/models/stats", model_stats),
+        web.post("/v2/repository/index", repository_index),
+        web.post("/v2/repository/models/{model}/load", load),
+        web.post("/v2/repository/models/{model}/unload", unload),
+        web.post("/v2/admin/models/{model}/tables/{table}/{operation:insert|remove}", update),
+        web.get("/v2/systemsharedmemory/status", shm_status),
+        web.get("/v2/systemsharedmemory/region/{name}/status", shm_status),
+        web.post("/v2/systemsharedmemory/region/{name}/register", shm_register),
+        web.post("/v2/systemsharedmemory/unregister", shm_unregister),
+        web.post("/v2/systemsharedmemory/region/{name}/unregister", shm_unregister),
+    ]
     for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [web.get(base, model_metadata),
-                   web.get(base + "/ready", model_ready),
-                   web.get(base + "/config", model_config),
-                   web.get(base + "/stats", model_stats),
-                   web.post(base + "/infer", infer)]
+        routes += [
+            web.get(base, model_metadata),
+            web.get(base + "/ready", model_ready),
+            web.get(base + "/config", model_config),
+            web.get(base + "/stats", model_stats),
+            web.post(base + "/infer", infer),
+        ]
     app.add_routes(routes)
     return app

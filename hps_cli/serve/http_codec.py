@@ -35,14 +35,16 @@ def parse_json(data: bytes, where: str = "body") -> object:
     except UnicodeDecodeError:
         raise invalid("the JSON header is not UTF-8", where) from None
     except json.JSONDecodeError as exc:
-        raise invalid(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}",
-                      where) from None
+        raise invalid(
+            f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", where
+        ) from None
     except RecursionError:
         raise invalid("invalid JSON: nested too deeply", where) from None
 
 
-def parse_infer_request(body: bytes, header_length: str | None, model: str,
-                        version: str = "", shared_memory=None) -> InferRequest:
+def parse_infer_request(
+    body: bytes, header_length: str | None, model: str, version: str = "", shared_memory=None
+) -> InferRequest:
     """Decode an infer request body (binary input data is not copied). ``shared_memory``: the
     server's ``SharedMemoryRegions`` for inputs and outputs in shared memory."""
     if header_length is None:
@@ -50,15 +52,16 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
     else:
         text = header_length.strip()
         if not text.isdigit():
-            raise invalid(f"must be a non-negative integer, got {header_length!r}",
-                          HEADER_LENGTH)
+            raise invalid(f"must be a non-negative integer, got {header_length!r}", HEADER_LENGTH)
         json_end = int(text)
         if json_end > len(body):
-            raise invalid(f"{json_end} is larger than the body ({len(body)} bytes)",
-                          HEADER_LENGTH)
+            raise invalid(f"{json_end} is larger than the body ({len(body)} bytes)", HEADER_LENGTH)
         if json_end == 0:
-            raise invalid("raw binary requests (a header length of 0) are not supported; send "
-                          "a JSON header with binary_data_size", HEADER_LENGTH)
+            raise invalid(
+                "raw binary requests (a header length of 0) are not supported; send "
+                "a JSON header with binary_data_size",
+                HEADER_LENGTH,
+            )
     doc = parse_json(body[:json_end])
     if not isinstance(doc, dict):
         raise invalid("the request must be a JSON object", "body")
@@ -66,8 +69,9 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
     request.id = _request_id(doc.get("id"))
     params = _parameters(doc.get("parameters"), "parameters")
     request.parameters = params
-    request.binary_output = _bool(params.get("binary_data_output", False),
-                                  "parameters.binary_data_output")
+    request.binary_output = _bool(
+        params.get("binary_data_output", False), "parameters.binary_data_output"
+    )
     inputs = doc.get("inputs")
     if not isinstance(inputs, list) or not inputs:
         raise invalid("must be a non-empty list of input tensors", "inputs")
@@ -89,22 +93,27 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
         ref = shm_ref(tparams, f"{where}.parameters")
         if ref is not None:
             if size is not None or "data" in spec:
-                raise invalid("give one of data, binary_data_size or shared_memory_region",
-                              where)
+                raise invalid("give one of data, binary_data_size or shared_memory_region", where)
             tensor = enabled(shared_memory).read(name, datatype, shape, ref, where)
         elif size is not None:
             if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-                raise invalid("binary_data_size must be a non-negative integer",
-                              f"{where}.parameters.binary_data_size")
+                raise invalid(
+                    "binary_data_size must be a non-negative integer",
+                    f"{where}.parameters.binary_data_size",
+                )
             if header_length is None:
-                raise invalid(f"binary data needs the {HEADER_LENGTH} header",
-                              f"{where}.parameters.binary_data_size")
+                raise invalid(
+                    f"binary data needs the {HEADER_LENGTH} header",
+                    f"{where}.parameters.binary_data_size",
+                )
             if "data" in spec:
                 raise invalid("give either data or binary_data_size, not both", where)
             if offset + size > len(body):
-                raise invalid(f"binary data truncated: input '{name}' needs {size} bytes, "
-                              f"{len(body) - offset} are left",
-                              f"{where}.parameters.binary_data_size")
+                raise invalid(
+                    f"binary data truncated: input '{name}' needs {size} bytes, "
+                    f"{len(body) - offset} are left",
+                    f"{where}.parameters.binary_data_size",
+                )
             tensor = tensor_from_bytes(name, datatype, shape, body, offset, size, where)
             offset += size
         elif "data" in spec:
@@ -116,14 +125,14 @@ def parse_infer_request(body: bytes, header_length: str | None, model: str,
             raise invalid("has neither data nor parameters.binary_data_size", where)
         request.inputs[name] = tensor
     if offset != len(body):
-        raise invalid(f"{len(body) - offset} bytes of binary data after the last binary input",
-                      "body")
+        raise invalid(
+            f"{len(body) - offset} bytes of binary data after the last binary input", "body"
+        )
     request.outputs = _requested_outputs(doc.get("outputs"), shared_memory)
     return request
 
 
-def _requested_outputs(outputs: object,
-                       shared_memory=None) -> tuple[RequestedOutput, ...] | None:
+def _requested_outputs(outputs: object, shared_memory=None) -> tuple[RequestedOutput, ...] | None:
     if outputs is None:
         return None
     if not isinstance(outputs, list):
@@ -141,10 +150,14 @@ def _requested_outputs(outputs: object,
         ref = shm_ref(params, f"{where}.parameters")
         if ref is not None:
             enabled(shared_memory)
-        wanted.append(RequestedOutput(spec["name"], None if binary is None else
-                                      _bool(binary, f"{where}.parameters.binary_data"), ref))
+        wanted.append(
+            RequestedOutput(
+                spec["name"],
+                None if binary is None else _bool(binary, f"{where}.parameters.binary_data"),
+                ref,
+            )
+        )
     return tuple(wanted)
-
 
 
 def _request_id(value: object) -> str:
@@ -169,8 +182,9 @@ def _bool(value: object, where: str) -> bool:
     return value
 
 
-def encode_infer_response(model: str, version: str, request: InferRequest,
-                          result: InferResult) -> tuple[bytes, list[memoryview]]:
+def encode_infer_response(
+    model: str, version: str, request: InferRequest, result: InferResult
+) -> tuple[bytes, list[memoryview]]:
     """(JSON header, binary output blobs in order); the blobs are views of the outputs (no
     copy). Without blobs the header is the whole body; with blobs it is sent first and its
     length goes in the ``Inference-Header-Content-Length`` header."""
@@ -178,12 +192,17 @@ def encode_infer_response(model: str, version: str, request: InferRequest,
     for tensor, binary, ref in select_outputs(result, request):
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if ref is not None:  # written into the region already (ServerCore.write_shared)
-            entry["parameters"] = {"shared_memory_region": ref.region,
-                                   "shared_memory_offset": ref.offset,
-                                   "shared_memory_byte_size": tensor.array.nbytes}
+            entry["parameters"] = {
+                "shared_memory_region": ref.region,
+                "shared_memory_offset": ref.offset,
+                "shared_memory_byte_size": tensor.array.nbytes,
+            }
         elif binary:
-            blob = memoryview(tensor.array.reshape(-1)).cast("B") if tensor.array.size \
+            blob = (
+                memoryview(tensor.array.reshape(-1)).cast("B")
+                if tensor.array.size
                 else memoryview(b"")
+            )
             entry["parameters"] = {"binary_data_size": blob.nbytes}
             blobs.append(blob)
         else:

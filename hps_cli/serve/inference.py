@@ -41,23 +41,27 @@ def read_manifest(folder: Path) -> dict:
     try:
         doc = json.loads(path.read_text())
     except OSError as exc:
-        raise ConfigError(f"cannot read the manifest: {exc.strerror}", location=str(path)) \
-            from None
+        raise ConfigError(f"cannot read the manifest: {exc.strerror}", location=str(path)) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"the manifest is not valid JSON: {exc}", location=str(path)) from None
     where = str(path)
     if not isinstance(doc, dict) or doc.get("version") != 1:
-        raise ConfigError("not a version 1 hps manifest", location=f"{where} $.version",
-                          hint="write it with hps dissect or hps build-graph of this version")
-    for key, kind in (("model_name", str), ("ps_config", str), ("tables", list),
-                      ("inputs", list)):
+        raise ConfigError(
+            "not a version 1 hps manifest",
+            location=f"{where} $.version",
+            hint="write it with hps dissect or hps build-graph of this version",
+        )
+    for key, kind in (("model_name", str), ("ps_config", str), ("tables", list), ("inputs", list)):
         if not isinstance(doc.get(key), kind):
-            raise ConfigError(f"'{key}' is missing or not a {kind.__name__}",
-                              location=f"{where} $.{key}")
+            raise ConfigError(
+                f"'{key}' is missing or not a {kind.__name__}", location=f"{where} $.{key}"
+            )
     if not isinstance(doc.get("dense"), dict):
-        raise ConfigError("the package has no dense part (manifest dense is null): it holds "
-                          "tables only", location=f"{where} $.dense",
-                          hint="serve its ps.json as lookup models (--config)")
+        raise ConfigError(
+            "the package has no dense part (manifest dense is null): it holds tables only",
+            location=f"{where} $.dense",
+            hint="serve its ps.json as lookup models (--config)",
+        )
     return doc
 
 
@@ -79,8 +83,9 @@ class InferenceModel(ServedModel):
         try:
             cfg = runtime.config.model(hps_model)
         except KeyError:
-            raise ConfigError(f"the runtime has no model '{hps_model}'",
-                              location=str(folder / "manifest.json")) from None
+            raise ConfigError(
+                f"the runtime has no model '{hps_model}'", location=str(folder / "manifest.json")
+            ) from None
         super().__init__(name, runtime, hps_model, cfg.max_batch_size)
         self.folder = Path(folder)
         self.manifest = manifest
@@ -94,23 +99,28 @@ class InferenceModel(ServedModel):
         names = list(cfg.embedding_table_names)
         for table in self.manifest["tables"]:
             tid = table.get("table_id")
-            if not isinstance(tid, int) or not 0 <= tid < cfg.num_tables \
-                    or names[tid] != table.get("name") \
-                    or cfg.embedding_vecsize_per_table[tid] != table.get("dim"):
+            if (
+                not isinstance(tid, int)
+                or not 0 <= tid < cfg.num_tables
+                or names[tid] != table.get("name")
+                or cfg.embedding_vecsize_per_table[tid] != table.get("dim")
+            ):
                 raise ConfigError(
                     f"table {table.get('name')!r} (id {tid}, dim {table.get('dim')}) of the "
                     f"manifest is not table {tid} of model '{self.hps_model}' in "
-                    f"{self.runtime.path}", location=str(self.folder / "manifest.json"),
-                    hint="serve the package with its own ps.json, or regenerate it")
+                    f"{self.runtime.path}",
+                    location=str(self.folder / "manifest.json"),
+                    hint="serve the package with its own ps.json, or regenerate it",
+                )
         self.table_dims = {t["table_id"]: t["dim"] for t in self.manifest["tables"]}
 
     def _plan_inputs(self) -> None:
         """Served inputs, the lookups to run and the dense inputs passed through."""
         dense = self.manifest["dense"]
         dense_inputs = {d["name"]: d for d in dense.get("inputs", [])}
-        self.lookups = []   # (served input, format, table_id, combiner, dense input, dtype)
-        self.direct = []    # (served tensor name, dense input name, dtype)
-        self.sparse = {}    # input name -> components {indices, values, dense_shape}
+        self.lookups = []  # (served input, format, table_id, combiner, dense input, dtype)
+        self.direct = []  # (served tensor name, dense input name, dtype)
+        self.sparse = {}  # input name -> components {indices, values, dense_shape}
         self.batch_inputs = []  # dense-format served inputs: their dim 0 is the batch
         self.id_limits = {}  # served input -> most ids per sample (sparse inputs)
         specs = []
@@ -119,46 +129,69 @@ class InferenceModel(ServedModel):
             datatype = datatype_of(spec["dtype"])
             if spec.get("format") == "sparse":
                 comps = spec.get("components") or {
-                    part: f"{name}.{part}" for part in ("indices", "values", "dense_shape")}
+                    part: f"{name}.{part}" for part in ("indices", "values", "dense_shape")
+                }
                 self.sparse[name] = {"shape": shape, **comps}
-                specs += [TensorSpec(comps["indices"], "INT64", (-1, len(shape)), False),
-                          TensorSpec(comps["values"], datatype, (-1,), False),
-                          TensorSpec(comps["dense_shape"], "INT64", (len(shape),), False)]
+                specs += [
+                    TensorSpec(comps["indices"], "INT64", (-1, len(shape)), False),
+                    TensorSpec(comps["values"], datatype, (-1,), False),
+                    TensorSpec(comps["dense_shape"], "INT64", (len(shape),), False),
+                ]
             else:
                 if not shape or shape[0] != -1:
-                    raise ConfigError(f"input '{name}' has no batch dimension ({shape})",
-                                      location=str(self.folder / "manifest.json"))
+                    raise ConfigError(
+                        f"input '{name}' has no batch dimension ({shape})",
+                        location=str(self.folder / "manifest.json"),
+                    )
                 specs.append(TensorSpec(name, datatype, tuple(shape)))
                 self.batch_inputs.append(name)
             for lookup in spec.get("lookups", []) if spec.get("role") == "sparse_ids" else []:
                 combiner = lookup.get("combiner")
-                if combiner not in COMBINERS or (spec.get("format") == "sparse"
-                                                 and combiner == "none"):
-                    raise ConfigError(f"combiner {combiner!r} of input '{name}' is not one of "
-                                      f"{', '.join(COMBINERS)} (sparse inputs: not none)",
-                                      location=str(self.folder / "manifest.json"))
+                if combiner not in COMBINERS or (
+                    spec.get("format") == "sparse" and combiner == "none"
+                ):
+                    raise ConfigError(
+                        f"combiner {combiner!r} of input '{name}' is not one of "
+                        f"{', '.join(COMBINERS)} (sparse inputs: not none)",
+                        location=str(self.folder / "manifest.json"),
+                    )
                 target = dense_inputs.get(lookup["dense_input"], {})
-                self.lookups.append((name, spec.get("format"), int(lookup["table_id"]),
-                                     combiner, lookup["dense_input"],
-                                     target.get("dtype", "float32")))
+                self.lookups.append(
+                    (
+                        name,
+                        spec.get("format"),
+                        int(lookup["table_id"]),
+                        combiner,
+                        lookup["dense_input"],
+                        target.get("dtype", "float32"),
+                    )
+                )
                 if spec.get("format") == "sparse" and lookup.get("ids_per_sample"):
-                    self.id_limits[name] = min(self.id_limits.get(name, 1 << 62),
-                                               int(lookup["ids_per_sample"]))
+                    self.id_limits[name] = min(
+                        self.id_limits.get(name, 1 << 62), int(lookup["ids_per_sample"])
+                    )
             if spec.get("dense_input"):
                 target = dense_inputs.get(spec["dense_input"], {})
                 if spec.get("format") == "sparse":
-                    raise ConfigError(f"sparse input '{name}' is read by the dense part "
-                                      "directly, which hps serve does not support",
-                                      location=str(self.folder / "manifest.json"))
+                    raise ConfigError(
+                        f"sparse input '{name}' is read by the dense part "
+                        "directly, which hps serve does not support",
+                        location=str(self.folder / "manifest.json"),
+                    )
                 self.direct.append((name, spec["dense_input"], target.get("dtype", spec["dtype"])))
         self.inputs = specs
         if self.sparse:
             self.config_max_batch_size = 0  # components have no common batch dimension
             self.inputs = [TensorSpec(s.name, s.datatype, s.shape, False) for s in specs]
-        self.outputs = [TensorSpec(o["name"], datatype_of(o["dtype"]),
-                                   tuple(-1 if d is None else int(d) for d in o["shape"]),
-                                   bool(self.config_max_batch_size))
-                        for o in dense.get("outputs", [])]
+        self.outputs = [
+            TensorSpec(
+                o["name"],
+                datatype_of(o["dtype"]),
+                tuple(-1 if d is None else int(d) for d in o["shape"]),
+                bool(self.config_max_batch_size),
+            )
+            for o in dense.get("outputs", [])
+        ]
 
     def _load_dense(self) -> None:
         from ..dissect.tf_support import import_tensorflow
@@ -171,10 +204,12 @@ class InferenceModel(ServedModel):
             self._root = tf.saved_model.load(str(folder))
             self._serve = self._root.signatures[signature]
         except (OSError, KeyError, ValueError) as exc:
-            raise ConfigError(f"cannot load the dense SavedModel: {exc}", location=str(folder)) \
-                from None
-        self._dense_dtypes = {name: spec.dtype for name, spec in
-                              self._serve.structured_input_signature[1].items()}
+            raise ConfigError(
+                f"cannot load the dense SavedModel: {exc}", location=str(folder)
+            ) from None
+        self._dense_dtypes = {
+            name: spec.dtype for name, spec in self._serve.structured_input_signature[1].items()
+        }
 
     def parameters(self) -> dict:
         return {**super().parameters(), "package": str(self.folder)}
@@ -191,22 +226,29 @@ class InferenceModel(ServedModel):
             array = request.inputs[name].array
             _check_shape(array, spec.shape, name)
             if batch is not None and array.shape[0] != batch:
-                raise invalid(f"batch size {array.shape[0]} differs from {batch} of the other "
-                              "inputs", name)
+                raise invalid(
+                    f"batch size {array.shape[0]} differs from {batch} of the other inputs", name
+                )
             batch = array.shape[0]
         sparse = {}
         for name, comps in self.sparse.items():
             ids = _sparse_ids(request, comps, name, self.id_limits.get(name))
             if batch is not None and ids["batch"] != batch:
-                raise invalid(f"dense_shape[0] = {ids['batch']} differs from the batch size "
-                              f"{batch} of the other inputs", comps["dense_shape"])
+                raise invalid(
+                    f"dense_shape[0] = {ids['batch']} differs from the batch size "
+                    f"{batch} of the other inputs",
+                    comps["dense_shape"],
+                )
             batch = ids["batch"]
             sparse[name] = ids
         if not batch:
             raise invalid("the batch is empty (0 samples)", "inputs")
         if batch > self.max_batch_size:
-            raise invalid(f"batch size {batch} is above max_batch_size {self.max_batch_size} of "
-                          f"model '{self.name}'", "inputs")
+            raise invalid(
+                f"batch size {batch} is above max_batch_size {self.max_batch_size} of "
+                f"model '{self.name}'",
+                "inputs",
+            )
         arrays = {name: request.inputs[name].array for name in self.batch_inputs}
         return Work(batch, request, {"arrays": arrays, "sparse": sparse})
 
@@ -218,13 +260,15 @@ class InferenceModel(ServedModel):
             dim = self.table_dims[table_id]
             if fmt == "sparse":
                 ids = sparse[name]
-                vectors = hps.lookup(ids["values"].astype(np.int64, copy=False), self.hps_model,
-                                     table_id)
+                vectors = hps.lookup(
+                    ids["values"].astype(np.int64, copy=False), self.hps_model, table_id
+                )
                 value = _segment_combine(vectors, ids["rows"], ids["batch"], combiner)
             else:
                 ids = arrays[name]
-                vectors = hps.lookup(ids.reshape(-1).astype(np.int64, copy=False),
-                                     self.hps_model, table_id)
+                vectors = hps.lookup(
+                    ids.reshape(-1).astype(np.int64, copy=False), self.hps_model, table_id
+                )
                 value = vectors.reshape(ids.shape + (dim,))
                 if combiner != "none":
                     value = _combine(value.reshape(ids.shape[0], -1, dim), combiner)
@@ -235,13 +279,24 @@ class InferenceModel(ServedModel):
         total = sum(sizes)
         for name, value in outputs.items():
             if len(works) > 1 and (value.ndim == 0 or value.shape[0] != total):
-                raise InvalidInputError(f"output '{name}' has no batch dimension; cannot split "
-                                        "a batch", location=name)
+                raise InvalidInputError(
+                    f"output '{name}' has no batch dimension; cannot split a batch", location=name
+                )
         results, at = [], 0
         for size in sizes:
-            tensors = [Tensor(spec.name, spec.datatype, np.ascontiguousarray(
-                outputs[spec.name][at:at + size] if len(works) > 1 else outputs[spec.name],
-                dtype=DATATYPES[spec.datatype])) for spec in self.outputs]
+            tensors = [
+                Tensor(
+                    spec.name,
+                    spec.datatype,
+                    np.ascontiguousarray(
+                        outputs[spec.name][at : at + size]
+                        if len(works) > 1
+                        else outputs[spec.name],
+                        dtype=DATATYPES[spec.datatype],
+                    ),
+                )
+                for spec in self.outputs
+            ]
             results.append(InferResult(tensors))
             at += size
         return results
@@ -257,8 +312,9 @@ class InferenceModel(ServedModel):
             rank = len(comps["shape"])
             width = [1 if d == -1 else d for d in comps["shape"]]
             request.inputs[comps["indices"]].array = np.zeros((1, rank), np.int64)
-            request.inputs[comps["values"]].array = np.zeros(1, request.inputs[
-                comps["values"]].array.dtype)
+            request.inputs[comps["values"]].array = np.zeros(
+                1, request.inputs[comps["values"]].array.dtype
+            )
             request.inputs[comps["dense_shape"]].array = np.array(width, np.int64)
         self.execute([self.prepare(request)])
 
@@ -279,30 +335,39 @@ def _sparse_ids(request: InferRequest, comps: dict, name: str, limit: int | None
     dense_shape = request.inputs[comps["dense_shape"]].array
     rank = len(comps["shape"])
     if dense_shape.shape != (rank,):
-        raise invalid(f"shape must be [{rank}], got {list(dense_shape.shape)}",
-                      comps["dense_shape"])
+        raise invalid(
+            f"shape must be [{rank}], got {list(dense_shape.shape)}", comps["dense_shape"]
+        )
     if dense_shape.min() < 0:
         raise invalid(f"must be non-negative, got {dense_shape.tolist()}", comps["dense_shape"])
     for d, (want, got) in enumerate(zip(comps["shape"], dense_shape.tolist())):
         if want != -1 and want != got:
-            raise invalid(f"dimension {d} is {got}, the model's input '{name}' has {want}",
-                          comps["dense_shape"])
+            raise invalid(
+                f"dimension {d} is {got}, the model's input '{name}' has {want}",
+                comps["dense_shape"],
+            )
     if values.ndim != 1:
         raise invalid(f"shape must be [nnz], got {list(values.shape)}", comps["values"])
     if indices.shape != (values.size, rank):
-        raise invalid(f"shape must be [{values.size}, {rank}] (one index per value), got "
-                      f"{list(indices.shape)}", comps["indices"])
+        raise invalid(
+            f"shape must be [{values.size}, {rank}] (one index per value), got "
+            f"{list(indices.shape)}",
+            comps["indices"],
+        )
     if indices.size and ((indices < 0).any() or (indices >= dense_shape).any()):
-        raise invalid(f"indices must lie inside dense_shape {dense_shape.tolist()}",
-                      comps["indices"])
+        raise invalid(
+            f"indices must lie inside dense_shape {dense_shape.tolist()}", comps["indices"]
+        )
     batch = int(dense_shape[0])
     rows = indices[:, 0].astype(np.int64) if indices.size else np.zeros(0, np.int64)
     if limit and values.size:
         per_row = np.bincount(rows, minlength=batch)
         if per_row.max() > limit:
-            raise invalid(f"a sample has {int(per_row.max())} ids; the model takes at most "
-                          f"{limit} (maxnum_catfeature_query_per_table_per_sample)",
-                          comps["values"])
+            raise invalid(
+                f"a sample has {int(per_row.max())} ids; the model takes at most "
+                f"{limit} (maxnum_catfeature_query_per_table_per_sample)",
+                comps["values"],
+            )
     return {"values": values, "rows": rows, "batch": batch}
 
 
@@ -316,9 +381,11 @@ def _merge(works: list[Work], batch_inputs: list[str], sparse_inputs: list[str])
     offsets = np.cumsum([0] + sizes[:-1])
     for n in sparse_inputs:
         parts = [w.data["sparse"][n] for w in works]
-        sparse[n] = {"values": np.concatenate([p["values"] for p in parts]),
-                     "rows": np.concatenate([p["rows"] + off for p, off in zip(parts, offsets)]),
-                     "batch": sum(sizes)}
+        sparse[n] = {
+            "values": np.concatenate([p["values"] for p in parts]),
+            "rows": np.concatenate([p["rows"] + off for p, off in zip(parts, offsets)]),
+            "batch": sum(sizes),
+        }
     return arrays, sparse, sizes
 
 
@@ -333,8 +400,9 @@ def _combine(vectors: np.ndarray, combiner: str) -> np.ndarray:
     return total.astype(np.float32)
 
 
-def _segment_combine(vectors: np.ndarray, rows: np.ndarray, batch: int,
-                     combiner: str) -> np.ndarray:
+def _segment_combine(
+    vectors: np.ndarray, rows: np.ndarray, batch: int, combiner: str
+) -> np.ndarray:
     """Combine the vectors of each sample (row); samples without ids get zeros."""
     out = np.zeros((batch, vectors.shape[1]), np.float64)
     np.add.at(out, rows, vectors)

@@ -27,11 +27,31 @@ import logging
 
 log = logging.getLogger("hps_cli.serve")
 
-LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
-                   0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+LATENCY_BUCKETS = (
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
-TIER_RESULTS = (("volatile_hits", "volatile_hit"), ("persistent_hits", "persistent_hit"),
-                ("defaults", "default"), ("volatile_failures", "volatile_failure"))
+TIER_RESULTS = (
+    ("volatile_hits", "volatile_hit"),
+    ("persistent_hits", "persistent_hit"),
+    ("defaults", "default"),
+    ("volatile_failures", "volatile_failure"),
+)
 
 
 class Metrics:
@@ -55,21 +75,42 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=self.registry)
-        self.requests = Counter("hps_requests", "Requests answered, by model, protocol and "
-                                "status code", ["model", "protocol", "code"],
-                                registry=self.registry)
-        self.latency = Histogram("hps_request_duration_seconds", "Request latency, receipt to "
-                                 "answer", ["model", "protocol"], buckets=LATENCY_BUCKETS,
-                                 registry=self.registry)
-        self.queue_depth = Gauge("hps_queue_depth", "Requests waiting in the batcher",
-                                 ["model"], registry=self.registry)
-        self.batch_requests = Histogram("hps_batch_requests", "Requests per executed batch",
-                                        ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
-        self.batch_samples = Histogram("hps_batch_samples", "Samples per executed batch",
-                                       ["model"], buckets=BATCH_BUCKETS, registry=self.registry)
+        self.requests = Counter(
+            "hps_requests",
+            "Requests answered, by model, protocol and status code",
+            ["model", "protocol", "code"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "hps_request_duration_seconds",
+            "Request latency, receipt to answer",
+            ["model", "protocol"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "hps_queue_depth", "Requests waiting in the batcher", ["model"], registry=self.registry
+        )
+        self.batch_requests = Histogram(
+            "hps_batch_requests",
+            "Requests per executed batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_samples = Histogram(
+            "hps_batch_samples",
+            "Samples per executed batch",
+            ["model"],
+            buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
         self.ready = Gauge("hps_ready", "1 when the server is ready", registry=self.registry)
-        self.inflight = Gauge("hps_inflight_requests", "Requests being answered (HTTP and gRPC)",
-                              registry=self.registry)
+        self.inflight = Gauge(
+            "hps_inflight_requests",
+            "Requests being answered (HTTP and gRPC)",
+            registry=self.registry,
+        )
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
 
@@ -118,32 +159,54 @@ class _RuntimeCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-        keys = CounterMetricFamily("hps_table_keys", "Keys looked up in the CPU tiers, by "
-                                   "result", labels=["model", "table", "result"])
-        rate = GaugeMetricFamily("hps_table_hit_rate", "Share of the keys looked up in the CPU "
-                                 "tiers that each tier answered", labels=["model", "table", "tier"])
-        latency = GaugeMetricFamily("hps_table_lookup_seconds", "Lookup latency percentiles "
-                                    "(front cache included)", labels=["model", "table", "quantile"])
-        cache_keys = CounterMetricFamily("hps_cache_keys", "Keys looked up in the embedding "
-                                         "cache, by result",
-                                         labels=["model", "table", "device", "result"])
-        cache_rate = GaugeMetricFamily("hps_cache_hit_rate", "Hit rate of the embedding cache",
-                                       labels=["model", "table", "device"])
-        capacity = GaugeMetricFamily("hps_cache_capacity", "Slots of the embedding cache",
-                                     labels=["model", "table", "device"])
-        occupancy = GaugeMetricFamily("hps_cache_occupancy", "Slots in use in the embedding "
-                                      "cache", labels=["model", "table", "device"])
+        keys = CounterMetricFamily(
+            "hps_table_keys",
+            "Keys looked up in the CPU tiers, by result",
+            labels=["model", "table", "result"],
+        )
+        rate = GaugeMetricFamily(
+            "hps_table_hit_rate",
+            "Share of the keys looked up in the CPU tiers that each tier answered",
+            labels=["model", "table", "tier"],
+        )
+        latency = GaugeMetricFamily(
+            "hps_table_lookup_seconds",
+            "Lookup latency percentiles (front cache included)",
+            labels=["model", "table", "quantile"],
+        )
+        cache_keys = CounterMetricFamily(
+            "hps_cache_keys",
+            "Keys looked up in the embedding cache, by result",
+            labels=["model", "table", "device", "result"],
+        )
+        cache_rate = GaugeMetricFamily(
+            "hps_cache_hit_rate",
+            "Hit rate of the embedding cache",
+            labels=["model", "table", "device"],
+        )
+        capacity = GaugeMetricFamily(
+            "hps_cache_capacity",
+            "Slots of the embedding cache",
+            labels=["model", "table", "device"],
+        )
+        occupancy = GaugeMetricFamily(
+            "hps_cache_occupancy",
+            "Slots in use in the embedding cache",
+            labels=["model", "table", "device"],
+        )
         for handle in self.runtimes():
             try:
-                self._collect_runtime(handle, keys, rate, latency, cache_keys, cache_rate,
-                                      capacity, occupancy)
+                self._collect_runtime(
+                    handle, keys, rate, latency, cache_keys, cache_rate, capacity, occupancy
+                )
             except Exception:  # a closing runtime must not break the scrape
                 log.debug("metrics: runtime %s skipped", handle.path, exc_info=True)
         yield from (keys, rate, latency, cache_keys, cache_rate, capacity, occupancy)
 
     @staticmethod
-    def _collect_runtime(handle, keys, rate, latency, cache_keys, cache_rate, capacity,
-                         occupancy) -> None:
+    def _collect_runtime(
+        handle, keys, rate, latency, cache_keys, cache_rate, capacity, occupancy
+    ) -> None:
         hps = handle.hps
         for model, tables in hps.stats().items():
             for table, snap in tables.items():
@@ -152,8 +215,10 @@ class _RuntimeCollector:
                 for name, result in TIER_RESULTS:
                     keys.add_metric([model, table, result], counters.get(name, 0))
                 for name, tier in TIER_RESULTS[:3]:
-                    rate.add_metric([model, table, tier.split("_")[0]],
-                                    counters.get(name, 0) / looked_up if looked_up else 0.0)
+                    rate.add_metric(
+                        [model, table, tier.split("_")[0]],
+                        counters.get(name, 0) / looked_up if looked_up else 0.0,
+                    )
                 for q in ("p50", "p90", "p99"):
                     latency.add_metric([model, table, q], snap["latency"].get(f"{q}_s", 0.0))
         for cfg in hps.config.models:

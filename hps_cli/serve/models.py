@@ -89,20 +89,26 @@ class ServedModel(ABC):
     # -- description
 
     def metadata(self) -> dict:
-        return {"name": self.name, "versions": [self.version], "platform": self.platform,
-                "inputs": [t.metadata() for t in self.inputs],
-                "outputs": [t.metadata() for t in self.outputs]}
+        return {
+            "name": self.name,
+            "versions": [self.version],
+            "platform": self.platform,
+            "inputs": [t.metadata() for t in self.inputs],
+            "outputs": [t.metadata() for t in self.outputs],
+        }
 
     def config(self, *, max_queue_delay_us: int, instances: int) -> dict:
         """The Triton model configuration (config.pbtxt as JSON)."""
-        doc = {"name": self.name, "platform": self.platform, "backend": self.backend,
-               "max_batch_size": self.config_max_batch_size,
-               "input": [t.config() for t in self.inputs],
-               "output": [t.config() for t in self.outputs],
-               "instance_group": [{"name": f"{self.name}_0", "kind": "KIND_CPU",
-                                   "count": instances}],
-               "parameters": {k: {"string_value": str(v)}
-                              for k, v in self.parameters().items()}}
+        doc = {
+            "name": self.name,
+            "platform": self.platform,
+            "backend": self.backend,
+            "max_batch_size": self.config_max_batch_size,
+            "input": [t.config() for t in self.inputs],
+            "output": [t.config() for t in self.outputs],
+            "instance_group": [{"name": f"{self.name}_0", "kind": "KIND_CPU", "count": instances}],
+            "parameters": {k: {"string_value": str(v)} for k, v in self.parameters().items()},
+        }
         if self.config_max_batch_size > 0:
             doc["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
         return doc
@@ -117,38 +123,40 @@ class ServedModel(ABC):
         expected = {t.name for t in self.inputs}
         for name in request.inputs:
             if name not in expected:
-                raise invalid(f"model '{self.name}' has no input '{name}' (inputs: "
-                              f"{', '.join(sorted(expected))})", "inputs")
+                raise invalid(
+                    f"model '{self.name}' has no input '{name}' (inputs: "
+                    f"{', '.join(sorted(expected))})",
+                    "inputs",
+                )
         missing = [t.name for t in self.inputs if t.name not in request.inputs]
         if missing:
-            raise invalid(f"missing input(s) {', '.join(missing)} of model '{self.name}'",
-                          "inputs")
+            raise invalid(f"missing input(s) {', '.join(missing)} of model '{self.name}'", "inputs")
         if request.outputs is not None:
             names = {t.name for t in self.outputs}
             for out in request.outputs:
                 if out.name not in names:
-                    raise invalid(f"model '{self.name}' has no output '{out.name}' (outputs: "
-                                  f"{', '.join(sorted(names))})", "outputs")
+                    raise invalid(
+                        f"model '{self.name}' has no output '{out.name}' (outputs: "
+                        f"{', '.join(sorted(names))})",
+                        "outputs",
+                    )
 
     def check_datatype(self, request: InferRequest, spec: TensorSpec) -> Tensor:
         tensor = request.inputs[spec.name]
         if tensor.datatype != spec.datatype:
-            raise invalid(f"expected datatype {spec.datatype}, got {tensor.datatype}",
-                          spec.name)
+            raise invalid(f"expected datatype {spec.datatype}, got {tensor.datatype}", spec.name)
         return tensor
 
     @abstractmethod
-    def prepare(self, request: InferRequest) -> Work:
-        ...
+    def prepare(self, request: InferRequest) -> Work: ...
 
     @abstractmethod
-    def execute(self, works: list[Work]) -> list[InferResult]:
-        ...
+    def execute(self, works: list[Work]) -> list[InferResult]: ...
 
-    def warm_up(self) -> None:
+    def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Run one small request through the whole path before the model is ready."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - optional hook
         """Release what the model holds (not the shared runtime)."""
 
 
@@ -163,8 +171,9 @@ class LookupModel(ServedModel):
         try:
             cfg = runtime.config.model(hps_model)
         except KeyError:
-            raise NotFoundError(f"no model '{hps_model}' in {runtime.path}",
-                                location="model") from None
+            raise NotFoundError(
+                f"no model '{hps_model}' in {runtime.path}", location="model"
+            ) from None
         super().__init__(name, runtime, hps_model, cfg.max_batch_size)
         self.model_config = cfg
         self.num_tables = cfg.num_tables
@@ -172,17 +181,22 @@ class LookupModel(ServedModel):
         self.keys_per_sample = max(1, sum(cfg.maxnum_catfeature_query_per_table_per_sample))
         self.device = cfg.deployed_device_list[-1]
         self.uint32_keys = not runtime.config.supportlonglong
-        self.inputs = [TensorSpec("KEYS", "INT64", (-1, -1)),
-                       TensorSpec("NUMKEYS", "INT32", (-1, -1))]
+        self.inputs = [
+            TensorSpec("KEYS", "INT64", (-1, -1)),
+            TensorSpec("NUMKEYS", "INT32", (-1, -1)),
+        ]
         self.outputs = [TensorSpec("OUTPUT0", "FP32", (-1, -1))]
 
     def parameters(self) -> dict:
         cfg = self.model_config
-        return {**super().parameters(),
-                "embedding_table_names": ",".join(cfg.embedding_table_names),
-                "embedding_vecsize_per_table": ",".join(map(str, self.dims)),
-                "maxnum_catfeature_query_per_table_per_sample":
-                    ",".join(map(str, cfg.maxnum_catfeature_query_per_table_per_sample))}
+        return {
+            **super().parameters(),
+            "embedding_table_names": ",".join(cfg.embedding_table_names),
+            "embedding_vecsize_per_table": ",".join(map(str, self.dims)),
+            "maxnum_catfeature_query_per_table_per_sample": ",".join(
+                map(str, cfg.maxnum_catfeature_query_per_table_per_sample)
+            ),
+        }
 
     def prepare(self, request: InferRequest) -> Work:
         self.check_request(request)
@@ -192,53 +206,65 @@ class LookupModel(ServedModel):
         _check_row(counts, "NUMKEYS", f"[1, {self.num_tables}] or [{self.num_tables}]")
         num = counts.array.reshape(-1).astype(np.int64)
         if num.size != self.num_tables:
-            raise invalid(f"holds {num.size} counts but model '{self.name}' has "
-                          f"{self.num_tables} table(s)", "NUMKEYS")
+            raise invalid(
+                f"holds {num.size} counts but model '{self.name}' has {self.num_tables} table(s)",
+                "NUMKEYS",
+            )
         if num.size and num.min() < 0:
             raise invalid(f"counts must be non-negative, got {num.tolist()}", "NUMKEYS")
         flat = keys.array.reshape(-1)
         if int(num.sum()) != flat.size:
-            raise invalid(f"counts sum to {int(num.sum())} but KEYS holds {flat.size} keys",
-                          "NUMKEYS")
+            raise invalid(
+                f"counts sum to {int(num.sum())} but KEYS holds {flat.size} keys", "NUMKEYS"
+            )
         if self.uint32_keys and flat.size and (flat.min() < 0 or flat.max() > UINT32_MAX):
-            raise invalid("keys must fit uint32 (supportlonglong is false in the config)",
-                          "KEYS")
+            raise invalid("keys must fit uint32 (supportlonglong is false in the config)", "KEYS")
         samples = math.ceil(flat.size / self.keys_per_sample)
         if samples > self.max_batch_size:
             raise invalid(
                 f"{flat.size} keys are {samples} samples (at most {self.keys_per_sample} keys "
                 f"per sample: the sum of maxnum_catfeature_query_per_table_per_sample), above "
-                f"max_batch_size {self.max_batch_size} of model '{self.name}'", "KEYS")
+                f"max_batch_size {self.max_batch_size} of model '{self.name}'",
+                "KEYS",
+            )
         flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
         bounds = np.concatenate([[0], np.cumsum(num)])
-        parts = [flat[bounds[t]:bounds[t + 1]] for t in range(self.num_tables)]
-        return Work(max(1, samples), request,
-                    {"keys": parts, "batched": batched, "samples": samples})
+        parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
+        return Work(
+            max(1, samples), request, {"keys": parts, "batched": batched, "samples": samples}
+        )
 
     def execute(self, works: list[Work]) -> list[InferResult]:
         hps = self.runtime.hps
         if len(works) == 1:
             per_table = [hps.lookup_tables(works[0].data["keys"], self.hps_model, self.device)]
         else:
-            merged = [np.concatenate([w.data["keys"][t] for w in works])
-                      for t in range(self.num_tables)]
+            merged = [
+                np.concatenate([w.data["keys"][t] for w in works]) for t in range(self.num_tables)
+            ]
             vectors = hps.lookup_tables(merged, self.hps_model, self.device)
             per_table = [[] for _ in works]
             for t, table in enumerate(vectors):
                 at = 0
                 for i, work in enumerate(works):
                     n = work.data["keys"][t].size
-                    per_table[i].append(table[at:at + n])
+                    per_table[i].append(table[at : at + n])
                     at += n
         results = []
         for work, parts in zip(works, per_table):
-            flat = parts[0].reshape(-1) if len(parts) == 1 else \
-                np.concatenate([p.reshape(-1) for p in parts])
+            flat = (
+                parts[0].reshape(-1)
+                if len(parts) == 1
+                else np.concatenate([p.reshape(-1) for p in parts])
+            )
             flat = np.ascontiguousarray(flat, dtype=np.float32)
             out = flat.reshape(1, -1) if work.data["batched"] else flat
-            results.append(InferResult([Tensor("OUTPUT0", "FP32", out)],
-                                       {"NumSample": work.data["samples"],
-                                        "DeviceID": self.device}))
+            results.append(
+                InferResult(
+                    [Tensor("OUTPUT0", "FP32", out)],
+                    {"NumSample": work.data["samples"], "DeviceID": self.device},
+                )
+            )
         return results
 
     def warm_up(self) -> None:

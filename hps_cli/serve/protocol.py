@@ -25,11 +25,17 @@ from ..runtime.errors import (
 
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("?"),
-    "UINT8": np.dtype("u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
+    "UINT8": np.dtype("u1"),
+    "UINT16": np.dtype("<u2"),
+    "UINT32": np.dtype("<u4"),
     "UINT64": np.dtype("<u8"),
-    "INT8": np.dtype("i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
+    "INT8": np.dtype("i1"),
+    "INT16": np.dtype("<i2"),
+    "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"),
-    "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
+    "FP16": np.dtype("<f2"),
+    "FP32": np.dtype("<f4"),
+    "FP64": np.dtype("<f8"),
 }
 UNSUPPORTED_DATATYPES = ("BYTES", "BF16")  # valid KServe names no hps model takes
 MAX_DIMS = 16
@@ -38,9 +44,20 @@ MAX_DIM = 2**31 - 1
 # Triton's model-config data types (config.pbtxt's TYPE_*) of each KServe datatype.
 CONFIG_TYPES = {name: f"TYPE_{name}" for name in DATATYPES}
 
-_NUMPY_NAMES = {"bool": "BOOL", "uint8": "UINT8", "uint16": "UINT16", "uint32": "UINT32",
-                "uint64": "UINT64", "int8": "INT8", "int16": "INT16", "int32": "INT32",
-                "int64": "INT64", "float16": "FP16", "float32": "FP32", "float64": "FP64"}
+_NUMPY_NAMES = {
+    "bool": "BOOL",
+    "uint8": "UINT8",
+    "uint16": "UINT16",
+    "uint32": "UINT32",
+    "uint64": "UINT64",
+    "int8": "INT8",
+    "int16": "INT16",
+    "int32": "INT32",
+    "int64": "INT64",
+    "float16": "FP16",
+    "float32": "FP32",
+    "float64": "FP64",
+}
 
 
 def datatype_of(numpy_name: str) -> str:
@@ -48,11 +65,13 @@ def datatype_of(numpy_name: str) -> str:
     try:
         return _NUMPY_NAMES[numpy_name]
     except KeyError:
-        raise InvalidInputError(f"dtype {numpy_name!r} has no KServe datatype hps serves",
-                                location="dtype") from None
+        raise InvalidInputError(
+            f"dtype {numpy_name!r} has no KServe datatype hps serves", location="dtype"
+        ) from None
 
 
 # ------------------------------------------------------------------------------------- errors
+
 
 class RequestTooLargeError(InvalidInputError):
     """The request body is larger than the server's limit (HTTP 413)."""
@@ -85,9 +104,14 @@ def http_status(exc: BaseException) -> int:
 
 def grpc_status(exc: BaseException) -> str:
     """The name of the ``grpc.StatusCode`` of an error."""
-    return {413: "RESOURCE_EXHAUSTED", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
-            404: "NOT_FOUND", 400: "INVALID_ARGUMENT", 503: "UNAVAILABLE"}.get(
-        http_status(exc), "INTERNAL")
+    return {
+        413: "RESOURCE_EXHAUSTED",
+        401: "UNAUTHENTICATED",
+        403: "PERMISSION_DENIED",
+        404: "NOT_FOUND",
+        400: "INVALID_ARGUMENT",
+        503: "UNAVAILABLE",
+    }.get(http_status(exc), "INTERNAL")
 
 
 def error_message(exc: BaseException) -> str:
@@ -103,6 +127,7 @@ def invalid(message: str, where: str) -> InvalidInputError:
 
 
 # ------------------------------------------------------------------------------------ objects
+
 
 @dataclass
 class Tensor:
@@ -152,7 +177,7 @@ def shm_ref(params: dict, where: str) -> ShmRef | None:
 class RequestedOutput:
     name: str
     binary: bool | None = None  # None: the request's default
-    shm: ShmRef | None = None   # written into a shared memory region instead
+    shm: ShmRef | None = None  # written into a shared memory region instead
 
 
 @dataclass
@@ -176,17 +201,21 @@ class InferResult:
     parameters: dict = field(default_factory=dict)
 
 
-def select_outputs(result: InferResult,
-                   request: InferRequest) -> list[tuple[Tensor, bool, ShmRef | None]]:
+def select_outputs(
+    result: InferResult, request: InferRequest
+) -> list[tuple[Tensor, bool, ShmRef | None]]:
     """The outputs to send: (tensor, in binary, shared memory target) (names were checked)."""
     if request.outputs is None:
         return [(t, request.binary_output, None) for t in result.outputs]
     by_name = {t.name: t for t in result.outputs}
-    return [(by_name[o.name], request.binary_output if o.binary is None else o.binary, o.shm)
-            for o in request.outputs]
+    return [
+        (by_name[o.name], request.binary_output if o.binary is None else o.binary, o.shm)
+        for o in request.outputs
+    ]
 
 
 # ---------------------------------------------------------------------------- shape and data
+
 
 def check_datatype(datatype: object, where: str) -> np.dtype:
     if not isinstance(datatype, str):
@@ -194,10 +223,12 @@ def check_datatype(datatype: object, where: str) -> np.dtype:
     if datatype in DATATYPES:
         return DATATYPES[datatype]
     if datatype in UNSUPPORTED_DATATYPES:
-        raise invalid(f"datatype {datatype} is not supported by hps models (numeric tensors "
-                      "only)", where)
-    raise invalid(f"unknown datatype {datatype!r} (KServe datatypes: "
-                  f"{', '.join(DATATYPES)})", where)
+        raise invalid(
+            f"datatype {datatype} is not supported by hps models (numeric tensors only)", where
+        )
+    raise invalid(
+        f"unknown datatype {datatype!r} (KServe datatypes: {', '.join(DATATYPES)})", where
+    )
 
 
 def check_shape(shape: object, where: str) -> tuple[int, ...]:
@@ -220,22 +251,27 @@ def element_count(shape: tuple[int, ...]) -> int:
     return math.prod(shape)
 
 
-def tensor_from_bytes(name: str, datatype: str, shape: tuple[int, ...], buffer, offset: int,
-                      size: int, where: str) -> Tensor:
+def tensor_from_bytes(
+    name: str, datatype: str, shape: tuple[int, ...], buffer, offset: int, size: int, where: str
+) -> Tensor:
     """A tensor from ``size`` raw little-endian bytes at ``offset`` of ``buffer`` (no copy)."""
     dtype = DATATYPES[datatype]
     count = element_count(shape)
     if count * dtype.itemsize != size:
-        raise invalid(f"{size} bytes of binary data for shape {list(shape)} of {datatype} "
-                      f"(expected {count} x {dtype.itemsize} = {count * dtype.itemsize})", where)
+        raise invalid(
+            f"{size} bytes of binary data for shape {list(shape)} of {datatype} "
+            f"(expected {count} x {dtype.itemsize} = {count * dtype.itemsize})",
+            where,
+        )
     array = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
     if dtype == np.bool_ and count and np.frombuffer(buffer, np.uint8, count, offset).max() > 1:
         raise invalid("BOOL bytes must be 0 or 1", where)
     return Tensor(name, datatype, array)
 
 
-def tensor_from_values(name: str, datatype: str, shape: tuple[int, ...], values,
-                       where: str) -> Tensor:
+def tensor_from_values(
+    name: str, datatype: str, shape: tuple[int, ...], values, where: str
+) -> Tensor:
     """A tensor from a (possibly nested) list of JSON numbers or a protobuf value list."""
     dtype = DATATYPES[datatype]
     count = element_count(shape)
@@ -244,14 +280,17 @@ def tensor_from_values(name: str, datatype: str, shape: tuple[int, ...], values,
     except (ValueError, TypeError, OverflowError):
         raise invalid("data must be a flat or evenly nested array of numbers", where) from None
     if array.size != count:
-        raise invalid(f"data holds {array.size} values but shape {list(shape)} needs {count}",
-                      where)
+        raise invalid(
+            f"data holds {array.size} values but shape {list(shape)} needs {count}", where
+        )
     if array.size:
         kind = array.dtype.kind
         if kind not in "biuf":
-            raise invalid(f"data must hold numbers for {datatype}, got "
-                          f"{_kind(array.reshape(-1)[0].item() if kind != 'O' else None)} values",
-                          where)
+            raise invalid(
+                f"data must hold numbers for {datatype}, got "
+                f"{_kind(array.reshape(-1)[0].item() if kind != 'O' else None)} values",
+                where,
+            )
         if dtype.kind == "b" and kind != "b":
             raise invalid("BOOL data must be true/false", where)
         if dtype.kind in "iu":

@@ -39,26 +39,31 @@ def serve(options: ServeOptions) -> None:
 
     load_config(options.config, check_files=True)  # fail before binding anything
     if options.allow_shared_memory and not is_loopback(options.host):
-        raise InvalidInputError("shared memory is for clients on the same host: it needs a "
-                                f"loopback --host, not {options.host}",
-                                location="--allow-shared-memory")
+        raise InvalidInputError(
+            "shared memory is for clients on the same host: it needs a "
+            f"loopback --host, not {options.host}",
+            location="--allow-shared-memory",
+        )
     asyncio.run(_main(options))
 
 
 async def _bind_http(app, host: str, port: int, shutdown_timeout: float):
     from aiohttp import web
 
-    runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                           shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     try:
         await site.start()
     except OSError as exc:
         await runner.cleanup()
-        raise InvalidInputError(f"cannot listen on {host}:{port}: {exc.strerror}",
-                                location="--http-port", hint="choose another port or host") \
-            from None
+        raise InvalidInputError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            location="--http-port",
+            hint="choose another port or host",
+        ) from None
     bound = runner.addresses[0][1] if runner.addresses else port
     return runner, bound
 
@@ -72,40 +77,68 @@ async def _main(options: ServeOptions) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     if not is_loopback(options.host):
-        event(log, "non_loopback", logging.WARNING, host=options.host,
-              message="serving on a non-loopback address: reachable from other machines")
+        event(
+            log,
+            "non_loopback",
+            logging.WARNING,
+            host=options.host,
+            message="serving on a non-loopback address: reachable from other machines",
+        )
     core = ServerCore(options)
     runner = grpc_server = None
     try:
-        runner, http_port = await _bind_http(build_app(core), options.host, options.http_port,
-                                             options.shutdown_timeout_s)
+        runner, http_port = await _bind_http(
+            build_app(core), options.host, options.http_port, options.shutdown_timeout_s
+        )
         grpc_server = build_server(core)
         try:
-            grpc_port = grpc_server.add_insecure_port(f"{_grpc_host(options.host)}:"
-                                                      f"{options.grpc_port}")
+            grpc_port = grpc_server.add_insecure_port(
+                f"{_grpc_host(options.host)}:{options.grpc_port}"
+            )
         except RuntimeError as exc:
-            raise InvalidInputError(f"cannot listen on {options.host}:{options.grpc_port}: "
-                                    f"{exc}", location="--grpc-port",
-                                    hint="choose another port or host") from None
+            raise InvalidInputError(
+                f"cannot listen on {options.host}:{options.grpc_port}: {exc}",
+                location="--grpc-port",
+                hint="choose another port or host",
+            ) from None
         if grpc_port == 0:
-            raise InvalidInputError(f"cannot listen on {options.host}:{options.grpc_port}",
-                                    location="--grpc-port", hint="choose another port or host")
+            raise InvalidInputError(
+                f"cannot listen on {options.host}:{options.grpc_port}",
+                location="--grpc-port",
+                hint="choose another port or host",
+            )
         await grpc_server.start()
         try:
             metrics_port = core.metrics.start(options.host, options.metrics_port)
         except OSError as exc:
-            raise InvalidInputError(f"cannot listen on {options.host}:{options.metrics_port}: "
-                                    f"{exc.strerror}", location="--metrics-port",
-                                    hint="choose another port or host") from None
-        event(log, "listening", host=options.host, http_port=http_port, grpc_port=grpc_port,
-              metrics_port=metrics_port, admin=options.admin_token is not None)
+            raise InvalidInputError(
+                f"cannot listen on {options.host}:{options.metrics_port}: {exc.strerror}",
+                location="--metrics-port",
+                hint="choose another port or host",
+            ) from None
+        event(
+            log,
+            "listening",
+            host=options.host,
+            http_port=http_port,
+            grpc_port=grpc_port,
+            metrics_port=metrics_port,
+            admin=options.admin_token is not None,
+        )
         loading = loop.create_task(core.load())
         waiter = loop.create_task(stop.wait())
         await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if loading.done():
             loading.result()  # a start-up error is raised here
-            event(log, "ready", host=options.host, http_port=http_port, grpc_port=grpc_port,
-                  metrics_port=metrics_port, models=sorted(core.entries))
+            event(
+                log,
+                "ready",
+                host=options.host,
+                http_port=http_port,
+                grpc_port=grpc_port,
+                metrics_port=metrics_port,
+                models=sorted(core.entries),
+            )
             await waiter
         else:
             event(log, "stopped_while_loading")

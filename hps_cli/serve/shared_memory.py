@@ -45,8 +45,11 @@ class _Region:
 def enabled(shared_memory: "SharedMemoryRegions | None") -> "SharedMemoryRegions":
     """``shared_memory`` when it is on, else a ForbiddenError (403)."""
     if shared_memory is None or not shared_memory.enabled:
-        raise ForbiddenError("system shared memory is disabled", location="shared_memory",
-                             hint="start hps serve with --allow-shared-memory (loopback only)")
+        raise ForbiddenError(
+            "system shared memory is disabled",
+            location="shared_memory",
+            hint="start hps serve with --allow-shared-memory (loopback only)",
+        )
     return shared_memory
 
 
@@ -64,8 +67,9 @@ class SharedMemoryRegions:
     def register(self, name: str, key: object, offset: object, byte_size: object) -> None:
         self._check_enabled()
         if not isinstance(key, str) or not KEY.match(key) or key.lstrip("/") in (".", ".."):
-            raise invalid("must name a file of /dev/shm ([A-Za-z0-9_.-], an optional leading "
-                          "'/')", "key")
+            raise invalid(
+                "must name a file of /dev/shm ([A-Za-z0-9_.-], an optional leading '/')", "key"
+            )
         for field, value in (("offset", offset), ("byte_size", byte_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise invalid("must be a non-negative integer", field)
@@ -75,16 +79,21 @@ class SharedMemoryRegions:
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW)
         except OSError as exc:
-            raise NotFoundError(f"cannot open shared memory '{key}': {exc.strerror}",
-                                location="key") from None
+            raise NotFoundError(
+                f"cannot open shared memory '{key}': {exc.strerror}", location="key"
+            ) from None
         try:
             info = os.fstat(fd)
             if not (info.st_mode & 0o170000 == 0o100000) or info.st_uid != os.getuid():
-                raise ForbiddenError(f"shared memory '{key}' is not a region of the server's "
-                                     "user", location="key")
+                raise ForbiddenError(
+                    f"shared memory '{key}' is not a region of the server's user", location="key"
+                )
             if offset + byte_size > info.st_size or byte_size == 0:
-                raise invalid(f"offset {offset} + byte_size {byte_size} exceeds the region's "
-                              f"{info.st_size} bytes (or byte_size is 0)", "byte_size")
+                raise invalid(
+                    f"offset {offset} + byte_size {byte_size} exceeds the region's "
+                    f"{info.st_size} bytes (or byte_size is 0)",
+                    "byte_size",
+                )
             mapping = mmap.mmap(fd, info.st_size)
         finally:
             os.close(fd)
@@ -111,22 +120,31 @@ class SharedMemoryRegions:
         with self._lock:
             if name is not None and name not in self._regions:
                 raise NotFoundError(f"no shared memory region '{name}'", location="name")
-            regions = [self._regions[name]] if name is not None else \
-                [self._regions[n] for n in sorted(self._regions)]
-            return [{"name": r.name, "key": r.key, "offset": r.offset,
-                     "byte_size": r.byte_size} for r in regions]
+            regions = (
+                [self._regions[name]]
+                if name is not None
+                else [self._regions[n] for n in sorted(self._regions)]
+            )
+            return [
+                {"name": r.name, "key": r.key, "offset": r.offset, "byte_size": r.byte_size}
+                for r in regions
+            ]
 
     def _acquire(self, ref: ShmRef, where: str) -> _Region:
         self._check_enabled()
         with self._lock:
             region = self._regions.get(ref.region)
             if region is None:
-                raise NotFoundError(f"no shared memory region '{ref.region}'",
-                                    location=f"{where}.shared_memory_region")
+                raise NotFoundError(
+                    f"no shared memory region '{ref.region}'",
+                    location=f"{where}.shared_memory_region",
+                )
             if ref.offset + ref.byte_size > region.byte_size:
-                raise invalid(f"offset {ref.offset} + byte_size {ref.byte_size} exceeds the "
-                              f"region's {region.byte_size} bytes",
-                              f"{where}.shared_memory_byte_size")
+                raise invalid(
+                    f"offset {ref.offset} + byte_size {ref.byte_size} exceeds the "
+                    f"region's {region.byte_size} bytes",
+                    f"{where}.shared_memory_byte_size",
+                )
             region.users += 1
             return region
 
@@ -136,19 +154,26 @@ class SharedMemoryRegions:
             if region.closed and region.users == 0:
                 region.map.close()
 
-    def read(self, name: str, datatype: str, shape: tuple[int, ...], ref: ShmRef,
-             where: str) -> Tensor:
+    def read(
+        self, name: str, datatype: str, shape: tuple[int, ...], ref: ShmRef, where: str
+    ) -> Tensor:
         """An input tensor copied out of its region."""
         dtype = DATATYPES[datatype]
         size = element_count(shape) * dtype.itemsize
         if size != ref.byte_size:
-            raise invalid(f"shared_memory_byte_size {ref.byte_size} for shape {list(shape)} of "
-                          f"{datatype} (expected {size})", f"{where}.shared_memory_byte_size")
+            raise invalid(
+                f"shared_memory_byte_size {ref.byte_size} for shape {list(shape)} of "
+                f"{datatype} (expected {size})",
+                f"{where}.shared_memory_byte_size",
+            )
         region = self._acquire(ref, where)
         try:
             start = region.offset + ref.offset
-            array = np.frombuffer(region.map, dtype=dtype, count=element_count(shape),
-                                  offset=start).reshape(shape).copy()
+            array = (
+                np.frombuffer(region.map, dtype=dtype, count=element_count(shape), offset=start)
+                .reshape(shape)
+                .copy()
+            )
         finally:
             self._release(region)
         return Tensor(name, datatype, array)
@@ -156,8 +181,10 @@ class SharedMemoryRegions:
     def write(self, ref: ShmRef, array: np.ndarray, where: str) -> None:
         """Write an output into its region (run it in a worker thread: it copies)."""
         if array.nbytes > ref.byte_size:
-            raise invalid(f"the output needs {array.nbytes} bytes; the region gives "
-                          f"{ref.byte_size}", f"{where}.shared_memory_byte_size")
+            raise invalid(
+                f"the output needs {array.nbytes} bytes; the region gives {ref.byte_size}",
+                f"{where}.shared_memory_byte_size",
+            )
         region = self._acquire(ref, where)
         try:
             start = region.offset + ref.offset

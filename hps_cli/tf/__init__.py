@@ -63,6 +63,15 @@ SparseLookupLayer = _default.SparseLookupLayer
 DenseSavedModel = _default.DenseSavedModel
 
 __all__ = [
-    "Init", "LookupLayer", "SparseLookupLayer", "DenseSavedModel", "load_model",
-    "read_package", "layers_for", "lookup", "sparse_lookup", "Shutdown", "LookupInputError",
+    "Init",
+    "LookupLayer",
+    "SparseLookupLayer",
+    "DenseSavedModel",
+    "load_model",
+    "read_package",
+    "layers_for",
+    "lookup",
+    "sparse_lookup",
+    "Shutdown",
+    "LookupInputError",
 ]

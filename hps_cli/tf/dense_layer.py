@@ -35,15 +35,19 @@ def load_signature(path, signature: str = SIGNATURE) -> _Loaded:
     """Load a SavedModel and describe one signature's named inputs and outputs."""
     resolved = runtime_handle.resolve_path(path)
     if not (resolved / "saved_model.pb").is_file():
-        raise NotFoundError("no SavedModel here (saved_model.pb is missing)",
-                            location=str(resolved),
-                            hint="load the package with hps_cli.tf.load_model(package_dir)")
+        raise NotFoundError(
+            "no SavedModel here (saved_model.pb is missing)",
+            location=str(resolved),
+            hint="load the package with hps_cli.tf.load_model(package_dir)",
+        )
     with tf.init_scope():
         root = tf.saved_model.load(str(resolved))
     if signature not in root.signatures:
-        raise NotFoundError(f"the SavedModel has no signature '{signature}'",
-                            location=str(resolved),
-                            hint="signatures: " + ", ".join(root.signatures.keys()))
+        raise NotFoundError(
+            f"the SavedModel has no signature '{signature}'",
+            location=str(resolved),
+            hint="signatures: " + ", ".join(root.signatures.keys()),
+        )
     function = root.signatures[signature]
     inputs = dict(function.structured_input_signature[1])
     outputs = sorted(function.structured_outputs)
@@ -59,8 +63,9 @@ def dense_layer_class(keras: ModuleType):
         output_names=None)``; ``call(inputs)`` with a list in ``input_names`` order (or a dict
         by name); returns the one output, or a list in ``output_names`` order."""
 
-        def __init__(self, saved_model, signature=SIGNATURE, input_names=None,
-                     output_names=None, **kwargs):
+        def __init__(
+            self, saved_model, signature=SIGNATURE, input_names=None, output_names=None, **kwargs
+        ):
             kwargs.setdefault("trainable", False)
             super().__init__(**kwargs)
             self.saved_model = str(saved_model)
@@ -74,12 +79,16 @@ def dense_layer_class(keras: ModuleType):
             if missing or unknown or len(set(self.input_names)) != len(self.input_names):
                 raise InvalidInputError(
                     f"input_names must name each input of signature '{signature}' once "
-                    f"(missing {missing}, unknown {unknown})", location=self.saved_model)
+                    f"(missing {missing}, unknown {unknown})",
+                    location=self.saved_model,
+                )
             unknown = sorted(set(self.output_names) - set(loaded.outputs))
             if unknown or not self.output_names:
-                raise InvalidInputError(f"output_names {unknown or []} are not outputs of "
-                                        f"signature '{signature}' ({loaded.outputs})",
-                                        location=self.saved_model)
+                raise InvalidInputError(
+                    f"output_names {unknown or []} are not outputs of "
+                    f"signature '{signature}' ({loaded.outputs})",
+                    location=self.saved_model,
+                )
             self.supports_jit = False
 
         def build(self, *shapes, **named_shapes):
@@ -92,9 +101,11 @@ def dense_layer_class(keras: ModuleType):
             else:
                 values = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
             if len(values) != len(self.input_names):
-                raise InvalidInputError(f"expected {len(self.input_names)} inputs "
-                                        f"({self.input_names}), got {len(values)}",
-                                        location=self.name)
+                raise InvalidInputError(
+                    f"expected {len(self.input_names)} inputs "
+                    f"({self.input_names}), got {len(values)}",
+                    location=self.name,
+                )
             feed = {}
             for name, value in zip(self.input_names, values):
                 spec = loaded.inputs[name]
@@ -106,9 +117,12 @@ def dense_layer_class(keras: ModuleType):
 
         def get_config(self) -> dict:
             config = super().get_config()
-            config.update(saved_model=self.saved_model, signature=self.signature,
-                          input_names=list(self.input_names),
-                          output_names=list(self.output_names))
+            config.update(
+                saved_model=self.saved_model,
+                signature=self.signature,
+                input_names=list(self.input_names),
+                output_names=list(self.output_names),
+            )
             return config
 
     return DenseSavedModel

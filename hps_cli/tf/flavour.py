@@ -41,15 +41,18 @@ def keras_module(flavour: str) -> ModuleType:
         try:
             import tf_keras
         except ImportError as exc:
-            raise DependencyMissingError("tf_keras", "tf", "the HPS layers under tf_keras") \
-                from exc
+            raise DependencyMissingError("tf_keras", "tf", "the HPS layers under tf_keras") from exc
         return tf_keras
-    raise InvalidInputError(f"unknown Keras flavour '{flavour}'", location="keras",
-                            hint="use keras3 or tf_keras")
+    raise InvalidInputError(
+        f"unknown Keras flavour '{flavour}'", location="keras", hint="use keras3 or tf_keras"
+    )
 
 
 def flavour_of(module_or_layer: object) -> str:
     """keras3 or tf_keras, for a Keras module, a layer or a model of either."""
-    name = module_or_layer.__name__ if isinstance(module_or_layer, ModuleType) \
+    name = (
+        module_or_layer.__name__
+        if isinstance(module_or_layer, ModuleType)
         else type(module_or_layer).__module__
+    )
     return TF_KERAS if name.split(".")[0] == "tf_keras" else KERAS3

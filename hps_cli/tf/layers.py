@@ -20,15 +20,17 @@ PACKAGE = "hps"
 
 def _int(value: object, name: str, minimum: int) -> int:
     if isinstance(value, bool) or not hasattr(value, "__index__") or int(value) < minimum:
-        raise LookupInputError(f"{name} must be an integer >= {minimum}, got {value!r}",
-                               location=name)
+        raise LookupInputError(
+            f"{name} must be an integer >= {minimum}, got {value!r}", location=name
+        )
     return int(value)
 
 
 def _name(value: object) -> str:
     if not isinstance(value, str) or not value:
-        raise LookupInputError(f"model_name must be a non-empty string, got {value!r}",
-                               location="model_name")
+        raise LookupInputError(
+            f"model_name must be a non-empty string, got {value!r}", location="model_name"
+        )
     return value
 
 
@@ -37,8 +39,16 @@ def lookup_layer_classes(keras: ModuleType) -> SimpleNamespace:
     register = keras.saving.register_keras_serializable
 
     class _HpsLayer(keras.layers.Layer):
-        def __init__(self, model_name, table_id, emb_vec_size, emb_vec_dtype="float32",
-                     ps_config_file="", global_batch_size=1, **kwargs):
+        def __init__(
+            self,
+            model_name,
+            table_id,
+            emb_vec_size,
+            emb_vec_dtype="float32",
+            ps_config_file="",
+            global_batch_size=1,
+            **kwargs,
+        ):
             kwargs.setdefault("trainable", False)
             super().__init__(**kwargs)
             self.model_name = _name(model_name)
@@ -48,30 +58,41 @@ def lookup_layer_classes(keras: ModuleType) -> SimpleNamespace:
             self.ps_config_file = lookup_ops.as_config_path(ps_config_file)
             # Resolved now: a layer loaded by load_model resolves a relative path against the
             # package (get_config keeps the path as given, so the package stays relocatable).
-            self._config_path = str(runtime_handle.resolve_path(self.ps_config_file)) \
-                if self.ps_config_file else None
+            self._config_path = (
+                str(runtime_handle.resolve_path(self.ps_config_file))
+                if self.ps_config_file
+                else None
+            )
             self.global_batch_size = runtime_handle.check_global_batch_size(global_batch_size)
             self.supports_jit = False  # a numpy_function cannot be XLA-compiled (Keras 3)
 
         def build(self, *shapes, **named_shapes):
             # Model, table id and dim are checked as soon as the layer is built (the id dtype
             # when it is called), against its own config file or the running runtime.
-            lookup_ops.check_layer(self.model_name, self.table_id, self.emb_vec_size,
-                                   self._config_path)
+            lookup_ops.check_layer(
+                self.model_name, self.table_id, self.emb_vec_size, self._config_path
+            )
             self.built = True
 
         def _table_args(self) -> dict:
-            return {"model_name": self.model_name, "table_id": self.table_id,
-                    "emb_vec_size": self.emb_vec_size,
-                    "ps_config_file": self._config_path,
-                    "global_batch_size": self.global_batch_size}
+            return {
+                "model_name": self.model_name,
+                "table_id": self.table_id,
+                "emb_vec_size": self.emb_vec_size,
+                "ps_config_file": self._config_path,
+                "global_batch_size": self.global_batch_size,
+            }
 
         def get_config(self) -> dict:
             config = super().get_config()
-            config.update(model_name=self.model_name, table_id=self.table_id,
-                          emb_vec_size=self.emb_vec_size, emb_vec_dtype=self.emb_vec_dtype,
-                          ps_config_file=self.ps_config_file,
-                          global_batch_size=self.global_batch_size)
+            config.update(
+                model_name=self.model_name,
+                table_id=self.table_id,
+                emb_vec_size=self.emb_vec_size,
+                emb_vec_dtype=self.emb_vec_dtype,
+                ps_config_file=self.ps_config_file,
+                global_batch_size=self.global_batch_size,
+            )
             return config
 
     @register(package=PACKAGE, name="LookupLayer")
@@ -84,8 +105,9 @@ def lookup_layer_classes(keras: ModuleType) -> SimpleNamespace:
         """
 
         def call(self, inputs, max_norm=None):
-            return lookup_ops.lookup(inputs, max_norm=max_norm, name=f"{self.name}_lookup",
-                                     **self._table_args())
+            return lookup_ops.lookup(
+                inputs, max_norm=max_norm, name=f"{self.name}_lookup", **self._table_args()
+            )
 
         def compute_output_shape(self, input_shape):
             return tuple(input_shape) + (self.emb_vec_size,)
@@ -100,10 +122,14 @@ def lookup_layer_classes(keras: ModuleType) -> SimpleNamespace:
         """
 
         def call(self, sp_ids, sp_weights=None, name=None, combiner=None, max_norm=None):
-            return lookup_ops.sparse_lookup(sp_ids, sp_weights, combiner=combiner,
-                                            max_norm=max_norm,
-                                            name=name or f"{self.name}_lookup",
-                                            **self._table_args())
+            return lookup_ops.sparse_lookup(
+                sp_ids,
+                sp_weights,
+                combiner=combiner,
+                max_norm=max_norm,
+                name=name or f"{self.name}_lookup",
+                **self._table_args(),
+            )
 
         def compute_output_shape(self, input_shape, *args, **kwargs):
             return (tuple(input_shape)[0], self.emb_vec_size)

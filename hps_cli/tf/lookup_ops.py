@@ -40,8 +40,10 @@ def check_vector_dtype(dtype: object) -> str:
     except TypeError:
         name = str(dtype)
     if name != "float32":
-        raise LookupInputError(f"emb_vec_dtype must be float32 (HPS stores float32 vectors), "
-                               f"got {name}", location="emb_vec_dtype")
+        raise LookupInputError(
+            f"emb_vec_dtype must be float32 (HPS stores float32 vectors), got {name}",
+            location="emb_vec_dtype",
+        )
     return name
 
 
@@ -49,27 +51,37 @@ def _model(config: PsConfig, model_name: str) -> ModelConfig:
     try:
         return config.model(model_name)
     except KeyError:
-        raise LookupInputError(f"no model '{model_name}' in the HPS config",
-                               location=config.source_path or "ps_config_file",
-                               hint="models: " + ", ".join(config.model_names)) from None
+        raise LookupInputError(
+            f"no model '{model_name}' in the HPS config",
+            location=config.source_path or "ps_config_file",
+            hint="models: " + ", ".join(config.model_names),
+        ) from None
 
 
-def check_table(config: PsConfig, model_name: str, table_id: int, emb_vec_size: int,
-                key_dtype: str | None = None) -> ModelConfig:
+def check_table(
+    config: PsConfig,
+    model_name: str,
+    table_id: int,
+    emb_vec_size: int,
+    key_dtype: str | None = None,
+) -> ModelConfig:
     """The model's config, after HPS's per-call checks of table id, dim and key dtype."""
     model = _model(config, model_name)
     where = f"model '{model_name}'"
     if not 0 <= table_id < model.num_tables:
-        raise LookupInputError(f"table_id {table_id} is out of range: {where} has "
-                               f"{model.num_tables} table(s)", location="table_id",
-                               hint="tables: " + ", ".join(
-                                   f"{i}={n}" for i, n in enumerate(model.embedding_table_names)))
+        raise LookupInputError(
+            f"table_id {table_id} is out of range: {where} has {model.num_tables} table(s)",
+            location="table_id",
+            hint="tables: "
+            + ", ".join(f"{i}={n}" for i, n in enumerate(model.embedding_table_names)),
+        )
     dim = model.embedding_vecsize_per_table[table_id]
     if emb_vec_size != dim:
         raise LookupInputError(
             f"emb_vec_size {emb_vec_size} does not match embedding_vecsize_per_table"
             f"[{table_id}] = {dim} of {where} (table '{model.table_name(table_id)}')",
-            location="emb_vec_size")
+            location="emb_vec_size",
+        )
     if key_dtype is not None:
         wanted = ("int64",) if config.supportlonglong else ("int32", "uint32")
         if key_dtype not in wanted:
@@ -77,15 +89,22 @@ def check_table(config: PsConfig, model_name: str, table_id: int, emb_vec_size: 
                 f"ids of dtype {key_dtype} do not match supportlonglong "
                 f"{str(config.supportlonglong).lower()} (keys must be {' or '.join(wanted)})",
                 location=f"ids ({where}, table '{model.table_name(table_id)}')",
-                hint="cast the ids, or change supportlonglong in the config")
+                hint="cast the ids, or change supportlonglong in the config",
+            )
     return model
 
 
 class TableLookup:
     """The Python body of one table's lookup op (keys ndarray → float32 ``keys.shape + (dim,)``)."""
 
-    def __init__(self, model_name: str, table_id: int, emb_vec_size: int,
-                 ps_config_file: str | None, global_batch_size: int):
+    def __init__(
+        self,
+        model_name: str,
+        table_id: int,
+        emb_vec_size: int,
+        ps_config_file: str | None,
+        global_batch_size: int,
+    ):
         self.model_name = model_name
         self.table_id = table_id
         self.dim = emb_vec_size
@@ -118,7 +137,8 @@ class TableLookup:
                     f"{self._max_batch} x {self._per_sample} = {self._capacity}",
                     location=f"ids (model '{self.model_name}', table '{self._name}')",
                     hint="send smaller batches, or raise max_batch_size / "
-                    "maxnum_catfeature_query_per_table_per_sample in the config")
+                    "maxnum_catfeature_query_per_table_per_sample in the config",
+                )
             if not self._long and flat.dtype == np.int32:
                 flat = flat.view(np.uint32)  # HPS reads 32-bit keys as unsigned int
             out = hps.lookup(flat, self.model_name, self.table_id)
@@ -127,8 +147,13 @@ class TableLookup:
         return np.asarray(out, dtype=np.float32).reshape(keys.shape + (self.dim,))
 
 
-def check_layer(model_name: str, table_id: int, emb_vec_size: int,
-                ps_config_file: str | None, key_dtype: str | None = None) -> None:
+def check_layer(
+    model_name: str,
+    table_id: int,
+    emb_vec_size: int,
+    ps_config_file: str | None,
+    key_dtype: str | None = None,
+) -> None:
     """Trace-time checks against the layer's config file or the running runtime (skipped
     while neither is known: the lookup checks again when it runs)."""
     try:
@@ -143,29 +168,52 @@ def clip(vectors: tf.Tensor, max_norm) -> tf.Tensor:
     """Per-vector L2 clipping, as ``tf.nn.embedding_lookup(..., max_norm=...)`` does it."""
     if max_norm is None:
         return vectors
-    return tf.clip_by_norm(vectors, max_norm, axes=[vectors.shape.rank - 1]
-                           if vectors.shape.rank is not None else -1)
+    return tf.clip_by_norm(
+        vectors, max_norm, axes=[vectors.shape.rank - 1] if vectors.shape.rank is not None else -1
+    )
 
 
-def lookup(ids, *, model_name: str, table_id: int, emb_vec_size: int,
-           ps_config_file: str | None = None, global_batch_size: int = 1,
-           max_norm=None, name: str | None = None) -> tf.Tensor:
+def lookup(
+    ids,
+    *,
+    model_name: str,
+    table_id: int,
+    emb_vec_size: int,
+    ps_config_file: str | None = None,
+    global_batch_size: int = 1,
+    max_norm=None,
+    name: str | None = None,
+) -> tf.Tensor:
     """``tf.nn.embedding_lookup`` semantics over an HPS table: ``ids.shape + [emb_vec_size]``."""
     ids = tf.convert_to_tensor(ids)
     if not ids.dtype.is_integer:
         raise LookupInputError(f"ids must be integers, got {ids.dtype.name}", location="ids")
     check_layer(model_name, table_id, emb_vec_size, ps_config_file, ids.dtype.name)
-    body = TableLookup(model_name, table_id, emb_vec_size,
-                       str(ps_config_file) if ps_config_file else None, global_batch_size)
+    body = TableLookup(
+        model_name,
+        table_id,
+        emb_vec_size,
+        str(ps_config_file) if ps_config_file else None,
+        global_batch_size,
+    )
     out = tf.numpy_function(body, [ids], tf.float32, name=name or "hps_lookup")
     out.set_shape(ids.shape.concatenate([emb_vec_size]))
     return clip(out, max_norm)
 
 
-def sparse_lookup(sp_ids, sp_weights=None, *, combiner: str | None = "mean", max_norm=None,
-                  model_name: str, table_id: int, emb_vec_size: int,
-                  ps_config_file: str | None = None, global_batch_size: int = 1,
-                  name: str | None = None) -> tf.Tensor:
+def sparse_lookup(
+    sp_ids,
+    sp_weights=None,
+    *,
+    combiner: str | None = "mean",
+    max_norm=None,
+    model_name: str,
+    table_id: int,
+    emb_vec_size: int,
+    ps_config_file: str | None = None,
+    global_batch_size: int = 1,
+    name: str | None = None,
+) -> tf.Tensor:
     """``tf.nn.embedding_lookup_sparse`` semantics over an HPS table: ``[rows, emb_vec_size]``.
 
     Ids are de-duplicated before the lookup (the batch limit counts unique ids, as in HPS);
@@ -176,21 +224,34 @@ def sparse_lookup(sp_ids, sp_weights=None, *, combiner: str | None = "mean", max
     if combiner is None:
         combiner = "mean"
     if combiner not in COMBINERS:
-        raise LookupInputError(f"combiner must be one of 'mean', 'sqrtn' or 'sum', got "
-                               f"{combiner!r}", location="combiner")
+        raise LookupInputError(
+            f"combiner must be one of 'mean', 'sqrtn' or 'sum', got {combiner!r}",
+            location="combiner",
+        )
     if not isinstance(sp_ids, tf.SparseTensor):
         raise TypeError(f"sp_ids must be SparseTensor, got {type(sp_ids).__name__}")
     if sp_weights is not None and not isinstance(sp_weights, tf.SparseTensor):
-        raise TypeError(f"sp_weights must be either None or SparseTensor, got "
-                        f"{type(sp_weights).__name__}")
+        raise TypeError(
+            f"sp_weights must be either None or SparseTensor, got {type(sp_weights).__name__}"
+        )
     segment_ids = sp_ids.indices[:, 0]
     unique_ids, idx = tf.unique(sp_ids.values)
-    vectors = lookup(unique_ids, model_name=model_name, table_id=table_id,
-                     emb_vec_size=emb_vec_size, ps_config_file=ps_config_file,
-                     global_batch_size=global_batch_size, max_norm=max_norm, name=name)
+    vectors = lookup(
+        unique_ids,
+        model_name=model_name,
+        table_id=table_id,
+        emb_vec_size=emb_vec_size,
+        ps_config_file=ps_config_file,
+        global_batch_size=global_batch_size,
+        max_norm=max_norm,
+        name=name,
+    )
     if sp_weights is None:
-        segment = {"sum": tf.sparse.segment_sum, "mean": tf.sparse.segment_mean,
-                   "sqrtn": tf.sparse.segment_sqrt_n}[combiner]
+        segment = {
+            "sum": tf.sparse.segment_sum,
+            "mean": tf.sparse.segment_mean,
+            "sqrtn": tf.sparse.segment_sqrt_n,
+        }[combiner]
         return segment(vectors, idx, segment_ids)
     segment_ids = tf.cast(segment_ids, tf.int32)
     weights = tf.cast(sp_weights.values, tf.float32)[:, tf.newaxis]
@@ -200,7 +261,7 @@ def sparse_lookup(sp_ids, sp_weights=None, *, combiner: str | None = "mean", max
         return total
     if combiner == "mean":
         return tf.math.divide_no_nan(total, tf.math.segment_sum(weights, segment_ids))
-    return tf.math.divide_no_nan(total, tf.sqrt(tf.math.segment_sum(weights ** 2, segment_ids)))
+    return tf.math.divide_no_nan(total, tf.sqrt(tf.math.segment_sum(weights**2, segment_ids)))
 
 
 def as_config_path(ps_config_file) -> str:
@@ -210,6 +271,8 @@ def as_config_path(ps_config_file) -> str:
     if isinstance(ps_config_file, Path):
         return str(ps_config_file)
     if not isinstance(ps_config_file, str):
-        raise LookupInputError(f"ps_config_file must be a path string, got "
-                               f"{type(ps_config_file).__name__}", location="ps_config_file")
+        raise LookupInputError(
+            f"ps_config_file must be a path string, got {type(ps_config_file).__name__}",
+            location="ps_config_file",
+        )
     return ps_config_file

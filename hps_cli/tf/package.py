@@ -47,22 +47,29 @@ def read_package(path: Path | str) -> PackageInfo:
     folder = package_dir(path)
     manifest_path = folder / MANIFEST_FILE
     if not manifest_path.is_file():
-        raise NotFoundError("not an hps inference package (manifest.json is missing)",
-                            location=str(folder), hint="build one with 'hps build-graph'")
+        raise NotFoundError(
+            "not an hps inference package (manifest.json is missing)",
+            location=str(folder),
+            hint="build one with 'hps build-graph'",
+        )
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidInputError(f"cannot read the manifest: {exc}",
-                                location=str(manifest_path)) from None
+        raise InvalidInputError(
+            f"cannot read the manifest: {exc}", location=str(manifest_path)
+        ) from None
     inference = manifest.get("inference") if isinstance(manifest, dict) else None
     if not isinstance(inference, dict) or inference.get("format") != PACKAGE_FORMAT:
-        raise InvalidInputError("the manifest has no inference section (a dissect output, "
-                                "not an inference package)", location=f"{manifest_path} $",
-                                hint="build the package with 'hps build-graph'")
+        raise InvalidInputError(
+            "the manifest has no inference section (a dissect output, not an inference package)",
+            location=f"{manifest_path} $",
+            hint="build the package with 'hps build-graph'",
+        )
     flavour = inference.get("keras")
     if flavour not in FLAVOURS:
-        raise InvalidInputError(f"unknown Keras flavour {flavour!r}",
-                                location=f"{manifest_path} $.inference.keras")
+        raise InvalidInputError(
+            f"unknown Keras flavour {flavour!r}", location=f"{manifest_path} $.inference.keras"
+        )
     model_file = folder / str(inference.get("model_file", MODEL_FILE))
     ps_config = folder / str(manifest.get("ps_config", "ps.json"))
     for what, file in (("model file", model_file), ("HPS config", ps_config)):

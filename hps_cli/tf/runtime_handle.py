@@ -24,8 +24,9 @@ from typing import Iterator
 from ..runtime.config import PsConfig, load_config
 from ..runtime.errors import InvalidInputError
 
-_BASE: contextvars.ContextVar[Path | None] = contextvars.ContextVar("hps_tf_package_base",
-                                                                    default=None)
+_BASE: contextvars.ContextVar[Path | None] = contextvars.ContextVar(
+    "hps_tf_package_base", default=None
+)
 
 
 @contextlib.contextmanager
@@ -49,8 +50,9 @@ def resolve_path(path: str | Path) -> Path:
 
 def check_global_batch_size(value: object, where: str = "global_batch_size") -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"global_batch_size must be an integer >= 1, got {value!r}",
-                                location=where)
+        raise InvalidInputError(
+            f"global_batch_size must be an integer >= 1, got {value!r}", location=where
+        )
     return int(value)
 
 
@@ -80,8 +82,11 @@ def _check_batch(config: PsConfig, global_batch_size: int, path: Path) -> None:
     share fits every model's max_batch_size."""
     replicas = _replicas()
     if global_batch_size % replicas:
-        raise InvalidInputError(f"global_batch_size {global_batch_size} is not divisible by the "
-                                f"{replicas} replicas in sync", location="global_batch_size")
+        raise InvalidInputError(
+            f"global_batch_size {global_batch_size} is not divisible by the "
+            f"{replicas} replicas in sync",
+            location="global_batch_size",
+        )
     for i, model in enumerate(config.models):
         if global_batch_size // replicas > model.max_batch_size:
             raise InvalidInputError(
@@ -89,23 +94,28 @@ def _check_batch(config: PsConfig, global_batch_size: int, path: Path) -> None:
                 f"{model.max_batch_size} of model '{model.model}'"
                 + (f" ({global_batch_size // replicas} per replica)" if replicas > 1 else ""),
                 location=f"{path} $.models[{i}].max_batch_size",
-                hint="raise max_batch_size in the config or lower global_batch_size")
+                hint="raise max_batch_size in the config or lower global_batch_size",
+            )
 
 
 def _warn_ignored(path: Path) -> None:
     if path not in _STATE.ignored:
         _STATE.ignored.add(path)
-        warnings.warn(f"HPS is already initialized from {_STATE.path}; {path} is ignored "
-                      "(initialization is once per process, as in HPS)", RuntimeWarning,
-                      stacklevel=3)
+        warnings.warn(
+            f"HPS is already initialized from {_STATE.path}; {path} is ignored "
+            "(initialization is once per process, as in HPS)",
+            RuntimeWarning,
+            stacklevel=3,
+        )
 
 
 def init(global_batch_size: int, ps_config_file: str | Path) -> str:
     """Initialize the runtime once per process; returns "OK" as HPS's ``Init`` does."""
     global_batch_size = check_global_batch_size(global_batch_size)
     if not isinstance(ps_config_file, (str, Path)) or not str(ps_config_file):
-        raise InvalidInputError("ps_config_file must name an HPS config file",
-                                location="ps_config_file")
+        raise InvalidInputError(
+            "ps_config_file must name an HPS config file", location="ps_config_file"
+        )
     path = resolve_path(ps_config_file)
     with _STATE.lock:
         if _STATE.hps is not None:
@@ -146,9 +156,11 @@ def runtime(ps_config_file: str | Path | None, global_batch_size: int):
         return hps
     if not ps_config_file:
         raise InvalidInputError(
-            "HPS is not initialized", location="ps_config_file",
+            "HPS is not initialized",
+            location="ps_config_file",
             hint="call hps.Init(global_batch_size, ps_config_file) first, or give the layer a "
-            "ps_config_file for lazy initialization")
+            "ps_config_file for lazy initialization",
+        )
     init(global_batch_size, ps_config_file)
     return _STATE.hps
 
@@ -163,8 +175,9 @@ def config_for(ps_config_file: str | Path | None) -> PsConfig | None:
         try:
             stamp = path.stat().st_mtime_ns
         except OSError:
-            raise InvalidInputError("the HPS config file does not exist",
-                                    location=str(path)) from None
+            raise InvalidInputError(
+                "the HPS config file does not exist", location=str(path)
+            ) from None
         key = (path, stamp)
         config = _STATE.configs.get(key)
         if config is None:

@@ -5,7 +5,16 @@ from .model import ModelConfig, PersistentDbConfig, PsConfig, UpdateSourceConfig
 from .validate import ValidationResult, load_config, validate_config_file, validate_document
 
 __all__ = [
-    "ERROR", "WARNING", "ConfigIssue", "ModelConfig", "PersistentDbConfig", "PsConfig",
-    "UpdateSourceConfig", "VolatileDbConfig", "ValidationResult", "load_config",
-    "validate_config_file", "validate_document",
+    "ERROR",
+    "WARNING",
+    "ConfigIssue",
+    "ModelConfig",
+    "PersistentDbConfig",
+    "PsConfig",
+    "UpdateSourceConfig",
+    "VolatileDbConfig",
+    "ValidationResult",
+    "load_config",
+    "validate_config_file",
+    "validate_document",
 ]

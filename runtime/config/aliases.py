@@ -3,28 +3,46 @@
 from __future__ import annotations
 
 VOLATILE_TYPES = {
-    "disabled": "disabled", "disable": "disabled", "none": "disabled",
-    "hash_map": "hash_map", "hashmap": "hash_map", "hash": "hash_map", "map": "hash_map",
-    "parallel_hash_map": "parallel_hash_map", "parallel_hashmap": "parallel_hash_map",
-    "parallel_hash": "parallel_hash_map", "parallel_map": "parallel_hash_map",
+    "disabled": "disabled",
+    "disable": "disabled",
+    "none": "disabled",
+    "hash_map": "hash_map",
+    "hashmap": "hash_map",
+    "hash": "hash_map",
+    "map": "hash_map",
+    "parallel_hash_map": "parallel_hash_map",
+    "parallel_hashmap": "parallel_hash_map",
+    "parallel_hash": "parallel_hash_map",
+    "parallel_map": "parallel_hash_map",
     "multi_process_hash_map": "multi_process_hash_map",
     "multi_process_hashmap": "multi_process_hash_map",
-    "multi_process_hash": "multi_process_hash_map", "multi_process_map": "multi_process_hash_map",
-    "redis_cluster": "redis_cluster", "redis": "redis_cluster",
+    "multi_process_hash": "multi_process_hash_map",
+    "multi_process_map": "multi_process_hash_map",
+    "redis_cluster": "redis_cluster",
+    "redis": "redis_cluster",
 }
 PERSISTENT_TYPES = {
-    "disabled": "disabled", "disable": "disabled", "none": "disabled",
-    "rocks_db": "rocks_db", "rocksdb": "rocks_db", "rocks": "rocks_db",
+    "disabled": "disabled",
+    "disable": "disabled",
+    "none": "disabled",
+    "rocks_db": "rocks_db",
+    "rocksdb": "rocks_db",
+    "rocks": "rocks_db",
 }
 UPDATE_SOURCE_TYPES = {
-    "null": "null", "none": "null",
-    "kafka_message_queue": "kafka_message_queue", "kafka_mq": "kafka_message_queue",
+    "null": "null",
+    "none": "null",
+    "kafka_message_queue": "kafka_message_queue",
+    "kafka_mq": "kafka_message_queue",
     "kafka": "kafka_message_queue",
 }
 OVERFLOW_POLICIES = {
-    "evict_random": "evict_random", "random": "evict_random",
-    "evict_least_used": "evict_least_used", "least_used": "evict_least_used",
-    "evict_oldest": "evict_oldest", "oldest": "evict_oldest",
+    "evict_random": "evict_random",
+    "random": "evict_random",
+    "evict_least_used": "evict_least_used",
+    "least_used": "evict_least_used",
+    "evict_oldest": "evict_oldest",
+    "oldest": "evict_oldest",
 }
 CACHE_TYPES = {"dynamic": "dynamic", "static": "static", "uvm": "uvm", "stochastic": "stochastic"}
 

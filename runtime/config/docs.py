@@ -37,8 +37,12 @@ def _constraints(prop: dict, required: bool) -> str:
     parts = ["**required**"] if required else []
     if "enum" in prop:
         parts.append("one of " + ", ".join(f"`{v}`" for v in prop["enum"]))
-    for key, sign in (("minimum", "≥"), ("maximum", "≤"), ("exclusiveMinimum", ">"),
-                      ("exclusiveMaximum", "<")):
+    for key, sign in (
+        ("minimum", "≥"),
+        ("maximum", "≤"),
+        ("exclusiveMinimum", ">"),
+        ("exclusiveMaximum", "<"),
+    ):
         if key in prop:
             parts.append(f"{sign} {prop[key]}")
     if prop.get("minItems"):
@@ -77,9 +81,13 @@ def render_markdown(schema: dict | None = None) -> str:
     for title, path, ref in _SECTIONS:
         node = schema if ref is None else schema["$defs"][ref]
         intro = [node.get("description", ""), ""] if ref is not None else []
-        lines += [f"## {title}", "", *intro,
-                  "| key | type | default | constraints | description |",
-                  "|---|---|---|---|---|"]
+        lines += [
+            f"## {title}",
+            "",
+            *intro,
+            "| key | type | default | constraints | description |",
+            "|---|---|---|---|---|",
+        ]
         required = set(node.get("required", ()))
         for name, prop in node["properties"].items():
             if name == "$schema":
@@ -91,8 +99,10 @@ def render_markdown(schema: dict | None = None) -> str:
             examples = prop.get("examples")
             if examples:
                 desc += " Example: " + ", ".join(f"`{json.dumps(e)}`" for e in examples[:2]) + "."
-            lines.append(f"| `{path}.{name}` | {_type_of(prop)} | {_cell(default)} | "
-                         f"{_cell(_constraints(prop, name in required))} | {_cell(desc)} |")
+            lines.append(
+                f"| `{path}.{name}` | {_type_of(prop)} | {_cell(default)} | "
+                f"{_cell(_constraints(prop, name in required))} | {_cell(desc)} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

@@ -15,19 +15,35 @@ def file_issues(config: PsConfig, *, scan_values: bool = False) -> list[ConfigIs
     key_width = 64 if config.supportlonglong else 32
     for m, model in enumerate(config.models):
         for t in range(model.num_tables):
-            dim = model.embedding_vecsize_per_table[t] \
-                if t < len(model.embedding_vecsize_per_table) else None
+            dim = (
+                model.embedding_vecsize_per_table[t]
+                if t < len(model.embedding_vecsize_per_table)
+                else None
+            )
             path = model.table_path(t)
-            report = verify_table(path, dim, key_width=key_width, scan_values=scan_values,
-                                  use_sidecar=True)
+            report = verify_table(
+                path, dim, key_width=key_width, scan_values=scan_values, use_sidecar=True
+            )
             for defect in report.defects:
                 hint = None
                 if defect.code == "dim_mismatch":
-                    hint = "fix embedding_vecsize_per_table or point sparse_files at the right table"
+                    hint = (
+                        "fix embedding_vecsize_per_table or point sparse_files at the right table"
+                    )
                 elif defect.code == "not_a_table":
-                    hint = ("relative paths resolve against the config file's folder"
-                            if not Path(model.sparse_files[t]).is_absolute() else None)
-                issues.append(ConfigIssue(ERROR, json_path("models", m, "sparse_files", t),
-                                          defect.message, f"table_{defect.code}", hint,
-                                          defect.location))
+                    hint = (
+                        "relative paths resolve against the config file's folder"
+                        if not Path(model.sparse_files[t]).is_absolute()
+                        else None
+                    )
+                issues.append(
+                    ConfigIssue(
+                        ERROR,
+                        json_path("models", m, "sparse_files", t),
+                        defect.message,
+                        f"table_{defect.code}",
+                        hint,
+                        defect.location,
+                    )
+                )
     return issues

@@ -33,8 +33,14 @@ class ConfigIssue:
         return ConfigIssue(ERROR, self.json_path, self.message, self.rule, self.hint, self.location)
 
     def to_dict(self) -> dict:
-        return {"severity": self.severity, "json_path": self.json_path, "message": self.message,
-                "rule": self.rule, "hint": self.hint, "location": self.location}
+        return {
+            "severity": self.severity,
+            "json_path": self.json_path,
+            "message": self.message,
+            "rule": self.rule,
+            "hint": self.hint,
+            "location": self.location,
+        }
 
     def one_line(self) -> str:
         where = self.json_path + (f" ({self.location})" if self.location else "")

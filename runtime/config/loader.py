@@ -5,8 +5,14 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from .aliases import (CACHE_TYPES, OVERFLOW_POLICIES, PERSISTENT_TYPES, UPDATE_SOURCE_TYPES,
-                      VOLATILE_TYPES, canonical)
+from .aliases import (
+    CACHE_TYPES,
+    OVERFLOW_POLICIES,
+    PERSISTENT_TYPES,
+    UPDATE_SOURCE_TYPES,
+    VOLATILE_TYPES,
+    canonical,
+)
 from .model import ModelConfig, PersistentDbConfig, PsConfig, UpdateSourceConfig, VolatileDbConfig
 
 
@@ -30,7 +36,9 @@ def build_config(doc: dict, base_dir: Path | str | None = None, source_path: str
         volatile_db=_volatile(doc),
         persistent_db=_persistent(doc.get("persistent_db")),
         update_source=_update_source(doc.get("update_source")),
-        models=tuple(_model(m, base, doc.get("fuse_embedding_table", False)) for m in doc["models"]),
+        models=tuple(
+            _model(m, base, doc.get("fuse_embedding_table", False)) for m in doc["models"]
+        ),
         source_path=source_path,
     )
 
@@ -41,8 +49,9 @@ def _volatile(doc: dict) -> VolatileDbConfig:
     block = dict(doc["volatile_db"])
     # A present block without 'type' disables the tier; unknown spellings fall back to it too.
     block["type"] = canonical(VOLATILE_TYPES, block.get("type"), "disabled")
-    block["overflow_policy"] = canonical(OVERFLOW_POLICIES, block.get("overflow_policy"),
-                                         "evict_random")
+    block["overflow_policy"] = canonical(
+        OVERFLOW_POLICIES, block.get("overflow_policy"), "evict_random"
+    )
     return VolatileDbConfig(**_known(VolatileDbConfig, block))
 
 
@@ -66,10 +75,13 @@ def _model(block: dict, base_dir: str, fuse_globally: bool) -> ModelConfig:
     block = dict(block)
     tables = len(block["sparse_files"])
     block.setdefault("embedding_table_names", [f"sparse_embedding{i}" for i in range(tables)])
-    block["embedding_cache_type"] = canonical(CACHE_TYPES, block.get("embedding_cache_type"),
-                                              "dynamic")
+    block["embedding_cache_type"] = canonical(
+        CACHE_TYPES, block.get("embedding_cache_type"), "dynamic"
+    )
     # HPS: the per-model flag only matters when fusion is on globally (then it defaults to true).
     block["fuse_embedding_table"] = bool(fuse_globally and block.get("fuse_embedding_table", True))
-    block["default_value_for_each_table"] = [float(v) for v in block["default_value_for_each_table"]]
+    block["default_value_for_each_table"] = [
+        float(v) for v in block["default_value_for_each_table"]
+    ]
     block["base_dir"] = base_dir
     return ModelConfig(**_known(ModelConfig, block))

@@ -1,4 +1,4 @@
-"""Reading config JSON as strictly as HPS's parser (nlohmann::json) does, with positions on errors."""
+"""Reading config JSON as strictly as HPS's parser (nlohmann::json) does, with error positions."""
 
 from __future__ import annotations
 
@@ -36,28 +36,43 @@ def parse_config_text(text: str, source: str = "<config>") -> tuple[dict, list[C
     except json.JSONDecodeError as exc:
         raise _syntax_error(exc, text, source) from None
     except ValueError as exc:  # NaN / Infinity
-        issue = ConfigIssue(ERROR, "$", str(exc), "syntax", "HPS's JSON parser rejects it too",
-                            source)
+        issue = ConfigIssue(
+            ERROR, "$", str(exc), "syntax", "HPS's JSON parser rejects it too", source
+        )
         raise ConfigError(f"invalid JSON: {exc}", issues=(issue,), location=source) from None
     if not isinstance(doc, dict):
-        issue = ConfigIssue(ERROR, "$", f"the config must be a JSON object, got {type(doc).__name__}",
-                            "type", None, source)
+        issue = ConfigIssue(
+            ERROR,
+            "$",
+            f"the config must be a JSON object, got {type(doc).__name__}",
+            "type",
+            None,
+            source,
+        )
         raise ConfigError(issue.message, issues=(issue,), location=source)
-    warnings = [ConfigIssue(WARNING, "$", f"the key '{key}' appears more than once in one object; "
-                            "only one of its values is used", "duplicate_key",
-                            "remove the extra copies", source) for key in duplicates]
+    warnings = [
+        ConfigIssue(
+            WARNING,
+            "$",
+            f"the key '{key}' appears more than once in one object; only one of its values is used",
+            "duplicate_key",
+            "remove the extra copies",
+            source,
+        )
+        for key in duplicates
+    ]
     return doc, warnings
 
 
 def _syntax_error(exc: json.JSONDecodeError, text: str, source: str) -> ConfigError:
     where = f"{source}:{exc.lineno}:{exc.colno}"
     hint = None
-    rest = text[exc.pos:exc.pos + 2]
+    rest = text[exc.pos : exc.pos + 2]
     if rest.startswith("//") or rest.startswith("/*") or rest.startswith("#"):
         hint = "JSON has no comments, and HPS's parser rejects them too: remove them"
-    elif exc.msg.startswith("Expecting property name") and text[:exc.pos].rstrip().endswith(","):
+    elif exc.msg.startswith("Expecting property name") and text[: exc.pos].rstrip().endswith(","):
         hint = "remove the trailing comma"
-    elif exc.msg.startswith("Expecting value") and text[:exc.pos].rstrip().endswith(","):
+    elif exc.msg.startswith("Expecting value") and text[: exc.pos].rstrip().endswith(","):
         hint = "remove the trailing comma"
     issue = ConfigIssue(ERROR, "$", f"invalid JSON: {exc.msg}", "syntax", hint, where)
     return ConfigError(f"invalid JSON: {exc.msg}", issues=(issue,), location=where, hint=hint)
@@ -73,10 +88,12 @@ def read_config_file(path: Path | str) -> tuple[dict, list[ConfigIssue]]:
     except IsADirectoryError:
         raise NotFoundError("the config path is a folder, not a file", location=str(path)) from None
     except UnicodeDecodeError as exc:
-        issue = ConfigIssue(ERROR, "$", f"not UTF-8 text (byte {exc.start})", "syntax", None,
-                            str(path))
-        raise ConfigError("the config is not UTF-8 text", issues=(issue,),
-                          location=str(path)) from None
+        issue = ConfigIssue(
+            ERROR, "$", f"not UTF-8 text (byte {exc.start})", "syntax", None, str(path)
+        )
+        raise ConfigError(
+            "the config is not UTF-8 text", issues=(issue,), location=str(path)
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read the config: {exc.strerror}", location=str(path)) from None
     return parse_config_text(text, str(path))

@@ -23,8 +23,15 @@ _LEGACY_KEYS = {
     "max_get_batch_size": "max_batch_size",
     "max_set_batch_size": "max_batch_size",
 }
-_JSON_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-               dict: "object", type(None): "null"}
+_JSON_TYPES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
 
 
 @cache
@@ -66,24 +73,45 @@ def _convert(error: ValidationError) -> list[ConfigIssue]:
                 hint = f"HPS v24.06 ignores this legacy key; use '{_LEGACY_KEYS[key]}'"
             else:
                 hint = _suggest(key, known) or "HPS ignores unknown keys; remove it"
-            out.append(ConfigIssue(WARNING, _path_of(error, key), f"unknown key '{key}'",
-                                   "unknown_key", hint))
+            out.append(
+                ConfigIssue(
+                    WARNING, _path_of(error, key), f"unknown key '{key}'", "unknown_key", hint
+                )
+            )
         return out
     if rule == "enum":
         value = error.instance
         if isinstance(value, str):
             default = schema.get("default")
-            fallback = f"; HPS silently falls back to '{default}'" if default else \
-                "; HPS silently falls back to its default"
-            hint = _suggest(value, schema.get("enum", ())) or \
-                "one of: " + ", ".join(schema.get("enum", ()))
-            return [ConfigIssue(WARNING, _path_of(error), f"unknown value '{value}'{fallback}",
-                                "unknown_enum", hint)]
+            fallback = (
+                f"; HPS silently falls back to '{default}'"
+                if default
+                else "; HPS silently falls back to its default"
+            )
+            hint = _suggest(value, schema.get("enum", ())) or "one of: " + ", ".join(
+                schema.get("enum", ())
+            )
+            return [
+                ConfigIssue(
+                    WARNING,
+                    _path_of(error),
+                    f"unknown value '{value}'{fallback}",
+                    "unknown_enum",
+                    hint,
+                )
+            ]
         return []  # the value is not a string: the 'type' keyword reports it
     if rule == "required":
         missing = error.message.split("'")[1] if "'" in error.message else error.message
-        return [ConfigIssue(ERROR, _path_of(error, missing), "required key is missing",
-                            "required", _required_hint(missing))]
+        return [
+            ConfigIssue(
+                ERROR,
+                _path_of(error, missing),
+                "required key is missing",
+                "required",
+                _required_hint(missing),
+            )
+        ]
     if rule == "type":
         expected = error.validator_value
         hint = None
@@ -93,9 +121,15 @@ def _convert(error: ValidationError) -> list[ConfigIssue]:
             hint = "write the number without quotes"
         elif expected == "integer" and isinstance(error.instance, float):
             hint = "use a whole number"
-        return [ConfigIssue(ERROR, _path_of(error),
-                            f"expected {_article(expected)}, got {_describe(error.instance)}",
-                            "type", hint)]
+        return [
+            ConfigIssue(
+                ERROR,
+                _path_of(error),
+                f"expected {_article(expected)}, got {_describe(error.instance)}",
+                "type",
+                hint,
+            )
+        ]
     return [ConfigIssue(ERROR, _path_of(error), _message(error), rule, None)]
 
 
@@ -127,8 +161,10 @@ def _message(error: ValidationError) -> str:
     if rule == "uniqueItems":
         return f"the list has repeated entries: {json.dumps(inst)}"
     if rule == "pattern":
-        return (f"{json.dumps(inst)} is not a valid name: use 1 to 120 letters, digits, '_' or "
-                "'-' (HPS builds storage tags from it)")
+        return (
+            f"{json.dumps(inst)} is not a valid name: use 1 to 120 letters, digits, '_' or "
+            "'-' (HPS builds storage tags from it)"
+        )
     if rule == "minLength":
         return "the string is empty"
     return error.message

@@ -36,20 +36,33 @@ class ValidationResult:
         return not self.errors
 
     def to_dict(self) -> dict:
-        return {"file": self.source, "valid": self.ok, "errors": len(self.errors),
-                "warnings": len(self.warnings), "issues": [i.to_dict() for i in self.issues]}
+        return {
+            "file": self.source,
+            "valid": self.ok,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "issues": [i.to_dict() for i in self.issues],
+        }
 
 
-def validate_document(doc: object, *, source: str = "<config>", base_dir: Path | str | None = None,
-                      check_files: bool = True, strict: bool = False,
-                      early: tuple[ConfigIssue, ...] = ()) -> ValidationResult:
+def validate_document(
+    doc: object,
+    *,
+    source: str = "<config>",
+    base_dir: Path | str | None = None,
+    check_files: bool = True,
+    strict: bool = False,
+    early: tuple[ConfigIssue, ...] = (),
+) -> ValidationResult:
     """Validate a parsed document. ``strict`` turns warnings into errors."""
     issues = list(early) + schema_issues(doc)
     if isinstance(doc, dict):
         issues += semantic_issues(doc)
     # An error at a path supersedes a warning at the same path (e.g. rocks_db in volatile_db).
     error_paths = {i.json_path for i in issues if i.is_error}
-    issues = [i for i in issues if i.is_error or i.json_path not in error_paths or i.json_path == "$"]
+    issues = [
+        i for i in issues if i.is_error or i.json_path not in error_paths or i.json_path == "$"
+    ]
     if strict:
         issues = [i.as_error() for i in issues]
     config = None
@@ -63,8 +76,9 @@ def validate_document(doc: object, *, source: str = "<config>", base_dir: Path |
     return ValidationResult(source, tuple(issues), config)
 
 
-def validate_config_file(path: Path | str, *, check_files: bool = True,
-                         strict: bool = False) -> ValidationResult:
+def validate_config_file(
+    path: Path | str, *, check_files: bool = True, strict: bool = False
+) -> ValidationResult:
     """Validate a config file; JSON syntax errors come back as one issue with line and column."""
     path = Path(path)
     try:
@@ -73,12 +87,22 @@ def validate_config_file(path: Path | str, *, check_files: bool = True,
         if not exc.issues:
             raise
         return ValidationResult(str(path), exc.issues, None)
-    return validate_document(doc, source=str(path), base_dir=path.parent, check_files=check_files,
-                             strict=strict, early=tuple(early))
+    return validate_document(
+        doc,
+        source=str(path),
+        base_dir=path.parent,
+        check_files=check_files,
+        strict=strict,
+        early=tuple(early),
+    )
 
 
-def load_config(source: Path | str | dict | PsConfig, *, check_files: bool = False,
-                base_dir: Path | str | None = None) -> PsConfig:
+def load_config(
+    source: Path | str | dict | PsConfig,
+    *,
+    check_files: bool = False,
+    base_dir: Path | str | None = None,
+) -> PsConfig:
     """The typed config of a file, a parsed document, or a PsConfig (returned as is).
 
     Raises:
@@ -88,16 +112,19 @@ def load_config(source: Path | str | dict | PsConfig, *, check_files: bool = Fal
     if isinstance(source, PsConfig):
         return source
     if isinstance(source, dict):
-        result = validate_document(source, base_dir=base_dir or Path.cwd(),
-                                   check_files=check_files)
+        result = validate_document(source, base_dir=base_dir or Path.cwd(), check_files=check_files)
     else:
         result = validate_config_file(source, check_files=check_files)
     if not result.ok or result.config is None:
         first = result.errors[0]
         more = len(result.errors) - 1
         suffix = f" (and {more} more error{'s' * (more > 1)})" if more else ""
-        raise ConfigError(f"{first.message}{suffix}", issues=result.issues,
-                          location=f"{result.source} {first.json_path}" if first.json_path != "$"
-                          else (first.location or result.source),
-                          hint=first.hint or f"run 'hps validate-config {result.source}'")
+        raise ConfigError(
+            f"{first.message}{suffix}",
+            issues=result.issues,
+            location=f"{result.source} {first.json_path}"
+            if first.json_path != "$"
+            else (first.location or result.source),
+            hint=first.hint or f"run 'hps validate-config {result.source}'",
+        )
     return result.config

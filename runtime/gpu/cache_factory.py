@@ -48,9 +48,11 @@ class EmbeddingCacheFactory:
     def _pool(self, model, device_id: int) -> WorkerPool:
         key = (model.model, device_id)
         if key not in self._pools:
-            self._pools[key] = WorkerPool(model.num_of_worker_buffer_in_pool,
-                                          timeout=self.worker_timeout,
-                                          name=f"model '{model.model}' on device {device_id}")
+            self._pools[key] = WorkerPool(
+                model.num_of_worker_buffer_in_pool,
+                timeout=self.worker_timeout,
+                name=f"model '{model.model}' on device {device_id}",
+            )
         return self._pools[key]
 
     def _async_inserter(self, model) -> AsyncInserter:
@@ -63,8 +65,11 @@ class EmbeddingCacheFactory:
             return None
         where = f"$.models[?(@.model=='{model.model}')]"
         if model.fp8_quant:
-            raise ConfigError("fp8_quant is not supported by the hps cache",
-                              location=f"{where}.fp8_quant", hint="set fp8_quant to false")
+            raise ConfigError(
+                "fp8_quant is not supported by the hps cache",
+                location=f"{where}.fp8_quant",
+                hint="set fp8_quant to false",
+            )
         kind = model.cache_type
         dim = model.embedding_vecsize_per_table[table_id]
         name = f"{model.model}.{model.table_name(table_id)}@{device_id}"
@@ -79,15 +84,23 @@ class EmbeddingCacheFactory:
                     on_device = 0
                 backend = indexed_backend(device_id, reader, on_device)
             cache = EmbeddingCache(
-                backend, fetch=tiers.fetch if backend.kind == "dynamic" else None,
+                backend,
+                fetch=tiers.fetch if backend.kind == "dynamic" else None,
                 hit_rate_threshold=model.hit_rate_threshold,
                 default_value=model.default_value(table_id),
-                inserter=self._async_inserter(model), pool=self._pool(model, device_id),
-                name=name)
+                inserter=self._async_inserter(model),
+                pool=self._pool(model, device_id),
+                name=name,
+            )
             if backend.kind == "dynamic" and self.prefill and model.init_ec:
                 inserted = cache.prefill(reader)
-                log.info("cache %s (%s): prefilled %d of %d keys", name,
-                         backend_kind(device_id), inserted, reader.num_keys)
+                log.info(
+                    "cache %s (%s): prefilled %d of %d keys",
+                    name,
+                    backend_kind(device_id),
+                    inserted,
+                    reader.num_keys,
+                )
         if backend.kind == "dynamic" and model.refresh_interval > 0:
             cache.start_refresh(model.refresh_delay, model.refresh_interval)
         self.caches.append(cache)

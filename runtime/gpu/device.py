@@ -53,8 +53,10 @@ class GpuDevice:
         drv = import_pycuda()
         drv.init()
         if not 0 <= device_id < drv.Device.count():
-            raise NotFoundError(f"there is no CUDA device {device_id} "
-                                f"({drv.Device.count()} visible)", location="deployed_device_list")
+            raise NotFoundError(
+                f"there is no CUDA device {device_id} ({drv.Device.count()} visible)",
+                location="deployed_device_list",
+            )
         self.drv = drv
         self.id = device_id
         self.device = drv.Device(device_id)
@@ -67,6 +69,7 @@ class GpuDevice:
         with self.scope():
             self.kernels = KernelModule(self.arch)
         from .pinned import PinnedPool
+
         self.pinned = PinnedPool(self)
         atexit.register(self._release_main_thread)
 
@@ -106,7 +109,8 @@ class GpuDevice:
     def launch(self, name: str, arg_types: str, grid: tuple, block: tuple, stream, *args) -> None:
         """Launch a prepared kernel; device buffers may be passed as allocations or ints."""
         self.kernels.function(name, arg_types).prepared_async_call(
-            grid, block, stream, *(int(a) if hasattr(a, "free") else a for a in args))
+            grid, block, stream, *(int(a) if hasattr(a, "free") else a for a in args)
+        )
 
     def launcher(self, name: str, arg_types: str):
         """A lean launcher (kernels.Launcher): arguments already ints and floats, no checks."""

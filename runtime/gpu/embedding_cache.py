@@ -64,8 +64,9 @@ class AsyncInserter:
     batches are already queued, new ones are dropped (it is a cache; nothing is lost)."""
 
     def __init__(self, threads: int, max_pending: int = 64):
-        self._pool = ThreadPoolExecutor(max_workers=max(1, threads),
-                                        thread_name_prefix="hps-cache-insert")
+        self._pool = ThreadPoolExecutor(
+            max_workers=max(1, threads), thread_name_prefix="hps-cache-insert"
+        )
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: set[Future] = set()
         self._lock = threading.Lock()
@@ -108,9 +109,17 @@ class EmbeddingCache:
         inserter: shared background inserter (for asynchronous insertion).
     """
 
-    def __init__(self, backend, *, fetch: Fetch | None, hit_rate_threshold: float,
-                 default_value: float, inserter: AsyncInserter | None = None,
-                 pool: WorkerPool | None = None, name: str = ""):
+    def __init__(
+        self,
+        backend,
+        *,
+        fetch: Fetch | None,
+        hit_rate_threshold: float,
+        default_value: float,
+        inserter: AsyncInserter | None = None,
+        pool: WorkerPool | None = None,
+        name: str = "",
+    ):
         self.backend = backend
         self.pool = pool or WorkerPool(1, name=name)
         self.fetch = fetch
@@ -163,15 +172,21 @@ class EmbeddingCache:
     def _resolve(self, keys: np.ndarray, slot: int, launched, started: float) -> np.ndarray:
         if not self.dynamic:
             out, hits = launched.wait()
-            self.counters.add(lookups=1, keys=keys.size, hits=hits, misses=keys.size - hits,
-                              seconds=time.perf_counter() - started)
+            self.counters.add(
+                lookups=1,
+                keys=keys.size,
+                hits=hits,
+                misses=keys.size - hits,
+                seconds=time.perf_counter() - started,
+            )
             return out
         pending = launched.wait()
         missed = pending.miss_keys
         if not missed.size:
             out = pending.finish(None)
-            self.counters.add(lookups=1, keys=keys.size, hits=keys.size,
-                              seconds=time.perf_counter() - started)
+            self.counters.add(
+                lookups=1, keys=keys.size, hits=keys.size, seconds=time.perf_counter() - started
+            )
             return out
         if self._synchronous(keys, missed, pending, slot):
             rows = self.fetch(missed)
@@ -182,8 +197,13 @@ class EmbeddingCache:
             out = pending.finish(None)
             self._insert_later(missed)
         occ = pending.miss_occurrences
-        self.counters.add(lookups=1, keys=keys.size, hits=keys.size - occ, misses=occ,
-                          seconds=time.perf_counter() - started)
+        self.counters.add(
+            lookups=1,
+            keys=keys.size,
+            hits=keys.size - occ,
+            misses=occ,
+            seconds=time.perf_counter() - started,
+        )
         return out
 
     def _synchronous(self, keys: np.ndarray, missed: np.ndarray, pending, slot: int) -> bool:
@@ -217,18 +237,23 @@ class EmbeddingCache:
         if not self.dynamic:
             raise InvalidInputError(
                 "static and uvm caches are read-only: they cannot take updates",
-                location=self.name, hint="use embedding_cache_type dynamic for online updates")
+                location=self.name,
+                hint="use embedding_cache_type dynamic for online updates",
+            )
         return self.backend.update(keys, rows)
 
     def remove(self, keys: np.ndarray) -> int:
         if not self.dynamic:
-            raise InvalidInputError("static and uvm caches are read-only: they cannot drop keys",
-                                    location=self.name,
-                                    hint="use embedding_cache_type dynamic for online updates")
+            raise InvalidInputError(
+                "static and uvm caches are read-only: they cannot drop keys",
+                location=self.name,
+                hint="use embedding_cache_type dynamic for online updates",
+            )
         return self.backend.invalidate(keys)
 
-    def prefill(self, reader: TableReader, limit: int | None = None,
-                chunk_rows: int = 1 << 18) -> int:
+    def prefill(
+        self, reader: TableReader, limit: int | None = None, chunk_rows: int = 1 << 18
+    ) -> int:
         """Fill the dynamic cache at start-up: the hottest rows when the table has ``meta``
         frequencies, else the first rows in file order. Returns keys inserted."""
         if not self.dynamic:
@@ -246,9 +271,10 @@ class EmbeddingCache:
             rows_idx = _hottest_rows(reader, limit, chunk_rows)[::-1]
             keys_all, vecs_all = reader.keys(), reader.vectors()
             for start in range(0, rows_idx.size, chunk_rows):
-                idx = rows_idx[start:start + chunk_rows]
-                inserted += self.backend.replace(np.asarray(keys_all[idx]),
-                                                 np.asarray(vecs_all[idx]))
+                idx = rows_idx[start : start + chunk_rows]
+                inserted += self.backend.replace(
+                    np.asarray(keys_all[idx]), np.asarray(vecs_all[idx])
+                )
         else:
             for chunk in reader.chunks(chunk_rows, stop=limit):
                 inserted += self.backend.replace(chunk.keys.copy(), chunk.vectors.copy())
@@ -278,13 +304,13 @@ class EmbeddingCache:
                 try:
                     self.counters.add(refreshed=self.refresh())
                 except Exception:  # a failing tier must not kill the refresher; next round
-                    logging.getLogger("hps_cli.runtime").exception("cache refresh of %s failed",
-                                                                   self.name)
+                    logging.getLogger("hps_cli.runtime").exception(
+                        "cache refresh of %s failed", self.name
+                    )
                 if self._stop.wait(interval):
                     return
 
-        self._refresher = threading.Thread(target=run, name=f"hps-refresh-{self.name}",
-                                           daemon=True)
+        self._refresher = threading.Thread(target=run, name=f"hps-refresh-{self.name}", daemon=True)
         self._refresher.start()
 
     def close(self) -> None:
@@ -317,8 +343,15 @@ class StartedLookup:
 
     __slots__ = ("_cache", "_keys", "_slot", "_own", "_launched", "_started", "_outcome")
 
-    def __init__(self, cache: EmbeddingCache, keys: np.ndarray, slot: int, own: bool, launched,
-                 started: float):
+    def __init__(
+        self,
+        cache: EmbeddingCache,
+        keys: np.ndarray,
+        slot: int,
+        own: bool,
+        launched,
+        started: float,
+    ):
         self._cache, self._keys, self._slot, self._own = cache, keys, slot, own
         self._launched, self._started = launched, started
         self._outcome: tuple[bool, object] | None = None  # (ok, rows or exception)
@@ -326,8 +359,7 @@ class StartedLookup:
     def result(self) -> np.ndarray:
         if self._outcome is None:
             try:
-                rows = self._cache._resolve(self._keys, self._slot, self._launched,
-                                            self._started)
+                rows = self._cache._resolve(self._keys, self._slot, self._launched, self._started)
                 self._outcome = (True, rows)
             except BaseException as exc:
                 self._outcome = (False, exc)

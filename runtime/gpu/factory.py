@@ -16,7 +16,7 @@ from .ref_backends import RefDynamicBackend, RefIndexedBackend
 
 
 def backend_kind(device_id: int) -> str:
-    """"gpu" or "reference" for caches on ``device_id``."""
+    """ "gpu" or "reference" for caches on ``device_id``."""
     wanted = os.environ.get("HPS_CACHE_BACKEND", "auto").lower()
     if wanted == "reference":
         return "reference"
@@ -30,6 +30,7 @@ def dynamic_backend(device_id: int, table_rows: int, gpucacheper: float, dim: in
     num_sets = num_sets_for(table_rows, gpucacheper)
     if backend_kind(device_id) == "gpu":
         from .gpu_dynamic import GpuDynamicCache
+
         return GpuDynamicCache(get_device(device_id), num_sets, dim)
     return RefDynamicBackend(num_sets, dim)
 
@@ -37,5 +38,6 @@ def dynamic_backend(device_id: int, table_rows: int, gpucacheper: float, dim: in
 def indexed_backend(device_id: int, reader: TableReader, device_rows: int):
     if backend_kind(device_id) == "gpu":
         from .gpu_indexed import GpuIndexedTable
+
         return GpuIndexedTable(get_device(device_id), reader, device_rows)
     return RefIndexedBackend(reader, device_rows)

@@ -83,10 +83,15 @@ class GpuDynamicCache:
         self._closed = False
         # The hot path's launch: every cache argument as a plain int, packed once per call.
         self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
-        self._published_query_kernel = device.launcher("dc_query_published",
-                                                       PUBLISHED_QUERY_ARGS)
-        self._cache_args = (int(self.d_keys), int(self.d_scores), int(self.d_hits),
-                            int(self.d_values), self.num_sets, self.dim)
+        self._published_query_kernel = device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS)
+        self._cache_args = (
+            int(self.d_keys),
+            int(self.d_scores),
+            int(self.d_hits),
+            int(self.d_values),
+            self.num_sets,
+            self.dim,
+        )
         counter = int(self.d_query_counter)
         # (miss count, ticket): one pair per cache is enough because every launch of this
         # cache goes on its one stream, which runs them one after another. Per-slot streams
@@ -104,16 +109,26 @@ class GpuDynamicCache:
             if self._closed:
                 return
             self._closed = True
-            free_device_state(self.stream, (self.d_keys, self.d_scores, self.d_hits,
-                                            self.d_floors, self.d_query_counter, self.d_values),
-                              (self._scratch, *self._workspaces.values()))
+            free_device_state(
+                self.stream,
+                (
+                    self.d_keys,
+                    self.d_scores,
+                    self.d_hits,
+                    self.d_floors,
+                    self.d_query_counter,
+                    self.d_values,
+                ),
+                (self._scratch, *self._workspaces.values()),
+            )
             self._workspaces.clear()
             self.stream = None
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RuntimeError(f"this GPU cache ({self.num_sets} sets of dim {self.dim}) was "
-                               "closed")
+            raise RuntimeError(
+                f"this GPU cache ({self.num_sets} sets of dim {self.dim}) was closed"
+            )
 
     # -- helpers ----------------------------------------------------------------------------
 
@@ -150,8 +165,9 @@ class GpuDynamicCache:
             return
         groups = self._padded_slots // FOLD_GROUP_SLOTS
         grid, block = self._grid(groups, 1)
-        self.device.launch("dc_fold_hits", "PPq", grid, block, self.stream, self.d_hits,
-                           self.d_scores, groups)
+        self.device.launch(
+            "dc_fold_hits", "PPq", grid, block, self.stream, self.d_hits, self.d_scores, groups
+        )
         self._unfolded = 0
 
     def _read_counter(self, d_counter) -> int:
@@ -217,8 +233,7 @@ class GpuDynamicCache:
         """A lookup of host keys, waited for (``launch_query`` without the overlap)."""
         return self.launch_query(keys, default_value, slot).wait()
 
-    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
-                     slot: int = 0) -> Launched:
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> Launched:
         """Queue a lookup of host keys and return at once; ``wait()`` gives its PendingLookup.
         Workspace ``slot`` stays in use until then. (A de-duplicated lookup is waited for
         here: it needs the unique count before it can launch the query.)"""
@@ -235,8 +250,17 @@ class GpuDynamicCache:
             d_mkeys, d_mpos = ws.ptr("miss_keys", n * 8), ws.ptr("miss_pos", n * 8)
 
             def launch(d_keys: int, d_block: int, publish: bool) -> None:
-                self._launch_query(d_keys, 0, n, default_value, d_block, d_mkeys, d_mpos,
-                                   COUNT_INTO_SCORES, publish)
+                self._launch_query(
+                    d_keys,
+                    0,
+                    n,
+                    default_value,
+                    d_block,
+                    d_mkeys,
+                    d_mpos,
+                    COUNT_INTO_SCORES,
+                    publish,
+                )
 
             out, rows_done = start_rows(self.device, self.stream, ws, keys, self.dim, launch)
 
@@ -254,9 +278,18 @@ class GpuDynamicCache:
 
         return Launched(wait)
 
-    def _launch_query(self, d_keys: int, d_weights: int, n: int, default_value: float,
-                      d_block: int, d_mkeys: int, d_mpos: int, count_mode: int,
-                      publish: bool) -> None:
+    def _launch_query(
+        self,
+        d_keys: int,
+        d_weights: int,
+        n: int,
+        default_value: float,
+        d_block: int,
+        d_mkeys: int,
+        d_mpos: int,
+        count_mode: int,
+        publish: bool,
+    ) -> None:
         """dc_query over n keys: rows written after the 16-byte head of ``d_block`` (device or
         mapped memory), the miss count in its first word: published from the cache's
         self-resetting counter when ``publish`` (dc_query_published), else counted there
@@ -273,13 +306,40 @@ class GpuDynamicCache:
             if publish:
                 counter, ticket = self._counter_args
                 self._published_query_kernel(
-                    grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n, *self._cache_args,
-                    default_value, d_block + HEAD_BYTES, d_mkeys, d_mpos, counter, count_mode,
-                    self._next_seed(), ticket, d_block)
+                    grid,
+                    (_BLOCK, 1, 1),
+                    self.stream,
+                    d_keys,
+                    d_weights,
+                    n,
+                    *self._cache_args,
+                    default_value,
+                    d_block + HEAD_BYTES,
+                    d_mkeys,
+                    d_mpos,
+                    counter,
+                    count_mode,
+                    self._next_seed(),
+                    ticket,
+                    d_block,
+                )
             else:
-                self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, d_weights, n,
-                                   *self._cache_args, default_value, d_block + HEAD_BYTES,
-                                   d_mkeys, d_mpos, d_block, count_mode, self._next_seed())
+                self._query_kernel(
+                    grid,
+                    (_BLOCK, 1, 1),
+                    self.stream,
+                    d_keys,
+                    d_weights,
+                    n,
+                    *self._cache_args,
+                    default_value,
+                    d_block + HEAD_BYTES,
+                    d_mkeys,
+                    d_mpos,
+                    d_block,
+                    count_mode,
+                    self._next_seed(),
+                )
 
     def _query_dedup(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
         """De-duplicate on the GPU, query unique keys (scores weighted by occurrences), and
@@ -293,8 +353,17 @@ class GpuDynamicCache:
             d_rows = ws.get("unique_rows", HEAD_BYTES + u * dim * 4)
             d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
             drv.memset_d32_async(d_rows, 0, 1, self.stream)
-            self._launch_query(int(uniq), int(counts), u, default_value, int(d_rows),
-                               int(d_mkeys), int(d_mpos), COUNT_INTO_HIT_BYTES, False)
+            self._launch_query(
+                int(uniq),
+                int(counts),
+                u,
+                default_value,
+                int(d_rows),
+                int(d_mkeys),
+                int(d_mpos),
+                COUNT_INTO_HIT_BYTES,
+                False,
+            )
             misses = self._read_counter(d_rows)
             mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
             occurrences = 0

@@ -78,9 +78,15 @@ class GpuIndexedTable:
                 self.stream.synchronize()  # staging is reused by the next chunk
             staging.free()  # now, while the context is current (see close)
         self._query_kernel = device.launcher("it_query", INDEXED_QUERY_ARGS)
-        self._index_args = (int(self.d_index_keys), int(self.d_index_rows), self.capacity - 1,
-                            int(self.d_values), self.device_rows, int(self.h_values_device_ptr),
-                            self.dim)
+        self._index_args = (
+            int(self.d_index_keys),
+            int(self.d_index_rows),
+            self.capacity - 1,
+            int(self.d_values),
+            self.device_rows,
+            int(self.h_values_device_ptr),
+            self.dim,
+        )
         counter = int(self.d_query_counter)
         self._counter_args = (counter, counter + 4)  # (hit count, ticket)
 
@@ -91,9 +97,17 @@ class GpuIndexedTable:
             if self._closed:
                 return
             self._closed = True
-            free_device_state(self.stream, (self.d_index_keys, self.d_index_rows, self.d_values,
-                                            self.d_query_counter, self.h_values.base),
-                              self._workspaces.values())
+            free_device_state(
+                self.stream,
+                (
+                    self.d_index_keys,
+                    self.d_index_rows,
+                    self.d_values,
+                    self.d_query_counter,
+                    self.h_values.base,
+                ),
+                self._workspaces.values(),
+            )
             self._workspaces.clear()
             self.stream = None
 
@@ -116,8 +130,7 @@ class GpuIndexedTable:
         """(rows, hits) for host keys; absent keys get ``default_value``."""
         return self.launch_query(keys, default_value, slot).wait()
 
-    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
-                     slot: int = 0) -> Launched:
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> Launched:
         """Queue ``query`` and return at once; ``wait()`` gives (rows, hits)."""
         if self._closed:
             raise RuntimeError(f"this GPU table ({self.rows} rows of dim {self.dim}) was closed")
@@ -128,12 +141,22 @@ class GpuIndexedTable:
 
         def launch(d_keys: int, d_block: int, publish: bool) -> None:
             count = (counter, ticket, d_block) if publish else (d_block, 0, 0)
-            self._query_kernel(grid, (_BLOCK, 1, 1), self.stream, d_keys, n, *self._index_args,
-                               float(default_value), d_block + HEAD_BYTES, *count)
+            self._query_kernel(
+                grid,
+                (_BLOCK, 1, 1),
+                self.stream,
+                d_keys,
+                n,
+                *self._index_args,
+                float(default_value),
+                d_block + HEAD_BYTES,
+                *count,
+            )
 
         with self.device.scope():
-            out, rows_done = start_rows(self.device, self.stream, self._workspace(slot), keys,
-                                        self.dim, launch)
+            out, rows_done = start_rows(
+                self.device, self.stream, self._workspace(slot), keys, self.dim, launch
+            )
 
         def wait() -> tuple[np.ndarray, int]:
             with self.device.scope():

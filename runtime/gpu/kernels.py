@@ -20,9 +20,12 @@ TILE_WIDTHS = (2, 4, 8, 16, 32)
 
 
 def kernel_defines() -> dict[str, str]:
-    return {"HPS_EMPTY_KEY": f"{EMPTY_KEY}LL", "HPS_WAYS": str(WAYS),
-            "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT),
-            "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP)}
+    return {
+        "HPS_EMPTY_KEY": f"{EMPTY_KEY}LL",
+        "HPS_WAYS": str(WAYS),
+        "HPS_HIT_SAMPLE_SHIFT": str(HIT_SAMPLE_SHIFT),
+        "HPS_HIT_WEIGHT_CAP": str(HIT_WEIGHT_CAP),
+    }
 
 
 def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:
@@ -33,7 +36,8 @@ def nvcc_flags(extra_defines: dict[str, str] | None = None) -> list[str]:
 def cache_dir() -> str:
     """PyCUDA's on-disk cubin cache (keyed by source, flags, arch and nvcc version)."""
     base = os.environ.get("HPS_KERNEL_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hps", "kernels")
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "hps", "kernels"
+    )
     Path(base).mkdir(parents=True, exist_ok=True)
     return base
 
@@ -84,9 +88,16 @@ class KernelModule:
         for name in SOURCES:
             source = (cuda_dir() / name).read_text(encoding="utf-8")
             # no_extern_c: entry points are written extern "C" themselves (templates inside).
-            self._modules.append(SourceModule(source, no_extern_c=True, include_dirs=[include],
-                                              options=nvcc_flags(extra_defines), arch=arch,
-                                              cache_dir=cache_dir()))
+            self._modules.append(
+                SourceModule(
+                    source,
+                    no_extern_c=True,
+                    include_dirs=[include],
+                    options=nvcc_flags(extra_defines),
+                    arch=arch,
+                    cache_dir=cache_dir(),
+                )
+            )
         self._prepared: dict[str, object] = {}
 
     def function(self, name: str, arg_types: str):

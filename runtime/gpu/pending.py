@@ -17,8 +17,13 @@ import numpy as np
 class PendingLookup:
     """Host-side pending result: ``out`` holds hits and defaults; misses filled by ``finish``."""
 
-    def __init__(self, out: np.ndarray, miss_keys: np.ndarray, miss_pos: np.ndarray,
-                 unique_total: int | None = None):
+    def __init__(
+        self,
+        out: np.ndarray,
+        miss_keys: np.ndarray,
+        miss_pos: np.ndarray,
+        unique_total: int | None = None,
+    ):
         self._out = out
         self._raw_keys = miss_keys
         self._raw_pos = miss_pos

@@ -52,12 +52,17 @@ class _Lease:
 
     __slots__ = ("__array_interface__", "_pool", "block", "__weakref__")
 
-    def __init__(self, pool: "PinnedPool", block: PinnedBlock, shape: tuple, typestr: str,
-                 offset: int):
+    def __init__(
+        self, pool: "PinnedPool", block: PinnedBlock, shape: tuple, typestr: str, offset: int
+    ):
         self._pool = pool
         self.block = block
-        self.__array_interface__ = {"shape": shape, "typestr": typestr, "version": 3,
-                                    "data": (block.address + offset, False)}
+        self.__array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "version": 3,
+            "data": (block.address + offset, False),
+        }
 
     def __del__(self) -> None:
         pool, block = self._pool, self.block
@@ -100,8 +105,9 @@ class PinnedPool:
             self._in_use -= block.host.nbytes
             self._free.setdefault(block.host.nbytes, []).append(block)
 
-    def array(self, shape: tuple[int, ...], dtype, offset: int = 0
-              ) -> tuple[np.ndarray, PinnedBlock | None]:
+    def array(
+        self, shape: tuple[int, ...], dtype, offset: int = 0
+    ) -> tuple[np.ndarray, PinnedBlock | None]:
         """(array, block): an array leased from a pinned block, or a plain one and None when
         the pool is full.
 

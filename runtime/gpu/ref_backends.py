@@ -31,8 +31,7 @@ class RefDynamicBackend:
             out, miss_keys, miss_pos = self.cache.query(keys, default_value)
         return PendingLookup(out, miss_keys, miss_pos)
 
-    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
-                     slot: int = 0) -> Launched:
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> Launched:
         return Launched.done(self.query(keys, default_value, slot))
 
     def count_unique(self, keys: np.ndarray, slot: int = 0) -> int:
@@ -61,8 +60,12 @@ class RefDynamicBackend:
     def snapshot(self) -> dict[str, np.ndarray]:
         with self._lock:
             c = self.cache
-            return {"keys": c.keys.copy(), "scores": c.scores.copy(),
-                    "floors": c.floors.copy(), "values": c.values.copy()}
+            return {
+                "keys": c.keys.copy(),
+                "scores": c.scores.copy(),
+                "floors": c.floors.copy(),
+                "values": c.values.copy(),
+            }
 
     def occupancy(self) -> int:
         with self._lock:
@@ -78,10 +81,10 @@ class RefIndexedBackend:
         self.device_rows = int(min(max(device_rows, 0), self.rows))
         self.table = RefIndexedTable(np.array(reader.keys()), np.array(reader.vectors()))
 
-    def query(self, keys: np.ndarray, default_value: float = 0.0,
-              slot: int = 0) -> tuple[np.ndarray, int]:
+    def query(
+        self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0
+    ) -> tuple[np.ndarray, int]:
         return self.table.query(keys, default_value)
 
-    def launch_query(self, keys: np.ndarray, default_value: float = 0.0,
-                     slot: int = 0) -> Launched:
+    def launch_query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> Launched:
         return Launched.done(self.query(keys, default_value, slot))

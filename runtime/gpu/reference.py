@@ -22,8 +22,11 @@ def group_by_set(sets: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     order = np.argsort(sets, kind="stable")
     sorted_sets = sets[order]
-    starts = np.flatnonzero(np.r_[True, sorted_sets[1:] != sorted_sets[:-1]]) if sets.size else \
-        np.empty(0, np.int64)
+    starts = (
+        np.flatnonzero(np.r_[True, sorted_sets[1:] != sorted_sets[:-1]])
+        if sets.size
+        else np.empty(0, np.int64)
+    )
     offsets = np.r_[starts, sets.size].astype(np.int64)
     return order, sorted_sets[starts], offsets
 
@@ -51,8 +54,9 @@ class RefDynamicCache:
         way = np.argmax(match, axis=1)
         return np.where(match[np.arange(keys.size), way], way, -1)
 
-    def query(self, keys: np.ndarray,
-              default_value: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def query(
+        self, keys: np.ndarray, default_value: float = 0.0
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(rows, miss_keys, miss_positions); misses get ``default_value``, in batch order.
 
         Sampled hits add HIT_SAMPLE each to their slot's score, as placement.counted_hits says
@@ -132,7 +136,7 @@ class RefDynamicCache:
 
     def dump(self, set_begin: int = 0, set_end: int | None = None) -> np.ndarray:
         """The cached keys of sets [set_begin, set_end), sorted."""
-        block = self.keys[set_begin:self.num_sets if set_end is None else set_end]
+        block = self.keys[set_begin : self.num_sets if set_end is None else set_end]
         return np.sort(block[block != EMPTY_KEY])
 
     def occupancy(self) -> int:
@@ -152,8 +156,11 @@ class RefIndexedTable:
     def query(self, keys: np.ndarray, default_value: float = 0.0) -> tuple[np.ndarray, int]:
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         at = np.minimum(np.searchsorted(self._keys, keys), max(self._keys.size - 1, 0))
-        hit = (self._keys[at] == keys) & (keys != EMPTY_KEY) if self._keys.size else \
-            np.zeros(keys.size, bool)
+        hit = (
+            (self._keys[at] == keys) & (keys != EMPTY_KEY)
+            if self._keys.size
+            else np.zeros(keys.size, bool)
+        )
         out = np.full((keys.size, self.dim), default_value, dtype=np.float32)
         out[hit] = self._rows[at[hit]]
         return out, int(hit.sum())
@@ -161,8 +168,9 @@ class RefIndexedTable:
 
 def ref_dedup(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(unique keys, inverse, counts) with keys == unique[inverse] (unique order is free)."""
-    unique, inverse, counts = np.unique(np.asarray(keys, np.int64), return_inverse=True,
-                                        return_counts=True)
+    unique, inverse, counts = np.unique(
+        np.asarray(keys, np.int64), return_inverse=True, return_counts=True
+    )
     return unique, inverse.astype(np.int64), counts.astype(np.uint32)
 
 
@@ -170,8 +178,9 @@ def ref_gather(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.asarray(table, np.float32)[np.asarray(index, np.int64)]
 
 
-def ref_scatter(src: np.ndarray, src_index: np.ndarray | None, dst_pos: np.ndarray,
-                out: np.ndarray) -> np.ndarray:
+def ref_scatter(
+    src: np.ndarray, src_index: np.ndarray | None, dst_pos: np.ndarray, out: np.ndarray
+) -> np.ndarray:
     rows = src if src_index is None else src[src_index]
     out[dst_pos] = rows
     return out

@@ -98,8 +98,14 @@ def free_device_state(stream, buffers, scratches) -> None:
         scratch.free()
 
 
-def start_rows(device, stream, ws: Scratch, keys: np.ndarray, dim: int,
-               launch: Callable[[int, int, bool], None]) -> tuple[np.ndarray, Callable[[], int]]:
+def start_rows(
+    device,
+    stream,
+    ws: Scratch,
+    keys: np.ndarray,
+    dim: int,
+    launch: Callable[[int, int, bool], None],
+) -> tuple[np.ndarray, Callable[[], int]]:
     """Queue a lookup kernel over host int64 ``keys``; returns (rows, wait): ``rows`` is filled
     once ``wait()`` (which returns the count) has returned.
 
@@ -131,6 +137,7 @@ def _zero() -> int:
 
 def _head_after(stream, block: PinnedBlock) -> Callable[[], int]:
     """A wait for ``stream`` that then reads the count in ``block``'s head."""
+
     def wait() -> int:
         stream.synchronize()
         return int(block.head[0])
@@ -138,8 +145,9 @@ def _head_after(stream, block: PinnedBlock) -> Callable[[], int]:
     return wait
 
 
-def queue_download(device, stream, d_block: int, out: np.ndarray,
-                   block: PinnedBlock | None) -> Callable[[], int]:
+def queue_download(
+    device, stream, d_block: int, out: np.ndarray, block: PinnedBlock | None
+) -> Callable[[], int]:
     """Queue the copy of ``[count | rows]`` from device memory at ``d_block`` into ``out``
     (leased from ``block``, or a pageable array when ``block`` is None); returns the wait,
     which gives the count."""

@@ -38,7 +38,8 @@ class WorkerPool:
                         f"all {self.size} worker buffer(s) stayed busy for {self.timeout:g} s",
                         location=f"{self.name} num_of_worker_buffer_in_pool",
                         hint="raise num_of_worker_buffer_in_pool (HPS advises 2x the concurrent "
-                             "lookups) or lower the concurrency")
+                        "lookups) or lower the concurrency",
+                    )
             return self._free.pop()
 
     def release(self, slot: int) -> None:

@@ -78,9 +78,11 @@ def check_families(db_path: Path | str, tags: Iterable[str], overwrite: bool) ->
     existing = set(list_families(db_path))
     for tag in tags:
         if tag in existing and not overwrite:
-            raise OutputExistsError(f"the database already has column family '{tag}'",
-                                    location=str(db_path),
-                                    hint="pass --overwrite to replace that table")
+            raise OutputExistsError(
+                f"the database already has column family '{tag}'",
+                location=str(db_path),
+                hint="pass --overwrite to replace that table",
+            )
 
 
 def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
@@ -93,11 +95,11 @@ def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
         for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
             count = min(KEY_CHUNK_ROWS, source.num_rows - first)
             okeys = bytewise_order_key(source.read_keys(first, count))
-            samples.append(okeys[(-first) % step::step])
+            samples.append(okeys[(-first) % step :: step])
     else:
         first = 0
         for keys, _ in source.chunks():
-            samples.append(bytewise_order_key(keys)[(-first) % step::step])
+            samples.append(bytewise_order_key(keys)[(-first) % step :: step])
             first += len(keys)
     if not samples:
         return np.empty(0, dtype=np.uint64)
@@ -106,8 +108,9 @@ def key_range_bounds(source: BulkSource, parts: int) -> np.ndarray:
     return np.unique(sample[picks])
 
 
-def select_key_range(source: BulkSource, lo: int | None,
-                     hi: int | None) -> tuple[np.ndarray, np.ndarray]:
+def select_key_range(
+    source: BulkSource, lo: int | None, hi: int | None
+) -> tuple[np.ndarray, np.ndarray]:
     """(sort keys, row numbers) of the rows whose sort key is in [lo, hi)."""
     okeys, rows = [], []
     for first in range(0, source.num_rows, KEY_CHUNK_ROWS):
@@ -128,8 +131,9 @@ def select_key_range(source: BulkSource, lo: int | None,
     return np.concatenate(okeys), np.concatenate(rows)
 
 
-def resolve_duplicates(okeys: np.ndarray, rows: np.ndarray, dedupe: str,
-             location: str) -> tuple[np.ndarray, np.ndarray, int]:
+def resolve_duplicates(
+    okeys: np.ndarray, rows: np.ndarray, dedupe: str, location: str
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Sort by key (rows of one key stay in input order) and keep one row per key."""
     order = np.argsort(okeys, kind="stable")
     okeys, rows = okeys[order], rows[order]
@@ -138,11 +142,13 @@ def resolve_duplicates(okeys: np.ndarray, rows: np.ndarray, dedupe: str,
     if dups:
         if dedupe == "error":
             at = int(np.argmax(same))
-            key = int(okeys[at:at + 1].byteswap().view(np.int64)[0])
+            key = int(okeys[at : at + 1].byteswap().view(np.int64)[0])
             raise InvalidInputError(
                 f"key {key} appears more than once ({dups} duplicate row(s) found in its key "
-                "range)", location=location,
-                hint="pass --dedupe first or --dedupe last to keep one row per key")
+                "range)",
+                location=location,
+                hint="pass --dedupe first or --dedupe last to keep one row per key",
+            )
         keep = np.ones(okeys.size, dtype=bool)
         if dedupe == "first":
             keep[1:] = ~same
@@ -152,14 +158,16 @@ def resolve_duplicates(okeys: np.ndarray, rows: np.ndarray, dedupe: str,
     return okeys, rows, dups
 
 
-def _spill(source: BulkSource, bounds: np.ndarray, work: Path,
-           progress: Callable[[int], None] | None) -> list[tuple[Path, Path]]:
+def _spill(
+    source: BulkSource, bounds: np.ndarray, work: Path, progress: Callable[[int], None] | None
+) -> list[tuple[Path, Path]]:
     """Append every row's sort key and vector to its key range's two files, in one sequential
     pass; a helper thread writes while the next chunk is read and grouped."""
     from concurrent.futures import ThreadPoolExecutor
 
-    paths = [(work / f"range{i:05d}.key", work / f"range{i:05d}.vec")
-             for i in range(bounds.size + 1)]
+    paths = [
+        (work / f"range{i:05d}.key", work / f"range{i:05d}.vec") for i in range(bounds.size + 1)
+    ]
     handles = [(open(k, "wb"), open(v, "wb")) for k, v in paths]
     rows = 0
 
@@ -180,8 +188,9 @@ def _spill(source: BulkSource, bounds: np.ndarray, work: Path,
                 okeys = bytewise_order_key(keys)
                 order = np.argsort(okeys, kind="stable")
                 okeys = okeys[order]
-                edges = np.concatenate([[0], np.searchsorted(okeys, bounds, side="left"),
-                                        [okeys.size]])
+                edges = np.concatenate(
+                    [[0], np.searchsorted(okeys, bounds, side="left"), [okeys.size]]
+                )
                 grouped = (okeys, np.ascontiguousarray(vectors, dtype="<f4")[order], edges)
                 if pending is not None:
                     pending.result()
@@ -196,14 +205,21 @@ def _spill(source: BulkSource, bounds: np.ndarray, work: Path,
             keys_out.close()
             vectors_out.close()
     if rows != source.num_rows:
-        raise InvalidInputError(f"read {rows} rows, expected {source.num_rows}",
-                                location=source.location)
+        raise InvalidInputError(
+            f"read {rows} rows, expected {source.num_rows}", location=source.location
+        )
     return paths
 
 
-def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
-                 budget_bytes: int = DEFAULT_BUDGET_BYTES, file_bytes: int = DEFAULT_FILE_BYTES,
-                 progress: Callable[[int], None] | None = None) -> BuiltFamily:
+def build_family(
+    source: BulkSource,
+    work: Path,
+    *,
+    dedupe: str = "last",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    file_bytes: int = DEFAULT_FILE_BYTES,
+    progress: Callable[[int], None] | None = None,
+) -> BuiltFamily:
     """Write the SST files of one family into ``work`` (see the module doc)."""
     if dedupe not in DEDUPE_MODES:
         raise ValueError(f"dedupe must be one of {DEDUPE_MODES}")
@@ -218,10 +234,16 @@ def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
     def ranges():
         if bounds.size == 0:  # one range: sort in memory, no spill
             chunks = list(source.chunks())
-            okeys = np.concatenate([bytewise_order_key(k) for k, _ in chunks]) if chunks else \
-                np.empty(0, np.uint64)
-            vectors = np.concatenate([v for _, v in chunks]) if chunks else \
-                np.empty((0, source.dim), np.float32)
+            okeys = (
+                np.concatenate([bytewise_order_key(k) for k, _ in chunks])
+                if chunks
+                else np.empty(0, np.uint64)
+            )
+            vectors = (
+                np.concatenate([v for _, v in chunks])
+                if chunks
+                else np.empty((0, source.dim), np.float32)
+            )
             del chunks
             if progress:
                 progress(okeys.size * row_bytes)
@@ -241,16 +263,18 @@ def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
                     while got < len(view):
                         step = handle.readinto(view[got:])
                         if not step:
-                            raise InvalidInputError("a spill file is shorter than written",
-                                                    location=str(path))
+                            raise InvalidInputError(
+                                "a spill file is shorter than written", location=str(path)
+                            )
                         got += step
                 path.unlink()
             yield okeys, vectors
 
     try:
         for okeys, vectors in ranges():
-            okeys, rows, extra = resolve_duplicates(okeys, np.arange(okeys.size), dedupe,
-                                                    source.location)
+            okeys, rows, extra = resolve_duplicates(
+                okeys, np.arange(okeys.size), dedupe, source.location
+            )
             dups += extra
             if not rows.size:
                 continue
@@ -273,8 +297,13 @@ def build_family(source: BulkSource, work: Path, *, dedupe: str = "last",
     return BuiltFamily(source.tag, source.dim, files, written, dups, source.checksum, size)
 
 
-def ingest_families(db_path: Path | str, built: list[BuiltFamily], *, overwrite: bool,
-                    num_threads: int | None = None) -> None:
+def ingest_families(
+    db_path: Path | str,
+    built: list[BuiltFamily],
+    *,
+    overwrite: bool,
+    num_threads: int | None = None,
+) -> None:
     """Ingest built families into the database (created if missing), replacing existing ones
     only with ``overwrite``. Each family is replaced atomically; its record is written last."""
     import rocksdict as rd
@@ -293,8 +322,16 @@ def ingest_families(db_path: Path | str, built: list[BuiltFamily], *, overwrite:
                 options.set_move_files(True)
                 cf.ingest_external_file([str(p) for p in item.files], options)
             del cf
-            write_table_record(db, item.tag, {"checksum": item.checksum, "num_keys": item.num_keys,
-                                              "dim": item.dim, "complete": True})
+            write_table_record(
+                db,
+                item.tag,
+                {
+                    "checksum": item.checksum,
+                    "num_keys": item.num_keys,
+                    "dim": item.dim,
+                    "complete": True,
+                },
+            )
         db.flush()
     finally:
         db.close()
@@ -309,15 +346,25 @@ def work_folder(db_path: Path | str) -> Path:
     return path
 
 
-def bulk_load(db_path: Path | str, sources: list[BulkSource], *, overwrite: bool = False,
-              dedupe: str = "last", budget_bytes: int = DEFAULT_BUDGET_BYTES,
-              progress: Callable[[int], None] | None = None) -> list[BuiltFamily]:
+def bulk_load(
+    db_path: Path | str,
+    sources: list[BulkSource],
+    *,
+    overwrite: bool = False,
+    dedupe: str = "last",
+    budget_bytes: int = DEFAULT_BUDGET_BYTES,
+    progress: Callable[[int], None] | None = None,
+) -> list[BuiltFamily]:
     """Load tables into column families ``source.tag`` of the database at ``db_path``."""
     check_families(db_path, [s.tag for s in sources], overwrite)
     work = work_folder(db_path)
     try:
-        built = [build_family(s, work / f"t{i}", dedupe=dedupe, budget_bytes=budget_bytes,
-                              progress=progress) for i, s in enumerate(sources)]
+        built = [
+            build_family(
+                s, work / f"t{i}", dedupe=dedupe, budget_bytes=budget_bytes, progress=progress
+            )
+            for i, s in enumerate(sources)
+        ]
         ingest_families(db_path, built, overwrite=overwrite)
         return built
     finally:
@@ -348,16 +395,21 @@ def iter_family(db, tag: str, rows: int = 1 << 16) -> Iterator[tuple[np.ndarray,
             raise InvalidInputError(
                 f"column family '{tag}' mixes key or value sizes ({len(key)}/{len(value)} bytes "
                 f"after {key_width}/{value_width}): not a table in HPS's layout",
-                location=str(db.path()))
+                location=str(db.path()),
+            )
         keys.append(key)
         values.append(value)
         if len(keys) == rows:
-            yield (np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), key_width),
-                   np.frombuffer(b"".join(values), np.uint8).reshape(len(keys), value_width))
+            yield (
+                np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), key_width),
+                np.frombuffer(b"".join(values), np.uint8).reshape(len(keys), value_width),
+            )
             keys, values = [], []
     if keys:
-        yield (np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), key_width),
-               np.frombuffer(b"".join(values), np.uint8).reshape(len(keys), value_width))
+        yield (
+            np.frombuffer(b"".join(keys), np.uint8).reshape(len(keys), key_width),
+            np.frombuffer(b"".join(values), np.uint8).reshape(len(keys), value_width),
+        )
 
 
 def first_value_size(db, tag: str) -> tuple[int, int] | None:
@@ -366,4 +418,3 @@ def first_value_size(db, tag: str) -> tuple[int, int] | None:
     for key, value in cf.items():
         return len(key), len(value)
     return None
-

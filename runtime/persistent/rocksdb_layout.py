@@ -53,8 +53,13 @@ def list_families(path: Path | str) -> list[str]:
     return list(rd.Rdict.list_cf(str(path), rd.Options(raw_mode=True)))
 
 
-def open_db(path: Path | str, *, read_only: bool = False, create: bool = False,
-            num_threads: int | None = None):
+def open_db(
+    path: Path | str,
+    *,
+    read_only: bool = False,
+    create: bool = False,
+    num_threads: int | None = None,
+):
     """Open a database with all its column families.
 
     Raises:
@@ -65,8 +70,11 @@ def open_db(path: Path | str, *, read_only: bool = False, create: bool = False,
     path = Path(path)
     exists = (path / "CURRENT").exists()
     if not exists and (read_only or not create):
-        raise NotFoundError("no RocksDB database here", location=str(path),
-                            hint="check persistent_db.path" if read_only else None)
+        raise NotFoundError(
+            "no RocksDB database here",
+            location=str(path),
+            hint="check persistent_db.path" if read_only else None,
+        )
     families = {name: raw_options(num_threads) for name in list_families(path) if name != "default"}
     options = raw_options(num_threads, create=create)
     kwargs = {"column_families": families} if families else {}
@@ -77,14 +85,18 @@ def open_db(path: Path | str, *, read_only: bool = False, create: bool = False,
     except Exception as exc:  # rocksdict raises plain Exception subclasses with RocksDB's text
         text = str(exc)
         if "lock" in text.lower():
-            raise OutputExistsError("the RocksDB database is locked by another process",
-                                    location=str(path),
-                                    hint="stop the other process, or open it read-only") from None
+            raise OutputExistsError(
+                "the RocksDB database is locked by another process",
+                location=str(path),
+                hint="stop the other process, or open it read-only",
+            ) from None
         if not os.access(path, os.R_OK):
-            raise NotFoundError(f"cannot read the RocksDB database: {text}",
-                                location=str(path)) from None
-        raise InvalidInputError(f"cannot open the RocksDB database: {text}",
-                                location=str(path)) from None
+            raise NotFoundError(
+                f"cannot read the RocksDB database: {text}", location=str(path)
+            ) from None
+        raise InvalidInputError(
+            f"cannot open the RocksDB database: {text}", location=str(path)
+        ) from None
 
 
 def family(db, tag: str, *, create: bool = False, num_threads: int | None = None):
@@ -93,8 +105,9 @@ def family(db, tag: str, *, create: bool = False, num_threads: int | None = None
         return db.get_column_family(tag)
     except Exception:
         if not create:
-            raise NotFoundError(f"the database has no column family '{tag}'",
-                                location=db.path()) from None
+            raise NotFoundError(
+                f"the database has no column family '{tag}'", location=db.path()
+            ) from None
         return db.create_column_family(tag, raw_options(num_threads))
 
 

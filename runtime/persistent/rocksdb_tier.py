@@ -36,8 +36,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import (ConfigError, DependencyMissingError, InvalidInputError, NotFoundError,
-                      OutputExistsError)
+from ..errors import (
+    ConfigError,
+    DependencyMissingError,
+    InvalidInputError,
+    NotFoundError,
+    OutputExistsError,
+)
 from ..raw_keys import key_bytes, order_key, split_bytes
 from ..table.reader import TableReader
 from .rocksdb_layout import list_families, read_table_record, write_table_record
@@ -86,10 +91,17 @@ class RocksDbStore:
         OutputExistsError: another process holds the database's lock.
     """
 
-    def __init__(self, path: Path | str, *, read_only: bool = False, num_threads: int = 16,
-                 max_batch_size: int = 65536, key_width: int = 64,
-                 block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
-                 row_cache_bytes: int = MIN_ROW_CACHE_BYTES):
+    def __init__(
+        self,
+        path: Path | str,
+        *,
+        read_only: bool = False,
+        num_threads: int = 16,
+        max_batch_size: int = 65536,
+        key_width: int = 64,
+        block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
+        row_cache_bytes: int = MIN_ROW_CACHE_BYTES,
+    ):
         rd = _rocksdict()
         self.path = Path(path)
         self.read_only = read_only
@@ -133,8 +145,11 @@ class RocksDbStore:
         rd = _rocksdict()
         exists = (self.path / "CURRENT").exists()
         if not exists and self.read_only:
-            raise NotFoundError("no RocksDB database here (persistent_db.read_only is set)",
-                                location=str(self.path), hint="check persistent_db.path")
+            raise NotFoundError(
+                "no RocksDB database here (persistent_db.read_only is set)",
+                location=str(self.path),
+                hint="check persistent_db.path",
+            )
         families = {name: self.family_options() for name in list_families(self.path)}
         families.setdefault("default", self.family_options())
         kwargs = {"column_families": families}
@@ -148,13 +163,17 @@ class RocksDbStore:
             text = str(exc)
             if "lock" in text.lower():
                 raise OutputExistsError(
-                    "the RocksDB database is locked by another process", location=str(self.path),
-                    hint="stop the other process, or set persistent_db.read_only") from None
+                    "the RocksDB database is locked by another process",
+                    location=str(self.path),
+                    hint="stop the other process, or set persistent_db.read_only",
+                ) from None
             if exists and not os.access(self.path, os.R_OK):
-                raise NotFoundError(f"cannot read the RocksDB database: {text}",
-                                    location=str(self.path)) from None
-            raise InvalidInputError(f"cannot open the RocksDB database: {text}",
-                                    location=str(self.path)) from None
+                raise NotFoundError(
+                    f"cannot read the RocksDB database: {text}", location=str(self.path)
+                ) from None
+            raise InvalidInputError(
+                f"cannot open the RocksDB database: {text}", location=str(self.path)
+            ) from None
 
     def close(self) -> None:
         with self._lock:
@@ -183,10 +202,10 @@ class RocksDbStore:
                 try:
                     handle = self.db.get_column_family(tag)
                 except Exception:
-                    raise NotFoundError(f"the database has no column family '{tag}'",
-                                        location=str(self.path)) from None
-                table = RocksDbTable(self, tag, dim, handle,
-                                     self.db.get_column_family_handle(tag))
+                    raise NotFoundError(
+                        f"the database has no column family '{tag}'", location=str(self.path)
+                    ) from None
+                table = RocksDbTable(self, tag, dim, handle, self.db.get_column_family_handle(tag))
                 self._tables[tag] = table
             return table
 
@@ -211,38 +230,54 @@ class RocksDbStore:
         if key_size != self.key_width // 8:
             raise ConfigError(
                 f"column family '{tag}' stores {key_size}-byte keys, but the config uses "
-                f"{self.key_width // 8}-byte keys", location=str(self.path),
-                hint="supportlonglong must match the database (true: 8-byte keys, false: 4)")
+                f"{self.key_width // 8}-byte keys",
+                location=str(self.path),
+                hint="supportlonglong must match the database (true: 8-byte keys, false: 4)",
+            )
         if value_size != 4 * dim:
             raise ConfigError(
                 f"column family '{tag}' stores vectors of {value_size // 4} floats, the config "
-                f"says {dim}", location=str(self.path),
-                hint="fix embedding_vecsize_per_table, or point persistent_db.path elsewhere")
+                f"says {dim}",
+                location=str(self.path),
+                hint="fix embedding_vecsize_per_table, or point persistent_db.path elsewhere",
+            )
 
     def is_current(self, tag: str, checksum: str, dim: int) -> bool:
         """True when the family holds exactly the table with this checksum (per our record)."""
         if tag not in self.families():
             return False
         record = self.record(tag)
-        return bool(record and record.get("complete") and record.get("checksum") == checksum
-                    and record.get("dim") == dim)
+        return bool(
+            record
+            and record.get("complete")
+            and record.get("checksum") == checksum
+            and record.get("dim") == dim
+        )
 
-    def load_table(self, tag: str, reader: TableReader, checksum: str, *,
-                   progress: Callable[[int], None] | None = None) -> int:
+    def load_table(
+        self,
+        tag: str,
+        reader: TableReader,
+        checksum: str,
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """(Re)build family ``tag`` from a table atomically (see the module doc); returns keys."""
         if self.read_only:
             raise InvalidInputError("the RocksDB database is read-only", location=str(self.path))
         staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.load-", dir=self.path.parent))
         try:
             files, num_keys = self._build_files(reader, staging, progress)
-            self._swap_in(tag, files, {"checksum": checksum, "num_keys": num_keys,
-                                       "dim": reader.dim})
+            self._swap_in(
+                tag, files, {"checksum": checksum, "num_keys": num_keys, "dim": reader.dim}
+            )
             return num_keys
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _build_files(self, reader: TableReader, staging: Path,
-                     progress: Callable[[int], None] | None) -> tuple[list[str], int]:
+    def _build_files(
+        self, reader: TableReader, staging: Path, progress: Callable[[int], None] | None
+    ) -> tuple[list[str], int]:
         rd = _rocksdict()
         keys = reader.keys()
         order = order_key(keys, self.key_width)
@@ -259,14 +294,15 @@ class RocksDbStore:
         written = 0
         try:
             for first in range(0, by_key.size, _LOAD_ROWS):
-                rows = by_key[first:first + _LOAD_ROWS]
+                rows = by_key[first : first + _LOAD_ROWS]
                 ascending = np.sort(rows)  # gather in file order, then put back in key order
                 where = np.searchsorted(ascending, rows)
                 chunk_keys = np.take(keys, ascending)[where]
                 chunk_vectors = np.take(vectors, ascending, axis=0)[where]
                 kl = key_bytes(chunk_keys, self.key_width)
-                values = split_bytes(np.ascontiguousarray(chunk_vectors, dtype="<f4").tobytes(),
-                                     value_bytes)
+                values = split_bytes(
+                    np.ascontiguousarray(chunk_vectors, dtype="<f4").tobytes(), value_bytes
+                )
                 if writer is None:
                     writer = rd.SstFileWriter(self.family_options())
                     files.append(str(staging / f"{len(files):05d}.sst"))
@@ -318,13 +354,15 @@ class RocksDbTable:
     def detach(self) -> None:
         self._cf = self._cf_handle = None
 
-    def lookup(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, keys: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
         n = keys.size
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
         for first in range(0, n, step):
-            part = keys[first:first + step]
+            part = keys[first : first + step]
             values = self._get(key_bytes(part, self.key_width))
             try:
                 data = bytearray().join(values)  # the common case: every key is there
@@ -341,7 +379,8 @@ class RocksDbTable:
                 raise InvalidInputError(
                     f"column family '{self.tag}' holds values that are not {self.dim} floats",
                     location=str(self.store.path),
-                    hint="the database was written for another embedding_vecsize_per_table")
+                    hint="the database was written for another embedding_vecsize_per_table",
+                )
             rows = np.frombuffer(data, dtype="<f4").reshape(count, self.dim)
             if out is None and count == n:  # one chunk, all found: the joined buffer is the result
                 out = rows
@@ -370,7 +409,7 @@ class RocksDbTable:
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
             for i in range(first, min(first + step, len(kl))):
-                batch.put(kl[i], raw[i * value_bytes:(i + 1) * value_bytes])
+                batch.put(kl[i], raw[i * value_bytes : (i + 1) * value_bytes])
             self.store.db.write(batch)
 
     def remove(self, keys: np.ndarray) -> None:
@@ -380,7 +419,7 @@ class RocksDbTable:
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
-            for key in kl[first:first + step]:
+            for key in kl[first : first + step]:
                 batch.delete(key)
             self.store.db.write(batch)
 

@@ -104,8 +104,8 @@ def _ragged(parts: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     cols = np.arange(max(p[0].shape[1] for p in parts))
     for data, lengths in parts:
         w = data.shape[1]
-        matrix[:, col:col + w] = data
-        mask[:, col:col + w] = cols[None, :w] < lengths[:, None]
+        matrix[:, col : col + w] = data
+        mask[:, col : col + w] = cols[None, :w] < lengths[:, None]
         col += w
     return matrix[mask].tobytes()
 
@@ -133,8 +133,14 @@ class SstFileBuilder:
             ingests.
     """
 
-    def __init__(self, path: Path | str, value_bytes: int, block_bytes: int = DEFAULT_BLOCK_BYTES,
-                 *, sync: bool = False):
+    def __init__(
+        self,
+        path: Path | str,
+        value_bytes: int,
+        block_bytes: int = DEFAULT_BLOCK_BYTES,
+        *,
+        sync: bool = False,
+    ):
         self.path = Path(path)
         self.sync = sync
         self.value_bytes = int(value_bytes)
@@ -164,8 +170,9 @@ class SstFileBuilder:
         tail = np.concatenate([restarts, np.array([restarts.size], dtype=np.uint32)])
         return tail.astype("<u4").view(np.uint8), rows * self.entry_bytes + tail.size * 4
 
-    def _write_blocks(self, keys: np.ndarray, values: np.ndarray, rows: int,
-                      take: np.ndarray | None = None) -> None:
+    def _write_blocks(
+        self, keys: np.ndarray, values: np.ndarray, rows: int, take: np.ndarray | None = None
+    ) -> None:
         """Write ``keys.size / rows`` blocks of ``rows`` entries each; with ``take``, entry i's
         value is ``values[take[i]]`` (gathered straight into the blocks, no extra copy)."""
         count = keys.size // rows
@@ -179,28 +186,41 @@ class SstFileBuilder:
 
         def field(offset: int, width: int) -> np.ndarray:
             # One void item per entry and field: NumPy copies whole fields, not single bytes.
-            return np.ndarray((count, rows), dtype=f"V{width}", buffer=buf, offset=offset,
-                              strides=(block, self.entry_bytes))
+            return np.ndarray(
+                (count, rows),
+                dtype=f"V{width}",
+                buffer=buf,
+                offset=offset,
+                strides=(block, self.entry_bytes),
+            )
 
         field(0, k0)[...] = np.frombuffer(b"\x00\x10" + self._vlen, dtype=f"V{k0}")[0]
         field(k0, 8)[...] = keys.view("V8").reshape(count, rows)
         field(k0 + 8, 8)[...] = np.frombuffer(struct.pack("<Q", VALUE_TRAILER), dtype="V8")[0]
         if take is None:
-            field(k0 + 16, self.value_bytes)[...] = \
-                values.view(f"V{self.value_bytes}").reshape(count, rows)
+            field(k0 + 16, self.value_bytes)[...] = values.view(f"V{self.value_bytes}").reshape(
+                count, rows
+            )
         else:  # gathered straight into the blocks; indices are checked by the caller, and
             # mode="clip" avoids a buffered copy
-            np.take(values.view(f"V{self.value_bytes}").reshape(-1), take.reshape(count, rows),
-                    out=field(k0 + 16, self.value_bytes), mode="clip")
-        buf[:, rows * self.entry_bytes:payload] = tail
+            np.take(
+                values.view(f"V{self.value_bytes}").reshape(-1),
+                take.reshape(count, rows),
+                out=field(k0 + 16, self.value_bytes),
+                mode="clip",
+            )
+        buf[:, rows * self.entry_bytes : payload] = tail
         buf[:, payload] = 0  # no compression
         crc, flat, span = self._crc, memoryview(buf.reshape(-1)), payload + 1
-        sums = np.fromiter((crc(flat[o:o + span]) for o in range(0, count * block, block)),
-                           dtype=np.uint32, count=count)
-        buf[:, payload + 1:] = _masked(sums).astype("<u4").view(np.uint8).reshape(count, 4)
+        sums = np.fromiter(
+            (crc(flat[o : o + span]) for o in range(0, count * block, block)),
+            dtype=np.uint32,
+            count=count,
+        )
+        buf[:, payload + 1 :] = _masked(sums).astype("<u4").view(np.uint8).reshape(count, 4)
         self._wait()
         self._in_flight = self._writer.submit(self._handle.write, memoryview(buf).cast("B"))
-        self._index_last_keys.append(keys[rows - 1::rows].copy())
+        self._index_last_keys.append(keys[rows - 1 :: rows].copy())
         self._index_offsets.append(self.offset + np.arange(count, dtype=np.uint64) * block)
         self._index_sizes.append(np.full(count, payload, dtype=np.uint64))
         self.offset += count * block
@@ -215,8 +235,9 @@ class SstFileBuilder:
         values = values.reshape(values.size // self.value_bytes, self.value_bytes)
         if order is None:
             order = np.arange(keys.size)
-        elif order.size != keys.size or (order.size and (order.min() < 0 or
-                                                          order.max() >= values.shape[0])):
+        elif order.size != keys.size or (
+            order.size and (order.min() < 0 or order.max() >= values.shape[0])
+        ):
             raise ValueError("order must hold one valid row of values per key")
         if self._pending_keys is not None:  # complete the pending block first
             need = min(self.rows_per_block - self._pending_keys.size, keys.size)
@@ -270,8 +291,11 @@ class SstFileBuilder:
         props_handle = self._append_block(props)
         meta = _simple_block([(b"rocksdb.properties", props_handle)])
         meta_handle = self._append_block(meta)
-        footer = bytes([CHECKSUM_CRC32C]) + (meta_handle + index_handle).ljust(40, b"\0") + \
-            struct.pack("<IQ", FORMAT_VERSION, MAGIC)
+        footer = (
+            bytes([CHECKSUM_CRC32C])
+            + (meta_handle + index_handle).ljust(40, b"\0")
+            + struct.pack("<IQ", FORMAT_VERSION, MAGIC)
+        )
         self._handle.write(footer)
         self._handle.close(sync=self.sync)
         return self.num_entries
@@ -308,8 +332,15 @@ class SstFileBuilder:
         key[:, :8] = last.astype("<i8").view(np.uint8).reshape(n, 8)
         key[:, 8:] = np.frombuffer(struct.pack("<Q", VALUE_TRAILER), np.uint8)
         two, sixteen = np.full(n, 2), np.full(n, 16)
-        body = _ragged([(head, two), (vl_bytes, vl_len), (key, sixteen),
-                        (off_bytes, off_len), (size_bytes, size_len)])
+        body = _ragged(
+            [
+                (head, two),
+                (vl_bytes, vl_len),
+                (key, sixteen),
+                (off_bytes, off_len),
+                (size_bytes, size_len),
+            ]
+        )
         entry_len = 2 + vl_len + 16 + value_len
         restarts = np.concatenate([[0], np.cumsum(entry_len)[:-1]]).astype("<u4")
         return body + restarts.tobytes() + struct.pack("<I", n)

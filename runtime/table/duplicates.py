@@ -48,8 +48,13 @@ class DuplicateCounter:
         max_examples: how many repeating keys to report.
     """
 
-    def __init__(self, budget_bytes: int = DEFAULT_BUDGET_BYTES, tmp_dir: Path | str | None = None,
-                 max_examples: int = 5, _level: int = 0):
+    def __init__(
+        self,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        tmp_dir: Path | str | None = None,
+        max_examples: int = 5,
+        _level: int = 0,
+    ):
         self.budget_bytes = budget_bytes
         self.budget_keys = max(1024, budget_bytes // 8)
         self._shift = np.uint64(58 - 6 * _level)  # each level splits by the next 6 hash bits
@@ -78,8 +83,9 @@ class DuplicateCounter:
 
     def _start_spilling(self) -> None:
         self._spill_dir = Path(tempfile.mkdtemp(prefix="hps-dups-", dir=self.tmp_dir))
-        self._spill_files = [open(self._spill_dir / f"p{i:03d}", "wb")
-                             for i in range(_SPILL_PARTITIONS)]
+        self._spill_files = [
+            open(self._spill_dir / f"p{i:03d}", "wb") for i in range(_SPILL_PARTITIONS)
+        ]
         held, self._held, self._held_count = self._held, [], 0
         for block in held:
             self._spill(block)
@@ -123,8 +129,9 @@ class DuplicateCounter:
                 yield from self._split(path)
 
     def _split(self, path: Path):
-        nested = DuplicateCounter(self.budget_bytes, self.tmp_dir, self.max_examples,
-                                  _level=self._level + 1)
+        nested = DuplicateCounter(
+            self.budget_bytes, self.tmp_dir, self.max_examples, _level=self._level + 1
+        )
         nested._start_spilling()
         rows = self.budget_keys
         with open(path, "rb") as handle:

@@ -67,8 +67,9 @@ def _size(path: Path) -> int | None:
         return None
 
 
-def inspect_layout(path: Path | str, dim: int | None = None, *,
-                   sidecar_dim: int | None = None) -> TableLayout:
+def inspect_layout(
+    path: Path | str, dim: int | None = None, *, sidecar_dim: int | None = None
+) -> TableLayout:
     """Check a table folder's files by their sizes alone, collecting every structural defect.
 
     Args:
@@ -89,31 +90,52 @@ def inspect_layout(path: Path | str, dim: int | None = None, *,
         if size is None:
             defects.append(Defect("missing_file", f"the '{name}' file is missing", str(file)))
         elif size == 0:
-            defects.append(Defect("empty_file", f"the '{name}' file is empty (HPS rejects it)",
-                                  str(file)))
+            defects.append(
+                Defect("empty_file", f"the '{name}' file is empty (HPS rejects it)", str(file))
+            )
     key_bytes = key_bytes or 0
     vec_bytes = vec_bytes or 0
     if key_bytes % KEY_DTYPE.itemsize:
-        defects.append(Defect(
-            "key_size", f"'key' holds {key_bytes} bytes, not a multiple of 8 (int64 keys)",
-            str(key_path)))
+        defects.append(
+            Defect(
+                "key_size",
+                f"'key' holds {key_bytes} bytes, not a multiple of 8 (int64 keys)",
+                str(key_path),
+            )
+        )
     num_keys = key_bytes // KEY_DTYPE.itemsize
 
     resolved = _resolve_dim(num_keys, vec_bytes, dim, sidecar_dim, vec_path, defects)
 
     if meta_bytes is not None and meta_bytes != num_keys * META_DTYPE.itemsize:
-        defects.append(Defect(
-            "meta_size", f"'meta' holds {meta_bytes} bytes; {num_keys} keys need "
-            f"{num_keys * META_DTYPE.itemsize} (one int64 per key)", str(meta_path)))
+        defects.append(
+            Defect(
+                "meta_size",
+                f"'meta' holds {meta_bytes} bytes; {num_keys} keys need "
+                f"{num_keys * META_DTYPE.itemsize} (one int64 per key)",
+                str(meta_path),
+            )
+        )
     return TableLayout(path, key_bytes, vec_bytes, meta_bytes, num_keys, resolved, tuple(defects))
 
 
-def _resolve_dim(num_keys: int, vec_bytes: int, dim: int | None, sidecar_dim: int | None,
-                 vec_path: Path, defects: list[Defect]) -> int | None:
+def _resolve_dim(
+    num_keys: int,
+    vec_bytes: int,
+    dim: int | None,
+    sidecar_dim: int | None,
+    vec_path: Path,
+    defects: list[Defect],
+) -> int | None:
     if vec_bytes % VECTOR_DTYPE.itemsize:
-        defects.append(Defect(
-            "vector_size", f"'emb_vector' holds {vec_bytes} bytes, not a multiple of 4 "
-            "(float32 values): the file is truncated or not float32", str(vec_path)))
+        defects.append(
+            Defect(
+                "vector_size",
+                f"'emb_vector' holds {vec_bytes} bytes, not a multiple of 4 "
+                "(float32 values): the file is truncated or not float32",
+                str(vec_path),
+            )
+        )
         return dim
     if num_keys == 0 or vec_bytes == 0:
         return dim or sidecar_dim
@@ -123,17 +145,29 @@ def _resolve_dim(num_keys: int, vec_bytes: int, dim: int | None, sidecar_dim: in
     if expected is not None:
         if values != num_keys * expected:
             source = "given" if dim is not None else "recorded in table.json"
-            found = f"it holds {inferred} floats per key" if inferred else \
-                f"{values} floats are not a whole number of rows for {num_keys} keys"
-            defects.append(Defect(
-                "dim_mismatch" if inferred else "vector_size",
-                f"'emb_vector' should hold {num_keys} keys × dim {expected} ({source}) = "
-                f"{num_keys * expected * 4} bytes but holds {vec_bytes}: {found}", str(vec_path)))
+            found = (
+                f"it holds {inferred} floats per key"
+                if inferred
+                else f"{values} floats are not a whole number of rows for {num_keys} keys"
+            )
+            defects.append(
+                Defect(
+                    "dim_mismatch" if inferred else "vector_size",
+                    f"'emb_vector' should hold {num_keys} keys × dim {expected} ({source}) = "
+                    f"{num_keys * expected * 4} bytes but holds {vec_bytes}: {found}",
+                    str(vec_path),
+                )
+            )
             return expected
         return expected
     if inferred is None:
-        defects.append(Defect(
-            "vector_size", f"'emb_vector' holds {values} floats, not a whole number of rows for "
-            f"{num_keys} keys: it is truncated, or 'key' and 'emb_vector' do not belong together",
-            str(vec_path)))
+        defects.append(
+            Defect(
+                "vector_size",
+                f"'emb_vector' holds {values} floats, not a whole number of rows for "
+                f"{num_keys} keys: it is truncated, or 'key' and 'emb_vector' do not belong "
+                "together",
+                str(vec_path),
+            )
+        )
     return inferred

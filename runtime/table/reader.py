@@ -17,8 +17,16 @@ import numpy as np
 
 from ..direct_io import whole_page_rows
 from ..errors import InvalidInputError
-from .layout import (KEY_DTYPE, KEY_FILE, META_DTYPE, META_FILE, VECTOR_DTYPE, VECTOR_FILE,
-                     TableLayout, inspect_layout)
+from .layout import (
+    KEY_DTYPE,
+    KEY_FILE,
+    META_DTYPE,
+    META_FILE,
+    VECTOR_DTYPE,
+    VECTOR_FILE,
+    TableLayout,
+    inspect_layout,
+)
 from .sidecar import Sidecar, current_sidecar
 
 DEFAULT_CHUNK_BYTES = 32 << 20
@@ -55,8 +63,12 @@ class _Mapped:
         width = row or 1
         if self.map is None or count == 0:
             return np.empty((0,) if row is None else (0, row), dtype=self.dtype)
-        arr = np.frombuffer(self.map, dtype=self.dtype, count=count * width,
-                            offset=first * width * self.dtype.itemsize)
+        arr = np.frombuffer(
+            self.map,
+            dtype=self.dtype,
+            count=count * width,
+            offset=first * width * self.dtype.itemsize,
+        )
         return arr if row is None else arr.reshape(count, row)
 
     def release(self, first: int, count: int, row: int = 1) -> None:
@@ -85,13 +97,16 @@ class TableReader:
         self.path = Path(path)
         self.sidecar: Sidecar | None = current_sidecar(self.path) if self.path.is_dir() else None
         self.layout: TableLayout = inspect_layout(
-            self.path, dim, sidecar_dim=self.sidecar.dim if self.sidecar else None)
+            self.path, dim, sidecar_dim=self.sidecar.dim if self.sidecar else None
+        )
         if not self.layout.ok:
             first = self.layout.defects[0]
             more = len(self.layout.defects) - 1
             raise InvalidInputError(
                 first.message + (f" (and {more} more defect{'s' * (more > 1)})" if more else ""),
-                location=first.location, hint=f"run 'hps table verify {self.path}' for details")
+                location=first.location,
+                hint=f"run 'hps table verify {self.path}' for details",
+            )
         self.num_keys = self.layout.num_keys
         self.dim: int = int(self.layout.dim)  # type: ignore[arg-type]
         self.has_meta = self.layout.meta_bytes is not None
@@ -101,8 +116,11 @@ class TableReader:
 
     @property
     def row_bytes(self) -> int:
-        return KEY_DTYPE.itemsize + self.dim * VECTOR_DTYPE.itemsize + \
-            (META_DTYPE.itemsize if self.has_meta else 0)
+        return (
+            KEY_DTYPE.itemsize
+            + self.dim * VECTOR_DTYPE.itemsize
+            + (META_DTYPE.itemsize if self.has_meta else 0)
+        )
 
     def rows_per_chunk(self, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> int:
         # Chunks then start on a page of the mapped file and span whole pages: O_DIRECT-ready.
@@ -119,8 +137,14 @@ class TableReader:
     def meta(self) -> np.ndarray | None:
         return self._meta.array(0, self.num_keys) if self._meta else None
 
-    def chunks(self, rows: int | None = None, *, start: int = 0,
-               stop: int | None = None, release: bool = True) -> Iterator[TableChunk]:
+    def chunks(
+        self,
+        rows: int | None = None,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        release: bool = True,
+    ) -> Iterator[TableChunk]:
         """Yield consecutive chunks of rows; a chunk's arrays are valid until the next one.
 
         Copy what you need to keep: with ``release`` (the default) the pages of a chunk are
@@ -132,9 +156,11 @@ class TableReader:
         while first < stop:
             count = min(rows, stop - first)
             yield TableChunk(
-                first, self._keys.array(first, count),
+                first,
+                self._keys.array(first, count),
                 self._vectors.array(first, count, self.dim),
-                self._meta.array(first, count) if self._meta else None)
+                self._meta.array(first, count) if self._meta else None,
+            )
             if release:
                 self._keys.release(first, count)
                 self._vectors.release(first, count, self.dim)
@@ -146,8 +172,12 @@ class TableReader:
         """Copies of rows ``[start, start + count)``."""
         count = max(0, min(count, self.num_keys - start))
         meta = self._meta.array(start, count).copy() if self._meta else None
-        return TableChunk(start, self._keys.array(start, count).copy(),
-                          self._vectors.array(start, count, self.dim).copy(), meta)
+        return TableChunk(
+            start,
+            self._keys.array(start, count).copy(),
+            self._vectors.array(start, count, self.dim).copy(),
+            meta,
+        )
 
     def close(self) -> None:
         for mapped in (self._keys, self._vectors, self._meta):

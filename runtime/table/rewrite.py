@@ -1,4 +1,4 @@
-"""Streaming rewrite of a table into a new folder (re-verified, re-chunked, with a fresh sidecar)."""
+"""Streaming rewrite of a table into a new folder (re-verified, re-chunked, fresh sidecar)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,16 @@ from .reader import DEFAULT_CHUNK_BYTES, TableReader
 from .writer import TableSummary, TableWriter
 
 
-def rewrite_table(src: Path | str, dest: Path | str, *, dim: int | None = None,
-                  overwrite: bool = False, chunk_bytes: int = DEFAULT_CHUNK_BYTES,
-                  progress: Callable[[int], None] | None = None,
-                  **writer_options) -> TableSummary:
+def rewrite_table(
+    src: Path | str,
+    dest: Path | str,
+    *,
+    dim: int | None = None,
+    overwrite: bool = False,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    progress: Callable[[int], None] | None = None,
+    **writer_options,
+) -> TableSummary:
     """Copy table ``src`` to ``dest`` chunk by chunk, in constant memory and atomically.
 
     The writer re-checks every row (sentinel keys, shapes) and computes the sidecar's checksums
@@ -21,9 +27,14 @@ def rewrite_table(src: Path | str, dest: Path | str, *, dim: int | None = None,
     with TableReader(src, dim) as reader:
         source = {"rewritten_from": str(Path(src).resolve())}
         source.update(writer_options.pop("source", {}) or {})
-        writer = TableWriter(dest, reader.dim, overwrite=overwrite, with_meta=reader.has_meta,
-                             source=source,
-                             **{"expected_rows": reader.num_keys, **writer_options})
+        writer = TableWriter(
+            dest,
+            reader.dim,
+            overwrite=overwrite,
+            with_meta=reader.has_meta,
+            source=source,
+            **{"expected_rows": reader.num_keys, **writer_options},
+        )
         try:
             for chunk in reader.chunks(reader.rows_per_chunk(chunk_bytes)):
                 writer.append(chunk.keys, chunk.vectors, chunk.meta)

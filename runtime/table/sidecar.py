@@ -56,10 +56,16 @@ def read_sidecar(table: Path | str) -> Sidecar | None:
             return None
         files = {name: FileRecord(**rec) for name, rec in doc["files"].items()}
         return Sidecar(
-            dim=int(doc["dim"]), num_keys=int(doc["num_keys"]), files=files,
-            key_dtype=doc.get("key_dtype", "int64"), vector_dtype=doc.get("vector_dtype", "float32"),
-            duplicates=doc.get("duplicates"), sentinel_keys=doc.get("sentinel_keys"),
-            non_finite=doc.get("non_finite"), source=doc.get("source") or {})
+            dim=int(doc["dim"]),
+            num_keys=int(doc["num_keys"]),
+            files=files,
+            key_dtype=doc.get("key_dtype", "int64"),
+            vector_dtype=doc.get("vector_dtype", "float32"),
+            duplicates=doc.get("duplicates"),
+            sentinel_keys=doc.get("sentinel_keys"),
+            non_finite=doc.get("non_finite"),
+            source=doc.get("source") or {},
+        )
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -84,8 +90,9 @@ def sidecar_is_current(table: Path | str, sidecar: Sidecar) -> bool:
 def write_sidecar(table: Path | str, sidecar: Sidecar) -> None:
     """Write ``table.json`` (used inside an atomic table build, so no temp file is needed)."""
     path = Path(table) / SIDECAR_FILE
-    path.write_text(json.dumps(sidecar.to_json(), indent=2, sort_keys=True) + "\n",
-                    encoding="utf-8")
+    path.write_text(
+        json.dumps(sidecar.to_json(), indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
 
 
 def current_sidecar(table: Path | str) -> Sidecar | None:

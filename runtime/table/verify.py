@@ -14,8 +14,15 @@ from typing import Callable
 import numpy as np
 
 from .duplicates import DuplicateCounter, DuplicateStats
-from .layout import (EMPTY_KEY_INT64, EMPTY_KEY_UINT32, KEY_FILE, VECTOR_FILE, Defect,
-                     TableLayout, inspect_layout)
+from .layout import (
+    EMPTY_KEY_INT64,
+    EMPTY_KEY_UINT32,
+    KEY_FILE,
+    VECTOR_FILE,
+    Defect,
+    TableLayout,
+    inspect_layout,
+)
 from .reader import DEFAULT_CHUNK_BYTES, TableReader
 from .sidecar import current_sidecar
 
@@ -58,11 +65,20 @@ class TableReport:
             "ok": self.ok,
             "num_keys": lay.num_keys,
             "dim": lay.dim,
-            "bytes": {"key": lay.key_bytes, "emb_vector": lay.vector_bytes, "meta": lay.meta_bytes,
-                      "total": lay.total_bytes},
+            "bytes": {
+                "key": lay.key_bytes,
+                "emb_vector": lay.vector_bytes,
+                "meta": lay.meta_bytes,
+                "total": lay.total_bytes,
+            },
             "has_meta": lay.meta_bytes is not None,
-            "duplicates": None if dups is None else {
-                "extra_rows": dups.extra_rows, "keys": dups.keys, "examples": list(dups.examples)},
+            "duplicates": None
+            if dups is None
+            else {
+                "extra_rows": dups.extra_rows,
+                "keys": dups.keys,
+                "examples": list(dups.examples),
+            },
             "sentinel_keys": self.sentinel_keys,
             "sentinel_rows": list(self.sentinel_rows),
             "non_finite": self.non_finite,
@@ -72,17 +88,29 @@ class TableReport:
         }
 
 
-def table_info(path: Path | str, dim: int | None = None, *, key_width: int = 64,
-               progress: ProgressFn | None = None) -> TableReport:
+def table_info(
+    path: Path | str,
+    dim: int | None = None,
+    *,
+    key_width: int = 64,
+    progress: ProgressFn | None = None,
+) -> TableReport:
     """Counts, dim, sizes, duplicates and sentinel keys; reuses a current ``table.json``."""
-    return _examine(path, dim, key_width=key_width, scan_values=False, use_sidecar=True,
-                    progress=progress)
+    return _examine(
+        path, dim, key_width=key_width, scan_values=False, use_sidecar=True, progress=progress
+    )
 
 
-def verify_table(path: Path | str, dim: int | None = None, *, key_width: int = 64,
-                 scan_values: bool = False, use_sidecar: bool = False,
-                 progress: ProgressFn | None = None,
-                 chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> TableReport:
+def verify_table(
+    path: Path | str,
+    dim: int | None = None,
+    *,
+    key_width: int = 64,
+    scan_values: bool = False,
+    use_sidecar: bool = False,
+    progress: ProgressFn | None = None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> TableReport:
     """Check a table and report every defect found (``report.ok`` is False if any).
 
     Args:
@@ -93,28 +121,63 @@ def verify_table(path: Path | str, dim: int | None = None, *, key_width: int = 6
         scan_values: also scan every vector for NaN and Inf.
         use_sidecar: trust a current ``table.json`` instead of rescanning the keys.
     """
-    return _examine(path, dim, key_width=key_width, scan_values=scan_values,
-                    use_sidecar=use_sidecar, progress=progress, chunk_bytes=chunk_bytes)
+    return _examine(
+        path,
+        dim,
+        key_width=key_width,
+        scan_values=scan_values,
+        use_sidecar=use_sidecar,
+        progress=progress,
+        chunk_bytes=chunk_bytes,
+    )
 
 
-def _examine(path: Path | str, dim: int | None, *, key_width: int, scan_values: bool,
-             use_sidecar: bool, progress: ProgressFn | None,
-             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> TableReport:
+def _examine(
+    path: Path | str,
+    dim: int | None,
+    *,
+    key_width: int,
+    scan_values: bool,
+    use_sidecar: bool,
+    progress: ProgressFn | None,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> TableReport:
     path = Path(path)
     sidecar = current_sidecar(path) if path.is_dir() else None
     layout = inspect_layout(path, dim, sidecar_dim=sidecar.dim if sidecar else None)
     if not layout.ok:
         return TableReport(path, layout, defects=layout.defects)
 
-    if use_sidecar and sidecar is not None and sidecar.duplicates is not None \
-            and sidecar.sentinel_keys is not None and key_width == 64 \
-            and (not scan_values or sidecar.non_finite is not None):
+    if (
+        use_sidecar
+        and sidecar is not None
+        and sidecar.duplicates is not None
+        and sidecar.sentinel_keys is not None
+        and key_width == 64
+        and (not scan_values or sidecar.non_finite is not None)
+    ):
         dups = DuplicateStats(extra_rows=sidecar.duplicates)
-        defects = _stat_defects(path, dups, sidecar.sentinel_keys, (),
-                                sidecar.non_finite if scan_values else None, (), key_width, 0)
-        return TableReport(path, layout, dups, sidecar.sentinel_keys, (),
-                           sidecar.non_finite if scan_values else None, (), tuple(defects),
-                           from_sidecar=True)
+        defects = _stat_defects(
+            path,
+            dups,
+            sidecar.sentinel_keys,
+            (),
+            sidecar.non_finite if scan_values else None,
+            (),
+            key_width,
+            0,
+        )
+        return TableReport(
+            path,
+            layout,
+            dups,
+            sidecar.sentinel_keys,
+            (),
+            sidecar.non_finite if scan_values else None,
+            (),
+            tuple(defects),
+            from_sidecar=True,
+        )
 
     counter = DuplicateCounter()
     sentinel = EMPTY_KEY_INT64 if key_width == 64 else EMPTY_KEY_UINT32
@@ -148,36 +211,76 @@ def _examine(path: Path | str, dim: int | None, *, key_width: int, scan_values: 
     finally:
         dups = counter.finish()
         reader.close()
-    defects = _stat_defects(path, dups, sentinel_count, tuple(sentinel_rows[:_MAX_EXAMPLES]),
-                            non_finite, tuple(nan_rows[:_MAX_EXAMPLES]), key_width, out_of_range,
-                            tuple(range_rows[:_MAX_EXAMPLES]))
-    return TableReport(path, layout, dups, sentinel_count, tuple(sentinel_rows[:_MAX_EXAMPLES]),
-                       non_finite, tuple(nan_rows[:_MAX_EXAMPLES]), tuple(defects))
+    defects = _stat_defects(
+        path,
+        dups,
+        sentinel_count,
+        tuple(sentinel_rows[:_MAX_EXAMPLES]),
+        non_finite,
+        tuple(nan_rows[:_MAX_EXAMPLES]),
+        key_width,
+        out_of_range,
+        tuple(range_rows[:_MAX_EXAMPLES]),
+    )
+    return TableReport(
+        path,
+        layout,
+        dups,
+        sentinel_count,
+        tuple(sentinel_rows[:_MAX_EXAMPLES]),
+        non_finite,
+        tuple(nan_rows[:_MAX_EXAMPLES]),
+        tuple(defects),
+    )
 
 
-def _stat_defects(path: Path, dups: DuplicateStats, sentinels: int, sentinel_rows: tuple,
-                  non_finite: int | None, nan_rows: tuple, key_width: int, out_of_range: int,
-                  range_rows: tuple = ()) -> list[Defect]:
+def _stat_defects(
+    path: Path,
+    dups: DuplicateStats,
+    sentinels: int,
+    sentinel_rows: tuple,
+    non_finite: int | None,
+    nan_rows: tuple,
+    key_width: int,
+    out_of_range: int,
+    range_rows: tuple = (),
+) -> list[Defect]:
     defects: list[Defect] = []
     key_loc, vec_loc = str(path / KEY_FILE), str(path / VECTOR_FILE)
     if sentinels:
         value = EMPTY_KEY_INT64 if key_width == 64 else EMPTY_KEY_UINT32
         rows = f" at rows {', '.join(map(str, sentinel_rows))}" if sentinel_rows else ""
-        defects.append(Defect(
-            "sentinel_key", f"{sentinels} key(s) equal {value}, the GPU cache's empty-slot "
-            f"marker, which can never be looked up{rows}", key_loc))
+        defects.append(
+            Defect(
+                "sentinel_key",
+                f"{sentinels} key(s) equal {value}, the GPU cache's empty-slot "
+                f"marker, which can never be looked up{rows}",
+                key_loc,
+            )
+        )
     if out_of_range:
         rows = f" (rows {', '.join(map(str, range_rows))})" if range_rows else ""
-        defects.append(Defect(
-            "key_range", f"{out_of_range} key(s) do not fit uint32 (supportlonglong is false, so "
-            f"HPS truncates them and they collide){rows}", key_loc))
+        defects.append(
+            Defect(
+                "key_range",
+                f"{out_of_range} key(s) do not fit uint32 (supportlonglong is false, so "
+                f"HPS truncates them and they collide){rows}",
+                key_loc,
+            )
+        )
     if dups.extra_rows:
         shown = f"; e.g. {', '.join(map(str, dups.examples))}" if dups.examples else ""
-        defects.append(Defect(
-            "duplicate_keys", f"{dups.extra_rows} duplicate row(s) over {dups.keys or '?'} key(s) "
-            f"(HPS keeps whichever it inserts last){shown}", key_loc))
+        defects.append(
+            Defect(
+                "duplicate_keys",
+                f"{dups.extra_rows} duplicate row(s) over {dups.keys or '?'} key(s) "
+                f"(HPS keeps whichever it inserts last){shown}",
+                key_loc,
+            )
+        )
     if non_finite:
         rows = f" at rows {', '.join(map(str, nan_rows))}" if nan_rows else ""
-        defects.append(Defect(
-            "non_finite", f"{non_finite} vector(s) contain NaN or Inf{rows}", vec_loc))
+        defects.append(
+            Defect("non_finite", f"{non_finite} vector(s) contain NaN or Inf{rows}", vec_loc)
+        )
     return defects

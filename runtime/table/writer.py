@@ -22,8 +22,15 @@ from ..checksum import crc32
 from ..direct_io import DirectFile
 from ..errors import InvalidInputError
 from .duplicates import DuplicateCounter, DuplicateStats
-from .layout import (EMPTY_KEY_INT64, KEY_DTYPE, KEY_FILE, META_DTYPE, META_FILE, VECTOR_DTYPE,
-                     VECTOR_FILE)
+from .layout import (
+    EMPTY_KEY_INT64,
+    KEY_DTYPE,
+    KEY_FILE,
+    META_DTYPE,
+    META_FILE,
+    VECTOR_DTYPE,
+    VECTOR_FILE,
+)
 from .sidecar import FileRecord, Sidecar, write_sidecar
 
 
@@ -42,10 +49,14 @@ class TableSummary:
 
     def to_dict(self) -> dict:
         return {
-            "path": str(self.path), "num_keys": self.num_keys, "dim": self.dim,
-            "bytes": self.bytes, "seconds": round(self.seconds, 3),
+            "path": str(self.path),
+            "num_keys": self.num_keys,
+            "dim": self.dim,
+            "bytes": self.bytes,
+            "seconds": round(self.seconds, 3),
             "duplicates": None if self.duplicates is None else self.duplicates.extra_rows,
-            "non_finite": self.non_finite, "checksum": self.checksum,
+            "non_finite": self.non_finite,
+            "checksum": self.checksum,
         }
 
 
@@ -57,8 +68,9 @@ class _Sink:
 
     def __init__(self, path: Path, expected_bytes: int = 0):
         self.path = path
-        self.file = DirectFile(path, expected_bytes=expected_bytes,
-                               direct=expected_bytes >= _DIRECT_MIN_BYTES)
+        self.file = DirectFile(
+            path, expected_bytes=expected_bytes, direct=expected_bytes >= _DIRECT_MIN_BYTES
+        )
         self.crc = 0
 
     @property
@@ -102,10 +114,21 @@ class TableWriter:
         ...     w.append(keys, vectors)
     """
 
-    def __init__(self, dest: Path | str, dim: int, *, overwrite: bool = False,
-                 with_meta: bool = False, sidecar: bool = True, source: dict | None = None,
-                 atomic: bool = True, count_duplicates: bool = True, scan_values: bool = True,
-                 sync: bool = True, expected_rows: int | None = None):
+    def __init__(
+        self,
+        dest: Path | str,
+        dim: int,
+        *,
+        overwrite: bool = False,
+        with_meta: bool = False,
+        sidecar: bool = True,
+        source: dict | None = None,
+        atomic: bool = True,
+        count_duplicates: bool = True,
+        scan_values: bool = True,
+        sync: bool = True,
+        expected_rows: int | None = None,
+    ):
         if int(dim) <= 0:
             raise InvalidInputError(f"dim must be positive, got {dim}", location=str(dest))
         self.dest = Path(dest)
@@ -127,8 +150,11 @@ class TableWriter:
         rows = max(0, int(expected_rows or 0))
         opened: list[_Sink] = []
         try:
-            for name, nbytes in ((KEY_FILE, rows * 8), (VECTOR_FILE, rows * 4 * self.dim),
-                                 (META_FILE, rows * 8)):
+            for name, nbytes in (
+                (KEY_FILE, rows * 8),
+                (VECTOR_FILE, rows * 4 * self.dim),
+                (META_FILE, rows * 8),
+            ):
                 if name != META_FILE or with_meta:
                     opened.append(_Sink(folder / name, nbytes))
         except BaseException:  # e.g. no space for the announced rows: leave nothing behind
@@ -154,19 +180,26 @@ class TableWriter:
         if vectors.ndim != 2 or vectors.shape != (keys.size, self.dim):
             raise InvalidInputError(
                 f"rows {self.num_keys}..{self.num_keys + keys.size}: got vectors of shape "
-                f"{vectors.shape}, expected ({keys.size}, {self.dim})", location=str(self.dest))
-        if not (np.issubdtype(vectors.dtype, np.floating) or np.issubdtype(vectors.dtype, np.integer)):
-            raise InvalidInputError(f"vectors of dtype {vectors.dtype} are not numbers",
-                                    location=str(self.dest))
+                f"{vectors.shape}, expected ({keys.size}, {self.dim})",
+                location=str(self.dest),
+            )
+        if not (
+            np.issubdtype(vectors.dtype, np.floating) or np.issubdtype(vectors.dtype, np.integer)
+        ):
+            raise InvalidInputError(
+                f"vectors of dtype {vectors.dtype} are not numbers", location=str(self.dest)
+            )
         vectors = np.ascontiguousarray(vectors, dtype=VECTOR_DTYPE)
         if self.with_meta:
             if meta is None or np.shape(meta) != keys.shape:
-                raise InvalidInputError("meta must hold one integer per key",
-                                        location=str(self.dest))
+                raise InvalidInputError(
+                    "meta must hold one integer per key", location=str(self.dest)
+                )
             meta = np.ascontiguousarray(meta, dtype=META_DTYPE)
         elif meta is not None:
-            raise InvalidInputError("meta given to a writer created without with_meta",
-                                    location=str(self.dest))
+            raise InvalidInputError(
+                "meta given to a writer created without with_meta", location=str(self.dest)
+            )
         if not keys.size:
             return
         parts = [(self._keys, keys), (self._vectors, vectors)]
@@ -205,17 +238,25 @@ class TableWriter:
         self._crc_pool.shutdown(wait=True)
         try:
             if self.num_keys == 0:
-                raise InvalidInputError("no rows to write: HPS cannot load an empty table",
-                                        location=str(self.dest))
-            records = {KEY_FILE: self._keys.close(self.sync),
-                       VECTOR_FILE: self._vectors.close(self.sync)}
+                raise InvalidInputError(
+                    "no rows to write: HPS cannot load an empty table", location=str(self.dest)
+                )
+            records = {
+                KEY_FILE: self._keys.close(self.sync),
+                VECTOR_FILE: self._vectors.close(self.sync),
+            }
             if self._meta is not None:
                 records[META_FILE] = self._meta.close(self.sync)
             dups = self._dups.finish() if self._dups is not None else None
             sidecar = Sidecar(
-                dim=self.dim, num_keys=self.num_keys, files=records,
-                duplicates=None if dups is None else dups.extra_rows, sentinel_keys=0,
-                non_finite=self._non_finite, source=self.source)
+                dim=self.dim,
+                num_keys=self.num_keys,
+                files=records,
+                duplicates=None if dups is None else dups.extra_rows,
+                sentinel_keys=0,
+                non_finite=self._non_finite,
+                source=self.source,
+            )
             if self._want_sidecar:
                 write_sidecar(self.folder, sidecar)
             if self._work is not None:
@@ -225,8 +266,16 @@ class TableWriter:
             raise
         self._closed = True
         total = sum(r.bytes for r in records.values())
-        return TableSummary(self.dest, self.num_keys, self.dim, total, dups, self._non_finite,
-                            time.perf_counter() - self._started, sidecar.checksum())
+        return TableSummary(
+            self.dest,
+            self.num_keys,
+            self.dim,
+            total,
+            dups,
+            self._non_finite,
+            time.perf_counter() - self._started,
+            sidecar.checksum(),
+        )
 
     def abort(self) -> None:
         """Discard everything written (nothing appears at ``dest``)."""
@@ -262,20 +311,28 @@ def _as_keys(keys: np.ndarray, dest: Path, offset: int) -> np.ndarray:
         raise InvalidInputError(f"keys must be integers, got {keys.dtype}", location=str(dest))
     if keys.dtype == np.uint64 and keys.size and keys.max() > np.iinfo(np.int64).max:
         row = int(np.argmax(keys > np.iinfo(np.int64).max)) + offset
-        raise InvalidInputError(f"key {keys.max()} at row {row} does not fit int64",
-                                location=str(dest))
+        raise InvalidInputError(
+            f"key {keys.max()} at row {row} does not fit int64", location=str(dest)
+        )
     keys = np.ascontiguousarray(keys, dtype=KEY_DTYPE)
     hits = np.flatnonzero(keys == EMPTY_KEY_INT64)
     if hits.size:
         raise InvalidInputError(
             f"key {EMPTY_KEY_INT64} at row {int(hits[0]) + offset} is the GPU cache's empty-slot "
-            "marker and can never be looked up", location=str(dest),
-            hint="remap or drop that key before writing the table")
+            "marker and can never be looked up",
+            location=str(dest),
+            hint="remap or drop that key before writing the table",
+        )
     return keys
 
 
-def write_table(dest: Path | str, keys: np.ndarray, vectors: np.ndarray,
-                meta: np.ndarray | None = None, **options) -> TableSummary:
+def write_table(
+    dest: Path | str,
+    keys: np.ndarray,
+    vectors: np.ndarray,
+    meta: np.ndarray | None = None,
+    **options,
+) -> TableSummary:
     """Write a whole table from in-memory arrays (convenience for small tables and tests)."""
     vectors = np.asarray(vectors)
     dim = vectors.shape[1] if vectors.ndim == 2 else 0

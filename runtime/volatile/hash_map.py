@@ -45,6 +45,7 @@ _ROW_GROWTH = 1.25
 _MIN_SEGMENT = 8
 _UNLIMITED = 2**63 - 1
 
+
 def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     """Drop repeated keys, keeping each key's last occurrence (as HPS's upserts do), in order."""
     if keys.size < 2:
@@ -74,33 +75,51 @@ class HashMapTable:
         seed: seeds the random eviction.
     """
 
-    def __init__(self, dim: int, *, num_partitions: int = 16, overflow_margin: int | None = None,
-                 overflow_policy: str = "evict_random", overflow_resolution_target: float = 0.8,
-                 reserve: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        num_partitions: int = 16,
+        overflow_margin: int | None = None,
+        overflow_policy: str = "evict_random",
+        overflow_resolution_target: float = 0.8,
+        reserve: int = 0,
+        seed: int = 0,
+    ):
         if int(dim) <= 0:
             raise InvalidInputError(f"dim must be positive, got {dim}", location="dim")
         if int(num_partitions) < 1:
-            raise InvalidInputError(f"num_partitions must be at least 1, got {num_partitions}",
-                                    location="volatile_db.num_partitions")
+            raise InvalidInputError(
+                f"num_partitions must be at least 1, got {num_partitions}",
+                location="volatile_db.num_partitions",
+            )
         if overflow_policy not in POLICIES:
-            raise InvalidInputError(f"unknown overflow_policy '{overflow_policy}'",
-                                    location="volatile_db.overflow_policy",
-                                    hint="use one of " + ", ".join(POLICIES))
+            raise InvalidInputError(
+                f"unknown overflow_policy '{overflow_policy}'",
+                location="volatile_db.overflow_policy",
+                hint="use one of " + ", ".join(POLICIES),
+            )
         if not 0.0 < float(overflow_resolution_target) <= 1.0:
             raise InvalidInputError(
                 f"overflow_resolution_target must lie in (0, 1], got {overflow_resolution_target}",
-                location="volatile_db.overflow_resolution_target")
+                location="volatile_db.overflow_resolution_target",
+            )
         self.dim = int(dim)
         self.num_partitions = int(num_partitions)
         margin = _UNLIMITED if overflow_margin is None else min(int(overflow_margin), _UNLIMITED)
         if margin < 0:
-            raise InvalidInputError(f"overflow_margin must not be negative, got {overflow_margin}",
-                                    location="volatile_db.overflow_margin")
+            raise InvalidInputError(
+                f"overflow_margin must not be negative, got {overflow_margin}",
+                location="volatile_db.overflow_margin",
+            )
         self.overflow_margin = margin
         self.overflow_policy = overflow_policy
         self.overflow_resolution_target = float(overflow_resolution_target)
-        self._resolve_to = int(round(margin * self.overflow_resolution_target)) \
-            if margin < _UNLIMITED else _UNLIMITED
+        self._resolve_to = (
+            int(round(margin * self.overflow_resolution_target))
+            if margin < _UNLIMITED
+            else _UNLIMITED
+        )
         self._rng = np.random.default_rng(seed)
         self._lock = RWLock()
         self._live = np.zeros(self.num_partitions, dtype=np.int64)
@@ -153,7 +172,9 @@ class HashMapTable:
 
     # ---------------------------------------------------------------- public operations
 
-    def lookup(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def lookup(
+        self, keys: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys``: returns ``(out, hit)``; rows of misses in ``out`` are untouched.
 
         ``out`` (``(n, dim)`` float32) is allocated when not given (miss rows then hold zeros).
@@ -162,8 +183,10 @@ class HashMapTable:
         if out is None:
             out = np.zeros((keys.size, self.dim), dtype=np.float32)
         elif out.shape != (keys.size, self.dim) or out.dtype != np.float32:
-            raise InvalidInputError(f"out must be float32 ({keys.size}, {self.dim}), got "
-                                    f"{out.dtype} {out.shape}", location="out")
+            raise InvalidInputError(
+                f"out must be float32 ({keys.size}, {self.dim}), got {out.dtype} {out.shape}",
+                location="out",
+            )
         with self._lock.read():
             slots = self._find(keys)
             hit = slots >= 0
@@ -331,8 +354,12 @@ class HashMapTable:
         used = self._live + self._tomb + incoming
         if (used > _MAX_LOAD * self._segment).any():
             need = int((self._live + incoming).max())
-            self._rebuild(max(self._segment if need <= _GROW_LOAD * self._segment else 0,
-                              self._segment_for(need)))
+            self._rebuild(
+                max(
+                    self._segment if need <= _GROW_LOAD * self._segment else 0,
+                    self._segment_for(need),
+                )
+            )
 
     # ---------------------------------------------------------------- rows and metadata
 
@@ -340,20 +367,23 @@ class HashMapTable:
         needed = self._top + max(0, extra - self._nfree)
         if needed <= self._vectors.shape[0]:
             return
-        size = max(needed, int(self._vectors.shape[0] * _ROW_GROWTH) + 16) \
-            if self._vectors.shape[0] else needed
+        size = (
+            max(needed, int(self._vectors.shape[0] * _ROW_GROWTH) + 16)
+            if self._vectors.shape[0]
+            else needed
+        )
         grown = np.empty((size, self.dim), dtype=np.float32)
-        grown[:self._top] = self._vectors[:self._top]
+        grown[: self._top] = self._vectors[: self._top]
         self._vectors = grown
         if self._meta is not None:
             meta = np.zeros(size, dtype=np.int64)
-            meta[:self._top] = self._meta[:self._top]
+            meta[: self._top] = self._meta[: self._top]
             self._meta = meta
 
     def _alloc_rows(self, count: int) -> np.ndarray:
         self._ensure_rows(count)
         reused = min(count, self._nfree)
-        rows = self._free[self._nfree - reused:self._nfree].copy()
+        rows = self._free[self._nfree - reused : self._nfree].copy()
         self._nfree -= reused
         fresh = count - reused
         if fresh:
@@ -364,9 +394,9 @@ class HashMapTable:
     def _free_rows(self, rows: np.ndarray) -> None:
         if self._nfree + rows.size > self._free.size:
             grown = np.empty(max(self._nfree + rows.size, 2 * self._free.size), dtype=np.int64)
-            grown[:self._nfree] = self._free[:self._nfree]
+            grown[: self._nfree] = self._free[: self._nfree]
             self._free = grown
-        self._free[self._nfree:self._nfree + rows.size] = rows
+        self._free[self._nfree : self._nfree + rows.size] = rows
         self._nfree += rows.size
 
     def _touch(self, rows: np.ndarray) -> None:
@@ -421,14 +451,17 @@ class HashMapTable:
         incoming = np.bincount(part, minlength=self.num_partitions)
         # Keys of this batch already held (just updated) in each partition: the resolution
         # target must not push them out, or their new values would be lost.
-        held = np.bincount(protected_slots // self._segment, minlength=self.num_partitions) \
-            if protected_slots.size else np.zeros(self.num_partitions, dtype=np.int64)
+        held = (
+            np.bincount(protected_slots // self._segment, minlength=self.num_partitions)
+            if protected_slots.size
+            else np.zeros(self.num_partitions, dtype=np.int64)
+        )
         keep_new = np.ones(new.size, dtype=bool)
         for p in np.flatnonzero(self._live + incoming > margin):
             arriving = int(incoming[p])
             if arriving > margin:  # more new keys than fit: keep the batch's last `margin`
                 mine = np.flatnonzero(part == p)
-                lost = mine[:arriving - margin]
+                lost = mine[: arriving - margin]
                 keep_new[lost] = False
                 dropped.append(keys[new[lost]])
                 arriving = margin
@@ -442,7 +475,7 @@ class HashMapTable:
 
     def _evict(self, partition: int, count: int, protected_slots: np.ndarray) -> np.ndarray:
         first = partition * self._segment
-        segment = self._slots[first:first + self._segment]
+        segment = self._slots[first : first + self._segment]
         local = np.flatnonzero(segment[:, 1] >= 0)
         rows = segment[local, 1]
         if self.overflow_policy == "evict_random":
@@ -450,8 +483,12 @@ class HashMapTable:
         else:
             score = self._meta[rows].astype(np.float64)
         if protected_slots.size:
-            mine = protected_slots[(protected_slots >= first)
-                                   & (protected_slots < first + self._segment)] - first
+            mine = (
+                protected_slots[
+                    (protected_slots >= first) & (protected_slots < first + self._segment)
+                ]
+                - first
+            )
             score[np.isin(local, mine)] = np.inf  # keys of this very batch go last
         if count < local.size:
             victims = local[np.argpartition(score, count - 1)[:count]]
@@ -481,8 +518,7 @@ class HashMapTable:
             raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
         if keys.dtype != np.int64:
             if keys.size and not np.issubdtype(keys.dtype, np.integer):
-                raise InvalidInputError(f"keys must be integers, got {keys.dtype}",
-                                        location="keys")
+                raise InvalidInputError(f"keys must be integers, got {keys.dtype}", location="keys")
             keys = keys.astype(np.int64)
         return keys
 
@@ -491,5 +527,6 @@ class HashMapTable:
         if vectors.shape != (n, self.dim):
             raise InvalidInputError(
                 f"vectors must have shape ({n}, {self.dim}), got {vectors.shape}",
-                location="vectors")
+                location="vectors",
+            )
         return np.ascontiguousarray(vectors, dtype=np.float32)

@@ -75,10 +75,15 @@ def parse_address(address: str) -> list[tuple[str, int]]:
         try:
             nodes.append((host or "127.0.0.1", int(port)))
         except ValueError:
-            raise ConfigError(f"'{part}' is not host:port", location="volatile_db.address") from None
+            raise ConfigError(
+                f"'{part}' is not host:port", location="volatile_db.address"
+            ) from None
     if not nodes:
-        raise ConfigError("no Redis node address given", location="volatile_db.address",
-                          hint='e.g. "127.0.0.1:7000,127.0.0.1:7001"')
+        raise ConfigError(
+            "no Redis node address given",
+            location="volatile_db.address",
+            hint='e.g. "127.0.0.1:7000,127.0.0.1:7001"',
+        )
     return nodes
 
 
@@ -100,12 +105,23 @@ class RedisClusterStore:
         ConfigError: TLS files are missing, or the address is malformed.
     """
 
-    def __init__(self, address: str, *, user_name: str = "default", password: str = "",
-                 enable_tls: bool = False, tls_ca_certificate: str = "",
-                 tls_client_certificate: str = "", tls_client_key: str = "",
-                 tls_server_name_identification: str = "", num_node_connections: int = 5,
-                 max_batch_size: int = 65536, socket_timeout_s: float = 5.0,
-                 connect_timeout_s: float = 1.0, retry_interval_s: float = 1.0):
+    def __init__(
+        self,
+        address: str,
+        *,
+        user_name: str = "default",
+        password: str = "",
+        enable_tls: bool = False,
+        tls_ca_certificate: str = "",
+        tls_client_certificate: str = "",
+        tls_client_key: str = "",
+        tls_server_name_identification: str = "",
+        num_node_connections: int = 5,
+        max_batch_size: int = 65536,
+        socket_timeout_s: float = 5.0,
+        connect_timeout_s: float = 1.0,
+        retry_interval_s: float = 1.0,
+    ):
         redis = _redis()
         from redis.backoff import NoBackoff
         from redis.cluster import ClusterNode, RedisCluster
@@ -118,39 +134,57 @@ class RedisClusterStore:
         self._down_until = 0.0
         self._state_lock = threading.Lock()
         nodes = parse_address(address)
-        kwargs: dict = {"socket_timeout": socket_timeout_s,
-                        "socket_connect_timeout": connect_timeout_s}
+        kwargs: dict = {
+            "socket_timeout": socket_timeout_s,
+            "socket_connect_timeout": connect_timeout_s,
+        }
         if password:
             kwargs.update(username=user_name or None, password=password)
         if enable_tls:
-            files = {"tls_ca_certificate": tls_ca_certificate,
-                     "tls_client_certificate": tls_client_certificate,
-                     "tls_client_key": tls_client_key}
+            files = {
+                "tls_ca_certificate": tls_ca_certificate,
+                "tls_client_certificate": tls_client_certificate,
+                "tls_client_key": tls_client_key,
+            }
             for name, path in files.items():
                 if not path or not Path(path).is_file():
-                    raise ConfigError(f"TLS is enabled but '{path}' is not a file",
-                                      location=f"volatile_db.{name}")
-            kwargs.update(ssl=True, ssl_ca_certs=tls_ca_certificate,
-                          ssl_certfile=tls_client_certificate, ssl_keyfile=tls_client_key)
-            if tls_server_name_identification and \
-                    tls_server_name_identification not in {h for h, _ in nodes}:
-                log.warning("redis-py sends each node's host name for SNI; "
-                            "tls_server_name_identification=%r is not sent",
-                            tls_server_name_identification)
+                    raise ConfigError(
+                        f"TLS is enabled but '{path}' is not a file", location=f"volatile_db.{name}"
+                    )
+            kwargs.update(
+                ssl=True,
+                ssl_ca_certs=tls_ca_certificate,
+                ssl_certfile=tls_client_certificate,
+                ssl_keyfile=tls_client_key,
+            )
+            if tls_server_name_identification and tls_server_name_identification not in {
+                h for h, _ in nodes
+            }:
+                log.warning(
+                    "redis-py sends each node's host name for SNI; "
+                    "tls_server_name_identification=%r is not sent",
+                    tls_server_name_identification,
+                )
         try:
             self.client = RedisCluster(
                 startup_nodes=[ClusterNode(host, port) for host, port in nodes],
                 retry=Retry(NoBackoff(), 0),
-                decode_responses=False, **kwargs)
+                decode_responses=False,
+                **kwargs,
+            )
             self.client.ping(target_nodes=RedisCluster.PRIMARIES)
         except redis.exceptions.AuthenticationError as exc:
-            raise ServiceUnavailableError(f"Redis refused the credentials: {exc}",
-                                          location=address,
-                                          hint="check volatile_db.user_name and password") from None
+            raise ServiceUnavailableError(
+                f"Redis refused the credentials: {exc}",
+                location=address,
+                hint="check volatile_db.user_name and password",
+            ) from None
         except _failures() as exc:
             raise ServiceUnavailableError(
-                f"cannot reach the Redis Cluster: {exc}", location=address,
-                hint="start the cluster, or check volatile_db.address") from None
+                f"cannot reach the Redis Cluster: {exc}",
+                location=address,
+                hint="start the cluster, or check volatile_db.address",
+            ) from None
         self._touches: queue.Queue = queue.Queue(maxsize=_TOUCH_QUEUE)
         self._toucher: threading.Thread | None = None
         self._closed = False
@@ -163,8 +197,11 @@ class RedisClusterStore:
     def mark_down(self, error: BaseException) -> None:
         with self._state_lock:
             if self.available():
-                log.warning("Redis Cluster failed (%s); falling through to the next tier for "
-                            "%.1f s", error, self.retry_interval_s)
+                log.warning(
+                    "Redis Cluster failed (%s); falling through to the next tier for %.1f s",
+                    error,
+                    self.retry_interval_s,
+                )
             self._down_until = time.monotonic() + self.retry_interval_s
 
     def execute(self, commands: list[tuple], *, raise_on_error: bool = False) -> list:
@@ -216,8 +253,9 @@ class RedisClusterStore:
         if self._toucher is None:
             with self._state_lock:
                 if self._toucher is None:
-                    self._toucher = threading.Thread(target=self._touch_loop, daemon=True,
-                                                     name="hps-redis-touch")
+                    self._toucher = threading.Thread(
+                        target=self._touch_loop, daemon=True, name="hps-redis-touch"
+                    )
                     self._toucher.start()
         try:
             self._touches.put_nowait(commands)
@@ -241,12 +279,29 @@ class RedisClusterStore:
         if self._toucher is not None:
             self._touches.join()
 
-    def table(self, tag: str, dim: int, *, num_partitions: int, key_width: int = 64,
-              overflow_margin: int | None = None, overflow_policy: str = "evict_random",
-              overflow_resolution_target: float = 0.8, seed: int = 0) -> "RedisTable":
-        return RedisTable(self, tag, dim, num_partitions=num_partitions, key_width=key_width,
-                          overflow_margin=overflow_margin, overflow_policy=overflow_policy,
-                          overflow_resolution_target=overflow_resolution_target, seed=seed)
+    def table(
+        self,
+        tag: str,
+        dim: int,
+        *,
+        num_partitions: int,
+        key_width: int = 64,
+        overflow_margin: int | None = None,
+        overflow_policy: str = "evict_random",
+        overflow_resolution_target: float = 0.8,
+        seed: int = 0,
+    ) -> "RedisTable":
+        return RedisTable(
+            self,
+            tag,
+            dim,
+            num_partitions=num_partitions,
+            key_width=key_width,
+            overflow_margin=overflow_margin,
+            overflow_policy=overflow_policy,
+            overflow_resolution_target=overflow_resolution_target,
+            seed=seed,
+        )
 
     def close(self) -> None:
         self._closed = True
@@ -262,23 +317,38 @@ class RedisClusterStore:
 class RedisTable:
     """One table in the cluster: lookup (with failure reporting), insert with eviction, remove."""
 
-    def __init__(self, store: RedisClusterStore, tag: str, dim: int, *, num_partitions: int,
-                 key_width: int = 64, overflow_margin: int | None = None,
-                 overflow_policy: str = "evict_random", overflow_resolution_target: float = 0.8,
-                 seed: int = 0):
+    def __init__(
+        self,
+        store: RedisClusterStore,
+        tag: str,
+        dim: int,
+        *,
+        num_partitions: int,
+        key_width: int = 64,
+        overflow_margin: int | None = None,
+        overflow_policy: str = "evict_random",
+        overflow_resolution_target: float = 0.8,
+        seed: int = 0,
+    ):
         if overflow_policy not in POLICIES:
-            raise ConfigError(f"unknown overflow_policy '{overflow_policy}'",
-                              location="volatile_db.overflow_policy")
+            raise ConfigError(
+                f"unknown overflow_policy '{overflow_policy}'",
+                location="volatile_db.overflow_policy",
+            )
         self.store = store
         self.tag = tag
         self.dim = int(dim)
         self.num_partitions = int(num_partitions)
         self.key_width = key_width
-        self.overflow_margin = overflow_margin if overflow_margin is not None \
-            and overflow_margin < 2**63 else None
+        self.overflow_margin = (
+            overflow_margin if overflow_margin is not None and overflow_margin < 2**63 else None
+        )
         self.overflow_policy = overflow_policy
-        self._resolve_to = None if self.overflow_margin is None else \
-            int(round(self.overflow_margin * overflow_resolution_target))
+        self._resolve_to = (
+            None
+            if self.overflow_margin is None
+            else int(round(self.overflow_margin * overflow_resolution_target))
+        )
         self._names = [redis_hash_names(tag, p) for p in range(self.num_partitions)]
         self._rng = np.random.default_rng(seed)
         self.evictions = 0
@@ -295,9 +365,9 @@ class RedisTable:
         bounds = np.searchsorted(part[order], np.arange(self.num_partitions + 1))
         step = self.store.max_batch_size
         for p in range(self.num_partitions):
-            mine = order[bounds[p]:bounds[p + 1]]
+            mine = order[bounds[p] : bounds[p + 1]]
             for first in range(0, mine.size, step):
-                yield p, mine[first:first + step]
+                yield p, mine[first : first + step]
 
     def _meta_value(self) -> bytes:
         if self.overflow_policy == "evict_oldest":
@@ -310,8 +380,9 @@ class RedisTable:
 
     # ------------------------------------------------------------------ lookups
 
-    def lookup(self, keys: np.ndarray, out: np.ndarray | None = None
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lookup(
+        self, keys: np.ndarray, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectors of ``keys``: ``(out, hit, failed)``; ``failed`` marks keys whose command
         failed (not misses: the caller should count them as tier failures). Never raises on
         a cluster failure."""
@@ -329,7 +400,8 @@ class RedisTable:
         groups = list(self._groups(keys))
 
         results = self.store.execute(
-            [("hmget", self._names[p][0], [kb[i] for i in pos]) for p, pos in groups])
+            [("hmget", self._names[p][0], [kb[i] for i in pos]) for p, pos in groups]
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if len(errors) == len(results):
             self.store.mark_down(errors[0])
@@ -343,8 +415,9 @@ class RedisTable:
             if not found:
                 continue
             where = pos[found]
-            out[where] = np.frombuffer(b"".join([values[i] for i in found]),
-                                       dtype="<f4").reshape(len(found), self.dim)
+            out[where] = np.frombuffer(b"".join([values[i] for i in found]), dtype="<f4").reshape(
+                len(found), self.dim
+            )
             hit[where] = True
             if self.overflow_policy != "evict_random":
                 touched.append((p, [kb[i] for i in where]))
@@ -372,8 +445,9 @@ class RedisTable:
         when the cluster fails (the caller cannot know which writes landed)."""
         if not keys.size:
             return np.empty(0, dtype=np.int64)
-        keys, vectors = dedupe_last(np.asarray(keys, dtype=np.int64),
-                                    np.ascontiguousarray(vectors, dtype="<f4"))
+        keys, vectors = dedupe_last(
+            np.asarray(keys, dtype=np.int64), np.ascontiguousarray(vectors, dtype="<f4")
+        )
         kb = self._key_bytes(keys)
         raw = vectors.tobytes()
         vsize = 4 * self.dim
@@ -383,8 +457,9 @@ class RedisTable:
         commands: list[tuple] = []
         for p, pos in groups:
             v, t = self._names[p]
-            commands.append(("hset", v, None, None,
-                             {kb[i]: raw[i * vsize:(i + 1) * vsize] for i in pos}))
+            commands.append(
+                ("hset", v, None, None, {kb[i]: raw[i * vsize : (i + 1) * vsize] for i in pos})
+            )
             commands.append(("hset", t, None, None, dict.fromkeys([kb[i] for i in pos], meta)))
             commands.append(("hlen", v))
         results = self._run(commands)
@@ -427,7 +502,7 @@ class RedisTable:
 
         commands: list[tuple] = []
         for first in range(0, len(victims), self.store.max_batch_size):
-            chunk = victims[first:first + self.store.max_batch_size]
+            chunk = victims[first : first + self.store.max_batch_size]
             commands += [("hdel", v, *chunk), ("hdel", t, *chunk)]
         self._run(commands)
         self.evictions += len(victims)
@@ -451,8 +526,10 @@ class RedisTable:
 
     def clear(self) -> None:
         """Delete every hash of this table and its record."""
-        self._run([("delete", name) for pair in self._names for name in pair]
-                  + [("delete", self.record_key)])
+        self._run(
+            [("delete", name) for pair in self._names for name in pair]
+            + [("delete", self.record_key)]
+        )
 
     def size(self) -> int:
         return int(self.partition_sizes().sum())
@@ -475,10 +552,11 @@ class RedisTable:
             return self.store.execute(commands, raise_on_error=True)
         except _failures() as exc:
             self.store.mark_down(exc)
-            raise ServiceUnavailableError(f"Redis Cluster failed: {exc}",
-                                          location=self.store.address,
-                                          hint="the volatile tier may hold stale values of "
-                                               "these keys until it is reloaded") from None
+            raise ServiceUnavailableError(
+                f"Redis Cluster failed: {exc}",
+                location=self.store.address,
+                hint="the volatile tier may hold stale values of these keys until it is reloaded",
+            ) from None
 
 
 def _meta_score(raw: bytes | None, lfu: bool) -> float:
