@@ -1,21 +1,24 @@
 """GPU cache benchmarks, each against its own baseline measured in the same run.
 
-    python benchmarks/bench_gpu_cache.py --out results.json
+    python benchmarks/bench_gpu_cache.py --out .bench/gpu_cache.json
 
-1. Cache query of 1M keys, 100 % hits, uniform keys, dim 32 and 128, vs a plain gather kernel
-   that copies the same rows by known index (the physical floor): throughput ratio. The cache
-   is full, as a serving cache is once warm and as HPS sizes it (gpucacheper ≤ 1: slots ≤ table
-   rows): 1 M keys inserted into 1 M slots, of which the 8-way sets keep about 900 K (a key
-   whose set is full evicts another); the query's 1 M keys are a shuffled pass over the cached
-   ones, continued to 1 M (each key at most twice; until the fifth session they were drawn with
-   replacement). ``query_1M_half_full`` repeats it with 1 M keys in 2 M slots (the protocol of
-   the first two GPU sessions). The query runs as a 1 M-key lookup runs it (occurrence counts
-   passed as weights, here 1, hits into the hit bytes); the fold of the hit bytes into the
-   scores, due every HIT_FOLD_EVERY such queries, is
-   timed too and its share added in ``throughput_ratio_with_fold``.
+Except the Zipf run (4.), every query draws its keys from the cache's own contents: 100 % hits.
+
+1. Cache query of 1M keys, 100 % hits, dim 32 and 128, vs a plain gather kernel that copies the
+   same rows by known index (the physical floor): throughput ratio. The cache is full, as a
+   serving cache is once warm and as HPS sizes it (gpucacheper ≤ 1: slots ≤ table rows): 1 M
+   keys inserted into 1 M slots, of which the 8-way sets keep about 900 K (a key whose set is
+   full evicts another); the query's 1 M keys are a shuffled pass over the cached ones,
+   continued to 1 M (each key at most twice, so no hit byte can overflow between folds).
+   ``query_1M_half_full`` repeats it with 1 M keys in 2 M slots. The query runs as a 1 M-key
+   lookup runs it (occurrence counts passed as weights, here 1, hits into the hit bytes); the
+   fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is timed too
+   and its share added in ``throughput_ratio_with_fold``.
 2. 16K keys, dim 128: query time vs gather time.
 3. End to end from Python: 2,000 host keys -> host vectors, dim 128, all hits (the cache API a
-   lookup uses): p50 / p99 latency.
+   lookup uses, and ``HPS.lookup``): p50 / p99 latency; the raw CUDA sequence of such a lookup
+   on both transfer routes, the routes by result size, and ``HPS.lookup_tables`` over 8 tables
+   against one table after another.
 4. Zipf(1.05) key stream with gpucacheper 0.2: steady hit rate vs the ideal (the share of the
    traffic that the top 20 % keys carry).
 Kernel times come from CUDA events (median of many launches, inputs rotated among several
@@ -33,6 +36,7 @@ import statistics
 import sys
 import time
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 
@@ -740,7 +744,7 @@ def main() -> None:
     device = get_device(0)
     result = {"date": date.today().isoformat(), "device": device.name, "arch": device.arch}
     # Latency first, so that nothing before it in this process can be blamed for it (measured:
-    # the order makes no difference; the host does: see docs/benchmarks.md).
+    # the order makes no difference; the host does).
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["route_by_size"] = route_by_size(device) if not args.quick else None
     result["multi_table"] = multi_table(device, rounds=10 if not args.quick else 2)
@@ -758,7 +762,7 @@ def main() -> None:
         from hps_cli.runtime.gpu.kernels import KernelModule
 
         result["variants"] = {}
-        # Variants that were measured and lost (docs/benchmarks.md has the history).
+        # Variants that were measured and lost; kept to re-check them on other cards.
         for name, defines in (
             ("unroll8", {"HPS_COPY_UNROLL": "8"}),
             ("no_evict_last", {"HPS_META_EVICT_LAST": "0"}),
@@ -784,6 +788,7 @@ def main() -> None:
     result["zipf"] = zipf_hit_rate(device, batches=400 if not args.quick else 60)
     text = json.dumps(result, indent=2)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as handle:
             handle.write(text)
     print(text)

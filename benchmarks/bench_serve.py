@@ -393,6 +393,7 @@ def main() -> None:
         text = json.dumps(result, indent=2)
         print(text)
         if args.out:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(text)
     finally:
         if own:

@@ -2,7 +2,7 @@
 the kernels with different -D knobs and time each query against the gather built from the same
 flags, over one cache per dim.
 
-    python benchmarks/gpu_query_variants.py --out variants.json
+    python benchmarks/gpu_query_variants.py --out .bench/gpu_query_variants.json
     python benchmarks/gpu_query_variants.py --profile [--define HPS_KEYS_PER_LANE=2]
     HPS_WAYS=4 python benchmarks/gpu_query_variants.py   # 4-way sets throughout (GPU and reference)
 
@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
 from bench_gpu_cache import kernel_variants
@@ -130,6 +131,7 @@ def main() -> None:
             }
         )
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "w") as handle:
             json.dump(result, handle, indent=2)
     print(f"card: {device.name}", file=sys.stderr)

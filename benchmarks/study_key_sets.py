@@ -7,7 +7,7 @@ key whose set is full is dropped, as an eviction would), times `study_query`
 and, for reference, the production `dc_query` on its own cache (bench_gpu_cache; 32-way sets
 with digests when this study ran, placement.WAYS ways since).
 
-    python benchmarks/study_key_sets.py --out study.json
+    python benchmarks/study_key_sets.py --out .bench/study_key_sets.json
 """
 
 from __future__ import annotations
@@ -214,6 +214,7 @@ def main() -> None:
                     )
                 result["rows"].append(row)
     if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"card: {device.name}", file=sys.stderr)
 

@@ -1,11 +1,8 @@
 #!/usr/bin/env bash
-# On the GPU machine (after scripts/gpu_check.sh installed the wheels): `hps bench lookup` on a
-# GPU-cached config, for docs/benchmarks.md. Output (text and JSON) goes to $OUT (or ./gpu-out).
+# On a GPU machine: `hps bench lookup` on a GPU-cached config (Zipf keys over a table five times
+# the cache), for docs/benchmarks.md. Output (text and CSV) goes to $OUT (default .bench/gpu).
 set -uo pipefail
-cd "$(dirname "$0")/.."
-OUT=${OUT:-gpu-out}
-mkdir -p "$OUT"
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+source "$(dirname "$0")/gpu_setup.sh"
 WORK=$(mktemp -d)
 python3 -m hps_cli -q table generate "$WORK/items" --keys 2000000 --dim 128 --shuffle --meta
 cat > "$WORK/ps.json" <<JSON

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run on the GPU machine (see docs/gpu.md): install the carried wheels, run the gpu-marked tests
-# with HPS_REQUIRE_GPU=1, then the GPU benchmarks. Logs and JSON go to $OUT (or ./gpu-out).
+# Run on a GPU machine (see docs/gpu.md): install (gpu_setup.sh), run the gpu-marked tests with
+# HPS_REQUIRE_GPU=1, then the GPU cache benchmark. Logs and JSON go to $OUT (default .bench/gpu).
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"

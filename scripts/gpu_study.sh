@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Run on the GPU machine: the query-kernel tuning study (benchmarks/gpu_query_variants.py), then
-# an ncu profile of the default query and gather at dim 32. Logs and JSON go to $OUT.
+# Run on a GPU machine: the query-kernel tuning study (benchmarks/gpu_query_variants.py), then
+# an ncu profile of the default query and gather at dim 32. Logs and JSON go to $OUT (default
+# .bench/gpu, see gpu_setup.sh).
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
-export PYTHONPATH=$PYTHONPATH:$PWD/benchmarks
+export PYTHONPATH=${PYTHONPATH:+$PYTHONPATH:}$PWD/benchmarks
 # variants NAME [VAR=VALUE ...]: the study with those environment settings, logs as NAME
 variants() {
   local name=$1; shift
