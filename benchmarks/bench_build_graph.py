@@ -90,8 +90,8 @@ for r in range(rounds):
 ratios = {kind: statistics.median(b / o for o, b in zip(times[f"original_{kind}"],
                                                          times[f"built_{kind}"]))
           for kind in ("predict", "call", "function")}
-from hps_cli.tf import runtime_handle
-fronts = sorted({type(f).__name__ for f in runtime_handle.active()._fronts.values()})
+from hps_cli.tf import process_runtime
+fronts = sorted({type(f).__name__ for f in process_runtime.active()._fronts.values()})
 print(json.dumps({"max_abs_diff": diff, "ms": {k: statistics.median(v) for k, v in times.items()},
                   "round_ratios": ratios, "all_ms": times, "front_caches": fronts}))
 """

@@ -31,7 +31,6 @@ import multiprocessing as mp
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,8 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 MODEL = "emb"
 
@@ -75,48 +76,6 @@ def make_config(work: Path, keys: int, dim: int, db: str) -> Path:
     path = work / f"ps_{db}.json"
     path.write_text(json.dumps(doc, indent=1))
     return path
-
-
-class Server:
-    """`hps serve` on free loopback ports (read from its 'ready' log event)."""
-
-    def __init__(self, config: Path, work: Path, extra: list[str]):
-        self.log = work / "server.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "hps_cli",
-            "serve",
-            "--config",
-            str(config),
-            "--http-port",
-            "0",
-            "--grpc-port",
-            "0",
-            "--metrics-port",
-            "0",
-            "--access-log",
-            "off",
-            *extra,
-        ]
-        with open(self.log, "wb") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            for line in self.log.read_text(errors="replace").splitlines():
-                if '"event": "ready"' in line:
-                    doc = json.loads(line)
-                    self.http = f"127.0.0.1:{doc['http_port']}"
-                    self.grpc = f"127.0.0.1:{doc['grpc_port']}"
-                    return
-            if self.proc.poll() is not None:
-                raise RuntimeError(self.log.read_text()[-3000:])
-            time.sleep(0.1)
-        raise RuntimeError("hps serve was not ready in time")
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=120)
 
 
 def key_sets(keys: int, per_request: int, count: int, seed: int) -> list[np.ndarray]:
@@ -318,14 +277,24 @@ def main() -> None:
     try:
         served_cfg = make_config(work, args.keys, args.dim, "db_served")
         baseline_cfg = make_config(work, args.keys, args.dim, "db_baseline")
-        server = Server(served_cfg, work, ["--allow-shared-memory", *args.server_args.split()])
+        server = ServeProcess(
+            served_cfg,
+            extra_args=["--access-log", "off", "--allow-shared-memory", *args.server_args.split()],
+            log_path=work / "server.log",
+            ready_timeout=600,
+        ).start()
         try:
             small = key_sets(args.keys, args.small_keys, 64, 1)
             sweep = []
             for protocol in protocols:
                 for c in [int(x) for x in args.sweep.split(",")]:
                     level = served(
-                        getattr(server, protocol), protocol, c, small, args.seconds, args.dim
+                        getattr(server, f"{protocol}_url"),
+                        protocol,
+                        c,
+                        small,
+                        args.seconds,
+                        args.dim,
                     )
                     sweep.append(level)
                     print(json.dumps(level), file=sys.stderr, flush=True)
@@ -335,7 +304,7 @@ def main() -> None:
                 base = in_process(baseline_cfg, big, args.seconds)
                 levels = []
                 for transport in args.big_transports.split(","):
-                    url = getattr(server, transport.split("-")[0])
+                    url = getattr(server, transport.split("-")[0] + "_url")
                     for c in [int(x) for x in args.big_concurrency.split(",")]:
                         levels.append(served(url, transport, c, big, args.seconds, args.dim))
                 best = max(levels, key=lambda x: x["keys_per_s"])
@@ -349,7 +318,7 @@ def main() -> None:
                 )
                 print(json.dumps(rounds[-1]), file=sys.stderr, flush=True)
         finally:
-            code = server.stop()
+            code = server.stop(timeout=120)
         by = {}
         for level in sweep:
             by.setdefault(level["protocol"], {})[level["concurrency"]] = level["requests_per_s"]

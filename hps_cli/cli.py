@@ -17,6 +17,7 @@ import click
 
 from . import __version__
 from .commands import COMMANDS
+from .common.tf_loader import set_debug
 from .output import Settings
 
 
@@ -61,8 +62,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, json_mode: bool) -> None:
     dependency, 6 service unavailable, 7 a check of the result failed.
     """
     ctx.obj = Settings(debug=debug, quiet=quiet, json=json_mode)
-    if debug:  # read where TensorFlow is imported (dissect/tf_support.py)
-        os.environ["HPS_DEBUG"] = "1"
+    if debug:
+        set_debug(True)  # TensorFlow's load-time lines too, wherever a command imports it
 
 
 def _debug_requested(argv: list[str]) -> bool:

@@ -114,16 +114,6 @@ def current_output() -> Output:
     return Output(settings)
 
 
-def human_bytes(count: int) -> str:
-    """``1536`` → ``1.5 KiB`` (binary units, one decimal)."""
-    size = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return str(count)
-
-
 def json_option(func):
     """``--json``: one machine-readable document on stdout (same as the global ``hps --json``)."""
     return click.option(

@@ -1,79 +1,30 @@
-"""Shared test set-up: capability probes for the markers, and common fixtures.
+"""pytest hooks and fixtures: the markers' capability probes, and common fixtures.
 
 Markers (pyproject.toml): ``gpu`` tests are skipped without a CUDA device and pycuda, ``tf``
-without TensorFlow, ``redis`` without redis-server/redis-py, ``nvcc`` without the compiler.
-``HPS_REQUIRE_GPU=1`` (set on the GPU machine) turns a skipped ``gpu`` test into a failure, so a
-broken install cannot pass by skipping everything.
+without TensorFlow, ``redis`` without redis-server/redis-py, ``nvcc`` without the compiler
+(helpers/probes.py). ``HPS_REQUIRE_GPU=1`` turns a skipped ``gpu`` test into a failure. Helpers
+that tests import live in the ``helpers`` package beside this file.
 """
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
-from functools import cache
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-REPO = Path(__file__).resolve().parent.parent
-EXAMPLES = REPO / "examples"
-
-
-@cache
-def has_gpu() -> bool:
-    try:
-        import pycuda.driver as drv  # noqa: F401
-
-        drv.init()
-        return drv.Device.count() > 0
-    except Exception:
-        return False
-
-
-@cache
-def has_tf() -> bool:
-    return importlib.util.find_spec("tensorflow") is not None
-
-
-@cache
-def has_redis() -> bool:
-    return (
-        shutil.which("redis-server") is not None and importlib.util.find_spec("redis") is not None
-    )
-
-
-@cache
-def has_nvcc() -> bool:
-    return shutil.which("nvcc") is not None
-
-
-_PROBES = {
-    "gpu": (has_gpu, "no CUDA device, driver or pycuda"),
-    "tf": (has_tf, "TensorFlow is not installed"),
-    "redis": (has_redis, "redis-server or redis-py is not installed"),
-    "nvcc": (has_nvcc, "nvcc is not on PATH"),
-}
-
-
-def _require_gpu() -> bool:
-    return os.environ.get("HPS_REQUIRE_GPU") == "1"
+from helpers.cli import run_hps
+from helpers.probes import PROBES, gpu_required, has_gpu, has_redis
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        for marker, (probe, reason) in _PROBES.items():
+        for marker, (probe, reason) in PROBES.items():
             if marker in item.keywords and not probe():
-                if marker == "gpu" and _require_gpu():
+                if marker == "gpu" and gpu_required():
                     continue  # fails in pytest_runtest_setup instead of skipping
                 item.add_marker(pytest.mark.skip(reason=reason))
 
 
 def pytest_runtest_setup(item):
-    if "gpu" in item.keywords and _require_gpu() and not has_gpu():
+    if "gpu" in item.keywords and gpu_required() and not has_gpu():
         pytest.fail("HPS_REQUIRE_GPU=1 but no CUDA device, driver or pycuda is usable")
 
 
@@ -89,24 +40,9 @@ def runner():
     return CliRunner()
 
 
-def run_hps(
-    *args: str, cwd: Path | None = None, env: dict | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess:
-    """Run the real `hps` entry point in a subprocess (exit codes exactly as users see them)."""
-    full_env = dict(os.environ)
-    full_env.update(env or {})
-    return subprocess.run(
-        [sys.executable, "-m", "hps_cli", *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 @pytest.fixture
 def hps():
+    """``run_hps``: the real CLI in a subprocess."""
     return run_hps
 
 

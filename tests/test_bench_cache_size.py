@@ -250,7 +250,7 @@ def test_unreachable_target_says_why(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_config(tmp_path_factory):
-    from runtime_configs import make_tables, ps_config
+    from helpers.runtime_configs import make_tables, ps_config
 
     tmp = tmp_path_factory.mktemp("bench-cache-size")
     tables = make_tables(tmp, {"t": (20_000, 32)})

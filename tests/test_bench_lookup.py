@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
+from helpers.runtime_configs import make_tables, ps_config
 from hps_cli.runtime.errors import ExitCode, InvalidInputError
 from hps_cli.runtime.gpu.placement import WAYS, num_sets_for
 from hps_cli.runtime.resources import load_schema
 from jsonschema import Draft202012Validator
-from runtime_configs import make_tables, ps_config
 
 from hps_cli.bench.lookup_bench import LookupBenchSpec, apportion, run_lookup_bench
 from hps_cli.bench.report import LOOKUP_COLUMNS

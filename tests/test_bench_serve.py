@@ -8,11 +8,12 @@ import json
 import socket
 
 import pytest
+from helpers.runtime_configs import make_tables, ps_config
 from hps_cli.runtime.errors import ExitCode
 from hps_cli.runtime.resources import load_schema
 from jsonschema import Draft202012Validator
-from runtime_configs import make_tables, ps_config
-from serve_helpers import ServerProcess
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 # perf_analyzer's CSV header (-f FILE), as its documentation gives it
 PERF_ANALYZER_HEADER = (
@@ -38,7 +39,7 @@ def server(tmp_path_factory):
     )
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
-    with ServerProcess(["--config", str(path), "--access-log", "off"]) as proc:
+    with ServeProcess(path, extra_args=["--access-log", "off"]) as proc:
         yield proc, path
 
 
@@ -78,7 +79,7 @@ def test_http_sweep(server, tmp_path, hps):
         "bench",
         "serve",
         "--url",
-        proc.http,
+        proc.http_url,
         "--model",
         "m",
         "--config",
@@ -125,7 +126,7 @@ def test_grpc_and_json_data(server, hps):
         "bench",
         "serve",
         "--url",
-        proc.grpc,
+        proc.grpc_url,
         "--protocol",
         "grpc",
         "--model",
@@ -149,7 +150,7 @@ def test_grpc_and_json_data(server, hps):
         "bench",
         "serve",
         "--url",
-        proc.http,
+        proc.http_url,
         "--model",
         "m",
         "--json-data",
@@ -169,14 +170,14 @@ def test_grpc_and_json_data(server, hps):
 
 def test_unusable_requests_and_models(server, hps):
     proc, _ = server
-    res = hps("bench", "serve", "--url", proc.http, "--model", "nope")
+    res = hps("bench", "serve", "--url", proc.http_url, "--model", "nope")
     assert res.returncode == ExitCode.INVALID and "no ready model 'nope'" in res.stderr
     # 600 keys per table: 1200 samples, above max_batch_size 256: every request fails
     res = hps(
         "bench",
         "serve",
         "--url",
-        proc.http,
+        proc.http_url,
         "--model",
         "m",
         "--keys-per-request",

@@ -3,9 +3,9 @@ in a fresh process with hps_cli.tf.load_model → predictions equal the trained 
 at training time) within 1e-5, under Keras 3 and tf_keras; the package layout and manifest; a
 spec-built package; bad inputs (exit codes, nothing left behind).
 
-The models are the session-trained ones of the dissect tests (dissect_models.py). Packages are
-loaded by build_graph_load.py: one fresh process per Keras flavour (tf_keras with
-TF_USE_LEGACY_KERAS=1), both running at once.
+The models are the session-trained ones of the dissect tests (helpers/dissect_models.py).
+Packages are loaded by helpers/build_graph_load.py: one fresh process per Keras flavour
+(tf_keras with TF_USE_LEGACY_KERAS=1), both running at once.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import run_hps
-from dissect_models import trained_models
+from helpers.cli import run_hps
+from helpers.dissect_models import trained_models
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
-HERE = Path(__file__).resolve().parent
+LOADER = Path(__file__).resolve().parent / "helpers" / "build_graph_load.py"
 # id, flavour of the trained model, saved file, npz of the recorded samples, --keras
 CASES = [
     ("keras3-dlrm.keras", "keras3", "dlrm.keras", "dlrm", "auto"),
@@ -93,7 +93,7 @@ def built(tmp_path_factory):
     for keras, args in groups.items():
         env = {**os.environ, "TF_USE_LEGACY_KERAS": "1" if keras == "tf_keras" else "0"}
         procs[keras] = subprocess.Popen(
-            [sys.executable, str(HERE / "build_graph_load.py"), *args],
+            [sys.executable, str(LOADER), *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,

@@ -26,6 +26,14 @@ def test_importing_the_runtime_loads_no_cli_and_no_heavy_dependency():
     assert "hps_cli.cli" not in mods and not any(m.startswith("hps_cli.commands") for m in mods)
 
 
+def test_shared_helpers_and_bench_reports_load_no_cli_and_no_heavy_dependency():
+    mods = _loaded_after(
+        "import hps_cli.common.tf_loader, hps_cli.common.units, hps_cli.common.keras2_h5\n"
+        "import hps_cli.bench.report"
+    )
+    assert not {m for m in mods if m.split(".")[0] in HEAVY | {"click", "h5py"}}
+
+
 def test_help_loads_no_tensorflow_nor_pycuda():
     code = (
         "import sys\nfrom hps_cli.cli import main\nsys.argv=['hps','--help']\n"

@@ -6,7 +6,7 @@ import json
 from dataclasses import fields
 
 import pytest
-from conftest import EXAMPLES, REPO
+from helpers.paths import EXAMPLES, REPO
 from hps_cli.runtime.config import (
     ModelConfig,
     PersistentDbConfig,

@@ -8,8 +8,9 @@ import struct
 
 import numpy as np
 import pytest
-from convert_builders import (
+from helpers.convert_builders import (
     embedding_collection,
+    keras2_h5,
     leftovers,
     sok_v1_dump,
     sok_v2_dump,
@@ -145,6 +146,29 @@ def test_npy_keys_count_mismatch(tmp_path, hps):
 def test_corrupt_npz(tmp_path, hps):
     (tmp_path / "x.npz").write_bytes(b"PK\x03\x04" + b"\0" * 50)
     _fails(hps, tmp_path, tmp_path / "x.npz", ExitCode.INVALID, "x.npz")
+
+
+def test_keras2_h5_listing_a_weight_it_does_not_hold(tmp_path, rng, hps):
+    """convert and dissect read Keras 2 files with one reader: a listed weight that the file
+    lacks is one error naming it in both (exit 3, nothing written)."""
+    import h5py
+
+    src = tmp_path / "model.h5"
+    keras2_h5(
+        src,
+        {"user_emb": rng.standard_normal((10, 4)).astype(np.float32)},
+        {"dense": rng.standard_normal((4, 1)).astype(np.float32)},
+    )
+    with h5py.File(src, "a") as f:
+        del f["model_weights/dense/dense/kernel:0"]
+    needles = ("model.h5", "'dense/kernel:0' is listed in weight_names of /model_weights/dense")
+    _fails(hps, tmp_path, src, ExitCode.INVALID, *needles)
+    res = hps("dissect", str(src), str(tmp_path / "out"))
+    assert res.returncode == ExitCode.INVALID, (res.returncode, res.stderr)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert all(needle in errors[0] for needle in needles), errors[0]
+    assert not (tmp_path / "out").exists() and not leftovers(tmp_path)
 
 
 def test_missing_and_unknown_inputs(tmp_path, hps):

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from convert_builders import (
+from helpers.convert_builders import (
     embedding_collection,
     hugectr_snapshot,
     keras2_h5,

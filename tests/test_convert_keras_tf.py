@@ -8,7 +8,7 @@ import sys
 
 import numpy as np
 import pytest
-from convert_builders import read_hps
+from helpers.convert_builders import read_hps
 
 from hps_cli.convert import ConvertOptions, convert
 

@@ -8,7 +8,7 @@ import struct
 
 import numpy as np
 import pytest
-from convert_builders import leftovers, read_hps, sok_v2_dump
+from helpers.convert_builders import leftovers, read_hps, sok_v2_dump
 from hps_cli.runtime.errors import ExitCode
 from hps_cli.runtime.persistent.sst_writer import SstFileBuilder, bytewise_order_key, varints
 from hps_cli.runtime.table import current_sidecar, write_table

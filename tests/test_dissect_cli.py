@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dissect_models import trained_models
+from helpers.dissect_models import trained_models
 from hps_cli.runtime.errors import ExitCode
 
 pytestmark = pytest.mark.tf

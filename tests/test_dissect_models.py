@@ -1,7 +1,7 @@
 """`hps dissect` on real trained models: tables equal the trained weights, the dense part
 reproduces the model's predictions, ps.json and manifest.json are valid.
 
-The models (dissect_train.py) are trained once per session in subprocesses: a Keras 3 and a
+The models (helpers/dissect_train.py) are trained once per session in subprocesses: a Keras 3 and a
 tf_keras DLRM-like functional model, the HPS notebook pattern (a subclassed model with a
 tf.Variable table read by embedding_lookup_sparse), an IntegerLookup + Embedding model, and a
 bare tf.train.Checkpoint. Each is dissected from every format it was saved in. The checks here
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dissect_models import expected, trained_models
+from helpers.dissect_models import expected, trained_models
 from hps_cli.runtime.config import validate_config_file
 from hps_cli.runtime.resources import load_schema
 from hps_cli.runtime.table import TableReader

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import EXAMPLES
+from helpers.paths import EXAMPLES
 
 
 def _run(script: str, *args: str, timeout: float = 900) -> subprocess.CompletedProcess:

@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 import pytest
+from helpers.runtime_configs import make_tables
+from helpers.runtime_configs import ps_config as _ps_config
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
 from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
@@ -17,8 +19,6 @@ from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from runtime_configs import make_tables
-from runtime_configs import ps_config as _ps_config
 
 
 @pytest.fixture(params=["reference", pytest.param("gpu", marks=pytest.mark.gpu)])

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import EXAMPLES, REPO
+from helpers.paths import EXAMPLES, REPO
 
 
 def test_every_python_package_folder_is_declared():

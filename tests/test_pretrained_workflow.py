@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from dissect_models import trained_models
+from helpers.dissect_models import trained_models
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 

@@ -6,26 +6,19 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_hps
+from helpers.cli import run_hps
+from helpers.hierarchy_machine import HierarchyMachine
+from helpers.runtime_configs import make_tables, ps_config, rocks_db
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import ConfigError, InvalidInputError, NotFoundError, OutputExistsError
 from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, rule
-from runtime_configs import make_tables, ps_config
-
-
-def _rocks(path: Path, **extra) -> dict:
-    return {"type": "rocks_db", "path": str(path), "num_threads": 2, **extra}
 
 
 @pytest.fixture
@@ -48,7 +41,7 @@ def test_importing_the_runtime_loads_no_backend_client():
 def test_lookup_every_table_through_hash_map_and_rocksdb(two_tables):
     tmp, tables, dims = two_tables
     doc = ps_config(
-        tables, dims, defaults={"users": 0.5, "items": -2.0}, persistent=_rocks(tmp / "db")
+        tables, dims, defaults={"users": 0.5, "items": -2.0}, persistent=rocks_db(tmp / "db")
     )
     with HPS(doc) as runtime:
         users = np.array([0, 499, 500, -3], dtype=np.int64)
@@ -73,7 +66,7 @@ def test_each_tier_alone(two_tables):
     tmp, tables, dims = two_tables
     keys = np.array([1, 2, 10**6], dtype=np.int64)
     rocks_only = ps_config(
-        tables, dims, volatile={"type": "disabled"}, persistent=_rocks(tmp / "db")
+        tables, dims, volatile={"type": "disabled"}, persistent=rocks_db(tmp / "db")
     )
     with HPS(rocks_only) as runtime:
         assert runtime.table_backend("m", "users").volatile is None
@@ -87,7 +80,7 @@ def test_each_tier_alone(two_tables):
 
 def test_uint32_keys_when_supportlonglong_is_false(tmp_path):
     tables = make_tables(tmp_path, {"t": (100, 4)})
-    doc = ps_config(tables, {"t": 4}, supportlonglong=False, persistent=_rocks(tmp_path / "db"))
+    doc = ps_config(tables, {"t": 4}, supportlonglong=False, persistent=rocks_db(tmp_path / "db"))
     with HPS(doc) as runtime:
         expect = synthetic_vectors(np.array([5, 99]), 4)
         assert np.array_equal(runtime.lookup(np.array([5, 99], dtype=np.uint32), "m", "t"), expect)
@@ -144,7 +137,7 @@ def test_configs_the_runtime_cannot_honour_write_nothing(two_tables, change, mat
     doc = ps_config(tables, dims)
     change(doc)
     if "persistent_db" not in doc and doc["volatile_db"].get("type") != "disabled":
-        doc["persistent_db"] = _rocks(tmp / "db")
+        doc["persistent_db"] = rocks_db(tmp / "db")
     with pytest.raises(ConfigError, match=match):
         HPS(doc)
     assert not (tmp / "db").exists()  # validation comes before any write
@@ -154,7 +147,7 @@ def test_uint32_config_with_keys_beyond_uint32_is_refused(tmp_path):
     keys = np.array([1, 2**33], dtype=np.int64)
     write_table(tmp_path / "t", keys, np.zeros((2, 2), np.float32))
     doc = ps_config(
-        {"t": tmp_path / "t"}, {"t": 2}, supportlonglong=False, persistent=_rocks(tmp_path / "db")
+        {"t": tmp_path / "t"}, {"t": 2}, supportlonglong=False, persistent=rocks_db(tmp_path / "db")
     )
     with pytest.raises(ConfigError, match="uint32"):
         HPS(doc)
@@ -163,17 +156,19 @@ def test_uint32_config_with_keys_beyond_uint32_is_refused(tmp_path):
 
 def test_read_only_database_errors(two_tables):
     tmp, tables, dims = two_tables
-    doc = ps_config(tables, dims, persistent=_rocks(tmp / "db", read_only=True))
+    doc = ps_config(tables, dims, persistent=rocks_db(tmp / "db", read_only=True))
     with pytest.raises(NotFoundError, match="no RocksDB database"):
         HPS(doc)
-    only_users = ps_config({"users": tables["users"]}, {"users": 8}, persistent=_rocks(tmp / "db"))
+    only_users = ps_config(
+        {"users": tables["users"]}, {"users": 8}, persistent=rocks_db(tmp / "db")
+    )
     HPS(only_users).close()
     with pytest.raises(NotFoundError, match="no column family 'hps_et.m.items'"):
         HPS(doc)
     holder = HPS(only_users)  # a read-write user holds the lock
     try:
         with pytest.raises(OutputExistsError, match="locked"):
-            HPS(ps_config(tables, dims, persistent=_rocks(tmp / "db")))
+            HPS(ps_config(tables, dims, persistent=rocks_db(tmp / "db")))
     finally:
         holder.close()
 
@@ -206,7 +201,7 @@ def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):
             tables,
             {"items": 16},
             volatile={"type": "disabled"},
-            persistent=_rocks(db, read_only=read_only),
+            persistent=rocks_db(db, read_only=read_only),
         )
         with HPS(doc) as runtime:
             assert np.array_equal(runtime.lookup(keys, "m", "items"), expected)
@@ -219,7 +214,7 @@ def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):
 def test_restart_skips_an_unchanged_table_and_reloads_a_changed_one(tmp_path):
     tables = make_tables(tmp_path, {"t": (400, 4)})
     db = tmp_path / "db"
-    doc = ps_config(tables, {"t": 4}, persistent=_rocks(db))
+    doc = ps_config(tables, {"t": 4}, persistent=rocks_db(db))
     HPS(doc).close()
     first = {p.name for p in db.glob("*.sst")}
     with HPS(doc) as runtime:
@@ -270,7 +265,7 @@ def test_initial_cache_rate_without_meta_takes_rows_in_file_order(tmp_path):
         tables,
         {"t": 4},
         volatile={"type": "hash_map", "num_partitions": 2, "initial_cache_rate": 0.25},
-        persistent=_rocks(tmp_path / "db"),
+        persistent=rocks_db(tmp_path / "db"),
     )
     with HPS(doc) as runtime:
         volatile = runtime.table_backend("m", "t").volatile
@@ -286,7 +281,7 @@ def test_cache_missed_embeddings_writes_persistent_hits_back(tmp_path, write_bac
     doc = ps_config(
         tables,
         {"t": 4},
-        persistent=_rocks(tmp_path / "db"),
+        persistent=rocks_db(tmp_path / "db"),
         volatile={
             "type": "parallel_hash_map",
             "num_partitions": 2,
@@ -308,7 +303,7 @@ def test_cache_missed_embeddings_writes_persistent_hits_back(tmp_path, write_bac
 
 def test_insert_and_remove_reach_every_tier(tmp_path):
     tables = make_tables(tmp_path, {"t": (100, 4)})
-    doc = ps_config(tables, {"t": 4}, persistent=_rocks(tmp_path / "db"))
+    doc = ps_config(tables, {"t": 4}, persistent=rocks_db(tmp_path / "db"))
     with HPS(doc) as runtime:
         tiers = runtime.table_backend("m", "t")
         keys = np.array([5, 1000], dtype=np.int64)
@@ -402,7 +397,7 @@ def test_concurrent_lookups_and_updates_never_return_a_wrong_vector(tmp_path):
     doc = ps_config(
         tables,
         {"t": 4},
-        persistent=_rocks(tmp_path / "db"),
+        persistent=rocks_db(tmp_path / "db"),
         volatile={
             "type": "parallel_hash_map",
             "num_partitions": 4,
@@ -443,80 +438,6 @@ def test_concurrent_lookups_and_updates_never_return_a_wrong_vector(tmp_path):
 
 # ---------------------------------------------------------------------------------------------
 # Stateful: the whole hierarchy (hash map with eviction → RocksDB → default) against a dict.
-
-
-class HierarchyMachine(RuleBasedStateMachine):
-    """Every lookup must return the latest vector of a key that was loaded or inserted and not
-    removed, else the default — whatever the volatile tier evicted or wrote back."""
-
-    model_name = "m"
-
-    def volatile_block(self) -> dict:
-        return {"type": "parallel_hash_map"}
-
-    @initialize(
-        policy=st.sampled_from(["evict_random", "evict_least_used", "evict_oldest"]),
-        margin=st.integers(1, 6),
-        rate=st.sampled_from([0.0, 0.5, 1.0]),
-        write_back=st.booleans(),
-    )
-    def setup(self, policy, margin, rate, write_back):
-        self.dir = Path(tempfile.mkdtemp(prefix="hps-hier-sm-"))
-        tables = make_tables(self.dir, {"t": (30, 3)})
-        volatile = {
-            **self.volatile_block(),
-            "num_partitions": 2,
-            "overflow_margin": margin,
-            "overflow_policy": policy,
-            "overflow_resolution_target": 0.5,
-            "initial_cache_rate": rate,
-            "cache_missed_embeddings": write_back,
-        }
-        doc = ps_config(
-            tables,
-            {"t": 3},
-            model=self.model_name,
-            defaults={"t": -9.0},
-            persistent=_rocks(self.dir / "db"),
-            volatile=volatile,
-        )
-        self.runtime = HPS(doc)
-        self.margin = margin
-        keys = np.arange(30, dtype=np.int64)
-        self.model = dict(zip(keys.tolist(), synthetic_vectors(keys, 3)))
-        self.version = 0
-
-    @rule(keys=st.lists(st.integers(-5, 40), min_size=1, max_size=10))
-    def insert(self, keys):
-        self.version += 1
-        keys = np.array(keys, dtype=np.int64)
-        vectors = synthetic_vectors(keys, 3, seed=self.version)
-        self.runtime.insert(self.model_name, "t", keys, vectors)
-        for k, v in zip(keys.tolist(), vectors):
-            self.model[k] = v
-
-    @rule(keys=st.lists(st.integers(-5, 40), min_size=1, max_size=10))
-    def remove(self, keys):
-        self.runtime.remove(self.model_name, "t", np.array(keys, dtype=np.int64))
-        for k in keys:
-            self.model.pop(k, None)
-
-    @rule(keys=st.lists(st.integers(-5, 40), min_size=0, max_size=15))
-    def lookup(self, keys):
-        out = self.runtime.lookup(np.array(keys, dtype=np.int64), self.model_name, "t")
-        for k, row in zip(keys, out):
-            expected = self.model.get(k, np.full(3, -9.0, np.float32))
-            assert np.array_equal(row, expected), (k, row, expected)
-        volatile = self.runtime.table_backend(self.model_name, "t").volatile
-        assert (volatile.partition_sizes() <= self.margin).all()
-
-    def teardown(self):
-        if hasattr(self, "runtime"):
-            volatile = self.runtime.table_backend(self.model_name, "t").volatile
-            if hasattr(volatile, "clear"):
-                volatile.clear()
-            self.runtime.close()
-            shutil.rmtree(self.dir, ignore_errors=True)
 
 
 TestHierarchyMachine = HierarchyMachine.TestCase

@@ -9,6 +9,8 @@ import time
 
 import numpy as np
 import pytest
+from helpers.hierarchy_machine import HierarchyMachine
+from helpers.runtime_configs import make_tables, ps_config
 from hps_cli.runtime.errors import ConfigError, ServiceUnavailableError
 from hps_cli.runtime.hashing import partition_of
 from hps_cli.runtime.storage_layout import redis_hash_names
@@ -17,8 +19,6 @@ from hps_cli.runtime.volatile.hash_map import POLICIES
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
-from runtime_configs import make_tables, ps_config
-from test_runtime_hps import HierarchyMachine
 
 pytestmark = pytest.mark.redis
 

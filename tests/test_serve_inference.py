@@ -15,9 +15,11 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from dissect_models import expected, trained_models
-from serve_helpers import ServerProcess, http_get, http_post, scrape
+from helpers.dissect_models import expected, trained_models
+from helpers.serve_client import http_get, http_post, scrape
 from tritonclient.utils import InferenceServerException
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -64,27 +66,22 @@ def repo(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(repo):
     models, repository = repo
-    proc = ServerProcess(
-        [
-            "--config",
-            str(repository / "dlrm" / "ps.json"),
-            "--model-repository",
-            str(repository),
-            "--max-queue-delay-us",
-            "20000",
-        ],
+    proc = ServeProcess(
+        repository / "dlrm" / "ps.json",
+        model_repository=repository,
+        extra_args=["--max-queue-delay-us", "20000"],
         env={"HPS_ADMIN_TOKEN": TOKEN},
-        timeout=300,
+        ready_timeout=300,
     ).launch()
     proc.wait_for("listening")
     # While the packages load (TensorFlow takes seconds): alive, not ready, inference refused.
     seen_loading = False
-    while proc.proc.poll() is None:
-        ready = http_get(proc.http, "/v2/health/ready")[0]
+    while proc.process.poll() is None:
+        ready = http_get(proc.http_url, "/v2/health/ready")[0]
         if ready == 200:
             break
-        assert http_get(proc.http, "/v2/health/live")[0] == 200
-        status, _, body = http_post(proc.http, "/v2/models/dlrm_like/infer", b"{}")
+        assert http_get(proc.http_url, "/v2/health/live")[0] == 200
+        status, _, body = http_post(proc.http_url, "/v2/models/dlrm_like/infer", b"{}")
         if status == 503:
             seen_loading = True
             assert "not ready" in json.loads(body)["error"]
@@ -92,7 +89,7 @@ def server(repo):
     proc.wait_for("ready")
     assert seen_loading
     yield proc, models, repository
-    assert proc.terminate() == 0
+    assert proc.stop() == 0
 
 
 def _feeds(name: str, models, repository) -> tuple[dict, np.ndarray]:
@@ -136,7 +133,7 @@ ALL = ["dlrm", "dlrm_sm", "notebook", "lookup", "notebook_pkg"]
 def test_inference_models_reproduce_the_trained_predictions(server, protocol):
     proc, models, repository = server
     module = tgrpc if protocol == "grpc" else thttp
-    client = module.InferenceServerClient(proc.grpc if module is tgrpc else proc.http)
+    client = module.InferenceServerClient(proc.grpc_url if module is tgrpc else proc.http_url)
     for name in ALL:
         assert client.is_model_ready(name)
         metadata = client.get_model_metadata(name)
@@ -154,7 +151,7 @@ def test_inference_models_reproduce_the_trained_predictions(server, protocol):
 
 def test_metadata_and_config(server):
     proc, _, _ = server
-    client = thttp.InferenceServerClient(proc.http)
+    client = thttp.InferenceServerClient(proc.http_url)
     meta = client.get_model_metadata("dlrm")
     assert [(i["name"], i["datatype"], i["shape"]) for i in meta["inputs"]] == [
         ("user", "INT64", [-1, 1]),
@@ -179,14 +176,14 @@ def test_concurrent_requests_are_split_back_exactly(server):
     own rows of the predictions back."""
     proc, models, repository = server
     feeds, wanted = _feeds("dlrm", models, repository)
-    before = scrape(proc.metrics)
-    client_meta = thttp.InferenceServerClient(proc.http).get_model_metadata("dlrm")
+    before = scrape(proc.metrics_url)
+    client_meta = thttp.InferenceServerClient(proc.http_url).get_model_metadata("dlrm")
     bounds = [(0, 3), (3, 4), (4, 9), (9, 16)]
     results, errors = {}, []
 
     def send(lo: int, hi: int) -> None:
         try:
-            client = thttp.InferenceServerClient(proc.http)
+            client = thttp.InferenceServerClient(proc.http_url)
             part = {k: v[lo:hi] for k, v in feeds.items()}
             results[lo] = client.infer("dlrm", _inputs(thttp, client_meta, part)).as_numpy("ctr")
         except Exception as exc:  # noqa: BLE001 - asserted below
@@ -201,7 +198,7 @@ def test_concurrent_requests_are_split_back_exactly(server):
         assert not errors, errors
         for lo, hi in bounds:
             assert np.max(np.abs(results[lo] - wanted[lo:hi])) <= 1e-5
-    after = scrape(proc.metrics)
+    after = scrape(proc.metrics_url)
     requests = after['hps_batch_requests_sum{model="dlrm"}'] - before.get(
         'hps_batch_requests_sum{model="dlrm"}', 0
     )
@@ -213,7 +210,7 @@ def test_concurrent_requests_are_split_back_exactly(server):
 
 def test_inference_request_errors(server):
     proc, models, repository = server
-    client = thttp.InferenceServerClient(proc.http)
+    client = thttp.InferenceServerClient(proc.http_url)
     meta = client.get_model_metadata("dlrm")
     feeds, _ = _feeds("dlrm", models, repository)
     cases = [
@@ -244,7 +241,7 @@ def test_admin_update_of_a_shared_table_changes_the_inference(server):
     """The dlrm package shares the server's runtime (its model is in --config): an insert into
     the lookup model's table is seen by the inference model; restoring the rows restores it."""
     proc, models, repository = server
-    client = thttp.InferenceServerClient(proc.http)
+    client = thttp.InferenceServerClient(proc.http_url)
     meta = client.get_model_metadata("dlrm")
     feeds, wanted = _feeds("dlrm", models, repository)
     users = np.unique(feeds["user"].reshape(-1))
@@ -274,7 +271,7 @@ def test_admin_update_of_a_shared_table_changes_the_inference(server):
             }
         ).encode()
         status, _, body = http_post(
-            proc.http,
+            proc.http_url,
             "/v2/admin/models/dlrm_like/tables/user_emb/insert",
             header,
             {"Authorization": f"Bearer {TOKEN}"},
@@ -301,13 +298,13 @@ def test_unload_and_load_a_package(server):
     proc, models, repository = server
     auth = {"Authorization": f"Bearer {TOKEN}"}
     grpc_auth = {"authorization": f"Bearer {TOKEN}"}  # gRPC metadata keys are lower case
-    client = tgrpc.InferenceServerClient(proc.grpc)
+    client = tgrpc.InferenceServerClient(proc.grpc_url)
     client.unload_model("lookup", headers=grpc_auth)
     assert not client.is_model_ready("lookup")
     with pytest.raises(InferenceServerException) as err:
         client.get_model_metadata("lookup")
     assert "NOT_FOUND" in err.value.status()
-    http_client = thttp.InferenceServerClient(proc.http)
+    http_client = thttp.InferenceServerClient(proc.http_url)
     state = {m["name"]: m["state"] for m in http_client.get_model_repository_index(headers=auth)}
     assert state["lookup"] == "UNAVAILABLE"
     client.load_model("lookup", headers=grpc_auth)

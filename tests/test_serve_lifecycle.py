@@ -11,17 +11,18 @@ import time
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from hps_cli.runtime import HPS
-from hps_cli.runtime.errors import ExitCode
-from runtime_configs import make_tables, ps_config
-from serve_helpers import (
-    ServerProcess,
+from helpers.runtime_configs import make_tables, ps_config
+from helpers.serve_client import (
     binary_lookup_body,
     binary_output,
     http_post,
     lookup_inputs,
     scrape,
 )
+from hps_cli.runtime import HPS
+from hps_cli.runtime.errors import ExitCode
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,7 @@ def test_sigterm_lets_in_flight_requests_finish(config):
     expected = [runtime.lookup_concatenated(k, [5], "m") for k in keys]
     runtime.close()
     # Requests wait up to 1.5 s in the batcher for company: SIGTERM arrives while they do.
-    server = ServerProcess(["--config", str(config), "--max-queue-delay-us", "1500000"]).start()
+    server = ServeProcess(config, extra_args=["--max-queue-delay-us", "1500000"]).start()
     results: dict[int, np.ndarray] = {}
     errors: list[BaseException] = []
 
@@ -47,7 +48,7 @@ def test_sigterm_lets_in_flight_requests_finish(config):
         try:
             if i % 2:
                 got = (
-                    tgrpc.InferenceServerClient(server.grpc)
+                    tgrpc.InferenceServerClient(server.grpc_url)
                     .infer("m", lookup_inputs(tgrpc, keys[i], [5]))
                     .as_numpy("OUTPUT0")
                     .reshape(-1)
@@ -55,7 +56,7 @@ def test_sigterm_lets_in_flight_requests_finish(config):
             else:
                 body, headers = binary_lookup_body(keys[i], [5])
                 status, resp_headers, data = http_post(
-                    server.http, "/v2/models/m/infer", body, headers
+                    server.http_url, "/v2/models/m/infer", body, headers
                 )
                 assert status == 200, data
                 got = binary_output(resp_headers, data)
@@ -67,11 +68,11 @@ def test_sigterm_lets_in_flight_requests_finish(config):
     for t in threads:
         t.start()
     deadline = time.monotonic() + 30
-    while scrape(server.metrics).get("hps_inflight_requests", 0) < 6:
+    while scrape(server.metrics_url).get("hps_inflight_requests", 0) < 6:
         assert time.monotonic() < deadline, "the requests never arrived"
         time.sleep(0.02)
     started = time.monotonic()
-    code = server.terminate(timeout=60)
+    code = server.stop(timeout=60)
     for t in threads:
         t.join()
     assert code == 0, server.log_text()[-2000:]
@@ -86,8 +87,8 @@ def test_sigterm_lets_in_flight_requests_finish(config):
 
 
 def test_a_lookup_only_server_does_not_load_tensorflow(config):
-    with ServerProcess(["--config", str(config)]) as server:
-        maps = open(f"/proc/{server.proc.pid}/maps").read()
+    with ServeProcess(config) as server:
+        maps = open(f"/proc/{server.process.pid}/maps").read()
         assert "libtensorflow" not in maps and "_pywrap_tensorflow" not in maps
         assert "grpc" in maps  # the probe sees the server's libraries at all
 

@@ -11,18 +11,19 @@ import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
-from hps_cli.runtime import HPS
-from hps_cli.runtime.table.synthetic import synthetic_vectors
-from runtime_configs import make_tables, ps_config
-from serve_helpers import (
-    ServerProcess,
+from helpers.runtime_configs import make_tables, ps_config
+from helpers.serve_client import (
     binary_output,
     http_get,
     http_post,
     lookup_inputs,
     scrape,
 )
+from hps_cli.runtime import HPS
+from hps_cli.runtime.table.synthetic import synthetic_vectors
 from tritonclient.utils import InferenceServerException
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 DIMS = {"a": 8, "b": 16}
 TOKEN = "s3cret-admin-token-for-tests"
@@ -54,21 +55,20 @@ def setup(tmp_path_factory):
     doc = _config(tmp)
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
-    server = ServerProcess(
-        [
-            "--config",
-            str(path),
+    server = ServeProcess(
+        path,
+        extra_args=[
             "--max-queue-delay-us",
             "2000",
             "--access-log",
             str(tmp / "access.log"),
             "--allow-shared-memory",
-        ]
+        ],
     ).start()
     runtime = HPS(path)
     yield server, runtime, tmp
     runtime.close()
-    assert server.terminate() == 0
+    assert server.stop() == 0
 
 
 def _keys(rng, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
@@ -79,7 +79,7 @@ def _keys(rng, n_a: int, n_b: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_health_metadata_and_config_over_both_protocols(setup):
     server, _, _ = setup
-    for module, url in ((thttp, server.http), (tgrpc, server.grpc)):
+    for module, url in ((thttp, server.http_url), (tgrpc, server.grpc_url)):
         client = module.InferenceServerClient(url)
         assert client.is_server_live() and client.is_server_ready()
         assert client.is_model_ready("m") and client.is_model_ready("wide")
@@ -110,7 +110,9 @@ def test_health_metadata_and_config_over_both_protocols(setup):
 def test_lookups_equal_the_in_process_runtime(setup, protocol, rng):
     server, runtime, _ = setup
     module = tgrpc if protocol == "grpc" else thttp
-    client = module.InferenceServerClient(server.grpc if protocol == "grpc" else server.http)
+    client = module.InferenceServerClient(
+        server.grpc_url if protocol == "grpc" else server.http_url
+    )
     binary = protocol != "http-json"
     for n_a, n_b in ((5, 7), (64, 0), (0, 128), (1, 1), (10, 100)):
         keys, counts = _keys(rng, n_a, n_b)
@@ -156,7 +158,7 @@ def test_flat_shapes_and_json_inputs_with_binary_output(setup):
             "id": "req-7",
         }
     ).encode()
-    status, headers, data = http_post(server.http, "/v2/models/m/versions/1/infer", body)
+    status, headers, data = http_post(server.http_url, "/v2/models/m/versions/1/infer", body)
     assert status == 200
     header = json.loads(data[: int(headers["Inference-Header-Content-Length"])])
     assert header["id"] == "req-7" and header["outputs"][0]["shape"] == [32]
@@ -169,7 +171,7 @@ def test_compressed_requests_and_responses(setup, rng):
     server, runtime, _ = setup
     keys, counts = _keys(rng, 20, 20)
     expected = runtime.lookup_concatenated(keys, counts, "m")
-    client = thttp.InferenceServerClient(server.http)
+    client = thttp.InferenceServerClient(server.http_url)
     for request, response in (("gzip", None), ("deflate", None), (None, "gzip")):
         result = client.infer(
             "m",
@@ -178,7 +180,7 @@ def test_compressed_requests_and_responses(setup, rng):
             response_compression_algorithm=response,
         )
         np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(-1), expected)
-    grpc_client = tgrpc.InferenceServerClient(server.grpc)
+    grpc_client = tgrpc.InferenceServerClient(server.grpc_url)
     result = grpc_client.infer(
         "m", lookup_inputs(tgrpc, keys, counts), compression_algorithm="gzip"
     )
@@ -187,7 +189,7 @@ def test_compressed_requests_and_responses(setup, rng):
 
 def test_dim_128_model(setup, rng):
     server, runtime, _ = setup
-    client = tgrpc.InferenceServerClient(server.grpc)
+    client = tgrpc.InferenceServerClient(server.grpc_url)
     keys = rng.integers(0, 320, 1000).astype(np.int64)
     got = client.infer("wide", lookup_inputs(tgrpc, keys, [1000])).as_numpy("OUTPUT0")
     np.testing.assert_array_equal(
@@ -197,7 +199,7 @@ def test_dim_128_model(setup, rng):
 
 def test_max_batch_size_is_enforced(setup):
     server, _, _ = setup
-    client = thttp.InferenceServerClient(server.http)
+    client = thttp.InferenceServerClient(server.http_url)
     keys = np.arange(193, dtype=np.int64)  # 193 keys / 3 per sample = 65 samples > 64
     with pytest.raises(InferenceServerException) as err:
         client.infer("m", lookup_inputs(thttp, keys, [100, 93]))
@@ -208,15 +210,15 @@ def test_max_batch_size_is_enforced(setup):
 
 def test_concurrent_requests_are_batched_and_exact(setup):
     server, runtime, _ = setup
-    before = scrape(server.metrics)
+    before = scrape(server.metrics_url)
     errors, wrong = [], []
 
     def worker(seed: int) -> None:
         rng = np.random.default_rng(seed)
         client = (
-            tgrpc.InferenceServerClient(server.grpc)
+            tgrpc.InferenceServerClient(server.grpc_url)
             if seed % 2
-            else thttp.InferenceServerClient(server.http)
+            else thttp.InferenceServerClient(server.http_url)
         )
         module = tgrpc if seed % 2 else thttp
         try:
@@ -236,7 +238,7 @@ def test_concurrent_requests_are_batched_and_exact(setup):
     for t in threads:
         t.join()
     assert not errors and not wrong
-    after = scrape(server.metrics)
+    after = scrape(server.metrics_url)
     key = 'hps_batch_requests_count{model="m"}'
     batches = after[key] - before.get(key, 0)
     requests = after['hps_batch_requests_sum{model="m"}'] - before.get(
@@ -251,14 +253,14 @@ def test_concurrent_requests_are_batched_and_exact(setup):
 
 def test_statistics_metrics_and_access_log(setup):
     server, _, tmp = setup
-    client = thttp.InferenceServerClient(server.http)
+    client = thttp.InferenceServerClient(server.http_url)
     client.infer("m", lookup_inputs(thttp, np.array([1, 2], np.int64), [1, 1]))
     stats = client.get_inference_statistics("m")["model_stats"][0]
     assert stats["name"] == "m" and stats["inference_stats"]["success"]["count"] >= 1
     assert stats["execution_count"] >= 1 and stats["inference_count"] >= 1
-    grpc_stats = tgrpc.InferenceServerClient(server.grpc).get_inference_statistics("m")
+    grpc_stats = tgrpc.InferenceServerClient(server.grpc_url).get_inference_statistics("m")
     assert grpc_stats.model_stats[0].inference_stats.success.count >= 1
-    metrics = scrape(server.metrics)
+    metrics = scrape(server.metrics_url)
     assert metrics['hps_requests_total{code="200",model="m",protocol="http"}'] >= 1
     assert metrics['hps_requests_total{code="OK",model="m",protocol="grpc"}'] >= 1
     assert metrics['hps_request_duration_seconds_count{model="m",protocol="http"}'] >= 1
@@ -293,14 +295,14 @@ def test_statistics_metrics_and_access_log(setup):
 def test_admin_endpoints_are_disabled_without_a_token(setup):
     server, _, _ = setup
     status, _, body = http_post(
-        server.http,
+        server.http_url,
         "/v2/admin/models/m/tables/a/remove",
         b"{}",
         {"Authorization": f"Bearer {TOKEN}"},
     )
     assert status == 403 and "disabled" in json.loads(body)["error"]
     with pytest.raises(InferenceServerException) as err:
-        tgrpc.InferenceServerClient(server.grpc).unload_model("m")
+        tgrpc.InferenceServerClient(server.grpc_url).unload_model("m")
     assert "PERMISSION_DENIED" in err.value.status()
 
 
@@ -309,9 +311,9 @@ def admin_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-admin")
     path = tmp / "ps.json"
     path.write_text(json.dumps(_config(tmp)))
-    server = ServerProcess(["--config", str(path)], env={"HPS_ADMIN_TOKEN": TOKEN}).start()
+    server = ServeProcess(path, env={"HPS_ADMIN_TOKEN": TOKEN}).start()
     yield server
-    assert server.terminate() == 0
+    assert server.stop() == 0
 
 
 def _update(server, table: str, op: str, keys, vectors=None, token=TOKEN, binary=True):
@@ -333,13 +335,16 @@ def _update(server, table: str, op: str, keys, vectors=None, token=TOKEN, binary
     if binary:
         headers["Inference-Header-Content-Length"] = str(len(header))
     return http_post(
-        server.http, f"/v2/admin/models/m/tables/{table}/{op}", header + b"".join(blobs), headers
+        server.http_url,
+        f"/v2/admin/models/m/tables/{table}/{op}",
+        header + b"".join(blobs),
+        headers,
     )
 
 
 def test_admin_insert_and_remove_reach_every_tier_and_the_cache(admin_server):
     server = admin_server
-    grpc_client = tgrpc.InferenceServerClient(server.grpc)
+    grpc_client = tgrpc.InferenceServerClient(server.grpc_url)
     keys = np.array([5, 6, 1500, 9999], np.int64)  # cached, cached, maybe not, new
 
     def look():
@@ -352,13 +357,13 @@ def test_admin_insert_and_remove_reach_every_tier_and_the_cache(admin_server):
     before = look()
     np.testing.assert_array_equal(before[:3], synthetic_vectors(keys[:3], 8))
     assert (before[3] == 0.0).all()
-    cache = scrape(server.metrics)
+    cache = scrape(server.metrics_url)
     new = np.arange(32, dtype=np.float32).reshape(4, 8) + 0.5
     status, _, body = _update(server, "a", "insert", keys, new)
     assert status == 200, body
     assert json.loads(body) == {"model": "m", "table": "a", "operation": "insert", "keys": 4}
     np.testing.assert_array_equal(look(), new)  # the cached copies were replaced too
-    after = scrape(server.metrics)
+    after = scrape(server.metrics_url)
     assert (
         after['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}']
         > cache['hps_cache_keys_total{device="0",model="m",result="hit",table="a"}']
@@ -380,7 +385,7 @@ def test_admin_errors(admin_server):
     status, headers, body = _update(server, "a", "remove", [1], token="wrong-token-xxxxxxxx")
     assert status == 401 and "wrong bearer token" in json.loads(body)["error"]
     assert headers.get("WWW-Authenticate", "").startswith("Bearer")
-    status, _, body = http_post(server.http, "/v2/admin/models/m/tables/a/remove", b"{}")
+    status, _, body = http_post(server.http_url, "/v2/admin/models/m/tables/a/remove", b"{}")
     assert status == 401 and "Authorization" in json.loads(body)["error"]
     status, _, body = _update(server, "zz", "remove", [1])
     assert status == 404 and "no table 'zz'" in json.loads(body)["error"]
@@ -388,7 +393,7 @@ def test_admin_errors(admin_server):
     assert status == 400 and "VECTORS" in json.loads(body)["error"]
     status, _, body = _update(server, "a", "insert", [1, 2])
     assert status == 400 and "missing input 'VECTORS'" in json.loads(body)["error"]
-    client = thttp.InferenceServerClient(server.http)
+    client = thttp.InferenceServerClient(server.http_url)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with pytest.raises(InferenceServerException) as err:
         client.unload_model("m", headers=auth)
@@ -398,7 +403,7 @@ def test_admin_errors(admin_server):
     assert err.value.status() in ("400", "404")
     index = client.get_model_repository_index(headers=auth)
     assert [(m["name"], m["state"]) for m in index] == [("m", "READY"), ("wide", "READY")]
-    status, _ = http_get(server.http, "/v2/health/ready")
+    status, _ = http_get(server.http_url, "/v2/health/ready")
     assert status == 200
 
 
@@ -409,7 +414,7 @@ def test_system_shared_memory_inputs_and_outputs(setup, module, rng):
     import tritonclient.utils.shared_memory as shm
 
     server, runtime, _ = setup
-    client = module.InferenceServerClient(server.grpc if module is tgrpc else server.http)
+    client = module.InferenceServerClient(server.grpc_url if module is tgrpc else server.http_url)
     keys, counts = _keys(rng, 40, 30)
     out_bytes = (40 * 8 + 30 * 16) * 4
     name = f"hps_test_{module.__name__.split('.')[-1]}"
@@ -457,7 +462,7 @@ def test_system_shared_memory_inputs_and_outputs(setup, module, rng):
 
 def test_shared_memory_registration_errors(setup, tmp_path):
     server, _, _ = setup
-    client = thttp.InferenceServerClient(server.http)
+    client = thttp.InferenceServerClient(server.http_url)
     for key, text in (
         ("/no_such_region_hps", "cannot open"),
         ("/../etc/passwd", "must name"),
@@ -483,7 +488,7 @@ def test_shared_memory_registration_errors(setup, tmp_path):
 
 
 def test_shared_memory_is_off_by_default(admin_server):
-    client = thttp.InferenceServerClient(admin_server.http)
+    client = thttp.InferenceServerClient(admin_server.http_url)
     with pytest.raises(InferenceServerException) as err:
         client.register_system_shared_memory("r", "/x", 8)
     assert err.value.status() == "403" and "--allow-shared-memory" in err.value.message()

@@ -11,9 +11,11 @@ import time
 
 import numpy as np
 import pytest
+from helpers.runtime_configs import make_tables, ps_config
+from helpers.serve_client import binary_lookup_body, binary_output, http_get, scrape
 from hps_cli.runtime.table.synthetic import synthetic_vectors
-from runtime_configs import make_tables, ps_config
-from serve_helpers import ServerProcess, binary_lookup_body, binary_output, http_get, scrape
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.redis
 
@@ -39,12 +41,12 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
             expected = synthetic_vectors(keys, 16)
             expected[keys < 0] = -1.0
             cases.append((keys, expected.reshape(-1)))
-        with ServerProcess(["--config", str(path), "--access-log", "off"]) as server:
+        with ServeProcess(path, extra_args=["--access-log", "off"]) as server:
             stop = threading.Event()
             answers, errors = [0], []
 
             def load(index: int) -> None:
-                host, port = server.http.split(":")
+                host, port = server.http_url.split(":")
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
                 i = index
                 while not stop.is_set():
@@ -77,7 +79,7 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
             deadline = killed_at + 30
             failures = 0.0
             while time.monotonic() < deadline:  # until the tier has seen the dead node
-                metrics = scrape(server.metrics)
+                metrics = scrape(server.metrics_url)
                 failures = metrics.get(
                     'hps_table_keys_total{model="m",result="volatile_failure",table="t"}', 0
                 )
@@ -92,6 +94,6 @@ def test_killing_a_redis_node_under_load_keeps_the_server_answering(tmp_path):
             assert not errors, errors[:5]
             assert before_kill > 0 and answers[0] > after_kill > before_kill
             assert failures > 0  # the dead node's keys fell through to RocksDB
-            metrics = scrape(server.metrics)
+            metrics = scrape(server.metrics_url)
             assert metrics['hps_table_keys_total{model="m",result="persistent_hit",table="t"}'] > 0
-            assert http_get(server.http, "/v2/health/ready")[0] == 200
+            assert http_get(server.http_url, "/v2/health/ready")[0] == 200

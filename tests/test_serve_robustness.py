@@ -12,17 +12,18 @@ import grpc
 import numpy as np
 import pytest
 import tritonclient.grpc as tgrpc
-from hps_cli.runtime import HPS
-from runtime_configs import make_tables, ps_config
-from serve_helpers import (
-    ServerProcess,
+from helpers.runtime_configs import make_tables, ps_config
+from helpers.serve_client import (
     binary_lookup_body,
     binary_output,
     http_get,
     http_post,
     lookup_inputs,
 )
+from hps_cli.runtime import HPS
 from tritonclient.grpc import service_pb2, service_pb2_grpc
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 LIMIT = 1 << 20  # --max-request-bytes
 
@@ -34,13 +35,13 @@ def setup(tmp_path_factory):
     doc = ps_config(tables, {"a": 8, "b": 4}, max_batch_size=256)
     path = tmp / "ps.json"
     path.write_text(json.dumps(doc))
-    server = ServerProcess(
-        ["--config", str(path), "--max-request-bytes", str(LIMIT), "--access-log", "off"]
+    server = ServeProcess(
+        path, extra_args=["--max-request-bytes", str(LIMIT), "--access-log", "off"]
     ).start()
     runtime = HPS(path)
     yield server, runtime
     runtime.close()
-    assert server.terminate() == 0
+    assert server.stop() == 0
 
 
 def _doc(inputs=None, **extra) -> bytes:
@@ -281,7 +282,7 @@ def test_http_corpus_is_large_enough():
 def test_malformed_http_requests_get_a_clear_4xx(setup, case):
     server, _ = setup
     _, path, body, headers, status, text = case
-    got, resp_headers, data = http_post(server.http, path, body, headers)
+    got, resp_headers, data = http_post(server.http_url, path, body, headers)
     assert got == status, data[:300]
     assert resp_headers["Content-Type"].startswith("application/json")
     message = json.loads(data)["error"]
@@ -290,7 +291,7 @@ def test_malformed_http_requests_get_a_clear_4xx(setup, case):
 
 def test_wrong_method_is_405_in_json(setup):
     server, _ = setup
-    status, body = http_get(server.http, INFER)
+    status, body = http_get(server.http_url, INFER)
     assert status == 405 and "not allowed" in json.loads(body)["error"]
 
 
@@ -495,7 +496,7 @@ def test_grpc_corpus_is_large_enough():
 @pytest.fixture(scope="module")
 def stub(setup):
     server, _ = setup
-    channel = grpc.insecure_channel(server.grpc)
+    channel = grpc.insecure_channel(server.grpc_url)
     yield service_pb2_grpc.GRPCInferenceServiceStub(channel)
     channel.close()
 
@@ -522,16 +523,16 @@ def test_grpc_unknown_model_metadata_and_config(stub):
 def test_healthy_and_exact_after_the_corpus(setup, stub):
     """Runs after the corpus (file order): the server still answers, correctly."""
     server, runtime = setup
-    assert http_get(server.http, "/v2/health/ready")[0] == 200
-    assert http_get(server.http, "/v2/health/live")[0] == 200
+    assert http_get(server.http_url, "/v2/health/ready")[0] == 200
+    assert http_get(server.http_url, "/v2/health/live")[0] == 200
     assert stub.ServerReady(service_pb2.ServerReadyRequest(), timeout=30).ready
     keys, counts = np.array([1, 2, 3], np.int64), np.array([2, 1], np.int32)
     expected = runtime.lookup_concatenated(keys, counts, "m")
     body, headers = binary_lookup_body(keys, counts)
-    status, resp_headers, data = http_post(server.http, INFER, body, headers)
+    status, resp_headers, data = http_post(server.http_url, INFER, body, headers)
     assert status == 200
     np.testing.assert_array_equal(binary_output(resp_headers, data), expected)
-    client = tgrpc.InferenceServerClient(server.grpc)
+    client = tgrpc.InferenceServerClient(server.grpc_url)
     got = client.infer("m", lookup_inputs(tgrpc, keys, counts)).as_numpy("OUTPUT0")
     np.testing.assert_array_equal(got.reshape(-1), expected)
 
@@ -555,9 +556,9 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(setup):
         use_grpc = index % 4 == 3
         try:
             if use_grpc:
-                client = tgrpc.InferenceServerClient(server.grpc)
+                client = tgrpc.InferenceServerClient(server.grpc_url)
             else:
-                host, port = server.http.split(":")
+                host, port = server.http_url.split(":")
                 conn = http.client.HTTPConnection(host, int(port), timeout=60)
             for i in range(index, total, threads_n):
                 keys, counts, expected = cases[i % len(cases)]
@@ -570,7 +571,7 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(setup):
                 else:
                     body, headers = binary_lookup_body(keys, counts)
                     status, resp_headers, data = http_post(
-                        server.http, INFER, body, headers, conn=conn
+                        server.http_url, INFER, body, headers, conn=conn
                     )
                     if status != 200:
                         errors.append(f"HTTP {status}: {data[:200]!r}")
@@ -589,5 +590,5 @@ def test_ten_thousand_requests_at_concurrency_16_without_errors(setup):
         t.join()
     assert not errors, errors[:5]
     assert sum(done) == total
-    stats = json.loads(http_get(server.http, "/v2/models/m/stats")[1])["model_stats"][0]
+    stats = json.loads(http_get(server.http_url, "/v2/models/m/stats")[1])["model_stats"][0]
     assert stats["inference_stats"]["success"]["count"] >= total

@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import REPO
+from helpers.paths import REPO
 
 pytestmark = pytest.mark.tf
 
@@ -283,9 +283,9 @@ def test_lazy_initialization_from_the_layers_config_file(weights):
         np.testing.assert_array_equal(
             graph(tf.constant([9], tf.int64)).numpy()[0], weights["big"][9]
         )
-        from hps_cli.tf import runtime_handle
+        from hps_cli.tf import process_runtime
 
-        assert str(runtime_handle.active_path()) == weights["long"]
+        assert str(process_runtime.active_path()) == weights["long"]
     finally:
         hps.Shutdown()
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hps_cli.dissect.tf_support import is_native_load_noise
+from hps_cli.common.tf_loader import is_native_load_noise
 
 # Lines TensorFlow 2.21 prints while loading on a machine without a GPU (copied from a run).
 _NOISE = [
@@ -48,7 +48,7 @@ def _run(code: str, **env) -> subprocess.CompletedProcess:
 
 _WINDOW = """
 import os, sys
-from hps_cli.dissect.tf_support import quiet_native_stderr
+from hps_cli.common.tf_loader import quiet_native_stderr
 print("before", file=sys.stderr, flush=True)
 with quiet_native_stderr():
     os.write(2, {noise!r}.encode())
@@ -71,11 +71,19 @@ def test_hps_debug_shows_everything():
     assert res.stderr.count("oneDNN") == 2 and "native warning" in res.stderr
 
 
+def test_set_debug_shows_everything():
+    """What `hps --debug` calls: the setting, not the environment, turns the filter off."""
+    code = "from hps_cli.common.tf_loader import set_debug\nset_debug(True)\n" + _WINDOW
+    res = _run(code)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr.count("oneDNN") == 2 and "native warning" in res.stderr
+
+
 @pytest.mark.tf
 def test_importing_tensorflow_prints_nothing():
     pytest.importorskip("tensorflow")
     res = _run(
-        "from hps_cli.dissect.tf_support import import_tensorflow\n"
+        "from hps_cli.common.tf_loader import import_tensorflow\n"
         "tf = import_tensorflow()\nprint(tf.__version__)"
     )
     assert res.returncode == 0, res.stderr

@@ -188,6 +188,8 @@ def main() -> None:
             serve_config,
             model_repository=repo,
             extra_args=("--access-log", str(work / "access.log")),
+            log_path=work / "server.log",
+            echo=True,
         ).start()
         http_url = server.http_url
 

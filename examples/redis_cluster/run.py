@@ -113,7 +113,7 @@ def main() -> None:
             with TableReader(work / "tables" / "items") as reader:
                 table_keys = np.array(reader.keys())
             rng = np.random.default_rng(5)
-            with ServeProcess(work / "ps.json") as server:
+            with ServeProcess(work / "ps.json", log_path=work / "server.log", echo=True) as server:
                 client = httpclient.InferenceServerClient(url=server.http_url)
                 keys = rng.choice(table_keys, 200)
                 if not np.array_equal(lookup(client, keys), synthetic_vectors(keys, DIM)):

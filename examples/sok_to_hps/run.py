@@ -120,7 +120,7 @@ def main() -> None:
         print("\n=== 4. serve it and query with the stock Triton client", flush=True)
         import tritonclient.http as httpclient
 
-        with ServeProcess(work / "ps.json") as server:
+        with ServeProcess(work / "ps.json", log_path=work / "server.log", echo=True) as server:
             client = httpclient.InferenceServerClient(url=server.http_url)
             rng = np.random.default_rng(4)
             picks = [dump[n][0][rng.integers(0, dump[n][0].size, 6)] for n in names]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import io
 
-from ..output import human_bytes
+from ..common.units import human_bytes
 
 PERF_ANALYZER_COLUMNS = (
     "Concurrency",

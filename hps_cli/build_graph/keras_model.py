@@ -26,7 +26,7 @@ def build_model(
 ):
     """(Keras model, inference ``inputs`` docs, ``layers`` docs) for ``manifest``.
 
-    Call inside ``hps_cli.tf.runtime_handle.package_base(package)`` so the relative paths
+    Call inside ``hps_cli.tf.process_runtime.package_base(package)`` so the relative paths
     resolve while the layers are built.
     """
     keras = layers.keras

@@ -148,11 +148,11 @@ def build_graph(
             "the default vector while they are inserted (set 1.0 for exact results)"
         )
 
-    from ..dissect.tf_support import import_tensorflow
+    from ..common.tf_loader import import_tensorflow
 
     tf = import_tensorflow("hps build-graph")
     from ..tf import layers_for
-    from ..tf.runtime_handle import package_base
+    from ..tf.process_runtime import package_base
     from .keras_model import build_model
 
     layers = layers_for(flavour)

@@ -116,7 +116,7 @@ def read_spec(spec_path: Path) -> BuildPlan:
     id_dtype = "int64" if config.supportlonglong else "int32"
     dense_path = (base / spec["dense"]).resolve()
     signature = spec.get("signature", "serving_default")
-    from ..dissect.tf_support import import_tensorflow
+    from ..common.tf_loader import import_tensorflow
 
     import_tensorflow("hps build-graph")
     from ..tf.dense_layer import load_signature

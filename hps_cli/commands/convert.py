@@ -7,17 +7,10 @@ from pathlib import Path
 
 import click
 
+from ..common.units import human_bytes
 from ..output import current_output, json_option
 
 _FORMATS = ("hps", "rocksdb", "hugectr", "sok-v2", "sok-v1", "npy", "npz", "hdf5")
-
-
-def _human(count: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if count < 1024 or unit == "TiB":
-            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
-        count /= 1024
-    return str(count)
 
 
 @click.command("convert")
@@ -199,10 +192,10 @@ def convert_command(
         if t.reordered:
             extra.append("hot-first")
         out.line(
-            f"  {t.name}: {t.rows_out:,} rows x dim {t.dim}, {_human(t.bytes)}, "
+            f"  {t.name}: {t.rows_out:,} rows x dim {t.dim}, {human_bytes(t.bytes)}, "
             f"duplicates {dups}{'; ' + ', '.join(extra) if extra else ''} -> {t.output}"
         )
     out.line(
-        f"{verb} {len(result.tables)} table(s), {result.rows:,} rows, {_human(result.bytes)} "
+        f"{verb} {len(result.tables)} table(s), {result.rows:,} rows, {human_bytes(result.bytes)} "
         f"in {result.seconds:.2f} s ({result.mb_per_s:.1f} MB/s of input)"
     )

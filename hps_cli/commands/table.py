@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from ..output import current_output, human_bytes, json_option
+from ..common.units import human_bytes
+from ..output import current_output, json_option
 
 
 @click.group("table")

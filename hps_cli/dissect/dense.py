@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from ..common.tf_loader import import_tensorflow
 from .plan import TensorSig
-from .tf_support import import_tensorflow
 
 SIGNATURE = "serving_default"
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..common.tf_loader import import_tensorflow
 from ..runtime.errors import InvalidInputError
-from .tf_support import import_tensorflow
 
 RESOURCE = 20  # DataType DT_RESOURCE
 PASS_THROUGH = {"Identity", "ReadVariableOp", "IdentityN"}

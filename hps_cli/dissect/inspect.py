@@ -18,7 +18,9 @@ from dataclasses import dataclass, field, replace
 
 from ..runtime.errors import InvalidInputError, NotFoundError
 from .bundle import FLOAT_DTYPES
-from .sources import MODEL, OPTIMIZER, SAVED_MODEL, Source, Variable, sanitize_name
+from .graph_usage import gathered_variables
+from .keras_files import inbound_layers, layer_configs
+from .source_types import MODEL, OPTIMIZER, SAVED_MODEL, Source, Variable, sanitize_name
 
 TABLE_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,120}$")
 EVIDENCE_TEXT = {
@@ -100,13 +102,9 @@ def inspect_source(source: Source) -> Inventory:
     layers = (source.keras_config or {}).get("_layers", {}) if source.format == SAVED_MODEL else {}
     gathered: dict = {}
     if source.format == SAVED_MODEL:
-        from .graph_usage import gathered_variables
-
         gathered = gathered_variables(source.path)
     configs: dict = {}
     if source.keras_config:
-        from .keras_files import layer_configs
-
         configs = layer_configs(source.keras_config)
     out = []
     for var in source.variables:
@@ -116,8 +114,6 @@ def inspect_source(source: Source) -> Inventory:
         if eligible(var):
             if var.layer_class == "Embedding":
                 var = var.with_evidence("keras_embedding_layer")
-                from .keras_files import inbound_layers
-
                 feeders = [
                     name
                     for name in inbound_layers(configs.get(var.layer) or {})

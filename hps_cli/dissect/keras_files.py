@@ -6,10 +6,9 @@
   own name into the group's ``name`` attribute, which is how we recover ``item_emb/embeddings``.
   Archives store their members uncompressed, so the weights are read in place through a window
   on the zip file (no extraction, memory bounded by one slice).
-- ``.h5`` (Keras 2 / tf_keras): root attributes ``keras_version`` and ``model_config``; weights
-  under ``model_weights/<layer>/<weight name>`` listed by the ``layer_names`` and
-  ``weight_names`` attributes; ``optimizer_weights`` holds optimizer state. Weights-only files
-  (``save_weights``) put ``layer_names`` on the root. Keras 3 ``.weights.h5`` files use the
+- ``.h5`` (Keras 2 / tf_keras): root attributes ``keras_version`` and ``model_config``; the
+  weights in the layout that ``hps_cli.common.keras2_h5`` reads (``model_weights/<layer>/<weight
+  name>``, optimizer state in ``optimizer_weights``). Keras 3 ``.weights.h5`` files use the
   ``.keras`` layout.
 """
 
@@ -27,9 +26,11 @@ from typing import Iterator
 
 import numpy as np
 
+from ..common import keras2_h5
+from ..common.keras2_h5 import text
 from ..runtime.errors import InvalidInputError
 from .protowire import fields
-from .sources import BOOKKEEPING, H5, KERAS, MODEL, OPTIMIZER, Source, Variable, sanitize_name
+from .source_types import BOOKKEEPING, H5, KERAS, MODEL, OPTIMIZER, Source, Variable, sanitize_name
 
 # Variable names of Keras layers by position in their ``vars`` group (Keras 3 layout).
 _WEIGHT_NAMES = {
@@ -97,10 +98,6 @@ def inbound_layers(layer: dict) -> list[str]:
 
     walk(layer.get("inbound_nodes", []))
     return names
-
-
-def _text(value) -> str:
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def _shape_dtype(dataset) -> tuple[tuple[int, ...], str]:
@@ -267,7 +264,7 @@ def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
         if not path.endswith("vars") or not hasattr(obj, "keys"):
             return
         owner_path = path[: -len("/vars")] if path.endswith("/vars") else ""
-        layer = _text(obj.attrs.get("name", owner_path.rsplit("/", 1)[-1] or "model"))
+        layer = text(obj.attrs.get("name", owner_path.rsplit("/", 1)[-1] or "model"))
         cls = (layers.get(layer) or {}).get("class_name")
         if cls is None and _SNAKE_EMBEDDING.match(owner_path.rsplit("/", 1)[-1]):
             cls = "Embedding"
@@ -333,20 +330,24 @@ class H5Source(_H5Backed):
         raw = h5.attrs.get("model_config")
         if raw is not None:
             try:
-                config = json.loads(_text(raw))
+                config = json.loads(text(raw))
             except ValueError as exc:
                 self.close()
                 raise InvalidInputError(
                     f"unreadable model_config attribute: {exc}", location=str(path)
                 ) from exc
         version = h5.attrs.get("keras_version")
-        version = _text(version) if version is not None else None
+        version = text(version) if version is not None else None
         layers = layer_configs(config)
         if "layers" in h5 and "layer_names" not in h5.attrs and "model_weights" not in h5:
             variables = keras3_variables(h5, layers)  # Keras 3 .weights.h5 layout
             flavour = "keras3"
         elif "model_weights" in h5 or "layer_names" in h5.attrs:
-            variables = _keras2_variables(h5, layers)
+            try:
+                variables = _keras2_variables(h5, layers)
+            except InvalidInputError:
+                self.close()
+                raise
             flavour = "keras3" if version and version.startswith("3") else "tf_keras"
         else:
             self.close()
@@ -377,49 +378,26 @@ class H5Source(_H5Backed):
 
 def _keras2_variables(h5, layers: dict[str, dict]) -> list[Variable]:
     result: list[Variable] = []
-    root = h5["model_weights"] if "model_weights" in h5 else h5
-    names = [_text(layer) for layer in root.attrs.get("layer_names", [])]
-    if "top_level_model_weights" in root and "top_level_model_weights" not in names:
-        names.append("top_level_model_weights")  # the model's own weights (e.g. a tf.Variable)
-    for layer in names:
-        group = root[layer]
-        cls = (layers.get(layer) or {}).get("class_name")
-        layer = None if layer == "top_level_model_weights" else layer
-        for weight in group.attrs.get("weight_names", []):
-            weight = _text(weight)
-            dataset = group[weight]
-            shape, dtype = _shape_dtype(dataset)
-            name = weight[:-2] if weight.endswith(":0") else weight
-            result.append(
-                Variable(
-                    name,
-                    shape,
-                    dtype,
-                    MODEL,
-                    dataset.name.lstrip("/"),
-                    dataset.name.lstrip("/"),
-                    layer=layer,
-                    layer_class=cls,
-                )
+    for weight in keras2_h5.model_weights(h5):
+        result.append(
+            _keras2_variable(
+                weight,
+                MODEL,
+                layer=weight.layer,
+                layer_class=(layers.get(weight.layer) or {}).get("class_name"),
             )
-    if "optimizer_weights" in h5:
-        group = h5["optimizer_weights"]
-        for weight in group.attrs.get("weight_names", []):
-            weight = _text(weight)
-            if weight not in group:
-                continue
-            shape, dtype = _shape_dtype(group[weight])
-            result.append(
-                Variable(
-                    weight[:-2] if weight.endswith(":0") else weight,
-                    shape,
-                    dtype,
-                    OPTIMIZER,
-                    group[weight].name.lstrip("/"),
-                    group[weight].name.lstrip("/"),
-                )
-            )
+        )
+    for weight in keras2_h5.optimizer_weights(h5):
+        result.append(_keras2_variable(weight, OPTIMIZER))
     return result
+
+
+def _keras2_variable(weight: keras2_h5.Weight, kind: str, **owner) -> Variable:
+    """``user_emb/embeddings:0`` → variable ``user_emb/embeddings`` at its dataset's path."""
+    shape, dtype = _shape_dtype(weight.dataset)
+    name = weight.name[:-2] if weight.name.endswith(":0") else weight.name
+    location = weight.dataset.name.lstrip("/")
+    return Variable(name, shape, dtype, kind, location, location, **owner)
 
 
 def saved_model_keras_metadata(path: Path) -> dict | None:
@@ -435,8 +413,8 @@ def saved_model_keras_metadata(path: Path) -> dict | None:
             if number != 1:
                 continue
             parts = {n: v for n, _, v in fields(node)}
-            meta = json.loads(_text(parts.get(5, b"{}")) or "{}")
-            if _text(parts.get(3, b"")) == "root":
+            meta = json.loads(text(parts.get(5, b"{}")) or "{}")
+            if text(parts.get(3, b"")) == "root":
                 root = meta
             elif isinstance(meta, dict) and meta.get("name") and meta.get("class_name"):
                 layers[meta["name"]] = {

@@ -10,12 +10,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..common.tf_loader import tensorflow_version
 from ..runtime.checksum import file_crc32
 from ..runtime.errors import CheckFailedError
 from ..runtime.resources import load_schema
 from .plan import ModelPlan
-from .sources import Source
-from .tf_support import tensorflow_version
+from .source_types import Source
 
 SCHEMA = "manifest.schema.json"
 MANIFEST_FILE = "manifest.json"

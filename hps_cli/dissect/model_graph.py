@@ -25,9 +25,12 @@ from collections import defaultdict, deque
 
 import numpy as np
 
+from ..common.tf_loader import import_tensorflow
 from ..runtime.errors import InvalidInputError
+from .dense import save_dense
 from .graph_usage import COMBINERS, GATHERS, PASS_THROUGH
 from .inspect import TableChoice
+from .model_keras import OOV_POLICY
 from .plan import (
     DirectInput,
     KeyMap,
@@ -37,8 +40,7 @@ from .plan import (
     TensorSig,
     dense_input_names,
 )
-from .sources import Source
-from .tf_support import import_tensorflow
+from .source_types import Source
 
 # The graph ops that pass a variable through, gather from it, or combine gathered rows: the
 # same vocabulary graph_usage.py scans saved_model.pb with.
@@ -424,8 +426,6 @@ class GraphPlan(ModelPlan):
                 hint=_NO_DENSE_HINT,
             )
         unmapped = np.setdiff1d(np.arange(total), rows)
-        from .model_keras import OOV_POLICY
-
         layer = table_node.name.split("/")
         details = {
             "layer": "/".join(layer[:-2]) if len(layer) > 2 else table_node.name,
@@ -477,8 +477,6 @@ class GraphPlan(ModelPlan):
 
     def export_dense(self, dest) -> None:
         from tensorflow.python.eager import wrap_function
-
-        from .dense import save_dense
 
         feeds = self._cuts + [f"{name}:0" for name in self.direct_placeholders]
         try:

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..common.tf_loader import import_keras3, import_tensorflow, import_tf_keras
 from ..runtime.errors import InvalidInputError
+from .dense import save_dense
 from .inspect import TableChoice
 from .plan import DirectInput, KeyMap, Lookup, ModelInput, ModelPlan, TensorSig, dense_input_names
-from .sources import H5, KERAS, Source
-from .tf_support import import_keras3, import_tensorflow, import_tf_keras
+from .source_types import H5, KERAS, Source
 
 _NO_DENSE_HINT = "pass --no-dense to extract only the tables"
 OOV_POLICY = (
@@ -292,8 +293,6 @@ class KerasPlan(ModelPlan):
         return KeyMap("integer_lookup_vocabulary", keys, rows, details)
 
     def export_dense(self, dest) -> None:
-        from .dense import save_dense
-
         model = self.dense_model
         save_dense(
             dest,

@@ -18,9 +18,13 @@ from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import CheckFailedError, InvalidInputError
 from .inspect import TABLE_NAME, Inventory, TableChoice, inspect_source, select_tables
 from .manifest import MANIFEST_FILE, build_manifest, check_manifest
+from .model_graph import GraphPlan
+from .model_keras import KerasPlan
 from .plan import KeyMap, ModelPlan
 from .psconfig import DEFAULT_MAX_BATCH_SIZE, build_ps_config, check_ps_config
-from .sources import H5, KERAS, SAVED_MODEL, Source, open_source
+from .selfcheck import model_check, sample_feed, tables_check
+from .source_types import H5, KERAS, SAVED_MODEL, Source
+from .sources import open_source
 from .tables import write_table
 
 PS_FILE = "ps.json"
@@ -72,12 +76,8 @@ def _plan(source: Source, choices: list[TableChoice], options: DissectOptions) -
             hint="drop --dense, or dissect the SavedModel/.keras/.h5 model",
         )
     if source.format == SAVED_MODEL:
-        from .model_graph import GraphPlan
-
         return GraphPlan(source, choices, options.signature)
     if source.format in (KERAS, H5):
-        from .model_keras import KerasPlan
-
         return KerasPlan(source, choices)
     return None
 
@@ -124,8 +124,6 @@ def dissect(
         keys = _key_maps(plan, choices)
         feed = expected = None
         if options.check and plan is not None:
-            from .selfcheck import sample_feed
-
             table_keys = {
                 c.variable.name: keys[c.variable.name].keys
                 if keys[c.variable.name].keys is not None
@@ -277,8 +275,6 @@ def _build(
 def _self_check(source, plan, written, dense_dir, options, feed, expected) -> dict:
     if not options.check:
         return {"status": "skipped", "mode": "none", "note": "--no-check"}
-    from .selfcheck import model_check, tables_check
-
     if plan is not None:
         result = model_check(
             plan,

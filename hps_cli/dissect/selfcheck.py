@@ -20,10 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common.tf_loader import import_tensorflow
 from ..runtime.errors import CheckFailedError, DependencyMissingError
 from ..runtime.table import TableReader
+from .dense import load_dense
 from .plan import KeyMap, ModelPlan, SparseIds
-from .sources import CHECKPOINT, SAVED_MODEL, Source
+from .source_types import CHECKPOINT, SAVED_MODEL, Source
+from .tables import as_float32
 
 TOLERANCE = 1e-5
 SAMPLES = 64
@@ -108,9 +111,6 @@ def hps_outputs(
     plan: ModelPlan, feed: dict, lookups: dict[str, TableLookup], dense_dir: Path
 ) -> dict:
     """The outputs of tables + dense SavedModel for ``feed``."""
-    from .dense import load_dense
-    from .tf_support import import_tensorflow
-
     tf = import_tensorflow("the self-check")
     args = {}
     for lk in plan.lookups:
@@ -256,8 +256,6 @@ def reference_tensor(source: Source, var) -> np.ndarray | None:
     if var.nbytes > REFERENCE_LIMIT:
         return None
     if source.format in (CHECKPOINT, SAVED_MODEL):
-        from .tf_support import import_tensorflow
-
         tf = import_tensorflow("the table self-check")
         reader = tf.train.load_checkpoint(str(source.reader.prefix))
         value = reader.get_tensor(var.location)
@@ -265,7 +263,5 @@ def reference_tensor(source: Source, var) -> np.ndarray | None:
     dataset = source._h5[var.location]
     value = dataset[()]
     if var.dtype == "bfloat16":
-        from .tables import as_float32
-
         value = as_float32(value, var.dtype)
     return np.asarray(value, dtype=np.float32)

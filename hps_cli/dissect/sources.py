@@ -1,7 +1,6 @@
-"""Model sources dissect reads: format detection and a uniform view of their variables.
+"""Model sources dissect reads: format detection, checkpoints and SavedModels.
 
-Every source lists its variables (real name, shape, dtype, whether it is model or optimizer
-state, where its bytes are) and streams the rows of one in bounded chunks. Checkpoints and
+``open_source`` opens any supported input as a ``Source`` (source_types.py). Checkpoints and
 SavedModels are read with the pure-Python TensorBundle reader; Keras files (keras_files.py)
 with h5py. None of this imports TensorFlow.
 """
@@ -10,8 +9,6 @@ from __future__ import annotations
 
 import re
 import zipfile
-from abc import ABC, abstractmethod
-from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -19,94 +16,11 @@ import numpy as np
 
 from ..runtime.errors import InvalidInputError, NotFoundError
 from .bundle import BundleReader, is_checkpoint, resolve_prefix
-from .object_graph import BOOKKEEPING, MODEL, OPTIMIZER, checkpoint_variables
+from .keras_files import H5Source, KerasArchiveSource, saved_model_keras_metadata
+from .object_graph import MODEL, checkpoint_variables
+from .source_types import CHECKPOINT, SAVED_MODEL, Source, Variable, sanitize_name
 
-__all__ = [
-    "BOOKKEEPING",
-    "MODEL",
-    "OPTIMIZER",
-    "Variable",
-    "Source",
-    "CheckpointSource",
-    "SavedModelSource",
-    "open_source",
-    "sanitize_name",
-]
-
-CHECKPOINT, SAVED_MODEL, KERAS, H5 = "checkpoint", "saved_model", "keras", "h5"
-
-
-@dataclass(frozen=True)
-class Variable:
-    """One variable of a model source."""
-
-    name: str  # its real name, e.g. "user_emb/embeddings"
-    shape: tuple[int, ...]
-    dtype: str  # numpy-style name: float32, int64, string, ...
-    kind: str  # MODEL, OPTIMIZER or BOOKKEEPING
-    location: str  # checkpoint key or HDF5 dataset path
-    path: str = ""  # object path in the checkpoint, or the HDF5 path
-    aliases: tuple[str, ...] = ()
-    layer: str | None = None  # the Keras layer owning it, when known
-    layer_class: str | None = None  # that layer's class, when known
-    evidence: tuple[str, ...] = ()  # why it is taken for an embedding table (inspect.py)
-    crc32c: int | None = None  # TensorBundle's checksum of its bytes, when stored
-    id_lookup: str | None = None  # an IntegerLookup layer feeding its Embedding (from config)
-
-    @property
-    def rank(self) -> int:
-        return len(self.shape)
-
-    @property
-    def nbytes(self) -> int:
-        from .bundle import DTYPES
-
-        sizes = {v[0]: v[2] for v in DTYPES.values()}
-        return int(np.prod(self.shape, dtype=np.int64)) * sizes.get(self.dtype, 0)
-
-    def with_evidence(self, *items: str) -> "Variable":
-        return replace(self, evidence=tuple(dict.fromkeys(self.evidence + items)))
-
-
-@dataclass
-class Source(ABC):
-    """A model file or folder opened for dissecting."""
-
-    path: Path
-    format: str  # CHECKPOINT, SAVED_MODEL, KERAS or H5
-    variables: list[Variable]
-    flavour: str = "unknown"  # keras3, tf_keras, tensorflow (no Keras), unknown
-    keras_version: str | None = None
-    model_name: str | None = None
-    loadable: bool = False  # a model can be loaded (for the dense part and the check)
-    keras_config: dict | None = None
-    notes: list[str] = field(default_factory=list)
-
-    def variable(self, name: str) -> Variable:
-        for var in self.variables:
-            if name in (var.name, var.location, var.path) or name in var.aliases:
-                return var
-        raise NotFoundError(
-            f"no variable named '{name}'",
-            location=str(self.path),
-            hint="list the variables with `hps dissect MODEL OUT --list`",
-        )
-
-    @abstractmethod
-    def iter_rows(
-        self, var: Variable, rows_per_chunk: int, buffers: int = 1
-    ) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, rows) chunks; chunk ``i`` stays valid for ``buffers - 1`` more steps."""
-        ...
-
-    def close(self) -> None:  # noqa: B027 - optional hook: most sources hold nothing
-        pass
-
-    def __enter__(self) -> "Source":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+__all__ = ["CheckpointSource", "SavedModelSource", "open_source"]
 
 
 def _from_checkpoint(reader: BundleReader) -> list[Variable]:
@@ -189,8 +103,6 @@ class SavedModelSource(CheckpointSource):
         self.model_name = sanitize_name(path.name)
         if (path / "keras_metadata.pb").is_file():
             self.flavour = "tf_keras"
-            from .keras_files import saved_model_keras_metadata
-
             root = saved_model_keras_metadata(path / "keras_metadata.pb")
             if root:
                 self.keras_config = root
@@ -208,12 +120,6 @@ class SavedModelSource(CheckpointSource):
             self.flavour = "tensorflow"
 
 
-def sanitize_name(text: str) -> str:
-    """A name valid in HPS configs (``[A-Za-z0-9_-]{1,120}``)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_\-]+", "_", text).strip("_") or "model"
-    return cleaned[:120]
-
-
 def open_source(path: Path | str) -> Source:
     """Open a SavedModel folder, a .keras archive, an .h5 file or a TF checkpoint."""
     path = Path(path)
@@ -223,12 +129,8 @@ def open_source(path: Path | str) -> Source:
         if path.is_dir() and (path / "saved_model.pb").is_file():
             return SavedModelSource(path)
         if path.is_file() and zipfile.is_zipfile(path):
-            from .keras_files import KerasArchiveSource
-
             return KerasArchiveSource(path)
         if path.is_file() and _is_hdf5(path):
-            from .keras_files import H5Source
-
             return H5Source(path)
         if is_checkpoint(path):
             return CheckpointSource(path)

@@ -21,7 +21,7 @@ from ..runtime.table import TableSummary, TableWriter
 from ..runtime.table.sidecar import read_sidecar, write_sidecar
 from .inspect import TableChoice
 from .plan import KeyMap
-from .sources import Source
+from .source_types import Source
 
 CHUNK_BYTES = 32 << 20
 

@@ -1,12 +1,10 @@
 """HDF5 inputs (h5py): one dataset (``--dataset /a/b``), or the embedding layers of a Keras 2
 ``.h5`` file.
 
-Keras 2 (tf_keras) layout: a full-model save has group ``model_weights`` whose attribute
-``layer_names`` lists the layers; each layer group has attribute ``weight_names`` (e.g.
-``user_emb/embeddings:0``) and the datasets live at ``model_weights/<layer>/<weight name>``.
-A weights-only save puts ``layer_names`` on the root instead. An embedding layer is one with a
-2-D weight named ``.../embeddings:0``; its keys are the row indices ``0..vocab-1`` and the table
-is named after the layer. Rows are read by slicing the dataset, so memory stays at one chunk.
+The Keras 2 (tf_keras) layout is read by ``hps_cli.common.keras2_h5``. An embedding layer is one
+with a 2-D weight named ``.../embeddings:0``; its keys are the row indices ``0..vocab-1`` and the
+table is named after the layer. Rows are read by slicing the dataset, so memory stays at one
+chunk.
 """
 
 from __future__ import annotations
@@ -15,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..common import keras2_h5
 from ..runtime.errors import InvalidInputError, NotFoundError
 from .base import SkippedFile, SourceTable, file_size
 from .numpy_format import ArrayTable, _check_keys, _check_matrix, open_npy_array
@@ -32,10 +31,6 @@ def looks_like(path: Path) -> bool:
     return False
 
 
-def _decode(items) -> list[str]:
-    return [x.decode() if isinstance(x, bytes) else str(x) for x in items]
-
-
 def _open_file(path: Path):
     import h5py
 
@@ -49,20 +44,13 @@ def _open_file(path: Path):
 def keras_layers(handle) -> list[tuple[str, str]] | None:
     """(layer name, dataset path) of every embedding layer of a Keras 2 .h5, or None when the
     file is not a Keras 2 save."""
-    root = handle["model_weights"] if "model_weights" in handle else handle
-    if "layer_names" not in root.attrs:
+    if keras2_h5.layer_names(handle) is None:
         return None
-    found = []
-    for layer in _decode(root.attrs["layer_names"]):
-        group = root.get(layer)
-        if group is None:
-            continue
-        for weight in _decode(group.attrs.get("weight_names", [])):
-            if weight.split("/")[-1].startswith("embeddings"):
-                dataset = group.get(weight)
-                if dataset is not None and len(dataset.shape) == 2:
-                    found.append((layer, dataset.name))
-    return found
+    return [
+        (weight.layer, weight.dataset.name)
+        for weight in keras2_h5.model_weights(handle, top_level=False)
+        if weight.name.split("/")[-1].startswith("embeddings") and len(weight.dataset.shape) == 2
+    ]
 
 
 def _matrices(handle) -> list[str]:

@@ -5,6 +5,6 @@ binary tensor bodies), ``models`` (lookup models with the Triton HPS backend con
 ``inference`` (packages: named inputs -> lookups -> dense SavedModel), ``batcher`` (dynamic
 batching), ``http_app`` (aiohttp), ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus),
 ``admin`` (bearer-token endpoints), ``shared_memory`` (Triton's system shared memory
-extension), ``core`` (models, readiness, admin operations), ``runtime_handle`` (an HPS runtime),
+extension), ``core`` (models, readiness, admin operations), ``served_runtime`` (an HPS runtime),
 ``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
 """

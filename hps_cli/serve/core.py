@@ -31,7 +31,7 @@ from .logs import event
 from .metrics import Metrics
 from .models import VERSION, LookupModel, ServedModel
 from .protocol import InferRequest, InferResult, invalid, select_outputs
-from .runtime_handle import RuntimeHandle
+from .served_runtime import ServedRuntime
 from .shared_memory import SharedMemoryRegions
 
 log = logging.getLogger("hps_cli.serve")
@@ -65,7 +65,7 @@ class ServeOptions:
 class Entry:
     model: ServedModel
     batcher: Batcher
-    own_runtime: RuntimeHandle | None = None  # closed with the model
+    own_runtime: ServedRuntime | None = None  # closed with the model
 
 
 class ServerCore:
@@ -73,7 +73,7 @@ class ServerCore:
 
     def __init__(self, options: ServeOptions):
         self.options = options
-        self.runtime: RuntimeHandle | None = None
+        self.runtime: ServedRuntime | None = None
         self.entries: dict[str, Entry] = {}
         self.ready = False
         self.draining = False
@@ -89,7 +89,7 @@ class ServerCore:
 
     # ------------------------------------------------------------------ start-up
 
-    def runtimes(self) -> list[RuntimeHandle]:
+    def runtimes(self) -> list[ServedRuntime]:
         seen, out = set(), []
         for handle in [self.runtime] + [e.own_runtime for e in list(self.entries.values())]:
             if handle is not None and id(handle) not in seen:
@@ -111,7 +111,7 @@ class ServerCore:
     def _load_all(self):
         options = self.options
         event(log, "loading", config=str(options.config))
-        self.runtime = RuntimeHandle(options.config, redis_options=options.redis_options)
+        self.runtime = ServedRuntime(options.config, redis_options=options.redis_options)
         lookups = []
         for name in self.runtime.config.model_names:
             model = LookupModel(name, self.runtime)
@@ -167,7 +167,7 @@ class ServerCore:
         own = None
         runtime = self.runtime
         if not self._shares_tables(folder, manifest):
-            own = RuntimeHandle(
+            own = ServedRuntime(
                 folder / manifest["ps_config"], redis_options=self.options.redis_options
             )
             runtime = own
@@ -209,7 +209,7 @@ class ServerCore:
             for t in range(ours.num_tables)
         )
 
-    def _add(self, model: ServedModel, own: RuntimeHandle | None) -> None:
+    def _add(self, model: ServedModel, own: ServedRuntime | None) -> None:
         instances = self.options.instances
         cfg = model.runtime.config.model(model.hps_model)
         if cfg.gpucache:  # each concurrent lookup holds one of the model's worker buffers

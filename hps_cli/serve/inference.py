@@ -71,7 +71,7 @@ class InferenceModel(ServedModel):
     Args:
         name: the served name (the package's folder name).
         folder: the package.
-        runtime: the ``RuntimeHandle`` holding the package's tables (see the module doc).
+        runtime: the ``ServedRuntime`` holding the package's tables (see the module doc).
     """
 
     kind = "inference"
@@ -194,7 +194,7 @@ class InferenceModel(ServedModel):
         ]
 
     def _load_dense(self) -> None:
-        from ..dissect.tf_support import import_tensorflow
+        from ..common.tf_loader import import_tensorflow
 
         tf = import_tensorflow("serving an inference model")
         self._tf = tf

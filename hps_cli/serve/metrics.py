@@ -58,7 +58,7 @@ class Metrics:
     """The registry and the request-side metrics.
 
     Args:
-        runtimes: a callable returning the ``RuntimeHandle``s to report (at scrape time).
+        runtimes: a callable returning the ``ServedRuntime``s to report (at scrape time).
     """
 
     def __init__(self, runtimes):

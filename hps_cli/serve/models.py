@@ -69,7 +69,7 @@ class ServedModel(ABC):
         max_batch_size: the most samples one execution takes (requests above: 400).
         config_max_batch_size: what the model config reports (0 when the inputs have no
             common batch dimension, as Triton requires).
-        runtime: the ``RuntimeHandle`` whose tables it reads; hps_model: the ps.json model.
+        runtime: the ``ServedRuntime`` whose tables it reads; hps_model: the ps.json model.
     """
 
     kind = "model"

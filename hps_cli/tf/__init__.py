@@ -18,16 +18,13 @@ Keras; it prints nothing and changes no settings.
 
 from __future__ import annotations
 
-from functools import cache
-from types import ModuleType, SimpleNamespace
-
-from .dense_layer import dense_layer_class
+from . import process_runtime
 from .errors import LookupInputError
-from .flavour import default_flavour, flavour_of, keras_module
-from .layers import lookup_layer_classes
+from .flavour import default_flavour
+from .flavour_layers import layers_for
 from .lookup_ops import lookup, sparse_lookup
 from .package import load_model, read_package
-from .runtime_handle import shutdown as Shutdown
+from .process_runtime import shutdown as Shutdown
 
 
 def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 (HPS's name)
@@ -36,28 +33,10 @@ def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 (HPS
     A later call with another file is ignored with a warning, as in HPS. ``global_batch_size``
     must not exceed any model's ``max_batch_size`` (one replica).
     """
-    from .runtime_handle import init
-
-    return init(global_batch_size, ps_config_file)
+    return process_runtime.init(global_batch_size, ps_config_file)
 
 
-@cache
-def _classes(flavour: str) -> SimpleNamespace:
-    keras = keras_module(flavour)
-    found = lookup_layer_classes(keras)
-    found.DenseSavedModel = dense_layer_class(keras)
-    found.keras = keras
-    return found
-
-
-def layers_for(keras: str | ModuleType) -> SimpleNamespace:
-    """The layer classes for a Keras flavour ("keras3", "tf_keras") or module, registered
-    under package "hps" in that Keras: ``.LookupLayer``, ``.SparseLookupLayer``,
-    ``.DenseSavedModel``, ``.keras``."""
-    return _classes(keras if isinstance(keras, str) else flavour_of(keras))
-
-
-_default = _classes(default_flavour())
+_default = layers_for(default_flavour())
 LookupLayer = _default.LookupLayer
 SparseLookupLayer = _default.SparseLookupLayer
 DenseSavedModel = _default.DenseSavedModel

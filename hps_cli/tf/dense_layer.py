@@ -16,7 +16,7 @@ from types import ModuleType
 import tensorflow as tf
 
 from ..runtime.errors import InvalidInputError, NotFoundError
-from . import runtime_handle
+from . import process_runtime
 
 SIGNATURE = "serving_default"
 
@@ -33,7 +33,7 @@ class _Loaded:
 
 def load_signature(path, signature: str = SIGNATURE) -> _Loaded:
     """Load a SavedModel and describe one signature's named inputs and outputs."""
-    resolved = runtime_handle.resolve_path(path)
+    resolved = process_runtime.resolve_path(path)
     if not (resolved / "saved_model.pb").is_file():
         raise NotFoundError(
             "no SavedModel here (saved_model.pb is missing)",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from types import ModuleType, SimpleNamespace
 
-from . import lookup_ops, runtime_handle
+from . import lookup_ops, process_runtime
 from .errors import LookupInputError
 
 PACKAGE = "hps"
@@ -59,11 +59,11 @@ def lookup_layer_classes(keras: ModuleType) -> SimpleNamespace:
             # Resolved now: a layer loaded by load_model resolves a relative path against the
             # package (get_config keeps the path as given, so the package stays relocatable).
             self._config_path = (
-                str(runtime_handle.resolve_path(self.ps_config_file))
+                str(process_runtime.resolve_path(self.ps_config_file))
                 if self.ps_config_file
                 else None
             )
-            self.global_batch_size = runtime_handle.check_global_batch_size(global_batch_size)
+            self.global_batch_size = process_runtime.check_global_batch_size(global_batch_size)
             self.supports_jit = False  # a numpy_function cannot be XLA-compiled (Keras 3)
 
         def build(self, *shapes, **named_shapes):

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ..runtime.config import ModelConfig, PsConfig
 from ..runtime.errors import HpsError
-from . import runtime_handle
+from . import process_runtime
 from .errors import LookupInputError
 
 COMBINERS = ("sum", "mean", "sqrtn")
@@ -127,7 +127,7 @@ class TableLookup:
 
     def __call__(self, keys: np.ndarray) -> np.ndarray:
         try:
-            hps = runtime_handle.runtime(self.ps_config_file, self.global_batch_size)
+            hps = process_runtime.runtime(self.ps_config_file, self.global_batch_size)
             self._check(hps)
             flat = keys.reshape(-1)
             if flat.size > self._capacity:
@@ -157,7 +157,7 @@ def check_layer(
     """Trace-time checks against the layer's config file or the running runtime (skipped
     while neither is known: the lookup checks again when it runs)."""
     try:
-        config = runtime_handle.config_for(ps_config_file)
+        config = process_runtime.config_for(ps_config_file)
         if config is not None:
             check_table(config, model_name, table_id, emb_vec_size, key_dtype)
     except HpsError as exc:

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..runtime.errors import InvalidInputError, NotFoundError
-from . import runtime_handle
+from . import process_runtime
 from .flavour import FLAVOURS, keras_module
+from .flavour_layers import layers_for
 
 MANIFEST_FILE = "manifest.json"
 MODEL_FILE = "model.keras"
@@ -90,10 +91,8 @@ def load_model(path: Path | str, *, compile: bool = False, global_batch_size: in
     (``manifest.json`` ``inference.keras``).
     """
     info = read_package(path)
-    runtime_handle.init(global_batch_size, info.ps_config)
+    process_runtime.init(global_batch_size, info.ps_config)
     keras = keras_module(info.keras)
-    from . import layers_for
-
     layers_for(keras)  # registers hps>LookupLayer, hps>SparseLookupLayer, hps>DenseSavedModel
-    with runtime_handle.package_base(info.dir):
+    with process_runtime.package_base(info.dir):
         return keras.models.load_model(str(info.model_file), compile=compile)

@@ -1,6 +1,6 @@
 """Train the small models the dissect tests take apart, and save them in every format.
 
-    python tests/dissect_train.py {keras3|tf_keras|plain} OUT_DIR
+    python tests/helpers/dissect_train.py {keras3|tf_keras|plain} OUT_DIR
 
 Run in a subprocess: ``tf_keras`` sets TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, so
 ``tf.keras`` is Keras 2 there. Every model is trained for one epoch on a few hundred synthetic

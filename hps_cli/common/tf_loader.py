@@ -1,4 +1,9 @@
-"""Importing TensorFlow and Keras on demand, quietly, with a typed error when they are missing."""
+"""Importing TensorFlow and Keras on demand, quietly, with a typed error when they are missing.
+
+TensorFlow's native load-time lines stay off stderr unless debugging is on: ``set_debug(True)``
+(what ``hps --debug`` calls) or ``HPS_DEBUG=1`` in the environment (for programs that use the
+library without the CLI).
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,24 @@ from contextlib import contextmanager, nullcontext
 
 from ..runtime.errors import DependencyMissingError
 
+_debug = False
+
 # What TensorFlow's native libraries print while they load, before absl logging is set up (so
 # TF_CPP_MIN_LOG_LEVEL cannot hide it): absl's preamble and info-level lines ("I0000 00:00:…
 # port.cc:153] oneDNN custom operations are on…", "cudart_stub.cc:31] Could not find cuda
 # drivers…").
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
 _ABSL_INFO = re.compile(r"I\d{4} \d+:\d+:\d+\.\d+\s+\d+ [^\s\]]+:\d+\] ")
+
+
+def set_debug(enabled: bool) -> None:
+    """Show TensorFlow's load-time log lines as they happen (``hps --debug``)."""
+    global _debug
+    _debug = enabled
+
+
+def debug_enabled() -> bool:
+    return _debug or os.environ.get("HPS_DEBUG", "") not in ("", "0")
 
 
 def is_native_load_noise(line: str) -> bool:
@@ -28,8 +45,9 @@ def is_native_load_noise(line: str) -> bool:
 def quiet_native_stderr():
     """Capture file descriptor 2 meanwhile and write back everything but TensorFlow's load-time
     info lines. Other output of the window (another thread's log line, a native warning) comes
-    back in order when the window closes. HPS_DEBUG=1 shows everything as it happens."""
-    if os.environ.get("HPS_DEBUG", "") not in ("", "0"):
+    back in order when the window closes. With debugging on (``set_debug``, HPS_DEBUG=1) everything
+    shows as it happens."""
+    if debug_enabled():
         yield
         return
     try:

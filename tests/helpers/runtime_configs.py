@@ -73,3 +73,8 @@ def ps_config(
     if persistent is not None:
         doc["persistent_db"] = persistent
     return doc
+
+
+def rocks_db(path: Path, **extra) -> dict:
+    """A ``persistent_db`` block: RocksDB at ``path`` with two threads."""
+    return {"type": "rocks_db", "path": str(path), "num_threads": 2, **extra}

@@ -1,6 +1,6 @@
 """Load inference packages in a fresh process and predict the recorded samples.
 
-    python tests/build_graph_load.py PACKAGE=NPZ [PACKAGE=NPZ ...]
+    python tests/helpers/build_graph_load.py PACKAGE=NPZ [PACKAGE=NPZ ...]
 
 Run by test_build_graph.py in a subprocess that never built the models (for tf_keras packages
 with TF_USE_LEGACY_KERAS=1). For each package: ``hps_cli.tf.load_model``, ``predict`` on the

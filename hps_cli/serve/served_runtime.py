@@ -11,7 +11,7 @@ from pathlib import Path
 log = logging.getLogger("hps_cli.serve")
 
 
-class RuntimeHandle:
+class ServedRuntime:
     """An ``HPS`` runtime and where it came from; ``close`` is idempotent.
 
     Args:
