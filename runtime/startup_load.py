@@ -19,7 +19,7 @@ import numpy as np
 
 from .checksum import file_crc32
 from .hashing import partition_of
-from .table.layout import KEY_FILE, META_FILE, VECTOR_FILE
+from .table.file_layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.reader import TableReader
 
 LOAD_ROWS = 1 << 16

@@ -25,10 +25,10 @@ from hps_cli.runtime.gpu.reference import (
     ref_gather,
     ref_scatter,
 )
-from hps_cli.runtime.gpu.workspace import WorkerPool
 from hps_cli.runtime.hashing import mix64
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
+from hps_cli.runtime.worker_pool import WorkerPool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

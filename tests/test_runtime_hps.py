@@ -15,7 +15,7 @@ import pytest
 from conftest import run_hps
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import ConfigError, InvalidInputError, NotFoundError, OutputExistsError
-from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record
+from hps_cli.runtime.persistent.rocksdb_families import open_db, read_table_record
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings

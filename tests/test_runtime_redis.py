@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from hps_cli.runtime.errors import ConfigError, ServiceUnavailableError
 from hps_cli.runtime.hashing import partition_of
-from hps_cli.runtime.storage_layout import redis_hash_names
+from hps_cli.runtime.storage_names import redis_hash_names
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hps_cli.runtime.volatile.hash_map import POLICIES
 from hypothesis import HealthCheck, settings

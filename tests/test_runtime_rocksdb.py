@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hps_cli.runtime.errors import ConfigError, NotFoundError, OutputExistsError
-from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record, write_table_record
+from hps_cli.runtime.persistent.rocksdb_families import (
+    open_db,
+    read_table_record,
+    write_table_record,
+)
 from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore
 from hps_cli.runtime.raw_keys import key_bytes, order_key
 from hps_cli.runtime.startup_load import table_checksum
@@ -161,7 +165,7 @@ def test_dim_mismatch_of_an_existing_family_is_a_config_error(tmp_path):
 
 
 def test_record_is_what_convert_writes(tmp_path):
-    """The bookkeeping record is shared with `hps convert` (rocksdb_layout)."""
+    """The bookkeeping record is shared with `hps convert` (rocksdb_families)."""
     write_synthetic_table(tmp_path / "t", 10, 4)
     store = RocksDbStore(tmp_path / "db")
     _load(store, tmp_path / "t")

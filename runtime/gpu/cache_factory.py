@@ -23,9 +23,9 @@ import math
 
 from ..errors import ConfigError
 from ..table.reader import TableReader
+from ..worker_pool import WorkerPool
+from .backend_choice import backend_kind, dynamic_backend, indexed_backend
 from .embedding_cache import AsyncInserter, EmbeddingCache
-from .factory import backend_kind, dynamic_backend, indexed_backend
-from .workspace import WorkerPool
 
 log = logging.getLogger("hps_cli.runtime")
 

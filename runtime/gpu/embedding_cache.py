@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..table.reader import TableReader
-from .workspace import WorkerPool
+from ..worker_pool import WorkerPool
 
 Fetch = Callable[[np.ndarray], np.ndarray]  # keys → rows from the CPU tiers (exact)
 

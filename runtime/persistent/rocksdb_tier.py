@@ -1,8 +1,8 @@
 """The persistent tier: RocksDB (through rocksdict) in HPS's layout, tuned for point lookups.
 
-Layout (HPS's, see rocksdb_layout.py): one column family per table named ``hps_et.<model>.<table>``,
-key = raw little-endian key bytes (8, or 4 for uint32 keys), value = raw float32 vector bytes;
-plus our bookkeeping record per table in the ``default`` family.
+Layout (HPS's, see rocksdb_families.py): one column family per table named
+``hps_et.<model>.<table>``, key = raw little-endian key bytes (8, or 4 for uint32 keys), value =
+raw float32 vector bytes; plus our bookkeeping record per table in the ``default`` family.
 
 What differs from HPS:
 
@@ -45,7 +45,7 @@ from ..errors import (
 )
 from ..raw_keys import key_bytes, order_key, split_bytes
 from ..table.reader import TableReader
-from .rocksdb_layout import list_families, read_table_record, write_table_record
+from .rocksdb_families import list_families, read_table_record, write_table_record
 
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 

@@ -1,6 +1,6 @@
 """The distributed volatile tier: a Redis Cluster in HPS's key layout, through redis-py.
 
-Layout (HPS's, storage_layout.py): per table tag ``T`` and partition ``p = mix64(key) % P`` two
+Layout (HPS's, storage_names.py): per table tag ``T`` and partition ``p = mix64(key) % P`` two
 hashes on one cluster slot: ``hps_et{T/p<p>}v`` (field = raw key bytes, value = raw float32
 vector bytes) and ``hps_et{T/p<p>}t`` (access metadata: an LFU counter, or the last access as
 an 8-byte little-endian ``time_t`` for LRU). Our bookkeeping (which table file was loaded) is one
@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError, DependencyMissingError, ServiceUnavailableError
 from ..hashing import partition_of
 from ..raw_keys import key_bytes
-from ..storage_layout import redis_hash_names
+from ..storage_names import redis_hash_names
 from .hash_map import POLICIES, dedupe_last
 
 log = logging.getLogger("hps_cli.runtime.redis")

@@ -12,7 +12,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from ..errors import CapacityError
+from .errors import CapacityError
 
 
 class WorkerPool:
