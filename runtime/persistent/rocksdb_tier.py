@@ -422,6 +422,3 @@ class RocksDbTable:
             for key in kl[first : first + step]:
                 batch.delete(key)
             self.store.db.write(batch)
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        return self.lookup(keys)[1]
