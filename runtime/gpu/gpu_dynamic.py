@@ -41,9 +41,10 @@ DUMP_ARGS = "PIIPP"
 
 
 class GpuDynamicCache:
-    """``num_sets`` × WAYS slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu)."""
+    """``num_sets`` × WAYS slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu);
+    a seams.DynamicBackend."""
 
-    kind = "dynamic"
+    on_gpu = True
 
     def __init__(self, device, num_sets: int, dim: int, tile: int | None = None):
         self.device = device

@@ -351,19 +351,22 @@ class RocksDbTable:
         self._cf = handle
         self._cf_handle = write_handle  # what WriteBatch.set_default_column_family takes
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the database was opened read-only (then insert and remove must not come)."""
+        return self.store.read_only
+
     def detach(self) -> None:
         self._cf = self._cf_handle = None
 
-    def lookup(
-        self, keys: np.ndarray, out: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
         n = keys.size
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
         for first in range(0, n, step):
             part = keys[first : first + step]
-            values = self._get(key_bytes(part, self.key_width))
+            values = self._get_values(key_bytes(part, self.key_width))
             try:
                 data = bytearray().join(values)  # the common case: every key is there
                 index = slice(first, first + part.size)
@@ -393,7 +396,7 @@ class RocksDbTable:
             out = np.zeros((n, self.dim), dtype=np.float32)
         return out, hit
 
-    def _get(self, keys: tuple[bytes, ...]) -> list:
+    def _get_values(self, keys: tuple[bytes, ...]) -> list:
         # Single gets use RocksDB's row cache; the batched MultiGet does not (measured: with a
         # warm row cache single gets are 2.4-2.8x a MultiGet on default options, see
         # docs/benchmarks.md; a big block cache alone gives 1.2-1.3x).

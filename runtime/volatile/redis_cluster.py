@@ -18,7 +18,7 @@ otherwise); keys of the same batch go last, so as in the hash map a partition en
 the margin. ``insert`` returns the evicted keys.
 
 Failures: a cluster unreachable at start-up raises ServiceUnavailableError. While serving, a
-failed command (a dead node, CLUSTERDOWN, a timeout) makes ``lookup`` report those keys as
+failed command (a dead node, CLUSTERDOWN, a timeout) makes ``get`` report those keys as
 ``failed`` instead of raising, so the hierarchy falls through to the next tier; after a call
 where every command failed, the tier is skipped for ``retry_interval_s`` (the lookups don't pay
 for a connection attempt each time), then tried again.
@@ -315,7 +315,7 @@ class RedisClusterStore:
 
 
 class RedisTable:
-    """One table in the cluster: lookup (with failure reporting), insert with eviction, remove."""
+    """One table in the cluster: get (with failure reporting), insert with eviction, remove."""
 
     def __init__(
         self,
@@ -380,7 +380,7 @@ class RedisTable:
 
     # ------------------------------------------------------------------ lookups
 
-    def lookup(
+    def get(
         self, keys: np.ndarray, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectors of ``keys``: ``(out, hit, failed)``; ``failed`` marks keys whose command
