@@ -148,7 +148,7 @@ class EmbeddingCache(ABC):
         """Wait for a launched query, resolve it and count it; returns the rows."""
 
     @abstractmethod
-    def update(self, keys: np.ndarray, rows: np.ndarray) -> int: ...
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int: ...
 
     @abstractmethod
     def remove(self, keys: np.ndarray) -> int: ...
@@ -251,9 +251,9 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     # -- maintenance --------------------------------------------------------------------------
 
-    def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
         """Overwrite cached copies of keys whose value changed in the CPU tiers."""
-        return self.backend.update(keys, rows)
+        return self.backend.update(keys, vectors)
 
     def remove(self, keys: np.ndarray) -> int:
         return self.backend.invalidate(keys)
@@ -358,7 +358,7 @@ class IndexedEmbeddingCache(EmbeddingCache):
         )
         return out
 
-    def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
         raise InvalidInputError(
             "static and uvm caches are read-only: they cannot take updates",
             location=self.name,
