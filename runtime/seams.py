@@ -1,11 +1,11 @@
 """The runtime's seams: what each side of a boundary calls on the other, as Protocols.
 
-    HPS (hps.py: routes lookups and updates; owns the worker buffers)
-     ├─► FrontCache            one per (model, device, table), built by a CacheFactory
-     │     └─► DynamicBackend / IndexedBackend   where the cached rows live: a GPU or the
-     │                                           NumPy reference (runtime/gpu/)
-     └─► TableTiers (cpu_tiers.py)   one per (model, table): exact answers, volatile →
-           ├─► VolatileTable         persistent → default; what a front cache falls back to
+    HPS (hps.py): routes lookups and updates, owns the worker buffers
+     ├─► FrontCache        one per (model, device, table), built by a CacheFactory
+     │     ├─► DynamicBackend / IndexedBackend   its rows, on a GPU or in the NumPy reference
+     │     └─► TableTiers  for the keys it misses
+     └─► TableTiers        one per (model, table), cpu_tiers.py: volatile → persistent → default
+           ├─► VolatileTable
            └─► PersistentTable
 
 Keys at every seam are 1-D int64 arrays, vectors float32 ``(n, dim)``. Start-up (startup.py)

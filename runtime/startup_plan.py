@@ -102,7 +102,7 @@ def check_supported(config: PsConfig, cache_factory: CacheFactory | None) -> Non
     for i, model in enumerate(config.models):
         if model.fuse_embedding_table:
             raise ConfigError(
-                "table fusion (fuse_embedding_table) is not supported by the CPU runtime",
+                "table fusion (fuse_embedding_table) is not supported by the hps runtime",
                 location=f"$.models[{i}].fuse_embedding_table",
                 hint="set fuse_embedding_table to false",
             )

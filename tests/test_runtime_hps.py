@@ -1,4 +1,4 @@
-"""HPS, the CPU lookup runtime: start-up loading, the lookup flow, updates, bad input, the
+"""HPS, the lookup runtime: start-up loading, the lookup flow, updates, bad input, the
 front-cache seam, thread safety, and the whole hierarchy against a dict model."""
 
 from __future__ import annotations
