@@ -138,8 +138,12 @@ class HPS:
         if front is None:
             out = tiers.fetch(keys)
         else:
-            with self._pools[(model_cfg.model, device)].slot() as slot:
+            pool = self._pools[(model_cfg.model, device)]
+            slot = pool.acquire()
+            try:
                 out = front.launch_query(keys, slot).result()
+            finally:
+                pool.release(slot)
         tiers.stats.latency.record(time.perf_counter() - started)
         return out
 

@@ -359,7 +359,8 @@ def test_launched_query_resolves_once_and_a_dropped_one_is_waited_for(
     with hps:
         front = hps.front_cache("m", "users")
         pool = hps.worker_pool("m")
-        with pool.slot() as slot:  # the query's worker buffer is HPS's
+        slot = pool.acquire()  # the query's worker buffer is HPS's
+        try:
             started = front.launch_query(np.arange(10), slot)
             first = started.result()
             assert started.result() is first  # no second resolution
@@ -371,6 +372,8 @@ def test_launched_query_resolves_once_and_a_dropped_one_is_waited_for(
             np.testing.assert_array_equal(
                 front.query(np.arange(3), slot), synthetic_vectors(np.arange(3), 8)
             )
+        finally:
+            pool.release(slot)
         np.testing.assert_array_equal(  # the only buffer is free again
             hps.lookup(np.arange(3), "m", "users"), synthetic_vectors(np.arange(3), 8)
         )
