@@ -42,7 +42,7 @@ with open(folder + "/emb-key", "wb") as k, open(folder + "/emb-weight", "wb") as
 
 _PUT_LOOP = """
 import sys, numpy as np
-from hps_cli.runtime.persistent.rocksdb_layout import open_db, family
+from hps_cli.runtime.persistent.rocksdb_families import open_db, family
 from hps_cli.runtime.table import TableReader
 import rocksdict
 src, db_path = sys.argv[1], sys.argv[2]

@@ -483,14 +483,14 @@ def route_by_size(
 
 
 def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000) -> dict:
-    from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
+    from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
     from hps_cli.runtime.gpu.placement import WAYS
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(0)
     table_keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
-    cache = EmbeddingCache(
+    cache = DynamicEmbeddingCache(
         GpuDynamicCache(device, 200_000 * 2 // WAYS, dim),
         fetch=lambda k: synthetic_vectors(k, dim),
         hit_rate_threshold=1.0,
@@ -501,8 +501,8 @@ def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: 
     batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
     # warm-up: compile, allocate, fill the pinned pool, and let the host and the card settle
     # into a steady state (the first thousand lookups of a fresh process vary by ±30 µs)
-    timing = _latency_rounds(cache.lookup, batches, iterations)
-    check = cache.lookup(batches[0])
+    timing = _latency_rounds(cache.query, batches, iterations)
+    check = cache.query(batches[0])
     assert np.array_equal(check, synthetic_vectors(batches[0], dim)), "wrong vectors"
     return {
         "dim": dim,
@@ -693,7 +693,7 @@ def zipf_hit_rate(
     batch: int = 16384,
     batches: int = 400,
 ) -> dict:
-    from hps_cli.runtime.gpu.embedding_cache import EmbeddingCache
+    from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache
     from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
     from hps_cli.runtime.gpu.placement import num_sets_for
 
@@ -704,7 +704,7 @@ def zipf_hit_rate(
     cdf = np.cumsum(p)
     key_of_rank = rng.permutation(table_keys).astype(np.int64) * 7919 + 13
     dim = 16
-    cache = EmbeddingCache(
+    cache = DynamicEmbeddingCache(
         GpuDynamicCache(device, num_sets_for(table_keys, per), dim),
         fetch=lambda k: np.zeros((k.size, dim), np.float32),
         hit_rate_threshold=1.0,
@@ -714,7 +714,7 @@ def zipf_hit_rate(
         if i == batches // 2:
             cache.counters = type(cache.counters)()
         ranks = np.minimum(np.searchsorted(cdf, rng.random(batch)), table_keys - 1)
-        cache.lookup(key_of_rank[ranks])
+        cache.query(key_of_rank[ranks])
     steady = cache.stats()["hit_rate"]
     return {
         "table_keys": table_keys,
@@ -842,7 +842,7 @@ def main() -> None:
         file=sys.stderr,
     )
     for key, label in (
-        ("end_to_end_2000", "EmbeddingCache.lookup"),
+        ("end_to_end_2000", "DynamicEmbeddingCache.query"),
         ("end_to_end_hps_lookup_2000", "HPS.lookup"),
     ):
         e2e = result[key]

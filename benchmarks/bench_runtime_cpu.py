@@ -113,8 +113,8 @@ def step_hash_map(args) -> dict:
         vectors = np.array(reader.vectors())
     pos = _positions(table_dir, args.keys)
     batches = _batches(args, 1)
-    t_fancy, t_tier = _alternate(args, batches, lambda k: vectors[pos[k]], lambda k: tier.lookup(k))
-    out, hit = tier.lookup(batches[-1])
+    t_fancy, t_tier = _alternate(args, batches, lambda k: vectors[pos[k]], lambda k: tier.get(k))
+    out, hit, _ = tier.get(batches[-1])
     assert hit.all() and np.array_equal(out, vectors[pos[batches[-1]]])
     timed = args.batches * args.batch
     return {
@@ -129,7 +129,7 @@ def step_hash_map(args) -> dict:
         "ratio": round(t_fancy / t_tier, 3),
         "median_pair_ratio": _alternate.median,
         "note": "fancy = vectors[rows] on an in-memory (keys, dim) array; tier = "
-        "HashMapTable.lookup (hash, probe, gather)",
+        "HashMapTable.get (hash, probe, gather)",
     }
 
 
@@ -221,7 +221,7 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
             args,
             batches,
             lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
-            lambda k: tier.lookup(k),
+            lambda k: tier.get(k),
         )
         entry = {
             "cold": {
@@ -233,13 +233,13 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
         }
         if args.warm_all:
             _warm_all(args, lambda k, cf=base_cf: cf[list(key_bytes(k, 64))])
-            _warm_all(args, tier.lookup)
+            _warm_all(args, tier.get)
             batches = _batches(args, 5)
             t_base, t_tier = _alternate(
                 args,
                 batches,
                 lambda k, cf=base_cf: cf[list(key_bytes(k, 64))],
-                lambda k: tier.lookup(k),
+                lambda k: tier.get(k),
             )
             entry["warm"] = {
                 "baseline_keys_per_s": round(timed / t_base),
@@ -250,7 +250,7 @@ def _rocksdb(args, row_cache_mib: int, block_cache_mib: int) -> dict:
         results[name] = entry
         del base_cf
         base_db.close()
-    out, hit = tier.lookup(batches[-1])
+    out, hit = tier.get(batches[-1])
     assert hit.all()
     phase = "warm" if args.warm_all else "cold"
     results["ratio_vs_faster_baseline"] = min(
@@ -291,7 +291,7 @@ def step_redis(args) -> dict:
         elapsed = 0.0
         for i, keys in enumerate(batches):
             a = time.perf_counter()
-            out, hit, failed = tier.lookup(keys)
+            out, hit, failed = tier.get(keys)
             if i >= args.warmup:
                 elapsed += time.perf_counter() - a
         assert hit.all() and not failed.any()

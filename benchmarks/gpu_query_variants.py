@@ -4,7 +4,7 @@ flags, over one cache per dim.
 
     python benchmarks/gpu_query_variants.py --out .bench/gpu_query_variants.json
     python benchmarks/gpu_query_variants.py --profile [--define HPS_KEYS_PER_LANE=2]
-    HPS_WAYS=4 python benchmarks/gpu_query_variants.py   # 4-way sets throughout (GPU and reference)
+    STUDY_WAYS=4 python benchmarks/gpu_query_variants.py  # 4-way sets, GPU and reference
 
 `--profile` runs one query, one gather and one in-place gather per dim (for `ncu`). Each
 variant's output is checked against the rows it must return before it is timed.
@@ -37,6 +37,23 @@ VARIANTS = {
 }
 
 
+def _study_ways() -> None:
+    """STUDY_WAYS=4|16|32: sets of that many ways throughout this process (the cache's layout,
+    the reference and the kernels' -DHPS_WAYS). The runtime's width is the constant
+    placement.WAYS, which the other GPU modules read when they are imported: it is replaced
+    here, before they are."""
+    ways = os.environ.get("STUDY_WAYS")
+    if not ways:
+        return
+    readers = ("kernels", "device", "gpu_dynamic", "reference")
+    loaded = [name for name in readers if f"hps_cli.runtime.gpu.{name}" in sys.modules]
+    if loaded:
+        raise SystemExit(f"STUDY_WAYS: hps_cli.runtime.gpu.{loaded[0]} was imported before")
+    from hps_cli.runtime.gpu import placement
+
+    placement.WAYS = int(ways)
+
+
 def _check_rows(name: str) -> bool:
     return "(wrong)" not in name  # study-only variants that skip a correctness step
 
@@ -50,6 +67,7 @@ def main() -> None:
     ap.add_argument("--dims", default="32,128")
     ap.add_argument("--hits", type=int, default=1, help="count_hits (with --profile)")
     args = ap.parse_args()
+    _study_ways()
     from hps_cli.runtime.gpu.device import get_device
     from hps_cli.runtime.gpu.kernels import KernelModule
 

@@ -12,10 +12,12 @@
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
 //
-// Why no digests: with 32-way sets a probe read the set's 32 digests (two sectors), then the
-// key of the first digest match (a third sector, rarely in L2) to prove the hit, and rewrote
-// the row when the guess was wrong. Sets small enough that their keys fit one L2 fetch need one
-// read, and lose almost nothing in hit rate (docs/benchmarks.md, fifth session).
+// Why no digests: with 32-way sets a probe reads the set's 32 digests (two sectors), then the
+// key of the first digest match (a third sector, rarely in L2) to prove the hit, and rewrites
+// the row when the guess is wrong. Sets small enough that their keys fit one L2 fetch need one
+// read and lose almost nothing in hit rate. Measured on an H100 80GB HBM3, 1 M-key query at dim
+// 32 on a full cache: 0.96 of a plain gather with 8-way sets, 0.90 with 32-way sets and 16-bit
+// digests; Zipf hit rate 0.9631 of ideal with 8 ways, 0.9652 with 32.
 //
 // Replacement is LFU with dynamic aging in units of HPS_HIT_SAMPLE: a hit adds HPS_HIT_SAMPLE to
 // the slot's score when the key's sampling hash for this query picks it (1 time in
@@ -26,7 +28,7 @@
 // Where a hit is counted: small queries add to the 32-bit score directly. Large (de-duplicated)
 // queries add the key's occurrences, capped at HPS_HIT_WEIGHT_CAP, to the slot's hit byte
 // instead: a 1-byte-per-slot array is small enough to stay in L2, so these atomics never go to
-// DRAM, whereas score atomics missed L2 and cost about 5 % of a 1 M-key query (benchmarks.md).
+// DRAM, whereas score atomics miss L2 and cost about 5 % of a 1 M-key query (docs/benchmarks.md).
 // dc_fold_hits adds the bytes into the scores (× HPS_HIT_SAMPLE) and clears them; the driver runs
 // it before anything reads or rewrites scores, and often enough that no byte can overflow.
 //

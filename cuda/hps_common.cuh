@@ -13,8 +13,9 @@ namespace cg = cooperative_groups;
 // Python side (placement.py) and the kernels cannot disagree:
 //   HPS_EMPTY_KEY  the empty-slot marker of the int64 key space (INT64_MAX, as in HPS's cache;
 //                  tables must not contain it, `hps table verify` reports it)
-//   HPS_WAYS       ways per set of the dynamic cache (placement.py WAYS): 4, 8, 16 or 32; a
-//                  set's keys are contiguous and a probe reads them all
+//   HPS_WAYS       ways per set of the dynamic cache (placement.py WAYS, 8; the kernels also
+//                  build with 4, 16 or 32 for studies); a set's keys are contiguous and a probe
+//                  reads them all
 //   HPS_HIT_SAMPLE_SHIFT  a hit counts in its slot's score 1 time in 2^shift (then adds 2^shift)
 //   HPS_HIT_WEIGHT_CAP  most hits one key adds to its slot's hit byte in one query
 #if !defined(HPS_EMPTY_KEY) || !defined(HPS_WAYS) || !defined(HPS_HIT_SAMPLE_SHIFT) || \

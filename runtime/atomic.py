@@ -77,18 +77,6 @@ class AtomicDirectory:
 
 
 @contextmanager
-def atomic_directory(dest: Path | str, *, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary folder that becomes ``dest`` when the block ends without error."""
-    work = AtomicDirectory(dest, overwrite=overwrite)
-    try:
-        yield work.path
-        work.commit()
-    except BaseException:
-        work.abort()
-        raise
-
-
-@contextmanager
 def atomic_file(dest: Path | str, *, overwrite: bool = False, mode: str = "wb") -> Iterator:
     """Yield an open temporary file that becomes ``dest`` when the block ends without error."""
     dest = check_destination(dest, overwrite)

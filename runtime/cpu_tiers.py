@@ -1,8 +1,8 @@
 """The CPU lookup hierarchy of one table: volatile tier → persistent tier → default vector.
 
-``TableTiers`` is the seam a front cache (the GPU embedding cache, one per model, device and
-table) builds on: for the keys it misses it calls ``fetch(keys)``, which answers exactly what
-HPS's parameter server would (HugeCTR ``HierParameterServer::lookup``):
+``TableTiers`` is what a front cache (the embedding cache, one per model, device and table;
+seams.FrontCache) falls back to: for the keys it misses it calls ``fetch(keys)``, which answers
+exactly what HPS's parameter server would (HugeCTR ``HierParameterServer::lookup``):
 
 1. the volatile tier (in-process hash map or Redis Cluster) answers what it holds;
 2. the persistent tier (RocksDB) answers the rest it holds; with ``cache_missed_embeddings``
@@ -29,6 +29,7 @@ import numpy as np
 
 from .errors import HpsError, InvalidInputError
 from .rwlock import RWLock
+from .seams import PersistentTable, VolatileTable
 from .stats import TableStats
 
 log = logging.getLogger("hps_cli.runtime")
@@ -41,10 +42,11 @@ class TableTiers:
         model / table: names (for messages and stats).
         dim: floats per vector.
         default_value: the fill value of keys no tier holds.
-        volatile: a ``HashMapTable`` or ``RedisTable`` (or None).
-        persistent: a ``RocksDbTable`` (or None).
+        volatile: the volatile tier (seams.VolatileTable: ``HashMapTable`` or ``RedisTable``),
+            or None.
+        persistent: the persistent tier (seams.PersistentTable: ``RocksDbTable``), or None;
+            when it is read-only, insert and remove are refused.
         cache_missed_embeddings: write persistent hits back into the volatile tier.
-        writable_persistent: False for a read-only RocksDB (then insert/remove are refused).
 
     Attributes:
         stats: ``TableStats``: counters (``stats.counters()``) and latency histograms.
@@ -57,10 +59,9 @@ class TableTiers:
         dim: int,
         default_value: float = 0.0,
         *,
-        volatile=None,
-        persistent=None,
+        volatile: VolatileTable | None = None,
+        persistent: PersistentTable | None = None,
         cache_missed_embeddings: bool = False,
-        writable_persistent: bool = True,
         stats: TableStats | None = None,
     ):
         self.model = model
@@ -73,7 +74,6 @@ class TableTiers:
         self.cache_missed_embeddings = bool(
             cache_missed_embeddings and volatile is not None and persistent is not None
         )
-        self.writable_persistent = writable_persistent
         self.stats = stats or TableStats()
         self._lock = RWLock()
         self._last_warning = 0.0
@@ -114,9 +114,8 @@ class TableTiers:
     ) -> tuple[np.ndarray, bool]:
         if self.volatile is None:
             return np.arange(keys.size), False
-        result = self.volatile.lookup(keys, out)
-        hit = result[1]
-        failed = int(result[2].sum()) if len(result) == 3 else 0  # Redis reports failures
+        _, hit, failures = self.volatile.get(keys, out)
+        failed = int(np.count_nonzero(failures))  # keys a dead Redis node could not answer
         if failed:
             counts["volatile_failures"] = failed
             self._warn(
@@ -137,7 +136,7 @@ class TableTiers:
     ) -> np.ndarray:
         asked = keys[missing]
         try:
-            found, hit = self.persistent.lookup(asked)
+            found, hit = self.persistent.get(asked)
         except HpsError:
             raise
         except Exception as exc:  # noqa: BLE001 - an I/O error of RocksDB: serve defaults
@@ -188,7 +187,7 @@ class TableTiers:
         self.stats.add(removed=keys.size)
 
     def _check_update(self, keys, vectors):
-        if self.persistent is not None and not self.writable_persistent:
+        if self.persistent is not None and self.persistent.read_only:
             raise InvalidInputError(
                 f"cannot change {self.model}.{self.table}: the persistent tier is read-only",
                 location="persistent_db.read_only",

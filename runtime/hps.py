@@ -1,4 +1,6 @@
-"""``HPS``: the CPU lookup runtime of an HPS config (volatile tier → RocksDB → default).
+"""``HPS``: the lookup runtime of an HPS config — lookups and updates routed through each
+table's front cache (the embedding cache on a device) and its CPU tiers (volatile → persistent →
+default).
 
     hps = HPS("ps.json")
     vectors = hps.lookup(keys, "model", "table")            # float32 (len(keys), dim)
@@ -7,30 +9,22 @@
     hps.insert("model", "table", keys, vectors); hps.remove("model", "table", keys)
     hps.stats()                                             # per-table counters and latencies
 
-Start-up (``HPS(config)``): validate everything first (schema, semantics and every table file,
-``supportlonglong`` key ranges, what this runtime cannot honour, the RocksDB database — lock,
-read-only families, key width and dims — and the Redis Cluster's reachability); only then write:
-RocksDB families of changed tables (atomically per family, skipping tables the database already
-holds by checksum), then the volatile tier (``initial_cache_rate`` of each table, hottest first).
-A failed validation writes nothing anywhere.
+``HPS(config)`` runs start-up (startup.py: check everything, then load the tiers and build the
+caches; a failed check writes nothing anywhere) and routes over what it built. The seams it
+routes through are in seams.py: a ``FrontCache`` per model, device and table (built by a
+``CacheFactory``), a ``TableTiers`` per model and table.
+
+- ``HPS.lookup(..., device_id=None)`` goes through the front cache of that device (default: the
+  model's last deployed device, as HPS does) when there is one, else straight to
+  ``TableTiers.fetch`` (exact: volatile → persistent → default, with write-back and counters).
+  Every front-cache query runs in a worker buffer of the model's pool on that device, which HPS
+  owns (``num_of_worker_buffer_in_pool``; a lookup waits at most ``worker_timeout`` seconds for
+  one).
+- ``insert`` / ``remove`` change the CPU tiers first, then the table's front caches on every
+  device (refused up front when one of them is read-only).
 
 Keys: int64 arrays (``supportlonglong: true``), or uint32 arrays — int64 arrays whose values fit
-are accepted too — when it is false. Inside, and at the seam below, keys are always int64.
-
-The front-cache seam (for the GPU embedding cache, which sits in front of these tiers):
-
-- ``HPS(config, cache_factory=f)``: after the CPU tiers are loaded, for every model, every
-  device in its ``deployed_device_list`` and every table, HPS calls
-  ``f(model_config, table_id, device_id, backend)`` where ``backend`` is that table's
-  ``TableTiers``. It returns a front cache, or None for no cache of that table on that device.
-- A front cache has ``lookup(keys) -> float32 (n, dim)`` (int64 keys; for the keys it misses it
-  calls ``backend.fetch(keys)``, which is exact: volatile → persistent → default, with
-  write-back and counters), ``update(keys, vectors)`` and ``remove(keys)`` (called after
-  ``HPS.insert`` / ``HPS.remove`` changed the CPU tiers, so it can refresh or drop those keys),
-  and optionally ``close()``.
-- ``HPS.lookup(..., device_id=None)`` routes through the front cache of that device (default:
-  the model's last deployed device, as HPS does) when there is one, else straight to
-  ``backend.fetch``. ``HPS.table_backend(model, table)`` returns the ``TableTiers``.
+are accepted too — when it is false. Inside, and at every seam, keys are always int64.
 
 Thread safety: lookups may run concurrently from any number of threads; updates of a table are
 exclusive with its lookups (see cpu_tiers.py).
@@ -38,74 +32,56 @@ exclusive with its lookups (see cpu_tiers.py).
 
 from __future__ import annotations
 
-import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .config.files import file_issues
 from .config.model import ModelConfig, PsConfig
-from .config.validate import load_config
 from .cpu_tiers import TableTiers
-from .errors import ConfigError, InvalidInputError, NotFoundError
-from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES, RocksDbStore, auto_row_cache_bytes
-from .startup_load import load_volatile, table_checksum, volatile_rows
-from .stats import TableStats
-from .table.reader import TableReader
+from .errors import InvalidInputError, NotFoundError
+from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES
+from .seams import CacheFactory, FrontCache, StartedQuery
+from .startup import AUTO, start_up
+from .worker_pool import WorkerPool
 
-log = logging.getLogger("hps_cli.runtime")
+UINT32_MAX = 2**32 - 1
 
 
-def _abandon_all(started: list) -> None:
-    """Wait for the device work of every started front-cache lookup still pending, so that no
+def _abandon_all(started: list[StartedQuery | None]) -> None:
+    """Wait for the device work of every launched front-cache query still pending, so that no
     buffer is reused under it; an interrupt while waiting is re-raised after the rest."""
     interrupt: BaseException | None = None
-    for lookup in started:
-        if lookup is None:
+    for query in started:
+        if query is None:
             continue
         try:
-            lookup.abandon()
+            query.abandon()
         except BaseException as exc:  # noqa: BLE001 - e.g. KeyboardInterrupt: finish first
             interrupt = interrupt or exc
     if interrupt is not None:
         raise interrupt
 
 
-UINT32_MAX = 2**32 - 1
-CacheFactory = Callable[[ModelConfig, int, int, TableTiers], object]
-
-
-@dataclass
-class _TablePlan:
-    model: ModelConfig
-    table_id: int
-    name: str
-    tag: str
-    dim: int
-    reader: TableReader
-    checksum: str = ""
-    persistent_current: bool = False
-
-
 class HPS:
-    """The CPU lookup runtime of an HPS config.
+    """The lookup runtime of an HPS config: routes lookups and updates over the tiers and caches
+    that start-up built (see the module doc).
 
     Args:
         config: a ps.json path, a parsed document, or a ``PsConfig``.
-        cache_factory: builds front caches (see the module doc). "auto" (the default): the
-            embedding caches the config asks for (``gpucache``: on the GPU when PyCUDA and a
-            device are there, else the NumPy reference, runtime/gpu/cache_factory.py); None:
-            no caches, lookups go straight to
-            the CPU tiers.
+        cache_factory: builds the front caches (a seams.CacheFactory). "auto" (the default):
+            the embedding caches the config asks for (``gpucache``: on the GPU when PyCUDA and
+            a device are there, else the NumPy reference; runtime/gpu/cache_factory.py); None:
+            no caches, lookups go straight to the CPU tiers.
         rocksdb_block_cache_bytes / rocksdb_row_cache_bytes: RocksDB's caches, shared by all
             tables. The row cache (0: none) defaults to room for every row of the tables
             (1.5x their raw bytes), at most 1/8 of the machine's memory; it fills only with
             rows looked up in RocksDB.
         redis_options: extra keyword arguments of ``RedisClusterStore`` (timeouts,
             ``retry_interval_s``).
+        worker_timeout: seconds a lookup waits for a free worker buffer before it fails with a
+            CapacityError.
         progress: called with the number of table bytes loaded, for progress bars.
 
     Raises:
@@ -119,205 +95,27 @@ class HPS:
         self,
         config: PsConfig | str | Path | dict,
         *,
-        cache_factory: CacheFactory | str | None = "auto",
+        cache_factory: CacheFactory | str | None = AUTO,
         rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
         rocksdb_row_cache_bytes: int | None = None,
         redis_options: dict | None = None,
+        worker_timeout: float = 10.0,
         progress: Callable[[int], None] | None = None,
     ):
-        self.config = _load_checked(config)
+        self._built = start_up(
+            config,
+            cache_factory=cache_factory,
+            rocksdb_block_cache_bytes=rocksdb_block_cache_bytes,
+            rocksdb_row_cache_bytes=rocksdb_row_cache_bytes,
+            redis_options=redis_options,
+            worker_timeout=worker_timeout,
+            progress=progress,
+        )
+        self.config = self._built.config
         self.key_width = 64 if self.config.supportlonglong else 32
-        if cache_factory == "auto":
-            cache_factory = _default_cache_factory(self.config)
-        self._cache_factory = cache_factory
-        _check_supported(self.config, cache_factory)
-        self._rocksdb: RocksDbStore | None = None
-        self._redis = None
-        self._tables: dict[tuple[str, int], TableTiers] = {}
-        self._fronts: dict[tuple[str, int, int], object] = {}
-        plans = [
-            _TablePlan(
-                m,
-                t,
-                m.table_name(t),
-                m.tag(t),
-                m.embedding_vecsize_per_table[t],
-                TableReader(m.table_path(t), m.embedding_vecsize_per_table[t]),
-            )
-            for m in self.config.models
-            for t in range(m.num_tables)
-        ]
-        try:
-            self._open_tiers(
-                plans, rocksdb_block_cache_bytes, rocksdb_row_cache_bytes, redis_options or {}
-            )
-            self._load(plans, progress)
-            if cache_factory is not None:
-                self._make_fronts(cache_factory)
-        except BaseException:
-            self.close()
-            raise
-        finally:
-            for plan in plans:
-                plan.reader.close()
-
-    # ------------------------------------------------------------------ start-up
-
-    def _open_tiers(
-        self, plans: list[_TablePlan], block_cache: int, row_cache: int | None, redis_options: dict
-    ) -> None:
-        pdb, vdb = self.config.persistent_db, self.config.volatile_db
-        if pdb.enabled:
-            if row_cache is None:
-                row_cache = auto_row_cache_bytes(
-                    sum(p.reader.num_keys * (self.key_width // 8 + 4 * p.dim) for p in plans)
-                )
-            self._rocksdb = RocksDbStore(
-                pdb.path,
-                read_only=pdb.read_only,
-                num_threads=pdb.num_threads,
-                max_batch_size=pdb.max_batch_size,
-                key_width=self.key_width,
-                block_cache_bytes=block_cache,
-                row_cache_bytes=row_cache,
-            )
-            families = set(self._rocksdb.families())
-            for plan in plans:
-                plan.checksum = table_checksum(plan.reader)
-                if plan.tag in families:
-                    plan.persistent_current = self._rocksdb.is_current(
-                        plan.tag, plan.checksum, plan.dim
-                    )
-                    if plan.persistent_current or pdb.read_only:
-                        self._rocksdb.check_table(plan.tag, plan.dim)
-                elif pdb.read_only:
-                    raise NotFoundError(
-                        f"the read-only RocksDB database has no column family '{plan.tag}' "
-                        f"(table '{plan.name}' of model '{plan.model.model}')",
-                        location=pdb.path,
-                        hint="load the table with 'hps convert' first, or "
-                        "open the database read-write",
-                    )
-                if pdb.read_only and not plan.persistent_current:
-                    log.warning(
-                        "read-only RocksDB: family %s does not match %s (by our "
-                        "record); serving the database as it is",
-                        plan.tag,
-                        plan.reader.path,
-                    )
-        if vdb.type == "redis_cluster":
-            from .volatile.redis_cluster import RedisClusterStore
-
-            self._redis = RedisClusterStore(
-                vdb.address,
-                user_name=vdb.user_name,
-                password=vdb.password,
-                enable_tls=vdb.enable_tls,
-                tls_ca_certificate=vdb.tls_ca_certificate,
-                tls_client_certificate=vdb.tls_client_certificate,
-                tls_client_key=vdb.tls_client_key,
-                tls_server_name_identification=vdb.tls_server_name_identification,
-                num_node_connections=vdb.num_node_connections,
-                max_batch_size=vdb.max_batch_size,
-                **redis_options,
-            )
-
-    def _volatile_table(self, plan: _TablePlan, reserve: int):
-        vdb = self.config.volatile_db
-        margin = vdb.overflow_margin if vdb.has_overflow_limit else None
-        if vdb.type in ("hash_map", "parallel_hash_map"):
-            from .volatile.hash_map import HashMapTable
-
-            return HashMapTable(
-                plan.dim,
-                num_partitions=vdb.num_partitions,
-                overflow_margin=margin,
-                overflow_policy=vdb.overflow_policy,
-                overflow_resolution_target=vdb.overflow_resolution_target,
-                reserve=reserve,
-            )
-        if vdb.type == "redis_cluster":
-            return self._redis.table(
-                plan.tag,
-                plan.dim,
-                num_partitions=vdb.num_partitions,
-                key_width=self.key_width,
-                overflow_margin=margin,
-                overflow_policy=vdb.overflow_policy,
-                overflow_resolution_target=vdb.overflow_resolution_target,
-            )
-        return None
-
-    def _load(self, plans: list[_TablePlan], progress) -> None:
-        pdb, vdb = self.config.persistent_db, self.config.volatile_db
-        for plan in plans:
-            persistent = None
-            if self._rocksdb is not None:
-                if not plan.persistent_current and not pdb.read_only:
-                    started = time.perf_counter()
-                    self._rocksdb.load_table(
-                        plan.tag, plan.reader, plan.checksum, progress=progress
-                    )
-                    log.info(
-                        "RocksDB: loaded %s (%d keys) in %.1f s",
-                        plan.tag,
-                        plan.reader.num_keys,
-                        time.perf_counter() - started,
-                    )
-                persistent = self._rocksdb.table(plan.tag, plan.dim)
-            volatile = None
-            if vdb.enabled:
-                rows = volatile_rows(
-                    plan.reader,
-                    vdb.initial_cache_rate,
-                    num_partitions=vdb.num_partitions,
-                    overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
-                )
-                count = plan.reader.num_keys if rows is None else rows.size
-                volatile = self._volatile_table(plan, count)
-                self._fill_volatile(plan, volatile, rows, progress)
-            self._tables[(plan.model.model, plan.table_id)] = TableTiers(
-                plan.model.model,
-                plan.name,
-                plan.dim,
-                plan.model.default_value(plan.table_id),
-                volatile=volatile,
-                persistent=persistent,
-                cache_missed_embeddings=vdb.cache_missed_embeddings,
-                writable_persistent=not pdb.read_only,
-                stats=TableStats(),
-            )
-
-    def _fill_volatile(self, plan: _TablePlan, volatile, rows, progress) -> None:
-        vdb = self.config.volatile_db
-        if vdb.type != "redis_cluster":
-            load_volatile(volatile, plan.reader, rows, progress=progress)
-            return
-        checksum = plan.checksum or table_checksum(plan.reader)
-        record = {
-            "checksum": checksum,
-            "dim": plan.dim,
-            "num_partitions": vdb.num_partitions,
-            "initial_cache_rate": vdb.initial_cache_rate,
-            "overflow_margin": vdb.overflow_margin,
-            "complete": True,
-        }
-        # Skip only with RocksDB behind it: if a node lost its data since, its keys still fall
-        # through to a full copy. Without one, reload as HPS does.
-        if self._rocksdb is not None and volatile.read_record() == record:
-            log.info("Redis: %s already holds this table; not reloading", plan.tag)
-            return
-        volatile.clear()
-        load_volatile(volatile, plan.reader, rows, progress=progress)
-        volatile.write_record(record)
-
-    def _make_fronts(self, factory: CacheFactory) -> None:
-        for model in self.config.models:
-            for device in model.deployed_device_list:
-                for t in range(model.num_tables):
-                    front = factory(model, t, device, self._tables[(model.model, t)])
-                    if front is not None:
-                        self._fronts[(model.model, t, device)] = front
+        self._tables: dict[tuple[str, int], TableTiers] = self._built.tables
+        self._fronts: dict[tuple[str, int, int], FrontCache] = self._built.fronts
+        self._pools: dict[tuple[str, int], WorkerPool] = self._built.worker_pools
 
     # ------------------------------------------------------------------ lookups
 
@@ -337,7 +135,15 @@ class HPS:
         started = time.perf_counter()
         tiers = self._tables[(model_cfg.model, table_id)]
         front = self._fronts.get((model_cfg.model, table_id, device))
-        out = front.lookup(keys) if front is not None else tiers.fetch(keys)
+        if front is None:
+            out = tiers.fetch(keys)
+        else:
+            pool = self._pools[(model_cfg.model, device)]
+            slot = pool.acquire()
+            try:
+                out = front.launch_query(keys, slot).result()
+            finally:
+                pool.release(slot)
         tiers.stats.latency.record(time.perf_counter() - started)
         return out
 
@@ -346,13 +152,13 @@ class HPS:
     ) -> list[np.ndarray]:
         """Every table of a model in one call: one key array per table, in table order.
 
-        The tables' GPU lookups overlap: every table's query is queued on its cache's stream
-        before any is waited for (front caches with ``start``); tables without a front cache
-        are fetched from the CPU tiers, in table order, while those run. Each table's latency
-        counts from the start of the call. The call holds one worker buffer of the model's pool
-        until every table is done, CPU-tier fetches of misses included (HPS: one per lookup
-        session call). If a table fails, the tables still queued are waited for (their rows
-        dropped) before the error is raised."""
+        The tables' GPU lookups overlap: every table's query is launched on its front cache
+        before any is waited for; tables without a front cache are fetched from the CPU tiers,
+        in table order, while those run. Each table's latency counts from the start of the
+        call. The call holds one worker buffer of the model's pool on that device until every
+        table is done, CPU-tier fetches of misses included (HPS: one per lookup session call).
+        If a table fails, the tables still queued are waited for (their rows dropped) before
+        the error is raised."""
         model_cfg, _ = self._resolve(model, 0)
         device = self._device(model_cfg, device_id)
         if len(keys_per_table) != model_cfg.num_tables:
@@ -363,34 +169,34 @@ class HPS:
             )
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
         started = time.perf_counter()
-        pending: list = []
-        slots: dict[int, tuple] = {}  # one worker buffer per pool for the whole call, as HPS
+        pending: list[StartedQuery | None] = []
+        pool = self._pools.get((model_cfg.model, device))
+        lease: tuple[WorkerPool, int] | None = None  # one worker buffer for the call, as HPS
         try:
             for t, keys in enumerate(checked):
                 front = self._fronts.get((model_cfg.model, t, device))
-                if not hasattr(front, "start"):
+                if front is None or pool is None:
                     pending.append(None)
                     continue
-                pool = front.pool
-                if id(pool) not in slots:
-                    slots[id(pool)] = (pool, pool.acquire())
-                pending.append(front.start(keys, slots[id(pool)][1]))
+                if lease is None:
+                    lease = (pool, pool.acquire())
+                pending.append(front.launch_query(keys, lease[1]))
             results: list[np.ndarray] = []
             for t, keys in enumerate(checked):
-                lookup, pending[t] = pending[t], None
-                if lookup is None:
+                query, pending[t] = pending[t], None
+                if query is None:
                     results.append(self._lookup_one(keys, model_cfg, t, device))
                     continue
-                results.append(lookup.result())
+                results.append(query.result())
                 stats = self._tables[(model_cfg.model, t)].stats
                 stats.latency.record(time.perf_counter() - started)
             return results
         finally:
             try:
-                _abandon_all(pending)  # queued work must finish before its buffers are reused
+                _abandon_all(pending)  # queued work must finish before its buffer is reused
             finally:
-                for pool, slot in slots.values():
-                    pool.release(slot)
+                if lease is not None:
+                    lease[0].release(lease[1])
 
     def lookup_concatenated(
         self,
@@ -455,7 +261,7 @@ class HPS:
         """Refuse an update a read-only cache (static, uvm) could not follow, before any write."""
         for device in model_cfg.deployed_device_list:
             front = self._fronts.get((model_cfg.model, table_id, device))
-            if front is not None and getattr(front, "read_only", False):
+            if front is not None and front.read_only:
                 raise InvalidInputError(
                     f"table '{model_cfg.table_name(table_id)}' of model '{model_cfg.model}' has a "
                     f"read-only {model_cfg.cache_type} cache: it cannot take updates",
@@ -474,9 +280,19 @@ class HPS:
         model_cfg, table_id = self._resolve(model, table)
         return self._tables[(model_cfg.model, table_id)]
 
-    def front_cache(self, model: str, table: str | int, device_id: int | None = None):
+    def front_cache(
+        self, model: str, table: str | int, device_id: int | None = None
+    ) -> FrontCache | None:
+        """The front cache of a table on a device (default: the model's last deployed one), or
+        None when it has none."""
         model_cfg, table_id = self._resolve(model, table)
         return self._fronts.get((model_cfg.model, table_id, self._device(model_cfg, device_id)))
+
+    def worker_pool(self, model: str, device_id: int | None = None) -> WorkerPool | None:
+        """The worker buffers of a model on a device (default: its last deployed one), or None
+        when no table of it has a front cache there."""
+        model_cfg, _ = self._resolve(model, 0)
+        return self._pools.get((model_cfg.model, self._device(model_cfg, device_id)))
 
     def counters(self, model: str, table: str | int) -> dict[str, int]:
         return self.table_backend(model, table).counters
@@ -490,29 +306,15 @@ class HPS:
             caches = {
                 device: front.stats()
                 for (m, t, device), front in self._fronts.items()
-                if m == model and t == table_id and hasattr(front, "stats")
+                if m == model and t == table_id
             }
             if caches:
                 entry["cache"] = caches
         return out
 
     def close(self) -> None:
-        for front in self._fronts.values():
-            close = getattr(front, "close", None)
-            if close is not None:
-                close()
-        self._fronts.clear()
-        close = getattr(self._cache_factory, "close", None)
-        if close is not None:
-            close()
-        for tiers in self._tables.values():
-            tiers.persistent = None
-        if self._rocksdb is not None:
-            self._rocksdb.close()
-            self._rocksdb = None
-        if self._redis is not None:
-            self._redis.close()
-            self._redis = None
+        """Stop the front caches, close their factory, then the stores (idempotent)."""
+        self._built.close()
 
     def __enter__(self) -> "HPS":
         return self
@@ -591,60 +393,4 @@ class HPS:
             return keys.astype(np.int64)
         raise InvalidInputError(
             f"keys must be uint32 (supportlonglong is false), got {keys.dtype}", location=where
-        )
-
-
-def _load_checked(config: PsConfig | str | Path | dict) -> PsConfig:
-    """The typed config, with every table file verified (structure, dims, keys)."""
-    if not isinstance(config, PsConfig):
-        return load_config(config, check_files=True)
-    issues = file_issues(config)
-    if issues:
-        first = issues[0]
-        raise ConfigError(
-            first.message,
-            issues=tuple(issues),
-            location=f"{config.source_path or '<config>'} {first.json_path}",
-            hint=first.hint,
-        )
-    return config
-
-
-def _default_cache_factory(config: PsConfig):
-    """The embedding caches of the config (None when no model asks for one)."""
-    if not any(m.gpucache for m in config.models):
-        return None
-    from .gpu.cache_factory import EmbeddingCacheFactory
-
-    return EmbeddingCacheFactory()
-
-
-def _check_supported(config: PsConfig, cache_factory) -> None:
-    """ConfigError for settings this runtime cannot honour (rather than ignoring them)."""
-    vdb, pdb = config.volatile_db, config.persistent_db
-    if vdb.type == "multi_process_hash_map":
-        raise ConfigError(
-            "volatile_db type 'multi_process_hash_map' (a shared-memory map) is not supported",
-            location="$.volatile_db.type",
-            hint="use parallel_hash_map (in process) or redis_cluster (shared)",
-        )
-    if config.update_source.type != "null":
-        raise ConfigError(
-            f"update_source '{config.update_source.type}' is not supported yet",
-            location="$.update_source.type",
-            hint="remove the block; apply updates with HPS.insert / HPS.remove",
-        )
-    for i, model in enumerate(config.models):
-        if model.fuse_embedding_table:
-            raise ConfigError(
-                "table fusion (fuse_embedding_table) is not supported by the CPU runtime",
-                location=f"$.models[{i}].fuse_embedding_table",
-                hint="set fuse_embedding_table to false",
-            )
-    if not vdb.enabled and not pdb.enabled and cache_factory is None:
-        raise ConfigError(
-            "both volatile_db and persistent_db are disabled: every lookup would "
-            "return default vectors",
-            location="$.volatile_db",
-            hint="enable a volatile_db (e.g. parallel_hash_map) or a persistent_db",
         )

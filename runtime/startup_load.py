@@ -1,4 +1,9 @@
-"""Start-up loading of table files into the CPU tiers.
+"""Start-up, second half: the writes, once everything was checked (startup_plan.py).
+
+``load_tables`` builds every table's ``TableTiers``: it loads the RocksDB families of changed
+tables (atomically per family; a family the database holds unchanged is kept), then fills the
+volatile tier. A Redis table whose record says it already holds this table file (and a RocksDB
+tier backs it) is not reloaded.
 
 - ``table_checksum``: the identity of a table's content, in ``table.json``'s format (taken from
   a current sidecar, else computed in one streaming CRC32 pass). RocksDB and Redis keep it in
@@ -13,14 +18,26 @@
 
 from __future__ import annotations
 
-from typing import Callable
+import logging
+import time
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
 from .checksum import file_crc32
+from .config.model import PsConfig
+from .cpu_tiers import TableTiers
 from .hashing import partition_of
-from .table.layout import KEY_FILE, META_FILE, VECTOR_FILE
+from .seams import VolatileTable
+from .stats import TableStats
+from .table.file_layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.reader import TableReader
+
+if TYPE_CHECKING:
+    from .startup_plan import Stores, TablePlan
+    from .volatile.redis_cluster import RedisTable
+
+log = logging.getLogger("hps_cli.runtime")
 
 LOAD_ROWS = 1 << 16
 
@@ -62,7 +79,7 @@ def volatile_rows(
 
 
 def load_volatile(
-    tier,
+    tier: VolatileTable,
     reader: TableReader,
     rows: np.ndarray | None,
     *,
@@ -88,3 +105,111 @@ def load_volatile(
         if progress:
             progress(part.size * row_bytes)
     return sent
+
+
+def load_tables(
+    config: PsConfig,
+    plans: list[TablePlan],
+    stores: Stores,
+    tables: dict[tuple[str, int], TableTiers],
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Load every planned table into its tiers and put its ``TableTiers`` into ``tables``
+    (keyed by model name and table number), table by table in plan order."""
+    pdb, vdb = config.persistent_db, config.volatile_db
+    for plan in plans:
+        persistent = None
+        if stores.rocksdb is not None:
+            if not plan.persistent_current and not pdb.read_only:
+                started = time.perf_counter()
+                stores.rocksdb.load_table(plan.tag, plan.reader, plan.checksum, progress=progress)
+                log.info(
+                    "RocksDB: loaded %s (%d keys) in %.1f s",
+                    plan.tag,
+                    plan.reader.num_keys,
+                    time.perf_counter() - started,
+                )
+            persistent = stores.rocksdb.table(plan.tag, plan.dim)
+        volatile = None
+        if vdb.enabled:
+            rows = volatile_rows(
+                plan.reader,
+                vdb.initial_cache_rate,
+                num_partitions=vdb.num_partitions,
+                overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+            )
+            count = plan.reader.num_keys if rows is None else rows.size
+            if vdb.type == "redis_cluster":
+                redis_table = _redis_table(config, plan, stores)
+                _fill_redis(config, plan, redis_table, rows, stores, progress)
+                volatile = redis_table
+            else:
+                volatile = _hash_map_table(config, plan, count)
+                load_volatile(volatile, plan.reader, rows, progress=progress)
+        tables[(plan.model.model, plan.table_id)] = TableTiers(
+            plan.model.model,
+            plan.name,
+            plan.dim,
+            plan.model.default_value(plan.table_id),
+            volatile=volatile,
+            persistent=persistent,
+            cache_missed_embeddings=vdb.cache_missed_embeddings,
+            stats=TableStats(),
+        )
+
+
+def _hash_map_table(config: PsConfig, plan: TablePlan, reserve: int) -> VolatileTable:
+    from .volatile.hash_map import HashMapTable
+
+    vdb = config.volatile_db
+    return HashMapTable(
+        plan.dim,
+        num_partitions=vdb.num_partitions,
+        overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+        overflow_policy=vdb.overflow_policy,
+        overflow_resolution_target=vdb.overflow_resolution_target,
+        reserve=reserve,
+    )
+
+
+def _redis_table(config: PsConfig, plan: TablePlan, stores: Stores) -> RedisTable:
+    vdb = config.volatile_db
+    assert stores.redis is not None  # open_stores connected it
+    return stores.redis.table(
+        plan.tag,
+        plan.dim,
+        num_partitions=vdb.num_partitions,
+        key_width=64 if config.supportlonglong else 32,
+        overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+        overflow_policy=vdb.overflow_policy,
+        overflow_resolution_target=vdb.overflow_resolution_target,
+    )
+
+
+def _fill_redis(
+    config: PsConfig,
+    plan: TablePlan,
+    table: RedisTable,
+    rows: np.ndarray | None,
+    stores: Stores,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Load the table into Redis unless Redis's record says it holds this very table file."""
+    vdb = config.volatile_db
+    checksum = plan.checksum or table_checksum(plan.reader)
+    record = {
+        "checksum": checksum,
+        "dim": plan.dim,
+        "num_partitions": vdb.num_partitions,
+        "initial_cache_rate": vdb.initial_cache_rate,
+        "overflow_margin": vdb.overflow_margin,
+        "complete": True,
+    }
+    # Skip only with RocksDB behind it: if a node lost its data since, its keys still fall
+    # through to a full copy. Without one, reload as HPS does.
+    if stores.rocksdb is not None and table.read_record() == record:
+        log.info("Redis: %s already holds this table; not reloading", plan.tag)
+        return
+    table.clear()
+    load_volatile(table, plan.reader, rows, progress=progress)
+    table.write_record(record)

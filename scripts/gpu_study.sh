@@ -14,7 +14,7 @@ variants() {
 }
 for ways in ${WAYS_LIST:-8}; do
   echo "== sets of $ways ways"
-  variants "ways$ways" HPS_WAYS="$ways"
+  variants "ways$ways" STUDY_WAYS="$ways"
 done
 for bytes in ${FETCH_BYTES:-}; do
   echo "== L2 fetch granularity $bytes B"

@@ -52,7 +52,7 @@ def plain_mix64(key: int) -> int:
 
 
 class PlainLfuDa:
-    WAYS, SAMPLE = WAYS, 4  # the runtime's ways (8 unless HPS_WAYS says otherwise)
+    WAYS, SAMPLE = WAYS, 4  # the runtime's ways (placement.WAYS)
     LARGE_BATCH, CAP = 65536, 15  # a large batch counts a key's hits at most CAP times
 
     def __init__(self, num_sets: int):
@@ -197,14 +197,14 @@ def test_memory_formula():
         slots = sets * WAYS
         padded = -(-slots // 16) * 16
         assert cache_memory_bytes(sets, 64) == slots * 8 + padded * 5 + slots * 64 * 4 + sets * 4
-    if WAYS == 8:  # the default, written out
-        assert cache_memory_bytes(10, 64) == 80 * 8 + 80 * 4 + 80 + 80 * 64 * 4 + 10 * 4 == 21_560
-        # 11 sets = 88 slots: scores and hit bytes for 96
-        assert cache_memory_bytes(11, 64) == 88 * 8 + 96 * 5 + 88 * 64 * 4 + 11 * 4 == 23_756
-        assert cache_memory_bytes(12_500, 128) == 100_000 * (13 + 512) + 50_000
+    # 8 ways, written out
+    assert WAYS == 8
+    assert cache_memory_bytes(10, 64) == 80 * 8 + 80 * 4 + 80 + 80 * 64 * 4 + 10 * 4 == 21_560
+    # 11 sets = 88 slots: scores and hit bytes for 96
+    assert cache_memory_bytes(11, 64) == 88 * 8 + 96 * 5 + 88 * 64 * 4 + 11 * 4 == 23_756
+    assert cache_memory_bytes(12_500, 128) == 100_000 * (13 + 512) + 50_000
 
 
-@pytest.mark.skipif(WAYS != 8, reason="stream and target chosen for 8-way sets (HPS_WAYS)")
 def test_smallest_gpucacheper_matches_a_full_scan(tmp_path, rng):
     rows = 800  # at most 100 sets: the bisection resolves to one set
     stream = _skewed_stream(rng, 20_000, rows)

@@ -6,7 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from hps_cli.runtime.errors import CapacityError, InvalidInputError
-from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
+from hps_cli.runtime.gpu.embedding_cache import (
+    AsyncInserter,
+    DynamicEmbeddingCache,
+    IndexedEmbeddingCache,
+)
 from hps_cli.runtime.gpu.placement import (
     EMPTY_KEY,
     HIT_SAMPLE,
@@ -25,10 +29,10 @@ from hps_cli.runtime.gpu.reference import (
     ref_gather,
     ref_scatter,
 )
-from hps_cli.runtime.gpu.workspace import WorkerPool
 from hps_cli.runtime.hashing import mix64
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
+from hps_cli.runtime.worker_pool import WorkerPool
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -212,7 +216,7 @@ def tiers():
 
 
 def _cache(fetch, threshold, sets=4, inserter=None):
-    return EmbeddingCache(
+    return DynamicEmbeddingCache(
         RefDynamicBackend(sets, 8),
         fetch=fetch,
         hit_rate_threshold=threshold,
@@ -225,9 +229,9 @@ def _cache(fetch, threshold, sets=4, inserter=None):
 def test_synchronous_lookups_are_exact(tiers):
     cache = _cache(tiers, 1.0)
     keys = np.array([1, 2, 3, 2, 1, 99])
-    np.testing.assert_array_equal(cache.lookup(keys), synthetic_vectors(keys, 8))
+    np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
     assert tiers.calls[0].tolist() == [1, 2, 3, 99]  # unique misses, fetched once
-    np.testing.assert_array_equal(cache.lookup(keys), synthetic_vectors(keys, 8))
+    np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
     assert len(tiers.calls) == 1  # all hits now
     stats = cache.stats()
     assert stats["keys"] == 12 and stats["hits"] == 6 and stats["misses"] == 6
@@ -237,14 +241,14 @@ def test_asynchronous_misses_get_defaults_then_arrive(tiers):
     inserter = AsyncInserter(2)
     cache = _cache(tiers, 0.5, inserter=inserter)
     warm = np.array([10, 11, 12])
-    cache.lookup(warm)  # hit rate 0 < 0.5: synchronous, exact
+    cache.query(warm)  # hit rate 0 < 0.5: synchronous, exact
     inserter.flush()
     keys = np.array([10, 11, 12, 13])  # 3 of 4 unique keys hit: 0.75 >= 0.5 → asynchronous
-    first = cache.lookup(keys)
+    first = cache.query(keys)
     np.testing.assert_array_equal(first[:3], synthetic_vectors(warm, 8))
     assert (first[3] == -2.0).all()  # the default value for now
     inserter.flush()
-    np.testing.assert_array_equal(cache.lookup(keys), synthetic_vectors(keys, 8))
+    np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
     assert cache.stats()["async_batches"] == 1 and cache.stats()["sync_batches"] == 1
     inserter.close()
 
@@ -252,10 +256,10 @@ def test_asynchronous_misses_get_defaults_then_arrive(tiers):
 def test_hit_rate_counts_unique_keys(tiers):
     inserter = AsyncInserter(1)
     cache = _cache(tiers, 0.6, inserter=inserter)
-    cache.lookup(np.array([1]))
+    cache.query(np.array([1]))
     # 1 hit key repeated 9 times + 1 missing key: unique hit rate 0.5 < 0.6 → synchronous,
     # although 90 % of the occurrences hit.
-    out = cache.lookup(np.array([1] * 9 + [7]))
+    out = cache.query(np.array([1] * 9 + [7]))
     np.testing.assert_array_equal(out[-1], synthetic_vectors(np.array([7]), 8)[0])
     assert cache.stats()["sync_batches"] == 2
     inserter.close()
@@ -263,21 +267,21 @@ def test_hit_rate_counts_unique_keys(tiers):
 
 def test_threshold_above_one_is_never_asynchronous(tiers):
     cache = _cache(tiers, 1.5, inserter=AsyncInserter(1))
-    cache.lookup(np.array([1, 2, 3]))
-    out = cache.lookup(np.array([1, 2, 3, 4]))
+    cache.query(np.array([1, 2, 3]))
+    out = cache.query(np.array([1, 2, 3, 4]))
     np.testing.assert_array_equal(out, synthetic_vectors(np.array([1, 2, 3, 4]), 8))
 
 
 def test_update_and_remove_reach_cached_copies(tiers):
     cache = _cache(tiers, 1.0)
     keys = np.array([4, 5, 6])
-    cache.lookup(keys)
+    cache.query(keys)
     new = np.full((2, 8), 7.5, np.float32)
     assert cache.update(np.array([5, 77]), new) == 1  # 77 is not cached
-    out = cache.lookup(keys)
+    out = cache.query(keys)
     assert (out[1] == 7.5).all() and (out[0] == synthetic_vectors(np.array([4]), 8)).all()
     assert cache.remove(np.array([4])) == 1
-    cache.lookup(keys)
+    cache.query(keys)
     assert tiers.calls[-1].tolist() == [4]  # fetched again after removal
 
 
@@ -286,18 +290,18 @@ def test_eviction_keeps_results_exact(tiers):
     rng = np.random.default_rng(3)
     for _ in range(30):
         keys = rng.integers(0, 500, 100)
-        np.testing.assert_array_equal(cache.lookup(keys), synthetic_vectors(keys, 8))
+        np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
     assert cache.backend.occupancy() == WAYS
 
 
 def test_refresh_reloads_values(tiers):
     cache = _cache(tiers, 1.0)
-    cache.lookup(np.array([1, 2]))
+    cache.query(np.array([1, 2]))
     stale = np.zeros((2, 8), np.float32)
     cache.update(np.array([1, 2]), stale)
     assert cache.refresh() == 2
     np.testing.assert_array_equal(
-        cache.lookup(np.array([1, 2])), synthetic_vectors(np.array([1, 2]), 8)
+        cache.query(np.array([1, 2])), synthetic_vectors(np.array([1, 2]), 8)
     )
 
 
@@ -351,9 +355,9 @@ def test_static_cache_answers_from_the_whole_table_and_is_read_only(tmp_path):
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 4))
     with TableReader(tmp_path / "t") as reader:
         backend = RefIndexedBackend(reader, device_rows=30)
-    cache = EmbeddingCache(backend, fetch=None, hit_rate_threshold=1.0, default_value=0.5)
+    cache = IndexedEmbeddingCache(backend, default_value=0.5)
     query = np.array([60, 149, 5, 60])
-    out = cache.lookup(query)
+    out = cache.query(query)
     np.testing.assert_array_equal(out[[0, 1, 3]], synthetic_vectors(query[[0, 1, 3]], 4))
     assert (out[2] == 0.5).all()
     assert cache.stats()["hits"] == 3
@@ -379,7 +383,7 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
     p /= p.sum()
     ideal = p[: int(per * n)].sum()
     keys_of_rank = rng.permutation(n).astype(np.int64) * 7919 + 13
-    cache = EmbeddingCache(
+    cache = DynamicEmbeddingCache(
         RefDynamicBackend(num_sets_for(n, per), 2),
         fetch=lambda k: np.zeros((k.size, 2), np.float32),
         hit_rate_threshold=1.0,
@@ -390,57 +394,41 @@ def test_zipf_hit_rate_reaches_95_percent_of_ideal():
         ranks = np.minimum(np.searchsorted(cdf, rng.random(4096)), n - 1)
         if batch == 80:
             cache.counters = type(cache.counters)()  # steady state: measure the second half
-        cache.lookup(keys_of_rank[ranks])
+        cache.query(keys_of_rank[ranks])
     steady = cache.stats()["hit_rate"]
     assert steady >= 0.95 * ideal, (steady, ideal)
 
 
-def _run_with_ways(ways: str | None, code: str):
+def test_sets_have_eight_ways_whatever_the_environment():
+    """WAYS is a constant of the runtime: HPS_WAYS in the environment (a knob of the kernel
+    studies in benchmarks/) changes neither the reference nor the kernels' flags."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != "HPS_WAYS"}
-    if ways is not None:
-        env["HPS_WAYS"] = ways
-    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-
-
-def test_sets_have_eight_ways_by_default():
     code = """
 from hps_cli.runtime.gpu.kernels import kernel_defines
 from hps_cli.runtime.gpu.placement import WAYS
 assert WAYS == 8 and kernel_defines()["HPS_WAYS"] == "8"
 print("ok")
 """
-    res = _run_with_ways(None, code)
+    env = {**os.environ, "HPS_WAYS": "4"}
+    res = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
 
 
-def test_ways_switch_placement_reference_and_kernel_flags_together():
-    code = """
-import numpy as np
-from hps_cli.runtime.gpu.kernels import kernel_defines
-from hps_cli.runtime.gpu.placement import WAYS, num_sets_for
-from hps_cli.runtime.gpu.reference import RefDynamicCache
-assert WAYS == 4 and kernel_defines()["HPS_WAYS"] == "4"
-assert num_sets_for(1000, 0.2) == 50
-c = RefDynamicCache(8, 4)
-assert c.keys.shape == (8, 4) and c.capacity == 32
-keys = np.arange(1, 257, dtype=np.int64) * 7919
-rows = np.random.default_rng(0).random((256, 4), dtype=np.float32)
-assert c.replace(keys, rows) == 256
-assert c.occupancy() == 32  # every way of every set taken, the rest evicted
-out, _, miss_pos = c.query(keys, 0.0)
-present = np.isin(keys, c.dump())
-assert present.sum() == 32 == 256 - len(miss_pos)
-assert np.array_equal(out[present], rows[present])
-print("ok")
-"""
-    res = _run_with_ways("4", code)
-    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr
+def test_placement_reference_and_kernel_flags_share_the_ways():
+    from hps_cli.runtime.gpu.kernels import kernel_defines
 
-
-def test_unsupported_ways_are_refused():
-    res = _run_with_ways("12", "import hps_cli.runtime.gpu.placement")
-    assert res.returncode != 0 and "HPS_WAYS must be 4, 8, 16 or 32" in res.stderr
+    assert kernel_defines()["HPS_WAYS"] == str(WAYS)
+    assert num_sets_for(1000, 0.2) == -(-200 // WAYS)
+    c = RefDynamicCache(8, 4)
+    assert c.keys.shape == (8, WAYS) and c.capacity == 8 * WAYS
+    keys = np.arange(1, 257, dtype=np.int64) * 7919
+    rows = np.random.default_rng(0).random((256, 4), dtype=np.float32)
+    assert c.replace(keys, rows) == 256
+    assert c.occupancy() == 8 * WAYS  # every way of every set taken, the rest evicted
+    out, _, miss_pos = c.query(keys, 0.0)
+    present = np.isin(keys, c.dump())
+    assert present.sum() == 8 * WAYS == 256 - len(miss_pos)
+    assert np.array_equal(out[present], rows[present])

@@ -251,7 +251,7 @@ def test_gather_and_scatter_kernels(device):
 
 def test_embedding_cache_on_gpu_matches_reference_cache(device):
     """The whole cache logic (sync and async, HPS's threshold) on both backends."""
-    from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, EmbeddingCache
+    from hps_cli.runtime.gpu.embedding_cache import AsyncInserter, DynamicEmbeddingCache
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     gpu_b, ref_b = _pair(device, 512 // WAYS, 32)
@@ -259,7 +259,7 @@ def test_embedding_cache_on_gpu_matches_reference_cache(device):
     for threshold in (1.0, 0.5):
         inserter = AsyncInserter(1)
         caches = [
-            EmbeddingCache(
+            DynamicEmbeddingCache(
                 b, fetch=fetch, hit_rate_threshold=threshold, default_value=-1.0, inserter=inserter
             )
             for b in (gpu_b, ref_b)
@@ -267,7 +267,7 @@ def test_embedding_cache_on_gpu_matches_reference_cache(device):
         rng = np.random.default_rng(11)
         for _ in range(30):
             keys = rng.integers(0, 3000, 800)
-            outs = [c.lookup(keys) for c in caches]
+            outs = [c.query(keys) for c in caches]
             inserter.flush()
             np.testing.assert_array_equal(outs[0], outs[1])
             if threshold == 1.0:

@@ -32,9 +32,26 @@ def ps_config(*args, **kwargs):
     return _ps_config(*args, **kwargs)
 
 
-def _hps(doc, **factory_options):
+def _hps(doc, worker_timeout=10.0, **factory_options):
     factory = EmbeddingCacheFactory(**factory_options)
-    return HPS(doc, cache_factory=factory), factory
+    return HPS(doc, cache_factory=factory, worker_timeout=worker_timeout), factory
+
+
+class _ChangedFactory:
+    """An EmbeddingCacheFactory whose caches ``change(cache, model, table_id)`` edits (a
+    seams.CacheFactory: HPS closes it)."""
+
+    def __init__(self, change, **options):
+        self.base = EmbeddingCacheFactory(**options)
+        self.change = change
+
+    def __call__(self, model, table_id, device_id, tiers):
+        cache = self.base(model, table_id, device_id, tiers)
+        self.change(cache, model, table_id)
+        return cache
+
+    def close(self):
+        self.base.close()
 
 
 @pytest.fixture
@@ -192,11 +209,11 @@ def test_worker_buffers_exhausted_wait_then_fail(tmp_path, tables, monkeypatch):
     doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
     hps, factory = _hps(doc, worker_timeout=0.2)
     with hps:
-        front = hps.front_cache("m", "users")
-        taken = front.pool.acquire()  # another lookup holds the only buffer
+        pool = hps.worker_pool("m")
+        taken = pool.acquire()  # another lookup holds the only buffer
         with pytest.raises(CapacityError, match="worker buffer"):
             hps.lookup(np.arange(5), "m", "users")
-        front.pool.release(taken)
+        pool.release(taken)
         assert hps.lookup(np.arange(5), "m", "users").shape == (5, 8)
     factory.close()
 
@@ -222,7 +239,7 @@ def test_lookup_tables_overlaps_and_matches_single_lookups(tmp_path, tables, bac
         for name, keys_per_call in (("users", 900), ("items", 1700)):
             stats = hps.front_cache("m", name).stats()
             assert stats["lookups"] == 6 and stats["keys"] == 6 * keys_per_call
-            assert hps.front_cache("m", name).pool.waits == 0  # one buffer for both tables
+            assert hps.worker_pool("m").waits == 0  # one buffer for both tables
         assert hps.stats()["m"]["users"]["latency"]["count"] == 6
     factory.close()
 
@@ -230,30 +247,27 @@ def test_lookup_tables_overlaps_and_matches_single_lookups(tmp_path, tables, bac
 def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, backend):
     """When one table's lookup fails (its CPU tier is down), the call raises that error after
     the other tables' queued lookups finished, and the worker buffer goes back."""
-    failing = EmbeddingCacheFactory(prefill=False)
 
-    def factory(model, table_id, device_id, tiers):
-        cache = failing(model, table_id, device_id, tiers)
+    def down(keys):
+        raise ConnectionError("volatile tier unreachable")
+
+    def change(cache, model, table_id):
         if table_id == 0:
-
-            def down(keys):
-                raise ConnectionError("volatile tier unreachable")
-
             cache.fetch = down
-        return cache
 
+    factory = _ChangedFactory(change, prefill=False)
     doc = ps_config(tables, DIMS, num_of_worker_buffer_in_pool=1, hit_rate_threshold=1.0)
     with HPS(doc, cache_factory=factory) as hps:
         items = hps.front_cache("m", "items")
+        pool = hps.worker_pool("m")
         with pytest.raises(ConnectionError, match="unreachable"):
             hps.lookup_tables([np.arange(5), np.arange(7)], "m")  # both miss: both fetch
         assert items.stats()["lookups"] == 0  # queued after table 0: waited for, rows dropped
-        assert items.pool.waits == 0
+        assert pool.waits == 0
         np.testing.assert_array_equal(
             hps.lookup(np.arange(7), "m", "items"), synthetic_vectors(np.arange(7), 32)
         )
-        assert items.pool.waits == 0  # the only buffer had come back
-    failing.close()
+        assert pool.waits == 0  # the only buffer had come back
 
 
 class _RecordingBackend:
@@ -282,13 +296,11 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
     """The overlap itself: every table's query is launched before the first wait, all with
     the call's one worker buffer."""
     log: list = []
-    base = EmbeddingCacheFactory(prefill=False)
 
-    def factory(model, table_id, device_id, tiers):
-        cache = base(model, table_id, device_id, tiers)
+    def change(cache, model, table_id):
         cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id], log)
-        return cache
 
+    factory = _ChangedFactory(change, prefill=False)
     with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0), cache_factory=factory) as hps:
         for _ in range(3):
             log.clear()
@@ -302,7 +314,6 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
             ]
             assert len({slot for _, _, slot in log}) == 1
             np.testing.assert_array_equal(got[1], synthetic_vectors(keys[1], 32))
-    base.close()
 
 
 class _ClosingBackend(_RecordingBackend):
@@ -317,23 +328,18 @@ class _ClosingBackend(_RecordingBackend):
 
     def close(self):
         self._log.append(("close", self._name))
-        close = getattr(self._backend, "close", None)
-        if close is not None:
-            close()
+        self._backend.close()
 
 
 def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path, tables, backend):
     """HPS.close: refreshes stop, queued background inserts run into open caches, and only then
     each cache's device memory is freed (once)."""
     log: list = []
-    base = EmbeddingCacheFactory(prefill=False)
 
-    def factory(model, table_id, device_id, tiers):
-        cache = base(model, table_id, device_id, tiers)
+    def change(cache, model, table_id):
         cache.backend = _ClosingBackend(cache.backend, model.embedding_table_names[table_id], log)
-        return cache
 
-    factory.close = base.close  # HPS closes the factory it was given
+    factory = _ChangedFactory(change, prefill=False)  # HPS closes the factory it was given
     doc = ps_config(tables, DIMS, hit_rate_threshold=0.0)  # misses inserted in the background
     with HPS(doc, cache_factory=factory) as hps:
         for start in range(0, 400, 50):
@@ -344,7 +350,7 @@ def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path,
     assert max(inserts) < min(closes)
 
 
-def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(
+def test_launched_query_resolves_once_and_a_dropped_one_is_waited_for(
     tmp_path, tables, monkeypatch
 ):
     monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
@@ -352,18 +358,26 @@ def test_started_lookup_resolves_once_and_dropping_one_gives_its_buffer_back(
     hps, factory = _hps(doc, worker_timeout=0.2, prefill=False)
     with hps:
         front = hps.front_cache("m", "users")
-        started = front.start(np.arange(10))
-        first = started.result()
-        assert started.result() is first  # no second resolution
-        assert front.stats()["lookups"] == 1
-        front.start(np.arange(10)).abandon()  # waited for, nothing counted, buffer back
-        assert front.stats()["lookups"] == 1
-        dropped = front.start(np.arange(10))
-        del dropped  # collected without result(): still gives its buffer back
-        np.testing.assert_array_equal(
-            front.lookup(np.arange(3)), synthetic_vectors(np.arange(3), 8)
+        pool = hps.worker_pool("m")
+        slot = pool.acquire()  # the query's worker buffer is HPS's
+        try:
+            started = front.launch_query(np.arange(10), slot)
+            first = started.result()
+            assert started.result() is first  # no second resolution
+            assert front.stats()["lookups"] == 1
+            front.launch_query(np.arange(10), slot).abandon()  # waited for, nothing counted
+            assert front.stats()["lookups"] == 1
+            dropped = front.launch_query(np.arange(10), slot)
+            del dropped  # collected without result(): waited for
+            np.testing.assert_array_equal(
+                front.query(np.arange(3), slot), synthetic_vectors(np.arange(3), 8)
+            )
+        finally:
+            pool.release(slot)
+        np.testing.assert_array_equal(  # the only buffer is free again
+            hps.lookup(np.arange(3), "m", "users"), synthetic_vectors(np.arange(3), 8)
         )
-        assert front.pool.waits == 0
+        assert pool.waits == 0
     factory.close()
 
 

@@ -52,3 +52,23 @@ def test_constants_are_required():
         text=True,
     )
     assert res.returncode != 0 and "HPS_EMPTY_KEY" in res.stderr
+
+
+def test_unsupported_ways_are_refused():
+    """The kernels build with 4, 8, 16 or 32 ways (the runtime uses 8, studies others)."""
+    res = subprocess.run(
+        [
+            "nvcc",
+            "--cubin",
+            "-arch=sm_90",
+            *nvcc_flags({"HPS_WAYS": "12"}),
+            "-I",
+            str(cuda_dir()),
+            "-o",
+            "/dev/null",
+            str(cuda_dir() / "dynamic_cache.cu"),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode != 0 and "HPS_WAYS is 4, 8, 16 or 32" in res.stderr

@@ -54,14 +54,14 @@ def test_insert_lookup_remove_roundtrip(rng):
     assert len(table) == keys.size
     query = np.concatenate([keys[::3], keys[::5] + 1])
     out = np.full((query.size, 8), 42.0, dtype=np.float32)
-    out, hit = table.lookup(query, out)
+    out, hit, _ = table.get(query, out)
     expected_hit = np.isin(query, keys)
     assert np.array_equal(hit, expected_hit)
     assert np.array_equal(out[hit], synthetic_vectors(query[hit], 8))
     assert (out[~hit] == 42.0).all()  # miss rows are left for the next tier
     assert table.remove(keys[:5000]) == 5000
     assert table.remove(keys[:5000]) == 0
-    _, hit = table.lookup(keys)
+    _, hit, _ = table.get(keys)
     assert not hit[:5000].any() and hit[5000:].all()
     assert len(table) == keys.size - 5000
 
@@ -71,7 +71,7 @@ def test_repeated_keys_in_one_batch_keep_the_last_vector():
     keys = np.array([5, 6, 5, 5, 7], dtype=np.int64)
     vectors = np.arange(10, dtype=np.float32).reshape(5, 2)
     table.insert(keys, vectors)
-    out, hit = table.lookup(np.array([5, 6, 7]))
+    out, hit, _ = table.get(np.array([5, 6, 7]))
     assert hit.all() and len(table) == 3
     assert np.array_equal(out, vectors[[3, 1, 4]])
     k, v = dedupe_last(keys, vectors)
@@ -85,7 +85,7 @@ def test_upsert_overwrites_and_growth_keeps_everything(rng):
         chunk = keys[start : start + 7000]
         table.insert(chunk, synthetic_vectors(chunk, 4))
     table.insert(keys[:100], synthetic_vectors(keys[:100], 4, seed=9))
-    out, hit = table.lookup(keys)
+    out, hit, _ = table.get(keys)
     assert hit.all()
     assert np.array_equal(out[:100], synthetic_vectors(keys[:100], 4, seed=9))
     assert np.array_equal(out[100:], synthetic_vectors(keys[100:], 4))
@@ -148,7 +148,7 @@ def test_evict_least_used_keeps_the_keys_looked_up():
     table.insert(np.arange(20), np.zeros((20, 1), np.float32))
     hot = np.arange(0, 20, 2)
     for _ in range(3):
-        table.lookup(hot)
+        table.get(hot)
     evicted = table.insert(np.array([99]), np.zeros((1, 1), np.float32))
     assert set(evicted.tolist()) == set(range(1, 20, 2))  # the 10 never-used keys
     assert table.contains(hot).all()
@@ -169,7 +169,7 @@ def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(polic
     batch = np.array([0, 1, -1, 2, 3, -3])
     evicted = table.insert(batch, np.ones((6, 1), np.float32))
     assert evicted.tolist() == [-2]
-    out, hit = table.lookup(batch)
+    out, hit, _ = table.get(batch)
     assert hit.all() and (out == 1).all()
 
 
@@ -183,7 +183,7 @@ def test_evict_oldest_drops_the_least_recently_touched():
     )
     for k in range(10):
         table.insert(np.array([k]), np.zeros((1, 1), np.float32))
-    table.lookup(np.array([0, 1]))  # now the most recent
+    table.get(np.array([0, 1]))  # now the most recent
     evicted = table.insert(np.array([50]), np.zeros((1, 1), np.float32))
     assert sorted(evicted.tolist()) == [2, 3, 4, 5, 6]
 
@@ -203,9 +203,9 @@ def test_memory_stays_within_one_and_a_half_times_raw(reserve):
 def test_bad_arguments_raise_typed_errors():
     table = HashMapTable(4)
     with pytest.raises(InvalidInputError, match="1-D"):
-        table.lookup(np.zeros((2, 2), dtype=np.int64))
+        table.get(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(InvalidInputError, match="integers"):
-        table.lookup(np.array([1.5, 2.0]))
+        table.get(np.array([1.5, 2.0]))
     with pytest.raises(InvalidInputError, match="shape"):
         table.insert(np.array([1, 2]), np.zeros((2, 3), np.float32))
     with pytest.raises(InvalidInputError, match="overflow_policy"):
@@ -228,7 +228,7 @@ def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector():
         local = np.random.default_rng(seed)
         while not stop.is_set():
             keys = local.choice(universe, 2000)
-            out, hit = table.lookup(keys)
+            out, hit, _ = table.get(keys)
             if not np.array_equal(out[hit], synthetic_vectors(keys[hit], dim)):
                 errors.append("wrong vector")
                 return
@@ -303,7 +303,7 @@ class HashMapMachine(RuleBasedStateMachine):
     @rule(keys=KEYS)
     def lookup(self, keys):
         keys = np.array(keys, dtype=np.int64)
-        out, hit = self.table.lookup(keys)
+        out, hit, _ = self.table.get(keys)
         for k, h, row in zip(keys.tolist(), hit, out):
             assert h == (k in self.model)
             if h:

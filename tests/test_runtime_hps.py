@@ -1,4 +1,4 @@
-"""HPS, the CPU lookup runtime: start-up loading, the lookup flow, updates, bad input, the
+"""HPS, the lookup runtime: start-up loading, the lookup flow, updates, bad input, the
 front-cache seam, thread safety, and the whole hierarchy against a dict model."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from helpers.hierarchy_machine import HierarchyMachine
 from helpers.runtime_configs import make_tables, ps_config, rocks_db
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import ConfigError, InvalidInputError, NotFoundError, OutputExistsError
-from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record
+from hps_cli.runtime.persistent.rocksdb_families import open_db, read_table_record
+from hps_cli.runtime.seams import FinishedQuery
 from hps_cli.runtime.table import TableReader, write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
@@ -310,23 +311,30 @@ def test_insert_and_remove_reach_every_tier(tmp_path):
         new = np.full((2, 4), 7.0, np.float32)
         runtime.insert("m", "t", keys, new)
         for tier in (tiers.volatile, tiers.persistent):
-            out, hit = tier.lookup(keys)
+            out, hit = tier.get(keys)[:2]
             assert hit.all() and (out == 7.0).all()
         runtime.remove("m", "t", np.array([5, 6]))
         for tier in (tiers.volatile, tiers.persistent):
-            assert not tier.lookup(np.array([5, 6]))[1].any()
+            assert not tier.get(np.array([5, 6]))[1].any()
         assert (runtime.lookup(np.array([5, 6, 1000]), "m", "t")[:2] == 0).all()
         counters = runtime.counters("m", "t")
         assert counters["inserted"] == 2 and counters["removed"] == 2
 
 
 class DictFrontCache:
-    """A small real front cache (a dict) in front of the CPU tiers, like the GPU cache will be."""
+    """A small real front cache (a dict) in front of the CPU tiers (a seams.FrontCache)."""
+
+    read_only = False
 
     def __init__(self, model, table_id, device_id, backend):
         self.device_id, self.backend, self.cached, self.asked = device_id, backend, {}, 0
+        self.slots: set[int] = set()
 
-    def lookup(self, keys):
+    def launch_query(self, keys, slot):
+        self.slots.add(slot)
+        return FinishedQuery(self._rows(keys))
+
+    def _rows(self, keys):
         miss = list(dict.fromkeys(k for k in keys.tolist() if k not in self.cached))
         if miss:
             for k, v in zip(miss, self.backend.fetch(np.array(miss, dtype=np.int64))):
@@ -347,17 +355,38 @@ class DictFrontCache:
         for k in keys.tolist():
             self.cached.pop(k, None)
 
+    def stats(self):
+        return {"keys": self.asked}
 
-def test_front_cache_seam(two_tables):
-    _, tables, dims = two_tables
-    made = []
+    def occupancy(self):
+        return len(self.cached)
 
-    def factory(model_cfg, table_id, device_id, backend):
+    def close(self):
+        self.cached.clear()
+
+
+class DictCacheFactory:
+    """A seams.CacheFactory: DictFrontCaches for table 0, none for the others."""
+
+    def __init__(self):
+        self.made: list[DictFrontCache] = []
+        self.closed = False
+
+    def __call__(self, model_cfg, table_id, device_id, backend):
         assert backend.dim == model_cfg.embedding_vecsize_per_table[table_id]
         if table_id == 1:
             return None  # no front cache for this table
-        made.append(DictFrontCache(model_cfg, table_id, device_id, backend))
-        return made[-1]
+        self.made.append(DictFrontCache(model_cfg, table_id, device_id, backend))
+        return self.made[-1]
+
+    def close(self):
+        self.closed = True
+
+
+def test_front_cache_seam(two_tables):
+    _, tables, dims = two_tables
+    factory = DictCacheFactory()
+    made = factory.made
 
     with HPS(ps_config(tables, dims, devices=(0, 3)), cache_factory=factory) as runtime:
         assert [c.device_id for c in made] == [0, 3]
@@ -376,6 +405,10 @@ def test_front_cache_seam(two_tables):
         runtime.remove("m", "users", np.array([1]))
         assert (runtime.lookup(np.array([1]), "m", "users", device_id=0) == 0).all()
         assert runtime.stats()["m"]["users"]["latency"]["count"] == 4
+        assert runtime.stats()["m"]["users"]["cache"] == {0: {"keys": 4}, 3: {"keys": 4}}
+        assert len(made[0].slots) == 1  # a worker buffer of the pool of model m on device 0
+        assert runtime.worker_pool("m", 0) is not runtime.worker_pool("m", 3)
+    assert factory.closed and not made[0].cached  # HPS.close closed the caches and factory
 
 
 def test_stats_report_counters_and_latency_percentiles(two_tables):

@@ -13,7 +13,7 @@ from helpers.hierarchy_machine import HierarchyMachine
 from helpers.runtime_configs import make_tables, ps_config
 from hps_cli.runtime.errors import ConfigError, ServiceUnavailableError
 from hps_cli.runtime.hashing import partition_of
-from hps_cli.runtime.storage_layout import redis_hash_names
+from hps_cli.runtime.storage_names import redis_hash_names
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hps_cli.runtime.volatile.hash_map import POLICIES
 from hypothesis import HealthCheck, settings
@@ -62,7 +62,7 @@ def test_lookup_insert_remove_in_small_batches(store):
     keys = np.arange(-500, 500, dtype=np.int64) * 977
     table.insert(keys, synthetic_vectors(keys, 8))
     query = np.concatenate([keys[::4], keys[:10] + 1])
-    out, hit, failed = table.lookup(query)
+    out, hit, failed = table.get(query)
     assert not failed.any()
     assert hit.tolist() == [True] * 250 + [False] * 10
     assert np.array_equal(out[:250], synthetic_vectors(keys[::4], 8))
@@ -83,7 +83,7 @@ def test_uint32_keys_use_four_bytes(store, redis_cluster):
     part = int(partition_of(keys[:1], 3)[0])
     assert client.hexists(redis_hash_names(tag, part)[0], np.uint32(2**32 - 2).tobytes())
     client.close()
-    assert table.lookup(keys)[1].all()
+    assert table.get(keys)[1].all()
     table.clear()
 
 
@@ -104,7 +104,7 @@ def test_overflow_evicts_to_the_target(store, policy):
         evicted = table.insert(keys, synthetic_vectors(keys, 2))
         held = (held | set(keys.tolist())) - set(evicted.tolist())
         assert (table.partition_sizes() <= 30).all()
-    out, hit, _ = table.lookup(np.array(sorted(held), dtype=np.int64))
+    out, hit, _ = table.get(np.array(sorted(held), dtype=np.int64))
     assert hit.all() and table.size() == len(held) and table.evictions > 0
     table.clear()
 
@@ -124,7 +124,7 @@ def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(store
     batch = np.array([0, 1, -1, 2, 3, -3])
     evicted = table.insert(batch, np.ones((6, 1), np.float32))
     assert evicted.tolist() == [-2]
-    out, hit, failed = table.lookup(batch)
+    out, hit, failed = table.get(batch)
     assert hit.all() and not failed.any() and (out == 1).all()
     table.clear()
 
@@ -140,7 +140,7 @@ def test_evict_least_used_keeps_looked_up_keys(store):
     )
     table.insert(np.arange(10), np.zeros((10, 1), np.float32))
     for _ in range(2):
-        table.lookup(np.arange(5))
+        table.get(np.arange(5))
     store.drain()  # metadata updates are applied in the background, as in HPS
     evicted = table.insert(np.array([100]), np.zeros((1, 1), np.float32))
     assert sorted(evicted.tolist()) == [5, 6, 7, 8, 9]
@@ -327,7 +327,7 @@ class RedisMachine(RuleBasedStateMachine):
     @rule(keys=st.lists(st.integers(-20, 20), min_size=1, max_size=12))
     def lookup(self, keys):
         keys = np.array(keys, dtype=np.int64)
-        out, hit, failed = self.table.lookup(keys)
+        out, hit, failed = self.table.get(keys)
         assert not failed.any()
         for k, h, row in zip(keys.tolist(), hit, out):
             assert h == (k in self.model)

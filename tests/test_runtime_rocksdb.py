@@ -8,7 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from hps_cli.runtime.errors import ConfigError, NotFoundError, OutputExistsError
-from hps_cli.runtime.persistent.rocksdb_layout import open_db, read_table_record, write_table_record
+from hps_cli.runtime.persistent.rocksdb_families import (
+    open_db,
+    read_table_record,
+    write_table_record,
+)
 from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore
 from hps_cli.runtime.raw_keys import key_bytes, order_key
 from hps_cli.runtime.startup_load import table_checksum
@@ -41,7 +45,7 @@ def test_load_then_lookup_in_hps_layout(tmp_path):
     _load(store, tmp_path / "t")
     table = store.table(TAG, 8)
     query = np.array([-1000, 0, 1999, 2000, -1001, 5], dtype=np.int64)
-    out, hit = table.lookup(query)
+    out, hit = table.get(query)
     assert hit.tolist() == [True, True, True, False, False, True]
     assert np.array_equal(out[hit], synthetic_vectors(query[hit], 8))
     record = store.record(TAG)
@@ -61,7 +65,7 @@ def test_uint32_keys_are_stored_in_four_bytes(tmp_path):
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 4))
     store = RocksDbStore(tmp_path / "db", key_width=32)
     _load(store, tmp_path / "t")
-    out, hit = store.table(TAG, 4).lookup(np.array([2**32 - 2, 3], dtype=np.int64))
+    out, hit = store.table(TAG, 4).get(np.array([2**32 - 2, 3], dtype=np.int64))
     assert hit.tolist() == [True, False]
     assert np.array_equal(out[0], synthetic_vectors(keys[2:3], 4)[0])
     cf = store.db.get_column_family(TAG)
@@ -78,7 +82,7 @@ def test_the_last_row_of_a_repeated_key_wins(tmp_path):
     write_table(tmp_path / "t", keys, vectors)
     store = RocksDbStore(tmp_path / "db")
     _load(store, tmp_path / "t")
-    out, hit = store.table(TAG, 2).lookup(np.array([5, 9, 3]))
+    out, hit = store.table(TAG, 2).get(np.array([5, 9, 3]))
     assert hit.all() and np.array_equal(out, vectors[[4, 1, 3]])
     assert store.record(TAG)["num_keys"] == 3
     store.close()
@@ -96,7 +100,7 @@ def test_a_changed_table_replaces_the_family_and_an_unchanged_one_is_current(tmp
     with TableReader(tmp_path / "t") as reader:
         assert not store.is_current(TAG, table_checksum(reader), 4)
     _load(store, tmp_path / "t")
-    out, hit = store.table(TAG, 4).lookup(np.array([0, 999, 5000, 5009]))
+    out, hit = store.table(TAG, 4).get(np.array([0, 999, 5000, 5009]))
     assert hit.tolist() == [False, False, True, True]  # old rows are gone, not merged
     store.close()
 
@@ -131,7 +135,7 @@ def test_updates_persist_across_reopening(tmp_path):
     table.remove(np.arange(0, 50))
     store.close()
     store = RocksDbStore(tmp_path / "db", read_only=True)
-    out, hit = store.table(TAG, 4).lookup(np.concatenate([np.arange(100), new]))
+    out, hit = store.table(TAG, 4).get(np.concatenate([np.arange(100), new]))
     assert hit.tolist() == [False] * 50 + [True] * 80
     assert (out[100:] == 1).all()
     store.close()
@@ -161,7 +165,7 @@ def test_dim_mismatch_of_an_existing_family_is_a_config_error(tmp_path):
 
 
 def test_record_is_what_convert_writes(tmp_path):
-    """The bookkeeping record is shared with `hps convert` (rocksdb_layout)."""
+    """The bookkeeping record is shared with `hps convert` (rocksdb_families)."""
     write_synthetic_table(tmp_path / "t", 10, 4)
     store = RocksDbStore(tmp_path / "db")
     _load(store, tmp_path / "t")
@@ -219,7 +223,7 @@ class RocksDbMachine(RuleBasedStateMachine):
     @rule(values=st.lists(st.integers(-30, 30), min_size=0, max_size=20))
     def lookup(self, values):
         keys = self.keys(values)
-        out, hit = self.table.lookup(keys)
+        out, hit = self.table.get(keys)
         for k, h, row in zip(keys.tolist(), hit, out):
             assert h == (k in self.model)
             if h:

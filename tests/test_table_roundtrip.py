@@ -16,7 +16,7 @@ from hps_cli.runtime.table import (
     read_sidecar,
     write_table,
 )
-from hps_cli.runtime.table.layout import EMPTY_KEY_INT64
+from hps_cli.runtime.table.file_layout import EMPTY_KEY_INT64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 

@@ -13,7 +13,7 @@ from hps_cli.runtime.table import (
     verify_table,
     write_table,
 )
-from hps_cli.runtime.table.layout import EMPTY_KEY_INT64
+from hps_cli.runtime.table.file_layout import EMPTY_KEY_INT64
 
 
 def _raw_table(folder, keys, vectors, meta=None):

@@ -42,9 +42,9 @@ def why_not_measurable(front) -> str | None:
     """None when ``front`` is a dynamic cache on a GPU, else the reason it cannot be timed."""
     if front is None:
         return "the table has no embedding cache (gpucache is false)"
-    if not getattr(front, "dynamic", False):
+    if front.read_only:
         return "the table's cache is static or uvm (an indexed table, not the dynamic cache)"
-    if not type(front.backend).__name__.startswith("Gpu"):
+    if not front.backend.on_gpu:
         if os.environ.get("HPS_CACHE_BACKEND", "").lower() == "reference":
             return "HPS_CACHE_BACKEND=reference: the cache runs on the CPU reference"
         return "no usable CUDA device (or no PyCUDA): the cache runs on the CPU reference"

@@ -243,7 +243,7 @@ def _cache_info(table: _Table, model_cfg) -> dict | None:
     stats = front.stats()
     return {
         "type": model_cfg.cache_type,
-        "backend": "gpu" if type(front.backend).__name__.startswith("Gpu") else "reference",
+        "backend": "gpu" if front.backend.on_gpu else "reference",
         "capacity": stats.get("capacity", table.rows),
         "gpucacheper": model_cfg.gpucacheper,
         "hit_rate_threshold": model_cfg.hit_rate_threshold,

@@ -57,7 +57,7 @@ def _report_table(reports, title: str):
 
 def _examine_all(paths, dim, key_width, scan_values, verify: bool, use_sidecar: bool):
     from ..runtime.table import table_info, verify_table
-    from ..runtime.table.layout import inspect_layout
+    from ..runtime.table.file_layout import inspect_layout
 
     out = current_output()
     reports = []

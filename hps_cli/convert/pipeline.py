@@ -27,7 +27,7 @@ from ..runtime.persistent.rocksdb_bulk import (
     ingest_families,
     work_folder,
 )
-from ..runtime.storage_layout import NAME_PATTERN, storage_tag
+from ..runtime.storage_names import NAME_PATTERN, storage_tag
 from .sinks import bulk_source, write_hps, write_npz
 from .transforms import Deduplicated, HotFirst, Stream
 

@@ -9,7 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..runtime.errors import InvalidInputError
-from ..runtime.table.layout import KEY_FILE, META_FILE, SIDECAR_FILE, VECTOR_FILE, inspect_layout
+from ..runtime.table.file_layout import (
+    KEY_FILE,
+    META_FILE,
+    SIDECAR_FILE,
+    VECTOR_FILE,
+    inspect_layout,
+)
 from ..runtime.table.sidecar import current_sidecar
 from .base import RawArray, RawRowsTable, SkippedFile
 from .options import OpenOptions

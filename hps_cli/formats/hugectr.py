@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import InvalidInputError
-from ..runtime.table.layout import inspect_layout
+from ..runtime.table.file_layout import inspect_layout
 from .base import RawArray, RawRowsTable, SkippedFile, file_size
 from .options import OpenOptions
 

@@ -14,8 +14,8 @@ import numpy as np
 
 from ..runtime.errors import InvalidInputError, NotFoundError
 from ..runtime.persistent.rocksdb_bulk import family_rows, first_value_size, iter_family
-from ..runtime.persistent.rocksdb_layout import list_families, open_db, read_table_record
-from ..runtime.storage_layout import parse_storage_tag
+from ..runtime.persistent.rocksdb_families import list_families, open_db, read_table_record
+from ..runtime.storage_names import parse_storage_tag
 from .base import Chunk, SkippedFile, SourceTable
 from .options import OpenOptions
 

@@ -234,6 +234,6 @@ class _RuntimeCollector:
                     cache_rate.add_metric(labels, stats.get("hit_rate") or 0.0)
                     if "capacity" in stats:
                         capacity.add_metric(labels, stats["capacity"])
-                    used = front.occupancy() if hasattr(front, "occupancy") else None
+                    used = front.occupancy()
                     if used is not None:
                         occupancy.add_metric(labels, used)

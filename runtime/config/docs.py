@@ -1,4 +1,5 @@
-"""Render the config schema as a Markdown reference (docs/config.md).
+"""Render the config schema and the environment variables as a Markdown reference
+(docs/config.md).
 
 Regenerate with ``python -m hps_cli.runtime.config.docs docs/config.md``; a test fails when the
 committed file differs from what the schema gives.
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from ..resources import load_schema
+from .environment import ENVIRONMENT
 from .schema_check import SCHEMA_NAME
 
 _SECTIONS = (
@@ -69,7 +71,7 @@ def render_markdown(schema: dict | None = None) -> str:
     lines = [
         "# HPS config reference (ps.json)",
         "",
-        "<!-- Generated from schemas/ps_config.schema.json by "
+        "<!-- Generated from schemas/ps_config.schema.json and runtime/config/environment.py by "
         "`python -m hps_cli.runtime.config.docs docs/config.md`; do not edit by hand. -->",
         "",
         schema["description"],
@@ -104,7 +106,26 @@ def render_markdown(schema: dict | None = None) -> str:
                 f"{_cell(_constraints(prop, name in required))} | {_cell(desc)} |"
             )
         lines.append("")
+    lines += _environment_section()
     return "\n".join(lines)
+
+
+def _environment_section() -> list[str]:
+    lines = [
+        "## Environment variables",
+        "",
+        "Besides ps.json, these variables of the environment steer hps; each is read when it is "
+        "used. `hps --help` lists their names.",
+        "",
+        "| variable | what it does | default | read by |",
+        "|---|---|---|---|",
+    ]
+    for var in ENVIRONMENT:
+        lines.append(
+            f"| `{var.name}` | {_cell(var.effect)} | {_cell(var.default)} | {_cell(var.read_by)} |"
+        )
+    lines.append("")
+    return lines
 
 
 def main(argv: list[str]) -> None:

@@ -35,10 +35,6 @@ def gpu_count() -> int:
         return 0
 
 
-def gpu_available() -> bool:
-    return gpu_count() > 0
-
-
 def get_device(device_id: int) -> "GpuDevice":
     """The process-wide GpuDevice of a device id (created on first use)."""
     with _lock:

@@ -1,16 +1,22 @@
-"""HPS's embedding cache of one table on one device, in front of the CPU tiers.
+"""HPS's embedding cache of one table on one device, in front of the CPU tiers: the front
+caches of seams.FrontCache that HPS builds (cache_factory.py).
 
-Semantics (hps_spec.md §4): a lookup queries the cache; for a dynamic cache with misses, the hit
-rate over the batch's unique keys decides, exactly as in HPS:
+``DynamicEmbeddingCache`` (embedding_cache_type dynamic and stochastic) holds a share of the
+table over a seams.DynamicBackend. On a query with misses, the hit rate over the batch's unique
+keys decides, exactly as in HPS:
 
 - below ``hit_rate_threshold``: synchronous — the misses are fetched from the CPU tiers
   (volatile → persistent → default), put into the result and inserted into the cache: exact;
 - at or above it: asynchronous — the misses keep the table's default value in this result and
   are fetched and inserted in the background (so 1.0 is exact, above 1 never asynchronous).
 
-static and uvm caches hold the whole table and never consult the CPU tiers (absent keys get the
-default value). Start-up prefill fills the dynamic cache with the hottest rows (by ``meta``
-frequencies) or the first rows in file order, instead of HPS's lazy filling.
+``IndexedEmbeddingCache`` (static and uvm) holds the whole table over a seams.IndexedBackend,
+never consults the CPU tiers (absent keys get the default value) and is read-only. Start-up
+prefill fills the dynamic cache with the hottest rows (by ``meta`` frequencies) or the first rows
+in file order, instead of HPS's lazy filling.
+
+Worker buffers are HPS's (seams.py): every query runs in the buffer ``slot`` its caller took;
+direct callers of ``query`` that run one query at a time may leave it at 0.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -25,8 +32,9 @@ from typing import Callable
 import numpy as np
 
 from ..errors import InvalidInputError
+from ..seams import CacheBackend, DynamicBackend, IndexedBackend
 from ..table.reader import TableReader
-from .workspace import WorkerPool
+from .pending import Launched
 
 Fetch = Callable[[np.ndarray], np.ndarray]  # keys → rows from the CPU tiers (exact)
 
@@ -49,8 +57,9 @@ class CacheCounters:
 
     def add(self, **amounts) -> None:
         with self._lock:
+            fields = self.__dict__
             for name, value in amounts.items():
-                setattr(self, name, getattr(self, name) + value)
+                fields[name] += value
 
     def snapshot(self) -> dict:
         with self._lock:
@@ -97,89 +106,99 @@ class AsyncInserter:
         self._pool.shutdown(wait=True)
 
 
-class EmbeddingCache:
-    """The cache of table ``table_id`` of a model on one device.
+class EmbeddingCache(ABC):
+    """What the dynamic and the indexed cache share: the query in flight, counters, stats.
 
     Args:
-        backend: a dynamic cache (GpuDynamicCache or RefDynamicBackend) or an indexed table
-            (GpuIndexedTable or RefIndexedBackend: the static and uvm types).
-        fetch: exact lookup in the CPU tiers for missed keys (dynamic caches only).
-        hit_rate_threshold: the model's ``hit_rate_threshold``.
-        default_value: the table's default value.
-        inserter: shared background inserter (for asynchronous insertion).
+        backend: where the rows live (GPU or NumPy reference).
+        default_value: the table's default value (rows of keys that are nowhere).
+        name: ``model.table@device``, for messages.
     """
 
-    def __init__(
-        self,
-        backend,
-        *,
-        fetch: Fetch | None,
-        hit_rate_threshold: float,
-        default_value: float,
-        inserter: AsyncInserter | None = None,
-        pool: WorkerPool | None = None,
-        name: str = "",
-    ):
+    read_only: bool
+
+    def __init__(self, backend: CacheBackend, *, default_value: float, name: str = ""):
         self.backend = backend
-        self.pool = pool or WorkerPool(1, name=name)
-        self.fetch = fetch
-        self.threshold = float(hit_rate_threshold)
         self.default_value = float(default_value)
-        self.inserter = inserter
         self.name = name
         self.counters = CacheCounters()
-        self.dynamic = backend.kind == "dynamic"
-        if self.dynamic and fetch is None:
-            raise ValueError("a dynamic cache needs the CPU tiers' fetch")
-        self._stop = threading.Event()
-        self._refresher: threading.Thread | None = None
-
-    @property
-    def read_only(self) -> bool:
-        """static and uvm caches cannot take updates (as in HPS)."""
-        return not self.dynamic
 
     @property
     def dim(self) -> int:
         return self.backend.dim
 
-    def lookup(self, keys: np.ndarray, slot: int | None = None) -> np.ndarray:
-        """Rows of ``keys`` (int64, 1-D), per HPS's cache semantics.
+    def query(self, keys: np.ndarray, slot: int = 0) -> np.ndarray:
+        """Rows of ``keys`` (int64, 1-D), per HPS's cache semantics, in worker buffer
+        ``slot``."""
+        return self.launch_query(keys, slot).result()
 
-        ``slot`` is a worker buffer already taken from this cache's pool; without it, one is
-        taken for this call.
-        """
-        return self.start(keys, slot).result()
+    def launch_query(self, keys: np.ndarray, slot: int = 0) -> "InFlightQuery":
+        """Queue the query on the device and return at once; ``result()`` waits, resolves the
+        misses and returns the rows. Queries of several tables launched before any result is
+        read run at the same time. Every launched query must be resolved (``result()`` or
+        ``abandon()``) before ``slot`` is used again: the device may still be writing its
+        pinned rows."""
+        started = time.perf_counter()
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        launched = self.backend.launch_query(keys, self.default_value, slot)
+        return InFlightQuery(self, keys, slot, launched, started)
 
-    def start(self, keys: np.ndarray, slot: int | None = None) -> "StartedLookup":
-        """Queue the lookup on the device and return at once; ``result()`` waits, resolves the
-        misses and returns the rows. Lookups of several tables started before any result is
-        read run at the same time. Every started lookup must be resolved with ``result()``: it
-        holds a worker buffer, and the device may still be writing its pinned rows."""
-        own = slot is None
-        if own:
-            slot = self.pool.acquire()
-        try:
-            started = time.perf_counter()
-            keys = np.ascontiguousarray(keys, dtype=np.int64)
-            launched = self.backend.launch_query(keys, self.default_value, slot)
-        except BaseException:
-            if own:
-                self.pool.release(slot)
-            raise
-        return StartedLookup(self, keys, slot, own, launched, started)
+    @abstractmethod
+    def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
+        """Wait for a launched query, resolve it and count it; returns the rows."""
 
-    def _resolve(self, keys: np.ndarray, slot: int, launched, started: float) -> np.ndarray:
-        if not self.dynamic:
-            out, hits = launched.wait()
-            self.counters.add(
-                lookups=1,
-                keys=keys.size,
-                hits=hits,
-                misses=keys.size - hits,
-                seconds=time.perf_counter() - started,
-            )
-            return out
+    @abstractmethod
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def remove(self, keys: np.ndarray) -> int: ...
+
+    @abstractmethod
+    def occupancy(self) -> int | None:
+        """Slots in use (None for a cache without slots). Not part of ``stats``: on a GPU it
+        copies the cache's keys back, too much for the per-lookup counter snapshots."""
+
+    @abstractmethod
+    def stats(self) -> dict: ...
+
+    @abstractmethod
+    def close(self) -> None:
+        """Stop background work (the backend's memory is freed by the factory's close)."""
+
+
+class DynamicEmbeddingCache(EmbeddingCache):
+    """The dynamic cache of table ``table_id`` of a model on one device.
+
+    Args:
+        backend: GpuDynamicCache or RefDynamicBackend.
+        fetch: exact lookup in the CPU tiers for missed keys (``TableTiers.fetch``).
+        hit_rate_threshold: the model's ``hit_rate_threshold``.
+        default_value: the table's default value.
+        inserter: shared background inserter (for asynchronous insertion).
+        name: ``model.table@device``, for messages.
+    """
+
+    read_only = False
+
+    def __init__(
+        self,
+        backend: DynamicBackend,
+        *,
+        fetch: Fetch,
+        hit_rate_threshold: float,
+        default_value: float,
+        inserter: AsyncInserter | None = None,
+        name: str = "",
+    ):
+        super().__init__(backend, default_value=default_value, name=name)
+        self.backend: DynamicBackend = backend
+        self.fetch = fetch
+        self.threshold = float(hit_rate_threshold)
+        self.inserter = inserter
+        self._stop = threading.Event()
+        self._refresher: threading.Thread | None = None
+
+    def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
         pending = launched.wait()
         missed = pending.miss_keys
         if not missed.size:
@@ -232,32 +251,18 @@ class EmbeddingCache:
 
     # -- maintenance --------------------------------------------------------------------------
 
-    def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
         """Overwrite cached copies of keys whose value changed in the CPU tiers."""
-        if not self.dynamic:
-            raise InvalidInputError(
-                "static and uvm caches are read-only: they cannot take updates",
-                location=self.name,
-                hint="use embedding_cache_type dynamic for online updates",
-            )
-        return self.backend.update(keys, rows)
+        return self.backend.update(keys, vectors)
 
     def remove(self, keys: np.ndarray) -> int:
-        if not self.dynamic:
-            raise InvalidInputError(
-                "static and uvm caches are read-only: they cannot drop keys",
-                location=self.name,
-                hint="use embedding_cache_type dynamic for online updates",
-            )
         return self.backend.invalidate(keys)
 
     def prefill(
         self, reader: TableReader, limit: int | None = None, chunk_rows: int = 1 << 18
     ) -> int:
-        """Fill the dynamic cache at start-up: the hottest rows when the table has ``meta``
+        """Fill the cache at start-up: the hottest rows when the table has ``meta``
         frequencies, else the first rows in file order. Returns keys inserted."""
-        if not self.dynamic:
-            return 0
         limit = min(reader.num_keys, self.backend.capacity if limit is None else limit)
         if limit <= 0:
             return 0
@@ -283,8 +288,6 @@ class EmbeddingCache:
 
     def refresh(self, sets_per_step: int = 4096) -> int:
         """Reload every cached key's value from the CPU tiers (HPS's cache refresh)."""
-        if not self.dynamic:
-            return 0
         refreshed = 0
         for begin in range(0, self.backend.num_sets, sets_per_step):
             keys = self.backend.dump(begin, begin + sets_per_step)
@@ -294,7 +297,7 @@ class EmbeddingCache:
 
     def start_refresh(self, delay: float, interval: float) -> None:
         """Refresh every ``interval`` seconds after ``delay`` (HPS's refresh_delay/interval)."""
-        if not self.dynamic or interval <= 0 or self._refresher is not None:
+        if interval <= 0 or self._refresher is not None:
             return
 
         def run() -> None:
@@ -320,76 +323,115 @@ class EmbeddingCache:
             self._refresher = None
 
     def occupancy(self) -> int | None:
-        """Slots in use (dynamic caches; None otherwise). Not part of ``stats``: on a GPU it
-        copies the cache's keys back, too much for the per-lookup counter snapshots."""
-        return self.backend.occupancy() if self.dynamic else None
+        return self.backend.occupancy()
 
     def stats(self) -> dict:
         data = self.counters.snapshot()
-        data["type"] = "dynamic" if self.dynamic else "indexed"
-        if self.dynamic:
-            data["capacity"] = self.backend.capacity
+        data["type"] = "dynamic"
+        data["capacity"] = self.backend.capacity
         return data
 
 
-class StartedLookup:
-    """A lookup queued by ``EmbeddingCache.start``.
+class IndexedEmbeddingCache(EmbeddingCache):
+    """The static or uvm cache of one table on one device: the whole table, read-only.
 
-    ``result()`` waits, resolves the misses and gives the rows (later calls give the same rows,
-    or raise the same error). ``abandon()`` only waits for the device and gives the worker
-    buffer back (the rows are dropped, nothing is counted). One of them must run before the
-    buffers are reused; a lookup dropped without either waits when it is collected.
+    Args:
+        backend: GpuIndexedTable or RefIndexedBackend.
+        default_value: the table's default value (rows of keys not in the table).
+        name: ``model.table@device``, for messages.
     """
 
-    __slots__ = ("_cache", "_keys", "_slot", "_own", "_launched", "_started", "_outcome")
+    read_only = True
+
+    def __init__(self, backend: IndexedBackend, *, default_value: float, name: str = ""):
+        super().__init__(backend, default_value=default_value, name=name)
+        self.backend: IndexedBackend = backend
+
+    def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
+        out, hits = launched.wait()
+        self.counters.add(
+            lookups=1,
+            keys=keys.size,
+            hits=hits,
+            misses=keys.size - hits,
+            seconds=time.perf_counter() - started,
+        )
+        return out
+
+    def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
+        raise InvalidInputError(
+            "static and uvm caches are read-only: they cannot take updates",
+            location=self.name,
+            hint="use embedding_cache_type dynamic for online updates",
+        )
+
+    def remove(self, keys: np.ndarray) -> int:
+        raise InvalidInputError(
+            "static and uvm caches are read-only: they cannot drop keys",
+            location=self.name,
+            hint="use embedding_cache_type dynamic for online updates",
+        )
+
+    def occupancy(self) -> None:
+        return None
+
+    def stats(self) -> dict:
+        data = self.counters.snapshot()
+        data["type"] = "indexed"
+        return data
+
+    def close(self) -> None:
+        """Nothing runs in the background."""
+
+
+class InFlightQuery:
+    """A query launched by ``EmbeddingCache.launch_query`` (a seams.StartedQuery).
+
+    ``result()`` waits, resolves the misses and gives the rows (later calls give the same rows,
+    or raise the same error). ``abandon()`` only waits for the device (the rows are dropped,
+    nothing is counted). One of them must run before the query's worker buffer is reused; a
+    query dropped without either waits when it is collected.
+    """
+
+    __slots__ = ("_cache", "_keys", "_slot", "_launched", "_started", "_outcome")
 
     def __init__(
         self,
         cache: EmbeddingCache,
         keys: np.ndarray,
         slot: int,
-        own: bool,
-        launched,
+        launched: Launched,
         started: float,
     ):
-        self._cache, self._keys, self._slot, self._own = cache, keys, slot, own
+        self._cache, self._keys, self._slot = cache, keys, slot
         self._launched, self._started = launched, started
         self._outcome: tuple[bool, object] | None = None  # (ok, rows or exception)
 
     def result(self) -> np.ndarray:
         if self._outcome is None:
             try:
-                rows = self._cache._resolve(self._keys, self._slot, self._launched, self._started)
+                rows = self._cache._finish(self._keys, self._slot, self._launched, self._started)
                 self._outcome = (True, rows)
             except BaseException as exc:
                 self._outcome = (False, exc)
                 raise
-            finally:
-                self._release()
         ok, value = self._outcome
         if not ok:
             raise value  # type: ignore[misc]
         return value  # type: ignore[return-value]
 
     def abandon(self) -> None:
-        """Wait for the device work of this lookup (ignoring its errors); give the buffer back."""
+        """Wait for the device work of this query (ignoring its errors)."""
         if self._outcome is not None:
             return
-        self._outcome = (False, RuntimeError("the lookup was abandoned"))
+        self._outcome = (False, RuntimeError("the query was abandoned"))
         try:
             self._launched.wait()
         except Exception:  # noqa: BLE001 - abandoning: its error is not the one to report
             pass
-        finally:
-            self._release()
-
-    def _release(self) -> None:
-        if self._own:  # the worker buffer start() took goes back
-            self._own = False
-            self._cache.pool.release(self._slot)
 
     def __del__(self) -> None:
-        # The device may still be writing this lookup's pinned rows and reading its staging:
+        # The device may still be writing this query's pinned rows and reading its staging:
         # neither may be handed out again before it is done.
         if self._outcome is None:
             self.abandon()

@@ -2,8 +2,8 @@
 
 Every operation of one cache runs on the cache's own stream, so replace/update/invalidate never
 overlap a query on the device: stream order is the lock. Query buffers belong to a workspace
-slot (one per concurrent lookup, see workspace.py); replace/update/invalidate share a growable
-scratch under a host lock.
+slot (one per concurrent lookup: a worker buffer of runtime/worker_pool.py); replace, update and
+invalidate share a growable scratch under a host lock.
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ DUMP_ARGS = "PIIPP"
 
 
 class GpuDynamicCache:
-    """``num_sets`` × WAYS slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu)."""
+    """``num_sets`` × WAYS slots of ``dim`` floats on one device (layout: cuda/dynamic_cache.cu);
+    a seams.DynamicBackend."""
 
-    kind = "dynamic"
+    on_gpu = True
 
     def __init__(self, device, num_sets: int, dim: int, tile: int | None = None):
         self.device = device

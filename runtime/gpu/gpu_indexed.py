@@ -20,7 +20,9 @@ INDEXED_QUERY_ARGS = "PqPPQPqPifPPPP"
 
 
 class GpuIndexedTable:
-    kind = "indexed"
+    """A table's rows behind an open-addressing index on one device; a seams.IndexedBackend."""
+
+    on_gpu = True
 
     def __init__(self, device, reader: TableReader, device_rows: int, chunk_rows: int = 1 << 20):
         self.device = device

@@ -1,4 +1,5 @@
-"""The reference caches behind the same interface as the GPU ones (the CPU fallback).
+"""The reference caches behind the same seams as the GPU ones (the CPU fallback):
+``RefDynamicBackend`` is a seams.DynamicBackend, ``RefIndexedBackend`` a seams.IndexedBackend.
 
 A lock serializes operations on one cache, as the GPU's per-cache stream does.
 """
@@ -15,7 +16,7 @@ from .reference import RefDynamicCache, RefIndexedTable
 
 
 class RefDynamicBackend:
-    kind = "dynamic"
+    on_gpu = False
 
     def __init__(self, num_sets: int, dim: int):
         self.cache = RefDynamicCache(num_sets, dim)
@@ -25,6 +26,9 @@ class RefDynamicBackend:
     @property
     def capacity(self) -> int:
         return self.cache.capacity
+
+    def close(self) -> None:
+        """Nothing to free before the garbage collector (host memory only)."""
 
     def query(self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0) -> PendingLookup:
         with self._lock:
@@ -73,13 +77,16 @@ class RefDynamicBackend:
 
 
 class RefIndexedBackend:
-    kind = "indexed"
+    on_gpu = False
 
     def __init__(self, reader: TableReader, device_rows: int):
         self.dim = reader.dim
         self.rows = reader.num_keys
         self.device_rows = int(min(max(device_rows, 0), self.rows))
         self.table = RefIndexedTable(np.array(reader.keys()), np.array(reader.vectors()))
+
+    def close(self) -> None:
+        """Nothing to free before the garbage collector (host memory only)."""
 
     def query(
         self, keys: np.ndarray, default_value: float = 0.0, slot: int = 0

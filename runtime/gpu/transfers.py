@@ -23,10 +23,10 @@ import numpy as np
 from .pinned import PinnedBlock, mapped_empty
 
 HEAD_BYTES = 16  # room for a count in front of the rows, keeping the rows 16-byte aligned
-# Results up to this size take the mapped route. Measured on an H100 (docs/benchmarks.md,
-# "Fourth session"), one lookup at a time, dim 128: mapped/copied latency 0.75 at 2,000 keys,
-# 0.96 at 16 K (8 MiB), 0.99 at 64 K (32 MiB). Past 8 MiB the gain is within noise while the
-# kernel holds its SMs for the whole bus transfer, which concurrent lookups would feel.
+# Results up to this size take the mapped route. Measured on an H100 80GB HBM3, one lookup at a
+# time, dim 128, all hits: mapped/copied latency 0.68-0.75 at 2,000 keys, 0.93-0.96 at 16 K keys
+# (8 MiB), 0.99-1.04 at 64 K (32 MiB). Past 8 MiB the gain is within noise while the kernel
+# holds its SMs for the whole bus transfer, which concurrent lookups would feel.
 MAPPED_RESULT_MAX_BYTES = 8 << 20
 
 

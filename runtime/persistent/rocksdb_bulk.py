@@ -35,7 +35,13 @@ import numpy as np
 
 from ..atomic import TMP_MARK, _sibling
 from ..errors import InvalidInputError, OutputExistsError
-from .rocksdb_layout import delete_table_record, family, list_families, open_db, write_table_record
+from .rocksdb_families import (
+    delete_table_record,
+    family,
+    list_families,
+    open_db,
+    write_table_record,
+)
 from .sst_writer import DEFAULT_FILE_BYTES, SstFileBuilder, bytewise_order_key
 
 DEFAULT_BUDGET_BYTES = 128 << 20

@@ -1,8 +1,8 @@
 """The persistent tier: RocksDB (through rocksdict) in HPS's layout, tuned for point lookups.
 
-Layout (HPS's, see rocksdb_layout.py): one column family per table named ``hps_et.<model>.<table>``,
-key = raw little-endian key bytes (8, or 4 for uint32 keys), value = raw float32 vector bytes;
-plus our bookkeeping record per table in the ``default`` family.
+Layout (HPS's, see rocksdb_families.py): one column family per table named
+``hps_et.<model>.<table>``, key = raw little-endian key bytes (8, or 4 for uint32 keys), value =
+raw float32 vector bytes; plus our bookkeeping record per table in the ``default`` family.
 
 What differs from HPS:
 
@@ -38,14 +38,18 @@ import numpy as np
 
 from ..errors import (
     ConfigError,
-    DependencyMissingError,
     InvalidInputError,
     NotFoundError,
     OutputExistsError,
 )
 from ..raw_keys import key_bytes, order_key, split_bytes
 from ..table.reader import TableReader
-from .rocksdb_layout import list_families, read_table_record, write_table_record
+from .rocksdb_families import (
+    list_families,
+    read_table_record,
+    rocksdict_module,
+    write_table_record,
+)
 
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 
@@ -53,14 +57,6 @@ DEFAULT_BLOCK_CACHE_BYTES = 256 << 20
 MIN_ROW_CACHE_BYTES = 64 << 20
 _SST_FILE_BYTES = 256 << 20
 _LOAD_ROWS = 1 << 16
-
-
-def _rocksdict():
-    try:
-        import rocksdict
-    except ImportError as exc:  # pragma: no cover - rocksdict is a core dependency
-        raise DependencyMissingError("rocksdict", "all", "the RocksDB tier") from exc
-    return rocksdict
 
 
 def auto_row_cache_bytes(table_bytes: int) -> int:
@@ -102,7 +98,7 @@ class RocksDbStore:
         block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
         row_cache_bytes: int = MIN_ROW_CACHE_BYTES,
     ):
-        rd = _rocksdict()
+        rd = rocksdict_module()
         self.path = Path(path)
         self.read_only = read_only
         self.num_threads = max(1, int(num_threads))
@@ -118,7 +114,7 @@ class RocksDbStore:
 
     def family_options(self):
         """Column-family options: block cache, bloom filter, hashed block index, no compression."""
-        rd = _rocksdict()
+        rd = rocksdict_module()
         opt = rd.Options(raw_mode=True)
         table = rd.BlockBasedOptions()
         table.set_block_cache(self._block_cache)
@@ -142,7 +138,7 @@ class RocksDbStore:
         return opt
 
     def _open(self):
-        rd = _rocksdict()
+        rd = rocksdict_module()
         exists = (self.path / "CURRENT").exists()
         if not exists and self.read_only:
             raise NotFoundError(
@@ -278,7 +274,7 @@ class RocksDbStore:
     def _build_files(
         self, reader: TableReader, staging: Path, progress: Callable[[int], None] | None
     ) -> tuple[list[str], int]:
-        rd = _rocksdict()
+        rd = rocksdict_module()
         keys = reader.keys()
         order = order_key(keys, self.key_width)
         by_key = np.argsort(order, kind="stable")
@@ -323,7 +319,7 @@ class RocksDbStore:
         return files, int(by_key.size)
 
     def _swap_in(self, tag: str, files: list[str], record: dict) -> None:
-        rd = _rocksdict()
+        rd = rocksdict_module()
         with self._lock:
             old = self._tables.pop(tag, None)
             if old is not None:
@@ -351,19 +347,22 @@ class RocksDbTable:
         self._cf = handle
         self._cf_handle = write_handle  # what WriteBatch.set_default_column_family takes
 
+    @property
+    def read_only(self) -> bool:
+        """Whether the database was opened read-only (then insert and remove must not come)."""
+        return self.store.read_only
+
     def detach(self) -> None:
         self._cf = self._cf_handle = None
 
-    def lookup(
-        self, keys: np.ndarray, out: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def get(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
         n = keys.size
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
         for first in range(0, n, step):
             part = keys[first : first + step]
-            values = self._get(key_bytes(part, self.key_width))
+            values = self._get_values(key_bytes(part, self.key_width))
             try:
                 data = bytearray().join(values)  # the common case: every key is there
                 index = slice(first, first + part.size)
@@ -393,14 +392,14 @@ class RocksDbTable:
             out = np.zeros((n, self.dim), dtype=np.float32)
         return out, hit
 
-    def _get(self, keys: tuple[bytes, ...]) -> list:
+    def _get_values(self, keys: tuple[bytes, ...]) -> list:
         # Single gets use RocksDB's row cache; the batched MultiGet does not (measured: with a
         # warm row cache single gets are 2.4-2.8x a MultiGet on default options, see
         # docs/benchmarks.md; a big block cache alone gives 1.2-1.3x).
         return list(map(self._cf.get, keys))
 
     def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
-        rd = _rocksdict()
+        rd = rocksdict_module()
         raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         value_bytes = 4 * self.dim
         step = self.store.max_batch_size
@@ -413,7 +412,7 @@ class RocksDbTable:
             self.store.db.write(batch)
 
     def remove(self, keys: np.ndarray) -> None:
-        rd = _rocksdict()
+        rd = rocksdict_module()
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
         for first in range(0, len(kl), step):
@@ -422,6 +421,3 @@ class RocksDbTable:
             for key in kl[first : first + step]:
                 batch.delete(key)
             self.store.db.write(batch)
-
-    def contains(self, keys: np.ndarray) -> np.ndarray:
-        return self.lookup(keys)[1]

@@ -1,7 +1,7 @@
 """The HPS table format: one folder per table with ``key``, ``emb_vector`` and optional ``meta``."""
 
 from .duplicates import DuplicateCounter, DuplicateStats
-from .layout import (
+from .file_layout import (
     EMPTY_KEY_INT64,
     EMPTY_KEY_UINT32,
     KEY_DTYPE,

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..direct_io import whole_page_rows
 from ..errors import InvalidInputError
-from .layout import (
+from .file_layout import (
     KEY_DTYPE,
     KEY_FILE,
     META_DTYPE,

@@ -11,7 +11,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .layout import KEY_FILE, META_FILE, SIDECAR_FILE, VECTOR_FILE
+from .file_layout import KEY_FILE, META_FILE, SIDECAR_FILE, VECTOR_FILE
 
 FORMAT = "hps-table"
 VERSION = 1

@@ -1,8 +1,8 @@
 """Verification of HPS tables: every defect HPS would trip over, and a few it never checks.
 
-Structure (file sizes, dim) comes from layout.py. The scan then streams the keys (sentinel keys,
-keys that do not fit 32 bits when the config uses uint32 keys, duplicates) and, on request, the
-vectors (NaN/Inf), in bounded memory.
+Structure (file sizes, dim) comes from file_layout.py. The scan then streams the keys (sentinel
+keys, keys that do not fit 32 bits when the config uses uint32 keys, duplicates) and, on request,
+the vectors (NaN/Inf), in bounded memory.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Callable
 import numpy as np
 
 from .duplicates import DuplicateCounter, DuplicateStats
-from .layout import (
+from .file_layout import (
     EMPTY_KEY_INT64,
     EMPTY_KEY_UINT32,
     KEY_FILE,

@@ -22,7 +22,7 @@ from ..checksum import crc32
 from ..direct_io import DirectFile
 from ..errors import InvalidInputError
 from .duplicates import DuplicateCounter, DuplicateStats
-from .layout import (
+from .file_layout import (
     EMPTY_KEY_INT64,
     KEY_DTYPE,
     KEY_FILE,

@@ -172,10 +172,12 @@ class HashMapTable:
 
     # ---------------------------------------------------------------- public operations
 
-    def lookup(
+    def get(
         self, keys: np.ndarray, out: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Vectors of ``keys``: returns ``(out, hit)``; rows of misses in ``out`` are untouched.
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Vectors of ``keys``: returns ``(out, hit, failed)``; rows of misses in ``out`` are
+        untouched. ``failed`` (the VolatileTable seam's report of keys a tier could not ask) is
+        all false: memory does not fail.
 
         ``out`` (``(n, dim)`` float32) is allocated when not given (miss rows then hold zeros).
         """
@@ -198,7 +200,7 @@ class HashMapTable:
                 else:
                     out[found] = np.take(self._vectors, rows, axis=0)
                 self._touch(rows)
-        return out, hit
+        return out, hit, np.zeros(keys.size, dtype=bool)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         keys = self._check_keys(keys)

@@ -1,6 +1,6 @@
 """The distributed volatile tier: a Redis Cluster in HPS's key layout, through redis-py.
 
-Layout (HPS's, storage_layout.py): per table tag ``T`` and partition ``p = mix64(key) % P`` two
+Layout (HPS's, storage_names.py): per table tag ``T`` and partition ``p = mix64(key) % P`` two
 hashes on one cluster slot: ``hps_et{T/p<p>}v`` (field = raw key bytes, value = raw float32
 vector bytes) and ``hps_et{T/p<p>}t`` (access metadata: an LFU counter, or the last access as
 an 8-byte little-endian ``time_t`` for LRU). Our bookkeeping (which table file was loaded) is one
@@ -18,7 +18,7 @@ otherwise); keys of the same batch go last, so as in the hash map a partition en
 the margin. ``insert`` returns the evicted keys.
 
 Failures: a cluster unreachable at start-up raises ServiceUnavailableError. While serving, a
-failed command (a dead node, CLUSTERDOWN, a timeout) makes ``lookup`` report those keys as
+failed command (a dead node, CLUSTERDOWN, a timeout) makes ``get`` report those keys as
 ``failed`` instead of raising, so the hierarchy falls through to the next tier; after a call
 where every command failed, the tier is skipped for ``retry_interval_s`` (the lookups don't pay
 for a connection attempt each time), then tried again.
@@ -39,7 +39,7 @@ import numpy as np
 from ..errors import ConfigError, DependencyMissingError, ServiceUnavailableError
 from ..hashing import partition_of
 from ..raw_keys import key_bytes
-from ..storage_layout import redis_hash_names
+from ..storage_names import redis_hash_names
 from .hash_map import POLICIES, dedupe_last
 
 log = logging.getLogger("hps_cli.runtime.redis")
@@ -315,7 +315,7 @@ class RedisClusterStore:
 
 
 class RedisTable:
-    """One table in the cluster: lookup (with failure reporting), insert with eviction, remove."""
+    """One table in the cluster: get (with failure reporting), insert with eviction, remove."""
 
     def __init__(
         self,
@@ -380,7 +380,7 @@ class RedisTable:
 
     # ------------------------------------------------------------------ lookups
 
-    def lookup(
+    def get(
         self, keys: np.ndarray, out: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectors of ``keys``: ``(out, hit, failed)``; ``failed`` marks keys whose command

@@ -22,7 +22,8 @@ from ..errors import DependencyMissingError, InvalidInputError, NotFoundError, O
 META_PREFIX = b"hps_cli/table/"
 
 
-def _rocksdict():
+def rocksdict_module():
+    """``rocksdict``, imported on first use (importing the runtime must not load it)."""
     try:
         import rocksdict
     except ImportError as exc:  # pragma: no cover - rocksdict is a core dependency
@@ -32,7 +33,7 @@ def _rocksdict():
 
 def raw_options(num_threads: int | None = None, *, create: bool = False, point_lookup: bool = True):
     """Options as HPS sets them: raw bytes, point-lookup tuning, parallel background work."""
-    rd = _rocksdict()
+    rd = rocksdict_module()
     opt = rd.Options(raw_mode=True)
     if create:
         opt.create_if_missing(True)
@@ -46,7 +47,7 @@ def raw_options(num_threads: int | None = None, *, create: bool = False, point_l
 
 def list_families(path: Path | str) -> list[str]:
     """Column family names of an existing database ([] when there is none)."""
-    rd = _rocksdict()
+    rd = rocksdict_module()
     path = Path(path)
     if not (path / "CURRENT").exists():
         return []
@@ -66,7 +67,7 @@ def open_db(
         NotFoundError: the database does not exist and ``create`` is false (or read-only).
         OutputExistsError: another process holds the database's lock.
     """
-    rd = _rocksdict()
+    rd = rocksdict_module()
     path = Path(path)
     exists = (path / "CURRENT").exists()
     if not exists and (read_only or not create):

@@ -1,7 +1,8 @@
-"""Choosing the cache implementation: the GPU when one is usable, else the NumPy reference.
+"""Choosing where a cache's rows live: the GPU when one is usable, else the NumPy reference.
 
-``HPS_CACHE_BACKEND=reference`` forces the reference (e.g. to compare both on a GPU machine);
-``HPS_CACHE_BACKEND=gpu`` makes a missing GPU an error instead of a silent fallback.
+``HPS_CACHE_BACKEND`` (read each time a cache is built; docs/config.md, "Environment
+variables"): ``auto`` (the default) as above; ``reference`` forces the reference (e.g. to compare
+both on a GPU machine); ``gpu`` makes a missing GPU an error instead of a silent fallback.
 """
 
 from __future__ import annotations
@@ -9,34 +10,37 @@ from __future__ import annotations
 import os
 
 from ..errors import DependencyMissingError
+from ..seams import DynamicBackend, IndexedBackend
 from ..table.reader import TableReader
 from .device import get_device, gpu_count
 from .placement import num_sets_for
 from .ref_backends import RefDynamicBackend, RefIndexedBackend
 
 
-def backend_kind(device_id: int) -> str:
-    """ "gpu" or "reference" for caches on ``device_id``."""
+def use_gpu(device_id: int) -> bool:
+    """True: caches on ``device_id`` go on that GPU; False: on the NumPy reference."""
     wanted = os.environ.get("HPS_CACHE_BACKEND", "auto").lower()
     if wanted == "reference":
-        return "reference"
+        return False
     usable = 0 <= device_id < gpu_count()
     if wanted == "gpu" and not usable:
         raise DependencyMissingError("pycuda", "gpu", f"a GPU cache on device {device_id}")
-    return "gpu" if usable else "reference"
+    return usable
 
 
-def dynamic_backend(device_id: int, table_rows: int, gpucacheper: float, dim: int):
+def dynamic_backend(
+    device_id: int, table_rows: int, gpucacheper: float, dim: int
+) -> DynamicBackend:
     num_sets = num_sets_for(table_rows, gpucacheper)
-    if backend_kind(device_id) == "gpu":
+    if use_gpu(device_id):
         from .gpu_dynamic import GpuDynamicCache
 
         return GpuDynamicCache(get_device(device_id), num_sets, dim)
     return RefDynamicBackend(num_sets, dim)
 
 
-def indexed_backend(device_id: int, reader: TableReader, device_rows: int):
-    if backend_kind(device_id) == "gpu":
+def indexed_backend(device_id: int, reader: TableReader, device_rows: int) -> IndexedBackend:
+    if use_gpu(device_id):
         from .gpu_indexed import GpuIndexedTable
 
         return GpuIndexedTable(get_device(device_id), reader, device_rows)

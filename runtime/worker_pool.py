@@ -1,4 +1,4 @@
-"""Worker buffers: a bounded pool of lookup workspaces per (model, device).
+"""Worker buffers: a bounded pool of lookup workspaces per (model, device), held by HPS.
 
 HPS gives each (model, device) ``num_of_worker_buffer_in_pool`` workspaces and busy-waits
 forever when none is free (hugectr_backend issue 38: throughput collapse under concurrency).
@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from contextlib import contextmanager
-from typing import Iterator
 
-from ..errors import CapacityError
+from .errors import CapacityError
 
 
 class WorkerPool:
@@ -46,11 +44,3 @@ class WorkerPool:
         with self._cond:
             self._free.append(slot)
             self._cond.notify()
-
-    @contextmanager
-    def slot(self) -> Iterator[int]:
-        slot = self.acquire()
-        try:
-            yield slot
-        finally:
-            self.release(slot)

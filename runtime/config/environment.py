@@ -1,0 +1,74 @@
+"""The environment variables hps reads: the one list behind docs/config.md's "Environment
+variables" section (config/docs.py renders it) and the names ``hps --help`` ends with.
+
+Each is read where it is used, when it is used (never at import), so setting one in a running
+process affects what happens next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EnvironmentVariable:
+    name: str
+    effect: str
+    default: str
+    read_by: str
+
+
+ENVIRONMENT = (
+    EnvironmentVariable(
+        "HPS_CACHE_BACKEND",
+        "Where the embedding caches keep their rows. `auto`: on the GPU when PyCUDA and the "
+        "device are usable, else the NumPy reference (same answers, on the CPU); `reference`: "
+        "always the reference; `gpu`: a missing GPU is an error instead of a fallback.",
+        "`auto`",
+        "the runtime, each time it builds a cache (`runtime/gpu/backend_choice.py`); "
+        "`hps bench` reports it",
+    ),
+    EnvironmentVariable(
+        "HPS_DIRECT_IO",
+        "`0`: large table and SST files are written through the page cache instead of with "
+        "`O_DIRECT` (file systems that refuse `O_DIRECT` always get buffered writes).",
+        "`1`",
+        "the table writer and the SST writer, at each file they open (`runtime/direct_io.py`): "
+        "`hps convert`, `hps dissect`",
+    ),
+    EnvironmentVariable(
+        "HPS_KERNEL_CACHE",
+        "Folder of the compiled GPU kernels (cubins keyed by source, flags, architecture and "
+        "nvcc version).",
+        "`$XDG_CACHE_HOME/hps/kernels`, else `~/.cache/hps/kernels`",
+        "the runtime, when it compiles the kernels of a device (`runtime/gpu/kernels.py`)",
+    ),
+    EnvironmentVariable(
+        "HPS_ADMIN_TOKEN",
+        "Bearer token of `hps serve`'s admin endpoints (at least 16 characters) when "
+        "`--admin-token-file` is not given.",
+        "unset: the admin endpoints answer 403",
+        "`hps serve`, at start (`hps_cli/serve/core.py`)",
+    ),
+    EnvironmentVariable(
+        "HPS_DEBUG",
+        "`1`: the same as `hps --debug` (full tracebacks on errors, and TensorFlow's load-time "
+        "log lines); also read by programs that use the library without the CLI.",
+        "unset",
+        "`hps_cli/cli.py`, `hps_cli/common/tf_loader.py`",
+    ),
+    EnvironmentVariable(
+        "TF_USE_LEGACY_KERAS",
+        "TensorFlow's switch: `1` (or `true`, `yes`) makes `tf.keras` tf_keras (Keras 2) "
+        "instead of Keras 3; the HPS layers of `hps_cli.tf` follow whichever `tf.keras` is.",
+        "unset: Keras 3",
+        "TensorFlow at import; `hps_cli/tf/flavour.py`",
+    ),
+    EnvironmentVariable(
+        "HPS_REQUIRE_GPU",
+        "`1`: a `gpu` test that would be skipped (no device, driver or PyCUDA) fails instead "
+        "(set on GPU machines).",
+        "unset",
+        "the test suite (`tests/conftest.py`)",
+    ),
+)
