@@ -38,6 +38,8 @@ def _top_level_imports(name: str, path: Path, is_package: bool, known) -> set[st
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
+            if _is_type_checking_block(child):
+                continue  # annotations only: never imported when the program runs
             if isinstance(child, ast.Import):
                 targets = [alias.name for alias in child.names]
             elif isinstance(child, ast.ImportFrom):
@@ -66,6 +68,16 @@ def _top_level_imports(name: str, path: Path, is_package: bool, known) -> set[st
     visit(ast.parse(path.read_text(encoding="utf-8")))
     out.discard(name)
     return out
+
+
+def _is_type_checking_block(node) -> bool:
+    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    if not isinstance(node, ast.If):
+        return False
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
