@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from ..runtime.config import ModelConfig, PsConfig
 from ..runtime.errors import HpsError
-from . import runtime_handle
+from . import export_context, runtime_handle
 from .errors import LookupInputError
 
 COMBINERS = ("sum", "mean", "sqrtn")
@@ -189,6 +189,10 @@ def lookup(
     if not ids.dtype.is_integer:
         raise LookupInputError(f"ids must be integers, got {ids.dtype.name}", location="ids")
     check_layer(model_name, table_id, emb_vec_size, ps_config_file, ids.dtype.name)
+    export = export_context.active()
+    if export is not None:  # tracing a deployable SavedModel: stock ops over embedded tables
+        config = str(ps_config_file) if ps_config_file else None
+        return clip(export.lookup(ids, model_name, table_id, config), max_norm)
     body = TableLookup(
         model_name,
         table_id,

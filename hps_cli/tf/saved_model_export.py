@@ -1,0 +1,317 @@
+"""``export_saved_model``: a Keras model with HPS lookup layers as a SavedModel that needs only
+TensorFlow (TF Serving, Triton's TensorFlow backend, ``tf.saved_model.load`` without hps).
+
+    import hps_cli.tf as hps
+    model = hps.load_model("package/")            # or a model built with hps.LookupLayer ...
+    hps.export_saved_model(model, "export/1")     # signature serving_default
+
+The model is traced once, in ``export_context.exporting``: every HPS lookup becomes a stock-op
+lookup into the table embedded as variables (static_tables.py; a table that several layers
+read is embedded once), and every ``DenseSavedModel`` is saved with it. The signature takes
+flat tensors: a dense input under its name, a SparseTensor input as three tensors
+(``indices`` int64 ``[nnz, rank]``, ``values`` ``[nnz]``, ``dense_shape`` int64 ``[rank]``)
+named ``<input>.indices``, ``<input>.values``, ``<input>.dense_shape`` unless
+``sparse_components`` names them; outputs are named by ``output_names`` (default: the model's).
+
+The tables are read from the files of the layers' config (``sparse_files``), not from the
+running runtime: rows inserted through ``hps serve``'s admin API are not in the export.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import tensorflow as tf
+
+from ..runtime.atomic import atomic_directory
+from ..runtime.errors import InvalidInputError
+from . import export_context, runtime_handle
+from .errors import LookupInputError
+from .static_tables import StaticTable, raw_bytes
+
+SIGNATURE = "serving_default"
+DEFAULT_MAX_TABLE_BYTES = 4 << 30  # what every serving process holds in memory, per model
+SPARSE_PARTS = ("indices", "values", "dense_shape")
+
+
+@dataclass(frozen=True)
+class SignatureTensor:
+    """A signature input or output: name, dtype name, shape (None: any size)."""
+
+    name: str
+    dtype: str
+    shape: tuple
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    inputs: list[SignatureTensor]
+    outputs: list[SignatureTensor]
+    tables: list[dict]  # model, table, path, rows, dim, raw_bytes
+
+    @property
+    def raw_bytes(self) -> int:
+        return sum(t["raw_bytes"] for t in self.tables)
+
+    def to_dict(self) -> dict:
+        return {
+            "signature": SIGNATURE,
+            "inputs": [t.to_dict() for t in self.inputs],
+            "outputs": [t.to_dict() for t in self.outputs],
+            "tables": [
+                {k: t[k] for k in ("table", "rows", "dim", "raw_bytes")} for t in self.tables
+            ],
+            "raw_bytes": self.raw_bytes,
+        }
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+HIERARCHY_HINT = (
+    "serve them from the HPS hierarchy instead: 'hps serve' with the package looks them up "
+    "through the embedding caches, the volatile tier and RocksDB"
+)
+
+
+def check_table_bytes(
+    tables: list[tuple[str, int, int]], limit: int, option: str, instead: str = HIERARCHY_HINT
+) -> int:
+    """The raw bytes of ``(name, rows, dim)`` tables; raise when they exceed ``limit``
+    (``option`` names the limit's setting, ``instead`` what to do rather than embed them)."""
+    sizes = [(name, raw_bytes(rows, dim)) for name, rows, dim in tables]
+    total = sum(size for _, size in sizes)
+    if total > limit:
+        biggest = ", ".join(
+            f"{name} {human_bytes(size)}" for name, size in sorted(sizes, key=lambda s: -s[1])[:3]
+        )
+        raise InvalidInputError(
+            f"the tables would put {human_bytes(total)} into the SavedModel ({biggest}), above "
+            f"the limit of {human_bytes(limit)}: every process serving it holds them all in "
+            "memory",
+            location=option,
+            hint=f"{instead}; or raise {option} if every server has that memory to spare",
+        )
+    return total
+
+
+def _identifier(name: str) -> str:
+    ident = re.sub(r"\W", "_", name)
+    return ident if ident[:1].isalpha() else f"t_{ident}"
+
+
+class EmbeddedTables:
+    """The tables an export embeds, one ``StaticTable`` per table file, under a byte limit;
+    and the restored SavedModels (dense parts) the traced model calls."""
+
+    def __init__(self, max_bytes: int, option: str = "max_table_bytes"):
+        self.max_bytes = int(max_bytes)
+        self.option = option
+        self.tables: dict[tuple[str, float], StaticTable] = {}
+        self.described: list[dict] = []
+        self.tracked: list = []
+
+    def track(self, trackable: object) -> None:
+        if not any(trackable is t for t in self.tracked):
+            self.tracked.append(trackable)
+
+    def lookup(self, ids, model_name: str, table_id: int, ps_config_file: str | None):
+        return self._table(model_name, table_id, ps_config_file).lookup(ids)
+
+    def _table(self, model_name: str, table_id: int, ps_config_file: str | None) -> StaticTable:
+        config = runtime_handle.config_for(ps_config_file)
+        if config is None:
+            raise LookupInputError(
+                "HPS is not initialized: the export cannot tell which table files to embed",
+                location="ps_config_file",
+                hint="call hps.Init(global_batch_size, ps_config_file) first, or give the "
+                "layers a ps_config_file",
+            )
+        model = config.model(model_name)  # checked by the layer already
+        path = model.table_path(table_id).resolve()
+        key = (str(path), model.default_value(table_id))
+        table = self.tables.get(key)
+        if table is not None:
+            return table
+        from ..runtime.table import TableReader
+
+        dim = model.embedding_vecsize_per_table[table_id]
+        with TableReader(path, dim) as reader:
+            rows = reader.num_keys
+        name = f"{model.model}/{model.table_name(table_id)}"
+        planned = [(t["table"], t["rows"], t["dim"]) for t in self.described]
+        check_table_bytes([*planned, (name, rows, dim)], self.max_bytes, self.option)
+        with tf.init_scope():  # variables are created eagerly, outside the trace
+            table = StaticTable(path, dim, key[1], _identifier(model.table_name(table_id)))
+        self.tables[key] = table
+        self.described.append(
+            {
+                "model": model.model,
+                "table": name,
+                "path": str(path),
+                "rows": table.num_keys,
+                "dim": table.dim,
+                "raw_bytes": table.raw_bytes,
+            }
+        )
+        return table
+
+
+def _is_sparse(tensor) -> bool:
+    spec = getattr(tensor, "type_spec", None)
+    return bool(getattr(tensor, "sparse", False)) or isinstance(spec, tf.SparseTensorSpec)
+
+
+def model_input_signature(model) -> dict:
+    """``{name: TensorSpec or SparseTensorSpec}`` of a functional Keras model's inputs."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:
+        raise InvalidInputError(
+            "the model has no declared inputs (a subclassed model)",
+            location="input_signature",
+            hint="pass input_signature: {name: tf.TensorSpec or tf.SparseTensorSpec}",
+        )
+    specs = {}
+    for i, tensor in enumerate(inputs):
+        name = (getattr(tensor, "name", None) or f"input_{i}").split(":")[0]
+        shape = tf.TensorShape(tuple(tensor.shape))
+        dtype = tf.as_dtype(tensor.dtype)
+        specs[name] = (
+            tf.SparseTensorSpec(shape, dtype) if _is_sparse(tensor) else tf.TensorSpec(shape, dtype)
+        )
+    return specs
+
+
+def _named_specs(input_signature) -> list[tuple[str, object]]:
+    if isinstance(input_signature, dict):
+        return list(input_signature.items())
+    return [
+        (getattr(spec, "name", None) or f"input_{i}", spec)
+        for i, spec in enumerate(input_signature)
+    ]
+
+
+def _flat_signature(specs: list, sparse_components: dict | None) -> tuple[list, list]:
+    """(flat TensorSpecs of the signature, per model input: how many tensors it takes)."""
+    flat, layout = [], []
+    for i, (name, spec) in enumerate(specs):
+        if isinstance(spec, tf.SparseTensorSpec):
+            rank = spec.shape.rank
+            if rank is None:
+                raise InvalidInputError(
+                    f"sparse input '{name}' needs a known rank", location="input_signature"
+                )
+            parts = (sparse_components or {}).get(name) or {
+                part: f"{name}.{part}" for part in SPARSE_PARTS
+            }
+            flat += [
+                tf.TensorSpec([None, rank], tf.int64, name=parts["indices"]),
+                tf.TensorSpec([None], spec.dtype, name=parts["values"]),
+                tf.TensorSpec([rank], tf.int64, name=parts["dense_shape"]),
+            ]
+            layout.append(3)
+        elif isinstance(spec, tf.TensorSpec):
+            flat.append(tf.TensorSpec(spec.shape, spec.dtype, name=name))
+            layout.append(1)
+        else:
+            raise InvalidInputError(
+                f"input {i} is a {type(spec).__name__}; give tf.TensorSpec or tf.SparseTensorSpec",
+                location="input_signature",
+            )
+    names = [s.name for s in flat]
+    if len(set(names)) != len(names):
+        raise InvalidInputError(
+            f"the signature's input names are not unique: {names}", location="input_signature"
+        )
+    return flat, layout
+
+
+def _output_names(model, count: int, given: list[str] | None) -> list[str]:
+    names = list(given) if given else list(getattr(model, "output_names", None) or [])
+    if len(names) != count:
+        names = [f"output_{i}" for i in range(count)] if not given else names
+    if len(names) != count or len(set(names)) != count:
+        raise InvalidInputError(
+            f"output_names {names} do not name the model's {count} output(s) once each",
+            location="output_names",
+        )
+    return names
+
+
+def _named_outputs(outputs, model, given: list[str] | None) -> dict:
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    values = list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+    return dict(zip(_output_names(model, len(values), given), values))
+
+
+def _describe(spec) -> SignatureTensor:
+    shape = tuple(spec.shape.as_list()) if spec.shape.rank is not None else ()
+    return SignatureTensor(spec.name, spec.dtype.name, shape)
+
+
+def export_saved_model(
+    model,
+    export_dir: Path | str,
+    *,
+    input_signature: list | None = None,
+    sparse_components: dict | None = None,
+    output_names: list[str] | None = None,
+    max_table_bytes: int = DEFAULT_MAX_TABLE_BYTES,
+    overwrite: bool = False,
+    size_option: str = "max_table_bytes",
+) -> ExportResult:
+    """Write ``model`` (Keras 3 or tf_keras, with HPS lookup layers) as a SavedModel at
+    ``export_dir`` that TensorFlow alone runs; atomically.
+
+    Args:
+        input_signature: ``{name: tf.TensorSpec or tf.SparseTensorSpec}`` in the model's input
+            order, or a list of named specs (default: the functional model's inputs).
+        sparse_components: ``{input: {"indices": name, "values": name, "dense_shape": name}}``
+            for the signature's tensors of a SparseTensor input.
+        output_names: the signature's output names (default: the model's output names).
+        max_table_bytes: refuse (``InvalidInputError``) when the embedded tables' keys and rows
+            would exceed this many bytes; ``size_option`` names the setting in that error.
+    """
+    specs = _named_specs(input_signature or model_input_signature(model))
+    flat, layout = _flat_signature(specs, sparse_components)
+
+    def serve(*tensors):
+        inputs, at = [], 0
+        for count in layout:
+            part = tensors[at : at + count]
+            inputs.append(tf.SparseTensor(*part) if count == 3 else part[0])
+            at += count
+        outputs = model(inputs if len(inputs) > 1 else inputs[0], training=False)
+        return _named_outputs(outputs, model, output_names)
+
+    tables = EmbeddedTables(max_table_bytes, size_option)
+    function = tf.function(serve, input_signature=flat, autograph=False)
+    with export_context.exporting(tables):
+        concrete = function.get_concrete_function()
+    root = tf.Module()
+    root.hps_tables = list(tables.tables.values())
+    root.dense_parts = list(tables.tracked)
+    embedded = {id(v) for t in root.hps_tables for v in (t.keys, t.rows)}
+    root.model_variables = [v for v in concrete.variables if id(v) not in embedded]
+    with atomic_directory(export_dir, overwrite=overwrite) as work:
+        tf.saved_model.save(root, str(work), signatures={SIGNATURE: concrete})
+    inputs = [_describe(s) for s in concrete.structured_input_signature[0]]
+    returned = concrete.structured_outputs
+    order = [n for n in output_names or [] if n in returned] or sorted(returned)
+    outputs = [
+        SignatureTensor(name, returned[name].dtype.name, tuple(returned[name].shape.as_list()))
+        for name in order
+    ]
+    return ExportResult(Path(export_dir), inputs, outputs, tables.described)
