@@ -3,7 +3,9 @@
 A lookup is a ``tf.numpy_function`` around ``HPS.lookup`` of one table, so it runs eagerly,
 inside ``tf.function`` and in Keras ``predict`` alike. Its callable is built when the op is
 created (a layer rebuilt from its config creates it afresh), which is why graphs holding these
-ops are rebuilt from Keras configs and never restored from a traced SavedModel.
+ops are rebuilt from Keras configs and never restored from a traced SavedModel. While a model
+is traced by ``export_saved_model`` (export_context.py), ``lookup`` emits stock-op lookups into
+the embedded tables instead, with the same checks, ``max_norm`` and combiners.
 
 Checks, as NVIDIA's plugin does them (``lookup_manager.cpp``):
 
