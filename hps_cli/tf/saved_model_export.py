@@ -10,8 +10,11 @@ lookup into the table embedded as variables (static_tables.py; a table that seve
 read is embedded once), and every ``DenseSavedModel`` is saved with it. The signature takes
 flat tensors: a dense input under its name, a SparseTensor input as three tensors
 (``indices`` int64 ``[nnz, rank]``, ``values`` ``[nnz]``, ``dense_shape`` int64 ``[rank]``)
-named ``<input>.indices``, ``<input>.values``, ``<input>.dense_shape`` unless
+named ``<input>_indices``, ``<input>_values``, ``<input>_dense_shape`` unless
 ``sparse_components`` names them; outputs are named by ``output_names`` (default: the model's).
+Input names are made what TensorFlow's loader calls them (letters, digits and ``_``, starting
+with a letter; ``a.b`` becomes ``a_b``), so the SignatureDef that TF Serving and Triton read and
+the restored signature in Python take the same names.
 
 The tables are read from the files of the layers' config (``sparse_files``), not from the
 running runtime: rows inserted through ``hps serve``'s admin API are not in the export.
@@ -19,6 +22,7 @@ running runtime: rows inserted through ``hps serve``'s admin API are not in the 
 
 from __future__ import annotations
 
+import keyword
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +108,13 @@ def check_table_bytes(
             hint=f"{instead}; or raise {option} if every server has that memory to spare",
         )
     return total
+
+
+def signature_name(name: str) -> str:
+    """``name`` as tf.saved_model.load names a signature argument (so both agree)."""
+    swapped = "".join(c if c.isalnum() and c.isascii() else "_" for c in name) or "arg"
+    result = swapped if swapped[0].isalpha() else f"arg_{swapped}"
+    return f"{result}_" if keyword.iskeyword(result) else result
 
 
 def _identifier(name: str) -> str:
@@ -213,16 +224,16 @@ def _flat_signature(specs: list, sparse_components: dict | None) -> tuple[list, 
                     f"sparse input '{name}' needs a known rank", location="input_signature"
                 )
             parts = (sparse_components or {}).get(name) or {
-                part: f"{name}.{part}" for part in SPARSE_PARTS
+                part: f"{name}_{part}" for part in SPARSE_PARTS
             }
             flat += [
-                tf.TensorSpec([None, rank], tf.int64, name=parts["indices"]),
-                tf.TensorSpec([None], spec.dtype, name=parts["values"]),
-                tf.TensorSpec([rank], tf.int64, name=parts["dense_shape"]),
+                tf.TensorSpec([None, rank], tf.int64, name=signature_name(parts["indices"])),
+                tf.TensorSpec([None], spec.dtype, name=signature_name(parts["values"])),
+                tf.TensorSpec([rank], tf.int64, name=signature_name(parts["dense_shape"])),
             ]
             layout.append(3)
         elif isinstance(spec, tf.TensorSpec):
-            flat.append(tf.TensorSpec(spec.shape, spec.dtype, name=name))
+            flat.append(tf.TensorSpec(spec.shape, spec.dtype, name=signature_name(name)))
             layout.append(1)
         else:
             raise InvalidInputError(
