@@ -30,7 +30,7 @@ from pathlib import Path
 import tensorflow as tf
 
 from ..runtime.atomic import atomic_directory
-from ..runtime.errors import InvalidInputError
+from ..runtime.errors import HpsError, InvalidInputError
 from . import export_context, runtime_handle
 from .errors import LookupInputError
 from .static_tables import StaticTable, raw_bytes
@@ -132,13 +132,19 @@ class EmbeddedTables:
         self.tables: dict[tuple[str, float], StaticTable] = {}
         self.described: list[dict] = []
         self.tracked: list = []
+        self.error: HpsError | None = None  # raised inside a trace, where Keras rewraps it
 
     def track(self, trackable: object) -> None:
         if not any(trackable is t for t in self.tracked):
             self.tracked.append(trackable)
 
     def lookup(self, ids, model_name: str, table_id: int, ps_config_file: str | None):
-        return self._table(model_name, table_id, ps_config_file).lookup(ids)
+        try:
+            table = self._table(model_name, table_id, ps_config_file)
+        except HpsError as exc:
+            self.error = self.error or exc
+            raise
+        return table.lookup(ids)
 
     def _table(self, model_name: str, table_id: int, ps_config_file: str | None) -> StaticTable:
         config = runtime_handle.config_for(ps_config_file)
@@ -309,8 +315,13 @@ def export_saved_model(
 
     tables = EmbeddedTables(max_table_bytes, size_option)
     function = tf.function(serve, input_signature=flat, autograph=False)
-    with export_context.exporting(tables):
-        concrete = function.get_concrete_function()
+    try:
+        with export_context.exporting(tables):
+            concrete = function.get_concrete_function()
+    except Exception:
+        if tables.error is not None:  # ours, as raised (Keras rewraps errors from call())
+            raise tables.error from None
+        raise
     root = tf.Module()
     root.hps_tables = list(tables.tables.values())
     root.dense_parts = list(tables.tracked)
