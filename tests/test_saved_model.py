@@ -469,7 +469,7 @@ def _memory_model(folder, keys: int, dim: int):
 
     rng = np.random.default_rng(keys)
     folder.mkdir()
-    keys_in_file = rng.permutation(keys).astype(np.int64)
+    keys_in_file = rng.permutation(keys).astype(np.int64) * 3  # not a range: keys are held
     write_table(folder / "t", keys_in_file, rng.random((keys, dim), np.float32))
     doc = {
         "supportlonglong": True,

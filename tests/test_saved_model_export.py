@@ -246,3 +246,31 @@ def test_export_refuses_tables_above_the_limit_and_writes_nothing(tables, tmp_pa
     assert caught.value.location == "max_table_bytes"
     assert "hps serve" in caught.value.hint
     assert not (tmp_path / "out").exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [np.arange(-3, 7), np.array([9, -4, 2**40, 17, 3, 2**62])],
+    ids=["range", "scattered"],
+)
+def test_static_table_lookup(tmp_path, keys):
+    """Rows by key, in any order, the default vector for every other id; a key range is held
+    without its keys."""
+    from hps_cli.tf.static_tables import StaticTable
+
+    rng = np.random.default_rng(keys.size)
+    vectors = rng.normal(size=(keys.size, 3)).astype(np.float32)
+    write_table(tmp_path / "t", keys, vectors)
+    table = StaticTable(tmp_path / "t", 3, 0.25, "t")
+    assert (table.keys is None) == (np.ptp(keys) == keys.size - 1)
+    assert table.rows.shape == (keys.size + 1, 3)
+    others = [-5, 8, 2**40 + 1, 2**62 - 1, -(2**63), 2**63 - 1]
+    ids = np.array([*keys.tolist(), *others], np.int64).reshape(-1, 2)
+    where = {int(k): i for i, k in enumerate(keys)}
+    want = np.array(
+        [vectors[where[k]] if k in where else np.full(3, 0.25) for k in ids.reshape(-1).tolist()],
+        np.float32,
+    ).reshape(ids.shape + (3,))
+    np.testing.assert_array_equal(table.lookup(tf.constant(ids)).numpy(), want)
+    graph = tf.function(table.lookup, input_signature=[tf.TensorSpec(None, tf.int64)])
+    np.testing.assert_array_equal(graph(tf.constant(ids)).numpy(), want)

@@ -22,7 +22,7 @@ from .triton_config import MODEL_DIR, config_pbtxt
 SAVED_MODEL_DIR = "saved_model"
 TRITON_DIR = "triton"
 SIZE_OPTION = "--saved-model-max-size"
-DEFAULT_MAX_BYTES = 4 << 30  # hps_cli.tf.export_saved_model's default (a test keeps them equal)
+DEFAULT_MAX_BYTES = 4 << 30  # hps_cli.tf.embedded_tables's default (a test keeps them equal)
 
 
 def embedded_tables(manifest: dict) -> list[tuple[str, int, int]]:
@@ -37,7 +37,7 @@ def embedded_tables(manifest: dict) -> list[tuple[str, int, int]]:
 
 def check_size(manifest: dict, max_bytes: int) -> int:
     """Refuse before any work when the tables exceed the SavedModel limit; their bytes."""
-    from ..tf.saved_model_export import check_table_bytes
+    from ..tf.embedded_tables import check_table_bytes
 
     return check_table_bytes(
         embedded_tables(manifest),
