@@ -246,6 +246,39 @@ def test_saved_model_without_hps_equals_reference_and_hierarchy(synth, fresh, na
         np.testing.assert_allclose(got[key], hierarchy[key], rtol=0, atol=1e-5, err_msg=key)
 
 
+def test_hierarchy_path_stays_init_then_load_model(synth, fresh):
+    """As the HPS notebooks do: hps.Init, then the package's Keras model looks up through that
+    runtime (a row changed in it changes the prediction), while the SavedModel keeps the rows
+    it was built with."""
+    import hps_cli.tf as hps
+    from hps_cli.tf import runtime_handle
+
+    package = synth["packages"]["long_sum"]
+    feeds = _feeds(synth, "long_sum")
+    hps.Shutdown()
+    try:
+        assert hps.Init(global_batch_size=BATCH, ps_config_file=str(package / "ps.json")) == "OK"
+        runtime = runtime_handle.active()
+        model = hps.load_model(package)
+        assert runtime_handle.active() is runtime
+        inputs = [
+            tf.constant(feeds["ids"]),
+            tf.SparseTensor(feeds["tags_indices"], feeds["tags_values"], feeds["tags_dense_shape"]),
+            tf.constant(feeds["dense"]),
+        ]
+        names = [o["name"] for o in hps.read_package(package).manifest["inference"]["outputs"]]
+        before = dict(zip(names, [v.numpy() for v in model(inputs)]))
+        key = int(feeds["ids"][0, 0])
+        runtime.insert("synth", "big", np.array([key], np.int64), np.full((1, DIM_A), 9.0))
+        after = dict(zip(names, [v.numpy() for v in model(inputs)]))
+    finally:
+        hps.Shutdown()
+    np.testing.assert_array_equal(after["emb_a_out"][0, 0], np.full(DIM_A, 9.0, np.float32))
+    assert not np.allclose(after["score"], before["score"])
+    saved = fresh["long_sum"]["outputs"]["emb_a_out"][0, 0]
+    assert not np.allclose(saved, 9.0)
+
+
 def test_signature_names_dtypes_and_manifest(synth, fresh):
     long_doc = fresh["long_sum"]["doc"]["inputs"]
     assert long_doc == {
