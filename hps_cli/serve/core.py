@@ -118,7 +118,7 @@ class ServerCore:
 
     def _load_all(self):
         options = self.options
-        event(log, "loading", config=str(options.config))
+        event(log, "loading", config=str(options.config) if options.config else None)
         lookups = []
         if options.config is not None:
             self.runtime = RuntimeHandle(options.config, redis_options=options.redis_options)
@@ -168,7 +168,8 @@ class ServerCore:
         return names
 
     def _build_package(self, name: str):
-        """(InferenceModel, its own runtime or None), warmed up. Runs in a worker thread."""
+        """(InferenceModel or SavedModelModel, its own runtime or None), warmed up. Runs in a
+        worker thread."""
         from .inference import InferenceModel, read_manifest
 
         folder = self.options.model_repository / name
@@ -239,9 +240,7 @@ class ServerCore:
     def _add(self, model: ServedModel, own: RuntimeHandle | None) -> None:
         instances = self.options.instances
         cfg = model.runtime.config.model(model.hps_model) if model.runtime is not None else None
-        if (
-            cfg is not None and cfg.gpucache
-        ):  # each concurrent lookup holds one of the model's worker buffers
+        if cfg is not None and cfg.gpucache:  # a lookup holds one of the model's worker buffers
             instances = max(1, min(instances, cfg.num_of_worker_buffer_in_pool))
         batcher = Batcher(
             model,
