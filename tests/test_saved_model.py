@@ -299,6 +299,16 @@ def test_signature_names_dtypes_and_manifest(synth, fresh):
         {"table": "synth/small", "rows": 50, "dim": DIM_S, "raw_bytes": 50 * (8 + 4 * DIM_S)},
     ]
     assert saved["raw_bytes"] == 300 * (8 + 4 * DIM_A) + 50 * (8 + 4 * DIM_S)
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString(
+        (synth["packages"]["long_sum"] / saved["dir"] / "saved_model.pb").read_bytes()
+    )
+    graph = proto.meta_graphs[0].graph_def
+    ops = {n.op for n in graph.node} | {n.op for f in graph.library.function for n in f.node_def}
+    assert {"LowerBound", "ResourceGather"} <= ops  # big's keys are searched
+    assert not ops & {"PyFunc", "EagerPyFunc", "PyFuncStateless"}
     batched = json.loads((synth["packages"]["long_batched"] / "manifest.json").read_text())
     assert [t["table"] for t in batched["inference"]["saved_model"]["tables"]] == ["synth/big"]
 
