@@ -1,11 +1,14 @@
 """`hps build-graph`: every dissect test model → dissect → build-graph → moved elsewhere → loaded
 in a fresh process with hps_cli.tf.load_model → predictions equal the trained model's (recorded
-at training time) within 1e-5, under Keras 3 and tf_keras; the package layout and manifest; a
-spec-built package; bad inputs (exit codes, nothing left behind).
+at training time) within 1e-5, under Keras 3 and tf_keras; the same for each package's
+deployable SavedModel run by TensorFlow alone in a process that cannot import hps_cli; the
+package layout and manifest, the TF Serving and Triton layouts; a spec-built package; bad inputs
+(exit codes, nothing left behind).
 
 The models are the session-trained ones of the dissect tests (helpers/dissect_models.py).
 Packages are loaded by helpers/build_graph_load.py: one fresh process per Keras flavour
-(tf_keras with TF_USE_LEGACY_KERAS=1), both running at once.
+(tf_keras with TF_USE_LEGACY_KERAS=1), both running at once; the SavedModels by
+helpers/saved_model_load.py.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers.cli import run_hps
-from helpers.dissect_models import trained_models
+from helpers.dissect_models import expected, trained_models
+from helpers.saved_model_helpers import package_feeds, run_fresh
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -100,6 +105,13 @@ def built(tmp_path_factory):
             env=env,
             cwd=base,
         )
+    fresh = run_fresh(
+        {
+            case: (package / "saved_model" / "1", package_feeds(package, expected(npz[case])))
+            for case, package in packages.items()
+        },
+        base / "fresh",
+    )
     loaded = {}
     for proc in procs.values():
         out, err = proc.communicate(timeout=600)
@@ -112,6 +124,8 @@ def built(tmp_path_factory):
         "dissected": dissected,
         "packages": packages,
         "loaded": loaded,
+        "fresh": fresh,
+        "npz": npz,
         "base": base,
         "spec_file": spec_file,
     }
@@ -131,6 +145,22 @@ def test_loaded_package_predicts_like_the_trained_model(case, built):
 
 
 @pytest.mark.parametrize("case", IDS + [SPEC])
+def test_saved_model_without_hps_predicts_like_the_trained_model(case, built):
+    """The deployable SavedModel, run by TensorFlow alone (hps_cli blocked from import)."""
+    result = built["fresh"][case]
+    assert result["doc"]["hps_modules"] == []
+    wanted = [v for k, v in expected(built["npz"][case]).items() if k.startswith("out:")]
+    got = list(result["outputs"].values())
+    assert len(got) == len(wanted) == 1
+    assert got[0].shape == wanted[0].shape
+    assert np.max(np.abs(got[0] - wanted[0])) <= 1e-5
+    manifest = json.loads((built["packages"][case] / "manifest.json").read_text())
+    saved = manifest["inference"]["saved_model"]
+    assert sorted(result["doc"]["inputs"]) == sorted(t["name"] for t in saved["inputs"])
+    assert list(result["doc"]["outputs"]) == [o["name"] for o in manifest["dense"]["outputs"]]
+
+
+@pytest.mark.parametrize("case", IDS + [SPEC])
 def test_package_layout_manifest_and_config(case, built):
     from hps_cli.runtime.config import validate_config_file
 
@@ -141,7 +171,7 @@ def test_package_layout_manifest_and_config(case, built):
     assert manifest_errors(manifest) == []
     tables = [t["dir"] for t in manifest["tables"]]
     assert sorted(p.name for p in package.iterdir()) == sorted(
-        tables + ["dense", "manifest.json", "model.keras", "ps.json"]
+        tables + ["dense", "manifest.json", "model.keras", "ps.json", "saved_model", "triton"]
     )
     config = validate_config_file(package / "ps.json")
     assert config.ok, [i.one_line() for i in config.issues]
@@ -166,6 +196,86 @@ def test_package_layout_manifest_and_config(case, built):
     assert [o["name"] for o in inference["outputs"]] == [
         o["name"] for o in manifest["dense"]["outputs"]
     ]
+
+
+TRITON_TYPES = {"int64": "TYPE_INT64", "int32": "TYPE_INT32", "float32": "TYPE_FP32"}
+
+
+@pytest.mark.parametrize("case", IDS + [SPEC])
+def test_serving_layouts_match_the_signature(case, built):
+    """TF Serving's <base>/<version>/ and Triton's entry, whose config.pbtxt (parsed with
+    Triton's own ModelConfig) names the signature's tensors, dtypes and dims."""
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    package = built["packages"][case]
+    manifest = json.loads((package / "manifest.json").read_text())
+    saved = manifest["inference"]["saved_model"]
+    assert saved["dir"] == "saved_model/1" and saved["version"] == 1
+    version = package / "saved_model" / "1"
+    assert {"saved_model.pb", "variables"} <= {p.name for p in version.iterdir()}
+    assert [p.name for p in (package / "saved_model").iterdir()] == ["1"]
+    entry = package / "triton" / manifest["model_name"]
+    assert saved["triton"] == {
+        "dir": f"triton/{manifest['model_name']}",
+        "config": f"triton/{manifest['model_name']}/config.pbtxt",
+    }
+    assert sorted(p.name for p in entry.iterdir()) == ["1", "config.pbtxt"]
+    for file in version.rglob("*"):
+        if file.is_file():  # hard links: one copy of the tables on disk
+            twin = entry / "1" / "model.savedmodel" / file.relative_to(version)
+            assert twin.stat().st_ino == file.stat().st_ino
+    config = model_config_pb2.ModelConfig()
+    text_format.Parse((entry / "config.pbtxt").read_text(), config)
+    assert config.name == manifest["model_name"] and config.platform == "tensorflow_savedmodel"
+    sparse = any(i["format"] == "sparse" for i in manifest["inputs"])
+    ps = json.loads((package / "ps.json").read_text())["models"][0]
+    assert config.max_batch_size == (0 if sparse else ps["max_batch_size"])
+    signature = built["fresh"][case]["doc"]["inputs"]  # as TensorFlow loaded it
+    outputs = {o["name"]: o for o in saved["outputs"]}
+    assert {t.name for t in config.input} == set(signature)
+    assert {t.name for t in config.output} == set(outputs)
+    skip = 1 if config.max_batch_size else 0
+    for tensor in config.input:
+        dtype, shape = signature[tensor.name]
+        assert model_config_pb2.DataType.Name(tensor.data_type) == TRITON_TYPES[dtype]
+        assert list(tensor.dims) == [-1 if d is None else d for d in shape[skip:]]
+    for tensor in config.output:
+        doc = outputs[tensor.name]
+        assert model_config_pb2.DataType.Name(tensor.data_type) == TRITON_TYPES[doc["dtype"]]
+        assert list(tensor.dims) == [-1 if d is None else d for d in doc["shape"][skip:]]
+
+
+def _saved_model_cli() -> list[str]:
+    """TensorFlow's saved_model_cli: the console script beside the interpreter or on PATH, else
+    its module (the same program)."""
+    beside = Path(sys.executable).parent / "saved_model_cli"
+    found = str(beside) if beside.is_file() else shutil.which("saved_model_cli")
+    return [found] if found else [sys.executable, "-m", "tensorflow.python.tools.saved_model_cli"]
+
+
+@pytest.mark.parametrize("case", ["keras3-dlrm.keras", "tf_keras-notebook-savedmodel"])
+def test_saved_model_cli_lists_the_signature(case, built):
+    package = built["packages"][case]
+    manifest = json.loads((package / "manifest.json").read_text())
+    done = subprocess.run(
+        [*_saved_model_cli(), "show", "--dir", str(package / "saved_model" / "1"), "--all"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    text = done.stdout
+    assert "signature_def['serving_default']" in text
+    assert "Method name is: tensorflow/serving/predict" in text
+    for tensor in manifest["inference"]["saved_model"]["inputs"]:
+        assert f"inputs['{tensor['name']}'] tensor_info" in text
+    for tensor in manifest["dense"]["outputs"]:
+        assert f"outputs['{tensor['name']}'] tensor_info" in text
+    ops = text[text.index("contains the following ops:") :].splitlines()[0]
+    assert "PyFunc" not in ops and "EagerPyFunc" not in ops  # nothing needs Python
+    assert "ResourceGather" in ops  # the stock-op lookup (row-index keys: no search)
 
 
 @pytest.mark.parametrize("case", ["keras3-dlrm.keras", "tf_keras-notebook-savedmodel"])

@@ -1,11 +1,13 @@
 """``hps build-graph``: an inference package from a dissect output or a spec, written atomically.
 
 Order: read and check the source (config first, then manifest or spec, tables, dense files);
-refuse an OUT_DIR that exists (without overwrite) or overlaps the source; then, in a folder
-beside OUT_DIR: hard-link (or copy) the tables and the dense SavedModel, write ps.json with
-sparse_files relative to the package, build the Keras model with the HPS layers and save it as
-``model.keras``, write manifest.json with its ``inference`` section, check config and manifest
-again, and rename the folder into place. Any error leaves nothing behind.
+refuse an OUT_DIR that exists (without overwrite) or overlaps the source, and tables too big
+for the deployable SavedModel; then, in a folder beside OUT_DIR: hard-link (or copy) the tables
+and the dense SavedModel, write ps.json with sparse_files relative to the package, build the
+Keras model with the HPS layers and save it as ``model.keras``, export it as the deployable
+SavedModel with its TF Serving and Triton layouts (deployable.py; unless turned off), write
+manifest.json with its ``inference`` section, check config and manifest again, and rename the
+folder into place. Any error leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .. import __version__
 from ..dissect.manifest import manifest_errors
 from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import CheckFailedError, InvalidInputError
+from .deployable import DEFAULT_MAX_BYTES
 from .plan import BuildPlan, check_against_config, checked_config
 
 KERAS_CHOICES = ("auto", "keras3", "tf_keras")
@@ -32,6 +35,9 @@ KERAS_CHOICES = ("auto", "keras3", "tf_keras")
 class BuildOptions:
     keras: str = "auto"  # auto: tf_keras when the source model was written by tf_keras
     overwrite: bool = False
+    saved_model: bool = True  # also write the deployable SavedModel (deployable.py)
+    saved_model_version: int = 1
+    saved_model_max_bytes: int = DEFAULT_MAX_BYTES
 
 
 @dataclass
@@ -55,6 +61,7 @@ class BuildResult:
             "inputs": inference["inputs"],
             "outputs": inference["outputs"],
             "layers": inference["layers"],
+            "saved_model": inference.get("saved_model"),
             "linked_files": self.linked_files,
             "copied_files": self.copied_files,
             "seconds": round(self.seconds, 3),
@@ -151,6 +158,10 @@ def build_graph(
     from ..common.tf_loader import import_tensorflow
 
     tf = import_tensorflow("hps build-graph")
+    if options.saved_model:  # refused before anything is written
+        from .deployable import check_size
+
+        check_size(plan.manifest, options.saved_model_max_bytes)
     from ..tf import layers_for
     from ..tf.process_runtime import package_base
     from .keras_model import build_model
@@ -170,6 +181,20 @@ def build_graph(
                 plan.manifest, layers, config.supportlonglong
             )
             model.save(str(work.path / "model.keras"))
+            deployable = None
+            if options.saved_model:
+                from .deployable import write_deployable
+
+                deployable = write_deployable(
+                    model,
+                    work.path,
+                    plan.manifest,
+                    input_docs,
+                    version=options.saved_model_version,
+                    max_batch_size=config.models[0].max_batch_size,
+                    max_bytes=options.saved_model_max_bytes,
+                    link_tree=lambda src, dest: _link_tree(src, dest, counts),
+                )
         manifest = copy.deepcopy(plan.manifest)
         manifest["inference"] = {
             "format": "hps-inference-package",
@@ -192,6 +217,8 @@ def build_graph(
             ],
             "layers": layer_docs,
         }
+        if deployable is not None:
+            manifest["inference"]["saved_model"] = deployable
         errors = manifest_errors(manifest)
         if errors:
             raise CheckFailedError(

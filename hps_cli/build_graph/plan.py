@@ -16,7 +16,7 @@ from pathlib import Path
 from ..runtime.config import PsConfig, validate_config_file
 from ..runtime.errors import ConfigError, InvalidInputError, NotFoundError
 
-RESERVED = {"model.keras", "manifest.json", "ps.json", "dense"}
+RESERVED = {"model.keras", "manifest.json", "ps.json", "dense", "saved_model", "triton"}
 
 
 @dataclass

@@ -11,15 +11,16 @@ import click
 @click.option(
     "--config",
     "config",
-    required=True,
     type=click.Path(path_type=Path, dir_okay=False),
-    help="HPS ps.json: one lookup model per model (Triton HPS backend contract).",
+    help="HPS ps.json: one lookup model per model (Triton HPS backend contract). Optional "
+    "with --model-repository.",
 )
 @click.option(
     "--model-repository",
     type=click.Path(path_type=Path, file_okay=False),
     help="Folder of packages (manifest.json + ps.json + dense/, from hps dissect or "
-    "hps build-graph): one inference model per package, named by its folder.",
+    "hps build-graph) and TensorFlow SavedModels (Triton's or TF Serving's layout, e.g. a "
+    "package's triton/): one inference model per folder, named by the folder.",
 )
 @click.option(
     "--host",
@@ -126,7 +127,7 @@ def serve_command(
     access_log,
     log_level,
 ) -> None:
-    """Serve the tables of a ps.json, and inference packages, over KServe v2.
+    """Serve the tables of a ps.json, inference packages and SavedModels, over KServe v2.
 
     Speaks what tritonclient (HTTP and gRPC) and perf_analyzer speak: health, metadata,
     config, statistics, and infer with JSON or binary tensors. Each model of ps.json is a
@@ -141,6 +142,9 @@ def serve_command(
     missing dependency, 6 an unreachable Redis Cluster.
     """
     from ..runtime.errors import DependencyMissingError
+
+    if config is None and model_repository is None:
+        raise click.UsageError("give --config, --model-repository or both")
 
     try:
         import aiohttp  # noqa: F401

@@ -28,7 +28,7 @@ class ServeProcess:
     """`hps serve` as a child process.
 
     Args:
-        config: the ps.json to serve.
+        config: the ps.json to serve (None: only the model repository's models).
         model_repository: a model repository (``--model-repository``), if any.
         extra_args: more ``hps serve`` options.
         env: variables set for the server on top of this process's environment.
@@ -42,7 +42,7 @@ class ServeProcess:
 
     def __init__(
         self,
-        config: Path | str,
+        config: Path | str | None,
         *,
         model_repository: Path | str | None = None,
         extra_args: tuple[str, ...] | list[str] = (),
@@ -51,7 +51,7 @@ class ServeProcess:
         log_path: Path | str | None = None,
         echo: bool = False,
     ):
-        self.args = ["serve", "--config", str(config)]
+        self.args = ["serve"] + ([] if config is None else ["--config", str(config)])
         if model_repository is not None:
             self.args += ["--model-repository", str(model_repository)]
         # Ports first: a caller's own --http-port in extra_args comes later and wins.

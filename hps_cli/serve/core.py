@@ -5,8 +5,10 @@ Models:
 
 - one lookup model per model of the ps.json given with ``--config`` (models.py);
 - one inference model per package folder of ``--model-repository`` (a folder holding
-  ``manifest.json``; served under the folder's name, see inference.py). A folder name must be
-  a valid HPS name (``[A-Za-z0-9_-]{1,120}``) and must not be the name of a lookup model.
+  ``manifest.json``; served under the folder's name, see inference.py), and one per folder
+  holding a TensorFlow SavedModel in Triton's or TF Serving's layout (saved_model.py: what
+  ``hps build-graph`` writes to ``triton/``). A folder name must be a valid HPS name
+  (``[A-Za-z0-9_-]{1,120}``) and must not be the name of a lookup model.
 
 Readiness: the server is ready once every table is loaded, the embedding caches are prefilled
 and every model answered one warm-up request; it stops being ready when it starts draining.
@@ -31,6 +33,7 @@ from .logs import event
 from .metrics import Metrics
 from .models import VERSION, LookupModel, ServedModel
 from .protocol import InferRequest, InferResult, invalid, select_outputs
+from .saved_model import find_saved_model
 from .served_runtime import ServedRuntime
 from .shared_memory import SharedMemoryRegions
 
@@ -40,11 +43,16 @@ NAME = re.compile(r"^[A-Za-z0-9_\-]{1,120}$")
 EXTENSIONS = ("binary_tensor_data", "model_configuration", "statistics", "model_repository")
 
 
+def is_model_folder(folder: Path) -> bool:
+    """A package (``manifest.json``) or a SavedModel folder of the model repository."""
+    return (folder / "manifest.json").is_file() or find_saved_model(folder) is not None
+
+
 @dataclass
 class ServeOptions:
     """Everything ``hps serve`` takes (see the command's help and docs/serve.md)."""
 
-    config: Path
+    config: Path | None  # None: no lookup models, the repository's models only
     model_repository: Path | None = None
     host: str = "127.0.0.1"
     http_port: int = 8000
@@ -110,17 +118,18 @@ class ServerCore:
 
     def _load_all(self):
         options = self.options
-        event(log, "loading", config=str(options.config))
-        self.runtime = ServedRuntime(options.config, redis_options=options.redis_options)
+        event(log, "loading", config=str(options.config) if options.config else None)
         lookups = []
-        for name in self.runtime.config.model_names:
-            model = LookupModel(name, self.runtime)
-            model.warm_up()
-            lookups.append(model)
+        if options.config is not None:
+            self.runtime = ServedRuntime(options.config, redis_options=options.redis_options)
+            for name in self.runtime.config.model_names:
+                model = LookupModel(name, self.runtime)
+                model.warm_up()
+                lookups.append(model)
         packages = []
         try:
             for name in self._package_names():
-                if name in self.runtime.config.model_names:
+                if self.runtime is not None and name in self.runtime.config.model_names:
                     raise ConfigError(
                         f"'{name}' is both a lookup model of {options.config} and a package "
                         f"folder of the model repository",
@@ -144,7 +153,7 @@ class ServerCore:
             raise ConfigError("the model repository is not a folder", location=str(repo))
         names = []
         for folder in sorted(repo.iterdir()):
-            if not (folder / "manifest.json").is_file():
+            if not is_model_folder(folder):
                 continue
             if not NAME.match(folder.name):
                 event(
@@ -159,10 +168,13 @@ class ServerCore:
         return names
 
     def _build_package(self, name: str):
-        """(InferenceModel, its own runtime or None), warmed up. Runs in a worker thread."""
+        """(InferenceModel or SavedModelModel, its own runtime or None), warmed up. Runs in a
+        worker thread."""
         from .inference import InferenceModel, read_manifest
 
         folder = self.options.model_repository / name
+        if not (folder / "manifest.json").is_file():
+            return self._build_saved_model(name, folder), None
         manifest = read_manifest(folder)
         own = None
         runtime = self.runtime
@@ -190,6 +202,22 @@ class ServerCore:
         )
         return model, own
 
+    @staticmethod
+    def _build_saved_model(name: str, folder: Path) -> ServedModel:
+        from .saved_model import load_saved_model
+
+        model = load_saved_model(name, folder)
+        model.warm_up()
+        event(
+            log,
+            "model_loaded",
+            model=name,
+            kind=model.kind,
+            saved_model=str(model.entry.path),
+            version=model.version,
+        )
+        return model
+
     def _shares_tables(self, folder: Path, manifest: dict) -> bool:
         """True when the server's runtime serves exactly the package's model: same model name,
         and the same table folders (names, dims, files) in the same order. Then the package
@@ -198,7 +226,7 @@ class ServerCore:
         from ..runtime.config.validate import load_config
 
         name = manifest["model_name"]
-        if name not in self.runtime.config.model_names:
+        if self.runtime is None or name not in self.runtime.config.model_names:
             return False
         ours = self.runtime.config.model(name)
         theirs = load_config(folder / manifest["ps_config"], check_files=False).model(name)
@@ -211,8 +239,8 @@ class ServerCore:
 
     def _add(self, model: ServedModel, own: ServedRuntime | None) -> None:
         instances = self.options.instances
-        cfg = model.runtime.config.model(model.hps_model)
-        if cfg.gpucache:  # each concurrent lookup holds one of the model's worker buffers
+        cfg = model.runtime.config.model(model.hps_model) if model.runtime is not None else None
+        if cfg is not None and cfg.gpucache:  # a lookup holds one of the model's worker buffers
             instances = max(1, min(instances, cfg.num_of_worker_buffer_in_pool))
         batcher = Batcher(
             model,
@@ -246,9 +274,9 @@ class ServerCore:
                 else "the server is still loading"
             )
             raise NotFoundError(f"unknown model '{name}'", location="model", hint=hint)
-        if version not in ("", VERSION):
+        if version not in ("", entry.model.version):
             raise NotFoundError(
-                f"model '{name}' has no version '{version}' (versions: {VERSION})",
+                f"model '{name}' has no version '{version}' (versions: {entry.model.version})",
                 location="model_version",
             )
         return entry
@@ -315,7 +343,7 @@ class ServerCore:
             out.append(
                 {
                     "name": entry.model.name,
-                    "version": VERSION,
+                    "version": entry.model.version,
                     "last_inference": s.last_inference_ms,
                     "inference_count": s.inferences,
                     "execution_count": s.executions,
@@ -348,9 +376,9 @@ class ServerCore:
         if self.options.model_repository is None:
             raise invalid("the server has no model repository (--model-repository)", "model")
         folder = self.options.model_repository / name
-        if not (folder / "manifest.json").is_file():
+        if not is_model_folder(folder):
             raise NotFoundError(
-                f"no package '{name}' (a folder with manifest.json) in the "
+                f"no package '{name}' (a folder with manifest.json, or a SavedModel) in the "
                 f"model repository {self.options.model_repository}",
                 location="model",
             )
@@ -400,12 +428,12 @@ class ServerCore:
             names |= {
                 p.name
                 for p in self.options.model_repository.iterdir()
-                if (p / "manifest.json").is_file() and NAME.match(p.name)
+                if is_model_folder(p) and NAME.match(p.name)
             }
         return [
             {
                 "name": n,
-                "version": VERSION,
+                "version": self.entries[n].model.version if n in self.entries else VERSION,
                 "state": "READY" if n in self.entries and self.ready else "UNAVAILABLE",
                 "reason": "" if n in self.entries else "unloaded",
             }
@@ -426,6 +454,12 @@ class ServerCore:
             raise ServiceUnavailableError("the server is not ready", location="server")
         entry = self.entry(name)
         model = entry.model
+        if model.runtime is None:
+            raise invalid(
+                f"model '{name}' is a SavedModel: its tables are part of it (rebuild it with "
+                "hps build-graph to change them)",
+                "model",
+            )
         cfg = model.runtime.config.model(model.hps_model)
         names = list(cfg.embedding_table_names)
         if table in names:

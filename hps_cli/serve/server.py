@@ -1,6 +1,6 @@
 """Start-up and shutdown of ``hps serve``.
 
-1. Validate the config (a bad ps.json fails here, before any port is bound).
+1. Validate the config, if any (a bad ps.json fails here, before any port is bound).
 2. Bind HTTP, gRPC and metrics on ``host`` (loopback by default): liveness answers from now
    on, readiness says 503 and inference answers 503 while loading.
 3. Load the runtime (tables, caches prefilled), build the lookup models and the repository's
@@ -37,7 +37,8 @@ def serve(options: ServeOptions) -> None:
     """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
     from ..runtime.config.validate import load_config
 
-    load_config(options.config, check_files=True)  # fail before binding anything
+    if options.config is not None:
+        load_config(options.config, check_files=True)  # fail before binding anything
     if options.allow_shared_memory and not is_loopback(options.host):
         raise InvalidInputError(
             "shared memory is for clients on the same host: it needs a "

@@ -7,13 +7,16 @@
                           emb_vec_dtype=tf.float32)(ids)                  # tf.nn.embedding_lookup
     vec = hps.SparseLookupLayer("dlrm", 1, 16, tf.float32)(sp_ids, combiner="mean")
     model = hps.load_model("package/")  # what `hps build-graph` wrote
+    hps.export_saved_model(model, "export/1")  # a SavedModel that needs only TensorFlow
 
 Lookups go through the process-wide ``hps_cli.runtime.HPS`` of the config (its embedding
 caches in front of the CPU tiers). ``LookupLayer``/``SparseLookupLayer``/``DenseSavedModel``
 are the classes for the Keras that ``tf.keras`` means in this process (Keras 3, or tf_keras
 with ``TF_USE_LEGACY_KERAS=1``); ``layers_for("tf_keras")`` / ``layers_for(keras_module)``
-gives (and registers) the other flavour's. Importing this module imports TensorFlow and that
-Keras; it prints nothing and changes no settings.
+gives (and registers) the other flavour's. ``export_saved_model`` traces a model with these
+layers into a SavedModel whose lookups are stock TensorFlow ops over the tables embedded as
+variables (TF Serving, Triton, no hps needed to load it). Importing this module imports
+TensorFlow and that Keras; it prints nothing and changes no settings.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from .flavour_layers import layers_for
 from .lookup_ops import lookup, sparse_lookup
 from .package import load_model, read_package
 from .process_runtime import shutdown as Shutdown
+from .saved_model_export import export_saved_model
 
 
 def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 (HPS's name)
@@ -48,6 +52,7 @@ __all__ = [
     "DenseSavedModel",
     "load_model",
     "read_package",
+    "export_saved_model",
     "layers_for",
     "lookup",
     "sparse_lookup",

@@ -16,7 +16,7 @@ from types import ModuleType
 import tensorflow as tf
 
 from ..runtime.errors import InvalidInputError, NotFoundError
-from . import process_runtime
+from . import export_context, process_runtime
 
 SIGNATURE = "serving_default"
 
@@ -111,6 +111,7 @@ def dense_layer_class(keras: ModuleType):
                 spec = loaded.inputs[name]
                 value = tf.convert_to_tensor(value)
                 feed[name] = value if value.dtype == spec.dtype else tf.cast(value, spec.dtype)
+            export_context.track(loaded.root)  # a deployable SavedModel saves its variables
             result = loaded.function(**feed)
             outputs = [result[name] for name in self.output_names]
             return outputs[0] if len(outputs) == 1 else outputs

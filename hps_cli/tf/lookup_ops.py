@@ -3,7 +3,9 @@
 A lookup is a ``tf.numpy_function`` around ``HPS.lookup`` of one table, so it runs eagerly,
 inside ``tf.function`` and in Keras ``predict`` alike. Its callable is built when the op is
 created (a layer rebuilt from its config creates it afresh), which is why graphs holding these
-ops are rebuilt from Keras configs and never restored from a traced SavedModel.
+ops are rebuilt from Keras configs and never restored from a traced SavedModel. While a model
+is traced by ``export_saved_model`` (export_context.py), ``lookup`` emits stock-op lookups into
+the embedded tables instead, with the same checks, ``max_norm`` and combiners.
 
 Checks, as NVIDIA's plugin does them (``lookup_manager.cpp``):
 
@@ -27,7 +29,7 @@ import tensorflow as tf
 
 from ..runtime.config import ModelConfig, PsConfig
 from ..runtime.errors import HpsError
-from . import process_runtime
+from . import export_context, process_runtime
 from .errors import LookupInputError
 
 COMBINERS = ("sum", "mean", "sqrtn")
@@ -189,6 +191,10 @@ def lookup(
     if not ids.dtype.is_integer:
         raise LookupInputError(f"ids must be integers, got {ids.dtype.name}", location="ids")
     check_layer(model_name, table_id, emb_vec_size, ps_config_file, ids.dtype.name)
+    export = export_context.active()
+    if export is not None:  # tracing a deployable SavedModel: stock ops over embedded tables
+        config = str(ps_config_file) if ps_config_file else None
+        return clip(export.lookup(ids, model_name, table_id, config), max_norm)
     body = TableLookup(
         model_name,
         table_id,

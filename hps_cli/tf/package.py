@@ -6,6 +6,8 @@
       <table>/        the HPS tables (key, emb_vector, table.json)
       ps.json         the HPS config, sparse_files relative to the package
       manifest.json   the dissect manifest plus an ``inference`` section
+      saved_model/1/  the deployable SavedModel: TensorFlow only, tables embedded (TF Serving)
+      triton/<model>/ its Triton model-repository entry (config.pbtxt, 1/model.savedmodel/)
 
 ``load_model(PACKAGE)`` initializes HPS from the package's ps.json (once per process, as
 ``Init``), registers the layers with the Keras that built the model and loads ``model.keras``
