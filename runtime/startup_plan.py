@@ -142,11 +142,14 @@ def open_stores(
     row_cache: int | None,
     redis_options: dict,
 ) -> None:
-    """Open the RocksDB database and the Redis Cluster into ``stores`` (so that the caller
-    closes whatever was opened when a later check fails), checking each table against the
-    database and filling in the plans' ``checksum`` and ``persistent_current``."""
+    """Open the shared-memory segment (first: it is the quickest to find too small), the
+    RocksDB database and the Redis Cluster into ``stores`` (so that the caller closes whatever
+    was opened when a later check fails), checking each table against the database and
+    filling in the plans' ``checksum`` and ``persistent_current``."""
     pdb, vdb = config.persistent_db, config.volatile_db
     width = key_width(config)
+    if vdb.type == "multi_process_hash_map":
+        stores.shared = open_shared_segment(config, plans)
     if pdb.enabled:
         if row_cache is None:
             row_cache = auto_row_cache_bytes(
@@ -178,8 +181,6 @@ def open_stores(
             max_batch_size=vdb.max_batch_size,
             **redis_options,
         )
-    if vdb.type == "multi_process_hash_map":
-        stores.shared = open_shared_segment(config, plans)
 
 
 def open_shared_segment(config: PsConfig, plans: list[TablePlan]) -> SharedSegment:

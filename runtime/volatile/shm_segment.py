@@ -405,8 +405,9 @@ class SharedSegment:
         layout = spec.layout
         offset = L.align(int(self._header["used"]), L.PAGE)
         self._fallocate(offset, layout.nbytes, f"table {spec.tag}")
+        # Regions are handed out once and start as zeros (a fresh file), except the index
+        # (below): only what is written takes memory, in this process's accounts too.
         region = np.frombuffer(self._mm, dtype=np.uint8, count=layout.nbytes, offset=offset)
-        region[:] = 0  # a rebuilt segment may have left bytes here
         index_view = region[layout.index : layout.index + spec.partitions * layout.slots * 16]
         index_view.view(np.int64).reshape(-1, 2)[:, 1] = -1  # every slot empty
         del region, index_view

@@ -547,9 +547,10 @@ class SharedHashMapTable:
         self._check_attached()
         for p in range(self.num_partitions):
             with self._writing(p):
-                self._stamps[p * self._R : (p + 1) * self._R] = 0
-                self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
                 header = self._part[p]
+                top = min(max(int(header[L.TOP]), 0), self._R)  # rows above were never used
+                self._stamps[p * self._R : p * self._R + top] = 0
+                self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
                 header[L.TOP] = header[L.NFREE] = header[L.LIVE] = header[L.TOMB] = 0
 
     def _insert_partition(self, p: int, keys, vectors, home) -> np.ndarray:
