@@ -8,18 +8,18 @@ Table region (``P`` partitions; per partition ``C`` entries of room, ``R = C + s
 ``S = ceil(C / SLOT_LOAD)`` index slots):
 
     headers   (P + 1) × 8 int64   row 0: the table (LRU clock); row 1 + p: partition p's
-                                  seqlock, live, tombstones, rows handed out, free rows,
-                                  commit stamp, evictions (one cache line each)
+                                  write sequence, live, tombstones, rows handed out, free rows,
+                                  commit stamp, evictions, index epoch (one cache line each)
     index     P × S × (key, row)  open addressing per partition; row -1 empty, -2 deleted
-    row_keys  P × R int64         the key of each row   ─┐ the rows are the truth: a row with
-    stamps    P × R int64         0 = free, else commit ─┘ a stamp > 0 holds its key's vector
     meta      P × R int64         access count (LFU) or clock (LRU)
     free      P × R int64         a stack of free rows per partition
-    vectors   P × R × dim float32
+    rows      P × R × W float32   per row: its commit stamp and its key (int64 each: 0 = free,
+                                  else the row holds that key's vector), then the vector
+                                  (W = 4 + dim, rounded up to even)
 
-The index is a cache of (key → row) over the rows; a partition whose writer died half-way is
-rebuilt from the rows (``stamps``, ``row_keys``). ``spare`` rows let an update write new vectors
-beside the old ones (copy-on-write), so that no row is ever rewritten while it is live.
+The rows are the truth: the index is a cache of (key → row) over them, and a partition whose
+writer died half-way is rebuilt from them. ``spare`` rows let an update write new vectors
+beside the old ones (copy-on-write), so that no row is rewritten while it is live.
 """
 
 from __future__ import annotations
@@ -37,7 +37,8 @@ MAX_LOAD = 0.75  # live + deleted above this share of the slots: the partition's
 HEADROOM = 1.25  # without an overflow_margin: room for 25 % more keys than the table file has
 HEADER_COLUMNS = 8
 # header columns of a partition (row 1 + p of the headers)
-SEQ, LIVE, TOMB, TOP, NFREE, STAMP, EVICTED = range(7)
+SEQ, LIVE, TOMB, TOP, NFREE, STAMP, EVICTED, EPOCH = range(8)
+ROW_HEADER = 4  # float32 words before a row's vector: its stamp and its key (two int64)
 CLOCK = 0  # header column of the table row (row 0)
 
 
@@ -63,33 +64,33 @@ class TableLayout:
     room: int  # entries per partition
     rows: int  # rows per partition (room + spare)
     slots: int  # index slots per partition
+    width: int  # float32 words per row (ROW_HEADER + dim, rounded up to even)
     headers: int
     index: int
-    row_keys: int
-    stamps: int
     meta: int
     free: int
-    vectors: int
+    row_data: int  # offset of the rows (stamp, key, vector)
     nbytes: int
 
 
 def table_layout(dim: int, partitions: int, room: int) -> TableLayout:
     rows = room + max(16, room // 32)
     slots = max(8, int(math.ceil(room / SLOT_LOAD)) + 1)
+    width = ROW_HEADER + dim + dim % 2
     offset = 0
     fields = {}
     for name, size in (
         ("headers", (partitions + 1) * HEADER_COLUMNS * 8),
         ("index", partitions * slots * 16),
-        ("row_keys", partitions * rows * 8),
-        ("stamps", partitions * rows * 8),
         ("meta", partitions * rows * 8),
         ("free", partitions * rows * 8),
-        ("vectors", partitions * rows * dim * 4),
+        ("row_data", partitions * rows * width * 4),
     ):
         fields[name] = offset
         offset = align(offset + size)
-    return TableLayout(dim, partitions, room, rows, slots, nbytes=align(offset, PAGE), **fields)
+    return TableLayout(
+        dim, partitions, room, rows, slots, width, nbytes=align(offset, PAGE), **fields
+    )
 
 
 def directory_bytes() -> int:

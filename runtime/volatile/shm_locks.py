@@ -16,7 +16,7 @@ import os
 import struct
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import ConfigError
 
@@ -80,10 +80,13 @@ class ByteLock:
         self._thread = threading.Lock()  # a parent's thread may have held it while forking
 
     @contextmanager
-    def held(self) -> Iterator[None]:
+    def held(self, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the lock; ``on_wait`` runs once when another process holds it now."""
         with self._thread:
             fd = self._fd_of()
-            lock(fd, self.byte, exclusive=True)
+            if not lock(fd, self.byte, exclusive=True, wait=on_wait is None):
+                on_wait()
+                lock(fd, self.byte, exclusive=True)
             try:
                 yield
             finally:

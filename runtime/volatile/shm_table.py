@@ -155,23 +155,25 @@ class SharedHashMapTable:
         self._headers = headers.reshape(parts + 1, L.HEADER_COLUMNS)
         self._part = self._headers[1:]
         self._seq = self._part[:, L.SEQ]
+        self._epoch = self._part[:, L.EPOCH]
         self._index = ints(layout.index, parts * slots * 2).reshape(parts * slots, 2)
-        self._row_keys = ints(layout.row_keys, parts * rows)
-        self._stamps = ints(layout.stamps, parts * rows)
         self._meta = ints(layout.meta, parts * rows)
         self._free = ints(layout.free, parts * rows)
-        self._vectors = (
-            region[layout.vectors : layout.vectors + 4 * parts * rows * self.dim]
-            .view(np.float32)
-            .reshape(parts * rows, self.dim)
-        )
+        # Each row: stamp and key (int64 words 0 and 1), then the vector (float32 from word 4).
+        self._half = layout.width // 2
+        self._words = ints(layout.row_data, parts * rows * self._half)
+        self._rows = self._words.view(np.float32).reshape(parts * rows, layout.width)
+        self._stamps = self._words.reshape(parts * rows, self._half)[:, 0]
+        self._row_keys = self._words.reshape(parts * rows, self._half)[:, 1]
+        self._vectors = self._rows[:, L.ROW_HEADER : L.ROW_HEADER + self.dim]
         self._locks = self._segment.partition_locks(self._entry, parts)
         self._segment.add_user(self)
 
     def detach(self) -> None:
         """Drop the views of the segment (its ``close`` calls this); later calls raise."""
-        self._headers = self._part = self._seq = self._index = None
-        self._row_keys = self._stamps = self._meta = self._free = self._vectors = None
+        self._headers = self._part = self._seq = self._epoch = self._index = None
+        self._meta = self._free = self._words = self._rows = None
+        self._stamps = self._row_keys = self._vectors = None
         self._scratch = threading.local()
 
     def _check_attached(self) -> None:
@@ -216,7 +218,11 @@ class SharedHashMapTable:
     @contextmanager
     def loading(self) -> Iterator[None]:
         """Hold the table's load lock: one process loads it while the others wait."""
-        with self._segment.load_lock(self._entry).held():
+
+        def waiting() -> None:
+            log.info("shared memory: waiting for another process to load %s", self.spec.tag)
+
+        with self._segment.load_lock(self._entry).held(on_wait=waiting):
             yield
 
     def read_record(self) -> dict | None:
@@ -281,36 +287,49 @@ class SharedHashMapTable:
         self._read_locked(keys[pending], part[pending], home[pending], pending, out, hit)
 
     def _read_optimistic(self, keys, part, home, pending, out, hit) -> np.ndarray:
-        """One seqlock read of ``keys[pending]``; returns the positions to read again."""
+        """One lock-free read of ``keys[pending]``; returns the positions to read again.
+
+        A hit counts when its row held that key, committed, from before the copy to after it
+        (same non-zero stamp): a live row is never rewritten, so the copy is that key's vector.
+        A miss counts when its partition's index was not rebuilt meanwhile (the epoch): only a
+        rebuild empties slots, so only a rebuild can hide a key from a probe."""
         every = pending.size == keys.size
         k, p, s = (keys, part, home) if every else (keys[pending], part[pending], home[pending])
-        before = np.take(self._seq, p)
-        slots, rows = self._probe(k, s, p, before)
+        epoch = np.take(self._epoch, p)
+        slots, rows = self._probe(k, s, p, epoch)
+        ok = np.take(self._epoch, p) == epoch
+        ok &= (epoch & 1) == 0
+        ok &= slots == -1  # the misses; the hits are judged below, a _RETRY never counts
         found = np.flatnonzero(slots >= 0)
-        if out is not None and found.size:
-            scratch = self._scratch_rows(found.size)
-            np.take(self._vectors, rows[found], axis=0, out=scratch, mode="clip")  # unbuffered
-        after = np.take(self._seq, p)
-        stable = before == after
-        stable &= (before & 1) == 0
-        stable &= slots != _RETRY
-        if found.size:
-            good = stable[found]
-            at = found if every else pending[found]
-            if good.all():
-                if out is not None:
-                    if at.size == out.shape[0]:
-                        np.copyto(out, scratch)
-                    else:
-                        out[at] = scratch
-                hit[at] = True
-                self._touch(rows[found])
+        if not found.size:
+            return pending[~ok]
+        row = rows[found]
+        word = row * self._half
+        stamp = np.take(self._words, word)
+        if out is not None:
+            copied = self._scratch_rows(found.size)
+            np.take(self._rows, row, axis=0, out=copied, mode="clip")  # unbuffered
+        if out is not None:  # the key as the copy saw it (between the two stamp reads)
+            held = copied[:, 2:4].view(np.int64)[:, 0] == k[found]
+        else:
+            held = np.take(self._words, word + 1) == k[found]
+        held &= np.take(self._words, word) == stamp
+        held &= stamp > 0
+        ok[found] = held
+        at = found if every else pending[found]
+        if not held.all():
+            at, row = at[held], row[held]
+            if out is not None:
+                copied = copied[held]
+        if out is not None:
+            vectors = copied[:, L.ROW_HEADER : L.ROW_HEADER + self.dim]
+            if at.size == out.shape[0]:
+                np.copyto(out, vectors)
             else:
-                if out is not None:
-                    out[at[good]] = scratch[good]
-                hit[at[good]] = True
-                self._touch(rows[found[good]])
-        return pending[~stable]
+                out[at] = vectors
+        hit[at] = True
+        self._touch(row)
+        return pending[~ok]
 
     def _read_locked(self, keys, part, home, positions, out, hit) -> None:
         with self._holding(np.unique(part)):
@@ -318,7 +337,8 @@ class SharedHashMapTable:
             found = np.flatnonzero(slots >= 0)
             if found.size:
                 if out is not None:
-                    out[positions[found]] = np.take(self._vectors, rows[found], axis=0)
+                    copied = np.take(self._rows, rows[found], axis=0)
+                    out[positions[found]] = copied[:, L.ROW_HEADER : L.ROW_HEADER + self.dim]
                 hit[positions[found]] = True
                 self._touch(rows[found])
 
@@ -327,7 +347,7 @@ class SharedHashMapTable:
         known to be valid, and only valid ones go on to ``out``."""
         buf = getattr(self._scratch, "rows", None)
         if buf is None or buf.shape[0] < n:
-            buf = np.empty((max(n, 1024), self.dim), dtype=np.float32)
+            buf = np.empty((max(n, 1024), self.layout.width), dtype=np.float32)
             self._scratch.rows = buf
         return buf[:n]
 
@@ -362,8 +382,9 @@ class SharedHashMapTable:
     def _probe(
         self, keys: np.ndarray, slot: np.ndarray, part: np.ndarray, before: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """``(slot, row)`` of each key, -1 when absent. A reader passes the sequence numbers
-        it saw (``before``); keys whose partition changed while they probed get ``_RETRY``."""
+        """``(slot, row)`` of each key, -1 when absent. A reader passes the index epochs it saw
+        (``before``); keys whose partition's index was rebuilt while they probed get
+        ``_RETRY``."""
         n = keys.size
         found = np.full(n, -1, dtype=np.int64)
         rows_found = np.full(n, -1, dtype=np.int64)
@@ -401,7 +422,7 @@ class SharedHashMapTable:
                     if rounds > segment:  # a full lap: cannot happen in a sound partition
                         raise RuntimeError(f"probe of {self.spec.tag} did not end")
                     continue
-                changed = np.take(self._seq, part[index]) != before[index]
+                changed = np.take(self._epoch, part[index]) != before[index]
                 if rounds > segment:
                     changed[:] = True
                 if changed.any():
@@ -467,6 +488,15 @@ class SharedHashMapTable:
                 raise
             self._seq[p] += 1
 
+    @contextmanager
+    def _rebuilding(self, p: int) -> Iterator[None]:
+        """Mark partition ``p``'s index as being rebuilt (its epoch odd), so that readers do
+        not trust a miss meanwhile; a writer that dies inside leaves it odd."""
+        if not self._epoch[p] & 1:
+            self._epoch[p] += 1
+        yield
+        self._epoch[p] += 1
+
     def _repair(self, p: int) -> None:
         """Rebuild partition ``p`` (its index, free rows and counts) from its rows, after a
         writer died during an update. A key committed twice keeps its newer row."""
@@ -487,9 +517,10 @@ class SharedHashMapTable:
         self._free[base : base + free.size] = free
         header[L.NFREE] = free.size
         header[L.TOP] = top
-        self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
         live_keys = keys[used].copy()
-        self._place(p, live_keys, self._locate(live_keys)[1], used + base)
+        with self._rebuilding(p):
+            self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
+            self._place(p, live_keys, self._locate(live_keys)[1], used + base)
         header[L.LIVE] = used.size
         header[L.TOMB] = 0
         log.warning(
@@ -550,7 +581,8 @@ class SharedHashMapTable:
                 header = self._part[p]
                 top = min(max(int(header[L.TOP]), 0), self._R)  # rows above were never used
                 self._stamps[p * self._R : p * self._R + top] = 0
-                self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
+                with self._rebuilding(p):
+                    self._index[p * self._S : (p + 1) * self._S, 1] = EMPTY
                 header[L.TOP] = header[L.NFREE] = header[L.LIVE] = header[L.TOMB] = 0
 
     def _insert_partition(self, p: int, keys, vectors, home) -> np.ndarray:
@@ -666,8 +698,9 @@ class SharedHashMapTable:
         segment = self._index[p * self._S : (p + 1) * self._S]
         held = np.flatnonzero(segment[:, 1] >= 0)
         keys, rows = segment[held, 0].copy(), segment[held, 1].copy()
-        segment[:, 1] = EMPTY
-        self._place(p, keys, self._locate(keys)[1], rows)
+        with self._rebuilding(p):
+            segment[:, 1] = EMPTY
+            self._place(p, keys, self._locate(keys)[1], rows)
         header[L.TOMB] = 0
 
     def _alloc(self, p: int, count: int) -> np.ndarray:
