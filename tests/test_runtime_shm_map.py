@@ -21,6 +21,7 @@ import psutil
 import pytest
 from helpers.hierarchy_machine import HierarchyMachine
 from helpers.runtime_configs import make_tables, ps_config, rocks_db
+from helpers.serve_client import lookup_inputs
 from helpers.shm import Peer, remove_segment, segment_name, shared_segment
 from helpers.shm_writer import open_table, writer_vectors
 from hps_cli.runtime import HPS
@@ -30,6 +31,8 @@ from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_t
 from hps_cli.runtime.volatile.shm_segment import LOADING, SHM_DIR, SharedSegment
 from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
 from hypothesis import HealthCheck, settings
+
+from hps_cli.devtools.serve_process import ServeProcess
 
 pytestmark = pytest.mark.skipif(not Path(SHM_DIR).is_dir(), reason="no /dev/shm on this host")
 
@@ -128,6 +131,25 @@ def _memory_growth(peer: Peer) -> tuple[int, int, int]:
     now = psutil.Process(peer.pid).memory_full_info()
     before = peer.hello["memory"]
     return now.rss - before["rss"], now.uss - before["uss"], now.pss - before["pss"]
+
+
+@pytest.mark.slow
+def test_two_servers_serve_one_segment(tmp_path, name):
+    """``hps serve`` uses the shared map: two servers on one config answer what a third
+    process inserted."""
+    thttp = pytest.importorskip("tritonclient.http")
+    config = _config(tmp_path, name, {"t": (1000, 8)})
+    keys = np.array([5, 10**7, 999], dtype=np.int64)
+    with ServeProcess(config) as first, ServeProcess(config) as second:
+        with HPS(config) as mine:
+            mine.insert("m", "t", keys[1:2], np.full((1, 8), 4.5, np.float32))
+            expected = mine.lookup(keys, "m", "t")
+        assert (expected[1] == 4.5).all()
+        for server in (first, second):
+            client = thttp.InferenceServerClient(server.http_url)
+            result = client.infer("m", lookup_inputs(thttp, keys, np.array([3], np.int32)))
+            np.testing.assert_array_equal(result.as_numpy("OUTPUT0").reshape(3, 8), expected)
+    assert not _exists(name)
 
 
 # ---------------------------------------------------------------------------- start-up
