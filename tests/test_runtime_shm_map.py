@@ -330,10 +330,21 @@ def test_a_forked_child_takes_locks_of_its_own():
                     os._exit(1)
             time.sleep(0.5)
             assert os.waitpid(pid, os.WNOHANG) == (0, 0)  # still waiting for our lock
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
+        assert _exit_code(pid, timeout=60) == 0
         out, hit, _ = table.get(keys)
         assert hit.all() and np.array_equal(out, synthetic_vectors(keys, 4))
+
+
+def _exit_code(pid: int, timeout: float) -> int:
+    until = time.monotonic() + timeout
+    while time.monotonic() < until:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError(f"the child {pid} did not finish in {timeout} s")
 
 
 # ---------------------------------------------------------------------------- one table

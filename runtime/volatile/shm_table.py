@@ -52,6 +52,8 @@ _TRIES = 6  # optimistic reads of a key before taking its partition's lock
 _CHECK_EVERY = 32  # probe rounds of a reader between looks at the sequence numbers
 _UNLIMITED = 2**63 - 1
 _RETRY = -2  # probe result: the partition changed under the reader
+_SCRATCH_KEPT = 64 << 20  # bytes of copy buffer each thread keeps between lookups
+_scratch = threading.local()
 
 
 class SharedHashMapTable:
@@ -131,7 +133,6 @@ class SharedHashMapTable:
         )
         self._lock_free = LOCK_FREE_READS if lock_free_reads is None else bool(lock_free_reads)
         self._rng = np.random.default_rng(seed)
-        self._scratch = threading.local()
         self._segment = segment
         self._entry = segment.reserve([self.spec])[0]
         self._attach()
@@ -174,7 +175,6 @@ class SharedHashMapTable:
         self._headers = self._part = self._seq = self._epoch = self._index = None
         self._meta = self._free = self._words = self._rows = None
         self._stamps = self._row_keys = self._vectors = None
-        self._scratch = threading.local()
 
     def _check_attached(self) -> None:
         if self._index is None:
@@ -343,13 +343,17 @@ class SharedHashMapTable:
                 self._touch(rows[found])
 
     def _scratch_rows(self, n: int) -> np.ndarray:
-        """A reusable buffer per thread: rows are copied out of the segment before they are
-        known to be valid, and only valid ones go on to ``out``."""
-        buf = getattr(self._scratch, "rows", None)
-        if buf is None or buf.shape[0] < n:
-            buf = np.empty((max(n, 1024), self.layout.width), dtype=np.float32)
-            self._scratch.rows = buf
-        return buf[:n]
+        """Room for ``n`` rows: rows are copied out of the segment before they are known to be
+        valid, and only valid ones go on to ``out``. One buffer per thread, shared by the
+        tables, kept up to ``_SCRATCH_KEPT`` bytes (reused: no page faults per lookup)."""
+        width = self.layout.width
+        words = n * width
+        buf = getattr(_scratch, "words", None)
+        if buf is None or buf.size < words:
+            buf = np.empty(words, dtype=np.float32)
+            if buf.nbytes <= _SCRATCH_KEPT:
+                _scratch.words = buf
+        return buf[:words].reshape(n, width)
 
     def _touch(self, rows: np.ndarray) -> None:
         if self.overflow_policy == "evict_least_used":
