@@ -4,25 +4,27 @@ in-process ``HashMapTable`` (HPS's partitions, overflow margin and policies, key
 evicted last, ``insert`` returning what it left out), with a fixed room per partition.
 
 Layout (shm_layout.py): per partition an open-addressing index (key → row) over rows that each
-carry their key and a commit stamp; the rows are the truth, the index can be rebuilt from them.
+carry a commit stamp and their key beside the vector; the rows are the truth, the index can be
+rebuilt from them.
 
 Concurrency:
 
 - Writers (insert, remove, clear) take the partition's lock (shm_locks.ByteLock: a thread lock
   and a kernel lock on one byte of the segment file, dropped by the kernel when its process
-  dies) and bump the partition's sequence number to odd before they change anything and back
-  to even when done. A batch locks its partitions one at a time, in ascending order.
-- Readers take no lock (x86-64, where loads are not reordered with other loads and stores not
-  with other stores): they read the sequence numbers of their keys' partitions, probe and copy
-  the rows, then read the numbers again; keys whose partition was being written (odd) or
-  changed meanwhile are read again. After a few tries they take the partition's lock. On other
-  architectures every read takes the locks.
-- No row is rewritten while live: an update writes the new vector into a free row, commits it,
-  points the index at it and then frees the old row (copy-on-write), so a reader sees the old
-  or the new vector, never a mix.
-- A writer killed mid-update leaves its partition's number odd. The next process that takes the
-  lock rebuilds that partition from its rows (a key committed twice keeps the newer row),
-  so the others go on. Readers that keep seeing an odd number take the lock and do this.
+  dies) and make the partition's write sequence number odd while they change it. A batch locks
+  its partitions one at a time, in ascending order.
+- No row is rewritten while live: an update writes the new vector into a free row, commits it
+  (its stamp, written last), points the index at it and then frees the old row (stamp 0 first),
+  so a reader sees the old or the new vector, never a mix. Stamps only grow, per partition.
+- Readers take no lock (x86-64, where loads are not reordered with other loads nor stores with
+  other stores): a hit counts when the row's stamp, read before and after the copy, is the same
+  and non-zero and the copy holds the key asked for; a miss counts when the partition's index
+  epoch (odd while its index is rebuilt: the only time slots become empty) did not change during
+  the probe. Other keys are read again, and after a few tries under the partition's lock. On
+  other architectures every read takes the locks.
+- A writer killed mid-update leaves its partition's sequence number odd. The next process that
+  takes the lock rebuilds that partition from its rows (a key committed twice keeps the newer
+  row) before it goes on; lock-free reads go on meanwhile.
 
 Access metadata (LFU counts, LRU clock) is updated by readers without a lock: a count lost to
 a race only shifts what is evicted.
@@ -49,9 +51,9 @@ log = logging.getLogger("hps_cli.runtime")
 
 LOCK_FREE_READS = platform.machine().lower() in ("x86_64", "amd64", "i386", "i686")
 _TRIES = 6  # optimistic reads of a key before taking its partition's lock
-_CHECK_EVERY = 32  # probe rounds of a reader between looks at the sequence numbers
+_CHECK_EVERY = 32  # probe rounds of a reader between looks at the index epochs
 _UNLIMITED = 2**63 - 1
-_RETRY = -2  # probe result: the partition changed under the reader
+_RETRY = -2  # probe result: the partition's index was rebuilt under the reader
 _SCRATCH_KEPT = 64 << 20  # bytes of copy buffer each thread keeps between lookups
 _scratch = threading.local()
 
@@ -70,7 +72,7 @@ class SharedHashMapTable:
             ``shm_layout.partition_room``). Without a margin, inserting beyond the room raises
             ``CapacityError``.
         seed: seeds the random eviction.
-        lock_free_reads: read under the seqlock only (default: on x86-64).
+        lock_free_reads: read without taking locks (default: on x86-64).
 
     Every process that opens the same tag must pass the same layout (dim, partitions, margin,
     policy, target); a larger room already in the segment is used as it is.
