@@ -188,7 +188,12 @@ class SharedSegment:
         """Check or write the header (directory lock held); returns the segment's size."""
         length = os.fstat(self._fd).st_size
         header = self._read_header(length)
-        valid = header is not None and header["magic"] == MAGIC and header["version"] == VERSION
+        valid = (
+            header is not None
+            and header["magic"] == MAGIC
+            and header["version"] == VERSION
+            and length >= header["size"]  # a shorter file would fault (SIGBUS) when read
+        )
         if valid and header["size"] == size:
             return self._map(size)
         if valid and not self.alone():
