@@ -177,7 +177,6 @@ def test_a_later_process_attaches_without_loading_and_a_changed_table_reloads(
             assert (third.lookup(np.array([10**6]), "m", "t") == -1).all()  # a fresh load
 
 
-@pytest.mark.slow
 def test_a_load_killed_half_way_is_done_again_by_the_next_process(tmp_path, name, caplog):
     keys = 300_000  # five load chunks
     config = _config(tmp_path, name, {"t": (keys, 8)})
