@@ -4,7 +4,8 @@
 seams.FrontCache) falls back to: for the keys it misses it calls ``fetch(keys)``, which answers
 exactly what HPS's parameter server would (HugeCTR ``HierParameterServer::lookup``):
 
-1. the volatile tier (in-process hash map or Redis Cluster) answers what it holds;
+1. the volatile tier (in-process hash map, shared-memory map or Redis Cluster) answers what it
+   holds;
 2. the persistent tier (RocksDB) answers the rest it holds; with ``cache_missed_embeddings``
    those persistent hits are written back into the volatile tier (HPS also writes back the
    default vectors of keys no tier holds, which fills the cache with defaults and hides later
@@ -42,8 +43,8 @@ class TableTiers:
         model / table: names (for messages and stats).
         dim: floats per vector.
         default_value: the fill value of keys no tier holds.
-        volatile: the volatile tier (seams.VolatileTable: ``HashMapTable`` or ``RedisTable``),
-            or None.
+        volatile: the volatile tier (seams.VolatileTable: ``HashMapTable``,
+            ``SharedHashMapTable`` or ``RedisTable``), or None.
         persistent: the persistent tier (seams.PersistentTable: ``RocksDbTable``), or None;
             when it is read-only, insert and remove are refused.
         cache_missed_embeddings: write persistent hits back into the volatile tier.

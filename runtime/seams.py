@@ -36,9 +36,9 @@ if TYPE_CHECKING:
 
 
 class VolatileTable(Protocol):
-    """One table of the volatile tier: ``HashMapTable`` (volatile/hash_map.py) or
-    ``RedisTable`` (volatile/redis_cluster.py). Called by ``TableTiers``; the start-up loader
-    fills it with ``insert``."""
+    """One table of the volatile tier: ``HashMapTable`` (volatile/hash_map.py),
+    ``SharedHashMapTable`` (volatile/shm_table.py) or ``RedisTable`` (volatile/redis_cluster.py).
+    Called by ``TableTiers``; the start-up loader fills it with ``insert``."""
 
     dim: int
 

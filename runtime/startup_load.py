@@ -3,7 +3,8 @@
 ``load_tables`` builds every table's ``TableTiers``: it loads the RocksDB families of changed
 tables (atomically per family; a family the database holds unchanged is kept), then fills the
 volatile tier. A Redis table whose record says it already holds this table file (and a RocksDB
-tier backs it) is not reloaded.
+tier backs it) is not reloaded, nor is a shared-memory table (``multi_process_hash_map``) that
+another process has loaded from this table file.
 
 - ``table_checksum``: the identity of a table's content, in ``table.json``'s format (taken from
   a current sidecar, else computed in one streaming CRC32 pass). RocksDB and Redis keep it in
@@ -36,6 +37,7 @@ from .table.reader import TableReader
 if TYPE_CHECKING:
     from .startup_plan import Stores, TablePlan
     from .volatile.redis_cluster import RedisTable
+    from .volatile.shm_table import SharedHashMapTable
 
 log = logging.getLogger("hps_cli.runtime")
 
@@ -143,6 +145,10 @@ def load_tables(
                 redis_table = _redis_table(config, plan, stores)
                 _fill_redis(config, plan, redis_table, rows, stores, progress)
                 volatile = redis_table
+            elif vdb.type == "multi_process_hash_map":
+                shared_table = _shared_table(config, plan, stores)
+                _fill_shared(config, plan, shared_table, rows, progress)
+                volatile = shared_table
             else:
                 volatile = _hash_map_table(config, plan, count)
                 load_volatile(volatile, plan.reader, rows, progress=progress)
@@ -195,16 +201,7 @@ def _fill_redis(
     progress: Callable[[int], None] | None,
 ) -> None:
     """Load the table into Redis unless Redis's record says it holds this very table file."""
-    vdb = config.volatile_db
-    checksum = plan.checksum or table_checksum(plan.reader)
-    record = {
-        "checksum": checksum,
-        "dim": plan.dim,
-        "num_partitions": vdb.num_partitions,
-        "initial_cache_rate": vdb.initial_cache_rate,
-        "overflow_margin": vdb.overflow_margin,
-        "complete": True,
-    }
+    record = _volatile_record(config, plan)
     # Skip only with RocksDB behind it: if a node lost its data since, its keys still fall
     # through to a full copy. Without one, reload as HPS does.
     if stores.rocksdb is not None and table.read_record() == record:
@@ -213,3 +210,54 @@ def _fill_redis(
     table.clear()
     load_volatile(table, plan.reader, rows, progress=progress)
     table.write_record(record)
+
+
+def _volatile_record(config: PsConfig, plan: TablePlan) -> dict:
+    """What a shared volatile tier records about the table it loaded."""
+    vdb = config.volatile_db
+    return {
+        "checksum": plan.checksum or table_checksum(plan.reader),
+        "dim": plan.dim,
+        "num_partitions": vdb.num_partitions,
+        "initial_cache_rate": vdb.initial_cache_rate,
+        "overflow_margin": vdb.overflow_margin,
+        "complete": True,
+    }
+
+
+def _shared_table(config: PsConfig, plan: TablePlan, stores: Stores) -> SharedHashMapTable:
+    from .volatile.shm_table import SharedHashMapTable
+
+    vdb = config.volatile_db
+    assert stores.shared is not None  # open_stores attached it
+    return SharedHashMapTable(
+        stores.shared,
+        plan.tag,
+        plan.dim,
+        num_partitions=vdb.num_partitions,
+        overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+        overflow_policy=vdb.overflow_policy,
+        overflow_resolution_target=vdb.overflow_resolution_target,
+        expected_keys=plan.reader.num_keys,
+    )
+
+
+def _fill_shared(
+    config: PsConfig,
+    plan: TablePlan,
+    table: SharedHashMapTable,
+    rows: np.ndarray | None,
+    progress: Callable[[int], None] | None,
+) -> None:
+    """Load the table into the shared-memory segment unless the segment's record says a
+    process loaded this very table file already. One process loads while the others wait; a
+    load that did not finish (its process died) leaves no record, so the next one reloads."""
+    record = _volatile_record(config, plan)
+    with table.loading():
+        if table.read_record() == record:
+            log.info("shared memory: %s is loaded already; attached", plan.tag)
+            return
+        table.mark_loading()
+        table.clear()
+        load_volatile(table, plan.reader, rows, progress=progress)
+        table.write_record(record)

@@ -8,7 +8,9 @@ In this order (startup.py runs it):
 3. ``plan_tables``: one ``TablePlan`` per table of every model, its file open;
 4. ``open_stores``: the RocksDB database (its lock, and for each table: its checksum, whether the
    database already holds it, the key width and dim of a family that is kept, the families a
-   read-only database must have) and the Redis Cluster (reachability).
+   read-only database must have), the Redis Cluster (reachability) and the shared-memory
+   segment (attached, every table's region reserved: the one write of this half, so that a
+   segment too small fails before anything is loaded).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from .table.reader import TableReader
 
 if TYPE_CHECKING:
     from .volatile.redis_cluster import RedisClusterStore
+    from .volatile.shm_segment import SharedSegment
 
 log = logging.getLogger("hps_cli.runtime")
 
@@ -49,12 +52,17 @@ class TablePlan:
 
 @dataclass
 class Stores:
-    """The shared stores of the tiers: one RocksDB database, one Redis Cluster connection."""
+    """The shared stores of the tiers: one RocksDB database, one Redis Cluster connection,
+    one shared-memory segment."""
 
     rocksdb: RocksDbStore | None = None
     redis: RedisClusterStore | None = None
+    shared: SharedSegment | None = None
 
     def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()
+            self.shared = None
         if self.rocksdb is not None:
             self.rocksdb.close()
             self.rocksdb = None
@@ -87,12 +95,6 @@ def checked_config(config: PsConfig | str | Path | dict) -> PsConfig:
 def check_supported(config: PsConfig, cache_factory: CacheFactory | None) -> None:
     """ConfigError for settings this runtime cannot honour (rather than ignoring them)."""
     vdb, pdb = config.volatile_db, config.persistent_db
-    if vdb.type == "multi_process_hash_map":
-        raise ConfigError(
-            "volatile_db type 'multi_process_hash_map' (a shared-memory map) is not supported",
-            location="$.volatile_db.type",
-            hint="use parallel_hash_map (in process) or redis_cluster (shared)",
-        )
     if config.update_source.type != "null":
         raise ConfigError(
             f"update_source '{config.update_source.type}' is not supported yet",
@@ -140,11 +142,14 @@ def open_stores(
     row_cache: int | None,
     redis_options: dict,
 ) -> None:
-    """Open the RocksDB database and the Redis Cluster into ``stores`` (so that the caller
-    closes whatever was opened when a later check fails), checking each table against the
-    database and filling in the plans' ``checksum`` and ``persistent_current``."""
+    """Open the shared-memory segment (first: it is the quickest to find too small), the
+    RocksDB database and the Redis Cluster into ``stores`` (so that the caller closes whatever
+    was opened when a later check fails), checking each table against the database and
+    filling in the plans' ``checksum`` and ``persistent_current``."""
     pdb, vdb = config.persistent_db, config.volatile_db
     width = key_width(config)
+    if vdb.type == "multi_process_hash_map":
+        stores.shared = open_shared_segment(config, plans)
     if pdb.enabled:
         if row_cache is None:
             row_cache = auto_row_cache_bytes(
@@ -176,6 +181,36 @@ def open_stores(
             max_batch_size=vdb.max_batch_size,
             **redis_options,
         )
+
+
+def open_shared_segment(config: PsConfig, plans: list[TablePlan]) -> SharedSegment:
+    """Attach to (or create) the ``multi_process_hash_map`` segment and reserve the region of
+    every table, so that a segment or /dev/shm too small fails here, before any load."""
+    from .volatile.shm_segment import SharedSegment
+    from .volatile.shm_table import table_spec
+
+    vdb = config.volatile_db
+    segment = SharedSegment(
+        vdb.shared_memory_name, vdb.shared_memory_size, auto_remove=vdb.shared_memory_auto_remove
+    )
+    specs = [
+        table_spec(
+            plan.tag,
+            plan.dim,
+            num_partitions=vdb.num_partitions,
+            overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+            overflow_policy=vdb.overflow_policy,
+            overflow_resolution_target=vdb.overflow_resolution_target,
+            expected_keys=plan.reader.num_keys,
+        )
+        for plan in plans
+    ]
+    try:
+        segment.reserve(specs)
+    except BaseException:
+        segment.close()
+        raise
+    return segment
 
 
 def _check_families(

@@ -1,18 +1,40 @@
-"""The in-process volatile tier: the vectorized partitioned hash map against a dict model."""
+"""The hash-map volatile tiers against a dict model: the in-process map (``HashMapTable``) and,
+through the ``new_table`` fixture, the shared-memory map (``SharedHashMapTable``) with the same
+behaviour."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import numpy as np
 import pytest
+from helpers.hash_map_machine import HashMapMachine, SharedHashMapMachine
+from helpers.shm import shared_segment
 from hps_cli.runtime.errors import InvalidInputError
 from hps_cli.runtime.hashing import mix64, partition_of
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hps_cli.runtime.volatile.hash_map import POLICIES, HashMapTable, dedupe_last
+from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
 from hypothesis import HealthCheck, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+
+
+@pytest.fixture(params=["in_process", "shared_memory"])
+def new_table(request):
+    """``new_table(dim, **options)`` builds a table of the kind under test. The shared ones live
+    in one segment per test, with room for ``reserve`` keys (default 60,000)."""
+    if request.param == "in_process":
+        yield HashMapTable
+        return
+    tags = itertools.count()
+    with shared_segment() as segment:
+
+        def make(dim, *, reserve=0, **options):
+            tag = f"hps_et.test.t{next(tags)}"
+            keys = reserve or 60_000
+            return SharedHashMapTable(segment, tag, dim, expected_keys=keys, **options)
+
+        yield make
 
 
 def _rrxmrrxmsx_0(key: int) -> int:
@@ -41,14 +63,14 @@ def test_mix64_is_hps_mixer(rng):
 
 
 @pytest.mark.parametrize("parts", [1, 3, 8, 16])
-def test_partition_is_hps_partition(rng, parts):
+def test_partition_is_hps_partition(new_table, rng, parts):
     keys = rng.integers(-(2**40), 2**40, 2000)
-    table = HashMapTable(2, num_partitions=parts)
+    table = new_table(2, num_partitions=parts)
     assert np.array_equal(table.partition_of(keys), partition_of(keys, parts))
 
 
-def test_insert_lookup_remove_roundtrip(rng):
-    table = HashMapTable(8, num_partitions=5)
+def test_insert_lookup_remove_roundtrip(new_table, rng):
+    table = new_table(8, num_partitions=5)
     keys = rng.choice(np.arange(-(10**12), 10**12, 7919), 20000, replace=False)
     table.insert(keys, synthetic_vectors(keys, 8))
     assert len(table) == keys.size
@@ -66,8 +88,8 @@ def test_insert_lookup_remove_roundtrip(rng):
     assert len(table) == keys.size - 5000
 
 
-def test_repeated_keys_in_one_batch_keep_the_last_vector():
-    table = HashMapTable(2, num_partitions=2)
+def test_repeated_keys_in_one_batch_keep_the_last_vector(new_table):
+    table = new_table(2, num_partitions=2)
     keys = np.array([5, 6, 5, 5, 7], dtype=np.int64)
     vectors = np.arange(10, dtype=np.float32).reshape(5, 2)
     table.insert(keys, vectors)
@@ -78,8 +100,8 @@ def test_repeated_keys_in_one_batch_keep_the_last_vector():
     assert k.tolist() == [6, 5, 7] and np.array_equal(v, vectors[[1, 3, 4]])
 
 
-def test_upsert_overwrites_and_growth_keeps_everything(rng):
-    table = HashMapTable(4, num_partitions=4)
+def test_upsert_overwrites_and_growth_keeps_everything(new_table, rng):
+    table = new_table(4, num_partitions=4)
     keys = np.arange(50000, dtype=np.int64) * 3
     for start in range(0, keys.size, 7000):  # many rebuilds on the way
         chunk = keys[start : start + 7000]
@@ -102,8 +124,8 @@ def test_tombstones_are_reclaimed(rng):
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_overflow_keeps_partitions_within_margin(policy, rng):
-    table = HashMapTable(
+def test_overflow_keeps_partitions_within_margin(new_table, policy, rng):
+    table = new_table(
         2,
         num_partitions=4,
         overflow_margin=50,
@@ -121,24 +143,24 @@ def test_overflow_keeps_partitions_within_margin(policy, rng):
     assert table.evictions > 0 and len(table) <= table.capacity == 200
 
 
-def test_overflow_shrinks_to_the_resolution_target():
-    table = HashMapTable(1, num_partitions=1, overflow_margin=10, overflow_resolution_target=0.5)
+def test_overflow_shrinks_to_the_resolution_target(new_table):
+    table = new_table(1, num_partitions=1, overflow_margin=10, overflow_resolution_target=0.5)
     table.insert(np.arange(10), np.zeros((10, 1), np.float32))
     evicted = table.insert(np.array([100]), np.zeros((1, 1), np.float32))
     # HPS: an overflowing partition shrinks to round(10 * 0.5) = 5, then takes the new key
     assert evicted.size == 5 and len(table) == 6 and table.contains(np.array([100]))[0]
 
 
-def test_a_batch_larger_than_the_margin_keeps_its_last_keys():
-    table = HashMapTable(1, num_partitions=1, overflow_margin=4)
+def test_a_batch_larger_than_the_margin_keeps_its_last_keys(new_table):
+    table = new_table(1, num_partitions=1, overflow_margin=4)
     keys = np.arange(10)
     evicted = table.insert(keys, keys[:, None].astype(np.float32))
     assert sorted(table.keys().tolist()) == [6, 7, 8, 9]
     assert sorted(evicted.tolist()) == [0, 1, 2, 3, 4, 5]
 
 
-def test_evict_least_used_keeps_the_keys_looked_up():
-    table = HashMapTable(
+def test_evict_least_used_keeps_the_keys_looked_up(new_table):
+    table = new_table(
         1,
         num_partitions=1,
         overflow_margin=20,
@@ -155,10 +177,10 @@ def test_evict_least_used_keeps_the_keys_looked_up():
 
 
 @pytest.mark.parametrize("policy", POLICIES)
-def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(policy):
+def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(new_table, policy):
     # Found by the state machine below: 3 of the batch's 6 keys are held, 3 are new; the
     # resolution target (round(6 × 0.3) = 2) must not evict held keys the batch just updated.
-    table = HashMapTable(
+    table = new_table(
         1,
         num_partitions=1,
         overflow_margin=6,
@@ -173,8 +195,8 @@ def test_a_batch_that_fits_keeps_its_held_keys_below_the_resolution_target(polic
     assert hit.all() and (out == 1).all()
 
 
-def test_evict_oldest_drops_the_least_recently_touched():
-    table = HashMapTable(
+def test_evict_oldest_drops_the_least_recently_touched(new_table):
+    table = new_table(
         1,
         num_partitions=1,
         overflow_margin=10,
@@ -200,8 +222,8 @@ def test_memory_stays_within_one_and_a_half_times_raw(reserve):
     assert table.nbytes <= 1.5 * raw, table.nbytes / raw
 
 
-def test_bad_arguments_raise_typed_errors():
-    table = HashMapTable(4)
+def test_bad_arguments_raise_typed_errors(new_table):
+    table = new_table(4)
     with pytest.raises(InvalidInputError, match="1-D"):
         table.get(np.zeros((2, 2), dtype=np.int64))
     with pytest.raises(InvalidInputError, match="integers"):
@@ -209,16 +231,14 @@ def test_bad_arguments_raise_typed_errors():
     with pytest.raises(InvalidInputError, match="shape"):
         table.insert(np.array([1, 2]), np.zeros((2, 3), np.float32))
     with pytest.raises(InvalidInputError, match="overflow_policy"):
-        HashMapTable(4, overflow_policy="evict_everything")
+        new_table(4, overflow_policy="evict_everything")
     with pytest.raises(InvalidInputError, match="dim"):
-        HashMapTable(0)
+        new_table(0)
 
 
-def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector():
+def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector(new_table):
     dim = 8
-    table = HashMapTable(
-        dim, num_partitions=4, overflow_margin=3000, overflow_policy="evict_oldest"
-    )
+    table = new_table(dim, num_partitions=4, overflow_margin=3000, overflow_policy="evict_oldest")
     universe = np.arange(40_000, dtype=np.int64)
     table.insert(universe[:5000], synthetic_vectors(universe[:5000], dim))
     errors: list[str] = []
@@ -250,78 +270,13 @@ def test_concurrent_lookups_and_inserts_never_see_a_wrong_vector():
 # ---------------------------------------------------------------------------------------------
 # Stateful: random insert / lookup / remove / overflow sequences against a dict model.
 
-KEYS = st.lists(st.integers(-40, 40), min_size=1, max_size=25)
-
-
-class HashMapMachine(RuleBasedStateMachine):
-    """The table must hold exactly the model's keys (inserted, minus removed, minus what insert
-    reported as evicted) with their latest vectors; partitions never exceed the margin."""
-
-    @initialize(
-        policy=st.sampled_from(POLICIES),
-        parts=st.integers(1, 4),
-        margin=st.one_of(st.none(), st.integers(0, 12)),
-        resolve=st.sampled_from([0.3, 0.5, 0.8, 1.0]),
-    )
-    def setup(self, policy, parts, margin, resolve):
-        self.dim = 3
-        self.margin = margin
-        self.table = HashMapTable(
-            self.dim,
-            num_partitions=parts,
-            overflow_margin=margin,
-            overflow_policy=policy,
-            overflow_resolution_target=resolve,
-        )
-        self.model: dict[int, np.ndarray] = {}
-        self.version = 0
-
-    @rule(keys=KEYS)
-    def insert(self, keys):
-        self.version += 1
-        keys = np.array(keys, dtype=np.int64)
-        vectors = synthetic_vectors(keys, self.dim, seed=self.version)
-        evicted = self.table.insert(keys, vectors)
-        for k, v in zip(keys.tolist(), vectors):
-            self.model[k] = v
-        batch = set(keys.tolist())
-        for k in evicted.tolist():
-            assert k in self.model, f"evicted key {k} was never held"
-            del self.model[k]
-        if self.margin is not None and len(batch) <= self.margin:
-            # keys of the batch are evicted last: a batch that fits is kept whole
-            assert not batch & set(evicted.tolist()) or self.margin == 0
-
-    @rule(keys=KEYS)
-    def remove(self, keys):
-        removed = self.table.remove(np.array(keys, dtype=np.int64))
-        present = {k for k in set(keys) if k in self.model}
-        assert removed == len(present)
-        for k in present:
-            del self.model[k]
-
-    @rule(keys=KEYS)
-    def lookup(self, keys):
-        keys = np.array(keys, dtype=np.int64)
-        out, hit, _ = self.table.get(keys)
-        for k, h, row in zip(keys.tolist(), hit, out):
-            assert h == (k in self.model)
-            if h:
-                assert np.array_equal(row, self.model[k])
-
-    @invariant()
-    def sizes_match(self):
-        if not hasattr(self, "table"):
-            return
-        assert len(self.table) == len(self.model)
-        if self.margin is not None:
-            assert (self.table.partition_sizes() <= self.margin).all()
-
-
-TestHashMapMachine = HashMapMachine.TestCase
-TestHashMapMachine.settings = settings(
+_MACHINE_SETTINGS = settings(
     max_examples=60,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+TestHashMapMachine = HashMapMachine.TestCase
+TestHashMapMachine.settings = _MACHINE_SETTINGS
+TestSharedHashMapMachine = SharedHashMapMachine.TestCase
+TestSharedHashMapMachine.settings = _MACHINE_SETTINGS

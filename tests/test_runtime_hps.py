@@ -126,7 +126,6 @@ def test_bad_lookups_raise_typed_errors(two_tables):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda d: d["volatile_db"].update(type="multi_process_hash_map"), "multi_process"),
         (lambda d: d.update(fuse_embedding_table=True), "fusion"),
         (lambda d: d.update(update_source={"type": "kafka_message_queue"}), "update_source"),
         (lambda d: d["volatile_db"].update(type="disabled"), "every lookup would return default"),

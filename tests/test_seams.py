@@ -8,6 +8,7 @@ import inspect
 
 import numpy as np
 import pytest
+from helpers.shm import shared_segment
 from hps_cli.runtime import seams
 from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
 from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache, IndexedEmbeddingCache
@@ -18,6 +19,7 @@ from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore
 from hps_cli.runtime.table import TableReader
 from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
 from hps_cli.runtime.volatile.hash_map import HashMapTable
+from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
 
 
 def _members(protocol: type) -> dict[str, object]:
@@ -90,6 +92,8 @@ def test_front_caches_and_their_queries(reader):
 
 def test_tiers(tmp_path, reader):
     assert_implements(HashMapTable(4), seams.VolatileTable)
+    with shared_segment(label="seams") as segment:
+        assert_implements(SharedHashMapTable(segment, "hps_et.s.t", 4), seams.VolatileTable)
     store = RocksDbStore(tmp_path / "db")
     try:
         store.load_table("hps_et.m.t", reader, "checksum")

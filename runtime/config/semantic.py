@@ -10,7 +10,7 @@ import os
 
 from .aliases import CACHE_TYPES, PERSISTENT_TYPES, VOLATILE_TYPES
 from .issues import ERROR, WARNING, ConfigIssue, json_path
-from .model import default_num_partitions
+from .model import VolatileDbConfig, default_num_partitions
 
 _PER_TABLE = (
     "embedding_vecsize_per_table",
@@ -18,6 +18,7 @@ _PER_TABLE = (
     "embedding_table_names",
 )
 _REDIS_BATCH_LIMIT = 262143
+SHM_DIR = "/dev/shm"  # where multi_process_hash_map's segment lives (volatile/shm_segment.py)
 
 
 def semantic_issues(doc: dict) -> list[ConfigIssue]:
@@ -230,6 +231,8 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
                     "use 65536",
                 )
             )
+    if isinstance(kind, str) and VOLATILE_TYPES.get(kind) == "multi_process_hash_map":
+        _check_shared_memory(vdb, issues)
     for key in ("initialize_after_startup",):
         if vdb.get(key) is False:
             issues.append(
@@ -240,6 +243,46 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
                     "ignored_by_hps",
                 )
             )
+
+
+def _check_shared_memory(vdb: dict, issues: list[ConfigIssue]) -> None:
+    """The segment of multi_process_hash_map lives in /dev/shm of this host: warn when /dev/shm
+    is smaller than shared_memory_size (Docker's default is 64 MiB)."""
+    size = vdb.get("shared_memory_size", VolatileDbConfig.shared_memory_size)
+    if not isinstance(size, int) or isinstance(size, bool):
+        return
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        issues.append(
+            ConfigIssue(
+                WARNING,
+                json_path("volatile_db", "type"),
+                f"this host has no {SHM_DIR}: multi_process_hash_map needs Linux's POSIX shared "
+                "memory",
+                "shared_memory",
+                "use parallel_hash_map or redis_cluster here",
+            )
+        )
+        return
+    total = st.f_blocks * st.f_frsize
+    if total < size:
+        where = json_path("volatile_db", "shared_memory_size")
+        issues.append(
+            ConfigIssue(
+                WARNING,
+                where if "shared_memory_size" in vdb else json_path("volatile_db"),
+                f"shared_memory_size ({_gib(size)}) exceeds {SHM_DIR} on this host "
+                f"({_gib(total)}): tables that do not fit in {SHM_DIR} fail at start-up",
+                "shared_memory",
+                f"enlarge {SHM_DIR} (docker run --shm-size=..., Kubernetes: an emptyDir with "
+                "medium Memory) or lower shared_memory_size",
+            )
+        )
+
+
+def _gib(count: int) -> str:
+    return f"{count / 2**30:.2f} GiB"
 
 
 def _number(value: object) -> bool:

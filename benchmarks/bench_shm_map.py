@@ -1,0 +1,243 @@
+"""Benchmark: the shared-memory hash map (``multi_process_hash_map``) against the in-process hash
+map (``parallel_hash_map``), measured in the same run.
+
+    python benchmarks/bench_shm_map.py --keys 2000000 --dim 128 --batch 65536
+
+One process loads the same table (synthetic, shuffled keys 0 .. keys-1) into both maps, 16
+partitions each, then looks up the same batches of keys *uniform over the table* in both,
+alternately (each pair back to back, so that both see the same machine load): keys/s of each,
+the ratio of the rates (shared / in-process) and the median of the per-pair ratios, at
+``--batch`` keys per lookup and at ``--small-batch``. Also:
+
+- load seconds of each map, and the bytes of each against the raw keys + vectors;
+- ``attach_s``: a second process opening the segment and its table (no reload) and answering
+  its first lookup;
+- ``with_writer``: lookups of the shared map while another process rewrites random batches of
+  ``--writer-batch`` keys without pause, alternating with lookups of the in-process map (the
+  readers re-read keys whose partition a write changed; on a 2-core machine the writer also
+  takes CPU from the reader).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+TAG = "hps_et.bench.t"
+PARTITIONS = 16
+
+
+def _segment_size(keys: int, dim: int) -> int:
+    from hps_cli.runtime.volatile import shm_layout as L
+
+    room = L.partition_room(keys, PARTITIONS, None)
+    return L.first_region() + L.table_layout(dim, PARTITIONS, room).nbytes
+
+
+def _open_shared(args, name: str):
+    from hps_cli.runtime.volatile.shm_segment import SharedSegment
+    from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
+
+    segment = SharedSegment(name, _segment_size(args.keys, args.dim))
+    table = SharedHashMapTable(
+        segment, TAG, args.dim, num_partitions=PARTITIONS, expected_keys=args.keys
+    )
+    return segment, table
+
+
+def _alternate(batches, warmup: int, first, second) -> dict:
+    """Seconds of ``first`` and ``second`` over the batches after ``warmup``, run alternately."""
+    t_first = t_second = 0.0
+    ratios = []
+    for i, keys in enumerate(batches):
+        a = time.perf_counter()
+        first(keys)
+        b = time.perf_counter()
+        second(keys)
+        c = time.perf_counter()
+        if i >= warmup:
+            t_first += b - a
+            t_second += c - b
+            ratios.append((b - a) / (c - b))
+    timed = sum(k.size for k in batches[warmup:])
+    return {
+        "shared_keys_per_s": round(timed / t_second),
+        "in_process_keys_per_s": round(timed / t_first),
+        "ratio": round(t_first / t_second, 3),
+        "median_pair_ratio": round(float(np.median(ratios)), 3),
+    }
+
+
+def _batches(args, size: int, seed: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    count = args.warmup + max(args.batches, args.batches * args.batch // size // 4)
+    return [rng.integers(0, args.keys, size, dtype=np.int64) for _ in range(count)]
+
+
+def measure(args) -> dict:
+    from hps_cli.runtime.startup_load import load_volatile
+    from hps_cli.runtime.table import TableReader
+    from hps_cli.runtime.volatile.hash_map import HashMapTable
+
+    raw = args.keys * (8 + 4 * args.dim)
+    name = f"hps_bench_shm_{int(time.time())}"
+    result: dict = {}
+    with TableReader(args.work / "table") as reader:
+        started = time.perf_counter()
+        local = HashMapTable(args.dim, num_partitions=PARTITIONS, reserve=reader.num_keys)
+        load_volatile(local, reader, None)
+        in_process_s = time.perf_counter() - started
+        started = time.perf_counter()
+        segment, shared = _open_shared(args, name)
+        load_volatile(shared, reader, None)
+        shared_s = time.perf_counter() - started
+        positions = np.empty(args.keys, dtype=np.int64)
+        positions[np.array(reader.keys())] = np.arange(args.keys)
+        vectors = reader.vectors()
+        check = np.arange(0, args.keys, 1009)
+        out, hit, _ = shared.get(check)
+        assert hit.all() and np.array_equal(out, vectors[positions[check]])
+    result["load_s"] = {"in_process": round(in_process_s, 2), "shared": round(shared_s, 2)}
+    result["bytes_vs_raw"] = {
+        "in_process": round(local.nbytes / raw, 3),
+        "shared_region": round(shared.nbytes / raw, 3),
+    }
+    try:
+        for label, size in (("batch", args.batch), ("small_batch", args.small_batch)):
+            out_local = np.empty((size, args.dim), np.float32)
+            out_shared = np.empty((size, args.dim), np.float32)
+            result[f"lookup_{label}_{size}"] = _alternate(
+                _batches(args, size, 1),
+                args.warmup,
+                lambda k, o=out_local: local.get(k, o),
+                lambda k, o=out_shared: shared.get(k, o),
+            )
+        started = time.perf_counter()
+        attach = subprocess.run(
+            [sys.executable, __file__, "--attach", name, *_passthrough(args)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        result["attach_s"] = json.loads(attach.stdout)["attach_s"]
+        result["attach_process_s"] = round(time.perf_counter() - started, 2)
+        writer = subprocess.Popen(
+            [sys.executable, __file__, "--writer", name, *_passthrough(args)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert writer.stdout.readline().strip() == "writing"
+            out_local = np.empty((args.batch, args.dim), np.float32)
+            out_shared = np.empty((args.batch, args.dim), np.float32)
+            result["with_writer"] = _alternate(
+                _batches(args, args.batch, 2),
+                args.warmup,
+                lambda k: local.get(k, out_local),
+                lambda k: shared.get(k, out_shared),
+            )
+            result["with_writer"]["writer_batch"] = args.writer_batch
+        finally:
+            writer.kill()
+            writer.wait()
+    finally:
+        segment.close()
+    return result
+
+
+def attach(args, name: str) -> None:
+    from hps_cli.runtime.volatile.shm_segment import SharedSegment
+    from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
+
+    started = time.perf_counter()
+    segment = SharedSegment(name, _segment_size(args.keys, args.dim))
+    table = SharedHashMapTable(
+        segment, TAG, args.dim, num_partitions=PARTITIONS, expected_keys=args.keys
+    )
+    _, hit, _ = table.get(np.arange(1024))
+    seconds = time.perf_counter() - started
+    assert hit.all()
+    segment.close()
+    print(json.dumps({"attach_s": round(seconds, 4)}))
+
+
+def write_forever(args, name: str) -> None:
+    segment, table = _open_shared(args, name)
+    rng = np.random.default_rng(9)
+    rows = np.ones((args.writer_batch, args.dim), np.float32)
+    keys = rng.integers(0, args.keys, args.writer_batch)
+    out, _, _ = table.get(keys)
+    print("writing", flush=True)
+    while True:  # rewrite the same keys with their own vectors: readers' answers stay exact
+        table.insert(keys, out)
+        keys = rng.integers(0, args.keys, args.writer_batch)
+        out, _, _ = table.get(keys, rows)
+
+
+def _passthrough(args) -> list[str]:
+    return [
+        f"--keys={args.keys}",
+        f"--dim={args.dim}",
+        f"--writer-batch={args.writer_batch}",
+        f"--work={args.work}",
+    ]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", type=int, default=2_000_000)
+    ap.add_argument("--dim", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=65536)
+    ap.add_argument("--small-batch", type=int, default=1024)
+    ap.add_argument("--batches", type=int, default=30, help="timed batches at --batch")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--writer-batch", type=int, default=4096)
+    ap.add_argument("--work", type=Path, default=Path("/tmp/hps-bench-shm"))
+    ap.add_argument("--attach", help=argparse.SUPPRESS)
+    ap.add_argument("--writer", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.attach:
+        attach(args, args.attach)
+        return
+    if args.writer:
+        write_forever(args, args.writer)
+        return
+
+    from hps_cli.runtime.table import TableReader
+    from hps_cli.runtime.table.synthetic import write_synthetic_table
+
+    table = args.work / "table"
+    try:
+        with TableReader(table) as reader:
+            fresh = reader.num_keys != args.keys or reader.dim != args.dim
+    except Exception:  # noqa: BLE001 - missing or broken: regenerate
+        fresh = True
+    if fresh:
+        shutil.rmtree(args.work, ignore_errors=True)
+        args.work.mkdir(parents=True)
+        write_synthetic_table(table, args.keys, args.dim, shuffle=True)
+    subprocess.run(["bash", "-c", f"cat {table}/key {table}/emb_vector > /dev/null"], check=True)
+    result = {
+        "date": date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "keys": args.keys,
+        "dim": args.dim,
+        "partitions": PARTITIONS,
+        "key_distribution": "uniform over the table",
+        "command": " ".join(sys.argv),
+        **measure(args),
+    }
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
