@@ -38,17 +38,20 @@ def _hps(doc, worker_timeout=10.0, **factory_options):
 
 
 class _ChangedFactory:
-    """An EmbeddingCacheFactory whose caches ``change(cache, model, table_id)`` edits (a
+    """An EmbeddingCacheFactory whose caches ``change(cache, model, table)`` edits (a
     seams.CacheFactory: HPS closes it)."""
 
     def __init__(self, change, **options):
         self.base = EmbeddingCacheFactory(**options)
         self.change = change
 
-    def __call__(self, model, table_id, device_id, tiers):
-        cache = self.base(model, table_id, device_id, tiers)
-        self.change(cache, model, table_id)
+    def __call__(self, model, table, device_id, tiers):
+        cache = self.base(model, table, device_id, tiers)
+        self.change(cache, model, table)
         return cache
+
+    def holds_whole_table(self, model, table):
+        return self.base.holds_whole_table(model, table)
 
     def close(self):
         self.base.close()
@@ -173,10 +176,8 @@ def test_static_and_uvm_caches_answer_from_the_whole_table(
             hps.insert("m", "users", np.array([1]), np.zeros((1, 8), np.float32))
         with pytest.raises(InvalidInputError, match="read-only"):
             hps.remove("m", "users", np.array([1]))
-        tiers = hps.table_backend("m", "users")  # nothing was written anywhere
-        np.testing.assert_array_equal(
-            tiers.fetch(np.array([1])), synthetic_vectors(np.array([1]), 8)
-        )
+        tiers = hps.table_backend("m", "users")  # the cache holds the one copy of the table
+        assert tiers.volatile is None and tiers.persistent is None
     factory.close()
 
 
@@ -251,8 +252,8 @@ def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, back
     def down(keys):
         raise ConnectionError("volatile tier unreachable")
 
-    def change(cache, model, table_id):
-        if table_id == 0:
+    def change(cache, model, table):
+        if table.index == 0:
             cache.fetch = down
 
     factory = _ChangedFactory(change, prefill=False)
@@ -297,8 +298,8 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
     the call's one worker buffer."""
     log: list = []
 
-    def change(cache, model, table_id):
-        cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id], log)
+    def change(cache, model, table):
+        cache.backend = _RecordingBackend(cache.backend, table.name, log)
 
     factory = _ChangedFactory(change, prefill=False)
     with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0), cache_factory=factory) as hps:
@@ -336,8 +337,8 @@ def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path,
     each cache's device memory is freed (once)."""
     log: list = []
 
-    def change(cache, model, table_id):
-        cache.backend = _ClosingBackend(cache.backend, model.embedding_table_names[table_id], log)
+    def change(cache, model, table):
+        cache.backend = _ClosingBackend(cache.backend, table.name, log)
 
     factory = _ChangedFactory(change, prefill=False)  # HPS closes the factory it was given
     doc = ps_config(tables, DIMS, hit_rate_threshold=0.0)  # misses inserted in the background
@@ -388,7 +389,14 @@ def test_fp8_quant_is_refused(tmp_path, tables):
 
 def test_refresh_reloads_changed_values_periodically(tmp_path, tables, monkeypatch):
     monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
-    doc = ps_config(tables, DIMS, gpucacheper=1.0, hit_rate_threshold=1.0, refresh_interval=1)
+    doc = ps_config(
+        tables,
+        DIMS,
+        gpucacheper=1.0,
+        hit_rate_threshold=1.0,
+        refresh_interval=1,
+        cache_refresh_percentage_per_iteration=0.25,
+    )
     hps, factory = _hps(doc)
     with hps:
         front = hps.front_cache("m", "users")
