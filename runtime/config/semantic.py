@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 from .aliases import CACHE_TYPES, PERSISTENT_TYPES, VOLATILE_TYPES
+from .fusion import fusion_issues
+from .ignored import ignored_issues
 from .issues import ERROR, WARNING, ConfigIssue, json_path
 from .model import default_num_partitions
 
@@ -29,6 +31,8 @@ def semantic_issues(doc: dict) -> list[ConfigIssue]:
             if isinstance(model, dict):
                 _check_model(index, model, issues)
     _check_volatile(doc, issues)
+    issues += fusion_issues(doc)
+    issues += ignored_issues(doc)  # fields without effect in hps (ignored.py)
     return issues
 
 
@@ -228,16 +232,6 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
                     "this large",
                     "redis",
                     "use 65536",
-                )
-            )
-    for key in ("initialize_after_startup",):
-        if vdb.get(key) is False:
-            issues.append(
-                ConfigIssue(
-                    WARNING,
-                    json_path("volatile_db", key),
-                    "HPS v24.06 does not read this key (it always initializes)",
-                    "ignored_by_hps",
                 )
             )
 
