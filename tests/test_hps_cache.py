@@ -6,7 +6,11 @@ the GPU cache (the GPU machine); both must behave the same.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from helpers.runtime_configs import ps_config as _ps_config
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
 from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
+from hps_cli.runtime.persistent.rocksdb_families import list_families
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -179,6 +184,59 @@ def test_static_and_uvm_caches_answer_from_the_whole_table(
         tiers = hps.table_backend("m", "users")  # the cache holds the one copy of the table
         assert tiers.volatile is None and tiers.persistent is None
     factory.close()
+
+
+@pytest.mark.parametrize("cache_type", ["static", "uvm"])
+def test_static_and_uvm_tables_leave_no_copy_in_the_cpu_tiers(tmp_path, tables, cache_type):
+    """Their caches hold every row: no hash-map table, no RocksDB family (a read-only database
+    need not have one), and lookups stay exact."""
+    db = tmp_path / "db"
+    doc = ps_config(
+        tables,
+        DIMS,
+        embedding_cache_type=cache_type,
+        persistent={"type": "rocks_db", "path": str(db)},
+    )
+    doc["models"].append(dict(doc["models"][0], model="dyn", embedding_cache_type="dynamic"))
+    with HPS(doc) as hps:
+        for name in DIMS:
+            tiers = hps.table_backend("m", name)
+            assert tiers.volatile is None and tiers.persistent is None
+            assert hps.table_backend("dyn", name).persistent is not None
+        keys = np.array([5, 3999, 10**9])
+        expected = synthetic_vectors(keys, 8)
+        expected[2] = 0.0
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), expected)
+    families = set(list_families(db))
+    assert not {f for f in families if f.startswith("hps_et.m.")}
+    assert {"hps_et.dyn.users", "hps_et.dyn.items"} <= families
+    doc["persistent_db"]["read_only"] = True
+    with HPS(doc) as hps:  # the read-only database lacks hps_et.m.*: not needed
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), expected)
+
+
+@pytest.mark.slow
+def test_static_and_uvm_start_up_memory_against_the_copying_start_up(tmp_path):
+    """benchmarks/bench_static_memory.py on a ~100 MB table: without CPU-tier copies the
+    start-up grows RSS by about the table (the reference cache's one copy) and writes no
+    RocksDB; the copying start-up (its baseline) grows it by twice that and more."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_static_memory.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--rows", "400000", "--dim", "64"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    table = report["table_mib"]
+    assert table > 95
+    for run in report["runs"]:
+        assert run["lookups_exact"]
+        if run["cpu_tier_copies"]:
+            assert run["rss_growth_mib"] > 2 * table and run["rocksdb_mib"] > table
+        else:
+            assert run["rss_growth_mib"] < 1.3 * table and run["rocksdb_mib"] == 0
+            assert not run["volatile_tier"] and not run["persistent_tier"]
 
 
 def test_gpucache_false_uses_the_cpu_tiers_only(tmp_path, tables, backend):
