@@ -116,9 +116,7 @@ def test_refresher_buffers_bound_the_steps_running_at_once(tables, workers, monk
 
 
 def test_refreshes_run_periodically_and_reload_changed_rows(tables, backend):
-    hps, factory = _hps(
-        tables, refresh_interval=1, cache_refresh_percentage_per_iteration=0.5
-    )
+    hps, factory = _hps(tables, refresh_interval=1, cache_refresh_percentage_per_iteration=0.5)
     with hps:
         cache = hps.front_cache("m", "users")
         keys = np.array([1, 2], dtype=np.int64)
