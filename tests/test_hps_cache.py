@@ -461,11 +461,13 @@ def test_refresh_reloads_changed_values_periodically(tmp_path, tables, monkeypat
         keys = np.array([1, 2], dtype=np.int64)
         hps.lookup(keys, "m", "users")
         front.update(keys, np.zeros((2, 8), np.float32))  # cached copies go stale
-        rounds = front.stats()["refreshed"]
-        deadline = time.monotonic() + 5
-        while front.stats()["refreshed"] == rounds and time.monotonic() < deadline:
+        refresher = factory.refreshers[("m", 0)]
+        # a whole round that started after the update: the one running may have passed
+        rounds = refresher.rounds + 2
+        deadline = time.monotonic() + 10
+        while refresher.rounds < rounds and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert front.stats()["refreshed"] > rounds
+        assert refresher.rounds >= rounds and front.stats()["refreshed"] > 0
         np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
     factory.close()
 
