@@ -12,7 +12,9 @@ default).
 ``HPS(config)`` runs start-up (startup.py: check everything, then load the tiers and build the
 caches; a failed check writes nothing anywhere) and routes over what it built. The seams it
 routes through are in seams.py: a ``FrontCache`` per model, device and table (built by a
-``CacheFactory``), a ``TableTiers`` per model and table.
+``CacheFactory``), a ``TableTiers`` per model and table. With table fusion
+(``fuse_embedding_table``, config/fusion.py) the tables of a fused group share one of each, and
+``lookup_tables`` asks it once for all of them; callers keep naming the model's own tables.
 
 - ``HPS.lookup(..., device_id=None)`` goes through the front cache of that device (default: the
   model's last deployed device, as HPS does) when there is one, else straight to
@@ -38,6 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .config.fusion import storage_tables
 from .config.model import ModelConfig, PsConfig
 from .cpu_tiers import TableTiers
 from .errors import InvalidInputError, NotFoundError
@@ -47,6 +50,27 @@ from .startup import AUTO, start_up
 from .worker_pool import WorkerPool
 
 UINT32_MAX = 2**32 - 1
+
+
+def _joined(keys_per_table: list[np.ndarray], table_ids: tuple[int, ...]) -> np.ndarray:
+    """The keys of the tables of one storage table, in table order (no copy for one table)."""
+    if len(table_ids) == 1:
+        return keys_per_table[table_ids[0]]
+    return np.concatenate([keys_per_table[t] for t in table_ids])
+
+
+def _split(
+    rows: np.ndarray,
+    table_ids: tuple[int, ...],
+    keys_per_table: list[np.ndarray],
+    out: list[np.ndarray],
+) -> None:
+    """Put each table's share of a storage table's ``rows`` (views) at its place in ``out``."""
+    first = 0
+    for t in table_ids:
+        count = keys_per_table[t].size
+        out[t] = rows if len(table_ids) == 1 else rows[first : first + count]
+        first += count
 
 
 def _abandon_all(started: list[StartedQuery | None]) -> None:
@@ -154,11 +178,12 @@ class HPS:
 
         The tables' GPU lookups overlap: every table's query is launched on its front cache
         before any is waited for; tables without a front cache are fetched from the CPU tiers,
-        in table order, while those run. Each table's latency counts from the start of the
-        call. The call holds one worker buffer of the model's pool on that device until every
-        table is done, CPU-tier fetches of misses included (HPS: one per lookup session call).
-        If a table fails, the tables still queued are waited for (their rows dropped) before
-        the error is raised."""
+        in table order, while those run. With table fusion, the tables of a fused group are one
+        query of their concatenated keys (as HPS), split again for the result. Each table's
+        latency counts from the start of the call. The call holds one worker buffer of the
+        model's pool on that device until every table is done, CPU-tier fetches of misses
+        included (HPS: one per lookup session call). If a table fails, the tables still queued
+        are waited for (their rows dropped) before the error is raised."""
         model_cfg, _ = self._resolve(model, 0)
         device = self._device(model_cfg, device_id)
         if len(keys_per_table) != model_cfg.num_tables:
@@ -168,28 +193,32 @@ class HPS:
                 location="keys",
             )
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
+        groups = storage_tables(model_cfg)
+        joined = [_joined(checked, g.table_ids) for g in groups]
         started = time.perf_counter()
         pending: list[StartedQuery | None] = []
         pool = self._pools.get((model_cfg.model, device))
         lease: tuple[WorkerPool, int] | None = None  # one worker buffer for the call, as HPS
         try:
-            for t, keys in enumerate(checked):
-                front = self._fronts.get((model_cfg.model, t, device))
+            for group, keys in zip(groups, joined):
+                front = self._fronts.get((model_cfg.model, group.table_ids[0], device))
                 if front is None or pool is None:
                     pending.append(None)
                     continue
                 if lease is None:
                     lease = (pool, pool.acquire())
                 pending.append(front.launch_query(keys, lease[1]))
-            results: list[np.ndarray] = []
-            for t, keys in enumerate(checked):
-                query, pending[t] = pending[t], None
+            results: list[np.ndarray] = [np.empty(0)] * model_cfg.num_tables
+            for g, (group, keys) in enumerate(zip(groups, joined)):
+                first = group.table_ids[0]
+                query, pending[g] = pending[g], None
                 if query is None:
-                    results.append(self._lookup_one(keys, model_cfg, t, device))
-                    continue
-                results.append(query.result())
-                stats = self._tables[(model_cfg.model, t)].stats
-                stats.latency.record(time.perf_counter() - started)
+                    rows = self._lookup_one(keys, model_cfg, first, device)
+                else:
+                    rows = query.result()
+                    stats = self._tables[(model_cfg.model, first)].stats
+                    stats.latency.record(time.perf_counter() - started)
+                _split(rows, group.table_ids, checked, results)
             return results
         finally:
             try:
@@ -299,9 +328,14 @@ class HPS:
 
     def stats(self) -> dict:
         """{model: {table: {"counters": {...}, "latency": {...}, "fetch_latency": {...},
-        "cache": {device: {...}}}}}; ``cache`` holds the embedding caches' counters."""
+        "cache": {device: {...}}}}}; ``cache`` holds the embedding caches' counters. Tables
+        are storage tables: with fusion, ``fused_embedding<k>`` for its member tables."""
         out: dict = {}
+        seen: set[int] = set()
         for (model, table_id), tiers in self._tables.items():
+            if id(tiers) in seen:  # a fused table, shared by its member tables
+                continue
+            seen.add(id(tiers))
             entry = out.setdefault(model, {})[tiers.table] = tiers.stats.snapshot()
             caches = {
                 device: front.stats()

@@ -1,10 +1,11 @@
 """The runtime's seams: what each side of a boundary calls on the other, as Protocols.
 
     HPS (hps.py): routes lookups and updates, owns the worker buffers
-     ├─► FrontCache        one per (model, device, table), built by a CacheFactory
+     ├─► FrontCache        one per (model, device, storage table), built by a CacheFactory
      │     ├─► DynamicBackend / IndexedBackend   its rows, on a GPU or in the NumPy reference
      │     └─► TableTiers  for the keys it misses
-     └─► TableTiers        one per (model, table), cpu_tiers.py: volatile → persistent → default
+     └─► TableTiers        one per (model, storage table), cpu_tiers.py: volatile → persistent
+                           → default (a storage table is a table, or a fused group of them)
            ├─► VolatileTable
            └─► PersistentTable
 
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 
 if TYPE_CHECKING:
+    from .config.fusion import StorageTable
     from .config.model import ModelConfig
     from .cpu_tiers import TableTiers
     from .gpu.pending import Launched, PendingLookup
@@ -142,13 +144,22 @@ class FrontCache(Protocol):
 
 class CacheFactory(Protocol):
     """Builds the front caches at start-up: called for every model, every device of its
-    ``deployed_device_list`` and every table, after the CPU tiers are loaded
+    ``deployed_device_list`` and every storage table (a table of the model, or with table
+    fusion a fused group of them: config/fusion.py), after the CPU tiers are loaded
     (``EmbeddingCacheFactory`` in runtime/gpu/cache_factory.py, or a user's)."""
 
     def __call__(
-        self, model: ModelConfig, table_id: int, device_id: int, tiers: TableTiers
+        self, model: ModelConfig, table: StorageTable, device_id: int, tiers: TableTiers
     ) -> FrontCache | None:
-        """The front cache of that table on that device, or None for none."""
+        """The front cache of that table on that device, or None for none. ``table.open()``
+        reads its rows; ``tiers`` answers what the cache misses."""
+        ...
+
+    def holds_whole_table(self, model: ModelConfig, table: StorageTable) -> bool:
+        """True when the front caches it builds for that table hold every row and never ask
+        the CPU tiers (static and uvm caches): start-up then loads no CPU tier with it. Asked
+        before the tiers are loaded; a factory that says so must build a cache on every
+        device."""
         ...
 
     def close(self) -> None:

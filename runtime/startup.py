@@ -5,9 +5,11 @@
 
 1. read only (startup_plan.py): the config, its table files, what this runtime cannot honour,
    the RocksDB database and the Redis Cluster. A failed check writes nothing anywhere;
-2. write (startup_load.py): RocksDB families of changed tables, then the volatile tier;
-3. build the front caches (the ``cache_factory``, once per model, device and table) and a
-   worker-buffer pool for every model and device that has one.
+2. write (startup_load.py): RocksDB families of changed tables, then the volatile tier (neither
+   for tables whose caches hold every row: static, uvm);
+3. build the front caches (the ``cache_factory``, once per model, device and storage table: a
+   table, or a fused group of tables) and a worker-buffer pool for every model and device that
+   has one.
 
 Whatever fails, what was opened or built so far is closed again before the error propagates.
 """
@@ -18,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, cast
 
+from .config.fusion import storage_tables
 from .config.model import PsConfig
 from .cpu_tiers import TableTiers
+from .errors import ConfigError
 from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES
 from .seams import CacheFactory, FrontCache
 from .startup_load import load_tables
@@ -38,9 +42,10 @@ AUTO = "auto"
 @dataclass
 class Hierarchy:
     """What start-up built from a config: every table's CPU tiers (by model name and table
-    number), the front caches (by model, table and device), the worker buffers of each model
-    on each device with a front cache, and the stores, the factory and everything else they
-    hold. ``close`` releases all of it (idempotent)."""
+    number), the front caches (by model, table and device; the tables of a fused group share
+    theirs), the worker buffers of each model on each device with a front cache, and the
+    stores, the factory and everything else they hold. ``close`` releases all of it
+    (idempotent)."""
 
     config: PsConfig
     cache_factory: CacheFactory | None
@@ -52,7 +57,7 @@ class Hierarchy:
     def close(self) -> None:
         """Stop every front cache, then close their factory (it frees what they share), then
         the stores."""
-        for front in self.fronts.values():
+        for front in {id(f): f for f in self.fronts.values()}.values():  # shared: once
             front.close()
         self.fronts.clear()
         if self.cache_factory is not None:
@@ -82,7 +87,7 @@ def start_up(
     )
     check_supported(checked, factory)
     built = Hierarchy(checked, factory)
-    plans = plan_tables(checked)
+    plans = plan_tables(checked, factory)
     try:
         open_stores(
             checked,
@@ -114,15 +119,24 @@ def default_cache_factory(config: PsConfig) -> CacheFactory | None:
 
 
 def build_fronts(built: Hierarchy, factory: CacheFactory, worker_timeout: float) -> None:
-    """Ask ``factory`` for the front cache of every model, device and table; give every model
-    and device with one its ``num_of_worker_buffer_in_pool`` worker buffers."""
+    """Ask ``factory`` for the front cache of every model, device and storage table (each table
+    of a fused group gets its group's); give every model and device with one its
+    ``num_of_worker_buffer_in_pool`` worker buffers."""
     for model in built.config.models:
         for device in model.deployed_device_list:
-            for t in range(model.num_tables):
-                front = factory(model, t, device, built.tables[(model.model, t)])
+            for table in storage_tables(model):
+                tiers = built.tables[(model.model, table.table_ids[0])]
+                front = factory(model, table, device, tiers)
                 if front is None:
+                    if factory.holds_whole_table(model, table):  # its tiers are empty
+                        raise ConfigError(
+                            f"the cache factory holds table '{table.name}' of model "
+                            f"'{model.model}' whole but built no cache for device {device}",
+                            location=f"model '{model.model}' deployed_device_list",
+                        )
                     continue
-                built.fronts[(model.model, t, device)] = front
+                for t in table.table_ids:
+                    built.fronts[(model.model, t, device)] = front
                 if (model.model, device) not in built.worker_pools:
                     built.worker_pools[(model.model, device)] = WorkerPool(
                         model.num_of_worker_buffer_in_pool,

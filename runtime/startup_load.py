@@ -1,14 +1,18 @@
 """Start-up, second half: the writes, once everything was checked (startup_plan.py).
 
-``load_tables`` builds every table's ``TableTiers``: it loads the RocksDB families of changed
-tables (atomically per family; a family the database holds unchanged is kept), then fills the
-volatile tier. A Redis table whose record says it already holds this table file (and a RocksDB
-tier backs it) is not reloaded, nor is a shared-memory table (``multi_process_hash_map``) that
-another process has loaded from this table file.
+``load_tables`` builds every storage table's ``TableTiers`` (a fused table's is shared by its
+member tables): it loads the RocksDB families of changed tables (atomically per family; a family
+the database holds unchanged is kept), then fills the volatile tier. A Redis table whose record
+says it already holds this table file (and a RocksDB tier backs it) is not reloaded, nor is a
+shared-memory table (``multi_process_hash_map``) that another process has loaded from this table
+file. A table
+whose front caches hold every row (static, uvm: ``TablePlan.cpu_tiers`` false) gets tiers with
+neither tier: no copy of it in host memory or on disk besides the cache's own.
 
 - ``table_checksum``: the identity of a table's content, in ``table.json``'s format (taken from
-  a current sidecar, else computed in one streaming CRC32 pass). RocksDB and Redis keep it in
-  their bookkeeping record, so an unchanged table is not rewritten at the next start.
+  a current sidecar, else computed in one streaming CRC32 pass; a fused table's joins its
+  members'). RocksDB and Redis keep it in their bookkeeping record, so an unchanged table is
+  not rewritten at the next start.
 - ``volatile_rows``: which rows go into the volatile tier. HPS's ``initial_cache_rate`` is
   honoured (HPS v24.06 only logs it and inserts everything): the first ``round(rate × keys)``
   rows, hottest first when the table has ``meta`` (access counts), else in file order (tables
@@ -32,6 +36,7 @@ from .hashing import partition_of
 from .seams import VolatileTable
 from .stats import TableStats
 from .table.file_layout import KEY_FILE, META_FILE, VECTOR_FILE
+from .table.fused_reader import FusedTableReader
 from .table.reader import TableReader
 
 if TYPE_CHECKING:
@@ -44,8 +49,11 @@ log = logging.getLogger("hps_cli.runtime")
 LOAD_ROWS = 1 << 16
 
 
-def table_checksum(reader: TableReader) -> str:
-    """``Sidecar.checksum()`` of the table (computed when there is no current sidecar)."""
+def table_checksum(reader: TableReader | FusedTableReader) -> str:
+    """``Sidecar.checksum()`` of the table (computed when there is no current sidecar); for a
+    fused table, its members' in order."""
+    if isinstance(reader, FusedTableReader):
+        return "fused[" + "|".join(table_checksum(m) for m in reader.members) + "]"
     if reader.sidecar is not None and reader.sidecar.dim == reader.dim:
         return reader.sidecar.checksum()
     names = [KEY_FILE, VECTOR_FILE] + ([META_FILE] if reader.has_meta else [])
@@ -57,7 +65,11 @@ def table_checksum(reader: TableReader) -> str:
 
 
 def volatile_rows(
-    reader: TableReader, rate: float, *, num_partitions: int, overflow_margin: int | None
+    reader: TableReader | FusedTableReader,
+    rate: float,
+    *,
+    num_partitions: int,
+    overflow_margin: int | None,
 ) -> np.ndarray | None:
     """Row numbers to load, in load order; None means every row in file order."""
     n = reader.num_keys
@@ -82,7 +94,7 @@ def volatile_rows(
 
 def load_volatile(
     tier: VolatileTable,
-    reader: TableReader,
+    reader: TableReader | FusedTableReader,
     rows: np.ndarray | None,
     *,
     progress: Callable[[int], None] | None = None,
@@ -117,11 +129,14 @@ def load_tables(
     progress: Callable[[int], None] | None = None,
 ) -> None:
     """Load every planned table into its tiers and put its ``TableTiers`` into ``tables``
-    (keyed by model name and table number), table by table in plan order."""
+    (keyed by model name and table number: every member of a fused table maps to its one
+    ``TableTiers``), table by table in plan order."""
     pdb, vdb = config.persistent_db, config.volatile_db
     for plan in plans:
         persistent = None
-        if stores.rocksdb is not None:
+        if not plan.cpu_tiers:
+            log.info("%s: its caches hold every row; no CPU tier holds a copy", plan.tag)
+        elif stores.rocksdb is not None:
             if not plan.persistent_current and not pdb.read_only:
                 started = time.perf_counter()
                 stores.rocksdb.load_table(plan.tag, plan.reader, plan.checksum, progress=progress)
@@ -133,7 +148,7 @@ def load_tables(
                 )
             persistent = stores.rocksdb.table(plan.tag, plan.dim)
         volatile = None
-        if vdb.enabled:
+        if vdb.enabled and plan.cpu_tiers:
             rows = volatile_rows(
                 plan.reader,
                 vdb.initial_cache_rate,
@@ -152,16 +167,18 @@ def load_tables(
             else:
                 volatile = _hash_map_table(config, plan, count)
                 load_volatile(volatile, plan.reader, rows, progress=progress)
-        tables[(plan.model.model, plan.table_id)] = TableTiers(
+        tiers = TableTiers(
             plan.model.model,
             plan.name,
             plan.dim,
-            plan.model.default_value(plan.table_id),
+            plan.table.default_value,
             volatile=volatile,
             persistent=persistent,
             cache_missed_embeddings=vdb.cache_missed_embeddings,
             stats=TableStats(),
         )
+        for table_id in plan.table.table_ids:
+            tables[(plan.model.model, table_id)] = tiers
 
 
 def _hash_map_table(config: PsConfig, plan: TablePlan, reserve: int) -> VolatileTable:

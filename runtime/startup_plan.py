@@ -3,14 +3,18 @@
 In this order (startup.py runs it):
 
 1. ``checked_config``: the config's schema and semantics and every table file (structure, dims,
-   ``supportlonglong`` key ranges);
+   ``supportlonglong`` key ranges, keys of fused tables apart); its warnings (fields hps
+   ignores, non-exact settings, ...) are logged;
 2. ``check_supported``: what this runtime cannot honour;
-3. ``plan_tables``: one ``TablePlan`` per table of every model, its file open;
-4. ``open_stores``: the RocksDB database (its lock, and for each table: its checksum, whether the
-   database already holds it, the key width and dim of a family that is kept, the families a
-   read-only database must have), the Redis Cluster (reachability) and the shared-memory
-   segment (attached, every table's region reserved: the one write of this half, so that a
-   segment too small fails before anything is loaded).
+3. ``plan_tables``: one ``TablePlan`` per storage table of every model (a table, or with
+   ``fuse_embedding_table`` a fused group of tables: config/fusion.py), its files open, and
+   whether its rows go into the CPU tiers: not when the cache factory's caches hold the whole
+   table (static, uvm), which never ask them;
+4. ``open_stores``: the RocksDB database (its lock, and for each table with CPU tiers: its
+   checksum, whether the database already holds it, the key width and dim of a family that is
+   kept, the families a read-only database must have), the Redis Cluster (reachability) and the
+   shared-memory segment (attached, every table's region reserved: the one write of this half, so
+   that a segment too small fails before anything is loaded).
 """
 
 from __future__ import annotations
@@ -21,12 +25,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .config.files import file_issues
+from .config.fusion import StorageTable, storage_tables
 from .config.model import ModelConfig, PsConfig
-from .config.validate import load_config
+from .config.validate import load_validated
 from .errors import ConfigError, NotFoundError
 from .persistent.rocksdb_tier import RocksDbStore, auto_row_cache_bytes
 from .seams import CacheFactory
 from .startup_load import table_checksum
+from .table.fused_reader import FusedTableReader
 from .table.reader import TableReader
 
 if TYPE_CHECKING:
@@ -38,16 +44,28 @@ log = logging.getLogger("hps_cli.runtime")
 
 @dataclass
 class TablePlan:
-    """One table of one model as start-up sees it: its open file and what RocksDB holds."""
+    """One storage table of one model as start-up sees it: its open files, whether the CPU
+    tiers get its rows, and what RocksDB holds."""
 
     model: ModelConfig
-    table_id: int
-    name: str
-    tag: str  # the storage tag: RocksDB family and Redis hash names
-    dim: int
-    reader: TableReader
+    table: StorageTable
+    reader: TableReader | FusedTableReader
+    cpu_tiers: bool = True  # False: its front caches hold every row (static, uvm)
     checksum: str = ""  # set by open_stores when there is a RocksDB tier
     persistent_current: bool = False  # RocksDB already holds this table file (by checksum)
+
+    @property
+    def name(self) -> str:
+        return self.table.name
+
+    @property
+    def tag(self) -> str:
+        """The storage tag: RocksDB family and Redis hash names."""
+        return self.table.tag
+
+    @property
+    def dim(self) -> int:
+        return self.table.dim
 
 
 @dataclass
@@ -77,9 +95,14 @@ def key_width(config: PsConfig) -> int:
 
 
 def checked_config(config: PsConfig | str | Path | dict) -> PsConfig:
-    """The typed config, with every table file verified (structure, dims, keys)."""
+    """The typed config, with every table file verified (structure, dims, keys). The warnings
+    of a file or document are logged (a ``PsConfig`` was validated when it was built)."""
     if not isinstance(config, PsConfig):
-        return load_config(config, check_files=True)
+        result = load_validated(config, check_files=True)
+        for issue in result.warnings:
+            log.warning("config %s: %s", result.source, issue.one_line())
+        assert result.config is not None  # load_validated raised otherwise
+        return result.config
     issues = file_issues(config)
     if issues:
         first = issues[0]
@@ -101,13 +124,6 @@ def check_supported(config: PsConfig, cache_factory: CacheFactory | None) -> Non
             location="$.update_source.type",
             hint="remove the block; apply updates with HPS.insert / HPS.remove",
         )
-    for i, model in enumerate(config.models):
-        if model.fuse_embedding_table:
-            raise ConfigError(
-                "table fusion (fuse_embedding_table) is not supported by the hps runtime",
-                location=f"$.models[{i}].fuse_embedding_table",
-                hint="set fuse_embedding_table to false",
-            )
     if not vdb.enabled and not pdb.enabled and cache_factory is None:
         raise ConfigError(
             "both volatile_db and persistent_db are disabled: every lookup would "
@@ -117,20 +133,20 @@ def check_supported(config: PsConfig, cache_factory: CacheFactory | None) -> Non
         )
 
 
-def plan_tables(config: PsConfig) -> list[TablePlan]:
-    """A plan per table of every model, in config order; the caller closes their readers."""
-    return [
-        TablePlan(
-            m,
-            t,
-            m.table_name(t),
-            m.tag(t),
-            m.embedding_vecsize_per_table[t],
-            TableReader(m.table_path(t), m.embedding_vecsize_per_table[t]),
-        )
-        for m in config.models
-        for t in range(m.num_tables)
-    ]
+def plan_tables(config: PsConfig, cache_factory: CacheFactory | None) -> list[TablePlan]:
+    """A plan per storage table of every model, in config order, its reader open (the caller
+    closes them; if opening one fails, those opened before are closed here)."""
+    plans: list[TablePlan] = []
+    try:
+        for model in config.models:
+            for table in storage_tables(model):
+                whole = cache_factory is not None and cache_factory.holds_whole_table(model, table)
+                plans.append(TablePlan(model, table, table.open(), cpu_tiers=not whole))
+    except BaseException:
+        for plan in plans:
+            plan.reader.close()
+        raise
+    return plans
 
 
 def open_stores(
@@ -144,10 +160,11 @@ def open_stores(
 ) -> None:
     """Open the shared-memory segment (first: it is the quickest to find too small), the
     RocksDB database and the Redis Cluster into ``stores`` (so that the caller closes whatever
-    was opened when a later check fails), checking each table against the database and
-    filling in the plans' ``checksum`` and ``persistent_current``."""
+    was opened when a later check fails), checking each table with CPU tiers against the
+    database and filling in those plans' ``checksum`` and ``persistent_current``."""
     pdb, vdb = config.persistent_db, config.volatile_db
     width = key_width(config)
+    plans = [p for p in plans if p.cpu_tiers]
     if vdb.type == "multi_process_hash_map":
         stores.shared = open_shared_segment(config, plans)
     if pdb.enabled:

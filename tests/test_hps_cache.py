@@ -6,7 +6,11 @@ the GPU cache (the GPU machine); both must behave the same.
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +19,7 @@ from helpers.runtime_configs import ps_config as _ps_config
 from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import CapacityError, ConfigError, InvalidInputError
 from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
+from hps_cli.runtime.persistent.rocksdb_families import list_families
 from hps_cli.runtime.table.synthetic import synthetic_vectors
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -38,17 +43,20 @@ def _hps(doc, worker_timeout=10.0, **factory_options):
 
 
 class _ChangedFactory:
-    """An EmbeddingCacheFactory whose caches ``change(cache, model, table_id)`` edits (a
+    """An EmbeddingCacheFactory whose caches ``change(cache, model, table)`` edits (a
     seams.CacheFactory: HPS closes it)."""
 
     def __init__(self, change, **options):
         self.base = EmbeddingCacheFactory(**options)
         self.change = change
 
-    def __call__(self, model, table_id, device_id, tiers):
-        cache = self.base(model, table_id, device_id, tiers)
-        self.change(cache, model, table_id)
+    def __call__(self, model, table, device_id, tiers):
+        cache = self.base(model, table, device_id, tiers)
+        self.change(cache, model, table)
         return cache
+
+    def holds_whole_table(self, model, table):
+        return self.base.holds_whole_table(model, table)
 
     def close(self):
         self.base.close()
@@ -173,11 +181,62 @@ def test_static_and_uvm_caches_answer_from_the_whole_table(
             hps.insert("m", "users", np.array([1]), np.zeros((1, 8), np.float32))
         with pytest.raises(InvalidInputError, match="read-only"):
             hps.remove("m", "users", np.array([1]))
-        tiers = hps.table_backend("m", "users")  # nothing was written anywhere
-        np.testing.assert_array_equal(
-            tiers.fetch(np.array([1])), synthetic_vectors(np.array([1]), 8)
-        )
+        tiers = hps.table_backend("m", "users")  # the cache holds the one copy of the table
+        assert tiers.volatile is None and tiers.persistent is None
     factory.close()
+
+
+@pytest.mark.parametrize("cache_type", ["static", "uvm"])
+def test_static_and_uvm_tables_leave_no_copy_in_the_cpu_tiers(tmp_path, tables, cache_type):
+    """Their caches hold every row: no hash-map table, no RocksDB family (a read-only database
+    need not have one), and lookups stay exact."""
+    db = tmp_path / "db"
+    doc = ps_config(
+        tables,
+        DIMS,
+        embedding_cache_type=cache_type,
+        persistent={"type": "rocks_db", "path": str(db)},
+    )
+    doc["models"].append(dict(doc["models"][0], model="dyn", embedding_cache_type="dynamic"))
+    with HPS(doc) as hps:
+        for name in DIMS:
+            tiers = hps.table_backend("m", name)
+            assert tiers.volatile is None and tiers.persistent is None
+            assert hps.table_backend("dyn", name).persistent is not None
+        keys = np.array([5, 3999, 10**9])
+        expected = synthetic_vectors(keys, 8)
+        expected[2] = 0.0
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), expected)
+    families = set(list_families(db))
+    assert not {f for f in families if f.startswith("hps_et.m.")}
+    assert {"hps_et.dyn.users", "hps_et.dyn.items"} <= families
+    doc["persistent_db"]["read_only"] = True
+    with HPS(doc) as hps:  # the read-only database lacks hps_et.m.*: not needed
+        np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), expected)
+
+
+@pytest.mark.slow
+def test_static_and_uvm_start_up_memory_against_the_copying_start_up(tmp_path):
+    """benchmarks/bench_static_memory.py on a ~100 MB table: without CPU-tier copies the
+    start-up grows RSS by about the table (the reference cache's one copy) and writes no
+    RocksDB; the copying start-up (its baseline) grows it by twice that and more."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_static_memory.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--rows", "400000", "--dim", "64"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    report = json.loads(out.stdout)
+    table = report["table_mib"]
+    assert table > 95
+    for run in report["runs"]:
+        assert run["lookups_exact"]
+        if run["cpu_tier_copies"]:
+            assert run["rss_growth_mib"] > 2 * table and run["rocksdb_mib"] > table
+        else:
+            assert run["rss_growth_mib"] < 1.3 * table and run["rocksdb_mib"] == 0
+            assert not run["volatile_tier"] and not run["persistent_tier"]
 
 
 def test_gpucache_false_uses_the_cpu_tiers_only(tmp_path, tables, backend):
@@ -251,8 +310,8 @@ def test_lookup_tables_failing_table_waits_for_the_others(tmp_path, tables, back
     def down(keys):
         raise ConnectionError("volatile tier unreachable")
 
-    def change(cache, model, table_id):
-        if table_id == 0:
+    def change(cache, model, table):
+        if table.index == 0:
             cache.fetch = down
 
     factory = _ChangedFactory(change, prefill=False)
@@ -297,8 +356,8 @@ def test_lookup_tables_queues_every_table_before_waiting(tmp_path, tables, backe
     the call's one worker buffer."""
     log: list = []
 
-    def change(cache, model, table_id):
-        cache.backend = _RecordingBackend(cache.backend, model.embedding_table_names[table_id], log)
+    def change(cache, model, table):
+        cache.backend = _RecordingBackend(cache.backend, table.name, log)
 
     factory = _ChangedFactory(change, prefill=False)
     with HPS(ps_config(tables, DIMS, hit_rate_threshold=1.0), cache_factory=factory) as hps:
@@ -336,8 +395,8 @@ def test_closing_finishes_background_inserts_before_freeing_the_caches(tmp_path,
     each cache's device memory is freed (once)."""
     log: list = []
 
-    def change(cache, model, table_id):
-        cache.backend = _ClosingBackend(cache.backend, model.embedding_table_names[table_id], log)
+    def change(cache, model, table):
+        cache.backend = _ClosingBackend(cache.backend, table.name, log)
 
     factory = _ChangedFactory(change, prefill=False)  # HPS closes the factory it was given
     doc = ps_config(tables, DIMS, hit_rate_threshold=0.0)  # misses inserted in the background
@@ -388,18 +447,27 @@ def test_fp8_quant_is_refused(tmp_path, tables):
 
 def test_refresh_reloads_changed_values_periodically(tmp_path, tables, monkeypatch):
     monkeypatch.setenv("HPS_CACHE_BACKEND", "reference")
-    doc = ps_config(tables, DIMS, gpucacheper=1.0, hit_rate_threshold=1.0, refresh_interval=1)
+    doc = ps_config(
+        tables,
+        DIMS,
+        gpucacheper=1.0,
+        hit_rate_threshold=1.0,
+        refresh_interval=1,
+        cache_refresh_percentage_per_iteration=0.25,
+    )
     hps, factory = _hps(doc)
     with hps:
         front = hps.front_cache("m", "users")
         keys = np.array([1, 2], dtype=np.int64)
         hps.lookup(keys, "m", "users")
         front.update(keys, np.zeros((2, 8), np.float32))  # cached copies go stale
-        rounds = front.stats()["refreshed"]
-        deadline = time.monotonic() + 5
-        while front.stats()["refreshed"] == rounds and time.monotonic() < deadline:
+        refresher = factory.refreshers[("m", 0)]
+        # a whole round that started after the update: the one running may have passed
+        rounds = refresher.rounds + 2
+        deadline = time.monotonic() + 10
+        while refresher.rounds < rounds and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert front.stats()["refreshed"] > rounds
+        assert refresher.rounds >= rounds and front.stats()["refreshed"] > 0
         np.testing.assert_array_equal(hps.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
     factory.close()
 

@@ -26,7 +26,8 @@ def _modules() -> dict[str, tuple[Path, bool]]:
 
 
 def _top_level_imports(name: str, path: Path, is_package: bool, known) -> set[str]:
-    """The hps_cli modules ``name`` imports when it is imported (function bodies left out)."""
+    """The hps_cli modules ``name`` imports when it is imported (function bodies and
+    ``if TYPE_CHECKING:`` blocks left out)."""
     out: set[str] = set()
 
     def closest(target: str) -> str:
@@ -38,8 +39,8 @@ def _top_level_imports(name: str, path: Path, is_package: bool, known) -> set[st
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 continue
-            if _is_type_checking_block(child):
-                continue  # annotations only: never imported when the program runs
+            if isinstance(child, ast.If) and _is_type_checking(child.test):
+                continue  # imports for type checkers only: they never run
             if isinstance(child, ast.Import):
                 targets = [alias.name for alias in child.names]
             elif isinstance(child, ast.ImportFrom):
@@ -70,11 +71,7 @@ def _top_level_imports(name: str, path: Path, is_package: bool, known) -> set[st
     return out
 
 
-def _is_type_checking_block(node) -> bool:
-    """``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
-    if not isinstance(node, ast.If):
-        return False
-    test = node.test
+def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
         isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
     )

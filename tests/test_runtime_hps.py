@@ -126,7 +126,6 @@ def test_bad_lookups_raise_typed_errors(two_tables):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda d: d.update(fuse_embedding_table=True), "fusion"),
         (lambda d: d.update(update_source={"type": "kafka_message_queue"}), "update_source"),
         (lambda d: d["volatile_db"].update(type="disabled"), "every lookup would return default"),
         (lambda d: d["models"][0]["embedding_vecsize_per_table"].__setitem__(1, 5), "dim 5"),
@@ -371,12 +370,15 @@ class DictCacheFactory:
         self.made: list[DictFrontCache] = []
         self.closed = False
 
-    def __call__(self, model_cfg, table_id, device_id, backend):
-        assert backend.dim == model_cfg.embedding_vecsize_per_table[table_id]
-        if table_id == 1:
+    def __call__(self, model_cfg, table, device_id, backend):
+        assert backend.dim == table.dim == model_cfg.embedding_vecsize_per_table[table.index]
+        if table.index == 1:
             return None  # no front cache for this table
-        self.made.append(DictFrontCache(model_cfg, table_id, device_id, backend))
+        self.made.append(DictFrontCache(model_cfg, table.index, device_id, backend))
         return self.made[-1]
+
+    def holds_whole_table(self, model_cfg, table):
+        return False
 
     def close(self):
         self.closed = True

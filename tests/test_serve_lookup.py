@@ -493,3 +493,31 @@ def test_shared_memory_is_off_by_default(admin_server):
         client.register_system_shared_memory("r", "/x", 8)
     assert err.value.status() == "403" and "--allow-shared-memory" in err.value.message()
     assert "system_shared_memory" not in client.get_server_metadata()["extensions"]
+
+
+def test_a_fused_config_serves_the_unfused_answers_and_its_warnings_are_logged(tmp_path, rng):
+    """Table fusion through `hps serve`: two tables of one dim fused (keys apart), a third
+    table of another dim; answers equal the unfused in-process runtime's. A field hps ignores
+    is reported in the server's log with its JSON path."""
+    tables = {}
+    for name, first in (("x", 0), ("y", 5000), ("z", 9000)):
+        tables.update(
+            make_tables(tmp_path, {name: (1000, 4 if name != "z" else 8)}, first_key=first)
+        )
+    dims = {"x": 4, "y": 4, "z": 8}
+    plain = ps_config(tables, dims, gpucache=True, hit_rate_threshold=1.0, max_batch_size=256)
+    fused = json.loads(json.dumps(plain))
+    fused["fuse_embedding_table"] = True
+    fused["models"][0]["use_context_stream"] = False
+    path = tmp_path / "fused.json"
+    path.write_text(json.dumps(fused))
+    with ServeProcess(path) as server, HPS(plain) as runtime:
+        client = thttp.InferenceServerClient(server.http_url)
+        for _ in range(3):
+            parts = [rng.integers(f, f + 1100, n) for f, n in ((0, 30), (5000, 20), (9000, 9))]
+            keys, counts = np.concatenate(parts), np.array([p.size for p in parts], np.int32)
+            got = client.infer("m", lookup_inputs(thttp, keys, counts)).as_numpy("OUTPUT0")
+            np.testing.assert_array_equal(
+                got.reshape(-1), runtime.lookup_concatenated(keys, counts, "m")
+            )
+        assert "$.models[0].use_context_stream: has no effect" in server.log_text()

@@ -1,5 +1,5 @@
-"""Render the config schema and the environment variables as a Markdown reference
-(docs/config.md).
+"""Render the config schema, what hps does with each field (ignored.py) and the environment
+variables as a Markdown reference (docs/config.md).
 
 Regenerate with ``python -m hps_cli.runtime.config.docs docs/config.md``; a test fails when the
 committed file differs from what the schema gives.
@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ..resources import load_schema
 from .environment import ENVIRONMENT
+from .ignored import field_note
 from .schema_check import SCHEMA_NAME
 
 _SECTIONS = (
@@ -77,7 +78,11 @@ def render_markdown(schema: dict | None = None) -> str:
         schema["description"],
         "",
         "Validate a file with `hps validate-config FILE`. Every field, type and default below is "
-        "HPS's (HugeCTR v24.06).",
+        "HPS's (HugeCTR v24.06). The last column says what hps does with it: where it takes "
+        "effect, or **ignored** and why, or **refused** (start-up stops with an error), and where "
+        "it has no effect. `hps validate-config` and start-up (`hps serve`, `HPS(config)`) warn "
+        "about every field a config sets that has no effect (rule `ignored_field`, with its JSON "
+        "path and why).",
         "",
     ]
     for title, path, ref in _SECTIONS:
@@ -87,8 +92,8 @@ def render_markdown(schema: dict | None = None) -> str:
             f"## {title}",
             "",
             *intro,
-            "| key | type | default | constraints | description |",
-            "|---|---|---|---|---|",
+            "| key | type | default | constraints | description | in hps |",
+            "|---|---|---|---|---|---|",
         ]
         required = set(node.get("required", ()))
         for name, prop in node["properties"].items():
@@ -103,7 +108,8 @@ def render_markdown(schema: dict | None = None) -> str:
                 desc += " Example: " + ", ".join(f"`{json.dumps(e)}`" for e in examples[:2]) + "."
             lines.append(
                 f"| `{path}.{name}` | {_type_of(prop)} | {_cell(default)} | "
-                f"{_cell(_constraints(prop, name in required))} | {_cell(desc)} |"
+                f"{_cell(_constraints(prop, name in required))} | {_cell(desc)} | "
+                f"{_cell(field_note(f'{path}.{name}'))} |"
             )
         lines.append("")
     lines += _environment_section()

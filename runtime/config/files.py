@@ -1,10 +1,12 @@
-"""On-disk checks of a config: every sparse_files entry must be a valid table of the right dim."""
+"""On-disk checks of a config: every sparse_files entry must be a valid table of the right dim,
+and tables fused into one (fuse_embedding_table) must not share keys."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from ..table.verify import verify_table
+from .fusion import key_overlap_issues
 from .issues import ERROR, ConfigIssue, json_path
 from .model import PsConfig
 
@@ -46,4 +48,6 @@ def file_issues(config: PsConfig, *, scan_values: bool = False) -> list[ConfigIs
                         defect.location,
                     )
                 )
+    if not issues:  # the key files are valid tables: fused groups can be read
+        issues += key_overlap_issues(config)
     return issues

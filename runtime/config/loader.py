@@ -80,6 +80,11 @@ def _model(block: dict, base_dir: str, fuse_globally: bool) -> ModelConfig:
     )
     # HPS: the per-model flag only matters when fusion is on globally (then it defaults to true).
     block["fuse_embedding_table"] = bool(fuse_globally and block.get("fuse_embedding_table", True))
+    if block["fuse_embedding_table"]:
+        # HPS: a fused model gets at least one worker buffer per (original) table
+        block["num_of_worker_buffer_in_pool"] = max(
+            block.get("num_of_worker_buffer_in_pool", 1), tables
+        )
     block["default_value_for_each_table"] = [
         float(v) for v in block["default_value_for_each_table"]
     ]

@@ -137,7 +137,8 @@ class ModelConfig:
         return path if path.is_absolute() or not self.base_dir else Path(self.base_dir) / path
 
     def tag(self, table_id: int) -> str:
-        """HPS's storage tag of a table: ``hps_et.<model>.<table>``."""
+        """HPS's storage tag of a table: ``hps_et.<model>.<table>`` (with table fusion the
+        tiers use its fused table's: fusion.storage_tables)."""
         return f"hps_et.{self.model}.{self.embedding_table_names[table_id]}"
 
     def default_value(self, table_id: int) -> float:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 
 from .aliases import CACHE_TYPES, PERSISTENT_TYPES, VOLATILE_TYPES
+from .fusion import fusion_issues
+from .ignored import ignored_issues
 from .issues import ERROR, WARNING, ConfigIssue, json_path
 from .model import VolatileDbConfig, default_num_partitions
 
@@ -30,6 +32,8 @@ def semantic_issues(doc: dict) -> list[ConfigIssue]:
             if isinstance(model, dict):
                 _check_model(index, model, issues)
     _check_volatile(doc, issues)
+    issues += fusion_issues(doc)
+    issues += ignored_issues(doc)  # fields without effect in hps (ignored.py)
     return issues
 
 
@@ -233,16 +237,6 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
             )
     if isinstance(kind, str) and VOLATILE_TYPES.get(kind) == "multi_process_hash_map":
         _check_shared_memory(vdb, issues)
-    for key in ("initialize_after_startup",):
-        if vdb.get(key) is False:
-            issues.append(
-                ConfigIssue(
-                    WARNING,
-                    json_path("volatile_db", key),
-                    "HPS v24.06 does not read this key (it always initializes)",
-                    "ignored_by_hps",
-                )
-            )
 
 
 def _check_shared_memory(vdb: dict, issues: list[ConfigIssue]) -> None:

@@ -111,6 +111,23 @@ def load_config(
     """
     if isinstance(source, PsConfig):
         return source
+    config = load_validated(source, check_files=check_files, base_dir=base_dir).config
+    assert config is not None  # load_validated raised otherwise
+    return config
+
+
+def load_validated(
+    source: Path | str | dict,
+    *,
+    check_files: bool = False,
+    base_dir: Path | str | None = None,
+) -> ValidationResult:
+    """``load_config``'s validation, returned whole: ``config`` is set, ``warnings`` are what
+    start-up reports (fields hps ignores, non-exact settings, ...).
+
+    Raises:
+        ConfigError: as ``load_config``.
+    """
     if isinstance(source, dict):
         result = validate_document(source, base_dir=base_dir or Path.cwd(), check_files=check_files)
     else:
@@ -127,4 +144,4 @@ def load_config(
             else (first.location or result.source),
             hint=first.hint or f"run 'hps validate-config {result.source}'",
         )
-    return result.config
+    return result

@@ -11,6 +11,7 @@ import os
 
 from ..errors import DependencyMissingError
 from ..seams import DynamicBackend, IndexedBackend
+from ..table.fused_reader import FusedTableReader
 from ..table.reader import TableReader
 from .device import get_device, gpu_count
 from .placement import num_sets_for
@@ -39,7 +40,9 @@ def dynamic_backend(
     return RefDynamicBackend(num_sets, dim)
 
 
-def indexed_backend(device_id: int, reader: TableReader, device_rows: int) -> IndexedBackend:
+def indexed_backend(
+    device_id: int, reader: TableReader | FusedTableReader, device_rows: int
+) -> IndexedBackend:
     if use_gpu(device_id):
         from .gpu_indexed import GpuIndexedTable
 

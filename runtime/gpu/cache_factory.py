@@ -1,19 +1,26 @@
 """Building the embedding caches of an HPS config: the default seams.CacheFactory of ``HPS``.
 
 For every model with ``gpucache: true``, every device of its ``deployed_device_list`` and every
-table, start-up asks this factory for a front cache (one per device: lookups are routed by
-device id). The cache type follows ``embedding_cache_type`` (``use_static_table`` forces
-static):
+storage table (a table, or with ``fuse_embedding_table`` a fused group of tables), start-up asks
+this factory for a front cache (one per device: lookups are routed by device id). The cache type
+follows ``embedding_cache_type`` (``use_static_table`` forces static):
 
 - ``dynamic``: ``floor(gpucacheper × rows)`` slots (at least 64) in front of the CPU tiers,
-  prefilled at start-up when ``init_ec`` (hottest rows first by ``meta``, else file order);
+  prefilled at start-up when ``init_ec`` (hottest rows first by ``meta``, else file order, up to
+  its capacity);
 - ``static``: the whole table on the GPU (in pinned host memory with ``enable_pagelock``);
 - ``uvm``: the first ``gpucacheper`` of the file on the GPU, the rest in pinned host memory;
 - ``stochastic``: parsed by HPS but not implemented there (it behaves like dynamic); same here.
 
-Background insertion uses ``thread_pool_size`` threads. With ``refresh_interval`` > 0 a dynamic
-cache reloads its keys from the CPU tiers every that many seconds (after ``refresh_delay``).
-The worker buffers (``num_of_worker_buffer_in_pool`` per model and device) are HPS's.
+static and uvm caches hold every row and never ask the CPU tiers (``holds_whole_table``), so
+start-up loads no CPU tier with those tables: no host or disk copy besides the cache's own.
+
+Each model's background insertion uses its own ``thread_pool_size`` threads. With
+``refresh_interval`` > 0 and ``cache_refresh_percentage_per_iteration`` > 0, the dynamic caches
+of a model on a device are refreshed from the CPU tiers every ``refresh_interval`` seconds (after
+``refresh_delay``) by a ``CacheRefresher`` (refresh.py) with
+``num_of_refresher_buffer_in_pool`` workers. The worker buffers (``num_of_worker_buffer_in_pool``
+per model and device) are HPS's.
 """
 
 from __future__ import annotations
@@ -21,10 +28,10 @@ from __future__ import annotations
 import logging
 import math
 
+from ..config.fusion import StorageTable
 from ..config.model import ModelConfig
 from ..cpu_tiers import TableTiers
 from ..errors import ConfigError
-from ..table.reader import TableReader
 from .backend_choice import dynamic_backend, indexed_backend
 from .embedding_cache import (
     AsyncInserter,
@@ -32,12 +39,15 @@ from .embedding_cache import (
     EmbeddingCache,
     IndexedEmbeddingCache,
 )
+from .refresh import CacheRefresher
 
 log = logging.getLogger("hps_cli.runtime")
 
+WHOLE_TABLE_TYPES = ("static", "uvm")
+
 
 class EmbeddingCacheFactory:
-    """Callable ``(model_config, table_id, device_id, table_tiers) -> EmbeddingCache | None``
+    """Callable ``(model_config, table, device_id, table_tiers) -> EmbeddingCache | None``
     (a seams.CacheFactory).
 
     Args:
@@ -46,16 +56,22 @@ class EmbeddingCacheFactory:
 
     def __init__(self, *, prefill: bool = True):
         self.prefill = prefill
-        self._inserter: AsyncInserter | None = None
+        self._inserters: dict[str, AsyncInserter] = {}  # by model
+        self.refreshers: dict[tuple[str, int], CacheRefresher] = {}  # by (model, device)
         self.caches: list[EmbeddingCache] = []
 
-    def _async_inserter(self, model: ModelConfig) -> AsyncInserter:
-        if self._inserter is None:
-            self._inserter = AsyncInserter(model.thread_pool_size)
-        return self._inserter
+    def inserter(self, model: ModelConfig) -> AsyncInserter:
+        """The model's background inserter: ``thread_pool_size`` threads."""
+        inserter = self._inserters.get(model.model)
+        if inserter is None:
+            inserter = self._inserters[model.model] = AsyncInserter(model.thread_pool_size)
+        return inserter
+
+    def holds_whole_table(self, model: ModelConfig, table: StorageTable) -> bool:
+        return model.gpucache and model.cache_type in WHOLE_TABLE_TYPES
 
     def __call__(
-        self, model: ModelConfig, table_id: int, device_id: int, tiers: TableTiers
+        self, model: ModelConfig, table: StorageTable, device_id: int, tiers: TableTiers
     ) -> EmbeddingCache | None:
         if not model.gpucache:
             return None
@@ -66,26 +82,25 @@ class EmbeddingCacheFactory:
                 location=f"{where}.fp8_quant",
                 hint="set fp8_quant to false",
             )
-        if model.cache_type in ("dynamic", "stochastic"):
-            cache: EmbeddingCache = self._dynamic(model, table_id, device_id, tiers)
+        if model.cache_type in WHOLE_TABLE_TYPES:
+            cache: EmbeddingCache = self._indexed(model, table, device_id)
         else:
-            cache = self._indexed(model, table_id, device_id)
+            cache = self._dynamic(model, table, device_id, tiers)
         self.caches.append(cache)
         return cache
 
     def _dynamic(
-        self, model: ModelConfig, table_id: int, device_id: int, tiers: TableTiers
+        self, model: ModelConfig, table: StorageTable, device_id: int, tiers: TableTiers
     ) -> DynamicEmbeddingCache:
-        dim = model.embedding_vecsize_per_table[table_id]
-        name = f"{model.model}.{model.table_name(table_id)}@{device_id}"
-        with TableReader(model.table_path(table_id), dim) as reader:
-            backend = dynamic_backend(device_id, reader.num_keys, model.gpucacheper, dim)
+        name = f"{model.model}.{table.name}@{device_id}"
+        with table.open() as reader:
+            backend = dynamic_backend(device_id, reader.num_keys, model.gpucacheper, table.dim)
             cache = DynamicEmbeddingCache(
                 backend,
                 fetch=tiers.fetch,
                 hit_rate_threshold=model.hit_rate_threshold,
-                default_value=model.default_value(table_id),
-                inserter=self._async_inserter(model),
+                default_value=table.default_value,
+                inserter=self.inserter(model),
                 name=name,
             )
             if self.prefill and model.init_ec:
@@ -97,38 +112,50 @@ class EmbeddingCacheFactory:
                     inserted,
                     reader.num_keys,
                 )
-        if model.refresh_interval > 0:
-            cache.start_refresh(model.refresh_delay, model.refresh_interval)
+        self._refresher(model, device_id).add(cache)
         return cache
 
-    def _indexed(self, model: ModelConfig, table_id: int, device_id: int) -> IndexedEmbeddingCache:
-        dim = model.embedding_vecsize_per_table[table_id]
-        with TableReader(model.table_path(table_id), dim) as reader:
+    def _refresher(self, model: ModelConfig, device_id: int) -> CacheRefresher:
+        refresher = self.refreshers.get((model.model, device_id))
+        if refresher is None:
+            refresher = self.refreshers[(model.model, device_id)] = CacheRefresher(
+                model.cache_refresh_percentage_per_iteration,
+                model.num_of_refresher_buffer_in_pool,
+                name=f"{model.model}@{device_id}",
+            )
+            refresher.start(model.refresh_delay, model.refresh_interval)
+        return refresher
+
+    def _indexed(
+        self, model: ModelConfig, table: StorageTable, device_id: int
+    ) -> IndexedEmbeddingCache:
+        with table.open() as reader:
             on_device = reader.num_keys
             if model.cache_type == "uvm":
                 on_device = int(math.floor(model.gpucacheper * reader.num_keys))
             elif model.enable_pagelock:
                 on_device = 0
             backend = indexed_backend(device_id, reader, on_device)
-        self._async_inserter(model)  # the first cache built sizes the shared inserter
         return IndexedEmbeddingCache(
             backend,
-            default_value=model.default_value(table_id),
-            name=f"{model.model}.{model.table_name(table_id)}@{device_id}",
+            default_value=table.default_value,
+            name=f"{model.model}.{table.name}@{device_id}",
         )
 
     def flush(self) -> None:
         """Wait for every background insertion (tests, orderly shutdown)."""
-        if self._inserter is not None:
-            self._inserter.flush()
+        for inserter in self._inserters.values():
+            inserter.flush()
 
     def close(self) -> None:
         """Stop refreshes, finish the background insertions, then free every cache's device
-        memory (in that order: an insertion still queued needs its cache)."""
+        memory (in that order: a refresh step or an insertion still queued needs its cache)."""
+        for refresher in self.refreshers.values():
+            refresher.close()
         for cache in self.caches:
             cache.close()
-        if self._inserter is not None:
-            self._inserter.close()
-            self._inserter = None
+        for inserter in self._inserters.values():
+            inserter.close()
+        self._inserters.clear()
         for cache in self.caches:
             cache.backend.close()

@@ -13,7 +13,8 @@ keys decides, exactly as in HPS:
 ``IndexedEmbeddingCache`` (static and uvm) holds the whole table over a seams.IndexedBackend,
 never consults the CPU tiers (absent keys get the default value) and is read-only. Start-up
 prefill fills the dynamic cache with the hottest rows (by ``meta`` frequencies) or the first rows
-in file order, instead of HPS's lazy filling.
+in file order, up to its capacity. A refresh (refresh.py runs them) reloads the cached keys'
+rows from the CPU tiers in steps of sets (``refresh_ranges``, ``refresh_step``).
 
 Worker buffers are HPS's (seams.py): every query runs in the buffer ``slot`` its caller took;
 direct callers of ``query`` that run one query at a time may leave it at 0.
@@ -21,7 +22,7 @@ direct callers of ``query`` that run one query at a time may leave it at 0.
 
 from __future__ import annotations
 
-import logging
+import math
 import threading
 import time
 from abc import ABC, abstractmethod
@@ -73,8 +74,9 @@ class AsyncInserter:
     batches are already queued, new ones are dropped (it is a cache; nothing is lost)."""
 
     def __init__(self, threads: int, max_pending: int = 64):
+        self.threads = max(1, int(threads))
         self._pool = ThreadPoolExecutor(
-            max_workers=max(1, threads), thread_name_prefix="hps-cache-insert"
+            max_workers=self.threads, thread_name_prefix="hps-cache-insert"
         )
         self._slots = threading.BoundedSemaphore(max_pending)
         self._pending: set[Future] = set()
@@ -195,8 +197,11 @@ class DynamicEmbeddingCache(EmbeddingCache):
         self.fetch = fetch
         self.threshold = float(hit_rate_threshold)
         self.inserter = inserter
-        self._stop = threading.Event()
-        self._refresher: threading.Thread | None = None
+        self._closed = False
+        # Updates and removals (HPS.insert / remove) counted under a lock, so that a refresh
+        # step that fetched its rows before one of them does not write those rows after it.
+        self._writes = 0
+        self._write_lock = threading.Lock()
 
     def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
         pending = launched.wait()
@@ -253,10 +258,14 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
         """Overwrite cached copies of keys whose value changed in the CPU tiers."""
-        return self.backend.update(keys, vectors)
+        with self._write_lock:
+            self._writes += 1
+            return self.backend.update(keys, vectors)
 
     def remove(self, keys: np.ndarray) -> int:
-        return self.backend.invalidate(keys)
+        with self._write_lock:
+            self._writes += 1
+            return self.backend.invalidate(keys)
 
     def prefill(
         self, reader: TableReader, limit: int | None = None, chunk_rows: int = 1 << 18
@@ -286,41 +295,40 @@ class DynamicEmbeddingCache(EmbeddingCache):
         self.counters.add(inserted=inserted)
         return inserted
 
-    def refresh(self, sets_per_step: int = 4096) -> int:
-        """Reload every cached key's value from the CPU tiers (HPS's cache refresh)."""
-        refreshed = 0
-        for begin in range(0, self.backend.num_sets, sets_per_step):
-            keys = self.backend.dump(begin, begin + sets_per_step)
-            if keys.size:
-                refreshed += self.backend.update(keys, self.fetch(keys))
+    def refresh_ranges(self, share: float) -> list[tuple[int, int]]:
+        """The set ranges of a refresh in steps of ``share`` of the sets (at least one set):
+        HPS's ``cache_refresh_percentage_per_iteration``."""
+        sets = self.backend.num_sets
+        step = max(1, math.ceil(float(share) * sets))
+        return [(begin, min(begin + step, sets)) for begin in range(0, sets, step)]
+
+    def refresh_step(self, set_begin: int, set_end: int) -> int:
+        """Reload the rows of the keys cached in sets ``[set_begin, set_end)`` from the CPU
+        tiers; returns how many were refreshed. A step that an update or removal overtook
+        while it fetched writes nothing (its keys have their new rows, or are gone)."""
+        if self._closed:
+            return 0
+        keys = self.backend.dump(set_begin, set_end)
+        if not keys.size:
+            return 0
+        with self._write_lock:
+            writes = self._writes
+        rows = self.fetch(keys)
+        with self._write_lock:
+            if self._writes != writes:
+                return 0
+            refreshed = self.backend.update(keys, rows)
+        self.counters.add(refreshed=refreshed)
         return refreshed
 
-    def start_refresh(self, delay: float, interval: float) -> None:
-        """Refresh every ``interval`` seconds after ``delay`` (HPS's refresh_delay/interval)."""
-        if interval <= 0 or self._refresher is not None:
-            return
-
-        def run() -> None:
-            if self._stop.wait(delay):
-                return
-            while not self._stop.is_set():
-                try:
-                    self.counters.add(refreshed=self.refresh())
-                except Exception:  # a failing tier must not kill the refresher; next round
-                    logging.getLogger("hps_cli.runtime").exception(
-                        "cache refresh of %s failed", self.name
-                    )
-                if self._stop.wait(interval):
-                    return
-
-        self._refresher = threading.Thread(target=run, name=f"hps-refresh-{self.name}", daemon=True)
-        self._refresher.start()
+    def refresh(self, share: float = 1.0) -> int:
+        """Reload every cached key's row from the CPU tiers now, step after step (HPS's cache
+        refresh); returns how many were refreshed."""
+        return sum(self.refresh_step(b, e) for b, e in self.refresh_ranges(share))
 
     def close(self) -> None:
-        self._stop.set()
-        if self._refresher is not None:
-            self._refresher.join(timeout=5)
-            self._refresher = None
+        """Later refresh steps do nothing (the refresher is the factory's, refresh.py)."""
+        self._closed = True
 
     def occupancy(self) -> int | None:
         return self.backend.occupancy()

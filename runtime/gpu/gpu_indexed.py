@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..table.fused_reader import FusedTableReader
 from ..table.reader import TableReader
 from .pending import Launched
 from .placement import EMPTY_KEY
@@ -24,7 +25,13 @@ class GpuIndexedTable:
 
     on_gpu = True
 
-    def __init__(self, device, reader: TableReader, device_rows: int, chunk_rows: int = 1 << 20):
+    def __init__(
+        self,
+        device,
+        reader: TableReader | FusedTableReader,
+        device_rows: int,
+        chunk_rows: int = 1 << 20,
+    ):
         self.device = device
         self.dim = reader.dim
         self.rows = reader.num_keys

@@ -10,6 +10,7 @@ import threading
 
 import numpy as np
 
+from ..table.fused_reader import FusedTableReader
 from ..table.reader import TableReader
 from .pending import Launched, PendingLookup
 from .reference import RefDynamicCache, RefIndexedTable
@@ -79,11 +80,12 @@ class RefDynamicBackend:
 class RefIndexedBackend:
     on_gpu = False
 
-    def __init__(self, reader: TableReader, device_rows: int):
+    def __init__(self, reader: TableReader | FusedTableReader, device_rows: int):
         self.dim = reader.dim
         self.rows = reader.num_keys
         self.device_rows = int(min(max(device_rows, 0), self.rows))
-        self.table = RefIndexedTable(np.array(reader.keys()), np.array(reader.vectors()))
+        # Straight from the table's memory map: the sorted copy is the only one kept.
+        self.table = RefIndexedTable(reader.keys(), reader.vectors())
 
     def close(self) -> None:
         """Nothing to free before the garbage collector (host memory only)."""
