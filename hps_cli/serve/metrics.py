@@ -7,6 +7,8 @@ Request side (updated by the HTTP and gRPC front ends and the batchers):
 - ``hps_request_duration_seconds{model, protocol}``: latency histogram, receipt to answer;
 - ``hps_queue_depth{model}``: requests waiting in the batcher;
 - ``hps_batch_requests{model}`` / ``hps_batch_samples{model}``: sizes of executed batches;
+- ``hps_client_disconnects_total{protocol}``: requests whose client went away before the
+  answer (not counted in ``hps_requests_total``);
 - ``hps_ready``: 1 when the server is ready; ``hps_inflight_requests``: requests being
   answered.
 
@@ -103,6 +105,12 @@ class Metrics:
             "Samples per executed batch",
             ["model"],
             buckets=BATCH_BUCKETS,
+            registry=self.registry,
+        )
+        self.client_disconnects = Counter(
+            "hps_client_disconnects",
+            "Requests whose client went away before the answer (not errors)",
+            ["protocol"],
             registry=self.registry,
         )
         self.ready = Gauge("hps_ready", "1 when the server is ready", registry=self.registry)

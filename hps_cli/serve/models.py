@@ -29,6 +29,7 @@ from .protocol import CONFIG_TYPES, InferRequest, InferResult, Tensor, invalid
 
 VERSION = "1"
 UINT32_MAX = 2**32 - 1
+INLINE_KEYS = 4096  # lookup batches of up to this many keys run on the event loop
 
 
 @dataclass(frozen=True)
@@ -54,11 +55,13 @@ class TensorSpec:
 
 @dataclass
 class Work:
-    """A validated request: ``size`` samples (what max_batch_size bounds)."""
+    """A validated request: ``size`` samples (what max_batch_size bounds) and ``cost`` (what
+    ``ServedModel.inline_cost`` bounds: keys, for lookup models)."""
 
     size: int
     request: InferRequest
     data: dict = field(default_factory=dict)
+    cost: int = 0
 
 
 class ServedModel(ABC):
@@ -70,12 +73,15 @@ class ServedModel(ABC):
         config_max_batch_size: what the model config reports (0 when the inputs have no
             common batch dimension, as Triton requires).
         runtime: the ``RuntimeHandle`` whose tables it reads; hps_model: the ps.json model.
+        inline_cost: batches whose works cost at most this run on the event loop (batcher.py);
+            0: always in a worker thread.
     """
 
     kind = "model"
     platform = ""
     backend = ""
     version = VERSION
+    inline_cost = 0
 
     def __init__(self, name: str, runtime, hps_model: str, max_batch_size: int):
         self.name = name
@@ -186,6 +192,10 @@ class LookupModel(ServedModel):
             TensorSpec("NUMKEYS", "INT32", (-1, -1)),
         ]
         self.outputs = [TensorSpec("OUTPUT0", "FP32", (-1, -1))]
+        # In-process tiers answer a few thousand keys in well under a millisecond: cheaper on
+        # the event loop than a thread hop. A Redis tier waits on the network: never inline.
+        if runtime.config.volatile_db.type != "redis_cluster":
+            self.inline_cost = INLINE_KEYS
 
     def parameters(self) -> dict:
         cfg = self.model_config
@@ -231,7 +241,10 @@ class LookupModel(ServedModel):
         bounds = np.concatenate([[0], np.cumsum(num)])
         parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
         return Work(
-            max(1, samples), request, {"keys": parts, "batched": batched, "samples": samples}
+            max(1, samples),
+            request,
+            {"keys": parts, "batched": batched, "samples": samples},
+            cost=flat.size,
         )
 
     def execute(self, works: list[Work]) -> list[InferResult]:

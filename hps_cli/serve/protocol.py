@@ -77,6 +77,14 @@ class RequestTooLargeError(InvalidInputError):
     """The request body is larger than the server's limit (HTTP 413)."""
 
 
+class RequestTimeoutError(InvalidInputError):
+    """The request did not arrive within the server's read timeouts (HTTP 408)."""
+
+
+class UnsupportedEncodingError(InvalidInputError):
+    """The body's Content-Encoding is not one the server inflates (HTTP 415)."""
+
+
 class UnauthorizedError(InvalidInputError):
     """An admin endpoint was called without the right bearer token (HTTP 401)."""
 
@@ -89,6 +97,10 @@ def http_status(exc: BaseException) -> int:
     """The HTTP status of an error, as Triton maps its own (anything unexpected: 500)."""
     if isinstance(exc, RequestTooLargeError):
         return 413
+    if isinstance(exc, RequestTimeoutError):
+        return 408
+    if isinstance(exc, UnsupportedEncodingError):
+        return 415
     if isinstance(exc, UnauthorizedError):
         return 401
     if isinstance(exc, ForbiddenError):
@@ -106,6 +118,8 @@ def grpc_status(exc: BaseException) -> str:
     """The name of the ``grpc.StatusCode`` of an error."""
     return {
         413: "RESOURCE_EXHAUSTED",
+        408: "DEADLINE_EXCEEDED",
+        415: "INVALID_ARGUMENT",
         401: "UNAUTHENTICATED",
         403: "PERMISSION_DENIED",
         404: "NOT_FOUND",
