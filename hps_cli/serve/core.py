@@ -494,6 +494,8 @@ class ServerCore:
         self.ready = False
         self.draining = True
         self.metrics.ready.set(0)
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
