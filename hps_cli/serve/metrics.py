@@ -121,11 +121,20 @@ class Metrics:
         )
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
+        self._children: dict = {}
 
     def observe(self, model: str, protocol: str, code: str | int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(code)).inc()
-        if model != "_unknown":
-            self.latency.labels(model, protocol).observe(seconds)
+        key = (model, protocol, code)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds tuples: once per label set
+            latency = self.latency.labels(model, protocol) if model != "_unknown" else None
+            children = self._children[key] = (
+                self.requests.labels(model, protocol, str(code)),
+                latency,
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def on_batch(self, model: str, requests: int, samples: int) -> None:
         self.batch_requests.labels(model).observe(requests)
@@ -135,6 +144,7 @@ class Metrics:
         self.queue_depth.labels(model).set_function(depth)
 
     def forget(self, model: str) -> None:
+        self._children = {k: v for k, v in self._children.items() if k[0] != model}
         for metric in (self.queue_depth, self.batch_requests, self.batch_samples):
             try:
                 metric.remove(model)

@@ -18,6 +18,7 @@ coalesced (batcher.py) into one ``lookup_tables`` call per batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -214,19 +215,17 @@ class LookupModel(ServedModel):
         counts = self.check_datatype(request, self.inputs[1])
         batched = _check_row(keys, "KEYS", "[1, total] or [total]")
         _check_row(counts, "NUMKEYS", f"[1, {self.num_tables}] or [{self.num_tables}]")
-        num = counts.array.reshape(-1).astype(np.int64)
-        if num.size != self.num_tables:
+        num = counts.array.reshape(-1).tolist()  # a few Python ints: cheaper than NumPy calls
+        if len(num) != self.num_tables:
             raise invalid(
-                f"holds {num.size} counts but model '{self.name}' has {self.num_tables} table(s)",
+                f"holds {len(num)} counts but model '{self.name}' has {self.num_tables} table(s)",
                 "NUMKEYS",
             )
-        if num.size and num.min() < 0:
-            raise invalid(f"counts must be non-negative, got {num.tolist()}", "NUMKEYS")
+        if num and min(num) < 0:
+            raise invalid(f"counts must be non-negative, got {num}", "NUMKEYS")
         flat = keys.array.reshape(-1)
-        if int(num.sum()) != flat.size:
-            raise invalid(
-                f"counts sum to {int(num.sum())} but KEYS holds {flat.size} keys", "NUMKEYS"
-            )
+        if sum(num) != flat.size:
+            raise invalid(f"counts sum to {sum(num)} but KEYS holds {flat.size} keys", "NUMKEYS")
         if self.uint32_keys and flat.size and (flat.min() < 0 or flat.max() > UINT32_MAX):
             raise invalid("keys must fit uint32 (supportlonglong is false in the config)", "KEYS")
         samples = math.ceil(flat.size / self.keys_per_sample)
@@ -238,7 +237,7 @@ class LookupModel(ServedModel):
                 "KEYS",
             )
         flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
-        bounds = np.concatenate([[0], np.cumsum(num)])
+        bounds = [0, *itertools.accumulate(num)]
         parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
         return Work(
             max(1, samples),
