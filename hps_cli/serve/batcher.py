@@ -33,7 +33,6 @@ from .protocol import InferResult
 
 log = logging.getLogger("hps_cli.serve")
 
-GATHER_MAX_S = 0.001  # the longest a batch of concurrent requests waits for company
 
 
 @dataclass
@@ -52,13 +51,12 @@ class BatchStats:
 
 
 class _Item:
-    __slots__ = ("work", "future", "arrival", "gather")
+    __slots__ = ("work", "future", "arrival")
 
     def __init__(self, work: Work, future: asyncio.Future):
         self.work = work
         self.future = future
         self.arrival = time.perf_counter()
-        self.gather = False
 
 
 class Batcher:
@@ -95,8 +93,7 @@ class Batcher:
         self._flush_at: asyncio.Handle | None = None
         self._running: set[asyncio.Task] = set()
         self._closing = False
-        self._last_arrival = 0.0
-        self._execution_s = 0.0  # how long the last batch took
+
 
     @property
     def instances(self) -> int:
@@ -120,11 +117,6 @@ class Batcher:
                 hint="raise --max-queue-size or add capacity",
             )
         item = _Item(work, self._loop.create_future())
-        # Requests arriving faster than a batch executes come from concurrent clients: the
-        # batch gathers for up to one execution time (see _flush). A lone client's requests
-        # arrive further apart than that and never wait.
-        item.gather = item.arrival - self._last_arrival < self._execution_s and not self.delay
-        self._last_arrival = item.arrival
         self._queue.append(item)
         if self._flush_at is None:
             self._flush_at = self._loop.call_soon(self._flush)
@@ -150,14 +142,6 @@ class Batcher:
                 wait = first.arrival + self.delay - time.perf_counter()
                 if wait > 0:
                     self._flush_at = self._loop.call_later(wait, self._flush)
-                    return
-            if first.gather and not full and not self._closing:
-                # gRPC hands calls to the loop one per turn, and timers are coarser than a
-                # lookup: gather by letting the loop turn while the oldest waited less than
-                # one execution (bounded by GATHER_MAX_S).
-                waited = time.perf_counter() - first.arrival
-                if waited < min(self._execution_s, GATHER_MAX_S):
-                    self._flush_at = self._loop.call_soon(self._flush)
                     return
             batch = [self._queue.popleft() for _ in range(count)]
             live = [item for item in batch if not item.future.done()]
@@ -226,7 +210,6 @@ class Batcher:
 
     def _account(self, live: list[_Item], started: float, ok: bool) -> None:
         done = time.perf_counter()
-        self._execution_s = done - started
         stats = self.stats
         samples = sum(item.work.size for item in live)
         stats.executions += 1

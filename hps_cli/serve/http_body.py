@@ -75,8 +75,11 @@ async def read_body(request: web.Request, limits: Limits, json_length: int | Non
         )
     inflater = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
     body = _Body(limits, json_length)
-    deadline = asyncio.get_running_loop().time() + limits.body_timeout_s
     content = request.content
+    if inflater is None and content.is_eof():  # all of it arrived with the head: no waiting
+        body.add(content.read_nowait(-1))
+        return bytes(body.data)
+    deadline = asyncio.get_running_loop().time() + limits.body_timeout_s
     try:
         async with timeout_at(deadline):
             while True:

@@ -49,7 +49,9 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != heads:  # a complete head: its request is being handled
             self._stop_head_timer()
-        elif data and self._head_timer is None and self._waiting_for_head():
+        elif data and self._head_timer is None and not self._request_in_progress:
+            # Bytes while no request is being handled: a head has begun (on a new connection
+            # possibly before aiohttp's reader waits for it). The expiry checks again.
             self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_expired)
 
     def connection_lost(self, exc: BaseException | None) -> None:
