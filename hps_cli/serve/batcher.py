@@ -34,7 +34,6 @@ from .protocol import InferResult
 log = logging.getLogger("hps_cli.serve")
 
 
-
 @dataclass
 class BatchStats:
     """Cumulative counters for the statistics extension (nanoseconds)."""
@@ -93,7 +92,6 @@ class Batcher:
         self._flush_at: asyncio.Handle | None = None
         self._running: set[asyncio.Task] = set()
         self._closing = False
-
 
     @property
     def instances(self) -> int:
