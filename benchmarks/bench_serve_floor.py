@@ -14,7 +14,8 @@ tensors, the Triton HPS backend's KEYS/NUMKEYS), one synchronous client per thre
 up to 4 client processes; the same client code and key sets against both servers. Keys are drawn
 uniformly from the table's keys (every key is in the table: hit rate 100 %, all from the
 volatile tier). Every level runs ``--seconds`` after a warm-up; throughput = requests completed
-in the window / window. A round measures hps and the floor back to back at each (protocol,
+in the window / window; the servers' CPU time (all threads, from /proc) over the requests sent
+gives their CPU per request. A round measures hps and the floor back to back at each (protocol,
 concurrency), alternating which goes first; ratios are per round, medians and ranges reported
 (the machine is shared and noisy; client and servers share its cores).
 
@@ -119,6 +120,7 @@ def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds,
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     counts = [0] * threads
+    extra = [0] * threads  # requests outside the window (warm-up, after the end)
     errors: list[str] = []
 
     def run(index: int) -> None:
@@ -132,6 +134,7 @@ def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds,
                 b.set_data_from_numpy(np.array([[k.size]], np.int32))
                 requests.append([a, b])
             for r, k in zip(requests[:2], keys):  # warm-up, and a check of the vectors
+                extra[index] += 1
                 got = client.infer(MODEL, r).as_numpy("OUTPUT0")
                 if got.size != k.size * dim:
                     raise RuntimeError("wrong output size")
@@ -146,6 +149,8 @@ def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds,
                     raise RuntimeError("wrong output size")
                 if time.time() <= end:
                     counts[index] += 1
+                else:
+                    extra[index] += 1
                 i += 1
         except Exception as exc:  # noqa: BLE001 - reported in the result
             errors.append(f"{type(exc).__name__}: {exc}")
@@ -155,10 +160,16 @@ def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds,
         w.start()
     for w in workers:
         w.join()
-    queue.put({"requests": sum(counts), "errors": errors})
+    queue.put({"requests": sum(counts), "warmup": sum(extra), "errors": errors})
 
 
-def measure(url, protocol, concurrency, keys, dim, seconds, check) -> dict:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url, protocol, concurrency, keys, dim, seconds, check, pid) -> dict:
     ctx = mp.get_context("fork")
     procs_n = min(concurrency, 4)
     per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
@@ -173,12 +184,16 @@ def measure(url, protocol, concurrency, keys, dim, seconds, check) -> dict:
     ]
     for p in procs:
         p.start()
+    cpu_before = cpu_seconds(pid)  # the window and the warm-up around it: CPU per request
     results = [queue.get(timeout=seconds + 300) for _ in procs]
+    cpu = cpu_seconds(pid) - cpu_before
     for p in procs:
         p.join()
     errors = [e for r in results for e in r["errors"]]
+    done = sum(r["requests"] + r["warmup"] for r in results)
     return {
         "requests_per_s": round(sum(r["requests"] for r in results) / seconds, 1),
+        "server_cpu_us_per_request": round(cpu / max(1, done) * 1e6),
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
     }
@@ -225,7 +240,14 @@ def main() -> None:
                     for name in order:
                         url = getattr(servers[name], protocol)
                         got[name] = measure(
-                            url, protocol, c, keys, args.dim, args.seconds, name == "hps"
+                            url,
+                            protocol,
+                            c,
+                            keys,
+                            args.dim,
+                            args.seconds,
+                            name == "hps",
+                            servers[name].proc.pid,
                         )
                     got["ratio"] = round(
                         got["hps"]["requests_per_s"] / got["bare"]["requests_per_s"], 3
@@ -241,11 +263,16 @@ def main() -> None:
             ratios = [r[name]["ratio"] for r in rounds]
             hps = [r[name]["hps"]["requests_per_s"] for r in rounds]
             bare = [r[name]["bare"]["requests_per_s"] for r in rounds]
+            cpu = {
+                s: float(np.median([r[name][s]["server_cpu_us_per_request"] for r in rounds]))
+                for s in ("hps", "bare")
+            }
             summary[name] = {
                 "ratio_median": round(float(np.median(ratios)), 3),
                 "ratio_range": [min(ratios), max(ratios)],
                 "hps_requests_per_s_median": float(np.median(hps)),
                 "bare_requests_per_s_median": float(np.median(bare)),
+                "server_cpu_us_per_request_median": cpu,
             }
         result = {
             "benchmark": "hps serve against a bare server of the same stack",
