@@ -415,3 +415,41 @@ def test_sigterm_finishes_within_the_shutdown_timeout_despite_stalled_clients(co
     channel.close()
     assert code == 0, server.log_text()[-2000:]
     assert elapsed <= 3.5, f"SIGTERM took {elapsed:.2f} s with --shutdown-timeout 3"
+
+
+@pytest.mark.parametrize(
+    "field,values",
+    [
+        ("int64_contents", [1, -1, 2**62, 0]),
+        ("int_contents", [5, -7]),
+        ("fp32_contents", [0.5] * 1000),
+        ("fp64_contents", [1.25] * 17),
+        ("bool_contents", [True, False] * 300),
+        ("uint64_contents", [2**64 - 1]),
+    ],
+)
+def test_the_wire_bound_of_typed_values_is_never_below_their_count(field, values):
+    from hps_cli.serve.grpc_wire import typed_value_bound
+
+    request = service_pb2.ModelInferRequest(model_name="m", id="x" * 50)
+    request.parameters["p"].int64_param = 3
+    for name in ("A", "B"):
+        tensor = request.inputs.add(name=name, datatype="INT64", shape=[1, len(values)])
+        getattr(tensor.contents, field).extend(values)
+    request.raw_input_contents.append(b"\x01" * 100)  # not typed: not counted
+    bound = typed_value_bound(request.SerializeToString())
+    assert 2 * len(values) <= bound <= 2 * len(values) * 10
+    if field in ("fp32_contents", "fp64_contents"):
+        assert bound == 2 * len(values)  # fixed-size values are counted exactly
+
+
+def test_json_value_bound_is_never_below_the_count():
+    from hps_cli.serve.limits import json_element_bound
+
+    rng = np.random.default_rng(5)
+    for _ in range(50):
+        data = rng.integers(-5, 5, rng.integers(0, 40)).tolist()
+        doc = {"inputs": [{"name": "K", "shape": [len(data)], "data": data}], "id": "a,b"}
+        text = json.dumps(doc).encode()
+        values = len(data) + 6  # the list's values, the shape's, and the other leaves
+        assert json_element_bound(text) >= values

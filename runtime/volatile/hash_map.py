@@ -294,18 +294,21 @@ class HashMapTable:
         end = part
         end *= segment
         end += segment
-        window = min(_WINDOW, segment)
+        window = _WINDOW if segment >= _WINDOW else _MIN_SEGMENT  # a multiple of 8 (see below)
         slots = home[:, None] + _WINDOW_OFFSETS[:window]
-        slots -= (slots >= end[:, None]) * segment  # wrap inside the segment
+        np.subtract(slots, segment, out=slots, where=slots >= end[:, None])  # wrap in segment
         pairs = np.take(self._slots, slots, axis=0)
         hit = pairs[:, :, 0] == keys[:, None]
         hit &= pairs[:, :, 1] >= 0
-        first = hit.argmax(axis=1)
-        rows = np.arange(n)
-        np.copyto(found, slots[rows, first], where=hit[rows, first])
-        open_ended = (pairs[:, :, 1] != EMPTY).all(axis=1)
-        open_ended &= found < 0
-        rest = np.flatnonzero(open_ended)
+        at, col = np.nonzero(hit)  # a live key is in one slot: at most one hit per row
+        found[at] = slots[at, col]
+        # Rows whose window holds neither the key nor an empty slot probe on. A row of
+        # `window` booleans is window / 8 machine words: OR them instead of reducing rows.
+        words = (hit | (pairs[:, :, 1] == EMPTY)).view(np.uint64)
+        stop = words[:, 0]
+        for j in range(1, words.shape[1]):
+            stop = stop | words[:, j]
+        rest = np.flatnonzero(stop == 0)
         if rest.size:
             after = slots[rest, -1] + 1
             after[after == end[rest]] -= segment
