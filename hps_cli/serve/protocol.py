@@ -289,6 +289,16 @@ def tensor_from_values(
     """A tensor from a (possibly nested) list of JSON numbers or a protobuf value list."""
     dtype = DATATYPES[datatype]
     count = element_count(shape)
+    if dtype.kind in "iu" and _small_ints(values):  # e.g. NUMKEYS: checked in Python, in µs
+        if len(values) != count:
+            raise invalid(
+                f"data holds {len(values)} values but shape {list(shape)} needs {count}", where
+            )
+        info = np.iinfo(dtype)
+        if values and (min(values) < info.min or max(values) > info.max):
+            low, high = min(values), max(values)
+            raise invalid(f"{datatype} data out of range: values in [{low}, {high}]", where)
+        return Tensor(name, datatype, np.array(values, dtype=dtype).reshape(shape))
     try:
         array = np.array(values)
     except (ValueError, TypeError, OverflowError):
@@ -317,6 +327,13 @@ def tensor_from_values(
         if dtype.kind == "f" and kind == "b":
             raise invalid(f"{datatype} data must be numbers, not true/false", where)
     return Tensor(name, datatype, np.ascontiguousarray(array.astype(dtype)).reshape(shape))
+
+
+def _small_ints(values) -> bool:
+    """A flat list of at most 64 Python ints (not bools)."""
+    return (
+        isinstance(values, list) and len(values) <= 64 and all(type(v) is int for v in values)  # noqa: E721 - bool is an int subclass
+    )
 
 
 def _kind(value: object) -> str:
