@@ -68,7 +68,7 @@ async def _bind_http(app, host: str, port: int, header_timeout_s: float):
         handle_signals=False,
         shutdown_timeout=0.1,
         auto_decompress=False,  # http_body.py inflates within the limits
-        lingering_time=0.0,  # a refused body is not read: the connection closes after the answer
+        lingering_time=1.0,  # a refused body is drained for at most 1 s (the client sees the 413)
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
