@@ -16,7 +16,7 @@ import zlib
 from aiohttp import ClientPayloadError, web
 
 from ..runtime.errors import InvalidInputError
-from .limits import INFLATE_STEP, Limits, json_element_bound, too_many_elements
+from .limits import INFLATE_STEP, INLINE_BYTES, Limits, json_element_bound, too_many_elements
 from .protocol import RequestTimeoutError, RequestTooLargeError, UnsupportedEncodingError
 
 if sys.version_info >= (3, 11):
@@ -24,7 +24,7 @@ if sys.version_info >= (3, 11):
 else:  # aiohttp's own dependency on Python 3.10
     from async_timeout import timeout_at
 
-# zlib's wbits of each supported Content-Encoding (deflate: zlib-wrapped, or raw as some send)
+# zlib's wbits of each supported Content-Encoding (deflate is zlib-wrapped, RFC 9110)
 _WBITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -76,8 +76,8 @@ async def read_body(request: web.Request, limits: Limits, json_length: int | Non
     inflater = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
     body = _Body(limits, json_length)
     content = request.content
-    if inflater is None and content.is_eof():  # all of it arrived with the head: no waiting
-        body.add(content.read_nowait(-1))
+    if inflater is None and content.is_eof() and (declared or 0) <= INLINE_BYTES:
+        body.add(content.read_nowait(-1))  # a small body that came with its head: no waiting
         return bytes(body.data)
     deadline = asyncio.get_running_loop().time() + limits.body_timeout_s
     try:
