@@ -9,6 +9,7 @@ import http.client
 import json
 import multiprocessing
 import socket
+import threading
 import time
 
 import grpc
@@ -453,3 +454,43 @@ def test_json_value_bound_is_never_below_the_count():
         text = json.dumps(doc).encode()
         values = len(data) + 6  # the list's values, the shape's, and the other leaves
         assert json_element_bound(text) >= values
+
+
+def test_slow_inline_batches_move_to_the_worker_thread():
+    """A model allowed to run on the event loop whose batch turns out slow (say, cold RocksDB
+    reads) runs its next batches in a worker thread for a while, so the loop keeps serving."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hps_cli.serve import batcher as batching
+    from hps_cli.serve.models import ServedModel, Work
+    from hps_cli.serve.protocol import InferRequest, InferResult
+
+    class Sleepy(ServedModel):
+        inline_cost = 100
+
+        def __init__(self):
+            super().__init__("sleepy", None, "sleepy", 64)
+            self.threads: list[str] = []
+
+        def prepare(self, request):
+            return Work(1, request, cost=1)
+
+        def execute(self, works):
+            self.threads.append(threading.current_thread().name)
+            time.sleep(batching.INLINE_MAX_S * 1.5 if len(self.threads) == 1 else 0)
+            return [InferResult([]) for _ in works]
+
+    async def run(model):
+        executor = ThreadPoolExecutor(1, thread_name_prefix="worker")
+        b = batching.Batcher(model, executor)
+        for _ in range(3):
+            await b.submit(model.prepare(InferRequest("sleepy")))
+        await b.close()
+        executor.shutdown()
+
+    model = Sleepy()
+    asyncio.run(run(model))
+    main = threading.main_thread().name
+    assert model.threads[0] == main  # inline: on the loop's thread
+    assert all(name.startswith("worker") for name in model.threads[1:]), model.threads

@@ -4,10 +4,11 @@ Modules: ``protocol`` (request/response model, datatypes, validation), ``http_co
 binary tensor bodies), ``limits`` (what one request may make the server read, inflate, parse
 and hold), ``http_body`` (reading HTTP bodies within them), ``http_protocol`` (aiohttp's
 connection handler: head timeout, JSON protocol errors), ``grpc_wire`` (the typed values of a
-gRPC request bounded from the wire format), ``event_loop`` (uvloop when installed), ``models`` (lookup models with the Triton HPS backend contract),
-``inference`` (packages: named inputs -> lookups -> dense SavedModel), ``batcher`` (dynamic
-batching), ``http_app`` (aiohttp), ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus),
-``admin`` (bearer-token endpoints), ``shared_memory`` (Triton's system shared memory
-extension), ``core`` (models, readiness, admin operations), ``runtime_handle`` (an HPS runtime),
-``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
+gRPC request bounded from the wire format), ``event_loop`` (uvloop when installed), ``models``
+(lookup models with the Triton HPS backend contract), ``inference`` (packages: named inputs ->
+lookups -> dense SavedModel), ``batcher`` (dynamic batching), ``http_app`` (aiohttp),
+``grpc_server`` (grpc.aio), ``metrics`` (Prometheus), ``admin`` (bearer-token endpoints),
+``shared_memory`` (Triton's system shared memory extension), ``core`` (models, readiness, admin
+operations), ``runtime_handle`` (an HPS runtime), ``logs`` (JSON logs), ``server`` (start-up,
+readiness, SIGTERM drain). See docs/serve.md.
 """

@@ -12,8 +12,10 @@ Small batches of models that allow it (``ServedModel.inline_cost``: in-process l
 thousand keys, tens to hundreds of µs) run right on the event loop: no thread hop, no GIL
 hand-over, and at concurrency 1 a request costs one extra turn of the loop. Bigger batches, and
 models that wait on I/O (Redis, TensorFlow), run in a worker thread (``model.execute``), so the
-loop keeps serving. The queue is bounded: when ``max_queue_size`` requests wait, new ones are
-refused with UNAVAILABLE (503) at once.
+loop keeps serving. An inline batch that turns out slow (above ``INLINE_MAX_S``: keys read from
+RocksDB on a cold disk, say) sends the model's batches to the worker thread for
+``INLINE_BACKOFF_S``, after which inline execution is tried again. The queue is bounded: when
+``max_queue_size`` requests wait, new ones are refused with UNAVAILABLE (503) at once.
 
 ``close`` refuses new requests, runs every queued one, and waits for running executions.
 """
@@ -32,6 +34,9 @@ from .models import ServedModel, Work
 from .protocol import InferResult
 
 log = logging.getLogger("hps_cli.serve")
+
+INLINE_MAX_S = 0.010  # an inline batch slower than this ...
+INLINE_BACKOFF_S = 1.0  # ... sends the model's batches to the worker thread for this long
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Batcher:
         self._flush_at: asyncio.Handle | None = None
         self._running: set[asyncio.Task] = set()
         self._closing = False
+        self._inline_from = 0.0  # perf_counter time from which batches may run inline again
 
     @property
     def instances(self) -> int:
@@ -145,7 +151,10 @@ class Batcher:
             live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
-            if sum(item.work.cost for item in live) <= self.model.inline_cost:
+            if (
+                sum(item.work.cost for item in live) <= self.model.inline_cost
+                and time.perf_counter() >= self._inline_from
+            ):
                 self._execute_inline(live)
             else:
                 task = self._loop.create_task(self._execute_in_thread(live))
@@ -164,6 +173,9 @@ class Batcher:
             error = _check_count(results, live)
         except Exception as exc:  # every request of the batch gets the error
             results, error = None, exc
+        took = time.perf_counter() - started
+        if took > INLINE_MAX_S:
+            self._inline_from = started + took + INLINE_BACKOFF_S
         self._deliver(live, results, error, started)
 
     async def _execute_in_thread(self, live: list[_Item]) -> None:
