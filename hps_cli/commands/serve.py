@@ -74,10 +74,32 @@ import click
 )
 @click.option(
     "--max-request-bytes",
-    default=64 << 20,
+    default=16 << 20,
     show_default=True,
     type=click.IntRange(1024),
-    help="Largest request body (413 above).",
+    help="Largest request body, after decompression (413 / RESOURCE_EXHAUSTED above).",
+)
+@click.option(
+    "--max-elements",
+    default=1 << 18,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Most values a request may carry as JSON or gRPC typed contents (binary tensors: "
+    "--max-request-bytes only).",
+)
+@click.option(
+    "--header-timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds a request head (HTTP) or a connection handshake (gRPC) may take.",
+)
+@click.option(
+    "--body-timeout",
+    default=30.0,
+    show_default=True,
+    type=click.FloatRange(0.1),
+    help="Seconds an HTTP request body may take to arrive (408 after).",
 )
 @click.option(
     "--admin-token-file",
@@ -96,7 +118,8 @@ import click
     default=30.0,
     show_default=True,
     type=click.FloatRange(0),
-    help="Seconds SIGTERM waits for in-flight requests.",
+    help="Seconds SIGTERM may take in total: in-flight requests get that long less 1 s, "
+    "then the rest are cancelled.",
 )
 @click.option(
     "--access-log",
@@ -121,6 +144,9 @@ def serve_command(
     max_queue_size,
     instances,
     max_request_bytes,
+    max_elements,
+    header_timeout,
+    body_timeout,
     admin_token_file,
     allow_shared_memory,
     shutdown_timeout,
@@ -149,6 +175,7 @@ def serve_command(
     try:
         import aiohttp  # noqa: F401
         import grpc  # noqa: F401
+        import orjson  # noqa: F401
         import prometheus_client  # noqa: F401
         import tritonclient.grpc  # noqa: F401
     except ImportError as exc:
@@ -169,6 +196,9 @@ def serve_command(
         max_queue_size=max_queue_size,
         instances=instances,
         max_request_bytes=max_request_bytes,
+        max_elements=max_elements,
+        header_timeout_s=header_timeout,
+        body_timeout_s=body_timeout,
         admin_token=admin_token_from(admin_token_file),
         shutdown_timeout_s=shutdown_timeout,
         allow_shared_memory=allow_shared_memory,

@@ -1,10 +1,14 @@
 """`hps serve`: a KServe v2 (Triton-compatible) HTTP and gRPC server over the HPS runtime.
 
 Modules: ``protocol`` (request/response model, datatypes, validation), ``http_codec`` (JSON and
-binary tensor bodies), ``models`` (lookup models with the Triton HPS backend contract),
-``inference`` (packages: named inputs -> lookups -> dense SavedModel), ``batcher`` (dynamic
-batching), ``http_app`` (aiohttp), ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus),
-``admin`` (bearer-token endpoints), ``shared_memory`` (Triton's system shared memory
-extension), ``core`` (models, readiness, admin operations), ``served_runtime`` (an HPS runtime),
-``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
+binary tensor bodies), ``limits`` (what one request may make the server read, inflate, parse
+and hold), ``http_body`` (reading HTTP bodies within them), ``http_protocol`` (aiohttp's
+connection handler: head timeout, JSON protocol errors), ``grpc_wire`` (the typed values of a
+gRPC request bounded from the wire format), ``event_loop`` (uvloop when installed), ``models``
+(lookup models with the Triton HPS backend contract), ``inference`` (packages: named inputs ->
+lookups -> dense SavedModel), ``batcher`` (dynamic batching), ``http_app`` (aiohttp),
+``grpc_server`` (grpc.aio), ``metrics`` (Prometheus), ``admin`` (bearer-token endpoints),
+``shared_memory`` (Triton's system shared memory extension), ``core`` (models, readiness, admin
+operations), ``served_runtime`` (an HPS runtime), ``logs`` (JSON logs), ``server`` (start-up,
+readiness, SIGTERM drain). See docs/serve.md.
 """

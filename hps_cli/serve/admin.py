@@ -30,7 +30,8 @@ def check_token(expected: str | None, authorization: str | None) -> None:
             "an admin call needs the header 'Authorization: Bearer <token>'",
             location="Authorization",
         )
-    given = authorization[len("Bearer ") :].strip().encode()
+    # Header values may hold any byte (aiohttp keeps undecodable ones as surrogates).
+    given = authorization[len("Bearer ") :].strip().encode("utf-8", "surrogatepass")
     if not hmac.compare_digest(given, expected.encode()):
         raise UnauthorizedError("wrong bearer token", location="Authorization")
 

@@ -1,15 +1,23 @@
 """Dynamic batching: concurrent requests for a model become one execution.
 
-Each model has a queue and ``instances`` schedulers (Triton's instance count). A scheduler takes
-the oldest request, then keeps adding queued requests while their samples fit in
-``max_batch_size``, waiting at most ``max_queue_delay`` after the oldest request arrived for more
-to come (0: take only what is already queued, Triton's default). The batch runs in a worker
-thread (``model.execute``), so the event loop never blocks; meanwhile new requests queue up and
-form the next batch. A request is never split and a batch never exceeds ``max_batch_size``
-samples (bigger requests were refused by the model's ``prepare``). The queue is bounded: when
+Each model has a queue and runs at most ``instances`` executions at once (Triton's instance
+count). A request is queued and a flush is scheduled for the next turn of the event loop, so
+every request that arrived in the same turn joins it. The flush takes the oldest request, then
+adds queued requests while their samples fit in ``max_batch_size``; with ``max_queue_delay`` > 0
+an incomplete batch waits until its oldest request has waited that long (0: take only what is
+queued, Triton's default). A request is never split and a batch never exceeds
+``max_batch_size`` samples (bigger requests were refused by the model's ``prepare``).
+
+Small batches of models that allow it (``ServedModel.inline_cost``: in-process lookups of a few
+thousand keys, tens to hundreds of µs) run right on the event loop: no thread hop, no GIL
+hand-over, and at concurrency 1 a request costs one extra turn of the loop. Bigger batches, and
+models that wait on I/O (Redis, TensorFlow), run in a worker thread (``model.execute``), so the
+loop keeps serving. An inline batch that turns out slow (above ``INLINE_MAX_S``: keys read from
+RocksDB on a cold disk, say) sends the model's batches to the worker thread for
+``INLINE_BACKOFF_S``, after which inline execution is tried again. The queue is bounded: when
 ``max_queue_size`` requests wait, new ones are refused with UNAVAILABLE (503) at once.
 
-``close`` refuses new requests, lets every queued one run, and waits for the schedulers.
+``close`` refuses new requests, runs every queued one, and waits for running executions.
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from .models import ServedModel, Work
 from .protocol import InferResult
 
 log = logging.getLogger("hps_cli.serve")
+
+INLINE_MAX_S = 0.010  # an inline batch slower than this ...
+INLINE_BACKOFF_S = 1.0  # ... sends the model's batches to the worker thread for this long
 
 
 @dataclass
@@ -53,7 +64,7 @@ class _Item:
 
 
 class Batcher:
-    """The queue and schedulers of one model.
+    """The queue and executions of one model.
 
     Args:
         model: the served model.
@@ -80,19 +91,17 @@ class Batcher:
         self.max_queue_size = max(1, int(max_queue_size))
         self.on_batch = on_batch
         self.stats = BatchStats()
+        self._instances = max(1, int(instances))
+        self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[_Item] = collections.deque()
-        self._arrived = asyncio.Event()
+        self._flush_at: asyncio.Handle | None = None
+        self._running: set[asyncio.Task] = set()
         self._closing = False
-        self._tasks = [
-            asyncio.get_running_loop().create_task(
-                self._schedule(), name=f"batcher-{model.name}-{i}"
-            )
-            for i in range(max(1, int(instances)))
-        ]
+        self._inline_from = 0.0  # perf_counter time from which batches may run inline again
 
     @property
     def instances(self) -> int:
-        return len(self._tasks)
+        return self._instances
 
     @property
     def depth(self) -> int:
@@ -111,84 +120,103 @@ class Batcher:
                 location="model",
                 hint="raise --max-queue-size or add capacity",
             )
-        item = _Item(work, asyncio.get_running_loop().create_future())
+        item = _Item(work, self._loop.create_future())
         self._queue.append(item)
-        self._arrived.set()
+        if self._flush_at is None:
+            self._flush_at = self._loop.call_soon(self._flush)
         return await item.future
 
-    async def _next_batch(self) -> list[_Item] | None:
-        while not self._queue:
-            if self._closing:
-                return None
-            self._arrived.clear()
-            await self._arrived.wait()
-        first = self._queue.popleft()
-        batch, samples = [first], first.work.size
-        deadline = first.arrival + self.delay
+    def _flush(self) -> None:
+        """Start batches while an instance is free and requests are queued."""
+        self._flush_at = None
         limit = self.model.max_batch_size
-        while samples < limit:
-            while self._queue and samples + self._queue[0].work.size <= limit:
-                item = self._queue.popleft()
-                batch.append(item)
+        while self._queue and len(self._running) < self._instances:
+            first = self._queue[0]
+            if first.future.done():  # cancelled by its client
+                self._queue.popleft()
+                continue
+            samples, count = 0, 0
+            for item in self._queue:
+                if samples + item.work.size > limit:
+                    break
                 samples += item.work.size
-            if samples >= limit or (self._queue and samples + self._queue[0].work.size > limit):
-                break
-            wait = deadline - time.perf_counter()
-            if wait <= 0 or self._closing:
-                break
-            self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), wait)
-            except asyncio.TimeoutError:
-                pass
-        if self._queue:
-            self._arrived.set()  # let another scheduler start on what is left
-        return batch
-
-    async def _schedule(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._next_batch()
-            if batch is None:
-                return
-            live = [item for item in batch if not item.future.done()]  # cancelled by clients
+                count += 1
+            full = count < len(self._queue) or samples >= limit
+            if self.delay and not full and not self._closing:
+                wait = first.arrival + self.delay - time.perf_counter()
+                if wait > 0:
+                    self._flush_at = self._loop.call_later(wait, self._flush)
+                    return
+            batch = [self._queue.popleft() for _ in range(count)]
+            live = [item for item in batch if not item.future.done()]
             if not live:
                 continue
-            started = time.perf_counter()
-            results, error = None, None
-            try:
-                results = await loop.run_in_executor(
-                    self.executor, self.model.execute, [item.work for item in live]
+            if (
+                sum(item.work.cost for item in live) <= self.model.inline_cost
+                and time.perf_counter() >= self._inline_from
+            ):
+                self._execute_inline(live)
+            else:
+                task = self._loop.create_task(self._execute_in_thread(live))
+                self._running.add(task)
+                task.add_done_callback(self._finished)
+
+    def _finished(self, task: asyncio.Task) -> None:
+        self._running.discard(task)
+        if self._queue and self._flush_at is None:
+            self._flush_at = self._loop.call_soon(self._flush)
+
+    def _execute_inline(self, live: list[_Item]) -> None:
+        started = time.perf_counter()
+        try:
+            results = self.model.execute([item.work for item in live])
+            error = _check_count(results, live)
+        except Exception as exc:  # every request of the batch gets the error
+            results, error = None, exc
+        took = time.perf_counter() - started
+        if took > INLINE_MAX_S:
+            self._inline_from = started + took + INLINE_BACKOFF_S
+        self._deliver(live, results, error, started)
+
+    async def _execute_in_thread(self, live: list[_Item]) -> None:
+        started = time.perf_counter()
+        results, error = None, None
+        try:
+            results = await self._loop.run_in_executor(
+                self.executor, self.model.execute, [item.work for item in live]
+            )
+            error = _check_count(results, live)
+        except BaseException as exc:  # every request of the batch gets the error
+            error = exc
+            if not isinstance(exc, Exception):
+                self._deliver(live, None, error, started)
+                raise
+        self._deliver(live, results, error, started)
+
+    def _deliver(self, live: list[_Item], results, error, started: float) -> None:
+        if error is not None and not isinstance(error, ServiceUnavailableError):
+            log.warning(
+                "model %s: a batch of %d request(s) failed: %s: %s",
+                self.model.name,
+                len(live),
+                type(error).__name__,
+                error,
+            )
+        for i, item in enumerate(live):
+            if item.future.done():
+                continue
+            if error is None:
+                item.future.set_result(results[i])
+            elif isinstance(error, Exception):
+                item.future.set_exception(error)
+            else:
+                item.future.set_exception(
+                    ServiceUnavailableError("the batch was interrupted", location="model")
                 )
-                if len(results) != len(live):
-                    raise RuntimeError(f"{len(results)} results for {len(live)} requests")
-            except Exception as exc:  # every request of the batch gets the error
-                error = exc
-                if not isinstance(exc, ServiceUnavailableError):
-                    log.warning(
-                        "model %s: a batch of %d request(s) failed: %s: %s",
-                        self.model.name,
-                        len(live),
-                        type(exc).__name__,
-                        exc,
-                    )
-            finally:
-                for i, item in enumerate(live):
-                    if item.future.done():
-                        continue
-                    if error is None and results is not None:
-                        item.future.set_result(results[i])
-                    else:
-                        item.future.set_exception(
-                            error
-                            or ServiceUnavailableError(
-                                "the batch was interrupted", location="model"
-                            )
-                        )
-            try:
-                self._account(live, started, error is None)
-            except Exception:  # statistics must never stop the scheduler
-                log.exception("model %s: accounting failed", self.model.name)
+        try:
+            self._account(live, started, error is None)
+        except Exception:  # statistics must never stop the batcher
+            log.exception("model %s: accounting failed", self.model.name)
 
     def _account(self, live: list[_Item], started: float, ok: bool) -> None:
         done = time.perf_counter()
@@ -211,7 +239,18 @@ class Batcher:
             self.on_batch(self.model.name, len(live), samples)
 
     async def close(self) -> None:
-        """Refuse new requests, run the queued ones, stop the schedulers."""
+        """Refuse new requests, run the queued ones, wait for the running executions."""
         self._closing = True
-        self._arrived.set()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._flush_at is not None:
+            self._flush_at.cancel()
+            self._flush_at = None
+        while self._queue or self._running:
+            self._flush()
+            if self._running:
+                await asyncio.wait(set(self._running))
+
+
+def _check_count(results: list, live: list) -> Exception | None:
+    if results is None or len(results) != len(live):
+        return RuntimeError(f"{0 if results is None else len(results)} results for {len(live)}")
+    return None

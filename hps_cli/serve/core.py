@@ -29,6 +29,7 @@ import numpy as np
 from .. import __version__
 from ..runtime.errors import ConfigError, InvalidInputError, NotFoundError, ServiceUnavailableError
 from .batcher import Batcher
+from .limits import INLINE_BYTES, Limits
 from .logs import event
 from .metrics import Metrics
 from .models import VERSION, LookupModel, ServedModel
@@ -61,7 +62,10 @@ class ServeOptions:
     max_queue_delay_us: int = 0
     max_queue_size: int = 1024
     instances: int = 2
-    max_request_bytes: int = 64 << 20
+    max_request_bytes: int = 16 << 20
+    max_elements: int = 1 << 18
+    header_timeout_s: float = 10.0
+    body_timeout_s: float = 30.0
     admin_token: str | None = None
     shutdown_timeout_s: float = 30.0
     worker_threads: int | None = None
@@ -94,6 +98,23 @@ class ServerCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._admin = asyncio.Lock()
+        self.limits = Limits(
+            max_request_bytes=options.max_request_bytes,
+            max_elements=options.max_elements,
+            header_timeout_s=options.header_timeout_s,
+            body_timeout_s=options.body_timeout_s,
+        )
+        # Decoding big bodies: off the event loop, a bounded number at a time.
+        self._decoder = ThreadPoolExecutor(self.limits.decoders, thread_name_prefix="hps-decode")
+        self._decoding = asyncio.Semaphore(self.limits.decoders)
+
+    async def decode(self, size: int, fn, *args):
+        """``fn(*args)``: on the event loop for bodies up to INLINE_BYTES (a few µs), else in a
+        decoder thread, at most ``limits.decoders`` at once."""
+        if size <= INLINE_BYTES:
+            return fn(*args)
+        async with self._decoding:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, fn, *args)
 
     # ------------------------------------------------------------------ start-up
 
@@ -507,6 +528,8 @@ class ServerCore:
         self.ready = False
         self.draining = True
         self.metrics.ready.set(0)
+        if self._idle.is_set():
+            return True
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
             return True
@@ -523,6 +546,7 @@ class ServerCore:
         if self.runtime is not None:
             await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.close)
         self.executor.shutdown(wait=True)
+        self._decoder.shutdown(wait=True)
         self.shared_memory.close()
 
 

@@ -7,7 +7,10 @@ ModelStatistics, ModelInfer (``raw_input_contents`` or typed ``contents``; outpu
 RepositoryIndex, RepositoryModelLoad, RepositoryModelUnload; with ``--allow-shared-memory``
 SystemSharedMemoryStatus/Register/Unregister. Other RPCs answer UNIMPLEMENTED.
 Errors are gRPC status codes (NOT_FOUND, INVALID_ARGUMENT, UNAVAILABLE, ...) with the same
-messages as over HTTP.
+messages as over HTTP. ModelInfer receives the serialized request: its typed values are bounded
+from the wire format first (grpc_wire.py), then it is decoded on the event loop when small, in
+a decoder thread otherwise (``ServerCore.decode``). A client that cancels or goes away is logged
+at info level (``client_disconnected``) and not counted as an error.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ import time
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .admin import check_token
 from .core import ServerCore
-from .logs import access
+from .grpc_wire import check_typed_values
+from .logs import access, event
 from .protocol import (
     InferRequest,
     RequestedOutput,
@@ -127,6 +132,22 @@ def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) ->
     return request
 
 
+def decode_request(data: bytes, shared_memory=None) -> InferRequest:
+    """A serialized ModelInferRequest, decoded (the size checks were done)."""
+    try:
+        message = service_pb2.ModelInferRequest.FromString(data)
+    except DecodeError:
+        raise invalid("the request is not a valid ModelInferRequest message", "request") from None
+    return parse_request(message, shared_memory)
+
+
+INLINE_ANSWER_BYTES = 256 << 10  # answers up to this are serialized on the event loop
+
+
+def answer_bytes(result) -> int:
+    return sum(t.array.nbytes for t in result.outputs)
+
+
 def _parameter(target: service_pb2.InferParameter, value) -> None:
     if isinstance(value, bool):
         target.bool_param = value
@@ -168,13 +189,19 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: ServerCore):
         self.core = core
 
-    async def _call(self, name: str, context, work, model: str = ""):
-        """Run ``work()``; errors become status codes; access log and metrics."""
+    async def _call(self, name: str, context, work, model: str | dict = ""):
+        """Run ``work()``; errors become status codes; access log and metrics. ``model``: the
+        model name, or a dict whose "model" ``work`` fills in once it has decoded the request."""
         started = time.perf_counter()
         self.core.begin()
         code = "OK"
         try:
             return await work()
+        except asyncio.CancelledError:  # the client cancelled or went away
+            code = "CANCELLED"
+            self.core.metrics.client_disconnects.labels("grpc").inc()
+            event(log, "client_disconnected", protocol="grpc", method=name, peer=context.peer())
+            raise
         except Exception as exc:  # noqa: BLE001 - every RPC gets an answer
             code = grpc_status(exc)
             if code == "INTERNAL":
@@ -183,7 +210,9 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
         finally:
             self.core.end()
             seconds = time.perf_counter() - started
-            if name == "ModelInfer":
+            if isinstance(model, dict):
+                model = model["model"]
+            if name == "ModelInfer" and code != "CANCELLED":
                 self.core.metrics.observe(self.core.model_label(model), "grpc", code, seconds)
             access(
                 protocol="grpc",
@@ -255,18 +284,26 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
         return await self._call("ModelStatistics", context, work, request.name)
 
-    async def ModelInfer(self, request, context):
+    async def ModelInfer(self, request: bytes, context):
+        names = {"model": ""}
+
         async def work():
             self.core.check_ready()
-            parsed = parse_request(request, self.core.shared_memory)
+            check_typed_values(request, self.core.limits.max_elements)
+            parsed = await self.core.decode(
+                len(request), decode_request, request, self.core.shared_memory
+            )
+            names["model"] = parsed.model
             result = await self.core.infer(parsed)
             await self.core.write_shared(parsed, result)
+            if answer_bytes(result) <= INLINE_ANSWER_BYTES:
+                return encode_response(parsed, result)
             # Built and serialized in a worker thread: 8 MiB of vectors never stall the loop.
             return await asyncio.get_running_loop().run_in_executor(
                 self.core.executor, encode_response, parsed, result
             )
 
-        return await self._call("ModelInfer", context, work, request.model_name)
+        return await self._call("ModelInfer", context, work, names)
 
     async def RepositoryIndex(self, request, context):
         async def work():
@@ -332,13 +369,16 @@ def _serialized(response) -> bytes:
 
 def build_server(core: ServerCore) -> grpc.aio.Server:
     """The service's unary RPCs that ``Servicer`` implements (the others answer UNIMPLEMENTED);
-    ModelInfer answers with bytes serialized off the event loop."""
-    limit = core.options.max_request_bytes
+    ModelInfer takes and answers serialized bytes. gRPC refuses messages above the request limit
+    from their length prefix, before it buffers them; a connection must finish its handshake
+    within the header timeout."""
+    limits = core.limits
     server = grpc.aio.server(
         options=[
-            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", -1),
             ("grpc.so_reuseport", 0),
+            ("grpc.server_handshake_timeout_ms", int(limits.header_timeout_s * 1000)),
         ]
     )
     servicer = Servicer(core)
@@ -355,7 +395,8 @@ def build_server(core: ServerCore) -> grpc.aio.Server:
         response_type = getattr(service_pb2, method.output_type.name)
         handlers[method.name] = grpc.unary_unary_rpc_method_handler(
             getattr(servicer, method.name),
-            request_deserializer=request_type.FromString,
+            # ModelInfer decodes its request itself, within the limits.
+            request_deserializer=None if method.name == "ModelInfer" else request_type.FromString,
             response_serializer=_serialized
             if method.name == "ModelInfer"
             else response_type.SerializeToString,

@@ -14,33 +14,46 @@ Endpoints (``[/versions/{v}]`` is optional; the only version is ``1``):
   ``POST /v2/admin/models/{m}/tables/{table}/insert|remove``.
 
 Every error is ``{"error": "<field>: <message>"}`` with Triton's status mapping (protocol.py);
-unknown paths are 404 and wrong methods 405, in the same form. Bodies above the size limit are
-refused with 413 before they are read.
+unknown paths are 404 and wrong methods 405, in the same form, and so are aiohttp's own
+protocol errors (http_protocol.py). Bodies are read within the limits (http_body.py): 413 above
+the size or value limits, 408 when they arrive too slowly, 415 for an unknown Content-Encoding.
+A client that goes away before its answer is logged at info level (``client_disconnected``),
+counted in ``hps_client_disconnects_total``, and is not an error. Responses name the server
+``hps``, without versions.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
+import orjson
 from aiohttp import web
 
 from .admin import check_token, update_tensors
 from .core import ServerCore
-from .http_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request, parse_json
-from .logs import access
-from .protocol import RequestTooLargeError, error_message, http_status, invalid
+from .http_body import ClientGoneError, read_body
+from .http_codec import (
+    HEADER_LENGTH,
+    encode_infer_response,
+    header_length_of,
+    parse_infer_request,
+    parse_json,
+)
+from .http_protocol import SERVER
+from .logs import access, event
+from .protocol import error_message, http_status, invalid
 
 log = logging.getLogger("hps_cli.serve")
 
 _JSON = "application/json"
 WRITE_SLICE = 1 << 20
+JOIN_BYTES = 1 << 20  # binary answers up to this are sent as one body, larger ones streamed
 
 
 def _json(doc: object, status: int = 200) -> web.Response:
     return web.Response(
-        body=json.dumps(doc, separators=(",", ":")).encode(), status=status, content_type=_JSON
+        body=orjson.dumps(doc), status=status, headers={"Server": SERVER, "Content-Type": _JSON}
     )
 
 
@@ -51,8 +64,13 @@ def _error(status: int, message: str) -> web.Response:
     return response
 
 
+def _empty(status: int = 200) -> web.Response:
+    return web.Response(status=status, headers={"Server": SERVER})
+
+
 def build_app(core: ServerCore) -> web.Application:
-    limit = core.options.max_request_bytes
+    limits = core.limits
+    limit = limits.max_request_bytes
 
     @web.middleware
     async def frame(request: web.Request, handler):
@@ -70,6 +88,18 @@ def build_app(core: ServerCore) -> web.Application:
                     413: f"the request body is larger than {limit} bytes",
                 }.get(exc.status, exc.reason)
                 response = _error(exc.status, message)
+            except (ClientGoneError, ConnectionError) as exc:
+                status = "client_disconnected"
+                core.metrics.client_disconnects.labels("http").inc()
+                event(
+                    log,
+                    "client_disconnected",
+                    protocol="http",
+                    path=request.path,
+                    peer=request.remote,
+                    detail=str(exc),
+                )
+                raise ConnectionResetError("client disconnected") from None
             except Exception as exc:  # noqa: BLE001 - the server answers every request
                 status = http_status(exc)
                 if status == 500:
@@ -82,7 +112,7 @@ def build_app(core: ServerCore) -> web.Application:
             core.end()
             seconds = time.perf_counter() - started
             model = request.match_info.get("model", "")
-            if request.path.endswith("/infer"):
+            if request.path.endswith("/infer") and status != "client_disconnected":
                 core.metrics.observe(core.model_label(model), "http", status, seconds)
             access(
                 protocol="http",
@@ -96,19 +126,8 @@ def build_app(core: ServerCore) -> web.Application:
                 peer=request.remote,
             )
 
-    async def read_body(request: web.Request) -> bytes:
-        if request.content_length is not None and request.content_length > limit:
-            raise RequestTooLargeError(
-                f"the body is {request.content_length} bytes; the limit is {limit}",
-                location="Content-Length",
-                hint="raise --max-request-bytes or split the request",
-            )
-        try:
-            return await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            raise RequestTooLargeError(
-                f"the body is larger than the limit of {limit} bytes", location="body"
-            ) from None
+    async def body_of(request: web.Request, json_length: int | None = None) -> bytes:
+        return await read_body(request, limits, json_length)
 
     def model_of(request: web.Request):
         return core.entry(request.match_info["model"], request.match_info.get("version", ""))
@@ -117,17 +136,17 @@ def build_app(core: ServerCore) -> web.Application:
         return _json(core.server_metadata())
 
     async def live(request):
-        return web.Response(status=200)
+        return _empty()
 
     async def ready(request):
-        return web.Response(status=200 if core.ready else 503)
+        return _empty(200 if core.ready else 503)
 
     async def model_metadata(request):
         return _json(model_of(request).model.metadata())
 
     async def model_ready(request):
         entry = model_of(request)
-        return web.Response(status=200 if core.ready and entry else 503)
+        return _empty(200 if core.ready and entry else 503)
 
     async def model_config(request):
         return _json(core.model_config(model_of(request)))
@@ -141,10 +160,13 @@ def build_app(core: ServerCore) -> web.Application:
 
     async def infer(request):
         core.check_ready()
-        body = await read_body(request)
-        req = parse_infer_request(
+        header_length = request.headers.get(HEADER_LENGTH)
+        body = await body_of(request, header_length_of(header_length))
+        req = await core.decode(
+            len(body),
+            parse_infer_request,
             body,
-            request.headers.get(HEADER_LENGTH),
+            header_length,
             request.match_info["model"],
             request.match_info.get("version", ""),
             core.shared_memory,
@@ -153,16 +175,19 @@ def build_app(core: ServerCore) -> web.Application:
         await core.write_shared(req, result)
         header, blobs = encode_infer_response(req.model, req.version, req, result)
         if not blobs:
-            return web.Response(body=header, content_type=_JSON)
+            return web.Response(body=header, headers={"Server": SERVER, "Content-Type": _JSON})
+        size = len(header) + sum(b.nbytes for b in blobs)
+        headers = {
+            "Server": SERVER,
+            HEADER_LENGTH: str(len(header)),
+            "Content-Type": "application/octet-stream",
+        }
+        if size <= JOIN_BYTES:  # one write: cheaper than a stream for small answers
+            return web.Response(body=b"".join([header, *blobs]), headers=headers)
         # Streamed from the output arrays in slices: no copy of the vectors in Python, and
         # the transport never buffers more than one slice.
-        response = web.StreamResponse(
-            headers={
-                HEADER_LENGTH: str(len(header)),
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(len(header) + sum(b.nbytes for b in blobs)),
-            }
-        )
+        headers["Content-Length"] = str(size)
+        response = web.StreamResponse(headers=headers)
         await response.prepare(request)
         try:
             await response.write(header)
@@ -171,7 +196,10 @@ def build_app(core: ServerCore) -> web.Application:
                     await response.write(blob[at : at + WRITE_SLICE])
             await response.write_eof()
         except ConnectionError:  # the client went away mid-response: nothing to answer
-            log.debug("client %s disconnected during a response", request.remote)
+            core.metrics.client_disconnects.labels("http").inc()
+            event(
+                log, "client_disconnected", protocol="http", path=request.path, peer=request.remote
+            )
         return response
 
     def admin(request):
@@ -179,12 +207,12 @@ def build_app(core: ServerCore) -> web.Application:
 
     async def repository_index(request):
         admin(request)
-        await read_body(request)
+        await body_of(request)
         return _json(core.repository_index())
 
     async def load(request):
         admin(request)
-        body = await read_body(request)
+        body = await body_of(request)
         if body.strip():
             doc = parse_json(body)
             if not isinstance(doc, dict):
@@ -194,20 +222,21 @@ def build_app(core: ServerCore) -> web.Application:
                     "load parameters (config overrides, files) are not supported", "parameters"
                 )
         await core.load_model(request.match_info["model"])
-        return web.Response(status=200)
+        return _empty()
 
     async def unload(request):
         admin(request)
-        await read_body(request)
+        await body_of(request)
         await core.unload_model(request.match_info["model"])
-        return web.Response(status=200)
+        return _empty()
 
     async def update(request):
         admin(request)
         operation = request.match_info["operation"]
-        body = await read_body(request)
-        req = parse_infer_request(
-            body, request.headers.get(HEADER_LENGTH), request.match_info["model"]
+        header_length = request.headers.get(HEADER_LENGTH)
+        body = await body_of(request, header_length_of(header_length))
+        req = await core.decode(
+            len(body), parse_infer_request, body, header_length, request.match_info["model"]
         )
         keys, vectors = update_tensors(req, operation)
         count = await core.update_table(
@@ -226,18 +255,18 @@ def build_app(core: ServerCore) -> web.Application:
         return _json(core.shared_memory.status(request.match_info.get("name")))
 
     async def shm_register(request):
-        doc = parse_json(await read_body(request))
+        doc = parse_json(await body_of(request))
         if not isinstance(doc, dict):
             raise invalid("the body must be a JSON object {key, offset, byte_size}", "body")
         core.shared_memory.register(
             request.match_info["name"], doc.get("key"), doc.get("offset", 0), doc.get("byte_size")
         )
-        return web.Response(status=200)
+        return _empty()
 
     async def shm_unregister(request):
-        await read_body(request)
+        await body_of(request)
         core.shared_memory.unregister(request.match_info.get("name"))
-        return web.Response(status=200)
+        return _empty()
 
     app = web.Application(middlewares=[frame], client_max_size=limit)
     routes = [

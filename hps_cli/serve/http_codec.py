@@ -10,7 +10,7 @@ output's ``parameters.binary_data``), which is what tritonclient does by default
 
 from __future__ import annotations
 
-import json
+import orjson
 
 from .protocol import (
     InferRequest,
@@ -29,17 +29,38 @@ from .shared_memory import enabled
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
+MAX_HEADER_DIGITS = 19  # a byte count fits int64
+
+
 def parse_json(data: bytes, where: str = "body") -> object:
+    """KServe JSON is UTF-8 (no BOM sniffing). orjson: integers beyond 64 bits become floats
+    (so an oversized number is an ordinary type error later, never an exception here), NaN and
+    Infinity are refused, nesting is limited to 1024 levels."""
     try:
-        return json.loads(bytes(data).decode("utf-8"))  # KServe JSON is UTF-8 (no BOM sniffing)
-    except UnicodeDecodeError:
-        raise invalid("the JSON header is not UTF-8", where) from None
-    except json.JSONDecodeError as exc:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if "UTF-8" in exc.msg:
+            raise invalid("the JSON header is not UTF-8", where) from None
         raise invalid(
             f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}", where
         ) from None
-    except RecursionError:
-        raise invalid("invalid JSON: nested too deeply", where) from None
+
+
+def header_length_of(value: str | None, body_size: int | None = None) -> int | None:
+    """The ``Inference-Header-Content-Length`` as a number (None when absent)."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > MAX_HEADER_DIGITS:
+        raise invalid(
+            f"must be a non-negative integer of at most {MAX_HEADER_DIGITS} digits, got "
+            f"{value[:40]!r}",
+            HEADER_LENGTH,
+        )
+    length = int(text)
+    if body_size is not None and length > body_size:
+        raise invalid(f"{length} is larger than the body ({body_size} bytes)", HEADER_LENGTH)
+    return length
 
 
 def parse_infer_request(
@@ -50,12 +71,7 @@ def parse_infer_request(
     if header_length is None:
         json_end = len(body)
     else:
-        text = header_length.strip()
-        if not text.isdigit():
-            raise invalid(f"must be a non-negative integer, got {header_length!r}", HEADER_LENGTH)
-        json_end = int(text)
-        if json_end > len(body):
-            raise invalid(f"{json_end} is larger than the body ({len(body)} bytes)", HEADER_LENGTH)
+        json_end = header_length_of(header_length, len(body))
         if json_end == 0:
             raise invalid(
                 "raw binary requests (a header length of 0) are not supported; send "
@@ -214,4 +230,4 @@ def encode_infer_response(
     if result.parameters:
         doc["parameters"] = result.parameters
     doc["outputs"] = outputs
-    return json.dumps(doc, separators=(",", ":")).encode(), blobs
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY), blobs

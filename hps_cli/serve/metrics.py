@@ -7,6 +7,8 @@ Request side (updated by the HTTP and gRPC front ends and the batchers):
 - ``hps_request_duration_seconds{model, protocol}``: latency histogram, receipt to answer;
 - ``hps_queue_depth{model}``: requests waiting in the batcher;
 - ``hps_batch_requests{model}`` / ``hps_batch_samples{model}``: sizes of executed batches;
+- ``hps_client_disconnects_total{protocol}``: requests whose client went away before the
+  answer (not counted in ``hps_requests_total``);
 - ``hps_ready``: 1 when the server is ready; ``hps_inflight_requests``: requests being
   answered.
 
@@ -105,6 +107,12 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.client_disconnects = Counter(
+            "hps_client_disconnects",
+            "Requests whose client went away before the answer (not errors)",
+            ["protocol"],
+            registry=self.registry,
+        )
         self.ready = Gauge("hps_ready", "1 when the server is ready", registry=self.registry)
         self.inflight = Gauge(
             "hps_inflight_requests",
@@ -113,11 +121,20 @@ class Metrics:
         )
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
+        self._children: dict = {}
 
     def observe(self, model: str, protocol: str, code: str | int, seconds: float) -> None:
-        self.requests.labels(model, protocol, str(code)).inc()
-        if model != "_unknown":
-            self.latency.labels(model, protocol).observe(seconds)
+        key = (model, protocol, code)
+        children = self._children.get(key)
+        if children is None:  # labels() takes a lock and builds tuples: once per label set
+            latency = self.latency.labels(model, protocol) if model != "_unknown" else None
+            children = self._children[key] = (
+                self.requests.labels(model, protocol, str(code)),
+                latency,
+            )
+        children[0].inc()
+        if children[1] is not None:
+            children[1].observe(seconds)
 
     def on_batch(self, model: str, requests: int, samples: int) -> None:
         self.batch_requests.labels(model).observe(requests)
@@ -127,6 +144,7 @@ class Metrics:
         self.queue_depth.labels(model).set_function(depth)
 
     def forget(self, model: str) -> None:
+        self._children = {k: v for k, v in self._children.items() if k[0] != model}
         for metric in (self.queue_depth, self.batch_requests, self.batch_samples):
             try:
                 metric.remove(model)

@@ -18,6 +18,7 @@ coalesced (batcher.py) into one ``lookup_tables`` call per batch.
 
 from __future__ import annotations
 
+import itertools
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -29,6 +30,7 @@ from .protocol import CONFIG_TYPES, InferRequest, InferResult, Tensor, invalid
 
 VERSION = "1"
 UINT32_MAX = 2**32 - 1
+INLINE_KEYS = 4096  # lookup batches of up to this many keys run on the event loop
 
 
 @dataclass(frozen=True)
@@ -54,11 +56,13 @@ class TensorSpec:
 
 @dataclass
 class Work:
-    """A validated request: ``size`` samples (what max_batch_size bounds)."""
+    """A validated request: ``size`` samples (what max_batch_size bounds) and ``cost`` (what
+    ``ServedModel.inline_cost`` bounds: keys, for lookup models)."""
 
     size: int
     request: InferRequest
     data: dict = field(default_factory=dict)
+    cost: int = 0
 
 
 class ServedModel(ABC):
@@ -70,12 +74,15 @@ class ServedModel(ABC):
         config_max_batch_size: what the model config reports (0 when the inputs have no
             common batch dimension, as Triton requires).
         runtime: the ``ServedRuntime`` whose tables it reads; hps_model: the ps.json model.
+        inline_cost: batches whose works cost at most this run on the event loop (batcher.py);
+            0: always in a worker thread.
     """
 
     kind = "model"
     platform = ""
     backend = ""
     version = VERSION
+    inline_cost = 0
 
     def __init__(self, name: str, runtime, hps_model: str, max_batch_size: int):
         self.name = name
@@ -186,6 +193,10 @@ class LookupModel(ServedModel):
             TensorSpec("NUMKEYS", "INT32", (-1, -1)),
         ]
         self.outputs = [TensorSpec("OUTPUT0", "FP32", (-1, -1))]
+        # In-process tiers answer a few thousand keys in well under a millisecond: cheaper on
+        # the event loop than a thread hop. A Redis tier waits on the network: never inline.
+        if runtime.config.volatile_db.type != "redis_cluster":
+            self.inline_cost = INLINE_KEYS
 
     def parameters(self) -> dict:
         cfg = self.model_config
@@ -204,19 +215,17 @@ class LookupModel(ServedModel):
         counts = self.check_datatype(request, self.inputs[1])
         batched = _check_row(keys, "KEYS", "[1, total] or [total]")
         _check_row(counts, "NUMKEYS", f"[1, {self.num_tables}] or [{self.num_tables}]")
-        num = counts.array.reshape(-1).astype(np.int64)
-        if num.size != self.num_tables:
+        num = counts.array.reshape(-1).tolist()  # a few Python ints: cheaper than NumPy calls
+        if len(num) != self.num_tables:
             raise invalid(
-                f"holds {num.size} counts but model '{self.name}' has {self.num_tables} table(s)",
+                f"holds {len(num)} counts but model '{self.name}' has {self.num_tables} table(s)",
                 "NUMKEYS",
             )
-        if num.size and num.min() < 0:
-            raise invalid(f"counts must be non-negative, got {num.tolist()}", "NUMKEYS")
+        if num and min(num) < 0:
+            raise invalid(f"counts must be non-negative, got {num}", "NUMKEYS")
         flat = keys.array.reshape(-1)
-        if int(num.sum()) != flat.size:
-            raise invalid(
-                f"counts sum to {int(num.sum())} but KEYS holds {flat.size} keys", "NUMKEYS"
-            )
+        if sum(num) != flat.size:
+            raise invalid(f"counts sum to {sum(num)} but KEYS holds {flat.size} keys", "NUMKEYS")
         if self.uint32_keys and flat.size and (flat.min() < 0 or flat.max() > UINT32_MAX):
             raise invalid("keys must fit uint32 (supportlonglong is false in the config)", "KEYS")
         samples = math.ceil(flat.size / self.keys_per_sample)
@@ -228,10 +237,13 @@ class LookupModel(ServedModel):
                 "KEYS",
             )
         flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
-        bounds = np.concatenate([[0], np.cumsum(num)])
+        bounds = [0, *itertools.accumulate(num)]
         parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
         return Work(
-            max(1, samples), request, {"keys": parts, "batched": batched, "samples": samples}
+            max(1, samples),
+            request,
+            {"keys": parts, "batched": batched, "samples": samples},
+            cost=flat.size,
         )
 
     def execute(self, works: list[Work]) -> list[InferResult]:

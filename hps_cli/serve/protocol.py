@@ -77,6 +77,14 @@ class RequestTooLargeError(InvalidInputError):
     """The request body is larger than the server's limit (HTTP 413)."""
 
 
+class RequestTimeoutError(InvalidInputError):
+    """The request did not arrive within the server's read timeouts (HTTP 408)."""
+
+
+class UnsupportedEncodingError(InvalidInputError):
+    """The body's Content-Encoding is not one the server inflates (HTTP 415)."""
+
+
 class UnauthorizedError(InvalidInputError):
     """An admin endpoint was called without the right bearer token (HTTP 401)."""
 
@@ -89,6 +97,10 @@ def http_status(exc: BaseException) -> int:
     """The HTTP status of an error, as Triton maps its own (anything unexpected: 500)."""
     if isinstance(exc, RequestTooLargeError):
         return 413
+    if isinstance(exc, RequestTimeoutError):
+        return 408
+    if isinstance(exc, UnsupportedEncodingError):
+        return 415
     if isinstance(exc, UnauthorizedError):
         return 401
     if isinstance(exc, ForbiddenError):
@@ -106,6 +118,8 @@ def grpc_status(exc: BaseException) -> str:
     """The name of the ``grpc.StatusCode`` of an error."""
     return {
         413: "RESOURCE_EXHAUSTED",
+        408: "DEADLINE_EXCEEDED",
+        415: "INVALID_ARGUMENT",
         401: "UNAUTHENTICATED",
         403: "PERMISSION_DENIED",
         404: "NOT_FOUND",
@@ -275,6 +289,16 @@ def tensor_from_values(
     """A tensor from a (possibly nested) list of JSON numbers or a protobuf value list."""
     dtype = DATATYPES[datatype]
     count = element_count(shape)
+    if dtype.kind in "iu" and _small_ints(values):  # e.g. NUMKEYS: checked in Python, in µs
+        if len(values) != count:
+            raise invalid(
+                f"data holds {len(values)} values but shape {list(shape)} needs {count}", where
+            )
+        info = np.iinfo(dtype)
+        if values and (min(values) < info.min or max(values) > info.max):
+            low, high = min(values), max(values)
+            raise invalid(f"{datatype} data out of range: values in [{low}, {high}]", where)
+        return Tensor(name, datatype, np.array(values, dtype=dtype).reshape(shape))
     try:
         array = np.array(values)
     except (ValueError, TypeError, OverflowError):
@@ -303,6 +327,13 @@ def tensor_from_values(
         if dtype.kind == "f" and kind == "b":
             raise invalid(f"{datatype} data must be numbers, not true/false", where)
     return Tensor(name, datatype, np.ascontiguousarray(array.astype(dtype)).reshape(shape))
+
+
+def _small_ints(values) -> bool:
+    """A flat list of at most 64 Python ints (not bools)."""
+    return (
+        isinstance(values, list) and len(values) <= 64 and all(type(v) is int for v in values)  # noqa: E721 - bool is an int subclass
+    )
 
 
 def _kind(value: object) -> str:

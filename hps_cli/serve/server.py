@@ -7,7 +7,11 @@
    inference models, run one warm-up request through each; then ready (the ``ready`` log event
    carries the bound ports).
 4. SIGTERM / SIGINT: not ready any more, stop accepting connections, let in-flight requests
-   finish (up to ``shutdown_timeout_s``), run what the batchers hold, close the runtimes.
+   finish, run what the batchers hold, close the runtimes; all of it within
+   ``shutdown_timeout_s`` (plus at most ``CLOSE_RESERVE_S`` when that is shorter): requests
+   still running at the deadline, stalled clients included, are cancelled.
+
+The event loop is uvloop's when it is installed (event_loop.py).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import signal
 
 from ..runtime.errors import InvalidInputError
 from .core import ServeOptions, ServerCore
+from .event_loop import run
 from .logs import event
 
 log = logging.getLogger("hps_cli.serve")
@@ -45,14 +50,26 @@ def serve(options: ServeOptions) -> None:
             f"loopback --host, not {options.host}",
             location="--allow-shared-memory",
         )
-    asyncio.run(_main(options))
+    run(_main(options))
 
 
-async def _bind_http(app, host: str, port: int, shutdown_timeout: float):
+CLOSE_RESERVE_S = 1.0  # of the shutdown timeout, kept for cancelling and closing
+
+
+async def _bind_http(app, host: str, port: int, header_timeout_s: float):
     from aiohttp import web
 
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout
+    from .http_protocol import GuardedRunner
+
+    # Requests still running when SIGTERM's drain ends are cancelled at once (the drain waited).
+    runner = GuardedRunner(
+        app,
+        header_timeout_s=header_timeout_s,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=0.1,
+        auto_decompress=False,  # http_body.py inflates within the limits
+        lingering_time=1.0,  # a refused body is drained for at most 1 s (the client sees the 413)
     )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
@@ -89,7 +106,7 @@ async def _main(options: ServeOptions) -> None:
     runner = grpc_server = None
     try:
         runner, http_port = await _bind_http(
-            build_app(core), options.host, options.http_port, options.shutdown_timeout_s
+            build_app(core), options.host, options.http_port, options.header_timeout_s
         )
         grpc_server = build_server(core)
         try:
@@ -154,21 +171,29 @@ async def _main(options: ServeOptions) -> None:
 
 
 async def _shutdown(core: ServerCore, runner, grpc_server, timeout: float) -> None:
-    """Stop listening, let in-flight requests finish, then close everything."""
+    """Stop listening, let in-flight requests finish until the deadline, then cancel what is
+    left and close everything."""
+    loop = asyncio.get_running_loop()
+    drain_s = max(0.0, timeout - CLOSE_RESERVE_S)
     if runner is not None:
         for site in list(runner.sites):
             await site.stop()  # no new connections; open ones finish their requests
     grpc_stop = None
     if grpc_server is not None:
-        grpc_stop = asyncio.ensure_future(grpc_server.stop(timeout))
-    drained = await core.drain(timeout)
+        grpc_stop = asyncio.ensure_future(grpc_server.stop(drain_s))  # then cancels the RPCs
+    started = loop.time()
+    drained = await core.drain(drain_s)
     if not drained:
         event(log, "drain_timeout", logging.WARNING, inflight=core._inflight)
+    if runner is not None:
+        await runner.cleanup()  # cancels HTTP requests still running (stalled bodies included)
     if grpc_stop is not None:
         await grpc_stop
-    if runner is not None:
-        await runner.cleanup()
-    await core.close()
+    left = max(0.1, drain_s + CLOSE_RESERVE_S - (loop.time() - started))
+    try:
+        await asyncio.wait_for(core.close(), left)
+    except asyncio.TimeoutError:
+        event(log, "close_timeout", logging.WARNING)
     core.metrics.stop()
 
 

@@ -44,6 +44,8 @@ _GROW_LOAD = 0.45  # load right after a rebuild
 _ROW_GROWTH = 1.25
 _MIN_SEGMENT = 8
 _UNLIMITED = 2**63 - 1
+_WINDOW = 16  # slots _find reads from each key's home in one gather
+_WINDOW_OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 
 
 def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -278,18 +280,48 @@ class HashMapTable:
         return self._partition_and_home(self._check_keys(keys), self._segment)[0]
 
     def _find(self, keys: np.ndarray) -> np.ndarray:
-        """Slot of each key, or -1 when absent."""
+        """Slot of each key, or -1 when absent.
+
+        First one gather of ``_WINDOW`` slots from each key's home (a live key never sits
+        behind an empty slot of its probe sequence, so a hit anywhere in the window is the
+        key, and an empty slot before any hit means absent); keys whose window is all occupied
+        and holds no hit go on probing one slot per round. At loads up to 70 % that is a few
+        keys in a thousand: a batch costs a dozen NumPy calls instead of a dozen per round."""
         n = keys.size
         found = np.full(n, -1, dtype=np.int64)
         if not n or not self._live.any():
             return found
         segment = self._segment
-        part, slot = self._partition_and_home(keys, segment)
+        part, home = self._partition_and_home(keys, segment)
         end = part
         end *= segment
         end += segment
-        index = None  # positions in `keys` still probing (None: all)
-        wanted = keys
+        window = _WINDOW if segment >= _WINDOW else _MIN_SEGMENT  # a multiple of 8 (see below)
+        slots = home[:, None] + _WINDOW_OFFSETS[:window]
+        np.subtract(slots, segment, out=slots, where=slots >= end[:, None])  # wrap in segment
+        pairs = np.take(self._slots, slots, axis=0)
+        hit = pairs[:, :, 0] == keys[:, None]
+        hit &= pairs[:, :, 1] >= 0
+        at, col = np.nonzero(hit)  # a live key is in one slot: at most one hit per row
+        found[at] = slots[at, col]
+        # Rows whose window holds neither the key nor an empty slot probe on. A row of
+        # `window` booleans is window / 8 machine words: OR them instead of reducing rows.
+        words = (hit | (pairs[:, :, 1] == EMPTY)).view(np.uint64)
+        stop = words[:, 0]
+        for j in range(1, words.shape[1]):
+            stop = stop | words[:, j]
+        rest = np.flatnonzero(stop == 0)
+        if rest.size:
+            after = slots[rest, -1] + 1
+            after[after == end[rest]] -= segment
+            found[rest] = self._probe(keys[rest], after, end[rest])
+        return found
+
+    def _probe(self, wanted: np.ndarray, slot: np.ndarray, end: np.ndarray) -> np.ndarray:
+        """Linear probing from ``slot`` (inside segments ending at ``end``), one slot a round."""
+        segment = self._segment
+        found = np.full(wanted.size, -1, dtype=np.int64)
+        index = None  # positions in `wanted` still probing (None: all)
         table = self._slots
         while True:
             pairs = np.take(table, slot, axis=0)

@@ -1,0 +1,306 @@
+"""Benchmark: `hps serve` lookups against a bare server of the same stack, in the same run.
+
+    python benchmarks/bench_serve_floor.py --keys 100000 --dim 16 --per-request 128 --rounds 5
+
+hps: one lookup model over a synthetic table (``--keys`` rows of dim ``--dim``, CPU tiers:
+``parallel_hash_map`` holding every row + ``rocks_db``, no embedding cache), a real `hps serve`
+child process with default options. Floor: ``_bare_kserve.py``, a minimal aiohttp app and a
+minimal grpc.aio server on the same event loop (uvloop when installed, as hps serve), answering
+each infer request with a canned binary KServe response of the same size (FP32
+``[1, per_request * dim]``) without parsing it.
+
+Clients: stock tritonclient (HTTP: ``tritonclient.http``, gRPC: ``tritonclient.grpc``, binary
+tensors, the Triton HPS backend's KEYS/NUMKEYS), one synchronous client per thread, threads over
+up to 4 client processes; the same client code and key sets against both servers. Keys are drawn
+uniformly from the table's keys (every key is in the table: hit rate 100 %, all from the
+volatile tier). Every level runs ``--seconds`` after a warm-up; throughput = requests completed
+in the window / window; the servers' CPU time (all threads, from /proc) over the requests sent
+gives their CPU per request. A round measures hps and the floor back to back at each (protocol,
+concurrency), alternating which goes first; ratios are per round, medians and ranges reported
+(the machine is shared and noisy; client and servers share its cores).
+
+Prints one JSON document (also written to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+MODEL = "emb"
+HERE = Path(__file__).resolve().parent
+
+
+def make_config(work: Path, keys: int, dim: int) -> Path:
+    from hps_cli.runtime.table.synthetic import write_synthetic_table
+
+    table = work / "table"
+    if not (table / "key").is_file():
+        write_synthetic_table(table, keys, dim, shuffle=True)
+    doc = {
+        "supportlonglong": True,
+        "volatile_db": {"type": "parallel_hash_map", "num_partitions": 16},
+        "persistent_db": {"type": "rocks_db", "path": str(work / "db")},
+        "models": [
+            {
+                "model": MODEL,
+                "sparse_files": [str(table)],
+                "embedding_table_names": ["t"],
+                "embedding_vecsize_per_table": [dim],
+                "maxnum_catfeature_query_per_table_per_sample": [1],
+                "default_value_for_each_table": [0.0],
+                "deployed_device_list": [0],
+                "max_batch_size": 65536,
+                "gpucache": False,
+            }
+        ],
+    }
+    path = work / "ps.json"
+    path.write_text(json.dumps(doc, indent=1))
+    return path
+
+
+class Child:
+    """A server child process and its ports."""
+
+    def __init__(self, cmd: list[str], log: Path, ready):
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            for line in log.read_text(errors="replace").splitlines():
+                ports = ready(line)
+                if ports:
+                    self.http, self.grpc = (f"127.0.0.1:{p}" for p in ports)
+                    return
+            if self.proc.poll() is not None:
+                raise RuntimeError(log.read_text()[-3000:])
+            time.sleep(0.1)
+        raise RuntimeError(f"{cmd} was not ready in time")
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=120)
+
+
+def _hps_ready(line: str):
+    if '"event": "ready"' in line:
+        doc = json.loads(line)
+        return doc["http_port"], doc["grpc_port"]
+    return None
+
+
+def _bare_ready(line: str):
+    if line.startswith('{"http_port"'):
+        doc = json.loads(line)
+        return doc["http_port"], doc["grpc_port"]
+    return None
+
+
+def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds, queue):
+    if protocol == "http":
+        import tritonclient.http as module
+    else:
+        import tritonclient.grpc as module
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    counts = [0] * threads
+    extra = [0] * threads  # requests outside the window (warm-up, after the end)
+    errors: list[str] = []
+
+    def run(index: int) -> None:
+        try:
+            client = module.InferenceServerClient(url)
+            requests = []
+            for k in keys:
+                a = module.InferInput("KEYS", [1, k.size], "INT64")
+                a.set_data_from_numpy(k.reshape(1, -1))
+                b = module.InferInput("NUMKEYS", [1, 1], "INT32")
+                b.set_data_from_numpy(np.array([[k.size]], np.int32))
+                requests.append([a, b])
+            for r, k in zip(requests[:2], keys):  # warm-up, and a check of the vectors
+                extra[index] += 1
+                got = client.infer(MODEL, r).as_numpy("OUTPUT0")
+                if got.size != k.size * dim:
+                    raise RuntimeError("wrong output size")
+                if check and not np.array_equal(got.reshape(-1), synthetic_vectors(k, dim).ravel()):
+                    raise RuntimeError("wrong vectors")
+            while time.time() < start_at:
+                time.sleep(0.001)
+            end, i = start_at + seconds, index
+            while time.time() < end:
+                got = client.infer(MODEL, requests[i % len(requests)]).as_numpy("OUTPUT0")
+                if got.size != keys[0].size * dim:
+                    raise RuntimeError("wrong output size")
+                if time.time() <= end:
+                    counts[index] += 1
+                else:
+                    extra[index] += 1
+                i += 1
+        except Exception as exc:  # noqa: BLE001 - reported in the result
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    workers = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    queue.put({"requests": sum(counts), "warmup": sum(extra), "errors": errors})
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (all its threads)."""
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(url, protocol, concurrency, keys, dim, seconds, check, pid) -> dict:
+    ctx = mp.get_context("fork")
+    procs_n = min(concurrency, 4)
+    per = [concurrency // procs_n + (1 if i < concurrency % procs_n else 0) for i in range(procs_n)]
+    queue = ctx.Queue()
+    start_at = time.time() + 2.0 + 0.1 * concurrency
+    args = (url, protocol)
+    procs = [
+        ctx.Process(
+            target=_client_process, args=(*args, n, keys, dim, check, start_at, seconds, queue)
+        )
+        for n in per
+    ]
+    for p in procs:
+        p.start()
+    cpu_before = cpu_seconds(pid)  # the window and the warm-up around it: CPU per request
+    results = [queue.get(timeout=seconds + 300) for _ in procs]
+    cpu = cpu_seconds(pid) - cpu_before
+    for p in procs:
+        p.join()
+    errors = [e for r in results for e in r["errors"]]
+    done = sum(r["requests"] + r["warmup"] for r in results)
+    return {
+        "requests_per_s": round(sum(r["requests"] for r in results) / seconds, 1),
+        "server_cpu_us_per_request": round(cpu / max(1, done) * 1e6),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--keys", type=int, default=100_000, help="rows of the table")
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--per-request", type=int, default=128, help="keys per request")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measurement window per level")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--concurrency", default="1,16")
+    ap.add_argument("--protocols", default="http,grpc")
+    ap.add_argument("--server-args", default="", help="extra hps serve options")
+    ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
+    ap.add_argument("--out", type=Path, help="also write the JSON result here")
+    args = ap.parse_args()
+
+    own = args.work is None
+    work = Path(tempfile.mkdtemp(prefix="hps-bench-floor-")) if own else args.work
+    work.mkdir(parents=True, exist_ok=True)
+    levels = [(p, int(c)) for p in args.protocols.split(",") for c in args.concurrency.split(",")]
+    try:
+        config = make_config(work, args.keys, args.dim)
+        hps_cmd = [sys.executable, "-m", "hps_cli", "serve", "--config", str(config)]
+        hps_cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
+        hps_cmd += ["--access-log", "off", *args.server_args.split()]
+        bare_cmd = [sys.executable, str(HERE / "_bare_kserve.py")]
+        bare_cmd += ["--floats", str(args.per_request * args.dim)]
+        servers = {
+            "hps": Child(hps_cmd, work / "hps.log", _hps_ready),
+            "bare": Child(bare_cmd, work / "bare.log", _bare_ready),
+        }
+        rng = np.random.default_rng(1)
+        keys = [rng.integers(0, args.keys, args.per_request, dtype=np.int64) for _ in range(64)]
+        rounds = []
+        try:
+            for r in range(args.rounds):
+                order = ("hps", "bare") if r % 2 == 0 else ("bare", "hps")
+                this = {}
+                for protocol, c in levels:
+                    got = {}
+                    for name in order:
+                        url = getattr(servers[name], protocol)
+                        got[name] = measure(
+                            url,
+                            protocol,
+                            c,
+                            keys,
+                            args.dim,
+                            args.seconds,
+                            name == "hps",
+                            servers[name].proc.pid,
+                        )
+                    got["ratio"] = round(
+                        got["hps"]["requests_per_s"] / got["bare"]["requests_per_s"], 3
+                    )
+                    this[f"{protocol} c={c}"] = got
+                    print(json.dumps({"round": r, f"{protocol} c={c}": got}), file=sys.stderr)
+                rounds.append(this)
+        finally:
+            codes = {name: server.stop() for name, server in servers.items()}
+        summary = {}
+        for protocol, c in levels:
+            name = f"{protocol} c={c}"
+            ratios = [r[name]["ratio"] for r in rounds]
+            hps = [r[name]["hps"]["requests_per_s"] for r in rounds]
+            bare = [r[name]["bare"]["requests_per_s"] for r in rounds]
+            cpu = {
+                s: float(np.median([r[name][s]["server_cpu_us_per_request"] for r in rounds]))
+                for s in ("hps", "bare")
+            }
+            summary[name] = {
+                "ratio_median": round(float(np.median(ratios)), 3),
+                "ratio_range": [min(ratios), max(ratios)],
+                "hps_requests_per_s_median": float(np.median(hps)),
+                "bare_requests_per_s_median": float(np.median(bare)),
+                "server_cpu_us_per_request_median": cpu,
+            }
+        result = {
+            "benchmark": "hps serve against a bare server of the same stack",
+            "date": date.today().isoformat(),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
+            "table": {"keys": args.keys, "dim": args.dim, "per_request": args.per_request},
+            "keys": "uniform over the table's keys, hit rate 100 % (volatile tier)",
+            "event_loop": "uvloop" if _uses_uvloop() else "asyncio",
+            "summary": summary,
+            "rounds": rounds,
+            "exit_codes": codes,
+            "errors": sum(r[n][s]["errors"] for r in rounds for n in r for s in ("hps", "bare")),
+        }
+        text = json.dumps(result, indent=2)
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+    finally:
+        if own:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _uses_uvloop() -> bool:
+    from hps_cli.serve.event_loop import uses_uvloop
+
+    return uses_uvloop()
+
+
+if __name__ == "__main__":
+    main()
