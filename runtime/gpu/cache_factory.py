@@ -5,8 +5,10 @@ table, start-up asks this factory for a front cache (one per device: lookups are
 device id). The cache type follows ``embedding_cache_type`` (``use_static_table`` forces
 static):
 
-- ``dynamic``: ``floor(gpucacheper × rows)`` slots (at least 64) in front of the CPU tiers,
-  prefilled at start-up when ``init_ec`` (hottest rows first by ``meta``, else file order);
+- ``dynamic``: room for ``ceil(gpucacheper × rows)`` rows (at least 64; 3 % more slots) in
+  front of the CPU tiers, prefilled at start-up when ``init_ec`` (the hottest rows by ``meta``,
+  else the first in file order). Without a usable GPU no dynamic cache is built (one warning):
+  the CPU tiers serve the table (backend_choice.py);
 - ``static``: the whole table on the GPU (in pinned host memory with ``enable_pagelock``);
 - ``uvm``: the first ``gpucacheper`` of the file on the GPU, the rest in pinned host memory;
 - ``stochastic``: parsed by HPS but not implemented there (it behaves like dynamic); same here.
@@ -46,6 +48,7 @@ class EmbeddingCacheFactory:
 
     def __init__(self, *, prefill: bool = True):
         self.prefill = prefill
+        self._warned_no_gpu = False
         self._inserter: AsyncInserter | None = None
         self.caches: list[EmbeddingCache] = []
 
@@ -67,7 +70,10 @@ class EmbeddingCacheFactory:
                 hint="set fp8_quant to false",
             )
         if model.cache_type in ("dynamic", "stochastic"):
-            cache: EmbeddingCache = self._dynamic(model, table_id, device_id, tiers)
+            dynamic = self._dynamic(model, table_id, device_id, tiers)
+            if dynamic is None:
+                return None
+            cache: EmbeddingCache = dynamic
         else:
             cache = self._indexed(model, table_id, device_id)
         self.caches.append(cache)
@@ -75,11 +81,14 @@ class EmbeddingCacheFactory:
 
     def _dynamic(
         self, model: ModelConfig, table_id: int, device_id: int, tiers: TableTiers
-    ) -> DynamicEmbeddingCache:
+    ) -> DynamicEmbeddingCache | None:
         dim = model.embedding_vecsize_per_table[table_id]
         name = f"{model.model}.{model.table_name(table_id)}@{device_id}"
         with TableReader(model.table_path(table_id), dim) as reader:
             backend = dynamic_backend(device_id, reader.num_keys, model.gpucacheper, dim)
+            if backend is None:
+                self._warn_no_gpu()
+                return None
             cache = DynamicEmbeddingCache(
                 backend,
                 fetch=tiers.fetch,
@@ -100,6 +109,15 @@ class EmbeddingCacheFactory:
         if model.refresh_interval > 0:
             cache.start_refresh(model.refresh_delay, model.refresh_interval)
         return cache
+
+    def _warn_no_gpu(self) -> None:
+        if not self._warned_no_gpu:
+            self._warned_no_gpu = True
+            log.warning(
+                "no usable GPU (no CUDA device or no PyCUDA): tables with gpucache are served "
+                "from the CPU tiers, without an embedding cache (HPS_CACHE_BACKEND=reference "
+                "builds the cache's NumPy reference instead)"
+            )
 
     def _indexed(self, model: ModelConfig, table_id: int, device_id: int) -> IndexedEmbeddingCache:
         dim = model.embedding_vecsize_per_table[table_id]
