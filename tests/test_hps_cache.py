@@ -116,6 +116,7 @@ def test_hit_rate_threshold_async_returns_defaults_then_values(tmp_path, tables,
     with hps:
         warm = np.arange(100, dtype=np.int64)
         hps.lookup(warm, "m", "users")  # nothing cached: hit rate 0 < 0.5, synchronous
+        factory.flush()  # its rows go into the cache in the background
         keys = np.concatenate([warm, [3000, 3001]])  # 100 of 102 unique keys hit: asynchronous
         first = hps.lookup(keys, "m", "users")
         np.testing.assert_array_equal(first[:100], synthetic_vectors(warm, 8))

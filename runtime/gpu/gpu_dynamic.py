@@ -39,6 +39,10 @@ REPLACE_ROUND_ARGS = "PPiPPPPPIiP"
 UPDATE_ARGS = "PPqPPIiP"
 INVALIDATE_ARGS = "PqPPPIP"
 DUMP_ARGS = "PIIPP"
+# batch_ops.cu: flagging the missed unique keys of a de-duplicated lookup, and patching their
+# fetched rows into its result
+MARK_ARGS = "PqP"
+FLAGGED_GATHER_ARGS = "PPPqiP"
 
 
 class GpuDynamicCache:
@@ -680,7 +684,7 @@ class _DevicePending(PendingLookup):
             grid, block = cache._grid(miss_keys.size, 1)
             cache.device.launch(
                 "mark_positions",
-                "PqP",
+                MARK_ARGS,
                 grid,
                 block,
                 cache.stream,
@@ -724,7 +728,7 @@ class _DevicePending(PendingLookup):
                     grid, block = cache._grid(n, cache.tile)
                     cache.device.launch(
                         f"gather_flagged_rows_t{cache.tile}",
-                        "PPPqiP",
+                        FLAGGED_GATHER_ARGS,
                         grid,
                         block,
                         cache.stream,
