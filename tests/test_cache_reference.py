@@ -92,8 +92,8 @@ class SpecCache:
                 s, way = free[0]  # the primary's first empty way, then the second set's
                 start = max(self.floors[a], self.floors[b])
             else:  # the smallest score; ties: the primary first, then the lowest way
-                position = min(range(2 * WAYS), key=lambda p: (self.scores[ways[p][0]][ways[p][1]], p))
-                s, way = ways[position]
+                scores = [self.scores[s][w] for s, w in ways]
+                s, way = ways[min(range(2 * WAYS), key=lambda p: (scores[p], p))]
                 start = self.floors[s] = self.scores[s][way]
             self.keys[s][way] = key
             self.scores[s][way] = start + 1
