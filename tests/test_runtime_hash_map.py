@@ -125,6 +125,7 @@ def test_small_batches_probe_a_window_and_agree_with_the_rounds(rng, monkeypatch
         np.testing.assert_array_equal(hit, live)
         np.testing.assert_array_equal(out[hit], synthetic_vectors(keys[hit], 4))
 
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_overflow_keeps_partitions_within_margin(policy, rng):
     table = HashMapTable(
