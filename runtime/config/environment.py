@@ -22,8 +22,10 @@ ENVIRONMENT = (
     EnvironmentVariable(
         "HPS_CACHE_BACKEND",
         "Where the embedding caches keep their rows. `auto`: on the GPU when PyCUDA and the "
-        "device are usable, else the NumPy reference (same answers, on the CPU); `reference`: "
-        "always the reference; `gpu`: a missing GPU is an error instead of a fallback.",
+        "device are usable; without one, dynamic-cache tables are served from the CPU tiers "
+        "(no cache; one start-up warning) and static/uvm tables from the NumPy reference; "
+        "`reference`: every cache in the NumPy reference (same answers, on the CPU: tests, "
+        "comparisons); `gpu`: a missing GPU is an error.",
         "`auto`",
         "the runtime, each time it builds a cache (`runtime/gpu/backend_choice.py`); "
         "`hps bench` reports it",
