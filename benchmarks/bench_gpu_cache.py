@@ -460,8 +460,8 @@ def transfer_breakdown(
 def route_by_size(
     device,
     dim: int = 128,
-    sizes=(2000, 8192, 16384, 32768, 65535),
-    rounds: int = 6,
+    sizes=(2000, 16384, 65535),
+    rounds: int = 4,
     per_round: int = 100,
 ) -> list[dict]:
     """The latency of ``GpuDynamicCache.query`` by batch size on each route, to place
@@ -599,6 +599,11 @@ def main() -> None:
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
     ap.add_argument(
+        "--half-full",
+        action="store_true",
+        help="also time 1 M keys of a 1 M-row table in twice the slots",
+    )
+    ap.add_argument(
         "--variants",
         action="store_true",
         help="also time kernel variants (copy unroll, no hit counting)",
@@ -617,11 +622,13 @@ def main() -> None:
     rows = 1 << 20 if not args.quick else 1 << 16
     result["query_1M"] = [kernel_vs_gather(device, d, big, rows) for d in (32, 128)]
     result["query_1M_4M_rows"] = (
-        [kernel_vs_gather(device, d, big, 4 * rows) for d in (128, 32)] if not args.quick else []
+        [kernel_vs_gather(device, 128, big, 4 * rows)] if not args.quick else []
     )
-    result["query_1M_half_full"] = [
-        kernel_vs_gather(device, d, big, rows, 2 * rows * 1) for d in (32, 128)
-    ]
+    result["query_1M_half_full"] = (
+        [kernel_vs_gather(device, d, big, rows, 2 * rows) for d in (32, 128)]
+        if args.half_full
+        else []
+    )
     if args.variants:
         from hps_cli.runtime.gpu.kernels import KernelModule
 

@@ -187,7 +187,7 @@ def big_lookups(hps, uniform, zipf, device) -> dict:
     rng = np.random.default_rng(3)
     full, quarter = hps.front_cache("full", "t"), hps.front_cache("quarter", "t")
     uniform_batches = [uniform.next_batch(n) for _ in range(4)]
-    zipf_batches = [zipf.next_batch(n) for _ in range(WARMUP_ZIPF + 2 * BIG_ROUNDS * BIG_PER_ROUND)]
+    zipf_batches = [zipf.next_batch(n) for _ in range(WARMUP_ZIPF + BIG_ROUNDS * BIG_PER_ROUND)]
     floor = _Floor(device, n, rng)
     # (3)
     for i in range(2):  # warm-up: allocations, the pinned pool, the fetch threads
