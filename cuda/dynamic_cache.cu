@@ -95,8 +95,8 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 //
 // One warp takes 32·K consecutive keys (K = HPS_KEYS_PER_LANE): each lane probes its K keys,
 // so a warp has 32·K independent probes in flight; then the warp copies the rows together
-// (warp_copy_rows_k). A probe is one read of the set's keys (find_in_set), so the row's address
-// is known, and exact, as soon as that read returns.
+// (warp_copy_rows_k). A probe is one read of the keys of the key's two sets (find_in_sets), so
+// the row's address is known, and exact, as soon as that read returns.
 namespace hps {
 template <bool kPublish>
 __device__ __forceinline__ void query(const int64_t* __restrict__ keys,

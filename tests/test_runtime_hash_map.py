@@ -109,6 +109,7 @@ def test_small_batches_probe_a_window_and_agree_with_the_rounds(rng, monkeypatch
     from hps_cli.runtime.volatile import hash_map
 
     monkeypatch.setattr(hash_map, "_WINDOW", window)
+    monkeypatch.setattr(hash_map, "_WINDOW_MAX_KEYS", 4096)
     t = HashMapTable(4, num_partitions=3)
     held = rng.choice(10**9, 6000, replace=False).astype(np.int64)
     t.insert(held, synthetic_vectors(held, 4))
