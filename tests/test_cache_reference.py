@@ -426,6 +426,24 @@ def test_deferred_inserts_go_in_batches_in_order():
     full.close()
 
 
+def test_large_misses_are_fetched_in_parts_on_several_threads():
+    from hps_cli.runtime.gpu.embedding_cache import FETCH_PART_KEYS
+
+    calls = []
+
+    def fetch(keys):
+        calls.append((keys.size, __import__("threading").get_ident()))
+        return synthetic_vectors(keys, 8)
+
+    cache = DynamicEmbeddingCache(
+        RefDynamicBackend(64, 8), fetch=fetch, hit_rate_threshold=1.0, default_value=0.0
+    )
+    keys = np.random.default_rng(2).choice(10**12, 3 * FETCH_PART_KEYS + 5, replace=False)
+    np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
+    assert len(calls) >= 2 and sum(n for n, _ in calls) == keys.size
+    assert len({thread for _, thread in calls}) >= 2
+
+
 def test_eviction_keeps_results_exact(tiers):
     cache = _cache(tiers, 1.0, sets=1)  # WAYS slots
     rng = np.random.default_rng(3)

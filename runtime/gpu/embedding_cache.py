@@ -240,7 +240,7 @@ class DynamicEmbeddingCache(EmbeddingCache):
                 return out
             if self._synchronous(keys, missed, pending, slot):
                 seen = self._generations.read(missed)
-                rows = fetch_in_parts(self.fetch, missed)
+                rows = fetch_in_parts(self.fetch, missed, self.dim)
                 out = pending.finish(rows)
                 self._insert(missed, rows, seen)
                 self.counters.add(sync_batches=1)
@@ -295,7 +295,7 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
         def task() -> None:
             seen = self._generations.read(keys)
-            self._insert_fresh(keys, fetch_in_parts(self.fetch, keys), seen)
+            self._insert_fresh(keys, fetch_in_parts(self.fetch, keys, self.dim), seen)
 
         if self.inserter.submit(task):  # type: ignore[union-attr]
             self.counters.add(async_batches=1)
@@ -541,9 +541,10 @@ _fetch_pool: ThreadPoolExecutor | None = None
 _fetch_pool_lock = threading.Lock()
 
 
-def fetch_in_parts(fetch: Fetch, keys: np.ndarray) -> np.ndarray:
-    """``fetch(keys)``, in parts of FETCH_PART_KEYS keys on a shared thread pool when there are
-    at least two parts."""
+def fetch_in_parts(fetch: Fetch, keys: np.ndarray, dim: int) -> np.ndarray:
+    """``fetch(keys)`` (float32 rows of ``dim``), in parts of FETCH_PART_KEYS keys on a shared
+    thread pool when there are at least two parts; each part's rows are copied into the result
+    on its own thread."""
     parts = -(-keys.size // FETCH_PART_KEYS)
     if parts < 2:
         return fetch(keys)
@@ -553,6 +554,13 @@ def fetch_in_parts(fetch: Fetch, keys: np.ndarray) -> np.ndarray:
             _fetch_pool = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="hps-fetch")
         pool = _fetch_pool
     bounds = np.linspace(0, keys.size, min(parts, _FETCH_THREADS) + 1).astype(np.int64)
-    futures = [pool.submit(fetch, keys[a:b]) for a, b in zip(bounds[:-1], bounds[1:])]
-    results = [f.result() for f in futures]
-    return np.concatenate(results)
+    out = np.empty((keys.size, dim), np.float32)
+
+    def part(a: int, b: int) -> None:
+        out[a:b] = fetch(keys[a:b])
+
+    futures = [pool.submit(part, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    part(bounds[0], bounds[1])  # this thread takes a part too
+    for future in futures:
+        future.result()
+    return out
