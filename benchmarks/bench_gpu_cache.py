@@ -1,26 +1,23 @@
-"""GPU cache benchmarks, each against its own baseline measured in the same run.
+"""GPU cache kernels and the small-lookup path, each against its own baseline in the same run.
 
     python benchmarks/bench_gpu_cache.py --out .bench/gpu_cache.json
 
-Except the Zipf run (4.), every query draws its keys from the cache's own contents: 100 % hits.
+Keys always come from a table's key space, never from what the cache holds: a table of random
+64-bit keys, a cache sized and prefilled as the runtime does it for ``gpucacheper`` 1.0 (room
+for every row, start-up placement planned on the host: every row is placed), and batches drawn
+uniformly over all rows of the table. Every figure states its hit rate (here 100 %, checked:
+the kernels count their misses). benchmarks/bench_gpu_lookup.py measures ``HPS.lookup`` with
+misses (uniform and Zipf keys over a table larger than the cache).
 
-1. Cache query of 1M keys, 100 % hits, dim 32 and 128, vs a plain gather kernel that copies the
-   same rows by known index (the physical floor): throughput ratio. The cache is full, as a
-   serving cache is once warm and as HPS sizes it (gpucacheper ≤ 1: slots ≤ table rows): 1 M
-   keys inserted into 1 M slots, of which the 8-way sets keep about 900 K (a key whose set is
-   full evicts another); the query's 1 M keys are a shuffled pass over the cached ones,
-   continued to 1 M (each key at most twice, so no hit byte can overflow between folds).
-   ``query_1M_half_full`` repeats it with 1 M keys in 2 M slots. The query runs as a 1 M-key
-   lookup runs it (occurrence counts passed as weights, here 1, hits into the hit bytes); the
-   fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is timed too
-   and its share added in ``throughput_ratio_with_fold``.
-2. 16K keys, dim 128: query time vs gather time.
-3. End to end from Python: 2,000 host keys -> host vectors, dim 128, all hits (the cache API a
-   lookup uses, and ``HPS.lookup``): p50 / p99 latency; the raw CUDA sequence of such a lookup
-   on both transfer routes, the routes by result size, and ``HPS.lookup_tables`` over 8 tables
-   against one table after another.
-4. Zipf(1.05) key stream with gpucacheper 0.2: steady hit rate vs the ideal (the share of the
-   traffic that the top 20 % keys carry).
+1. Cache query of 1 M keys (a shuffled pass over the table's rows, as a de-duplicated lookup
+   passes its distinct keys), dim 32 and 128, table of 1 M rows, and dim 128 at 4 M rows
+   (beyond L2), vs a plain gather kernel that copies the same rows by known index (the
+   physical floor): throughput ratio. Hits counted into the hit bytes as a 1 M-key lookup
+   does; the fold of the hit bytes into the scores, due every HIT_FOLD_EVERY such queries, is
+   timed too and its share added in ``throughput_ratio_with_fold``. Device memory per held row.
+2. 16 K keys, dim 128: query time vs gather time.
+3. The raw CUDA sequence of a 2,000-key lookup on both transfer routes, the routes by result
+   size, and ``DynamicEmbeddingCache.query`` of 2,000 keys (dim 128): p50 / p99 latency.
 Kernel times come from CUDA events (median of many launches, inputs rotated among several
 batches so that repeated runs do not just measure the L2 cache), in ROUNDS rounds that alternate
 the kernel and its baseline; a ratio is the median of the rounds' ratios (min and max kept).
@@ -59,23 +56,51 @@ def _events_median(device, launch, repeats: int, warmup: int = 5) -> float:
     return statistics.median(times)
 
 
+def table_keys(rows: int, seed: int) -> np.ndarray:
+    """A table's keys: distinct random 64-bit keys (spread like hashed ids)."""
+    rng = np.random.default_rng(seed)
+    return rng.choice(2**62, rows, replace=False).astype(np.int64) - 2**61
+
+
+def prefilled_cache(device, keys: np.ndarray, vectors: np.ndarray, num_sets: int):
+    """A GpuDynamicCache of ``num_sets`` sets prefilled as start-up does it (the first rows of
+    the table, as many as the slots are sized for, placed by prefill_plan); returns (cache,
+    plan)."""
+    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
+    from hps_cli.runtime.gpu.placement import SLOT_HEADROOM, WAYS
+    from hps_cli.runtime.gpu.prefill_plan import plan_prefill
+
+    cache = GpuDynamicCache(device, num_sets, vectors.shape[1])
+    planned = min(keys.size, int(num_sets * WAYS / SLOT_HEADROOM))
+    plan = plan_prefill(keys[:planned], num_sets)
+    cache.load(plan.slot_keys, plan.slot_rows(np.arange(planned)), vectors)
+    return cache, plan
+
+
+def uniform_batch(rng, rows: int, batch: int) -> np.ndarray:
+    """Row indices of a batch uniform over the table: a shuffled pass over its rows (each row
+    at most ceil(batch / rows) times, as a de-duplicated lookup passes distinct keys)."""
+    return rng.permutation(np.resize(rng.permutation(rows), batch)).astype(np.int64)
+
+
 def kernel_vs_gather(
     device,
     dim: int,
     batch: int,
-    cached_keys: int,
-    capacity_slots: int,
+    table_rows: int,
+    capacity_slots: int | None = None,
     kernels=None,
     rotations: int = 4,
     repeats: int = 50,
     count_hits: int = 2,
 ) -> dict:
-    """Time dc_query (all hits) and gather_rows over the same rows, same launch shape."""
+    """Time dc_query and gather_rows over the same rows, same launch shape (see
+    kernel_variants)."""
     return kernel_variants(
         device,
         dim,
         batch,
-        cached_keys,
+        table_rows,
         capacity_slots,
         {"default": (kernels or device.kernels, count_hits)},
         rotations,
@@ -87,8 +112,8 @@ def kernel_variants(
     device,
     dim: int,
     batch: int,
-    cached_keys: int,
-    capacity_slots: int,
+    table_rows: int,
+    capacity_slots: int | None,
     variants: dict,
     rotations: int = 4,
     repeats: int = 50,
@@ -96,50 +121,42 @@ def kernel_variants(
     check: bool = True,
 ) -> dict:
     """kernel_vs_gather for several compiled variants over one cache: {name: (module,
-    count_hits)} -> {name: result}. Each variant's query runs against its own gather (the same
-    -D flags build both). count_hits: 2 into the hit bytes with occurrence counts (here all 1,
-    the keys being unique, as a de-duplicated lookup passes them), 1 into the scores, 0 none."""
-    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS, GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import WAYS, query_seed
+    count_hits)} -> {name: result}. The cache has ``capacity_slots`` slots (None: as the
+    runtime sizes it for the whole table, gpucacheper 1.0) and is prefilled with the table's
+    first rows; batches are uniform over the table (uniform_batch), so a smaller cache misses.
+    Each variant's query runs against its own gather (the same -D flags build both).
+    count_hits: 2 into the hit bytes with occurrence counts (here all 1, the keys of a batch
+    being distinct, as a de-duplicated lookup passes them), 1 into the scores, 0 none."""
+    from hps_cli.runtime.gpu.gpu_dynamic import QUERY_ARGS
+    from hps_cli.runtime.gpu.placement import WAYS, num_sets_for, query_seed
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(dim)
-    drv = device.drv
-    cache = GpuDynamicCache(device, capacity_slots // WAYS, dim)
-    keys = rng.choice(2**62, cached_keys, replace=False).astype(np.int64)
-    for start in range(0, cached_keys, 1 << 20):
-        part = keys[start : start + (1 << 20)]
-        cache.replace(part, synthetic_vectors(part, dim))
-    present = np.sort(cache.dump())
-    # The slot of every cached key: a second baseline gathers the cache's own rows in place.
-    slot_keys = np.empty(cache.capacity, np.int64)
-    with device.scope():
-        drv.memcpy_dtoh(slot_keys, cache.d_keys)
-    occupied = np.flatnonzero(slot_keys != np.iinfo(np.int64).max)
-    order = np.argsort(slot_keys[occupied])
-    slot_of_present = occupied[order]  # present is sorted, so aligned with the sorted keys
-    assert np.array_equal(slot_keys[slot_of_present], present)
+    keys = table_keys(table_rows, dim)
+    vectors = synthetic_vectors(keys, dim)
+    num_sets = num_sets_for(table_rows, 1.0) if capacity_slots is None else capacity_slots // WAYS
+    cache, plan = prefilled_cache(device, keys, vectors, num_sets)
+    placed = np.zeros(table_rows, bool)
+    placed[: plan.slots.size] = plan.slots >= 0
+    slot_of_row = np.zeros(table_rows, np.int64)  # the in-place gather reads any slot of a miss
+    slot_of_row[: plan.slots.size] = np.maximum(plan.slots, 0)
     batches, indices, slot_indices = [], [], []
     expected = None
     with device.scope():
-        table = device.to_device(synthetic_vectors(present, dim))  # the same rows, dense
+        table = device.to_device(vectors)  # the same rows, dense, in table order
         # No hit byte may pass 255 between folds (one per timing round): a launch adds at most
         # a key's occurrences in its batch (weights are 1, hits counted into the hit bytes).
-        assert (repeats + warmup) * -(-batch // present.size) <= 255, "hit bytes would overflow"
+        assert (repeats + warmup) * -(-batch // table_rows) <= 255, "hit bytes would overflow"
         for r in range(rotations):
-            # Uniform over the cached keys, each at most ceil(batch / cached) times (a shuffled
-            # pass over them, continued): close to the unique keys a de-duplicated lookup passes,
-            # and a bound on what one launch adds to a hit byte.
-            idx = rng.permutation(np.resize(rng.permutation(present.size), batch)).astype(np.int64)
+            idx = uniform_batch(rng, table_rows, batch)
             if r == 0 and check:
-                expected = synthetic_vectors(present[idx], dim)
-            batches.append(device.to_device(present[idx]))
+                expected = np.where(placed[idx][:, None], vectors[idx], np.float32(0))
+            batches.append(device.to_device(keys[idx]))
             indices.append(device.to_device(idx))
-            slot_indices.append(device.to_device(slot_of_present[idx].astype(np.int64)))
+            slot_indices.append(device.to_device(slot_of_row[idx]))
         weights = device.to_device(np.ones(batch, np.uint32))
         out = device.alloc(batch * dim * 4 + 16)
         mkeys, mpos, count = device.alloc(batch * 8), device.alloc(batch * 8), device.alloc(16)
-        grid = (device.launch_grid(batch, 1), 1)
         results = {}
         for name, (kernels, count_hits, *options) in variants.items():
             if options and options[0] == "resident":
@@ -175,11 +192,24 @@ def kernel_variants(
                 {
                     "dim": dim,
                     "batch": batch,
-                    "cached_keys": int(present.size),
+                    "table_rows": table_rows,
+                    "cached_rows": plan.placed,
                     "capacity_slots": cache.capacity,
+                    "keys": "uniform over the table's rows (a shuffled pass)",
+                    "hit_rate": 1.0 - results[name]["misses"] / batch,
+                    "bytes_per_cached_row": cache_bytes(cache.num_sets, dim) / max(plan.placed, 1),
                 }
             )
+        for buf in (table, weights, out, mkeys, mpos, count, *batches, *indices, *slot_indices):
+            buf.free()
+    cache.close()
     return results
+
+
+def cache_bytes(num_sets: int, dim: int) -> int:
+    from hps_cli.bench.cache_size import cache_memory_bytes
+
+    return cache_memory_bytes(num_sets, dim)
 
 
 def _time_query_and_gathers(
@@ -330,27 +360,23 @@ def _time_query_and_gathers(
 def transfer_breakdown(
     device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 2000
 ) -> dict:
-    """Where the time of a small lookup goes: the raw CUDA sequence of each route, step by
-    step, with the runtime's lean launcher and no other Python. ``copied``: keys copied in,
-    rows copied out (the route of large results); ``mapped``: the kernel reads the keys from
-    and writes the rows into mapped pinned memory (the route of small results). The two run in
+    """Where the time of a small lookup goes (keys uniform over a 100,000-row table, all
+    cached: 100 % hits): the raw CUDA sequence of each route, step by step, with the runtime's
+    lean launcher and no other Python. ``copied``: keys copied in, rows copied out (the route
+    of large results); ``mapped``: the kernel reads the keys from and writes the rows into
+    mapped pinned memory (the route of small results). The two run in
     alternating iterations, so host drift hits both alike."""
-    from hps_cli.runtime.gpu.gpu_dynamic import (
-        PUBLISHED_QUERY_ARGS,
-        QUERY_ARGS,
-        GpuDynamicCache,
-    )
+    from hps_cli.runtime.gpu.gpu_dynamic import PUBLISHED_QUERY_ARGS, QUERY_ARGS
     from hps_cli.runtime.gpu.pinned import mapped_empty
-    from hps_cli.runtime.gpu.placement import WAYS
+    from hps_cli.runtime.gpu.placement import num_sets_for
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     drv = device.drv
     rng = np.random.default_rng(4)
-    keys = rng.choice(10**12, 100_000, replace=False).astype(np.int64)
-    cache = GpuDynamicCache(device, 100_000 * 2 // WAYS, dim)
-    cache.replace(keys, synthetic_vectors(keys, dim))
-    cached = cache.dump()
-    batch = cached[:keys_per_lookup].copy()
+    keys = table_keys(100_000, 4)
+    vectors = synthetic_vectors(keys, dim)
+    cache, _ = prefilled_cache(device, keys, vectors, num_sets_for(keys.size, 1.0))
+    batch = keys[rng.integers(0, keys.size, keys_per_lookup)]  # uniform over the table
     expected = synthetic_vectors(batch, dim)
     n = batch.size
     with device.scope():
@@ -434,35 +460,38 @@ def transfer_breakdown(
 def route_by_size(
     device,
     dim: int = 128,
-    sizes=(2000, 8192, 16384, 32768, 65535),
-    rounds: int = 6,
+    sizes=(2000, 16384, 65535),
+    rounds: int = 4,
     per_round: int = 100,
 ) -> list[dict]:
-    """The latency of ``GpuDynamicCache.query`` (all hits) by batch size on each route, to place
-    MAPPED_RESULT_MAX_BYTES: the routes alternate round by round in one process."""
+    """The latency of ``GpuDynamicCache.query`` by batch size on each route, to place
+    MAPPED_RESULT_MAX_BYTES: keys uniform over a 200,000-row table, all cached (100 % hits);
+    the routes alternate round by round in one process."""
     from hps_cli.runtime.gpu import transfers
-    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import WAYS
+    from hps_cli.runtime.gpu.placement import num_sets_for
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(5)
-    keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
-    cache = GpuDynamicCache(device, 200_000 * 2 // WAYS, dim)
-    cache.replace(keys, synthetic_vectors(keys, dim))
-    cached = cache.dump()
+    keys = table_keys(200_000, 5)
+    cache, _ = prefilled_cache(
+        device, keys, synthetic_vectors(keys, dim), num_sets_for(keys.size, 1.0)
+    )
     saved = transfers.MAPPED_RESULT_MAX_BYTES
     results = []
     try:
         for n in sizes:
-            batches = [cached[rng.integers(0, cached.size, n)] for _ in range(8)]
+            batches = [keys[rng.integers(0, keys.size, n)] for _ in range(8)]
             times = {"mapped": [], "copied": []}
+            misses = 0
             for r in range(2 * rounds + 2):
                 route = "mapped" if r % 2 else "copied"
                 transfers.MAPPED_RESULT_MAX_BYTES = 1 << 62 if route == "mapped" else -1
                 for i in range(per_round):
                     t0 = time.perf_counter()
-                    out = cache.query(batches[i % 8]).finish(None)
+                    pending = cache.query(batches[i % 8])
+                    out = pending.finish(None)
                     elapsed = (time.perf_counter() - t0) * 1e6
+                    misses += pending.miss_keys.size
                     del out
                     if r >= 2:
                         times[route].append(elapsed)
@@ -472,6 +501,7 @@ def route_by_size(
                     "keys": n,
                     "dim": dim,
                     "result_bytes": n * dim * 4,
+                    "hit_rate": 1.0 - misses / ((2 * rounds + 2) * per_round * n),
                     "mapped_p50_us": m,
                     "copied_p50_us": c,
                     "mapped_over_copied": m / c,
@@ -479,37 +509,43 @@ def route_by_size(
             )
     finally:
         transfers.MAPPED_RESULT_MAX_BYTES = saved
+    cache.close()
     return results
 
 
 def end_to_end(device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000) -> dict:
+    """``DynamicEmbeddingCache.query`` of 2,000 keys uniform over a 200,000-row table, all
+    cached (gpucacheper 1.0, prefilled): p50 / p99 latency."""
     from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache
-    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import WAYS
+    from hps_cli.runtime.gpu.placement import num_sets_for
     from hps_cli.runtime.table.synthetic import synthetic_vectors
 
     rng = np.random.default_rng(0)
-    table_keys = rng.choice(10**12, 200_000, replace=False).astype(np.int64)
+    keys = table_keys(200_000, 0)
+    backend, _ = prefilled_cache(
+        device, keys, synthetic_vectors(keys, dim), num_sets_for(keys.size, 1.0)
+    )
     cache = DynamicEmbeddingCache(
-        GpuDynamicCache(device, 200_000 * 2 // WAYS, dim),
+        backend,
         fetch=lambda k: synthetic_vectors(k, dim),
         hit_rate_threshold=1.0,
         default_value=0.0,
     )
-    cache.backend.replace(table_keys, synthetic_vectors(table_keys, dim))
-    cached = cache.backend.dump()
-    batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
+    batches = [keys[rng.integers(0, keys.size, keys_per_lookup)] for _ in range(64)]
     # warm-up: compile, allocate, fill the pinned pool, and let the host and the card settle
     # into a steady state (the first thousand lookups of a fresh process vary by ±30 µs)
     timing = _latency_rounds(cache.query, batches, iterations)
     check = cache.query(batches[0])
     assert np.array_equal(check, synthetic_vectors(batches[0], dim)), "wrong vectors"
+    stats = cache.stats()
+    backend.close()
     return {
         "dim": dim,
         "keys": keys_per_lookup,
+        "key_distribution": "uniform over a 200,000-row table, all cached",
+        "hit_rate": stats["hit_rate"],
         "iterations": iterations,
         **timing,
-        "misses": cache.stats()["misses"],
     }
 
 
@@ -558,181 +594,15 @@ def _latency_rounds(call, batches, iterations: int, rounds: int = ROUNDS) -> dic
     }
 
 
-def end_to_end_hps(
-    device, dim: int = 128, keys_per_lookup: int = 2000, iterations: int = 3000
-) -> dict:
-    """The same through the public API: ``HPS(config).lookup`` with the config's GPU cache."""
-    import tempfile
-    from pathlib import Path
-
-    from hps_cli.runtime import HPS
-    from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
-
-    work = Path(tempfile.mkdtemp(prefix="hps-bench-e2e-"))
-    write_synthetic_table(work / "t", 200_000, dim, shuffle=True)
-    doc = {
-        "supportlonglong": True,
-        "models": [
-            {
-                "model": "m",
-                "sparse_files": [str(work / "t")],
-                "deployed_device_list": [0],
-                "max_batch_size": 2048,
-                "default_value_for_each_table": [0.0],
-                "maxnum_catfeature_query_per_table_per_sample": [1],
-                "embedding_vecsize_per_table": [dim],
-                "embedding_table_names": ["t"],
-                "gpucache": True,
-                "gpucacheper": 1.0,
-                "hit_rate_threshold": 1.0,
-                "num_of_worker_buffer_in_pool": 2,
-            }
-        ],
-    }
-    with HPS(doc) as hps:
-        cache = hps.front_cache("m", "t")
-        cached = cache.backend.dump()  # prefilled at start-up
-        rng = np.random.default_rng(2)
-        batches = [cached[rng.integers(0, cached.size, keys_per_lookup)] for _ in range(64)]
-        timing = _latency_rounds(lambda keys: hps.lookup(keys, "m", "t"), batches, iterations)
-        ok = np.array_equal(hps.lookup(batches[0], "m", "t"), synthetic_vectors(batches[0], dim))
-        stats = cache.stats()
-    return {
-        "dim": dim,
-        "keys": keys_per_lookup,
-        "iterations": iterations,
-        "exact": bool(ok),
-        "prefilled_keys": int(cached.size),
-        "cache_misses": stats["misses"],
-        **timing,
-    }
-
-
-def multi_table(
-    device,
-    tables: int = 8,
-    dim: int = 128,
-    keys_per_table: int = 2000,
-    rounds: int = 10,
-    per_round: int = 100,
-) -> dict:
-    """``HPS.lookup_tables`` over several GPU-cached tables (every table's query queued before
-    any is waited for) against the same lookups one table at a time (``HPS.lookup`` per
-    table), alternating round by round in one process: p50 / p99 of a whole call."""
-    import tempfile
-    from pathlib import Path
-
-    from hps_cli.runtime import HPS
-    from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
-
-    work = Path(tempfile.mkdtemp(prefix="hps-bench-tables-"))
-    rows = 100_000
-    names = [f"t{i}" for i in range(tables)]
-    for i, name in enumerate(names):
-        write_synthetic_table(work / name, rows, dim, first_key=i * rows, shuffle=True, seed=i)
-    doc = {
-        "supportlonglong": True,
-        "models": [
-            {
-                "model": "m",
-                "sparse_files": [str(work / n) for n in names],
-                "deployed_device_list": [device.id],
-                "max_batch_size": 2048,
-                "default_value_for_each_table": [0.0] * tables,
-                "maxnum_catfeature_query_per_table_per_sample": [1] * tables,
-                "embedding_vecsize_per_table": [dim] * tables,
-                "embedding_table_names": names,
-                "gpucache": True,
-                "gpucacheper": 1.0,
-                "hit_rate_threshold": 1.0,
-                "num_of_worker_buffer_in_pool": 2,
-            }
-        ],
-    }
-    with HPS(doc) as hps:
-        cached = [hps.front_cache("m", n).backend.dump() for n in names]
-        rng = np.random.default_rng(6)
-        batches = [[c[rng.integers(0, c.size, keys_per_table)] for c in cached] for _ in range(16)]
-        calls = {
-            "overlapped": lambda b: hps.lookup_tables(b, "m"),
-            "one_by_one": lambda b: [hps.lookup(k, "m", n) for k, n in zip(b, names)],
-        }
-        for call in calls.values():  # warm-up, and both must give the same exact rows
-            got = call(batches[0])
-            for seed, (k, r) in enumerate(zip(batches[0], got)):  # table i was written with seed i
-                assert np.array_equal(r, synthetic_vectors(k, dim, seed)), "wrong rows"
-            for i in range(300):
-                call(batches[i % 16])
-        times = {name: [] for name in calls}
-        for r in range(2 * rounds):
-            name = ("overlapped", "one_by_one")[r % 2]
-            for i in range(per_round):
-                t0 = time.perf_counter()
-                out = calls[name](batches[i % 16])
-                times[name].append((time.perf_counter() - t0) * 1e6)
-                del out
-        misses = sum(hps.front_cache("m", n).stats()["misses"] for n in names)
-    result = {
-        "tables": tables,
-        "dim": dim,
-        "keys_per_table": keys_per_table,
-        "cache_misses": misses,
-    }
-    for name, values in times.items():
-        result[f"{name}_p50_us"] = float(np.percentile(values, 50))
-        result[f"{name}_p99_us"] = float(np.percentile(values, 99))
-    result["p50_ratio"] = result["overlapped_p50_us"] / result["one_by_one_p50_us"]
-    return result
-
-
-def zipf_hit_rate(
-    device,
-    table_keys: int = 1_000_000,
-    per: float = 0.2,
-    alpha: float = 1.05,
-    batch: int = 16384,
-    batches: int = 400,
-) -> dict:
-    from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache
-    from hps_cli.runtime.gpu.gpu_dynamic import GpuDynamicCache
-    from hps_cli.runtime.gpu.placement import num_sets_for
-
-    rng = np.random.default_rng(1)
-    p = np.arange(1, table_keys + 1, dtype=np.float64) ** -alpha
-    p /= p.sum()
-    ideal = float(p[: int(per * table_keys)].sum())
-    cdf = np.cumsum(p)
-    key_of_rank = rng.permutation(table_keys).astype(np.int64) * 7919 + 13
-    dim = 16
-    cache = DynamicEmbeddingCache(
-        GpuDynamicCache(device, num_sets_for(table_keys, per), dim),
-        fetch=lambda k: np.zeros((k.size, dim), np.float32),
-        hit_rate_threshold=1.0,
-        default_value=0.0,
-    )
-    for i in range(batches):
-        if i == batches // 2:
-            cache.counters = type(cache.counters)()
-        ranks = np.minimum(np.searchsorted(cdf, rng.random(batch)), table_keys - 1)
-        cache.query(key_of_rank[ranks])
-    steady = cache.stats()["hit_rate"]
-    return {
-        "table_keys": table_keys,
-        "gpucacheper": per,
-        "alpha": alpha,
-        "batch": batch,
-        "batches": batches,
-        "ideal_hit_rate": ideal,
-        "steady_hit_rate": steady,
-        "ratio_to_ideal": steady / ideal,
-        "capacity": cache.backend.capacity,
-    }
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--quick", action="store_true", help="smaller sizes (smoke run)")
+    ap.add_argument(
+        "--half-full",
+        action="store_true",
+        help="also time 1 M keys of a 1 M-row table in twice the slots",
+    )
     ap.add_argument(
         "--variants",
         action="store_true",
@@ -747,17 +617,18 @@ def main() -> None:
     # the order makes no difference; the host does).
     result["transfer_breakdown_2000"] = transfer_breakdown(device)
     result["route_by_size"] = route_by_size(device) if not args.quick else None
-    result["multi_table"] = multi_table(device, rounds=10 if not args.quick else 2)
     result["end_to_end_2000"] = end_to_end(device, iterations=3000 if not args.quick else 300)
-    result["end_to_end_hps_lookup_2000"] = end_to_end_hps(
-        device, iterations=3000 if not args.quick else 300
-    )
     big = 1 << 20
-    cached = 1 << 20 if not args.quick else 1 << 16
-    result["query_1M"] = [kernel_vs_gather(device, d, big, cached, cached) for d in (32, 128)]
-    result["query_1M_half_full"] = [
-        kernel_vs_gather(device, d, big, cached, 2 * cached) for d in (32, 128)
-    ]
+    rows = 1 << 20 if not args.quick else 1 << 16
+    result["query_1M"] = [kernel_vs_gather(device, d, big, rows) for d in (32, 128)]
+    result["query_1M_4M_rows"] = (
+        [kernel_vs_gather(device, 128, big, 4 * rows)] if not args.quick else []
+    )
+    result["query_1M_half_full"] = (
+        [kernel_vs_gather(device, d, big, rows, 2 * rows) for d in (32, 128)]
+        if args.half_full
+        else []
+    )
     if args.variants:
         from hps_cli.runtime.gpu.kernels import KernelModule
 
@@ -772,20 +643,13 @@ def main() -> None:
             with device.scope():
                 module = KernelModule(device.arch, defines)
             result["variants"][name] = [
-                kernel_vs_gather(device, d, big, cached, 2 * cached, kernels=module)
-                for d in (32, 128)
+                kernel_vs_gather(device, d, big, rows, kernels=module) for d in (32, 128)
             ]
         result["variants"]["no_hit_counting"] = [
-            kernel_vs_gather(device, d, big, cached, 2 * cached, count_hits=0) for d in (32, 128)
+            kernel_vs_gather(device, d, big, rows, count_hits=0) for d in (32, 128)
         ]
-    result["query_1M_large_cache_dim32"] = (
-        kernel_vs_gather(device, 32, big, 8 * cached, 16 * cached) if not args.quick else None
-    )
     # 16 K keys: a lookup of that size queries directly, counting hits into the scores
-    result["query_16K"] = kernel_vs_gather(
-        device, 128, 16384, cached, 2 * cached, repeats=200, count_hits=1
-    )
-    result["zipf"] = zipf_hit_rate(device, batches=400 if not args.quick else 60)
+    result["query_16K"] = kernel_vs_gather(device, 128, 16384, rows, repeats=200, count_hits=1)
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -793,25 +657,29 @@ def main() -> None:
             handle.write(text)
     print(text)
     print("\nsummary (card: %s)" % device.name, file=sys.stderr)
-    for label, rows in (("", result["query_1M"]), (" half full", result["query_1M_half_full"])):
-        for r in rows:
+    for label, rows_ in (
+        ("", result["query_1M"]),
+        (" 4M rows", result["query_1M_4M_rows"]),
+        (" half full", result["query_1M_half_full"]),
+    ):
+        for r in rows_:
             print(
                 f"query 1M{label} dim{r['dim']}: {r['throughput_ratio']:.3f}x gather "
                 f"(rounds {r['throughput_ratio_min']:.3f}-{r['throughput_ratio_max']:.3f}; "
                 f"{r['query_ms']:.4f} vs {r['gather_ms']:.4f} ms; in place "
                 f"{r['throughput_ratio_in_place']:.3f}x; with the fold "
-                f"{r['throughput_ratio_with_fold']:.3f}x, fold {r['fold_ms'] * 1e3:.1f} us "
-                f"per {r['fold_every']} queries; {r['cached_keys']} keys in "
-                f"{r['capacity_slots']} slots)",
+                f"{r['throughput_ratio_with_fold']:.3f}x; hit rate {r['hit_rate']:.4f}; "
+                f"{r['cached_rows']} of {r['table_rows']} rows in {r['capacity_slots']} slots, "
+                f"{r['bytes_per_cached_row']:.0f} B per row)",
                 file=sys.stderr,
             )
-    for name, rows in (result.get("variants") or {}).items():
+    for name, rows_ in (result.get("variants") or {}).items():
         print(
             f"  variant {name}: "
             + ", ".join(
                 f"dim{r['dim']} {r['throughput_ratio']:.2f}x "
                 f"({r['query_ms']:.3f}/{r['gather_ms']:.3f})"
-                for r in rows
+                for r in rows_
             ),
             file=sys.stderr,
         )
@@ -827,43 +695,17 @@ def main() -> None:
             f"copied {r['copied_p50_us']:.0f} us ({r['mapped_over_copied']:.2f})",
             file=sys.stderr,
         )
-    mt = result["multi_table"]
-    print(
-        f"HPS.lookup_tables, {mt['tables']} tables x {mt['keys_per_table']} keys dim{mt['dim']}: "
-        f"p50 {mt['overlapped_p50_us']:.0f} us (p99 {mt['overlapped_p99_us']:.0f}) vs one "
-        f"table at a time {mt['one_by_one_p50_us']:.0f} us (p99 {mt['one_by_one_p99_us']:.0f}): "
-        f"{mt['p50_ratio']:.2f}",
-        file=sys.stderr,
-    )
     q16 = result["query_16K"]
     print(
         f"query 16K dim128: {q16['time_ratio']:.2f}x gather time ({q16['query_ms'] * 1e3:.1f} vs "
-        f"{q16['gather_ms'] * 1e3:.1f} us)",
+        f"{q16['gather_ms'] * 1e3:.1f} us; hit rate {q16['hit_rate']:.4f})",
         file=sys.stderr,
     )
-    for key, label in (
-        ("end_to_end_2000", "DynamicEmbeddingCache.query"),
-        ("end_to_end_hps_lookup_2000", "HPS.lookup"),
-    ):
-        e2e = result[key]
-        rounds = ", ".join(f"{p:.0f}" for p in e2e["round_p99_us"])
-        print(
-            f"{label} 2000 keys dim128: p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
-            f"(p99 by round: {rounds}; {e2e['slow_lookups']} over {SLOW_US:.0f} us"
-            + (
-                f", first at {e2e['slow_at_ms'][0]:.0f} ms, last at {e2e['slow_at_ms'][-1]:.0f}"
-                f" ms of {e2e['wall_ms']:.0f}"
-                if e2e["slow_lookups"]
-                else ""
-            )
-            + (f"; exact {e2e['exact']}, misses {e2e['cache_misses']}" if "exact" in e2e else "")
-            + ")",
-            file=sys.stderr,
-        )
-    z = result["zipf"]
+    e2e = result["end_to_end_2000"]
     print(
-        f"zipf hit rate {z['steady_hit_rate']:.4f} vs ideal {z['ideal_hit_rate']:.4f} "
-        f"({z['ratio_to_ideal']:.3f})",
+        f"DynamicEmbeddingCache.query 2000 keys dim128, uniform, hit rate {e2e['hit_rate']:.4f}: "
+        f"p50 {e2e['p50_us']:.0f} us, p99 {e2e['p99_us']:.0f} us "
+        f"({e2e['slow_lookups']} over {SLOW_US:.0f} us)",
         file=sys.stderr,
     )
 

@@ -18,7 +18,34 @@ __device__ void scatter_rows(const float* __restrict__ src, const int64_t* __res
   }
 }
 
+// out[i] = table[index[i]] for the i < n whose index is flagged (flags[index[i]] != 0); the other
+// rows of out are left as they are. Patches the rows of a de-duplicated batch's misses into its
+// result once they are fetched: index = the inverse map, flags = the missed unique keys.
+template <int T>
+__device__ void gather_flagged_rows(const float* __restrict__ table,
+                                    const int64_t* __restrict__ index,
+                                    const uint8_t* __restrict__ flags, int64_t n, int dim,
+                                    float* __restrict__ out) {
+  auto tile = cg::tiled_partition<T>(cg::this_thread_block());
+  const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
+  const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
+  const bool vec4 = (dim & 3) == 0;
+  for (int64_t i = first; i < n; i += tiles) {
+    const int64_t s = index[i];
+    if (flags[s]) copy_row<T>(tile, table + s * (int64_t)dim, out + i * (int64_t)dim, dim, vec4);
+  }
+}
+
 }  // namespace hps
+
+// flags[pos[j]] = 1 for j < m (the caller zeroes the flags first).
+extern "C" __global__ void mark_positions(const int64_t* __restrict__ pos, int64_t m,
+                                          uint8_t* __restrict__ flags) {
+  const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+  for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < m; j += stride) {
+    flags[pos[j]] = 1;
+  }
+}
 
 // out[i] = table[index[i]] for i < n. Expands per-unique rows back to the batch (index = the
 // inverse map of dedup), and is the physical floor the cache query is benchmarked against: it
@@ -104,6 +131,11 @@ extern "C" __global__ void fill_i64(int64_t* __restrict__ data, int64_t n, int64
                                                const int64_t* dst_pos, int64_t n, int dim,    \
                                                float* out) {                                  \
     hps::scatter_rows<T>(src, src_index, dst_pos, n, dim, out);                               \
+  }                                                                                           \
+  extern "C" __global__ void gather_flagged_rows_t##T(const float* table, const int64_t* index, \
+                                                      const uint8_t* flags, int64_t n, int dim, \
+                                                      float* out) {                             \
+    hps::gather_flagged_rows<T>(table, index, flags, n, dim, out);                              \
   }
 
 HPS_TILED(2)

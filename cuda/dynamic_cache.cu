@@ -1,10 +1,12 @@
-// The dynamic GPU embedding cache: a set-associative cache of HPS_WAYS ways per set.
+// The dynamic GPU embedding cache: a set-associative cache of HPS_WAYS ways per set, where a key
+// lives in one of two sets (two-choice hashing: hps::set_of, hps::set2_of).
 //
 // Layout (all arrays in device memory, num_sets × HPS_WAYS slots, slot = set * HPS_WAYS + way):
 //   cache_keys  int64[slots]        HPS_EMPTY_KEY in empty ways. A set's keys are contiguous
-//                                   and are the probe's only metadata: a lookup reads its set's
-//                                   keys at once (8 ways: 64 bytes, one L2 fetch) and compares
-//                                   them, so the read that finds a key also proves the hit.
+//                                   and are the probe's only metadata: a lookup reads the keys of
+//                                   both its sets at once (8 ways: two 64-byte fetches) and
+//                                   compares them, so the read that finds a key also proves the
+//                                   hit, and a miss costs no second round trip.
 //   scores      uint32[slots]       LFU score with dynamic aging (LFU-DA)
 //   hits        uint8[slots]        sampled hits of large queries not yet added to the scores
 //                                   (read and written as uint32 words of 4 slots; the driver
@@ -12,18 +14,18 @@
 //   floors      uint32[num_sets]    per set: score of the last victim (the aging floor)
 //   values      float[slots * dim]  one row per slot
 //
-// Why no digests: with 32-way sets a probe reads the set's 32 digests (two sectors), then the
-// key of the first digest match (a third sector, rarely in L2) to prove the hit, and rewrites
-// the row when the guess is wrong. Sets small enough that their keys fit one L2 fetch need one
-// read and lose almost nothing in hit rate. Measured on an H100 80GB HBM3, 1 M-key query at dim
-// 32 on a full cache: 0.96 of a plain gather with 8-way sets, 0.90 with 32-way sets and 16-bit
-// digests; Zipf hit rate 0.9631 of ideal with 8 ways, 0.9652 with 32.
+// Why two sets: with one set per key, a cache with as many slots as rows holds only about 86 %
+// of them (some sets get more than 8 keys, others fewer). With two candidate sets and 3 % more
+// slots than rows, start-up prefill (runtime/gpu/prefill_plan.py, cuckoo moves planned on the
+// host) places every row, and the query reading both sets costs nothing measurable against one
+// set on a 1 M-key query (0.936-0.952 vs 0.934-0.936 of a plain gather at dim 32, H100).
 //
-// Replacement is LFU with dynamic aging in units of HPS_HIT_SAMPLE: a hit adds HPS_HIT_SAMPLE to
-// the slot's score when the key's sampling hash for this query picks it (1 time in
-// HPS_HIT_SAMPLE, so most hits write nothing); a new key takes an empty way, else evicts the way
-// with the smallest score (ties: lowest way), and starts at the victim's score + 1, so
-// long-idle popular keys eventually age out while a new key stays cheap to evict until hit.
+// Replacement is LFU with dynamic aging in units of HPS_HIT_SAMPLE over the 16 ways of a key's
+// two sets: a hit adds HPS_HIT_SAMPLE to the slot's score when the key's sampling hash for this
+// query picks it (1 time in HPS_HIT_SAMPLE, so most hits write nothing); a new key takes the
+// first empty way of its primary, then of its second set, else evicts the way with the smallest
+// score, and starts at the victim's score + 1 (the larger floor of its sets + 1 in an empty
+// way), so long-idle popular keys eventually age out while a new key stays cheap to evict.
 //
 // Where a hit is counted: small queries add to the 32-bit score directly. Large (de-duplicated)
 // queries add the key's occurrences, capped at HPS_HIT_WEIGHT_CAP, to the slot's hit byte
@@ -49,11 +51,8 @@ __device__ void update(const int64_t* __restrict__ keys, const float* __restrict
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
   const bool vec4 = (dim & 3) == 0;
   for (int64_t i = first; i < n; i += tiles) {
-    const int64_t key = keys[i];
-    const uint32_t set = set_of(mix64(key), num_sets);
-    const int way = find_way<T>(tile, cache_keys, set, key);
-    if (way >= 0) {
-      const size_t slot = (size_t)set * HPS_WAYS + way;
+    const int64_t slot = find_slot<T>(tile, cache_keys, num_sets, keys[i]);
+    if (slot >= 0) {
       copy_row<T>(tile, rows + i * (int64_t)dim, values + slot * dim, dim, vec4);
       if (tile.thread_rank() == 0) atomicAdd(updated, 1u);
     }
@@ -70,11 +69,8 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
   const int64_t tiles = ((int64_t)gridDim.x * blockDim.x) / T;
   const int64_t first = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / T;
   for (int64_t i = first; i < n; i += tiles) {
-    const int64_t key = keys[i];
-    const uint32_t set = set_of(mix64(key), num_sets);
-    const int way = find_way<T>(tile, cache_keys, set, key);
-    if (way >= 0 && tile.thread_rank() == 0) {
-      const size_t slot = (size_t)set * HPS_WAYS + way;
+    const int64_t slot = find_slot<T>(tile, cache_keys, num_sets, keys[i]);
+    if (slot >= 0 && tile.thread_rank() == 0) {
       cache_keys[slot] = HPS_EMPTY_KEY;
       scores[slot] = 0;
       hits[slot] = 0;  // uncounted hits of the old key must not reach a later one
@@ -89,16 +85,18 @@ __device__ void invalidate(const int64_t* __restrict__ keys, int64_t n,
 // seed), count weights[i] hits (weights null: 1; a de-duplicated batch passes each key's
 // occurrence count): count_hits 0 counts nothing, 1 adds HPS_HIT_SAMPLE × weight to the slot's
 // score, 2 adds min(weight, HPS_HIT_WEIGHT_CAP) to the slot's hit byte. Misses write the default
-// value to out[i] and append (key, i) to the miss list; with `publish`, the miss count is
-// published there and the counter reset for the next launch (hps::publish_total). `keys` and
-// `out` may be host-mapped memory: a small lookup then needs no copy before or after it.
+// value to out[i] and append (key, i) to the miss list; with weights, their occurrences are also
+// added to miss_count[1] (the missed key occurrences of a de-duplicated batch). With `publish`,
+// the miss count is published there and the counter reset for the next launch
+// (hps::publish_total). `keys`, `out` and the miss list may be host-mapped memory: a small
+// lookup then needs no copy before or after it.
 // Read-only except scores and hits, so several queries may run at once; replace/update/
 // invalidate must not run concurrently (one stream per cache orders them).
 //
 // One warp takes 32·K consecutive keys (K = HPS_KEYS_PER_LANE): each lane probes its K keys,
 // so a warp has 32·K independent probes in flight; then the warp copies the rows together
-// (warp_copy_rows_k). A probe is one read of the set's keys (find_in_set), so the row's address
-// is known, and exact, as soon as that read returns.
+// (warp_copy_rows_k). A probe is one read of the keys of the key's two sets (find_in_sets), so
+// the row's address is known, and exact, as soon as that read returns.
 namespace hps {
 template <bool kPublish>
 __device__ __forceinline__ void query(const int64_t* __restrict__ keys,
@@ -133,8 +131,8 @@ __device__ __forceinline__ void query(const int64_t* __restrict__ keys,
       way[k] = -1;
       slot[k] = 0;
       if (key[k] != HPS_EMPTY_KEY) {
-        const uint32_t set = set_of(mix64(key[k]), num_sets);
-        way[k] = find_in_set(cache_keys + (size_t)set * HPS_WAYS, key[k], policy);
+        uint32_t set;
+        way[k] = find_in_sets(cache_keys, key[k], mix64(key[k]), num_sets, policy, set);
         slot[k] = (size_t)set * HPS_WAYS + way[k];
       }
       src[k] = way[k] >= 0 ? values + slot[k] * dim : nullptr;
@@ -154,8 +152,13 @@ __device__ __forceinline__ void query(const int64_t* __restrict__ keys,
           atomicAdd(scores + slot[k], weight << HPS_HIT_SAMPLE_SHIFT);
         }
       }
-      warp_append_misses(warp, i < n && way[k] < 0, key[k], i, miss_keys, miss_pos,
-                         miss_count);
+      const bool missed = i < n && way[k] < 0;
+      warp_append_misses(warp, missed, key[k], i, miss_keys, miss_pos, miss_count);
+      if (weights != nullptr) {  // de-duplicated: the missed occurrences, one atomic per warp
+        const unsigned occurrences =
+            __reduce_add_sync(0xFFFFFFFFu, missed ? weights[i] : 0u);
+        if (lane == 0 && occurrences) atomicAdd(miss_count + 1, occurrences);
+      }
     }
   }
   if (kPublish) publish_total(miss_count, ticket, publish);
@@ -190,72 +193,73 @@ extern "C" __global__ void HPS_COPY_BOUNDS dc_query_published(
                    publish);
 }
 
-// Insert keys with their rows, evicting by LFU-DA when a set is full. Keys already cached only
-// gain 1 score (their value is not overwritten, as in HPS's Replace).
-//
-// The batch is grouped by set on the host: segment s holds the keys of set seg_sets[s] at
-// [seg_offsets[s], seg_offsets[s+1]) of seg_keys / seg_rows, in insertion order. One warp owns
-// one set and walks its keys in order, so the outcome is deterministic and needs no locks; the
-// NumPy reference reproduces it exactly. Lane l < HPS_WAYS holds way l of the set in registers;
-// every lane of the warp copies the rows.
-extern "C" __global__ void dc_replace(const int64_t* __restrict__ seg_keys,
-                                      const float* __restrict__ seg_rows,
-                                      const uint32_t* __restrict__ seg_sets,
-                                      const int64_t* __restrict__ seg_offsets, int num_segments,
-                                      int64_t* __restrict__ cache_keys,
-                                      unsigned* __restrict__ scores, uint8_t* __restrict__ hits,
-                                      unsigned* __restrict__ floors, float* __restrict__ values,
-                                      int dim, unsigned* __restrict__ inserted) {
+// Insert keys with their rows, evicting by LFU-DA over the 16 ways of each key's two sets (one
+// round of an insert batch). Per key:
+//   - a key already in one of its sets gains 1 score (its row is not rewritten, as in HPS's
+//     Replace);
+//   - else it takes the first empty way of its primary, else of its second set, and starts at
+//     the larger aging floor of the two + 1;
+//   - else the way with the smallest score of the 16 is evicted (ties: the primary's ways first,
+//     then the lowest way); that set's floor becomes the victim's score and the new key starts
+//     at it + 1.
+// The host splits a batch into rounds in which no two keys share a set, each set's keys in
+// batch order (reference.py replace_rounds), and launches one round after another on the
+// cache's stream: the outcome is that of inserting the keys one at a time, deterministic and
+// without locks, and the NumPy reference reproduces it exactly. One warp per key: lanes 0-7 hold
+// the primary's ways, lanes 8-15 the second set's; every lane copies the row.
+extern "C" __global__ void dc_replace_round(const int64_t* __restrict__ round_keys,
+                                            const float* __restrict__ round_rows, int n,
+                                            int64_t* __restrict__ cache_keys,
+                                            unsigned* __restrict__ scores,
+                                            uint8_t* __restrict__ hits,
+                                            unsigned* __restrict__ floors,
+                                            float* __restrict__ values, uint32_t num_sets, int dim,
+                                            unsigned* __restrict__ inserted) {
   auto warp = cg::tiled_partition<32>(cg::this_thread_block());
-  const int segment = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
-  if (segment >= num_segments) return;
+  const int j = (int)(((int64_t)blockIdx.x * blockDim.x + threadIdx.x) / 32);
+  if (j >= n) return;  // warp-uniform
   const int lane = warp.thread_rank();
-  const bool holds_way = lane < HPS_WAYS;
-  const uint32_t set = seg_sets[segment];
-  const size_t base = (size_t)set * HPS_WAYS;
-  int64_t my_key = holds_way ? cache_keys[base + lane] : HPS_EMPTY_KEY;
-  unsigned my_score = holds_way ? scores[base + lane] : 0u;
-  unsigned floor_score = floors[set];
-  unsigned new_keys = 0;
-  const bool vec4 = (dim & 3) == 0;
-  for (int64_t j = seg_offsets[segment]; j < seg_offsets[segment + 1]; ++j) {
-    const int64_t key = seg_keys[j];
-    const uint32_t present = warp.ballot(holds_way && my_key == key);
-    if (present) {
-      if (lane == __ffs(present) - 1) my_score += 1u;
-      continue;
-    }
-    int way;
-    const uint32_t empty = warp.ballot(holds_way && my_key == HPS_EMPTY_KEY);
-    if (empty) {
-      way = __ffs(empty) - 1;
-    } else {
-      // Victim: the smallest score, ties to the lowest way (pack score and lane, take the min;
-      // lanes without a way never win).
-      uint64_t packed = holds_way ? ((uint64_t)my_score << 5) | (uint64_t)lane : ~0ull;
-      for (int offset = 16; offset > 0; offset >>= 1) {
-        const uint64_t other = warp.shfl_xor(packed, offset);
-        packed = other < packed ? other : packed;
-      }
-      way = (int)(packed & 31u);
-      floor_score = (unsigned)(packed >> 5);
-    }
-    if (lane == way) {
-      my_key = key;
-      my_score = floor_score + 1u;
-      hits[base + way] = 0;  // hits still uncounted belonged to the evicted key
-    }
-    hps::copy_row<32>(warp, seg_rows + j * (int64_t)dim, values + (base + way) * dim, dim, vec4);
-    ++new_keys;
+  const int64_t key = round_keys[j];
+  const uint64_t h = hps::mix64(key);
+  const uint32_t a = hps::set_of(h, num_sets);
+  const uint32_t b = hps::set2_of(h, num_sets, a);
+  const bool holds = lane < 2 * HPS_WAYS;
+  const uint32_t my_set = lane < HPS_WAYS ? a : b;
+  const size_t my_slot = (size_t)my_set * HPS_WAYS + (lane % HPS_WAYS);
+  const int64_t my_key = holds ? cache_keys[my_slot] : HPS_EMPTY_KEY;
+  const unsigned my_score = holds ? scores[my_slot] : 0u;
+  const uint32_t present = warp.ballot(holds && my_key == key);
+  if (present) {
+    if (lane == __ffs(present) - 1) scores[my_slot] = my_score + 1u;
+    return;
   }
-  if (holds_way) {
-    cache_keys[base + lane] = my_key;
-    scores[base + lane] = my_score;
+  const uint32_t empty = warp.ballot(holds && my_key == HPS_EMPTY_KEY);
+  int way;  // 0..15: the primary's ways, then the second set's
+  unsigned start;
+  if (empty) {
+    way = __ffs(empty) - 1;
+    start = max(floors[a], floors[b]);
+  } else {
+    // The smallest score, ties to the lowest position (pack score and lane, take the min;
+    // lanes without a way never win).
+    uint64_t packed = holds ? ((uint64_t)my_score << 5) | (uint64_t)lane : ~0ull;
+    for (int offset = 16; offset > 0; offset >>= 1) {
+      const uint64_t other = warp.shfl_xor(packed, offset);
+      packed = other < packed ? other : packed;
+    }
+    way = (int)(packed & 31u);
+    start = (unsigned)(packed >> 5);
+    if (lane == 0) floors[way < HPS_WAYS ? a : b] = start;
   }
-  if (lane == 0) {
-    floors[set] = floor_score;
-    if (new_keys) atomicAdd(inserted, new_keys);
+  const size_t slot = (size_t)(way < HPS_WAYS ? a : b) * HPS_WAYS + (way % HPS_WAYS);
+  if (lane == way) {
+    cache_keys[slot] = key;
+    scores[slot] = start + 1u;
+    hits[slot] = 0;  // hits still uncounted belonged to the evicted key
   }
+  hps::copy_row<32>(warp, round_rows + (int64_t)j * dim, values + slot * dim, dim,
+                    (dim & 3) == 0);
+  if (lane == 0) atomicAdd(inserted, 1u);
 }
 
 // Add the hit bytes into the scores and clear them: thread t takes slots [16t, 16t + 16) (both

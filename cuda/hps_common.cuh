@@ -74,9 +74,19 @@ __device__ __forceinline__ uint64_t mix64(int64_t key) {
   return x ^ (x >> 28);
 }
 
-// The set of a key: a multiply-shift of the hash's high half onto [0, num_sets) (no division).
+// The primary set of a key: a multiply-shift of the hash's high half onto [0, num_sets) (no
+// division).
 __device__ __forceinline__ uint32_t set_of(uint64_t hash, uint32_t num_sets) {
   return (uint32_t)(((hash >> 32) * (uint64_t)num_sets) >> 32);
+}
+
+// The second set of a key (two-choice hashing): the same multiply-shift of the hash's low half,
+// the next set when that equals the primary `s1`, so the two differ whenever there are two sets
+// (placement.py sets_of computes the same).
+__device__ __forceinline__ uint32_t set2_of(uint64_t hash, uint32_t num_sets, uint32_t s1) {
+  uint32_t s2 = (uint32_t)(((hash & 0xFFFFFFFFull) * (uint64_t)num_sets) >> 32);
+  if (s2 == s1 && num_sets > 1) s2 = (s1 + 1 == num_sets) ? 0u : s1 + 1;
+  return s2;
 }
 
 // Copy one row of `dim` floats with the T lanes of a tile: 16-byte accesses when both rows are
@@ -128,34 +138,65 @@ __device__ __forceinline__ uint4 load_meta16(const uint4* p, uint64_t policy) {
 #endif
 }
 
-// The way of `key` among the HPS_WAYS keys of a set (`set_keys`, 16-byte aligned), or -1: every
-// key of the set is read at once (8 ways: 64 bytes, one L2 fetch) and compared, so one read proves
-// the hit. A key is in at most one way of its set.
-__device__ __forceinline__ int find_in_set(const int64_t* __restrict__ set_keys, int64_t key,
-                                           uint64_t policy) {
-  constexpr int kLoads = HPS_WAYS / 2;  // two keys per 16-byte load
-  const uint4* q = reinterpret_cast<const uint4*>(set_keys);
-  uint4 v[kLoads];
-#pragma unroll
-  for (int s = 0; s < kLoads; ++s) v[s] = load_meta16(q + s, policy);  // all in flight
+// The way of `key` among the HPS_WAYS keys of a set already read (`v`, two keys per 16-byte
+// word), or -1. A key is in at most one way.
+__device__ __forceinline__ int match_way(const uint4 (&v)[HPS_WAYS / 2], int64_t key) {
   int way = -1;
 #pragma unroll
-  for (int s = 0; s < kLoads; ++s) {
+  for (int s = 0; s < HPS_WAYS / 2; ++s) {
     if ((int64_t)(((uint64_t)v[s].y << 32) | v[s].x) == key) way = 2 * s;
     if ((int64_t)(((uint64_t)v[s].w << 32) | v[s].z) == key) way = 2 * s + 1;
   }
   return way;
 }
 
-// The way of `key` in its set for the T lanes of a tile (lane 0 probes, every lane learns it).
+// The way of `key` among the HPS_WAYS keys of one set (`set_keys`, 16-byte aligned), or -1:
+// every key of the set is read at once and compared (benchmarks/study_key_sets.cu times it).
+__device__ __forceinline__ int find_in_set(const int64_t* __restrict__ set_keys, int64_t key,
+                                           uint64_t policy) {
+  const uint4* q = reinterpret_cast<const uint4*>(set_keys);
+  uint4 v[HPS_WAYS / 2];
+#pragma unroll
+  for (int s = 0; s < HPS_WAYS / 2; ++s) v[s] = load_meta16(q + s, policy);  // all in flight
+  return match_way(v, key);
+}
+
+// Where `key` is cached: its way, -1 when absent, and in `set` the set that holds it (the
+// primary when absent). A key lives in its primary set or its second set, never in both, so the
+// keys of both sets are read at once (8 ways: two 64-byte fetches, all loads in flight before
+// any compare) and one round trip proves a hit or a miss.
+__device__ __forceinline__ int find_in_sets(const int64_t* __restrict__ cache_keys, int64_t key,
+                                            uint64_t hash, uint32_t num_sets, uint64_t policy,
+                                            uint32_t& set) {
+  constexpr int kLoads = HPS_WAYS / 2;  // two keys per 16-byte load
+  const uint32_t s1 = set_of(hash, num_sets);
+  const uint32_t s2 = set2_of(hash, num_sets, s1);
+  const uint4* q1 = reinterpret_cast<const uint4*>(cache_keys + (size_t)s1 * HPS_WAYS);
+  const uint4* q2 = reinterpret_cast<const uint4*>(cache_keys + (size_t)s2 * HPS_WAYS);
+  uint4 a[kLoads], b[kLoads];
+#pragma unroll
+  for (int s = 0; s < kLoads; ++s) a[s] = load_meta16(q1 + s, policy);
+#pragma unroll
+  for (int s = 0; s < kLoads; ++s) b[s] = load_meta16(q2 + s, policy);
+  const int w1 = match_way(a, key);
+  const int w2 = match_way(b, key);
+  set = w1 >= 0 ? s1 : (w2 >= 0 ? s2 : s1);
+  return w1 >= 0 ? w1 : w2;
+}
+
+// The slot of `key` (set * HPS_WAYS + way) for the T lanes of a tile, -1 when absent (lane 0
+// probes, every lane learns it).
 template <int T>
-__device__ __forceinline__ int find_way(const cg::thread_block_tile<T>& tile,
-                                        const int64_t* __restrict__ cache_keys, uint32_t set,
-                                        int64_t key) {
-  int way = -1;
-  if (tile.thread_rank() == 0 && key != HPS_EMPTY_KEY)
-    way = find_in_set(cache_keys + (size_t)set * HPS_WAYS, key, meta_policy());
-  return tile.shfl(way, 0);
+__device__ __forceinline__ int64_t find_slot(const cg::thread_block_tile<T>& tile,
+                                             const int64_t* __restrict__ cache_keys,
+                                             uint32_t num_sets, int64_t key) {
+  int64_t slot = -1;
+  if (tile.thread_rank() == 0 && key != HPS_EMPTY_KEY) {
+    uint32_t set;
+    const int way = find_in_sets(cache_keys, key, mix64(key), num_sets, meta_policy(), set);
+    if (way >= 0) slot = (int64_t)set * HPS_WAYS + way;
+  }
+  return tile.shfl(slot, 0);
 }
 
 __device__ __forceinline__ float4 load_row4(const float4* p) {

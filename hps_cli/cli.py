@@ -39,6 +39,7 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Environment: HPS_CACHE_BACKEND, HPS_DIRECT_IO, HPS_KERNEL_CACHE, HPS_ADMIN_TOKEN, "
+    "HPS_SERVE_UVLOOP, "
     "HPS_DEBUG, TF_USE_LEGACY_KERAS, HPS_REQUIRE_GPU (tests); see docs/config.md, "
     '"Environment variables".',
 )

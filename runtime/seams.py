@@ -201,8 +201,8 @@ class CacheBackend(Protocol):
 
 
 class DynamicBackend(CacheBackend, Protocol):
-    """A dynamic cache: ``num_sets`` sets of ``placement.WAYS`` slots with LFU-DA eviction
-    (``GpuDynamicCache``, ``RefDynamicBackend``)."""
+    """A dynamic cache: ``num_sets`` sets of ``placement.WAYS`` slots, a key in one of its two
+    sets, with LFU-DA eviction (``GpuDynamicCache``, ``RefDynamicBackend``)."""
 
     num_sets: int
 
@@ -221,6 +221,12 @@ class DynamicBackend(CacheBackend, Protocol):
 
     def replace(self, keys: np.ndarray, rows: np.ndarray) -> int:
         """Insert with eviction; returns how many keys were new."""
+        ...
+
+    def load(self, slot_keys: np.ndarray, slot_rows: np.ndarray, vectors: np.ndarray) -> int:
+        """Start-up prefill from a planned layout (gpu/prefill_plan.py): slot s gets key
+        ``slot_keys[s]`` (EMPTY_KEY: free) and row ``vectors[slot_rows[s]]``; replaces whatever
+        the cache held. Returns the keys loaded."""
         ...
 
     def update(self, keys: np.ndarray, rows: np.ndarray) -> int:

@@ -62,8 +62,20 @@ class PlainLfuDa:
         self.floor = [0] * num_sets
         self.queries = 0
 
-    def set_of(self, key: int) -> int:
-        return ((plain_mix64(key) >> 32) * self.num_sets) >> 32
+    def sets_of(self, key: int) -> tuple[int, int]:
+        """The key's primary and second set (two-choice hashing, as placement.sets_of)."""
+        h = plain_mix64(key)
+        primary = ((h >> 32) * self.num_sets) >> 32
+        second = ((h & 0xFFFFFFFF) * self.num_sets) >> 32
+        if second == primary and self.num_sets > 1:
+            second = (primary + 1) % self.num_sets
+        return primary, second
+
+    def find(self, key: int):
+        for s in self.sets_of(key):
+            if key in self.ways[s]:
+                return s, self.ways[s].index(key)
+        return None
 
     def batch(self, keys: list[int]) -> int:
         """Query then insert one batch; returns its hits."""
@@ -72,11 +84,11 @@ class PlainLfuDa:
         hits, missed = 0, set()
         bumps = []
         for key in keys:
-            s = self.set_of(key)
-            if key in self.ways[s]:
+            found = self.find(key)
+            if found is not None:
                 hits += 1
                 if plain_mix64((key & MASK) ^ seed) % self.SAMPLE == 0:
-                    bumps.append((s, self.ways[s].index(key)))
+                    bumps.append(found)
             else:
                 missed.add(key)
         if len(keys) >= self.LARGE_BATCH:
@@ -86,16 +98,18 @@ class PlainLfuDa:
             bumps = [slot for slot, n in counts.items() for _ in range(min(n, self.CAP))]
         for s, w in bumps:
             self.score[s][w] += self.SAMPLE
-        for key in sorted(missed):
-            s = self.set_of(key)
-            ways, score = self.ways[s], self.score[s]
-            if None in ways:
-                w = ways.index(None)
+        for key in sorted(missed):  # absent keys, each once: no "already present" case
+            a, b = self.sets_of(key)
+            candidates = [(a, w) for w in range(self.WAYS)] + [(b, w) for w in range(self.WAYS)]
+            free = [c for c in candidates if self.ways[c[0]][c[1]] is None]
+            if free:
+                s, w = free[0]
+                start = max(self.floor[a], self.floor[b])
             else:
-                w = min(range(self.WAYS), key=lambda i: (score[i], i))
-                self.floor[s] = score[w]
-            ways[w] = key
-            score[w] = self.floor[s] + 1
+                s, w = min(candidates, key=lambda c: (self.score[c[0]][c[1]], candidates.index(c)))
+                start = self.floor[s] = self.score[s][w]
+            self.ways[s][w] = key
+            self.score[s][w] = start + 1
         return hits
 
 
@@ -165,7 +179,7 @@ def test_replay_without_evictions_equals_the_trace_bound(rng):
     stream = _skewed_stream(rng, 3000, 300)
     num_sets = 2048 // WAYS  # 2048 slots for 300 distinct keys
     sets = [((plain_mix64(int(k)) >> 32) * num_sets) >> 32 for k in np.unique(stream)]
-    assert max(np.bincount(sets)) <= WAYS, "a set overflows: pick another seed"
+    assert max(np.bincount(sets)) <= WAYS, "a primary set overflows: pick another seed"
     batch, warmup = 16, 4
     seen, hits, counted = set(), 0, 0
     for index, start in enumerate(range(0, stream.size, batch)):
@@ -181,13 +195,13 @@ def test_replay_without_evictions_equals_the_trace_bound(rng):
 def test_gpucacheper_for_sets_is_the_smallest_giving_those_sets():
     for rows in (100, 3200, 99_991, 1_000_000, 123_456_789):
         fewest = num_sets_for(rows, 0.0)  # the minimum cache: 64 slots
-        for sets in {fewest, fewest + 1, 17, num_sets_for(rows, 0.2), num_sets_for(rows, 1.0)}:
+        full = num_sets_for(rows, 1.0)  # the most sets a gpucacheper (at most 1) gives
+        for sets in {fewest, fewest + 1, min(17, full), num_sets_for(rows, 0.2), full}:
             p = gpucacheper_for_sets(sets, rows)
             assert num_sets_for(rows, p) == sets
-            if sets > fewest:  # the first slot of the set: one slot less is one set less
-                first = WAYS * (sets - 1) + 1
-                assert first / rows <= p <= first / rows + 1e-6
-                assert num_sets_for(rows, (first - 1) / rows) == sets - 1
+            if sets > fewest:  # the smallest with its decimals: one step less, fewer sets
+                digits = next(d for d in (6, 9, 12) if round(p, d) == p)
+                assert num_sets_for(rows, round(p - 10.0**-digits, digits)) < sets
 
 
 def test_memory_formula():

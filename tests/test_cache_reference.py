@@ -14,20 +14,23 @@ from hps_cli.runtime.gpu.embedding_cache import (
 from hps_cli.runtime.gpu.placement import (
     EMPTY_KEY,
     HIT_SAMPLE,
+    SLOT_HEADROOM,
     WAYS,
     num_sets_for,
     query_seed,
+    rows_to_cache,
     sampled_hits,
     set_of,
+    sets_of,
     tile_width,
 )
 from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend, RefIndexedBackend
 from hps_cli.runtime.gpu.reference import (
     RefDynamicCache,
-    group_by_set,
     ref_dedup,
     ref_gather,
     ref_scatter,
+    replace_rounds,
 )
 from hps_cli.runtime.hashing import mix64
 from hps_cli.runtime.table import TableReader, write_table
@@ -38,7 +41,8 @@ from hypothesis import strategies as st
 
 
 class SpecCache:
-    """The dynamic cache's contract written as plainly as possible (one key at a time)."""
+    """The dynamic cache's contract written as plainly as possible (one key at a time): a key
+    lives in one of its two sets; LFU-DA over the 16 ways of both."""
 
     def __init__(self, num_sets: int, dim: int):
         self.num_sets, self.dim = num_sets, dim
@@ -48,17 +52,24 @@ class SpecCache:
         self.values = {}
         self.queries = 0
 
-    def _set(self, key: int) -> int:
-        return int(set_of(np.array([key]), self.num_sets)[0])
+    def _sets(self, key: int) -> tuple[int, int]:
+        primary, second = sets_of(np.array([key]), self.num_sets)
+        return int(primary[0]), int(second[0])
+
+    def _find(self, key: int):
+        for s in self._sets(key):
+            if key != EMPTY_KEY and key in self.keys[s]:
+                return s, self.keys[s].index(key)
+        return None
 
     def query(self, keys):
         out, misses = [], []
         seed = query_seed(self.queries)
         self.queries += 1
         for i, key in enumerate(keys):
-            s = self._set(key)
-            if key != EMPTY_KEY and key in self.keys[s]:
-                way = self.keys[s].index(key)
+            found = self._find(key)
+            if found is not None:
+                s, way = found
                 if sampled_hits(np.array([key]), seed)[0]:  # 1 hit in HIT_SAMPLE counts
                     self.scores[s][way] += HIT_SAMPLE
                 out.append(self.values[(s, way)])
@@ -69,25 +80,30 @@ class SpecCache:
 
     def replace(self, keys, rows):
         for key, row in zip(keys, rows):
-            s = self._set(key)
-            ways = self.keys[s]
-            if key in ways:
-                self.scores[s][ways.index(key)] += 1
+            found = self._find(key)
+            if found is not None:
+                s, way = found
+                self.scores[s][way] += 1
                 continue
-            if EMPTY_KEY in ways:
-                way = ways.index(EMPTY_KEY)
-            else:
-                way = min(range(WAYS), key=lambda w: (self.scores[s][w], w))
-                self.floors[s] = self.scores[s][way]
-            ways[way] = key
-            self.scores[s][way] = self.floors[s] + 1
+            a, b = self._sets(key)
+            ways = [(a, w) for w in range(WAYS)] + [(b, w) for w in range(WAYS)]
+            free = [(s, w) for s, w in ways if self.keys[s][w] == EMPTY_KEY]
+            if free:
+                s, way = free[0]  # the primary's first empty way, then the second set's
+                start = max(self.floors[a], self.floors[b])
+            else:  # the smallest score; ties: the primary first, then the lowest way
+                scores = [self.scores[s][w] for s, w in ways]
+                s, way = ways[min(range(2 * WAYS), key=lambda p: (scores[p], p))]
+                start = self.floors[s] = self.scores[s][way]
+            self.keys[s][way] = key
+            self.scores[s][way] = start + 1
             self.values[(s, way)] = row
 
     def invalidate(self, keys):
         for key in set(keys):
-            s = self._set(key)
-            if key in self.keys[s]:
-                way = self.keys[s].index(key)
+            found = self._find(key)
+            if found is not None:
+                s, way = found
                 self.keys[s][way] = EMPTY_KEY
                 self.scores[s][way] = 0
 
@@ -103,7 +119,7 @@ ops = st.lists(
 
 
 @settings(max_examples=60, deadline=None)
-@given(num_sets=st.integers(1, 3), operations=ops)
+@given(num_sets=st.integers(1, 4), operations=ops)
 def test_reference_matches_the_specification(num_sets, operations):
     dim = 3
     ref, spec = RefDynamicCache(num_sets, dim), SpecCache(num_sets, dim)
@@ -170,21 +186,50 @@ def test_hits_of_a_deduplicated_batch_are_capped_per_key():
 
 
 def test_placement_matches_the_kernel_formulas():
-    keys = np.array([0, 1, -1, 2**62, 123456789], dtype=np.int64)
+    keys = np.array([0, 1, -1, 2**62, 123456789, 77, 78, 79], dtype=np.int64)
     sets = set_of(keys, 1000)
     assert ((sets >= 0) & (sets < 1000)).all()
     hashed = [int(h) for h in mix64(keys)]
     assert sets.tolist() == [((h >> 32) * 1000) >> 32 for h in hashed]  # hps_common.cuh set_of
-    # 200 slots; at least 64 slots
-    assert num_sets_for(1000, 0.2) == -(-200 // WAYS) and num_sets_for(10, 0.5) == 64 // WAYS
+    for num_sets in (1, 2, 3, 1000, 2**31 - 1):
+        primary, second = sets_of(keys, num_sets)
+        expected = []
+        for h, s1 in zip(hashed, primary.tolist()):  # hps_common.cuh set2_of
+            s2 = ((h & 0xFFFFFFFF) * num_sets) >> 32
+            if s2 == s1 and num_sets > 1:
+                s2 = 0 if s1 + 1 == num_sets else s1 + 1
+            expected.append(s2)
+        assert second.tolist() == expected
+        assert primary.tolist() == set_of(keys, num_sets).tolist()
+        assert num_sets == 1 or (primary != second).all()
+    # room for ceil(p × rows) rows (at least 64) with 3 % more slots
+    assert num_sets_for(1000, 0.2) == -(-int(200 * SLOT_HEADROOM) // WAYS) == 26
+    assert num_sets_for(10, 0.5) == -(-int(64 * SLOT_HEADROOM) // WAYS) == 9
+    assert rows_to_cache(100, 0.07) == 7 and rows_to_cache(10**6, 0.25) == 250_000
+    assert rows_to_cache(3, 1.0) == 3 and rows_to_cache(1001, 0.5) == 501
     assert [tile_width(d) for d in (1, 8, 16, 32, 64, 128)] == [2, 2, 4, 8, 16, 16]
 
 
-def test_group_by_set_is_stable():
-    order, seg_sets, offsets = group_by_set(np.array([3, 1, 3, 0, 1]))
-    assert seg_sets.tolist() == [0, 1, 3]
-    assert offsets.tolist() == [0, 1, 3, 5]
-    assert order.tolist() == [3, 1, 4, 0, 2]
+def test_replace_rounds_touch_disjoint_sets_in_batch_order():
+    rng = np.random.default_rng(8)
+    for num_sets in (1, 2, 7, 1000):
+        keys = rng.integers(0, 50, 300).astype(np.int64)  # repeats too
+        primary, second = sets_of(keys, num_sets)
+        order, offsets = replace_rounds(primary, second)
+        assert sorted(order.tolist()) == list(range(keys.size))
+        last_round = {}  # set -> (round, batch position) of its latest key
+        for r in range(offsets.size - 1):
+            members = order[offsets[r] : offsets[r + 1]]
+            assert members.size
+            touched = [s for i in members for s in {int(primary[i]), int(second[i])}]
+            assert len(touched) == len(set(touched)), "a set twice in one round"
+            for i in members.tolist():
+                for s in {int(primary[i]), int(second[i])}:
+                    if s in last_round:  # each set sees its keys in batch order
+                        assert last_round[s][1] < i and last_round[s][0] < r
+                    last_round[s] = (r, i)
+    order, offsets = replace_rounds(np.empty(0, np.int64), np.empty(0, np.int64))
+    assert order.size == 0 and offsets.tolist() == [0]
 
 
 def test_batch_ops_reference():
@@ -257,6 +302,7 @@ def test_hit_rate_counts_unique_keys(tiers):
     inserter = AsyncInserter(1)
     cache = _cache(tiers, 0.6, inserter=inserter)
     cache.query(np.array([1]))
+    inserter.flush()
     # 1 hit key repeated 9 times + 1 missing key: unique hit rate 0.5 < 0.6 → synchronous,
     # although 90 % of the occurrences hit.
     out = cache.query(np.array([1] * 9 + [7]))
@@ -285,6 +331,119 @@ def test_update_and_remove_reach_cached_copies(tiers):
     assert tiers.calls[-1].tolist() == [4]  # fetched again after removal
 
 
+class _Tier:
+    """A CPU tier whose values can change, and that can run an update of the cache (as
+    ``HPS.insert`` does: the tier first, then the cache) while a fetch is under way."""
+
+    def __init__(self):
+        self.values: dict[int, float] = {}
+        self.during_fetch = None
+
+    def fetch(self, keys):
+        rows = np.array([[self.values.get(int(k), float(k))] * 8 for k in keys], np.float32)
+        hook, self.during_fetch = self.during_fetch, None
+        if hook is not None:
+            hook()
+        return rows.reshape(-1, 8)
+
+    def expected(self, keys):
+        return np.array([[self.values.get(int(k), float(k))] * 8 for k in keys], np.float32)
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.5])
+def test_a_row_fetched_before_an_update_never_lands_in_the_cache(threshold):
+    """A lookup fetches key 7, then HPS.insert changes key 7 (tier, then cache: not cached yet,
+    nothing to overwrite), then the fetched row would be inserted: the update generation drops
+    it, so the cache never serves the old value. Synchronous lookups (threshold 1) insert later
+    in a batch; asynchronous ones (0.5) fetch and insert in the background."""
+    tier = _Tier()
+    inserter = AsyncInserter(1)
+    cache = DynamicEmbeddingCache(
+        RefDynamicBackend(8, 8),
+        fetch=tier.fetch,
+        hit_rate_threshold=threshold,
+        default_value=-1.0,
+        inserter=inserter,
+    )
+    warm = np.array([1, 2, 3])
+    cache.query(warm)
+    inserter.flush()
+
+    def update():
+        tier.values[7] = 70.0
+        cache.update(np.array([7]), np.full((1, 8), 70.0, np.float32))
+
+    tier.during_fetch = update
+    first = cache.query(np.array([1, 2, 3, 7]))  # 3 of 4 hit: asynchronous below 0.75
+    inserter.flush()
+    assert first[3, 0] == (7.0 if threshold == 1.0 else -1.0)  # before the update: either
+    assert cache.stats()["stale_inserts"] == 1
+    np.testing.assert_array_equal(cache.query(np.array([7])), tier.expected([7]))  # a miss: exact
+    inserter.flush()
+    assert 7 in cache.backend.dump()  # the next miss put in the new value
+    np.testing.assert_array_equal(cache.query(np.array([7])), tier.expected([7]))
+    inserter.close()
+
+
+def test_refresh_never_writes_back_a_value_updated_meanwhile():
+    tier = _Tier()
+    cache = DynamicEmbeddingCache(
+        RefDynamicBackend(8, 8), fetch=tier.fetch, hit_rate_threshold=1.0, default_value=0.0
+    )
+    cache.query(np.array([4, 5]))
+
+    def update():
+        tier.values[5] = 50.0
+        cache.update(np.array([5]), np.full((1, 8), 50.0, np.float32))
+
+    tier.during_fetch = update  # while the refresh fetches 4 and 5
+    assert cache.refresh() == 1  # 4 only
+    np.testing.assert_array_equal(cache.query(np.array([4, 5])), tier.expected([4, 5]))
+
+
+def test_deferred_inserts_go_in_batches_in_order():
+    from hps_cli.runtime.gpu.deferred_insert import InsertQueue
+
+    batches = []
+    inserter = AsyncInserter(2)
+    queue = InsertQueue(lambda k, r, s: batches.append(k.tolist()), inserter.submit, delay_s=0.05)
+    for i in range(5):
+        assert queue.add(np.array([i, i + 10]), np.zeros((2, 1)), np.zeros(2, np.int64))
+    inserter.flush()
+    assert batches == [[0, 10, 1, 11, 2, 12, 3, 13, 4, 14]]  # one batch, queue order
+    queue.batch_keys = 4
+    queue.add(np.arange(4), np.zeros((4, 1)), np.zeros(4, np.int64))  # a full batch: no wait
+    inserter.flush()
+    assert batches[-1] == [0, 1, 2, 3]
+    full = AsyncInserter(1, max_pending=1)
+    blocked = __import__("threading").Event()
+    full.submit(blocked.wait)
+    refused = InsertQueue(lambda k, r, s: batches.append(k.tolist()), full.submit)
+    assert not refused.add(np.array([1]), np.zeros((1, 1)), np.zeros(1, np.int64))
+    blocked.set()
+    full.flush()
+    inserter.close()
+    full.close()
+
+
+def test_large_misses_are_fetched_in_parts_on_several_threads():
+    from hps_cli.runtime.gpu.embedding_cache import FETCH_PART_KEYS
+
+    calls = []
+
+    def fetch(keys):
+        calls.append((keys.size, __import__("threading").get_ident()))
+        return synthetic_vectors(keys, 8)
+
+    cache = DynamicEmbeddingCache(
+        RefDynamicBackend(64, 8), fetch=fetch, hit_rate_threshold=1.0, default_value=0.0
+    )
+    keys = np.random.default_rng(2).choice(10**12, 3 * FETCH_PART_KEYS + 5, replace=False)
+    np.testing.assert_array_equal(cache.query(keys), synthetic_vectors(keys, 8))
+    assert len(calls) >= 2 and sum(n for n, _ in calls) == keys.size
+    assert len({thread for _, thread in calls}) >= 2
+
+
 def test_eviction_keeps_results_exact(tiers):
     cache = _cache(tiers, 1.0, sets=1)  # WAYS slots
     rng = np.random.default_rng(3)
@@ -305,40 +464,16 @@ def test_refresh_reloads_values(tiers):
     )
 
 
-def test_prefill_hottest_first_by_meta(tmp_path, tiers):
+def test_prefill_takes_the_hottest_rows_by_meta(tmp_path, tiers):
     keys = np.arange(1000, 1400, dtype=np.int64)
     meta = np.arange(400, dtype=np.int64)  # hottest rows last in the file
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8), meta)
-    cache = _cache(tiers, 1.0, sets=64 // WAYS)  # 64 slots
+    cache = _cache(tiers, 1.0, sets=64 // WAYS)  # 64 slots: room for 62 rows with the headroom
     with TableReader(tmp_path / "t") as reader:
-        assert cache.prefill(reader) > 0
-    cached = cache.backend.dump()
-    hottest = keys[-64:]  # the 64 rows prefill takes
-    assert set(cached.tolist()) <= set(hottest.tolist())
-    # a set that more of them share than it has ways keeps its hottest ones
-    sets = set_of(hottest, cache.backend.num_sets)
-    for s in range(cache.backend.num_sets):
-        expected = np.sort(hottest[sets == s])[-WAYS:]  # larger key, larger meta here
-        np.testing.assert_array_equal(
-            np.sort(cached[set_of(cached, cache.backend.num_sets) == s]), expected
-        )
-
-
-def test_prefill_keeps_the_hottest_of_a_full_set_when_every_row_fits(tmp_path, tiers):
-    """As many slots as rows: sets still overflow, and each keeps its hottest rows."""
-    keys = np.arange(5000, 5000 + 16 * WAYS, dtype=np.int64)
-    meta = np.random.default_rng(4).permutation(keys.size).astype(np.int64)
-    write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8), meta)
-    cache = _cache(tiers, 1.0, sets=16)  # 16 × WAYS slots: every row "fits"
-    with TableReader(tmp_path / "t") as reader:
-        cache.prefill(reader)
-    cached = cache.backend.dump()
-    sets = set_of(keys, 16)
-    assert np.bincount(sets, minlength=16).max() > WAYS  # some set overflows
-    for s in range(16):
-        in_set = np.flatnonzero(sets == s)
-        hottest = keys[in_set[np.argsort(meta[in_set])][-WAYS:]]
-        np.testing.assert_array_equal(np.sort(cached[set_of(cached, 16) == s]), np.sort(hottest))
+        assert cache.prefill(reader) == int(64 / SLOT_HEADROOM) == 62
+    np.testing.assert_array_equal(cache.backend.dump(), keys[-62:])  # every one of them placed
+    np.testing.assert_array_equal(cache.query(keys[-62:]), synthetic_vectors(keys[-62:], 8))
+    assert not tiers.calls  # all hits
 
 
 def test_prefill_in_file_order_without_meta(tmp_path, tiers):
@@ -346,8 +481,55 @@ def test_prefill_in_file_order_without_meta(tmp_path, tiers):
     write_table(tmp_path / "t", keys, synthetic_vectors(keys, 8))
     cache = _cache(tiers, 1.0, sets=64 // WAYS)  # 64 slots
     with TableReader(tmp_path / "t") as reader:
-        cache.prefill(reader)
-    assert set(cache.backend.dump().tolist()) <= set(range(64))
+        cache.prefill(reader, limit=40)
+    np.testing.assert_array_equal(cache.backend.dump(), np.arange(40))
+
+
+def test_prefill_plans_each_key_once(tmp_path, tiers):
+    keys = np.array([5, 9, 5, 7, 11, 9, 12], dtype=np.int64)  # a table with repeated keys
+    vectors = synthetic_vectors(np.arange(keys.size), 8)
+    write_table(tmp_path / "t", keys, vectors)
+    cache = _cache(tiers, 1.0, sets=64 // WAYS)
+    with TableReader(tmp_path / "t") as reader:
+        assert cache.prefill(reader) == 5
+    np.testing.assert_array_equal(cache.backend.dump(), [5, 7, 9, 11, 12])
+    out = cache.query(np.array([5, 9, 7, 11, 12]))  # each key with its first occurrence's row
+    np.testing.assert_array_equal(out, vectors[[0, 1, 3, 4, 6]])
+
+
+@pytest.mark.parametrize("gpucacheper", [0.25, 0.5, 1.0])
+@pytest.mark.parametrize(
+    "rows,key_kind",
+    [(1_000, "sequential"), (4_096, "random"), (20_000, "sequential"), (300_000, "random")],
+)
+def test_prefill_places_the_hottest_rows_of_any_table(tmp_path, gpucacheper, rows, key_kind):
+    """A cache sized by num_sets_for holds at least 99.9 % of the ceil(p × rows) hottest rows
+    after prefill (in practice all of them); at p = 1 every key of the table hits."""
+    rng = np.random.default_rng(rows)
+    if key_kind == "sequential":
+        keys = np.arange(rows, dtype=np.int64) + 10**9
+    else:
+        keys = rng.choice(2**62, rows, replace=False).astype(np.int64) - 2**61
+    meta = rng.permutation(rows).astype(np.int64)
+    write_table(tmp_path / "t", keys, synthetic_vectors(keys, 2), meta)
+    wanted = rows_to_cache(rows, gpucacheper)
+    cache = DynamicEmbeddingCache(
+        RefDynamicBackend(num_sets_for(rows, gpucacheper), 2),
+        fetch=lambda k: synthetic_vectors(k, 2),
+        hit_rate_threshold=1.0,
+        default_value=0.0,
+    )
+    with TableReader(tmp_path / "t") as reader:
+        loaded = cache.prefill(reader)
+    assert loaded >= wanted
+    hottest = keys[np.argsort(-meta, kind="stable")[:wanted]]
+    placed = np.isin(hottest, cache.backend.dump())
+    assert placed.mean() >= 0.999, (placed.mean(), wanted)
+    assert placed.all()  # what the simulations showed for every table size
+    if gpucacheper == 1.0:
+        out = cache.query(rng.permutation(keys))
+        assert cache.stats()["misses"] == 0
+        assert out.shape == (rows, 2)
 
 
 def test_static_cache_answers_from_the_whole_table_and_is_read_only(tmp_path):
@@ -421,7 +603,7 @@ def test_placement_reference_and_kernel_flags_share_the_ways():
     from hps_cli.runtime.gpu.kernels import kernel_defines
 
     assert kernel_defines()["HPS_WAYS"] == str(WAYS)
-    assert num_sets_for(1000, 0.2) == -(-200 // WAYS)
+    assert num_sets_for(8000, 1.0) == -(-int(8000 * SLOT_HEADROOM) // WAYS)
     c = RefDynamicCache(8, 4)
     assert c.keys.shape == (8, WAYS) and c.capacity == 8 * WAYS
     keys = np.arange(1, 257, dtype=np.int64) * 7919

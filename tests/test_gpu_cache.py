@@ -104,9 +104,16 @@ def _check_dedup_query(gpu, ref, keys):
     return pr, rows
 
 
-def test_dedup_path_matches_reference(device):
+@pytest.mark.parametrize("pool", ["pinned", "pageable"])
+def test_dedup_path_matches_reference(device, pool, monkeypatch):
+    """De-duplicated lookups with misses: with a pinned result the rows go out while the misses
+    are fetched and the fetched rows are patched in through the mapped block; with a pageable
+    one (pool full) the result is expanded once the misses are in."""
     from hps_cli.runtime.gpu.gpu_dynamic import DEDUP_MIN_KEYS
+    from hps_cli.runtime.gpu.pinned import PinnedPool
 
+    if pool == "pageable":
+        monkeypatch.setattr(device, "pinned", PinnedPool(device, max_bytes=0))
     rng = np.random.default_rng(7)
     gpu, ref = _pair(device, 16384 // WAYS, 16)
     for _ in range(4):
@@ -140,6 +147,37 @@ def test_hit_bytes_fold_into_the_scores_exactly(device, extra_sets):
             gone = keys[:10]
             assert gpu.invalidate(gone) == ref.invalidate(gone) == 10
             assert gpu.replace(gone[:5], rows[:5]) == ref.replace(gone[:5], rows[:5]) == 5
+    _same_state(gpu, ref)
+
+
+@pytest.mark.parametrize("rows,gpucacheper", [(3000, 1.0), (50_000, 0.25), (200_000, 1.0)])
+def test_prefill_layout_matches_reference_and_holds_every_row(device, rows, gpucacheper):
+    """The planned prefill loaded on the GPU equals the reference's, holds every one of the
+    ceil(p × rows) rows, and a query of all of them hits."""
+    from hps_cli.runtime.gpu.placement import num_sets_for, rows_to_cache
+    from hps_cli.runtime.gpu.prefill_plan import plan_prefill
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+
+    rng = np.random.default_rng(rows)
+    keys = rng.choice(2**62, rows, replace=False).astype(np.int64)
+    vectors = synthetic_vectors(keys, 32)
+    wanted = rows_to_cache(rows, gpucacheper)
+    num_sets = num_sets_for(rows, gpucacheper)
+    plan = plan_prefill(keys[:wanted], num_sets)
+    assert plan.placed == wanted
+    slot_rows = plan.slot_rows(np.arange(wanted))
+    gpu, ref = _pair(device, num_sets, 32)
+    gpu.replace(keys[-100:], vectors[-100:])  # loading replaces what was there
+    assert gpu.load(plan.slot_keys, slot_rows, vectors) == ref.load(
+        plan.slot_keys, slot_rows, vectors
+    )
+    _same_state(gpu, ref)
+    for batch in (keys[:wanted][rng.permutation(wanted)[:5000]], keys[:wanted]):
+        pending = gpu.query(batch, -1.0)
+        assert pending.miss_keys.size == 0
+        np.testing.assert_array_equal(pending.finish(None), synthetic_vectors(batch, 32))
+        ref.query(batch, -1.0)  # the same hits counted on both sides
+    _check_query(gpu, ref, keys[rng.integers(0, rows, 3000)])  # misses too, when p < 1
     _same_state(gpu, ref)
 
 

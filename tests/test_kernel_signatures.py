@@ -13,10 +13,12 @@ import struct
 import pytest
 from hps_cli.runtime.gpu.gpu_dynamic import (
     DUMP_ARGS,
+    FLAGGED_GATHER_ARGS,
     INVALIDATE_ARGS,
+    MARK_ARGS,
     PUBLISHED_QUERY_ARGS,
     QUERY_ARGS,
-    REPLACE_ARGS,
+    REPLACE_ROUND_ARGS,
     UPDATE_ARGS,
 )
 from hps_cli.runtime.gpu.gpu_indexed import INDEXED_QUERY_ARGS
@@ -58,11 +60,13 @@ def _parameter_codes(source: str, kernel: str) -> str:
     [
         ("dynamic_cache.cu", "dc_query", QUERY_ARGS, 120),
         ("dynamic_cache.cu", "dc_query_published", PUBLISHED_QUERY_ARGS, 136),
-        ("dynamic_cache.cu", "dc_replace", REPLACE_ARGS, 96),
+        ("dynamic_cache.cu", "dc_replace_round", REPLACE_ROUND_ARGS, 80),
         ("dynamic_cache.cu", "dc_update_t##T", UPDATE_ARGS, 56),
         ("dynamic_cache.cu", "dc_invalidate_t##T", INVALIDATE_ARGS, 56),
         ("dynamic_cache.cu", "dc_dump", DUMP_ARGS, 32),
         ("indexed_table.cu", "it_query", INDEXED_QUERY_ARGS, 104),
+        ("batch_ops.cu", "mark_positions", MARK_ARGS, 24),
+        ("batch_ops.cu", "gather_flagged_rows_t##T", FLAGGED_GATHER_ARGS, 48),
     ],
 )
 def test_launch_format_matches_the_kernel(source, kernel, fmt, size):

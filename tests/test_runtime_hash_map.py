@@ -123,6 +123,32 @@ def test_tombstones_are_reclaimed(rng):
     assert table._slots.shape[0] < 64 * 3000
 
 
+@pytest.mark.parametrize("window", [8, 16])
+def test_lookups_probe_a_window_and_agree_with_the_rounds(rng, monkeypatch, window):
+    """A lookup reads a window of slots per key at once; with long probe runs (a dense table,
+    tombstones) and a window of 8, many keys go on probing in rounds: every answer equals the
+    rounds' own from each key's home."""
+    from hps_cli.runtime.volatile import hash_map
+
+    monkeypatch.setattr(hash_map, "_WINDOW", window)
+    t = HashMapTable(4, num_partitions=3)
+    held = rng.choice(10**9, 6000, replace=False).astype(np.int64)
+    t.insert(held, synthetic_vectors(held, 4))
+    gone = held[::3]
+    t.remove(gone)  # tombstones inside the probe runs
+    query = np.concatenate([held[:3000], rng.integers(0, 10**9, 500)])
+    for size in (1, 7, 300, 4096):
+        keys = rng.permutation(query)[:size]
+        slots = t._find(keys)
+        part, home = t._partition_and_home(keys, t._segment)
+        end = part * t._segment + t._segment
+        np.testing.assert_array_equal(slots, t._probe(keys, home, end))
+        out, hit, _ = t.get(keys)
+        live = np.isin(keys, held) & ~np.isin(keys, gone)
+        np.testing.assert_array_equal(hit, live)
+        np.testing.assert_array_equal(out[hit], synthetic_vectors(keys[hit], 4))
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_overflow_keeps_partitions_within_margin(new_table, policy, rng):
     table = new_table(

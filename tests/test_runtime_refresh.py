@@ -16,7 +16,7 @@ from helpers.runtime_configs import make_tables, ps_config
 from hps_cli.runtime import HPS
 from hps_cli.runtime.gpu.cache_factory import EmbeddingCacheFactory
 from hps_cli.runtime.gpu.embedding_cache import DynamicEmbeddingCache
-from hps_cli.runtime.gpu.placement import WAYS
+from hps_cli.runtime.gpu.placement import WAYS, num_sets_for
 from hps_cli.runtime.gpu.ref_backends import RefDynamicBackend
 from hps_cli.runtime.gpu.refresh import CacheRefresher
 from hps_cli.runtime.table.synthetic import synthetic_vectors
@@ -77,7 +77,7 @@ def test_the_share_sets_the_sets_per_step(tables, backend, share):
     with hps:
         cache = hps.front_cache("m", "users")
         sets = cache.backend.num_sets
-        assert sets == 100  # 800 slots of 8 ways
+        assert sets == num_sets_for(800, 1.0)  # room for 800 rows, with the slots' headroom
         per_step = max(1, math.ceil(share * sets))
         ranges = cache.refresh_ranges(share)
         assert len(ranges) == math.ceil(sets / per_step)

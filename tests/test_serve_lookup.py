@@ -64,6 +64,8 @@ def setup(tmp_path_factory):
             str(tmp / "access.log"),
             "--allow-shared-memory",
         ],
+        # The cache metrics need a cache: without a GPU, its NumPy reference.
+        env={"HPS_CACHE_BACKEND": "reference"},
     ).start()
     runtime = HPS(path)
     yield server, runtime, tmp
@@ -311,7 +313,9 @@ def admin_server(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serve-admin")
     path = tmp / "ps.json"
     path.write_text(json.dumps(_config(tmp)))
-    server = ServeProcess(path, env={"HPS_ADMIN_TOKEN": TOKEN}).start()
+    server = ServeProcess(
+        path, env={"HPS_ADMIN_TOKEN": TOKEN, "HPS_CACHE_BACKEND": "reference"}
+    ).start()
     yield server
     assert server.stop() == 0
 

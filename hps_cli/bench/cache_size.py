@@ -3,8 +3,8 @@ or a distribution, and the smallest ``gpucacheper`` that reaches a target hit ra
 
 Method: the key stream is replayed, in batches of ``batch_size`` keys, through
 ``RefDynamicCache`` — the runtime's reference of the GPU cache, bit-exact with the kernels
-(8-way sets, LFU with dynamic aging, hits counted on a 1-in-4 sample, at most 15 per key in
-batches of 64 K keys or more) — sized as the runtime
+(8-way sets, two candidate sets per key, LFU with dynamic aging over both, hits counted on a
+1-in-4 sample, at most 15 per key in batches of 64 K keys or more) — sized as the runtime
 sizes it for each ``gpucacheper`` (``num_sets_for``). Each batch is handled as a synchronous
 lookup (``hit_rate_threshold`` >= 1): query; the distinct missed keys are inserted in sorted
 order, as ``EmbeddingCache`` does. The cache starts empty (no start-up prefill); the first
@@ -38,7 +38,7 @@ import numpy as np
 
 from .. import __version__
 from ..runtime.errors import InvalidInputError
-from ..runtime.gpu.placement import WAYS, num_sets_for, padded_slots
+from ..runtime.gpu.placement import SLOT_HEADROOM, WAYS, num_sets_for, padded_slots
 from ..runtime.gpu.reference import RefDynamicCache
 from .keys import DistributionKeys, load_trace, parse_distribution
 from .lookup_bench import machine
@@ -59,19 +59,28 @@ def cache_memory_bytes(num_sets: int, dim: int) -> int:
 
 
 def gpucacheper_for_sets(num_sets: int, rows: int) -> float:
-    """A ``gpucacheper`` whose cache has ``num_sets`` sets for a table of ``rows``: the exact
-    smallest, ``(WAYS × (num_sets - 1) + 1) / rows``, rounded up to 6 decimals (more when 6 would
-    reach the next set). The minimum cache (64 slots) takes any value up to 64 / rows: that."""
+    """A ``gpucacheper`` whose cache has ``num_sets`` sets for a table of ``rows``: the smallest
+    with 6 decimals (more when 6 cannot tell the sets apart). The minimum cache (64 rows) takes
+    any value up to 64 / rows: that."""
     if num_sets <= num_sets_for(rows, 0.0):
-        exact = min(1.0, 64 / rows)
-    else:
-        exact = (WAYS * (num_sets - 1) + 1) / rows
-    for digits in (6, 9, 12):  # a short decimal that still gives exactly num_sets
+        return min(1.0, 64 / rows)
+    # The fewest rows to cache that need num_sets sets (placement.num_sets_for), found near
+    # the boundary of the headroom formula and checked with the function itself.
+    wanted = max(65, math.floor(WAYS * (num_sets - 1) / SLOT_HEADROOM))
+    while wanted > 65 and num_sets_for(rows, (wanted - 1) / rows) >= num_sets:
+        wanted -= 1
+    while num_sets_for(rows, wanted / rows) < num_sets:
+        if wanted >= rows:  # more sets than the whole table needs
+            return 1.0
+        wanted += 1
+    for digits in (6, 9, 12):  # the first short decimal above (wanted - 1) / rows that works
         scale = 10**digits
-        value = math.ceil(exact * scale) / scale
-        if num_sets_for(rows, value) == num_sets:
-            return value
-    return exact
+        value = math.floor((wanted - 1) / rows * scale) / scale
+        for _ in range(4):
+            if num_sets_for(rows, value) == num_sets:
+                return value
+            value = (round(value * scale) + 1) / scale
+    return wanted / rows
 
 
 @dataclass

@@ -10,7 +10,9 @@ do not just hit the L2 cache. A batch large enough to be de-duplicated in a look
 the lookup's query does; afterwards those hits are folded into the scores.
 
 ``kernel_share_of_gather_floor`` = gather time / query time: the fraction of the floor's
-throughput the cache kernel reaches (1.0 = as fast as a plain gather).
+throughput the cache kernel reaches (1.0 = as fast as a plain gather), at ``hit_rate``: the
+share of the timed batch's keys the cache held (a miss writes the default value instead of
+copying a row, so the key mix matters).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def unavailable(reason: str) -> dict:
         "gather_us": None,
         "keys": None,
         "device": None,
+        "hit_rate": None,
         "reason": reason,
     }
 
@@ -41,7 +44,7 @@ def unavailable(reason: str) -> dict:
 def why_not_measurable(front) -> str | None:
     """None when ``front`` is a dynamic cache on a GPU, else the reason it cannot be timed."""
     if front is None:
-        return "the table has no embedding cache (gpucache is false)"
+        return "the table has no embedding cache (gpucache is false, or no usable GPU)"
     if front.read_only:
         return "the table's cache is static or uvm (an indexed table, not the dynamic cache)"
     if not front.backend.on_gpu:
@@ -137,6 +140,8 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
 
         assert repeats + _WARMUP <= 255  # hits per slot in the hit bytes (one per launch)
         ms_query = _events_median(drv, launch_query, repeats, reset_misses)
+        misses = np.empty(4, np.uint32)
+        drv.memcpy_dtoh(misses, count)  # of the last launch
         if count_mode == COUNT_INTO_HIT_BYTES:
             cache.note_unfolded_hits()  # the launches above counted into the hit bytes
         ms_gather = _events_median(drv, launch_gather, repeats)
@@ -148,5 +153,6 @@ def kernel_vs_gather(front, batches: list[np.ndarray], repeats: int = 30) -> dic
         "gather_us": ms_gather * 1e3,
         "keys": n,
         "device": device.name,
+        "hit_rate": 1.0 - int(misses[0]) / n,
         "reason": None,
     }

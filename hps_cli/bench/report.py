@@ -113,7 +113,7 @@ def lookup_table(report: dict):
             _pct(hit["volatile"]),
             _pct(hit["persistent"]),
             _pct(hit["default"]),
-            "-" if share is None else f"{share:.2f}",
+            "-" if share is None else f"{share:.2f} at {kern.get('hit_rate', 0):.0%} hits",
         )
     return grid
 

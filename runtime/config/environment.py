@@ -22,8 +22,10 @@ ENVIRONMENT = (
     EnvironmentVariable(
         "HPS_CACHE_BACKEND",
         "Where the embedding caches keep their rows. `auto`: on the GPU when PyCUDA and the "
-        "device are usable, else the NumPy reference (same answers, on the CPU); `reference`: "
-        "always the reference; `gpu`: a missing GPU is an error instead of a fallback.",
+        "device are usable; without one, dynamic-cache tables are served from the CPU tiers "
+        "(no cache; one start-up warning) and static/uvm tables from the NumPy reference; "
+        "`reference`: every cache in the NumPy reference (same answers, on the CPU: tests, "
+        "comparisons); `gpu`: a missing GPU is an error.",
         "`auto`",
         "the runtime, each time it builds a cache (`runtime/gpu/backend_choice.py`); "
         "`hps bench` reports it",
@@ -42,6 +44,13 @@ ENVIRONMENT = (
         "nvcc version).",
         "`$XDG_CACHE_HOME/hps/kernels`, else `~/.cache/hps/kernels`",
         "the runtime, when it compiles the kernels of a device (`runtime/gpu/kernels.py`)",
+    ),
+    EnvironmentVariable(
+        "HPS_SERVE_UVLOOP",
+        "`0`: `hps serve` runs on asyncio's own event loop instead of uvloop (to compare the "
+        "two).",
+        "uvloop when it is installed",
+        "`hps serve`, at start (`hps_cli/serve/event_loop.py`)",
     ),
     EnvironmentVariable(
         "HPS_ADMIN_TOKEN",

@@ -1,8 +1,14 @@
-"""Choosing where a cache's rows live: the GPU when one is usable, else the NumPy reference.
+"""Choosing where a cache's rows live: on the GPU when one is usable.
+
+Without a usable GPU (no CUDA device, or no PyCUDA) a dynamic cache is not built at all: its
+table is served straight from the CPU tiers, which answer a lookup faster than a cache emulated
+on the CPU in front of them would (the NumPy reference costs as much per key as the tiers
+themselves, plus its misses). Static and uvm tables fall back to the NumPy reference of their
+indexed table: they may have no CPU tiers behind them.
 
 ``HPS_CACHE_BACKEND`` (read each time a cache is built; docs/config.md, "Environment
-variables"): ``auto`` (the default) as above; ``reference`` forces the reference (e.g. to compare
-both on a GPU machine); ``gpu`` makes a missing GPU an error instead of a silent fallback.
+variables"): ``auto`` (the default) as above; ``reference`` builds the NumPy reference of every
+cache (tests, and comparing both on a GPU machine); ``gpu`` makes a missing GPU an error.
 """
 
 from __future__ import annotations
@@ -18,8 +24,14 @@ from .placement import num_sets_for
 from .ref_backends import RefDynamicBackend, RefIndexedBackend
 
 
+def reference_wanted() -> bool:
+    """True when ``HPS_CACHE_BACKEND=reference`` asks for the NumPy reference caches."""
+    return os.environ.get("HPS_CACHE_BACKEND", "auto").lower() == "reference"
+
+
 def use_gpu(device_id: int) -> bool:
-    """True: caches on ``device_id`` go on that GPU; False: on the NumPy reference."""
+    """True: caches on ``device_id`` go on that GPU; False: no usable GPU, or the reference
+    was asked for."""
     wanted = os.environ.get("HPS_CACHE_BACKEND", "auto").lower()
     if wanted == "reference":
         return False
@@ -31,13 +43,17 @@ def use_gpu(device_id: int) -> bool:
 
 def dynamic_backend(
     device_id: int, table_rows: int, gpucacheper: float, dim: int
-) -> DynamicBackend:
+) -> DynamicBackend | None:
+    """The dynamic cache's backend, or None when there is no usable GPU (and the reference
+    was not asked for): the table is then served from its CPU tiers."""
     num_sets = num_sets_for(table_rows, gpucacheper)
     if use_gpu(device_id):
         from .gpu_dynamic import GpuDynamicCache
 
         return GpuDynamicCache(get_device(device_id), num_sets, dim)
-    return RefDynamicBackend(num_sets, dim)
+    if reference_wanted():
+        return RefDynamicBackend(num_sets, dim)
+    return None
 
 
 def indexed_backend(

@@ -5,9 +5,10 @@ storage table (a table, or with ``fuse_embedding_table`` a fused group of tables
 this factory for a front cache (one per device: lookups are routed by device id). The cache type
 follows ``embedding_cache_type`` (``use_static_table`` forces static):
 
-- ``dynamic``: ``floor(gpucacheper × rows)`` slots (at least 64) in front of the CPU tiers,
-  prefilled at start-up when ``init_ec`` (hottest rows first by ``meta``, else file order, up to
-  its capacity);
+- ``dynamic``: room for ``ceil(gpucacheper × rows)`` rows (at least 64; 3 % more slots) in
+  front of the CPU tiers, prefilled at start-up when ``init_ec`` (the hottest rows by ``meta``,
+  else the first in file order). Without a usable GPU no dynamic cache is built (one warning):
+  the CPU tiers serve the table (backend_choice.py);
 - ``static``: the whole table on the GPU (in pinned host memory with ``enable_pagelock``);
 - ``uvm``: the first ``gpucacheper`` of the file on the GPU, the rest in pinned host memory;
 - ``stochastic``: parsed by HPS but not implemented there (it behaves like dynamic); same here.
@@ -58,6 +59,7 @@ class EmbeddingCacheFactory:
         self.prefill = prefill
         self._inserters: dict[str, AsyncInserter] = {}  # by model
         self.refreshers: dict[tuple[str, int], CacheRefresher] = {}  # by (model, device)
+        self._warned_no_gpu = False
         self.caches: list[EmbeddingCache] = []
 
     def inserter(self, model: ModelConfig) -> AsyncInserter:
@@ -85,16 +87,22 @@ class EmbeddingCacheFactory:
         if model.cache_type in WHOLE_TABLE_TYPES:
             cache: EmbeddingCache = self._indexed(model, table, device_id)
         else:
-            cache = self._dynamic(model, table, device_id, tiers)
+            dynamic = self._dynamic(model, table, device_id, tiers)
+            if dynamic is None:
+                return None
+            cache = dynamic
         self.caches.append(cache)
         return cache
 
     def _dynamic(
         self, model: ModelConfig, table: StorageTable, device_id: int, tiers: TableTiers
-    ) -> DynamicEmbeddingCache:
+    ) -> DynamicEmbeddingCache | None:
         name = f"{model.model}.{table.name}@{device_id}"
         with table.open() as reader:
             backend = dynamic_backend(device_id, reader.num_keys, model.gpucacheper, table.dim)
+            if backend is None:
+                self._warn_no_gpu()
+                return None
             cache = DynamicEmbeddingCache(
                 backend,
                 fetch=tiers.fetch,
@@ -114,6 +122,15 @@ class EmbeddingCacheFactory:
                 )
         self._refresher(model, device_id).add(cache)
         return cache
+
+    def _warn_no_gpu(self) -> None:
+        if not self._warned_no_gpu:
+            self._warned_no_gpu = True
+            log.warning(
+                "no usable GPU (no CUDA device or no PyCUDA): tables with gpucache are served "
+                "from the CPU tiers, without an embedding cache (HPS_CACHE_BACKEND=reference "
+                "builds the cache's NumPy reference instead)"
+            )
 
     def _refresher(self, model: ModelConfig, device_id: int) -> CacheRefresher:
         refresher = self.refreshers.get((model.model, device_id))

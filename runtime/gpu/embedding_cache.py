@@ -22,11 +22,13 @@ direct callers of ``query`` that run one query at a time may leave it at 0.
 
 from __future__ import annotations
 
+import logging
 import math
+import os
 import threading
 import time
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -35,7 +37,10 @@ import numpy as np
 from ..errors import InvalidInputError
 from ..seams import CacheBackend, DynamicBackend, IndexedBackend
 from ..table.reader import TableReader
+from .deferred_insert import InsertQueue, UpdateGenerations
 from .pending import Launched
+from .placement import EMPTY_KEY, SLOT_HEADROOM
+from .prefill_plan import plan_prefill
 
 Fetch = Callable[[np.ndarray], np.ndarray]  # keys → rows from the CPU tiers (exact)
 
@@ -52,6 +57,7 @@ class CacheCounters:
     async_batches: int = 0
     inserted: int = 0
     async_dropped: int = 0
+    stale_inserts: int = 0  # fetched rows not inserted: their key was updated meanwhile
     refreshed: int = 0
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -71,7 +77,8 @@ class CacheCounters:
 
 class AsyncInserter:
     """Background insertion of missed keys (HPS's thread pool), bounded: when ``max_pending``
-    batches are already queued, new ones are dropped (it is a cache; nothing is lost)."""
+    tasks are already queued, new ones are refused (the caller drops them: it is a cache;
+    nothing is lost)."""
 
     def __init__(self, threads: int, max_pending: int = 64):
         self.threads = max(1, int(threads))
@@ -79,30 +86,40 @@ class AsyncInserter:
             max_workers=self.threads, thread_name_prefix="hps-cache-insert"
         )
         self._slots = threading.BoundedSemaphore(max_pending)
-        self._pending: set[Future] = set()
-        self._lock = threading.Lock()
+        self._idle = threading.Condition()
+        self._unfinished = 0
+        self._errors: list[BaseException] = []
 
     def submit(self, task: Callable[[], None]) -> bool:
         if not self._slots.acquire(blocking=False):
             return False
-        future = self._pool.submit(task)
-        with self._lock:
-            self._pending.add(future)
+        with self._idle:
+            self._unfinished += 1
 
-        def done(f: Future) -> None:
-            with self._lock:
-                self._pending.discard(f)
-            self._slots.release()
+        def run() -> None:
+            try:
+                task()
+            except BaseException as exc:  # noqa: BLE001 - re-raised by flush
+                with self._idle:
+                    self._errors.append(exc)
+            finally:
+                self._slots.release()
+                with self._idle:
+                    self._unfinished -= 1
+                    self._idle.notify_all()
 
-        future.add_done_callback(done)
+        self._pool.submit(run)
         return True
 
     def flush(self, timeout: float | None = None) -> None:
-        """Wait until every queued insertion finished (errors are re-raised)."""
-        with self._lock:
-            pending = list(self._pending)
-        for future in pending:
-            future.result(timeout)
+        """Wait until every task has finished, those submitted meanwhile (by other tasks)
+        included; the first error of a task since the last flush is re-raised."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._unfinished == 0, timeout):
+                raise TimeoutError(f"background cache inserts still running after {timeout} s")
+            errors, self._errors = self._errors, []
+        if errors:
+            raise errors[0]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -171,12 +188,19 @@ class EmbeddingCache(ABC):
 class DynamicEmbeddingCache(EmbeddingCache):
     """The dynamic cache of table ``table_id`` of a model on one device.
 
+    A lookup's misses are fetched from the CPU tiers and written into its result (or, under
+    HPS's asynchronous rule, fetched in the background); their rows go into the cache later,
+    in batches, unless the key was updated or removed since its fetch (deferred_insert.py).
+    Without an ``inserter`` they go in before the lookup returns.
+
     Args:
         backend: GpuDynamicCache or RefDynamicBackend.
-        fetch: exact lookup in the CPU tiers for missed keys (``TableTiers.fetch``).
+        fetch: exact lookup in the CPU tiers for missed keys (``TableTiers.fetch``); must be
+            safe to call from several threads at once (large misses are fetched in parts in
+            parallel).
         hit_rate_threshold: the model's ``hit_rate_threshold``.
         default_value: the table's default value.
-        inserter: shared background inserter (for asynchronous insertion).
+        inserter: shared background inserter (deferred and asynchronous insertion).
         name: ``model.table@device``, for messages.
     """
 
@@ -198,28 +222,36 @@ class DynamicEmbeddingCache(EmbeddingCache):
         self.threshold = float(hit_rate_threshold)
         self.inserter = inserter
         self._closed = False
-        # Updates and removals (HPS.insert / remove) counted under a lock, so that a refresh
-        # step that fetched its rows before one of them does not write those rows after it.
-        self._writes = 0
-        self._write_lock = threading.Lock()
+        self._generations = UpdateGenerations()
+        self._queue = (
+            InsertQueue(self._insert_fresh, inserter.submit) if inserter is not None else None
+        )
 
     def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
         pending = launched.wait()
-        missed = pending.miss_keys
-        if not missed.size:
-            out = pending.finish(None)
-            self.counters.add(
-                lookups=1, keys=keys.size, hits=keys.size, seconds=time.perf_counter() - started
-            )
-            return out
-        if self._synchronous(keys, missed, pending, slot):
-            rows = self.fetch(missed)
-            out = pending.finish(rows)
-            inserted = self.backend.replace(missed, rows)
-            self.counters.add(sync_batches=1, inserted=inserted)
-        else:
-            out = pending.finish(None)
-            self._insert_later(missed)
+        try:
+            missed = pending.miss_keys
+            if not missed.size:
+                out = pending.finish(None)
+                self.counters.add(
+                    lookups=1,
+                    keys=keys.size,
+                    hits=keys.size,
+                    seconds=time.perf_counter() - started,
+                )
+                return out
+            if self._synchronous(keys, missed, pending, slot):
+                seen = self._generations.read(missed)
+                rows = fetch_in_parts(self.fetch, missed, self.dim)
+                out = pending.finish(rows)
+                self._insert(missed, rows, seen)
+                self.counters.add(sync_batches=1)
+            else:
+                out = pending.finish(None)
+                self._fetch_and_insert_later(missed)
+        except BaseException:
+            pending.discard()  # the device may still be writing the result
+            raise
         occ = pending.miss_occurrences
         self.counters.add(
             lookups=1,
@@ -242,12 +274,30 @@ class DynamicEmbeddingCache(EmbeddingCache):
         hit_rate = 1.0 - missed.size / unique if unique else 1.0
         return hit_rate < self.threshold
 
-    def _insert_later(self, missed: np.ndarray) -> None:
+    def _insert(self, keys: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> None:
+        """Insert fetched rows: queued for a batch in the background, or now without an
+        inserter."""
+        if self._queue is None:
+            self._insert_fresh(keys, rows, seen)
+        elif not self._queue.add(keys, rows, seen):
+            self.counters.add(async_dropped=1)
+
+    def _insert_fresh(self, keys: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> None:
+        """Insert the rows of the keys not updated or removed since ``seen`` was read."""
+        with self._generations.lock:
+            fresh = self._generations.fresh(keys, seen)
+            stale = int(keys.size - np.count_nonzero(fresh))
+            if stale:
+                keys, rows = keys[fresh], rows[fresh]
+            inserted = self.backend.replace(keys, rows) if keys.size else 0
+        self.counters.add(inserted=inserted, stale_inserts=stale)
+
+    def _fetch_and_insert_later(self, missed: np.ndarray) -> None:
         keys = missed.copy()
 
         def task() -> None:
-            rows = self.fetch(keys)
-            self.counters.add(inserted=self.backend.replace(keys, rows))
+            seen = self._generations.read(keys)
+            self._insert_fresh(keys, fetch_in_parts(self.fetch, keys, self.dim), seen)
 
         if self.inserter.submit(task):  # type: ignore[union-attr]
             self.counters.add(async_batches=1)
@@ -257,43 +307,54 @@ class DynamicEmbeddingCache(EmbeddingCache):
     # -- maintenance --------------------------------------------------------------------------
 
     def update(self, keys: np.ndarray, vectors: np.ndarray) -> int:
-        """Overwrite cached copies of keys whose value changed in the CPU tiers."""
-        with self._write_lock:
-            self._writes += 1
+        """Overwrite cached copies of keys whose value changed in the CPU tiers (which already
+        hold the new values)."""
+        with self._generations.lock:
+            self._generations.bump(keys)
             return self.backend.update(keys, vectors)
 
     def remove(self, keys: np.ndarray) -> int:
-        with self._write_lock:
-            self._writes += 1
+        """Drop cached copies of keys just removed from the CPU tiers."""
+        with self._generations.lock:
+            self._generations.bump(keys)
             return self.backend.invalidate(keys)
 
     def prefill(
         self, reader: TableReader, limit: int | None = None, chunk_rows: int = 1 << 18
     ) -> int:
-        """Fill the cache at start-up: the hottest rows when the table has ``meta``
-        frequencies, else the first rows in file order. Returns keys inserted."""
-        limit = min(reader.num_keys, self.backend.capacity if limit is None else limit)
+        """Fill the cache at start-up with ``limit`` rows (default: as many as the slots are
+        sized for, placement.SLOT_HEADROOM): the hottest when the table has ``meta``
+        frequencies, else the first in file order. Their placement is planned on the host
+        (prefill_plan.py), so the rows fill the sets tightly and the hottest are the last to
+        be left out. Returns keys loaded."""
+        if limit is None:
+            limit = int(self.backend.capacity / SLOT_HEADROOM)
+        limit = min(reader.num_keys, limit)
         if limit <= 0:
             return 0
-        inserted = 0
-        # With meta even when every row fits: sets are small, so some overflow, and the order
-        # decides which of their rows stay.
         if reader.has_meta:
-            # Coldest first: where more of these rows share a set than it has ways, each later
-            # key evicts an earlier one (every prefilled key has the same score), so the
-            # hottest must come last to be the ones that stay.
-            rows_idx = _hottest_rows(reader, limit, chunk_rows)[::-1]
-            keys_all, vecs_all = reader.keys(), reader.vectors()
-            for start in range(0, rows_idx.size, chunk_rows):
-                idx = rows_idx[start : start + chunk_rows]
-                inserted += self.backend.replace(
-                    np.asarray(keys_all[idx]), np.asarray(vecs_all[idx])
-                )
+            rows = _hottest_rows(reader, limit, chunk_rows)
         else:
-            for chunk in reader.chunks(chunk_rows, stop=limit):
-                inserted += self.backend.replace(chunk.keys.copy(), chunk.vectors.copy())
-        self.counters.add(inserted=inserted)
-        return inserted
+            rows = np.arange(limit, dtype=np.int64)
+        keys = np.asarray(reader.keys()[rows], np.int64)
+        # A table may repeat a key (hps table verify reports it) or hold the empty marker:
+        # plan each key once, in its hottest position.
+        _, first = np.unique(keys, return_index=True)
+        if first.size != keys.size or (keys == EMPTY_KEY).any():
+            keep = np.sort(first)
+            keep = keep[keys[keep] != EMPTY_KEY]
+            keys, rows = keys[keep], rows[keep]
+        plan = plan_prefill(keys, self.backend.num_sets)
+        loaded = self.backend.load(plan.slot_keys, plan.slot_rows(rows), reader.vectors())
+        if plan.left_out:
+            logging.getLogger("hps_cli.runtime").warning(
+                "cache %s: prefill left out %d of its %d planned rows",
+                self.name,
+                plan.left_out,
+                keys.size,
+            )
+        self.counters.add(inserted=loaded)
+        return loaded
 
     def refresh_ranges(self, share: float) -> list[tuple[int, int]]:
         """The set ranges of a refresh in steps of ``share`` of the sets (at least one set):
@@ -304,20 +365,14 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     def refresh_step(self, set_begin: int, set_end: int) -> int:
         """Reload the rows of the keys cached in sets ``[set_begin, set_end)`` from the CPU
-        tiers; returns how many were refreshed. A step that an update or removal overtook
-        while it fetched writes nothing (its keys have their new rows, or are gone)."""
+        tiers; returns how many were refreshed. Keys that an update or removal overtook while
+        the step fetched keep what that update wrote (their new rows, or nothing)."""
         if self._closed:
             return 0
         keys = self.backend.dump(set_begin, set_end)
         if not keys.size:
             return 0
-        with self._write_lock:
-            writes = self._writes
-        rows = self.fetch(keys)
-        with self._write_lock:
-            if self._writes != writes:
-                return 0
-            refreshed = self.backend.update(keys, rows)
+        refreshed = self._update_unchanged(keys)
         self.counters.add(refreshed=refreshed)
         return refreshed
 
@@ -325,6 +380,15 @@ class DynamicEmbeddingCache(EmbeddingCache):
         """Reload every cached key's row from the CPU tiers now, step after step (HPS's cache
         refresh); returns how many were refreshed."""
         return sum(self.refresh_step(b, e) for b, e in self.refresh_ranges(share))
+
+    def _update_unchanged(self, keys: np.ndarray) -> int:
+        """Reload cached keys from the CPU tiers, except those updated meanwhile (a fetched
+        value must not overwrite a newer one written by ``update``)."""
+        seen = self._generations.read(keys)
+        rows = self.fetch(keys)
+        with self._generations.lock:
+            fresh = self._generations.fresh(keys, seen)
+            return self.backend.update(keys[fresh], rows[fresh])
 
     def close(self) -> None:
         """Later refresh steps do nothing (the refresher is the factory's, refresh.py)."""
@@ -434,7 +498,10 @@ class InFlightQuery:
             return
         self._outcome = (False, RuntimeError("the query was abandoned"))
         try:
-            self._launched.wait()
+            pending = self._launched.wait()
+            discard = getattr(pending, "discard", None)  # a dynamic cache's PendingLookup
+            if discard is not None:
+                discard()
         except Exception:  # noqa: BLE001 - abandoning: its error is not the one to report
             pass
 
@@ -458,3 +525,37 @@ def _hottest_rows(reader: TableReader, limit: int, chunk_rows: int) -> np.ndarra
         best_idx, best_val = idx, val
     order = np.lexsort((best_idx, -best_val))
     return best_idx[order]
+
+
+# Misses of at least this many keys are fetched in parts on several threads: the hash-map tier's
+# NumPy work releases the GIL, so the parts overlap (a 1 M-key lookup misses ~80 K keys of a
+# Zipf stream).
+FETCH_PART_KEYS = 16384
+_FETCH_THREADS = max(2, min(8, os.cpu_count() or 2))
+_fetch_pool: ThreadPoolExecutor | None = None
+_fetch_pool_lock = threading.Lock()
+
+
+def fetch_in_parts(fetch: Fetch, keys: np.ndarray, dim: int) -> np.ndarray:
+    """``fetch(keys)`` (float32 rows of ``dim``), in parts of FETCH_PART_KEYS keys on a shared
+    thread pool when there are at least two parts; each part's rows are copied into the result
+    on its own thread."""
+    parts = -(-keys.size // FETCH_PART_KEYS)
+    if parts < 2:
+        return fetch(keys)
+    global _fetch_pool
+    with _fetch_pool_lock:
+        if _fetch_pool is None:
+            _fetch_pool = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="hps-fetch")
+        pool = _fetch_pool
+    bounds = np.linspace(0, keys.size, min(parts, _FETCH_THREADS) + 1).astype(np.int64)
+    out = np.empty((keys.size, dim), np.float32)
+
+    def part(a: int, b: int) -> None:
+        out[a:b] = fetch(keys[a:b])
+
+    futures = [pool.submit(part, a, b) for a, b in zip(bounds[1:-1], bounds[2:])]
+    part(bounds[0], bounds[1])  # this thread takes a part too
+    for future in futures:
+        future.result()
+    return out

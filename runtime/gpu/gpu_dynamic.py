@@ -13,6 +13,7 @@ import threading
 import numpy as np
 
 from .pending import Launched, PendingLookup
+from .pinned import mapped_empty
 from .placement import (
     DEDUP_MIN_KEYS,
     EMPTY_KEY,
@@ -21,10 +22,10 @@ from .placement import (
     WAYS,
     padded_slots,
     query_seed,
-    set_of,
+    sets_of,
     tile_width,
 )
-from .reference import group_by_set
+from .reference import replace_rounds
 from .transfers import HEAD_BYTES, Scratch, free_device_state, queue_download, start_rows
 
 _BLOCK = 256
@@ -34,10 +35,14 @@ _BLOCK = 256
 QUERY_ARGS = "PPqPPPPIifPPPPiq"
 PUBLISHED_QUERY_ARGS = QUERY_ARGS + "PP"
 COUNT_INTO_SCORES, COUNT_INTO_HIT_BYTES = 1, 2
-REPLACE_ARGS = "PPPPiPPPPPiP"
+REPLACE_ROUND_ARGS = "PPiPPPPPIiP"
 UPDATE_ARGS = "PPqPPIiP"
 INVALIDATE_ARGS = "PqPPPIP"
 DUMP_ARGS = "PIIPP"
+# batch_ops.cu: flagging the missed unique keys of a de-duplicated lookup, and patching their
+# fetched rows into its result
+MARK_ARGS = "PqP"
+FLAGGED_GATHER_ARGS = "PPPqiP"
 
 
 class GpuDynamicCache:
@@ -85,6 +90,7 @@ class GpuDynamicCache:
         # The hot path's launch: every cache argument as a plain int, packed once per call.
         self._query_kernel = device.launcher("dc_query", QUERY_ARGS)
         self._published_query_kernel = device.launcher("dc_query_published", PUBLISHED_QUERY_ARGS)
+        self._replace_round_kernel = device.launcher("dc_replace_round", REPLACE_ROUND_ARGS)
         self._cache_args = (
             int(self.d_keys),
             int(self.d_scores),
@@ -248,7 +254,10 @@ class GpuDynamicCache:
         n = keys.size
         ws = self._workspace(slot)
         with self.device.scope():
-            d_mkeys, d_mpos = ws.ptr("miss_keys", n * 8), ws.ptr("miss_pos", n * 8)
+            # The miss list goes straight to mapped host memory: no copy or wait after the
+            # kernel to read it.
+            h_mkeys, d_mkeys = ws.mapped("miss_keys", n, np.int64)
+            h_mpos, d_mpos = ws.mapped("miss_pos", n, np.int64)
 
             def launch(d_keys: int, d_block: int, publish: bool) -> None:
                 self._launch_query(
@@ -268,14 +277,7 @@ class GpuDynamicCache:
         def wait() -> PendingLookup:
             with self.device.scope():
                 misses = rows_done()
-                mkeys = np.empty(misses, np.int64)
-                mpos = np.empty(misses, np.int64)
-                if misses:
-                    drv = self.device.drv
-                    drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
-                    drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
-                    self.stream.synchronize()
-            return PendingLookup(out, mkeys, mpos)
+            return PendingLookup(out, h_mkeys[:misses].copy(), h_mpos[:misses].copy())
 
         return Launched(wait)
 
@@ -343,39 +345,42 @@ class GpuDynamicCache:
                 )
 
     def _query_dedup(self, keys: np.ndarray, default_value: float, slot: int) -> PendingLookup:
-        """De-duplicate on the GPU, query unique keys (scores weighted by occurrences), and
-        expand to the batch once the misses are resolved (``finish``)."""
+        """De-duplicate on the GPU and query the unique keys (hits counted with their
+        occurrences). As soon as the query is done, its rows are expanded to the batch and
+        copied out, while the caller fetches the misses (listed here); ``finish`` then patches
+        the fetched rows into the result (_DevicePending)."""
         drv, n, dim = self.device.drv, keys.size, self.dim
         ws = self._workspace(slot)
         with self.device.scope():
             d_keys = ws.upload("keys", keys, self.stream)
             uniq, inverse, counts, ucount = self._dedup(ws, d_keys, n)
             u = self._read_counter(ucount)
-            d_rows = ws.get("unique_rows", HEAD_BYTES + u * dim * 4)
-            d_mkeys, d_mpos = ws.get("miss_keys", u * 8), ws.get("miss_pos", u * 8)
-            drv.memset_d32_async(d_rows, 0, 1, self.stream)
+            d_rows = ws.ptr("unique_rows", HEAD_BYTES + u * dim * 4)
+            h_mkeys, d_mkeys = ws.mapped("miss_keys", u, np.int64)
+            _, d_mpos = ws.mapped("miss_pos", u, np.int64)
+            drv.memset_d32_async(d_rows, 0, 2, self.stream)  # misses, missed occurrences
             self._launch_query(
                 int(uniq),
                 int(counts),
                 u,
                 default_value,
-                int(d_rows),
-                int(d_mkeys),
-                int(d_mpos),
+                d_rows,
+                d_mkeys,
+                d_mpos,
                 COUNT_INTO_HIT_BYTES,
                 False,
             )
-            misses = self._read_counter(d_rows)
-            mkeys, mpos = np.empty(misses, np.int64), np.empty(misses, np.int64)
-            occurrences = 0
-            if misses:
-                unique_counts = np.empty(u, np.uint32)
-                drv.memcpy_dtoh_async(mkeys, d_mkeys, self.stream)
-                drv.memcpy_dtoh_async(mpos, d_mpos, self.stream)
-                drv.memcpy_dtoh_async(unique_counts, counts, self.stream)
-                self.stream.synchronize()
-                occurrences = int(unique_counts[mpos].sum())
-        return _DevicePending(self, ws, d_rows, inverse, n, mkeys, mpos, u, occurrences)
+            head = ws.host("head", 4, np.uint32)
+            drv.memcpy_dtoh_async(head, d_rows, self.stream)
+            queried = drv.Event()
+            queried.record(self.stream)
+            pending = _DevicePending(self, ws, d_rows, int(inverse), n, u, d_mpos)
+            if pending.block is not None:
+                pending.copy_out()  # the hits' rows go out while the misses are fetched
+            queried.synchronize()
+            misses, occurrences = int(head[0]), int(head[1])
+            pending.set_misses(h_mkeys[:misses].copy(), occurrences)
+        return pending
 
     def count_unique(self, keys: np.ndarray, slot: int = 0) -> int:
         """Distinct keys in a batch (HPS's hit rate is over unique keys)."""
@@ -392,53 +397,98 @@ class GpuDynamicCache:
     # -- mutations --------------------------------------------------------------------------
 
     def replace(self, keys: np.ndarray, rows: np.ndarray) -> int:
-        """Insert keys with rows (LFU-DA eviction); returns how many were new."""
+        """Insert keys with rows (LFU-DA eviction over each key's two sets); returns how many
+        were new. The batch goes in rounds whose keys touch disjoint sets
+        (reference.replace_rounds), one dc_replace_round launch each."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         rows = np.ascontiguousarray(rows, dtype=np.float32).reshape(keys.size, self.dim)
         keep = keys != EMPTY_KEY
-        keys, rows = keys[keep], rows[keep]
+        if not keep.all():
+            keys, rows = keys[keep], rows[keep]
         if not keys.size:
             return 0
-        sets = set_of(keys, self.num_sets)
-        order, seg_sets, offsets = group_by_set(sets)
-        seg_keys = np.ascontiguousarray(keys[order])
-        seg_rows = np.ascontiguousarray(rows[order])
+        primary, second = sets_of(keys, self.num_sets)
+        order, offsets = replace_rounds(primary, second)
         drv = self.device.drv
         with self._lock, self.device.scope():
             self._check_open()
             self._fold_hits()  # victims are chosen by score
             s = self._scratch
-            d_k, d_r = s.get("keys", seg_keys.nbytes), s.get("rows", seg_rows.nbytes)
-            d_s, d_o = s.get("sets", seg_sets.size * 4), s.get("offsets", offsets.nbytes)
-            d_c = s.get("count", HEAD_BYTES)
-            drv.memcpy_htod_async(d_k, seg_keys, self.stream)
-            drv.memcpy_htod_async(d_r, seg_rows, self.stream)
-            drv.memcpy_htod_async(d_s, seg_sets.astype(np.uint32), self.stream)
-            drv.memcpy_htod_async(d_o, offsets, self.stream)
+            d_k = int(s.upload("keys", keys[order], self.stream))
+            d_r = int(s.upload("rows", rows[order], self.stream))
+            d_c = s.ptr("count", HEAD_BYTES)
             drv.memset_d32_async(d_c, 0, 1, self.stream)
-            segments = int(seg_sets.size)
-            grid, block = (-(-segments * 32 // 128), 1), (128, 1, 1)
-            self.device.launch(
-                "dc_replace",
-                REPLACE_ARGS,
-                grid,
-                block,
-                self.stream,
-                d_k,
-                d_r,
-                d_s,
-                d_o,
-                segments,
-                self.d_keys,
-                self.d_scores,
-                self.d_hits,
-                self.d_floors,
-                self.d_values,
-                self.dim,
-                d_c,
-            )
-            count = self._read_counter(d_c)
-        return count
+            row_bytes = self.dim * 4
+            for r in range(offsets.size - 1):
+                first, count = int(offsets[r]), int(offsets[r + 1] - offsets[r])
+                self._replace_round_kernel(
+                    (-(-count // 4), 1),  # a warp per key, 4 per block
+                    (128, 1, 1),
+                    self.stream,
+                    d_k + first * 8,
+                    d_r + first * row_bytes,
+                    count,
+                    int(self.d_keys),
+                    int(self.d_scores),
+                    int(self.d_hits),
+                    int(self.d_floors),
+                    int(self.d_values),
+                    self.num_sets,
+                    self.dim,
+                    d_c,
+                )
+            return self._read_counter(d_c)
+
+    def load(
+        self,
+        slot_keys: np.ndarray,
+        slot_rows: np.ndarray,
+        vectors: np.ndarray,
+        chunk_slots: int = 1 << 16,
+    ) -> int:
+        """Start-up prefill from a planned layout (prefill_plan.py): slot s gets key
+        ``slot_keys[s]`` and row ``vectors[slot_rows[s]]`` (free slots: EMPTY_KEY, zeros), each
+        loaded key scores 1; what the cache held is replaced. Rows are gathered from
+        ``vectors`` (a table's memory-mapped rows) in chunks into two pinned buffers taken in
+        turn, so that gathering one chunk overlaps the copy of the other."""
+        slots = self.capacity
+        slot_keys = np.ascontiguousarray(slot_keys, dtype=np.int64).reshape(slots)
+        slot_rows = np.asarray(slot_rows, np.int64).reshape(slots)
+        used = slot_keys != EMPTY_KEY
+        scores = np.zeros(self._padded_slots, np.uint32)
+        scores[:slots] = used
+        drv, dim = self.device.drv, self.dim
+        with self._lock, self._hits_lock, self.device.scope():
+            self._check_open()
+            self.stream.synchronize()
+            drv.memcpy_htod(self.d_keys, slot_keys)
+            drv.memcpy_htod(self.d_scores, scores)
+            drv.memset_d32(self.d_hits, 0, self._padded_slots // 4)
+            drv.memset_d32(self.d_floors, 0, self.num_sets)
+            self._unfolded = 0
+            chunk_slots = max(1, min(chunk_slots, slots))
+            pinned = [mapped_empty(drv, chunk_slots * dim * 4)[0] for _ in (0, 1)]
+            done: list = [None, None]
+            try:
+                for step, first in enumerate(range(0, slots, chunk_slots)):
+                    last = min(first + chunk_slots, slots)
+                    buf = pinned[step % 2][: (last - first) * dim * 4].view(np.float32)
+                    buf = buf.reshape(last - first, dim)
+                    if done[step % 2] is not None:
+                        done[step % 2].synchronize()  # its previous copy has left the buffer
+                    buf[:] = 0
+                    mine = np.flatnonzero(used[first:last])
+                    if mine.size:
+                        buf[mine] = vectors[slot_rows[first + mine]]
+                    drv.memcpy_htod_async(int(self.d_values) + first * dim * 4, buf, self.stream)
+                    done[step % 2] = drv.Event()
+                    done[step % 2].record(self.stream)
+                self.stream.synchronize()
+            finally:
+                self.stream.synchronize()
+                for host in pinned:
+                    host.base.free()
+        return int(used.sum())
 
     def _per_key(self, name: str, keys: np.ndarray, rows: np.ndarray | None) -> int:
         drv = self.device.drv
@@ -569,44 +619,98 @@ class GpuDynamicCache:
 
 
 class _DevicePending(PendingLookup):
-    """A de-duplicated query: unique rows stay on the device until ``finish`` expands them."""
+    """A de-duplicated query: the unique keys' rows stay on the device; the result is their
+    expansion to the batch (``gather_rows`` by the inverse map), copied out.
+
+    When the result has a pinned block (the usual case), the expansion and its copy are queued
+    right after the query (``copy_out``), so they run while the caller fetches the misses;
+    ``finish(rows)`` then uploads the fetched rows, puts them into the unique rows and writes
+    them, through the mapped block, at every position of the batch that holds a missed key
+    (``gather_flagged_rows``, after the copy on the same stream). Without a pinned block the
+    expansion waits for ``finish``, once the unique rows are complete."""
 
     def __init__(
         self,
         cache: GpuDynamicCache,
         ws: Scratch,
-        d_rows,
-        d_inverse,
+        d_rows: int,
+        d_inverse: int,
         n: int,
-        mkeys: np.ndarray,
-        mpos: np.ndarray,
         unique_total: int,
-        occurrences: int,
+        d_miss_pos: int,
     ):
-        super().__init__(np.empty((0, cache.dim), np.float32), mkeys, mpos, unique_total)
-        self.miss_occurrences = occurrences
-        self._cache, self._ws, self._d_rows, self._d_inverse, self._n = (
-            cache,
-            ws,
-            d_rows,
-            d_inverse,
+        self._cache, self._ws, self._n = cache, ws, n
+        self._d_rows_base = d_rows + HEAD_BYTES
+        self._d_inverse = d_inverse
+        self._d_miss_pos = d_miss_pos
+        self._d_out = ws.ptr("out", HEAD_BYTES + n * cache.dim * 4)
+        out, self.block = cache.device.pinned.array((n, cache.dim), np.float32, offset=HEAD_BYTES)
+        super().__init__(out, np.empty(0, np.int64), np.empty(0, np.int64), unique_total)
+        self._copied = False
+        self._flags = 0
+
+    def copy_out(self) -> None:
+        """Queue the expansion of the unique rows and the copy of the result to the host."""
+        cache, dim, n = self._cache, self._cache.dim, self._n
+        grid, block = cache._grid(n, 1)
+        cache.device.launch(
+            "gather_rows",
+            "PPqiP",
+            grid,
+            block,
+            cache.stream,
+            self._d_rows_base,
+            self._d_inverse,
             n,
+            dim,
+            self._d_out + HEAD_BYTES,
         )
-        self._miss_pos = mpos  # positions among the unique keys
+        self._copied_wait = queue_download(
+            cache.device, cache.stream, self._d_out, self._out, self.block
+        )
+        self._copied = True
+
+    def set_misses(self, miss_keys: np.ndarray, occurrences: int) -> None:
+        """The unique keys the query missed (in the kernel's order) and their occurrences in
+        the batch; flags the missed unique keys for the patch."""
+        self._raw_keys = miss_keys
+        self._raw_pos = np.empty(0, np.int64)  # on the device (``_d_miss_pos``)
+        self.miss_occurrences = occurrences
+        cache = self._cache
+        if miss_keys.size and self._copied:
+            u = self.unique_total or 0
+            flags = self._ws.ptr("miss_flags", u)
+            cache.device.drv.memset_d8_async(flags, 0, u, cache.stream)
+            grid, block = cache._grid(miss_keys.size, 1)
+            cache.device.launch(
+                "mark_positions",
+                MARK_ARGS,
+                grid,
+                block,
+                cache.stream,
+                self._d_miss_pos,
+                miss_keys.size,
+                flags,
+            )
+            self._flags = flags
 
     @property
     def miss_keys(self) -> np.ndarray:
         return self._raw_keys  # already unique (in arbitrary order)
 
+    def discard(self) -> None:
+        """Wait for the device work still writing this lookup's result (before it is
+        dropped)."""
+        with self._cache.device.scope():
+            self._cache.stream.synchronize()
+
     def finish(self, rows: np.ndarray | None) -> np.ndarray:
         cache, ws = self._cache, self._ws
-        dim, n = cache.dim, self._n
+        dim, n, m = cache.dim, self._n, self._raw_keys.size
         with cache.device.scope():
-            rows_base = int(self._d_rows) + HEAD_BYTES
-            if rows is not None and self._raw_keys.size:
+            if rows is not None and m:
                 d_src = ws.upload("fetched", np.ascontiguousarray(rows, np.float32), cache.stream)
-                d_pos = ws.upload("fetched_pos", self._miss_pos, cache.stream)
-                grid, block = cache._grid(self._raw_keys.size, cache.tile)
+                grid, block = cache._grid(m, cache.tile)
                 cache.device.launch(
                     f"scatter_rows_t{cache.tile}",
                     "PPPqiP",
@@ -615,25 +719,27 @@ class _DevicePending(PendingLookup):
                     cache.stream,
                     d_src,
                     0,
-                    d_pos,
-                    self._raw_keys.size,
+                    self._d_miss_pos,
+                    m,
                     dim,
-                    rows_base,
+                    self._d_rows_base,
                 )
-            d_out = ws.ptr("out", HEAD_BYTES + n * dim * 4)
-            grid, block = cache._grid(n, 1)
-            cache.device.launch(
-                "gather_rows",
-                "PPqiP",
-                grid,
-                block,
-                cache.stream,
-                rows_base,
-                self._d_inverse,
-                n,
-                dim,
-                d_out + HEAD_BYTES,
-            )
-            out, pinned = cache.device.pinned.array((n, dim), np.float32, offset=HEAD_BYTES)
-            queue_download(cache.device, cache.stream, d_out, out, pinned)()  # head unused
-        return out
+                if self._copied:
+                    grid, block = cache._grid(n, cache.tile)
+                    cache.device.launch(
+                        f"gather_flagged_rows_t{cache.tile}",
+                        FLAGGED_GATHER_ARGS,
+                        grid,
+                        block,
+                        cache.stream,
+                        self._d_rows_base,
+                        self._d_inverse,
+                        self._flags,
+                        n,
+                        dim,
+                        self.block.device_ptr + HEAD_BYTES,
+                    )
+            if not self._copied:
+                self.copy_out()
+            self._copied_wait()
+        return self._out

@@ -45,6 +45,10 @@ class PendingLookup:
         self._split()
         return self._unique  # type: ignore[return-value]
 
+    def discard(self) -> None:
+        """Drop the lookup unfinished: wait for any device work still writing its result
+        (nothing here: a host result is complete)."""
+
     def finish(self, rows: np.ndarray | None) -> np.ndarray:
         """The lookup's rows; ``rows`` (one per ``miss_keys`` entry) fill the misses."""
         if rows is not None and self._raw_keys.size:

@@ -1,5 +1,6 @@
-"""The reference caches behind the same seams as the GPU ones (the CPU fallback):
-``RefDynamicBackend`` is a seams.DynamicBackend, ``RefIndexedBackend`` a seams.IndexedBackend.
+"""The reference caches behind the same seams as the GPU ones: ``RefDynamicBackend`` is a
+seams.DynamicBackend, ``RefIndexedBackend`` a seams.IndexedBackend. ``HPS_CACHE_BACKEND=reference``
+builds them (backend_choice.py); static and uvm tables use the indexed one without a GPU.
 
 A lock serializes operations on one cache, as the GPU's per-cache stream does.
 """
@@ -45,6 +46,10 @@ class RefDynamicBackend:
     def replace(self, keys: np.ndarray, rows: np.ndarray) -> int:
         with self._lock:
             return self.cache.replace(keys, rows)
+
+    def load(self, slot_keys: np.ndarray, slot_rows: np.ndarray, vectors: np.ndarray) -> int:
+        with self._lock:
+            return self.cache.load(slot_keys, slot_rows, vectors)
 
     def update(self, keys: np.ndarray, rows: np.ndarray) -> int:
         keys = np.asarray(keys, np.int64)
