@@ -47,8 +47,7 @@ ENVIRONMENT = (
     ),
     EnvironmentVariable(
         "HPS_SERVE_UVLOOP",
-        "`0`: `hps serve` runs on asyncio's own event loop instead of uvloop (to compare the "
-        "two).",
+        "`0`: `hps serve` runs on asyncio's own event loop instead of uvloop (to compare the two).",
         "uvloop when it is installed",
         "`hps serve`, at start (`hps_cli/serve/event_loop.py`)",
     ),
