@@ -20,6 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..common.custom_objects import merged_specs, resolve, resolve_recorded, use_keras_of
 from ..dissect.manifest import manifest_errors
 from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import CheckFailedError, InvalidInputError
@@ -32,6 +33,9 @@ KERAS_CHOICES = ("auto", "keras3", "tf_keras")
 class BuildOptions:
     keras: str = "auto"  # auto: tf_keras when the source model was written by tf_keras
     overwrite: bool = False
+    # MODULE[:ATTR] specs imported before the dense part loads (custom TF ops), recorded in the
+    # package with those the dissect manifest names (common/custom_objects.py)
+    custom_objects: tuple[str, ...] = ()
 
 
 @dataclass
@@ -148,6 +152,14 @@ def build_graph(
             "the default vector while they are inserted (set 1.0 for exact results)"
         )
 
+    recorded = plan.manifest.get("custom_objects", [])
+    if options.custom_objects or recorded:
+        use_keras_of(flavour)
+        custom = resolve(list(options.custom_objects))
+        _, skipped = resolve_recorded([s for s in recorded if s not in custom.specs])
+        warnings.extend(skipped)
+        recorded = merged_specs(recorded, custom.specs)
+
     from ..common.tf_loader import import_tensorflow
 
     tf = import_tensorflow("hps build-graph")
@@ -171,6 +183,8 @@ def build_graph(
             )
             model.save(str(work.path / "model.keras"))
         manifest = copy.deepcopy(plan.manifest)
+        if recorded:
+            manifest["custom_objects"] = recorded
         manifest["inference"] = {
             "format": "hps-inference-package",
             "version": 1,

@@ -21,10 +21,21 @@ from ..output import current_output, json_option
     help="Keras that builds (and later loads) the model; auto: tf_keras when the "
     "source model was written by tf_keras, else Keras 3.",
 )
+@click.option(
+    "--custom-objects",
+    "custom_objects",
+    multiple=True,
+    metavar="MODULE[:ATTR]",
+    help="Import MODULE first (e.g. a library that registers custom TensorFlow ops the dense "
+    "part uses); repeat. Recorded in the package with what dissect recorded, which is "
+    "imported too.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
 @click.pass_context
-def build_graph_command(ctx, source, out_dir, keras_flavour, overwrite, json_output) -> None:
+def build_graph_command(
+    ctx, source, out_dir, keras_flavour, custom_objects, overwrite, json_output
+) -> None:
     """Build an inference package from SOURCE into OUT_DIR.
 
     SOURCE: an 'hps dissect' output folder, or a build-graph spec file (JSON naming a dense
@@ -36,12 +47,16 @@ def build_graph_command(ctx, source, out_dir, keras_flavour, overwrite, json_out
     Exit codes: 0 ok, 3 invalid input, 4 OUT_DIR exists (pass --overwrite), 5 TensorFlow missing.
     """
     from ..build_graph import BuildOptions, build_graph
+    from ..common.custom_objects import allow_cwd_imports
 
     out = current_output()
+    if custom_objects:
+        allow_cwd_imports()
+    options = BuildOptions(
+        keras=keras_flavour, overwrite=overwrite, custom_objects=tuple(custom_objects)
+    )
     with out.progress(None, f"building {out_dir}"):
-        result = build_graph(
-            source, out_dir, BuildOptions(keras=keras_flavour, overwrite=overwrite)
-        )
+        result = build_graph(source, out_dir, options)
     for warning in result.warnings:
         out.warn(warning)
     if out.json_mode:
