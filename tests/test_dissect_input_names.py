@@ -8,23 +8,21 @@
   named after their layers, loaded with tf_keras.
 
 Each is dissected (self-check within 1e-5), a few are built into packages and loaded in fresh
-processes with int32 and int64 ids. The models come from helpers/named_inputs_train.py.
+processes with int32 and int64 ids. The models: helpers/named_inputs_train.py, trained once per
+session (helpers/named_models.py).
 """
 
 from __future__ import annotations
 
-import atexit
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
-from functools import cache
 from pathlib import Path
 
 import pytest
 from helpers.cli import run_hps
+from helpers.named_models import trained
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -46,28 +44,6 @@ CASES = {
     ),
 }
 PACKAGED = ("keras3-export", "tf_keras-keras", "tf_keras-tf-savedmodel", "tf-module-punctuated")
-
-
-@cache
-def trained() -> Path:
-    """Both flavours' models, trained once per session in two subprocesses at once."""
-    base = Path(tempfile.mkdtemp(prefix="hps-named-inputs-"))
-    atexit.register(shutil.rmtree, base, True)
-    procs = {
-        flavour: subprocess.Popen(
-            [sys.executable, str(HELPERS / "named_inputs_train.py"), flavour, str(base / flavour)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            cwd=HELPERS,
-        )
-        for flavour in ("keras3", "tf_keras")
-    }
-    for flavour, proc in procs.items():
-        output, _ = proc.communicate(timeout=900)
-        if proc.returncode or not (base / flavour / "DONE").is_file():
-            raise RuntimeError(f"training the {flavour} models failed:\n{output[-4000:]}")
-    return base
 
 
 @pytest.fixture(scope="module")

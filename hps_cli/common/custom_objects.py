@@ -76,7 +76,7 @@ def parse_spec(spec: str) -> tuple[str, str | None]:
     if match is None:
         raise InvalidInputError(
             f"not a MODULE[:ATTR] spec: {spec!r}",
-            location="--custom-objects",
+            location=_where(str(spec)),
             hint="e.g. --custom-objects deepctr.layers:custom_objects, or a module name alone",
         )
     return match.group(1), match.group(2)
