@@ -10,10 +10,12 @@ again, and rename the folder into place. Any error leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -155,8 +157,9 @@ def build_graph(
     recorded = plan.manifest.get("custom_objects", [])
     if options.custom_objects or recorded:
         use_keras_of(flavour)
-        custom = resolve(list(options.custom_objects))
-        _, skipped = resolve_recorded([s for s in recorded if s not in custom.specs])
+        with contextlib.redirect_stdout(sys.stderr):  # user code's prints are no data
+            custom = resolve(list(options.custom_objects))
+            _, skipped = resolve_recorded([s for s in recorded if s not in custom.specs])
         warnings.extend(skipped)
         recorded = merged_specs(recorded, custom.specs)
 

@@ -32,12 +32,8 @@ from ..runtime.errors import DependencyMissingError, HpsError, InvalidInputError
 from .tf_loader import import_tensorflow
 
 KERAS3, TF_KERAS = "keras3", "tf_keras"
-_NAME = r"[A-Za-z_]\w*"
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"  # ASCII, as the manifest schema's pattern
 _SPEC = re.compile(rf"^({_NAME}(?:\.{_NAME})*)(?::({_NAME}(?:\.{_NAME})*))?$")
-SPEC_HELP = (
-    "MODULE[:ATTR]: a Python module to import (its folder on PYTHONPATH or the working "
-    "directory), optionally with a dict, list or function in it that gives the classes"
-)
 
 
 def _where(spec: str) -> str:

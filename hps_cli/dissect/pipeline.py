@@ -6,7 +6,9 @@ self-check passed and the ps.json and manifest validated; any error leaves nothi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,8 +138,11 @@ def dissect(
                 "(letters, digits, _ and -, at most 120)",
                 location="--model-name",
             )
-        custom = _custom_objects(source, options)
-        plan = _plan(source, choices, options, custom)
+        # What user code prints (DeepCTR's "CrossNet parameterization: vector") is a message:
+        # stdout carries data only (one document with --json).
+        with contextlib.redirect_stdout(sys.stderr):
+            custom = _custom_objects(source, options)
+            plan = _plan(source, choices, options, custom)
         keys = _key_maps(plan, choices)
         feed = expected = None
         if options.check and plan is not None:
@@ -259,9 +264,13 @@ def _build(
             "--no-dense to key by vocabulary)"
         )
     if unknown_ids_tables:
+        why = (
+            "variable-length input"
+            if plan is not None
+            else ("no model loaded: --no-dense" if source.loadable else "no model")
+        )
         warnings.append(
-            f"{_tables(unknown_ids_tables)}: ids per sample unknown "
-            f"({'no model: --no-dense' if plan is None else 'variable-length input'}); "
+            f"{_tables(unknown_ids_tables)}: ids per sample unknown ({why}); "
             "maxnum_catfeature_query_per_table_per_sample set to 1 (pass --ids-per-sample N)"
         )
     dense_dir = None
