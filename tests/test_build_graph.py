@@ -140,6 +140,7 @@ def test_loaded_package_predicts_like_the_trained_model(case, built):
     )
     assert result["shapes_equal"]
     assert result["max_abs_diff"] <= 1e-5
+    assert result["max_abs_diff_other_ids"] <= 1e-5  # int32 and int64 ids alike
     lookups = [la["class"].split(">")[1] for la in manifest["inference"]["layers"]]
     assert result["layers"] == sorted(lookups + ["DenseSavedModel"])
 

@@ -18,10 +18,17 @@ _NOISE = [
     "I0000 00:00:1795839531.514990    8748 cudart_stub.cc:31] Could not find cuda drivers on your "
     "machine, GPU will not be used.\n",
     "I1127 13:05:59.123456 140245 cpu_feature_guard.cc:210] This TensorFlow binary is optimized\n",
+    "To enable the following instructions: AVX2 AVX512F FMA, in other operations, rebuild "
+    "TensorFlow with the appropriate compiler flags.\n",
+    # No GPU (or no driver): printed at device set-up when TF_CPP_MIN_LOG_LEVEL is below 3,
+    # e.g. inherited from a parent process.
+    "E0000 00:00:1795839532.0 8748 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA "
+    "error: Failed call to cuInit: UNKNOWN ERROR (303)\n",
+    "W0000 00:00:1795839532.0 8748 cudart_stub.cc:31] Could not find cuda drivers on this host\n",
 ]
 _KEPT = [
     "W0000 00:00:1795839531.5 8748 tf_logging.cc:1] a warning stays\n",
-    "E0000 00:00:1795839532.0 8748 cuda_platform.cc:52] failed call to cuInit\n",
+    "E0000 00:00:1795839532.0 8748 cuda_executor.cc:52] an error of a GPU that is there\n",
     '{"level": "info", "event": "listening"}\n',
     "Traceback (most recent call last):\n",
     "I0000 is not a log line without its source location\n",
@@ -80,11 +87,28 @@ def test_set_debug_shows_everything():
 
 
 @pytest.mark.tf
-def test_importing_tensorflow_prints_nothing():
+@pytest.mark.parametrize("level", ["", "0", "2"])
+def test_importing_tensorflow_prints_nothing(level):
+    """Whatever TF_CPP_MIN_LOG_LEVEL a parent passes down (the quickstart's children)."""
     pytest.importorskip("tensorflow")
     res = _run(
         "from hps_cli.common.tf_loader import import_tensorflow\n"
-        "tf = import_tensorflow()\nprint(tf.__version__)"
+        "tf = import_tensorflow()\nprint(tf.__version__, float(tf.constant(2.0) * 2))",
+        **({"TF_CPP_MIN_LOG_LEVEL": level} if level else {}),
     )
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() and res.stderr == ""
+    assert res.stdout.strip().endswith("4.0") and res.stderr == ""
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("level", ["", "0"])
+def test_importing_the_keras_layers_prints_nothing(level):
+    """``import hps_cli.tf`` in a user's program: quiet, devices and log level left alone."""
+    pytest.importorskip("tensorflow")
+    res = _run(
+        "import os\nimport hps_cli.tf\nimport tensorflow as tf\n"
+        "print(float(tf.constant(2.0) * 2), os.environ.get('TF_CPP_MIN_LOG_LEVEL'))",
+        **({"TF_CPP_MIN_LOG_LEVEL": level} if level else {}),
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["4.0", level or "None"] and res.stderr == ""

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import shutil
 import subprocess
@@ -52,9 +51,14 @@ def hps(*args: str, capture: bool = False) -> subprocess.CompletedProcess:
 
 def train(work: Path):
     """A small DLRM-like model on synthetic clicks; returns (model path, sample inputs, preds)."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import numpy as np
+
+    # Through hps's loader: TensorFlow's native load-time lines stay off the terminal, and the
+    # log level it sets (errors only, unless TF_CPP_MIN_LOG_LEVEL is set) is what the hps
+    # commands below inherit.
+    from hps_cli.common.tf_loader import import_keras3
+
+    keras = import_keras3("the quickstart's training")
 
     rng = np.random.default_rng(7)
     n = 20_000

@@ -39,7 +39,7 @@ def read_dissect(folder: Path) -> BuildPlan:
         raise InvalidInputError(
             "the dissect output has tables only (no dense part, no model inputs)",
             location=f"{where} $.dense",
-            hint="dissect a loadable model (SavedModel, .keras or .h5), not a checkpoint",
+            hint=_tables_only_hint(manifest),
         )
     index = model_index(config, manifest["model_name"], f"{ps_path} $.models")
     dense_source = folder / manifest["dense"]["dir"]
@@ -63,6 +63,29 @@ def read_dissect(folder: Path) -> BuildPlan:
         sources,
         dense_source,
         manifest["source"]["keras"],
+    )
+
+
+def _tables_only_hint(manifest: dict) -> str:
+    """What leads to a package from a tables-only output: it depends on what was dissected."""
+    source = manifest.get("source") or {}
+    path = source.get("path") or "MODEL"
+    values_only = source.get("format") == "checkpoint" or any(
+        "weights-only" in note for note in manifest.get("notes", [])
+    )
+    spec = (
+        "write a build-graph spec naming a dense SavedModel of your own and this ps.json "
+        "(docs/tf_plugin.md)"
+    )
+    if values_only:
+        return (
+            f"{path} holds values only: dissect the model itself (SavedModel, .keras or .h5) "
+            f"instead, or {spec}"
+        )
+    return (
+        f"it was dissected with --no-dense: run 'hps dissect {path} OUT' without it (models "
+        "with custom layers: add --custom-objects MODULE[:ATTR], e.g. "
+        f"deepctr.layers:custom_objects), or {spec}"
     )
 
 

@@ -1,7 +1,8 @@
 """The inference Keras model of a manifest: HPS lookup layers in front of the dense SavedModel.
 
 For every model input: a ``keras.Input`` (``sparse=True`` for SparseTensor inputs; id inputs
-take the config's key type), one ``LookupLayer`` per lookup with combiner ``none`` and one
+are int64, so int32 and int64 ids both work; with 32-bit keys a ``KeyCast`` layer range-checks
+them into the config's key type), one ``LookupLayer`` per lookup with combiner ``none`` and one
 ``SparseLookupLayer`` per lookup with a combiner, then a ``DenseSavedModel`` layer fed the
 lookup results and pass-through inputs by the dense signature's names. Layers refer to
 ``ps.json`` and ``dense`` relative to the package, so it can be moved.
@@ -30,17 +31,20 @@ def build_model(
     resolve while the layers are built.
     """
     keras = layers.keras
-    key_dtype = "int64" if supportlonglong else "int32"
     model_name = manifest["model_name"]
     dense = manifest["dense"]
     taken = {spec["name"] for spec in manifest["inputs"]}
     feeds, inputs, input_docs, layer_docs = {}, [], [], []
     for spec in manifest["inputs"]:
         sparse = spec["format"] == "sparse"
-        dtype = key_dtype if spec["role"] == "sparse_ids" else spec["dtype"]
+        ids = spec["role"] == "sparse_ids"
+        dtype = "int64" if ids else spec["dtype"]
         shape = tuple(spec["shape"][1:])
         tensor = keras.Input(shape=shape, dtype=dtype, name=spec["name"], sparse=sparse)
         inputs.append(tensor)
+        keys = tensor
+        if ids and not supportlonglong:
+            keys = layers.KeyCast(name=_unique(f"hps_keys_{spec['name']}", taken))(tensor)
         input_docs.append(
             {
                 "name": spec["name"],
@@ -61,10 +65,10 @@ def build_model(
             )
             if lookup["combiner"] == "none":
                 layer = layers.LookupLayer(**args)
-                feeds[lookup["dense_input"]] = layer(tensor)
+                feeds[lookup["dense_input"]] = layer(keys)
             else:
                 layer = layers.SparseLookupLayer(**args)
-                feeds[lookup["dense_input"]] = layer(tensor, combiner=lookup["combiner"])
+                feeds[lookup["dense_input"]] = layer(keys, combiner=lookup["combiner"])
             layer_docs.append(
                 {
                     "layer": layer.name,

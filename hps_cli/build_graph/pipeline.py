@@ -12,16 +12,19 @@ folder into place. Any error leaves nothing behind.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .. import __version__
+from ..common.custom_objects import merged_specs, resolve, resolve_recorded, use_keras_of
 from ..dissect.manifest import manifest_errors
 from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import CheckFailedError, InvalidInputError
@@ -38,6 +41,9 @@ class BuildOptions:
     saved_model: bool = True  # also write the deployable SavedModel (deployable.py)
     saved_model_version: int = 1
     saved_model_max_bytes: int = DEFAULT_MAX_BYTES
+    # MODULE[:ATTR] specs imported before the dense part loads (custom TF ops), recorded in the
+    # package with those the dissect manifest names (common/custom_objects.py)
+    custom_objects: tuple[str, ...] = ()
 
 
 @dataclass
@@ -155,6 +161,15 @@ def build_graph(
             "the default vector while they are inserted (set 1.0 for exact results)"
         )
 
+    recorded = plan.manifest.get("custom_objects", [])
+    if options.custom_objects or recorded:
+        use_keras_of(flavour)
+        with contextlib.redirect_stdout(sys.stderr):  # user code's prints are no data
+            custom = resolve(list(options.custom_objects))
+            _, skipped = resolve_recorded([s for s in recorded if s not in custom.specs])
+        warnings.extend(skipped)
+        recorded = merged_specs(recorded, custom.specs)
+
     from ..common.tf_loader import import_tensorflow
 
     tf = import_tensorflow("hps build-graph")
@@ -196,6 +211,8 @@ def build_graph(
                     link_tree=lambda src, dest: _link_tree(src, dest, counts),
                 )
         manifest = copy.deepcopy(plan.manifest)
+        if recorded:
+            manifest["custom_objects"] = recorded
         manifest["inference"] = {
             "format": "hps-inference-package",
             "version": 1,

@@ -67,6 +67,15 @@ class ByteSize(click.ParamType):
     "process holds them in memory); larger tables are served from the HPS hierarchy "
     "(hps serve).",
 )
+@click.option(
+    "--custom-objects",
+    "custom_objects",
+    multiple=True,
+    metavar="MODULE[:ATTR]",
+    help="Import MODULE first (e.g. a library that registers custom TensorFlow ops the dense "
+    "part uses); repeat. Recorded in the package with what dissect recorded, which is "
+    "imported too.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
 @click.pass_context
@@ -75,6 +84,7 @@ def build_graph_command(
     source,
     out_dir,
     keras_flavour,
+    custom_objects,
     saved_model,
     saved_model_version,
     saved_model_max_size,
@@ -95,20 +105,21 @@ def build_graph_command(
     exists (pass --overwrite), 5 TensorFlow missing.
     """
     from ..build_graph import BuildOptions, build_graph
+    from ..common.custom_objects import allow_cwd_imports
 
     out = current_output()
+    if custom_objects:
+        allow_cwd_imports()
+    options = BuildOptions(
+        keras=keras_flavour,
+        overwrite=overwrite,
+        custom_objects=tuple(custom_objects),
+        saved_model=saved_model,
+        saved_model_version=saved_model_version,
+        saved_model_max_bytes=saved_model_max_size,
+    )
     with out.progress(None, f"building {out_dir}"):
-        result = build_graph(
-            source,
-            out_dir,
-            BuildOptions(
-                keras=keras_flavour,
-                overwrite=overwrite,
-                saved_model=saved_model,
-                saved_model_version=saved_model_version,
-                saved_model_max_bytes=saved_model_max_size,
-            ),
-        )
+        result = build_graph(source, out_dir, options)
     for warning in result.warnings:
         out.warn(warning)
     if out.json_mode:

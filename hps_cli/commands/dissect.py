@@ -105,6 +105,16 @@ def _print_listing(out, inventory) -> None:
     help="Ids per sample for tables where the model does not tell (tables only, "
     "variable-length inputs).",
 )
+@click.option(
+    "--custom-objects",
+    "custom_objects",
+    multiple=True,
+    metavar="MODULE[:ATTR]",
+    help="Import MODULE (its folder on PYTHONPATH or the working directory) and register "
+    "ATTR, a dict or list of the model's custom Keras classes, e.g. "
+    "deepctr.layers:custom_objects; repeat. Recorded in manifest.json for build-graph, serve "
+    "and load_model.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
 @json_option
 @click.pass_context
@@ -120,15 +130,19 @@ def dissect_command(
     signature,
     max_batch_size,
     ids_per_sample,
+    custom_objects,
     overwrite,
     json_output,
 ) -> None:
     """Split a trained model into HPS tables, a dense SavedModel, ps.json and manifest.json.
 
-    MODEL_PATH: a SavedModel folder, a Keras 3 .keras archive, a Keras .h5 file or a TF2
-    checkpoint (prefix, .index file or folder). Tables are streamed from the checkpoint's data
-    files (memory stays bounded). OUT_DIR is written atomically: nothing is left behind on error.
+    MODEL_PATH: a SavedModel folder, a .keras archive (Keras 3 or tf_keras), a Keras .h5 file
+    or a TF2 checkpoint (prefix, .index file or folder). Tables are streamed from the
+    checkpoint's data files (memory stays bounded). OUT_DIR is written atomically: nothing is
+    left behind on error. Models with custom layers (e.g. from DeepCTR) need --custom-objects,
+    or save them as a SavedModel, which dissects without their code.
     """
+    from ..common.custom_objects import allow_cwd_imports
     from ..dissect.pipeline import DissectOptions, dissect, list_model
 
     out = current_output()
@@ -150,7 +164,10 @@ def dissect_command(
         max_batch_size=max_batch_size,
         ids_per_sample=ids_per_sample,
         signature=signature,
+        custom_objects=tuple(custom_objects),
     )
+    if custom_objects:
+        allow_cwd_imports()
     with out.progress(None, f"dissecting {model_path}") as advance:
         result = dissect(model_path, out_dir, options, progress=advance)
     for warning in result.warnings:

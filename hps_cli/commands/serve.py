@@ -128,6 +128,14 @@ import click
     help="Access log: '-' (stderr), a file path, or 'off'.",
 )
 @click.option(
+    "--custom-objects",
+    "custom_objects",
+    multiple=True,
+    metavar="MODULE[:ATTR]",
+    help="Import MODULE before the packages load (e.g. a library registering custom "
+    "TensorFlow ops their dense parts use); repeat. What a package records is imported too.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -151,6 +159,7 @@ def serve_command(
     allow_shared_memory,
     shutdown_timeout,
     access_log,
+    custom_objects,
     log_level,
 ) -> None:
     """Serve the tables of a ps.json, inference packages and SavedModels, over KServe v2.
@@ -180,6 +189,7 @@ def serve_command(
         import tritonclient.grpc  # noqa: F401
     except ImportError as exc:
         raise DependencyMissingError(exc.name or "aiohttp", "serve", "hps serve") from exc
+    from ..common.custom_objects import allow_cwd_imports
     from ..serve.core import ServeOptions, admin_token_from
     from ..serve.logs import configure_logging
     from ..serve.server import serve
@@ -202,5 +212,8 @@ def serve_command(
         admin_token=admin_token_from(admin_token_file),
         shutdown_timeout_s=shutdown_timeout,
         allow_shared_memory=allow_shared_memory,
+        custom_objects=tuple(custom_objects),
     )
+    if custom_objects:
+        allow_cwd_imports()
     serve(options)

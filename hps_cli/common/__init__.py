@@ -2,5 +2,6 @@
 bench). Each module imports neither click nor TensorFlow nor h5py at import time.
 
 Modules: ``tf_loader`` (TensorFlow and Keras, imported on demand and quietly), ``units`` (human
-readable sizes), ``keras2_h5`` (the Keras 2 ``.h5`` weight layout).
+readable sizes), ``keras2_h5`` (the Keras 2 ``.h5`` weight layout), ``custom_objects`` (the user
+code a model needs: ``--custom-objects MODULE[:ATTR]``).
 """

@@ -20,9 +20,17 @@ _debug = False
 # What TensorFlow's native libraries print while they load, before absl logging is set up (so
 # TF_CPP_MIN_LOG_LEVEL cannot hide it): absl's preamble and info-level lines ("I0000 00:00:…
 # port.cc:153] oneDNN custom operations are on…", "cudart_stub.cc:31] Could not find cuda
-# drivers…").
+# drivers…") and the second line of cpu_feature_guard's. On a machine without a GPU (or
+# without its driver) the device set-up adds "E… cuda_platform.cc:52] failed call to cuInit",
+# at any TF_CPP_MIN_LOG_LEVEL below 3, which a parent process may have set: it says only that
+# TensorFlow computes on the CPU.
 _ABSL_PREAMBLE = "WARNING: All log messages before absl::InitializeLog() is called"
 _ABSL_INFO = re.compile(r"I\d{4} \d+:\d+:\d+\.\d+\s+\d+ [^\s\]]+:\d+\] ")
+_NO_GPU = re.compile(
+    r"[IWE]\d{4} \d+:\d+:\d+\.\d+\s+\d+ "
+    r"(cuda_platform\.cc:\d+\] failed call to cuInit|cudart_stub\.cc:\d+\] Could not find cuda)"
+)
+_CPU_FEATURES = "To enable the following instructions: "
 
 
 def set_debug(enabled: bool) -> None:
@@ -36,9 +44,13 @@ def debug_enabled() -> bool:
 
 
 def is_native_load_noise(line: str) -> bool:
-    """Whether a stderr line is one of TensorFlow's load-time info lines (not a warning or an
-    error, which are kept)."""
-    return line.startswith(_ABSL_PREAMBLE) or _ABSL_INFO.match(line) is not None
+    """Whether a stderr line is one of TensorFlow's load-time info lines, or one of the lines
+    that say only that there is no GPU (other warnings and errors are kept)."""
+    return (
+        line.startswith((_ABSL_PREAMBLE, _CPU_FEATURES))
+        or _ABSL_INFO.match(line) is not None
+        or _NO_GPU.match(line) is not None
+    )
 
 
 @contextmanager
@@ -75,14 +87,18 @@ def quiet_native_stderr():
                 sys.stderr.flush()
 
 
-def import_tensorflow(purpose: str = "hps dissect"):
-    """Import TensorFlow quietly, without GPUs, or raise DependencyMissingError.
+def import_tensorflow(purpose: str = "hps dissect", *, command: bool = True):
+    """Import TensorFlow quietly, or raise DependencyMissingError.
 
-    Dissecting needs no GPU; hiding them keeps TensorFlow from reserving GPU memory that the
-    serving runtime or other processes use.
+    In a command (``command=True``) TensorFlow sees no GPU: dissecting needs none, and hiding
+    them keeps TensorFlow from reserving GPU memory that the serving runtime or other processes
+    use; its native logging defaults to errors only (TF_CPP_MIN_LOG_LEVEL=3). In a user's
+    program (``command=False``, the Keras layers) devices and logging stay as they are; the
+    devices are only listed, which sets them up inside the quiet window.
     """
     fresh = "tensorflow" not in sys.modules
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if command:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     with quiet_native_stderr() if fresh else nullcontext():
         try:
             import tensorflow as tf
@@ -90,7 +106,10 @@ def import_tensorflow(purpose: str = "hps dissect"):
             raise DependencyMissingError("tensorflow", "tf", purpose) from exc
         if fresh:
             try:
-                tf.config.set_visible_devices([], "GPU")
+                if command:
+                    tf.config.set_visible_devices([], "GPU")
+                else:
+                    tf.config.list_physical_devices()
             except (RuntimeError, ValueError):
                 pass  # devices already initialized by the caller: leave them as they are
     return tf

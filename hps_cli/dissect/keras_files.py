@@ -1,11 +1,13 @@
-"""Keras model files: Keras 3 ``.keras`` archives and Keras ``.h5`` files (full models or weights).
+"""Keras model files: ``.keras`` archives and Keras ``.h5`` files (full models or weights).
 
-- ``.keras`` (Keras 3): a zip with ``metadata.json``, ``config.json`` and ``model.weights.h5``.
-  Inside the weights every layer has a ``vars`` group (datasets ``0``, ``1``, ...) under a path
-  built from snake-cased class names (``layers/embedding_1/vars/0``); Keras 3 writes the layer's
-  own name into the group's ``name`` attribute, which is how we recover ``item_emb/embeddings``.
-  Archives store their members uncompressed, so the weights are read in place through a window
-  on the zip file (no extraction, memory bounded by one slice).
+- ``.keras`` (Keras 3, or tf_keras: ``metadata.json``'s ``keras_version`` tells which): a zip
+  with ``metadata.json``, ``config.json`` and ``model.weights.h5``. Inside the weights every
+  layer has a ``vars`` group (datasets ``0``, ``1``, ...) under a path built from snake-cased
+  class names (``layers/embedding_1/vars/0``). Keras 3 writes the layer's own name into the
+  group's ``name`` attribute, which is how we recover ``item_emb/embeddings``; tf_keras does
+  not, so its paths are matched to the config's layers by class and order, as tf_keras built
+  them. Archives store their members uncompressed, so the weights are read in place through a
+  window on the zip file (no extraction, memory bounded by one slice).
 - ``.h5`` (Keras 2 / tf_keras): root attributes ``keras_version`` and ``model_config``; the
   weights in the layout that ``hps_cli.common.keras2_h5`` reads (``model_weights/<layer>/<weight
   name>``, optimizer state in ``optimizer_weights``). Keras 3 ``.weights.h5`` files use the
@@ -39,6 +41,63 @@ _WEIGHT_NAMES = {
     "EinsumDense": ("kernel", "bias"),
 }
 _SNAKE_EMBEDDING = re.compile(r"^embedding(_\d+)?$")
+KERAS3, TF_KERAS = "keras3", "tf_keras"
+
+
+def flavour_of_version(version: str | None) -> str | None:
+    """keras3 for a Keras version 3 or later, tf_keras for an earlier one, None if unknown."""
+    match = re.match(r"\s*(\d+)", version or "")
+    if match is None:
+        return None
+    return KERAS3 if int(match.group(1)) >= 3 else TF_KERAS
+
+
+def archive_flavour(metadata: dict, config: dict) -> str:
+    """Which Keras wrote a ``.keras`` archive: its ``metadata.json`` ``keras_version``, else
+    the module of the model class in ``config.json`` (``tf_keras.src.engine.functional`` or
+    ``keras.src.models.functional``); Keras 3 when neither tells."""
+    found = flavour_of_version(metadata.get("keras_version"))
+    if found is None:
+        module = str(config.get("module") or "")
+        found = TF_KERAS if module.split(".")[0] == TF_KERAS else KERAS3
+    return found
+
+
+def _snake_case(class_name: str) -> str:
+    """tf_keras's ``to_snake_case`` of a class name (a leading ``_`` becomes ``private_``)."""
+    text = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    text = re.sub("([a-z])([A-Z])", r"\1_\2", text).lower()
+    return "private" + text if text.startswith("_") else text
+
+
+def tf_keras_layer_paths(config: dict) -> dict[str, tuple[str, str]]:
+    """``layers/<snake class>[_k]`` -> (layer name, class name) for the top-level layers of a
+    tf_keras archive's model config.
+
+    tf_keras names each layer's weights group by its snake-cased class and counts repeats in
+    ``model.layers`` order, which is the order of the config's ``layers`` (``saving_lib``'s
+    ``_save_container_state``); a Sequential model's layers do not include its InputLayer.
+    Nested models keep the paths inside them as they are.
+    """
+    inner = config.get("config") or {}
+    layers = inner.get("layers") if isinstance(inner, dict) else None
+    if not isinstance(layers, list):
+        return {}
+    sequential = config.get("class_name") == "Sequential"
+    used: dict[str, int] = {}
+    out = {}
+    for layer in layers:
+        if not isinstance(layer, dict):
+            continue
+        cls = str(layer.get("class_name") or "").split(">")[-1]
+        name = (layer.get("config") or {}).get("name")
+        if not cls or not isinstance(name, str) or (sequential and cls == "InputLayer"):
+            continue
+        snake = _snake_case(cls)
+        count = used.get(snake)
+        used[snake] = 0 if count is None else count + 1
+        out[f"layers/{snake}" if count is None else f"layers/{snake}_{count + 1}"] = (name, cls)
+    return out
 
 
 def layer_configs(config: dict | None) -> dict[str, dict]:
@@ -171,7 +230,7 @@ class _H5Backed(Source):
 
 
 class KerasArchiveSource(_H5Backed):
-    """A Keras 3 ``.keras`` archive."""
+    """A ``.keras`` archive, written by Keras 3 or by tf_keras."""
 
     def __init__(self, path: Path):
         location = str(path)
@@ -202,17 +261,22 @@ class KerasArchiveSource(_H5Backed):
         self._window: _Window | None = None
         self._h5 = self._open_weights(path, info)
         name = (config.get("config") or {}).get("name") or path.stem
+        flavour = archive_flavour(metadata, config)
         super().__init__(
             path,
             KERAS,
             [],
-            flavour="keras3",
+            flavour=flavour,
             keras_version=metadata.get("keras_version"),
             model_name=sanitize_name(str(name)),
             loadable=True,
             keras_config=config,
         )
-        self.variables = keras3_variables(self._h5, layer_configs(config))
+        self.variables = keras3_variables(
+            self._h5,
+            layer_configs(config),
+            tf_keras_layer_paths(config) if flavour == TF_KERAS else None,
+        )
 
     def _open_weights(self, path: Path, info: zipfile.ZipInfo):
         import h5py
@@ -256,16 +320,26 @@ class KerasArchiveSource(_H5Backed):
             self._tmpdir = None
 
 
-def keras3_variables(h5, layers: dict[str, dict]) -> list[Variable]:
-    """Variables of a Keras 3 weights file, named ``<layer name>/<weight name>``."""
+def keras3_variables(
+    h5, layers: dict[str, dict], paths: dict[str, tuple[str, str]] | None = None
+) -> list[Variable]:
+    """Variables of a ``.keras``-layout weights file, named ``<layer name>/<weight name>``.
+
+    The layer name is the group's ``name`` attribute (Keras 3), else ``paths``' entry for the
+    group (tf_keras archives: ``tf_keras_layer_paths``), else the group's own name.
+    """
     found: list[tuple] = []
+    paths = paths or {}
 
     def visit(path: str, obj) -> None:
         if not path.endswith("vars") or not hasattr(obj, "keys"):
             return
         owner_path = path[: -len("/vars")] if path.endswith("/vars") else ""
-        layer = text(obj.attrs.get("name", owner_path.rsplit("/", 1)[-1] or "model"))
-        cls = (layers.get(layer) or {}).get("class_name")
+        known = paths.get(owner_path)
+        layer = text(
+            obj.attrs.get("name", known[0] if known else owner_path.rsplit("/", 1)[-1] or "model")
+        )
+        cls = (layers.get(layer) or {}).get("class_name") or (known[1] if known else None)
         if cls is None and _SNAKE_EMBEDDING.match(owner_path.rsplit("/", 1)[-1]):
             cls = "Embedding"
         kind = _kind_of(path)
@@ -348,7 +422,7 @@ class H5Source(_H5Backed):
             except InvalidInputError:
                 self.close()
                 raise
-            flavour = "keras3" if version and version.startswith("3") else "tf_keras"
+            flavour = flavour_of_version(version) or TF_KERAS
         else:
             self.close()
             raise InvalidInputError(

@@ -125,11 +125,13 @@ def build_manifest(
     self_check: dict,
     notes: list[str],
     ps_config: str = "ps.json",
+    custom_objects: list[str] = (),
 ) -> dict:
-    """``tables``: dicts of the table entries (see the schema), in ps.json order."""
+    """``tables``: dicts of the table entries (see the schema), in ps.json order;
+    ``custom_objects``: the MODULE[:ATTR] specs the model was loaded with (recorded when any)."""
     table_ids = {t["variable"]: t["table_id"] for t in tables}
     table_names = {t["variable"]: t["name"] for t in tables}
-    return {
+    doc = {
         "format": "hps-dissect-manifest",
         "version": 1,
         "created": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
@@ -143,6 +145,9 @@ def build_manifest(
         "self_check": self_check,
         "notes": notes,
     }
+    if custom_objects:
+        doc["custom_objects"] = list(custom_objects)
+    return doc
 
 
 def manifest_errors(doc: object) -> list[str]:

@@ -135,8 +135,8 @@ class GraphPlan(ModelPlan):
             )
             self._cuts.append(f"{cut.name}:0")
         self._read_outputs()
-        self.direct_placeholders = self._dense_inputs({c.split(":")[0] for c in self._cuts}, tables)
-        for flat in self.direct_placeholders:
+        self.direct_inputs = self._dense_inputs({c.split(":")[0] for c in self._cuts}, tables)
+        for flat in self.direct_inputs:
             spec = self.flat_inputs[flat]
             self.direct.append(
                 DirectInput(flat, TensorSig(flat, spec.dtype.name, _dims(spec.shape)))
@@ -166,6 +166,8 @@ class GraphPlan(ModelPlan):
     def _read_inputs(self) -> None:
         kwargs = self.fn.structured_input_signature[1]
         self.flat_inputs = dict(kwargs)
+        self.placeholder_of = self._placeholders(kwargs)
+        self.input_of = {ph: key for key, ph in self.placeholder_of.items()}
         sparse_shapes = self._sparse_specs()
         grouped: set[str] = set()
         for name, spec in sorted(kwargs.items()):
@@ -195,6 +197,30 @@ class GraphPlan(ModelPlan):
         for spec in self.inputs:
             for part in (spec.components or {name: name for name in [spec.name]}).values():
                 self.component_of[part] = spec.name
+
+    def _placeholders(self, kwargs: dict) -> dict[str, str]:
+        """Signature input name -> the name of its placeholder in the graph.
+
+        TensorFlow sanitizes placeholder names (``C1`` -> ``c1``, ``user-id`` -> ``user_id``,
+        and uniquifies them: ``x``, ``x_1``) while the signature keeps the names clients send,
+        so the two are matched by position: the function's parameters come in the order of its
+        inputs (the captured variables follow them).
+        """
+        try:
+            params = list(self.fn.function_type.parameters)
+        except AttributeError:  # older TensorFlow: the same list under its former name
+            params = list(getattr(self.fn, "_arg_keywords", None) or [])
+        mapping = {
+            key: tensor.op.name for key, tensor in zip(params, self.fn.inputs) if key in kwargs
+        }
+        missing = sorted(set(kwargs) - set(mapping))
+        if missing:
+            raise InvalidInputError(
+                f"cannot match the signature inputs {', '.join(missing)} to graph placeholders",
+                location=self.location,
+                hint=_NO_DENSE_HINT,
+            )
+        return mapping
 
     def _sparse_specs(self) -> dict[str, list]:
         """Dense shapes of SparseTensor inputs, from the restored functions' own signatures.
@@ -372,8 +398,9 @@ class GraphPlan(ModelPlan):
             if node is None:
                 continue
             if node.op == "Placeholder":
-                if name in self.flat_inputs:
-                    reached.add(self.component_of.get(name, name))
+                key = self.input_of.get(name)
+                if key is not None:
+                    reached.add(self.component_of.get(key, key))
                 continue
             if node.op in ("LookupTableFindV2", "LookupTableFind"):
                 tables.append(node)
@@ -442,7 +469,7 @@ class GraphPlan(ModelPlan):
         return KeyMap("integer_lookup_vocabulary", keys, rows, details)
 
     def _dense_inputs(self, cut_nodes: set[str], tables: dict) -> list[str]:
-        """Signature inputs the outputs still need once lookups are fed."""
+        """Signature inputs (by name) the outputs still need once lookups are fed."""
         needed, seen = [], set()
         stack = deque(_src(t) for t in self.output_tensors)
         while stack:
@@ -454,8 +481,8 @@ class GraphPlan(ModelPlan):
             if node is None:
                 continue
             if node.op == "Placeholder":
-                if name in self.flat_inputs:
-                    needed.append(name)
+                if name in self.input_of:
+                    needed.append(self.input_of[name])
                 elif name in tables:
                     raise InvalidInputError(
                         f"the model uses table '{tables[name].variable.name}' outside its lookups",
@@ -478,7 +505,7 @@ class GraphPlan(ModelPlan):
     def export_dense(self, dest) -> None:
         from tensorflow.python.eager import wrap_function
 
-        feeds = self._cuts + [f"{name}:0" for name in self.direct_placeholders]
+        feeds = self._cuts + [f"{self.placeholder_of[key]}:0" for key in self.direct_inputs]
         try:
             pruned = wrap_function.function_from_graph_def(
                 self.graph_def, feeds, self.output_tensors

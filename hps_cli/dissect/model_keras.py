@@ -16,10 +16,18 @@ from ..common.tf_loader import import_keras3, import_tensorflow, import_tf_keras
 from ..runtime.errors import InvalidInputError
 from .dense import save_dense
 from .inspect import TableChoice
+from .keras_files import TF_KERAS, layer_configs
 from .plan import DirectInput, KeyMap, Lookup, ModelInput, ModelPlan, TensorSig, dense_input_names
 from .source_types import H5, KERAS, Source
 
 _NO_DENSE_HINT = "pass --no-dense to extract only the tables"
+_CUSTOM_HINT = (
+    "name the code of its custom classes with --custom-objects MODULE[:ATTR] (e.g. "
+    "deepctr.layers:custom_objects), or dissect a SavedModel of the model (needs no code), "
+    "or pass --no-dense for the tables only"
+)
+# Model classes that are no layers of keras.layers but that every Keras loads.
+_MODEL_CLASSES = {"Functional", "Sequential", "Model", "TFOpLambda", "SlicingOpLambda"}
 OOV_POLICY = (
     "rows of out-of-vocabulary buckets are not written: an id outside the vocabulary "
     "gets the table's default value (default_value_for_each_table) in HPS, not the OOV "
@@ -35,23 +43,64 @@ def _shape(tensor) -> list[int | None]:
     return [None if d is None else int(d) for d in tuple(tensor.shape)]
 
 
-def load_keras_model(source: Source):
-    """(model, keras module) for a Keras file, using the Keras that wrote it."""
+def load_keras_model(source: Source, custom_objects: dict | None = None):
+    """(model, keras module) for a Keras file, using the Keras that wrote it (tf_keras for
+    Keras 2 ``.h5`` and ``.keras`` files), with ``custom_objects`` registered."""
+    objects = dict(custom_objects or {})
     try:
-        if source.format == H5 and source.flavour == "tf_keras":
-            keras = import_tf_keras("loading a Keras 2 .h5 model")
-            model = keras.models.load_model(str(source.path), compile=False)
+        if source.flavour == TF_KERAS:
+            keras = import_tf_keras("loading a tf_keras (Keras 2) model")
+            model = keras.models.load_model(str(source.path), custom_objects=objects, compile=False)
         else:
             keras = import_keras3("loading a Keras model")
-            model = keras.saving.load_model(str(source.path), compile=False)
-    except (ValueError, TypeError, KeyError, AttributeError, ImportError, OSError) as exc:
+            model = keras.saving.load_model(str(source.path), custom_objects=objects, compile=False)
+    # tf_keras fails with TypeError ('str' object is not callable) or IndexError deep inside
+    # when a class is unknown or of the other Keras.
+    except (
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        IndexError,
+        ImportError,
+        OSError,
+    ) as exc:
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        text = text.split(". ")[0]  # Keras goes on with advice for its own API
+        unknown = unregistered_classes(source, objects)
         raise InvalidInputError(
-            f"Keras cannot load this model: {text[:300]}",
+            f"Keras cannot load this model: {text[:300]}"
+            + (f" (classes Keras does not know: {', '.join(unknown[:12])})" if unknown else ""),
             location=str(source.path),
-            hint="custom layers need their code registered; " + _NO_DENSE_HINT,
+            hint=("" if unknown else "if the model has custom layers: ") + _CUSTOM_HINT,
         ) from exc
     return model, keras
+
+
+def unregistered_classes(source: Source, custom_objects: dict) -> list[str]:
+    """Class names in the model config that neither its Keras nor ``custom_objects`` know,
+    with the module the config records (``.keras`` files: ``deepctr.layers.utils.Concat``)."""
+    try:
+        keras = (
+            import_tf_keras("reading a Keras 2 model")
+            if source.flavour == TF_KERAS
+            else import_keras3("reading a Keras model")
+        )
+        registered = set(keras.saving.get_custom_objects())
+    except Exception:  # a hint only: without Keras there is nothing to compare with
+        return []
+    known = set(dir(keras.layers)) | _MODEL_CLASSES | registered | set(custom_objects)
+    found = []
+    for config in layer_configs(source.keras_config).values():
+        cls, module = str(config.get("class_name") or ""), config.get("module")
+        if module and str(module).split(".")[0] in ("keras", TF_KERAS):
+            continue  # Keras's own (.keras configs record the module)
+        if not cls or cls in known or cls.split(">")[-1] in custom_objects:
+            continue
+        name = f"{module}.{cls}" if module else cls
+        if name not in found:
+            found.append(name)
+    return sorted(found)
 
 
 def _history(tensor):
@@ -85,12 +134,14 @@ class KerasPlan(ModelPlan):
     cut = "keras_functional"
     variables_kept = True
 
-    def __init__(self, source: Source, choices: list[TableChoice]):
+    def __init__(
+        self, source: Source, choices: list[TableChoice], custom_objects: dict | None = None
+    ):
         super().__init__()
         if source.format not in (KERAS, H5):
             raise ValueError(source.format)
         self.location = str(source.path)
-        self.model, self.keras = load_keras_model(source)
+        self.model, self.keras = load_keras_model(source, custom_objects)
         model = self.model
         graph_net = getattr(model, "_is_graph_network", None)
         if graph_net is None:

@@ -6,7 +6,9 @@ self-check passed and the ps.json and manifest validated; any error leaves nothi
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +16,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..common.custom_objects import CustomObjects, check_keras, resolve, use_keras_of
 from ..runtime.atomic import AtomicDirectory, check_destination
 from ..runtime.errors import CheckFailedError, InvalidInputError
 from .inspect import TABLE_NAME, Inventory, TableChoice, inspect_source, select_tables
@@ -41,6 +44,8 @@ class DissectOptions:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     ids_per_sample: int | None = None  # for tables whose ids per sample are unknown
     signature: str | None = None  # SavedModel signature to cut
+    # MODULE[:ATTR] specs or dicts of the model's custom classes (common/custom_objects.py)
+    custom_objects: tuple = ()
 
 
 @dataclass
@@ -65,7 +70,20 @@ def list_model(path: Path | str) -> Inventory:
         return inspect_source(source)
 
 
-def _plan(source: Source, choices: list[TableChoice], options: DissectOptions) -> ModelPlan | None:
+def _custom_objects(source: Source, options: DissectOptions) -> CustomObjects:
+    """Import the user code the model needs, under the Keras that wrote the model."""
+    if not options.custom_objects:
+        return CustomObjects()
+    use_keras_of(source.flavour)
+    found = resolve(options.custom_objects)
+    if source.format in (KERAS, H5):
+        check_keras(found.objects, source.flavour, str(source.path))
+    return found
+
+
+def _plan(
+    source: Source, choices: list[TableChoice], options: DissectOptions, custom: CustomObjects
+) -> ModelPlan | None:
     want = source.loadable if options.dense is None else options.dense
     if not want:
         return None
@@ -78,7 +96,7 @@ def _plan(source: Source, choices: list[TableChoice], options: DissectOptions) -
     if source.format == SAVED_MODEL:
         return GraphPlan(source, choices, options.signature)
     if source.format in (KERAS, H5):
-        return KerasPlan(source, choices)
+        return KerasPlan(source, choices, custom.objects)
     return None
 
 
@@ -120,7 +138,11 @@ def dissect(
                 "(letters, digits, _ and -, at most 120)",
                 location="--model-name",
             )
-        plan = _plan(source, choices, options)
+        # What user code prints (DeepCTR's "CrossNet parameterization: vector") is a message:
+        # stdout carries data only (one document with --json).
+        with contextlib.redirect_stdout(sys.stderr):
+            custom = _custom_objects(source, options)
+            plan = _plan(source, choices, options, custom)
         keys = _key_maps(plan, choices)
         feed = expected = None
         if options.check and plan is not None:
@@ -146,6 +168,7 @@ def dissect(
                 feed,
                 expected,
                 progress,
+                custom.specs,
             )
             work.commit()
         except BaseException:
@@ -168,6 +191,7 @@ def _build(
     feed,
     expected,
     progress,
+    custom_specs: list[str],
 ) -> tuple[dict, list[str]]:
     notes: list[str] = [n for n in inventory.notes if plan is not None or "IntegerLookup" not in n]
     warnings: list[str] = []
@@ -179,16 +203,16 @@ def _build(
             if lookup.ids_per_sample is None or known is None
             else known + lookup.ids_per_sample
         )
+    row_index_tables, unknown_ids_tables = [], []
     if plan is None:
         for choice in choices:
             if choice.variable.id_lookup:
-                text = (
+                notes.append(
                     f"table '{choice.name}': keys are row indices, but the model maps raw ids "
                     f"to rows with IntegerLookup '{choice.variable.id_lookup}'; clients must "
                     "send row indices (dissect without --no-dense to key by vocabulary)"
                 )
-                notes.append(text)
-                warnings.append(text)
+                row_index_tables.append(choice.name)
     tables, written = [], {}
     for table_id, choice in enumerate(choices):
         var = choice.variable
@@ -205,7 +229,7 @@ def _build(
             )
             notes.append(text)
             if not options.ids_per_sample:
-                warnings.append(text)
+                unknown_ids_tables.append(choice.name)
         key_doc = keys[var.name].to_dict()
         if keys[var.name].source != "row_index":
             notes.append(
@@ -232,6 +256,22 @@ def _build(
                 "detected_by": list(var.evidence) or ["explicit"],
                 "ids_per_sample": per_sample,
             }
+        )
+    if row_index_tables:
+        warnings.append(
+            f"{_tables(row_index_tables)}: keys are row indices, but the model maps raw ids to "
+            "rows with IntegerLookup layers; clients must send row indices (dissect without "
+            "--no-dense to key by vocabulary)"
+        )
+    if unknown_ids_tables:
+        why = (
+            "variable-length input"
+            if plan is not None
+            else ("no model loaded: --no-dense" if source.loadable else "no model")
+        )
+        warnings.append(
+            f"{_tables(unknown_ids_tables)}: ids per sample unknown ({why}); "
+            "maxnum_catfeature_query_per_table_per_sample set to 1 (pass --ids-per-sample N)"
         )
     dense_dir = None
     if plan is not None:
@@ -266,10 +306,19 @@ def _build(
         dense_dir=dense_dir,
         self_check=self_check,
         notes=notes,
+        custom_objects=custom_specs,
     )
     check_manifest(manifest, str(folder / MANIFEST_FILE))
     (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest, warnings
+
+
+def _tables(names: list[str]) -> str:
+    """``table 'a'``, or ``52 tables (a, b, c, ...)``: one warning covers every table."""
+    if len(names) == 1:
+        return f"table '{names[0]}'"
+    shown = ", ".join(names[:3]) + (", ..." if len(names) > 3 else "")
+    return f"{len(names)} tables ({shown})"
 
 
 def _self_check(source, plan, written, dense_dir, options, feed, expected) -> dict:

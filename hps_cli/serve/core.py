@@ -71,6 +71,7 @@ class ServeOptions:
     worker_threads: int | None = None
     redis_options: dict | None = None
     allow_shared_memory: bool = False
+    custom_objects: tuple[str, ...] = ()  # MODULE[:ATTR] specs imported before packages load
 
 
 @dataclass
@@ -197,6 +198,7 @@ class ServerCore:
         if not (folder / "manifest.json").is_file():
             return self._build_saved_model(name, folder), None
         manifest = read_manifest(folder)
+        _import_recorded_code(folder, manifest)
         own = None
         runtime = self.runtime
         if not self._shares_tables(folder, manifest):
@@ -570,3 +572,17 @@ def admin_token_from(path: Path | None) -> str | None:
             "the admin token must be at least 16 characters", location="HPS_ADMIN_TOKEN"
         )
     return token or None
+
+
+def _import_recorded_code(folder: Path, manifest: dict) -> None:
+    """Import the user code the package records (``--custom-objects`` of dissect/build-graph,
+    e.g. custom TensorFlow ops of its dense part); what cannot be imported here is logged and
+    skipped (plain dense parts load without it)."""
+    from ..common.custom_objects import resolve_recorded
+
+    specs = manifest.get("custom_objects") or []
+    if not isinstance(specs, list) or not specs:
+        return
+    _, skipped = resolve_recorded([str(s) for s in specs])
+    for text in skipped:
+        event(log, "custom_objects_skipped", logging.WARNING, package=str(folder), reason=text)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.errors import ConfigError, InvalidInputError
+from .id_inputs import as_keys, check_id_datatype, fit_dtype
 from .models import ServedModel, TensorSpec, Work
 from .protocol import DATATYPES, InferRequest, InferResult, Tensor, datatype_of, invalid
 
@@ -123,6 +124,7 @@ class InferenceModel(ServedModel):
         self.sparse = {}  # input name -> components {indices, values, dense_shape}
         self.batch_inputs = []  # dense-format served inputs: their dim 0 is the batch
         self.id_limits = {}  # served input -> most ids per sample (sparse inputs)
+        self.id_tensors = {}  # served tensor holding ids -> the model's dtype (id_inputs.py)
         specs = []
         for spec in self.manifest["inputs"]:
             name, shape = spec["name"], [(-1 if d is None else int(d)) for d in spec["shape"]]
@@ -145,6 +147,9 @@ class InferenceModel(ServedModel):
                     )
                 specs.append(TensorSpec(name, datatype, tuple(shape)))
                 self.batch_inputs.append(name)
+            if spec.get("role") == "sparse_ids":
+                ids_tensor = comps["values"] if spec.get("format") == "sparse" else name
+                self.id_tensors[ids_tensor] = spec["dtype"]
             for lookup in spec.get("lookups", []) if spec.get("role") == "sparse_ids" else []:
                 combiner = lookup.get("combiner")
                 if combiner not in COMBINERS or (
@@ -219,7 +224,10 @@ class InferenceModel(ServedModel):
     def prepare(self, request: InferRequest) -> Work:
         self.check_request(request)
         for spec in self.inputs:
-            self.check_datatype(request, spec)
+            if spec.name in self.id_tensors:
+                check_id_datatype(request.inputs[spec.name], self.id_tensors[spec.name])
+            else:
+                self.check_datatype(request, spec)
         batch = None
         for name in self.batch_inputs:
             spec = next(s for s in self.inputs if s.name == name)
@@ -250,10 +258,20 @@ class InferenceModel(ServedModel):
                 "inputs",
             )
         arrays = {name: request.inputs[name].array for name in self.batch_inputs}
-        return Work(batch, request, {"arrays": arrays, "sparse": sparse})
+        long_keys = self.runtime.config.supportlonglong
+        keys = {}
+        for name in self.batch_inputs:
+            if name in self.id_tensors:
+                keys[name] = as_keys(arrays[name], long_keys, name)
+        for name, ids in sparse.items():
+            ids["values"] = as_keys(ids["values"], long_keys, self.sparse[name]["values"])
+        for name, _, dtype in self.direct:
+            fit_dtype(arrays[name], dtype, name)  # ids the dense part also reads must fit it
+        return Work(batch, request, {"arrays": arrays, "sparse": sparse, "keys": keys})
 
     def execute(self, works: list[Work]) -> list[InferResult]:
         arrays, sparse, sizes = _merge(works, self.batch_inputs, list(self.sparse))
+        keys = _merge_keys(works)
         feed = {}
         hps = self.runtime.hps
         for name, fmt, table_id, combiner, dense_input, dtype in self.lookups:
@@ -265,16 +283,14 @@ class InferenceModel(ServedModel):
                 )
                 value = _segment_combine(vectors, ids["rows"], ids["batch"], combiner)
             else:
-                ids = arrays[name]
-                vectors = hps.lookup(
-                    ids.reshape(-1).astype(np.int64, copy=False), self.hps_model, table_id
-                )
+                ids = keys[name]
+                vectors = hps.lookup(ids.reshape(-1), self.hps_model, table_id)
                 value = vectors.reshape(ids.shape + (dim,))
                 if combiner != "none":
                     value = _combine(value.reshape(ids.shape[0], -1, dim), combiner)
             feed[dense_input] = self._tf.constant(value, dtype=dtype)
         for name, dense_input, dtype in self.direct:
-            feed[dense_input] = self._tf.constant(arrays[name], dtype=dtype)
+            feed[dense_input] = self._tf.constant(fit_dtype(arrays[name], dtype, name), dtype=dtype)
         outputs = {k: np.asarray(v) for k, v in self._serve(**feed).items()}
         total = sum(sizes)
         for name, value in outputs.items():
@@ -387,6 +403,14 @@ def _merge(works: list[Work], batch_inputs: list[str], sparse_inputs: list[str])
             "batch": sum(sizes),
         }
     return arrays, sparse, sizes
+
+
+def _merge_keys(works: list[Work]) -> dict[str, np.ndarray]:
+    """The int64 keys of the dense-format id inputs, concatenated along the batch."""
+    first = works[0].data["keys"]
+    if len(works) == 1:
+        return first
+    return {n: np.concatenate([w.data["keys"][n] for w in works]) for n in first}
 
 
 def _combine(vectors: np.ndarray, combiner: str) -> np.ndarray:

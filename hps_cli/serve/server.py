@@ -44,6 +44,10 @@ def serve(options: ServeOptions) -> None:
 
     if options.config is not None:
         load_config(options.config, check_files=True)  # fail before binding anything
+    if options.custom_objects:
+        from ..common.custom_objects import resolve
+
+        resolve(list(options.custom_objects))  # a missing module fails before binding too
     if options.allow_shared_memory and not is_loopback(options.host):
         raise InvalidInputError(
             "shared memory is for clients on the same host: it needs a "

@@ -21,14 +21,20 @@ TensorFlow and that Keras; it prints nothing and changes no settings.
 
 from __future__ import annotations
 
-from . import process_runtime
-from .errors import LookupInputError
-from .flavour import default_flavour
-from .flavour_layers import layers_for
-from .lookup_ops import lookup, sparse_lookup
-from .package import load_model, read_package
-from .process_runtime import shutdown as Shutdown
-from .saved_model_export import export_saved_model
+from ..common.tf_loader import import_tensorflow
+
+# Before the modules below import TensorFlow: quietly (its native load-time lines stay off
+# stderr), with the devices and log level of the program as they are.
+import_tensorflow("the HPS TensorFlow layers", command=False)
+
+from . import process_runtime  # noqa: E402
+from .errors import LookupInputError  # noqa: E402
+from .flavour import default_flavour  # noqa: E402
+from .flavour_layers import layers_for  # noqa: E402
+from .lookup_ops import lookup, sparse_lookup  # noqa: E402
+from .package import load_model, read_package  # noqa: E402
+from .process_runtime import shutdown as Shutdown  # noqa: E402
+from .saved_model_export import export_saved_model  # noqa: E402
 
 
 def Init(global_batch_size: int, ps_config_file: str) -> str:  # noqa: N802 (HPS's name)

@@ -7,6 +7,7 @@ from types import ModuleType, SimpleNamespace
 
 from .dense_layer import dense_layer_class
 from .flavour import flavour_of, keras_module
+from .key_cast import key_cast_class
 from .layers import lookup_layer_classes
 
 
@@ -15,6 +16,7 @@ def _classes(flavour: str) -> SimpleNamespace:
     keras = keras_module(flavour)
     found = lookup_layer_classes(keras)
     found.DenseSavedModel = dense_layer_class(keras)
+    found.KeyCast = key_cast_class(keras)
     found.keras = keras
     return found
 
@@ -22,5 +24,5 @@ def _classes(flavour: str) -> SimpleNamespace:
 def layers_for(keras: str | ModuleType) -> SimpleNamespace:
     """The layer classes for a Keras flavour ("keras3", "tf_keras") or module, registered
     under package "hps" in that Keras: ``.LookupLayer``, ``.SparseLookupLayer``,
-    ``.DenseSavedModel``, ``.keras``."""
+    ``.DenseSavedModel``, ``.KeyCast``, ``.keras``."""
     return _classes(keras if isinstance(keras, str) else flavour_of(keras))

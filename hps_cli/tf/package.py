@@ -17,9 +17,11 @@ with it; relative paths inside resolve against the package, so it can be moved o
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..common.custom_objects import resolve, resolve_recorded
 from ..runtime.errors import InvalidInputError, NotFoundError
 from . import process_runtime
 from .flavour import FLAVOURS, keras_module
@@ -81,20 +83,39 @@ def read_package(path: Path | str) -> PackageInfo:
     return PackageInfo(folder, model_file, ps_config, flavour, manifest)
 
 
-def load_model(path: Path | str, *, compile: bool = False, global_batch_size: int = 1):
+def load_model(
+    path: Path | str,
+    *,
+    compile: bool = False,
+    global_batch_size: int = 1,
+    custom_objects=None,
+):
     """Load an inference package: initialize HPS from its ps.json, return the Keras model.
 
     Args:
         path: the package folder (or its manifest.json / model.keras).
         compile: passed to Keras's ``load_model`` (the package holds no training config).
         global_batch_size: for HPS's init check (at most the config's ``max_batch_size``).
+        custom_objects: user code the model needs, as for ``hps dissect --custom-objects``: a
+            ``"MODULE[:ATTR]"`` string, a dict of name -> class, or a list of them. The
+            modules the package records (``manifest.json`` ``custom_objects``) are imported
+            first; one that cannot be imported here is skipped with a warning.
 
     The model is a Keras 3 model or a tf_keras model, whichever built the package
-    (``manifest.json`` ``inference.keras``).
+    (``manifest.json`` ``inference.keras``). Its id inputs take int32 and int64 ids alike.
     """
     info = read_package(path)
+    recorded, skipped = resolve_recorded(info.manifest.get("custom_objects", []))
+    for text in skipped:
+        warnings.warn(text, RuntimeWarning, stacklevel=2)
+    given = resolve(custom_objects)
+    # The model file holds the HPS layers only (the dense part is a SavedModel), so classes of
+    # the other Keras do no harm here; the imports matter for custom ops the dense part uses.
+    objects = {**recorded.objects, **given.objects}
     process_runtime.init(global_batch_size, info.ps_config)
     keras = keras_module(info.keras)
     layers_for(keras)  # registers hps>LookupLayer, hps>SparseLookupLayer, hps>DenseSavedModel
     with process_runtime.package_base(info.dir):
-        return keras.models.load_model(str(info.model_file), compile=compile)
+        return keras.models.load_model(
+            str(info.model_file), custom_objects=objects or None, compile=compile
+        )
