@@ -239,7 +239,7 @@ def test_families_split_into_many_sst_files(tmp_path, rng):
     source = BulkSource("hps_et.m.t", 16, 30000, chunks, "test", "memory")
     built = build_family(source, tmp_path / "work", budget_bytes=256 << 10, file_bytes=128 << 10)
     assert len(built.files) > 5 and built.num_keys == 30000
-    ingest_families(tmp_path / "db", [built], overwrite=False)
+    ingest_families(tmp_path / "db", [built], overwrite=False, staging=tmp_path / "work")
     items, record = independent_read(tmp_path / "db", "hps_et.m.t")
     assert record == {"checksum": "test", "num_keys": 30000, "dim": 16, "complete": True}
     assert all(items[int(k)].tobytes() == vectors[i].tobytes() for i, k in enumerate(keys))

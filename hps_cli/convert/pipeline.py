@@ -433,7 +433,7 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
             )
             timings.append(time.perf_counter() - started)
         started = time.perf_counter()
-        ingest_families(opts.dst, built, overwrite=opts.overwrite)
+        ingest_families(opts.dst, built, overwrite=opts.overwrite, staging=work)
         ingest = (time.perf_counter() - started) / max(1, len(built))
     finally:
         shutil.rmtree(work, ignore_errors=True)

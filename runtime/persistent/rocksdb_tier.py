@@ -12,9 +12,13 @@ What differs from HPS:
   error at start-up, not a stream of defaults.
 - A (re)load is atomic per family: the rows are written as SST files into a hidden folder beside
   the database (sorted, deduplicated: the last row of a repeated key wins, as in HPS), and only
-  when all of them are built the old family is dropped, a new one is created, the files are
-  ingested in one call and the record is written (``complete`` last). A failed build leaves the
-  database untouched; an interrupted swap leaves an incomplete record, so the next start reloads.
+  when all of them are built they replace the family's content in one ingestion
+  (rocksdb_replace.py; the family keeps HPS's name throughout). A failed build leaves the
+  database untouched; a kill leaves the old table or the new one in the family, and an
+  incomplete record, so the next start reloads.
+- ``insert`` and ``remove`` also write the table's update journal (rocksdb_families.py) in the
+  same write batch; start-up replays it over the volatile tier and the caches it fills from the
+  table files, so updates outlive the process.
 - Options for lookups (measured in benchmarks/bench_runtime_cpu.py): a row cache (what makes
   the difference: a get that hits it costs about 1.5 µs through rocksdict, one that reads a
   block about 4-6 µs), a shared LRU block cache, bloom filters and a hashed data-block index in
@@ -29,13 +33,13 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from ..atomic import sweep_stale, temp_sibling
 from ..errors import (
     ConfigError,
     InvalidInputError,
@@ -45,11 +49,18 @@ from ..errors import (
 from ..raw_keys import key_bytes, order_key, split_bytes
 from ..table.reader import TableReader
 from .rocksdb_families import (
+    JOURNAL_INSERT,
+    JOURNAL_REMOVE,
+    FamilyState,
+    Journal,
+    family_state,
+    journal_range,
     list_families,
+    read_journal,
     read_table_record,
     rocksdict_module,
-    write_table_record,
 )
+from .rocksdb_replace import replace_family
 
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 
@@ -190,6 +201,13 @@ class RocksDbStore:
     def record(self, tag: str) -> dict | None:
         return read_table_record(self.db, tag)
 
+    def state(self, tag: str) -> FamilyState:
+        return family_state(self.db, tag, set(self.families()))
+
+    def journal(self, tag: str, dim: int) -> Journal:
+        """The updates of a table since it was loaded (see rocksdb_families.py)."""
+        return read_journal(self.db, tag, dim, self.key_width)
+
     def table(self, tag: str, dim: int) -> "RocksDbTable":
         """The tier object of one table (its family must exist)."""
         with self._lock:
@@ -258,14 +276,21 @@ class RocksDbStore:
         *,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """(Re)build family ``tag`` from a table atomically (see the module doc); returns keys."""
+        """(Re)build family ``tag`` from a table atomically (see the module doc); returns keys.
+        The staging folder beside the database carries this process's name; a later load
+        removes it if this process dies before it does (atomic.sweep_stale)."""
         if self.read_only:
             raise InvalidInputError("the RocksDB database is read-only", location=str(self.path))
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.load-", dir=self.path.parent))
+        sweep_stale(self.path)
+        staging = temp_sibling(self.path)
+        staging.mkdir()
         try:
             files, num_keys = self._build_files(reader, staging, progress)
             self._swap_in(
-                tag, files, {"checksum": checksum, "num_keys": num_keys, "dim": reader.dim}
+                tag,
+                files,
+                {"checksum": checksum, "num_keys": num_keys, "dim": reader.dim},
+                staging,
             )
             return num_keys
         finally:
@@ -318,22 +343,16 @@ class RocksDbStore:
             del vectors, keys
         return files, int(by_key.size)
 
-    def _swap_in(self, tag: str, files: list[str], record: dict) -> None:
-        rd = rocksdict_module()
+    def _swap_in(self, tag: str, files: list[str], record: dict, staging: Path) -> None:
         with self._lock:
-            old = self._tables.pop(tag, None)
-            if old is not None:
-                old.detach()
-            write_table_record(self.db, tag, {**record, "complete": False})
-            if tag in self.families():
-                self.db.drop_column_family(tag)
-            handle = self.db.create_column_family(tag, self.family_options())
-            if files:
-                options = rd.IngestExternalFileOptions()
-                options.set_move_files(True)
-                handle.ingest_external_file(files, options)
-            write_table_record(self.db, tag, {**record, "complete": True})
-            self.db.flush()
+            replace_family(
+                self.db,
+                tag,
+                files,
+                record,
+                staging=staging,
+                family_options=self.family_options(),
+            )
 
 
 class RocksDbTable:
@@ -399,25 +418,34 @@ class RocksDbTable:
         return list(map(self._cf.get, keys))
 
     def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Upsert rows; each batch also journals them (one write: both or neither)."""
         rd = rocksdict_module()
         raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         value_bytes = 4 * self.dim
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
+        journal = journal_range(self.tag)[0]
+        default = self.store.db.get_column_family_handle("default")
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
             for i in range(first, min(first + step, len(kl))):
-                batch.put(kl[i], raw[i * value_bytes : (i + 1) * value_bytes])
+                value = raw[i * value_bytes : (i + 1) * value_bytes]
+                batch.put(kl[i], value)
+                batch.put(journal + kl[i], JOURNAL_INSERT + value, default)
             self.store.db.write(batch)
 
     def remove(self, keys: np.ndarray) -> None:
+        """Delete rows; each batch also journals the removals."""
         rd = rocksdict_module()
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
+        journal = journal_range(self.tag)[0]
+        default = self.store.db.get_column_family_handle("default")
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
             for key in kl[first : first + step]:
                 batch.delete(key)
+                batch.put(journal + key, JOURNAL_REMOVE, default)
             self.store.db.write(batch)
