@@ -14,6 +14,10 @@ tier backs it) is not reloaded.
   are written hot rows first). With an ``overflow_margin``, each partition takes at most
   ``margin`` of them (the hottest), so the load never evicts what it just inserted.
 - ``load_volatile``: insert those rows in chunks (bounded memory, file-order reads).
+- ``replay_updates``: the updates journaled in RocksDB since a kept family was loaded (admin
+  inserts and removes; rocksdb_families.py) are applied over what the volatile tier and the
+  front caches were filled with from the table files, so an update wins over its table file
+  until that file changes (then the family is reloaded and its journal cleared).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from .checksum import file_crc32
 from .config.model import PsConfig
 from .cpu_tiers import TableTiers
 from .hashing import partition_of
-from .seams import VolatileTable
+from .seams import FrontCache, VolatileTable
 from .stats import TableStats
 from .table.file_layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.reader import TableReader
@@ -122,6 +126,7 @@ def load_tables(
         if stores.rocksdb is not None:
             if not plan.persistent_current and not pdb.read_only:
                 started = time.perf_counter()
+                plan.checksum = plan.checksum or table_checksum(plan.reader)
                 stores.rocksdb.load_table(plan.tag, plan.reader, plan.checksum, progress=progress)
                 log.info(
                     "RocksDB: loaded %s (%d keys) in %.1f s",
@@ -213,3 +218,48 @@ def _fill_redis(
     table.clear()
     load_volatile(table, plan.reader, rows, progress=progress)
     table.write_record(record)
+
+
+def replay_updates(
+    plans: list[TablePlan],
+    stores: Stores,
+    tables: dict[tuple[str, int], TableTiers],
+    fronts: dict[tuple[str, int, int], FrontCache],
+) -> None:
+    """Apply each table's journaled updates over its volatile tier and front caches."""
+    if stores.rocksdb is None:
+        return
+    for plan in plans:
+        journal = stores.rocksdb.journal(plan.tag, plan.dim)
+        if not len(journal):
+            continue
+        model = plan.model.model
+        tiers = tables[(model, plan.table_id)]
+        targets: list = [tiers.volatile] if tiers.volatile is not None else []
+        for device in plan.model.deployed_device_list:
+            front = fronts.get((model, plan.table_id, device))
+            if front is not None and front.read_only:
+                log.warning(
+                    "%s: the %s cache on device %d cannot take the %d journaled update(s); "
+                    "it serves the table file's vectors for those keys",
+                    plan.tag,
+                    plan.model.cache_type,
+                    device,
+                    len(journal),
+                )
+            elif front is not None:
+                targets.append(front)
+        for target in targets:
+            if journal.inserted.size:
+                if target is tiers.volatile:
+                    target.insert(journal.inserted, journal.vectors)
+                else:
+                    target.update(journal.inserted, journal.vectors)
+            if journal.removed.size:
+                target.remove(journal.removed)
+        log.info(
+            "%s: replayed %d inserted and %d removed key(s) journaled since the table was loaded",
+            plan.tag,
+            journal.inserted.size,
+            journal.removed.size,
+        )

@@ -1,30 +1,21 @@
-"""Start-up, first half: everything that only reads. A failure here has written nothing.
+"""Start-up, first half: the plans, and opening the stores. Nothing here writes.
 
-In this order (startup.py runs it):
+In this order (startup.py runs it, after preflight.py checked everything):
 
-1. ``checked_config``: the config's schema and semantics and every table file (structure, dims,
-   ``supportlonglong`` key ranges);
-2. ``check_supported``: what this runtime cannot honour;
-3. ``plan_tables``: one ``TablePlan`` per table of every model, its file open;
-4. ``open_stores``: the RocksDB database (its lock, and for each table: its checksum, whether the
-   database already holds it, the key width and dim of a family that is kept, the families a
-   read-only database must have) and the Redis Cluster (reachability).
+1. ``plan_tables``: one ``TablePlan`` per table of every model, its file open, with what
+   preflight found in the database (the checksum, whether the family is current);
+2. ``open_stores``: the RocksDB database (its lock) and the Redis Cluster (reachability).
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .config.files import file_issues
 from .config.model import ModelConfig, PsConfig
-from .config.validate import load_config
-from .errors import ConfigError, NotFoundError
 from .persistent.rocksdb_tier import RocksDbStore, auto_row_cache_bytes
-from .seams import CacheFactory
-from .startup_load import table_checksum
+from .preflight import Preflight
 from .table.reader import TableReader
 
 if TYPE_CHECKING:
@@ -43,7 +34,7 @@ class TablePlan:
     tag: str  # the storage tag: RocksDB family and Redis hash names
     dim: int
     reader: TableReader
-    checksum: str = ""  # set by open_stores when there is a RocksDB tier
+    checksum: str = ""  # the table file's identity, when there is a RocksDB tier
     persistent_current: bool = False  # RocksDB already holds this table file (by checksum)
 
 
@@ -68,67 +59,32 @@ def key_width(config: PsConfig) -> int:
     return 64 if config.supportlonglong else 32
 
 
-def checked_config(config: PsConfig | str | Path | dict) -> PsConfig:
-    """The typed config, with every table file verified (structure, dims, keys)."""
-    if not isinstance(config, PsConfig):
-        return load_config(config, check_files=True)
-    issues = file_issues(config)
-    if issues:
-        first = issues[0]
-        raise ConfigError(
-            first.message,
-            issues=tuple(issues),
-            location=f"{config.source_path or '<config>'} {first.json_path}",
-            hint=first.hint,
-        )
-    return config
-
-
-def check_supported(config: PsConfig, cache_factory: CacheFactory | None) -> None:
-    """ConfigError for settings this runtime cannot honour (rather than ignoring them)."""
-    vdb, pdb = config.volatile_db, config.persistent_db
-    if vdb.type == "multi_process_hash_map":
-        raise ConfigError(
-            "volatile_db type 'multi_process_hash_map' (a shared-memory map) is not supported",
-            location="$.volatile_db.type",
-            hint="use parallel_hash_map (in process) or redis_cluster (shared)",
-        )
-    if config.update_source.type != "null":
-        raise ConfigError(
-            f"update_source '{config.update_source.type}' is not supported yet",
-            location="$.update_source.type",
-            hint="remove the block; apply updates with HPS.insert / HPS.remove",
-        )
-    for i, model in enumerate(config.models):
-        if model.fuse_embedding_table:
-            raise ConfigError(
-                "table fusion (fuse_embedding_table) is not supported by the hps runtime",
-                location=f"$.models[{i}].fuse_embedding_table",
-                hint="set fuse_embedding_table to false",
-            )
-    if not vdb.enabled and not pdb.enabled and cache_factory is None:
-        raise ConfigError(
-            "both volatile_db and persistent_db are disabled: every lookup would "
-            "return default vectors",
-            location="$.volatile_db",
-            hint="enable a volatile_db (e.g. parallel_hash_map) or a persistent_db",
-        )
-
-
-def plan_tables(config: PsConfig) -> list[TablePlan]:
+def plan_tables(checked: Preflight) -> list[TablePlan]:
     """A plan per table of every model, in config order; the caller closes their readers."""
-    return [
-        TablePlan(
-            m,
-            t,
-            m.table_name(t),
-            m.tag(t),
-            m.embedding_vecsize_per_table[t],
-            TableReader(m.table_path(t), m.embedding_vecsize_per_table[t]),
-        )
-        for m in config.models
-        for t in range(m.num_tables)
-    ]
+    config = checked.checked_config()
+    plans = []
+    try:
+        for m in config.models:
+            for t in range(m.num_tables):
+                facts = checked.tables.get((m.model, t))
+                dim = m.embedding_vecsize_per_table[t]
+                plans.append(
+                    TablePlan(
+                        m,
+                        t,
+                        m.table_name(t),
+                        m.tag(t),
+                        dim,
+                        TableReader(m.table_path(t), dim),
+                        facts.checksum if facts else "",
+                        bool(facts and facts.current),
+                    )
+                )
+    except BaseException:
+        for plan in plans:
+            plan.reader.close()
+        raise
+    return plans
 
 
 def open_stores(
@@ -141,8 +97,7 @@ def open_stores(
     redis_options: dict,
 ) -> None:
     """Open the RocksDB database and the Redis Cluster into ``stores`` (so that the caller
-    closes whatever was opened when a later check fails), checking each table against the
-    database and filling in the plans' ``checksum`` and ``persistent_current``."""
+    closes whatever was opened when a later step fails)."""
     pdb, vdb = config.persistent_db, config.volatile_db
     width = key_width(config)
     if pdb.enabled:
@@ -159,7 +114,6 @@ def open_stores(
             block_cache_bytes=block_cache,
             row_cache_bytes=row_cache,
         )
-        _check_families(stores.rocksdb, plans, read_only=pdb.read_only, path=pdb.path)
     if vdb.type == "redis_cluster":
         from .volatile.redis_cluster import RedisClusterStore
 
@@ -176,29 +130,3 @@ def open_stores(
             max_batch_size=vdb.max_batch_size,
             **redis_options,
         )
-
-
-def _check_families(
-    rocksdb: RocksDbStore, plans: list[TablePlan], *, read_only: bool, path: str
-) -> None:
-    families = set(rocksdb.families())
-    for plan in plans:
-        plan.checksum = table_checksum(plan.reader)
-        if plan.tag in families:
-            plan.persistent_current = rocksdb.is_current(plan.tag, plan.checksum, plan.dim)
-            if plan.persistent_current or read_only:
-                rocksdb.check_table(plan.tag, plan.dim)
-        elif read_only:
-            raise NotFoundError(
-                f"the read-only RocksDB database has no column family '{plan.tag}' "
-                f"(table '{plan.name}' of model '{plan.model.model}')",
-                location=path,
-                hint="load the table with 'hps convert' first, or open the database read-write",
-            )
-        if read_only and not plan.persistent_current:
-            log.warning(
-                "read-only RocksDB: family %s does not match %s (by our record); serving the "
-                "database as it is",
-                plan.tag,
-                plan.reader.path,
-            )
