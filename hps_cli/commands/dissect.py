@@ -106,6 +106,11 @@ def _print_listing(out, inventory) -> None:
     "variable-length inputs).",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Keep tables whose vectors hold NaN or Inf (refused by default, naming the row).",
+)
 @json_option
 @click.pass_context
 def dissect_command(
@@ -121,6 +126,7 @@ def dissect_command(
     max_batch_size,
     ids_per_sample,
     overwrite,
+    allow_non_finite,
     json_output,
 ) -> None:
     """Split a trained model into HPS tables, a dense SavedModel, ps.json and manifest.json.
@@ -150,6 +156,7 @@ def dissect_command(
         max_batch_size=max_batch_size,
         ids_per_sample=ids_per_sample,
         signature=signature,
+        allow_non_finite=allow_non_finite,
     )
     with out.progress(None, f"dissecting {model_path}") as advance:
         result = dissect(model_path, out_dir, options, progress=advance)

@@ -41,6 +41,7 @@ class DissectOptions:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     ids_per_sample: int | None = None  # for tables whose ids per sample are unknown
     signature: str | None = None  # SavedModel signature to cut
+    allow_non_finite: bool = False  # keep tables whose vectors hold NaN/Inf
 
 
 @dataclass
@@ -192,7 +193,14 @@ def _build(
     tables, written = [], {}
     for table_id, choice in enumerate(choices):
         var = choice.variable
-        summary = write_table(source, choice, folder / choice.name, keys[var.name], progress)
+        summary = write_table(
+            source,
+            choice,
+            folder / choice.name,
+            keys[var.name],
+            progress,
+            allow_non_finite=options.allow_non_finite,
+        )
         written[var.name] = (folder / choice.name, keys[var.name], var)
         per_sample = ids_per_table.get(var.name)
         if per_sample is None:
