@@ -20,12 +20,12 @@ refused with 413 before they are read.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 
 from aiohttp import web
 
+from ..common import finite_json
 from .admin import check_token, update_tensors
 from .core import ServerCore
 from .http_codec import HEADER_LENGTH, encode_infer_response, parse_infer_request, parse_json
@@ -40,7 +40,9 @@ WRITE_SLICE = 1 << 20
 
 def _json(doc: object, status: int = 200) -> web.Response:
     return web.Response(
-        body=json.dumps(doc, separators=(",", ":")).encode(), status=status, content_type=_JSON
+        body=finite_json.dumps(doc, separators=(",", ":")).encode(),
+        status=status,
+        content_type=_JSON,
     )
 
 
@@ -213,12 +215,17 @@ def build_app(core: ServerCore) -> web.Application:
         count = await core.update_table(
             request.match_info["model"], request.match_info["table"], operation, keys, vectors
         )
+        durable = core.durable_updates(req.model)
         return _json(
             {
                 "model": req.model,
                 "table": request.match_info["table"],
                 "operation": operation,
                 "keys": count,
+                "durable": durable,
+                "lasts": "across restarts (journaled in persistent_db)"
+                if durable
+                else "until the server restarts (the config has no writable persistent_db)",
             }
         )
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 
+from ..common import finite_json
 from .protocol import (
     InferRequest,
     InferResult,
@@ -214,4 +215,4 @@ def encode_infer_response(
     if result.parameters:
         doc["parameters"] = result.parameters
     doc["outputs"] = outputs
-    return json.dumps(doc, separators=(",", ":")).encode(), blobs
+    return finite_json.dumps(doc, separators=(",", ":")).encode(), blobs
