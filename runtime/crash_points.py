@@ -17,10 +17,8 @@ from __future__ import annotations
 import os
 import signal
 
-CRASH_ENV = "HPS_CRASH_AT"
-
 
 def crash_point(name: str) -> None:
     """SIGKILL this process when ``HPS_CRASH_AT`` is ``name``."""
-    if os.environ.get(CRASH_ENV) == name:
+    if os.environ.get("HPS_CRASH_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import re
 
-from conftest import REPO
+from helpers.paths import REPO
 from hps_cli.runtime.config.environment import ENVIRONMENT
 
 from hps_cli.cli import cli

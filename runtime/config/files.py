@@ -44,13 +44,15 @@ def file_issues(config: PsConfig, *, scan_values: bool = False) -> list[ConfigIs
                         if not Path(model.sparse_files[t]).is_absolute()
                         else None
                     )
+                elif defect.code == "unreadable":
+                    hint = "fix or replace the file (a symbolic link loop, or no permission)"
                 issues.append(
                     ConfigIssue(
                         ERROR,
                         json_path("models", m, "sparse_files", t),
                         defect.message,
                         f"table_{defect.code}",
-                        hint,
+                        hint or f"'hps table verify {path}' lists every defect of the table",
                         defect.location,
                     )
                 )
