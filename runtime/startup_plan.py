@@ -4,7 +4,8 @@ In this order (startup.py runs it, after preflight.py checked everything):
 
 1. ``plan_tables``: one ``TablePlan`` per table of every model, its file open, with what
    preflight found in the database (the checksum, whether the family is current);
-2. ``open_stores``: the RocksDB database (its lock) and the Redis Cluster (reachability).
+2. ``open_stores``: the RocksDB database (its lock; a read-only one is watched for changes by
+   another process, persistent/rocksdb_watch.py) and the Redis Cluster (reachability).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from .config.model import ModelConfig, PsConfig
 from .persistent.rocksdb_tier import RocksDbStore, auto_row_cache_bytes
+from .persistent.rocksdb_watch import DatabaseWatcher
 from .preflight import Preflight
 from .table.reader import TableReader
 
@@ -44,8 +46,12 @@ class Stores:
 
     rocksdb: RocksDbStore | None = None
     redis: RedisClusterStore | None = None
+    watcher: DatabaseWatcher | None = None  # of a read-only RocksDB
 
     def close(self) -> None:
+        if self.watcher is not None:
+            self.watcher.stop()
+            self.watcher = None
         if self.rocksdb is not None:
             self.rocksdb.close()
             self.rocksdb = None
@@ -114,6 +120,8 @@ def open_stores(
             block_cache_bytes=block_cache,
             row_cache_bytes=row_cache,
         )
+        if pdb.read_only:
+            stores.watcher = DatabaseWatcher(stores.rocksdb)
     if vdb.type == "redis_cluster":
         from .volatile.redis_cluster import RedisClusterStore
 

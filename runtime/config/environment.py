@@ -68,7 +68,8 @@ ENVIRONMENT = (
         "HPS_CRASH_AT",
         "Tests only: the name of a crash point (`runtime/crash_points.py` lists them, e.g. "
         "`rocksdb.ingested`); the process kills itself with SIGKILL when it reaches it, to "
-        "prove that a kill at that step leaves the old or the new output and no leftovers.",
+        "prove that a kill at that step leaves the old or the new output and no leftovers. "
+        "`<point>:TERM` or `<point>:INT` sends SIGTERM or SIGINT instead.",
         "unset",
         "`runtime/crash_points.py`, at each point: `hps convert`, start-up loads",
     ),

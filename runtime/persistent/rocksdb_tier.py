@@ -19,6 +19,11 @@ What differs from HPS:
 - ``insert`` and ``remove`` also write the table's update journal (rocksdb_families.py) in the
   same write batch; start-up replays it over the volatile tier and the caches it fills from the
   table files, so updates outlive the process.
+- A ``read_only`` instance notices when another process changes the database (a new MANIFEST
+  state: a replaced family, a flush, a compaction): ``reopen_if_changed`` (run every few
+  seconds by rocksdb_watch.py) opens it again, moves every table onto the new instance and logs
+  which families' records changed. A family that disappeared or no longer fits keeps the old
+  instance serving, with an error in the log.
 - Options for lookups (measured in benchmarks/bench_runtime_cpu.py): a row cache (what makes
   the difference: a get that hits it costs about 1.5 µs through rocksdict, one that reads a
   block about 4-6 µs), a shared LRU block cache, bloom filters and a hashed data-block index in
@@ -47,6 +52,7 @@ from ..errors import (
     OutputExistsError,
 )
 from ..raw_keys import key_bytes, order_key, split_bytes
+from ..rwlock import RWLock
 from ..table.reader import TableReader
 from .rocksdb_families import (
     JOURNAL_INSERT,
@@ -119,7 +125,10 @@ class RocksDbStore:
         self._row_cache = rd.Cache(int(row_cache_bytes)) if row_cache_bytes else None
         self._lock = threading.Lock()  # guards family creation and drops
         self._tables: dict[str, RocksDbTable] = {}
+        self._state = self.manifest_state()
         self.db = self._open()
+        if not read_only:  # holding the lock: leftovers of a dead loader beside it can go
+            sweep_stale(self.path)
 
     # ------------------------------------------------------------------ options and opening
 
@@ -181,6 +190,76 @@ class RocksDbStore:
             raise InvalidInputError(
                 f"cannot open the RocksDB database: {text}", location=str(self.path)
             ) from None
+
+    def manifest_state(self) -> tuple:
+        """What changes whenever another process changes the database's structure: the
+        MANIFEST that CURRENT names, its size and its modification time."""
+        try:
+            name = (self.path / "CURRENT").read_text().strip()
+            st = os.stat(self.path / name)
+        except OSError:
+            return ()
+        return name, st.st_size, st.st_mtime_ns
+
+    def reopen_if_changed(self) -> list[str] | None:
+        """Read-only: when the database changed since it was opened, open it again and move
+        every table onto the new instance. Returns the tags whose record changed (None when
+        nothing happened)."""
+        state = self.manifest_state()
+        if not self.read_only or state == self._state or self.db is None:
+            return None
+        with self._lock:
+            self._state = state
+            try:
+                new = self._open()
+            except Exception as exc:  # noqa: BLE001 - keep serving what is open
+                log.error("read-only RocksDB %s changed and cannot be reopened: %s", self.path, exc)
+                return None
+            problems = self._misfits(new)
+            if problems:
+                new.close()
+                log.error(
+                    "read-only RocksDB %s changed underneath: %s; still serving the state opened "
+                    "before (restart to pick up the change)",
+                    self.path,
+                    "; ".join(problems),
+                )
+                return None
+            changed = [
+                tag
+                for tag in sorted(self._tables)
+                if read_table_record(self.db, tag) != read_table_record(new, tag)
+            ]
+            for tag, table in self._tables.items():
+                table.move_to(new.get_column_family(tag), new.get_column_family_handle(tag))
+            old, self.db = self.db, new
+            old.close()
+        log.warning(
+            "read-only RocksDB %s changed underneath and was reopened; families with a new "
+            "record: %s (the volatile tier and the caches keep what start-up loaded into "
+            "them: restart to reload those)",
+            self.path,
+            ", ".join(changed) or "none",
+        )
+        return changed
+
+    def _misfits(self, new) -> list[str]:
+        """Why the tables served now cannot move to ``new`` (a family gone or reshaped)."""
+        problems = []
+        families = set(list_families(self.path))
+        for tag, table in self._tables.items():
+            if tag not in families or family_state(new, tag, families).empty:
+                problems.append(f"family '{tag}' is gone or empty")
+                continue
+            it = new.get_column_family(tag).iter()
+            try:
+                it.seek_to_first()
+                sizes = (len(it.key()), len(it.value())) if it.valid() else None
+            finally:
+                del it
+            if sizes is not None and sizes != (self.key_width // 8, 4 * table.dim):
+                problems.append(f"family '{tag}' now holds {sizes[0]}/{sizes[1]}-byte entries")
+        return problems
 
     def close(self) -> None:
         with self._lock:
@@ -365,6 +444,13 @@ class RocksDbTable:
         self.key_width = store.key_width
         self._cf = handle
         self._cf_handle = write_handle  # what WriteBatch.set_default_column_family takes
+        self._moving = RWLock()  # gets share it; move_to takes it alone
+
+    def move_to(self, handle, write_handle) -> None:
+        """Serve from another instance of the database (a reopened read-only one) from now
+        on; waits for the gets in flight, which hold the old instance."""
+        with self._moving.write():
+            self._cf, self._cf_handle = handle, write_handle
 
     @property
     def read_only(self) -> bool:
@@ -376,6 +462,10 @@ class RocksDbTable:
 
     def get(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
+        with self._moving.read():
+            return self._get(keys, out)
+
+    def _get(self, keys: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n = keys.size
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
