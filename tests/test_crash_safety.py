@@ -215,3 +215,22 @@ def test_sweep_removes_only_dead_owners_and_restores_an_orphaned_old_version(tmp
     assert mine.exists() and other.exists()  # a live owner's, and another destination's
     assert (dest / "kept").read_text() == "the old output"  # dest was missing: restored
     assert owner_token().startswith(f"{os.getpid()}-")
+
+
+def test_serve_sigterm_while_loading_stops_the_load_and_leaves_nothing(old_and_new, tmp_path):
+    """SIGTERM arriving while serve loads RocksDB (sent at a crash point of the load): the
+    load stops, removes its work folder, and the server exits 0 without getting ready."""
+    import json
+
+    from hps_cli.devtools.serve_process import ServeProcess
+
+    old, new = old_and_new
+    config = tmp_path / "ps.json"
+    doc = ps_config({"a": old, "b": new}, {"a": 16, "b": 16}, persistent=rocks_db(tmp_path / "db"))
+    config.write_text(json.dumps(doc))
+    server = ServeProcess(config, env={"HPS_CRASH_AT": "rocksdb.built:TERM"})
+    server.launch()
+    assert server.process.wait(timeout=120) == 0, server.log_text()
+    events = [e.get("event") for e in server.log_events()]
+    assert "stopped_while_loading" in events and "ready" not in events
+    assert not _leftovers(tmp_path)

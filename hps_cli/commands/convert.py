@@ -78,6 +78,13 @@ _FORMATS = ("hps", "rocksdb", "hugectr", "sok-v2", "sok-v1", "npy", "npz", "hdf5
     help="Replace DST (or, with --to rocksdb, the families being written).",
 )
 @click.option(
+    "--compact",
+    is_flag=True,
+    help="With --to rocksdb --overwrite: compact each replaced family before exiting, which "
+    "frees the old table's files now (else the database holds both until RocksDB's next "
+    "background compaction, e.g. when hps serve opens it read-write).",
+)
+@click.option(
     "--allow-non-finite",
     is_flag=True,
     help="Keep vectors holding NaN or Inf (by default the first one fails the conversion, "
@@ -104,6 +111,7 @@ def convert_command(
     dedupe,
     hot_first,
     overwrite,
+    compact,
     allow_non_finite,
     dry_run,
     list_only,
@@ -177,6 +185,7 @@ def convert_command(
         overwrite=overwrite,
         dry_run=dry_run,
         allow_non_finite=allow_non_finite,
+        compact=compact,
     )
     with prepare(options) as plan:
         inp = plan.input

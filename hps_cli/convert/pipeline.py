@@ -50,6 +50,7 @@ class ConvertOptions:
     dry_run: bool = False
     budget_bytes: int = DEFAULT_BUDGET_BYTES
     allow_non_finite: bool = False  # keep vectors holding NaN/Inf (refused by default)
+    compact: bool = False  # --to rocksdb: compact replaced families (frees the old files now)
 
 
 @dataclass
@@ -310,6 +311,10 @@ def _check_arguments(opts: ConvertOptions) -> None:
             "--to rocksdb needs --model NAME: families are named hps_et.<model>.<table>",
             location=str(opts.dst),
         )
+    if opts.compact and opts.target != "rocksdb":
+        raise InvalidInputError(
+            "--compact applies to --to rocksdb", hint="drop --compact, or add --to rocksdb"
+        )
     if opts.model and not NAME_PATTERN.match(opts.model):
         raise InvalidInputError(
             f"model name '{opts.model}' is not valid for HPS ([A-Za-z0-9_-], 1..120 characters)"
@@ -475,7 +480,9 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
             )
             timings.append(time.perf_counter() - started)
         started = time.perf_counter()
-        ingest_families(opts.dst, built, overwrite=opts.overwrite, staging=work)
+        ingest_families(
+            opts.dst, built, overwrite=opts.overwrite, staging=work, compact=opts.compact
+        )
         ingest = (time.perf_counter() - started) / max(1, len(built))
     finally:
         shutil.rmtree(work, ignore_errors=True)

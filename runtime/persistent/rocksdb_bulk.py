@@ -328,10 +328,12 @@ def ingest_families(
     overwrite: bool,
     staging: Path,
     num_threads: int | None = None,
+    compact: bool = False,
 ) -> None:
     """Ingest built families into the database (created if missing), replacing existing ones
-    only with ``overwrite``. Each family's content is replaced atomically (rocksdb_replace.py)
-    and compacted, so the old table's files are freed before this returns."""
+    only with ``overwrite``. Each family's content is replaced atomically (rocksdb_replace.py);
+    with ``compact`` a replaced family is compacted at once, which frees the old table's files
+    before this returns (else RocksDB's next background compaction does)."""
     check_families(db_path, [b.tag for b in built], overwrite)
     db = open_db(db_path, create=True, num_threads=num_threads)
     try:
@@ -344,7 +346,7 @@ def ingest_families(
                 record,
                 staging=staging,
                 family_options=raw_options(num_threads),
-                compact=True,
+                compact=compact,
             )
         db.flush()
     finally:

@@ -21,8 +21,12 @@ The steps, each followed by a ``crash_point`` of its name (crash_points.py):
 5. ``rocksdb.recorded``: the record says ``complete: true``.
 
 A kill anywhere leaves the family holding the old table or the new one, never a mix and never
-an empty family in place of a table. The old table's files are freed by RocksDB's compactions
-(``compact=True`` runs one at once).
+an empty family in place of a table. A family that holds no table yet (new, or the empty
+leftover of an interrupted first load) gets the files without the tombstone: they do not
+overlap, so RocksDB puts them straight into the bottom level, as before. After a replacement
+the old table's files are freed by RocksDB's compactions: ``compact=True`` runs one at once
+(``hps convert``; it rewrites the new table too, about doubling the time of a replacement),
+otherwise the next background compaction of a read-write open does.
 """
 
 from __future__ import annotations
@@ -30,7 +34,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..crash_points import crash_point
-from .rocksdb_families import encode_record, journal_keys, record_key, rocksdict_module
+from .rocksdb_families import (
+    encode_record,
+    family_state,
+    journal_keys,
+    record_key,
+    rocksdict_module,
+)
 from .sst_writer import write_range_deletion_file
 
 
@@ -48,6 +58,7 @@ def replace_family(
     (sorted, non-overlapping SST files in ``staging``, moved into the database) and record
     ``record`` (plus ``complete``) for it; see the module doc for the steps."""
     rd = rocksdict_module()
+    replacing = family_state(db, tag).holds_a_table
     crash_point("rocksdb.built")
     synced = rd.WriteOptions()
     synced.sync = True
@@ -62,16 +73,20 @@ def replace_family(
     except Exception:  # rocksdict raises a plain Exception for a missing family
         handle = db.create_column_family(tag, family_options)
     crash_point("rocksdb.created")
-    tombstone = write_range_deletion_file(Path(staging) / "replace-every-key.sst")
-    options = rd.IngestExternalFileOptions()
-    options.set_move_files(True)
-    handle.ingest_external_file([str(tombstone), *map(str, files)], options)
+    ingest = [str(f) for f in files]
+    if replacing:
+        tombstone = write_range_deletion_file(Path(staging) / "replace-every-key.sst")
+        ingest.insert(0, str(tombstone))
+    if ingest:
+        options = rd.IngestExternalFileOptions()
+        options.set_move_files(True)
+        handle.ingest_external_file(ingest, options)
     crash_point("rocksdb.ingested")
     done = rd.WriteBatch(raw_mode=True)
     done.put(record_key(tag), encode_record({**record, "complete": True}))
     db.write(done, synced)
     crash_point("rocksdb.recorded")
-    if compact:
+    if compact and replacing:
         compact_family(db, tag)
     del handle
 
