@@ -247,7 +247,8 @@ def test_families_split_into_many_sst_files(tmp_path, rng):
 
 def test_a_replaced_table_keeps_its_files_until_compaction(tmp_path, rng, hps):
     """--overwrite swaps the family's content atomically (the old rows are deleted by a range
-    tombstone, their files stay until compacted); --compact frees them before exiting."""
+    tombstone, their files stay until a compaction, which RocksDB may start in the background
+    at any time); --compact frees them before exiting."""
 
     def sst_bytes(db):
         return sum(p.stat().st_size for p in db.glob("*.sst"))
@@ -258,7 +259,6 @@ def test_a_replaced_table_keeps_its_files_until_compaction(tmp_path, rng, hps):
     assert hps(*args).returncode == 0
     one = sst_bytes(db)
     assert hps(*args, "--overwrite").returncode == 0
-    assert sst_bytes(db) > 1.8 * one
     items, record = independent_read(db, "hps_et.m.t")
     assert len(items) == 20000 and record["complete"]
     assert hps(*args, "--overwrite", "--compact").returncode == 0
