@@ -92,8 +92,9 @@ class HPS:
         allow_non_finite: tables and inserted vectors may hold NaN or Inf (refused otherwise).
 
     Raises:
-        ConfigError: the config is invalid, or asks for something this runtime cannot do.
-        NotFoundError: a read-only database is missing, or lacks a table's column family.
+        ConfigError: a check of preflight.py failed (``.issues`` lists them with JSON paths):
+            the config, a table file (NaN/Inf included unless allowed), what this runtime
+            cannot do, or the database (a read-only one missing or lacking a table, ...).
         OutputExistsError: another process holds the RocksDB database's lock.
         ServiceUnavailableError: the Redis Cluster cannot be reached.
     """
