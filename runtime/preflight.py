@@ -209,6 +209,17 @@ def database_issues(
         return []
     path = Path(pdb.path)
     where = "$.persistent_db.path"
+    if path.is_symlink() and not path.exists():
+        return [
+            ConfigIssue(
+                ERROR,
+                where,
+                "is a broken symbolic link or a symbolic link loop",
+                "database",
+                "point persistent_db.path at a folder (it is created when missing)",
+                str(path),
+            )
+        ]
     if path.exists() and not path.is_dir():
         return [
             ConfigIssue(

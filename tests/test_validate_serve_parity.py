@@ -50,6 +50,9 @@ def built(tmp_path_factory):
         ps_config(tables, dims, persistent=rocks_db(tmp / "a_file")),
         False,
     )
+    os.symlink(tmp / "db_loop", tmp / "db_loop")
+    db_loop = rocks_db(tmp / "db_loop")
+    case("persistent_path_is_a_symlink_loop", ps_config(tables, dims, persistent=db_loop), False)
     looped = tmp / "looped"
     looped.mkdir()
     for name in ("emb_vector", "table.json"):
@@ -164,6 +167,7 @@ def test_the_invalid_corpus_is_refused_by_both(name, tmp_path):
         "plain",
         "hit_rate_above_one",
         "persistent_path_is_a_file",
+        "persistent_path_is_a_symlink_loop",
         "table_file_symlink_loop",
         "table_folder_symlink_loop",
         "table_with_nan",

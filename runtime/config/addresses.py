@@ -25,12 +25,12 @@ def parse_redis_address(address: str) -> list[tuple[str, int]]:
         else:
             host, port_text = part, str(DEFAULT_PORT)
         if not host:
-            raise ValueError(f"'{part}' has no host")
+            raise ValueError(f"'{part}' is not host:port: it has no host")
         if not port_text.isdigit():
-            raise ValueError(f"'{part}': the port '{port_text}' is not a number")
+            raise ValueError(f"'{part}' is not host:port: the port '{port_text}' is not a number")
         port = int(port_text)
         if not 1 <= port <= 65535:
-            raise ValueError(f"'{part}': port {port} is outside 1..65535")
+            raise ValueError(f"'{part}' is not host:port: port {port} is outside 1..65535")
         nodes.append((host, port))
     if not nodes:
         raise ValueError("no Redis node address given")
