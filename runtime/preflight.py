@@ -298,13 +298,7 @@ def _family_issues(
     dim, tag = model.embedding_vecsize_per_table[t], model.tag(t)
     with TableReader(model.table_path(t), dim) as reader:
         checksum = table_checksum(reader)
-    record = state.record or {}
-    current = (
-        state.holds_a_table
-        and state.complete
-        and record.get("checksum") == checksum
-        and record.get("dim") == dim
-    )
+    current = state.holds_table_file(checksum, dim)
     tables[(model.model, t)] = TableFacts(checksum, state, current)
     table = f"table '{model.table_name(t)}' of model '{model.model}'"
     files_path = json_path("models", m, "sparse_files", t)

@@ -255,6 +255,17 @@ class FamilyState:
         then there is nothing in it to lose or to serve."""
         return self.exists and not (self.empty and not self.complete)
 
+    def holds_table_file(self, checksum: str, dim: int) -> bool:
+        """True when the family holds exactly the table file with this checksum and dim (by
+        our record: a complete load of it, and no load started since)."""
+        record = self.record or {}
+        return (
+            self.holds_a_table
+            and self.complete
+            and record.get("checksum") == checksum
+            and record.get("dim") == dim
+        )
+
 
 def family_state(db, tag: str, families: set[str] | None = None) -> FamilyState:
     """The state of table ``tag`` in an open database (``families``: its family names)."""

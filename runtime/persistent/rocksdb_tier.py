@@ -45,15 +45,11 @@ from typing import Callable
 import numpy as np
 
 from ..atomic import sweep_stale, temp_sibling
-from ..errors import (
-    ConfigError,
-    InvalidInputError,
-    NotFoundError,
-    OutputExistsError,
-)
+from ..errors import InvalidInputError, NotFoundError, OutputExistsError
 from ..raw_keys import key_bytes, order_key, split_bytes
 from ..rwlock import RWLock
 from ..table.reader import TableReader
+from .rocksdb_bulk import first_value_size
 from .rocksdb_families import (
     JOURNAL_INSERT,
     JOURNAL_REMOVE,
@@ -251,12 +247,7 @@ class RocksDbStore:
             if tag not in families or family_state(new, tag, families).empty:
                 problems.append(f"family '{tag}' is gone or empty")
                 continue
-            it = new.get_column_family(tag).iter()
-            try:
-                it.seek_to_first()
-                sizes = (len(it.key()), len(it.value())) if it.valid() else None
-            finally:
-                del it
+            sizes = first_value_size(new, tag)
             if sizes is not None and sizes != (self.key_width // 8, 4 * table.dim):
                 problems.append(f"family '{tag}' now holds {sizes[0]}/{sizes[1]}-byte entries")
         return problems
@@ -301,51 +292,6 @@ class RocksDbStore:
                 table = RocksDbTable(self, tag, dim, handle, self.db.get_column_family_handle(tag))
                 self._tables[tag] = table
             return table
-
-    def first_entry_sizes(self, tag: str) -> tuple[int, int] | None:
-        """(key bytes, value bytes) of a family's first entry, or None when it is empty."""
-        handle = self.db.get_column_family(tag)
-        it = handle.iter()
-        try:
-            it.seek_to_first()
-            if not it.valid():
-                return None
-            return len(it.key()), len(it.value())
-        finally:
-            del it
-
-    def check_table(self, tag: str, dim: int) -> None:
-        """Raise when an existing family's entries do not fit ``dim`` and the key width."""
-        sizes = self.first_entry_sizes(tag)
-        if sizes is None:
-            return
-        key_size, value_size = sizes
-        if key_size != self.key_width // 8:
-            raise ConfigError(
-                f"column family '{tag}' stores {key_size}-byte keys, but the config uses "
-                f"{self.key_width // 8}-byte keys",
-                location=str(self.path),
-                hint="supportlonglong must match the database (true: 8-byte keys, false: 4)",
-            )
-        if value_size != 4 * dim:
-            raise ConfigError(
-                f"column family '{tag}' stores vectors of {value_size // 4} floats, the config "
-                f"says {dim}",
-                location=str(self.path),
-                hint="fix embedding_vecsize_per_table, or point persistent_db.path elsewhere",
-            )
-
-    def is_current(self, tag: str, checksum: str, dim: int) -> bool:
-        """True when the family holds exactly the table with this checksum (per our record)."""
-        if tag not in self.families():
-            return False
-        record = self.record(tag)
-        return bool(
-            record
-            and record.get("complete")
-            and record.get("checksum") == checksum
-            and record.get("dim") == dim
-        )
 
     def load_table(
         self,
