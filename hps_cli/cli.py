@@ -10,7 +10,9 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
 
 import click
@@ -39,9 +41,8 @@ class LazyGroup(click.Group):
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="Environment: HPS_CACHE_BACKEND, HPS_DIRECT_IO, HPS_KERNEL_CACHE, HPS_ADMIN_TOKEN, "
-    "HPS_SERVE_UVLOOP, "
-    "HPS_DEBUG, TF_USE_LEGACY_KERAS, HPS_REQUIRE_GPU (tests); see docs/config.md, "
-    '"Environment variables".',
+    "HPS_SERVE_UVLOOP, HPS_DEBUG, TF_USE_LEGACY_KERAS, HPS_CRASH_AT and HPS_REQUIRE_GPU (tests); "
+    'see docs/config.md, "Environment variables".',
 )
 @click.version_option(__version__, "-V", "--version", prog_name="hps")
 @click.option(
@@ -63,7 +64,8 @@ def cli(ctx: click.Context, debug: bool, quiet: bool, json_mode: bool) -> None:
 
     Data goes to stdout, messages and progress to stderr. Exit codes: 0 ok, 1 unexpected
     failure, 2 usage error, 3 invalid input, 4 destination exists or locked, 5 missing optional
-    dependency, 6 service unavailable, 7 a check of the result failed.
+    dependency, 6 service unavailable, 7 a check of the result failed, 130 interrupted (SIGINT),
+    143 terminated (SIGTERM); outputs in progress are removed before either exit.
     """
     ctx.obj = Settings(debug=debug, quiet=quiet, json=json_mode)
     if debug:
@@ -74,12 +76,25 @@ def _debug_requested(argv: list[str]) -> bool:
     return "--debug" in argv or os.environ.get("HPS_DEBUG", "") not in ("", "0")
 
 
+def _raise_terminated(signum, frame) -> None:
+    from .runtime.errors import Terminated
+
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the CLI and map every failure to an exit code."""
-    from .runtime.errors import ExitCode, HpsError
+    """Console-script entry point: run the CLI and map every failure to an exit code.
+
+    SIGTERM raises ``Terminated`` in the main thread (as SIGINT raises KeyboardInterrupt), so
+    the cleanups of whatever was being written run before the process exits with 143 (130 for
+    SIGINT). ``hps serve`` installs its own handlers (a graceful drain) once it runs.
+    """
+    from .runtime.errors import ExitCode, HpsError, Terminated
 
     args = list(sys.argv[1:] if argv is None else argv)
     debug = _debug_requested(args)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
         # Without standalone mode Click returns ctx.exit()'s code instead of exiting.
         code = cli.main(args=args, prog_name="hps", standalone_mode=False)
@@ -90,10 +105,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(exc.exit_code)
     except click.ClickException as exc:
         exc.show()
+        ctx = getattr(exc, "ctx", None)
+        where = ctx.command_path if ctx is not None else "hps"
+        click.echo(f"hint: '{where} --help' lists the arguments and options", err=True)
         sys.exit(exc.exit_code)
     except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("interrupted", err=True)
+        click.echo("hint: what was being written was removed; rerun the command", err=True)
         sys.exit(int(ExitCode.INTERRUPTED))
+    except Terminated:
+        click.echo("terminated (SIGTERM)", err=True)
+        click.echo("hint: what was being written was removed; rerun the command", err=True)
+        sys.exit(int(ExitCode.TERMINATED))
     except BrokenPipeError:
         # The reader of stdout went away (e.g. `| head`): not an error of ours.
         sys.stderr.close()
@@ -104,6 +127,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"error: unexpected {type(exc).__name__}: {exc}", err=True)
         click.echo("hint: rerun with --debug for the traceback, and report it", err=True)
         sys.exit(int(ExitCode.FAILURE))
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     sys.exit(code if isinstance(code, int) else 0)
 
 
@@ -113,5 +139,4 @@ def _report(exc, debug: bool, json_mode: bool) -> None:
     if json_mode:
         click.echo(json.dumps({"ok": False, **exc.to_dict()}, indent=2))
     click.echo(f"error: {exc}", err=True)
-    if exc.hint:
-        click.echo(f"hint: {exc.hint}", err=True)
+    click.echo(f"hint: {exc.hint or type(exc).default_hint}", err=True)

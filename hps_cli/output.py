@@ -7,13 +7,14 @@ global --quiet and --json settings and whether stderr is a terminal (no progress
 
 from __future__ import annotations
 
-import json
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import click
+
+from .common import finite_json
 
 
 @dataclass
@@ -70,7 +71,7 @@ class Output:
 
     def emit_json(self, document: object) -> None:
         """The one machine-readable document of --json mode, on stdout."""
-        click.echo(json.dumps(document, indent=2, default=str))
+        click.echo(finite_json.dumps(document, indent=2, default=str))
 
     @contextmanager
     def progress(self, total: int | None, description: str) -> Iterator[Callable[[int], None]]:

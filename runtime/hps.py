@@ -23,7 +23,10 @@ routes through are in seams.py: a ``FrontCache`` per model, device and table (bu
   owns (``num_of_worker_buffer_in_pool``; a lookup waits at most ``worker_timeout`` seconds for
   one).
 - ``insert`` / ``remove`` change the CPU tiers first, then the table's front caches on every
-  device (refused up front when one of them is read-only).
+  device (refused up front when one of them is read-only). Vectors holding NaN or Inf are
+  refused (naming the key) unless ``allow_non_finite``. With a writable RocksDB tier the
+  change is journaled there and outlives the process (``durable_updates``); without one it
+  lasts until the runtime closes.
 
 Keys: int64 arrays (``supportlonglong: true``), or uint32 arrays — int64 arrays whose values fit
 are accepted too — when it is false. Inside, and at every seam, keys are always int64.
@@ -45,8 +48,10 @@ from .config.model import ModelConfig, PsConfig
 from .cpu_tiers import TableTiers
 from .errors import InvalidInputError, NotFoundError
 from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES
+from .preflight import Preflight
 from .seams import CacheFactory, FrontCache, StartedQuery
 from .startup import AUTO, start_up
+from .table.finite import check_finite
 from .worker_pool import WorkerPool
 
 UINT32_MAX = 2**32 - 1
@@ -106,18 +111,21 @@ class HPS:
             ``retry_interval_s``).
         worker_timeout: seconds a lookup waits for a free worker buffer before it fails with a
             CapacityError.
-        progress: called with the number of table bytes loaded, for progress bars.
+        progress: called with the number of table bytes loaded, for progress bars (an
+            exception it raises stops the start-up, which then removes what it built).
+        allow_non_finite: tables and inserted vectors may hold NaN or Inf (refused otherwise).
 
     Raises:
-        ConfigError: the config is invalid, or asks for something this runtime cannot do.
-        NotFoundError: a read-only database is missing, or lacks a table's column family.
+        ConfigError: a check of preflight.py failed (``.issues`` lists them with JSON paths):
+            the config, a table file (NaN/Inf included unless allowed), what this runtime
+            cannot do, or the database (a read-only one missing or lacking a table, ...).
         OutputExistsError: another process holds the RocksDB database's lock.
         ServiceUnavailableError: the Redis Cluster cannot be reached.
     """
 
     def __init__(
         self,
-        config: PsConfig | str | Path | dict,
+        config: PsConfig | str | Path | dict | Preflight,
         *,
         cache_factory: CacheFactory | str | None = AUTO,
         rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
@@ -125,7 +133,11 @@ class HPS:
         redis_options: dict | None = None,
         worker_timeout: float = 10.0,
         progress: Callable[[int], None] | None = None,
+        allow_non_finite: bool = False,
     ):
+        if isinstance(config, Preflight):
+            allow_non_finite = allow_non_finite or config.allow_non_finite
+        self.allow_non_finite = allow_non_finite
         self._built = start_up(
             config,
             cache_factory=cache_factory,
@@ -134,6 +146,7 @@ class HPS:
             redis_options=redis_options,
             worker_timeout=worker_timeout,
             progress=progress,
+            allow_non_finite=allow_non_finite,
         )
         self.config = self._built.config
         self.key_width = 64 if self.config.supportlonglong else 32
@@ -263,11 +276,24 @@ class HPS:
 
     # ------------------------------------------------------------------ updates
 
+    @property
+    def durable_updates(self) -> bool:
+        """Whether ``insert``/``remove`` outlive the process: a writable RocksDB tier journals
+        them and start-up replays the journal over the table files (docs/runtime.md)."""
+        pdb = self.config.persistent_db
+        return pdb.enabled and not pdb.read_only
+
     def insert(self, model: str, table: str | int, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert ``keys`` → ``vectors`` in every tier (and tell the front caches)."""
         model_cfg, table_id = self._resolve(model, table)
         keys = self._check_keys(keys, model_cfg, table_id)
         self._check_updatable(model_cfg, table_id)
+        if not self.allow_non_finite:
+            check_finite(
+                keys,
+                vectors,
+                f"vectors (model '{model_cfg.model}', table '{model_cfg.table_name(table_id)}')",
+            )
         tiers = self._tables[(model_cfg.model, table_id)]
         tiers.insert(keys, vectors)
         for device in model_cfg.deployed_device_list:

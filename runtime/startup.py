@@ -3,13 +3,19 @@
 ``start_up(config, ...)`` (what ``HPS(config, ...)`` calls) returns the ``Hierarchy`` that
 ``HPS`` routes lookups over. Its order:
 
-1. read only (startup_plan.py): the config, its table files, what this runtime cannot honour,
-   the RocksDB database and the Redis Cluster. A failed check writes nothing anywhere;
-2. write (startup_load.py): RocksDB families of changed tables, then the volatile tier (neither
+1. check (preflight.py, the code ``hps validate-config`` runs): the config, what this runtime
+   cannot honour, its table files and the RocksDB database, read only. A failed check writes
+   nothing anywhere; warnings are logged (fields hps ignores included);
+2. open (startup_plan.py): the table files (a fused group's together), the shared-memory
+   segment, the RocksDB database (its lock), the Redis Cluster;
+3. write (startup_load.py): RocksDB families of changed tables, then the volatile tier (neither
    for tables whose caches hold every row: static, uvm);
-3. build the front caches (the ``cache_factory``, once per model, device and storage table: a
+4. build the front caches (the ``cache_factory``, once per model, device and storage table: a
    table, or a fused group of tables) and a worker-buffer pool for every model and device that
-   has one.
+   has one;
+5. replay the updates journaled in RocksDB since each kept family was loaded (admin inserts
+   and removes) over the volatile tier and the front caches, which were filled from the table
+   files: an update outlives the process that made it.
 
 Whatever fails, what was opened or built so far is closed again before the error propagates.
 """
@@ -25,18 +31,11 @@ from .config.model import PsConfig
 from .cpu_tiers import TableTiers
 from .errors import ConfigError
 from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES
+from .preflight import AUTO, Preflight, log_warnings, preflight
 from .seams import CacheFactory, FrontCache
-from .startup_load import load_tables
-from .startup_plan import (
-    Stores,
-    check_supported,
-    checked_config,
-    open_stores,
-    plan_tables,
-)
+from .startup_load import load_tables, replay_updates
+from .startup_plan import Stores, open_stores, plan_tables
 from .worker_pool import WorkerPool
-
-AUTO = "auto"
 
 
 @dataclass
@@ -69,7 +68,7 @@ class Hierarchy:
 
 
 def start_up(
-    config: PsConfig | str | Path | dict,
+    config: PsConfig | str | Path | dict | Preflight,
     *,
     cache_factory: CacheFactory | str | None = AUTO,
     rocksdb_block_cache_bytes: int = DEFAULT_BLOCK_CACHE_BYTES,
@@ -77,17 +76,22 @@ def start_up(
     redis_options: dict | None = None,
     worker_timeout: float = 10.0,
     progress: Callable[[int], None] | None = None,
+    allow_non_finite: bool = False,
 ) -> Hierarchy:
-    """Check, open, load and build; the arguments are ``HPS``'s (see its doc)."""
-    checked = checked_config(config)
+    """Check, open, load and build; the arguments are ``HPS``'s (see its doc). A ``Preflight``
+    (what ``preflight(config, cache_factory=...)`` returned for the same ``cache_factory``, e.g.
+    to fail before a server binds its ports) is not checked again."""
+    if not isinstance(config, Preflight):
+        config = preflight(config, allow_non_finite=allow_non_finite, cache_factory=cache_factory)
+    checked = config.checked_config()
+    log_warnings(config)
     factory = (
         default_cache_factory(checked)
         if cache_factory == AUTO
         else cast("CacheFactory | None", cache_factory)
     )
-    check_supported(checked, factory)
     built = Hierarchy(checked, factory)
-    plans = plan_tables(checked, factory)
+    plans = plan_tables(config, factory)
     try:
         open_stores(
             checked,
@@ -100,6 +104,7 @@ def start_up(
         load_tables(checked, plans, built.stores, built.tables, progress)
         if factory is not None:
             build_fronts(built, factory, worker_timeout)
+        replay_updates(plans, built.stores, built.tables, built.fronts)
     except BaseException:
         built.close()
         raise

@@ -19,6 +19,10 @@ neither tier: no copy of it in host memory or on disk besides the cache's own.
   are written hot rows first). With an ``overflow_margin``, each partition takes at most
   ``margin`` of them (the hottest), so the load never evicts what it just inserted.
 - ``load_volatile``: insert those rows in chunks (bounded memory, file-order reads).
+- ``replay_updates``: the updates journaled in RocksDB since a kept family was loaded (admin
+  inserts and removes; rocksdb_families.py) are applied over what the volatile tier and the
+  front caches were filled with from the table files, so an update wins over its table file
+  until that file changes (then the family is reloaded and its journal cleared).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from .checksum import file_crc32
 from .config.model import PsConfig
 from .cpu_tiers import TableTiers
 from .hashing import partition_of
-from .seams import VolatileTable
+from .seams import FrontCache, VolatileTable
 from .stats import TableStats
 from .table.file_layout import KEY_FILE, META_FILE, VECTOR_FILE
 from .table.fused_reader import FusedTableReader
@@ -139,6 +143,7 @@ def load_tables(
         elif stores.rocksdb is not None:
             if not plan.persistent_current and not pdb.read_only:
                 started = time.perf_counter()
+                plan.checksum = plan.checksum or table_checksum(plan.reader)
                 stores.rocksdb.load_table(plan.tag, plan.reader, plan.checksum, progress=progress)
                 log.info(
                     "RocksDB: loaded %s (%d keys) in %.1f s",
@@ -278,3 +283,60 @@ def _fill_shared(
         table.clear()
         load_volatile(table, plan.reader, rows, progress=progress)
         table.write_record(record)
+
+
+def replay_updates(
+    plans: list[TablePlan],
+    stores: Stores,
+    tables: dict[tuple[str, int], TableTiers],
+    fronts: dict[tuple[str, int, int], FrontCache],
+) -> None:
+    """Apply each storage table's journaled updates over its volatile tier and front caches
+    (a fused group's, which its member tables share, once). A table whose caches hold it whole
+    (static, uvm) takes none: they serve its table file (logged when a journal is left from a
+    time it had CPU tiers)."""
+    if stores.rocksdb is None:
+        return
+    for plan in plans:
+        journal = stores.rocksdb.journal(plan.tag, plan.dim)
+        if not len(journal):
+            continue
+        if not plan.cpu_tiers:
+            log.warning(
+                "%s: its %s caches hold the table file whole and cannot take the %d journaled "
+                "update(s); they serve the table file's vectors for those keys",
+                plan.tag,
+                plan.model.cache_type,
+                len(journal),
+            )
+            continue
+        model, first = plan.model.model, plan.table.table_ids[0]
+        tiers = tables[(model, first)]
+        targets: list = [tiers.volatile] if tiers.volatile is not None else []
+        for device in plan.model.deployed_device_list:
+            front = fronts.get((model, first, device))
+            if front is not None and front.read_only:
+                log.warning(
+                    "%s: the %s cache on device %d cannot take the %d journaled update(s); "
+                    "it serves the table file's vectors for those keys",
+                    plan.tag,
+                    plan.model.cache_type,
+                    device,
+                    len(journal),
+                )
+            elif front is not None:
+                targets.append(front)
+        for target in targets:
+            if journal.inserted.size:
+                if target is tiers.volatile:
+                    target.insert(journal.inserted, journal.vectors)
+                else:
+                    target.update(journal.inserted, journal.vectors)
+            if journal.removed.size:
+                target.remove(journal.removed)
+        log.info(
+            "%s: replayed %d inserted and %d removed key(s) journaled since the table was loaded",
+            plan.tag,
+            journal.inserted.size,
+            journal.removed.size,
+        )

@@ -135,7 +135,7 @@ def test_each_scoped_field_warns_where_it_has_no_effect(scope, path):
 def _setups() -> list[dict]:
     """Setups where the honoured fields take effect: a Redis tier with TLS over RocksDB, a
     fused model with a refreshed dynamic cache; a static cache in pinned memory; a
-    multi_process_hash_map (refused at start-up, but its fields are its own)."""
+    multi_process_hash_map."""
     redis = _doc()
     redis["fuse_embedding_table"] = True
     redis["volatile_db"] = {"type": "redis_cluster", "num_partitions": 8, "enable_tls": True}

@@ -17,6 +17,7 @@ from hps_cli.runtime.config import (
     validate_document,
 )
 from hps_cli.runtime.errors import ConfigError
+from hps_cli.runtime.preflight import preflight
 from hps_cli.runtime.resources import load_schema
 
 CORPUS = REPO / "tests" / "configs"
@@ -32,7 +33,7 @@ def test_corpus_is_large_enough():
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_invalid_config_reports_its_json_path(name):
     expected = EXPECTED[name]
-    result = validate_config_file(INVALID / f"{name}.json")
+    result = preflight(INVALID / f"{name}.json").result  # what validate-config and serve run
     assert not result.ok
     found = [(i.json_path, i.rule) for i in result.errors]
     assert (expected["json_path"], expected["rule"]) in found, found
@@ -126,6 +127,11 @@ def _doc(**model_overrides):
             lambda d: d["models"][0].update(embedding_cache_type="stochastic"),
             "$.models[0].embedding_cache_type",
             "unsupported",
+        ),
+        (
+            lambda d: d["models"][0].update(hit_rate_threshold=1.5),
+            "$.models[0].hit_rate_threshold",
+            "hps_quirk",
         ),
     ],
 )
@@ -283,3 +289,35 @@ def test_every_schema_property_has_a_description():
             if "$ref" not in prop:
                 assert prop.get("description"), name
                 assert "type" in prop, name
+
+
+def test_whole_numbers_written_as_floats_are_ints_in_the_typed_config():
+    doc = _doc(max_batch_size=1e3, embedding_vecsize_per_table=[4.0])
+    doc["volatile_db"] = {"type": "parallel_hash_map", "num_partitions": 8.0}
+    config = load_config(doc)
+    model = config.models[0]
+    assert model.max_batch_size == 1000 and type(model.max_batch_size) is int
+    assert model.embedding_vecsize_per_table == (4,)
+    assert type(config.volatile_db.num_partitions) is int
+
+
+@pytest.mark.parametrize(
+    "address, ok",
+    [
+        ("127.0.0.1:7000", True),
+        ("a:7000, b:7001,[::1]:7002", True),
+        ("redis-0", True),  # HPS's default port 7000
+        ("localhost:notaport", False),
+        ("", False),
+        (" , ", False),
+        ("127.0.0.1:99999", False),
+        (":7000", False),
+    ],
+)
+def test_redis_addresses(address, ok):
+    doc = _doc()
+    doc["volatile_db"] = {"type": "redis_cluster", "address": address, "num_partitions": 8}
+    found = [i for i in validate_document(doc, check_files=False).errors if i.rule == "address"]
+    assert bool(found) is not ok, found
+    if found:
+        assert found[0].json_path == "$.volatile_db.address" and found[0].hint

@@ -301,3 +301,60 @@ def test_npz_output_dedupe_error(tmp_path, hps):
         "duplicate",
         extra=("--to", "npz", "--dedupe", "error"),
     )
+
+
+def _hps_table(path, keys=100, dim=4, value=1.0):
+    write_table(path, np.arange(keys), np.full((keys, dim), value, np.float32))
+    return path
+
+
+@pytest.mark.parametrize(
+    "layout, relation",
+    [
+        (("t/a", "t"), "contains the input"),  # DST is SRC's parent: would delete t/b
+        (("t", "t/a/x"), "lies inside the input"),
+        (("t/a", "t/a"), "is the input"),
+        (("link/a", "t"), "contains the input"),  # through a symbolic link
+    ],
+)
+def test_destination_that_is_contains_or_lies_inside_the_input(tmp_path, hps, layout, relation):
+    _hps_table(tmp_path / "t" / "a")
+    _hps_table(tmp_path / "t" / "b", value=2.0)
+    (tmp_path / "link").symlink_to(tmp_path / "t")
+    before = {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()}
+    src, dst = layout
+    for extra in ((), ("--overwrite",), ("--to", "rocksdb", "--model", "m", "--overwrite")):
+        res = hps("convert", str(tmp_path / src), str(tmp_path / dst), *extra)
+        assert res.returncode == ExitCode.INVALID, res.stderr
+        assert relation in res.stderr and "hint:" in res.stderr
+    after = {p: p.read_bytes() for p in (tmp_path / "t").rglob("*") if p.is_file()}
+    assert after == before and not leftovers(tmp_path)
+
+
+def test_overwrite_replaces_exactly_the_destination(tmp_path, hps):
+    _hps_table(tmp_path / "in" / "a")
+    _hps_table(tmp_path / "out" / "old")
+    (tmp_path / "sibling").write_text("untouched")
+    res = hps("convert", str(tmp_path / "in" / "a"), str(tmp_path / "out"), "--overwrite")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a"]
+    assert (tmp_path / "sibling").read_text() == "untouched"
+    assert not leftovers(tmp_path)
+
+
+@pytest.mark.parametrize("target", ["hps", "npz", "rocksdb"])
+@pytest.mark.parametrize("kind", ["npy", "hps"])
+def test_non_finite_vectors_are_refused_naming_row_and_key(tmp_path, hps, target, kind):
+    vectors = np.ones((50, 4), np.float32)
+    vectors[17, 2] = np.nan
+    if kind == "npy":
+        src = tmp_path / "m.npy"
+        np.save(src, vectors)
+    else:
+        src = tmp_path / "t"
+        write_table(src, np.arange(1000, 1050), vectors, allow_non_finite=True)
+    extra = ("--to", target, "--model", "m") if target == "rocksdb" else ("--to", target)
+    key = 17 if kind == "npy" else 1017
+    _fails(hps, tmp_path, src, ExitCode.INVALID, f"key {key} (row 17)", "NaN", extra=extra)
+    res = hps("convert", str(src), str(tmp_path / "out"), *extra, "--allow-non-finite")
+    assert res.returncode == 0, res.stderr

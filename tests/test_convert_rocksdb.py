@@ -239,7 +239,30 @@ def test_families_split_into_many_sst_files(tmp_path, rng):
     source = BulkSource("hps_et.m.t", 16, 30000, chunks, "test", "memory")
     built = build_family(source, tmp_path / "work", budget_bytes=256 << 10, file_bytes=128 << 10)
     assert len(built.files) > 5 and built.num_keys == 30000
-    ingest_families(tmp_path / "db", [built], overwrite=False)
+    ingest_families(tmp_path / "db", [built], overwrite=False, staging=tmp_path / "work")
     items, record = independent_read(tmp_path / "db", "hps_et.m.t")
     assert record == {"checksum": "test", "num_keys": 30000, "dim": 16, "complete": True}
     assert all(items[int(k)].tobytes() == vectors[i].tobytes() for i, k in enumerate(keys))
+
+
+def test_a_replaced_table_keeps_its_files_until_compaction(tmp_path, rng, hps):
+    """--overwrite swaps the family's content atomically (the old rows are deleted by a range
+    tombstone, their files stay until a compaction, which RocksDB may start in the background
+    at any time); --compact frees them before exiting."""
+
+    def sst_bytes(db):
+        return sum(p.stat().st_size for p in db.glob("*.sst"))
+
+    write_table(tmp_path / "t", np.arange(20000), rng.standard_normal((20000, 64)))
+    db = tmp_path / "db"
+    args = ("convert", str(tmp_path / "t"), str(db), "--to", "rocksdb", "--model", "m")
+    assert hps(*args).returncode == 0
+    one = sst_bytes(db)
+    assert hps(*args, "--overwrite").returncode == 0
+    items, record = independent_read(db, "hps_et.m.t")
+    assert len(items) == 20000 and record["complete"]
+    assert hps(*args, "--overwrite", "--compact").returncode == 0
+    assert sst_bytes(db) < 1.2 * one
+    assert len(independent_read(db, "hps_et.m.t")[0]) == 20000
+    res = hps("convert", str(tmp_path / "t"), str(tmp_path / "out"), "--compact")
+    assert res.returncode == 3 and "--compact applies to --to rocksdb" in res.stderr

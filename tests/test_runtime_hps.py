@@ -156,13 +156,13 @@ def test_uint32_config_with_keys_beyond_uint32_is_refused(tmp_path):
 def test_read_only_database_errors(two_tables):
     tmp, tables, dims = two_tables
     doc = ps_config(tables, dims, persistent=rocks_db(tmp / "db", read_only=True))
-    with pytest.raises(NotFoundError, match="no RocksDB database"):
+    with pytest.raises(ConfigError, match="no RocksDB database"):
         HPS(doc)
     only_users = ps_config(
         {"users": tables["users"]}, {"users": 8}, persistent=rocks_db(tmp / "db")
     )
     HPS(only_users).close()
-    with pytest.raises(NotFoundError, match="no column family 'hps_et.m.items'"):
+    with pytest.raises(ConfigError, match="no column family 'hps_et.m.items'"):
         HPS(doc)
     holder = HPS(only_users)  # a read-write user holds the lock
     try:

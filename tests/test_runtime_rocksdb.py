@@ -7,6 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.runtime_configs import ps_config, rocks_db
+from hps_cli.runtime import HPS
 from hps_cli.runtime.errors import ConfigError, NotFoundError, OutputExistsError
 from hps_cli.runtime.persistent.rocksdb_families import (
     open_db,
@@ -72,8 +74,9 @@ def test_uint32_keys_are_stored_in_four_bytes(tmp_path):
     assert all(len(k) == 4 for k in cf.keys())
     del cf
     store.close()
-    with pytest.raises(ConfigError, match="4-byte keys"):
-        RocksDbStore(tmp_path / "db", key_width=64).check_table(TAG, 4)
+    doc = ps_config({"t": tmp_path / "t"}, {"t": 4}, persistent=rocks_db(tmp_path / "db"))
+    with pytest.raises(ConfigError, match="4-byte keys"):  # supportlonglong true: 8-byte keys
+        HPS(doc)
 
 
 def test_the_last_row_of_a_repeated_key_wins(tmp_path):
@@ -94,11 +97,11 @@ def test_a_changed_table_replaces_the_family_and_an_unchanged_one_is_current(tmp
     with TableReader(tmp_path / "t") as reader:
         checksum = table_checksum(reader)
     _load(store, tmp_path / "t")
-    assert store.is_current(TAG, checksum, 4)
-    assert not store.is_current(TAG, checksum, 8)
+    assert store.state(TAG).holds_table_file(checksum, 4)
+    assert not store.state(TAG).holds_table_file(checksum, 8)
     write_synthetic_table(tmp_path / "t", 10, 4, first_key=5000, overwrite=True)
     with TableReader(tmp_path / "t") as reader:
-        assert not store.is_current(TAG, table_checksum(reader), 4)
+        assert not store.state(TAG).holds_table_file(table_checksum(reader), 4)
     _load(store, tmp_path / "t")
     out, hit = store.table(TAG, 4).get(np.array([0, 999, 5000, 5009]))
     assert hit.tolist() == [False, False, True, True]  # old rows are gone, not merged
@@ -111,7 +114,8 @@ def test_an_interrupted_swap_is_not_current(tmp_path):
     _load(store, tmp_path / "t")
     record = store.record(TAG)
     write_table_record(store.db, TAG, {**record, "complete": False})
-    assert not store.is_current(TAG, record["checksum"], 4)
+    assert store.state(TAG).interrupted
+    assert not store.state(TAG).holds_table_file(record["checksum"], 4)
     store.close()
 
 
@@ -159,9 +163,15 @@ def test_dim_mismatch_of_an_existing_family_is_a_config_error(tmp_path):
     write_synthetic_table(tmp_path / "t", 10, 4)
     store = RocksDbStore(tmp_path / "db")
     _load(store, tmp_path / "t")
-    with pytest.raises(ConfigError, match="vectors of 4 floats"):
-        store.check_table(TAG, 16)
     store.close()
+    write_synthetic_table(tmp_path / "t16", 10, 16)
+    read_only = rocks_db(tmp_path / "db", read_only=True)  # served as it is: its dim must fit
+    doc = ps_config({"t": tmp_path / "t16"}, {"t": 16}, persistent=read_only)
+    with pytest.raises(ConfigError, match="vectors of 4 floats") as raised:
+        HPS(doc)
+    assert "$.models[0].embedding_vecsize_per_table[0]" in [
+        i.json_path for i in raised.value.issues
+    ]
 
 
 def test_record_is_what_convert_writes(tmp_path):

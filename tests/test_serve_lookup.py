@@ -365,7 +365,14 @@ def test_admin_insert_and_remove_reach_every_tier_and_the_cache(admin_server):
     new = np.arange(32, dtype=np.float32).reshape(4, 8) + 0.5
     status, _, body = _update(server, "a", "insert", keys, new)
     assert status == 200, body
-    assert json.loads(body) == {"model": "m", "table": "a", "operation": "insert", "keys": 4}
+    answer = json.loads(body)
+    assert {k: answer[k] for k in ("model", "table", "operation", "keys")} == {
+        "model": "m",
+        "table": "a",
+        "operation": "insert",
+        "keys": 4,
+    }
+    assert answer["durable"] is False and "until the server restarts" in answer["lasts"]
     np.testing.assert_array_equal(look(), new)  # the cached copies were replaced too
     after = scrape(server.metrics_url)
     assert (

@@ -7,6 +7,7 @@ import zlib
 
 import numpy as np
 import pytest
+from hps_cli.runtime.errors import InvalidInputError
 from hps_cli.runtime.table import (
     KEY_FILE,
     SIDECAR_FILE,
@@ -48,7 +49,8 @@ def table_data(draw):
 def test_round_trip_is_bit_exact(tmp_path_factory, data):
     keys, vectors, meta, append_rows, read_rows = data
     dest = tmp_path_factory.mktemp("rt") / "table"
-    writer = TableWriter(dest, vectors.shape[1], with_meta=meta is not None)
+    # any float32 bit pattern round-trips, NaN and Inf included when allowed
+    writer = TableWriter(dest, vectors.shape[1], with_meta=meta is not None, allow_non_finite=True)
     for start in range(0, keys.size, append_rows):
         stop = start + append_rows
         writer.append(
@@ -84,7 +86,9 @@ def test_sidecar_records_sizes_and_checksums(tmp_path, rng):
     vectors = rng.standard_normal((1000, 8)).astype(np.float32)
     vectors[3, 2] = np.nan
     keys[10] = keys[11]  # one duplicate
-    summary = write_table(tmp_path / "t", keys, vectors, source={"from": "test"})
+    summary = write_table(
+        tmp_path / "t", keys, vectors, source={"from": "test"}, allow_non_finite=True
+    )
     side = read_sidecar(tmp_path / "t")
     assert side is not None
     assert side.dim == 8 and side.num_keys == 1000
@@ -188,3 +192,12 @@ def test_reader_chunks_release_pages_but_stay_correct(tmp_path, rng):
         assert seen == 50_000
         rows = reader.read_rows(49_990, 100)
         assert rows.keys.size == 10
+
+
+def test_non_finite_vectors_are_refused_by_default_naming_row_and_key(tmp_path):
+    vectors = np.ones((6, 4), np.float32)
+    vectors[4, 1] = np.inf
+    keys = np.arange(100, 106)
+    with pytest.raises(InvalidInputError, match=r"key 104 \(row 4\) holds Inf"):
+        write_table(tmp_path / "t", keys, vectors)
+    assert not list(tmp_path.iterdir())  # nothing left behind

@@ -77,6 +77,19 @@ _FORMATS = ("hps", "rocksdb", "hugectr", "sok-v2", "sok-v1", "npy", "npz", "hdf5
     is_flag=True,
     help="Replace DST (or, with --to rocksdb, the families being written).",
 )
+@click.option(
+    "--compact",
+    is_flag=True,
+    help="With --to rocksdb --overwrite: compact each replaced family before exiting, which "
+    "frees the old table's files now (else the database holds both until RocksDB's next "
+    "background compaction, e.g. when hps serve opens it read-write).",
+)
+@click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Keep vectors holding NaN or Inf (by default the first one fails the conversion, "
+    "naming its row and key).",
+)
 @click.option("--dry-run", is_flag=True, help="Check the input and DST; write nothing.")
 @click.option(
     "--list",
@@ -98,6 +111,8 @@ def convert_command(
     dedupe,
     hot_first,
     overwrite,
+    compact,
+    allow_non_finite,
     dry_run,
     list_only,
     json_output,
@@ -115,8 +130,12 @@ def convert_command(
       hps      HPS table folders: re-verified, re-chunked, --dedupe, hot rows first
       rocksdb  a database in HPS's layout (back out to HPS tables or npz)
 
-    Streams in constant memory; outputs are atomic (nothing is left behind on error).
-    Exit codes: 3 invalid input, 4 DST (or a family) exists without --overwrite.
+    Streams in constant memory; outputs are atomic (nothing is left behind on error, SIGINT or
+    SIGTERM; leftovers of a killed run are removed by the next run writing there). SRC and DST
+    must not contain each other. Vectors holding NaN or Inf are refused unless
+    --allow-non-finite.
+    Exit codes: 3 invalid input, 4 DST (or a family) exists without --overwrite, 130/143
+    interrupted by SIGINT/SIGTERM.
     """
     from ..convert import ConvertOptions, list_tables, prepare
     from ..formats import OpenOptions
@@ -165,6 +184,8 @@ def convert_command(
         hot_first=hot_first,
         overwrite=overwrite,
         dry_run=dry_run,
+        allow_non_finite=allow_non_finite,
+        compact=compact,
     )
     with prepare(options) as plan:
         inp = plan.input

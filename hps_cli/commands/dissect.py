@@ -116,6 +116,11 @@ def _print_listing(out, inventory) -> None:
     "and load_model.",
 )
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it exists.")
+@click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Keep tables whose vectors hold NaN or Inf (refused by default, naming the row).",
+)
 @json_option
 @click.pass_context
 def dissect_command(
@@ -132,6 +137,7 @@ def dissect_command(
     ids_per_sample,
     custom_objects,
     overwrite,
+    allow_non_finite,
     json_output,
 ) -> None:
     """Split a trained model into HPS tables, a dense SavedModel, ps.json and manifest.json.
@@ -165,6 +171,7 @@ def dissect_command(
         ids_per_sample=ids_per_sample,
         signature=signature,
         custom_objects=tuple(custom_objects),
+        allow_non_finite=allow_non_finite,
     )
     if custom_objects:
         allow_cwd_imports()

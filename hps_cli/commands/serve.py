@@ -114,6 +114,12 @@ import click
     "/dev/shm regions of the server's user; loopback hosts only).",
 )
 @click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Serve tables holding NaN or Inf, and accept such vectors in admin inserts "
+    "(refused by default).",
+)
+@click.option(
     "--shutdown-timeout",
     default=30.0,
     show_default=True,
@@ -157,6 +163,7 @@ def serve_command(
     body_timeout,
     admin_token_file,
     allow_shared_memory,
+    allow_non_finite,
     shutdown_timeout,
     access_log,
     custom_objects,
@@ -173,7 +180,10 @@ def serve_command(
     Logs are JSON lines on stderr; readiness (after the tables are loaded and the caches are
     warm) is logged with the bound ports. SIGTERM drains in-flight requests. See docs/serve.md.
 
-    Exit codes: 0 after a clean shutdown, 3 invalid config/package or a port in use, 5 a
+    The --config is checked first with the checks hps validate-config runs (one code path).
+
+    Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT, also while loading), 3 invalid
+    config/package or a port in use, 4 the RocksDB database is locked by another process, 5 a
     missing dependency, 6 an unreachable Redis Cluster.
     """
     from ..runtime.errors import DependencyMissingError
@@ -213,6 +223,7 @@ def serve_command(
         shutdown_timeout_s=shutdown_timeout,
         allow_shared_memory=allow_shared_memory,
         custom_objects=tuple(custom_objects),
+        allow_non_finite=allow_non_finite,
     )
     if custom_objects:
         allow_cwd_imports()

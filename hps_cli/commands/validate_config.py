@@ -19,21 +19,31 @@ from ..output import current_output, json_option
     show_default=True,
     help="Verify that each sparse_files entry is a valid table of the configured dim.",
 )
+@click.option(
+    "--allow-non-finite",
+    is_flag=True,
+    help="Accept tables holding NaN or Inf (as hps serve --allow-non-finite does).",
+)
 @click.option("--print-schema", is_flag=True, help="Print the JSON Schema (for editors) and exit.")
 @json_option
 @click.pass_context
-def validate_config_command(ctx, files, strict, check_files, print_schema, json_output) -> None:
-    """Validate HPS configs (ps.json): schema, cross-field rules, and the tables on disk.
+def validate_config_command(
+    ctx, files, strict, check_files, allow_non_finite, print_schema, json_output
+) -> None:
+    """Validate HPS configs (ps.json) with the checks hps serve runs at start-up.
 
-    Every problem is reported with its JSON path, e.g.
-    `$.models[0].embedding_vecsize_per_table[1]`. Unknown keys and unknown enum spellings are
-    warnings, because HPS silently ignores them (errors with --strict). Relative sparse_files
-    paths resolve against the config file's folder.
+    Schema, cross-field rules, what the runtime cannot honour, the tables on disk (structure,
+    dims, keys, NaN/Inf) and the RocksDB database of persistent_db (looked at read-only): a
+    config is valid exactly when hps serve accepts it, short of the RocksDB lock and the
+    Redis Cluster's reachability, which only a start-up can try. Every problem is reported
+    with its JSON path, e.g. `$.models[0].embedding_vecsize_per_table[1]`. Unknown keys and
+    unknown enum spellings are warnings, because HPS silently ignores them (errors with
+    --strict). Relative sparse_files paths resolve against the config file's folder.
 
     Exit codes: 0 all valid (warnings allowed), 3 at least one config is invalid, 2 usage error.
     """
-    from ..runtime.config import validate_config_file
     from ..runtime.errors import ExitCode
+    from ..runtime.preflight import preflight
     from ..runtime.resources import load_schema
 
     out = current_output()
@@ -42,7 +52,12 @@ def validate_config_command(ctx, files, strict, check_files, print_schema, json_
         return
     if not files:
         raise click.UsageError("give at least one config FILE (or --print-schema)")
-    results = [validate_config_file(f, check_files=check_files, strict=strict) for f in files]
+    results = [
+        preflight(
+            f, check_files=check_files, strict=strict, allow_non_finite=allow_non_finite
+        ).result
+        for f in files
+    ]
     if out.json_mode:
         out.emit_json(
             {"valid": all(r.ok for r in results), "configs": [r.to_dict() for r in results]}

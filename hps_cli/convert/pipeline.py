@@ -49,6 +49,8 @@ class ConvertOptions:
     overwrite: bool = False
     dry_run: bool = False
     budget_bytes: int = DEFAULT_BUDGET_BYTES
+    allow_non_finite: bool = False  # keep vectors holding NaN/Inf (refused by default)
+    compact: bool = False  # --to rocksdb: compact replaced families (frees the old files now)
 
 
 @dataclass
@@ -309,15 +311,52 @@ def _check_arguments(opts: ConvertOptions) -> None:
             "--to rocksdb needs --model NAME: families are named hps_et.<model>.<table>",
             location=str(opts.dst),
         )
+    if opts.compact and opts.target != "rocksdb":
+        raise InvalidInputError(
+            "--compact applies to --to rocksdb", hint="drop --compact, or add --to rocksdb"
+        )
     if opts.model and not NAME_PATTERN.match(opts.model):
         raise InvalidInputError(
             f"model name '{opts.model}' is not valid for HPS ([A-Za-z0-9_-], 1..120 characters)"
         )
 
 
+def _input_paths(pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> list[Path]:
+    """Every path the conversion reads: SRC, --keys, and the files its tables name."""
+    paths = [Path(opts.src)]
+    if opts.open_options.keys is not None:
+        paths.append(Path(opts.open_options.keys))
+    for table, _ in pairs:
+        for value in table.details.values():
+            if isinstance(value, str) and os.path.exists(value):
+                paths.append(Path(value))
+    return paths
+
+
+def _check_apart(pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> None:
+    """DST must neither be, nor contain, nor lie inside any input (symlinks resolved): writing
+    there would change the input, and --overwrite would delete it or its neighbours."""
+    dst = Path(opts.dst).resolve()
+    for path in _input_paths(pairs, opts):
+        src = path.resolve()
+        if dst == src:
+            relation = "is the input"
+        elif src in dst.parents:
+            relation = f"lies inside the input {path}"
+        elif dst in src.parents:
+            relation = f"contains the input {path} (--overwrite would delete it)"
+        else:
+            continue
+        raise InvalidInputError(
+            f"the destination {relation}",
+            location=str(opts.dst),
+            hint="choose a destination outside the input, and not a folder that holds it",
+        )
+
+
 def _check_destination(pairs: list[tuple[SourceTable, str]], opts: ConvertOptions) -> None:
-    if opts.dst is not None and Path(opts.dst).resolve() == Path(opts.src).resolve():
-        raise InvalidInputError("the destination is the input", location=str(opts.dst))
+    if opts.dst is not None:
+        _check_apart(pairs, opts)
     if opts.target == "rocksdb":
         check_families(opts.dst, [storage_tag(opts.model, n) for _, n in pairs], opts.overwrite)
         dst = Path(opts.dst)
@@ -375,10 +414,18 @@ def _to_folder(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
             try:
                 stream = _stream(table, opts, tmp)
                 if opts.target == "hps":
-                    summary = write_hps(stream, work.path / name, _source_info(table), progress)
+                    summary = write_hps(
+                        stream,
+                        work.path / name,
+                        _source_info(table),
+                        progress,
+                        opts.allow_non_finite,
+                    )
                     rows, size, stats = summary.num_keys, summary.bytes, summary.duplicates
                 else:
-                    rows, size, stats = write_npz(stream, work.path / f"{name}.npz", tmp, progress)
+                    rows, size, stats = write_npz(
+                        stream, work.path / f"{name}.npz", tmp, progress, opts.allow_non_finite
+                    )
                 dups = stats.extra_rows if stats else 0
                 if opts.dedupe == "error" and dups:
                     raise InvalidInputError(
@@ -421,7 +468,7 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
         for i, (table, name) in enumerate(pairs):
             started = time.perf_counter()
             tag = storage_tag(opts.model, name)
-            source = bulk_source(Stream(table), tag, _checksum(table))
+            source = bulk_source(Stream(table), tag, _checksum(table), opts.allow_non_finite)
             built.append(
                 build_family(
                     source,
@@ -433,7 +480,9 @@ def _to_rocksdb(pairs, opts: ConvertOptions, progress) -> list[TableResult]:
             )
             timings.append(time.perf_counter() - started)
         started = time.perf_counter()
-        ingest_families(opts.dst, built, overwrite=opts.overwrite)
+        ingest_families(
+            opts.dst, built, overwrite=opts.overwrite, staging=work, compact=opts.compact
+        )
         ingest = (time.perf_counter() - started) / max(1, len(built))
     finally:
         shutil.rmtree(work, ignore_errors=True)

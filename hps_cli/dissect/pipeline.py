@@ -46,6 +46,7 @@ class DissectOptions:
     signature: str | None = None  # SavedModel signature to cut
     # MODULE[:ATTR] specs or dicts of the model's custom classes (common/custom_objects.py)
     custom_objects: tuple = ()
+    allow_non_finite: bool = False  # keep tables whose vectors hold NaN/Inf
 
 
 @dataclass
@@ -216,7 +217,14 @@ def _build(
     tables, written = [], {}
     for table_id, choice in enumerate(choices):
         var = choice.variable
-        summary = write_table(source, choice, folder / choice.name, keys[var.name], progress)
+        summary = write_table(
+            source,
+            choice,
+            folder / choice.name,
+            keys[var.name],
+            progress,
+            allow_non_finite=options.allow_non_finite,
+        )
         written[var.name] = (folder / choice.name, keys[var.name], var)
         per_sample = ids_per_table.get(var.name)
         if per_sample is None:

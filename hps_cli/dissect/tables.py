@@ -17,7 +17,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from ..runtime.direct_io import whole_page_rows
+from ..runtime.errors import InvalidInputError
 from ..runtime.table import TableSummary, TableWriter
+from ..runtime.table.finite import HINT as FINITE_HINT
+from ..runtime.table.finite import non_finite_rows
 from ..runtime.table.sidecar import read_sidecar, write_sidecar
 from .inspect import TableChoice
 from .plan import KeyMap
@@ -85,12 +88,15 @@ def write_table(
     dest: Path,
     keys: KeyMap,
     progress: Callable[[int], None] | None = None,
+    *,
+    allow_non_finite: bool = False,
 ) -> TableSummary:
     """Write ``choice.variable`` of ``source`` as the table folder ``dest`` (must not exist).
 
     Reading, widening to float32 and the NaN/Inf scan run one slice ahead in a thread while
-    the writer checksums and writes the previous slice. Row-index keys are unique by
-    construction, so they are not sorted to count duplicates: table.json records 0.
+    the writer checksums and writes the previous slice; a row holding NaN or Inf fails the
+    table (naming the variable, row and key) unless ``allow_non_finite``. Row-index keys are
+    unique by construction, so they are not sorted to count duplicates: table.json records 0.
     """
     var = choice.variable
     rows, dim = var.shape
@@ -130,6 +136,17 @@ def write_table(
             else:
                 select = None
             bad = int(np.count_nonzero(~np.isfinite(vectors).all(axis=1))) if vectors.size else 0
+            if bad and not allow_non_finite:
+                rows = np.arange(start, start + len(chunk))
+                rows = rows if select is None else rows[select]
+                at = int(non_finite_rows(vectors)[0])
+                key = rows[at] if row_keys is None else row_keys[rows[at]]
+                raise InvalidInputError(
+                    f"variable '{var.name}': the vector of key {int(key)} (row {int(rows[at])}) "
+                    f"holds NaN or Inf ({bad} such row(s) in this slice): NaN and Inf are refused",
+                    location=var.location,
+                    hint=FINITE_HINT,
+                )
             yield start, len(chunk), vectors, select, bad
 
     try:

@@ -14,7 +14,13 @@ import numpy as np
 
 from ..runtime.errors import InvalidInputError, NotFoundError
 from ..runtime.persistent.rocksdb_bulk import family_rows, first_value_size, iter_family
-from ..runtime.persistent.rocksdb_families import list_families, open_db, read_table_record
+from ..runtime.persistent.rocksdb_families import (
+    family_state,
+    journal_is_empty,
+    list_families,
+    open_db,
+    read_table_record,
+)
 from ..runtime.storage_names import parse_storage_tag
 from .base import Chunk, SkippedFile, SourceTable
 from .options import OpenOptions
@@ -45,6 +51,8 @@ class RocksDbTable(SourceTable):
                 location=str(path),
             )
         record = read_table_record(db, tag) or {}
+        if record.get("complete") and not journal_is_empty(db, tag):
+            record = {}  # updated since it was loaded: the record describes the loaded table
         if record.get("complete") and isinstance(record.get("num_keys"), int):
             rows, counted = record["num_keys"], "from the bookkeeping record"
         else:
@@ -83,8 +91,9 @@ class RocksDbTable(SourceTable):
 def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], list[SkippedFile]]:
     db = open_db(path, read_only=True)
     tables, skipped, models = [], [], {}
+    families = set(list_families(path))
     try:
-        for tag in sorted(list_families(path)):
+        for tag in sorted(families):
             parsed = parse_storage_tag(tag)
             if parsed is None:
                 if tag != "default":
@@ -102,6 +111,11 @@ def open_tables(path: Path, options: OpenOptions) -> tuple[list[SourceTable], li
                     location=str(path),
                     hint="pass --model to choose one model",
                 )
+            if not family_state(db, tag, families).holds_a_table:
+                skipped.append(
+                    SkippedFile(f"{path}:{tag}", "empty: left by a load that was interrupted")
+                )
+                continue
             models[table] = model
             tables.append(RocksDbTable(db, tag, table, path))
     except BaseException:

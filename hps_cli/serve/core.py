@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import re
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..runtime.errors import ConfigError, InvalidInputError, NotFoundError, ServiceUnavailableError
+from ..runtime.errors import (
+    ConfigError,
+    InvalidInputError,
+    NotFoundError,
+    ServiceUnavailableError,
+    Terminated,
+)
 from .batcher import Batcher
 from .limits import INLINE_BYTES, Limits
 from .logs import event
@@ -72,6 +79,8 @@ class ServeOptions:
     redis_options: dict | None = None
     allow_shared_memory: bool = False
     custom_objects: tuple[str, ...] = ()  # MODULE[:ATTR] specs imported before packages load
+    allow_non_finite: bool = False  # tables and admin inserts may hold NaN/Inf
+    checked: object | None = None  # the config's runtime.preflight.Preflight, set by serve()
 
 
 @dataclass
@@ -99,6 +108,7 @@ class ServerCore:
         self._idle = asyncio.Event()
         self._idle.set()
         self._admin = asyncio.Lock()
+        self._cancel_load = threading.Event()
         self.limits = Limits(
             max_request_bytes=options.max_request_bytes,
             max_elements=options.max_elements,
@@ -127,6 +137,15 @@ class ServerCore:
                 out.append(handle)
         return out
 
+    def cancel_loading(self) -> None:
+        """Make a start-up load that is still running stop at its next chunk (SIGTERM while
+        loading): it removes what it was building and the server exits."""
+        self._cancel_load.set()
+
+    def _load_progress(self, _bytes: int) -> None:
+        if self._cancel_load.is_set():
+            raise Terminated()
+
     async def load(self) -> None:
         """Load the runtime and every model, warm them up, then become ready."""
         loop = asyncio.get_running_loop()
@@ -143,7 +162,12 @@ class ServerCore:
         event(log, "loading", config=str(options.config) if options.config else None)
         lookups = []
         if options.config is not None:
-            self.runtime = ServedRuntime(options.config, redis_options=options.redis_options)
+            self.runtime = ServedRuntime(
+                options.checked or options.config,
+                redis_options=options.redis_options,
+                allow_non_finite=options.allow_non_finite,
+                progress=self._load_progress,
+            )
             for name in self.runtime.config.model_names:
                 model = LookupModel(name, self.runtime)
                 model.warm_up()
@@ -203,7 +227,10 @@ class ServerCore:
         runtime = self.runtime
         if not self._shares_tables(folder, manifest):
             own = ServedRuntime(
-                folder / manifest["ps_config"], redis_options=self.options.redis_options
+                folder / manifest["ps_config"],
+                redis_options=self.options.redis_options,
+                allow_non_finite=self.options.allow_non_finite,
+                progress=self._load_progress,
             )
             runtime = own
         try:
@@ -463,6 +490,11 @@ class ServerCore:
             for n in sorted(names)
         ]
 
+    def durable_updates(self, name: str) -> bool:
+        """Whether table updates of a served model outlive the server (a writable RocksDB
+        tier journals them; docs/serve.md)."""
+        return self.entry(name).model.runtime.hps.durable_updates
+
     async def update_table(
         self,
         name: str,
@@ -472,7 +504,8 @@ class ServerCore:
         vectors: np.ndarray | None = None,
     ) -> int:
         """Insert or remove rows of a table of a served model's runtime (every tier and the
-        cached copies); returns the number of keys."""
+        cached copies); returns the number of keys. Vectors holding NaN or Inf are refused
+        (400) unless the server runs with --allow-non-finite."""
         if not self.ready:
             raise ServiceUnavailableError("the server is not ready", location="server")
         entry = self.entry(name)

@@ -242,12 +242,17 @@ def build_app(core: ServerCore) -> web.Application:
         count = await core.update_table(
             request.match_info["model"], request.match_info["table"], operation, keys, vectors
         )
+        durable = core.durable_updates(req.model)
         return _json(
             {
                 "model": req.model,
                 "table": request.match_info["table"],
                 "operation": operation,
                 "keys": count,
+                "durable": durable,
+                "lasts": "across restarts (journaled in persistent_db)"
+                if durable
+                else "until the server restarts (the config has no writable persistent_db)",
             }
         )
 

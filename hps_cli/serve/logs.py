@@ -8,10 +8,11 @@ with the bound ports, shutdown, warnings) goes to ``hps_cli.serve`` / ``hps_cli.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 import time
+
+from ..common import finite_json
 
 ACCESS = logging.getLogger("hps_cli.serve.access")
 
@@ -31,7 +32,7 @@ class JsonFormatter(logging.Formatter):
             doc["message"] = record.getMessage()
         if record.exc_info:
             doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc, default=str)
+        return finite_json.dumps(doc, default=str)
 
 
 def configure_logging(level: str = "info", access_log: str | None = "-") -> None:

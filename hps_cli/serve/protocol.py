@@ -76,6 +76,8 @@ def datatype_of(numpy_name: str) -> str:
 class RequestTooLargeError(InvalidInputError):
     """The request body is larger than the server's limit (HTTP 413)."""
 
+    default_hint = "split the request, or raise the server's --max-request-bytes"
+
 
 class RequestTimeoutError(InvalidInputError):
     """The request did not arrive within the server's read timeouts (HTTP 408)."""
@@ -88,9 +90,13 @@ class UnsupportedEncodingError(InvalidInputError):
 class UnauthorizedError(InvalidInputError):
     """An admin endpoint was called without the right bearer token (HTTP 401)."""
 
+    default_hint = "send 'Authorization: Bearer <token>' with the server's admin token"
+
 
 class ForbiddenError(InvalidInputError):
     """Admin endpoints are disabled: the server has no admin token (HTTP 403)."""
+
+    default_hint = "start hps serve with --admin-token-file or HPS_ADMIN_TOKEN"
 
 
 def http_status(exc: BaseException) -> int:

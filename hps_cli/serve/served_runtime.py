@@ -15,15 +15,31 @@ class ServedRuntime:
     """An ``HPS`` runtime and where it came from; ``close`` is idempotent.
 
     Args:
-        config: path of the ps.json.
+        config: path of the ps.json, or its ``runtime.preflight.Preflight`` (checked already).
         redis_options: passed to ``HPS`` (timeouts, retry interval of a Redis Cluster tier).
+        allow_non_finite: tables and inserts may hold NaN/Inf.
+        progress: ``HPS``'s load callback (it may raise to stop the load).
     """
 
-    def __init__(self, config: Path, *, redis_options: dict | None = None):
+    def __init__(
+        self,
+        config,
+        *,
+        redis_options: dict | None = None,
+        allow_non_finite: bool = False,
+        progress=None,
+    ):
         from ..runtime import HPS
+        from ..runtime.preflight import Preflight
 
-        self.path = Path(config)
-        self.hps = HPS(self.path, redis_options=redis_options)
+        source = config.result.source if isinstance(config, Preflight) else config
+        self.path = Path(source)
+        self.hps = HPS(
+            config if isinstance(config, Preflight) else self.path,
+            redis_options=redis_options,
+            allow_non_finite=allow_non_finite,
+            progress=progress,
+        )
         self._lock = threading.Lock()
         self._closed = False
 

@@ -40,10 +40,13 @@ def is_loopback(host: str) -> bool:
 
 def serve(options: ServeOptions) -> None:
     """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
-    from ..runtime.config.validate import load_config
+    from ..runtime.preflight import preflight
 
     if options.config is not None:
-        load_config(options.config, check_files=True)  # fail before binding anything
+        # Fail before binding anything, with the checks validate-config runs (one code path);
+        # the runtime starts from this result instead of checking again.
+        options.checked = preflight(options.config, allow_non_finite=options.allow_non_finite)
+        options.checked.checked_config()
     if options.custom_objects:
         from ..common.custom_objects import resolve
 
@@ -164,6 +167,7 @@ async def _main(options: ServeOptions) -> None:
             await waiter
         else:
             event(log, "stopped_while_loading")
+            core.cancel_loading()  # the load stops at its next chunk and removes its work
             loading.cancel()
         event(log, "draining", inflight=core._inflight)
         await _shutdown(core, runner, grpc_server, options.shutdown_timeout_s)

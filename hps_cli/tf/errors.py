@@ -14,6 +14,8 @@ from ..runtime.errors import HpsError, InvalidInputError
 class LookupInputError(InvalidInputError, ValueError):
     """A lookup's arguments or keys do not fit the HPS config (table, dim, dtype, batch)."""
 
+    default_hint = "pass the keys of each table as the layer's config (ps.json) describes them"
+
     @classmethod
     def from_error(cls, exc: HpsError) -> "LookupInputError":
         if isinstance(exc, cls):

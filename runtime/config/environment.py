@@ -73,6 +73,15 @@ ENVIRONMENT = (
         "TensorFlow at import; `hps_cli/tf/flavour.py`",
     ),
     EnvironmentVariable(
+        "HPS_CRASH_AT",
+        "Tests only: the name of a crash point (`runtime/crash_points.py` lists them, e.g. "
+        "`rocksdb.ingested`); the process kills itself with SIGKILL when it reaches it, to "
+        "prove that a kill at that step leaves the old or the new output and no leftovers. "
+        "`<point>:TERM` or `<point>:INT` sends SIGTERM or SIGINT instead.",
+        "unset",
+        "`runtime/crash_points.py`, at each point: `hps convert`, start-up loads",
+    ),
+    EnvironmentVariable(
         "HPS_REQUIRE_GPU",
         "`1`: a `gpu` test that would be skipped (no device, driver or PyCUDA) fails instead "
         "(set on GPU machines).",

@@ -1,5 +1,6 @@
-"""On-disk checks of a config: every sparse_files entry must be a valid table of the right dim,
-and tables fused into one (fuse_embedding_table) must not share keys."""
+"""On-disk checks of a config: every sparse_files entry must be a valid table of the right dim
+(and, with ``scan_values``, free of NaN and Inf, which a current ``table.json`` answers without
+reading the vectors), and tables fused into one (fuse_embedding_table) must not share keys."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from .model import PsConfig
 
 
 def file_issues(config: PsConfig, *, scan_values: bool = False) -> list[ConfigIssue]:
-    """Verify each table against its model's settings; a current table.json skips the scan."""
+    """Verify each table against its model's settings; a current table.json skips the scan.
+    ``scan_values``: a vector holding NaN or Inf is an error too."""
     issues: list[ConfigIssue] = []
     key_width = 64 if config.supportlonglong else 32
     for m, model in enumerate(config.models):
@@ -32,19 +34,26 @@ def file_issues(config: PsConfig, *, scan_values: bool = False) -> list[ConfigIs
                     hint = (
                         "fix embedding_vecsize_per_table or point sparse_files at the right table"
                     )
+                elif defect.code == "non_finite":
+                    hint = (
+                        "convert the table again from finite data (hps convert names the rows), "
+                        "or pass --allow-non-finite to serve it as it is"
+                    )
                 elif defect.code == "not_a_table":
                     hint = (
                         "relative paths resolve against the config file's folder"
                         if not Path(model.sparse_files[t]).is_absolute()
                         else None
                     )
+                elif defect.code == "unreadable":
+                    hint = "fix or replace the file (a symbolic link loop, or no permission)"
                 issues.append(
                     ConfigIssue(
                         ERROR,
                         json_path("models", m, "sparse_files", t),
                         defect.message,
                         f"table_{defect.code}",
-                        hint,
+                        hint or f"'hps table verify {path}' lists every defect of the table",
                         defect.location,
                     )
                 )

@@ -12,8 +12,8 @@ fields without a cache, ...): ``SCOPES`` says when, and they are reported then t
 every field the document sets that has no effect: an ignored field set to a value other than
 HPS's default (``use_context_stream`` and ``use_hctr_cache_implementation`` whenever they are
 present: hps has neither HPS behaviour), or a scoped field set in a setup where it does nothing.
-validate-config reports them (semantic.py calls this) and start-up logs them
-(startup_plan.checked_config). docs/config.md shows this table (docs.py).
+validate-config reports them (semantic.py calls this) and start-up logs them (preflight.py,
+the checks both run). docs/config.md shows this table (docs.py).
 """
 
 from __future__ import annotations
@@ -99,7 +99,8 @@ FIELDS: dict[str, Field] = {
     "$.models[].refresh_delay": _h("seconds before the first cache refresh (gpu/refresh.py)"),
     "$.models[].refresh_interval": _h("seconds between cache refreshes (gpu/refresh.py)"),
     "$.models[].hit_rate_threshold": _h(
-        "synchronous or background insertion of misses (gpu/embedding_cache.py)"
+        "synchronous or background insertion of misses (gpu/embedding_cache.py); above 1 it "
+        "acts as 1.0 (a warning)"
     ),
     "$.models[].gpucache": _h("whether the model's tables get embedding caches"),
     "$.models[].gpucacheper": _h("dynamic cache slots; the uvm cache's share in device memory"),
@@ -130,7 +131,7 @@ FIELDS: dict[str, Field] = {
         "hash_map / parallel_hash_map (in process), multi_process_hash_map (one shared-memory "
         "copy for the processes of a host, runtime/volatile/shm_table.py) or redis_cluster"
     ),
-    "$.volatile_db.address": _h(_REDIS),
+    "$.volatile_db.address": _h(_REDIS + "; each entry must be host:port (checked)"),
     "$.volatile_db.user_name": _h(_REDIS),
     "$.volatile_db.password": _h(_REDIS),
     "$.volatile_db.num_partitions": _h("partitions of every table (hash map and Redis)"),
@@ -168,9 +169,13 @@ FIELDS: dict[str, Field] = {
     ),
     # ---------------------------------------------------------------- persistent_db
     "$.persistent_db.type": _h("rocks_db or disabled"),
-    "$.persistent_db.path": _h("the RocksDB folder"),
+    "$.persistent_db.path": _h(
+        "the RocksDB folder (preflight looks at it read-only: each table's family, its record)"
+    ),
     "$.persistent_db.num_threads": _h("RocksDB background threads"),
-    "$.persistent_db.read_only": _h("open RocksDB read-only; updates refused"),
+    "$.persistent_db.read_only": _h(
+        "open RocksDB read-only (reopened when another process changes it); updates refused"
+    ),
     "$.persistent_db.max_batch_size": _h("keys per RocksDB write batch and multi-get"),
     "$.persistent_db.update_filters": _i(_KAFKA),
     "$.persistent_db.initialize_after_startup": _i(
@@ -178,8 +183,8 @@ FIELDS: dict[str, Field] = {
     ),
     # ---------------------------------------------------------------- update_source
     "$.update_source.type": _r(
-        "anything but null is refused at start-up (runtime/startup_plan.py): apply updates with "
-        "HPS.insert / HPS.remove or hps serve's admin API"
+        "anything but null is refused by start-up and validate-config (runtime/preflight.py): "
+        "apply updates with HPS.insert / HPS.remove or hps serve's admin API"
     ),
     "$.update_source.brokers": _i(_KAFKA),
     "$.update_source.metadata_refresh_interval_ms": _i(_KAFKA),

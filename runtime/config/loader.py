@@ -17,8 +17,25 @@ from .model import ModelConfig, PersistentDbConfig, PsConfig, UpdateSourceConfig
 
 
 def _known(cls, doc: dict) -> dict:
-    names = {f.name for f in fields(cls)}
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in doc.items() if k in names}
+    """The document's keys that are fields of ``cls``: lists as tuples, and whole numbers
+    written as floats (``1e3``, ``8.0``: JSON Schema's integers, and HPS's parser takes them)
+    as ints where the field holds ints."""
+    types = {f.name: str(f.type) for f in fields(cls)}
+    out = {}
+    for key, value in doc.items():
+        if key not in types:
+            continue
+        whole = types[key] in ("int", "tuple[int, ...]")
+        if isinstance(value, list):
+            value = tuple(_whole(v) if whole else v for v in value)
+        elif whole:
+            value = _whole(value)
+        out[key] = value
+    return out
+
+
+def _whole(value: object) -> object:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def build_config(doc: dict, base_dir: Path | str | None = None, source_path: str = "") -> PsConfig:

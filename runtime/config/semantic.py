@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from .addresses import parse_redis_address
 from .aliases import CACHE_TYPES, PERSISTENT_TYPES, VOLATILE_TYPES
 from .fusion import fusion_issues
 from .ignored import ignored_issues
@@ -125,6 +126,17 @@ def _check_model(index: int, model: dict, issues: list[ConfigIssue]) -> None:
                 else "set 1.0 for exact results",
             )
         )
+    if _number(threshold) and threshold > 1:
+        issues.append(
+            ConfigIssue(
+                WARNING,
+                json_path("models", index, "hit_rate_threshold"),
+                f"{threshold} is above 1, which no hit rate reaches: it acts as 1.0 (every miss "
+                "is fetched before the lookup answers, as HPS does with it)",
+                "hps_quirk",
+                "write 1.0",
+            )
+        )
     if cache_type == "stochastic":
         issues.append(
             ConfigIssue(
@@ -195,6 +207,20 @@ def _check_volatile(doc: dict, issues: list[ConfigIssue]) -> None:
             )
         )
     if isinstance(kind, str) and VOLATILE_TYPES.get(kind) == "redis_cluster":
+        address = vdb.get("address", "127.0.0.1:7000")
+        if isinstance(address, str):
+            try:
+                parse_redis_address(address)
+            except ValueError as exc:
+                issues.append(
+                    ConfigIssue(
+                        ERROR,
+                        json_path("volatile_db", "address"),
+                        f"{exc}: the Redis Cluster could not be reached",
+                        "address",
+                        'host:port of one or more nodes, e.g. "10.0.0.1:7000,10.0.0.2:7000"',
+                    )
+                )
         parts, conns = vdb.get("num_partitions"), vdb.get("num_node_connections", 5)
         if isinstance(parts, int) and isinstance(conns, int) and parts < conns:
             issues.append(

@@ -47,6 +47,13 @@ log = logging.getLogger("hps_cli.runtime")
 WHOLE_TABLE_TYPES = ("static", "uvm")
 
 
+def holds_whole_table(model: ModelConfig, table: StorageTable) -> bool:
+    """Whether this factory's caches of ``table`` hold every row (static and uvm caches): what
+    ``EmbeddingCacheFactory.holds_whole_table`` answers, without building a factory (preflight
+    asks it before start-up does)."""
+    return model.gpucache and model.cache_type in WHOLE_TABLE_TYPES
+
+
 class EmbeddingCacheFactory:
     """Callable ``(model_config, table, device_id, table_tiers) -> EmbeddingCache | None``
     (a seams.CacheFactory).
@@ -70,7 +77,7 @@ class EmbeddingCacheFactory:
         return inserter
 
     def holds_whole_table(self, model: ModelConfig, table: StorageTable) -> bool:
-        return model.gpucache and model.cache_type in WHOLE_TABLE_TYPES
+        return holds_whole_table(model, table)
 
     def __call__(
         self, model: ModelConfig, table: StorageTable, device_id: int, tiers: TableTiers

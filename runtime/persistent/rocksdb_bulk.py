@@ -14,9 +14,9 @@ beside the database, then ingests them (``IngestExternalFile``, atomic per famil
    without spilling. Memory stays at about one range plus one input chunk.
 2. SST files are written by ``sst_writer.SstFileBuilder`` (NumPy, no per-row Python call).
 3. Nothing touches the database until every table's files are built: a bad input fails before
-   the database is opened for writing. Then per table: with ``overwrite`` the old family and
-   its bookkeeping record are dropped, the family is created, the files are ingested (moved),
-   and the record ``{"checksum", "num_keys", "dim", "complete": true}`` is written last, so an
+   the database is opened for writing. Then each family's content is replaced atomically
+   (rocksdb_replace.py): a kill at any moment leaves the old table or the new one in it, and
+   the record ``{"checksum", "num_keys", "dim", "complete": true}`` is written last, so an
    interrupted load never looks complete.
 
 Inputs come as ``BulkSource`` s: an iterator factory over (keys, vectors) chunks in input
@@ -33,15 +33,17 @@ from typing import Callable, Iterable, Iterator
 
 import numpy as np
 
-from ..atomic import TMP_MARK, _sibling
+from ..atomic import sweep_stale, temp_sibling
 from ..errors import InvalidInputError, OutputExistsError
 from .rocksdb_families import (
-    delete_table_record,
+    FamilyState,
     family,
+    family_state,
     list_families,
     open_db,
-    write_table_record,
+    raw_options,
 )
+from .rocksdb_replace import replace_family
 from .sst_writer import DEFAULT_FILE_BYTES, SstFileBuilder, bytewise_order_key
 
 DEFAULT_BUDGET_BYTES = 128 << 20
@@ -79,11 +81,27 @@ class BuiltFamily:
     bytes: int
 
 
-def check_families(db_path: Path | str, tags: Iterable[str], overwrite: bool) -> None:
-    """Raise OutputExistsError when a family exists and ``overwrite`` is false."""
+def family_states(db_path: Path | str, tags: Iterable[str]) -> dict[str, FamilyState]:
+    """The state of each table in the database at ``db_path`` (opened read-only, so a running
+    writer is no obstacle); every table is missing when there is no database."""
+    tags = list(tags)
     existing = set(list_families(db_path))
-    for tag in tags:
-        if tag in existing and not overwrite:
+    if not existing:
+        return {tag: FamilyState(tag, False, None, None) for tag in tags}
+    db = open_db(db_path, read_only=True)
+    try:
+        return {tag: family_state(db, tag, existing) for tag in tags}
+    finally:
+        db.close()
+
+
+def check_families(db_path: Path | str, tags: Iterable[str], overwrite: bool) -> None:
+    """Raise OutputExistsError when a family holds a table and ``overwrite`` is false (an empty
+    family left by an interrupted load holds none)."""
+    if overwrite:
+        return
+    for tag, state in family_states(db_path, tags).items():
+        if state.holds_a_table:
             raise OutputExistsError(
                 f"the database already has column family '{tag}'",
                 location=str(db_path),
@@ -308,35 +326,27 @@ def ingest_families(
     built: list[BuiltFamily],
     *,
     overwrite: bool,
+    staging: Path,
     num_threads: int | None = None,
+    compact: bool = False,
 ) -> None:
     """Ingest built families into the database (created if missing), replacing existing ones
-    only with ``overwrite``. Each family is replaced atomically; its record is written last."""
-    import rocksdict as rd
-
+    only with ``overwrite``. Each family's content is replaced atomically (rocksdb_replace.py);
+    with ``compact`` a replaced family is compacted at once, which frees the old table's files
+    before this returns (else RocksDB's next background compaction does)."""
     check_families(db_path, [b.tag for b in built], overwrite)
     db = open_db(db_path, create=True, num_threads=num_threads)
     try:
         for item in built:
-            present = item.tag in set(list_families(db_path))
-            if present:
-                delete_table_record(db, item.tag)
-                db.drop_column_family(item.tag)
-            cf = family(db, item.tag, create=True, num_threads=num_threads)
-            if item.files:
-                options = rd.IngestExternalFileOptions()
-                options.set_move_files(True)
-                cf.ingest_external_file([str(p) for p in item.files], options)
-            del cf
-            write_table_record(
+            record = {"checksum": item.checksum, "num_keys": item.num_keys, "dim": item.dim}
+            replace_family(
                 db,
                 item.tag,
-                {
-                    "checksum": item.checksum,
-                    "num_keys": item.num_keys,
-                    "dim": item.dim,
-                    "complete": True,
-                },
+                item.files,
+                record,
+                staging=staging,
+                family_options=raw_options(num_threads),
+                compact=compact,
             )
         db.flush()
     finally:
@@ -344,10 +354,12 @@ def ingest_families(
 
 
 def work_folder(db_path: Path | str) -> Path:
-    """A hidden folder beside the database (same file system, so ingestion can move files)."""
+    """A hidden folder beside the database (same file system, so ingestion can move files),
+    named for this process; leftovers of dead processes there are removed first."""
     db_path = Path(db_path).absolute()
     db_path.parent.mkdir(parents=True, exist_ok=True)
-    path = _sibling(db_path, TMP_MARK)
+    sweep_stale(db_path)
+    path = temp_sibling(db_path)
     path.mkdir()
     return path
 
@@ -371,7 +383,7 @@ def bulk_load(
             )
             for i, s in enumerate(sources)
         ]
-        ingest_families(db_path, built, overwrite=overwrite)
+        ingest_families(db_path, built, overwrite=overwrite, staging=work)
         return built
     finally:
         shutil.rmtree(work, ignore_errors=True)

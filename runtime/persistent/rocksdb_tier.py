@@ -12,9 +12,18 @@ What differs from HPS:
   error at start-up, not a stream of defaults.
 - A (re)load is atomic per family: the rows are written as SST files into a hidden folder beside
   the database (sorted, deduplicated: the last row of a repeated key wins, as in HPS), and only
-  when all of them are built the old family is dropped, a new one is created, the files are
-  ingested in one call and the record is written (``complete`` last). A failed build leaves the
-  database untouched; an interrupted swap leaves an incomplete record, so the next start reloads.
+  when all of them are built they replace the family's content in one ingestion
+  (rocksdb_replace.py; the family keeps HPS's name throughout). A failed build leaves the
+  database untouched; a kill leaves the old table or the new one in the family, and an
+  incomplete record, so the next start reloads.
+- ``insert`` and ``remove`` also write the table's update journal (rocksdb_families.py) in the
+  same write batch; start-up replays it over the volatile tier and the caches it fills from the
+  table files, so updates outlive the process.
+- A ``read_only`` instance notices when another process changes the database (a new MANIFEST
+  state: a replaced family, a flush, a compaction): ``reopen_if_changed`` (run every few
+  seconds by rocksdb_watch.py) opens it again, moves every table onto the new instance and logs
+  which families' records changed. A family that disappeared or no longer fits keeps the old
+  instance serving, with an error in the log.
 - Options for lookups (measured in benchmarks/bench_runtime_cpu.py): a row cache (what makes
   the difference: a get that hits it costs about 1.5 µs through rocksdict, one that reads a
   block about 4-6 µs), a shared LRU block cache, bloom filters and a hashed data-block index in
@@ -29,27 +38,31 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..errors import (
-    ConfigError,
-    InvalidInputError,
-    NotFoundError,
-    OutputExistsError,
-)
+from ..atomic import sweep_stale, temp_sibling
+from ..errors import InvalidInputError, NotFoundError, OutputExistsError
 from ..raw_keys import key_bytes, order_key, split_bytes
+from ..rwlock import RWLock
 from ..table.reader import TableReader
+from .rocksdb_bulk import first_value_size
 from .rocksdb_families import (
+    JOURNAL_INSERT,
+    JOURNAL_REMOVE,
+    FamilyState,
+    Journal,
+    family_state,
+    journal_range,
     list_families,
+    read_journal,
     read_table_record,
     rocksdict_module,
-    write_table_record,
 )
+from .rocksdb_replace import replace_family
 
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 
@@ -108,7 +121,10 @@ class RocksDbStore:
         self._row_cache = rd.Cache(int(row_cache_bytes)) if row_cache_bytes else None
         self._lock = threading.Lock()  # guards family creation and drops
         self._tables: dict[str, RocksDbTable] = {}
+        self._state = self.manifest_state()
         self.db = self._open()
+        if not read_only:  # holding the lock: leftovers of a dead loader beside it can go
+            sweep_stale(self.path)
 
     # ------------------------------------------------------------------ options and opening
 
@@ -171,6 +187,71 @@ class RocksDbStore:
                 f"cannot open the RocksDB database: {text}", location=str(self.path)
             ) from None
 
+    def manifest_state(self) -> tuple:
+        """What changes whenever another process changes the database's structure: the
+        MANIFEST that CURRENT names, its size and its modification time."""
+        try:
+            name = (self.path / "CURRENT").read_text().strip()
+            st = os.stat(self.path / name)
+        except OSError:
+            return ()
+        return name, st.st_size, st.st_mtime_ns
+
+    def reopen_if_changed(self) -> list[str] | None:
+        """Read-only: when the database changed since it was opened, open it again and move
+        every table onto the new instance. Returns the tags whose record changed (None when
+        nothing happened)."""
+        state = self.manifest_state()
+        if not self.read_only or state == self._state or self.db is None:
+            return None
+        with self._lock:
+            self._state = state
+            try:
+                new = self._open()
+            except Exception as exc:  # noqa: BLE001 - keep serving what is open
+                log.error("read-only RocksDB %s changed and cannot be reopened: %s", self.path, exc)
+                return None
+            problems = self._misfits(new)
+            if problems:
+                new.close()
+                log.error(
+                    "read-only RocksDB %s changed underneath: %s; still serving the state opened "
+                    "before (restart to pick up the change)",
+                    self.path,
+                    "; ".join(problems),
+                )
+                return None
+            changed = [
+                tag
+                for tag in sorted(self._tables)
+                if read_table_record(self.db, tag) != read_table_record(new, tag)
+            ]
+            for tag, table in self._tables.items():
+                table.move_to(new.get_column_family(tag), new.get_column_family_handle(tag))
+            old, self.db = self.db, new
+            old.close()
+        log.warning(
+            "read-only RocksDB %s changed underneath and was reopened; families with a new "
+            "record: %s (the volatile tier and the caches keep what start-up loaded into "
+            "them: restart to reload those)",
+            self.path,
+            ", ".join(changed) or "none",
+        )
+        return changed
+
+    def _misfits(self, new) -> list[str]:
+        """Why the tables served now cannot move to ``new`` (a family gone or reshaped)."""
+        problems = []
+        families = set(list_families(self.path))
+        for tag, table in self._tables.items():
+            if tag not in families or family_state(new, tag, families).empty:
+                problems.append(f"family '{tag}' is gone or empty")
+                continue
+            sizes = first_value_size(new, tag)
+            if sizes is not None and sizes != (self.key_width // 8, 4 * table.dim):
+                problems.append(f"family '{tag}' now holds {sizes[0]}/{sizes[1]}-byte entries")
+        return problems
+
     def close(self) -> None:
         with self._lock:
             for table in self._tables.values():
@@ -190,6 +271,13 @@ class RocksDbStore:
     def record(self, tag: str) -> dict | None:
         return read_table_record(self.db, tag)
 
+    def state(self, tag: str) -> FamilyState:
+        return family_state(self.db, tag, set(self.families()))
+
+    def journal(self, tag: str, dim: int) -> Journal:
+        """The updates of a table since it was loaded (see rocksdb_families.py)."""
+        return read_journal(self.db, tag, dim, self.key_width)
+
     def table(self, tag: str, dim: int) -> "RocksDbTable":
         """The tier object of one table (its family must exist)."""
         with self._lock:
@@ -205,51 +293,6 @@ class RocksDbStore:
                 self._tables[tag] = table
             return table
 
-    def first_entry_sizes(self, tag: str) -> tuple[int, int] | None:
-        """(key bytes, value bytes) of a family's first entry, or None when it is empty."""
-        handle = self.db.get_column_family(tag)
-        it = handle.iter()
-        try:
-            it.seek_to_first()
-            if not it.valid():
-                return None
-            return len(it.key()), len(it.value())
-        finally:
-            del it
-
-    def check_table(self, tag: str, dim: int) -> None:
-        """Raise when an existing family's entries do not fit ``dim`` and the key width."""
-        sizes = self.first_entry_sizes(tag)
-        if sizes is None:
-            return
-        key_size, value_size = sizes
-        if key_size != self.key_width // 8:
-            raise ConfigError(
-                f"column family '{tag}' stores {key_size}-byte keys, but the config uses "
-                f"{self.key_width // 8}-byte keys",
-                location=str(self.path),
-                hint="supportlonglong must match the database (true: 8-byte keys, false: 4)",
-            )
-        if value_size != 4 * dim:
-            raise ConfigError(
-                f"column family '{tag}' stores vectors of {value_size // 4} floats, the config "
-                f"says {dim}",
-                location=str(self.path),
-                hint="fix embedding_vecsize_per_table, or point persistent_db.path elsewhere",
-            )
-
-    def is_current(self, tag: str, checksum: str, dim: int) -> bool:
-        """True when the family holds exactly the table with this checksum (per our record)."""
-        if tag not in self.families():
-            return False
-        record = self.record(tag)
-        return bool(
-            record
-            and record.get("complete")
-            and record.get("checksum") == checksum
-            and record.get("dim") == dim
-        )
-
     def load_table(
         self,
         tag: str,
@@ -258,14 +301,21 @@ class RocksDbStore:
         *,
         progress: Callable[[int], None] | None = None,
     ) -> int:
-        """(Re)build family ``tag`` from a table atomically (see the module doc); returns keys."""
+        """(Re)build family ``tag`` from a table atomically (see the module doc); returns keys.
+        The staging folder beside the database carries this process's name; a later load
+        removes it if this process dies before it does (atomic.sweep_stale)."""
         if self.read_only:
             raise InvalidInputError("the RocksDB database is read-only", location=str(self.path))
-        staging = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.load-", dir=self.path.parent))
+        sweep_stale(self.path)
+        staging = temp_sibling(self.path)
+        staging.mkdir()
         try:
             files, num_keys = self._build_files(reader, staging, progress)
             self._swap_in(
-                tag, files, {"checksum": checksum, "num_keys": num_keys, "dim": reader.dim}
+                tag,
+                files,
+                {"checksum": checksum, "num_keys": num_keys, "dim": reader.dim},
+                staging,
             )
             return num_keys
         finally:
@@ -318,22 +368,16 @@ class RocksDbStore:
             del vectors, keys
         return files, int(by_key.size)
 
-    def _swap_in(self, tag: str, files: list[str], record: dict) -> None:
-        rd = rocksdict_module()
+    def _swap_in(self, tag: str, files: list[str], record: dict, staging: Path) -> None:
         with self._lock:
-            old = self._tables.pop(tag, None)
-            if old is not None:
-                old.detach()
-            write_table_record(self.db, tag, {**record, "complete": False})
-            if tag in self.families():
-                self.db.drop_column_family(tag)
-            handle = self.db.create_column_family(tag, self.family_options())
-            if files:
-                options = rd.IngestExternalFileOptions()
-                options.set_move_files(True)
-                handle.ingest_external_file(files, options)
-            write_table_record(self.db, tag, {**record, "complete": True})
-            self.db.flush()
+            replace_family(
+                self.db,
+                tag,
+                files,
+                record,
+                staging=staging,
+                family_options=self.family_options(),
+            )
 
 
 class RocksDbTable:
@@ -346,6 +390,13 @@ class RocksDbTable:
         self.key_width = store.key_width
         self._cf = handle
         self._cf_handle = write_handle  # what WriteBatch.set_default_column_family takes
+        self._moving = RWLock()  # gets share it; move_to takes it alone
+
+    def move_to(self, handle, write_handle) -> None:
+        """Serve from another instance of the database (a reopened read-only one) from now
+        on; waits for the gets in flight, which hold the old instance."""
+        with self._moving.write():
+            self._cf, self._cf_handle = handle, write_handle
 
     @property
     def read_only(self) -> bool:
@@ -357,6 +408,10 @@ class RocksDbTable:
 
     def get(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
+        with self._moving.read():
+            return self._get(keys, out)
+
+    def _get(self, keys: np.ndarray, out: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         n = keys.size
         hit = np.zeros(n, dtype=bool)
         step = self.store.max_batch_size
@@ -399,25 +454,34 @@ class RocksDbTable:
         return list(map(self._cf.get, keys))
 
     def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Upsert rows; each batch also journals them (one write: both or neither)."""
         rd = rocksdict_module()
         raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         value_bytes = 4 * self.dim
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
+        journal = journal_range(self.tag)[0]
+        default = self.store.db.get_column_family_handle("default")
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
             for i in range(first, min(first + step, len(kl))):
-                batch.put(kl[i], raw[i * value_bytes : (i + 1) * value_bytes])
+                value = raw[i * value_bytes : (i + 1) * value_bytes]
+                batch.put(kl[i], value)
+                batch.put(journal + kl[i], JOURNAL_INSERT + value, default)
             self.store.db.write(batch)
 
     def remove(self, keys: np.ndarray) -> None:
+        """Delete rows; each batch also journals the removals."""
         rd = rocksdict_module()
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
+        journal = journal_range(self.tag)[0]
+        default = self.store.db.get_column_family_handle("default")
         for first in range(0, len(kl), step):
             batch = rd.WriteBatch(raw_mode=True)
             batch.set_default_column_family(self._cf_handle)
             for key in kl[first : first + step]:
                 batch.delete(key)
+                batch.put(journal + key, JOURNAL_REMOVE, default)
             self.store.db.write(batch)

@@ -25,10 +25,16 @@ writes with ``format_version=5`` and ``checksum=kCRC32c`` (both readable by ever
 
 There is no filter block: HPS's lookups still find each key with one index search per file.
 Keys must arrive sorted by their bytes (RocksDB's default bytewise comparator) and unique.
+
+``write_range_deletion_file`` writes the other kind of file this package ingests: no data, one
+range tombstone over every key (a ``rocksdb.range_del`` meta block), which replaces a column
+family's content atomically when it is ingested first in the same call as the new data
+(rocksdb_replace.py).
 """
 
 from __future__ import annotations
 
+import os
 import secrets
 import struct
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -43,6 +49,10 @@ MAGIC = 0x88E241B785F4CFF7  # kBlockBasedTableMagicNumber
 FORMAT_VERSION = 5
 CHECKSUM_CRC32C = 1
 VALUE_TRAILER = (0 << 8) | 1  # sequence number 0, kTypeValue
+RANGE_DELETION_TRAILER = (0 << 8) | 0x0F  # sequence number 0, kTypeRangeDeletion
+# The tombstone [b"", b"\xff" * 9) covers every key of 8 bytes or fewer (HPS's 8- and 4-byte
+# raw keys) in the bytewise order.
+EVERY_KEY = (b"", b"\xff" * 9)
 DATA_RESTART_INTERVAL = 16
 DEFAULT_BLOCK_BYTES = 4096
 DEFAULT_FILE_BYTES = 256 << 20
@@ -347,44 +357,113 @@ class SstFileBuilder:
 
     def _properties(self, data_size: int, index_size: int) -> bytes:
         num_blocks = int(sum(a.size for a in self._index_offsets))
-        session = "".join(secrets.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(20))
-        v = varint
-        props = {
-            b"rocksdb.block.based.table.index.type": struct.pack("<I", 0),
-            b"rocksdb.block.based.table.prefix.filtering": b"0",
-            b"rocksdb.block.based.table.whole.key.filtering": b"0",
-            b"rocksdb.column.family.id": v(0x7FFFFFFF),
-            b"rocksdb.comparator": b"leveldb.BytewiseComparator",
-            b"rocksdb.compression": b"NoCompression",
-            b"rocksdb.creating.db.identity": b"SST Writer",
-            b"rocksdb.creating.host.identity": b"hps",
-            b"rocksdb.creating.session.identity": session.encode(),
-            b"rocksdb.creation.time": v(0),
-            b"rocksdb.data.size": v(data_size),
-            b"rocksdb.deleted.keys": v(0),
-            b"rocksdb.external_sst_file.global_seqno": struct.pack("<Q", 0),
-            b"rocksdb.external_sst_file.version": struct.pack("<I", 2),
-            b"rocksdb.filter.size": v(0),
-            b"rocksdb.fixed.key.length": v(0),
-            b"rocksdb.format.version": v(FORMAT_VERSION),
-            b"rocksdb.index.key.is.user.key": v(0),
-            b"rocksdb.index.size": v(index_size),
-            b"rocksdb.index.value.is.delta.encoded": v(0),
-            b"rocksdb.merge.operands": v(0),
-            b"rocksdb.merge.operator": b"nullptr",
-            b"rocksdb.num.data.blocks": v(num_blocks),
-            b"rocksdb.num.entries": v(self.num_entries),
-            b"rocksdb.num.filter_entries": v(0),
-            b"rocksdb.num.range-deletions": v(0),
-            b"rocksdb.oldest.key.time": v(0),
-            b"rocksdb.original.file.number": v(1),
-            b"rocksdb.prefix.extractor.name": b"nullptr",
-            b"rocksdb.property.collectors": b"[]",
-            b"rocksdb.raw.key.size": v(self.num_entries * 16),
-            b"rocksdb.raw.value.size": v(self.num_entries * self.value_bytes),
-            b"rocksdb.tail.start.offset": v(data_size),
-        }
-        return _simple_block(sorted(props.items()))
+        return _properties_block(
+            data_size=data_size,
+            index_size=index_size,
+            num_blocks=num_blocks,
+            num_entries=self.num_entries,
+            raw_key_size=self.num_entries * 16,
+            raw_value_size=self.num_entries * self.value_bytes,
+        )
+
+
+def _properties_block(
+    *,
+    data_size: int,
+    index_size: int,
+    num_blocks: int,
+    num_entries: int,
+    raw_key_size: int,
+    raw_value_size: int,
+    range_deletions: int = 0,
+) -> bytes:
+    """The properties block RocksDB's SstFileWriter writes (what ingestion reads and checks).
+    ``num_entries`` counts range deletions too, as RocksDB's table builder does."""
+    session = "".join(secrets.choice("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(20))
+    v = varint
+    props = {
+        b"rocksdb.block.based.table.index.type": struct.pack("<I", 0),
+        b"rocksdb.block.based.table.prefix.filtering": b"0",
+        b"rocksdb.block.based.table.whole.key.filtering": b"0",
+        b"rocksdb.column.family.id": v(0x7FFFFFFF),
+        b"rocksdb.comparator": b"leveldb.BytewiseComparator",
+        b"rocksdb.compression": b"NoCompression",
+        b"rocksdb.creating.db.identity": b"SST Writer",
+        b"rocksdb.creating.host.identity": b"hps",
+        b"rocksdb.creating.session.identity": session.encode(),
+        b"rocksdb.creation.time": v(0),
+        b"rocksdb.data.size": v(data_size),
+        b"rocksdb.deleted.keys": v(range_deletions),
+        b"rocksdb.external_sst_file.global_seqno": struct.pack("<Q", 0),
+        b"rocksdb.external_sst_file.version": struct.pack("<I", 2),
+        b"rocksdb.filter.size": v(0),
+        b"rocksdb.fixed.key.length": v(0),
+        b"rocksdb.format.version": v(FORMAT_VERSION),
+        b"rocksdb.index.key.is.user.key": v(0),
+        b"rocksdb.index.size": v(index_size),
+        b"rocksdb.index.value.is.delta.encoded": v(0),
+        b"rocksdb.merge.operands": v(0),
+        b"rocksdb.merge.operator": b"nullptr",
+        b"rocksdb.num.data.blocks": v(num_blocks),
+        b"rocksdb.num.entries": v(num_entries),
+        b"rocksdb.num.filter_entries": v(0),
+        b"rocksdb.num.range-deletions": v(range_deletions),
+        b"rocksdb.oldest.key.time": v(0),
+        b"rocksdb.original.file.number": v(1),
+        b"rocksdb.prefix.extractor.name": b"nullptr",
+        b"rocksdb.property.collectors": b"[]",
+        b"rocksdb.raw.key.size": v(raw_key_size),
+        b"rocksdb.raw.value.size": v(raw_value_size),
+        b"rocksdb.tail.start.offset": v(data_size),
+    }
+    return _simple_block(sorted(props.items()))
+
+
+def write_range_deletion_file(path: Path | str) -> Path:
+    """An SST file holding nothing but the range tombstone ``EVERY_KEY`` (sequence number 0,
+    as ingestion requires): an empty index block, the tombstone in a ``rocksdb.range_del``
+    block (restart interval 1, internal key = start + trailer, value = end), properties,
+    metaindex and footer."""
+    crc = _crc32c()
+    out = bytearray()
+
+    def append(body: bytes) -> bytes:
+        handle = varint(len(out)) + varint(len(body))
+        out.extend(body + b"\0" + struct.pack("<I", _mask(crc(body + b"\0"))))
+        return handle
+
+    start, end = EVERY_KEY
+    index = struct.pack("<II", 0, 1)  # no entries: one restart point at 0
+    index_handle = append(index)
+    tombstone_key = start + struct.pack("<Q", RANGE_DELETION_TRAILER)
+    range_del_handle = append(_simple_block([(tombstone_key, end)]))
+    props_handle = append(
+        _properties_block(
+            data_size=0,
+            index_size=len(index) + 5,
+            num_blocks=0,
+            num_entries=1,
+            raw_key_size=len(tombstone_key),
+            raw_value_size=len(end),
+            range_deletions=1,
+        )
+    )
+    meta_handle = append(
+        _simple_block(
+            [(b"rocksdb.properties", props_handle), (b"rocksdb.range_del", range_del_handle)]
+        )
+    )
+    out.extend(
+        bytes([CHECKSUM_CRC32C])
+        + (meta_handle + index_handle).ljust(40, b"\0")
+        + struct.pack("<IQ", FORMAT_VERSION, MAGIC)
+    )
+    path = Path(path)
+    with open(path, "wb") as handle:
+        handle.write(out)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
 
 
 def bytewise_order_key(keys: np.ndarray) -> np.ndarray:

@@ -60,10 +60,16 @@ class TableLayout:
         return self.key_bytes + self.vector_bytes + (self.meta_bytes or 0)
 
 
-def _size(path: Path) -> int | None:
+def _size(path: Path, defects: list[Defect]) -> int | None:
+    """The file's size; None when it is missing or unreadable (then a defect says why)."""
     try:
         return os.stat(path).st_size
     except FileNotFoundError:
+        if path.is_symlink():
+            defects.append(Defect("unreadable", "a broken symbolic link", str(path)))
+        return None
+    except OSError as exc:  # a symlink loop (ELOOP), a permission, an I/O error
+        defects.append(Defect("unreadable", f"cannot read it: {exc.strerror}", str(path)))
         return None
 
 
@@ -80,14 +86,19 @@ def inspect_layout(
     path = Path(path)
     defects: list[Defect] = []
     if not path.is_dir():
-        what = "does not exist" if not path.exists() else "is not a folder"
+        if path.is_symlink() and not path.exists():
+            what = "is a broken symbolic link or a symbolic link loop"
+        else:
+            what = "does not exist" if not path.exists() else "is not a folder"
         defects.append(Defect("not_a_table", f"the table folder {what}", str(path)))
         return TableLayout(path, 0, 0, None, 0, dim, tuple(defects))
 
     key_path, vec_path, meta_path = path / KEY_FILE, path / VECTOR_FILE, path / META_FILE
-    key_bytes, vec_bytes, meta_bytes = _size(key_path), _size(vec_path), _size(meta_path)
+    key_bytes, vec_bytes = _size(key_path, defects), _size(vec_path, defects)
+    meta_bytes = _size(meta_path, defects)
+    unreadable = {d.location for d in defects}
     for name, size, file in ((KEY_FILE, key_bytes, key_path), (VECTOR_FILE, vec_bytes, vec_path)):
-        if size is None:
+        if size is None and str(file) not in unreadable:
             defects.append(Defect("missing_file", f"the '{name}' file is missing", str(file)))
         elif size == 0:
             defects.append(

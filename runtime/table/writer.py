@@ -31,6 +31,7 @@ from .file_layout import (
     VECTOR_DTYPE,
     VECTOR_FILE,
 )
+from .finite import check_finite, non_finite_rows
 from .sidecar import FileRecord, Sidecar, write_sidecar
 
 
@@ -104,6 +105,9 @@ class TableWriter:
         atomic: build beside ``dest`` and rename at commit. Pass False only when ``dest`` is
             already inside a folder that is itself being built atomically.
         count_duplicates / scan_values: gather these statistics for the sidecar.
+        allow_non_finite: accept vectors holding NaN or Inf (counted in the sidecar); by
+            default ``append`` refuses them, naming the row and key (finite.py), and the
+            caller's abort leaves nothing behind. Checked only with ``scan_values``.
         sync: fsync the files at commit.
         expected_rows: how many rows will be appended, when known: the files are allocated up
             front (faster writes; a full disk fails before copying) and trimmed at commit if
@@ -128,6 +132,7 @@ class TableWriter:
         scan_values: bool = True,
         sync: bool = True,
         expected_rows: int | None = None,
+        allow_non_finite: bool = False,
     ):
         if int(dim) <= 0:
             raise InvalidInputError(f"dim must be positive, got {dim}", location=str(dest))
@@ -137,6 +142,7 @@ class TableWriter:
         self.source = dict(source or {})
         self.sync = sync
         self._want_sidecar = sidecar
+        self.allow_non_finite = allow_non_finite
         self._started = time.perf_counter()
         if atomic:
             self._work: AtomicDirectory | None = AtomicDirectory(self.dest, overwrite=overwrite)
@@ -211,15 +217,12 @@ class TableWriter:
         # both finish before append returns, so the caller may reuse its arrays right away.
         dups, scan = self._dups, self._non_finite is not None
 
-        def helper() -> int:
+        def helper() -> np.ndarray:
             for sink, view in views:
                 sink.update_crc(view)
             if dups is not None:
                 dups.add(keys)
-            if not scan:
-                return 0
-            finite = np.isfinite(vectors)
-            return 0 if finite.all() else int(np.count_nonzero(~finite.all(axis=1)))
+            return non_finite_rows(vectors) if scan else np.empty(0, dtype=np.int64)
 
         checks = self._crc_pool.submit(helper)
         try:
@@ -227,8 +230,10 @@ class TableWriter:
                 sink.write(view)
         finally:
             bad_rows = checks.result()
+        if bad_rows.size and not self.allow_non_finite:
+            check_finite(keys, vectors, str(self.dest), first_row=self.num_keys)
         if scan:
-            self._non_finite += bad_rows
+            self._non_finite += bad_rows.size
         self.num_keys += keys.size
 
     def commit(self) -> TableSummary:

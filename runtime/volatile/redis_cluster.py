@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..config.addresses import parse_redis_address
 from ..errors import ConfigError, DependencyMissingError, ServiceUnavailableError
 from ..hashing import partition_of
 from ..raw_keys import key_bytes
@@ -66,25 +67,14 @@ def _failures() -> tuple[type[BaseException], ...]:
 
 def parse_address(address: str) -> list[tuple[str, int]]:
     """``host[:port],host[:port]`` → [(host, port)] (port 7000 when absent, as in HPS's docs)."""
-    nodes = []
-    for part in address.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        host, _, port = part.rpartition(":") if ":" in part else (part, "", "7000")
-        try:
-            nodes.append((host or "127.0.0.1", int(port)))
-        except ValueError:
-            raise ConfigError(
-                f"'{part}' is not host:port", location="volatile_db.address"
-            ) from None
-    if not nodes:
+    try:
+        return parse_redis_address(address)
+    except ValueError as exc:
         raise ConfigError(
-            "no Redis node address given",
+            str(exc),
             location="volatile_db.address",
             hint='e.g. "127.0.0.1:7000,127.0.0.1:7001"',
-        )
-    return nodes
+        ) from None
 
 
 class RedisClusterStore:
