@@ -8,7 +8,9 @@ severity, JSON path, message, hint) come, in this order, from
 2. ``runtime_issues``: what this runtime cannot honour (typed config);
 3. the table files (config/files.py): structure, dims, key range, NaN or Inf in a vector
    (unless ``allow_non_finite``), and keys shared by tables fused into one;
-4. ``database_issues``: ``persistent_db.path`` and, looking at the database read-only, the
+4. ``shared_memory_issues``: whether the ``multi_process_hash_map`` segment can hold this
+   config's tables (``shared_memory_name``, ``shared_memory_size``);
+5. ``database_issues``: ``persistent_db.path`` and, looking at the database read-only, the
    column family of each storage table with CPU tiers (a table, or a fused group of tables:
    config/fusion.py; not those whose caches hold every row, static and uvm, which RocksDB never
    holds): missing, empty, interrupted, key width, dim, and the updates a reload would discard.
@@ -17,8 +19,8 @@ Start-up (startup.py) raises a ``ConfigError`` holding every issue when one is a
 logs the warnings (fields hps ignores included: config/ignored.py); validate-config prints them
 all. Start-up then opens what this cannot
 judge without taking it: the RocksDB lock (another process writing: exit 4), the Redis
-Cluster (unreachable: exit 6) and the shared-memory segment (its room for the tables, other
-processes' tables in another layout).
+Cluster (unreachable: exit 6) and the shared-memory segment as other processes left it (their
+tables, in the same or another layout).
 
 Where a new check belongs: a rule about the document (a field's value, fields that contradict
 each other, a field HPS reads but this runtime ignores) goes in config/semantic.py, returning
@@ -139,6 +141,7 @@ def preflight(
         found = file_issues(typed, scan_values=not allow_non_finite)
         issues += found
         if not any(i.is_error for i in found):
+            issues += shared_memory_issues(typed, holds_whole)
             issues += database_issues(typed, tables, holds_whole)
     checked = ValidationResult(result.source, tuple(issues), typed)
     checked = _strict(checked, strict)
@@ -207,6 +210,63 @@ def runtime_issues(config: PsConfig, front_caches: bool | None = None) -> list[C
             )
         )
     return issues
+
+
+# ------------------------------------------------------------------------------ shared memory
+
+
+def shared_memory_issues(
+    config: PsConfig, holds_whole: HoldsWholeTable = _never
+) -> list[ConfigIssue]:
+    """The segment's name, and its size against the regions of this config's tables with CPU
+    tiers (the sizes start-up reserves, volatile/shm_layout.py): other processes' tables can
+    only take more."""
+    vdb = config.volatile_db
+    if vdb.type != "multi_process_hash_map":
+        return []
+    from .volatile import shm_layout
+    from .volatile.shm_segment import human_bytes, segment_path
+    from .volatile.shm_table import table_spec
+
+    try:
+        segment_path(vdb.shared_memory_name)
+    except ConfigError as exc:
+        return [
+            ConfigIssue(
+                ERROR, "$.volatile_db.shared_memory_name", exc.message, "shared_memory", exc.hint
+            )
+        ]
+    need = shm_layout.first_region()
+    for model in config.models:
+        for table in storage_tables(model):
+            if holds_whole(model, table):
+                continue
+            with table.open() as reader:
+                rows = reader.num_keys
+            spec = table_spec(
+                table.tag,
+                table.dim,
+                num_partitions=vdb.num_partitions,
+                overflow_margin=vdb.overflow_margin if vdb.has_overflow_limit else None,
+                overflow_policy=vdb.overflow_policy,
+                overflow_resolution_target=vdb.overflow_resolution_target,
+                expected_keys=rows,
+            )
+            need += spec.layout.nbytes
+    size = vdb.shared_memory_size
+    if need <= size:
+        return []
+    return [
+        ConfigIssue(
+            ERROR,
+            "$.volatile_db.shared_memory_size",
+            f"the tables need {human_bytes(need)} of shared memory (the segment's header and "
+            f"directory included), more than shared_memory_size ({human_bytes(size)})",
+            "shared_memory",
+            f"set shared_memory_size to at least {need} (docs/runtime.md: sizing), or an "
+            "overflow_margin",
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------ database

@@ -27,9 +27,11 @@ from helpers.shm_writer import open_table, writer_vectors
 from hps_cli.runtime import HPS
 from hps_cli.runtime.config import validate_config_file
 from hps_cli.runtime.errors import CapacityError, ConfigError
+from hps_cli.runtime.preflight import preflight
 from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
+from hps_cli.runtime.volatile.shm_layout import first_region
 from hps_cli.runtime.volatile.shm_segment import LOADING, SHM_DIR, SharedSegment
-from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
+from hps_cli.runtime.volatile.shm_table import SharedHashMapTable, table_spec
 from hypothesis import HealthCheck, settings
 
 from hps_cli.devtools.serve_process import ServeProcess
@@ -212,15 +214,52 @@ def test_another_layout_is_refused_while_the_segment_is_in_use(tmp_path, name):
 
 
 def test_a_segment_too_small_fails_before_anything_is_loaded(tmp_path, name):
+    """The config's own tables exceed shared_memory_size: preflight refuses it, as
+    validate-config does, before the segment or RocksDB is touched."""
     config = _config(
         tmp_path, name, {"t": (50_000, 16)}, persistent=True, shared_memory_size=2 << 20
     )
-    with pytest.raises(CapacityError, match="need") as err:
+    checked = preflight(config)
+    assert [i.json_path for i in checked.result.errors] == ["$.volatile_db.shared_memory_size"]
+    with pytest.raises(ConfigError, match="need") as err:
         HPS(config)
     assert err.value.location.endswith("$.volatile_db.shared_memory_size")
     assert "shared_memory_size to at least" in err.value.hint
     assert not (tmp_path / "db").exists()  # RocksDB was not even opened
     assert not _exists(name)
+
+
+def test_a_segment_other_processes_filled_fails_at_start_up_before_loading(tmp_path, name):
+    """Each config fits alone (preflight passes), but the first one's table leaves the second
+    too little room: start-up finds it when it reserves the regions, before any load."""
+    one = table_spec(
+        "hps_et.m.t",
+        16,
+        num_partitions=4,
+        overflow_margin=None,
+        overflow_policy="evict_random",
+        overflow_resolution_target=0.8,
+        expected_keys=20_000,
+    ).layout.nbytes
+    size = first_region() + one + one // 2
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = _config(
+        tmp_path / "a",
+        name,
+        {"t": (20_000, 16)},
+        shared_memory_size=size,
+        shared_memory_auto_remove=False,
+    )
+    other = _config(
+        tmp_path / "b", name, {"u": (20_000, 16)}, persistent=True, shared_memory_size=size
+    )
+    assert preflight(first).ok and preflight(other).ok
+    with HPS(first):
+        with pytest.raises(CapacityError, match="need") as err:
+            HPS(other)
+    assert err.value.location.endswith("$.volatile_db.shared_memory_size")
+    assert not (tmp_path / "b" / "db").exists()  # RocksDB was not even opened
 
 
 def test_validate_config_warns_when_dev_shm_is_smaller_than_the_segment(tmp_path, name):

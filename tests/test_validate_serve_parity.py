@@ -3,7 +3,7 @@
 Every config of the invalid corpus (tests/configs/invalid/), and configs built here that need
 something on disk (a database path that is a file, symlink loops, a read-only database missing
 a table or holding the empty family an interrupted load left, a table with NaN, fused tables
-that share keys), plus valid ones (table
+that share keys, a shared-memory segment too small for the tables), plus valid ones (table
 fusion, over a read-only database too; the shared-memory map; static caches, which need no
 family), goes through the real `hps validate-config` and the real `hps serve`.
 """
@@ -21,6 +21,7 @@ from helpers.runtime_configs import make_tables, ps_config, rocks_db
 from helpers.shm import remove_segment, segment_name
 from hps_cli.runtime import HPS
 from hps_cli.runtime.table import write_table
+from hps_cli.runtime.volatile.shm_layout import first_region
 
 from hps_cli.devtools.serve_process import ServeProcess
 
@@ -195,6 +196,7 @@ def _shared_memory_cases(tables, dims, case) -> list[str]:
         return ps_config(tables, dims, volatile=volatile)
 
     case("shared_memory_map", doc(1 << 26), True)
+    case("shared_memory_too_small", doc(first_region() + 4096), False)
     return names
 
 
@@ -250,6 +252,7 @@ def test_the_invalid_corpus_is_refused_by_both(name, tmp_path):
         "fused_over_a_read_only_database",
         "unfused_over_a_fused_read_only_database",
         "shared_memory_map",
+        "shared_memory_too_small",
     ],
 )
 def test_validate_config_fails_exactly_when_serve_refuses(built, name, tmp_path):

@@ -141,7 +141,8 @@ FIELDS: dict[str, Field] = {
         "whole at start-up, not in pages of this size"
     ),
     "$.volatile_db.shared_memory_size": _h(
-        "the size of the shared-memory segment (runtime/volatile/shm_segment.py)"
+        "the size of the shared-memory segment (runtime/volatile/shm_segment.py); one too "
+        "small for the config's tables is refused (runtime/preflight.py)"
     ),
     "$.volatile_db.shared_memory_name": _h(
         "the segment's name in /dev/shm (runtime/volatile/shm_segment.py)"
