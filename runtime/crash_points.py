@@ -11,7 +11,9 @@ output, never a mix, and that the next run removes what the dead one left behind
 - ``atomic.built``, ``atomic.swapped``: a folder output (atomic.py) before and after it
   replaces the destination;
 - ``rocksdb.built``, ``rocksdb.marked``, ``rocksdb.created``, ``rocksdb.ingested``,
-  ``rocksdb.recorded``: replacing a RocksDB column family (persistent/rocksdb_replace.py).
+  ``rocksdb.recorded``: replacing a RocksDB column family (persistent/rocksdb_replace.py);
+- ``shm.loaded``: a start-up load of a ``multi_process_hash_map`` table, every row in and its
+  load record not yet written (startup_load.py).
 """
 
 from __future__ import annotations

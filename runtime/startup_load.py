@@ -36,6 +36,7 @@ import numpy as np
 from .checksum import file_crc32
 from .config.model import PsConfig
 from .cpu_tiers import TableTiers
+from .crash_points import crash_point
 from .hashing import partition_of
 from .seams import FrontCache, VolatileTable
 from .stats import TableStats
@@ -282,6 +283,7 @@ def _fill_shared(
         table.mark_loading()
         table.clear()
         load_volatile(table, plan.reader, rows, progress=progress)
+        crash_point("shm.loaded")  # every row in, no record yet: the next start reloads
         table.write_record(record)
 
 

@@ -9,6 +9,7 @@ SIGTERM and SIGINT must clean up and exit 143 and 130.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -143,6 +144,60 @@ def test_start_up_load_killed_at_each_stage_leaves_old_or_new(old_and_new, tmp_p
     items, record = _family(db)
     assert items == _as_items(new) and record["complete"] is True
     assert not _leftovers(tmp_path)
+
+
+def _shared_memory_config(tmp_path, table, name):
+    """A ps.json: ``table`` in a multi_process_hash_map segment ``name`` over RocksDB."""
+    import json
+
+    volatile = {
+        "type": "multi_process_hash_map",
+        "shared_memory_name": name,
+        "shared_memory_size": 1 << 26,
+        "num_partitions": 4,
+    }
+    doc = ps_config(
+        {"t": table}, {"t": 16}, volatile=volatile, persistent=rocks_db(tmp_path / "db")
+    )
+    config = tmp_path / "ps.json"
+    config.write_text(json.dumps(doc))
+    return config
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm on this host")
+def test_shared_memory_load_killed_before_its_record_is_reloaded_with_the_updates(
+    old_and_new, tmp_path, caplog
+):
+    """A kill after every row went into the shared-memory table but before its load record:
+    the segment stays (nobody removed it), and the next start reloads the table and replays
+    the journaled update over it."""
+    from helpers.shm import remove_segment, segment_name
+    from hps_cli.runtime import HPS
+    from hps_cli.runtime.volatile.shm_segment import SHM_DIR
+
+    old, _ = old_and_new
+    name = segment_name("crash")
+    config = _shared_memory_config(tmp_path, old, name)
+    key, vector = np.array([10**9]), np.full((1, 16), 0.5, np.float32)
+    try:
+        with HPS(config) as runtime:
+            runtime.insert("m", "t", key, vector)  # journaled in RocksDB
+        assert not os.path.exists(os.path.join(SHM_DIR, name))  # auto-removed by the last one
+        res = _start_runtime(config, crash="shm.loaded")
+        assert res.returncode == -9, res.stderr
+        assert os.path.exists(os.path.join(SHM_DIR, name))  # left by the killed process
+        with TableReader(old) as reader:
+            keys, vectors = np.array(reader.keys()), np.array(reader.vectors())
+        with caplog.at_level(logging.INFO, logger="hps_cli.runtime"):
+            with HPS(config) as runtime:
+                assert np.array_equal(runtime.lookup(keys, "m", "t"), vectors)
+                assert np.array_equal(runtime.lookup(key, "m", "t"), vector)
+        logged = caplog.text
+        assert "loaded already" not in logged  # no record: reloaded, not attached
+        assert "replayed 1 inserted" in logged
+        assert not os.path.exists(os.path.join(SHM_DIR, name))
+    finally:
+        remove_segment(name)
 
 
 @pytest.mark.parametrize("stage", ["built", "swapped"])
