@@ -229,6 +229,13 @@ def test_a_segment_too_small_fails_before_anything_is_loaded(tmp_path, name):
     assert not _exists(name)
 
 
+def test_a_segment_name_that_is_no_file_name_is_refused_by_preflight(tmp_path):
+    config = _config(tmp_path, "../escape", {"t": (100, 4)})
+    checked = preflight(config)
+    assert [i.json_path for i in checked.result.errors] == ["$.volatile_db.shared_memory_name"]
+    assert checked.result.errors[0].hint
+
+
 def test_a_segment_other_processes_filled_fails_at_start_up_before_loading(tmp_path, name):
     """Each config fits alone (preflight passes), but the first one's table leaves the second
     too little room: start-up finds it when it reserves the regions, before any load."""
