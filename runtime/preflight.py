@@ -17,16 +17,16 @@ severity, JSON path, message, hint) come, in this order, from
 
 Start-up (startup.py) raises a ``ConfigError`` holding every issue when one is an error and
 logs the warnings (fields hps ignores included: config/ignored.py); validate-config prints them
-all. Start-up then opens what this cannot
-judge without taking it: the RocksDB lock (another process writing: exit 4), the Redis
-Cluster (unreachable: exit 6) and the shared-memory segment as other processes left it (their
-tables, in the same or another layout).
+all. Start-up then opens what this cannot judge without taking it: the RocksDB lock (another
+process writing: exit 4), the Redis Cluster (unreachable: exit 6) and the shared-memory
+segment as other processes left it (their tables, in the same or another layout).
 
 Where a new check belongs: a rule about the document (a field's value, fields that contradict
-each other, a field HPS reads but this runtime ignores) goes in config/semantic.py, returning
-``ConfigIssue``s; a rule that needs the typed config goes in ``runtime_issues``; one that
-needs the disk goes in ``database_issues`` or config/files.py. All of them then reach both
-``hps serve`` and ``hps validate-config``.
+each other, a field HPS reads but this runtime ignores: its row in config/ignored.py too) goes
+in config/semantic.py, returning ``ConfigIssue``s; a rule that needs the typed config goes in
+``runtime_issues``; one that needs the disk goes in ``database_issues``,
+``shared_memory_issues`` or config/files.py. All of them then reach both ``hps serve`` and
+``hps validate-config``.
 """
 
 from __future__ import annotations
