@@ -289,8 +289,10 @@ def test_signature_names_dtypes_and_manifest(synth, fresh):
         "dense": ["float32", [None, 2]],
     }
     short_doc = fresh["short_sqrtn"]["doc"]["inputs"]
-    assert short_doc["ids"] == ["int32", [None, 3]]
-    assert short_doc["tags_values"] == ["int32", [None]]
+    # Id inputs are int64 whatever the key width (as the package's): a 32-bit table's ids are
+    # range-checked into uint32, negative int32 values read as unsigned (hps>KeyCast).
+    assert short_doc["ids"] == ["int64", [None, 3]]
+    assert short_doc["tags_values"] == ["int64", [None]]
     manifest = json.loads((synth["packages"]["long_sum"] / "manifest.json").read_text())
     saved = manifest["inference"]["saved_model"]
     assert saved["signature"] == "serving_default"

@@ -177,7 +177,12 @@ def pipeline(tmp_path_factory):
                     for dtype in (np.int32, np.int64)
                 }
             refused = _refusal(server, packages[CASES[0]].name)
-            warnings = [e for e in server.log_events() if e.get("level") == "warning"]
+            warnings = [  # the one start-up warning of a machine without a GPU is expected
+                e
+                for e in server.log_events()
+                if e.get("level") == "warning"
+                and not str(e.get("message", "")).startswith("no usable GPU")
+            ]
     return {
         "base": base,
         "models": models,
