@@ -321,9 +321,10 @@ class RocksDbStore:
     def _swap_in(self, tag: str, files: list[str], record: dict) -> None:
         rd = rocksdict_module()
         with self._lock:
-            old = self._tables.pop(tag, None)
-            if old is not None:
-                old.detach()
+            # A runtime still serving the old family keeps reading it through its handle
+            # (RocksDB keeps a dropped family readable while a handle holds it): a reload by
+            # another runtime of the process swaps versions without mixing them.
+            self._tables.pop(tag, None)
             write_table_record(self.db, tag, {**record, "complete": False})
             if tag in self.families():
                 self.db.drop_column_family(tag)
