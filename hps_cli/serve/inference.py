@@ -87,6 +87,7 @@ class InferenceModel(ServedModel):
                 f"the runtime has no model '{hps_model}'", location=str(folder / "manifest.json")
             ) from None
         super().__init__(name, runtime, hps_model, cfg.max_batch_size)
+        self.devices = tuple(cfg.deployed_device_list)
         self.folder = Path(folder)
         self.manifest = manifest
         self._check_tables(cfg)
@@ -252,7 +253,9 @@ class InferenceModel(ServedModel):
         arrays = {name: request.inputs[name].array for name in self.batch_inputs}
         return Work(batch, request, {"arrays": arrays, "sparse": sparse})
 
-    def execute(self, works: list[Work]) -> list[InferResult]:
+    def execute(self, works: list[Work], device: int | None = None) -> list[InferResult]:
+        """The batch's lookups on ``device`` (default: the last deployed one), then one dense
+        call."""
         arrays, sparse, sizes = _merge(works, self.batch_inputs, list(self.sparse))
         feed = {}
         hps = self.runtime.hps
@@ -261,13 +264,13 @@ class InferenceModel(ServedModel):
             if fmt == "sparse":
                 ids = sparse[name]
                 vectors = hps.lookup(
-                    ids["values"].astype(np.int64, copy=False), self.hps_model, table_id
+                    ids["values"].astype(np.int64, copy=False), self.hps_model, table_id, device
                 )
                 value = _segment_combine(vectors, ids["rows"], ids["batch"], combiner)
             else:
                 ids = arrays[name]
                 vectors = hps.lookup(
-                    ids.reshape(-1).astype(np.int64, copy=False), self.hps_model, table_id
+                    ids.reshape(-1).astype(np.int64, copy=False), self.hps_model, table_id, device
                 )
                 value = vectors.reshape(ids.shape + (dim,))
                 if combiner != "none":

@@ -1,5 +1,9 @@
 """One HPS runtime as the server holds it: ``HPS(config)`` with the embedding caches the config
 asks for (GPU caches on a GPU machine, the NumPy reference elsewhere, prefilled at start-up).
+
+Every lookup model has a runtime of its own (a config of that one model: lookup_configs.py), so
+that it can be loaded, reloaded and unloaded alone; an inference package uses the runtime of
+the lookup model it shares its tables with, or one of its own from its ps.json.
 """
 
 from __future__ import annotations
@@ -15,15 +19,29 @@ class ServedRuntime:
     """An ``HPS`` runtime and where it came from; ``close`` is idempotent.
 
     Args:
-        config: path of the ps.json.
+        config: a ps.json path, or a typed config (``PsConfig``).
+        path: where the config came from, for messages (default: ``config`` or the typed
+            config's source file).
         redis_options: passed to ``HPS`` (timeouts, retry interval of a Redis Cluster tier).
+        rocksdb_row_cache_bytes: passed to ``HPS`` (None: its default).
     """
 
-    def __init__(self, config: Path, *, redis_options: dict | None = None):
+    def __init__(
+        self,
+        config,
+        *,
+        path: Path | str | None = None,
+        redis_options: dict | None = None,
+        rocksdb_row_cache_bytes: int | None = None,
+    ):
         from ..runtime import HPS
 
-        self.path = Path(config)
-        self.hps = HPS(self.path, redis_options=redis_options)
+        if path is None:
+            path = config if isinstance(config, (str, Path)) else config.source_path
+        self.path = Path(path)
+        self.hps = HPS(
+            config, redis_options=redis_options, rocksdb_row_cache_bytes=rocksdb_row_cache_bytes
+        )
         self._lock = threading.Lock()
         self._closed = False
 
