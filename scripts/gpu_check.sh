@@ -1,18 +1,28 @@
 #!/usr/bin/env bash
 # Run on a GPU machine (see docs/gpu.md): install (gpu_setup.sh), run the gpu-marked tests with
-# HPS_REQUIRE_GPU=1, then the GPU cache benchmark. Logs and JSON go to $OUT (default .bench/gpu).
+# HPS_REQUIRE_GPU=1 (and HPS_REQUIRE_GPUS=<GPUs here>: a test needing no more GPUs than the machine
+# has may not skip), then the GPU cache benchmark and, with two GPUs or more, the serve devices
+# benchmark. Logs and JSON go to $OUT (default .bench/gpu).
 set -uo pipefail
 source "$(dirname "$0")/gpu_setup.sh"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 # Only the modules that hold gpu tests: the others may import what this machine lacks.
 GPU_TESTS=$(grep -l "mark.gpu" tests/test_*.py)
-HPS_REQUIRE_GPU=1 python3 -m pytest -q -m gpu $GPU_TESTS -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log"
+GPUS=$(nvidia-smi --list-gpus | wc -l)
+HPS_REQUIRE_GPU=1 HPS_REQUIRE_GPUS=$GPUS python3 -m pytest -q -m gpu $GPU_TESTS -p no:cacheprovider \
+  2>&1 | tee "$OUT/gpu_tests.log"
 tests_rc=${PIPESTATUS[0]}
 python3 -m pytest -q tests/test_cache_reference.py tests/test_kernels_compile.py \
   -p no:cacheprovider 2>&1 | tail -3 | tee -a "$OUT/gpu_tests.log"
 if [ "${SKIP_BENCH:-0}" != 1 ]; then
   python3 benchmarks/bench_gpu_cache.py --out "$OUT/bench_gpu_cache.json" ${BENCH_ARGS:-} \
     2>&1 | tee "$OUT/bench_gpu_cache.log" | tail -14
+  if [ "$GPUS" -ge 2 ]; then
+    python3 benchmarks/bench_serve_devices.py --out "$OUT/bench_serve_devices.json" \
+      ${DEVICES_BENCH_ARGS:-} 2>&1 | tee "$OUT/bench_serve_devices.log" | tail -40
+  else
+    echo "bench_serve_devices: skipped ($GPUS GPU; it needs 2)"
+  fi
 fi
 echo "gpu tests exit code: $tests_rc"
 exit "$tests_rc"
