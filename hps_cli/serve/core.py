@@ -120,7 +120,9 @@ class ServerCore:
         self.draining = False
         self.metrics = Metrics(self.runtimes)
         self.shared_memory = SharedMemoryRegions(options.allow_shared_memory)
-        threads = options.worker_threads or max(4, 2 * options.instances)
+        # Room for the executions of a model on two devices (--instances each) beside the
+        # encoding of big answers and admin builds.
+        threads = options.worker_threads or max(8, 4 * options.instances)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
         self.metrics.inflight.set_function(lambda: self._inflight)
