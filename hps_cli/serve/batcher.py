@@ -19,8 +19,8 @@ RocksDB on a cold disk, say) sends the model's batches to the worker thread for
 
 Devices: a model over HPS tables runs on every device of its ``deployed_device_list``
 (``model.devices``). Each device is an execution lane with ``instances`` executions of its own
-(Triton's instance group: ``count`` per GPU); a batch goes to the device with the fewest
-executions running, ties taken in turn, and inline batches take the devices in turn. A device
+(Triton's instance group: ``count`` per GPU); a batch, inline or not, goes to the device with
+the fewest executions running, ties taken in turn. A device
 has its own embedding caches and worker buffers (``num_of_worker_buffer_in_pool`` per model
 and device), so lanes never wait on each other.
 
@@ -119,13 +119,13 @@ class Batcher:
     def devices(self) -> tuple:
         return self._devices
 
-    def _pick_device(self, inline: bool):
-        """The device of the next batch: the least busy (``_flush`` starts one only while a
-        device runs fewer than ``instances``), ties and inline batches in turn."""
+    def _pick_device(self):
+        """The device of the next batch: the one with the fewest executions running (``_flush``
+        starts a batch only while one runs fewer than ``instances``, so it has a worker buffer
+        free), ties in turn."""
         n = len(self._devices)
         order = [self._devices[(self._turn + i) % n] for i in range(n)]
-        if not inline:
-            order.sort(key=self._busy.__getitem__)  # stable: ties keep their turn
+        order.sort(key=self._busy.__getitem__)  # stable: ties keep their turn
         device = order[0]
         self._turn = (self._devices.index(device) + 1) % n
         return device
@@ -187,9 +187,9 @@ class Batcher:
                 sum(item.work.cost for item in live) <= self.model.inline_cost
                 and time.perf_counter() >= self._inline_from
             ):
-                self._execute_inline(live, self._pick_device(inline=True))
+                self._execute_inline(live, self._pick_device())
             else:
-                device = self._pick_device(inline=False)
+                device = self._pick_device()
                 self._busy[device] += 1
                 task = self._loop.create_task(self._execute_in_thread(live, device))
                 self._running.add(task)
