@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .config.fusion import StorageTable, storage_tables
 from .config.model import ModelConfig, PsConfig
+from .persistent.rocksdb_shared import open_rocksdb, release_rocksdb
 from .persistent.rocksdb_tier import RocksDbStore, auto_row_cache_bytes
 from .persistent.rocksdb_watch import DatabaseWatcher
 from .preflight import Preflight
@@ -60,8 +61,9 @@ class TablePlan:
 
 @dataclass
 class Stores:
-    """The shared stores of the tiers: one RocksDB database, one Redis Cluster connection,
-    one shared-memory segment."""
+    """The shared stores of the tiers: one RocksDB database (shared with the other runtimes of
+    the process that name it: rocksdb_shared.py), one Redis Cluster connection, one
+    shared-memory segment."""
 
     rocksdb: RocksDbStore | None = None
     redis: RedisClusterStore | None = None
@@ -76,7 +78,7 @@ class Stores:
             self.shared.close()
             self.shared = None
         if self.rocksdb is not None:
-            self.rocksdb.close()
+            release_rocksdb(self.rocksdb)
             self.rocksdb = None
         if self.redis is not None:
             self.redis.close()
@@ -138,7 +140,7 @@ def open_stores(
             row_cache = auto_row_cache_bytes(
                 sum(p.reader.num_keys * (width // 8 + 4 * p.dim) for p in plans)
             )
-        stores.rocksdb = RocksDbStore(
+        stores.rocksdb = open_rocksdb(
             pdb.path,
             read_only=pdb.read_only,
             num_threads=pdb.num_threads,

@@ -18,7 +18,7 @@ from hps_cli.runtime.errors import ConfigError, InvalidInputError, NotFoundError
 from hps_cli.runtime.persistent.rocksdb_families import open_db, read_table_record
 from hps_cli.runtime.seams import FinishedQuery
 from hps_cli.runtime.table import TableReader, write_table
-from hps_cli.runtime.table.synthetic import synthetic_vectors
+from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
 from hypothesis import HealthCheck, settings
 
 
@@ -164,12 +164,57 @@ def test_read_only_database_errors(two_tables):
     HPS(only_users).close()
     with pytest.raises(ConfigError, match="no column family 'hps_et.m.items'"):
         HPS(doc)
-    holder = HPS(only_users)  # a read-write user holds the lock
+    holder = subprocess.Popen(  # a read-write user in another process holds the lock
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from hps_cli.runtime.persistent.rocksdb_tier import RocksDbStore\n"
+            "store = RocksDbStore(sys.argv[1])\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.read()\n",
+            str(tmp / "db"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
+        assert holder.stdout.readline().strip() == "ready"
         with pytest.raises(OutputExistsError, match="locked"):
             HPS(ps_config(tables, dims, persistent=rocks_db(tmp / "db")))
     finally:
-        holder.close()
+        holder.stdin.close()
+        holder.wait(60)
+
+
+def test_runtimes_of_one_process_share_a_database_and_a_reload_does_not_mix(two_tables):
+    """Two runtimes of one process over one RocksDB database (hps serve gives every lookup
+    model its own): the second shares the open database. When the second reloads a changed
+    table, the first keeps reading the version it loaded; the last one closes the database."""
+    tmp, tables, dims = two_tables
+    doc = ps_config(tables, dims, volatile={}, persistent=rocks_db(tmp / "db"))  # RocksDB only
+    keys = np.arange(0, 500, 7, dtype=np.int64)
+    first = HPS(doc)
+    try:
+        np.testing.assert_array_equal(first.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
+        write_synthetic_table(tables["users"], 500, 8, shuffle=True, seed=1, overwrite=True)
+        with HPS(doc) as second:  # the table changed: its family is rebuilt
+            np.testing.assert_array_equal(
+                second.lookup(keys, "m", "users"), synthetic_vectors(keys, 8, seed=1)
+            )
+            np.testing.assert_array_equal(
+                first.lookup(keys, "m", "users"), synthetic_vectors(keys, 8)
+            )
+        np.testing.assert_array_equal(  # the first still holds the database
+            first.lookup(keys, "m", "items")[:1], synthetic_vectors(keys[:1], 4)
+        )
+    finally:
+        first.close()
+    with HPS(doc) as third:  # reopened after the last user closed it
+        np.testing.assert_array_equal(
+            third.lookup(keys, "m", "users"), synthetic_vectors(keys, 8, seed=1)
+        )
 
 
 def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):

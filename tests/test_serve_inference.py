@@ -284,6 +284,16 @@ def test_admin_update_of_a_shared_table_changes_the_inference(server):
     update(original)
     restored = client.infer("dlrm", _inputs(thttp, meta, feeds)).as_numpy("ctr")
     assert np.max(np.abs(restored - wanted)) <= 1e-5
+    # the lookup model's runtime serves the package: not reloaded or unloaded from under it
+    for operation in ("load", "unload"):
+        status, _, body = http_post(
+            proc.http_url,
+            f"/v2/repository/models/dlrm_like/{operation}",
+            b"",
+            {"Authorization": f"Bearer {TOKEN}"},
+        )
+        assert status == 400 and "inference model(s) dlrm" in json.loads(body)["error"], body
+    assert client.is_model_ready("dlrm_like") and client.is_model_ready("dlrm")
 
 
 def _lookup_inputs(keys, n):

@@ -407,8 +407,8 @@ def test_admin_errors(admin_server):
     client = thttp.InferenceServerClient(server.http_url)
     auth = {"Authorization": f"Bearer {TOKEN}"}
     with pytest.raises(InferenceServerException) as err:
-        client.unload_model("m", headers=auth)
-    assert err.value.status() == "400" and "lookup model" in err.value.message()
+        client.load_model("nowhere", headers=auth)  # neither in ps.json nor a package
+    assert err.value.status() == "404" and "no model 'nowhere'" in err.value.message()
     with pytest.raises(InferenceServerException) as err:
         client.load_model("../etc", headers=auth)
     assert err.value.status() in ("400", "404")

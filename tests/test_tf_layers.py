@@ -31,7 +31,7 @@ MAX_BATCH, PER_SAMPLE = 8, (6, 3)
 FLAVOURS = ("keras3", "tf_keras")
 
 
-def _config(folder, name: str, supportlonglong: bool) -> str:
+def _config(folder, name: str, supportlonglong: bool, devices=(0,)) -> str:
     doc = {
         "supportlonglong": supportlonglong,
         "models": [
@@ -42,7 +42,7 @@ def _config(folder, name: str, supportlonglong: bool) -> str:
                 "embedding_vecsize_per_table": [DIM, SMALL_DIM],
                 "maxnum_catfeature_query_per_table_per_sample": list(PER_SAMPLE),
                 "default_value_for_each_table": [0.0, 0.5],
-                "deployed_device_list": [0],
+                "deployed_device_list": list(devices),
                 "max_batch_size": MAX_BATCH,
                 "hit_rate_threshold": 1.0,
             }
@@ -61,11 +61,13 @@ def weights(tmp_path_factory):
     small = rng.normal(size=(SMALL_VOCAB, SMALL_DIM)).astype(np.float32)
     write_table(folder / "big", np.arange(VOCAB), big)
     write_table(folder / "small", np.arange(SMALL_VOCAB), small)
+    np.save(folder / "big.npy", big)
     return {
         "big": big,
         "small": small,
         "long": _config(folder, "ps.json", True),
         "short": _config(folder, "ps32.json", False),
+        "mirrored": _config(folder, "ps_mirrored.json", True, devices=(0, 1)),
         "folder": folder,
     }
 
@@ -357,35 +359,86 @@ def test_no_warning_for_the_same_file_twice(runtime):
         assert hps.Init(2, runtime["long"]) == "OK"
 
 
-def test_init_under_a_mirrored_strategy_checks_the_per_replica_batch(weights):
-    """HPS's init check with 2 replicas (2 logical CPUs): 16 = 2 x 8 fits, 18 does not, 15 does
-    not split evenly."""
-    probe = (
-        "import sys, tensorflow as tf\n"
-        "cpu = tf.config.list_physical_devices('CPU')[0]\n"
-        "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]"
-        " * 2)\n"
-        "import hps_cli.tf as hps\n"
-        "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
-        "with strategy.scope():\n"
-        "    for batch in (15, 18, 16):\n"
-        "        try:\n"
-        "            print(batch, hps.Init(batch, sys.argv[1]))\n"
-        "        except Exception as exc:\n"
-        "            print(batch, exc.message)\n"
-    )
+TWO_REPLICAS = (
+    "import json, sys, numpy as np, tensorflow as tf\n"
+    "cpu = tf.config.list_physical_devices('CPU')[0]\n"
+    "tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()]"
+    " * 2)\n"
+    "import hps_cli.tf as hps\n"
+    "strategy = tf.distribute.MirroredStrategy(['/cpu:0', '/cpu:1'])\n"
+)
+
+
+def _two_replicas(probe: str, *args: str) -> list[str]:
+    """Run ``probe`` after TWO_REPLICAS (2 logical CPUs, a MirroredStrategy over them) in a
+    fresh process (logical devices must be set before TensorFlow starts); its stdout lines."""
     done = subprocess.run(
-        [sys.executable, "-c", probe, weights["long"]],
+        [sys.executable, "-c", TWO_REPLICAS + probe, *args],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         cwd=REPO,
+        env={**os.environ, "HPS_CACHE_BACKEND": "reference"},
     )
-    assert done.returncode == 0, done.stderr[-2000:]
-    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout.splitlines()
+
+
+def test_init_under_a_mirrored_strategy_checks_the_per_replica_batch(weights):
+    """HPS's init checks with 2 replicas (2 logical CPUs): 16 = 2 x 8 fits, 18 does not, 15 does
+    not split evenly, and a model must list one device per replica."""
+    lines = _two_replicas(
+        "with strategy.scope():\n"
+        "    for path, batch in ((sys.argv[1], 15), (sys.argv[1], 18), (sys.argv[2], 16),"
+        " (sys.argv[1], 16)):\n"
+        "        try:\n"
+        "            print(batch, hps.Init(batch, path))\n"
+        "        except Exception as exc:\n"
+        "            print(batch, exc.message)\n",
+        weights["mirrored"],
+        weights["long"],
+    )
     assert lines[0] == "15 global_batch_size 15 is not divisible by the 2 replicas in sync"
     assert (
         lines[1] == "18 global_batch_size 18 exceeds max_batch_size 8 of model 'demo' (9 per "
         "replica)"
     )
-    assert lines[2] == "16 OK"
+    assert lines[2] == (
+        "16 model 'demo' lists 1 device(s) in deployed_device_list but 2 replicas are in sync"
+    )
+    assert lines[3] == "16 OK"
+
+
+def test_each_replica_looks_up_on_its_own_device(weights):
+    """Under MirroredStrategy replica r looks up on deployed_device_list[r]: the cache of each
+    device sees exactly its replica's keys (the reference cache stands in for the GPUs), the
+    vectors equal tf.nn.embedding_lookup's; outside the strategy lookups go to the model's
+    default device, the last of the list."""
+    lines = _two_replicas(
+        "from hps_cli.tf import process_runtime\n"
+        "with strategy.scope():\n"
+        "    hps.Init(16, sys.argv[1])\n"
+        "    layer = hps.LookupLayer(model_name='demo', table_id=0, emb_vec_size=8)\n"
+        "def counts():\n"
+        "    cache = process_runtime.active().stats()['demo']['big']['cache']\n"
+        "    return {d: s['hits'] + s['misses'] for d, s in cache.items()}\n"
+        "start = counts()\n"
+        "ids = strategy.experimental_distribute_values_from_function(\n"
+        "    lambda ctx: tf.range(5, dtype=tf.int64) + 100 * ctx.replica_id_in_sync_group)\n"
+        "out = strategy.run(tf.function(lambda x: layer(x)), args=(ids,))\n"
+        "table = np.load(sys.argv[2])\n"
+        "for r, part in enumerate(strategy.experimental_local_results(out)):\n"
+        "    want = table[np.arange(5) + 100 * r]\n"
+        "    print('replica', r, np.array_equal(part.numpy(), want))\n"
+        "mirrored = counts()\n"
+        "layer(tf.constant([1, 2, 3], tf.int64))\n"
+        "outside = counts()\n"
+        "print(json.dumps([{d: mirrored[d] - start[d] for d in start},"
+        " {d: outside[d] - mirrored[d] for d in start}]))\n",
+        weights["mirrored"],
+        str(weights["folder"] / "big.npy"),
+    )
+    assert lines[:2] == ["replica 0 True", "replica 1 True"], lines
+    mirrored, outside = json.loads(lines[2])
+    assert mirrored == {"0": 5, "1": 5}
+    assert outside == {"0": 0, "1": 3}

@@ -9,6 +9,7 @@ gRPC request bounded from the wire format), ``event_loop`` (uvloop when installe
 lookups -> dense SavedModel), ``batcher`` (dynamic batching), ``http_app`` (aiohttp),
 ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus), ``admin`` (bearer-token endpoints),
 ``shared_memory`` (Triton's system shared memory extension), ``core`` (models, readiness, admin
-operations), ``served_runtime`` (an HPS runtime), ``logs`` (JSON logs), ``server`` (start-up,
-readiness, SIGTERM drain). See docs/serve.md.
+operations), ``lookup_configs`` (where a lookup model's config comes from, checked),
+``served_runtime`` (an HPS runtime), ``host_memory`` (resident size, freed heap handed back),
+``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
 """

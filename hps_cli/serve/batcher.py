@@ -17,6 +17,13 @@ RocksDB on a cold disk, say) sends the model's batches to the worker thread for
 ``INLINE_BACKOFF_S``, after which inline execution is tried again. The queue is bounded: when
 ``max_queue_size`` requests wait, new ones are refused with UNAVAILABLE (503) at once.
 
+Devices: a model over HPS tables runs on every device of its ``deployed_device_list``
+(``model.devices``). Each device is an execution lane with ``instances`` executions of its own
+(Triton's instance group: ``count`` per GPU); a batch, inline or not, goes to the device with
+the fewest executions running, ties taken in turn. A device
+has its own embedding caches and worker buffers (``num_of_worker_buffer_in_pool`` per model
+and device), so lanes never wait on each other.
+
 ``close`` refuses new requests, runs every queued one, and waits for running executions.
 """
 
@@ -70,9 +77,10 @@ class Batcher:
         model: the served model.
         executor: worker threads for ``model.execute``.
         max_queue_delay_s: how long the oldest request may wait for others (0: no wait).
-        instances: concurrent executions of this model.
+        instances: concurrent executions of this model on each of its devices.
         max_queue_size: requests allowed to wait.
-        on_batch: called with (model name, requests, samples) after each execution (metrics).
+        on_batch: called with (model name, requests, samples, device) after each execution
+            (metrics; device None for a model without devices).
     """
 
     def __init__(
@@ -92,6 +100,9 @@ class Batcher:
         self.on_batch = on_batch
         self.stats = BatchStats()
         self._instances = max(1, int(instances))
+        self._devices = tuple(getattr(model, "devices", (None,))) or (None,)
+        self._busy = dict.fromkeys(self._devices, 0)  # executions running per device
+        self._turn = 0  # the device a tie (and the next inline batch) goes to
         self._loop = asyncio.get_running_loop()
         self._queue: collections.deque[_Item] = collections.deque()
         self._flush_at: asyncio.Handle | None = None
@@ -101,7 +112,28 @@ class Batcher:
 
     @property
     def instances(self) -> int:
+        """Concurrent executions per device."""
         return self._instances
+
+    @property
+    def devices(self) -> tuple:
+        return self._devices
+
+    def _pick_device(self):
+        """The device of the next batch: the one with the fewest executions running (``_flush``
+        starts a batch only while one runs fewer than ``instances``, so it has a worker buffer
+        free), ties in turn."""
+        n = len(self._devices)
+        order = [self._devices[(self._turn + i) % n] for i in range(n)]
+        order.sort(key=self._busy.__getitem__)  # stable: ties keep their turn
+        device = order[0]
+        self._turn = (self._devices.index(device) + 1) % n
+        return device
+
+    def _execute(self, works: list[Work], device) -> list[InferResult]:
+        if device is None:
+            return self.model.execute(works)
+        return self.model.execute(works, device=device)
 
     @property
     def depth(self) -> int:
@@ -130,7 +162,7 @@ class Batcher:
         """Start batches while an instance is free and requests are queued."""
         self._flush_at = None
         limit = self.model.max_batch_size
-        while self._queue and len(self._running) < self._instances:
+        while self._queue and len(self._running) < self._instances * len(self._devices):
             first = self._queue[0]
             if first.future.done():  # cancelled by its client
                 self._queue.popleft()
@@ -155,45 +187,48 @@ class Batcher:
                 sum(item.work.cost for item in live) <= self.model.inline_cost
                 and time.perf_counter() >= self._inline_from
             ):
-                self._execute_inline(live)
+                self._execute_inline(live, self._pick_device())
             else:
-                task = self._loop.create_task(self._execute_in_thread(live))
+                device = self._pick_device()
+                self._busy[device] += 1
+                task = self._loop.create_task(self._execute_in_thread(live, device))
                 self._running.add(task)
-                task.add_done_callback(self._finished)
+                task.add_done_callback(lambda t, d=device: self._finished(t, d))
 
-    def _finished(self, task: asyncio.Task) -> None:
+    def _finished(self, task: asyncio.Task, device) -> None:
         self._running.discard(task)
+        self._busy[device] -= 1
         if self._queue and self._flush_at is None:
             self._flush_at = self._loop.call_soon(self._flush)
 
-    def _execute_inline(self, live: list[_Item]) -> None:
+    def _execute_inline(self, live: list[_Item], device) -> None:
         started = time.perf_counter()
         try:
-            results = self.model.execute([item.work for item in live])
+            results = self._execute([item.work for item in live], device)
             error = _check_count(results, live)
         except Exception as exc:  # every request of the batch gets the error
             results, error = None, exc
         took = time.perf_counter() - started
         if took > INLINE_MAX_S:
             self._inline_from = started + took + INLINE_BACKOFF_S
-        self._deliver(live, results, error, started)
+        self._deliver(live, results, error, started, device)
 
-    async def _execute_in_thread(self, live: list[_Item]) -> None:
+    async def _execute_in_thread(self, live: list[_Item], device) -> None:
         started = time.perf_counter()
         results, error = None, None
         try:
             results = await self._loop.run_in_executor(
-                self.executor, self.model.execute, [item.work for item in live]
+                self.executor, self._execute, [item.work for item in live], device
             )
             error = _check_count(results, live)
         except BaseException as exc:  # every request of the batch gets the error
             error = exc
             if not isinstance(exc, Exception):
-                self._deliver(live, None, error, started)
+                self._deliver(live, None, error, started, device)
                 raise
-        self._deliver(live, results, error, started)
+        self._deliver(live, results, error, started, device)
 
-    def _deliver(self, live: list[_Item], results, error, started: float) -> None:
+    def _deliver(self, live: list[_Item], results, error, started: float, device=None) -> None:
         if error is not None and not isinstance(error, ServiceUnavailableError):
             log.warning(
                 "model %s: a batch of %d request(s) failed: %s: %s",
@@ -214,11 +249,11 @@ class Batcher:
                     ServiceUnavailableError("the batch was interrupted", location="model")
                 )
         try:
-            self._account(live, started, error is None)
+            self._account(live, started, error is None, device)
         except Exception:  # statistics must never stop the batcher
             log.exception("model %s: accounting failed", self.model.name)
 
-    def _account(self, live: list[_Item], started: float, ok: bool) -> None:
+    def _account(self, live: list[_Item], started: float, ok: bool, device=None) -> None:
         done = time.perf_counter()
         stats = self.stats
         samples = sum(item.work.size for item in live)
@@ -236,7 +271,7 @@ class Batcher:
         if ok:
             stats.inferences += samples
         if self.on_batch is not None:
-            self.on_batch(self.model.name, len(live), samples)
+            self.on_batch(self.model.name, len(live), samples, device)
 
     async def close(self) -> None:
         """Refuse new requests, run the queued ones, wait for the running executions."""

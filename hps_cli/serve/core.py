@@ -3,7 +3,9 @@ their batchers, readiness, in-flight requests, statistics, and the admin operati
 
 Models:
 
-- one lookup model per model of the ps.json given with ``--config`` (models.py);
+- one lookup model per model of the ps.json given with ``--config`` (models.py), each served
+  by a runtime of its own (lookup_configs.py: its config, the server's top-level blocks and
+  its model block), so that it can be loaded, reloaded and unloaded alone;
 - one inference model per package folder of ``--model-repository`` (a folder holding
   ``manifest.json``; served under the folder's name, see inference.py), and one per folder
   holding a TensorFlow SavedModel in Triton's or TF Serving's layout (saved_model.py: what
@@ -12,15 +14,24 @@ Models:
 
 Readiness: the server is ready once every table is loaded, the embedding caches are prefilled
 and every model answered one warm-up request; it stops being ready when it starts draining.
+
+Repository operations (admin): ``load_model`` builds the new model (a lookup model from its
+source, a package from its folder) beside the one it replaces, warms it up, then swaps it in on
+the event loop: a request is queued in the old model's batcher or in the new one's, never in
+both, so every answer comes from one version. The old batcher then runs what it holds and the
+old model and runtime are closed (``unload_model`` does the same without a successor). Admin
+operations, table updates included, run one at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import re
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,9 +46,12 @@ from ..runtime.errors import (
     ServiceUnavailableError,
     Terminated,
 )
+from . import lookup_configs
 from .batcher import Batcher
+from .host_memory import release_free_memory, rss_bytes
 from .limits import INLINE_BYTES, Limits
 from .logs import event
+from .lookup_configs import LookupSource, ServerConfig
 from .metrics import Metrics
 from .models import VERSION, LookupModel, ServedModel
 from .protocol import InferRequest, InferResult, invalid, select_outputs
@@ -88,6 +102,21 @@ class Entry:
     model: ServedModel
     batcher: Batcher
     own_runtime: ServedRuntime | None = None  # closed with the model
+    source: LookupSource | None = None  # a lookup model's config source (reloads)
+
+
+@dataclass
+class Built:
+    """A model built in a worker thread, not yet served."""
+
+    model: ServedModel
+    own_runtime: ServedRuntime | None = None
+    source: LookupSource | None = None
+
+    def close(self) -> None:
+        self.model.close()
+        if self.own_runtime is not None:
+            self.own_runtime.close()
 
 
 class ServerCore:
@@ -95,13 +124,15 @@ class ServerCore:
 
     def __init__(self, options: ServeOptions):
         self.options = options
-        self.runtime: ServedRuntime | None = None
+        self.server = ServerConfig()  # the --config ps.json as it was at start-up
         self.entries: dict[str, Entry] = {}
         self.ready = False
         self.draining = False
         self.metrics = Metrics(self.runtimes)
         self.shared_memory = SharedMemoryRegions(options.allow_shared_memory)
-        threads = options.worker_threads or max(4, 2 * options.instances)
+        # Room for the executions of a model on two devices (--instances each) beside the
+        # encoding of big answers and admin builds.
+        threads = options.worker_threads or max(8, 4 * options.instances)
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
         self.metrics.inflight.set_function(lambda: self._inflight)
@@ -131,8 +162,9 @@ class ServerCore:
 
     def runtimes(self) -> list[ServedRuntime]:
         seen, out = set(), []
-        for handle in [self.runtime] + [e.own_runtime for e in list(self.entries.values())]:
-            if handle is not None and id(handle) not in seen:
+        for entry in list(self.entries.values()):
+            handle = entry.model.runtime
+            if isinstance(handle, ServedRuntime) and id(handle) not in seen:
                 seen.add(id(handle))
                 out.append(handle)
         return out
@@ -147,49 +179,71 @@ class ServerCore:
             raise Terminated()
 
     async def load(self) -> None:
-        """Load the runtime and every model, warm them up, then become ready."""
+        """Load every model (lookup models first), warm them up, then become ready."""
         loop = asyncio.get_running_loop()
-        lookups, packages = await loop.run_in_executor(self.executor, self._load_all)
-        for model in lookups:
-            self._add(model, None)
-        for model, own in packages:
-            self._add(model, own)
+        for built in await loop.run_in_executor(self.executor, self._load_all):
+            self._serve(built)
         self.ready = True
         self.metrics.ready.set(1)
 
-    def _load_all(self):
+    def _load_all(self) -> list[Built]:
         options = self.options
         event(log, "loading", config=str(options.config) if options.config else None)
-        lookups = []
-        if options.config is not None:
-            self.runtime = ServedRuntime(
-                options.checked or options.config,
-                redis_options=options.redis_options,
-                allow_non_finite=options.allow_non_finite,
-                progress=self._load_progress,
-            )
-            for name in self.runtime.config.model_names:
-                model = LookupModel(name, self.runtime)
-                model.warm_up()
-                lookups.append(model)
-        packages = []
+        built: list[Built] = []
         try:
+            if options.config is not None:
+                self.server, models = lookup_configs.server_models(
+                    options.config, options.checked, allow_non_finite=options.allow_non_finite
+                )
+                row_cache = None
+                if self.server.config.persistent_db.enabled:  # one row cache for all of them
+                    from ..runtime.persistent.rocksdb_tier import auto_row_cache_bytes
+
+                    row_cache = auto_row_cache_bytes(lookup_configs.table_bytes(self.server.config))
+                for source, checked in models:
+                    built.append(self._build_lookup(source, checked, row_cache))
+            lookups = {b.model.name: b.own_runtime for b in built}
             for name in self._package_names():
-                if self.runtime is not None and name in self.runtime.config.model_names:
+                if name in lookups:
                     raise ConfigError(
                         f"'{name}' is both a lookup model of {options.config} and a package "
                         f"folder of the model repository",
                         location=str(options.model_repository / name),
                         hint="rename the package folder (it is the inference model's name)",
                     )
-                packages.append(self._build_package(name))
+                built.append(self._build_package(name, lookups))
         except BaseException:
-            for model, own in packages:
-                model.close()
-                if own is not None:
-                    own.close()
+            for done in reversed(built):
+                done.close()
             raise
-        return lookups, packages
+        return built
+
+    def _build_lookup(self, source: LookupSource, checked, row_cache: int | None = None) -> Built:
+        """A lookup model in a runtime of its own (``checked``: the ``Preflight`` of its
+        one-model config), warmed up. Runs in a worker thread."""
+        runtime = ServedRuntime(
+            checked,
+            path=source.label,
+            redis_options=self.options.redis_options,
+            rocksdb_row_cache_bytes=row_cache,
+            allow_non_finite=self.options.allow_non_finite,
+            progress=self._load_progress,
+        )
+        try:
+            model = LookupModel(source.name, runtime)
+            model.warm_up()
+        except BaseException:
+            runtime.close()
+            raise
+        event(
+            log,
+            "model_loaded",
+            model=source.name,
+            kind="lookup",
+            config=source.label,
+            devices=list(model.devices),
+        )
+        return Built(model, runtime, source)
 
     def _package_names(self) -> list[str]:
         repo = self.options.model_repository
@@ -213,19 +267,20 @@ class ServerCore:
             names.append(folder.name)
         return names
 
-    def _build_package(self, name: str):
-        """(InferenceModel or SavedModelModel, its own runtime or None), warmed up. Runs in a
-        worker thread."""
+    def _build_package(self, name: str, lookups: dict[str, ServedRuntime]) -> Built:
+        """An InferenceModel or SavedModelModel, warmed up; ``lookups``: the lookup models'
+        runtimes by name (a package over the same tables uses its model's). Runs in a worker
+        thread."""
         from .inference import InferenceModel, read_manifest
 
         folder = self.options.model_repository / name
         if not (folder / "manifest.json").is_file():
-            return self._build_saved_model(name, folder), None
+            return Built(self._build_saved_model(name, folder))
         manifest = read_manifest(folder)
         _import_recorded_code(folder, manifest)
         own = None
-        runtime = self.runtime
-        if not self._shares_tables(folder, manifest):
+        runtime = self._shared_runtime(folder, manifest, lookups)
+        if runtime is None:
             own = ServedRuntime(
                 folder / manifest["ps_config"],
                 redis_options=self.options.redis_options,
@@ -250,7 +305,7 @@ class ServerCore:
             runtime=str(runtime.path),
             shared_runtime=own is None,
         )
-        return model, own
+        return Built(model, own)
 
     @staticmethod
     def _build_saved_model(name: str, folder: Path) -> ServedModel:
@@ -268,26 +323,35 @@ class ServerCore:
         )
         return model
 
-    def _shares_tables(self, folder: Path, manifest: dict) -> bool:
-        """True when the server's runtime serves exactly the package's model: same model name,
-        and the same table folders (names, dims, files) in the same order. Then the package
-        uses it (one copy of the tables; admin updates reach both); otherwise it gets a runtime
-        of its own from its ps.json."""
+    @staticmethod
+    def _shared_runtime(
+        folder: Path, manifest: dict, lookups: dict[str, ServedRuntime]
+    ) -> ServedRuntime | None:
+        """The runtime of the lookup model that serves exactly the package's model: same model
+        name, and the same table folders (names, dims, files) in the same order. The package
+        then uses it (one copy of the tables; admin updates reach both); otherwise it gets a
+        runtime of its own from its ps.json."""
         from ..runtime.config.validate import load_config
 
         name = manifest["model_name"]
-        if self.runtime is None or name not in self.runtime.config.model_names:
-            return False
-        ours = self.runtime.config.model(name)
+        runtime = lookups.get(name)
+        if runtime is None:
+            return None
+        ours = runtime.config.model(name)
         theirs = load_config(folder / manifest["ps_config"], check_files=False).model(name)
-        return ours.num_tables == theirs.num_tables and all(
+        same = ours.num_tables == theirs.num_tables and all(
             ours.table_name(t) == theirs.table_name(t)
             and ours.embedding_vecsize_per_table[t] == theirs.embedding_vecsize_per_table[t]
             and ours.table_path(t).resolve() == theirs.table_path(t).resolve()
             for t in range(ours.num_tables)
         )
+        return runtime if same else None
 
-    def _add(self, model: ServedModel, own: ServedRuntime | None) -> None:
+    def _serve(self, built: Built) -> Entry | None:
+        """Serve a built model under its name; returns the entry it replaces (still to be
+        drained and closed), if any. Called on the event loop: the swap is atomic for the
+        requests."""
+        model = built.model
         instances = self.options.instances
         cfg = model.runtime.config.model(model.hps_model) if model.runtime is not None else None
         if cfg is not None and cfg.gpucache:  # a lookup holds one of the model's worker buffers
@@ -300,8 +364,10 @@ class ServerCore:
             max_queue_size=self.options.max_queue_size,
             on_batch=self.metrics.on_batch,
         )
-        self.entries[model.name] = Entry(model, batcher, own)
+        old = self.entries.get(model.name)
+        self.entries[model.name] = Entry(model, batcher, built.own_runtime, built.source)
         self.metrics.track_queue(model.name, lambda b=batcher: b.depth)
+        return old
 
     # ------------------------------------------------------------------ requests
 
@@ -415,65 +481,141 @@ class ServerCore:
     # ------------------------------------------------------------------ admin
 
     def _check_package_name(self, name: str) -> Path:
-        if not NAME.match(name):
-            raise invalid("a model name is 1 to 120 of [A-Za-z0-9_-]", "model")
-        if self.runtime is not None and name in self.runtime.config.model_names:
-            raise invalid(
-                f"'{name}' is a lookup model of {self.options.config}; lookup models "
-                "live as long as the server",
-                "model",
-            )
         if self.options.model_repository is None:
-            raise invalid("the server has no model repository (--model-repository)", "model")
+            raise NotFoundError(
+                f"no model '{name}': it is no lookup model of the server's ps.json and the "
+                "server has no model repository (--model-repository)",
+                location="model",
+                hint="load a lookup model with parameters.config (a model block or a ps.json)",
+            )
         folder = self.options.model_repository / name
         if not is_model_folder(folder):
             raise NotFoundError(
                 f"no package '{name}' (a folder with manifest.json, or a SavedModel) in the "
-                f"model repository {self.options.model_repository}",
+                f"model repository {self.options.model_repository}, and no lookup model "
+                "of that name in the server's ps.json",
                 location="model",
             )
         return folder
 
-    async def load_model(self, name: str) -> None:
-        """(Re)load a package of the repository. A loaded one is unloaded first (its
-        in-flight requests finish), so a package with its own RocksDB can reopen it."""
+    def _lookup_source(self, name: str, parameters: dict) -> LookupSource | None:
+        """Where lookup model ``name`` is (re)loaded from; None: it is a package. Reads files:
+        runs in a worker thread."""
+        source = lookup_configs.source_of_parameters(name, parameters, self.server)
+        if source is not None:
+            return source
+        entry = self.entries.get(name)
+        if entry is not None and entry.source is not None:
+            return lookup_configs.refreshed(entry.source)
+        repo = self.options.model_repository
+        if entry is None and repo is not None and is_model_folder(repo / name):
+            return None
+        if entry is None and self.server.path is not None:
+            return lookup_configs.source_of_file(name, self.server.path)
+        return None
+
+    def _lookup_runtimes(self) -> dict[str, ServedRuntime]:
+        return {
+            name: entry.own_runtime
+            for name, entry in self.entries.items()
+            if entry.model.kind == "lookup" and entry.own_runtime is not None
+        }
+
+    def _check_unshared(self, name: str, entry: Entry) -> None:
+        """Refuse to replace or remove a lookup model whose runtime packages use."""
+        if entry.own_runtime is None:
+            return
+        users = sorted(
+            n
+            for n, e in self.entries.items()
+            if e is not entry and e.model.runtime is entry.own_runtime
+        )
+        if users:
+            raise invalid(
+                f"inference model(s) {', '.join(users)} use the tables of '{name}'; unload "
+                "them first (a package loaded afterwards uses the new tables)",
+                "model",
+            )
+
+    def _build_checked_lookup(self, source: LookupSource) -> Built:
+        checked = lookup_configs.checked(
+            source, self.server, allow_non_finite=self.options.allow_non_finite
+        )
+        return self._build_lookup(source, checked)
+
+    async def load_model(self, name: str, parameters: dict | None = None) -> None:
+        """(Re)load model ``name``: a lookup model from ``parameters`` (lookup_configs.py), from
+        the source it was loaded from, or from the server's ps.json; else the package of that
+        name in the repository. The new model is built and warmed up beside the one it
+        replaces, then swapped in; the old one finishes what it holds and is closed."""
         async with self._admin:
             if not self.ready:
                 raise ServiceUnavailableError("the server is not ready", location="server")
-            self._check_package_name(name)
-            if name in self.entries:
-                await self._unload(name)
+            if not NAME.match(name):
+                raise invalid("a model name is 1 to 120 of [A-Za-z0-9_-]", "model")
             loop = asyncio.get_running_loop()
-            model, own = await loop.run_in_executor(self.executor, self._build_package, name)
-            self._add(model, own)
+            source = await loop.run_in_executor(
+                self.executor, self._lookup_source, name, parameters or {}
+            )
+            current = self.entries.get(name)
+            if current is not None:
+                if (current.model.kind == "lookup") != (source is not None):
+                    raise invalid(
+                        f"'{name}' is a loaded {current.model.kind} model; unload it first",
+                        "model",
+                    )
+                self._check_unshared(name, current)
+            if source is not None:
+                built = await loop.run_in_executor(
+                    self.executor, self._build_checked_lookup, source
+                )
+            else:
+                self._check_package_name(name)
+                built = await loop.run_in_executor(
+                    self.executor, self._build_package, name, self._lookup_runtimes()
+                )
+            old = self._serve(built)
+            if old is not None:
+                await self._retire(name, old, "model_replaced")
 
     async def unload_model(self, name: str) -> None:
+        """Stop serving ``name``: new requests get 404, queued and running ones finish, then
+        its model and runtime are closed (caches, tiers and device memory freed)."""
         async with self._admin:
-            if self.runtime is not None and name in self.runtime.config.model_names:
-                raise invalid(
-                    f"'{name}' is a lookup model of {self.options.config}; lookup "
-                    "models live as long as the server",
-                    "model",
-                )
-            self.entry(name)
-            await self._unload(name)
+            entry = self.entry(name)
+            self._check_unshared(name, entry)
+            del self.entries[name]
+            self.metrics.forget(name)
+            await self._retire(name, entry, "model_unloaded")
 
-    async def _unload(self, name: str) -> None:
-        entry = self.entries.pop(name)
-        self.metrics.forget(name)
+    async def _retire(self, name: str, entry: Entry, what: str) -> None:
+        """Drain a model that no longer takes requests, then close it; the log event says how
+        long each took and the resident memory before and after."""
+        started = time.perf_counter()
         await entry.batcher.close()
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self.executor, self._close_entry, entry)
-        event(log, "model_unloaded", model=name)
+        drained = time.perf_counter()
+        rss_before = rss_bytes()
+        await asyncio.get_running_loop().run_in_executor(self.executor, self._close_entry, entry)
+        event(
+            log,
+            what,
+            model=name,
+            drain_ms=round((drained - started) * 1000, 3),
+            close_ms=round((time.perf_counter() - drained) * 1000, 3),
+            rss_before=rss_before,
+            rss_after=rss_bytes(),
+        )
 
     @staticmethod
     def _close_entry(entry: Entry) -> None:
         entry.model.close()
         if entry.own_runtime is not None:
             entry.own_runtime.close()
+        gc.collect()
+        release_free_memory()
 
     def repository_index(self) -> list[dict]:
-        names = set(self.entries)
+        names = set(self.entries) | lookup_configs.model_names(self.server)
         if self.options.model_repository is not None and self.options.model_repository.is_dir():
             names |= {
                 p.name
@@ -504,8 +646,20 @@ class ServerCore:
         vectors: np.ndarray | None = None,
     ) -> int:
         """Insert or remove rows of a table of a served model's runtime (every tier and the
-        cached copies); returns the number of keys. Vectors holding NaN or Inf are refused
-        (400) unless the server runs with --allow-non-finite."""
+        cached copies on every device); returns the number of keys. Vectors holding NaN or Inf
+        are refused (400) unless the server runs with --allow-non-finite. Runs between loads,
+        never during one: an update reaches the version that serves when it starts."""
+        async with self._admin:
+            return await self._update_table(name, table, operation, keys, vectors)
+
+    async def _update_table(
+        self,
+        name: str,
+        table: str,
+        operation: str,
+        keys: np.ndarray,
+        vectors: np.ndarray | None = None,
+    ) -> int:
         if not self.ready:
             raise ServiceUnavailableError("the server is not ready", location="server")
         entry = self.entry(name)
@@ -572,14 +726,16 @@ class ServerCore:
             return False
 
     async def close(self) -> None:
-        for name in list(self.entries):
-            entry = self.entries.pop(name)
+        """Run what every batcher holds, then close the models and their runtimes (batchers
+        first: a package may use a lookup model's runtime)."""
+        entries = list(self.entries.values())
+        self.entries.clear()
+        for entry in entries:
             await entry.batcher.close()
+        for entry in entries:
             await asyncio.get_running_loop().run_in_executor(
                 self.executor, self._close_entry, entry
             )
-        if self.runtime is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, self.runtime.close)
         self.executor.shutdown(wait=True)
         self._decoder.shutdown(wait=True)
         self.shared_memory.close()

@@ -132,6 +132,21 @@ def parse_request(message: service_pb2.ModelInferRequest, shared_memory=None) ->
     return request
 
 
+def load_parameters(params) -> dict:
+    """A RepositoryModelLoad's parameters as plain values (bytes as UTF-8 text)."""
+    out = {}
+    for key, value in params.items():
+        kind = value.WhichOneof("parameter_choice")
+        item = getattr(value, kind) if kind else None
+        if isinstance(item, bytes):
+            try:
+                item = item.decode("utf-8")
+            except UnicodeDecodeError:
+                raise invalid("must be UTF-8 text", f"parameters.{key}") from None
+        out[key] = item
+    return out
+
+
 def decode_request(data: bytes, shared_memory=None) -> InferRequest:
     """A serialized ModelInferRequest, decoded (the size checks were done)."""
     try:
@@ -318,11 +333,7 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     async def RepositoryModelLoad(self, request, context):
         async def work():
             self._admin(context)
-            if request.parameters:
-                raise invalid(
-                    "load parameters (config overrides, files) are not supported", "parameters"
-                )
-            await self.core.load_model(request.model_name)
+            await self.core.load_model(request.model_name, load_parameters(request.parameters))
             return service_pb2.RepositoryModelLoadResponse()
 
         return await self._call("RepositoryModelLoad", context, work, request.model_name)

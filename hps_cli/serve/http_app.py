@@ -10,7 +10,8 @@ Endpoints (``[/versions/{v}]`` is optional; the only version is ``1``):
   {name}]/status``, ``POST .../region/{name}/register`` ``{key, offset, byte_size}``,
   ``POST /v2/systemsharedmemory[/region/{name}]/unregister``;
 - admin (bearer token): ``POST /v2/repository/index``,
-  ``POST /v2/repository/models/{m}/load|unload``,
+  ``POST /v2/repository/models/{m}/load`` (optional ``{"parameters": {"config": "<json>"}}`` or
+  ``{"parameters": {"ps_config": "<path>"}}``: core.py, lookup_configs.py), ``.../unload``,
   ``POST /v2/admin/models/{m}/tables/{table}/insert|remove``.
 
 Every error is ``{"error": "<field>: <message>"}`` with Triton's status mapping (protocol.py);
@@ -213,15 +214,15 @@ def build_app(core: ServerCore) -> web.Application:
     async def load(request):
         admin(request)
         body = await body_of(request)
+        parameters = {}
         if body.strip():
             doc = parse_json(body)
             if not isinstance(doc, dict):
                 raise invalid("the body must be a JSON object", "body")
-            if doc.get("parameters"):
-                raise invalid(
-                    "load parameters (config overrides, files) are not supported", "parameters"
-                )
-        await core.load_model(request.match_info["model"])
+            parameters = doc.get("parameters") or {}
+            if not isinstance(parameters, dict):
+                raise invalid("must be a JSON object", "parameters")
+        await core.load_model(request.match_info["model"], parameters)
         return _empty()
 
     async def unload(request):

@@ -88,6 +88,7 @@ class InferenceModel(ServedModel):
                 f"the runtime has no model '{hps_model}'", location=str(folder / "manifest.json")
             ) from None
         super().__init__(name, runtime, hps_model, cfg.max_batch_size)
+        self.devices = tuple(cfg.deployed_device_list)
         self.folder = Path(folder)
         self.manifest = manifest
         self._check_tables(cfg)
@@ -269,7 +270,9 @@ class InferenceModel(ServedModel):
             fit_dtype(arrays[name], dtype, name)  # ids the dense part also reads must fit it
         return Work(batch, request, {"arrays": arrays, "sparse": sparse, "keys": keys})
 
-    def execute(self, works: list[Work]) -> list[InferResult]:
+    def execute(self, works: list[Work], device: int | None = None) -> list[InferResult]:
+        """The batch's lookups on ``device`` (default: the last deployed one), then one dense
+        call."""
         arrays, sparse, sizes = _merge(works, self.batch_inputs, list(self.sparse))
         keys = _merge_keys(works)
         feed = {}
@@ -279,12 +282,12 @@ class InferenceModel(ServedModel):
             if fmt == "sparse":
                 ids = sparse[name]
                 vectors = hps.lookup(
-                    ids["values"].astype(np.int64, copy=False), self.hps_model, table_id
+                    ids["values"].astype(np.int64, copy=False), self.hps_model, table_id, device
                 )
                 value = _segment_combine(vectors, ids["rows"], ids["batch"], combiner)
             else:
                 ids = keys[name]
-                vectors = hps.lookup(ids.reshape(-1), self.hps_model, table_id)
+                vectors = hps.lookup(ids.reshape(-1), self.hps_model, table_id, device)
                 value = vectors.reshape(ids.shape + (dim,))
                 if combiner != "none":
                     value = _combine(value.reshape(ids.shape[0], -1, dim), combiner)

@@ -7,6 +7,9 @@ Request side (updated by the HTTP and gRPC front ends and the batchers):
 - ``hps_request_duration_seconds{model, protocol}``: latency histogram, receipt to answer;
 - ``hps_queue_depth{model}``: requests waiting in the batcher;
 - ``hps_batch_requests{model}`` / ``hps_batch_samples{model}``: sizes of executed batches;
+- ``hps_executions_total{model, device}`` / ``hps_execution_requests_total{model, device}`` /
+  ``hps_execution_samples_total{model, device}``: batches run on each device of the model's
+  ``deployed_device_list``, and their requests and samples (``device=""`` for SavedModels);
 - ``hps_client_disconnects_total{protocol}``: requests whose client went away before the
   answer (not counted in ``hps_requests_total``);
 - ``hps_ready``: 1 when the server is ready; ``hps_inflight_requests``: requests being
@@ -20,7 +23,9 @@ Runtime side, read from the HPS runtimes at every scrape:
 - ``hps_table_lookup_seconds{model, table, quantile}``: lookup latency percentiles;
 - ``hps_cache_keys_total{model, table, device, result}`` (``hit``/``miss``),
   ``hps_cache_hit_rate``, ``hps_cache_capacity`` and ``hps_cache_occupancy`` (slots used) of
-  each embedding cache.
+  each embedding cache;
+- ``hps_worker_buffer_waits_total{model, device}``: lookups that found every worker buffer of
+  the model on that device busy and waited for one.
 """
 
 from __future__ import annotations
@@ -107,6 +112,24 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=self.registry,
         )
+        self.executions = Counter(
+            "hps_executions",
+            "Batches run, by model and device",
+            ["model", "device"],
+            registry=self.registry,
+        )
+        self.execution_requests = Counter(
+            "hps_execution_requests",
+            "Requests of the batches run, by model and device",
+            ["model", "device"],
+            registry=self.registry,
+        )
+        self.execution_samples = Counter(
+            "hps_execution_samples",
+            "Samples of the batches run, by model and device",
+            ["model", "device"],
+            registry=self.registry,
+        )
         self.client_disconnects = Counter(
             "hps_client_disconnects",
             "Requests whose client went away before the answer (not errors)",
@@ -122,6 +145,7 @@ class Metrics:
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
         self._children: dict = {}
+        self._device_children: dict = {}  # (model, device) -> the per-device counters
 
     def observe(self, model: str, protocol: str, code: str | int, seconds: float) -> None:
         key = (model, protocol, code)
@@ -136,9 +160,19 @@ class Metrics:
         if children[1] is not None:
             children[1].observe(seconds)
 
-    def on_batch(self, model: str, requests: int, samples: int) -> None:
+    def on_batch(self, model: str, requests: int, samples: int, device=None) -> None:
         self.batch_requests.labels(model).observe(requests)
         self.batch_samples.labels(model).observe(samples)
+        key = (model, "" if device is None else str(device))
+        children = self._device_children.get(key)
+        if children is None:
+            children = self._device_children[key] = tuple(
+                metric.labels(*key)
+                for metric in (self.executions, self.execution_requests, self.execution_samples)
+            )
+        children[0].inc()
+        children[1].inc(requests)
+        children[2].inc(samples)
 
     def track_queue(self, model: str, depth) -> None:
         self.queue_depth.labels(model).set_function(depth)
@@ -150,6 +184,13 @@ class Metrics:
                 metric.remove(model)
             except KeyError:
                 pass
+        for key in [k for k in self._device_children if k[0] == model]:
+            del self._device_children[key]
+            for metric in (self.executions, self.execution_requests, self.execution_samples):
+                try:
+                    metric.remove(*key)
+                except KeyError:
+                    pass
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0: any free port); returns the port."""
@@ -212,18 +253,22 @@ class _RuntimeCollector:
             "Slots in use in the embedding cache",
             labels=["model", "table", "device"],
         )
+        waits = CounterMetricFamily(
+            "hps_worker_buffer_waits",
+            "Lookups that waited for a worker buffer, by model and device",
+            labels=["model", "device"],
+        )
+        families = (keys, rate, latency, cache_keys, cache_rate, capacity, occupancy, waits)
         for handle in self.runtimes():
             try:
-                self._collect_runtime(
-                    handle, keys, rate, latency, cache_keys, cache_rate, capacity, occupancy
-                )
+                self._collect_runtime(handle, *families)
             except Exception:  # a closing runtime must not break the scrape
                 log.debug("metrics: runtime %s skipped", handle.path, exc_info=True)
-        yield from (keys, rate, latency, cache_keys, cache_rate, capacity, occupancy)
+        yield from families
 
     @staticmethod
     def _collect_runtime(
-        handle, keys, rate, latency, cache_keys, cache_rate, capacity, occupancy
+        handle, keys, rate, latency, cache_keys, cache_rate, capacity, occupancy, waits
     ) -> None:
         hps = handle.hps
         for model, tables in hps.stats().items():
@@ -241,6 +286,9 @@ class _RuntimeCollector:
                     latency.add_metric([model, table, q], snap["latency"].get(f"{q}_s", 0.0))
         for cfg in hps.config.models:
             for device in cfg.deployed_device_list:
+                pool = hps.worker_pool(cfg.model, device)
+                if pool is not None:
+                    waits.add_metric([cfg.model, str(device)], pool.waits)
                 for t in range(cfg.num_tables):
                     front = hps.front_cache(cfg.model, t, device)
                     if front is None:

@@ -3,13 +3,15 @@
 A served model validates a request (``prepare`` -> a ``Work`` with its size in samples, or an
 ``InvalidInputError`` naming the field), runs a batch of works in one go (``execute``, called in
 a worker thread, never on the event loop), and describes itself (``metadata``, ``config``).
+A model over HPS tables runs on the devices of its ``deployed_device_list`` (``devices``): the
+batcher picks one for each batch and passes it to ``execute(works, device=...)``.
 
 Lookup model (one per model of ps.json), exactly the Triton HPS backend's contract:
 
 - ``KEYS`` INT64 ``[1, total]`` (or ``[total]``): the keys of table 0, then table 1, ...;
 - ``NUMKEYS`` INT32 ``[1, n_tables]`` (or ``[n_tables]``): how many keys belong to each table;
 - ``OUTPUT0`` FP32 ``[1, sum_t NUMKEYS[t] * dim_t]``: the vectors, table-major, in key order;
-  response parameters ``NumSample`` and ``DeviceID``.
+  response parameters ``NumSample`` and ``DeviceID`` (the device that served the batch).
 
 A request is ``ceil(total / sum(maxnum_catfeature_query_per_table_per_sample))`` samples (the
 backend's NumSample); more than ``max_batch_size`` samples is an error. Concurrent requests are
@@ -76,6 +78,8 @@ class ServedModel(ABC):
         runtime: the ``ServedRuntime`` whose tables it reads; hps_model: the ps.json model.
         inline_cost: batches whose works cost at most this run on the event loop (batcher.py);
             0: always in a worker thread.
+        devices: where executions run: the model's ``deployed_device_list`` (``execute`` takes
+            ``device=``), or ``(None,)`` for a model without devices (``execute(works)``).
     """
 
     kind = "model"
@@ -83,6 +87,7 @@ class ServedModel(ABC):
     backend = ""
     version = VERSION
     inline_cost = 0
+    devices: tuple = (None,)
 
     def __init__(self, name: str, runtime, hps_model: str, max_batch_size: int):
         self.name = name
@@ -113,12 +118,20 @@ class ServedModel(ABC):
             "max_batch_size": self.config_max_batch_size,
             "input": [t.config() for t in self.inputs],
             "output": [t.config() for t in self.outputs],
-            "instance_group": [{"name": f"{self.name}_0", "kind": "KIND_CPU", "count": instances}],
+            "instance_group": [self._instance_group(instances)],
             "parameters": {k: {"string_value": str(v)} for k, v in self.parameters().items()},
         }
         if self.config_max_batch_size > 0:
             doc["dynamic_batching"] = {"max_queue_delay_microseconds": max_queue_delay_us}
         return doc
+
+    def _instance_group(self, instances: int) -> dict:
+        """Triton's instance group: ``count`` executions on each device (``gpus``: the device
+        ids, whether their caches are on GPUs or on the NumPy reference)."""
+        group = {"name": f"{self.name}_0", "kind": "KIND_CPU", "count": instances}
+        if self.devices != (None,):
+            group.update(kind="KIND_GPU", gpus=list(self.devices))
+        return group
 
     def parameters(self) -> dict:
         return {"hps_model": self.hps_model, "max_batch_size": self.max_batch_size}
@@ -186,7 +199,7 @@ class LookupModel(ServedModel):
         self.num_tables = cfg.num_tables
         self.dims = list(cfg.embedding_vecsize_per_table)
         self.keys_per_sample = max(1, sum(cfg.maxnum_catfeature_query_per_table_per_sample))
-        self.device = cfg.deployed_device_list[-1]
+        self.devices = tuple(cfg.deployed_device_list)
         self.uint32_keys = not runtime.config.supportlonglong
         self.inputs = [
             TensorSpec("KEYS", "INT64", (-1, -1)),
@@ -246,15 +259,19 @@ class LookupModel(ServedModel):
             cost=flat.size,
         )
 
-    def execute(self, works: list[Work]) -> list[InferResult]:
+    def execute(self, works: list[Work], device: int | None = None) -> list[InferResult]:
+        """One ``lookup_tables`` for the batch on ``device`` (default: the last deployed one,
+        as HPS's)."""
         hps = self.runtime.hps
+        if device is None:
+            device = self.devices[-1]
         if len(works) == 1:
-            per_table = [hps.lookup_tables(works[0].data["keys"], self.hps_model, self.device)]
+            per_table = [hps.lookup_tables(works[0].data["keys"], self.hps_model, device)]
         else:
             merged = [
                 np.concatenate([w.data["keys"][t] for w in works]) for t in range(self.num_tables)
             ]
-            vectors = hps.lookup_tables(merged, self.hps_model, self.device)
+            vectors = hps.lookup_tables(merged, self.hps_model, device)
             per_table = [[] for _ in works]
             for t, table in enumerate(vectors):
                 at = 0
@@ -274,14 +291,15 @@ class LookupModel(ServedModel):
             results.append(
                 InferResult(
                     [Tensor("OUTPUT0", "FP32", out)],
-                    {"NumSample": work.data["samples"], "DeviceID": self.device},
+                    {"NumSample": work.data["samples"], "DeviceID": device},
                 )
             )
         return results
 
     def warm_up(self) -> None:
         keys = [np.zeros(1, np.int64) for _ in range(self.num_tables)]
-        self.runtime.hps.lookup_tables(keys, self.hps_model, self.device)
+        for device in self.devices:
+            self.runtime.hps.lookup_tables(keys, self.hps_model, device)
 
 
 def _check_row(tensor: Tensor, name: str, expected: str) -> bool:

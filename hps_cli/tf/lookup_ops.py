@@ -16,6 +16,11 @@ Checks, as NVIDIA's plugin does them (``lookup_manager.cpp``):
 - at every execution: the same against the running runtime, and at most
   ``max_batch_size × maxnum_catfeature_query_per_table_per_sample[table_id]`` keys per lookup.
 
+Devices, as the plugin's: under a ``tf.distribute`` strategy (MirroredStrategy), the lookup
+built in the context of replica ``r`` runs on ``deployed_device_list[r]`` of its model (its
+embedding caches and worker buffers); outside a strategy, or in its cross-replica context, on the
+model's default device (the last of the list).
+
 Errors are ``LookupInputError`` (an ``InvalidInputError`` and a ``ValueError``): in graphs
 TensorFlow reports them as ``InvalidArgumentError`` with the same message.
 """
@@ -115,6 +120,7 @@ class TableLookup:
         self._checked: object = None
         self._capacity = 0
         self._long = True
+        self._devices: tuple[int, ...] = ()
 
     def _check(self, hps) -> None:
         if self._checked is hps:
@@ -125,12 +131,27 @@ class TableLookup:
         self._name = model.table_name(self.table_id)
         self._per_sample = model.maxnum_catfeature_query_per_table_per_sample[self.table_id]
         self._max_batch = model.max_batch_size
+        self._devices = tuple(model.deployed_device_list)
         self._checked = hps
 
-    def __call__(self, keys: np.ndarray) -> np.ndarray:
+    def device(self, replica: int) -> int | None:
+        """The device of replica ``replica`` (-1: outside a strategy: the model's default)."""
+        if replica < 0:
+            return None
+        if replica >= len(self._devices):
+            raise LookupInputError(
+                f"replica {replica} has no device: model '{self.model_name}' has "
+                f"deployed_device_list {list(self._devices)} (HPS: one entry per replica)",
+                location="deployed_device_list",
+                hint="list one device per replica in sync, e.g. [0, 1] for two",
+            )
+        return self._devices[replica]
+
+    def __call__(self, keys: np.ndarray, replica=-1) -> np.ndarray:
         try:
             hps = process_runtime.runtime(self.ps_config_file, self.global_batch_size)
             self._check(hps)
+            device = self.device(int(replica))
             flat = keys.reshape(-1)
             if flat.size > self._capacity:
                 raise LookupInputError(
@@ -143,10 +164,18 @@ class TableLookup:
                 )
             if not self._long and flat.dtype == np.int32:
                 flat = flat.view(np.uint32)  # HPS reads 32-bit keys as unsigned int
-            out = hps.lookup(flat, self.model_name, self.table_id)
+            out = hps.lookup(flat, self.model_name, self.table_id, device)
         except HpsError as exc:
             raise LookupInputError.from_error(exc) from None
         return np.asarray(out, dtype=np.float32).reshape(keys.shape + (self.dim,))
+
+
+def replica_id() -> tf.Tensor:
+    """The id of the replica whose context the op is built in (int32 scalar), or -1 outside a
+    distribution strategy and in its cross-replica context."""
+    if not tf.distribute.has_strategy() or tf.distribute.in_cross_replica_context():
+        return tf.constant(-1, tf.int32)
+    return tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
 
 
 def check_layer(
@@ -202,7 +231,7 @@ def lookup(
         str(ps_config_file) if ps_config_file else None,
         global_batch_size,
     )
-    out = tf.numpy_function(body, [ids], tf.float32, name=name or "hps_lookup")
+    out = tf.numpy_function(body, [ids, replica_id()], tf.float32, name=name or "hps_lookup")
     out.set_shape(ids.shape.concatenate([emb_vec_size]))
     return clip(out, max_norm)
 

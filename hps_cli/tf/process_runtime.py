@@ -78,8 +78,9 @@ def _replicas() -> int:
 
 
 def _check_batch(config: PsConfig, global_batch_size: int, path: Path) -> None:
-    """HPS's init check: global_batch_size splits evenly over the replicas and each replica's
-    share fits every model's max_batch_size."""
+    """HPS's init checks: global_batch_size splits evenly over the replicas, each replica's
+    share fits every model's max_batch_size, and with several replicas every model lists one
+    device per replica (replica r looks up on ``deployed_device_list[r]``)."""
     replicas = _replicas()
     if global_batch_size % replicas:
         raise InvalidInputError(
@@ -88,6 +89,14 @@ def _check_batch(config: PsConfig, global_batch_size: int, path: Path) -> None:
             location="global_batch_size",
         )
     for i, model in enumerate(config.models):
+        if replicas > 1 and len(model.deployed_device_list) != replicas:
+            raise InvalidInputError(
+                f"model '{model.model}' lists {len(model.deployed_device_list)} device(s) in "
+                f"deployed_device_list but {replicas} replicas are in sync",
+                location=f"{path} $.models[{i}].deployed_device_list",
+                hint=f"list one device per replica (replica r uses entry r), e.g. "
+                f"{list(range(replicas))}",
+            )
         if global_batch_size // replicas > model.max_batch_size:
             raise InvalidInputError(
                 f"global_batch_size {global_batch_size} exceeds max_batch_size "

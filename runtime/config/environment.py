@@ -88,4 +88,11 @@ ENVIRONMENT = (
         "unset",
         "the test suite (`tests/conftest.py`)",
     ),
+    EnvironmentVariable(
+        "HPS_REQUIRE_GPUS",
+        "`N`: the machine has N GPUs: a test needing up to N GPUs (two-device serving) that "
+        "would be skipped fails instead (scripts/gpu_check.sh sets it to the GPU count).",
+        "unset",
+        "the test suite (`tests/helpers/gpus.py`)",
+    ),
 )

@@ -80,12 +80,15 @@ FIELDS: dict[str, Field] = {
     "$.models[].network_file": _i(_OLD_BACKEND),
     "$.models[].num_of_worker_buffer_in_pool": _h(
         "worker buffers per model and device (runtime/worker_pool.py); hps serve runs at most "
-        "this many lookups of a cached model at once"
+        "this many lookups of a cached model at once on each device"
     ),
     "$.models[].num_of_refresher_buffer_in_pool": _h(
         "refresh steps run at once per model and device (runtime/gpu/refresh.py)"
     ),
-    "$.models[].deployed_device_list": _h("one embedding cache per device; lookups by device"),
+    "$.models[].deployed_device_list": _h(
+        "one embedding cache per device; hps serve spreads a model's batches over the devices, "
+        "the TensorFlow layers look up on their replica's"
+    ),
     "$.models[].max_batch_size": _h(
         "hps serve's samples per batch; the TensorFlow layers' key capacity"
     ),

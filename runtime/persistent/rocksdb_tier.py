@@ -16,6 +16,11 @@ What differs from HPS:
   (rocksdb_replace.py; the family keeps HPS's name throughout). A failed build leaves the
   database untouched; a kill leaves the old table or the new one in the family, and an
   incomplete record, so the next start reloads.
+- Runtimes of one process share the open database (rocksdb_shared.py). When one of them
+  replaces a family that another is serving, the other keeps reading the version it loaded
+  through a RocksDB snapshot taken just before the replacement (its table is *pinned*: updates
+  through it are refused), until it closes; a runtime that opens the table afterwards reads
+  the new version.
 - ``insert`` and ``remove`` also write the table's update journal (rocksdb_families.py) in the
   same write batch; start-up replays it over the volatile tier and the caches it fills from the
   table files, so updates outlive the process.
@@ -39,6 +44,7 @@ import logging
 import os
 import shutil
 import threading
+import weakref
 from pathlib import Path
 from typing import Callable
 
@@ -121,6 +127,8 @@ class RocksDbStore:
         self._row_cache = rd.Cache(int(row_cache_bytes)) if row_cache_bytes else None
         self._lock = threading.Lock()  # guards family creation and drops
         self._tables: dict[str, RocksDbTable] = {}
+        # Tables that another runtime's replacement of their family pinned to the old version.
+        self._pinned: weakref.WeakSet[RocksDbTable] = weakref.WeakSet()
         self._state = self.manifest_state()
         self.db = self._open()
         if not read_only:  # holding the lock: leftovers of a dead loader beside it can go
@@ -205,6 +213,8 @@ class RocksDbStore:
         if not self.read_only or state == self._state or self.db is None:
             return None
         with self._lock:
+            if state == self._state or self.db is None:  # another watcher of the store did it
+                return None
             self._state = state
             try:
                 new = self._open()
@@ -254,9 +264,11 @@ class RocksDbStore:
 
     def close(self) -> None:
         with self._lock:
-            for table in self._tables.values():
-                table.detach()  # family handles keep the database (and its lock) alive
+            for table in [*self._tables.values(), *self._pinned]:
+                # family handles and snapshots keep the database (and its lock) alive
+                table.detach()
             self._tables.clear()
+            self._pinned.clear()
             if self.db is not None:
                 try:
                     self.db.close()
@@ -370,6 +382,10 @@ class RocksDbStore:
 
     def _swap_in(self, tag: str, files: list[str], record: dict, staging: Path) -> None:
         with self._lock:
+            serving = self._tables.pop(tag, None)
+            if serving is not None:  # another runtime of the process reads this family
+                serving.pin()
+                self._pinned.add(serving)
             replace_family(
                 self.db,
                 tag,
@@ -391,6 +407,7 @@ class RocksDbTable:
         self._cf = handle
         self._cf_handle = write_handle  # what WriteBatch.set_default_column_family takes
         self._moving = RWLock()  # gets share it; move_to takes it alone
+        self._snapshot = None  # pinned: the family as it was before another runtime replaced it
 
     def move_to(self, handle, write_handle) -> None:
         """Serve from another instance of the database (a reopened read-only one) from now
@@ -403,8 +420,18 @@ class RocksDbTable:
         """Whether the database was opened read-only (then insert and remove must not come)."""
         return self.store.read_only
 
+    def pin(self) -> None:
+        """Read the family as it is now from here on (a snapshot), whatever replaces its
+        content later; updates through this table are refused from now on."""
+        with self._moving.write():
+            self._snapshot = self._cf.snapshot()
+
+    @property
+    def pinned(self) -> bool:
+        return self._snapshot is not None
+
     def detach(self) -> None:
-        self._cf = self._cf_handle = None
+        self._cf = self._cf_handle = self._snapshot = None
 
     def get(self, keys: np.ndarray, out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Vectors of ``keys`` (int64): returns ``(out, hit)``; miss rows of ``out`` untouched."""
@@ -451,10 +478,13 @@ class RocksDbTable:
         # Single gets use RocksDB's row cache; the batched MultiGet does not (measured: with a
         # warm row cache single gets are 2.4-2.8x a MultiGet on default options, see
         # docs/benchmarks.md; a big block cache alone gives 1.2-1.3x).
+        if self._snapshot is not None:
+            return [_snapshot_get(self._snapshot, key) for key in keys]
         return list(map(self._cf.get, keys))
 
     def insert(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         """Upsert rows; each batch also journals them (one write: both or neither)."""
+        self._check_writable()
         rd = rocksdict_module()
         raw = np.ascontiguousarray(vectors, dtype="<f4").tobytes()
         value_bytes = 4 * self.dim
@@ -473,6 +503,7 @@ class RocksDbTable:
 
     def remove(self, keys: np.ndarray) -> None:
         """Delete rows; each batch also journals the removals."""
+        self._check_writable()
         rd = rocksdict_module()
         step = self.store.max_batch_size
         kl = key_bytes(keys, self.key_width)
@@ -485,3 +516,23 @@ class RocksDbTable:
                 batch.delete(key)
                 batch.put(journal + key, JOURNAL_REMOVE, default)
             self.store.db.write(batch)
+
+    def _check_writable(self) -> None:
+        if self._snapshot is not None:
+            raise InvalidInputError(
+                f"column family '{self.tag}' was reloaded by another runtime of this process: "
+                "this one serves the version it loaded and takes no updates",
+                location=str(self.store.path),
+                hint="reload this runtime (its model) to serve and update the new version",
+            )
+
+
+def _snapshot_get(snapshot, key: bytes):
+    """A key's value in a snapshot, None when it holds none (rocksdict's snapshots have no
+    ``get``; a missing key raises a plain Exception saying so)."""
+    try:
+        return snapshot[key]
+    except Exception as exc:  # noqa: BLE001 - told apart by RocksDB's text below
+        if str(exc) == "key not found":
+            return None
+        raise
