@@ -191,7 +191,9 @@ def test_read_only_database_errors(two_tables):
 def test_runtimes_of_one_process_share_a_database_and_a_reload_does_not_mix(two_tables):
     """Two runtimes of one process over one RocksDB database (hps serve gives every lookup
     model its own): the second shares the open database. When the second reloads a changed
-    table, the first keeps reading the version it loaded; the last one closes the database."""
+    table (its family's content replaced in place), the first keeps reading the version it
+    loaded (a snapshot) and refuses updates of it, while the second's updates go through; the
+    last one closes the database."""
     tmp, tables, dims = two_tables
     doc = ps_config(tables, dims, volatile={}, persistent=rocks_db(tmp / "db"))  # RocksDB only
     keys = np.arange(0, 500, 7, dtype=np.int64)
@@ -206,15 +208,24 @@ def test_runtimes_of_one_process_share_a_database_and_a_reload_does_not_mix(two_
             np.testing.assert_array_equal(
                 first.lookup(keys, "m", "users"), synthetic_vectors(keys, 8)
             )
-        np.testing.assert_array_equal(  # the first still holds the database
+            row = np.full((1, 8), 0.5, np.float32)
+            with pytest.raises(InvalidInputError, match="reloaded by another runtime"):
+                first.insert("m", "users", keys[:1], row)
+            second.insert("m", "users", keys[:1], row)
+            np.testing.assert_array_equal(second.lookup(keys[:1], "m", "users"), row)
+            np.testing.assert_array_equal(
+                first.lookup(keys[:1], "m", "users"), synthetic_vectors(keys[:1], 8)
+            )
+        np.testing.assert_array_equal(  # the first still holds the database and its version
             first.lookup(keys, "m", "items")[:1], synthetic_vectors(keys[:1], 4)
         )
+        np.testing.assert_array_equal(first.lookup(keys, "m", "users"), synthetic_vectors(keys, 8))
     finally:
         first.close()
-    with HPS(doc) as third:  # reopened after the last user closed it
-        np.testing.assert_array_equal(
-            third.lookup(keys, "m", "users"), synthetic_vectors(keys, 8, seed=1)
-        )
+    with HPS(doc) as third:  # reopened after the last user closed it; the update replayed
+        want = synthetic_vectors(keys, 8, seed=1)
+        want[0] = 0.5
+        np.testing.assert_array_equal(third.lookup(keys, "m", "users"), want)
 
 
 def test_a_database_written_by_hps_convert_is_served_unchanged(tmp_path):

@@ -159,6 +159,40 @@ def test_read_only_missing_database_and_lock_errors(tmp_path):
     writer.close()
 
 
+def test_a_shared_store_counts_its_users_and_a_pinned_table_survives_a_replacement(
+    tmp_path, monkeypatch
+):
+    """open_rocksdb gives one process one store per folder (however the path is spelled);
+    release closes it with the last user. A table served when its family is replaced keeps the
+    old rows (a snapshot), the store's next table reads the new ones, and closing the store
+    releases the snapshot's hold on the lock."""
+    from hps_cli.runtime.persistent.rocksdb_shared import open_rocksdb, release_rocksdb
+
+    write_synthetic_table(tmp_path / "t", 300, 4, seed=0)
+    first = open_rocksdb(tmp_path / "db", read_only=False, key_width=64)
+    monkeypatch.chdir(tmp_path)
+    second = open_rocksdb("db", read_only=False, key_width=64)
+    assert second is first
+    with pytest.raises(ConfigError, match="32-bit keys|64-bit keys"):
+        open_rocksdb("db", read_only=False, key_width=32)
+    _load(first, tmp_path / "t")
+    old = first.table(TAG, 4)
+    keys = np.arange(0, 300, 3, dtype=np.int64)
+    write_synthetic_table(tmp_path / "t", 300, 4, seed=1, overwrite=True)
+    _load(first, tmp_path / "t")
+    assert old.pinned
+    np.testing.assert_array_equal(old.get(keys)[0], synthetic_vectors(keys, 4, seed=0))
+    new = first.table(TAG, 4)
+    assert new is not old and not new.pinned
+    np.testing.assert_array_equal(new.get(keys)[0], synthetic_vectors(keys, 4, seed=1))
+    missing = np.array([1000], np.int64)
+    assert not old.get(missing)[1].any()
+    release_rocksdb(second)
+    np.testing.assert_array_equal(old.get(keys)[0], synthetic_vectors(keys, 4, seed=0))
+    release_rocksdb(first)  # the last user: closed, the pinned table detached with it
+    RocksDbStore(tmp_path / "db").close()  # the lock is free
+
+
 def test_dim_mismatch_of_an_existing_family_is_a_config_error(tmp_path):
     write_synthetic_table(tmp_path / "t", 10, 4)
     store = RocksDbStore(tmp_path / "db")

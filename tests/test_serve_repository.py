@@ -22,6 +22,7 @@ from helpers.serve_client import (
     lookup_inputs,
     scrape,
 )
+from hps_cli.runtime.table import write_table
 from hps_cli.runtime.table.synthetic import synthetic_vectors, write_synthetic_table
 
 from hps_cli.devtools.serve_process import ServeProcess
@@ -134,8 +135,12 @@ def test_malformed_load_parameters(repo, parameters, status, text):
 def test_a_bad_config_is_400_with_its_json_path_and_changes_nothing(repo):
     server, spare, tmp = repo["server"], repo["spare"], repo["tmp"]
     block = _block(ps_config(spare, {"x": 16}, model="bad"))
+    nan_vectors = np.zeros((4, 16), np.float32)
+    nan_vectors[2, 5] = np.nan
+    write_table(tmp / "nan_x", np.arange(4, dtype=np.int64), nan_vectors, allow_non_finite=True)
     cases = [
         (dict(block, embedding_vecsize_per_table=[8]), "$.sparse_files[0]", "dim"),
+        (dict(block, sparse_files=[str(tmp / "nan_x")]), "$.sparse_files[0]", "NaN"),
         (dict(block, sparse_files=[str(tmp / "missing")]), "$.sparse_files[0]", ""),
         (dict(block, max_batch_size="many"), "$.max_batch_size", ""),
         (dict(block, deployed_device_list=[]), "$.deployed_device_list", ""),
