@@ -11,7 +11,7 @@ Steps (each one the real `hps` command, shown as it runs):
 4. `hps build-graph`   an inference package (HPS lookup layers + dense SavedModel);
 5. `hps serve`         in the background, on the embedded default tiers (in-process hash map
                        and RocksDB in the work folder; the cache runs on the GPU when there is
-                       one, else its NumPy reference);
+                       one, else lookups go straight to the CPU tiers);
 6. query the server with the stock Triton client (tritonclient): the inference model's
    predictions must equal the original model's, and the lookup model's vectors the tables';
    (`hps bench lookup` measures the same config in process before the server starts;)
