@@ -426,6 +426,30 @@ def test_deferred_inserts_go_in_batches_in_order():
     full.close()
 
 
+def test_a_drain_inserts_each_key_once_with_its_latest_fetch():
+    """Hot keys missed by several lookups before a drain go in once, with the row and counts of
+    their latest fetch (an update between two fetches leaves only the later row fresh)."""
+    from hps_cli.runtime.gpu.deferred_insert import InsertQueue
+
+    batches = []
+    inserter = AsyncInserter(1)
+    queue = InsertQueue(
+        lambda k, r, s: batches.append((k.tolist(), r[:, 0].tolist(), s.tolist())),
+        inserter.submit,
+        delay_s=0.05,
+    )
+    queue.add(np.array([7, 8]), np.array([[1.0], [2.0]]), np.array([0, 0]))
+    queue.add(np.array([8, 9]), np.array([[3.0], [4.0]]), np.array([1, 0]))
+    queue.add(np.array([7]), np.array([[5.0]]), np.array([2]))
+    inserter.flush()
+    inserter.close()
+    assert len(batches) == 1
+    keys, rows, seen = batches[0]
+    got = {k: (r, s) for k, r, s in zip(keys, rows, seen)}
+    assert sorted(keys) == [7, 8, 9]
+    assert got == {7: (5.0, 2), 8: (3.0, 1), 9: (4.0, 0)}
+
+
 def test_large_misses_are_fetched_in_parts_on_several_threads():
     from hps_cli.runtime.gpu.embedding_cache import FETCH_PART_KEYS
 

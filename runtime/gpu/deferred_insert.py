@@ -49,13 +49,30 @@ class UpdateGenerations:
         return self.read(keys) == seen
 
 
+def latest_per_key(
+    keys: np.ndarray, rows: np.ndarray, seen: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One entry per key: its latest fetch (its row and the counts read before it).
+
+    Lookups that miss the same hot key queue it again and again until an insert lands; under a
+    skewed load a drain would otherwise insert each such key many times over, and the insert
+    time grows with the backlog, so that inserts fall further behind and the hit rate stops
+    rising. The latest fetch is the one to keep: if an update came between two fetches, only the
+    later row is fresh, and its counts say so."""
+    last = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]
+    if last.size == keys.size:
+        return keys, rows, seen
+    return keys[last], rows[last], seen[last]
+
+
 class InsertQueue:
     """Fetched rows waiting to be inserted into one cache, in batches.
 
     ``add`` queues rows; the first row queued schedules a drain task through ``submit`` (the
     cache's background inserter). The drain waits until ``batch_keys`` keys are queued or
     ``delay_s`` has passed, inserts everything queued in one call of ``insert(keys, rows,
-    seen)``, and goes on while more arrived meanwhile: one drain per queue at a time, so batches
+    seen)`` (a key queued more than once: its latest fetch only), and goes on while more
+    arrived meanwhile: one drain per queue at a time, so batches
     go in in the order they were queued. When ``submit`` refuses (the inserter is full), what is
     queued is dropped (it is a cache: nothing is lost) and ``add`` returns False.
     """
@@ -114,6 +131,8 @@ class InsertQueue:
                 keys = np.concatenate([k for k, _, _ in items])
                 rows = np.concatenate([r for _, r, _ in items])
                 seen = np.concatenate([s for _, _, s in items])
+                if len(items) > 1:
+                    keys, rows, seen = latest_per_key(keys, rows, seen)
                 self._insert(keys, rows, seen)
         except BaseException:
             with self._cond:

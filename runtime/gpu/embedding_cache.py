@@ -58,6 +58,8 @@ class CacheCounters:
     inserted: int = 0
     async_dropped: int = 0
     stale_inserts: int = 0  # fetched rows not inserted: their key was updated meanwhile
+    insert_calls: int = 0  # inserts of fetched rows into the cache (a deferred batch: one)
+    insert_seconds: float = 0.0  # their time, preparation on the host included
     refreshed: int = 0
     seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -284,13 +286,19 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     def _insert_fresh(self, keys: np.ndarray, rows: np.ndarray, seen: np.ndarray) -> None:
         """Insert the rows of the keys not updated or removed since ``seen`` was read."""
+        started = time.perf_counter()
         with self._generations.lock:
             fresh = self._generations.fresh(keys, seen)
             stale = int(keys.size - np.count_nonzero(fresh))
             if stale:
                 keys, rows = keys[fresh], rows[fresh]
             inserted = self.backend.replace(keys, rows) if keys.size else 0
-        self.counters.add(inserted=inserted, stale_inserts=stale)
+        self.counters.add(
+            inserted=inserted,
+            stale_inserts=stale,
+            insert_calls=1,
+            insert_seconds=time.perf_counter() - started,
+        )
 
     def _fetch_and_insert_later(self, missed: np.ndarray) -> None:
         keys = missed.copy()
