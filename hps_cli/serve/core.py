@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import __version__
 from ..runtime.errors import ConfigError, InvalidInputError, NotFoundError, ServiceUnavailableError
+from .arrivals import Arrivals
 from .batcher import Batcher
 from .limits import INLINE_BYTES, Limits
 from .logs import event
@@ -95,6 +96,7 @@ class ServerCore:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
         self.metrics.inflight.set_function(lambda: self._inflight)
+        self.arrivals = Arrivals()  # requests on their way, for the batchers
         self._idle = asyncio.Event()
         self._idle.set()
         self._admin = asyncio.Lock()
@@ -270,6 +272,7 @@ class ServerCore:
             instances=instances,
             max_queue_size=self.options.max_queue_size,
             on_batch=self.metrics.on_batch,
+            arrivals=self.arrivals,
         )
         self.entries[model.name] = Entry(model, batcher, own)
         self.metrics.track_queue(model.name, lambda b=batcher: b.depth)
@@ -332,7 +335,8 @@ class ServerCore:
         return {"name": "hps", "version": __version__, "extensions": extensions}
 
     async def write_shared(self, request: InferRequest, result: InferResult) -> None:
-        """Write the outputs the request placed in shared memory into their regions."""
+        """Write the outputs the request placed in shared memory into their regions (callers
+        skip it for requests that place none: ``protocol.wants_shared_memory``)."""
         targets = [
             (tensor, ref) for tensor, _, ref in select_outputs(result, request) if ref is not None
         ]

@@ -1,6 +1,7 @@
 """Prometheus metrics on their own port (prometheus_client's threaded HTTP server).
 
-Request side (updated by the HTTP and gRPC front ends and the batchers):
+Request side (updated on the event loop by the HTTP and gRPC front ends and the batchers; the
+counters and histograms of every request are loop_metrics.py's, without locks):
 
 - ``hps_requests_total{model, protocol, code}``: requests answered, by status (HTTP code or
   gRPC status name); unknown model names are counted under ``model="_unknown"``;
@@ -26,6 +27,8 @@ Runtime side, read from the HPS runtimes at every scrape:
 from __future__ import annotations
 
 import logging
+
+from .loop_metrics import LoopCounter, LoopHistogram, LoopMetrics
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -68,7 +71,6 @@ class Metrics:
             CollectorRegistry,
             Counter,
             Gauge,
-            Histogram,
             disable_created_metrics,
             process_collector,
         )
@@ -77,35 +79,28 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=self.registry)
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "hps_requests",
             "Requests answered, by model, protocol and status code",
             ["model", "protocol", "code"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "hps_request_duration_seconds",
             "Request latency, receipt to answer",
             ["model", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
         self.queue_depth = Gauge(
             "hps_queue_depth", "Requests waiting in the batcher", ["model"], registry=self.registry
         )
-        self.batch_requests = Histogram(
-            "hps_batch_requests",
-            "Requests per executed batch",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        self.batch_requests = LoopHistogram(
+            "hps_batch_requests", "Requests per executed batch", ["model"], BATCH_BUCKETS
         )
-        self.batch_samples = Histogram(
-            "hps_batch_samples",
-            "Samples per executed batch",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        self.batch_samples = LoopHistogram(
+            "hps_batch_samples", "Samples per executed batch", ["model"], BATCH_BUCKETS
+        )
+        self.registry.register(
+            LoopMetrics(self.requests, self.latency, self.batch_requests, self.batch_samples)
         )
         self.client_disconnects = Counter(
             "hps_client_disconnects",
@@ -121,35 +116,32 @@ class Metrics:
         )
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
-        self._children: dict = {}
 
     def observe(self, model: str, protocol: str, code: str | int, seconds: float) -> None:
-        key = (model, protocol, code)
-        children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds tuples: once per label set
-            latency = self.latency.labels(model, protocol) if model != "_unknown" else None
-            children = self._children[key] = (
-                self.requests.labels(model, protocol, str(code)),
-                latency,
-            )
-        children[0].inc()
-        if children[1] is not None:
-            children[1].observe(seconds)
+        """One answered request (on the event loop); unknown models get no latency series."""
+        labels = (model, protocol)
+        self.requests.inc((model, protocol, str(code)))
+        if model != "_unknown":
+            self.latency.observe(labels, seconds)
 
     def on_batch(self, model: str, requests: int, samples: int) -> None:
-        self.batch_requests.labels(model).observe(requests)
-        self.batch_samples.labels(model).observe(samples)
+        labels = (model,)
+        self.batch_requests.observe(labels, requests)
+        self.batch_samples.observe(labels, samples)
 
     def track_queue(self, model: str, depth) -> None:
         self.queue_depth.labels(model).set_function(depth)
 
     def forget(self, model: str) -> None:
-        self._children = {k: v for k, v in self._children.items() if k[0] != model}
-        for metric in (self.queue_depth, self.batch_requests, self.batch_samples):
-            try:
-                metric.remove(model)
-            except KeyError:
-                pass
+        def mine(labels: tuple[str, ...]) -> bool:
+            return labels[0] == model
+
+        for metric in (self.batch_requests, self.batch_samples):  # request counts stay
+            metric.remove(mine)
+        try:
+            self.queue_depth.remove(model)
+        except KeyError:
+            pass
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0: any free port); returns the port."""

@@ -56,7 +56,7 @@ def serve(options: ServeOptions) -> None:
 CLOSE_RESERVE_S = 1.0  # of the shutdown timeout, kept for cancelling and closing
 
 
-async def _bind_http(app, host: str, port: int, header_timeout_s: float):
+async def _bind_http(app, host: str, port: int, header_timeout_s: float, arrivals=None):
     from aiohttp import web
 
     from .http_protocol import GuardedRunner
@@ -65,6 +65,7 @@ async def _bind_http(app, host: str, port: int, header_timeout_s: float):
     runner = GuardedRunner(
         app,
         header_timeout_s=header_timeout_s,
+        arrivals=arrivals,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=0.1,
@@ -106,7 +107,11 @@ async def _main(options: ServeOptions) -> None:
     runner = grpc_server = None
     try:
         runner, http_port = await _bind_http(
-            build_app(core), options.host, options.http_port, options.header_timeout_s
+            build_app(core),
+            options.host,
+            options.http_port,
+            options.header_timeout_s,
+            core.arrivals,
         )
         grpc_server = build_server(core)
         try:
