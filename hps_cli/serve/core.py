@@ -72,6 +72,7 @@ class ServeOptions:
     worker_threads: int | None = None
     redis_options: dict | None = None
     allow_shared_memory: bool = False
+    reuse_port: bool = False  # HTTP and gRPC bind with SO_REUSEPORT (worker processes)
 
 
 @dataclass

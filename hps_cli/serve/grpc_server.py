@@ -442,7 +442,7 @@ def build_server(core: ServerCore) -> grpc.aio.Server:
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if core.options.reuse_port else 0),
             ("grpc.server_handshake_timeout_ms", int(limits.header_timeout_s * 1000)),
         ]
     )

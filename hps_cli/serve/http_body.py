@@ -66,10 +66,9 @@ def _check_whole(data: bytes, limits: Limits, json_length: int | None) -> None:
     """``_Body.add``'s checks of a body read in one piece."""
     if len(data) > limits.max_request_bytes:
         raise _too_large(limits.max_request_bytes)
-    if json_length is not None and json_length < len(data):
-        data = data[:json_length]
-    if data:
-        bound = json_element_bound(data)
+    size = len(data) if json_length is None else min(json_length, len(data))
+    if size >= limits.max_elements:  # else the bound (at most size + 1) is within the limit
+        bound = json_element_bound(data[:size])
         if bound > limits.max_elements:
             raise too_many_elements(bound, limits.max_elements, "body")
 

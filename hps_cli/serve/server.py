@@ -56,7 +56,9 @@ def serve(options: ServeOptions) -> None:
 CLOSE_RESERVE_S = 1.0  # of the shutdown timeout, kept for cancelling and closing
 
 
-async def _bind_http(app, host: str, port: int, header_timeout_s: float, arrivals=None):
+async def _bind_http(
+    app, host: str, port: int, header_timeout_s: float, arrivals=None, reuse_port: bool = False
+):
     from aiohttp import web
 
     from .http_protocol import GuardedRunner
@@ -73,7 +75,7 @@ async def _bind_http(app, host: str, port: int, header_timeout_s: float, arrival
         lingering_time=1.0,  # a refused body is drained for at most 1 s (the client sees the 413)
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -112,6 +114,7 @@ async def _main(options: ServeOptions) -> None:
             options.http_port,
             options.header_timeout_s,
             core.arrivals,
+            options.reuse_port,
         )
         grpc_server = build_server(core)
         try:
