@@ -494,3 +494,85 @@ def test_slow_inline_batches_move_to_the_worker_thread():
     main = threading.main_thread().name
     assert model.threads[0] == main  # inline: on the loop's thread
     assert all(name.startswith("worker") for name in model.threads[1:]), model.threads
+
+
+def test_a_long_table_update_does_not_stall_the_event_loop(tmp_path):
+    """An admin insert holds its table's write lock for its whole duration. Lookups that
+    arrive meanwhile wait for it in worker threads, never on the event loop: liveness probes
+    sent while the update runs answer in a small part of its duration."""
+    tables = make_tables(tmp_path, {"a": (20_000, 16)})
+    path = tmp_path / "ps.json"
+    path.write_text(json.dumps(ps_config(tables, {"a": 16}, max_batch_size=4096)))
+    rows = 800_000  # about 1 s of inserting on this machine
+    keys = np.arange(1 << 40, (1 << 40) + rows, dtype=np.int64)
+    vectors = np.ones((rows, 16), np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "KEYS",
+                    "shape": [rows],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": keys.nbytes},
+                },
+                {
+                    "name": "VECTORS",
+                    "shape": [rows, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": vectors.nbytes},
+                },
+            ]
+        }
+    ).encode()
+    update = header + keys.tobytes() + vectors.tobytes()
+    update_headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    lookup, lookup_headers = binary_lookup_body(np.arange(64, dtype=np.int64), [64])
+    extra = ["--max-request-bytes", str(len(update) + 1024)]
+    with ServeProcess(path, env={"HPS_ADMIN_TOKEN": TOKEN}, extra_args=extra) as server:
+        host, port = server.http_url.split(":")
+        stop = threading.Event()
+        probes: list[tuple[float, float]] = []  # (start, end) of each liveness probe
+        answered: list[int] = []
+
+        def probe() -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while not stop.is_set():
+                started = time.perf_counter()
+                conn.request("GET", "/v2/health/live")
+                conn.getresponse().read()
+                probes.append((started, time.perf_counter()))
+                time.sleep(0.002)
+            conn.close()
+
+        def lookups() -> None:  # keep lookups arriving while the update holds the lock
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while not stop.is_set():
+                answered.append(http_post(server.http_url, INFER, lookup, lookup_headers, conn)[0])
+                time.sleep(0.002)
+            conn.close()
+
+        clients = [threading.Thread(target=probe), threading.Thread(target=lookups)]
+        for client in clients:
+            client.start()
+        try:
+            time.sleep(0.5)
+            started = time.perf_counter()
+            status, _, data = http_post(
+                server.http_url, "/v2/admin/models/m/tables/a/insert", update, update_headers
+            )
+            ended = time.perf_counter()
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=120)
+    assert status == 200, data
+    during = [end - start for start, end in probes if start < ended and end > started]
+    took = ended - started
+    print(f"update {took * 1e3:.0f} ms; {len(during)} probes, longest {max(during) * 1e3:.0f} ms")
+    assert took > 0.2, "the update was too short to show a stall"
+    assert set(answered) == {200} and len(answered) > 20
+    assert max(during) < took / 3, f"a probe took {max(during) * 1e3:.0f} of {took * 1e3:.0f} ms"

@@ -15,12 +15,15 @@ were refused by the model's ``prepare``).
 Small batches of models that allow it (``ServedModel.inline_cost``: in-process lookups of a few
 thousand keys, tens to hundreds of µs) run right on the event loop: no thread hop, no GIL
 hand-over. Bigger batches, and models that wait on I/O (Redis, TensorFlow), run in a worker
-thread (``model.execute``), so the loop keeps serving. An inline batch that turns out slow
-(above ``INLINE_MAX_S``) because it waited (keys read from RocksDB on a cold disk, say: the
-thread blocked, or spent that long on the CPU) sends the model's batches to the worker thread
-for ``INLINE_BACKOFF_S``, after which inline execution is tried again; a batch that was only
-slow because other processes had the CPU (a busy machine) does not. The queue is bounded: when
-``max_queue_size`` requests wait, new ones are refused with UNAVAILABLE (503) at once.
+thread (``model.execute``), so the loop keeps serving; so does every batch while worker threads
+work on the model's tables (``ServedRuntime.threads_busy``: an admin update holds their write
+lock, a batch's write-back the volatile tier's; a lookup must not wait for those on the event
+loop). An inline batch that turns out slow (above ``INLINE_MAX_S``) because it waited (keys
+read from RocksDB on a cold disk, say: the thread blocked, or spent that long on the CPU) sends
+the model's batches to the worker thread for ``INLINE_BACKOFF_S``, after which inline execution
+is tried again; a batch that was only slow because other processes had the CPU (a busy
+machine) does not. The queue is bounded: when ``max_queue_size`` requests wait, new ones are
+refused with UNAVAILABLE (503) at once.
 
 ``close`` refuses new requests, runs every queued one, and waits for running executions.
 """
@@ -153,9 +156,13 @@ class Batcher:
 
     def _inline(self, cost: int, now: float) -> bool:
         """Whether a batch of this cost runs on the event loop (models with an inline_cost
-        only, and not while backing off)."""
+        only, not while backing off, and not while worker threads work on the model's tables:
+        served_runtime.py)."""
         limit = self.model.inline_cost
-        return limit > 0 and cost <= limit and now >= self._inline_from
+        if limit <= 0 or cost > limit or now < self._inline_from:
+            return False
+        runtime = self.model.runtime
+        return runtime is None or not runtime.threads_busy
 
     def _schedule(self, now: float) -> None:
         """(Re)schedule the flush: the next turn, or when the clients expected back are due."""
@@ -252,10 +259,13 @@ class Batcher:
     async def _execute_in_thread(self, live: list[_Item]) -> None:
         started = time.perf_counter()
         results, error = None, None
+        works = [item.work for item in live]
+        runtime = self.model.runtime
         try:
-            results = await self._loop.run_in_executor(
-                self.executor, self.model.execute, [item.work for item in live]
-            )
+            if runtime is None:
+                results = await self._loop.run_in_executor(self.executor, self.model.execute, works)
+            else:  # counted: no lookup of these tables runs inline meanwhile
+                results = await runtime.run_in_thread(self.executor, self.model.execute, works)
             error = _check_count(results, live)
         except BaseException as exc:  # every request of the batch gets the error
             error = exc

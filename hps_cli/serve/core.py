@@ -507,14 +507,15 @@ class ServerCore:
                     f"{None if vectors is None else list(vectors.shape)}",
                     "VECTORS",
                 )
-        hps = model.runtime.hps
-        loop = asyncio.get_running_loop()
+        runtime, hps = model.runtime, model.runtime.hps
+        # Counted by the runtime: an update holds its tables' write lock throughout, so their
+        # lookups run in worker threads meanwhile, never on the event loop (batcher.py).
         if operation == "insert":
-            await loop.run_in_executor(
+            await runtime.run_in_thread(
                 self.executor, hps.insert, model.hps_model, table_id, keys, vectors
             )
         else:
-            await loop.run_in_executor(self.executor, hps.remove, model.hps_model, table_id, keys)
+            await runtime.run_in_thread(self.executor, hps.remove, model.hps_model, table_id, keys)
         event(
             log,
             "table_updated",
