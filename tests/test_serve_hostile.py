@@ -354,7 +354,8 @@ def test_a_client_that_drops_mid_body_is_no_error(server):
 
 
 @pytest.fixture
-def quick_timeouts(config):
+def tight_limits(config):
+    """Short header and body timeouts, and at most 200 values per request."""
     with ServeProcess(
         config,
         extra_args=[
@@ -362,6 +363,8 @@ def quick_timeouts(config):
             "1",
             "--body-timeout",
             "1.5",
+            "--max-elements",
+            "200",
             "--access-log",
             "off",
         ],
@@ -369,8 +372,41 @@ def quick_timeouts(config):
         yield s
 
 
-def test_slow_heads_and_bodies_time_out_with_408(quick_timeouts):
-    server = quick_timeouts
+def test_small_requests_are_held_to_the_value_limit(tight_limits):
+    """Requests small enough to be read and decoded right on the event loop still have their
+    values counted before anything is parsed: JSON values (binary tensor data is not counted)
+    and gRPC typed contents."""
+    server = tight_limits
+    keys = np.arange(300, dtype=np.int64)
+    doc = {
+        "inputs": [
+            {"name": "KEYS", "shape": [1, 300], "datatype": "INT64", "data": keys.tolist()},
+            {"name": "NUMKEYS", "shape": [1, 1], "datatype": "INT32", "data": [300]},
+        ]
+    }
+    status, _, data = http_post(server.http_url, INFER, json.dumps(doc).encode())
+    assert status == 413 and "the limit is 200" in json.loads(data)["error"], data
+    body, headers = binary_lookup_body(keys, [300])  # the keys are binary: not counted
+    assert http_post(server.http_url, INFER, body, headers)[0] == 200
+    header_length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:header_length])
+    head["id"] = "," * 300  # the bound counts every comma of the JSON header
+    header = json.dumps(head).encode()
+    padded = header + body[header_length:]
+    headers = dict(headers, **{"Inference-Header-Content-Length": str(len(header))})
+    status, _, data = http_post(server.http_url, INFER, padded, headers)
+    assert status == 413 and "the limit is 200" in json.loads(data)["error"], data
+    channel, call = _raw_grpc_call(server.grpc_url)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            call(_typed_request(300), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
+
+
+def test_slow_heads_and_bodies_time_out_with_408(tight_limits):
+    server = tight_limits
     started = time.monotonic()
     raw = _raw_exchange(server.http_url, b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n", 20)
     status, _, doc = _status_and_json(raw)
