@@ -4,7 +4,8 @@
 
 hps: one lookup model over a synthetic table (``--keys`` rows of dim ``--dim``, CPU tiers:
 ``parallel_hash_map`` holding every row + ``rocks_db``, no embedding cache), a real `hps serve`
-child process with default options. Floor: ``_bare_kserve.py``, a minimal aiohttp app and a
+child process with default options (started by ``hps_cli.devtools.serve_process``, as the
+tests and examples start it). Floor: ``_bare_kserve.py``, a minimal aiohttp app and a
 minimal grpc.aio server on the same event loop (uvloop when installed, as hps serve), answering
 each infer request with a canned binary KServe response of the same size (FP32
 ``[1, per_request * dim]``) without parsing it.
@@ -74,19 +75,21 @@ def make_config(work: Path, keys: int, dim: int) -> Path:
     return path
 
 
-class Child:
-    """A server child process and its ports."""
+class BareServer:
+    """The floor (``_bare_kserve.py``) as a child process, and its ports."""
 
-    def __init__(self, cmd: list[str], log: Path, ready):
-        self.log = log
+    def __init__(self, floats: int, log: Path):
+        cmd = [sys.executable, str(HERE / "_bare_kserve.py"), "--floats", str(floats)]
         with open(log, "wb") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        self.pid = self.proc.pid
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             for line in log.read_text(errors="replace").splitlines():
-                ports = ready(line)
-                if ports:
-                    self.http, self.grpc = (f"127.0.0.1:{p}" for p in ports)
+                if line.startswith('{"http_port"'):
+                    doc = json.loads(line)
+                    self.http = f"127.0.0.1:{doc['http_port']}"
+                    self.grpc = f"127.0.0.1:{doc['grpc_port']}"
                     return
             if self.proc.poll() is not None:
                 raise RuntimeError(log.read_text()[-3000:])
@@ -98,18 +101,20 @@ class Child:
         return self.proc.wait(timeout=120)
 
 
-def _hps_ready(line: str):
-    if '"event": "ready"' in line:
-        doc = json.loads(line)
-        return doc["http_port"], doc["grpc_port"]
-    return None
+class HpsServer:
+    """`hps serve` of ``config`` (ServeProcess), with the floor's attributes."""
 
+    def __init__(self, config: Path, extra_args: list[str], log: Path):
+        from hps_cli.devtools.serve_process import ServeProcess
 
-def _bare_ready(line: str):
-    if line.startswith('{"http_port"'):
-        doc = json.loads(line)
-        return doc["http_port"], doc["grpc_port"]
-    return None
+        self.server = ServeProcess(
+            config, extra_args=["--access-log", "off", *extra_args], log_path=log
+        ).start()
+        self.pid = self.server.process.pid
+        self.http, self.grpc = self.server.http_url, self.server.grpc_url
+
+    def stop(self) -> int:
+        return self.server.stop(timeout=120)
 
 
 def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds, queue):
@@ -219,15 +224,12 @@ def main() -> None:
     levels = [(p, int(c)) for p in args.protocols.split(",") for c in args.concurrency.split(",")]
     try:
         config = make_config(work, args.keys, args.dim)
-        hps_cmd = [sys.executable, "-m", "hps_cli", "serve", "--config", str(config)]
-        hps_cmd += ["--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
-        hps_cmd += ["--access-log", "off", *args.server_args.split()]
-        bare_cmd = [sys.executable, str(HERE / "_bare_kserve.py")]
-        bare_cmd += ["--floats", str(args.per_request * args.dim)]
-        servers = {
-            "hps": Child(hps_cmd, work / "hps.log", _hps_ready),
-            "bare": Child(bare_cmd, work / "bare.log", _bare_ready),
-        }
+        servers = {"hps": HpsServer(config, args.server_args.split(), work / "hps.log")}
+        try:
+            servers["bare"] = BareServer(args.per_request * args.dim, work / "bare.log")
+        except BaseException:
+            servers["hps"].stop()
+            raise
         rng = np.random.default_rng(1)
         keys = [rng.integers(0, args.keys, args.per_request, dtype=np.int64) for _ in range(64)]
         rounds = []
@@ -247,7 +249,7 @@ def main() -> None:
                             args.dim,
                             args.seconds,
                             name == "hps",
-                            servers[name].proc.pid,
+                            servers[name].pid,
                         )
                     got["ratio"] = round(
                         got["hps"]["requests_per_s"] / got["bare"]["requests_per_s"], 3

@@ -35,6 +35,9 @@ from .stats import TableStats
 
 log = logging.getLogger("hps_cli.runtime")
 
+_NONE = np.empty(0, dtype=np.int64)  # no missing rows
+_NONE.flags.writeable = False
+
 
 class TableTiers:
     """The CPU tiers of one table.
@@ -96,68 +99,69 @@ class TableTiers:
         started = time.perf_counter()
         n = keys.size
         out = np.empty((n, self.dim), dtype=np.float32)
-        counts = {"lookups": 1, "keys": n}
+        volatile_hits = persistent_hits = volatile_failures = persistent_failures = 0
+        writebacks = 0
         with self._lock.read():
-            missing, volatile_failed = self._from_volatile(keys, out, counts)
+            if self.volatile is None:
+                missing, volatile_failed = np.arange(n), False
+            else:
+                _, hit, failures = self.volatile.get(keys, out)
+                volatile_failures = int(np.count_nonzero(failures))  # a dead Redis node's keys
+                volatile_failed = volatile_failures > 0
+                if volatile_failed:
+                    self._warn(
+                        f"volatile tier failed for {volatile_failures} key(s) of "
+                        f"{self.model}.{self.table}; answering from the next tier"
+                    )
+                volatile_hits = int(np.count_nonzero(hit))
+                missing = _NONE if volatile_hits == n else np.flatnonzero(~hit)
             if missing.size and self.persistent is not None:
-                missing = self._from_persistent(
-                    keys, missing, out, counts, write_back=not volatile_failed
+                missing, persistent_hits, persistent_failures, writebacks = self._from_persistent(
+                    keys, missing, out, write_back=not volatile_failed
                 )
         if missing.size:
             out[missing] = self.default_vector
-        counts["defaults"] = missing.size
-        self.stats.add(**counts)
+        self.stats.add_lookup(
+            n,
+            volatile_hits,
+            persistent_hits,
+            missing.size,
+            volatile_failures,
+            persistent_failures,
+            writebacks,
+        )
         self.stats.fetch_latency.record(time.perf_counter() - started)
         return out
 
-    def _from_volatile(
-        self, keys: np.ndarray, out: np.ndarray, counts: dict
-    ) -> tuple[np.ndarray, bool]:
-        if self.volatile is None:
-            return np.arange(keys.size), False
-        _, hit, failures = self.volatile.get(keys, out)
-        failed = int(np.count_nonzero(failures))  # keys a dead Redis node could not answer
-        if failed:
-            counts["volatile_failures"] = failed
-            self._warn(
-                f"volatile tier failed for {failed} key(s) of {self.model}.{self.table}; "
-                "answering from the next tier"
-            )
-        counts["volatile_hits"] = int(np.count_nonzero(hit))
-        return np.flatnonzero(~hit), bool(failed)
-
     def _from_persistent(
-        self,
-        keys: np.ndarray,
-        missing: np.ndarray,
-        out: np.ndarray,
-        counts: dict,
-        *,
-        write_back: bool,
-    ) -> np.ndarray:
+        self, keys: np.ndarray, missing: np.ndarray, out: np.ndarray, *, write_back: bool
+    ) -> tuple[np.ndarray, int, int, int]:
+        """Fill the rows of ``missing`` that RocksDB holds; returns (the rows still missing,
+        persistent hits, persistent failures, write-backs)."""
         asked = keys[missing]
         try:
             found, hit = self.persistent.get(asked)
         except HpsError:
             raise
         except Exception as exc:  # noqa: BLE001 - an I/O error of RocksDB: serve defaults
-            counts["persistent_failures"] = asked.size
             self._warn(f"persistent tier failed for {self.model}.{self.table}: {exc}")
-            return missing
+            return missing, 0, asked.size, 0
         got = np.flatnonzero(hit)
-        counts["persistent_hits"] = got.size
+        writebacks = 0
         if got.size:
             out[missing[got]] = found[got]
             if self.cache_missed_embeddings and write_back:
-                self._write_back(asked[got], found[got], counts)
-        return missing[~hit]
+                writebacks = self._write_back(asked[got], found[got])
+        return missing[~hit], got.size, 0, writebacks
 
-    def _write_back(self, keys: np.ndarray, vectors: np.ndarray, counts: dict) -> None:
+    def _write_back(self, keys: np.ndarray, vectors: np.ndarray) -> int:
+        """Write persistent hits into the volatile tier; returns how many were written."""
         try:
             self.volatile.insert(keys, vectors)
-            counts["writebacks"] = keys.size
+            return keys.size
         except HpsError as exc:  # e.g. Redis went down: the cache just stays cold
             self._warn(f"write-back into the volatile tier failed: {exc}")
+            return 0
 
     def _warn(self, message: str) -> None:
         now = time.monotonic()

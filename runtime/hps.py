@@ -153,6 +153,9 @@ class HPS:
         self._tables: dict[tuple[str, int], TableTiers] = self._built.tables
         self._fronts: dict[tuple[str, int, int], FrontCache] = self._built.fronts
         self._pools: dict[tuple[str, int], WorkerPool] = self._built.worker_pools
+        # Per model: its config and storage tables (fusion groups), worked out once: every
+        # lookup_tables call needs them and the config never changes.
+        self._storage = {m.model: (m, storage_tables(m)) for m in self.config.models}
 
     # ------------------------------------------------------------------ lookups
 
@@ -197,7 +200,10 @@ class HPS:
         model's pool on that device until every table is done, CPU-tier fetches of misses
         included (HPS: one per lookup session call). If a table fails, the tables still queued
         are waited for (their rows dropped) before the error is raised."""
-        model_cfg, _ = self._resolve(model, 0)
+        storage = self._storage.get(model)
+        if storage is None:
+            self._resolve(model, 0)  # raises NotFoundError
+        model_cfg, groups = storage
         device = self._device(model_cfg, device_id)
         if len(keys_per_table) != model_cfg.num_tables:
             raise InvalidInputError(
@@ -206,7 +212,6 @@ class HPS:
                 location="keys",
             )
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
-        groups = storage_tables(model_cfg)
         joined = [_joined(checked, g.table_ids) for g in groups]
         started = time.perf_counter()
         pending: list[StartedQuery | None] = []
@@ -221,7 +226,7 @@ class HPS:
                 if lease is None:
                     lease = (pool, pool.acquire())
                 pending.append(front.launch_query(keys, lease[1]))
-            results: list[np.ndarray] = [np.empty(0)] * model_cfg.num_tables
+            results: list[np.ndarray] = [None] * model_cfg.num_tables  # type: ignore[list-item]
             for g, (group, keys) in enumerate(zip(groups, joined)):
                 first = group.table_ids[0]
                 query, pending[g] = pending[g], None
@@ -423,12 +428,11 @@ class HPS:
         return int(device_id)
 
     def _check_keys(self, keys, model_cfg: ModelConfig, table_id: int) -> np.ndarray:
-        where = f"keys (model '{model_cfg.model}', table '{model_cfg.table_name(table_id)}')"
         keys = np.asarray(keys)
         if keys.ndim != 1:
             raise InvalidInputError(
                 f"keys must be a 1-D array, got shape {keys.shape}",
-                location=where,
+                location=_keys_where(model_cfg, table_id),
                 hint="flatten the keys of one table",
             )
         if self.config.supportlonglong:
@@ -437,7 +441,8 @@ class HPS:
             if keys.size == 0 and keys.dtype == np.float64:  # np.asarray([])
                 return keys.astype(np.int64)
             raise InvalidInputError(
-                f"keys must be int64 (supportlonglong is true), got {keys.dtype}", location=where
+                f"keys must be int64 (supportlonglong is true), got {keys.dtype}",
+                location=_keys_where(model_cfg, table_id),
             )
         if keys.dtype == np.uint32:
             return keys.astype(np.int64)
@@ -446,11 +451,16 @@ class HPS:
                 raise InvalidInputError(
                     "keys must fit uint32 (supportlonglong is false), got values in "
                     f"[{int(keys.min())}, {int(keys.max())}]",
-                    location=where,
+                    location=_keys_where(model_cfg, table_id),
                 )
             return keys
         if keys.size == 0 and keys.dtype == np.float64:
             return keys.astype(np.int64)
         raise InvalidInputError(
-            f"keys must be uint32 (supportlonglong is false), got {keys.dtype}", location=where
+            f"keys must be uint32 (supportlonglong is false), got {keys.dtype}",
+            location=_keys_where(model_cfg, table_id),
         )
+
+
+def _keys_where(model_cfg: ModelConfig, table_id: int) -> str:
+    return f"keys (model '{model_cfg.model}', table '{model_cfg.table_name(table_id)}')"

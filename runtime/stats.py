@@ -102,6 +102,30 @@ class TableStats:
             for name, value in increments.items():
                 self._counts[name] += int(value)
 
+    def add_lookup(
+        self,
+        keys: int,
+        volatile_hits: int,
+        persistent_hits: int,
+        defaults: int,
+        volatile_failures: int = 0,
+        persistent_failures: int = 0,
+        writebacks: int = 0,
+    ) -> None:
+        """The counters of one ``TableTiers.fetch`` (Python ints): what ``add`` does for the
+        lookup counters, without a keyword dict per call (it runs on every lookup)."""
+        counts = self._counts
+        with self._lock:
+            counts["lookups"] += 1
+            counts["keys"] += keys
+            counts["volatile_hits"] += volatile_hits
+            counts["persistent_hits"] += persistent_hits
+            counts["defaults"] += defaults
+            if volatile_failures or persistent_failures or writebacks:
+                counts["volatile_failures"] += volatile_failures
+                counts["persistent_failures"] += persistent_failures
+                counts["writebacks"] += writebacks
+
     def __getitem__(self, name: str) -> int:
         return self._counts[name]
 

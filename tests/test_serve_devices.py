@@ -271,6 +271,49 @@ def test_the_batcher_runs_each_device_s_executions_side_by_side():
     assert d0 == 0 and d1 == 1 and s1 < e0 and s0 < e1  # device 0 and 1 overlapped
 
 
+def test_requests_run_at_once_take_the_devices_in_turn_and_count_per_device():
+    """A request nothing will join runs at once on the event loop (batcher.py): on the device
+    a batch would take (idle devices in turn), reported to the metrics with that device."""
+    from hps_cli.serve.batcher import Batcher
+    from hps_cli.serve.models import ServedModel, Work
+    from hps_cli.serve.protocol import InferRequest, InferResult
+
+    class TwoDevices(ServedModel):
+        devices = (0, 1)
+        inline_cost = 10
+
+        def __init__(self):
+            super().__init__("two", None, "two", 4)
+            self.on_loop: list[bool] = []
+
+        def prepare(self, request):
+            return Work(1, request, cost=1)
+
+        def execute(self, works, device=None):
+            self.on_loop.append(threading.current_thread() is threading.main_thread())
+            return [InferResult([], {"DeviceID": device}) for _ in works]
+
+    batches: list[tuple] = []
+
+    async def run(model):
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(model, executor, on_batch=lambda *batch: batches.append(batch))
+        served = []
+        for _ in range(4):
+            result = await batcher.submit(model.prepare(InferRequest("two")))
+            served.append(result.parameters["DeviceID"])
+        await batcher.close()
+        executor.shutdown()
+        return served, batcher.stats
+
+    model = TwoDevices()
+    served, stats = asyncio.run(run(model))
+    assert served == [0, 1, 0, 1]
+    assert model.on_loop == [True] * 4
+    assert batches == [("two", 1, 1, device) for device in served]
+    assert (stats.executions, stats.success, stats.inferences) == (4, 4, 4)
+
+
 # ---------------------------------------------------------------------------- two real GPUs
 
 

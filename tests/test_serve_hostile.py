@@ -354,7 +354,8 @@ def test_a_client_that_drops_mid_body_is_no_error(server):
 
 
 @pytest.fixture
-def quick_timeouts(config):
+def tight_limits(config):
+    """Short header and body timeouts, and at most 200 values per request."""
     with ServeProcess(
         config,
         extra_args=[
@@ -362,6 +363,8 @@ def quick_timeouts(config):
             "1",
             "--body-timeout",
             "1.5",
+            "--max-elements",
+            "200",
             "--access-log",
             "off",
         ],
@@ -369,8 +372,41 @@ def quick_timeouts(config):
         yield s
 
 
-def test_slow_heads_and_bodies_time_out_with_408(quick_timeouts):
-    server = quick_timeouts
+def test_small_requests_are_held_to_the_value_limit(tight_limits):
+    """Requests small enough to be read and decoded right on the event loop still have their
+    values counted before anything is parsed: JSON values (binary tensor data is not counted)
+    and gRPC typed contents."""
+    server = tight_limits
+    keys = np.arange(300, dtype=np.int64)
+    doc = {
+        "inputs": [
+            {"name": "KEYS", "shape": [1, 300], "datatype": "INT64", "data": keys.tolist()},
+            {"name": "NUMKEYS", "shape": [1, 1], "datatype": "INT32", "data": [300]},
+        ]
+    }
+    status, _, data = http_post(server.http_url, INFER, json.dumps(doc).encode())
+    assert status == 413 and "the limit is 200" in json.loads(data)["error"], data
+    body, headers = binary_lookup_body(keys, [300])  # the keys are binary: not counted
+    assert http_post(server.http_url, INFER, body, headers)[0] == 200
+    header_length = int(headers["Inference-Header-Content-Length"])
+    head = json.loads(body[:header_length])
+    head["id"] = "," * 300  # the bound counts every comma of the JSON header
+    header = json.dumps(head).encode()
+    padded = header + body[header_length:]
+    headers = dict(headers, **{"Inference-Header-Content-Length": str(len(header))})
+    status, _, data = http_post(server.http_url, INFER, padded, headers)
+    assert status == 413 and "the limit is 200" in json.loads(data)["error"], data
+    channel, call = _raw_grpc_call(server.grpc_url)
+    try:
+        with pytest.raises(grpc.RpcError) as err:
+            call(_typed_request(300), timeout=30)
+        assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        channel.close()
+
+
+def test_slow_heads_and_bodies_time_out_with_408(tight_limits):
+    server = tight_limits
     started = time.monotonic()
     raw = _raw_exchange(server.http_url, b"POST /v2/models/m/infer HTTP/1.1\r\nHost: x\r\n", 20)
     status, _, doc = _status_and_json(raw)
@@ -494,3 +530,85 @@ def test_slow_inline_batches_move_to_the_worker_thread():
     main = threading.main_thread().name
     assert model.threads[0] == main  # inline: on the loop's thread
     assert all(name.startswith("worker") for name in model.threads[1:]), model.threads
+
+
+def test_a_long_table_update_does_not_stall_the_event_loop(tmp_path):
+    """An admin insert holds its table's write lock for its whole duration. Lookups that
+    arrive meanwhile wait for it in worker threads, never on the event loop: liveness probes
+    sent while the update runs answer in a small part of its duration."""
+    tables = make_tables(tmp_path, {"a": (20_000, 16)})
+    path = tmp_path / "ps.json"
+    path.write_text(json.dumps(ps_config(tables, {"a": 16}, max_batch_size=4096)))
+    rows = 800_000  # about 1 s of inserting on this machine
+    keys = np.arange(1 << 40, (1 << 40) + rows, dtype=np.int64)
+    vectors = np.ones((rows, 16), np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "KEYS",
+                    "shape": [rows],
+                    "datatype": "INT64",
+                    "parameters": {"binary_data_size": keys.nbytes},
+                },
+                {
+                    "name": "VECTORS",
+                    "shape": [rows, 16],
+                    "datatype": "FP32",
+                    "parameters": {"binary_data_size": vectors.nbytes},
+                },
+            ]
+        }
+    ).encode()
+    update = header + keys.tobytes() + vectors.tobytes()
+    update_headers = {
+        "Authorization": f"Bearer {TOKEN}",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    lookup, lookup_headers = binary_lookup_body(np.arange(64, dtype=np.int64), [64])
+    extra = ["--max-request-bytes", str(len(update) + 1024)]
+    with ServeProcess(path, env={"HPS_ADMIN_TOKEN": TOKEN}, extra_args=extra) as server:
+        host, port = server.http_url.split(":")
+        stop = threading.Event()
+        probes: list[tuple[float, float]] = []  # (start, end) of each liveness probe
+        answered: list[int] = []
+
+        def probe() -> None:
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while not stop.is_set():
+                started = time.perf_counter()
+                conn.request("GET", "/v2/health/live")
+                conn.getresponse().read()
+                probes.append((started, time.perf_counter()))
+                time.sleep(0.002)
+            conn.close()
+
+        def lookups() -> None:  # keep lookups arriving while the update holds the lock
+            conn = http.client.HTTPConnection(host, int(port), timeout=60)
+            while not stop.is_set():
+                answered.append(http_post(server.http_url, INFER, lookup, lookup_headers, conn)[0])
+                time.sleep(0.002)
+            conn.close()
+
+        clients = [threading.Thread(target=probe), threading.Thread(target=lookups)]
+        for client in clients:
+            client.start()
+        try:
+            time.sleep(0.5)
+            started = time.perf_counter()
+            status, _, data = http_post(
+                server.http_url, "/v2/admin/models/m/tables/a/insert", update, update_headers
+            )
+            ended = time.perf_counter()
+            time.sleep(0.2)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join(timeout=120)
+    assert status == 200, data
+    during = [end - start for start, end in probes if start < ended and end > started]
+    took = ended - started
+    print(f"update {took * 1e3:.0f} ms; {len(during)} probes, longest {max(during) * 1e3:.0f} ms")
+    assert took > 0.2, "the update was too short to show a stall"
+    assert set(answered) == {200} and len(answered) > 20
+    assert max(during) < took / 3, f"a probe took {max(during) * 1e3:.0f} of {took * 1e3:.0f} ms"

@@ -47,6 +47,7 @@ from ..runtime.errors import (
     Terminated,
 )
 from . import lookup_configs
+from .arrivals import Arrivals
 from .batcher import Batcher
 from .host_memory import release_free_memory, rss_bytes
 from .limits import INLINE_BYTES, Limits
@@ -95,6 +96,7 @@ class ServeOptions:
     custom_objects: tuple[str, ...] = ()  # MODULE[:ATTR] specs imported before packages load
     allow_non_finite: bool = False  # tables and admin inserts may hold NaN/Inf
     checked: object | None = None  # the config's runtime.preflight.Preflight, set by serve()
+    reuse_port: bool = False  # HTTP and gRPC bind with SO_REUSEPORT (worker processes)
 
 
 @dataclass
@@ -136,6 +138,7 @@ class ServerCore:
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
         self._inflight = 0
         self.metrics.inflight.set_function(lambda: self._inflight)
+        self.arrivals = Arrivals()  # requests on their way, for the batchers
         self._idle = asyncio.Event()
         self._idle.set()
         self._admin = asyncio.Lock()
@@ -363,6 +366,7 @@ class ServerCore:
             instances=instances,
             max_queue_size=self.options.max_queue_size,
             on_batch=self.metrics.on_batch,
+            arrivals=self.arrivals,
         )
         old = self.entries.get(model.name)
         self.entries[model.name] = Entry(model, batcher, built.own_runtime, built.source)
@@ -427,7 +431,8 @@ class ServerCore:
         return {"name": "hps", "version": __version__, "extensions": extensions}
 
     async def write_shared(self, request: InferRequest, result: InferResult) -> None:
-        """Write the outputs the request placed in shared memory into their regions."""
+        """Write the outputs the request placed in shared memory into their regions (callers
+        skip it for requests that place none: ``protocol.wants_shared_memory``)."""
         targets = [
             (tensor, ref) for tensor, _, ref in select_outputs(result, request) if ref is not None
         ]
@@ -691,14 +696,15 @@ class ServerCore:
                     f"{None if vectors is None else list(vectors.shape)}",
                     "VECTORS",
                 )
-        hps = model.runtime.hps
-        loop = asyncio.get_running_loop()
+        runtime, hps = model.runtime, model.runtime.hps
+        # Counted by the runtime: an update holds its tables' write lock throughout, so their
+        # lookups run in worker threads meanwhile, never on the event loop (batcher.py).
         if operation == "insert":
-            await loop.run_in_executor(
+            await runtime.run_in_thread(
                 self.executor, hps.insert, model.hps_model, table_id, keys, vectors
             )
         else:
-            await loop.run_in_executor(self.executor, hps.remove, model.hps_model, table_id, keys)
+            await runtime.run_in_thread(self.executor, hps.remove, model.hps_model, table_id, keys)
         event(
             log,
             "table_updated",

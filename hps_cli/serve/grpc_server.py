@@ -17,9 +17,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
+import math
+from time import perf_counter
 
 import grpc
+import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import DecodeError
 from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
@@ -27,10 +29,15 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from .admin import check_token
 from .core import ServerCore
 from .grpc_wire import check_typed_values
-from .logs import access, event
+from .limits import INLINE_BYTES
+from .logs import access, access_enabled, event
 from .protocol import (
+    DATATYPES,
+    MAX_DIM,
+    MAX_DIMS,
     InferRequest,
     RequestedOutput,
+    Tensor,
     check_datatype,
     check_shape,
     error_message,
@@ -40,6 +47,7 @@ from .protocol import (
     shm_ref,
     tensor_from_bytes,
     tensor_from_values,
+    wants_shared_memory,
 )
 from .shared_memory import enabled
 
@@ -147,13 +155,58 @@ def load_parameters(params) -> dict:
     return out
 
 
+def _raw_request(message: service_pb2.ModelInferRequest) -> InferRequest | None:
+    """``parse_request``'s request for the common form only: every input in
+    ``raw_input_contents``, no parameters on inputs or outputs (so no shared memory), no BOOL
+    inputs; checked in one pass with fewer protobuf accesses. None for any other request,
+    valid or not: ``parse_request`` then decodes it, or names its error."""
+    inputs, raw = message.inputs, message.raw_input_contents
+    if not inputs or len(raw) != len(inputs):
+        return None
+    tensors: dict[str, Tensor] = {}
+    for spec, blob in zip(inputs, raw):
+        name, datatype = spec.name, spec.datatype
+        if (
+            not name
+            or name in tensors
+            or datatype == "BOOL"
+            or datatype not in DATATYPES
+            or spec.parameters
+            or spec.HasField("contents")
+        ):
+            return None
+        shape = list(spec.shape)
+        if len(shape) > MAX_DIMS:
+            return None
+        for dim in shape:
+            if not 0 <= dim <= MAX_DIM:
+                return None
+        dtype = DATATYPES[datatype]
+        count = math.prod(shape)
+        if count * dtype.itemsize != len(blob):
+            return None
+        tensors[name] = Tensor(name, datatype, np.ndarray(shape, dtype, blob))
+    wanted = []
+    for out in message.outputs:
+        if out.parameters or any(o.name == out.name for o in wanted):
+            return None
+        wanted.append(RequestedOutput(out.name, True, None))
+    return InferRequest(
+        model=message.model_name,
+        version=message.model_version,
+        id=message.id,
+        inputs=tensors,
+        outputs=tuple(wanted) if wanted else None,
+    )
+
+
 def decode_request(data: bytes, shared_memory=None) -> InferRequest:
     """A serialized ModelInferRequest, decoded (the size checks were done)."""
     try:
         message = service_pb2.ModelInferRequest.FromString(data)
     except DecodeError:
         raise invalid("the request is not a valid ModelInferRequest message", "request") from None
-    return parse_request(message, shared_memory)
+    return _raw_request(message) or parse_request(message, shared_memory)
 
 
 INLINE_ANSWER_BYTES = 256 << 10  # answers up to this are serialized on the event loop
@@ -204,17 +257,21 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: ServerCore):
         self.core = core
 
-    async def _call(self, name: str, context, work, model: str | dict = ""):
+    async def _call(self, name: str, context, work, model: str | dict = "", forecast=None):
         """Run ``work()``; errors become status codes; access log and metrics. ``model``: the
-        model name, or a dict whose "model" ``work`` fills in once it has decoded the request."""
-        started = time.perf_counter()
-        self.core.begin()
+        model name, or a dict whose "model" ``work`` fills in once it has decoded the request.
+        ``forecast``: the ConcurrencyForecast that counts the calls inside (arrivals.py)."""
+        started = perf_counter()
+        core = self.core
+        if forecast is not None:
+            forecast.arrived(started)
+        core.begin()
         code = "OK"
         try:
             return await work()
         except asyncio.CancelledError:  # the client cancelled or went away
             code = "CANCELLED"
-            self.core.metrics.client_disconnects.labels("grpc").inc()
+            core.metrics.client_disconnects.labels("grpc").inc()
             event(log, "client_disconnected", protocol="grpc", method=name, peer=context.peer())
             raise
         except Exception as exc:  # noqa: BLE001 - every RPC gets an answer
@@ -223,20 +280,23 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
                 log.exception("unexpected error in %s", name)
             await context.abort(getattr(grpc.StatusCode, code), error_message(exc))
         finally:
-            self.core.end()
-            seconds = time.perf_counter() - started
+            core.end()
+            done = perf_counter()
+            if forecast is not None:
+                forecast.answered(done)
             if isinstance(model, dict):
                 model = model["model"]
             if name == "ModelInfer" and code != "CANCELLED":
-                self.core.metrics.observe(self.core.model_label(model), "grpc", code, seconds)
-            access(
-                protocol="grpc",
-                method=name,
-                model=model,
-                status=code,
-                ms=round(seconds * 1000, 3),
-                peer=context.peer(),
-            )
+                core.metrics.observe(core.model_label(model), "grpc", code, done - started)
+            if access_enabled():
+                access(
+                    protocol="grpc",
+                    method=name,
+                    model=model,
+                    status=code,
+                    ms=round((done - started) * 1000, 3),
+                    peer=context.peer(),
+                )
 
     def _admin(self, context) -> None:
         metadata = dict(context.invocation_metadata() or ())
@@ -301,24 +361,29 @@ class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):
 
     async def ModelInfer(self, request: bytes, context):
         names = {"model": ""}
+        core = self.core
 
         async def work():
-            self.core.check_ready()
-            check_typed_values(request, self.core.limits.max_elements)
-            parsed = await self.core.decode(
-                len(request), decode_request, request, self.core.shared_memory
-            )
+            core.check_ready()
+            check_typed_values(request, core.limits.max_elements)
+            if len(request) <= INLINE_BYTES:  # decoded right here (core.decode would, later)
+                parsed = decode_request(request, core.shared_memory)
+            else:
+                parsed = await core.decode(
+                    len(request), decode_request, request, core.shared_memory
+                )
             names["model"] = parsed.model
-            result = await self.core.infer(parsed)
-            await self.core.write_shared(parsed, result)
+            result = await core.infer(parsed)
+            if wants_shared_memory(parsed):
+                await core.write_shared(parsed, result)
             if answer_bytes(result) <= INLINE_ANSWER_BYTES:
                 return encode_response(parsed, result)
             # Built and serialized in a worker thread: 8 MiB of vectors never stall the loop.
             return await asyncio.get_running_loop().run_in_executor(
-                self.core.executor, encode_response, parsed, result
+                core.executor, encode_response, parsed, result
             )
 
-        return await self._call("ModelInfer", context, work, names)
+        return await self._call("ModelInfer", context, work, names, core.arrivals.grpc)
 
     async def RepositoryIndex(self, request, context):
         async def work():
@@ -388,7 +453,7 @@ def build_server(core: ServerCore) -> grpc.aio.Server:
         options=[
             ("grpc.max_receive_message_length", limits.max_request_bytes),
             ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
+            ("grpc.so_reuseport", 1 if core.options.reuse_port else 0),
             ("grpc.server_handshake_timeout_ms", int(limits.header_timeout_s * 1000)),
         ]
     )

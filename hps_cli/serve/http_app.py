@@ -26,7 +26,7 @@ counted in ``hps_client_disconnects_total``, and is not an error. Responses name
 from __future__ import annotations
 
 import logging
-import time
+from time import perf_counter
 
 import orjson
 from aiohttp import web
@@ -42,8 +42,9 @@ from .http_codec import (
     parse_json,
 )
 from .http_protocol import SERVER
-from .logs import access, event
-from .protocol import error_message, http_status, invalid
+from .limits import INLINE_BYTES
+from .logs import access, access_enabled, event
+from .protocol import error_message, http_status, invalid, wants_shared_memory
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -73,12 +74,18 @@ def build_app(core: ServerCore) -> web.Application:
     limits = core.limits
     limit = limits.max_request_bytes
 
+    metrics = core.metrics
+    model_label = core.model_label
+
     @web.middleware
     async def frame(request: web.Request, handler):
         """Errors as {"error"}, in-flight tracking, access log and request metrics."""
-        started = time.perf_counter()
+        started = perf_counter()
+        begun = getattr(request.protocol, "begun", None)  # GuardedHandler: off the pending count
+        if begun is not None:
+            begun()
         core.begin()
-        status, size_out = 500, 0
+        status, response = 500, None
         try:
             try:
                 response = await handler(request)
@@ -91,7 +98,7 @@ def build_app(core: ServerCore) -> web.Application:
                 response = _error(exc.status, message)
             except (ClientGoneError, ConnectionError) as exc:
                 status = "client_disconnected"
-                core.metrics.client_disconnects.labels("http").inc()
+                metrics.client_disconnects.labels("http").inc()
                 event(
                     log,
                     "client_disconnected",
@@ -107,25 +114,28 @@ def build_app(core: ServerCore) -> web.Application:
                     log.exception("unexpected error on %s %s", request.method, request.path)
                 response = _error(status, error_message(exc))
             status = response.status
-            size_out = response.content_length or 0
             return response
         finally:
             core.end()
-            seconds = time.perf_counter() - started
-            model = request.match_info.get("model", "")
-            if request.path.endswith("/infer") and status != "client_disconnected":
-                core.metrics.observe(core.model_label(model), "http", status, seconds)
-            access(
-                protocol="http",
-                method=request.method,
-                path=request.path,
-                model=model,
-                status=status,
-                ms=round(seconds * 1000, 3),
-                bytes_in=request.content_length or 0,
-                bytes_out=size_out,
-                peer=request.remote,
-            )
+            seconds = perf_counter() - started
+            if status != "client_disconnected" and (
+                handler is infer or request.path.endswith("/infer")
+            ):
+                model = request.match_info.get("model", "")
+                metrics.observe(model_label(model), "http", status, seconds)
+            if access_enabled():
+                size_out = (response.content_length or 0) if response is not None else 0
+                access(
+                    protocol="http",
+                    method=request.method,
+                    path=request.path,
+                    model=request.match_info.get("model", ""),
+                    status=status,
+                    ms=round(seconds * 1000, 3),
+                    bytes_in=request.content_length or 0,
+                    bytes_out=size_out,
+                    peer=request.remote,
+                )
 
     async def body_of(request: web.Request, json_length: int | None = None) -> bytes:
         return await read_body(request, limits, json_length)
@@ -163,17 +173,20 @@ def build_app(core: ServerCore) -> web.Application:
         core.check_ready()
         header_length = request.headers.get(HEADER_LENGTH)
         body = await body_of(request, header_length_of(header_length))
-        req = await core.decode(
-            len(body),
-            parse_infer_request,
+        args = (
             body,
             header_length,
             request.match_info["model"],
             request.match_info.get("version", ""),
             core.shared_memory,
         )
+        if len(body) <= INLINE_BYTES:  # decoded right here (core.decode would, a call later)
+            req = parse_infer_request(*args)
+        else:
+            req = await core.decode(len(body), parse_infer_request, *args)
         result = await core.infer(req)
-        await core.write_shared(req, result)
+        if wants_shared_memory(req):
+            await core.write_shared(req, result)
         header, blobs = encode_infer_response(req.model, req.version, req, result)
         if not blobs:
             return web.Response(body=header, headers={"Server": SERVER, "Content-Type": _JSON})
@@ -275,7 +288,10 @@ def build_app(core: ServerCore) -> web.Application:
         return _empty()
 
     app = web.Application(middlewares=[frame], client_max_size=limit)
+    # The infer routes first: aiohttp tries the routes under /v2/models in registration order.
     routes = [
+        web.post("/v2/models/{model}/infer", infer),
+        web.post("/v2/models/{model}/versions/{version}/infer", infer),
         web.get("/v2", server_metadata),
         web.get("/v2/health/live", live),
         web.get("/v2/health/ready", ready),
@@ -296,7 +312,6 @@ def build_app(core: ServerCore) -> web.Application:
             web.get(base + "/ready", model_ready),
             web.get(base + "/config", model_config),
             web.get(base + "/stats", model_stats),
-            web.post(base + "/infer", infer),
         ]
     app.add_routes(routes)
     return app

@@ -44,11 +44,7 @@ class _Body:
     def add(self, chunk: bytes) -> None:
         limit = self.limits.max_request_bytes
         if len(self.data) + len(chunk) > limit:
-            raise RequestTooLargeError(
-                f"the body is larger than the limit of {limit} bytes",
-                location="body",
-                hint="raise --max-request-bytes or split the request",
-            )
+            raise _too_large(limit)
         start = len(self.data)
         self.data += chunk
         end = len(self.data) if self.json_length is None else min(self.json_length, len(self.data))
@@ -56,6 +52,25 @@ class _Body:
             self.elements += json_element_bound(chunk[: end - start]) - 1
             if self.elements + 1 > self.limits.max_elements:
                 raise too_many_elements(self.elements + 1, self.limits.max_elements, "body")
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(
+        f"the body is larger than the limit of {limit} bytes",
+        location="body",
+        hint="raise --max-request-bytes or split the request",
+    )
+
+
+def _check_whole(data: bytes, limits: Limits, json_length: int | None) -> None:
+    """``_Body.add``'s checks of a body read in one piece."""
+    if len(data) > limits.max_request_bytes:
+        raise _too_large(limits.max_request_bytes)
+    size = len(data) if json_length is None else min(json_length, len(data))
+    if size >= limits.max_elements:  # else the bound (at most size + 1) is within the limit
+        bound = json_element_bound(data[:size])
+        if bound > limits.max_elements:
+            raise too_many_elements(bound, limits.max_elements, "body")
 
 
 async def read_body(request: web.Request, limits: Limits, json_length: int | None) -> bytes:
@@ -73,12 +88,13 @@ async def read_body(request: web.Request, limits: Limits, json_length: int | Non
             f"unsupported Content-Encoding {encoding!r} (gzip, deflate or identity)",
             location="Content-Encoding",
         )
+    content = request.content
+    if encoding in ("identity", "") and content.is_eof() and (declared or 0) <= INLINE_BYTES:
+        data = content.read_nowait(-1)  # a small body that came with its head: no waiting
+        _check_whole(data, limits, json_length)
+        return data
     inflater = zlib.decompressobj(_WBITS[encoding]) if encoding in _WBITS else None
     body = _Body(limits, json_length)
-    content = request.content
-    if inflater is None and content.is_eof() and (declared or 0) <= INLINE_BYTES:
-        body.add(content.read_nowait(-1))  # a small body that came with its head: no waiting
-        return bytes(body.data)
     deadline = asyncio.get_running_loop().time() + limits.body_timeout_s
     try:
         async with timeout_at(deadline):

@@ -7,6 +7,9 @@
   answered as every other error: ``{"error": "http: <reason>"}``, logged at info level without
   a traceback (they are the client's fault).
 - Every answer names the server ``hps`` (no versions).
+- Request heads read but not yet handled are counted in ``Arrivals.http_pending`` (the batchers
+  wait for those requests instead of running a request at once, arrivals.py); the middleware
+  (http_app.py) takes a request off the count when its handling begins.
 
 aiohttp creates one handler per connection through its ``Server``; ``GuardedRunner`` makes its
 server create ``GuardedHandler``s.
@@ -41,6 +44,8 @@ class GuardedHandler(RequestHandler):
     """One HTTP connection (see the module's docstring)."""
 
     header_timeout_s = 10.0
+    arrivals = None  # the server's Arrivals
+    pending = 0  # heads of this connection counted in arrivals.http_pending
 
     _head_timer = None
 
@@ -49,13 +54,25 @@ class GuardedHandler(RequestHandler):
         super().data_received(data)
         if self._request_count != heads:  # a complete head: its request is being handled
             self._stop_head_timer()
+            if self.arrivals is not None:
+                self.pending += self._request_count - heads
+                self.arrivals.http_pending += self._request_count - heads
         elif data and self._head_timer is None and not self._request_in_progress:
             # Bytes while no request is being handled: a head has begun (on a new connection
             # possibly before aiohttp's reader waits for it). The expiry checks again.
             self._head_timer = self._loop.call_later(self.header_timeout_s, self._head_expired)
 
+    def begun(self) -> None:
+        """A request of this connection is being handled (called by the middleware)."""
+        if self.pending:
+            self.pending -= 1
+            self.arrivals.http_pending -= 1
+
     def connection_lost(self, exc: BaseException | None) -> None:
         self._stop_head_timer()
+        if self.pending:  # heads whose requests will never be handled
+            self.arrivals.http_pending -= self.pending
+            self.pending = 0
         super().connection_lost(exc)
 
     def _waiting_for_head(self) -> bool:
@@ -86,6 +103,8 @@ class GuardedHandler(RequestHandler):
         self.force_close()
 
     def handle_error(self, request, status: int = 500, exc=None, message=None):
+        if isinstance(exc, HttpProcessingError):  # a head the parser refused: no middleware
+            self.begun()
         if status >= 500:
             self.log_exception("error handling a request from %s", request.remote, exc_info=exc)
         if request.writer.output_size > 0:
@@ -104,22 +123,26 @@ class GuardedHandler(RequestHandler):
 
 class _GuardedServer(web.Server):
     header_timeout_s = 10.0
+    arrivals = None
 
     def __call__(self) -> RequestHandler:
         handler = GuardedHandler(self, loop=self._loop, **self._kwargs)
         handler.header_timeout_s = self.header_timeout_s
+        handler.arrivals = self.arrivals
         return handler
 
 
 class GuardedRunner(web.AppRunner):
     """``web.AppRunner`` whose connections are ``GuardedHandler``s."""
 
-    def __init__(self, app: web.Application, *, header_timeout_s: float, **kwargs):
+    def __init__(self, app: web.Application, *, header_timeout_s: float, arrivals=None, **kwargs):
         super().__init__(app, **kwargs)
         self.header_timeout_s = header_timeout_s
+        self.arrivals = arrivals
 
     async def _make_server(self) -> web.Server:
         server = await super()._make_server()
         server.__class__ = _GuardedServer  # aiohttp builds it; only the handler class differs
         server.header_timeout_s = self.header_timeout_s
+        server.arrivals = self.arrivals
         return server

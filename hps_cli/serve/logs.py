@@ -62,6 +62,11 @@ def event(logger: logging.Logger, name: str, level: int = logging.INFO, **fields
         logger.log(level, name, extra={"fields": {"event": name, **fields}})
 
 
+def access_enabled() -> bool:
+    """Whether access records are written (callers skip gathering their fields otherwise)."""
+    return not ACCESS.disabled and ACCESS.isEnabledFor(logging.INFO)
+
+
 def access(**fields) -> None:
-    if not ACCESS.disabled and ACCESS.isEnabledFor(logging.INFO):
+    if access_enabled():
         ACCESS.info("access", extra={"fields": fields})

@@ -1,6 +1,7 @@
 """Prometheus metrics on their own port (prometheus_client's threaded HTTP server).
 
-Request side (updated by the HTTP and gRPC front ends and the batchers):
+Request side (updated on the event loop by the HTTP and gRPC front ends and the batchers; the
+counters and histograms of requests and batches are loop_metrics.py's, without locks):
 
 - ``hps_requests_total{model, protocol, code}``: requests answered, by status (HTTP code or
   gRPC status name); unknown model names are counted under ``model="_unknown"``;
@@ -31,6 +32,8 @@ Runtime side, read from the HPS runtimes at every scrape:
 from __future__ import annotations
 
 import logging
+
+from .loop_metrics import LoopCounter, LoopHistogram, LoopMetrics
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -73,7 +76,6 @@ class Metrics:
             CollectorRegistry,
             Counter,
             Gauge,
-            Histogram,
             disable_created_metrics,
             process_collector,
         )
@@ -82,53 +84,49 @@ class Metrics:
 
         self.registry = CollectorRegistry()
         process_collector.ProcessCollector(registry=self.registry)
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "hps_requests",
             "Requests answered, by model, protocol and status code",
             ["model", "protocol", "code"],
-            registry=self.registry,
         )
-        self.latency = Histogram(
+        self.latency = LoopHistogram(
             "hps_request_duration_seconds",
             "Request latency, receipt to answer",
             ["model", "protocol"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
+            LATENCY_BUCKETS,
         )
         self.queue_depth = Gauge(
             "hps_queue_depth", "Requests waiting in the batcher", ["model"], registry=self.registry
         )
-        self.batch_requests = Histogram(
-            "hps_batch_requests",
-            "Requests per executed batch",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        self.batch_requests = LoopHistogram(
+            "hps_batch_requests", "Requests per executed batch", ["model"], BATCH_BUCKETS
         )
-        self.batch_samples = Histogram(
-            "hps_batch_samples",
-            "Samples per executed batch",
-            ["model"],
-            buckets=BATCH_BUCKETS,
-            registry=self.registry,
+        self.batch_samples = LoopHistogram(
+            "hps_batch_samples", "Samples per executed batch", ["model"], BATCH_BUCKETS
         )
-        self.executions = Counter(
-            "hps_executions",
-            "Batches run, by model and device",
-            ["model", "device"],
-            registry=self.registry,
+        self.executions = LoopCounter(
+            "hps_executions", "Batches run, by model and device", ["model", "device"]
         )
-        self.execution_requests = Counter(
+        self.execution_requests = LoopCounter(
             "hps_execution_requests",
             "Requests of the batches run, by model and device",
             ["model", "device"],
-            registry=self.registry,
         )
-        self.execution_samples = Counter(
+        self.execution_samples = LoopCounter(
             "hps_execution_samples",
             "Samples of the batches run, by model and device",
             ["model", "device"],
-            registry=self.registry,
+        )
+        self.registry.register(
+            LoopMetrics(
+                self.requests,
+                self.latency,
+                self.batch_requests,
+                self.batch_samples,
+                self.executions,
+                self.execution_requests,
+                self.execution_samples,
+            )
         )
         self.client_disconnects = Counter(
             "hps_client_disconnects",
@@ -144,53 +142,46 @@ class Metrics:
         )
         self.registry.register(_RuntimeCollector(runtimes))
         self._server = None
-        self._children: dict = {}
-        self._device_children: dict = {}  # (model, device) -> the per-device counters
 
     def observe(self, model: str, protocol: str, code: str | int, seconds: float) -> None:
-        key = (model, protocol, code)
-        children = self._children.get(key)
-        if children is None:  # labels() takes a lock and builds tuples: once per label set
-            latency = self.latency.labels(model, protocol) if model != "_unknown" else None
-            children = self._children[key] = (
-                self.requests.labels(model, protocol, str(code)),
-                latency,
-            )
-        children[0].inc()
-        if children[1] is not None:
-            children[1].observe(seconds)
+        """One answered request (on the event loop); unknown models get no latency series."""
+        labels = (model, protocol)
+        self.requests.inc((model, protocol, str(code)))
+        if model != "_unknown":
+            self.latency.observe(labels, seconds)
 
     def on_batch(self, model: str, requests: int, samples: int, device=None) -> None:
-        self.batch_requests.labels(model).observe(requests)
-        self.batch_samples.labels(model).observe(samples)
+        """One executed batch (on the event loop); ``device`` None for a model without
+        devices."""
+        labels = (model,)
+        self.batch_requests.observe(labels, requests)
+        self.batch_samples.observe(labels, samples)
         key = (model, "" if device is None else str(device))
-        children = self._device_children.get(key)
-        if children is None:
-            children = self._device_children[key] = tuple(
-                metric.labels(*key)
-                for metric in (self.executions, self.execution_requests, self.execution_samples)
-            )
-        children[0].inc()
-        children[1].inc(requests)
-        children[2].inc(samples)
+        self.executions.inc(key)
+        self.execution_requests.inc(key, requests)
+        self.execution_samples.inc(key, samples)
 
     def track_queue(self, model: str, depth) -> None:
         self.queue_depth.labels(model).set_function(depth)
 
     def forget(self, model: str) -> None:
-        self._children = {k: v for k, v in self._children.items() if k[0] != model}
-        for metric in (self.queue_depth, self.batch_requests, self.batch_samples):
-            try:
-                metric.remove(model)
-            except KeyError:
-                pass
-        for key in [k for k in self._device_children if k[0] == model]:
-            del self._device_children[key]
-            for metric in (self.executions, self.execution_requests, self.execution_samples):
-                try:
-                    metric.remove(*key)
-                except KeyError:
-                    pass
+        """Drop an unloaded model's batch and device series (its request counts stay)."""
+
+        def mine(labels: tuple[str, ...]) -> bool:
+            return labels[0] == model
+
+        for metric in (
+            self.batch_requests,
+            self.batch_samples,
+            self.executions,
+            self.execution_requests,
+            self.execution_samples,
+        ):
+            metric.remove(mine)
+        try:
+            self.queue_depth.remove(model)
+        except KeyError:
+            pass
 
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on ``host:port`` (0: any free port); returns the port."""

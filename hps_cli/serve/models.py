@@ -223,7 +223,14 @@ class LookupModel(ServedModel):
         }
 
     def prepare(self, request: InferRequest) -> Work:
-        self.check_request(request)
+        inputs, outputs = request.inputs, request.outputs
+        if (
+            len(inputs) != 2
+            or "KEYS" not in inputs
+            or "NUMKEYS" not in inputs
+            or (outputs is not None and any(o.name != "OUTPUT0" for o in outputs))
+        ):
+            self.check_request(request)  # names what is wrong (the common form passes it)
         keys = self.check_datatype(request, self.inputs[0])
         counts = self.check_datatype(request, self.inputs[1])
         batched = _check_row(keys, "KEYS", "[1, total] or [total]")
@@ -250,8 +257,11 @@ class LookupModel(ServedModel):
                 "KEYS",
             )
         flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
-        bounds = [0, *itertools.accumulate(num)]
-        parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
+        if self.num_tables == 1:
+            parts = [flat]
+        else:
+            bounds = [0, *itertools.accumulate(num)]
+            parts = [flat[bounds[t] : bounds[t + 1]] for t in range(self.num_tables)]
         return Work(
             max(1, samples),
             request,

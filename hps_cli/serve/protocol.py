@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -193,8 +194,7 @@ def shm_ref(params: dict, where: str) -> ShmRef | None:
     return ShmRef(region, values[0], values[1])
 
 
-@dataclass(frozen=True)
-class RequestedOutput:
+class RequestedOutput(NamedTuple):  # a tuple: made for every output of every request
     name: str
     binary: bool | None = None  # None: the request's default
     shm: ShmRef | None = None  # written into a shared memory region instead
@@ -219,6 +219,11 @@ class InferResult:
 
     outputs: list[Tensor]
     parameters: dict = field(default_factory=dict)
+
+
+def wants_shared_memory(request: InferRequest) -> bool:
+    """Whether the request places an output in a shared memory region."""
+    return request.outputs is not None and any(o.shm is not None for o in request.outputs)
 
 
 def select_outputs(
@@ -253,6 +258,12 @@ def check_datatype(datatype: object, where: str) -> np.dtype:
 
 def check_shape(shape: object, where: str) -> tuple[int, ...]:
     """A shape: a list of at most MAX_DIMS integers in [0, MAX_DIM]."""
+    if type(shape) is list and len(shape) <= MAX_DIMS:  # the common case, checked in one pass
+        for dim in shape:
+            if type(dim) is not int or not 0 <= dim <= MAX_DIM:
+                break
+        else:
+            return tuple(shape)
     if not isinstance(shape, (list, tuple)):
         raise invalid(f"shape must be a list of integers, got {_kind(shape)}", where)
     if len(shape) > MAX_DIMS:
@@ -276,15 +287,15 @@ def tensor_from_bytes(
 ) -> Tensor:
     """A tensor from ``size`` raw little-endian bytes at ``offset`` of ``buffer`` (no copy)."""
     dtype = DATATYPES[datatype]
-    count = element_count(shape)
+    count = math.prod(shape)
     if count * dtype.itemsize != size:
         raise invalid(
             f"{size} bytes of binary data for shape {list(shape)} of {datatype} "
             f"(expected {count} x {dtype.itemsize} = {count * dtype.itemsize})",
             where,
         )
-    array = np.frombuffer(buffer, dtype=dtype, count=count, offset=offset).reshape(shape)
-    if dtype == np.bool_ and count and np.frombuffer(buffer, np.uint8, count, offset).max() > 1:
+    array = np.frombuffer(buffer, dtype, count, offset).reshape(shape)
+    if datatype == "BOOL" and count and np.frombuffer(buffer, np.uint8, count, offset).max() > 1:
         raise invalid("BOOL bytes must be 0 or 1", where)
     return Tensor(name, datatype, array)
 

@@ -4,12 +4,26 @@ asks for (GPU caches on a GPU machine, the NumPy reference elsewhere, prefilled 
 Every lookup model has a runtime of its own (a config of that one model: lookup_configs.py), so
 that it can be loaded, reloaded and unloaded alone; an inference package uses the runtime of
 the lookup model it shares its tables with, or one of its own from its ps.json.
+
+Work on the runtime's tables in worker threads (executions of batches, admin table updates) is
+started through ``run_in_thread``, which counts it in ``threads_busy`` until the thread is done
+with it. While that count is above 0, batches of the models over this runtime do not run on the
+event loop (batcher.py): such work may hold a lock a lookup waits for (an update holds its
+tables' write lock for its whole duration, a batch's write-back holds the volatile tier's), and
+a lookup waiting on the event loop would stall every client. The count lives here because the
+runtime owns those locks (its ``HPS``'s tiers and caches): a package over a lookup model's
+tables shares that model's runtime and so its count, while another runtime's work never holds
+them (runtimes that share a RocksDB database share only its store, whose gets wait for no
+update). A reloaded model gets a new runtime and a new count; work still running on the old one
+counts down on the old one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
+from concurrent.futures import Executor
 from pathlib import Path
 
 log = logging.getLogger("hps_cli.serve")
@@ -59,10 +73,30 @@ class ServedRuntime:
         )
         self._lock = threading.Lock()
         self._closed = False
+        self.threads_busy = 0  # work started by run_in_thread and not done (event loop only)
 
     @property
     def config(self):
         return self.hps.config
+
+    def run_in_thread(self, executor: Executor, fn, *args) -> asyncio.Future:
+        """``fn(*args)`` in ``executor``, counted in ``threads_busy`` until the thread has
+        finished it (also when an awaiting task is cancelled first). Call on the event loop."""
+        loop = asyncio.get_running_loop()
+        self.threads_busy += 1
+        work = executor.submit(fn, *args)
+
+        def done(_) -> None:  # in the worker thread (or here, when submit ran it at once)
+            try:
+                loop.call_soon_threadsafe(self._thread_done)
+            except RuntimeError:  # the loop is closed: nothing runs inline any more
+                pass
+
+        work.add_done_callback(done)
+        return asyncio.wrap_future(work, loop=loop)
+
+    def _thread_done(self) -> None:
+        self.threads_busy -= 1
 
     def close(self) -> None:
         with self._lock:

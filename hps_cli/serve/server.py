@@ -63,7 +63,9 @@ def serve(options: ServeOptions) -> None:
 CLOSE_RESERVE_S = 1.0  # of the shutdown timeout, kept for cancelling and closing
 
 
-async def _bind_http(app, host: str, port: int, header_timeout_s: float):
+async def _bind_http(
+    app, host: str, port: int, header_timeout_s: float, arrivals=None, reuse_port: bool = False
+):
     from aiohttp import web
 
     from .http_protocol import GuardedRunner
@@ -72,6 +74,7 @@ async def _bind_http(app, host: str, port: int, header_timeout_s: float):
     runner = GuardedRunner(
         app,
         header_timeout_s=header_timeout_s,
+        arrivals=arrivals,
         access_log=None,
         handle_signals=False,
         shutdown_timeout=0.1,
@@ -79,7 +82,7 @@ async def _bind_http(app, host: str, port: int, header_timeout_s: float):
         lingering_time=1.0,  # a refused body is drained for at most 1 s (the client sees the 413)
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_address=True)
+    site = web.TCPSite(runner, host, port, reuse_address=True, reuse_port=reuse_port or None)
     try:
         await site.start()
     except OSError as exc:
@@ -113,7 +116,12 @@ async def _main(options: ServeOptions) -> None:
     runner = grpc_server = None
     try:
         runner, http_port = await _bind_http(
-            build_app(core), options.host, options.http_port, options.header_timeout_s
+            build_app(core),
+            options.host,
+            options.http_port,
+            options.header_timeout_s,
+            core.arrivals,
+            options.reuse_port,
         )
         grpc_server = build_server(core)
         try:
