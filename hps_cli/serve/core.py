@@ -38,6 +38,7 @@ from .protocol import InferRequest, InferResult, invalid, select_outputs
 from .saved_model import find_saved_model
 from .served_runtime import ServedRuntime
 from .shared_memory import SharedMemoryRegions
+from .worker_sharing import refuse_cached_update
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -73,6 +74,8 @@ class ServeOptions:
     redis_options: dict | None = None
     allow_shared_memory: bool = False
     reuse_port: bool = False  # HTTP and gRPC bind with SO_REUSEPORT (worker processes)
+    workers: int = 1  # server processes on these ports (worker_sharing.py: what N > 1 means)
+    persistent_read_only: bool = False  # open the config's RocksDB read-only (workers)
 
 
 @dataclass
@@ -145,7 +148,11 @@ class ServerCore:
         event(log, "loading", config=str(options.config) if options.config else None)
         lookups = []
         if options.config is not None:
-            self.runtime = ServedRuntime(options.config, redis_options=options.redis_options)
+            self.runtime = ServedRuntime(
+                options.config,
+                redis_options=options.redis_options,
+                persistent_read_only=options.persistent_read_only,
+            )
             for name in self.runtime.config.model_names:
                 model = LookupModel(name, self.runtime)
                 model.warm_up()
@@ -507,6 +514,7 @@ class ServerCore:
                     f"{None if vectors is None else list(vectors.shape)}",
                     "VECTORS",
                 )
+        refuse_cached_update(model.runtime, model.hps_model, self.options.workers)
         hps = model.runtime.hps
         loop = asyncio.get_running_loop()
         if operation == "insert":

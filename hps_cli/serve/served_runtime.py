@@ -17,13 +17,23 @@ class ServedRuntime:
     Args:
         config: path of the ps.json.
         redis_options: passed to ``HPS`` (timeouts, retry interval of a Redis Cluster tier).
+        persistent_read_only: open the RocksDB tier read-only whatever the config says (the
+            worker processes of ``hps serve --workers``, worker_sharing.py).
     """
 
-    def __init__(self, config: Path, *, redis_options: dict | None = None):
+    def __init__(
+        self,
+        config: Path,
+        *,
+        redis_options: dict | None = None,
+        persistent_read_only: bool = False,
+    ):
         from ..runtime import HPS
+        from .worker_sharing import read_only_persistent
 
         self.path = Path(config)
-        self.hps = HPS(self.path, redis_options=redis_options)
+        source = read_only_persistent(self.path) if persistent_read_only else self.path
+        self.hps = HPS(source, redis_options=redis_options)
         self._lock = threading.Lock()
         self._closed = False
 

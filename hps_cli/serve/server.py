@@ -38,18 +38,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(options: ServeOptions) -> None:
-    """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
+def check_options(options: ServeOptions):
+    """The start-up checks made before any port is bound; returns the config (or None)."""
     from ..runtime.config.validate import load_config
 
+    config = None
     if options.config is not None:
-        load_config(options.config, check_files=True)  # fail before binding anything
+        config = load_config(options.config, check_files=True)
     if options.allow_shared_memory and not is_loopback(options.host):
         raise InvalidInputError(
             "shared memory is for clients on the same host: it needs a "
             f"loopback --host, not {options.host}",
             location="--allow-shared-memory",
         )
+    return config
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
+    check_options(options)  # fail before binding anything
     run(_main(options))
 
 

@@ -1,0 +1,91 @@
+"""What the hierarchy means when ``hps serve --workers N`` runs N > 1 server processes.
+
+Every worker opens the ps.json's runtime itself, so each tier must be one the workers can
+share, or one that is read-only:
+
+- ``volatile_db``: ``multi_process_hash_map`` (one copy in shared memory: the first worker loads
+  it, the others attach) and ``redis_cluster`` are shared; every worker sees an admin insert or
+  remove at once. ``parallel_hash_map`` lives inside a process: N workers would hold N copies
+  (N times the memory) and an admin update would reach the one worker whose connection carried
+  it, so start-up refuses it (``refuse_private_volatile``). ``disabled`` is fine.
+- ``persistent_db`` (RocksDB): one process may open a database read-write. The supervisor
+  loads what the database lacks once, before any worker starts (``prepare_persistent``), and
+  every worker opens it read-only (``ServeOptions.persistent_read_only``). Admin updates must
+  reach every tier, so they are refused (400, ``persistent_db.read_only``) on such models.
+- Embedding caches (``gpucache``) are per process, as on any multi-instance deployment: an
+  update would refresh the cache of one worker only, so admin updates of a model with caches
+  are refused (``refuse_cached_update``); lookups use every worker's cache.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from ..runtime.errors import ConfigError, InvalidInputError
+
+log = logging.getLogger("hps_cli.serve")
+
+SHARED_VOLATILE = ("multi_process_hash_map", "redis_cluster", "disabled")
+
+
+def refuse_private_volatile(config, workers: int) -> None:
+    """ConfigError when ``workers`` > 1 processes would each hold a private volatile tier."""
+    vdb = config.volatile_db
+    if workers > 1 and vdb.type not in SHARED_VOLATILE:
+        source = config.source_path or "<config>"
+        raise ConfigError(
+            f"volatile_db.type '{vdb.type}' is private to each process: {workers} workers "
+            "would hold a copy each, and an admin update would reach one of them only",
+            location=f"{source} $.volatile_db.type",
+            hint="set volatile_db.type to multi_process_hash_map (one copy in shared memory "
+            "for every worker) or redis_cluster, or serve with --workers 1",
+        )
+
+
+def needs_read_only_persistent(config, workers: int) -> bool:
+    pdb = config.persistent_db
+    return workers > 1 and pdb.enabled and not pdb.read_only
+
+
+def prepare_persistent(config) -> None:
+    """Load into RocksDB what it lacks (changed or new tables), once, in this process, so that
+    the workers can open it read-only. Only the persistent tier is built (no volatile tier, no
+    caches); a database already current is just checked."""
+    from ..runtime import HPS
+
+    only_persistent = dataclasses.replace(
+        config, volatile_db=dataclasses.replace(config.volatile_db, type="disabled")
+    )
+    HPS(only_persistent, cache_factory=None).close()
+    log.info("RocksDB %s prepared for read-only workers", config.persistent_db.path)
+
+
+def read_only_persistent(config_path: Path):
+    """The config of ``config_path`` with RocksDB opened read-only (what each worker serves)."""
+    from ..runtime.config.validate import load_config
+
+    config = load_config(config_path, check_files=True)
+    return dataclasses.replace(
+        config, persistent_db=dataclasses.replace(config.persistent_db, read_only=True)
+    )
+
+
+def refuse_cached_update(runtime, hps_model: str, workers: int) -> None:
+    """400 for an admin update that only this worker's embedding caches would see."""
+    if workers <= 1:
+        return
+    cfg = runtime.config.model(hps_model)
+    cached = any(
+        runtime.hps.front_cache(cfg.model, t, device) is not None
+        for device in cfg.deployed_device_list
+        for t in range(cfg.num_tables)
+    )
+    if cached:
+        raise InvalidInputError(
+            f"model '{hps_model}' has an embedding cache in each of the {workers} worker "
+            "processes: an update would refresh this worker's cache only",
+            location="gpucache",
+            hint="set gpucache false for models updated at run time, or serve with --workers 1",
+        )
