@@ -115,6 +115,13 @@ async def _main(options: ServeOptions) -> None:
     core = ServerCore(options)
     runner = grpc_server = None
     try:
+        # A worker process (workers.py) listens once it can answer: a restarted one must not
+        # take connections from the ready ones only to answer 503 while it loads.
+        late = options.workers > 1
+        if late and not await _load(core, stop):
+            await _shutdown(core, None, None, options.shutdown_timeout_s)
+            event(log, "stopped")
+            return
         runner, http_port = await _bind_http(
             build_app(core),
             options.host,
@@ -158,11 +165,7 @@ async def _main(options: ServeOptions) -> None:
             metrics_port=metrics_port,
             admin=options.admin_token is not None,
         )
-        loading = loop.create_task(core.load())
-        waiter = loop.create_task(stop.wait())
-        await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if loading.done():
-            loading.result()  # a start-up error is raised here
+        if late or await _load(core, stop):
             event(
                 log,
                 "ready",
@@ -172,10 +175,7 @@ async def _main(options: ServeOptions) -> None:
                 metrics_port=metrics_port,
                 models=sorted(core.entries),
             )
-            await waiter
-        else:
-            event(log, "stopped_while_loading")
-            loading.cancel()
+            await stop.wait()
         event(log, "draining", inflight=core._inflight)
         await _shutdown(core, runner, grpc_server, options.shutdown_timeout_s)
         runner = grpc_server = None
@@ -183,6 +183,22 @@ async def _main(options: ServeOptions) -> None:
     finally:
         if runner is not None or grpc_server is not None:
             await _shutdown(core, runner, grpc_server, 1.0)
+
+
+async def _load(core: ServerCore, stop: asyncio.Event) -> bool:
+    """Load the models; False when SIGTERM came first (the load is cancelled). A start-up
+    error is raised."""
+    loop = asyncio.get_running_loop()
+    loading = loop.create_task(core.load())
+    waiter = loop.create_task(stop.wait())
+    await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        waiter.cancel()
+        loading.result()
+        return True
+    event(log, "stopped_while_loading")
+    loading.cancel()
+    return False
 
 
 async def _shutdown(core: ServerCore, runner, grpc_server, timeout: float) -> None:
