@@ -183,7 +183,6 @@ def test_a_private_hash_map_with_several_workers_is_refused(tables, hps):
     assert lines[1].startswith("hint: ") and "multi_process_hash_map" in lines[1]
 
 
-@pytest.mark.slow
 def test_rocksdb_is_read_only_in_the_workers(tables, reference, tmp_path):
     config = _config(tables, "rocks", persistent=rocks_db(tmp_path / "db"))
     server = ServeProcess(
@@ -223,7 +222,6 @@ def _worker_pids(server) -> list[int]:
     return next(e["pids"] for e in server.log_events() if e.get("event") == "ready")
 
 
-@pytest.mark.slow
 def test_sigterm_stops_every_worker_within_the_shutdown_timeout(tables):
     server = ServeProcess(
         _config(tables, "sigterm"),
@@ -269,7 +267,6 @@ def test_a_killed_worker_is_restarted_while_the_other_answers(tables, reference)
         assert server.stop() == 0, server.log_text()[-3000:]
 
 
-@pytest.mark.slow
 def test_a_supervisor_killed_with_sigkill_leaves_no_worker(tables):
     server = ServeProcess(
         _config(tables, "orphans"),
@@ -307,3 +304,21 @@ def test_a_worker_failing_at_start_stops_the_server_with_its_error(tables, tmp_p
     assert res.returncode == ExitCode.INVALID, res.stderr[-2000:]
     assert "error: " in res.stderr and "no RocksDB database here" in res.stderr
     assert time.monotonic() - started < 30
+
+
+def test_updates_of_a_model_with_per_worker_caches_are_refused(tables, reference):
+    server = ServeProcess(
+        _config(tables, "cached", gpucache=True),
+        extra_args=["--workers", "2", "--shutdown-timeout", "2", "--access-log", "off"],
+        env={"HPS_ADMIN_TOKEN": TOKEN},
+    ).start()
+    try:
+        keys = np.arange(0, ROWS, 3, dtype=np.int64)
+        np.testing.assert_array_equal(
+            _lookup("grpc", server.grpc_url, keys), reference.lookup(keys, "m")
+        )
+        status, body = _update(server, "insert", [3], np.ones((1, DIM), np.float32))
+        assert status == 400 and "embedding cache" in body["error"], body
+        assert "gpucache" in body["error"]
+    finally:
+        assert server.stop() == 0, server.log_text()[-3000:]

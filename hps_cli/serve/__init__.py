@@ -10,5 +10,7 @@ lookups -> dense SavedModel), ``batcher`` (dynamic batching), ``http_app`` (aioh
 ``grpc_server`` (grpc.aio), ``metrics`` (Prometheus), ``admin`` (bearer-token endpoints),
 ``shared_memory`` (Triton's system shared memory extension), ``core`` (models, readiness, admin
 operations), ``served_runtime`` (an HPS runtime), ``logs`` (JSON logs), ``server`` (start-up,
-readiness, SIGTERM drain). See docs/serve.md.
+readiness, SIGTERM drain), ``workers`` (``--workers``: several servers on the same ports under
+a supervisor), ``worker`` (a worker's entry point), ``worker_sharing`` (what each tier means
+with several workers), ``worker_metrics`` (their metrics served together). See docs/serve.md.
 """

@@ -38,7 +38,7 @@ from .protocol import InferRequest, InferResult, invalid, select_outputs
 from .saved_model import find_saved_model
 from .served_runtime import ServedRuntime
 from .shared_memory import SharedMemoryRegions
-from .worker_sharing import refuse_cached_update
+from .worker_sharing import refuse_unshared_update
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -514,7 +514,7 @@ class ServerCore:
                     f"{None if vectors is None else list(vectors.shape)}",
                     "VECTORS",
                 )
-        refuse_cached_update(model.runtime, model.hps_model, self.options.workers)
+        refuse_unshared_update(model.runtime, model.hps_model, self.options.workers)
         hps = model.runtime.hps
         loop = asyncio.get_running_loop()
         if operation == "insert":

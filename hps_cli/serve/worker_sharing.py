@@ -14,7 +14,8 @@ share, or one that is read-only:
   reach every tier, so they are refused (400, ``persistent_db.read_only``) on such models.
 - Embedding caches (``gpucache``) are per process, as on any multi-instance deployment: an
   update would refresh the cache of one worker only, so admin updates of a model with caches
-  are refused (``refuse_cached_update``); lookups use every worker's cache.
+  are refused (``refuse_unshared_update``, which also refuses updates of a
+  package's own runtime with a private volatile tier); lookups use every worker's cache.
 """
 
 from __future__ import annotations
@@ -72,11 +73,22 @@ def read_only_persistent(config_path: Path):
     )
 
 
-def refuse_cached_update(runtime, hps_model: str, workers: int) -> None:
-    """400 for an admin update that only this worker's embedding caches would see."""
+def refuse_unshared_update(runtime, hps_model: str, workers: int) -> None:
+    """400 for an admin update that would reach this worker only: a model with embedding
+    caches, or a runtime with a private volatile tier (an inference package's own ps.json,
+    which start-up does not check)."""
     if workers <= 1:
         return
-    cfg = runtime.config.model(hps_model)
+    config = runtime.config
+    if config.volatile_db.type not in SHARED_VOLATILE:
+        raise InvalidInputError(
+            f"the runtime of model '{hps_model}' has a private volatile tier "
+            f"({config.volatile_db.type}) in each of the {workers} worker processes: an "
+            "update would reach this worker only",
+            location="volatile_db.type",
+            hint="use multi_process_hash_map or redis_cluster, or serve with --workers 1",
+        )
+    cfg = config.model(hps_model)
     cached = any(
         runtime.hps.front_cache(cfg.model, t, device) is not None
         for device in cfg.deployed_device_list

@@ -35,7 +35,7 @@ import time
 from ..runtime.errors import InvalidInputError
 from .core import ServeOptions
 from .logs import event
-from .server import check_options, is_loopback
+from .server import check_options
 from .worker import options_to_json
 from .worker_metrics import WorkerMetrics
 from .worker_sharing import needs_read_only_persistent, prepare_persistent, refuse_private_volatile
@@ -232,12 +232,12 @@ class Supervisor:
         for line in lines:
             doc = json.loads(line)
             if doc.get("event") == "listening":
-                port = doc["metrics_port"]
-                host = self.options.host
-                host = "127.0.0.1" if not is_loopback(host) and host in ("0.0.0.0", "") else host
+                host = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(
+                    self.options.host, self.options.host
+                )  # the worker's metrics port, on --host
                 if ":" in host and not host.startswith("["):
                     host = f"[{host}]"
-                worker.metrics_url = f"http://{host}:{port}/metrics"
+                worker.metrics_url = f"http://{host}:{doc['metrics_port']}/metrics"
             elif doc.get("event") == "ready":
                 worker.ready = worker.ever_ready = True
 
