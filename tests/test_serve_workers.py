@@ -248,6 +248,12 @@ def test_a_killed_worker_is_restarted_while_the_other_answers(tables, reference)
         keys = np.arange(10, 30, dtype=np.int64)
         expected = reference.lookup(keys, "m")
         os.kill(pids[0], signal.SIGKILL)
+        # Until the kernel has closed its sockets, new connections may still land in the dead
+        # worker's accept queue and be reset (SO_REUSEPORT); from then on the other answers.
+        deadline = time.monotonic() + 10
+        while _alive(pids[0]):
+            assert time.monotonic() < deadline, "the killed worker did not go away"
+            time.sleep(0.01)
         answered = 0
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -1,14 +1,15 @@
 """One worker process of ``hps serve --workers N``, started by the supervisor (workers.py) with
 ``python -m hps_cli.serve.worker``; not a command of its own.
 
-- Its ``ServeOptions`` arrive as one JSON line on stdin (the admin token never shows in
-  ``ps`` or the environment); stdin then stays open: end of file means the supervisor is gone,
+- Its ``ServeOptions``, its number, the supervisor's pid and the descriptor of its status pipe
+  arrive as one JSON line on stdin (the admin token never shows in ``ps`` or the
+  environment); stdin then stays open: end of file means the supervisor is gone,
   and the worker shuts down as on SIGTERM. ``PR_SET_PDEATHSIG`` sends it SIGTERM too, so a
   supervisor killed with SIGKILL leaves no worker behind.
 - Its log records carry ``"worker": i``; its lifecycle events are renamed ``worker_listening``,
   ``worker_ready``, ... (``ready`` is the supervisor's, once every worker is ready), and
-  ``listening`` / ``ready`` are also written to the status pipe the supervisor reads
-  (``HPS_SERVE_STATUS_FD``), with the worker's own metrics port.
+  ``listening`` / ``ready`` are also written to the status pipe the supervisor reads, with the
+  worker's own metrics port.
 - A start-up error is printed as ``hps`` prints it (one line, a hint) and exits with its code.
 """
 
@@ -120,10 +121,9 @@ def main() -> None:
     from .logs import ACCESS, configure_logging
     from .server import serve
 
-    index = int(os.environ["HPS_SERVE_WORKER"])
-    status_fd = int(os.environ["HPS_SERVE_STATUS_FD"])
-    _die_with_parent(int(os.environ["HPS_SERVE_PARENT"]))
     spec = json.loads(_read_line(0))
+    index, status_fd = spec["worker"], spec["status_fd"]
+    _die_with_parent(spec["parent"])
     options = options_from_json(json.dumps(spec["options"]))
     configure_logging(spec["log_level"], spec["access_log"])
     records = _WorkerRecords(index, status_fd)

@@ -133,22 +133,18 @@ class Supervisor:
     def _spawn(self, worker: WorkerProcess) -> None:
         read_fd, write_fd = os.pipe()
         os.set_blocking(read_fd, False)
-        env = dict(
-            os.environ,
-            HPS_SERVE_WORKER=str(worker.index),
-            HPS_SERVE_STATUS_FD=str(write_fd),
-            HPS_SERVE_PARENT=str(os.getpid()),
-        )
         try:
             worker.process = subprocess.Popen(
                 [sys.executable, "-m", "hps_cli.serve.worker"],
                 stdin=subprocess.PIPE,
-                pass_fds=(write_fd,),
-                env=env,
+                pass_fds=(write_fd,),  # the same number in the worker
             )
         finally:
             os.close(write_fd)
         spec = {
+            "worker": worker.index,
+            "parent": os.getpid(),
+            "status_fd": write_fd,
             "options": json.loads(options_to_json(self.worker_options)),
             "log_level": self.log_level,
             "access_log": self.access_log,
