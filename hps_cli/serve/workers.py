@@ -10,9 +10,9 @@
    kernel spreads new connections over them. The supervisor logs ``ready`` (with the ports)
    once every worker is ready.
 3. A worker that dies after it was ready is started again (logged at warning,
-   ``hps_worker_restarts_total``), at most once a second; the others keep answering meanwhile.
-   A worker that fails before it was ready stops the whole server, which exits with that
-   worker's exit code (its error line is on stderr).
+   ``hps_worker_restarts_total``), at most once a second, as often as it takes; the others keep
+   answering meanwhile. A worker that fails before it was first ready stops the whole server,
+   which exits with that worker's exit code (its error line is on stderr).
 4. SIGTERM / SIGINT: every worker gets SIGTERM and drains with ``--shutdown-timeout`` less
    ``EXIT_MARGIN_S``; what is still running at ``--shutdown-timeout`` is killed; exit 0.
    A supervisor killed outright takes its workers with it (worker.py: PR_SET_PDEATHSIG and the
@@ -215,14 +215,15 @@ class Supervisor:
         event(log, "draining", signal=signal.Signals(self.signal_received).name)
         return 0
 
-    def _read_status(self, worker: WorkerProcess) -> None:
+    def _read_status(self, worker: WorkerProcess) -> bool:
+        """Read what the worker reported; False when there was nothing to read."""
         try:
             data = os.read(worker.status_fd, 65536)
         except BlockingIOError:
-            return
+            return False
         if not data:  # the worker exited; poll() sees it
             self._close_status(worker)
-            return
+            return False
         worker.pending += data
         *lines, worker.pending = worker.pending.split(b"\n")
         for line in lines:
@@ -236,6 +237,7 @@ class Supervisor:
                 worker.metrics_url = f"http://{host}:{doc['metrics_port']}/metrics"
             elif doc.get("event") == "ready":
                 worker.ready = worker.ever_ready = True
+        return True
 
     def _close_status(self, worker: WorkerProcess) -> None:
         if worker.status_fd is not None:
@@ -247,6 +249,9 @@ class Supervisor:
         """Handle a worker that exited: the server's exit code when it failed at start-up,
         else None (it is started again)."""
         code = worker.process.returncode
+        for _ in range(64):  # what it reported just before it died ("ready", say)
+            if worker.status_fd is None or not self._read_status(worker):
+                break
         self._close_status(worker)
         worker.process.stdin.close()
         worker.process = None
