@@ -1,13 +1,19 @@
 """Benchmark: `hps serve` lookups against a bare server of the same stack, in the same run.
 
     python benchmarks/bench_serve_floor.py --keys 100000 --dim 16 --per-request 128 --rounds 5
+    python benchmarks/bench_serve_floor.py --workers 1,2   # hps serve --workers 1 and 2
 
 hps: one lookup model over a synthetic table (``--keys`` rows of dim ``--dim``, CPU tiers:
 ``parallel_hash_map`` holding every row + ``rocks_db``, no embedding cache), a real `hps serve`
 child process with default options (started by ``hps_cli.devtools.serve_process``, as the
-tests and examples start it). Floor: ``_bare_kserve.py``, a minimal aiohttp app and a
-minimal grpc.aio server on the same event loop (uvloop when installed, as hps serve), answering
-each infer request with a canned binary KServe response of the same size (FP32
+tests and examples start it). With ``--workers`` one hps server per count runs beside the floor
+(``hps serve --workers N``), all of them over ``multi_process_hash_map`` (the volatile tier
+several workers share; each server its own segment and RocksDB copy) so that the counts compare
+like for like; the floor stays one bare process.
+
+Floor: ``_bare_kserve.py``, a minimal aiohttp app and a minimal grpc.aio server on the same
+event loop (uvloop when installed, as hps serve), answering each infer request with a canned
+binary KServe response of the same size (FP32
 ``[1, per_request * dim]``) without parsing it.
 
 Clients: stock tritonclient (HTTP: ``tritonclient.http``, gRPC: ``tritonclient.grpc``, binary
@@ -16,9 +22,10 @@ up to 4 client processes; the same client code and key sets against both servers
 uniformly from the table's keys (every key is in the table: hit rate 100 %, all from the
 volatile tier). Every level runs ``--seconds`` after a warm-up; throughput = requests completed
 in the window / window; the servers' CPU time (all threads, from /proc) over the requests sent
-gives their CPU per request. A round measures hps and the floor back to back at each (protocol,
-concurrency), alternating which goes first; ratios are per round, medians and ranges reported
-(the machine is shared and noisy; client and servers share its cores).
+gives their CPU per request (a supervisor's includes its workers'). A round measures every
+server back to back at each (protocol, concurrency), rotating which goes first; ratios are per
+round, medians and ranges reported (the machine is shared and noisy; client and servers share
+its cores).
 
 Prints one JSON document (also written to ``--out``).
 """
@@ -46,16 +53,26 @@ MODEL = "emb"
 HERE = Path(__file__).resolve().parent
 
 
-def make_config(work: Path, keys: int, dim: int) -> Path:
+def make_config(work: Path, keys: int, dim: int, name: str = "", shared: bool = False) -> Path:
+    """The ps.json of one hps server (``name`` keeps the RocksDB folders and shared-memory
+    segments of several servers apart)."""
     from hps_cli.runtime.table.synthetic import write_synthetic_table
 
     table = work / "table"
     if not (table / "key").is_file():
         write_synthetic_table(table, keys, dim, shuffle=True)
+    volatile = {"type": "parallel_hash_map", "num_partitions": 16}
+    if shared:
+        volatile = {
+            "type": "multi_process_hash_map",
+            "num_partitions": 16,
+            "shared_memory_size": max(64 << 20, 4 * keys * (dim * 4 + 32)),
+            "shared_memory_name": f"hps_bench_floor_{os.getpid()}{name}",
+        }
     doc = {
         "supportlonglong": True,
-        "volatile_db": {"type": "parallel_hash_map", "num_partitions": 16},
-        "persistent_db": {"type": "rocks_db", "path": str(work / "db")},
+        "volatile_db": volatile,
+        "persistent_db": {"type": "rocks_db", "path": str(work / f"db{name}")},
         "models": [
             {
                 "model": MODEL,
@@ -70,7 +87,7 @@ def make_config(work: Path, keys: int, dim: int) -> Path:
             }
         ],
     }
-    path = work / "ps.json"
+    path = work / f"ps{name}.json"
     path.write_text(json.dumps(doc, indent=1))
     return path
 
@@ -168,10 +185,29 @@ def _client_process(url, protocol, threads, keys, dim, check, start_at, seconds,
     queue.put({"requests": sum(counts), "warmup": sum(extra), "errors": errors})
 
 
+def _stat(pid: int) -> list[str]:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (all its threads)."""
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time so far of a process (all its threads) and of its children that
+    are still running (a supervisor's workers)."""
+    pids = [pid]
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if int(_stat(int(entry))[1]) == pid:
+                    pids.append(int(entry))
+            except (OSError, IndexError):
+                pass  # gone meanwhile
+    total = 0
+    for p in pids:
+        try:
+            fields = _stat(p)
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def measure(url, protocol, concurrency, keys, dim, seconds, check, pid) -> dict:
@@ -214,6 +250,12 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,16")
     ap.add_argument("--protocols", default="http,grpc")
     ap.add_argument("--server-args", default="", help="extra hps serve options")
+    ap.add_argument(
+        "--workers",
+        default="",
+        help="comma-separated worker counts: one hps serve --workers N per count, over "
+        "multi_process_hash_map (default: one hps server, parallel_hash_map)",
+    )
     ap.add_argument("--work", type=Path, help="working folder (default: a temporary one)")
     ap.add_argument("--out", type=Path, help="also write the JSON result here")
     args = ap.parse_args()
@@ -221,21 +263,30 @@ def main() -> None:
     own = args.work is None
     work = Path(tempfile.mkdtemp(prefix="hps-bench-floor-")) if own else args.work
     work.mkdir(parents=True, exist_ok=True)
+    load_before = [round(x, 2) for x in os.getloadavg()]
     levels = [(p, int(c)) for p in args.protocols.split(",") for c in args.concurrency.split(",")]
+    counts = [int(n) for n in args.workers.split(",")] if args.workers else []
+    variants = {f"hps-w{n}": n for n in counts} or {"hps": 0}
     try:
-        config = make_config(work, args.keys, args.dim)
-        servers = {"hps": HpsServer(config, args.server_args.split(), work / "hps.log")}
+        servers = {}
         try:
+            for name, n in variants.items():
+                config = make_config(work, args.keys, args.dim, name, shared=bool(counts))
+                extra = args.server_args.split() + (["--workers", str(n)] if n else [])
+                servers[name] = HpsServer(config, extra, work / f"{name}.log")
             servers["bare"] = BareServer(args.per_request * args.dim, work / "bare.log")
         except BaseException:
-            servers["hps"].stop()
+            for server in servers.values():
+                server.stop()
             raise
         rng = np.random.default_rng(1)
         keys = [rng.integers(0, args.keys, args.per_request, dtype=np.int64) for _ in range(64)]
         rounds = []
         try:
             for r in range(args.rounds):
-                order = ("hps", "bare") if r % 2 == 0 else ("bare", "hps")
+                names = list(servers)
+                shift = r % len(names)  # who goes first changes every round
+                order = names[shift:] + names[:shift]
                 this = {}
                 for protocol, c in levels:
                     got = {}
@@ -248,12 +299,13 @@ def main() -> None:
                             keys,
                             args.dim,
                             args.seconds,
-                            name == "hps",
+                            name != "bare",
                             servers[name].pid,
                         )
-                    got["ratio"] = round(
-                        got["hps"]["requests_per_s"] / got["bare"]["requests_per_s"], 3
-                    )
+                    for name in variants:
+                        got[_ratio(name)] = round(
+                            got[name]["requests_per_s"] / got["bare"]["requests_per_s"], 3
+                        )
                     this[f"{protocol} c={c}"] = got
                     print(json.dumps({"round": r, f"{protocol} c={c}": got}), file=sys.stderr)
                 rounds.append(this)
@@ -262,20 +314,20 @@ def main() -> None:
         summary = {}
         for protocol, c in levels:
             name = f"{protocol} c={c}"
-            ratios = [r[name]["ratio"] for r in rounds]
-            hps = [r[name]["hps"]["requests_per_s"] for r in rounds]
-            bare = [r[name]["bare"]["requests_per_s"] for r in rounds]
-            cpu = {
+            level: dict = {}
+            for v in variants:
+                ratios = [r[name][_ratio(v)] for r in rounds]
+                prefix = "" if v == "hps" else f"{v}_"
+                level[f"{prefix}ratio_median"] = round(float(np.median(ratios)), 3)
+                level[f"{prefix}ratio_range"] = [min(ratios), max(ratios)]
+            for s in servers:
+                rates = [r[name][s]["requests_per_s"] for r in rounds]
+                level[f"{s}_requests_per_s_median"] = float(np.median(rates))
+            level["server_cpu_us_per_request_median"] = {
                 s: float(np.median([r[name][s]["server_cpu_us_per_request"] for r in rounds]))
-                for s in ("hps", "bare")
+                for s in servers
             }
-            summary[name] = {
-                "ratio_median": round(float(np.median(ratios)), 3),
-                "ratio_range": [min(ratios), max(ratios)],
-                "hps_requests_per_s_median": float(np.median(hps)),
-                "bare_requests_per_s_median": float(np.median(bare)),
-                "server_cpu_us_per_request_median": cpu,
-            }
+            summary[name] = level
         result = {
             "benchmark": "hps serve against a bare server of the same stack",
             "date": date.today().isoformat(),
@@ -283,11 +335,16 @@ def main() -> None:
             "command": " ".join([Path(sys.argv[0]).name] + sys.argv[1:]),
             "table": {"keys": args.keys, "dim": args.dim, "per_request": args.per_request},
             "keys": "uniform over the table's keys, hit rate 100 % (volatile tier)",
+            "volatile_tier": "multi_process_hash_map" if counts else "parallel_hash_map",
+            "hps_servers": {
+                name: f"--workers {n}" if n else "one process" for name, n in variants.items()
+            },
+            "load_average_before": load_before,
             "event_loop": "uvloop" if _uses_uvloop() else "asyncio",
             "summary": summary,
             "rounds": rounds,
             "exit_codes": codes,
-            "errors": sum(r[n][s]["errors"] for r in rounds for n in r for s in ("hps", "bare")),
+            "errors": sum(r[n][s]["errors"] for r in rounds for n in r for s in servers),
         }
         text = json.dumps(result, indent=2)
         print(text)
@@ -296,6 +353,10 @@ def main() -> None:
     finally:
         if own:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def _ratio(variant: str) -> str:
+    return "ratio" if variant == "hps" else f"{variant}_ratio"
 
 
 def _uses_uvloop() -> bool:

@@ -50,6 +50,15 @@ import click
     help="Prometheus /metrics port.",
 )
 @click.option(
+    "--workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(1, 64),
+    help="Server processes on the same ports (SO_REUSEPORT; the kernel spreads connections). "
+    "Above 1 the volatile tier must be shared (multi_process_hash_map or redis_cluster) and "
+    "RocksDB is opened read-only; see docs/serve.md, 'Worker processes'.",
+)
+@click.option(
     "--max-queue-delay-us",
     default=0,
     show_default=True,
@@ -154,6 +163,7 @@ def serve_command(
     http_port,
     grpc_port,
     metrics_port,
+    workers,
     max_queue_delay_us,
     max_queue_size,
     instances,
@@ -182,6 +192,10 @@ def serve_command(
 
     The --config is checked first with the checks hps validate-config runs (one code path).
 
+    With --workers N, N server processes share the ports and the hierarchy (shared-memory or
+    Redis volatile tier, read-only RocksDB); a supervisor checks the config once, restarts a
+    worker that dies and serves their metrics together.
+
     Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT, also while loading), 3 invalid
     config/package or a port in use, 4 the RocksDB database is locked by another process, 5 a
     missing dependency, 6 an unreachable Redis Cluster.
@@ -203,8 +217,10 @@ def serve_command(
     from ..serve.core import ServeOptions, admin_token_from
     from ..serve.logs import configure_logging
     from ..serve.server import serve
+    from ..serve.workers import serve_workers
 
-    configure_logging(log_level, None if access_log == "off" else access_log)
+    access_target = None if access_log == "off" else access_log
+    configure_logging(log_level, access_target)
     options = ServeOptions(
         config=config,
         model_repository=model_repository,
@@ -224,7 +240,11 @@ def serve_command(
         allow_shared_memory=allow_shared_memory,
         custom_objects=tuple(custom_objects),
         allow_non_finite=allow_non_finite,
+        workers=workers,
     )
     if custom_objects:
         allow_cwd_imports()
-    serve(options)
+    if workers > 1:
+        serve_workers(options, log_level, access_target)
+    else:
+        serve(options)

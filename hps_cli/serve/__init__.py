@@ -11,5 +11,8 @@ lookups -> dense SavedModel), ``batcher`` (dynamic batching), ``http_app`` (aioh
 ``shared_memory`` (Triton's system shared memory extension), ``core`` (models, readiness, admin
 operations), ``lookup_configs`` (where a lookup model's config comes from, checked),
 ``served_runtime`` (an HPS runtime), ``host_memory`` (resident size, freed heap handed back),
-``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain). See docs/serve.md.
+``logs`` (JSON logs), ``server`` (start-up, readiness, SIGTERM drain), ``workers``
+(``--workers``: several servers on the same ports under a supervisor), ``worker`` (a worker's
+entry point), ``worker_sharing`` (what each tier means with several workers),
+``worker_metrics`` (their metrics served together). See docs/serve.md.
 """

@@ -59,6 +59,7 @@ from .protocol import InferRequest, InferResult, invalid, select_outputs
 from .saved_model import find_saved_model
 from .served_runtime import ServedRuntime
 from .shared_memory import SharedMemoryRegions
+from .worker_sharing import refuse_repository_change, refuse_unshared_update
 
 log = logging.getLogger("hps_cli.serve")
 
@@ -97,6 +98,8 @@ class ServeOptions:
     allow_non_finite: bool = False  # tables and admin inserts may hold NaN/Inf
     checked: object | None = None  # the config's runtime.preflight.Preflight, set by serve()
     reuse_port: bool = False  # HTTP and gRPC bind with SO_REUSEPORT (worker processes)
+    workers: int = 1  # server processes on these ports (worker_sharing.py: what N > 1 means)
+    persistent_read_only: bool = False  # open the config's RocksDB read-only (workers)
 
 
 @dataclass
@@ -552,7 +555,9 @@ class ServerCore:
         """(Re)load model ``name``: a lookup model from ``parameters`` (lookup_configs.py), from
         the source it was loaded from, or from the server's ps.json; else the package of that
         name in the repository. The new model is built and warmed up beside the one it
-        replaces, then swapped in; the old one finishes what it holds and is closed."""
+        replaces, then swapped in; the old one finishes what it holds and is closed. Refused
+        with several worker processes (worker_sharing.py)."""
+        refuse_repository_change(name, "load", self.options.workers)
         async with self._admin:
             if not self.ready:
                 raise ServiceUnavailableError("the server is not ready", location="server")
@@ -585,7 +590,9 @@ class ServerCore:
 
     async def unload_model(self, name: str) -> None:
         """Stop serving ``name``: new requests get 404, queued and running ones finish, then
-        its model and runtime are closed (caches, tiers and device memory freed)."""
+        its model and runtime are closed (caches, tiers and device memory freed). Refused
+        with several worker processes (worker_sharing.py)."""
+        refuse_repository_change(name, "unload", self.options.workers)
         async with self._admin:
             entry = self.entry(name)
             self._check_unshared(name, entry)
@@ -696,6 +703,7 @@ class ServerCore:
                     f"{None if vectors is None else list(vectors.shape)}",
                     "VECTORS",
                 )
+        refuse_unshared_update(model.runtime, model.hps_model, self.options.workers)
         runtime, hps = model.runtime, model.runtime.hps
         # Counted by the runtime: an update holds its tables' write lock throughout, so their
         # lookups run in worker threads meanwhile, never on the event loop (batcher.py).

@@ -1,6 +1,7 @@
 """Start-up and shutdown of ``hps serve``.
 
-1. Validate the config, if any (a bad ps.json fails here, before any port is bound).
+1. Check the config, if any, with validate-config's checks (runtime/preflight.py: a bad
+   ps.json fails here, before any port is bound).
 2. Bind HTTP, gRPC and metrics on ``host`` (loopback by default): liveness answers from now
    on, readiness says 503 and inference answers 503 while loading.
 3. Load the runtime (tables, caches prefilled), build the lookup models and the repository's
@@ -10,6 +11,9 @@
    finish, run what the batchers hold, close the runtimes; all of it within
    ``shutdown_timeout_s`` (plus at most ``CLOSE_RESERVE_S`` when that is shorter): requests
    still running at the deadline, stalled clients included, are cancelled.
+
+A worker process of ``--workers`` (workers.py) makes step 3 before step 2: it listens once it
+can answer, so that a restarted worker takes no connection it would answer 503.
 
 The event loop is uvloop's when it is installed (event_loop.py).
 """
@@ -38,15 +42,23 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def serve(options: ServeOptions) -> None:
-    """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
+def check_options(options: ServeOptions):
+    """The start-up checks made before any port is bound, with the checks validate-config runs
+    (one code path: runtime/preflight.py). Sets ``options.checked``, which the runtimes start
+    from instead of checking again, and returns the checked config (None without --config).
+    A worker of ``--workers`` checks the config as it serves it: RocksDB read-only
+    (worker_sharing.py)."""
     from ..runtime.preflight import preflight
 
+    config = None
     if options.config is not None:
-        # Fail before binding anything, with the checks validate-config runs (one code path);
-        # the runtime starts from this result instead of checking again.
-        options.checked = preflight(options.config, allow_non_finite=options.allow_non_finite)
-        options.checked.checked_config()
+        source = options.config
+        if options.persistent_read_only:
+            from .worker_sharing import read_only_persistent
+
+            source = read_only_persistent(options.config)
+        options.checked = preflight(source, allow_non_finite=options.allow_non_finite)
+        config = options.checked.checked_config()
     if options.custom_objects:
         from ..common.custom_objects import resolve
 
@@ -57,6 +69,12 @@ def serve(options: ServeOptions) -> None:
             f"loopback --host, not {options.host}",
             location="--allow-shared-memory",
         )
+    return config
+
+
+def serve(options: ServeOptions) -> None:
+    """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
+    check_options(options)  # fail before binding anything
     run(_main(options))
 
 
@@ -115,6 +133,13 @@ async def _main(options: ServeOptions) -> None:
     core = ServerCore(options)
     runner = grpc_server = None
     try:
+        # A worker process (workers.py) listens once it can answer: a restarted one must not
+        # take connections from the ready ones only to answer 503 while it loads.
+        late = options.workers > 1
+        if late and not await _load(core, stop):
+            await _shutdown(core, None, None, options.shutdown_timeout_s)
+            event(log, "stopped")
+            return
         runner, http_port = await _bind_http(
             build_app(core),
             options.host,
@@ -158,11 +183,7 @@ async def _main(options: ServeOptions) -> None:
             metrics_port=metrics_port,
             admin=options.admin_token is not None,
         )
-        loading = loop.create_task(core.load())
-        waiter = loop.create_task(stop.wait())
-        await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        if loading.done():
-            loading.result()  # a start-up error is raised here
+        if late or await _load(core, stop):
             event(
                 log,
                 "ready",
@@ -172,11 +193,7 @@ async def _main(options: ServeOptions) -> None:
                 metrics_port=metrics_port,
                 models=sorted(core.entries),
             )
-            await waiter
-        else:
-            event(log, "stopped_while_loading")
-            core.cancel_loading()  # the load stops at its next chunk and removes its work
-            loading.cancel()
+            await stop.wait()
         event(log, "draining", inflight=core._inflight)
         await _shutdown(core, runner, grpc_server, options.shutdown_timeout_s)
         runner = grpc_server = None
@@ -184,6 +201,23 @@ async def _main(options: ServeOptions) -> None:
     finally:
         if runner is not None or grpc_server is not None:
             await _shutdown(core, runner, grpc_server, 1.0)
+
+
+async def _load(core: ServerCore, stop: asyncio.Event) -> bool:
+    """Load the models; False when SIGTERM came first (the load stops at its next chunk and
+    removes its work). A start-up error is raised."""
+    loop = asyncio.get_running_loop()
+    loading = loop.create_task(core.load())
+    waiter = loop.create_task(stop.wait())
+    await asyncio.wait({loading, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    if loading.done():
+        waiter.cancel()
+        loading.result()
+        return True
+    event(log, "stopped_while_loading")
+    core.cancel_loading()  # the load stops at its next chunk and removes its work
+    loading.cancel()
+    return False
 
 
 async def _shutdown(core: ServerCore, runner, grpc_server, timeout: float) -> None:

@@ -63,7 +63,8 @@ ENVIRONMENT = (
         "`1`: the same as `hps --debug` (full tracebacks on errors, and TensorFlow's load-time "
         "log lines); also read by programs that use the library without the CLI.",
         "unset",
-        "`hps_cli/cli.py`, `hps_cli/common/tf_loader.py`",
+        "`hps_cli/cli.py`, `hps_cli/common/tf_loader.py`, `hps_cli/serve/worker.py` (a worker "
+        "of `hps serve --workers` reporting its start-up error)",
     ),
     EnvironmentVariable(
         "TF_USE_LEGACY_KERAS",
