@@ -124,8 +124,14 @@ def hit_rate_text(hit: dict) -> str:
 
 def lookup_table(report: dict):
     tables = ", ".join(f"{t['name']} ({t['rows']:,} x {t['dim']})" for t in report["tables"])
+    keys = report["keys"]
+    if keys.get("source") == "distribution":
+        whose = "the table's" if len(report["tables"]) == 1 else "each table's"
+        keys_line = f"keys {keys['spec']} over {whose} keys"
+    else:
+        keys_line = keys_text(keys)
     grid = _grid(
-        f"hps bench lookup: model {report['model']}, {tables}",
+        f"hps bench lookup: model {report['model']}, {tables}\n{keys_line}",
         [
             ("batch", "right"),
             ("lookups/s", "right"),
@@ -182,7 +188,7 @@ def serve_table(report: dict):
     grid = _grid(
         f"hps bench serve: {report['protocol']} {report['url']}, model "
         f"{report['model']}, {report['keys_per_request']} keys per request\n"
-        f"{keys_text(report['keys'])}; {serve_hit_rate_source(report)}",
+        f"{keys_text(report['keys'])}\n{serve_hit_rate_source(report)}",
         [
             ("concurrency", "right"),
             ("infer/s", "right"),
