@@ -274,6 +274,7 @@ def test_cli_table_and_trace_error(cached_config, tmp_path, hps):
     res = hps("bench", "lookup", "--config", str(cached_config), "--iterations", "5")
     assert res.returncode == 0, res.stderr
     assert "GPU cache" in res.stdout and "p99 us" in res.stdout
+    assert "keys uniform over each table's keys" in res.stdout  # the key source, in the title
     bad = tmp_path / "keys.txt"
     bad.write_text("1\n2\n0x10\n")
     res = hps(

@@ -46,6 +46,7 @@ def test_quickstart_trains_deploys_serves_and_matches(tmp_path):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "quickstart passed: predictions match" in res.stdout
     assert "max |served - original| =" in res.stdout
+    assert "hit rates from http://127.0.0.1:" in res.stdout  # hps bench serve --metrics-url
     leaked = [
         line
         for line in (res.stdout + res.stderr).splitlines()

@@ -15,7 +15,8 @@ Steps (each one the real `hps` command, shown as it runs):
 6. query the server with the stock Triton client (tritonclient): the inference model's
    predictions must equal the original model's, and the lookup model's vectors the tables';
    (`hps bench lookup` measures the same config in process before the server starts;)
-7. `hps bench serve`: a short benchmark of the lookup model through the server;
+7. `hps bench serve`: a short benchmark of the lookup model through the server, with the
+   share of keys each tier answered (the server's metrics port);
 8. shut the server down cleanly (SIGTERM, exit code 0).
 
 Exit code 0 when every check passed.
@@ -209,6 +210,14 @@ def main() -> None:
                 http_url,
                 "--model",
                 "dlrm",
+                # the tables' own keys, Zipf-distributed as in step 5
+                "--config",
+                str(serve_config),
+                "--distribution",
+                "zipf:1.05",
+                # the server's Prometheus port: where the keys were answered, per level
+                "--metrics-url",
+                f"127.0.0.1:{server.ports['metrics']}",
                 "--concurrency-range",
                 "1:4",
                 "--measurement-interval",

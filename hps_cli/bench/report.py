@@ -26,7 +26,20 @@ PERF_ANALYZER_COLUMNS = (
     "p95 latency",
     "p99 latency",
 )
-SERVE_EXTRA_COLUMNS = ("Keys/Second", "Avg latency", "Max latency", "Errors", "Stable")
+HIT_RATE_COLUMNS = (
+    "GPU Cache Hit Rate",
+    "Volatile Hit Rate",
+    "Persistent Hit Rate",
+    "Default Rate",
+)
+SERVE_EXTRA_COLUMNS = (
+    "Keys/Second",
+    "Avg latency",
+    "Max latency",
+    "Errors",
+    "Stable",
+    *HIT_RATE_COLUMNS,
+)
 LOOKUP_COLUMNS = (
     "Batch Size",
     "Lookups/Second",
@@ -36,10 +49,7 @@ LOOKUP_COLUMNS = (
     "p95 latency",
     "p99 latency",
     "Max latency",
-    "GPU Cache Hit Rate",
-    "Volatile Hit Rate",
-    "Persistent Hit Rate",
-    "Default Rate",
+    *HIT_RATE_COLUMNS,
     "Kernel Share of Gather Floor",
 )
 CACHE_SIZE_COLUMNS = (
@@ -77,10 +87,51 @@ def _grid(title: str, columns: list[tuple[str, str]]):
     return grid
 
 
+def keys_text(keys: dict) -> str:
+    """The key source of a report in words (its ``keys`` document)."""
+    if keys.get("source") == "trace":
+        return (
+            f"trace {keys['path']} ({keys['trace_keys']:,} keys, "
+            f"{keys['distinct_keys']:,} distinct)"
+        )
+    spec = keys.get("spec", "uniform")
+    if "key_space" in keys:
+        return f"keys {spec} over 0..{keys['key_space'] - 1:,} (--key-space)"
+    tables = keys.get("tables")
+    if tables and len(tables) == 1:
+        only = tables[0]
+        return f"keys {spec} over the {only['keys']:,} keys of table {only['name']} (--config)"
+    if tables:
+        each = ", ".join(f"{t['name']}: {t['keys']:,}" for t in tables)
+        return f"keys {spec} over each table's keys ({each}; --config)"
+    if "table_keys" in keys:
+        return f"keys {spec} over the table's {keys['table_keys']:,} keys"
+    return f"keys {spec}"
+
+
+def hit_rate_text(hit: dict) -> str:
+    """``GPU cache 12.50%, volatile ...``: where the keys were answered."""
+    return ", ".join(
+        f"{name} {_pct(hit[tier])}"
+        for name, tier in (
+            ("GPU cache", "gpu_cache"),
+            ("volatile", "volatile"),
+            ("persistent", "persistent"),
+            ("default", "default"),
+        )
+    )
+
+
 def lookup_table(report: dict):
     tables = ", ".join(f"{t['name']} ({t['rows']:,} x {t['dim']})" for t in report["tables"])
+    keys = report["keys"]
+    if keys.get("source") == "distribution":
+        whose = "the table's" if len(report["tables"]) == 1 else "each table's"
+        keys_line = f"keys {keys['spec']} over {whose} keys"
+    else:
+        keys_line = keys_text(keys)
     grid = _grid(
-        f"hps bench lookup: model {report['model']}, {tables}",
+        f"hps bench lookup: model {report['model']}, {tables}\n{keys_line}",
         [
             ("batch", "right"),
             ("lookups/s", "right"),
@@ -118,10 +169,26 @@ def lookup_table(report: dict):
     return grid
 
 
+def serve_hit_rate_source(report: dict) -> str:
+    """Where the serve report's hit rates come from, or why they were not measured."""
+    why = report.get("hit_rate_not_measured")
+    if why is not None:
+        return f"hit rate: not measured ({why})"
+    return f"hit rates from {report['metrics_url']} over the reported windows"
+
+
 def serve_table(report: dict):
+    measured = report.get("hit_rate_not_measured") is None
+    hit_columns = [
+        ("GPU cache", "right"),
+        ("volatile", "right"),
+        ("persistent", "right"),
+        ("default", "right"),
+    ]
     grid = _grid(
         f"hps bench serve: {report['protocol']} {report['url']}, model "
-        f"{report['model']}, {report['keys_per_request']} keys per request",
+        f"{report['model']}, {report['keys_per_request']} keys per request\n"
+        f"{keys_text(report['keys'])}\n{serve_hit_rate_source(report)}",
         [
             ("concurrency", "right"),
             ("infer/s", "right"),
@@ -131,13 +198,15 @@ def serve_table(report: dict):
             ("p90 us", "right"),
             ("p95 us", "right"),
             ("p99 us", "right"),
+            *(hit_columns if measured else []),
             ("errors", "right"),
             ("stable", "center"),
             ("windows", "right"),
         ],
     )
     for level in report["levels"]:
-        lat = level["latency_us"]
+        lat, hit = level["latency_us"], level["hit_rate"]
+        hits = [_pct(hit[t]) for t in ("gpu_cache", "volatile", "persistent", "default")]
         grid.add_row(
             str(level["concurrency"]),
             _rate(level["throughput_infer_per_sec"]),
@@ -147,6 +216,7 @@ def serve_table(report: dict):
             _us(lat["p90"]),
             _us(lat["p95"]),
             _us(lat["p99"]),
+            *(hits if measured else []),
             str(level["errors"]),
             "yes" if level["stable"] else "[yellow]no[/yellow]",
             str(level["trials"]),
@@ -250,6 +320,10 @@ def csv_rows(report: dict, verbose: bool = False) -> tuple[tuple[str, ...], list
                     round(lat["max"] or 0),
                     lv["errors"],
                     int(lv["stable"]),
+                    *(
+                        "" if lv["hit_rate"][t] is None else round(lv["hit_rate"][t], 6)
+                        for t in ("gpu_cache", "volatile", "persistent", "default")
+                    ),
                 ]
             rows.append(row)
         return header, rows
@@ -348,7 +422,11 @@ def plot(report: dict, dest, overwrite: bool = False) -> None:
             xs = [lv["concurrency"] for lv in points]
             throughput = [lv["throughput_infer_per_sec"] for lv in points]
             ax.set_xlabel("concurrency")
-            ax.set_title(f"hps bench serve ({report['protocol']}, model {report['model']})")
+            ax.set_title(
+                f"hps bench serve ({report['protocol']}, model {report['model']})\n"
+                f"{keys_text(report['keys'])}",
+                fontsize=9,
+            )
             rate_label = "infer/s"
         else:
             points = report["rows"]

@@ -14,7 +14,9 @@ Per request: ``send`` is building the input tensors (serialization), the latency
 start of ``send`` to the decoded ``OUTPUT0`` (``recv`` = decoding it). Keys are drawn before the
 clock starts. Server columns come from the server's statistics extension (deltas over the same
 windows, per request); ``Network+Server Send/Recv`` is what the latency leaves after client
-send/recv and the server's queue and compute times.
+send/recv and the server's queue and compute times. With ``metrics_url``, where the keys were
+answered (GPU cache, volatile, persistent, default) comes from the server's Prometheus counters
+over the same windows (server_metrics.py).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from ..runtime.errors import (
 )
 from .keys import DistributionKeys, TraceKeys, load_trace, parse_distribution
 from .lookup_bench import machine
+from .server_metrics import MetricsScraper, Snapshot, hit_rates, not_measured
 from .stats import Window, is_stable, latency_summary
 
 _SERVER_FIELDS = ("queue", "compute_input", "compute_infer", "compute_output")
@@ -61,6 +64,7 @@ class ServeBenchSpec:
     latency_threshold_ms: float | None = None
     request_timeout_s: float = 60.0
     seed: int = 0
+    metrics_url: str | None = None  # the server's Prometheus port: hit rates per level
 
 
 def parse_concurrency_range(text: str) -> tuple[int, ...]:
@@ -267,7 +271,15 @@ def _sources(spec: ServeBenchSpec, tables: list[str]) -> tuple[list, dict, list[
             sources.append(DistributionKeys(np.array(reader.keys()), dist, spec.seed + t))
     return (
         sources,
-        {"source": "distribution", **dist.to_dict(), "seed": spec.seed, "config": str(spec.config)},
+        {
+            "source": "distribution",
+            **dist.to_dict(),
+            "seed": spec.seed,
+            "config": str(spec.config),
+            "tables": [
+                {"name": model.table_name(t), "keys": s.num_keys} for t, s in enumerate(sources)
+            ],
+        },
         list(model.embedding_vecsize_per_table),
     )
 
@@ -410,8 +422,13 @@ def _run_level(
     sources: list,
     dims: list[int],
     concurrency: int,
+    scraper: MetricsScraper | None = None,
 ) -> dict:
     level = _Level(proto, spec, sources, dims, concurrency)
+
+    def scrape() -> Snapshot | None:
+        return scraper.try_snapshot() if scraper is not None else None
+
     level.start()
     try:
         deadline = time.perf_counter() + max(30.0, spec.request_timeout_s)
@@ -423,12 +440,14 @@ def _run_level(
         bounds = [time.perf_counter()]
         marks = [level.recorded()]
         server = [proto.statistics(stats_client, spec.model)]
+        metrics = [scrape()]
         windows: list[Window] = []
         while len(windows) < spec.max_trials:
             time.sleep(max(0.0, bounds[-1] + interval - time.perf_counter()))
             bounds.append(time.perf_counter())
             marks.append(level.recorded())
             server.append(proto.statistics(stats_client, spec.model))
+            metrics.append(scrape())
             windows = _windows(level.snapshot(), bounds, marks, server)
             if is_stable(windows, spec.stability_percentage):
                 break
@@ -451,9 +470,14 @@ def _run_level(
             location=f"--model {spec.model}",
             hint="check --keys-per-request against the model's max_batch_size, and the keys' range",
         )
-    return _level_report(
+    report = _level_report(
         spec, concurrency, used, windows, stable, errors_total, len(sources), level.first_error
     )
+    # the counters at the bounds of the reported windows: windows[i] spans metrics[i..i+1]
+    before, after = metrics[len(windows) - len(used)], metrics[len(windows)]
+    if before is not None and after is not None:
+        report["hit_rate"], report["hit_counts"] = hit_rates(before, after)
+    return report
 
 
 def _level_report(
@@ -498,12 +522,21 @@ def _level_report(
         "latency_us": summary,
         "client": {"send_us": send, "recv_us": recv, "network_server_send_recv_us": network},
         "server": server,
+        "hit_rate": not_measured(),
+        "hit_counts": None,
     }
 
 
-def run_serve_bench(spec: ServeBenchSpec, status: Callable[[str], None] | None = None) -> dict:
+def run_serve_bench(
+    spec: ServeBenchSpec,
+    status: Callable[[str], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> dict:
     """The concurrency sweep; the report document (schemas/bench_report.schema.json)."""
+    from .report import hit_rate_text, keys_text
+
     say = status or (lambda message: None)
+    warn = warn or say
     if spec.protocol not in ("http", "grpc"):
         raise InvalidInputError(
             f"unknown protocol '{spec.protocol}'", location="--protocol", hint="http or grpc"
@@ -527,18 +560,31 @@ def run_serve_bench(spec: ServeBenchSpec, status: Callable[[str], None] | None =
                 location="--config",
             )
         dims = config_dims
+    scraper, metrics_url, not_measured_why = None, None, "give --metrics-url"
+    if spec.metrics_url is not None:
+        scraper = MetricsScraper(spec.metrics_url, spec.model, min(10.0, spec.request_timeout_s))
+        metrics_url = scraper.url
+        missing = scraper.missing_series(scraper.snapshot())
+        if missing is None:
+            not_measured_why = None
+        else:
+            not_measured_why = missing
+            warn(f"{missing}: hit rates not measured")
+            scraper = None
+    say(keys_text(keys_doc))
     levels = []
     for concurrency in spec.concurrency:
         say(
             f"concurrency {concurrency}: windows of {spec.measurement_interval_ms} ms, "
             f"at most {spec.max_trials}"
         )
-        level = _run_level(proto, client, spec, sources, dims, concurrency)
+        level = _run_level(proto, client, spec, sources, dims, concurrency, scraper)
         levels.append(level)
         say(
             f"concurrency {concurrency}: {level['throughput_infer_per_sec']:.1f} infer/s, "
             f"p99 {level['latency_us']['p99'] or 0:.0f} us"
             + ("" if level["stable"] else " (not stable)")
+            + (f"; {hit_rate_text(level['hit_rate'])}" if scraper is not None else "")
         )
         avg_ms = (level["latency_us"]["mean"] or 0.0) / 1e3
         if spec.latency_threshold_ms is not None and avg_ms > spec.latency_threshold_ms:
@@ -561,5 +607,7 @@ def run_serve_bench(spec: ServeBenchSpec, status: Callable[[str], None] | None =
         "stability_percentage": spec.stability_percentage,
         "max_trials": spec.max_trials,
         "warmup_requests": spec.warmup_requests,
+        "metrics_url": metrics_url,
+        "hit_rate_not_measured": not_measured_why,
         "levels": levels,
     }

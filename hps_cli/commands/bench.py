@@ -320,9 +320,15 @@ def lookup_command(
     help="Seconds before a request counts as failed.",
 )
 @click.option(
+    "--metrics-url",
+    metavar="HOST:PORT",
+    help="The server's Prometheus port (hps serve --metrics-port): per level, the share of "
+    "keys answered by the GPU cache, volatile, persistent tier and the default.",
+)
+@click.option(
     "--verbose-csv",
     is_flag=True,
-    help="Append Keys/Second, Avg and Max latency, Errors, Stable to the CSV.",
+    help="Append Keys/Second, Avg and Max latency, Errors, Stable and the hit rates to the CSV.",
 )
 @_seed
 @_outputs
@@ -343,6 +349,7 @@ def serve_command(
     warmup_requests,
     latency_threshold,
     request_timeout,
+    metrics_url,
     verbose_csv,
     seed,
     json_output,
@@ -355,8 +362,9 @@ def serve_command(
     Sends the Triton HPS backend's tensors (KEYS, NUMKEYS -> OUTPUT0) over HTTP or gRPC from
     CONCURRENCY threads per level; a level is stable when its last 3 windows agree within
     --stability-percentage (throughput and average latency). Errors are counted, not fatal.
-    Exit 6 when the server cannot be reached, 3 when the model is not a lookup model or every
-    request fails.
+    With --metrics-url, where the keys were answered, from the server's counters over the
+    same windows. Exit 6 when the server (or --metrics-url) cannot be reached, 3 when the
+    model is not a lookup model, every request fails or --metrics-url is not a metrics address.
     """
     from ..bench.serve_bench import ServeBenchSpec, parse_concurrency_range, run_serve_bench
 
@@ -379,8 +387,10 @@ def serve_command(
         latency_threshold_ms=latency_threshold,
         request_timeout_s=request_timeout,
         seed=seed,
+        metrics_url=metrics_url,
     )
-    report = run_serve_bench(spec, status=current_output().info)
+    out = current_output()
+    report = run_serve_bench(spec, status=out.info, warn=out.warn)
     _emit(report, csv_dest, plot_dest, overwrite, verbose_csv)
 
 
