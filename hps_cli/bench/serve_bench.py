@@ -439,15 +439,17 @@ def _run_level(
         interval = spec.measurement_interval_ms / 1000.0
         bounds = [time.perf_counter()]
         marks = [level.recorded()]
+        # requests go on while the server is asked: each scrape has its own client-side mark
+        metrics, scrape_marks = [scrape()], [level.recorded()]
         server = [proto.statistics(stats_client, spec.model)]
-        metrics = [scrape()]
         windows: list[Window] = []
         while len(windows) < spec.max_trials:
             time.sleep(max(0.0, bounds[-1] + interval - time.perf_counter()))
             bounds.append(time.perf_counter())
             marks.append(level.recorded())
-            server.append(proto.statistics(stats_client, spec.model))
             metrics.append(scrape())
+            scrape_marks.append(level.recorded())
+            server.append(proto.statistics(stats_client, spec.model))
             windows = _windows(level.snapshot(), bounds, marks, server)
             if is_stable(windows, spec.stability_percentage):
                 break
@@ -474,9 +476,12 @@ def _run_level(
         spec, concurrency, used, windows, stable, errors_total, len(sources), level.first_error
     )
     # the counters at the bounds of the reported windows: windows[i] spans metrics[i..i+1]
-    before, after = metrics[len(windows) - len(used)], metrics[len(windows)]
+    first, last = len(windows) - len(used), len(windows)
+    before, after = metrics[first], metrics[last]
     if before is not None and after is not None:
         report["hit_rate"], report["hit_counts"] = hit_rates(before, after)
+        answered = sum(1 for r in records[scrape_marks[first] : scrape_marks[last]] if r.ok)
+        report["hit_counts"]["client_keys"] = answered * report["keys_per_request"]
     return report
 
 

@@ -18,7 +18,8 @@ from them; all to ``default`` when the tiers counted nothing, as an asynchronous
 misses with the default); a table without a cache contributes the tiers' counts directly.
 
 The counters are the server's: other clients' lookups in the same windows are counted too
-(``server_keys`` next to the keys the bench sent shows it).
+(``server_keys`` next to ``client_keys``, the keys the bench saw answered between the same
+two scrapes, shows it).
 """
 
 from __future__ import annotations
