@@ -48,6 +48,35 @@ _WINDOW = 16  # slots _find reads from each key's home in one gather
 _WINDOW_OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 
 
+def check_table_options(
+    dim, num_partitions, overflow_margin, overflow_policy, overflow_resolution_target
+) -> None:
+    """The checks every in-memory volatile table (in-process or shared) makes of its options."""
+    if int(dim) <= 0:
+        raise InvalidInputError(f"dim must be positive, got {dim}", location="dim")
+    if int(num_partitions) < 1:
+        raise InvalidInputError(
+            f"num_partitions must be at least 1, got {num_partitions}",
+            location="volatile_db.num_partitions",
+        )
+    if overflow_policy not in POLICIES:
+        raise InvalidInputError(
+            f"unknown overflow_policy '{overflow_policy}'",
+            location="volatile_db.overflow_policy",
+            hint="use one of " + ", ".join(POLICIES),
+        )
+    if not 0.0 < float(overflow_resolution_target) <= 1.0:
+        raise InvalidInputError(
+            f"overflow_resolution_target must lie in (0, 1], got {overflow_resolution_target}",
+            location="volatile_db.overflow_resolution_target",
+        )
+    if overflow_margin is not None and int(overflow_margin) < 0:
+        raise InvalidInputError(
+            f"overflow_margin must not be negative, got {overflow_margin}",
+            location="volatile_db.overflow_margin",
+        )
+
+
 def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...]:
     """Drop repeated keys, keeping each key's last occurrence (as HPS's upserts do), in order."""
     if keys.size < 2:
@@ -88,32 +117,12 @@ class HashMapTable:
         reserve: int = 0,
         seed: int = 0,
     ):
-        if int(dim) <= 0:
-            raise InvalidInputError(f"dim must be positive, got {dim}", location="dim")
-        if int(num_partitions) < 1:
-            raise InvalidInputError(
-                f"num_partitions must be at least 1, got {num_partitions}",
-                location="volatile_db.num_partitions",
-            )
-        if overflow_policy not in POLICIES:
-            raise InvalidInputError(
-                f"unknown overflow_policy '{overflow_policy}'",
-                location="volatile_db.overflow_policy",
-                hint="use one of " + ", ".join(POLICIES),
-            )
-        if not 0.0 < float(overflow_resolution_target) <= 1.0:
-            raise InvalidInputError(
-                f"overflow_resolution_target must lie in (0, 1], got {overflow_resolution_target}",
-                location="volatile_db.overflow_resolution_target",
-            )
+        check_table_options(
+            dim, num_partitions, overflow_margin, overflow_policy, overflow_resolution_target
+        )
         self.dim = int(dim)
         self.num_partitions = int(num_partitions)
         margin = _UNLIMITED if overflow_margin is None else min(int(overflow_margin), _UNLIMITED)
-        if margin < 0:
-            raise InvalidInputError(
-                f"overflow_margin must not be negative, got {overflow_margin}",
-                location="volatile_db.overflow_margin",
-            )
         self.overflow_margin = margin
         self.overflow_policy = overflow_policy
         self.overflow_resolution_target = float(overflow_resolution_target)

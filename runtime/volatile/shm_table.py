@@ -44,7 +44,7 @@ import numpy as np
 from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
 from . import shm_layout as L
-from .hash_map import EMPTY, POLICIES, TOMBSTONE, dedupe_last
+from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
 from .shm_segment import SharedSegment, TableSpec
 
 log = logging.getLogger("hps_cli.runtime")
@@ -92,29 +92,9 @@ class SharedHashMapTable:
         seed: int = 0,
         lock_free_reads: bool | None = None,
     ):
-        if int(dim) <= 0:
-            raise InvalidInputError(f"dim must be positive, got {dim}", location="dim")
-        if int(num_partitions) < 1:
-            raise InvalidInputError(
-                f"num_partitions must be at least 1, got {num_partitions}",
-                location="volatile_db.num_partitions",
-            )
-        if overflow_policy not in POLICIES:
-            raise InvalidInputError(
-                f"unknown overflow_policy '{overflow_policy}'",
-                location="volatile_db.overflow_policy",
-                hint="use one of " + ", ".join(POLICIES),
-            )
-        if not 0.0 < float(overflow_resolution_target) <= 1.0:
-            raise InvalidInputError(
-                f"overflow_resolution_target must lie in (0, 1], got {overflow_resolution_target}",
-                location="volatile_db.overflow_resolution_target",
-            )
-        if overflow_margin is not None and int(overflow_margin) < 0:
-            raise InvalidInputError(
-                f"overflow_margin must not be negative, got {overflow_margin}",
-                location="volatile_db.overflow_margin",
-            )
+        check_table_options(
+            dim, num_partitions, overflow_margin, overflow_policy, overflow_resolution_target
+        )
         self.spec = table_spec(
             tag,
             dim,
