@@ -27,7 +27,6 @@ import gc
 import json
 import platform
 import resource
-import shutil
 import subprocess
 import sys
 import time
@@ -35,6 +34,9 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _measure import ensure_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 TAG = "hps_et.bench.t"
@@ -334,20 +336,7 @@ def main() -> None:
         print(json.dumps(STEPS[args.step](args)))
         return
 
-    from hps_cli.runtime.table import TableReader
-    from hps_cli.runtime.table.synthetic import write_synthetic_table
-
-    table = args.work / "table"
-    try:
-        with TableReader(table) as reader:
-            fresh = reader.num_keys != args.keys or reader.dim != args.dim
-    except Exception:  # noqa: BLE001 - missing or broken: regenerate
-        fresh = True
-    if fresh:
-        shutil.rmtree(args.work, ignore_errors=True)
-        args.work.mkdir(parents=True)
-        write_synthetic_table(table, args.keys, args.dim, shuffle=True)
-    subprocess.run(["bash", "-c", f"cat {table}/key {table}/emb_vector > /dev/null"], check=True)
+    ensure_table(args.work, args.keys, args.dim)
     result = {
         "date": date.today().isoformat(),
         "machine": platform.processor() or platform.machine(),
