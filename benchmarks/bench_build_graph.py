@@ -29,27 +29,8 @@ import sys
 from datetime import date
 from pathlib import Path
 
-BUILD = r"""
-import os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import keras
-path = sys.argv[1]
-keras.utils.set_random_seed(0)
-user = keras.Input((1,), dtype="int64", name="user")
-items = keras.Input((3,), dtype="int64", name="items")
-tags = keras.Input((5,), dtype="int64", name="tags")
-dense = keras.Input((13,), dtype="float32", name="dense")
-flat = keras.layers.Flatten
-x = keras.layers.Concatenate()([
-    flat()(keras.layers.Embedding(100_000, 32, name="user_emb")(user)),
-    flat()(keras.layers.Embedding(200_000, 32, name="item_emb")(items)),
-    flat()(keras.layers.Embedding(1_000, 16, name="tag_emb")(tags)),
-    keras.layers.Dense(64, activation="relu", name="bottom")(dense)])
-x = keras.layers.Dense(256, activation="relu", name="fc1")(x)
-x = keras.layers.Dense(128, activation="relu", name="fc2")(x)
-out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
-keras.Model([user, items, tags, dense], out, name="bench_dlrm").save(path)
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import BENCH_DLRM_BUILD as BUILD  # noqa: E402
 
 TIME = r"""
 import json, os, statistics, sys, time

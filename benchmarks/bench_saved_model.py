@@ -46,6 +46,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _measure import BENCH_DLRM_BUILD as BUILD  # noqa: E402
 from _measure import run_measured  # noqa: E402
 
 EXPORT = r"""
@@ -86,27 +87,6 @@ for _ in range(calls):
     serve(ids=tf.constant(rng.integers(0, keys, (1024, 4)) * 7 + 3))
 ran = status()
 print(json.dumps({"before": before, "loaded": loaded, "ran": ran}))
-"""
-
-BUILD = r"""
-import os, sys
-os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
-import keras
-keras.utils.set_random_seed(0)
-user = keras.Input((1,), dtype="int64", name="user")
-items = keras.Input((3,), dtype="int64", name="items")
-tags = keras.Input((5,), dtype="int64", name="tags")
-dense = keras.Input((13,), dtype="float32", name="dense")
-flat = keras.layers.Flatten
-x = keras.layers.Concatenate()([
-    flat()(keras.layers.Embedding(100_000, 32, name="user_emb")(user)),
-    flat()(keras.layers.Embedding(200_000, 32, name="item_emb")(items)),
-    flat()(keras.layers.Embedding(1_000, 16, name="tag_emb")(tags)),
-    keras.layers.Dense(64, activation="relu", name="bottom")(dense)])
-x = keras.layers.Dense(256, activation="relu", name="fc1")(x)
-x = keras.layers.Dense(128, activation="relu", name="fc2")(x)
-out = keras.layers.Dense(1, activation="sigmoid", name="ctr")(x)
-keras.Model([user, items, tags, dense], out, name="bench_dlrm").save(sys.argv[1])
 """
 
 IN_PROCESS = r"""
