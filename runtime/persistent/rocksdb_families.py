@@ -147,10 +147,6 @@ def write_table_record(db, tag: str, record: dict) -> None:
     db.put(record_key(tag), encode_record(record))
 
 
-def delete_table_record(db, tag: str) -> None:
-    db.delete(record_key(tag))
-
-
 def journal_range(tag: str) -> tuple[bytes, bytes]:
     """[begin, end) of a table's journal keys in the ``default`` family (tags hold no '/')."""
     prefix = JOURNAL_PREFIX + tag.encode() + b"/"

@@ -525,15 +525,6 @@ def shm_free_bytes(directory: str | Path = SHM_DIR) -> int:
     return st.f_bavail * st.f_frsize
 
 
-def shm_total_bytes(directory: str | Path = SHM_DIR) -> int | None:
-    """The size of the file system behind ``directory`` (None when it does not exist)."""
-    try:
-        st = os.statvfs(directory)
-    except OSError:
-        return None
-    return st.f_blocks * st.f_frsize
-
-
 def _close_all() -> None:
     for segment in list(_open_segments):
         try:
