@@ -134,10 +134,6 @@ class Batcher:
         """Concurrent executions per device."""
         return self._instances
 
-    @property
-    def devices(self) -> tuple:
-        return self._devices
-
     def _pick_device(self):
         """The device of the next batch: the one with the fewest executions running (``_flush``
         starts a batch only while one runs fewer than ``instances``, so it has a worker buffer
@@ -222,7 +218,7 @@ class Batcher:
             error = _check_count(results, (work,))
         if error is not None and not isinstance(error, ServiceUnavailableError):
             self._log_failure(1, error)
-        self._account_one(work, now, started, error is None, device)
+        self._account_safely([_Item(work, None, now)], started, error is None, device)
         if error is not None:
             raise error
         return results[0]
@@ -336,8 +332,11 @@ class Batcher:
                 item.future.set_exception(
                     ServiceUnavailableError("the batch was interrupted", location="model")
                 )
+        self._account_safely(live, started, error is None, device)
+
+    def _account_safely(self, live: list[_Item], started: float, ok: bool, device=None) -> None:
         try:
-            self._account(live, started, error is None, device)
+            self._account(live, started, ok, device)
         except Exception:  # statistics must never stop the batcher
             log.exception("model %s: accounting failed", self.model.name)
 
@@ -360,29 +359,6 @@ class Batcher:
             stats.inferences += samples
         if self.on_batch is not None:
             self.on_batch(self.model.name, len(live), samples, device)
-
-    def _account_one(
-        self, work: Work, arrival: float, started: float, ok: bool, device=None
-    ) -> None:
-        """``_account`` of a batch of one request (``_run_alone``)."""
-        try:
-            done = time.perf_counter()
-            stats = self.stats
-            stats.executions += 1
-            stats.last_inference_ms = int(time.time() * 1000)
-            stats.queue_ns += int((started - arrival) * 1e9)
-            stats.compute_ns += int((done - started) * 1e9)
-            if ok:
-                stats.success += 1
-                stats.success_ns += int((done - arrival) * 1e9)
-                stats.inferences += work.size
-            else:
-                stats.fail += 1
-                stats.fail_ns += int((done - arrival) * 1e9)
-            if self.on_batch is not None:
-                self.on_batch(self.model.name, 1, work.size, device)
-        except Exception:  # statistics must never stop the batcher
-            log.exception("model %s: accounting failed", self.model.name)
 
     async def close(self) -> None:
         """Refuse new requests, run the queued ones, wait for the running executions."""

@@ -266,8 +266,8 @@ class InferenceModel(ServedModel):
                 keys[name] = as_keys(arrays[name], long_keys, name)
         for name, ids in sparse.items():
             ids["values"] = as_keys(ids["values"], long_keys, self.sparse[name]["values"])
-        for name, _, dtype in self.direct:
-            fit_dtype(arrays[name], dtype, name)  # ids the dense part also reads must fit it
+        for name, _, dtype in self.direct:  # ids the dense part also reads must fit it
+            arrays[name] = fit_dtype(arrays[name], dtype, name)  # checked and cast once, here
         return Work(batch, request, {"arrays": arrays, "sparse": sparse, "keys": keys})
 
     def execute(self, works: list[Work], device: int | None = None) -> list[InferResult]:
@@ -293,7 +293,7 @@ class InferenceModel(ServedModel):
                     value = _combine(value.reshape(ids.shape[0], -1, dim), combiner)
             feed[dense_input] = self._tf.constant(value, dtype=dtype)
         for name, dense_input, dtype in self.direct:
-            feed[dense_input] = self._tf.constant(fit_dtype(arrays[name], dtype, name), dtype=dtype)
+            feed[dense_input] = self._tf.constant(arrays[name], dtype=dtype)  # cast in prepare
         outputs = {k: np.asarray(v) for k, v in self._serve(**feed).items()}
         total = sum(sizes)
         for name, value in outputs.items():
