@@ -4,6 +4,14 @@ When a model is unloaded its tables (hash maps, cache reference arrays) are free
 arrays are their own mappings and go back to the system at once; what glibc's heap holds
 (small blocks, arenas of the worker threads) stays mapped until ``malloc_trim`` returns the
 free pages, so the resident size shows what was freed.
+
+Request bodies are the other large, short-lived blocks: a body of megabytes is read, checked
+and refused or decoded on one of several threads. glibc serves such a block from a fresh
+mapping, but after one is freed it raises its mapping threshold to that size, so that later
+bodies come from the threads' heap arenas and stay resident after they are freed, one arena
+after another (hostile clients took a server from 95 to 262 MiB that way). The server fixes the
+threshold instead (``map_large_blocks``): blocks of a megabyte or more are always their own
+mappings and go back to the system when freed.
 """
 
 from __future__ import annotations
@@ -32,6 +40,18 @@ def release_free_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+LARGE_BLOCK_BYTES = 1 << 20
+
+
+def map_large_blocks() -> None:
+    """Allocate blocks of ``LARGE_BLOCK_BYTES`` or more as their own mappings for the rest of
+    the process (setting the threshold also stops glibc from raising it; elsewhere a no-op)."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(M_MMAP_THRESHOLD, LARGE_BLOCK_BYTES)
 
 
 def rss_bytes() -> int:

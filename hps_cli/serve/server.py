@@ -28,6 +28,7 @@ import signal
 from ..runtime.errors import InvalidInputError
 from .core import ServeOptions, ServerCore
 from .event_loop import run
+from .host_memory import map_large_blocks
 from .logs import event
 
 log = logging.getLogger("hps_cli.serve")
@@ -75,6 +76,7 @@ def check_options(options: ServeOptions):
 def serve(options: ServeOptions) -> None:
     """Run the server until SIGTERM/SIGINT (blocking). Start-up errors are raised."""
     check_options(options)  # fail before binding anything
+    map_large_blocks()  # request bodies go back to the system when freed (host_memory.py)
     run(_main(options))
 
 
