@@ -310,6 +310,12 @@ class _Level:
         self.first_error: str | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        # pause(): the clients finish what they sent and wait, so that a scrape of the server's
+        # counters sees exactly the requests the bench recorded
+        self._gate = threading.Condition()
+        self._hold = False
+        self._waiting = 0
+        self._running = concurrency
         self._threads = [
             threading.Thread(
                 target=self._work, args=(i,), daemon=True, name=f"hps-bench-{concurrency}-{i}"
@@ -323,6 +329,7 @@ class _Level:
 
     def stop(self) -> None:
         self._stop.set()
+        self.resume()
         for thread in self._threads:
             thread.join(self.spec.request_timeout_s + 5)
 
@@ -334,7 +341,37 @@ class _Level:
         with self._lock:
             return len(self.records)
 
+    def pause(self) -> None:
+        """Hold every client before its next request, once its request in flight is answered."""
+        with self._gate:
+            self._hold = True
+            self._gate.wait_for(
+                lambda: self._waiting >= self._running, self.spec.request_timeout_s + 1
+            )
+
+    def resume(self) -> None:
+        with self._gate:
+            self._hold = False
+            self._gate.notify_all()
+
+    def _wait_while_held(self) -> None:
+        with self._gate:
+            if not self._hold:
+                return
+            self._waiting += 1
+            self._gate.notify_all()
+            self._gate.wait_for(lambda: not self._hold)
+            self._waiting -= 1
+
     def _work(self, index: int) -> None:
+        try:
+            self._requests(index)
+        finally:
+            with self._gate:
+                self._running -= 1
+                self._gate.notify_all()
+
+    def _requests(self, index: int) -> None:
         proto, spec = self.proto, self.spec
         try:
             client = proto.client()
@@ -347,6 +384,7 @@ class _Level:
         expected = n * sum(self.dims) if self.dims else None
         try:
             while not self._stop.is_set():
+                self._wait_while_held()
                 keys = np.concatenate([s.next_batch(n) for s in sources])
                 started = time.perf_counter()
                 ok = True
@@ -426,8 +464,15 @@ def _run_level(
 ) -> dict:
     level = _Level(proto, spec, sources, dims, concurrency)
 
-    def scrape() -> Snapshot | None:
-        return scraper.try_snapshot() if scraper is not None else None
+    def scrape() -> tuple[Snapshot | None, int]:
+        """The server's counters and the requests recorded when they were read."""
+        if scraper is None:
+            return None, level.recorded()
+        level.pause()  # no request in flight: the counters and the records agree
+        try:
+            return scraper.try_snapshot(), level.recorded()
+        finally:
+            level.resume()
 
     level.start()
     try:
@@ -439,16 +484,16 @@ def _run_level(
         interval = spec.measurement_interval_ms / 1000.0
         bounds = [time.perf_counter()]
         marks = [level.recorded()]
-        # requests go on while the server is asked: each scrape has its own client-side mark
-        metrics, scrape_marks = [scrape()], [level.recorded()]
+        metrics, scrape_marks = map(list, zip(scrape()))
         server = [proto.statistics(stats_client, spec.model)]
         windows: list[Window] = []
         while len(windows) < spec.max_trials:
             time.sleep(max(0.0, bounds[-1] + interval - time.perf_counter()))
             bounds.append(time.perf_counter())
             marks.append(level.recorded())
-            metrics.append(scrape())
-            scrape_marks.append(level.recorded())
+            snapshot, mark = scrape()
+            metrics.append(snapshot)
+            scrape_marks.append(mark)
             server.append(proto.statistics(stats_client, spec.model))
             windows = _windows(level.snapshot(), bounds, marks, server)
             if is_stable(windows, spec.stability_percentage):
