@@ -43,6 +43,25 @@ BIG_ROUNDS, BIG_PER_ROUND = 5, 3
 WARMUP_ZIPF = 30  # 1 M-key Zipf lookups before timing (simulation: 0.97 of ideal after ~17)
 
 
+def profile_small(hps, uniform, path: Path, lookups: int = 2000) -> None:
+    """Where a 2,048-key lookup with misses (p92) spends its time: cProfile of ``lookups``
+    lookups, the functions by own time and by cumulative time, written to ``path``."""
+    import cProfile
+    import io
+    import pstats
+
+    batches = [uniform.next_batch(2048) for _ in range(lookups)]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for keys in batches:
+        hps.lookup(keys, "p92", "t")
+    profiler.disable()
+    text = io.StringIO()
+    for order in ("tottime", "cumulative"):
+        pstats.Stats(profiler, stream=text).sort_stats(order).print_stats(35)
+    path.write_text(text.getvalue())
+
+
 def _model(name: str, table: Path, gpucacheper: float) -> dict:
     return {
         "model": name,
@@ -224,10 +243,11 @@ def big_lookups(hps, uniform, zipf, device) -> dict:
         warm.append(
             (time.perf_counter() - t0, _hit_rate(b, _stats(quarter)), quarter.stats()["inserted"])
         )
+        st = quarter.stats()
         print(
             f"zipf warm-up {i}: {warm[-1][0] * 1e3:.1f} ms, hit rate {warm[-1][1]:.4f}, "
-            f"inserted {warm[-1][2]}, insert calls {quarter.stats()['insert_calls']}, "
-            f"{quarter.stats()['insert_seconds']:.2f} s",
+            f"inserted {warm[-1][2]}, insert calls {st['insert_calls']}, "
+            f"{st['insert_seconds']:.2f} s, skipped {st['insert_skipped']}",
             file=sys.stderr,
             flush=True,
         )
@@ -261,6 +281,7 @@ def big_lookups(hps, uniform, zipf, device) -> dict:
         "insert_calls": quarter.stats()["insert_calls"],
         "insert_seconds": quarter.stats()["insert_seconds"],
         "dropped_insert_batches": quarter.stats()["async_dropped"],
+        "insert_skipped_keys": quarter.stats()["insert_skipped"],
     }
     return {"uniform_1m": uniform_1m, "zipf_1m": zipf_1m}
 
@@ -327,6 +348,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
     ap.add_argument("--work", default=None, help="folder for the tables (default: a temp dir)")
+    ap.add_argument("--profile", default=None, help="write a cProfile of p92 lookups here")
     args = ap.parse_args()
     from hps_cli.runtime import HPS
     from hps_cli.runtime.gpu.device import get_device
@@ -366,6 +388,8 @@ def main() -> None:
         check = uniform.next_batch(4096)
         assert np.array_equal(hps.lookup(check, "p92", "t"), synthetic_vectors(check, DIM))
         result["small_2048"] = small_lookups(hps, uniform)
+        if args.profile:
+            profile_small(hps, uniform, Path(args.profile))
         result.update(big_lookups(hps, uniform, zipf, device))
         check = zipf.next_batch(1 << 17)
         got = hps.lookup(check, "quarter", "t")

@@ -450,6 +450,75 @@ def test_a_drain_inserts_each_key_once_with_its_latest_fetch():
     assert got == {7: (5.0, 2), 8: (3.0, 1), 9: (4.0, 0)}
 
 
+def test_the_miss_sketch_ranks_keys_by_how_often_they_missed():
+    from hps_cli.runtime.gpu.deferred_insert import MissFrequency, hottest
+
+    frequency = MissFrequency(1 << 12)
+    keys = np.arange(-5, 1000, dtype=np.int64) * 7919
+    frequency.note(keys)
+    for _ in range(3):
+        frequency.note(keys[[17, 400]])
+    frequency.note(keys[[900]])
+    assert hottest(keys, keys.size, frequency) is None  # room for all: no ranking
+    assert keys[hottest(keys, 2, frequency)].tolist() == keys[[17, 400]].tolist()
+    assert keys[hottest(keys, 3, frequency)].tolist() == keys[[17, 400, 900]].tolist()
+
+
+def test_a_drain_over_its_limit_inserts_the_hottest_keys_and_counts_the_rest():
+    """Under a flood of misses one insert must not take everything queued (its time grows
+    faster than its size): a drain takes the keys that missed most often, once each."""
+    from hps_cli.runtime.gpu.deferred_insert import InsertQueue
+
+    batches = []
+    inserter = AsyncInserter(1)
+    queue = InsertQueue(
+        lambda k, r, s: batches.append(sorted(k.tolist())),
+        inserter.submit,
+        delay_s=0.05,
+        max_keys=2,
+    )
+    queue.batch_keys = 1000  # the drain waits delay_s: all three lookups' misses go together
+    queue.add(np.array([1, 2, 3]), np.zeros((3, 1)), np.zeros(3, np.int64))
+    queue.add(np.array([2, 3]), np.zeros((2, 1)), np.zeros(2, np.int64))
+    queue.add(np.array([3, 4]), np.zeros((2, 1)), np.zeros(2, np.int64))
+    inserter.flush()
+    inserter.close()
+    assert batches == [[2, 3]]  # 3 missed three times, 2 twice; 1 and 4 once
+    assert queue.skipped_keys == 2
+
+
+def test_a_stalled_drain_keeps_a_bounded_queue():
+    """Fetched rows wait for a drain; when inserts cannot keep up, the oldest go (counted),
+    so a flood of misses cannot grow the host memory without bound."""
+    import threading
+
+    from hps_cli.runtime.gpu.deferred_insert import QUEUED_DRAINS, InsertQueue
+
+    blocked = threading.Event()
+    inserted = []
+
+    def insert(keys, rows, seen):
+        blocked.wait()
+        inserted.append(keys.size)
+
+    inserter = AsyncInserter(1)
+    queue = InsertQueue(insert, inserter.submit, delay_s=0.0, max_keys=4)
+    queue.add(np.arange(4), np.zeros((4, 1)), np.zeros(4, np.int64))  # the drain takes it
+    deadline = __import__("time").monotonic() + 5
+    while queue._queued and __import__("time").monotonic() < deadline:
+        __import__("time").sleep(0.001)
+    for i in range(1, 20):
+        queue.add(np.arange(4) + 10 * i, np.zeros((4, 1)), np.zeros(4, np.int64))
+        assert queue._queued <= QUEUED_DRAINS * 4
+    assert queue.skipped_keys == 19 * 4 - QUEUED_DRAINS * 4  # the oldest went
+    blocked.set()
+    inserter.flush()
+    inserter.close()
+    # The first drain's 4 keys, then one drain of everything left queued: its 4 hottest.
+    assert inserted == [4, 4]
+    assert queue.skipped_keys == 19 * 4 - 4
+
+
 def test_large_misses_are_fetched_in_parts_on_several_threads():
     from hps_cli.runtime.gpu.embedding_cache import FETCH_PART_KEYS
 

@@ -12,6 +12,12 @@ keys' counts before it fetches them; an insert, under the same lock, keeps only 
 counts are unchanged (``fresh``). An update bumps its counts after the CPU tiers changed, so a
 row fetched before that change is always caught; all device work of a cache is ordered by its
 one stream in the order the lock gives it.
+
+A drain inserts at most ``max_keys`` keys (``InsertQueue``): an insert's host preparation grows
+faster than its batch (more keys per set, more rounds), so under a flood of misses one huge
+insert would fall further and further behind the lookups. When more are queued, the drain keeps
+the keys that missed most often lately (``MissFrequency``, a TinyLFU-style sketch) and drops
+the rest: a hot key misses again and is queued again, a cold one is not worth a slot.
 """
 
 from __future__ import annotations
@@ -49,6 +55,53 @@ class UpdateGenerations:
         return self.read(keys) == seen
 
 
+QUEUED_DRAINS = 8
+_SKETCH_MIN, _SKETCH_MAX = 1 << 12, 1 << 24
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+class MissFrequency:
+    """Approximately how many drains lately saw each key missed: saturating 8-bit counters
+    indexed by a multiplicative hash of the key, all halved once as many keys were noted as
+    there are counters ×4 (so the counts follow a changing workload). Collisions only make a
+    key look hotter than it is: good enough to rank keys for a slot, never used for results."""
+
+    def __init__(self, keys_tracked: int):
+        size = 1 << max(0, int(keys_tracked) - 1).bit_length()
+        size = min(max(size, _SKETCH_MIN), _SKETCH_MAX)
+        self._counts = np.zeros(size, np.uint8)
+        self._shift = np.uint64(64 - (size.bit_length() - 1))
+        self._noted = 0
+
+    def _index(self, keys: np.ndarray) -> np.ndarray:
+        with np.errstate(over="ignore"):
+            return ((keys.view(np.uint64) * _GOLDEN) >> self._shift).astype(np.intp)
+
+    def note(self, keys: np.ndarray) -> None:
+        """Count one miss of each key (a key repeated in ``keys`` may count once)."""
+        at = self._index(np.ascontiguousarray(keys, np.int64))
+        counts = self._counts[at]
+        np.minimum(counts, 254, out=counts)
+        counts += 1
+        self._counts[at] = counts
+        self._noted += keys.size
+        if self._noted >= 4 * self._counts.size:
+            self._counts >>= 1
+            self._noted = 0
+
+    def of(self, keys: np.ndarray) -> np.ndarray:
+        return self._counts[self._index(np.ascontiguousarray(keys, np.int64))]
+
+
+def hottest(keys: np.ndarray, limit: int, frequency: MissFrequency) -> np.ndarray | None:
+    """Positions (ascending) of the ``limit`` keys that missed most often by ``frequency``, or
+    None when there are no more than ``limit`` keys."""
+    if keys.size <= limit:
+        return None
+    scores = frequency.of(keys)
+    return np.sort(np.argpartition(scores, keys.size - limit)[keys.size - limit :])
+
+
 def latest_per_key(
     keys: np.ndarray, rows: np.ndarray, seen: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -70,11 +123,12 @@ class InsertQueue:
 
     ``add`` queues rows; the first row queued schedules a drain task through ``submit`` (the
     cache's background inserter). The drain waits until ``batch_keys`` keys are queued or
-    ``delay_s`` has passed, inserts everything queued in one call of ``insert(keys, rows,
-    seen)`` (a key queued more than once: its latest fetch only), and goes on while more
-    arrived meanwhile: one drain per queue at a time, so batches
-    go in in the order they were queued. When ``submit`` refuses (the inserter is full), what is
-    queued is dropped (it is a cache: nothing is lost) and ``add`` returns False.
+    ``delay_s`` has passed, inserts what is queued in one call of ``insert(keys, rows, seen)``
+    (a key queued more than once: its latest fetch only; more than ``max_keys`` keys: the
+    hottest ``max_keys``, the others counted in ``skipped_keys``), and goes on while more
+    arrived meanwhile: one drain per queue at a time, so batches go in in the order they were
+    queued. When ``submit`` refuses (the inserter is full), what is queued is dropped (it is a
+    cache: nothing is lost) and ``add`` returns False.
     """
 
     def __init__(
@@ -84,11 +138,15 @@ class InsertQueue:
         *,
         batch_keys: int = 4096,
         delay_s: float = 0.002,
+        max_keys: int | None = None,
     ):
         self._insert = insert
         self._submit = submit
         self.batch_keys = batch_keys
         self.delay_s = delay_s
+        self.max_keys = max_keys
+        self._frequency = MissFrequency(4 * max_keys) if max_keys is not None else None
+        self.skipped_keys = 0  # queued keys a drain left out for hotter ones
         self._cond = threading.Condition()
         self._items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
@@ -98,6 +156,13 @@ class InsertQueue:
         with self._cond:
             self._items.append((keys, rows, seen))
             self._queued += keys.size
+            if self.max_keys is not None:
+                # A drain slower than the lookups must not hold their rows without bound:
+                # beyond QUEUED_DRAINS drains' worth, the oldest fetches go.
+                while self._queued > QUEUED_DRAINS * self.max_keys and len(self._items) > 1:
+                    old = self._items.pop(0)[0].size
+                    self._queued -= old
+                    self.skipped_keys += old
             if self._queued >= self.batch_keys:
                 self._cond.notify()
             if self._scheduled:
@@ -131,8 +196,16 @@ class InsertQueue:
                 keys = np.concatenate([k for k, _, _ in items])
                 rows = np.concatenate([r for _, r, _ in items])
                 seen = np.concatenate([s for _, _, s in items])
+                if self._frequency is not None:
+                    for item_keys, _, _ in items:  # one lookup's distinct misses each
+                        self._frequency.note(item_keys)
                 if len(items) > 1:
                     keys, rows, seen = latest_per_key(keys, rows, seen)
+                if self._frequency is not None:
+                    keep = hottest(keys, self.max_keys, self._frequency)
+                    if keep is not None:
+                        self.skipped_keys += keys.size - keep.size
+                        keys, rows, seen = keys[keep], rows[keep], seen[keep]
                 self._insert(keys, rows, seen)
         except BaseException:
             with self._cond:

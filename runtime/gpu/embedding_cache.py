@@ -77,6 +77,13 @@ class CacheCounters:
         return data
 
 
+def drain_limit(capacity: int) -> int:
+    """The most keys one deferred insert takes (deferred_insert.py): a sixteenth of the slots,
+    half a key per set of 8 ways, where the rounds of an insert stay few (about 12) and its
+    host preparation short (about 15-30 ms for a 1 M-slot cache)."""
+    return max(4096, int(capacity) // 16)
+
+
 class AsyncInserter:
     """Background insertion of missed keys (HPS's thread pool), bounded: when ``max_pending``
     tasks are already queued, new ones are refused (the caller drops them: it is a cache;
@@ -226,7 +233,9 @@ class DynamicEmbeddingCache(EmbeddingCache):
         self._closed = False
         self._generations = UpdateGenerations()
         self._queue = (
-            InsertQueue(self._insert_fresh, inserter.submit) if inserter is not None else None
+            InsertQueue(self._insert_fresh, inserter.submit, max_keys=drain_limit(backend.capacity))
+            if inserter is not None
+            else None
         )
 
     def _finish(self, keys: np.ndarray, slot: int, launched: Launched, started: float):
@@ -407,6 +416,7 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     def stats(self) -> dict:
         data = self.counters.snapshot()
+        data["insert_skipped"] = self._queue.skipped_keys if self._queue is not None else 0
         data["type"] = "dynamic"
         data["capacity"] = self.backend.capacity
         return data
