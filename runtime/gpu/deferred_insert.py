@@ -102,10 +102,8 @@ def hottest(keys: np.ndarray, limit: int, frequency: MissFrequency) -> np.ndarra
     return np.sort(np.argpartition(scores, keys.size - limit)[keys.size - limit :])
 
 
-def latest_per_key(
-    keys: np.ndarray, rows: np.ndarray, seen: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One entry per key: its latest fetch (its row and the counts read before it).
+def latest_positions(keys: np.ndarray) -> np.ndarray | None:
+    """Positions of each key's last occurrence (its latest fetch), or None when no key repeats.
 
     Lookups that miss the same hot key queue it again and again until an insert lands; under a
     skewed load a drain would otherwise insert each such key many times over, and the insert
@@ -113,9 +111,25 @@ def latest_per_key(
     rising. The latest fetch is the one to keep: if an update came between two fetches, only the
     later row is fresh, and its counts say so."""
     last = keys.size - 1 - np.unique(keys[::-1], return_index=True)[1]
-    if last.size == keys.size:
-        return keys, rows, seen
-    return keys[last], rows[last], seen[last]
+    return None if last.size == keys.size else last
+
+
+def rows_at(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], positions) -> np.ndarray:
+    """The rows at ``positions`` of the items' rows laid end to end (None: all of them), copied
+    once: a drain may hold a few hundred MB of fetched rows of which it inserts a fraction."""
+    if positions is None:
+        return items[0][1] if len(items) == 1 else np.concatenate([r for _, r, _ in items])
+    first = items[0][1]
+    out = np.empty((positions.size, *first.shape[1:]), first.dtype)
+    ends = np.cumsum([k.size for k, _, _ in items])
+    owner = np.searchsorted(ends, positions, side="right")
+    start = 0
+    for i, (_, rows, _) in enumerate(items):
+        mine = np.flatnonzero(owner == i)
+        if mine.size:
+            out[mine] = rows[positions[mine] - start]
+        start = int(ends[i])
+    return out
 
 
 class InsertQueue:
@@ -179,6 +193,25 @@ class InsertQueue:
         items, self._items, self._queued = self._items, [], 0
         return items
 
+    def _select(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
+        """(keys, rows, seen) to insert from the queued items: each key once, with its latest
+        fetch; beyond ``max_keys``, the keys that missed most often. Chosen on the keys alone,
+        so that only the chosen rows are copied."""
+        keys = np.concatenate([k for k, _, _ in items])
+        seen = np.concatenate([s for _, _, s in items])
+        picked = latest_positions(keys) if len(items) > 1 else None
+        if self._frequency is not None:
+            for item_keys, _, _ in items:  # one lookup's distinct misses each
+                self._frequency.note(item_keys)
+            candidates = keys if picked is None else keys[picked]
+            keep = hottest(candidates, self.max_keys, self._frequency)
+            if keep is not None:
+                self.skipped_keys += candidates.size - keep.size
+                picked = keep if picked is None else picked[keep]
+        if picked is None:
+            return keys, rows_at(items, None), seen
+        return keys[picked], rows_at(items, picked), seen[picked]
+
     def _drain(self) -> None:
         try:
             while True:
@@ -193,20 +226,7 @@ class InsertQueue:
                     if not items:
                         self._scheduled = False
                         return
-                keys = np.concatenate([k for k, _, _ in items])
-                rows = np.concatenate([r for _, r, _ in items])
-                seen = np.concatenate([s for _, _, s in items])
-                if self._frequency is not None:
-                    for item_keys, _, _ in items:  # one lookup's distinct misses each
-                        self._frequency.note(item_keys)
-                if len(items) > 1:
-                    keys, rows, seen = latest_per_key(keys, rows, seen)
-                if self._frequency is not None:
-                    keep = hottest(keys, self.max_keys, self._frequency)
-                    if keep is not None:
-                        self.skipped_keys += keys.size - keep.size
-                        keys, rows, seen = keys[keep], rows[keep], seen[keep]
-                self._insert(keys, rows, seen)
+                self._insert(*self._select(items))
         except BaseException:
             with self._cond:
                 self._take()

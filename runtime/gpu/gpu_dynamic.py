@@ -414,8 +414,8 @@ class GpuDynamicCache:
             self._check_open()
             self._fold_hits()  # victims are chosen by score
             s = self._scratch
-            d_k = int(s.upload("keys", keys[order], self.stream))
-            d_r = int(s.upload("rows", rows[order], self.stream))
+            d_k = int(s.upload("keys", keys, self.stream, order))
+            d_r = int(s.upload("rows", rows, self.stream, order))
             d_c = s.ptr("count", HEAD_BYTES)
             drv.memset_d32_async(d_c, 0, 1, self.stream)
             row_bytes = self.dim * 4
