@@ -16,6 +16,13 @@
 
 #define HPS_EMPTY (-1)
 #define HPS_RETRY (-2) /* a probe that went a full lap without an empty slot */
+#define BLOCK 16       /* keys whose memory accesses are started together (see hps_get) */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#else
+#define PREFETCH(address) ((void)0)
+#endif
 
 static inline uint64_t rotr64(uint64_t x, unsigned r) { return (x >> r) | (x << (64 - r)); }
 
@@ -74,37 +81,70 @@ void hps_locate(const int64_t *keys, int64_t n, int64_t num_partitions, int64_t 
  * full lap); rows of keys not found are left as they are. */
 void hps_probe(const int64_t *slots, int64_t segment, const int64_t *keys, const int64_t *home,
                const int64_t *part, int64_t n, int64_t *found, int64_t *rows) {
-    for (int64_t i = 0; i < n; i++) found[i] = probe(slots, segment, keys[i], home[i], part[i], &rows[i]);
+    for (int64_t first = 0; first < n; first += BLOCK) {
+        const int64_t size = n - first < BLOCK ? n - first : BLOCK;
+        for (int64_t i = first; i < first + size; i++) PREFETCH(slots + 2 * home[i]);
+        for (int64_t i = first; i < first + size; i++)
+            found[i] = probe(slots, segment, keys[i], home[i], part[i], &rows[i]);
+    }
 }
 
-/* Slot of each key (-1 when absent), hashing it first (hash_map.py: _find). */
+/* Slot of each key (-1 when absent), hashing it first (hash_map.py: _find); in blocks, as
+ * hps_get. */
 void hps_find(const int64_t *slots, int64_t num_partitions, int64_t segment, const int64_t *keys,
               int64_t n, int64_t *found) {
-    for (int64_t i = 0; i < n; i++) {
-        const uint64_t h = mix64((uint64_t)keys[i]);
-        const int64_t part = partition_of(h, (uint64_t)num_partitions);
-        int64_t row;
-        found[i] = probe(slots, segment, keys[i], home_of(h, part, segment), part, &row);
+    int64_t home[BLOCK], part[BLOCK];
+    for (int64_t first = 0; first < n; first += BLOCK) {
+        const int64_t size = n - first < BLOCK ? n - first : BLOCK;
+        for (int64_t j = 0; j < size; j++) {
+            const uint64_t h = mix64((uint64_t)keys[first + j]);
+            part[j] = partition_of(h, (uint64_t)num_partitions);
+            home[j] = home_of(h, part[j], segment);
+            PREFETCH(slots + 2 * home[j]);
+        }
+        for (int64_t j = 0; j < size; j++) {
+            int64_t row;
+            found[first + j] = probe(slots, segment, keys[first + j], home[j], part[j], &row);
+        }
     }
 }
 
 /* HashMapTable.get: copy each found key's vector (rows of `dim` floats) into its row of `out`
  * (misses untouched), set `hit`, and list the rows found in batch order in `hit_rows` (for the
- * access metadata). Returns how many were found. */
+ * access metadata). Returns how many were found.
+ *
+ * Keys go in blocks of BLOCK: their home slots are prefetched before the block is probed, and
+ * the vectors found before they are copied, so that a block's cache misses (a slot and a vector
+ * per key in a large table) overlap instead of costing a memory latency each, one by one. */
 int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
                 const int64_t *keys, int64_t n, const float *vectors, int64_t dim, float *out,
                 uint8_t *hit, int64_t *hit_rows) {
     int64_t count = 0;
     const size_t bytes = (size_t)dim * sizeof(float);
-    for (int64_t i = 0; i < n; i++) {
-        const uint64_t h = mix64((uint64_t)keys[i]);
-        const int64_t part = partition_of(h, (uint64_t)num_partitions);
-        int64_t row;
-        const int64_t slot = probe(slots, segment, keys[i], home_of(h, part, segment), part, &row);
-        hit[i] = slot >= 0;
-        if (slot >= 0) {
-            memcpy(out + i * dim, vectors + row * dim, bytes);
-            hit_rows[count++] = row;
+    int64_t home[BLOCK], part[BLOCK], row[BLOCK];
+    for (int64_t first = 0; first < n; first += BLOCK) {
+        const int64_t size = n - first < BLOCK ? n - first : BLOCK;
+        for (int64_t j = 0; j < size; j++) {
+            const uint64_t h = mix64((uint64_t)keys[first + j]);
+            part[j] = partition_of(h, (uint64_t)num_partitions);
+            home[j] = home_of(h, part[j], segment);
+            PREFETCH(slots + 2 * home[j]);
+        }
+        for (int64_t j = 0; j < size; j++) {
+            const int64_t slot = probe(slots, segment, keys[first + j], home[j], part[j], &row[j]);
+            if (slot < 0) {
+                row[j] = -1;
+                continue;
+            }
+            const char *vector = (const char *)(vectors + row[j] * dim);
+            for (size_t line = 0; line < bytes; line += 64) PREFETCH(vector + line);
+        }
+        for (int64_t j = 0; j < size; j++) {
+            hit[first + j] = row[j] >= 0;
+            if (row[j] >= 0) {
+                memcpy(out + (first + j) * dim, vectors + row[j] * dim, bytes);
+                hit_rows[count++] = row[j];
+            }
         }
     }
     return count;

@@ -33,7 +33,7 @@ class HashProbe:
     def mix64(self, keys: np.ndarray) -> np.ndarray:
         """``hashing.mix64`` of 1-D int64 ``keys``."""
         out = np.empty(keys.size, dtype=np.uint64)
-        self._mix64(keys.ctypes.data, keys.size, out.ctypes.data)
+        self._mix64(address(keys), keys.size, address(out))
         return out
 
     def locate(
@@ -43,7 +43,7 @@ class HashProbe:
         part = np.empty(keys.size, dtype=np.int64)
         home = np.empty(keys.size, dtype=np.int64)
         self._locate(
-            keys.ctypes.data, keys.size, num_partitions, segment, part.ctypes.data, home.ctypes.data
+            address(keys), keys.size, num_partitions, segment, address(part), address(home)
         )
         return part, home
 
@@ -55,14 +55,14 @@ class HashProbe:
         found = np.empty(keys.size, dtype=np.int64)
         rows = np.full(keys.size, -1, dtype=np.int64)
         self._probe(
-            slots.ctypes.data,
+            address(slots),
             segment,
-            keys.ctypes.data,
-            home.ctypes.data,
-            part.ctypes.data,
+            address(keys),
+            address(home),
+            address(part),
             keys.size,
-            found.ctypes.data,
-            rows.ctypes.data,
+            address(found),
+            address(rows),
         )
         return found, rows
 
@@ -72,12 +72,12 @@ class HashProbe:
         """Slot of each key, -1 when absent (``HashMapTable._find``)."""
         found = np.empty(keys.size, dtype=np.int64)
         self._find(
-            slots.ctypes.data,
+            address(slots),
             num_partitions,
             segment,
-            keys.ctypes.data,
+            address(keys),
             keys.size,
-            found.ctypes.data,
+            address(found),
         )
         return found
 
@@ -95,18 +95,27 @@ class HashProbe:
         and mark them in ``hit`` (bool); returns their rows, in batch order."""
         rows = np.empty(keys.size, dtype=np.int64)
         count = self._get(
-            slots.ctypes.data,
+            address(slots),
             num_partitions,
             segment,
-            keys.ctypes.data,
+            address(keys),
             keys.size,
-            vectors.ctypes.data,
+            address(vectors),
             vectors.shape[1],
-            out.ctypes.data,
-            hit.ctypes.data,
-            rows.ctypes.data,
+            address(out),
+            address(hit),
+            address(rows),
         )
         return rows[:count]
+
+
+def address(array: np.ndarray) -> int:
+    """Address of a C-contiguous array's data. ``ctypes.c_char.from_buffer`` takes a third of
+    the time of ``array.ctypes.data`` (0.3 µs instead of 0.9 on the 2-core test VM: a lookup
+    passes five arrays), but needs a writable, non-empty buffer."""
+    if array.flags.writeable and array.size:
+        return ctypes.addressof(ctypes.c_char.from_buffer(array))
+    return array.ctypes.data
 
 
 def _bind(function, argtypes, restype=None):
