@@ -40,9 +40,9 @@ class LazyGroup(click.Group):
 @click.group(
     cls=LazyGroup,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
-    epilog="Environment: HPS_CACHE_BACKEND, HPS_DIRECT_IO, HPS_KERNEL_CACHE, HPS_ADMIN_TOKEN, "
-    "HPS_SERVE_UVLOOP, HPS_DEBUG, TF_USE_LEGACY_KERAS, HPS_CRASH_AT, HPS_REQUIRE_GPU and "
-    'HPS_REQUIRE_GPUS (tests); see docs/config.md, "Environment variables".',
+    epilog="Environment: HPS_CACHE_BACKEND, HPS_DIRECT_IO, HPS_KERNEL_CACHE, HPS_NATIVE, "
+    "HPS_ADMIN_TOKEN, HPS_SERVE_UVLOOP, HPS_DEBUG, TF_USE_LEGACY_KERAS, HPS_CRASH_AT, "
+    'HPS_REQUIRE_GPU and HPS_REQUIRE_GPUS (tests); see docs/config.md, "Environment variables".',
 )
 @click.version_option(__version__, "-V", "--version", prog_name="hps")
 @click.option(

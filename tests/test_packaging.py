@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -58,12 +60,14 @@ def wheel(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-def test_wheel_holds_kernels_schemas_and_runtime(wheel):
+def test_wheel_holds_kernels_schemas_runtime_and_c_sources(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     assert "hps_cli/schemas/ps_config.schema.json" in names
     for src in list((REPO / "cuda").glob("*.cu")) + list((REPO / "cuda").glob("*.cuh")):
         assert f"hps_cli/cuda/{src.name}" in names
     assert "hps_cli/runtime/config/validate.py" in names
+    sources = list((REPO / "runtime" / "native").glob("*.c"))
+    assert sources and all(f"hps_cli/runtime/native/{src.name}" in names for src in sources)
     assert not any(n.startswith(("runtime/", "cuda/", "schemas/")) for n in names)
 
 
@@ -113,3 +117,18 @@ def test_wheel_in_a_fresh_venv_runs_help_and_validate_config(wheel, tmp_path):
     assert str(env_dir) in lines[0] and str(env_dir) in lines[1]
     expected = sorted(p.name for p in (REPO / "cuda").iterdir() if p.suffix in (".cu", ".cuh"))
     assert eval(lines[2]) == expected and expected
+    if shutil.which(os.environ.get("CC") or "cc"):  # the installed C source compiles and loads
+        native = subprocess.run(
+            [
+                str(py),
+                "-c",
+                "from hps_cli.runtime.native.hash_probe import hash_probe; "
+                "print(hash_probe() is not None)",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+            env={**os.environ, "HPS_KERNEL_CACHE": str(tmp_path / "cache"), "HPS_NATIVE": "1"},
+        )
+        assert native.stdout.strip() == "True", native.stderr

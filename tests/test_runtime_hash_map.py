@@ -130,6 +130,7 @@ def test_lookups_probe_a_window_and_agree_with_the_rounds(rng, monkeypatch, wind
     rounds' own from each key's home."""
     from hps_cli.runtime.volatile import hash_map
 
+    monkeypatch.setenv("HPS_NATIVE", "0")  # the NumPy window (test_native_probe: the C probe)
     monkeypatch.setattr(hash_map, "_WINDOW", window)
     t = HashMapTable(4, num_partitions=3)
     held = rng.choice(10**9, 6000, replace=False).astype(np.int64)

@@ -41,9 +41,21 @@ ENVIRONMENT = (
     EnvironmentVariable(
         "HPS_KERNEL_CACHE",
         "Folder of the compiled GPU kernels (cubins keyed by source, flags, architecture and "
-        "nvcc version).",
+        "nvcc version) and, in its `native/` folder, of the compiled hash-map probe (keyed by "
+        "source, compiler command and platform).",
         "`$XDG_CACHE_HOME/hps/kernels`, else `~/.cache/hps/kernels`",
-        "the runtime, when it compiles the kernels of a device (`runtime/gpu/kernels.py`)",
+        "the runtime, when it compiles the kernels of a device (`runtime/gpu/kernels.py`) and "
+        "at its first hash-map lookup (`runtime/native/loader.py`)",
+    ),
+    EnvironmentVariable(
+        "HPS_NATIVE",
+        "`0`: the hash maps (`hash_map`, `multi_process_hash_map`) and key hashing never use "
+        "the compiled probe of `runtime/native` and keep their NumPy paths (same answers, a "
+        "fixed cost of tens of microseconds more per lookup batch). Otherwise the probe is "
+        "compiled with `$CC` (else `cc`) at the first lookup of the process and cached; "
+        "without a compiler the NumPy paths answer (one log line at INFO level).",
+        "`1`",
+        "the runtime, at each hash-map lookup and key hashing (`runtime/native/hash_probe.py`)",
     ),
     EnvironmentVariable(
         "HPS_SERVE_UVLOOP",

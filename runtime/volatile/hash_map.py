@@ -14,6 +14,9 @@ Layout (one instance per embedding table):
   row (LFU/LRU only) — about 1.06× the raw keys + vectors at dim 128 (HPS's map used 10×).
 - Every operation is a handful of whole-array NumPy steps per probe round (no Python loop per
   key); a batch needs about 1 + 1/(1-load)² rounds, each on the keys still unresolved.
+  Lookups (``get``, ``contains`` and the probes of ``insert`` and ``remove``) go through the
+  compiled probe of runtime/native instead when it is available: one C pass over the keys, no
+  fixed cost of a dozen NumPy calls per batch, the same answers.
 
 Overflow (HPS semantics, made a hard cap): before new keys go into a partition that would exceed
 ``overflow_margin``, entries are evicted from it by ``overflow_policy`` until it holds
@@ -34,6 +37,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..hashing import mix64
+from ..native.hash_probe import hash_probe
 from ..rwlock import RWLock
 
 EMPTY = -1
@@ -44,7 +48,7 @@ _GROW_LOAD = 0.45  # load right after a rebuild
 _ROW_GROWTH = 1.25
 _MIN_SEGMENT = 8
 _UNLIMITED = 2**63 - 1
-_WINDOW = 16  # slots _find reads from each key's home in one gather
+_WINDOW = 16  # slots _find_vectorized reads from each key's home in one gather
 _WINDOW_OFFSETS = np.arange(_WINDOW, dtype=np.int64)
 
 
@@ -200,6 +204,17 @@ class HashMapTable:
                 f"out must be float32 ({keys.size}, {self.dim}), got {out.dtype} {out.shape}",
                 location="out",
             )
+        probe = hash_probe() if out.flags.c_contiguous else None
+        if probe is not None:
+            keys = np.ascontiguousarray(keys)
+            hit = np.empty(keys.size, dtype=bool)
+            with self._lock.read():
+                rows = probe.get(
+                    self._slots, self.num_partitions, self._segment, keys, self._vectors, out, hit
+                )
+                if rows.size:
+                    self._touch(rows)
+            return out, hit, np.zeros(keys.size, dtype=bool)
         with self._lock.read():
             slots = self._find(keys)
             hit = slots >= 0
@@ -289,7 +304,17 @@ class HashMapTable:
         return self._partition_and_home(self._check_keys(keys), self._segment)[0]
 
     def _find(self, keys: np.ndarray) -> np.ndarray:
-        """Slot of each key, or -1 when absent.
+        """Slot of each key, or -1 when absent: the compiled probe's answer when it is
+        available (one pass over the keys), else ``_find_vectorized``'s (the same)."""
+        probe = hash_probe()
+        if probe is None:
+            return self._find_vectorized(keys)
+        return probe.find(
+            self._slots, self.num_partitions, self._segment, np.ascontiguousarray(keys)
+        )
+
+    def _find_vectorized(self, keys: np.ndarray) -> np.ndarray:
+        """Slot of each key, or -1 when absent, in NumPy.
 
         First one gather of ``_WINDOW`` slots from each key's home (a live key never sits
         behind an empty slot of its probe sequence, so a hit anywhere in the window is the

@@ -43,6 +43,7 @@ import numpy as np
 
 from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
+from ..native.hash_probe import RETRY, hash_probe
 from . import shm_layout as L
 from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
 from .shm_segment import SharedSegment, TableSpec
@@ -53,7 +54,7 @@ LOCK_FREE_READS = platform.machine().lower() in ("x86_64", "amd64", "i386", "i68
 _TRIES = 6  # optimistic reads of a key before taking its partition's lock
 _CHECK_EVERY = 32  # probe rounds of a reader between looks at the index epochs
 _UNLIMITED = 2**63 - 1
-_RETRY = -2  # probe result: the partition's index was rebuilt under the reader
+_RETRY = RETRY  # probe result: the partition's index was rebuilt under the reader
 _SCRATCH_KEPT = 64 << 20  # bytes of copy buffer each thread keeps between lookups
 _scratch = threading.local()
 
@@ -352,6 +353,9 @@ class SharedHashMapTable:
 
     def _locate(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Partition and home slot (in the whole index) of each key."""
+        probe = hash_probe()
+        if probe is not None:
+            return probe.locate(np.ascontiguousarray(keys), self.num_partitions, self._S)
         h = mix64(keys)
         parts, slots = self.num_partitions, self._S
         if parts & (parts - 1) == 0:
@@ -370,7 +374,23 @@ class SharedHashMapTable:
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(slot, row)`` of each key, -1 when absent. A reader passes the index epochs it saw
         (``before``); keys whose partition's index was rebuilt while they probed get
-        ``_RETRY``."""
+        ``_RETRY``.
+
+        The compiled probe, when available, probes each key to its end in one pass (a lap
+        without an empty slot: ``_RETRY``) and leaves the epochs to the caller's check after
+        the probe, which is what makes a miss count; a hit is judged by its row's stamp."""
+        probe = hash_probe()
+        if probe is not None:
+            found, rows = probe.probe(
+                self._index,
+                self._S,
+                np.ascontiguousarray(keys),
+                np.ascontiguousarray(slot),
+                np.ascontiguousarray(part),
+            )
+            if before is None and (found == _RETRY).any():
+                raise RuntimeError(f"probe of {self.spec.tag} did not end")
+            return found, rows
         n = keys.size
         found = np.full(n, -1, dtype=np.int64)
         rows_found = np.full(n, -1, dtype=np.int64)
