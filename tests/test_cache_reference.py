@@ -210,12 +210,17 @@ def test_placement_matches_the_kernel_formulas():
     assert [tile_width(d) for d in (1, 8, 16, 32, 64, 128)] == [2, 2, 4, 8, 16, 16]
 
 
-def test_replace_rounds_touch_disjoint_sets_in_batch_order():
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "numpy"])
+def test_replace_rounds_touch_disjoint_sets_in_batch_order(compiled):
+    from hps_cli.runtime.native.insert_rounds import insert_rounds
+
+    if compiled and insert_rounds() is None:
+        pytest.skip("no C compiler: the compiled rounds are unavailable")
     rng = np.random.default_rng(8)
     for num_sets in (1, 2, 7, 1000):
         keys = rng.integers(0, 50, 300).astype(np.int64)  # repeats too
         primary, second = sets_of(keys, num_sets)
-        order, offsets = replace_rounds(primary, second)
+        order, offsets = replace_rounds(primary, second, num_sets if compiled else None)
         assert sorted(order.tolist()) == list(range(keys.size))
         last_round = {}  # set -> (round, batch position) of its latest key
         for r in range(offsets.size - 1):
@@ -228,8 +233,27 @@ def test_replace_rounds_touch_disjoint_sets_in_batch_order():
                     if s in last_round:  # each set sees its keys in batch order
                         assert last_round[s][1] < i and last_round[s][0] < r
                     last_round[s] = (r, i)
-    order, offsets = replace_rounds(np.empty(0, np.int64), np.empty(0, np.int64))
+    order, offsets = replace_rounds(
+        np.empty(0, np.int64), np.empty(0, np.int64), 5 if compiled else None
+    )
     assert order.size == 0 and offsets.tolist() == [0]
+
+
+def test_compiled_replace_rounds_equal_the_numpy_rounds():
+    from hps_cli.runtime.gpu.reference import replace_rounds_vectorized
+    from hps_cli.runtime.native.insert_rounds import insert_rounds
+
+    compiled = insert_rounds()
+    if compiled is None:
+        pytest.skip("no C compiler: the compiled rounds are unavailable")
+    rng = np.random.default_rng(9)
+    for num_sets, n in ((1, 50), (3, 1000), (4096, 60_000), (135_005, 67_000)):
+        keys = rng.choice(2**62, n, replace=False).astype(np.int64)
+        primary, second = sets_of(keys, num_sets)
+        for got, want in zip(
+            compiled(primary, second, num_sets), replace_rounds_vectorized(primary, second)
+        ):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_batch_ops_reference():

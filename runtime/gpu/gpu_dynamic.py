@@ -408,7 +408,7 @@ class GpuDynamicCache:
         if not keys.size:
             return 0
         primary, second = sets_of(keys, self.num_sets)
-        order, offsets = replace_rounds(primary, second)
+        order, offsets = replace_rounds(primary, second, self.num_sets)
         drv = self.device.drv
         with self._lock, self.device.scope():
             self._check_open()

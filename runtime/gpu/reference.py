@@ -11,12 +11,27 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..native.insert_rounds import insert_rounds
 from .placement import EMPTY_KEY, HIT_SAMPLE, WAYS, counted_hits, query_seed, sets_of
 
 
-def replace_rounds(primary: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def replace_rounds(
+    primary: np.ndarray, second: np.ndarray, num_sets: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Split an insert batch into rounds in which no two keys share a set: (order, offsets);
-    round r inserts the batch positions ``order[offsets[r]:offsets[r+1]]``.
+    round r inserts the batch positions ``order[offsets[r]:offsets[r+1]]``. Compiled
+    (runtime/native/insert_rounds.c) when available and ``num_sets`` is given, else
+    ``replace_rounds_vectorized``: the same rounds."""
+    compiled = insert_rounds() if num_sets is not None else None
+    if compiled is not None:
+        return compiled(primary, second, num_sets)
+    return replace_rounds_vectorized(primary, second)
+
+
+def replace_rounds_vectorized(
+    primary: np.ndarray, second: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``replace_rounds`` in NumPy, one pass over the batch per round.
 
     A key goes into the round after the latest round of the earlier keys of the batch that
     share one of its two sets, so every set sees its keys in batch order and the keys of one
@@ -122,7 +137,7 @@ class RefDynamicCache:
         keep = keys != EMPTY_KEY
         keys, rows = keys[keep], rows[keep]
         primary, second = sets_of(keys, self.num_sets)
-        order, offsets = replace_rounds(primary, second)
+        order, offsets = replace_rounds(primary, second, self.num_sets)
         inserted = 0
         for r in range(offsets.size - 1):
             pos = order[offsets[r] : offsets[r + 1]]
