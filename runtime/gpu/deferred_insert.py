@@ -151,7 +151,7 @@ class InsertQueue:
         submit: Callable[[Callable[[], None]], bool],
         *,
         batch_keys: int = 4096,
-        delay_s: float = 0.002,
+        delay_s: float = 0.01,
         max_keys: int | None = None,
     ):
         self._insert = insert
@@ -160,7 +160,7 @@ class InsertQueue:
         self.delay_s = delay_s
         self.max_keys = max_keys
         self._frequency = MissFrequency(4 * max_keys) if max_keys is not None else None
-        self.skipped_keys = 0  # queued keys a drain left out for hotter ones
+        self.skipped_keys = 0  # queued fetches not inserted (repeats of a key, colder keys)
         self._cond = threading.Condition()
         self._items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
@@ -196,20 +196,28 @@ class InsertQueue:
     def _select(self, items: list[tuple[np.ndarray, np.ndarray, np.ndarray]]):
         """(keys, rows, seen) to insert from the queued items: each key once, with its latest
         fetch; beyond ``max_keys``, the keys that missed most often. Chosen on the keys alone,
-        so that only the chosen rows are copied."""
+        so that only the chosen rows are copied, and, under a flood, the candidates are cut
+        to the hottest 2 × ``max_keys`` fetches before the (sorting) de-duplication, which then
+        runs on a fraction of what is queued."""
         keys = np.concatenate([k for k, _, _ in items])
         seen = np.concatenate([s for _, _, s in items])
-        picked = latest_positions(keys) if len(items) > 1 else None
+        picked = None  # positions in the items laid end to end (None: all)
         if self._frequency is not None:
             for item_keys, _, _ in items:  # one lookup's distinct misses each
                 self._frequency.note(item_keys)
-            candidates = keys if picked is None else keys[picked]
-            keep = hottest(candidates, self.max_keys, self._frequency)
+            if len(items) > 1:
+                picked = hottest(keys, 2 * self.max_keys, self._frequency)
+        if len(items) > 1:
+            latest = latest_positions(keys if picked is None else keys[picked])
+            if latest is not None:
+                picked = latest if picked is None else picked[latest]
+        if self._frequency is not None:
+            keep = hottest(keys if picked is None else keys[picked], self.max_keys, self._frequency)
             if keep is not None:
-                self.skipped_keys += candidates.size - keep.size
                 picked = keep if picked is None else picked[keep]
         if picked is None:
             return keys, rows_at(items, None), seen
+        self.skipped_keys += keys.size - picked.size
         return keys[picked], rows_at(items, picked), seen[picked]
 
     def _drain(self) -> None:

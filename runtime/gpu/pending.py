@@ -34,10 +34,17 @@ class PendingLookup:
 
     def _split(self) -> None:
         if self._unique is None:
-            if not self._raw_keys.size:  # the common all-hit case: skip np.unique's overhead
-                self._unique, self._inverse = self._raw_keys, self._raw_pos
+            raw = self._raw_keys
+            if not raw.size:  # the common all-hit case: skip np.unique's overhead
+                self._unique, self._inverse = raw, self._raw_pos
+                return
+            order = np.argsort(raw)
+            ordered = raw[order]
+            if (ordered[1:] != ordered[:-1]).all():  # no repeats (uniform keys): no inverse map
+                self._unique, self._inverse = ordered, None
+                self._raw_pos = self._raw_pos[order]
             else:
-                self._unique, self._inverse = np.unique(self._raw_keys, return_inverse=True)
+                self._unique, self._inverse = np.unique(raw, return_inverse=True)
 
     @property
     def miss_keys(self) -> np.ndarray:
@@ -53,7 +60,7 @@ class PendingLookup:
         """The lookup's rows; ``rows`` (one per ``miss_keys`` entry) fill the misses."""
         if rows is not None and self._raw_keys.size:
             self._split()
-            self._out[self._raw_pos] = rows[self._inverse]
+            self._out[self._raw_pos] = rows if self._inverse is None else rows[self._inverse]
         return self._out
 
 
