@@ -40,7 +40,8 @@ MODELS = {"full": 1.0, "p92": 0.92, "quarter": 0.25}
 WARMUP_SMALL = 2000  # 2,048-key lookups before timing (p92's spare slots fill meanwhile)
 SMALL_ROUNDS, SMALL_PER_ROUND = 5, 2000
 BIG_ROUNDS, BIG_PER_ROUND = 5, 3
-WARMUP_ZIPF = 30  # 1 M-key Zipf lookups before timing (simulation: 0.97 of ideal after ~17)
+WARMUP_ZIPF = 60  # 1 M-key Zipf lookups before timing (replay: 0.97 of ideal after ~20 with
+# one insert per lookup; an H100 run inserted once per 8-10 lookups)
 
 
 def profile_small(hps, uniform, path: Path, lookups: int = 2000) -> None:
@@ -247,7 +248,8 @@ def big_lookups(hps, uniform, zipf, device) -> dict:
         print(
             f"zipf warm-up {i}: {warm[-1][0] * 1e3:.1f} ms, hit rate {warm[-1][1]:.4f}, "
             f"inserted {warm[-1][2]}, insert calls {st['insert_calls']}, "
-            f"{st['insert_seconds']:.2f} s, skipped {st['insert_skipped']}",
+            f"{st['insert_seconds']:.2f} s, selecting {st['insert_select_seconds']:.2f} s, "
+            f"skipped {st['insert_skipped']}",
             file=sys.stderr,
             flush=True,
         )

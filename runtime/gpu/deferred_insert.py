@@ -55,7 +55,7 @@ class UpdateGenerations:
         return self.read(keys) == seen
 
 
-QUEUED_DRAINS = 8
+QUEUED_DRAINS = 3  # queued fetches beyond this many drains' worth: the oldest go
 _SKETCH_MIN, _SKETCH_MAX = 1 << 12, 1 << 24
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -161,6 +161,7 @@ class InsertQueue:
         self.max_keys = max_keys
         self._frequency = MissFrequency(4 * max_keys) if max_keys is not None else None
         self.skipped_keys = 0  # queued fetches not inserted (repeats of a key, colder keys)
+        self.select_seconds = 0.0  # drains' time choosing what to insert (before inserting)
         self._cond = threading.Condition()
         self._items: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self._queued = 0
@@ -234,7 +235,10 @@ class InsertQueue:
                     if not items:
                         self._scheduled = False
                         return
-                self._insert(*self._select(items))
+                started = time.perf_counter()
+                chosen = self._select(items)
+                self.select_seconds += time.perf_counter() - started
+                self._insert(*chosen)
         except BaseException:
             with self._cond:
                 self._take()

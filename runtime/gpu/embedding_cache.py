@@ -417,7 +417,9 @@ class DynamicEmbeddingCache(EmbeddingCache):
 
     def stats(self) -> dict:
         data = self.counters.snapshot()
-        data["insert_skipped"] = self._queue.skipped_keys if self._queue is not None else 0
+        queue = self._queue
+        data["insert_skipped"] = queue.skipped_keys if queue is not None else 0
+        data["insert_select_seconds"] = queue.select_seconds if queue is not None else 0.0
         data["type"] = "dynamic"
         data["capacity"] = self.backend.capacity
         return data
