@@ -55,6 +55,9 @@ class UpdateGenerations:
         return self.read(keys) == seen
 
 
+# A drain of many small lookups' misses notes them in one step: the drain thread holds the GIL
+# for each NumPy call, and a lookup waiting for it can wait a whole switch interval (5 ms).
+NOTED_ONE_BY_ONE = 4
 QUEUED_DRAINS = 3  # queued fetches beyond this many drains' worth: the oldest go
 _SKETCH_MIN, _SKETCH_MAX = 1 << 12, 1 << 24
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -119,6 +122,9 @@ def rows_at(items: list[tuple[np.ndarray, np.ndarray, np.ndarray]], positions) -
     once: a drain may hold a few hundred MB of fetched rows of which it inserts a fraction."""
     if positions is None:
         return items[0][1] if len(items) == 1 else np.concatenate([r for _, r, _ in items])
+    total = sum(k.size for k, _, _ in items)
+    if 2 * positions.size >= total:  # most of them: one concatenation, few Python steps
+        return np.concatenate([r for _, r, _ in items])[positions]
     first = items[0][1]
     out = np.empty((positions.size, *first.shape[1:]), first.dtype)
     ends = np.cumsum([k.size for k, _, _ in items])
@@ -204,8 +210,11 @@ class InsertQueue:
         seen = np.concatenate([s for _, _, s in items])
         picked = None  # positions in the items laid end to end (None: all)
         if self._frequency is not None:
-            for item_keys, _, _ in items:  # one lookup's distinct misses each
-                self._frequency.note(item_keys)
+            if len(items) <= NOTED_ONE_BY_ONE:  # one lookup's distinct misses each
+                for item_keys, _, _ in items:
+                    self._frequency.note(item_keys)
+            else:  # many small lookups: one step (a key repeated among them counts once)
+                self._frequency.note(keys)
             if len(items) > 1:
                 picked = hottest(keys, 2 * self.max_keys, self._frequency)
         if len(items) > 1:
