@@ -64,7 +64,7 @@ _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
 class MissFrequency:
-    """Approximately how many drains lately saw each key missed: saturating 8-bit counters
+    """Approximately how many lookups lately missed each key: saturating 8-bit counters
     indexed by a multiplicative hash of the key, all halved once as many keys were noted as
     there are counters ×4 (so the counts follow a changing workload). Collisions only make a
     key look hotter than it is: good enough to rank keys for a slot, never used for results."""

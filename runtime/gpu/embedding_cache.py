@@ -80,8 +80,9 @@ class CacheCounters:
 def drain_limit(capacity: int) -> int:
     """The most keys one deferred insert takes (deferred_insert.py): an eighth of the slots,
     about one key per set of 8 ways. Replayed on the reference (1 M-key Zipf lookups, a 1 M-slot
-    cache), one drain per two to four lookups holds 0.970-0.972 of the ideal hit rate with this
-    limit and 0.952 with half of it; an insert of that size takes about 30 ms on an H100 host."""
+    cache), one drain per one to four lookups holds 0.970-0.973 of the ideal hit rate with this
+    limit, and 0.952 with half of it at one drain per four lookups; an insert of that size took
+    about 80 ms on an H100 machine, rows copied and uploaded included."""
     return max(4096, int(capacity) // 8)
 
 
