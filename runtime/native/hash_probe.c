@@ -12,6 +12,7 @@
  * read once, as the code says, not re-read or cached by the compiler.
  */
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #define HPS_EMPTY (-1)
@@ -19,7 +20,7 @@
 #define BLOCK 16       /* keys whose memory accesses are started together (see hps_get) */
 
 #if defined(__GNUC__) || defined(__clang__)
-#define PREFETCH(address) __builtin_prefetch(address)
+#define PREFETCH(address) __builtin_prefetch((const void *)(address))
 #else
 #define PREFETCH(address) ((void)0)
 #endif
@@ -148,4 +149,111 @@ int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
         }
     }
     return count;
+}
+
+/* ------------------------------------------------------------------ the shared-memory map */
+
+#define SHM_ROW_HEADER 4   /* float32 words of a row before its vector (shm_layout.ROW_HEADER) */
+#define SHM_STACK_FLOATS 1024 /* vectors up to this many floats are checked on the stack */
+
+#if defined(__GNUC__) || defined(__clang__)
+#define ACQUIRE() __atomic_thread_fence(__ATOMIC_ACQUIRE)
+#else
+#define ACQUIRE() ((void)0) /* not built without GCC/Clang: the loader's flags are theirs */
+#endif
+
+/* One lock-free read of the shared-memory map (shm_table.py: SharedHashMapTable.
+ * _read_optimistic), key by key: the keys at positions pending[0 .. n) of keys/part/home.
+ *
+ *   slots     the index (key, row) pairs of every partition, `segment` slots each
+ *   epochs    partition p's index epoch at epochs[p * epoch_stride] (odd while rebuilt)
+ *   words     the rows as int64 words, `half` words a row: stamp, key, then (from float32
+ *             word SHM_ROW_HEADER) the vector of `dim` floats; `total_rows` rows in all
+ *   out       (n_keys, dim) float32 or NULL (contains): a hit's vector goes to its row
+ *
+ * A hit counts when its row's stamp, read before and after the copy of the row's key and
+ * vector, is the same and > 0 and the copied key is the one asked for: a live row is never
+ * rewritten, a freed one gets stamp 0 first and a reused one a larger stamp, so the copy is
+ * that key's committed vector. A miss counts when the partition's epoch, read before and
+ * after the probe, is the same and even: only a rebuild empties slots. Every other key (a
+ * failed check, a probe that went a full lap) is listed in `retry` and its row of `out` is
+ * left as it was: the copy goes to a scratch row and on to `out` only once checked.
+ *
+ * Memory ordering. Writers (other processes, under the partition's lock) write a row's
+ * vector and key, then its stamp; they free a row by zeroing its stamp before the row is
+ * reused. The reader must load, in this order: the stamp, the key and vector, the stamp
+ * again. x86-64 does not reorder loads with other loads (shm_table.py reads lock-free only
+ * there), so only the compiler could: the stamps, slots and epochs are read through volatile
+ * pointers (each read happens, once, in program order with the other volatile reads), and an
+ * acquire fence (a compiler barrier on x86-64; it orders loads on other architectures too)
+ * sits between the first stamp and the copy and between the copy and the second stamp, so
+ * that the copy, a plain memcpy, is neither hoisted above the first read nor sunk below the
+ * second.
+ *
+ * Writes `hit[pos] = 1` for the hits, the hits' rows (batch order) to hit_rows and the
+ * retried positions to retry. counts[0]: hits, counts[1]: retries, counts[2]: keys whose
+ * probe ended on a slot (hits and failed checks). Returns 0, or -1 when the scratch row could
+ * not be allocated (nothing written: the caller reads another way). */
+int64_t hps_shm_read(const volatile int64_t *slots, int64_t segment, const volatile int64_t *epochs,
+                     int64_t epoch_stride, const volatile int64_t *words, int64_t half,
+                     int64_t total_rows, int64_t dim, const int64_t *keys, const int64_t *part,
+                     const int64_t *home, const int64_t *pending, int64_t n, float *out,
+                     uint8_t *hit, int64_t *hit_rows, int64_t *retry, int64_t *counts) {
+    float stack[SHM_STACK_FLOATS];
+    float *scratch = stack;
+    const size_t bytes = (size_t)dim * sizeof(float);
+    if (out != NULL && dim > SHM_STACK_FLOATS) {
+        scratch = malloc(bytes);
+        if (scratch == NULL) return -1;
+    }
+    int64_t hits = 0, retries = 0, ended = 0;
+    int64_t slot[BLOCK], row[BLOCK];
+    for (int64_t first = 0; first < n; first += BLOCK) {
+        const int64_t size = n - first < BLOCK ? n - first : BLOCK;
+        for (int64_t j = 0; j < size; j++) PREFETCH(slots + 2 * home[pending[first + j]]);
+        for (int64_t j = 0; j < size; j++) {
+            const int64_t pos = pending[first + j];
+            const volatile int64_t *epoch = epochs + part[pos] * epoch_stride;
+            const int64_t before = *epoch;
+            slot[j] = probe(slots, segment, keys[pos], home[pos], part[pos], &row[j]);
+            if (slot[j] == -1) {
+                if (*epoch != before || (before & 1)) retry[retries++] = pos;
+            } else if (slot[j] < 0) {
+                retry[retries++] = pos; /* a full lap: the index changed under the probe */
+            } else {
+                ended++;
+                if (row[j] >= total_rows) { /* cannot happen: rows in the index are in range */
+                    slot[j] = -1;
+                    retry[retries++] = pos;
+                    continue;
+                }
+                const char *at = (const char *)(words + row[j] * half);
+                for (size_t line = 0; line < 16 + bytes; line += 64) PREFETCH(at + line);
+            }
+        }
+        for (int64_t j = 0; j < size; j++) {
+            if (slot[j] < 0) continue;
+            const int64_t pos = pending[first + j];
+            const volatile int64_t *words_of_row = words + row[j] * half;
+            const int64_t stamp = words_of_row[0];
+            ACQUIRE(); /* the copy after the first stamp read */
+            const int64_t held = words_of_row[1];
+            if (out != NULL)
+                memcpy(scratch, (const float *)words_of_row + SHM_ROW_HEADER, bytes);
+            ACQUIRE(); /* the second stamp read after the copy */
+            const int64_t again = words_of_row[0];
+            if (held != keys[pos] || again != stamp || stamp <= 0) {
+                retry[retries++] = pos;
+                continue;
+            }
+            if (out != NULL) memcpy(out + pos * dim, scratch, bytes);
+            hit[pos] = 1;
+            hit_rows[hits++] = row[j];
+        }
+    }
+    if (scratch != stack) free(scratch);
+    counts[0] = hits;
+    counts[1] = retries;
+    counts[2] = ended;
+    return 0;
 }

@@ -29,6 +29,11 @@ class HashProbe:
         self._probe = _bind(library.hps_probe, [_P, _I, _P, _P, _P, _I, _P, _P])
         self._find = _bind(library.hps_find, [_P, _I, _I, _P, _I, _P])
         self._get = _bind(library.hps_get, [_P, _I, _I, _P, _I, _P, _I, _P, _P, _P], _I)
+        self._shm_read = _bind(
+            library.hps_shm_read,
+            [_P, _I, _P, _I, _P, _I, _I, _I, _P, _P, _P, _P, _I] + [_P] * 5,
+            _I,
+        )
 
     def mix64(self, keys: np.ndarray) -> np.ndarray:
         """``hashing.mix64`` of 1-D int64 ``keys``."""
@@ -107,6 +112,44 @@ class HashProbe:
             address(rows),
         )
         return rows[:count]
+
+    def shm_read(
+        self,
+        table: tuple[int, ...],
+        keys: np.ndarray,
+        part: np.ndarray,
+        home: np.ndarray,
+        pending: np.ndarray,
+        out: np.ndarray | None,
+        hit: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """One lock-free read of the shared-memory map (``SharedHashMapTable._read_optimistic``)
+        of the keys at ``pending`` (int64 positions into ``keys``, ``part``, ``home`` and the
+        rows of ``out`` and ``hit``). ``table``: ``(index address, slots per partition, epochs
+        address, int64 words between epochs, rows address, int64 words per row, rows, floats
+        per vector)``.
+
+        Returns ``(rows of the hits in batch order, positions to read again, keys whose probe
+        ended on a slot)``, or None when the C code could not allocate its scratch row."""
+        n = pending.size
+        buffer = np.empty(2 * n + 3, dtype=np.int64)
+        base = address(buffer)
+        if self._shm_read(
+            *table,
+            address(keys),
+            address(part),
+            address(home),
+            address(pending),
+            n,
+            None if out is None else address(out),
+            address(hit),
+            base,
+            base + 8 * n,
+            base + 16 * n,
+        ):
+            return None
+        hits, retries, ended = buffer[2 * n :].tolist()
+        return buffer[:hits], buffer[n : n + retries], ended
 
 
 def address(array: np.ndarray) -> int:

@@ -32,6 +32,7 @@ a race only shifts what is evicted.
 
 from __future__ import annotations
 
+import functools
 import logging
 import platform
 import threading
@@ -43,7 +44,7 @@ import numpy as np
 
 from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
-from ..native.hash_probe import RETRY, hash_probe
+from ..native.hash_probe import RETRY, address, hash_probe
 from . import shm_layout as L
 from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
 from .shm_segment import SharedSegment, TableSpec
@@ -151,6 +152,7 @@ class SharedHashMapTable:
         self._row_keys = self._words.reshape(parts * rows, self._half)[:, 1]
         self._vectors = self._rows[:, L.ROW_HEADER : L.ROW_HEADER + self.dim]
         self._locks = self._segment.partition_locks(self._entry, parts)
+        self._native_args: tuple | None = None  # _native_table, made at first use
         self._segment.add_user(self)
 
     def detach(self) -> None:
@@ -158,6 +160,7 @@ class SharedHashMapTable:
         self._headers = self._part = self._seq = self._epoch = self._index = None
         self._meta = self._free = self._words = self._rows = None
         self._stamps = self._row_keys = self._vectors = None
+        self._native_args = None
 
     def _check_attached(self) -> None:
         if self._index is None:
@@ -262,8 +265,13 @@ class SharedHashMapTable:
         part, home = self._locate(keys)
         pending = np.arange(keys.size)
         if self._lock_free:
+            one_pass = self._read_optimistic
+            probe = hash_probe()
+            if probe is not None and (out is None or out.flags.c_contiguous):
+                keys = np.ascontiguousarray(keys)
+                one_pass = functools.partial(self._read_native, probe)
             for _ in range(_TRIES):
-                pending = self._read_optimistic(keys, part, home, pending, out, hit)
+                pending = one_pass(keys, part, home, pending, out, hit)
                 if not pending.size:
                     return
                 time.sleep(0)  # let the writer of those partitions finish
@@ -313,6 +321,38 @@ class SharedHashMapTable:
         hit[at] = True
         self._touch(row)
         return pending[~ok]
+
+    def _read_native(self, probe, keys, part, home, pending, out, hit) -> np.ndarray:
+        """``_read_optimistic`` in one call of the compiled probe (``hps_shm_read``): the same
+        checks, key by key, with the same answers."""
+        table, views = self._native_table()  # views: the mapping stays while the C code reads
+        read = probe.shm_read(table, keys, part, home, pending, out, hit)
+        del views
+        if read is None:  # no memory for its scratch row
+            return self._read_optimistic(keys, part, home, pending, out, hit)
+        rows, again, ended = read
+        if ended:  # as _read_optimistic, which touches when any probe ended on a slot
+            self._touch(rows)
+        return again
+
+    def _native_table(self) -> tuple[tuple[int, ...], tuple[np.ndarray, ...]]:
+        """The table's arguments of ``HashProbe.shm_read`` (addresses in the segment) and the
+        views of the segment they point into: a caller holds these while the C code reads, so
+        that a ``close`` meanwhile leaves the mapping in place (as for the NumPy reads)."""
+        if self._native_args is None:
+            epochs = address(self._headers) + 8 * (L.HEADER_COLUMNS + L.EPOCH)  # partition 0's
+            args = (
+                address(self._index),
+                self._S,
+                epochs,
+                L.HEADER_COLUMNS,
+                address(self._words),
+                self._half,
+                self.num_partitions * self._R,
+                self.dim,
+            )
+            self._native_args = args, (self._index, self._headers, self._words)
+        return self._native_args
 
     def _read_locked(self, keys, part, home, positions, out, hit) -> None:
         with self._holding(np.unique(part)):
