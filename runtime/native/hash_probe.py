@@ -131,6 +131,7 @@ class HashProbe:
 
         Returns ``(rows of the hits in batch order, positions to read again, keys whose probe
         ended on a slot)``, or None when the C code could not allocate its scratch row."""
+        pending = np.ascontiguousarray(pending, dtype=np.int64)
         n = pending.size
         buffer = np.empty(2 * n + 3, dtype=np.int64)
         base = address(buffer)
