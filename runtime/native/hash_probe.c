@@ -162,14 +162,24 @@ int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
 #define ACQUIRE() ((void)0) /* not built without GCC/Clang: the loader's flags are theirs */
 #endif
 
+/* A table of the shared-memory map, as SharedHashMapTable._native_table fills it (ctypes
+ * Structure ShmTable in hash_probe.py: the same fields, in this order). */
+typedef struct {
+    const volatile int64_t *slots; /* the index: (key, row) pairs, `segment` slots a partition */
+    int64_t segment;
+    int64_t num_partitions;
+    const volatile int64_t *epochs; /* partition p's index epoch: epochs[p * epoch_stride] */
+    int64_t epoch_stride;
+    const volatile int64_t *words; /* the rows as int64 words, `half` a row: stamp, key, then */
+    int64_t half;                  /* (from float32 word SHM_ROW_HEADER) the vector */
+    int64_t total_rows;
+    int64_t dim;
+} hps_shm_table;
+
 /* One lock-free read of the shared-memory map (shm_table.py: SharedHashMapTable.
- * _read_optimistic), key by key: the keys at positions pending[0 .. n) of keys/part/home.
- *
- *   slots     the index (key, row) pairs of every partition, `segment` slots each
- *   epochs    partition p's index epoch at epochs[p * epoch_stride] (odd while rebuilt)
- *   words     the rows as int64 words, `half` words a row: stamp, key, then (from float32
- *             word SHM_ROW_HEADER) the vector of `dim` floats; `total_rows` rows in all
- *   out       (n_keys, dim) float32 or NULL (contains): a hit's vector goes to its row
+ * _read_optimistic), key by key: the keys at positions pending[0 .. n) of keys (0 .. n when
+ * pending is NULL), in partitions part[] from home slots home[] (computed here when part is
+ * NULL). `out` ((n_keys, dim) float32, or NULL for contains): a hit's vector goes to its row.
  *
  * A hit counts when its row's stamp, read before and after the copy of the row's key and
  * vector, is the same and > 0 and the copied key is the one asked for: a live row is never
@@ -194,11 +204,11 @@ int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
  * retried positions to retry. counts[0]: hits, counts[1]: retries, counts[2]: keys whose
  * probe ended on a slot (hits and failed checks). Returns 0, or -1 when the scratch row could
  * not be allocated (nothing written: the caller reads another way). */
-int64_t hps_shm_read(const volatile int64_t *slots, int64_t segment, const volatile int64_t *epochs,
-                     int64_t epoch_stride, const volatile int64_t *words, int64_t half,
-                     int64_t total_rows, int64_t dim, const int64_t *keys, const int64_t *part,
+int64_t hps_shm_read(const hps_shm_table *table, const int64_t *keys, const int64_t *part,
                      const int64_t *home, const int64_t *pending, int64_t n, float *out,
                      uint8_t *hit, int64_t *hit_rows, int64_t *retry, int64_t *counts) {
+    const volatile int64_t *slots = table->slots, *epochs = table->epochs, *words = table->words;
+    const int64_t segment = table->segment, half = table->half, dim = table->dim;
     float stack[SHM_STACK_FLOATS];
     float *scratch = stack;
     const size_t bytes = (size_t)dim * sizeof(float);
@@ -207,33 +217,47 @@ int64_t hps_shm_read(const volatile int64_t *slots, int64_t segment, const volat
         if (scratch == NULL) return -1;
     }
     int64_t hits = 0, retries = 0, ended = 0;
-    int64_t slot[BLOCK], row[BLOCK];
+    int64_t at[BLOCK], p[BLOCK], slot[BLOCK], row[BLOCK];
     for (int64_t first = 0; first < n; first += BLOCK) {
         const int64_t size = n - first < BLOCK ? n - first : BLOCK;
-        for (int64_t j = 0; j < size; j++) PREFETCH(slots + 2 * home[pending[first + j]]);
         for (int64_t j = 0; j < size; j++) {
-            const int64_t pos = pending[first + j];
-            const volatile int64_t *epoch = epochs + part[pos] * epoch_stride;
+            const int64_t pos = pending != NULL ? pending[first + j] : first + j;
+            int64_t s;
+            if (part != NULL) {
+                p[j] = part[pos];
+                s = home[pos];
+            } else {
+                const uint64_t h = mix64((uint64_t)keys[pos]);
+                p[j] = partition_of(h, (uint64_t)table->num_partitions);
+                s = home_of(h, p[j], segment);
+            }
+            at[j] = pos;
+            slot[j] = s;
+            PREFETCH(slots + 2 * s);
+        }
+        for (int64_t j = 0; j < size; j++) {
+            const int64_t pos = at[j];
+            const volatile int64_t *epoch = epochs + p[j] * table->epoch_stride;
             const int64_t before = *epoch;
-            slot[j] = probe(slots, segment, keys[pos], home[pos], part[pos], &row[j]);
+            slot[j] = probe(slots, segment, keys[pos], slot[j], p[j], &row[j]);
             if (slot[j] == -1) {
                 if (*epoch != before || (before & 1)) retry[retries++] = pos;
             } else if (slot[j] < 0) {
                 retry[retries++] = pos; /* a full lap: the index changed under the probe */
             } else {
                 ended++;
-                if (row[j] >= total_rows) { /* cannot happen: rows in the index are in range */
+                if (row[j] >= table->total_rows) { /* cannot happen: the index holds rows */
                     slot[j] = -1;
                     retry[retries++] = pos;
                     continue;
                 }
-                const char *at = (const char *)(words + row[j] * half);
-                for (size_t line = 0; line < 16 + bytes; line += 64) PREFETCH(at + line);
+                const char *line = (const char *)(words + row[j] * half);
+                for (size_t b = 0; b < 16 + bytes; b += 64) PREFETCH(line + b);
             }
         }
         for (int64_t j = 0; j < size; j++) {
             if (slot[j] < 0) continue;
-            const int64_t pos = pending[first + j];
+            const int64_t pos = at[j];
             const volatile int64_t *words_of_row = words + row[j] * half;
             const int64_t stamp = words_of_row[0];
             ACQUIRE(); /* the copy after the first stamp read */

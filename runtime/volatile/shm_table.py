@@ -32,7 +32,6 @@ a race only shifts what is evicted.
 
 from __future__ import annotations
 
-import functools
 import logging
 import platform
 import threading
@@ -44,7 +43,7 @@ import numpy as np
 
 from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
-from ..native.hash_probe import RETRY, address, hash_probe
+from ..native.hash_probe import RETRY, ShmTable, address, hash_probe
 from . import shm_layout as L
 from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
 from .shm_segment import SharedSegment, TableSpec
@@ -262,16 +261,15 @@ class SharedHashMapTable:
         return np.concatenate(found)
 
     def _read(self, keys: np.ndarray, out: np.ndarray | None, hit: np.ndarray) -> None:
+        probe = hash_probe() if self._lock_free else None
+        if probe is not None and (out is None or out.flags.c_contiguous):
+            self._read_compiled(probe, np.ascontiguousarray(keys), out, hit)
+            return
         part, home = self._locate(keys)
         pending = np.arange(keys.size)
         if self._lock_free:
-            one_pass = self._read_optimistic
-            probe = hash_probe()
-            if probe is not None and (out is None or out.flags.c_contiguous):
-                keys = np.ascontiguousarray(keys)
-                one_pass = functools.partial(self._read_native, probe)
             for _ in range(_TRIES):
-                pending = one_pass(keys, part, home, pending, out, hit)
+                pending = self._read_optimistic(keys, part, home, pending, out, hit)
                 if not pending.size:
                     return
                 time.sleep(0)  # let the writer of those partitions finish
@@ -322,6 +320,20 @@ class SharedHashMapTable:
         self._touch(row)
         return pending[~ok]
 
+    def _read_compiled(self, probe, keys: np.ndarray, out: np.ndarray | None, hit) -> None:
+        """``_read`` with each optimistic pass compiled (``_read_native``): the same tries, then
+        the same locked read. The first pass locates the keys in C; partitions and homes are
+        computed here only when keys are left to read again."""
+        pending = part = home = None
+        for _ in range(_TRIES):
+            pending = self._read_native(probe, keys, part, home, pending, out, hit)
+            if not pending.size:
+                return
+            if part is None:
+                part, home = self._locate(keys)
+            time.sleep(0)  # let the writer of those partitions finish
+        self._read_locked(keys[pending], part[pending], home[pending], pending, out, hit)
+
     def _read_native(self, probe, keys, part, home, pending, out, hit) -> np.ndarray:
         """``_read_optimistic`` in one call of the compiled probe (``hps_shm_read``): the same
         checks, key by key, with the same answers."""
@@ -335,23 +347,23 @@ class SharedHashMapTable:
             self._touch(rows)
         return again
 
-    def _native_table(self) -> tuple[tuple[int, ...], tuple[np.ndarray, ...]]:
-        """The table's arguments of ``HashProbe.shm_read`` (addresses in the segment) and the
-        views of the segment they point into: a caller holds these while the C code reads, so
-        that a ``close`` meanwhile leaves the mapping in place (as for the NumPy reads)."""
+    def _native_table(self) -> tuple[ShmTable, tuple[np.ndarray, ...]]:
+        """The table as ``HashProbe.shm_read`` reads it (addresses in the segment) and the views
+        of the segment it points into: a caller holds these while the C code reads, so that a
+        ``close`` meanwhile leaves the mapping in place (as for the NumPy reads)."""
         if self._native_args is None:
-            epochs = address(self._headers) + 8 * (L.HEADER_COLUMNS + L.EPOCH)  # partition 0's
-            args = (
-                address(self._index),
-                self._S,
-                epochs,
-                L.HEADER_COLUMNS,
-                address(self._words),
-                self._half,
-                self.num_partitions * self._R,
-                self.dim,
+            table = ShmTable(
+                slots=address(self._index),
+                segment=self._S,
+                num_partitions=self.num_partitions,
+                epochs=address(self._headers) + 8 * (L.HEADER_COLUMNS + L.EPOCH),  # partition 0
+                epoch_stride=L.HEADER_COLUMNS,
+                words=address(self._words),
+                half=self._half,
+                total_rows=self.num_partitions * self._R,
+                dim=self.dim,
             )
-            self._native_args = args, (self._index, self._headers, self._words)
+            self._native_args = table, (self._index, self._headers, self._words)
         return self._native_args
 
     def _read_locked(self, keys, part, home, positions, out, hit) -> None:
