@@ -158,8 +158,15 @@ int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
 
 #if defined(__GNUC__) || defined(__clang__)
 #define ACQUIRE() __atomic_thread_fence(__ATOMIC_ACQUIRE)
-#else
-#define ACQUIRE() ((void)0) /* not built without GCC/Clang: the loader's flags are theirs */
+static inline void copy_row(float *to, const volatile int64_t *row, size_t bytes) {
+    memcpy(to, (const float *)row + SHM_ROW_HEADER, bytes);
+}
+#else /* no fence to name: copy through a volatile pointer, in order with the stamp reads */
+#define ACQUIRE() ((void)0)
+static inline void copy_row(float *to, const volatile int64_t *row, size_t bytes) {
+    const volatile float *from = (const volatile float *)row + SHM_ROW_HEADER;
+    for (size_t i = 0; i < bytes / sizeof(float); i++) to[i] = from[i];
+}
 #endif
 
 /* A table of the shared-memory map, as SharedHashMapTable._native_table fills it (ctypes
@@ -198,7 +205,7 @@ typedef struct {
  * acquire fence (a compiler barrier on x86-64; it orders loads on other architectures too)
  * sits between the first stamp and the copy and between the copy and the second stamp, so
  * that the copy, a plain memcpy, is neither hoisted above the first read nor sunk below the
- * second.
+ * second (without GCC/Clang's fence, copy_row copies through a volatile pointer instead).
  *
  * Writes `hit[pos] = 1` for the hits, the hits' rows (batch order) to hit_rows and the
  * retried positions to retry. counts[0]: hits, counts[1]: retries, counts[2]: keys whose
@@ -262,8 +269,7 @@ int64_t hps_shm_read(const hps_shm_table *table, const int64_t *keys, const int6
             const int64_t stamp = words_of_row[0];
             ACQUIRE(); /* the copy after the first stamp read */
             const int64_t held = words_of_row[1];
-            if (out != NULL)
-                memcpy(scratch, (const float *)words_of_row + SHM_ROW_HEADER, bytes);
+            if (out != NULL) copy_row(scratch, words_of_row, bytes);
             ACQUIRE(); /* the second stamp read after the copy */
             const int64_t again = words_of_row[0];
             if (held != keys[pos] || again != stamp || stamp <= 0) {
