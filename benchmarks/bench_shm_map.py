@@ -16,6 +16,15 @@ the ratio of the rates (shared / in-process) and the median of the per-pair rati
   ``--writer-batch`` keys without pause, alternating with lookups of the in-process map (the
   readers re-read keys whose partition a write changed; on a 2-core machine the writer also
   takes CPU from the reader).
+
+``--latency``: microseconds per ``get`` of small batches instead (the median of many rounds),
+as ``hps serve`` makes them: batches of ``--latency-batches`` keys uniform over tables of
+``--latency-tables`` (keys × dim, keys 0 .. keys-1 with synthetic vectors, 16 partitions),
+through the shared map with its compiled read and with ``HPS_NATIVE=0``, and through the
+in-process map (compiled and NumPy), one after the other in each round, in an order that
+rotates from round to round (all four see the same machine load):
+
+    python benchmarks/bench_shm_map.py --latency --rounds 3000
 """
 
 from __future__ import annotations
@@ -156,6 +165,75 @@ def measure(args) -> dict:
     return result
 
 
+def latency(args) -> dict:
+    """Median µs per ``get`` of each map, native and ``HPS_NATIVE=0``, rounds interleaved."""
+    import os
+
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+    from hps_cli.runtime.volatile.hash_map import HashMapTable
+    from hps_cli.runtime.volatile.shm_segment import SharedSegment
+    from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
+
+    result: dict = {}
+    for table_spec in args.latency_tables.split(","):
+        keys, dim = (int(x) for x in table_spec.split("x"))
+        name = f"hps_bench_shm_lat_{os.getpid()}_{keys}"
+        segment = SharedSegment(name, _segment_size(keys, dim))
+        try:
+            shared = SharedHashMapTable(
+                segment, TAG, dim, num_partitions=PARTITIONS, expected_keys=keys
+            )
+            local = HashMapTable(dim, num_partitions=PARTITIONS, reserve=keys)
+            for start in range(0, keys, 1 << 18):
+                chunk = np.arange(start, min(keys, start + (1 << 18)), dtype=np.int64)
+                vectors = synthetic_vectors(chunk, dim)
+                shared.insert(chunk, vectors)
+                local.insert(chunk, vectors)
+            for size in (int(x) for x in args.latency_batches.split(",")):
+                rng = np.random.default_rng(size)
+                batches = [rng.integers(0, keys, size, dtype=np.int64) for _ in range(64)]
+                out = np.empty((size, dim), np.float32)
+                check = [
+                    table.get(batches[0], np.empty((size, dim), np.float32))[0]
+                    for table in (shared, local)
+                ]
+                assert np.array_equal(check[0], check[1])
+                assert np.array_equal(check[0], synthetic_vectors(batches[0], dim))
+                variants = {
+                    "shared_native": (shared, "1"),
+                    "shared_numpy": (shared, "0"),
+                    "in_process_native": (local, "1"),
+                    "in_process_numpy": (local, "0"),
+                }
+                names = list(variants)
+                times: dict[str, list[float]] = {n: [] for n in names}
+                rounds = args.rounds if size <= 256 else max(50, args.rounds // 4)
+                for r in range(args.warmup * 10 + rounds):
+                    batch = batches[r % len(batches)]
+                    for i in range(len(names)):
+                        label = names[(r + i) % len(names)]
+                        table, flag = variants[label]
+                        os.environ["HPS_NATIVE"] = flag
+                        started = time.perf_counter()
+                        table.get(batch, out)
+                        seconds = time.perf_counter() - started
+                        if r >= args.warmup * 10:
+                            times[label].append(seconds)
+                os.environ.pop("HPS_NATIVE", None)
+                med = {n: float(np.median(t)) * 1e6 for n, t in times.items()}
+                result[f"{keys}x{dim}_batch_{size}"] = {
+                    "rounds": rounds,
+                    **{f"{n}_us": round(v, 1) for n, v in med.items()},
+                    "shared_native_vs_numpy": round(med["shared_numpy"] / med["shared_native"], 2),
+                    "shared_native_minus_in_process_native_us": round(
+                        med["shared_native"] - med["in_process_native"], 1
+                    ),
+                }
+        finally:
+            segment.close()
+    return result
+
+
 def attach(args, name: str) -> None:
     from hps_cli.runtime.volatile.shm_segment import SharedSegment
     from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
@@ -204,6 +282,10 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--writer-batch", type=int, default=4096)
     ap.add_argument("--work", type=Path, default=Path("/tmp/hps-bench-shm"))
+    ap.add_argument("--latency", action="store_true", help="µs per get of small batches")
+    ap.add_argument("--latency-tables", default="100000x16,1000000x32", help="KEYSxDIM,...")
+    ap.add_argument("--latency-batches", default="128,2048")
+    ap.add_argument("--rounds", type=int, default=3000, help="--latency rounds (small batches)")
     ap.add_argument("--attach", help=argparse.SUPPRESS)
     ap.add_argument("--writer", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -212,6 +294,18 @@ def main() -> None:
         return
     if args.writer:
         write_forever(args, args.writer)
+        return
+    if args.latency:
+        result = {
+            "date": date.today().isoformat(),
+            "machine": platform.processor() or platform.machine(),
+            "partitions": PARTITIONS,
+            "key_distribution": "uniform over the table",
+            "statistic": "median µs per get",
+            "command": " ".join(sys.argv),
+            **latency(args),
+        }
+        print(json.dumps(result, indent=2))
         return
 
     ensure_table(args.work, args.keys, args.dim)

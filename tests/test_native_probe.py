@@ -269,3 +269,269 @@ def test_importing_compiles_nothing_and_the_first_lookup_compiles_once(tmp_path)
     assert "after import: []" in out
     assert "native: True" in out and "cached: [True]" in out
     assert "unavailable" not in out
+
+
+# ---------------------------------------------------------------- the shared map's compiled read
+
+
+def _shared(segment, tag, dim, **options):
+    return SharedHashMapTable(segment, tag, dim, **options)
+
+
+@pytest.fixture
+def count_native_reads(monkeypatch):
+    """How many passes ``SharedHashMapTable._read_native`` made (the compiled read was used)."""
+    calls = [0]
+    original = SharedHashMapTable._read_native
+
+    def counted(self, *args):
+        calls[0] += 1
+        return original(self, *args)
+
+    monkeypatch.setattr(SharedHashMapTable, "_read_native", counted)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "policy, parts, dim, margin",
+    [
+        ("evict_random", 1, 3, 300),
+        ("evict_least_used", 5, 16, 150),
+        ("evict_oldest", 4, 1, 120),
+        ("evict_least_used", 3, 1100, None),  # a vector beyond the C code's stack row
+    ],
+)
+def test_shared_memory_reads_answer_as_numpy_through_rebuilds_repairs_and_evictions(
+    native, count_native_reads, rng, policy, parts, dim, margin
+):
+    """Two tables fed the same updates (upserts, removals, evictions, index rebuilds from
+    tombstones, repairs after a "dead" writer), read with and without the compiled read: the
+    same vectors, hits, untouched misses and access metadata."""
+    tags = itertools.count()
+    space = 1_500
+    with shared_segment() as segment:
+        tables = _pair(
+            lambda: _shared(
+                segment,
+                f"hps_et.nr.t{next(tags)}",
+                dim,
+                num_partitions=parts,
+                overflow_margin=margin,
+                overflow_policy=policy,
+                expected_keys=2 * space + 50,
+            )
+        )
+        for step in range(16):
+            batch = _keys(rng, int(rng.integers(0, 300)), space)
+            vectors = rng.standard_normal((batch.size, dim)).astype(np.float32)
+            _on_both(native, tables, "insert", batch, vectors)
+            _on_both(native, tables, "remove", _keys(rng, 150, space))
+            if step % 5 == 4:  # a writer "died" mid-update: the next write repairs
+                for table in tables:
+                    table._seq[0] += 1
+                _on_both(native, tables, "insert", batch[:3], vectors[:3])
+            for size in (1, 128, 2048):
+                query = _keys(rng, size, space)
+                if size > 2:
+                    query[-2:] = query[:2]  # duplicates in the batch
+                out = rng.standard_normal((size, dim)).astype(np.float32)  # misses keep these
+                _on_both(native, tables, "get", query, out)
+                _on_both(native, tables, "get", query)
+                _on_both(native, tables, "contains", query)
+                wide = np.zeros((size, 2 * dim), dtype=np.float32)
+                for on, table in zip((True, False), tables):  # not C-contiguous: NumPy pass
+                    native(on)
+                    got, hit, _ = table.get(query, wide[:, ::2])
+                    np.testing.assert_array_equal(got[hit], table.get(query[hit])[0])
+            a, b = tables
+            _assert_same(a._index, b._index)
+            _assert_same(a._meta, b._meta)
+            _assert_same(a._headers, b._headers)
+        assert (tables[0]._epoch > 2).any() and count_native_reads[0]  # rebuilt since a repair
+        assert tables[0].evictions or margin is None
+
+
+def _torn_states(table: SharedHashMapTable, keys: np.ndarray, rng):
+    """States a lock-free reader can meet mid-write, made by hand: a row freed under the
+    reader (stamp 0), a row reused for another key, a partition whose index is being rebuilt
+    (epoch odd), a partition without an empty slot (a probe that goes a full lap)."""
+    part, _ = table._locate(keys)
+    _, rows = table._probe(keys, table._locate(keys)[1], part, None)
+    held = np.flatnonzero(rows >= 0)
+    pick = rng.choice(held, 4, replace=False)
+    freed, reused = rows[pick[:2]], rows[pick[2:]]
+
+    @contextmanager_state
+    def stamp_zero():
+        saved = table._stamps[freed].copy()
+        table._stamps[freed] = 0
+        yield
+        table._stamps[freed] = saved
+
+    @contextmanager_state
+    def other_key():
+        saved = table._row_keys[reused].copy()
+        table._row_keys[reused] = saved + 1
+        yield
+        table._row_keys[reused] = saved
+
+    @contextmanager_state
+    def odd_epoch():
+        table._epoch[1] += 1
+        yield
+        table._epoch[1] -= 1
+
+    @contextmanager_state
+    def full_lap():
+        segment = table._index[2 * table._S : 3 * table._S]
+        saved = segment.copy()
+        segment[segment[:, 1] == -1, 1] = -2  # tombstones everywhere: no probe ends
+        yield
+        segment[:] = saved
+
+    return [stamp_zero, other_key, odd_epoch, full_lap]
+
+
+def contextmanager_state(function):
+    from contextlib import contextmanager
+
+    return contextmanager(function)
+
+
+@pytest.mark.parametrize("with_out", [True, False])
+def test_one_compiled_pass_retries_what_one_numpy_pass_retries(native, rng, with_out):
+    """One pass of each over the same torn states: the same positions to read again, the same
+    hits and vectors, and rows of ``out`` left as they were for every key not found."""
+    with shared_segment() as segment:
+        table = _shared(segment, "hps_et.torn.t", 5, num_partitions=4, expected_keys=4000)
+        keys = rng.integers(0, 10**9, 3000)
+        table.insert(keys, synthetic_vectors(keys, 5))
+        query = np.concatenate([keys[:1500], keys[:200] + 1, keys[:5]])
+        probe = hash_probe()
+        part, home = table._locate(query)
+
+        def native_pass(keys, part, home, pending, out, hit):  # a first pass locates in C
+            if pending.size == keys.size:
+                part = home = pending = None
+            return table._read_native(probe, keys, part, home, pending, out, hit)
+
+        for state in _torn_states(table, query[:1500], rng):
+            with state():
+                answers = []
+                for one_pass in (native_pass, table._read_optimistic):
+                    out = np.full((query.size, 5), -7.0, np.float32) if with_out else None
+                    hit = np.zeros(query.size, dtype=bool)
+                    pending = np.arange(query.size)
+                    for subset in (pending, pending[::2]):  # every key, and some
+                        again = one_pass(query, part, home, subset, out, hit)
+                        answers.append((again, hit.copy(), None if out is None else out.copy()))
+                native_answers, numpy_answers = answers[:2], answers[2:]
+                for (again, hit, out), (again_np, hit_np, out_np) in zip(
+                    native_answers, numpy_answers
+                ):
+                    np.testing.assert_array_equal(again, again_np)
+                    np.testing.assert_array_equal(hit, hit_np)
+                    if with_out:
+                        np.testing.assert_array_equal(out, out_np)
+                        np.testing.assert_array_equal(out[hit], synthetic_vectors(query[hit], 5))
+                        assert (out[~hit] == -7).all()
+                assert native_answers[0][0].size  # the state did make keys read again
+            out, hit, _ = table.get(query)  # after each state, every key reads as before
+            assert hit[:1500].all() and not hit[1500:1700].any() and hit[1700:].all()
+            np.testing.assert_array_equal(out[hit], synthetic_vectors(query[hit], 5))
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from hps_cli.runtime.table.synthetic import synthetic_vectors
+    from hps_cli.runtime.volatile.shm_segment import SharedSegment
+    from hps_cli.runtime.volatile.shm_table import SharedHashMapTable
+    name, tag, dim, space, margin = sys.argv[1:3] + [int(a) for a in sys.argv[3:]]
+    segment = SharedSegment(name, 1 << 30, auto_remove=False)
+    table = SharedHashMapTable(
+        segment, tag, dim, num_partitions=4, overflow_margin=margin, expected_keys=space
+    )
+    rng = np.random.default_rng(3)
+    step = 0
+    while True:  # every key always gets its own vector: readers know what each must read
+        batch = rng.integers(0, space, int(rng.integers(1, 3000)))
+        table.insert(batch, synthetic_vectors(batch, dim))  # new rows, upserts, evictions
+        table.remove(rng.integers(0, space, int(rng.integers(1, 2000))))  # tombstones
+        if step % 97 == 96:
+            table.clear()
+        if step == 0:
+            print("started", flush=True)
+        step += 1
+    """
+)
+
+
+@pytest.mark.timeout(120)
+def test_compiled_reads_beside_a_writer_process_never_see_a_wrong_row(native, monkeypatch, rng):
+    """A writer process inserts, upserts (copy-on-write), evicts, removes, rebuilds indexes and
+    clears without pause while reader threads of this process read with the compiled pass:
+    every hit is its key's own vector and every miss leaves its row of ``out`` as it was."""
+    import threading
+    import time
+
+    native(True)
+    dim, space, margin, tag = 8, 6_000, 1_000, "hps_et.race.t"
+    passes, retried = [0], [0]
+    original = SharedHashMapTable._read_native
+
+    def counted(self, *args):
+        again = original(self, *args)
+        passes[0] += 1
+        retried[0] += again.size
+        return again
+
+    monkeypatch.setattr(SharedHashMapTable, "_read_native", counted)
+    with shared_segment() as segment:
+        table = SharedHashMapTable(
+            segment, tag, dim, num_partitions=4, overflow_margin=margin, expected_keys=space
+        )
+        writer = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, segment.path.name, tag, str(dim), str(space)]
+            + [str(margin)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        errors: list[str] = []
+        seen = {"hits": 0, "misses": 0, "reads": 0}
+
+        def read(seed: int) -> None:
+            local = np.random.default_rng(seed)
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until and not errors:
+                query = local.integers(0, space, int(local.choice([1, 7, 128, 2048])))
+                out = np.full((query.size, dim), 1e9, np.float32)
+                got, hit, _ = table.get(query, out)
+                if not np.array_equal(got[hit], synthetic_vectors(query[hit], dim)):
+                    errors.append("a hit read another key's vector or a torn row")
+                if not (got[~hit] == 1e9).all():
+                    errors.append("a miss changed its row of out")
+                known = table.contains(query)
+                if known.size != query.size:
+                    errors.append("contains answered the wrong size")
+                seen["hits"] += int(hit.sum())
+                seen["misses"] += int((~hit).sum())
+                seen["reads"] += 1
+
+        try:
+            assert writer.stdout.readline().strip() == "started"
+            readers = [threading.Thread(target=read, args=(seed,)) for seed in (1, 2)]
+            for reader in readers:
+                reader.start()
+            for reader in readers:
+                reader.join()
+            assert writer.poll() is None, "the writer stopped"
+        finally:
+            writer.kill()
+            writer.wait(30)
+        assert not errors, errors[0]
+        assert seen["reads"] > 20 and seen["hits"] and seen["misses"]
+        assert passes[0] >= seen["reads"]
+        assert retried[0], "no read met a write: the race was not exercised"
+        print(f"reads {seen}, compiled passes {passes[0]}, keys read again {retried[0]}")

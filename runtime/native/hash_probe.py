@@ -29,6 +29,7 @@ class HashProbe:
         self._probe = _bind(library.hps_probe, [_P, _I, _P, _P, _P, _I, _P, _P])
         self._find = _bind(library.hps_find, [_P, _I, _I, _P, _I, _P])
         self._get = _bind(library.hps_get, [_P, _I, _I, _P, _I, _P, _I, _P, _P, _P], _I)
+        self._shm_read = _bind(library.hps_shm_read, [_P, _P, _P, _P, _P, _I] + [_P] * 5, _I)
 
     def mix64(self, keys: np.ndarray) -> np.ndarray:
         """``hashing.mix64`` of 1-D int64 ``keys``."""
@@ -107,6 +108,64 @@ class HashProbe:
             address(rows),
         )
         return rows[:count]
+
+    def shm_read(
+        self,
+        table: ShmTable,
+        keys: np.ndarray,
+        part: np.ndarray | None,
+        home: np.ndarray | None,
+        pending: np.ndarray | None,
+        out: np.ndarray | None,
+        hit: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, int] | None:
+        """One lock-free read of the shared-memory map (``SharedHashMapTable._read_optimistic``)
+        of the keys at ``pending`` (int64 positions into ``keys``, ``part``, ``home`` and the
+        rows of ``out`` and ``hit``; None: every key, located here when ``part`` and ``home``
+        are None).
+
+        Returns ``(rows of the hits in batch order, positions to read again, keys whose probe
+        ended on a slot)``, or None when the C code could not allocate its scratch row."""
+        if pending is None:
+            n = keys.size
+        else:
+            pending = np.ascontiguousarray(pending, dtype=np.int64)
+            n = pending.size
+        buffer = np.empty(2 * n + 3, dtype=np.int64)
+        base = address(buffer)
+        if self._shm_read(
+            ctypes.addressof(table),
+            address(keys),
+            None if part is None else address(part),
+            None if home is None else address(home),
+            None if pending is None else address(pending),
+            n,
+            None if out is None else address(out),
+            address(hit),
+            base,
+            base + 8 * n,
+            base + 16 * n,
+        ):
+            return None
+        hits, retries, ended = buffer[2 * n :].tolist()
+        return buffer[:hits], buffer[n : n + retries], ended
+
+
+class ShmTable(ctypes.Structure):
+    """A shared-memory table as ``hps_shm_read`` reads it (``hps_shm_table`` in
+    ``hash_probe.c``: the same fields in the same order)."""
+
+    _fields_ = [
+        ("slots", ctypes.c_void_p),  # the index: (key, row) int64 pairs
+        ("segment", ctypes.c_int64),  # index slots per partition
+        ("num_partitions", ctypes.c_int64),
+        ("epochs", ctypes.c_void_p),  # partition 0's index epoch
+        ("epoch_stride", ctypes.c_int64),  # int64 words from a partition's epoch to the next's
+        ("words", ctypes.c_void_p),  # the rows: stamp, key, vector
+        ("half", ctypes.c_int64),  # int64 words per row
+        ("total_rows", ctypes.c_int64),
+        ("dim", ctypes.c_int64),
+    ]
 
 
 def address(array: np.ndarray) -> int:

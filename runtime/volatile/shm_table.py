@@ -43,7 +43,7 @@ import numpy as np
 
 from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
-from ..native.hash_probe import RETRY, hash_probe
+from ..native.hash_probe import RETRY, ShmTable, address, hash_probe
 from . import shm_layout as L
 from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
 from .shm_segment import SharedSegment, TableSpec
@@ -151,6 +151,7 @@ class SharedHashMapTable:
         self._row_keys = self._words.reshape(parts * rows, self._half)[:, 1]
         self._vectors = self._rows[:, L.ROW_HEADER : L.ROW_HEADER + self.dim]
         self._locks = self._segment.partition_locks(self._entry, parts)
+        self._native_args: tuple | None = None  # _native_table, made at first use
         self._segment.add_user(self)
 
     def detach(self) -> None:
@@ -158,6 +159,7 @@ class SharedHashMapTable:
         self._headers = self._part = self._seq = self._epoch = self._index = None
         self._meta = self._free = self._words = self._rows = None
         self._stamps = self._row_keys = self._vectors = None
+        self._native_args = None
 
     def _check_attached(self) -> None:
         if self._index is None:
@@ -259,6 +261,10 @@ class SharedHashMapTable:
         return np.concatenate(found)
 
     def _read(self, keys: np.ndarray, out: np.ndarray | None, hit: np.ndarray) -> None:
+        probe = hash_probe() if self._lock_free else None
+        if probe is not None and (out is None or out.flags.c_contiguous):
+            self._read_compiled(probe, np.ascontiguousarray(keys), out, hit)
+            return
         part, home = self._locate(keys)
         pending = np.arange(keys.size)
         if self._lock_free:
@@ -313,6 +319,52 @@ class SharedHashMapTable:
         hit[at] = True
         self._touch(row)
         return pending[~ok]
+
+    def _read_compiled(self, probe, keys: np.ndarray, out: np.ndarray | None, hit) -> None:
+        """``_read`` with each optimistic pass compiled (``_read_native``): the same tries, then
+        the same locked read. The first pass locates the keys in C; partitions and homes are
+        computed here only when keys are left to read again."""
+        pending = part = home = None
+        for _ in range(_TRIES):
+            pending = self._read_native(probe, keys, part, home, pending, out, hit)
+            if not pending.size:
+                return
+            if part is None:
+                part, home = self._locate(keys)
+            time.sleep(0)  # let the writer of those partitions finish
+        self._read_locked(keys[pending], part[pending], home[pending], pending, out, hit)
+
+    def _read_native(self, probe, keys, part, home, pending, out, hit) -> np.ndarray:
+        """``_read_optimistic`` in one call of the compiled probe (``hps_shm_read``): the same
+        checks, key by key, with the same answers."""
+        table, views = self._native_table()  # views: the mapping stays while the C code reads
+        read = probe.shm_read(table, keys, part, home, pending, out, hit)
+        del views
+        if read is None:  # no memory for its scratch row
+            return self._read_optimistic(keys, part, home, pending, out, hit)
+        rows, again, ended = read
+        if ended:  # as _read_optimistic, which touches when any probe ended on a slot
+            self._touch(rows)
+        return again
+
+    def _native_table(self) -> tuple[ShmTable, tuple[np.ndarray, ...]]:
+        """The table as ``HashProbe.shm_read`` reads it (addresses in the segment) and the views
+        of the segment it points into: a caller holds these while the C code reads, so that a
+        ``close`` meanwhile leaves the mapping in place (as for the NumPy reads)."""
+        if self._native_args is None:
+            table = ShmTable(
+                slots=address(self._index),
+                segment=self._S,
+                num_partitions=self.num_partitions,
+                epochs=address(self._headers) + 8 * (L.HEADER_COLUMNS + L.EPOCH),  # partition 0
+                epoch_stride=L.HEADER_COLUMNS,
+                words=address(self._words),
+                half=self._half,
+                total_rows=self.num_partitions * self._R,
+                dim=self.dim,
+            )
+            self._native_args = table, (self._index, self._headers, self._words)
+        return self._native_args
 
     def _read_locked(self, keys, part, home, positions, out, hit) -> None:
         with self._holding(np.unique(part)):
