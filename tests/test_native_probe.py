@@ -535,3 +535,21 @@ def test_compiled_reads_beside_a_writer_process_never_see_a_wrong_row(native, mo
         assert passes[0] >= seen["reads"]
         assert retried[0], "no read met a write: the race was not exercised"
         print(f"reads {seen}, compiled passes {passes[0]}, keys read again {retried[0]}")
+
+
+def test_a_compiled_pass_without_room_for_its_scratch_row_reads_in_numpy(native, rng, monkeypatch):
+    """``hps_shm_read`` answers None when it cannot allocate its scratch row (dim above its stack
+    buffer); that pass then runs in NumPy, the first pass (nothing located yet) included."""
+    native(True)
+    monkeypatch.setattr(type(hash_probe()), "shm_read", lambda self, *args: None)
+    with shared_segment() as segment:
+        table = SharedHashMapTable(segment, "hps_et.test.noscratch", 4, expected_keys=500)
+        keys = np.arange(300, dtype=np.int64) * 7
+        vectors = rng.standard_normal((keys.size, 4)).astype(np.float32)
+        table.insert(keys, vectors)
+        query = np.concatenate([keys[::3], np.array([1, 2, 3], np.int64)])
+        out = np.full((query.size, 4), -5.0, np.float32)
+        got, hit, _ = table.get(query, out)
+        assert hit.tolist() == [True] * keys[::3].size + [False] * 3
+        np.testing.assert_array_equal(got[: keys[::3].size], vectors[::3])
+        assert (got[keys[::3].size :] == -5.0).all()  # misses untouched

@@ -340,7 +340,11 @@ class SharedHashMapTable:
         table, views = self._native_table()  # views: the mapping stays while the C code reads
         read = probe.shm_read(table, keys, part, home, pending, out, hit)
         del views
-        if read is None:  # no memory for its scratch row
+        if read is None:  # no memory for its scratch row: this pass in NumPy
+            if part is None:
+                part, home = self._locate(keys)
+            if pending is None:
+                pending = np.arange(keys.size)
             return self._read_optimistic(keys, part, home, pending, out, hit)
         rows, again, ended = read
         if ended:  # as _read_optimistic, which touches when any probe ended on a slot
