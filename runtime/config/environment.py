@@ -49,13 +49,15 @@ ENVIRONMENT = (
     ),
     EnvironmentVariable(
         "HPS_NATIVE",
-        "`0`: the hash maps (`hash_map`, `multi_process_hash_map`) and key hashing never use "
-        "the compiled probe of `runtime/native` and keep their NumPy paths (same answers, a "
-        "fixed cost of tens of microseconds more per lookup batch). Otherwise the probe is "
-        "compiled with `$CC` (else `cc`) at the first lookup of the process and cached; "
-        "without a compiler the NumPy paths answer (one log line at INFO level).",
+        "`0`: the hash maps (`hash_map`, `multi_process_hash_map`), key hashing and the GPU "
+        "cache's inserts never use the compiled helpers of `runtime/native` and keep their "
+        "NumPy paths (same answers, a fixed cost of tens of microseconds more per lookup batch). "
+        "Otherwise each helper is compiled with `$CC` (else `cc`) at its first use in the "
+        "process and cached; without a compiler the NumPy paths answer (one log line at INFO "
+        "level).",
         "`1`",
-        "the runtime, at each hash-map lookup and key hashing (`runtime/native/hash_probe.py`)",
+        "the runtime, at each hash-map lookup, key hashing and GPU cache insert "
+        "(`runtime/native/hash_probe.py`, `insert_rounds.py`)",
     ),
     EnvironmentVariable(
         "HPS_SERVE_UVLOOP",
