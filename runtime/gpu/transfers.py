@@ -79,18 +79,15 @@ class Scratch:
         """Copy a host array to this scratch's device buffer ``name`` through pinned staging;
         with ``order``, its rows ``array[order]``, gathered straight into the staging (one
         copy of the rows on the host, not two)."""
-        if order is not None:
+        if order is None:
+            staging = self.host(name, array.size, array.dtype)
+            np.copyto(staging, array.reshape(-1))
+        else:
             rows = array.reshape(array.shape[0], -1)
             staging = self.host(name, order.size * rows.shape[1], array.dtype)
             np.take(rows, order, axis=0, out=staging.reshape(order.size, rows.shape[1]))
-            buf = self.get(name, max(staging.nbytes, 8))
-            if staging.size:
-                self.device.drv.memcpy_htod_async(buf, staging, stream)
-            return buf
-        staging = self.host(name, array.size, array.dtype)
-        np.copyto(staging, array.reshape(-1))
-        buf = self.get(name, max(array.nbytes, 8))
-        if array.size:
+        buf = self.get(name, max(staging.nbytes, 8))
+        if staging.size:
             self.device.drv.memcpy_htod_async(buf, staging, stream)
         return buf
 

@@ -64,6 +64,19 @@ static inline int64_t probe(const volatile int64_t *slots, int64_t segment, int6
     return HPS_RETRY;
 }
 
+/* Partition and home slot of `size` keys, their home slots prefetched: the first step of a
+ * block of hps_find and hps_get. */
+static inline void locate_block(const volatile int64_t *slots, int64_t num_partitions,
+                                int64_t segment, const int64_t *keys, int64_t size, int64_t *part,
+                                int64_t *home) {
+    for (int64_t j = 0; j < size; j++) {
+        const uint64_t h = mix64((uint64_t)keys[j]);
+        part[j] = partition_of(h, (uint64_t)num_partitions);
+        home[j] = home_of(h, part[j], segment);
+        PREFETCH((const void *)(slots + 2 * home[j]));
+    }
+}
+
 void hps_mix64(const int64_t *keys, int64_t n, uint64_t *out) {
     for (int64_t i = 0; i < n; i++) out[i] = mix64((uint64_t)keys[i]);
 }
@@ -97,12 +110,7 @@ void hps_find(const int64_t *slots, int64_t num_partitions, int64_t segment, con
     int64_t home[BLOCK], part[BLOCK];
     for (int64_t first = 0; first < n; first += BLOCK) {
         const int64_t size = n - first < BLOCK ? n - first : BLOCK;
-        for (int64_t j = 0; j < size; j++) {
-            const uint64_t h = mix64((uint64_t)keys[first + j]);
-            part[j] = partition_of(h, (uint64_t)num_partitions);
-            home[j] = home_of(h, part[j], segment);
-            PREFETCH(slots + 2 * home[j]);
-        }
+        locate_block(slots, num_partitions, segment, keys + first, size, part, home);
         for (int64_t j = 0; j < size; j++) {
             int64_t row;
             found[first + j] = probe(slots, segment, keys[first + j], home[j], part[j], &row);
@@ -125,12 +133,7 @@ int64_t hps_get(const int64_t *slots, int64_t num_partitions, int64_t segment,
     int64_t home[BLOCK], part[BLOCK], row[BLOCK];
     for (int64_t first = 0; first < n; first += BLOCK) {
         const int64_t size = n - first < BLOCK ? n - first : BLOCK;
-        for (int64_t j = 0; j < size; j++) {
-            const uint64_t h = mix64((uint64_t)keys[first + j]);
-            part[j] = partition_of(h, (uint64_t)num_partitions);
-            home[j] = home_of(h, part[j], segment);
-            PREFETCH(slots + 2 * home[j]);
-        }
+        locate_block(slots, num_partitions, segment, keys + first, size, part, home);
         for (int64_t j = 0; j < size; j++) {
             const int64_t slot = probe(slots, segment, keys[first + j], home[j], part[j], &row[j]);
             if (slot < 0) {

@@ -12,7 +12,7 @@ import ctypes
 
 import numpy as np
 
-from .loader import load_library, native_enabled
+from .loader import native_helper
 
 RETRY = -2  # probe(): the key went a full lap without meeting an empty slot
 
@@ -183,17 +183,7 @@ def _bind(function, argtypes, restype=None):
     return function
 
 
-_probe: list[HashProbe | None] = []  # the loaded probe (or None: unavailable), once loaded
-
-
 def hash_probe() -> HashProbe | None:
     """The compiled probe, compiled and loaded at the first call; None when ``HPS_NATIVE=0`` or
     when it cannot be compiled (the NumPy paths answer the same)."""
-    if not native_enabled():
-        return None
-    if not _probe:
-        library = load_library("hash_probe")
-        probe = HashProbe(library) if library is not None else None
-        if not _probe:  # another thread may have got here first: keep one
-            _probe.append(probe)
-    return _probe[0]
+    return native_helper("hash_probe", HashProbe)

@@ -9,7 +9,7 @@ import ctypes
 import numpy as np
 
 from .hash_probe import address
-from .loader import load_library, native_enabled
+from .loader import native_helper
 
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -45,17 +45,7 @@ class InsertRounds:
         return order[:n], offsets[: count + 1]
 
 
-_loaded: list[InsertRounds | None] = []
-
-
 def insert_rounds() -> InsertRounds | None:
     """The compiled rounds, loaded at the first call; None when ``HPS_NATIVE=0`` or when they
     cannot be compiled."""
-    if not native_enabled():
-        return None
-    if not _loaded:
-        library = load_library("insert_rounds")
-        rounds = InsertRounds(library) if library is not None else None
-        if not _loaded:
-            _loaded.append(rounds)
-    return _loaded[0]
+    return native_helper("insert_rounds", InsertRounds)

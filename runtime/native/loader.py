@@ -23,7 +23,7 @@ import subprocess
 import tempfile
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence, TypeVar
 
 log = logging.getLogger("hps_cli.runtime")
 
@@ -35,6 +35,9 @@ _HERE = Path(__file__).resolve().parent
 
 _lock = threading.Lock()
 _libraries: dict[str, ctypes.CDLL | None] = {}
+_helpers: dict[str, object] = {}  # stem -> its wrapper (None: unavailable), made once
+
+Helper = TypeVar("Helper")
 
 
 def native_enabled() -> bool:
@@ -102,6 +105,20 @@ def load_library(stem: str) -> ctypes.CDLL | None:
         if stem not in _libraries:
             _libraries[stem] = _compile_and_load(stem)
         return _libraries[stem]
+
+
+def native_helper(stem: str, wrap: Callable[[ctypes.CDLL], Helper]) -> Helper | None:
+    """``wrap`` of the library ``<stem>.c`` (its functions bound once per process); None when
+    ``HPS_NATIVE=0`` or when the library cannot be compiled (the callers' NumPy paths answer)."""
+    if not native_enabled():
+        return None
+    try:
+        return _helpers[stem]  # type: ignore[return-value]
+    except KeyError:
+        pass
+    library = load_library(stem)
+    helper = wrap(library) if library is not None else None
+    return _helpers.setdefault(stem, helper)  # another thread may have got here first
 
 
 def _compile_and_load(stem: str) -> ctypes.CDLL | None:
