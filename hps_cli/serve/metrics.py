@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 
+from ..runtime.errors import InvalidInputError
 from .loop_metrics import LoopCounter, LoopHistogram, LoopMetrics
 
 log = logging.getLogger("hps_cli.serve")
@@ -64,7 +65,36 @@ TIER_RESULTS = (
 )
 
 
-class Metrics:
+class MetricsEndpoint:
+    """/metrics over HTTP for ``self.registry`` (a server's own, or a supervisor's merged from
+    its workers)."""
+
+    registry: object
+    _server = None
+
+    def start(self, host: str, port: int) -> int:
+        """Serve /metrics on ``host:port`` (0: any free port); returns the port. A port that
+        cannot be bound is the user's ``--metrics-port``."""
+        from prometheus_client import start_http_server
+
+        try:
+            self._server, _ = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise InvalidInputError(
+                f"cannot listen on {host}:{port}: {exc.strerror}",
+                location="--metrics-port",
+                hint="choose another port or host",
+            ) from None
+        return self._server.server_address[1]
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+
+class Metrics(MetricsEndpoint):
     """The registry and the request-side metrics.
 
     Args:
@@ -182,19 +212,6 @@ class Metrics:
             self.queue_depth.remove(model)
         except KeyError:
             pass
-
-    def start(self, host: str, port: int) -> int:
-        """Serve /metrics on ``host:port`` (0: any free port); returns the port."""
-        from prometheus_client import start_http_server
-
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_address[1]
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 class _RuntimeCollector:

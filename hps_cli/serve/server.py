@@ -168,14 +168,7 @@ async def _main(options: ServeOptions) -> None:
                 hint="choose another port or host",
             )
         await grpc_server.start()
-        try:
-            metrics_port = core.metrics.start(options.host, options.metrics_port)
-        except OSError as exc:
-            raise InvalidInputError(
-                f"cannot listen on {options.host}:{options.metrics_port}: {exc.strerror}",
-                location="--metrics-port",
-                hint="choose another port or host",
-            ) from None
+        metrics_port = core.metrics.start(options.host, options.metrics_port)
         event(
             log,
             "listening",

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 import urllib.request
 
+from .metrics import MetricsEndpoint
+
 log = logging.getLogger("hps_cli.serve")
 
 SCRAPE_TIMEOUT_S = 2.0
 
 
-class WorkerMetrics:
+class WorkerMetrics(MetricsEndpoint):
     """A registry whose collector merges the workers' metrics.
 
     Args:
@@ -39,18 +41,6 @@ class WorkerMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Merged(workers, configured))
         self._server = None
-
-    def start(self, host: str, port: int) -> int:
-        from prometheus_client import start_http_server
-
-        self._server, _ = start_http_server(port, addr=host, registry=self.registry)
-        return self._server.server_address[1]
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
 
 
 def _scrape(url: str) -> str:

@@ -92,14 +92,7 @@ class Supervisor:
         grpc_port = self._reserve(options.grpc_port, "--grpc-port")
         if read_only:
             prepare_persistent(options.checked)
-        try:
-            metrics_port = self.metrics.start(options.host, options.metrics_port)
-        except OSError as exc:
-            raise InvalidInputError(
-                f"cannot listen on {options.host}:{options.metrics_port}: {exc.strerror}",
-                location="--metrics-port",
-                hint="choose another port or host",
-            ) from None
+        metrics_port = self.metrics.start(options.host, options.metrics_port)
         self.ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
         self.worker_options = dataclasses.replace(
             options,
