@@ -228,13 +228,56 @@ def _parameter(target: service_pb2.InferParameter, value) -> None:
 
 
 def encode_response(request: InferRequest, result) -> bytes:
-    """The serialized ModelInferResponse (outputs in ``raw_output_contents``)."""
+    """The serialized ModelInferResponse (outputs in ``raw_output_contents``).
+
+    Everything but the raw contents is serialized by protobuf once per form (model, version,
+    id, parameters, outputs' names, datatypes and shapes: a server sees few) and kept; the raw
+    contents, the message's last field, are appended to it as protobuf would write them. This
+    is the serialization itself, byte for byte, without building a message per answer."""
+    selected = select_outputs(result, request)
+    raw = [tensor.array for tensor, _, ref in selected if ref is None]
+    if len(raw) != len(selected):  # outputs in shared memory: rare, built in full
+        return _response_message(request, result, selected, with_raw=True).SerializeToString()
+    form = (
+        request.model,
+        request.version,
+        request.id,
+        tuple(result.parameters.items()),
+        tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
+    )
+    head = _RESPONSE_HEADS.get(form)
+    if head is None:
+        head = _response_message(request, result, selected, with_raw=False).SerializeToString()
+        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:  # e.g. clients that send unique ids
+            _RESPONSE_HEADS.clear()
+        _RESPONSE_HEADS[form] = head
+    parts = [head]
+    for array in raw:
+        data = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B") if array.size else b""
+        parts += (_RAW_OUTPUT_TAG, _varint_bytes(len(data)), data)
+    return b"".join(parts)
+
+
+_RESPONSE_HEADS: dict[tuple, bytes] = {}
+_RESPONSE_HEADS_KEPT = 256
+_RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents, length-delimited
+
+
+def _varint_bytes(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _response_message(request: InferRequest, result, selected, *, with_raw: bool):
     response = service_pb2.ModelInferResponse(
         model_name=request.model, model_version=request.version or "1", id=request.id
     )
     for key, value in result.parameters.items():
         _parameter(response.parameters[key], value)
-    selected = select_outputs(result, request)
     # tritonclient finds an output's raw contents by the output's position: an output in
     # shared memory holds an empty place when raw outputs follow it.
     last_raw = max((i for i, (_, _, ref) in enumerate(selected) if ref is None), default=-1)
@@ -248,9 +291,9 @@ def encode_response(request: InferRequest, result) -> bytes:
             _parameter(output.parameters["shared_memory_byte_size"], tensor.array.nbytes)
             if i < last_raw:
                 response.raw_output_contents.append(b"")
-        else:
+        elif with_raw:
             response.raw_output_contents.append(tensor.array.tobytes())
-    return response.SerializeToString()
+    return response
 
 
 class Servicer(service_pb2_grpc.GRPCInferenceServiceServicer):

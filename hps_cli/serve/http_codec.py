@@ -342,9 +342,43 @@ def encode_infer_response(
 ) -> tuple[bytes, list[memoryview]]:
     """(JSON header, binary output blobs in order); the blobs are views of the outputs (no
     copy). Without blobs the header is the whole body; with blobs it is sent first and its
-    length goes in the ``Inference-Header-Content-Length`` header."""
+    length goes in the ``Inference-Header-Content-Length`` header.
+
+    An answer whose outputs are all binary has a header that depends on its form alone (model,
+    version, id, parameters, outputs' names, datatypes and shapes): it is made once per form and
+    kept (a server sees few forms)."""
+    selected = select_outputs(result, request)
+    if all(binary and ref is None for _, binary, ref in selected):
+        form = (
+            model,
+            version,
+            request.id,
+            tuple(result.parameters.items()),
+            tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
+        )
+        header = _BINARY_HEADERS.get(form)
+        if header is None:
+            header = _header(model, version, request, result, selected)[0]
+            if len(_BINARY_HEADERS) >= _BINARY_HEADERS_KEPT:  # e.g. clients with unique ids
+                _BINARY_HEADERS.clear()
+            _BINARY_HEADERS[form] = header
+        return header, [_blob(t.array) for t, _, _ in selected]
+    return _header(model, version, request, result, selected)
+
+
+_BINARY_HEADERS: dict[tuple, bytes] = {}
+_BINARY_HEADERS_KEPT = 256
+
+
+def _blob(array: np.ndarray) -> memoryview:
+    return memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+
+
+def _header(
+    model: str, version: str, request: InferRequest, result: InferResult, selected
+) -> tuple[bytes, list[memoryview]]:
     outputs, blobs = [], []
-    for tensor, binary, ref in select_outputs(result, request):
+    for tensor, binary, ref in selected:
         entry = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
         if ref is not None:  # written into the region already (ServerCore.write_shared)
             entry["parameters"] = {
@@ -353,11 +387,7 @@ def encode_infer_response(
                 "shared_memory_byte_size": tensor.array.nbytes,
             }
         elif binary:
-            blob = (
-                memoryview(tensor.array.reshape(-1)).cast("B")
-                if tensor.array.size
-                else memoryview(b"")
-            )
+            blob = _blob(tensor.array)
             entry["parameters"] = {"binary_data_size": blob.nbytes}
             blobs.append(blob)
         else:
