@@ -96,6 +96,16 @@ def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...
     return (keys[keep], *(c[keep] for c in columns))
 
 
+_NO_FAILURES = np.zeros(1 << 16, dtype=bool)
+_NO_FAILURES.flags.writeable = False
+
+
+def no_failures(n: int) -> np.ndarray:
+    """``failed`` of a lookup of ``n`` keys in memory (memory does not fail): a read-only view
+    of one shared all-false array when it is long enough (no allocation per lookup)."""
+    return _NO_FAILURES[:n] if n <= _NO_FAILURES.size else np.zeros(n, dtype=bool)
+
+
 class HashMapTable:
     """One embedding table in memory: int64 keys → float32 vectors of size ``dim``.
 
@@ -214,7 +224,7 @@ class HashMapTable:
                 )
                 if rows.size:
                     self._touch(rows)
-            return out, hit, np.zeros(keys.size, dtype=bool)
+            return out, hit, no_failures(keys.size)
         with self._lock.read():
             slots = self._find(keys)
             hit = slots >= 0
@@ -226,7 +236,7 @@ class HashMapTable:
                 else:
                     out[found] = np.take(self._vectors, rows, axis=0)
                 self._touch(rows)
-        return out, hit, np.zeros(keys.size, dtype=bool)
+        return out, hit, no_failures(keys.size)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
         keys = self._check_keys(keys)
