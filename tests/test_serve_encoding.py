@@ -160,3 +160,16 @@ def test_http_kept_headers_stay_bounded_under_unique_request_ids():
         header, _ = encode_infer_response("emb", "", request, result)
         assert json.loads(header)["id"] == f"id-{i}"
         assert len(http_codec._BINARY_HEADERS) <= http_codec._BINARY_HEADERS_KEPT
+
+
+def test_answers_with_unhashable_parameter_values_are_built_in_full():
+    result = InferResult([_tensor("OUTPUT0", "FP32", (1, 4))], {"shape": [1, 4], "n": 2})
+    grpc_answer = service_pb2.ModelInferResponse.FromString(
+        encode_response(InferRequest(model="emb"), result)
+    )
+    assert grpc_answer.parameters["shape"].string_param == "[1, 4]"
+    assert grpc_answer.raw_output_contents[0] == result.outputs[0].array.tobytes()
+    request = InferRequest(model="emb", binary_output=True)
+    header, blobs = encode_infer_response("emb", "", request, result)
+    assert json.loads(header)["parameters"] == {"shape": [1, 4], "n": 2}
+    assert [bytes(b) for b in blobs] == [result.outputs[0].array.tobytes()]

@@ -245,7 +245,10 @@ def encode_response(request: InferRequest, result) -> bytes:
         tuple(result.parameters.items()),
         tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
     )
-    head = _RESPONSE_HEADS.get(form)
+    try:
+        head = _RESPONSE_HEADS.get(form)
+    except TypeError:  # a parameter value that cannot be a key (a list): built in full
+        return _response_message(request, result, selected, with_raw=True).SerializeToString()
     if head is None:
         head = _response_message(request, result, selected, with_raw=False).SerializeToString()
         if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:  # e.g. clients that send unique ids

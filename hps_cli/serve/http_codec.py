@@ -356,7 +356,10 @@ def encode_infer_response(
             tuple(result.parameters.items()),
             tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
         )
-        header = _BINARY_HEADERS.get(form)
+        try:
+            header = _BINARY_HEADERS.get(form)
+        except TypeError:  # a parameter value that cannot be a key (a list): built in full
+            return _header(model, version, request, result, selected)
         if header is None:
             header = _header(model, version, request, result, selected)[0]
             if len(_BINARY_HEADERS) >= _BINARY_HEADERS_KEPT:  # e.g. clients with unique ids
