@@ -553,3 +553,16 @@ def test_a_compiled_pass_without_room_for_its_scratch_row_reads_in_numpy(native,
         assert hit.tolist() == [True] * keys[::3].size + [False] * 3
         np.testing.assert_array_equal(got[: keys[::3].size], vectors[::3])
         assert (got[keys[::3].size :] == -5.0).all()  # misses untouched
+
+
+def test_the_native_switch_is_read_at_each_call(monkeypatch):
+    """HPS_NATIVE is read from the environment at each call (a fast read of os.environ's own
+    mapping on POSIX): set, changed and removed between calls, each call sees the current
+    value."""
+    from hps_cli.runtime.native.loader import native_enabled
+
+    for value, expected in (("0", False), (" 0 ", False), ("1", True), ("", True), ("0", False)):
+        monkeypatch.setenv("HPS_NATIVE", value)
+        assert native_enabled() is expected
+    monkeypatch.delenv("HPS_NATIVE")
+    assert native_enabled() is True
