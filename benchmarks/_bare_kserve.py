@@ -3,7 +3,10 @@ on the same event loop hps serve runs (uvloop when it is installed), answering e
 infer request with one canned response of the size hps answers (OUTPUT0 FP32 [1, keys * dim],
 binary). They read the whole request and parse nothing.
 
-    python benchmarks/_bare_kserve.py --floats 2048
+    python benchmarks/_bare_kserve.py --floats 2048 [--spin-us 50]
+
+``--spin-us``: each answer first spins that long on the event loop (study_handler_cost.py: what
+a handler's own work costs a client at concurrency 1).
 
 prints one JSON line ``{"http_port": ..., "grpc_port": ...}`` once both listen, and serves until
 SIGTERM.
@@ -15,6 +18,7 @@ import argparse
 import asyncio
 import json
 import signal
+import time
 
 
 def canned_http(floats: int) -> tuple[bytes, bytes]:
@@ -49,7 +53,15 @@ def canned_grpc(floats: int) -> bytes:
     return response.SerializeToString()
 
 
-async def main(floats: int) -> None:
+def spin(seconds: float) -> None:
+    """Busy the calling thread for ``seconds`` (holding the interpreter lock, as Python work
+    does)."""
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+async def main(floats: int, spin_s: float = 0.0) -> None:
     import grpc
     from aiohttp import web
 
@@ -61,6 +73,8 @@ async def main(floats: int) -> None:
 
     async def infer(request: web.Request) -> web.Response:
         await request.read()
+        if spin_s:
+            spin(spin_s)
         return web.Response(body=body, headers=headers)
 
     app = web.Application()
@@ -74,6 +88,8 @@ async def main(floats: int) -> None:
     answer = canned_grpc(floats)
 
     async def model_infer(request: bytes, context) -> bytes:
+        if spin_s:
+            spin(spin_s)
         return answer
 
     server = grpc.aio.server()
@@ -99,7 +115,8 @@ async def main(floats: int) -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--floats", type=int, required=True, help="FP32 values of OUTPUT0")
+    ap.add_argument("--spin-us", type=float, default=0.0, help="work before each answer")
     args = ap.parse_args()
     from hps_cli.serve.event_loop import run
 
-    run(main(args.floats))
+    run(main(args.floats, args.spin_us / 1e6))
