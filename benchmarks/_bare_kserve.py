@@ -5,11 +5,9 @@ binary). They read the whole request and parse nothing.
 
     python benchmarks/_bare_kserve.py --floats 2048 [--spin-us 50]
 
-``--spin-us``: each answer first spins that long on the event loop (study_handler_cost.py: what
-a handler's own work costs a client at concurrency 1).
-
 prints one JSON line ``{"http_port": ..., "grpc_port": ...}`` once both listen, and serves until
-SIGTERM.
+SIGTERM. ``--spin-us``: each answer first spins that long on the event loop
+(study_handler_cost.py: what a handler's own work costs a client at concurrency 1).
 """
 
 from __future__ import annotations
