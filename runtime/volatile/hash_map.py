@@ -96,6 +96,18 @@ def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...
     return (keys[keep], *(c[keep] for c in columns))
 
 
+def check_keys(keys) -> np.ndarray:
+    """``keys`` as a 1-D int64 array (the in-memory maps' argument check)."""
+    keys = np.asarray(keys)
+    if keys.ndim != 1:
+        raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
+    if keys.dtype != np.int64:
+        if keys.size and not np.issubdtype(keys.dtype, np.integer):
+            raise InvalidInputError(f"keys must be integers, got {keys.dtype}", location="keys")
+        keys = keys.astype(np.int64)
+    return keys
+
+
 _NO_FAILURES = np.zeros(1 << 16, dtype=bool)
 _NO_FAILURES.flags.writeable = False
 
@@ -591,14 +603,7 @@ class HashMapTable:
 
     @staticmethod
     def _check_keys(keys: np.ndarray) -> np.ndarray:
-        keys = np.asarray(keys)
-        if keys.ndim != 1:
-            raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
-        if keys.dtype != np.int64:
-            if keys.size and not np.issubdtype(keys.dtype, np.integer):
-                raise InvalidInputError(f"keys must be integers, got {keys.dtype}", location="keys")
-            keys = keys.astype(np.int64)
-        return keys
+        return check_keys(keys)
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
         vectors = np.asarray(vectors)

@@ -45,7 +45,14 @@ from ..errors import CapacityError, ConfigError, HpsError, InvalidInputError
 from ..hashing import mix64
 from ..native.hash_probe import RETRY, ShmTable, address, hash_probe
 from . import shm_layout as L
-from .hash_map import EMPTY, TOMBSTONE, check_table_options, dedupe_last
+from .hash_map import (
+    EMPTY,
+    TOMBSTONE,
+    check_keys,
+    check_table_options,
+    dedupe_last,
+    no_failures,
+)
 from .shm_segment import SharedSegment, TableSpec
 
 log = logging.getLogger("hps_cli.runtime")
@@ -196,7 +203,7 @@ class SharedHashMapTable:
 
     def partition_of(self, keys: np.ndarray) -> np.ndarray:
         """HPS's partition of each key (``mix64(key) % num_partitions``)."""
-        return self._locate(_check_keys(keys))[0]
+        return self._locate(check_keys(keys))[0]
 
     # ---------------------------------------------------------------- the load record
 
@@ -228,7 +235,7 @@ class SharedHashMapTable:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Vectors of ``keys``: ``(out, hit, failed)``; rows of misses in ``out`` are untouched
         and ``failed`` is all false (as ``HashMapTable.get``)."""
-        keys = _check_keys(keys)
+        keys = check_keys(keys)
         if out is None:
             out = np.zeros((keys.size, self.dim), dtype=np.float32)
         elif out.shape != (keys.size, self.dim) or out.dtype != np.float32:
@@ -240,10 +247,10 @@ class SharedHashMapTable:
         self._check_attached()
         if keys.size:
             self._read(keys, out, hit)
-        return out, hit, np.zeros(keys.size, dtype=bool)
+        return out, hit, no_failures(keys.size)
 
     def contains(self, keys: np.ndarray) -> np.ndarray:
-        keys = _check_keys(keys)
+        keys = check_keys(keys)
         hit = np.zeros(keys.size, dtype=bool)
         self._check_attached()
         if keys.size:
@@ -600,7 +607,7 @@ class SharedHashMapTable:
         keys this call left out of the table (evicted, or new keys beyond a partition's
         margin). Without a margin, a partition out of room raises CapacityError (the
         partitions before it keep what this call put there)."""
-        keys = _check_keys(keys)
+        keys = check_keys(keys)
         vectors = np.asarray(vectors)
         if vectors.shape != (keys.size, self.dim):
             raise InvalidInputError(
@@ -621,7 +628,7 @@ class SharedHashMapTable:
 
     def remove(self, keys: np.ndarray) -> int:
         """Remove ``keys``; returns how many were present."""
-        keys = _check_keys(keys)
+        keys = check_keys(keys)
         self._check_attached()
         if not keys.size:
             return 0
@@ -825,14 +832,3 @@ def _by_partition(part: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
     cuts = np.flatnonzero(ordered[1:] != ordered[:-1]) + 1
     for chunk in np.split(order, cuts):
         yield int(part[chunk[0]]), chunk
-
-
-def _check_keys(keys: np.ndarray) -> np.ndarray:
-    keys = np.asarray(keys)
-    if keys.ndim != 1:
-        raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
-    if keys.dtype != np.int64:
-        if keys.size and not np.issubdtype(keys.dtype, np.integer):
-            raise InvalidInputError(f"keys must be integers, got {keys.dtype}", location="keys")
-        keys = keys.astype(np.int64)
-    return keys
