@@ -1,5 +1,6 @@
 """The floor of bench_serve_floor.py: a minimal aiohttp server and a minimal grpc.aio server,
-on the same event loop hps serve runs (uvloop when it is installed), answering every KServe v2
+on the same event loop hps serve runs (uvloop when it is installed; pinned with gRPC's poller
+thread to one CPU, as hps serve pins them by default), answering every KServe v2
 infer request with one canned response of the size hps answers (OUTPUT0 FP32 [1, keys * dim],
 binary). They read the whole request and parse nothing.
 
@@ -59,9 +60,11 @@ def spin(seconds: float) -> None:
         pass
 
 
-async def main(floats: int, spin_s: float = 0.0) -> None:
+async def main(floats: int, spin_s: float = 0.0, pin: bool = True) -> None:
     import grpc
     from aiohttp import web
+
+    from hps_cli.serve.event_loop import pin_event_loop
 
     header, body = canned_http(floats)
     headers = {
@@ -101,6 +104,8 @@ async def main(floats: int, spin_s: float = 0.0) -> None:
     )
     grpc_port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
+    if pin:  # as hps serve does by default (event_loop.pin_event_loop): the same stack
+        pin_event_loop()
     print(json.dumps({"http_port": http_port, "grpc_port": grpc_port}), flush=True)
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -114,7 +119,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--floats", type=int, required=True, help="FP32 values of OUTPUT0")
     ap.add_argument("--spin-us", type=float, default=0.0, help="work before each answer")
+    ap.add_argument(
+        "--no-pin", action="store_true", help="as hps serve --no-pin-event-loop (default: pin)"
+    )
     args = ap.parse_args()
     from hps_cli.serve.event_loop import run
 
-    run(main(args.floats, args.spin_us / 1e6))
+    run(main(args.floats, args.spin_us / 1e6, not args.no_pin))

@@ -12,7 +12,8 @@ several workers share; each server its own segment and RocksDB copy) so that the
 like for like; the floor stays one bare process.
 
 Floor: ``_bare_kserve.py``, a minimal aiohttp app and a minimal grpc.aio server on the same
-event loop (uvloop when installed, as hps serve), answering each infer request with a canned
+event loop (uvloop when installed, its thread and gRPC's poller pinned to one CPU, as hps serve
+runs them by default), answering each infer request with a canned
 binary KServe response of the same size (FP32
 ``[1, per_request * dim]``) without parsing it.
 

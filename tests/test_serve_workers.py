@@ -413,3 +413,15 @@ def test_updates_of_a_model_with_per_worker_caches_are_refused(tables, reference
         assert "gpucache" in body["error"]
     finally:
         assert server.stop() == 0, server.log_text()[-3000:]
+
+
+def test_each_worker_pins_its_event_loop_to_a_cpu_of_its_own(two_workers):
+    """Worker i takes the i-th CPU allowed (event_loop.pin_event_loop's slot), so that the
+    workers' event loops spread over the CPUs instead of piling onto one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    events = [e for e in two_workers.log_events() if e.get("event") == "event_loop_pinned"]
+    pinned = {e["worker"]: e["cpu"] for e in events}
+    if len(cpus) < 2:
+        assert pinned == {}
+    else:
+        assert pinned == {0: cpus[0], 1: cpus[1 % len(cpus)]}

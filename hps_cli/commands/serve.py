@@ -151,6 +151,14 @@ import click
     "TensorFlow ops their dense parts use); repeat. What a package records is imported too.",
 )
 @click.option(
+    "--pin-event-loop/--no-pin-event-loop",
+    default=True,
+    show_default=True,
+    help="Keep the event loop and gRPC's poller thread on one CPU (they hand every call to "
+    "each other; on one CPU that costs less: docs/serve.md). Worker i takes the i-th CPU "
+    "allowed. --no-pin-event-loop leaves their placement to the OS.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -177,6 +185,7 @@ def serve_command(
     shutdown_timeout,
     access_log,
     custom_objects,
+    pin_event_loop,
     log_level,
 ) -> None:
     """Serve the tables of a ps.json, inference packages and SavedModels, over KServe v2.
@@ -241,6 +250,7 @@ def serve_command(
         custom_objects=tuple(custom_objects),
         allow_non_finite=allow_non_finite,
         workers=workers,
+        pin_event_loop=pin_event_loop,
     )
     if custom_objects:
         allow_cwd_imports()

@@ -49,6 +49,7 @@ from ..runtime.errors import (
 from . import lookup_configs
 from .arrivals import Arrivals
 from .batcher import Batcher
+from .event_loop import free_this_thread
 from .host_memory import release_free_memory, rss_bytes
 from .limits import INLINE_BYTES, Limits
 from .logs import event
@@ -100,6 +101,8 @@ class ServeOptions:
     reuse_port: bool = False  # HTTP and gRPC bind with SO_REUSEPORT (worker processes)
     workers: int = 1  # server processes on these ports (worker_sharing.py: what N > 1 means)
     persistent_read_only: bool = False  # open the config's RocksDB read-only (workers)
+    pin_event_loop: bool = True  # the event loop and gRPC's poller on one CPU (event_loop.py)
+    loop_cpu_slot: int | None = None  # which allowed CPU (worker i: i); None: where it runs
 
 
 @dataclass
@@ -138,7 +141,9 @@ class ServerCore:
         # Room for the executions of a model on two devices (--instances each) beside the
         # encoding of big answers and admin builds.
         threads = options.worker_threads or max(8, 4 * options.instances)
-        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="hps-serve")
+        self.executor = ThreadPoolExecutor(
+            threads, thread_name_prefix="hps-serve", initializer=free_this_thread
+        )
         self._inflight = 0
         self.metrics.inflight.set_function(lambda: self._inflight)
         self.arrivals = Arrivals()  # requests on their way, for the batchers
@@ -153,7 +158,9 @@ class ServerCore:
             body_timeout_s=options.body_timeout_s,
         )
         # Decoding big bodies: off the event loop, a bounded number at a time.
-        self._decoder = ThreadPoolExecutor(self.limits.decoders, thread_name_prefix="hps-decode")
+        self._decoder = ThreadPoolExecutor(
+            self.limits.decoders, thread_name_prefix="hps-decode", initializer=free_this_thread
+        )
         self._decoding = asyncio.Semaphore(self.limits.decoders)
 
     async def decode(self, size: int, fn, *args):

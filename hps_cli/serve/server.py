@@ -27,7 +27,7 @@ import signal
 
 from ..runtime.errors import InvalidInputError
 from .core import ServeOptions, ServerCore
-from .event_loop import run
+from .event_loop import pin_event_loop, run
 from .host_memory import map_large_blocks
 from .logs import event
 
@@ -169,6 +169,10 @@ async def _main(options: ServeOptions) -> None:
             )
         await grpc_server.start()
         metrics_port = core.metrics.start(options.host, options.metrics_port)
+        if options.pin_event_loop:  # after the metrics thread started: it stays free
+            cpu = pin_event_loop(options.loop_cpu_slot)
+            if cpu is not None:
+                event(log, "event_loop_pinned", cpu=cpu)
         event(
             log,
             "listening",

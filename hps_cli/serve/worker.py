@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import json
 import logging
 import os
@@ -129,6 +130,7 @@ def main() -> None:
     index, status_fd = spec["worker"], spec["status_fd"]
     _die_with_parent(spec["parent"])
     options = options_from_json(json.dumps(spec["options"]))
+    options = dataclasses.replace(options, loop_cpu_slot=index)  # workers spread over CPUs
     if options.custom_objects:
         from ..common.custom_objects import allow_cwd_imports
 
