@@ -24,6 +24,7 @@ pytestmark = pytest.mark.skipif(len(CPUS) < 2, reason="pinning needs two CPUs or
 PROBE = """
 import asyncio, json, os, threading
 import grpc
+from hps_cli.runtime.cpu_affinity import free_this_thread
 from hps_cli.serve.event_loop import pin_event_loop, run
 
 def affinity():
@@ -35,7 +36,19 @@ async def main():
     await server.start()
     before = affinity()
     cpu = pin_event_loop(SLOT)
-    print(json.dumps({"cpu": cpu, "before": before, "after": affinity()}))
+    started = {}
+
+    def report(free):
+        if free:
+            free_this_thread()
+        started[free] = sorted(os.sched_getaffinity(0))
+
+    for free in (False, True):  # threads the pinned loop starts: inherit, unless freed
+        thread = threading.Thread(target=report, args=(free,))
+        thread.start()
+        thread.join()
+    doc = {"cpu": cpu, "before": before, "after": affinity(), "started": started}
+    print(json.dumps(doc))
     await server.stop(0)
 
 run(main())
@@ -68,6 +81,7 @@ def test_the_loop_and_the_grpc_poller_share_one_cpu_and_the_rest_stay_free(slot)
             assert cpus == [cpu], name
         else:
             assert cpus == doc["before"][name], name  # e.g. gRPC's other threads
+    assert doc["started"] == {"false": [cpu], "true": CPUS}
 
 
 def _single_cpu_threads(pid: int) -> list[str]:

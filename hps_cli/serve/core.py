@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
+from ..runtime.cpu_affinity import free_this_thread
 from ..runtime.errors import (
     ConfigError,
     InvalidInputError,
@@ -49,7 +50,6 @@ from ..runtime.errors import (
 from . import lookup_configs
 from .arrivals import Arrivals
 from .batcher import Batcher
-from .event_loop import free_this_thread
 from .host_memory import release_free_memory, rss_bytes
 from .limits import INLINE_BYTES, Limits
 from .logs import event

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config.addresses import parse_redis_address
+from ..cpu_affinity import free_this_thread
 from ..errors import ConfigError, DependencyMissingError, ServiceUnavailableError
 from ..hashing import partition_of
 from ..raw_keys import key_bytes
@@ -253,6 +254,7 @@ class RedisClusterStore:
             pass
 
     def _touch_loop(self) -> None:
+        free_this_thread()  # started by a lookup, maybe on hps serve's pinned event loop
         while True:
             commands = self._touches.get()
             try:
