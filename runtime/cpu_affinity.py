@@ -17,14 +17,15 @@ _FREE_CPUS: set[int] | None = None  # the CPUs allowed before pin_threads pinned
 
 def allowed_cpus() -> list[int]:
     """The CPUs this process may run on (empty where the system does not say)."""
-    if not hasattr(os, "sched_getaffinity"):
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
         return []
-    return sorted(os.sched_getaffinity(0))
 
 
 def pin_threads(cpu: int, threads: list[int]) -> bool:
-    """Pin the threads (native ids of this process) to ``cpu``; False when the system refused
-    (some may be pinned then)."""
+    """Pin the threads (native ids of this process) to ``cpu``; False when the system refused,
+    with every one of them free again."""
     global _FREE_CPUS
     if _FREE_CPUS is None:
         _FREE_CPUS = set(allowed_cpus())
@@ -32,6 +33,11 @@ def pin_threads(cpu: int, threads: list[int]) -> bool:
         for thread in threads:
             os.sched_setaffinity(thread, {cpu})
     except OSError:
+        for thread in threads:
+            try:
+                os.sched_setaffinity(thread, _FREE_CPUS)
+            except OSError:
+                pass
         return False
     return True
 

@@ -162,7 +162,7 @@ def test_http_kept_headers_stay_bounded_under_unique_request_ids():
         assert len(http_codec._BINARY_HEADERS) <= http_codec._BINARY_HEADERS_KEPT
 
 
-def test_answers_with_unhashable_parameter_values_are_built_in_full():
+def test_answers_with_list_parameter_values_keep_them():
     result = InferResult([_tensor("OUTPUT0", "FP32", (1, 4))], {"shape": [1, 4], "n": 2})
     grpc_answer = service_pb2.ModelInferResponse.FromString(
         encode_response(InferRequest(model="emb"), result)
@@ -173,3 +173,23 @@ def test_answers_with_unhashable_parameter_values_are_built_in_full():
     header, blobs = encode_infer_response("emb", "", request, result)
     assert json.loads(header)["parameters"] == {"shape": [1, 4], "n": 2}
     assert [bytes(b) for b in blobs] == [result.outputs[0].array.tobytes()]
+
+
+def test_parameter_values_equal_in_python_but_of_other_types_get_their_own_heads():
+    """True == 1 == 1.0 in Python (equal dict keys); as answer parameters they are a bool, an
+    int and a double (gRPC), true, 1 and 1.0 (HTTP): an answer never takes another type's kept
+    head."""
+    request = InferRequest(model="emb", binary_output=True)
+    for value in (1, True, 1.0, np.int64(1), 0.0, -0.0, False, 0):
+        result = InferResult([_tensor("OUTPUT0", "FP32", (1, 4))], {"f": value})
+        reference = result.parameters.copy()
+        if not isinstance(value, (bool, int, float)):
+            reference["f"] = str(value)  # what protobuf's string parameter holds
+        assert encode_response(request, result) == _whole_message(
+            request, InferResult(result.outputs, reference)
+        )
+        header, _ = encode_infer_response("emb", "", request, result)
+        got = json.loads(header)["parameters"]["f"]
+        assert (type(got), got) == (type(value) if type(value) in (bool, float) else int, value)
+        if isinstance(value, float):
+            assert str(got) == str(value)  # -0.0 stays -0.0

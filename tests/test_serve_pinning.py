@@ -88,7 +88,10 @@ def _single_cpu_threads(pid: int) -> list[str]:
     """The CPU lists of the process's threads that may run on one CPU only."""
     pinned = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        status = (task / "status").read_text()
+        try:
+            status = (task / "status").read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
         allowed = status.split("Cpus_allowed_list:")[1].split()[0]
         if "," not in allowed and "-" not in allowed:
             pinned.append(allowed)
@@ -128,3 +131,46 @@ def test_hps_serve_pins_its_loop_and_poller_by_default_and_not_when_told(config)
         _lookups(server)
         assert not [e for e in server.log_events() if e.get("event") == "event_loop_pinned"]
         assert _single_cpu_threads(server.process.pid) == []
+
+
+RUNTIME_PROBE = """
+import json, os, threading
+import numpy as np
+from hps_cli.runtime.cpu_affinity import allowed_cpus, pin_threads
+from hps_cli.runtime.gpu import embedding_cache
+
+cpu = allowed_cpus()[0]
+assert pin_threads(cpu, [threading.get_native_id()])  # as if this were the pinned event loop
+seen = {}
+
+def where(name):
+    seen.setdefault(name, sorted(os.sched_getaffinity(0)))
+
+inserter = embedding_cache.AsyncInserter(2)
+for _ in range(4):
+    assert inserter.submit(lambda: where("cache inserter"))
+inserter.flush(30)
+keys = np.arange(3 * embedding_cache.FETCH_PART_KEYS, dtype=np.int64)
+
+def fetch(part):
+    where("fetch pool" if threading.current_thread().name.startswith("hps-fetch") else "caller")
+    return np.zeros((part.size, 4), np.float32)
+
+embedding_cache.fetch_in_parts(fetch, keys, 4)
+inserter.close()
+print(json.dumps({"cpu": cpu, "seen": seen, "here": sorted(os.sched_getaffinity(0))}))
+"""
+
+
+def test_the_runtime_pools_a_pinned_thread_starts_are_free():
+    """The cache's background inserter and the fetch pool start their threads from whichever
+    thread submits first, which may be hps serve's pinned event loop (small lookups run there):
+    their threads run on every CPU, the submitter stays pinned."""
+    done = subprocess.run(
+        [sys.executable, "-c", RUNTIME_PROBE], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    doc = json.loads(done.stdout.strip().splitlines()[-1])
+    assert doc["here"] == [doc["cpu"]]
+    assert doc["seen"]["cache inserter"] == CPUS
+    assert doc["seen"]["fetch pool"] == CPUS

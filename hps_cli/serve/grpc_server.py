@@ -242,13 +242,11 @@ def encode_response(request: InferRequest, result) -> bytes:
         request.model,
         request.version,
         request.id,
-        tuple(result.parameters.items()),
+        # type and repr: True, 1, 1.0 (and 0.0, -0.0) are equal keys but different values
+        tuple((key, type(value), repr(value)) for key, value in result.parameters.items()),
         tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
     )
-    try:
-        head = _RESPONSE_HEADS.get(form)
-    except TypeError:  # a parameter value that cannot be a key (a list): built in full
-        return _response_message(request, result, selected, with_raw=True).SerializeToString()
+    head = _RESPONSE_HEADS.get(form)
     if head is None:
         head = _response_message(request, result, selected, with_raw=False).SerializeToString()
         if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:  # e.g. clients that send unique ids

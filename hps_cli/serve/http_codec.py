@@ -353,13 +353,11 @@ def encode_infer_response(
             model,
             version,
             request.id,
-            tuple(result.parameters.items()),
+            # type and repr: True, 1, 1.0 (and 0.0, -0.0) are equal keys but different values
+            tuple((key, type(value), repr(value)) for key, value in result.parameters.items()),
             tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
         )
-        try:
-            header = _BINARY_HEADERS.get(form)
-        except TypeError:  # a parameter value that cannot be a key (a list): built in full
-            return _header(model, version, request, result, selected)
+        header = _BINARY_HEADERS.get(form)
         if header is None:
             header = _header(model, version, request, result, selected)[0]
             if len(_BINARY_HEADERS) >= _BINARY_HEADERS_KEPT:  # e.g. clients with unique ids

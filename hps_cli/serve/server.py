@@ -173,6 +173,8 @@ async def _main(options: ServeOptions) -> None:
             cpu = pin_event_loop(options.loop_cpu_slot)
             if cpu is not None:
                 event(log, "event_loop_pinned", cpu=cpu)
+            else:  # one CPU allowed, no gRPC poller thread found, or the system refused
+                event(log, "event_loop_not_pinned")
         event(
             log,
             "listening",

@@ -34,6 +34,7 @@ from typing import Callable
 
 import numpy as np
 
+from ..cpu_affinity import free_this_thread
 from ..errors import InvalidInputError
 from ..seams import CacheBackend, DynamicBackend, IndexedBackend
 from ..table.reader import TableReader
@@ -93,8 +94,11 @@ class AsyncInserter:
 
     def __init__(self, threads: int, max_pending: int = 64):
         self.threads = max(1, int(threads))
+        # Started by the first lookups that miss, maybe on hps serve's pinned event loop.
         self._pool = ThreadPoolExecutor(
-            max_workers=self.threads, thread_name_prefix="hps-cache-insert"
+            max_workers=self.threads,
+            thread_name_prefix="hps-cache-insert",
+            initializer=free_this_thread,
         )
         self._slots = threading.BoundedSemaphore(max_pending)
         self._idle = threading.Condition()
@@ -568,7 +572,9 @@ def fetch_in_parts(fetch: Fetch, keys: np.ndarray, dim: int) -> np.ndarray:
     global _fetch_pool
     with _fetch_pool_lock:
         if _fetch_pool is None:
-            _fetch_pool = ThreadPoolExecutor(_FETCH_THREADS, thread_name_prefix="hps-fetch")
+            _fetch_pool = ThreadPoolExecutor(
+                _FETCH_THREADS, thread_name_prefix="hps-fetch", initializer=free_this_thread
+            )
         pool = _fetch_pool
     bounds = np.linspace(0, keys.size, min(parts, _FETCH_THREADS) + 1).astype(np.int64)
     out = np.empty((keys.size, dim), np.float32)

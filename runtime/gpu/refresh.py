@@ -18,6 +18,7 @@ import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
+from ..cpu_affinity import free_this_thread
 from .embedding_cache import DynamicEmbeddingCache
 
 log = logging.getLogger("hps_cli.runtime")
@@ -42,7 +43,9 @@ class CacheRefresher:
         self._stop = threading.Event()
         self._timer: threading.Thread | None = None
         self._pool = ThreadPoolExecutor(
-            max_workers=self.workers, thread_name_prefix=f"hps-refresh-{name}"
+            max_workers=self.workers,
+            thread_name_prefix=f"hps-refresh-{name}",
+            initializer=free_this_thread,
         )
 
     def add(self, cache: DynamicEmbeddingCache) -> None:
@@ -80,6 +83,7 @@ class CacheRefresher:
             return
 
         def run() -> None:
+            free_this_thread()
             if self._stop.wait(delay):
                 return
             while not self._stop.is_set():

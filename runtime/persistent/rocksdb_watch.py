@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 
+from ..cpu_affinity import free_this_thread
+
 log = logging.getLogger("hps_cli.runtime.rocksdb")
 
 WATCH_INTERVAL_S = 2.0
@@ -31,6 +33,7 @@ class DatabaseWatcher:
         self._thread.start()
 
     def _run(self) -> None:
+        free_this_thread()
         while not self._stop.wait(self.interval_s):
             try:
                 self.store.reopen_if_changed()
