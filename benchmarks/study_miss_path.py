@@ -72,9 +72,7 @@ def main() -> None:
         """Time ``owner.name`` into ``timings[label]`` (the lookup thread's calls only, unless
         ``background``)."""
         inner = getattr(owner, name)
-        wrapped.append(
-            (owner, name, owner.__dict__.get(name) if hasattr(owner, "__dict__") else None)
-        )
+        wrapped.append((owner, name, vars(owner).get(name)))
 
         def wrapper(*a, **k):
             started = time.perf_counter()

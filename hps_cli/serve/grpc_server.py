@@ -36,8 +36,10 @@ from .protocol import (
     MAX_DIM,
     MAX_DIMS,
     InferRequest,
+    KeptHeads,
     RequestedOutput,
     Tensor,
+    answer_form,
     check_datatype,
     check_shape,
     error_message,
@@ -238,20 +240,11 @@ def encode_response(request: InferRequest, result) -> bytes:
     raw = [tensor.array for tensor, _, ref in selected if ref is None]
     if len(raw) != len(selected):  # outputs in shared memory: rare, built in full
         return _response_message(request, result, selected, with_raw=True).SerializeToString()
-    form = (
-        request.model,
-        request.version,
-        request.id,
-        # type and repr: True, 1, 1.0 (and 0.0, -0.0) are equal keys but different values
-        tuple((key, type(value), repr(value)) for key, value in result.parameters.items()),
-        tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
+    form = answer_form(request.model, request.version, request.id, result, selected)
+    head = _RESPONSE_HEADS.get(
+        form,
+        lambda: _response_message(request, result, selected, with_raw=False).SerializeToString(),
     )
-    head = _RESPONSE_HEADS.get(form)
-    if head is None:
-        head = _response_message(request, result, selected, with_raw=False).SerializeToString()
-        if len(_RESPONSE_HEADS) >= _RESPONSE_HEADS_KEPT:  # e.g. clients that send unique ids
-            _RESPONSE_HEADS.clear()
-        _RESPONSE_HEADS[form] = head
     parts = [head]
     for array in raw:
         data = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B") if array.size else b""
@@ -259,8 +252,8 @@ def encode_response(request: InferRequest, result) -> bytes:
     return b"".join(parts)
 
 
-_RESPONSE_HEADS: dict[tuple, bytes] = {}
 _RESPONSE_HEADS_KEPT = 256
+_RESPONSE_HEADS = KeptHeads(_RESPONSE_HEADS_KEPT)
 _RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents, length-delimited
 
 

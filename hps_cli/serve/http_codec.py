@@ -22,8 +22,10 @@ from .protocol import (
     SHM_PARAMS,
     InferRequest,
     InferResult,
+    KeptHeads,
     RequestedOutput,
     Tensor,
+    answer_form,
     check_datatype,
     check_shape,
     invalid,
@@ -349,26 +351,16 @@ def encode_infer_response(
     kept (a server sees few forms)."""
     selected = select_outputs(result, request)
     if all(binary and ref is None for _, binary, ref in selected):
-        form = (
-            model,
-            version,
-            request.id,
-            # type and repr: True, 1, 1.0 (and 0.0, -0.0) are equal keys but different values
-            tuple((key, type(value), repr(value)) for key, value in result.parameters.items()),
-            tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
+        form = answer_form(model, version, request.id, result, selected)
+        header = _BINARY_HEADERS.get(
+            form, lambda: _header(model, version, request, result, selected)[0]
         )
-        header = _BINARY_HEADERS.get(form)
-        if header is None:
-            header = _header(model, version, request, result, selected)[0]
-            if len(_BINARY_HEADERS) >= _BINARY_HEADERS_KEPT:  # e.g. clients with unique ids
-                _BINARY_HEADERS.clear()
-            _BINARY_HEADERS[form] = header
         return header, [_blob(t.array) for t, _, _ in selected]
     return _header(model, version, request, result, selected)
 
 
-_BINARY_HEADERS: dict[tuple, bytes] = {}
 _BINARY_HEADERS_KEPT = 256
+_BINARY_HEADERS = KeptHeads(_BINARY_HEADERS_KEPT)
 
 
 def _blob(array: np.ndarray) -> memoryview:

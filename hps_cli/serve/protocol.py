@@ -239,6 +239,42 @@ def select_outputs(
     ]
 
 
+def answer_form(model: str, version: str, request_id: str, result: InferResult, selected) -> tuple:
+    """What an answer depends on besides its output values: model, version, id, parameters and
+    the outputs' names, datatypes and shapes (``selected``: ``select_outputs``'s list). Each
+    parameter counts with its type and repr: True, 1 and 1.0 (and 0.0, -0.0) are equal keys
+    but different values."""
+    return (
+        model,
+        version,
+        request_id,
+        tuple((key, type(value), repr(value)) for key, value in result.parameters.items()),
+        tuple((t.name, t.datatype, t.array.shape) for t, _, _ in selected),
+    )
+
+
+class KeptHeads:
+    """Serialized answer heads by ``answer_form``, made once per form and kept: a server sees
+    few forms. At most ``limit``, all dropped when full (clients that send unique ids)."""
+
+    def __init__(self, limit: int = 256):
+        self.limit = limit
+        self._heads: dict[tuple, bytes] = {}
+
+    def __len__(self) -> int:
+        return len(self._heads)
+
+    def get(self, form: tuple, make) -> bytes:
+        """The head of ``form``, made by ``make()`` the first time."""
+        head = self._heads.get(form)
+        if head is None:
+            head = make()
+            if len(self._heads) >= self.limit:
+                self._heads.clear()
+            self._heads[form] = head
+        return head
+
+
 # ---------------------------------------------------------------------------- shape and data
 
 
