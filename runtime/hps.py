@@ -213,26 +213,20 @@ class HPS:
             )
         checked = [self._check_keys(k, model_cfg, t) for t, k in enumerate(keys_per_table)]
         joined = [_joined(checked, g.table_ids) for g in groups]
-        pool = self._pools.get((model_cfg.model, device))
-        if pool is None:  # no front cache on this device: the CPU tiers, table after table
-            results: list[np.ndarray] = [None] * model_cfg.num_tables  # type: ignore[list-item]
-            for group, keys in zip(groups, joined):
-                rows = self._lookup_one(keys, model_cfg, group.table_ids[0], device)
-                _split(rows, group.table_ids, checked, results)
-            return results
         started = time.perf_counter()
         pending: list[StartedQuery | None] = []
+        pool = self._pools.get((model_cfg.model, device))
         lease: tuple[WorkerPool, int] | None = None  # one worker buffer for the call, as HPS
         try:
             for group, keys in zip(groups, joined):
                 front = self._fronts.get((model_cfg.model, group.table_ids[0], device))
-                if front is None:
+                if front is None or pool is None:
                     pending.append(None)
                     continue
                 if lease is None:
                     lease = (pool, pool.acquire())
                 pending.append(front.launch_query(keys, lease[1]))
-            results = [None] * model_cfg.num_tables
+            results: list[np.ndarray] = [None] * model_cfg.num_tables  # type: ignore[list-item]
             for g, (group, keys) in enumerate(zip(groups, joined)):
                 first = group.table_ids[0]
                 query, pending[g] = pending[g], None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import threading
 
 from ..runtime.cpu_affinity import allowed_cpus, current_cpu, pin_threads
 
@@ -48,8 +49,6 @@ def pin_event_loop(slot: int | None = None) -> int | None:
     ``slot``: which of the allowed CPUs, as an index (worker i takes slot i, so that workers
     spread over the CPUs); None: the CPU the thread runs on now.
     """
-    import threading
-
     allowed = allowed_cpus()
     # grpc.aio names its poller's target _poll_wrapper (completion_queue.pyx.pxi).
     pollers = [t.native_id for t in threading.enumerate() if "_poll_wrapper" in t.name]
