@@ -30,6 +30,8 @@ from .logs import event
 log = logging.getLogger("hps_cli.serve")
 
 SERVER = "hps"
+# An application's own request handler, put in front of its router (http_app.py's dispatch)
+DISPATCH = web.AppKey("dispatch", object)
 
 
 def error_response(status: int, message: str) -> web.Response:
@@ -145,4 +147,7 @@ class GuardedRunner(web.AppRunner):
         server.__class__ = _GuardedServer  # aiohttp builds it; only the handler class differs
         server.header_timeout_s = self.header_timeout_s
         server.arrivals = self.arrivals
+        dispatch = self._app.get(DISPATCH)
+        if dispatch is not None:  # the app's own handler, in front of its router
+            server.request_handler = dispatch
         return server
