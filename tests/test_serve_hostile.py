@@ -209,6 +209,38 @@ def test_hostile_clients_do_not_stall_liveness_or_lookups(server, config):
     assert max(rss) <= 2 * idle, f"RSS {max(rss):.0f} MiB, idle {idle:.0f} MiB"
 
 
+def test_refused_grpc_requests_do_not_pile_up_in_memory(server):
+    """A client looping on 1.9 MB gRPC requests that are refused (too many typed values) for
+    3 s: every answer is RESOURCE_EXHAUSTED with its message, and the server's RSS grows by
+    less than 60 MiB (an abort through grpc.aio kept each refused request's bytes until the
+    garbage collector ran: over 100 MiB)."""
+    typed = _typed_request(1_900_000)
+    pid = server.process.pid
+    channel, call = _raw_grpc_call(server.grpc_url)
+    try:
+        for _ in range(5):  # warm: the first calls size gRPC's own buffers
+            with pytest.raises(grpc.RpcError):
+                call(typed, timeout=60)
+        idle = _rss_mib(pid)
+        peak, codes, details, calls = idle, set(), set(), 0
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            try:
+                call(typed, timeout=60)
+                codes.add("OK")
+            except grpc.RpcError as err:
+                codes.add(err.code().name)
+                details.add(err.details().split(":")[0])
+            calls += 1
+            peak = max(peak, _rss_mib(pid))
+    finally:
+        channel.close()
+    assert calls > 50
+    assert codes == {"RESOURCE_EXHAUSTED"}
+    assert details == {"inputs.contents"}
+    assert peak - idle < 60, f"RSS {idle:.0f} -> {peak:.0f} MiB over {calls} refused requests"
+
+
 def _raw_exchange(url: str, data: bytes, wait: float = 30) -> bytes:
     host, port = url.split(":")
     with socket.create_connection((host, int(port)), timeout=wait) as sock:
