@@ -139,6 +139,8 @@ class Batcher:
         starts a batch only while one runs fewer than ``instances``, so it has a worker buffer
         free), ties in turn."""
         n = len(self._devices)
+        if n == 1:  # most models: nothing to choose
+            return self._devices[0]
         order = [self._devices[(self._turn + i) % n] for i in range(n)]
         order.sort(key=self._busy.__getitem__)  # stable: ties keep their turn
         device = order[0]
