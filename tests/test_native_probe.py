@@ -161,6 +161,32 @@ def test_a_non_contiguous_out_or_keys_take_a_path_that_answers_the_same(native, 
     np.testing.assert_array_equal(expected[hit], synthetic_vectors(query[hit], 4))
 
 
+def test_lookups_follow_the_arrays_through_growth_rebuilds_and_clear(native, rng):
+    """The map keeps its arrays' addresses for the compiled probe: every lookup after the rows
+    grew, the slots were rebuilt or the map was cleared reads the new arrays, and the kept
+    addresses belong to the arrays the map holds."""
+    native(True)
+    table = HashMapTable(8, num_partitions=2)
+    keys = rng.choice(10**9, 20_000, replace=False).astype(np.int64)
+    table.insert(keys[:10], synthetic_vectors(keys[:10], 8))
+    for upto in (10, 100, 1_000, 20_000):  # each insert below grows rows and slots
+        if upto > 10:
+            table.insert(keys[:upto], synthetic_vectors(keys[:upto], 8) + upto)
+        out, hit, _ = table.get(keys[:upto])
+        assert hit.all()
+        expected = synthetic_vectors(keys[:upto], 8) + (upto if upto > 10 else 0)
+        np.testing.assert_array_equal(out, expected)
+        kept_slots, kept_vectors = table._addresses[:2]
+        assert kept_slots is table._slots and kept_vectors is table._vectors
+    table.clear()
+    out, hit, _ = table.get(keys[:100])
+    assert not hit.any()
+    table.insert(keys[:5], synthetic_vectors(keys[:5], 8))
+    out, hit, _ = table.get(keys[:5])
+    assert hit.all()
+    np.testing.assert_array_equal(out, synthetic_vectors(keys[:5], 8))
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_shared_memory_map_answers_as_numpy(native, rng, policy):
     tags = itertools.count()

@@ -91,17 +91,20 @@ class HashProbe:
         vectors: np.ndarray,
         out: np.ndarray,
         hit: np.ndarray,
+        table_addresses: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Copy the vectors of the keys found into their rows of ``out`` (float32, ``(n, dim)``)
-        and mark them in ``hit`` (bool); returns their rows, in batch order."""
+        and mark them in ``hit`` (bool); returns their rows, in batch order.
+        ``table_addresses``: those of ``slots`` and ``vectors`` when the caller keeps them."""
         rows = np.empty(keys.size, dtype=np.int64)
+        at_slots, at_vectors = table_addresses or (address(slots), address(vectors))
         count = self._get(
-            address(slots),
+            at_slots,
             num_partitions,
             segment,
             address(keys),
             keys.size,
-            address(vectors),
+            at_vectors,
             vectors.shape[1],
             address(out),
             address(hit),

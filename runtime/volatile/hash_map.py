@@ -37,7 +37,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..hashing import mix64
-from ..native.hash_probe import hash_probe
+from ..native.hash_probe import address, hash_probe
 from ..rwlock import RWLock
 
 EMPTY = -1
@@ -96,8 +96,15 @@ def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...
     return (keys[keep], *(c[keep] for c in columns))
 
 
+_NO_ADDRESSES = (None, None, 0, 0)  # HashMapTable._addresses before a lookup
+_INT64 = np.dtype(np.int64)
+_FLOAT32 = np.dtype(np.float32)
+
+
 def check_keys(keys) -> np.ndarray:
     """``keys`` as a 1-D int64 array (the in-memory maps' argument check)."""
+    if type(keys) is np.ndarray and keys.dtype is _INT64 and keys.ndim == 1:
+        return keys  # the common case, decided without NumPy calls (dtype objects are shared)
     keys = np.asarray(keys)
     if keys.ndim != 1:
         raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
@@ -221,7 +228,9 @@ class HashMapTable:
         keys = self._check_keys(keys)
         if out is None:
             out = np.zeros((keys.size, self.dim), dtype=np.float32)
-        elif out.shape != (keys.size, self.dim) or out.dtype != np.float32:
+        elif out.shape != (keys.size, self.dim) or (
+            out.dtype is not _FLOAT32 and out.dtype != np.float32
+        ):
             raise InvalidInputError(
                 f"out must be float32 ({keys.size}, {self.dim}), got {out.dtype} {out.shape}",
                 location="out",
@@ -232,7 +241,14 @@ class HashMapTable:
             hit = np.empty(keys.size, dtype=bool)
             with self._lock.read():
                 rows = probe.get(
-                    self._slots, self.num_partitions, self._segment, keys, self._vectors, out, hit
+                    self._slots,
+                    self.num_partitions,
+                    self._segment,
+                    keys,
+                    self._vectors,
+                    out,
+                    hit,
+                    self._table_addresses(),
                 )
                 if rows.size:
                     self._touch(rows)
@@ -290,6 +306,7 @@ class HashMapTable:
     def clear(self) -> None:
         with self._lock.write():
             self._slots = self._empty_slots(self._segment)
+            self._addresses = _NO_ADDRESSES  # lets the old slots go now
             self._live[:] = 0
             self._tomb[:] = 0
             self._free = np.arange(self._top, dtype=np.int64)[::-1].copy()
@@ -436,6 +453,7 @@ class HashMapTable:
         rows = self._slots[occupied, 1].copy()
         self._segment = segment
         self._slots = self._empty_slots(segment)
+        self._addresses = _NO_ADDRESSES  # lets the old slots go now
         self._tomb[:] = 0
         if keys.size:
             self._place(keys, rows)
@@ -465,6 +483,7 @@ class HashMapTable:
         grown = np.empty((size, self.dim), dtype=np.float32)
         grown[: self._top] = self._vectors[: self._top]
         self._vectors = grown
+        self._addresses = _NO_ADDRESSES  # lets the old rows go now
         if self._meta is not None:
             meta = np.zeros(size, dtype=np.int64)
             meta[: self._top] = self._meta[: self._top]
@@ -604,6 +623,20 @@ class HashMapTable:
     @staticmethod
     def _check_keys(keys: np.ndarray) -> np.ndarray:
         return check_keys(keys)
+
+    _addresses = (None, None, 0, 0)  # _NO_ADDRESSES
+
+    def _table_addresses(self) -> tuple[int, int]:
+        """The data addresses of the slots and the vectors (for the compiled probe), under the
+        caller's lock. Kept with the arrays they belong to, so an array replaced by any path
+        (growth, rebuild) is addressed again, never read at a stale address; the paths that
+        replace them drop the kept ones, so that the old arrays are freed at once."""
+        slots, vectors, at_slots, at_vectors = self._addresses
+        if slots is not self._slots or vectors is not self._vectors:
+            slots, vectors = self._slots, self._vectors
+            at_slots, at_vectors = address(slots), address(vectors)
+            self._addresses = (slots, vectors, at_slots, at_vectors)
+        return at_slots, at_vectors
 
     def _check_vectors(self, vectors: np.ndarray, n: int) -> np.ndarray:
         vectors = np.asarray(vectors)
