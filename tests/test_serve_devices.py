@@ -314,6 +314,56 @@ def test_requests_run_at_once_take_the_devices_in_turn_and_count_per_device():
     assert (stats.executions, stats.success, stats.inferences) == (4, 4, 4)
 
 
+def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
+    """The one-request path (batcher.py ``_run_alone``) counts as a batch does: successes with
+    their samples, a failure as a failed request that reaches its caller (and the metrics'
+    batch callback), a result count that does not match as a failure."""
+    from hps_cli.runtime.errors import InvalidInputError
+    from hps_cli.serve.batcher import Batcher
+    from hps_cli.serve.models import ServedModel, Work
+    from hps_cli.serve.protocol import InferRequest, InferResult
+
+    class Flaky(ServedModel):
+        devices = (3,)
+        inline_cost = 10
+
+        def __init__(self):
+            super().__init__("flaky", None, "flaky", 8)
+            self.answers = ["ok", "raise", "two", "ok"]
+
+        def prepare(self, request):
+            return Work(5, request, cost=1)
+
+        def execute(self, works, device=None):
+            answer = self.answers.pop(0)
+            if answer == "raise":
+                raise InvalidInputError("refused", location="KEYS")
+            return [InferResult([], {"DeviceID": device})] * (2 if answer == "two" else 1)
+
+    batches: list[tuple] = []
+
+    async def run(model):
+        executor = ThreadPoolExecutor(1)
+        batcher = Batcher(model, executor, on_batch=lambda *batch: batches.append(batch))
+        outcomes = []
+        for _ in range(4):
+            try:
+                result = await batcher.submit(model.prepare(InferRequest("flaky")))
+                outcomes.append(result.parameters["DeviceID"])
+            except Exception as exc:  # noqa: BLE001 - what the caller gets
+                outcomes.append(type(exc).__name__)
+        await batcher.close()
+        executor.shutdown()
+        return outcomes, batcher.stats
+
+    outcomes, stats = asyncio.run(run(Flaky()))
+    assert outcomes == [3, "InvalidInputError", "RuntimeError", 3]
+    assert (stats.executions, stats.success, stats.fail, stats.inferences) == (4, 2, 2, 10)
+    assert stats.compute_ns > 0 and stats.success_ns > 0 and stats.fail_ns > 0
+    assert stats.queue_ns >= 0
+    assert batches == [("flaky", 1, 5, 3)] * 4
+
+
 # ---------------------------------------------------------------------------- two real GPUs
 
 

@@ -213,16 +213,39 @@ class Batcher:
 
     def _run_alone(self, work: Work, now: float) -> InferResult:
         """Execute one request on the event loop right away (see the module doc), on the
-        device a batch would go to."""
+        device a batch would go to. What ``_run_inline`` and ``_account`` do for a batch, for
+        one request in one frame: at concurrency 1 every request comes this way, and each
+        call and temporary object it saves is a few µs of the request's time (docs/serve.md,
+        "Dynamic batching")."""
         device = self._pick_device()
-        results, error, started = self._run_inline([work], device)
-        if error is None:
-            error = _check_count(results, (work,))
-        if error is not None and not isinstance(error, ServiceUnavailableError):
-            self._log_failure(1, error)
-        self._account_safely([_Item(work, None, now)], started, error is None, device)
+        usage = getrusage(RUSAGE_THREAD) if getrusage is not None else None
+        started = time.perf_counter()
+        try:
+            results = self._execute([work], device)
+            error = None if len(results) == 1 else _check_count(results, (work,))
+        except Exception as exc:
+            results, error = None, exc
+        done = time.perf_counter()
+        if done - started > INLINE_MAX_S and _waited(usage, done - started):
+            self._inline_from = done + INLINE_BACKOFF_S
         if error is not None:
+            if not isinstance(error, ServiceUnavailableError):
+                self._log_failure(1, error)
+            self._account_safely([_Item(work, None, now)], started, False, device)
             raise error
+        try:  # _account of one successful request
+            stats = self.stats
+            stats.executions += 1
+            stats.last_inference_ms = int(time.time() * 1000)
+            stats.queue_ns += int((started - now) * 1e9)
+            stats.compute_ns += int((done - started) * 1e9)
+            stats.success += 1
+            stats.success_ns += int((done - now) * 1e9)
+            stats.inferences += work.size
+            if self.on_batch is not None:
+                self.on_batch(self.model.name, 1, work.size, device)
+        except Exception:  # statistics must never stop the batcher
+            log.exception("model %s: accounting failed", self.model.name)
         return results[0]
 
     def _flush(self) -> None:
