@@ -319,6 +319,7 @@ def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
     their samples, a failure as a failed request that reaches its caller (and the metrics'
     batch callback), a result count that does not match as a failure."""
     from hps_cli.runtime.errors import InvalidInputError
+
     from hps_cli.serve.batcher import Batcher
     from hps_cli.serve.models import ServedModel, Work
     from hps_cli.serve.protocol import InferRequest, InferResult
