@@ -92,6 +92,25 @@ def test_a_non_contiguous_output_is_sent_in_its_logical_order():
     assert np.array_equal(back, array)
 
 
+@pytest.mark.parametrize(
+    "array",
+    [
+        np.arange(32, dtype=np.float32)[::2],  # a strided 1-D view
+        np.arange(64, dtype=np.float32).reshape(8, 8).T,  # a transposed 2-D view
+        np.arange(48, dtype=np.int64).reshape(6, 8)[:, 1:5],  # columns of a 2-D array
+    ],
+)
+def test_a_non_contiguous_http_binary_output_is_sent_in_its_logical_order(array):
+    request = InferRequest(model="m", binary_output=True)
+    datatype = "FP32" if array.dtype == np.float32 else "INT64"
+    result = InferResult([Tensor("OUT", datatype, array)], {})
+    header, blobs = encode_infer_response("m", "", request, result)
+    size = json.loads(header)["outputs"][0]["parameters"]["binary_data_size"]
+    data = b"".join(bytes(b) for b in blobs)
+    assert size == len(data) == array.nbytes
+    assert np.array_equal(np.frombuffer(data, array.dtype).reshape(array.shape), array)
+
+
 def test_an_output_in_shared_memory_leaves_its_place_empty_before_raw_outputs():
     outputs = (RequestedOutput("A", shm=ShmRef("r", 16, 24)), RequestedOutput("B"))
     request = InferRequest(model="m", outputs=outputs)

@@ -215,8 +215,8 @@ class Batcher:
         """Execute one request on the event loop right away (see the module doc), on the
         device a batch would go to. What ``_run_inline`` and ``_account`` do for a batch, for
         one request in one frame: at concurrency 1 every request comes this way, and each
-        call and temporary object it saves is a few µs of the request's time (docs/serve.md,
-        "Dynamic batching")."""
+        call and temporary object it saves is a few µs of the request's time (docs/benchmarks.md,
+        "Serving")."""
         device = self._pick_device()
         usage = getrusage(RUSAGE_THREAD) if getrusage is not None else None
         started = time.perf_counter()

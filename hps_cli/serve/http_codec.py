@@ -364,7 +364,11 @@ _BINARY_HEADERS = KeptHeads(_BINARY_HEADERS_KEPT)
 
 
 def _blob(array: np.ndarray) -> memoryview:
-    return memoryview(array.reshape(-1)).cast("B") if array.size else memoryview(b"")
+    """The bytes of ``array`` in its logical (C) order: its own memory when contiguous, else a
+    copy (a strided 1-D view reshapes to itself, and a memoryview of it cannot be cast)."""
+    if not array.size:
+        return memoryview(b"")
+    return memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B")
 
 
 def _header(
