@@ -317,7 +317,7 @@ def test_requests_run_at_once_take_the_devices_in_turn_and_count_per_device():
 def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
     """The one-request path (batcher.py ``_run_alone``) counts as a batch does: successes with
     their samples, a failure as a failed request that reaches its caller (and the metrics'
-    batch callback), a result count that does not match as a failure."""
+    batch callback), a missing or wrong result count as a failure."""
     from hps_cli.runtime.errors import InvalidInputError
 
     from hps_cli.serve.batcher import Batcher
@@ -330,7 +330,7 @@ def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
 
         def __init__(self):
             super().__init__("flaky", None, "flaky", 8)
-            self.answers = ["ok", "raise", "two", "ok"]
+            self.answers = ["ok", "raise", "two", "none", "ok"]
 
         def prepare(self, request):
             return Work(5, request, cost=1)
@@ -339,6 +339,8 @@ def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
             answer = self.answers.pop(0)
             if answer == "raise":
                 raise InvalidInputError("refused", location="KEYS")
+            if answer == "none":
+                return None
             return [InferResult([], {"DeviceID": device})] * (2 if answer == "two" else 1)
 
     batches: list[tuple] = []
@@ -347,7 +349,7 @@ def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
         executor = ThreadPoolExecutor(1)
         batcher = Batcher(model, executor, on_batch=lambda *batch: batches.append(batch))
         outcomes = []
-        for _ in range(4):
+        for _ in range(5):
             try:
                 result = await batcher.submit(model.prepare(InferRequest("flaky")))
                 outcomes.append(result.parameters["DeviceID"])
@@ -358,11 +360,11 @@ def test_a_request_run_at_once_is_accounted_whether_it_succeeds_or_fails():
         return outcomes, batcher.stats
 
     outcomes, stats = asyncio.run(run(Flaky()))
-    assert outcomes == [3, "InvalidInputError", "RuntimeError", 3]
-    assert (stats.executions, stats.success, stats.fail, stats.inferences) == (4, 2, 2, 10)
+    assert outcomes == [3, "InvalidInputError", "RuntimeError", "RuntimeError", 3]
+    assert (stats.executions, stats.success, stats.fail, stats.inferences) == (5, 2, 3, 10)
     assert stats.compute_ns > 0 and stats.success_ns > 0 and stats.fail_ns > 0
     assert stats.queue_ns >= 0
-    assert batches == [("flaky", 1, 5, 3)] * 4
+    assert batches == [("flaky", 1, 5, 3)] * 5
 
 
 # ---------------------------------------------------------------------------- two real GPUs

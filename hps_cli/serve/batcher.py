@@ -222,7 +222,7 @@ class Batcher:
         started = time.perf_counter()
         try:
             results = self._execute([work], device)
-            error = None if len(results) == 1 else _check_count(results, (work,))
+            error = _check_count(results, (work,)) if results is None or len(results) != 1 else None
         except Exception as exc:
             results, error = None, exc
         done = time.perf_counter()

@@ -624,7 +624,7 @@ class HashMapTable:
     def _check_keys(keys: np.ndarray) -> np.ndarray:
         return check_keys(keys)
 
-    _addresses = (None, None, 0, 0)  # _NO_ADDRESSES
+    _addresses = _NO_ADDRESSES
 
     def _table_addresses(self) -> tuple[int, int]:
         """The data addresses of the slots and the vectors (for the compiled probe), under the
