@@ -35,6 +35,7 @@ from .stats import TableStats
 
 log = logging.getLogger("hps_cli.runtime")
 
+_INT64 = np.dtype(np.int64)
 _NONE = np.empty(0, dtype=np.int64)  # no missing rows
 _NONE.flags.writeable = False
 
@@ -90,7 +91,8 @@ class TableTiers:
 
     def fetch(self, keys: np.ndarray) -> np.ndarray:
         """Vectors of int64 ``keys`` as float32 ``(n, dim)``: volatile → persistent → default."""
-        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if not (type(keys) is np.ndarray and keys.dtype is _INT64 and keys.flags.c_contiguous):
+            keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.ndim != 1:
             raise InvalidInputError(
                 f"keys must be 1-D, got shape {keys.shape}",

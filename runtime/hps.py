@@ -57,6 +57,9 @@ from .worker_pool import WorkerPool
 UINT32_MAX = 2**32 - 1
 
 
+_INT64 = np.dtype(np.int64)
+
+
 def _joined(keys_per_table: list[np.ndarray], table_ids: tuple[int, ...]) -> np.ndarray:
     """The keys of the tables of one storage table, in table order (no copy for one table)."""
     if len(table_ids) == 1:
@@ -428,6 +431,13 @@ class HPS:
         return int(device_id)
 
     def _check_keys(self, keys, model_cfg: ModelConfig, table_id: int) -> np.ndarray:
+        if (
+            type(keys) is np.ndarray
+            and keys.dtype is _INT64
+            and keys.ndim == 1
+            and self.config.supportlonglong
+        ):
+            return keys  # the common case, decided without NumPy calls (dtypes are shared)
         keys = np.asarray(keys)
         if keys.ndim != 1:
             raise InvalidInputError(

@@ -532,3 +532,40 @@ def test_a_fused_config_serves_the_unfused_answers_and_its_warnings_are_logged(t
                 got.reshape(-1), runtime.lookup_concatenated(keys, counts, "m")
             )
         assert "$.models[0].use_context_stream: has no effect" in server.log_text()
+
+
+@pytest.mark.parametrize("offset", [0, 1, 3])
+def test_keys_wherever_they_sit_in_the_body_reach_the_tiers_aligned(tmp_path, offset):
+    """Binary KEYS start wherever the request's JSON header ends: a lookup model hands the
+    tiers (and the compiled probe) contiguous, aligned int64 keys with the same values, and
+    answers their vectors."""
+    from hps_cli.serve.models import LookupModel
+    from hps_cli.serve.protocol import InferRequest, Tensor
+    from hps_cli.serve.served_runtime import ServedRuntime
+
+    tables = make_tables(tmp_path, {"a": (1_000, 8)})
+    config = tmp_path / "ps.json"
+    config.write_text(json.dumps(ps_config(tables, {"a": 8}, max_batch_size=64)))
+    keys = np.arange(5, 69, dtype=np.int64)
+    body = bytes(offset) + keys.tobytes()
+    placed = np.frombuffer(body, np.int64, offset=offset).reshape(1, -1)
+    assert placed.flags.aligned == (offset == 0)
+    runtime = ServedRuntime(config)
+    try:
+        model = LookupModel("m", runtime)
+        request = InferRequest(
+            model="m",
+            inputs={
+                "KEYS": Tensor("KEYS", "INT64", placed),
+                "NUMKEYS": Tensor("NUMKEYS", "INT32", np.array([[keys.size]], np.int32)),
+            },
+        )
+        work = model.prepare(request)
+        (handed,) = work.data["keys"]
+        assert handed.flags.aligned and handed.flags.c_contiguous and handed.dtype == np.int64
+        np.testing.assert_array_equal(handed, keys)
+        (result,) = model.execute([work])
+        (output,) = result.outputs
+        np.testing.assert_array_equal(output.array.reshape(-1, 8), synthetic_vectors(keys, 8))
+    finally:
+        runtime.close()

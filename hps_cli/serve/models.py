@@ -35,6 +35,9 @@ UINT32_MAX = 2**32 - 1
 INLINE_KEYS = 4096  # lookup batches of up to this many keys run on the event loop
 
 
+_INT64 = np.dtype(np.int64)
+
+
 @dataclass(frozen=True)
 class TensorSpec:
     """An input or output as metadata shows it; ``shape`` includes the batch dimension (-1)
@@ -201,6 +204,7 @@ class LookupModel(ServedModel):
         self.keys_per_sample = max(1, sum(cfg.maxnum_catfeature_query_per_table_per_sample))
         self.devices = tuple(cfg.deployed_device_list)
         self.uint32_keys = not runtime.config.supportlonglong
+        self._numkeys_shapes = f"[1, {self.num_tables}] or [{self.num_tables}]"  # for errors
         self.inputs = [
             TensorSpec("KEYS", "INT64", (-1, -1)),
             TensorSpec("NUMKEYS", "INT32", (-1, -1)),
@@ -234,7 +238,7 @@ class LookupModel(ServedModel):
         keys = self.check_datatype(request, self.inputs[0])
         counts = self.check_datatype(request, self.inputs[1])
         batched = _check_row(keys, "KEYS", "[1, total] or [total]")
-        _check_row(counts, "NUMKEYS", f"[1, {self.num_tables}] or [{self.num_tables}]")
+        _check_row(counts, "NUMKEYS", self._numkeys_shapes)
         num = counts.array.reshape(-1).tolist()  # a few Python ints: cheaper than NumPy calls
         if len(num) != self.num_tables:
             raise invalid(
@@ -256,7 +260,9 @@ class LookupModel(ServedModel):
                 f"max_batch_size {self.max_batch_size} of model '{self.name}'",
                 "KEYS",
             )
-        flat = np.ascontiguousarray(flat, dtype=np.int64)  # aligned (binary data need not be)
+        if not (flat.dtype is _INT64 and flat.flags.c_contiguous and flat.flags.aligned):
+            # contiguous and aligned: binary request data sits wherever the JSON header ends
+            flat = np.require(flat, np.int64, ["C", "A"])
         if self.num_tables == 1:
             parts = [flat]
         else:
