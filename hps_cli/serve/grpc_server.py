@@ -28,6 +28,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 
 from .admin import check_token
 from .core import ServerCore
+from .grpc_forms import RequestForms
 from .grpc_wire import check_typed_values
 from .limits import INLINE_BYTES
 from .logs import access, access_enabled, event
@@ -202,13 +203,24 @@ def _raw_request(message: service_pb2.ModelInferRequest) -> InferRequest | None:
     )
 
 
+_FORMS = RequestForms()  # kept request forms (grpc_forms.py)
+
+
 def decode_request(data: bytes, shared_memory=None) -> InferRequest:
-    """A serialized ModelInferRequest, decoded (the size checks were done)."""
+    """A serialized ModelInferRequest, decoded (the size checks were done): from its kept form
+    when it has one, else in full (and the form of a common-form request is kept)."""
+    request = _FORMS.decode(data)
+    if request is not None:
+        return request
     try:
         message = service_pb2.ModelInferRequest.FromString(data)
     except DecodeError:
         raise invalid("the request is not a valid ModelInferRequest message", "request") from None
-    return _raw_request(message) or parse_request(message, shared_memory)
+    request = _raw_request(message)
+    if request is None:
+        return parse_request(message, shared_memory)
+    _FORMS.keep(data, request)
+    return request
 
 
 INLINE_ANSWER_BYTES = 256 << 10  # answers up to this are serialized on the event loop
