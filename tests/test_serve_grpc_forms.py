@@ -122,6 +122,14 @@ def test_a_head_holding_raw_contents_is_not_kept():
     _assert_same(decode_request(data), request)
 
 
+def test_big_heads_are_not_kept():
+    """A client cannot make the server keep big heads (a long model name, say)."""
+    forms = RequestForms()
+    data = _message(**FORMS[0], model="m" * 5000).SerializeToString()
+    forms.keep(data, _full(data))
+    assert len(forms) == 0
+
+
 def test_kept_forms_stay_bounded():
     forms = RequestForms(limit=4)
     for n in range(1, 11):

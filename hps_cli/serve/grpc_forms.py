@@ -15,7 +15,8 @@ its head is a run of whole top-level fields holding no raw contents; a request t
 only if its tail is, for each input in order, field 7's tag, the byte count the input's
 datatype and shape take, and those bytes, ending exactly at the end of the message. Its parse
 is therefore the kept one with these inputs' bytes. Requests with an ``id`` are not kept (ids
-are usually unique per request); at most ``limit`` forms are kept, all dropped when full.
+are usually unique per request), nor heads above ``MAX_HEAD_BYTES`` (a client must not make the
+server hold big heads); at most ``limit`` forms are kept, all dropped when full.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 from .grpc_wire import _fields
 from .protocol import InferRequest, Tensor
 
+MAX_HEAD_BYTES = 4096  # a form's head is a few hundred bytes; longer ones are not kept
 _RAW_FIELD = 7  # ModelInferRequest.raw_input_contents
 _RAW_TAG = bytes([_RAW_FIELD << 3 | 2])  # field 7, length-delimited
 
@@ -111,7 +113,7 @@ class RequestForms:
             return
         form = _Form(b"", request)
         head_size = len(data) - form.tail_bytes()
-        if head_size <= 0:
+        if not 0 < head_size <= MAX_HEAD_BYTES:  # kept forms hold at most limit × this
             return
         head = data[:head_size]
         try:  # whole top-level fields, none of them raw contents
