@@ -29,13 +29,13 @@ import time
 import numpy as np
 
 from .errors import HpsError, InvalidInputError
+from .key_arrays import is_int64_vector
 from .rwlock import RWLock
 from .seams import PersistentTable, VolatileTable
 from .stats import TableStats
 
 log = logging.getLogger("hps_cli.runtime")
 
-_INT64 = np.dtype(np.int64)
 _NONE = np.empty(0, dtype=np.int64)  # no missing rows
 _NONE.flags.writeable = False
 
@@ -91,7 +91,7 @@ class TableTiers:
 
     def fetch(self, keys: np.ndarray) -> np.ndarray:
         """Vectors of int64 ``keys`` as float32 ``(n, dim)``: volatile → persistent → default."""
-        if not (type(keys) is np.ndarray and keys.dtype is _INT64 and keys.flags.c_contiguous):
+        if not is_int64_vector(keys):
             keys = np.ascontiguousarray(keys, dtype=np.int64)
         if keys.ndim != 1:
             raise InvalidInputError(

@@ -47,6 +47,7 @@ from .config.fusion import storage_tables
 from .config.model import ModelConfig, PsConfig
 from .cpu_tiers import TableTiers
 from .errors import InvalidInputError, NotFoundError
+from .key_arrays import is_int64_vector
 from .persistent.rocksdb_tier import DEFAULT_BLOCK_CACHE_BYTES
 from .preflight import Preflight
 from .seams import CacheFactory, FrontCache, StartedQuery
@@ -55,9 +56,6 @@ from .table.finite import check_finite
 from .worker_pool import WorkerPool
 
 UINT32_MAX = 2**32 - 1
-
-
-_INT64 = np.dtype(np.int64)
 
 
 def _joined(keys_per_table: list[np.ndarray], table_ids: tuple[int, ...]) -> np.ndarray:
@@ -431,13 +429,8 @@ class HPS:
         return int(device_id)
 
     def _check_keys(self, keys, model_cfg: ModelConfig, table_id: int) -> np.ndarray:
-        if (
-            type(keys) is np.ndarray
-            and keys.dtype is _INT64
-            and keys.ndim == 1
-            and self.config.supportlonglong
-        ):
-            return keys  # the common case, decided without NumPy calls (dtypes are shared)
+        if self.config.supportlonglong and is_int64_vector(keys):
+            return keys  # the common case, decided without NumPy calls
         keys = np.asarray(keys)
         if keys.ndim != 1:
             raise InvalidInputError(

@@ -23,21 +23,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .grpc_wire import _fields
+from .grpc_wire import _fields, varint_bytes
 from .protocol import InferRequest, Tensor
 
 MAX_HEAD_BYTES = 4096  # a form's head is a few hundred bytes; longer ones are not kept
 _RAW_FIELD = 7  # ModelInferRequest.raw_input_contents
 _RAW_TAG = bytes([_RAW_FIELD << 3 | 2])  # field 7, length-delimited
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 class _Form:
@@ -57,7 +48,7 @@ class _Form:
                 tensor.array.dtype,
                 tensor.array.shape,
                 tensor.array.nbytes,
-                _RAW_TAG + _varint(tensor.array.nbytes),
+                _RAW_TAG + varint_bytes(tensor.array.nbytes),
             )
             for name, tensor in request.inputs.items()
         )

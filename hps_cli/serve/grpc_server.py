@@ -29,7 +29,7 @@ from tritonclient.grpc import model_config_pb2, service_pb2, service_pb2_grpc
 from .admin import check_token
 from .core import ServerCore
 from .grpc_forms import RequestForms
-from .grpc_wire import check_typed_values
+from .grpc_wire import check_typed_values, varint_bytes
 from .limits import INLINE_BYTES
 from .logs import access, access_enabled, event
 from .protocol import (
@@ -260,22 +260,13 @@ def encode_response(request: InferRequest, result) -> bytes:
     parts = [head]
     for array in raw:
         data = memoryview(np.ascontiguousarray(array).reshape(-1)).cast("B") if array.size else b""
-        parts += (_RAW_OUTPUT_TAG, _varint_bytes(len(data)), data)
+        parts += (_RAW_OUTPUT_TAG, varint_bytes(len(data)), data)
     return b"".join(parts)
 
 
 _RESPONSE_HEADS_KEPT = 256
 _RESPONSE_HEADS = KeptHeads(_RESPONSE_HEADS_KEPT)
 _RAW_OUTPUT_TAG = bytes([6 << 3 | 2])  # ModelInferResponse.raw_output_contents, length-delimited
-
-
-def _varint_bytes(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _response_message(request: InferRequest, result, selected, *, with_raw: bool):

@@ -33,6 +33,16 @@ def _varint(data, at: int, end: int) -> tuple[int, int]:
         shift += 7
 
 
+def varint_bytes(value: int) -> bytes:
+    """The protobuf varint of a non-negative ``value`` (what ``_varint`` reads)."""
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
 def _fields(data, at: int, end: int, limit: int = MAX_FIELDS):
     """(field number, wire type, start, end) of each field in ``data[at:end]``."""
     count = 0

@@ -28,14 +28,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..runtime.errors import NotFoundError
+from ..runtime.key_arrays import is_int64_vector
 from .protocol import CONFIG_TYPES, InferRequest, InferResult, Tensor, invalid
 
 VERSION = "1"
 UINT32_MAX = 2**32 - 1
 INLINE_KEYS = 4096  # lookup batches of up to this many keys run on the event loop
-
-
-_INT64 = np.dtype(np.int64)
 
 
 @dataclass(frozen=True)
@@ -260,7 +258,7 @@ class LookupModel(ServedModel):
                 f"max_batch_size {self.max_batch_size} of model '{self.name}'",
                 "KEYS",
             )
-        if not (flat.dtype is _INT64 and flat.flags.c_contiguous and flat.flags.aligned):
+        if not (is_int64_vector(flat) and flat.flags.aligned):
             # contiguous and aligned: binary request data sits wherever the JSON header ends
             flat = np.require(flat, np.int64, ["C", "A"])
         if self.num_tables == 1:

@@ -37,6 +37,7 @@ import numpy as np
 
 from ..errors import InvalidInputError
 from ..hashing import mix64
+from ..key_arrays import is_int64_vector
 from ..native.hash_probe import address, hash_probe
 from ..rwlock import RWLock
 
@@ -97,14 +98,13 @@ def dedupe_last(keys: np.ndarray, *columns: np.ndarray) -> tuple[np.ndarray, ...
 
 
 _NO_ADDRESSES = (None, None, 0, 0)  # HashMapTable._addresses before a lookup
-_INT64 = np.dtype(np.int64)
 _FLOAT32 = np.dtype(np.float32)
 
 
 def check_keys(keys) -> np.ndarray:
     """``keys`` as a 1-D int64 array (the in-memory maps' argument check)."""
-    if type(keys) is np.ndarray and keys.dtype is _INT64 and keys.ndim == 1:
-        return keys  # the common case, decided without NumPy calls (dtype objects are shared)
+    if is_int64_vector(keys):
+        return keys  # the common case, decided without NumPy calls
     keys = np.asarray(keys)
     if keys.ndim != 1:
         raise InvalidInputError(f"keys must be 1-D, got shape {keys.shape}", location="keys")
